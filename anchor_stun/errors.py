@@ -1,0 +1,56 @@
+"""The one error hierarchy of Anchor (DESIGN.md "Errors").
+
+``AnchorError`` is the root. Decoding untrusted bytes raises only :class:`DecodeError`
+(alias :data:`StunDecodeError`); misuse of an API raises :class:`LocalProtocolError` and
+leaves state unchanged. Timeouts and error responses reach sans-I/O users as events; the
+asyncio adapters raise :class:`TransactionTimeout` and :class:`StunErrorResponse`.
+"""
+
+from __future__ import annotations
+
+
+class AnchorError(Exception):
+    """Root of every error Anchor raises on purpose."""
+
+
+class LocalProtocolError(AnchorError):
+    """The caller misused an API (a bad argument, a call in the wrong state)."""
+
+
+class StunError(AnchorError):
+    """Anything that went wrong at the STUN layer (RFC 8489)."""
+
+
+class DecodeError(StunError):
+    """Bytes that are not a well-formed STUN message (or attribute, or frame).
+
+    ``field`` names what failed to parse; ``transaction_id`` is set when the header was
+    readable, so that a server can still answer 400 Bad Request (RFC 8489 §6.3.1.1).
+    """
+
+    def __init__(
+        self, message: str, *, field: str = "", transaction_id: bytes | None = None
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.transaction_id = transaction_id
+
+
+StunDecodeError = DecodeError
+
+
+class StunIntegrityError(StunError):
+    """MESSAGE-INTEGRITY(-SHA256) or FINGERPRINT did not verify (RFC 8489 §14.5-§14.7)."""
+
+
+class TransactionTimeout(StunError):
+    """A client transaction got no response within Ti / Rc retransmissions (RFC 8489 §6.2)."""
+
+
+class StunErrorResponse(StunError):
+    """The server answered with an error response; ``code`` and ``reason`` from ERROR-CODE."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"{code} {reason}".strip())
+        self.code = code
+        self.reason = reason

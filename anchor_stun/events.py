@@ -1,0 +1,23 @@
+"""Values shared by the sans-I/O cores: addresses, outgoing datagrams, the event base."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+Address = tuple[str, int]
+"""An (ip, port) transport address, as asyncio and socket use it."""
+
+
+class Transmit(NamedTuple):
+    """A datagram a core wants sent: ``data`` to ``addr``, from ``local`` when it matters
+    (a server with several listening addresses, RFC 5780 CHANGE-REQUEST)."""
+
+    data: bytes
+    addr: Address
+    local: Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StunEvent:
+    """Base of the events anchor_stun's cores emit through ``next_event()``."""
