@@ -138,7 +138,7 @@ def pack_ip(ip: str) -> tuple[Family, bytes]:
 def unpack_ip(family: int, packed: bytes) -> str:
     """Text form of a packed address of the given family."""
     if family == Family.IPV4:
-        return "%d.%d.%d.%d" % (packed[0], packed[1], packed[2], packed[3])
+        return f"{packed[0]}.{packed[1]}.{packed[2]}.{packed[3]}"
     return ipaddress.IPv6Address(packed).compressed
 
 

@@ -36,8 +36,8 @@ from typing import TypeVar
 from .attributes import (
     ATTRIBUTE_CLASSES,
     MAGIC_COOKIE,
-    AttrType,
     Attribute,
+    AttrType,
     ErrorCode,
     ErrorCodeAttribute,
     RawAttribute,
@@ -167,12 +167,12 @@ class Message:
         """The first attribute of class ``cls``, or None."""
         for attr in self.attributes:
             if type(attr) is cls:
-                return attr  # type: ignore[return-value]
+                return attr
         return None
 
     def get_all(self, cls: type[A]) -> list[A]:
         """Every attribute of class ``cls``, in order."""
-        return [a for a in self.attributes if type(a) is cls]  # type: ignore[misc]
+        return [a for a in self.attributes if type(a) is cls]
 
     def get_raw(self, attr_type: int) -> RawAttribute | None:
         """The first unknown attribute of the given type code, or None."""
@@ -254,7 +254,7 @@ class Message:
         for attr in self.attributes:
             value = attr.encode_value(tid)
             size = len(value)
-            append(tl(attr.type if type(attr) is RawAttribute else attr.TYPE, size))  # type: ignore[attr-defined]
+            append(tl(attr.type if type(attr) is RawAttribute else attr.TYPE, size))
             append(value)
             if size & 3:
                 append(pad[: 4 - (size & 3)])
