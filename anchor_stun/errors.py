@@ -50,7 +50,9 @@ class TransactionTimeout(StunError):
 class StunErrorResponse(StunError):
     """The server answered with an error response; ``code`` and ``reason`` from ERROR-CODE."""
 
-    def __init__(self, code: int, reason: str = "") -> None:
+    def __init__(self, code: int, reason: str = "", response: object = None) -> None:
         super().__init__(f"{code} {reason}".strip())
         self.code = code
         self.reason = reason
+        self.response = response
+        """The decoded error response (a ``Message``), when there is one."""

@@ -1,0 +1,290 @@
+"""The ``anchor`` command line (contract in DESIGN.md "Command line contract").
+
+Subcommands available so far: ``demo`` (a STUN round trip against an embedded loopback server,
+until the ephemeral link lands), ``stun`` (Binding and RFC 5780 NAT discovery against any
+server) and ``serve`` (the STUN server, with RFC 5780 when given an alternate address).
+User mistakes print one line on stderr and exit non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from anchor_stun.errors import AnchorError, StunErrorResponse
+from anchor_stun.net import (
+    DEFAULT_PORT,
+    DEFAULT_TLS_PORT,
+    StunServerRunner,
+    binding_request,
+    discover_nat,
+    format_address,
+    parse_address,
+    resolve,
+)
+from anchor_stun.server import StunServer
+
+SOFTWARE = "anchor 0.1"
+
+
+class UsageError(Exception):
+    """A mistake on the command line or in its inputs: reported as one line, exit 2."""
+
+
+def _port_free(port: int) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def free_loopback_port() -> int:
+    """A port free on 127.0.0.1 for both UDP and TCP at the time of the call."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if _port_free(port):
+            return port
+
+
+# ----------------------------------------------------------------------------- stun
+
+
+async def _cmd_stun(args: argparse.Namespace) -> dict[str, Any]:
+    default = DEFAULT_TLS_PORT if args.transport == "tls" else DEFAULT_PORT
+    try:
+        host, port = parse_address(args.server, default)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        server = await resolve(host, port)
+    except OSError as exc:
+        raise UsageError(f"cannot resolve {host}: {exc}") from exc
+    context: ssl.SSLContext | None = None
+    if args.transport == "tls":
+        context = ssl.create_default_context(cafile=args.ca_file)
+        if args.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    if args.nat and args.transport != "udp":
+        raise UsageError("--nat needs --transport udp (RFC 5780 discovery runs over UDP)")
+    result = await binding_request(
+        server,
+        args.transport,
+        ssl_context=context,
+        server_hostname=host,
+        software=SOFTWARE,
+    )
+    out: dict[str, Any] = {
+        "mapped": format_address(result.mapped),
+        "rtt_ms": round(result.rtt * 1000, 3),
+    }
+    if args.nat:
+        nat = await discover_nat(server, software=SOFTWARE)
+        out["nat"] = {"mapping": nat.mapping, "filtering": nat.filtering}
+    return out
+
+
+def _print_stun(out: dict[str, Any]) -> None:
+    print(f"mapped address  {out['mapped']}")
+    print(f"round trip      {out['rtt_ms']:.3f} ms")
+    if "nat" in out:
+        print(f"NAT mapping     {out['nat']['mapping']}")
+        print(f"NAT filtering   {out['nat']['filtering']}")
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def _tls_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load TLS certificate/key: {exc}") from exc
+    return context
+
+
+async def _cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        listens = [parse_address(text, DEFAULT_PORT) for text in args.listen or ["0.0.0.0"]]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    context = _tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    runners: list[StunServerRunner] = []
+    try:
+        for index, primary in enumerate(listens):
+            other = None
+            if index == 0 and args.alt_ip:
+                other = (args.alt_ip, args.alt_port or primary[1] + 1)
+            core = StunServer(primary=primary, other=other, software=SOFTWARE)
+            runner = StunServerRunner(core)
+            tls_address = None
+            if context is not None:
+                if args.tls_listen:
+                    tls_address = parse_address(args.tls_listen, DEFAULT_TLS_PORT)
+                else:
+                    tls_port = DEFAULT_TLS_PORT if primary[1] == DEFAULT_PORT else primary[1] + 1
+                    tls_address = (primary[0], tls_port)
+            try:
+                await runner.start(
+                    tcp=args.tcp,
+                    tls_context=context if index == 0 else None,
+                    tls_address=tls_address,
+                )
+            except OSError as exc:
+                raise UsageError(f"cannot listen on {format_address(primary)}: {exc}") from exc
+            runners.append(runner)
+            for kind, addr in runner.listeners:
+                print(f"listening {kind} {format_address(addr)}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        for runner in runners:
+            runner.close()
+        for runner in runners:
+            await runner.wait_closed()
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+async def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    start = time.monotonic()
+    timeline: list[tuple[float, str]] = []
+
+    def mark(text: str) -> None:
+        timeline.append(((time.monotonic() - start) * 1000, text))
+
+    port = free_loopback_port()
+    runner = StunServerRunner(StunServer(primary=("127.0.0.1", port), software=SOFTWARE))
+    await runner.start()
+    mark(f"embedded STUN server listening on udp 127.0.0.1:{port}")
+    try:
+        result = await binding_request(("127.0.0.1", port), software=SOFTWARE)
+        mark(f"Binding request sent from {format_address(result.local)}")
+        mark(f"Binding success: mapped {format_address(result.mapped)}, "
+             f"rtt {result.rtt * 1000:.3f} ms")
+    finally:
+        runner.close()
+        await runner.wait_closed()
+    mark("server stopped, sockets closed")
+    summary = {
+        "mode": "stun-roundtrip",
+        "server": f"127.0.0.1:{port}",
+        "mapped": format_address(result.mapped),
+        "local": format_address(result.local),
+        "rtt_ms": round(result.rtt * 1000, 3),
+        "matches_local": result.mapped == result.local,
+        "sockets_left": runner.open_sockets(),
+    }
+    if not args.json:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="anchor demo: STUN round trip on loopback")
+        table.add_column("ms", justify="right")
+        table.add_column("event")
+        for at, text in timeline:
+            table.add_row(f"{at:.1f}", text)
+        Console().print(table)
+    return summary
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``anchor`` command."""
+    parser = argparse.ArgumentParser(
+        prog="anchor", description="Anchor: pure-Python ICE / STUN / TURN toolkit."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a STUN round trip against an embedded loopback server",
+        description="Starts an embedded STUN server on loopback, sends a Binding request to it "
+        "and prints a timeline. (The ephemeral-link demo will replace this.)",
+    )
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
+
+    stun = sub.add_parser(
+        "stun",
+        help="ask a STUN server for the mapped address (and NAT behaviour)",
+        description="Binding request to HOST[:PORT]; with --nat, RFC 5780 NAT discovery.",
+    )
+    stun.add_argument("server", metavar="HOST[:PORT]")
+    stun.add_argument("--transport", choices=("udp", "tcp", "tls"), default="udp")
+    stun.add_argument("--nat", action="store_true", help="classify mapping and filtering")
+    stun.add_argument("--json", action="store_true", help="print one JSON object")
+    stun.add_argument("--ca-file", help="CA bundle to verify a TLS server")
+    stun.add_argument("--insecure", action="store_true", help="do not verify the TLS server")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run a STUN server",
+        description='STUN server (RFC 8489, RFC 5780 with --alt-ip). Prints "listening '
+        '<udp|tcp|tls> <ip:port>" per listener once ready; stops on SIGINT/SIGTERM.',
+    )
+    serve.add_argument("--listen", action="append", metavar="IP:PORT",
+                       help="address to serve on (repeatable; default 0.0.0.0:3478)")
+    serve.add_argument("--alt-ip", metavar="IP", help="alternate IP for RFC 5780")
+    serve.add_argument("--alt-port", type=int, metavar="PORT",
+                       help="alternate port for RFC 5780 (default PORT+1)")
+    serve.add_argument("--tcp", action="store_true", help="also serve STUN over TCP")
+    serve.add_argument("--tls-cert", metavar="FILE", help="certificate for STUN over TLS")
+    serve.add_argument("--tls-key", metavar="FILE", help="private key for STUN over TLS")
+    serve.add_argument("--tls-listen", metavar="IP:PORT",
+                       help="TLS address (default port 5349 beside 3478, else PORT+1)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``anchor`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "stun":
+            out = asyncio.run(_cmd_stun(args))
+            print(json.dumps(out)) if args.json else _print_stun(out)
+        elif args.command == "serve":
+            asyncio.run(_cmd_serve(args))
+        elif args.command == "demo":
+            out = asyncio.run(_cmd_demo(args))
+            if args.json:
+                print(json.dumps(out))
+    except UsageError as exc:
+        print(f"anchor {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except StunErrorResponse as exc:
+        print(f"anchor {args.command}: server answered {exc.code} {exc.reason}", file=sys.stderr)
+        return 1
+    except (AnchorError, OSError, ssl.SSLError) as exc:
+        print(f"anchor {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,518 @@
+"""asyncio adapters for anchor_stun's sans-I/O cores: UDP, TCP and TLS (RFC 8489 §6.2).
+
+The cores never touch a socket or a clock. This module owns both: it feeds received bytes and
+``loop.time()`` into a core, sends what the core wants sent, and arms one timer at the core's
+``next_timer()``. Nothing protocol-specific happens here.
+
+Client side: :class:`StunTransport` (one socket or connection, many concurrent transactions)
+and the helpers :func:`binding_request` and :func:`discover_nat`. Server side:
+:class:`StunServerRunner` serves a :class:`~anchor_stun.server.StunServer` core on UDP (all
+RFC 5780 addresses), TCP and TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from .attributes import Software, XorMappedAddress
+from .errors import (
+    DecodeError,
+    LocalProtocolError,
+    StunError,
+    StunErrorResponse,
+    TransactionTimeout,
+)
+from .events import Address, StunEvent, Transmit
+from .framing import StreamFramer
+from .message import Message, MessageClass, Method
+from .nat import NatDiscovery, NatDiscoveryCompleted, NatDiscoveryFailed
+from .server import StunServer
+from .transaction import (
+    StunClient,
+    TransactionFailed,
+    TransactionSucceeded,
+    TransactionTimedOut,
+)
+
+TransportName = Literal["udp", "tcp", "tls"]
+DEFAULT_PORT = 3478  # RFC 8489 §6.2.4 (UDP/TCP)
+DEFAULT_TLS_PORT = 5349  # RFC 8489 §6.2.4 (TLS)
+
+
+def format_address(addr: Address) -> str:
+    """``ip:port``, with the IPv6 address in brackets."""
+    ip, port = addr[0], addr[1]
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def parse_address(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split ``host[:port]`` / ``[v6]:port`` / ``v6``; raises ValueError with a clear message."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"bad address {text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"bad address {text!r}")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not host:
+        raise ValueError(f"bad address {text!r}: no host")
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"bad port in {text!r}")
+        return host, int(port_text)
+    if default_port is None:
+        raise ValueError(f"address {text!r} needs a port")
+    return host, default_port
+
+
+async def resolve(host: str, port: int, *, family: int = 0) -> Address:
+    """Resolve a host name to one (ip, port); raises OSError when it does not resolve."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host!r}")
+    sockaddr = infos[0][4]
+    return (str(sockaddr[0]), int(sockaddr[1]))
+
+
+def route_local_ip(server: Address) -> str:
+    """The local IP the kernel would use to reach ``server`` (a UDP connect sends nothing)."""
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(server)
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "::" if family == socket.AF_INET6 else "0.0.0.0"
+
+
+class _Core(Protocol):
+    def datagrams_to_send(self, now: float) -> list[Transmit]: ...
+    def next_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def next_event(self) -> StunEvent | None: ...
+
+
+class _Pump:
+    """Drives a sans-I/O core: sends its output, arms its timer, hands out its events."""
+
+    def __init__(
+        self,
+        core: _Core,
+        send: Callable[[Transmit], None],
+        on_event: Callable[[StunEvent], None],
+    ) -> None:
+        self.core = core
+        self._send = send
+        self._on_event = on_event
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def pump(self) -> None:
+        core = self.core
+        now = self._loop.time()
+        for transmit in core.datagrams_to_send(now):
+            self._send(transmit)
+        while (event := core.next_event()) is not None:
+            self._on_event(event)
+        deadline = core.next_timer()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = None if deadline is None else self._loop.call_at(deadline, self._fire)
+            self._timer_at = deadline
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timer(self._loop.time())
+        self.pump()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+
+
+# ---------------------------------------------------------------------------- client
+
+
+class _ClientDatagram(asyncio.DatagramProtocol):
+    def __init__(self, owner: StunTransport) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.owner._received(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors: the transaction retransmits and times out on its own
+
+
+class _ClientStream(asyncio.Protocol):
+    def __init__(self, owner: StunTransport) -> None:
+        self.owner = owner
+        self.framer = StreamFramer()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.framer.feed(data)
+        except DecodeError:
+            self.owner._lost("server sent bytes that are not STUN")
+            return
+        for frame in frames:
+            self.owner._received(frame, self.owner.server)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._lost("connection closed by the server")
+
+
+class StunTransport:
+    """A client socket (UDP) or connection (TCP/TLS) carrying STUN transactions.
+
+    ``await request(data)`` sends an encoded request and returns the success response; an
+    error response raises :class:`StunErrorResponse`, no response :class:`TransactionTimeout`.
+    Over UDP, ``request(data, addr)`` may target any address (RFC 5780 tests do).
+    """
+
+    def __init__(self, transport_name: TransportName, server: Address) -> None:
+        self.transport_name = transport_name
+        self.server = server
+        self.client = StunClient(reliable=transport_name != "udp")
+        self._waiters: dict[bytes, asyncio.Future[TransactionSucceeded]] = {}
+        self._udp: asyncio.DatagramTransport | None = None
+        self._stream: asyncio.Transport | None = None
+        self._pump = _Pump(self.client, self._send, self._event)
+        self.local: Address = ("", 0)
+
+    @classmethod
+    async def connect(
+        cls,
+        server: Address,
+        transport: TransportName = "udp",
+        *,
+        local: Address | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        timeout: float = 10.0,
+    ) -> StunTransport:
+        """Open a UDP socket towards ``server``, or a TCP / TLS connection to it."""
+        loop = asyncio.get_running_loop()
+        self = cls(transport, server)
+        if transport == "udp":
+            if local is None:
+                local = (route_local_ip(server), 0)
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _ClientDatagram(self), local_addr=local
+            )
+            self._udp = udp
+            sock = udp.get_extra_info("sockname")
+        else:
+            context: ssl.SSLContext | None = None
+            if transport == "tls":
+                context = ssl_context or ssl.create_default_context()
+            stream, _ = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _ClientStream(self),
+                    server[0],
+                    server[1],
+                    ssl=context,
+                    server_hostname=(server_hostname or server[0]) if context else None,
+                    local_addr=local,
+                ),
+                timeout,
+            )
+            self._stream = stream
+            sock = stream.get_extra_info("sockname")
+        self.local = (str(sock[0]), int(sock[1]))
+        return self
+
+    def _send(self, transmit: Transmit) -> None:
+        if self._udp is not None:
+            self._udp.sendto(transmit.data, transmit.addr)
+        elif self._stream is not None and not self._stream.is_closing():
+            self._stream.write(transmit.data)
+
+    def _received(self, data: bytes, addr: Address) -> None:
+        self.client.receive_datagram(data, addr, self._pump.now())
+        self._pump.pump()
+
+    def _event(self, event: StunEvent) -> None:
+        if isinstance(event, TransactionSucceeded | TransactionFailed | TransactionTimedOut):
+            waiter = self._waiters.pop(event.transaction_id, None)
+            if waiter is None or waiter.done():
+                return
+            if isinstance(event, TransactionSucceeded):
+                waiter.set_result(event)
+            elif isinstance(event, TransactionFailed):
+                waiter.set_exception(StunErrorResponse(event.code, event.reason, event.response))
+            else:
+                waiter.set_exception(TransactionTimeout("no response from the STUN server"))
+
+    def _lost(self, reason: str) -> None:
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(TransactionTimeout(reason))
+        self._waiters.clear()
+
+    async def request(self, data: bytes, addr: Address | None = None) -> TransactionSucceeded:
+        """Run one client transaction; returns the success event (response, rtt)."""
+        if self._udp is None and self._stream is None:
+            raise LocalProtocolError("transport is closed")
+        if self._stream is not None and self._stream.is_closing():
+            raise TransactionTimeout("connection closed")
+        txid = self.client.send_request(data, addr or self.server, self._pump.now())
+        waiter: asyncio.Future[TransactionSucceeded] = asyncio.get_running_loop().create_future()
+        self._waiters[txid] = waiter
+        self._pump.pump()
+        try:
+            return await waiter
+        finally:
+            if not waiter.done():
+                self.client.cancel(txid)
+            self._waiters.pop(txid, None)
+
+    def close(self) -> None:
+        """Close the socket or connection and stop the timer."""
+        self._pump.close()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+
+@dataclass(frozen=True, slots=True)
+class BindingResult:
+    """The answer to a Binding request (RFC 8489 §3)."""
+
+    mapped: Address
+    """The reflexive transport address from XOR-MAPPED-ADDRESS."""
+    local: Address
+    """The local address the request left from."""
+    rtt: float
+    """Seconds from the first transmission to the response."""
+    response: Message
+    """The decoded success response."""
+
+
+async def binding_request(
+    server: Address,
+    transport: TransportName = "udp",
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    software: str | None = None,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> BindingResult:
+    """One Binding transaction over UDP, TCP or TLS; returns the mapped address."""
+    conn = await StunTransport.connect(
+        server, transport, ssl_context=ssl_context, server_hostname=server_hostname
+    )
+    try:
+        request = Message(Method.BINDING, MessageClass.REQUEST, rng(12))
+        if software:
+            request.add(Software(software))
+        result = await conn.request(request.encode(fingerprint=True))
+        mapped = result.response.get(XorMappedAddress)
+        if mapped is None:
+            raise DecodeError("Binding response without XOR-MAPPED-ADDRESS", field="response")
+        return BindingResult(mapped.address, conn.local, result.rtt, result.response)
+    finally:
+        conn.close()
+
+
+class _NatDatagram(asyncio.DatagramProtocol):
+    def __init__(self, deliver: Callable[[bytes, Address], None]) -> None:
+        self.deliver = deliver
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.deliver(data, (str(addr[0]), int(addr[1])))
+
+
+async def discover_nat(
+    server: Address,
+    *,
+    local: Address | None = None,
+    rng: Callable[[int], bytes] = os.urandom,
+    software: str | None = None,
+) -> NatDiscoveryCompleted:
+    """RFC 5780 NAT behaviour discovery over one UDP socket; raises StunError on failure."""
+    loop = asyncio.get_running_loop()
+    bind = local or (route_local_ip(server), 0)
+    done: asyncio.Future[StunEvent] = loop.create_future()
+    holder: dict[str, _Pump] = {}
+
+    def deliver(data: bytes, addr: Address) -> None:
+        pump = holder["pump"]
+        core.receive_datagram(data, addr, pump.now())
+        pump.pump()
+
+    udp, _ = await loop.create_datagram_endpoint(lambda: _NatDatagram(deliver), local_addr=bind)
+    sock = udp.get_extra_info("sockname")
+    local_addr = (str(sock[0]), int(sock[1]))
+    core = NatDiscovery(server, loop.time(), rng=rng, local=local_addr, software=software)
+
+    def on_event(event: StunEvent) -> None:
+        if not done.done():
+            done.set_result(event)
+
+    pump = _Pump(core, lambda t: udp.sendto(t.data, t.addr), on_event)
+    holder["pump"] = pump
+    try:
+        pump.pump()
+        event = await done
+    finally:
+        pump.close()
+        udp.close()
+    if isinstance(event, NatDiscoveryFailed):
+        raise StunError(f"NAT discovery failed: {event.reason}")
+    assert isinstance(event, NatDiscoveryCompleted)
+    return event
+
+
+# ---------------------------------------------------------------------------- server
+
+
+class _ServerDatagram(asyncio.DatagramProtocol):
+    def __init__(self, runner: StunServerRunner, local: Address) -> None:
+        self.runner = runner
+        self.local = local
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.runner._datagram(data, (str(addr[0]), int(addr[1])), self.local)
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+
+class _ServerStream(asyncio.Protocol):
+    def __init__(self, runner: StunServerRunner, local: Address) -> None:
+        self.runner = runner
+        self.local = local
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.peer: Address = ("", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = (str(peer[0]), int(peer[1]))
+        self.runner._streams.add(transport)
+        self.runner._opened.append(transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        try:
+            frames = self.framer.feed(data)
+        except DecodeError:
+            self.transport.close()
+            return
+        core = self.runner.core
+        now = asyncio.get_running_loop().time()
+        for frame in frames:
+            transmit = core.handle(frame, self.peer, self.local, now, stream=True)
+            if transmit is not None:
+                self.transport.write(transmit.data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.runner._streams.discard(self.transport)
+
+
+class StunServerRunner:
+    """Serves a :class:`StunServer` core: UDP on each of its local addresses, optionally TCP on
+    the primary address and TLS on ``tls_address``. ``listeners`` lists what is open."""
+
+    def __init__(self, core: StunServer) -> None:
+        self.core = core
+        self.listeners: list[tuple[str, Address]] = []
+        self._udp: dict[Address, asyncio.DatagramTransport] = {}
+        self._servers: list[asyncio.Server] = []
+        self._streams: set[asyncio.Transport] = set()
+        self._opened: list[asyncio.BaseTransport] = []
+
+    async def start(
+        self,
+        *,
+        tcp: bool = False,
+        tls_context: ssl.SSLContext | None = None,
+        tls_address: Address | None = None,
+    ) -> None:
+        """Open every listener; on failure close what was opened and re-raise OSError."""
+        loop = asyncio.get_running_loop()
+        try:
+            for local in self.core.local_addresses():
+                udp, _ = await loop.create_datagram_endpoint(
+                    lambda local=local: _ServerDatagram(self, local),  # type: ignore[misc]
+                    local_addr=local,
+                )
+                sock = udp.get_extra_info("sockname")
+                bound = (str(sock[0]), int(sock[1]))
+                self._udp[local] = udp
+                self._opened.append(udp)
+                self.listeners.append(("udp", bound))
+            primary = self.core.local_addresses()[0]
+            if tcp:
+                await self._listen_stream("tcp", primary, None)
+            if tls_context is not None:
+                await self._listen_stream("tls", tls_address or primary, tls_context)
+        except OSError:
+            self.close()
+            raise
+
+    async def _listen_stream(
+        self, name: str, local: Address, context: ssl.SSLContext | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _ServerStream(self, local), local[0], local[1], ssl=context, reuse_address=True
+        )
+        self._servers.append(server)
+        sock = server.sockets[0].getsockname()
+        self.listeners.append((name, (str(sock[0]), int(sock[1]))))
+
+    def _datagram(self, data: bytes, addr: Address, local: Address) -> None:
+        transmit = self.core.handle(data, addr, local, asyncio.get_running_loop().time())
+        if transmit is not None:
+            out = self._udp.get(transmit.local or local) or self._udp[local]
+            out.sendto(transmit.data, transmit.addr)
+
+    def open_sockets(self) -> int:
+        """How many sockets this runner opened are still open (0 after :meth:`close`)."""
+        count = sum(1 for t in self._opened if not t.is_closing())
+        return count + sum(1 for s in self._servers if s.is_serving())
+
+    def close(self) -> None:
+        """Close every listener and connection."""
+        for udp in self._udp.values():
+            udp.close()
+        self._udp.clear()
+        for server in self._servers:
+            server.close()
+        for stream in list(self._streams):
+            stream.close()
+        self._streams.clear()
+
+    async def wait_closed(self) -> None:
+        """Wait until the stream servers have shut down."""
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
