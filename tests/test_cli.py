@@ -1,0 +1,52 @@
+"""The `anchor` command line against its own server, over real loopback sockets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anchor_ice.cli import free_loopback_port
+from tests.cli_helpers import anchor_json, anchor_serve, run_anchor
+
+
+def test_serve_and_stun_over_udp_tcp_tls_with_nat(tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    port = free_loopback_port()
+    tls_port = free_loopback_port()
+    with anchor_serve(
+        "--listen", f"127.0.0.1:{port}", "--alt-ip", "127.0.0.2", "--tcp",
+        "--tls-cert", str(cert), "--tls-key", str(key), "--tls-listen", f"127.0.0.1:{tls_port}",
+        expect=6,
+    ) as lines:
+        assert f"listening udp 127.0.0.1:{port}" in lines
+        assert f"listening udp 127.0.0.2:{port + 1}" in lines
+        assert f"listening tcp 127.0.0.1:{port}" in lines
+        assert f"listening tls 127.0.0.1:{tls_port}" in lines
+        udp = anchor_json("stun", f"127.0.0.1:{port}", "--nat")
+        assert udp["mapped"].startswith("127.0.0.1:") and udp["rtt_ms"] >= 0
+        assert udp["nat"] == {"mapping": "endpoint-independent",
+                              "filtering": "endpoint-independent"}
+        tcp = anchor_json("stun", f"127.0.0.1:{port}", "--transport", "tcp")
+        assert tcp["mapped"].startswith("127.0.0.1:") and "nat" not in tcp
+        tls = anchor_json("stun", f"127.0.0.1:{tls_port}", "--transport", "tls",
+                          "--ca-file", str(cert))
+        assert tls["mapped"].startswith("127.0.0.1:")
+        untrusted = run_anchor("stun", f"127.0.0.1:{tls_port}", "--transport", "tls")
+        assert untrusted.returncode != 0 and "Traceback" not in untrusted.stderr
+        assert "certificate" in untrusted.stderr.lower()
+
+
+def test_demo_json_reports_a_clean_round_trip() -> None:
+    out = anchor_json("demo")
+    assert out["mode"] == "stun-roundtrip"
+    assert out["matches_local"] is True and out["sockets_left"] == 0
+
+
+def test_user_mistakes_are_one_line_errors() -> None:
+    for args in (["stun", "127.0.0.1:99999"], ["stun", "[::1"], ["stun", "127.0.0.1", "--nat",
+                 "--transport", "tcp"], ["serve", "--listen", "127.0.0.1:x"],
+                 ["serve", "--tls-cert", "/nonexistent"]):
+        result = run_anchor(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    refused = run_anchor("stun", "no-such-host.invalid")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr

@@ -1,0 +1,134 @@
+"""The asyncio adapters over real loopback sockets: UDP, TCP, TLS and RFC 5780."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+
+from anchor_ice.cli import free_loopback_port
+from anchor_stun.attributes import RawAttribute, Software, UnknownAttributes
+from anchor_stun.errors import StunErrorResponse
+from anchor_stun.message import Message, MessageClass, Method
+from anchor_stun.net import (
+    StunServerRunner,
+    StunTransport,
+    binding_request,
+    discover_nat,
+    format_address,
+    parse_address,
+)
+from anchor_stun.server import StunServer
+
+
+def _has_loopback_v6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+async def _serve(
+    primary: tuple[str, int],
+    other: tuple[str, int] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> StunServerRunner:
+    runner = StunServerRunner(StunServer(primary=primary, other=other))
+    await runner.start(tcp=True, tls_context=tls, tls_address=(primary[0], primary[1] + 2))
+    return runner
+
+
+def test_binding_over_udp_tcp_and_tls(tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+
+    async def main() -> None:
+        port = free_loopback_port()
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(cert, key)
+        runner = await _serve(("127.0.0.1", port), tls=server_ctx)
+        try:
+            kinds = {kind for kind, _ in runner.listeners}
+            assert kinds == {"udp", "tcp", "tls"}
+            udp = await binding_request(("127.0.0.1", port))
+            assert udp.mapped == udp.local and udp.local[0] == "127.0.0.1"
+            tcp = await binding_request(("127.0.0.1", port), "tcp")
+            assert tcp.mapped == tcp.local
+            client_ctx = ssl.create_default_context(cafile=str(cert))
+            tls = await binding_request(("127.0.0.1", port + 2), "tls", ssl_context=client_ctx)
+            assert tls.mapped == tls.local
+            assert tls.response.verify_fingerprint()
+        finally:
+            runner.close()
+            await runner.wait_closed()
+        assert runner.open_sockets() == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(not _has_loopback_v6(), reason="no IPv6 loopback on this machine")
+def test_binding_over_ipv6_loopback() -> None:
+    async def main() -> None:
+        runner = StunServerRunner(StunServer(primary=("::1", free_loopback_port())))
+        await runner.start()
+        try:
+            result = await binding_request(runner.listeners[0][1])
+            assert result.mapped == result.local and result.mapped[0] == "::1"
+        finally:
+            runner.close()
+
+    asyncio.run(main())
+
+
+def test_error_response_raises_with_code() -> None:
+    async def main() -> None:
+        port = free_loopback_port()
+        runner = await _serve(("127.0.0.1", port))
+        conn = await StunTransport.connect(("127.0.0.1", port))
+        try:
+            request = Message(Method.BINDING, MessageClass.REQUEST, b"u" * 12)
+            request.add(RawAttribute(0x7F01, b"????")).add(Software("t"))
+            with pytest.raises(StunErrorResponse) as caught:
+                await conn.request(request.encode(fingerprint=True))
+            assert caught.value.code == 420
+            assert isinstance(caught.value.response, Message)
+            assert caught.value.response.get(UnknownAttributes) == UnknownAttributes((0x7F01,))
+        finally:
+            conn.close()
+            runner.close()
+
+    asyncio.run(main())
+
+
+def test_nat_discovery_against_rfc5780_server_on_two_loopback_addresses() -> None:
+    async def main() -> None:
+        port = free_loopback_port()
+        runner = StunServerRunner(
+            StunServer(primary=("127.0.0.1", port), other=("127.0.0.2", port + 1))
+        )
+        await runner.start()
+        try:
+            assert len(runner.listeners) == 4
+            result = await discover_nat(("127.0.0.1", port))
+            assert result.other_address == ("127.0.0.2", port + 1)
+            assert result.mapping == "endpoint-independent"
+            assert result.filtering == "endpoint-independent"
+        finally:
+            runner.close()
+
+    asyncio.run(main())
+
+
+def test_address_parsing_and_formatting() -> None:
+    assert parse_address("1.2.3.4:5") == ("1.2.3.4", 5)
+    assert parse_address("[::1]:3478") == ("::1", 3478)
+    assert parse_address("::1", 3478) == ("::1", 3478)
+    assert parse_address("example.org", 3478) == ("example.org", 3478)
+    for bad in ("1.2.3.4:0", "1.2.3.4:x", "[::1", ":5"):
+        with pytest.raises(ValueError):
+            parse_address(bad, 3478)
+    assert format_address(("::1", 5)) == "[::1]:5" and format_address(("1.2.3.4", 5)) == "1.2.3.4:5"
