@@ -56,3 +56,17 @@ class StunErrorResponse(StunError):
         self.reason = reason
         self.response = response
         """The decoded error response (a ``Message``), when there is one."""
+
+
+class TurnError(AnchorError):
+    """Anything that went wrong at the TURN layer (RFC 8656)."""
+
+
+class AllocationError(TurnError):
+    """An Allocate, Refresh, CreatePermission or ChannelBind failed; ``code`` is the STUN
+    error code (403, 437, 441, 442, 486, 508, ...) or 0 when no usable response came."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"{code} {reason}".strip() if code else reason or "no response")
+        self.code = code
+        self.reason = reason

@@ -1,0 +1,1619 @@
+"""Sans-I/O TURN server core (RFC 8656) with long-term credentials (RFC 8489 §9.2).
+
+Theory of operation
+-------------------
+:class:`TurnServer` is fed two kinds of traffic and never touches a socket or a clock:
+
+* ``receive_datagram(data, addr, local, now, transport=...)`` — what a client sent to one of
+  the server's listeners (``local``): STUN requests and indications, or ChannelData. Over TCP
+  and TLS the adapter frames the stream (:class:`anchor_stun.framing.StreamFramer`) and passes
+  one whole message at a time.
+* ``receive_relay(data, peer, relay, now)`` — a UDP datagram a peer sent to a relayed
+  transport address that the adapter bound through the injected :class:`RelayAllocator`.
+
+``datagrams_to_send(now)`` returns :class:`~anchor_stun.events.Transmit` records. To a client:
+``Transmit(data, client, local=listener)`` (for TCP/TLS the adapter routes by (addr, local) to
+the connection). To a peer: ``Transmit(payload, peer, local=relayed address)``: the adapter
+sends it from that relay socket. ``next_timer()`` / ``handle_timer(now)`` expire allocations
+(releasing their relayed addresses through ``RelayAllocator.release``), permissions and
+channels; ``next_event()`` reports what happened, for logs and metrics; :attr:`stats` counts.
+An allocation is identified by its 5-tuple: (client address, listener address, transport).
+
+Processing a message from a client, in this order:
+
+1. ChannelData (first byte 0x40-0x4F, RFC 8656 §12.4, RFC 7983): fast path, no decoding.
+   Dropped unless the 5-tuple has an allocation, the channel is bound and unexpired, a
+   permission for the peer's IP is live, and the length fits (at most 3 bytes of padding
+   after the data). Never refreshes the channel or the permission (§12.4).
+2. Anything else that cannot be STUN (first two bits set, shorter than a header) is dropped. A Send indication made only of
+   XOR-PEER-ADDRESS, DATA, DONT-FRAGMENT, comprehension-optional attributes and a final
+   FINGERPRINT takes a fast path; other messages are decoded with the codec.
+3. Binding requests and indications are handed to the :class:`~anchor_stun.server.StunServer`
+   core unchanged (``stream=True`` over TCP/TLS): the TURN ports answer STUN too.
+4. Decode (RFC 8489 §6.3): a request whose header is readable but whose body is malformed
+   gets 400; other malformed input is dropped. A FINGERPRINT that does not verify: drop.
+   Responses are dropped. Indications: Send (5 below), others dropped.
+5. Send indication (§11.2): dropped without an allocation on the 5-tuple, without
+   XOR-PEER-ADDRESS and DATA, with unknown comprehension-required attributes, for a peer of
+   a family the allocation has no relay for, without a live permission for the peer's IP,
+   or to a forbidden destination (the allocation's own relayed address, a listener).
+   Otherwise the DATA goes to the peer from the relayed address. Never refreshes a permission.
+6. A request whose method is not Allocate, Refresh, CreatePermission or ChannelBind: 400.
+7. Allocate retransmission (§7.2, RFC 8489 §6.3.1): a request byte-for-byte equal to the
+   one that created the allocation on this 5-tuple gets the same success response again.
+8. Authentication, RFC 8489 §9.2.4, in this order:
+   a. no MESSAGE-INTEGRITY nor MESSAGE-INTEGRITY-SHA256: 401 with REALM, a fresh NONCE
+      (starting with the nonce cookie, §9.2.1) and PASSWORD-ALGORITHMS;
+   b. missing USERNAME/USERHASH, REALM or NONCE: 400;
+   c. a NONCE whose cookie announces password algorithms: without PASSWORD-ALGORITHM and
+      PASSWORD-ALGORITHMS the key is MD5; otherwise both must be present, the list must be
+      the one this server sends and contain the chosen algorithm, or 400;
+   d. unknown USERNAME, USERHASH with no owner, or another REALM: 401 (a new challenge);
+   e. MESSAGE-INTEGRITY-SHA256 (when present, else MESSAGE-INTEGRITY) does not verify: 401;
+   f. NONCE not one this server issued to this client IP, or past its lifetime: 438 with a
+      fresh NONCE, REALM and PASSWORD-ALGORITHMS.
+   Errors of steps a-f are unsigned; every later response, success or error, carries the
+   integrity attribute the request used (MESSAGE-INTEGRITY-SHA256 truncated as the
+   request's, or MESSAGE-INTEGRITY) computed with the same key (§9.2.4).
+9. Unknown comprehension-required attributes: 420 with UNKNOWN-ATTRIBUTES (RFC 8489 §6.3.1).
+10. Method, with the allocation of the 5-tuple:
+    - Allocate (RFC 8656 §7.2): 437 when the 5-tuple has one; REQUESTED-TRANSPORT missing
+      400, not UDP 442; RESERVATION-TOKEN with EVEN-PORT, REQUESTED-ADDRESS-FAMILY or
+      ADDITIONAL-ADDRESS-FAMILY 400; REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together 400;
+      REQUESTED-ADDRESS-FAMILY not offered 440 (no family asked and IPv4 not offered: 440);
+      EVEN-PORT with R set and ADDITIONAL-ADDRESS-FAMILY 400; ADDITIONAL-ADDRESS-FAMILY
+      other than IPv6 400; per-user or total quota reached 486; then the relay allocator:
+      nothing available 508 (a bad reservation token too). A dual allocation that gets
+      only one family succeeds with ADDRESS-ERROR-CODE (440 or 508) for the other.
+    - Refresh (§8.2), CreatePermission (§10.2), ChannelBind (§12.2): 437 without an
+      allocation; 441 when the username is not the one that created it (§5).
+    - Refresh: REQUESTED-ADDRESS-FAMILY of a family the allocation lacks 443; the desired
+      lifetime 0 deletes (that family, or the whole allocation).
+    - CreatePermission: no XOR-PEER-ADDRESS 400; a peer family without relay 443; a
+      forbidden peer 403; more than ``max_permissions`` 508. All-or-nothing.
+    - ChannelBind: CHANNEL-NUMBER or XOR-PEER-ADDRESS missing, a number outside
+      0x4000-0x4FFF, a number bound to another peer or a peer bound to another number 400;
+      peer family 443; forbidden peer 403; over ``max_channels``/``max_permissions`` 508.
+      Success binds or refreshes the channel and installs or refreshes the permission.
+
+Every response carries SOFTWARE (when configured) and FINGERPRINT; Data indications carry
+FINGERPRINT. Bad network input never raises: it is answered or dropped and counted.
+
+Traffic from a peer (§11.3, §12.7): the relayed address must belong to a live allocation and
+the peer's IP must have a live permission (ports are not compared, §9), else drop. When a
+channel is bound to the peer's (ip, port) it goes to the client as ChannelData (padded to 4
+bytes for a TCP/TLS client, §12.5), otherwise as a Data indication.
+
+Decisions where the RFCs leave room
+-----------------------------------
+- Lifetime (§7.2, §8.2): ``max(default, min(requested, max))``; no LIFETIME gives the default.
+- Nonces are stateless: ``cookie | base64(expiry_ms | HMAC-SHA256(secret, cookie | expiry |
+  client IP)[:12])`` with a secret drawn from ``rng`` at start-up. A nonce is only valid from
+  the IP it was issued to (RFC 8489 §9.2 asks nonces not to be shared across clients); a
+  forged, foreign or expired nonce gets 438 (after the integrity check, as §9.2.4 orders).
+- When the nonce cookie announces algorithms but the request names none, RFC 8489 §9.2.4
+  says MD5; this server then refuses with 400 if MD5 is not among ``password_algorithms``.
+- USERHASH is always accepted; the cookie advertises it only with ``username_anonymity``
+  (the REST back-end cannot map hashes to users).
+- ChannelData from the client also needs a live permission for the peer's IP, as data from
+  the peer does (§9): a channel never outlives its permission in effect. A client that keeps
+  the channel bound refreshes the permission with each ChannelBind (§12.2).
+- Peer filter (§10.2, §11.2, §12.2 "MAY impose restrictions"; §21): by default loopback,
+  RFC 1918, unique-local, link-local, multicast, unspecified and broadcast addresses,
+  and their IPv4-mapped IPv6 forms, are refused; so are the allocation's own relayed
+  addresses and the server's listener addresses (loops). Relayed addresses of *other*
+  allocations stay reachable: two clients of one server talking relay-to-relay is normal.
+- Dual allocations keep one lifetime per family: Refresh with REQUESTED-ADDRESS-FAMILY
+  refreshes (or with LIFETIME 0 deletes) that family only (§8.1).
+- DONT-FRAGMENT is accepted (not answered with 420); setting DF is left to the adapter.
+- 508 when a CreatePermission/ChannelBind would exceed the per-allocation limits.
+- A TCP/TLS allocation also ends when the adapter reports the connection closed
+  (:meth:`TurnServer.connection_closed`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import os
+import struct
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from heapq import heappop, heappush
+from itertools import count
+from typing import Literal, Protocol
+
+from anchor_stun.attributes import (
+    MAGIC_COOKIE,
+    AdditionalAddressFamily,
+    AddressErrorCode,
+    Attribute,
+    AttrType,
+    ChannelNumber,
+    Data,
+    ErrorCode,
+    EvenPort,
+    Family,
+    Lifetime,
+    Nonce,
+    PasswordAlgorithm,
+    PasswordAlgorithmId,
+    PasswordAlgorithms,
+    Realm,
+    RequestedAddressFamily,
+    RequestedTransport,
+    ReservationToken,
+    Software,
+    TransportProtocol,
+    UnknownAttributes,
+    Userhash,
+    Username,
+    XorMappedAddress,
+    XorPeerAddress,
+    XorRelayedAddress,
+    pack_ip,
+    unpack_ip,
+)
+from anchor_stun.errors import DecodeError, LocalProtocolError
+from anchor_stun.events import Address, Transmit
+from anchor_stun.integrity import SecurityFeatures, make_nonce, nonce_features
+from anchor_stun.message import (
+    FINGERPRINT_XOR,
+    HEADER_SIZE,
+    Message,
+    MessageClass,
+    Method,
+    decode_type,
+    encode_type,
+)
+from anchor_stun.server import StunServer
+
+from .auth import CredentialBackend
+from .channeldata import CHANNEL_MAX, CHANNEL_MIN
+
+__all__ = [
+    "DEFAULT_CHANNEL_LIFETIME",
+    "DEFAULT_LIFETIME",
+    "DEFAULT_PERMISSION_LIFETIME",
+    "MAX_LIFETIME",
+    "AllocationCreatedEvent",
+    "AllocationDeletedEvent",
+    "AllocationExpiredEvent",
+    "AllocationRefreshedEvent",
+    "AuthenticationFailedEvent",
+    "ChannelBoundEvent",
+    "ChannelExpiredEvent",
+    "PeerFilter",
+    "PermissionCreatedEvent",
+    "PermissionExpiredEvent",
+    "RelayAllocator",
+    "TransportName",
+    "TurnServer",
+    "TurnServerEvent",
+    "TurnServerStats",
+]
+
+TransportName = Literal["udp", "tcp", "tls"]
+"""The client-facing transport of a 5-tuple (RFC 8656 §3.1)."""
+
+DEFAULT_LIFETIME = 600  # RFC 8656 §7.2 ("default lifetime", 10 minutes)
+MAX_LIFETIME = 3600  # RFC 8656 §7.2 (RECOMMENDED maximum, 1 hour)
+DEFAULT_PERMISSION_LIFETIME = 300  # RFC 8656 §9 (MUST be 300 s)
+DEFAULT_CHANNEL_LIFETIME = 600  # RFC 8656 §12 (10 minutes)
+DEFAULT_NONCE_LIFETIME = 600  # RFC 8489 §9.2 leaves it to the server
+RESERVATION_TOKEN_SIZE = 8  # RFC 8656 §18.9
+
+_HEAD3 = struct.Struct("!HHI")
+_HEADER = struct.Struct("!HHI12s")
+_TL = struct.Struct("!HH")
+_CD_HEAD = struct.Struct("!HH")
+_FP_TLV = struct.Struct("!HHI")
+_ADDR4_TLV = struct.Struct("!HHxBH4s")
+_U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
+_EXPIRY = struct.Struct("!Q")  # nonce expiry, milliseconds, 6 bytes on the wire
+_MAX_EXPIRY_MS = (1 << 48) - 1
+
+_SEND_INDICATION = encode_type(Method.SEND, MessageClass.INDICATION)
+_DATA_INDICATION = encode_type(Method.DATA, MessageClass.INDICATION)
+_BINDING_METHOD = int(Method.BINDING)
+_XOR_PEER = int(AttrType.XOR_PEER_ADDRESS)
+_DATA = int(AttrType.DATA)
+_DONT_FRAGMENT = int(AttrType.DONT_FRAGMENT)
+_FINGERPRINT = int(AttrType.FINGERPRINT)
+_IPV4 = int(Family.IPV4)
+_IPV6 = int(Family.IPV6)
+_MD5 = int(PasswordAlgorithmId.MD5)
+_SHA256 = int(PasswordAlgorithmId.SHA256)
+_COOKIE_PORT = MAGIC_COOKIE >> 16
+_PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
+_MAX_BODY = 0xFFFF
+_PEER_TLV_CACHE = 4096
+_TURN_METHODS = frozenset(
+    (Method.ALLOCATE, Method.REFRESH, Method.CREATE_PERMISSION, Method.CHANNEL_BIND)
+)
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class TurnServerEvent:
+    """Base of the events :class:`TurnServer` reports through ``next_event()``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationCreatedEvent(TurnServerEvent):
+    """An Allocate request succeeded (RFC 8656 §7.2)."""
+
+    client: Address
+    """The client's transport address (source of the 5-tuple)."""
+    local: Address
+    """The listener the client used (server side of the 5-tuple)."""
+    transport: TransportName
+    """The client-facing transport."""
+    username: str
+    """The authenticated username that owns the allocation."""
+    relayed: tuple[Address, ...]
+    """The relayed transport address(es): one, or two for a dual allocation."""
+    lifetime: int
+    """The granted lifetime, seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationRefreshedEvent(TurnServerEvent):
+    """A Refresh request with a non-zero lifetime succeeded (RFC 8656 §8.2)."""
+
+    client: Address
+    """The client's transport address."""
+    local: Address
+    """The listener of the 5-tuple."""
+    transport: TransportName
+    """The client-facing transport."""
+    lifetime: int
+    """The new lifetime, seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationDeletedEvent(TurnServerEvent):
+    """An allocation was deleted by its client (Refresh with LIFETIME 0, RFC 8656 §8.2) or
+    because its TCP/TLS connection closed."""
+
+    client: Address
+    """The client's transport address."""
+    local: Address
+    """The listener of the 5-tuple."""
+    transport: TransportName
+    """The client-facing transport."""
+    username: str
+    """The username that owned the allocation."""
+    relayed: tuple[Address, ...]
+    """The relayed transport addresses released."""
+    reason: Literal["refresh", "connection closed"]
+    """Why: a Refresh with lifetime zero, or the connection closing."""
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationExpiredEvent(TurnServerEvent):
+    """An allocation reached its time-to-expiry without a refresh (RFC 8656 §5)."""
+
+    client: Address
+    """The client's transport address."""
+    local: Address
+    """The listener of the 5-tuple."""
+    transport: TransportName
+    """The client-facing transport."""
+    username: str
+    """The username that owned the allocation."""
+    relayed: tuple[Address, ...]
+    """The relayed transport addresses released."""
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionCreatedEvent(TurnServerEvent):
+    """A permission was installed for a peer IP (RFC 8656 §9); not sent on refreshes."""
+
+    client: Address
+    """The client's transport address."""
+    peer_ip: str
+    """The peer IP address now allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionExpiredEvent(TurnServerEvent):
+    """A permission reached its time-to-expiry (RFC 8656 §9)."""
+
+    client: Address
+    """The client's transport address."""
+    peer_ip: str
+    """The peer IP address no longer allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelBoundEvent(TurnServerEvent):
+    """A channel was bound to a peer (RFC 8656 §12.2); not sent on refreshes."""
+
+    client: Address
+    """The client's transport address."""
+    channel: int
+    """The channel number, 0x4000-0x4FFF."""
+    peer: Address
+    """The peer transport address bound to it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelExpiredEvent(TurnServerEvent):
+    """A channel binding reached its time-to-expiry (RFC 8656 §12)."""
+
+    client: Address
+    """The client's transport address."""
+    channel: int
+    """The channel number."""
+    peer: Address
+    """The peer transport address it was bound to."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticationFailedEvent(TurnServerEvent):
+    """A request presented credentials that did not verify (RFC 8489 §9.2.4): an unknown
+    user, another realm, or a MESSAGE-INTEGRITY that does not match."""
+
+    client: Address
+    """The source of the request."""
+    username: str | None
+    """The USERNAME (or the owner of the USERHASH) claimed, when known."""
+    code: int
+    """The error code answered (401)."""
+
+
+# --------------------------------------------------------------------------- stats
+
+
+@dataclass(slots=True)
+class TurnServerStats:
+    """Counters of :class:`TurnServer`; the first three are current values."""
+
+    allocations: int = 0
+    """Allocations alive now."""
+    permissions: int = 0
+    """Permissions alive now, over all allocations."""
+    channels: int = 0
+    """Channel bindings alive now, over all allocations."""
+    allocations_created: int = 0
+    """Allocate requests that succeeded."""
+    allocations_expired: int = 0
+    """Allocations that timed out."""
+    allocations_deleted: int = 0
+    """Allocations deleted by Refresh with lifetime 0 or a closed connection."""
+    requests: int = 0
+    """TURN requests received (Binding requests are counted by the STUN core)."""
+    errors_sent: int = 0
+    """Error responses sent to TURN requests (challenges included)."""
+    auth_failures: int = 0
+    """Requests whose credentials did not verify (401 after credentials were presented)."""
+    to_peer_packets: int = 0
+    """Datagrams relayed from clients to peers (Send indications and ChannelData)."""
+    to_peer_bytes: int = 0
+    """Application bytes relayed from clients to peers."""
+    to_client_packets: int = 0
+    """Datagrams relayed from peers to clients (Data indications and ChannelData)."""
+    to_client_bytes: int = 0
+    """Application bytes relayed from peers to clients."""
+    dropped: int = 0
+    """Messages and datagrams dropped: malformed, no allocation, no channel, ... ."""
+    dropped_no_permission: int = 0
+    """Of ``dropped``: data without a live permission for the peer (RFC 8656 §9)."""
+
+
+# --------------------------------------------------------------------------- injected parts
+
+
+class RelayAllocator(Protocol):
+    """Binds and releases relayed transport addresses; implemented by the adapter (which
+    owns the sockets) and by fakes in tests (RFC 8656 §7.2 "choosing a relayed address")."""
+
+    def allocate(
+        self,
+        family: int,
+        even_port: bool,
+        reserve_next: bool,
+        token: bytes | None,
+        now: float,
+    ) -> tuple[Address, bytes | None] | None:
+        """Bind a relayed address of ``family`` (1 IPv4, 2 IPv6), with an even port when
+        ``even_port``; with ``reserve_next`` also reserve port N+1 and return its 8-byte
+        RESERVATION-TOKEN; with ``token`` use the address reserved under it (``family`` is
+        then IPv4 by default and the reserved address's family wins). Returns (address,
+        token or None), or None when nothing suitable is available (508)."""
+        ...
+
+    def release(self, addr: Address) -> None:
+        """Close the relayed address ``addr`` (its allocation or family ended)."""
+        ...
+
+
+_DEFAULT_DENIED_V4 = (
+    "0.0.0.0/8",  # unspecified / "this network"
+    "10.0.0.0/8",  # RFC 1918
+    "169.254.0.0/16",  # link-local
+    "172.16.0.0/12",  # RFC 1918
+    "192.168.0.0/16",  # RFC 1918
+    "224.0.0.0/4",  # multicast
+    "255.255.255.255/32",  # limited broadcast
+)
+_DEFAULT_DENIED_V6 = (
+    "::/128",  # unspecified
+    "fc00::/7",  # unique local (RFC 4193)
+    "fe80::/10",  # link-local
+    "ff00::/8",  # multicast
+)
+_LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class PeerFilter:
+    """Which peer IPs a client may reach through the relay (RFC 8656 §10.2, §11.2, §12.2
+    "MAY impose restrictions", §21.1 on relaying to private addresses).
+
+    Refused by default: loopback (unless ``allow_loopback``), RFC 1918, unique-local,
+    link-local, multicast, unspecified and broadcast addresses; an IPv4-mapped IPv6 address
+    (``::ffff:a.b.c.d``) is judged as the IPv4 address it maps. Networks in ``allow`` are
+    accepted even inside those ranges (a lab, a VPN); networks in ``deny`` are refused as
+    well. A string that is not an IP address is refused.
+    """
+
+    def __init__(
+        self,
+        *,
+        allow_loopback: bool = False,
+        allow: Iterable[str | _Network] = (),
+        deny: Iterable[str | _Network] = (),
+    ) -> None:
+        denied = [*_DEFAULT_DENIED_V4, *_DEFAULT_DENIED_V6]
+        if not allow_loopback:
+            denied.extend(_LOOPBACK)
+        try:
+            self._deny: tuple[_Network, ...] = tuple(
+                ipaddress.ip_network(n) for n in [*denied, *deny]
+            )
+            self._allow: tuple[_Network, ...] = tuple(ipaddress.ip_network(n) for n in allow)
+        except ValueError as exc:
+            raise LocalProtocolError(f"bad network in the peer filter: {exc}") from exc
+        self.allow_loopback = allow_loopback
+        """Whether loopback peers are accepted."""
+        self._cache: dict[str, bool] = {}
+
+    def __call__(self, ip: str) -> bool:
+        """True when relaying to ``ip`` is allowed."""
+        cache = self._cache
+        verdict = cache.get(ip)
+        if verdict is None:
+            verdict = self._judge(ip)
+            if len(cache) >= 65536:
+                cache.clear()
+            cache[ip] = verdict
+        return verdict
+
+    def _judge(self, ip: str) -> bool:
+        try:
+            addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if any(addr in net for net in self._allow):
+            return True
+        return not any(addr in net for net in self._deny)
+
+
+# --------------------------------------------------------------------------- state
+
+
+class _Timed:
+    """Something with a time-to-expiry that sits in the timer heap."""
+
+    __slots__ = ("alive", "expires")
+
+    def __init__(self, expires: float) -> None:
+        self.expires = expires
+        self.alive = True
+
+
+class _Relay(_Timed):
+    """One relayed transport address of an allocation, with its own lifetime (§8.1)."""
+
+    __slots__ = ("addr", "allocation", "family")
+
+    def __init__(self, addr: Address, family: int, allocation: _Allocation, expires: float) -> None:
+        super().__init__(expires)
+        self.addr = addr
+        self.family = family
+        self.allocation = allocation
+
+
+class _Permission(_Timed):
+    """A permission: a peer IP and its time-to-expiry (RFC 8656 §9)."""
+
+    __slots__ = ("allocation", "family", "ip")
+
+    def __init__(self, ip: str, family: int, allocation: _Allocation, expires: float) -> None:
+        super().__init__(expires)
+        self.ip = ip
+        self.family = family
+        self.allocation = allocation
+
+
+class _Channel(_Timed):
+    """A channel binding (RFC 8656 §12): number, peer transport address, relay to use."""
+
+    __slots__ = ("allocation", "family", "number", "peer", "relay")
+
+    def __init__(
+        self,
+        number: int,
+        peer: Address,
+        family: int,
+        relay: Address,
+        allocation: _Allocation,
+        expires: float,
+    ) -> None:
+        super().__init__(expires)
+        self.number = number
+        self.peer = peer
+        self.family = family
+        self.relay = relay
+        self.allocation = allocation
+
+
+class _Allocation:
+    """The server's allocation record (RFC 8656 §5)."""
+
+    __slots__ = (
+        "alive",
+        "by_peer",
+        "channels",
+        "client",
+        "key",
+        "local",
+        "permissions",
+        "relays",
+        "request",
+        "response",
+        "stream",
+        "transport",
+        "username",
+    )
+
+    def __init__(
+        self,
+        client: Address,
+        local: Address,
+        transport: TransportName,
+        username: str,
+    ) -> None:
+        self.client = client
+        self.local = local
+        self.transport: TransportName = transport
+        self.key = (client, local, transport)
+        self.stream = transport != "udp"
+        self.username = username
+        self.relays: dict[int, _Relay] = {}
+        self.permissions: dict[str, _Permission] = {}
+        self.channels: dict[int, _Channel] = {}
+        self.by_peer: dict[Address, _Channel] = {}
+        self.request = b""
+        self.response = b""
+        self.alive = True
+
+    def relayed(self) -> tuple[Address, ...]:
+        return tuple(r.addr for r in self.relays.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _Auth:
+    """An authenticated request: who, with which key, and how to sign the response."""
+
+    username: str
+    key: bytes
+    sha256_length: int
+    """0 to sign with MESSAGE-INTEGRITY, else the MESSAGE-INTEGRITY-SHA256 length."""
+
+
+class _Reject(Exception):
+    """Internal: stop processing a request with this error response (never escapes)."""
+
+    def __init__(self, code: ErrorCode, *attrs: Attribute) -> None:
+        super().__init__(int(code))
+        self.code = code
+        self.attrs = attrs
+
+
+def _family_of(ip: str) -> int:
+    """1 or 2 for an IP string; raises LocalProtocolError when it is not one."""
+    return int(pack_ip(ip)[0])
+
+
+def _canonical(addr: Address) -> Address:
+    """(ip, port) with the IP in the text form the codec produces (RFC 5952 for IPv6)."""
+    family, packed = pack_ip(addr[0])
+    return (unpack_ip(family, packed), int(addr[1]))
+
+
+def _reflexive(addr: Address) -> XorMappedAddress:
+    """XOR-MAPPED-ADDRESS of a client; an IPv4-mapped IPv6 source is reported as IPv4."""
+    family, packed = pack_ip(addr[0])
+    if family == Family.IPV6 and packed[:12] == _V4_MAPPED:
+        return XorMappedAddress(unpack_ip(Family.IPV4, packed[12:]), addr[1])
+    return XorMappedAddress(addr[0], addr[1])
+
+
+# --------------------------------------------------------------------------- the core
+
+
+class TurnServer:
+    """Sans-I/O TURN server (RFC 8656) with long-term authentication (RFC 8489 §9.2).
+
+    See the module docstring for the order of checks. Keyword-only configuration:
+
+    - ``realm`` and ``auth`` (a :class:`~anchor_turn.auth.CredentialBackend`): the long-term
+      credential realm and where keys come from.
+    - ``relay``: the :class:`RelayAllocator` the adapter implements.
+    - ``stun``: the :class:`~anchor_stun.server.StunServer` answering Binding requests on the
+      TURN listeners (default: a plain one with the same SOFTWARE).
+    - ``rng``: randomness for the nonce secret and indication transaction ids.
+    - lifetimes in seconds: ``default_lifetime``, ``max_lifetime`` (RFC 8656 §7.2),
+      ``permission_lifetime`` (§9), ``channel_lifetime`` (§12), ``nonce_lifetime``.
+    - ``password_algorithms``: offered in PASSWORD-ALGORITHMS, in preference order
+      (RFC 8489 §14.11); empty for RFC 5389-style MD5 only, without the cookie bit.
+    - ``username_anonymity``: advertise USERHASH support in the nonce cookie (§9.2.1).
+    - ``user_quota``, ``total_quota``: allocations per username / in all (486, §7.2).
+    - ``max_permissions``, ``max_channels``: per allocation (508).
+    - ``address_families``: relay families offered (440 for others, §7.2).
+    - ``peer_filter``: a ``Callable[[str], bool]`` deciding which peer IPs are allowed;
+      default :class:`PeerFilter` built from ``allow_loopback_peers`` and ``allow_peers``.
+    - ``max_events``: events kept when nobody reads them (oldest dropped first).
+
+    Raises :class:`LocalProtocolError` on a bad configuration.
+    """
+
+    def __init__(
+        self,
+        *,
+        realm: str,
+        auth: CredentialBackend,
+        relay: RelayAllocator,
+        stun: StunServer | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
+        software: str | None = "anchor",
+        default_lifetime: int = DEFAULT_LIFETIME,
+        max_lifetime: int = MAX_LIFETIME,
+        permission_lifetime: float = DEFAULT_PERMISSION_LIFETIME,
+        channel_lifetime: float = DEFAULT_CHANNEL_LIFETIME,
+        nonce_lifetime: float = DEFAULT_NONCE_LIFETIME,
+        password_algorithms: tuple[int, ...] = (_SHA256, _MD5),
+        username_anonymity: bool = False,
+        user_quota: int | None = None,
+        total_quota: int | None = None,
+        max_permissions: int = 256,
+        max_channels: int = CHANNEL_MAX - CHANNEL_MIN + 1,
+        address_families: tuple[int, ...] = (_IPV4, _IPV6),
+        peer_filter: Callable[[str], bool] | None = None,
+        allow_loopback_peers: bool = False,
+        allow_peers: Iterable[str] = (),
+        max_events: int = 4096,
+    ) -> None:
+        if not 0 < default_lifetime <= max_lifetime <= 0xFFFFFFFF:
+            raise LocalProtocolError("need 0 < default_lifetime <= max_lifetime")
+        if permission_lifetime <= 0 or channel_lifetime <= 0 or nonce_lifetime <= 0:
+            raise LocalProtocolError("lifetimes must be positive")
+        for alg in password_algorithms:
+            if alg not in (_MD5, _SHA256):
+                raise LocalProtocolError(f"unsupported password algorithm {alg:#x}")
+        for fam in address_families:
+            if fam not in (_IPV4, _IPV6):
+                raise LocalProtocolError(f"unknown address family {fam:#x}")
+        if max_permissions < 1 or max_channels < 1:
+            raise LocalProtocolError("max_permissions and max_channels must be >= 1")
+        Realm(realm).encode_value(bytes(12))  # raises on an over-long realm
+        backend_realm = getattr(auth, "realm", realm)
+        if isinstance(backend_realm, str) and backend_realm != realm:
+            raise LocalProtocolError(
+                f"the credential back-end serves realm {backend_realm!r}, not {realm!r}"
+            )
+
+        self.realm = realm
+        """The REALM of the long-term credentials (RFC 8489 §14.9)."""
+        self.auth = auth
+        """The credential back-end."""
+        self.relay = relay
+        """The relayed-address allocator."""
+        self.stun = (
+            stun if stun is not None else StunServer(primary=("0.0.0.0", 3478), software=software)
+        )
+        """The STUN core answering Binding requests (RFC 8489)."""
+        self.software = software
+        """SOFTWARE of every response, or None (RFC 8489 §14.14)."""
+        self.default_lifetime = default_lifetime
+        """Default allocation lifetime, seconds (RFC 8656 §7.2)."""
+        self.max_lifetime = max_lifetime
+        """Maximum allocation lifetime, seconds (RFC 8656 §7.2)."""
+        self.permission_lifetime = permission_lifetime
+        """Permission lifetime, seconds (RFC 8656 §9)."""
+        self.channel_lifetime = channel_lifetime
+        """Channel binding lifetime, seconds (RFC 8656 §12)."""
+        self.nonce_lifetime = nonce_lifetime
+        """How long a NONCE stays valid, seconds (RFC 8489 §9.2)."""
+        self.password_algorithms = tuple(int(a) for a in password_algorithms)
+        """Algorithms offered in PASSWORD-ALGORITHMS, in preference order."""
+        self.user_quota = user_quota
+        """Allocations allowed per username, or None (RFC 8656 §7.2, 486)."""
+        self.total_quota = total_quota
+        """Allocations allowed in all, or None (486)."""
+        self.max_permissions = max_permissions
+        """Permissions allowed per allocation (508 beyond)."""
+        self.max_channels = max_channels
+        """Channel bindings allowed per allocation (508 beyond)."""
+        self.address_families = tuple(address_families)
+        """Relayed address families offered (RFC 8656 §7.2, 440 for others)."""
+        self.peer_filter: Callable[[str], bool] = (
+            peer_filter
+            if peer_filter is not None
+            else PeerFilter(allow_loopback=allow_loopback_peers, allow=allow_peers)
+        )
+        """Decides which peer IPs may be reached (403 otherwise)."""
+        self.stats = TurnServerStats()
+        """Counters."""
+
+        self._rng = rng
+        self._secret = rng(32)
+        features = SecurityFeatures.NONE
+        if self.password_algorithms:
+            features |= SecurityFeatures.PASSWORD_ALGORITHMS
+        if username_anonymity:
+            features |= SecurityFeatures.USERNAME_ANONYMITY
+        self._features = features
+        self._nonce_prefix = make_nonce(features, "")
+        self._offered: PasswordAlgorithms | None = (
+            PasswordAlgorithms.of(*self.password_algorithms) if self.password_algorithms else None
+        )
+        self._software_attrs: list[Attribute] = [Software(software)] if software else []
+        self._tid_prefix = rng(4)
+        self._tid_counter = 0
+
+        self._by_tuple: dict[tuple[Address, Address, str], _Allocation] = {}
+        self._relays: dict[Address, _Relay] = {}
+        self._per_user: dict[str, int] = {}
+        self._listeners: set[Address] = set()
+        if stun is not None:
+            self._listeners.update(stun.local_addresses())
+        self._heap: list[tuple[float, int, _Timed]] = []
+        self._seq = count()
+        self._out: list[Transmit] = []
+        self._events: deque[TurnServerEvent] = deque(maxlen=max_events)
+        self._peer_tlvs: dict[Address, bytes] = {}
+
+    # ================================================================== driver surface
+
+    def receive_datagram(
+        self,
+        data: bytes,
+        addr: Address,
+        local: Address,
+        now: float,
+        *,
+        transport: TransportName = "udp",
+    ) -> None:
+        """Feed one message a client sent to the listener ``local`` (RFC 8656 §5): a STUN
+        message or ChannelData, one whole frame for TCP/TLS. Never raises on bad input."""
+        size = len(data)
+        if size < 4:
+            self.stats.dropped += 1
+            return
+        first = data[0]
+        if 0x40 <= first <= 0x4F:
+            # ChannelData fast path (RFC 8656 §12.4): dict lookups, one slice, no decoding.
+            alloc = self._by_tuple.get((addr, local, transport))
+            if alloc is not None:
+                number, length = _CD_HEAD.unpack_from(data)
+                channel = alloc.channels.get(number)
+                if channel is not None and 0 <= size - 4 - length <= 3 and channel.expires > now:
+                    permission = alloc.permissions.get(channel.peer[0])
+                    if permission is not None and permission.expires > now:
+                        payload = data[4 : 4 + length]
+                        self._out.append(Transmit(payload, channel.peer, channel.relay))
+                        stats = self.stats
+                        stats.to_peer_packets += 1
+                        stats.to_peer_bytes += length
+                        return
+                    self.stats.dropped_no_permission += 1
+            self.stats.dropped += 1
+            return
+        if first >= 0x40 or size < HEADER_SIZE:
+            self.stats.dropped += 1
+            return
+        msg_type, length, cookie = _HEAD3.unpack_from(data)
+        if cookie != MAGIC_COOKIE or length + HEADER_SIZE != size:
+            if cookie == MAGIC_COOKIE and decode_type(msg_type)[1] == MessageClass.REQUEST:
+                self._stun_general(data, addr, local, transport, now)  # 400 on bad length
+            else:
+                self.stats.dropped += 1
+            return
+        if msg_type == _SEND_INDICATION and self._fast_send(data, addr, local, transport, now):
+            return
+        if decode_type(msg_type)[0] == _BINDING_METHOD:
+            out = self.stun.handle(data, addr, local, now, stream=transport != "udp")
+            if out is not None:
+                self._out.append(out)
+            return
+        self._stun_general(data, addr, local, transport, now)
+
+    def receive_relay(self, data: bytes, peer: Address, relay: Address, now: float) -> None:
+        """Feed one UDP datagram that ``peer`` sent to the relayed address ``relay``
+        (RFC 8656 §11.3, §12.7). ``relay`` is the address the allocator returned; ``peer`` an
+        (ip, port) tuple with the IP in canonical text form. Never raises."""
+        rel = self._relays.get(relay)
+        stats = self.stats
+        if rel is None:
+            stats.dropped += 1
+            return
+        alloc = rel.allocation
+        permission = alloc.permissions.get(peer[0])
+        if rel.expires <= now:
+            stats.dropped += 1
+            return
+        if permission is None or permission.expires <= now:
+            stats.dropped_no_permission += 1
+            stats.dropped += 1
+            return
+        size = len(data)
+        channel = alloc.by_peer.get(peer)
+        if channel is not None and channel.expires > now:
+            if size > _MAX_BODY:
+                stats.dropped += 1
+                return
+            if alloc.stream and size & 3:
+                out = b"".join((_CD_HEAD.pack(channel.number, size), data, _PAD[size & 3]))
+            else:
+                out = _CD_HEAD.pack(channel.number, size) + data
+        else:
+            out = self._data_indication(data, peer)
+            if not out:
+                stats.dropped += 1
+                return
+        self._out.append(Transmit(out, alloc.client, alloc.local))
+        stats.to_client_packets += 1
+        stats.to_client_bytes += size
+
+    def datagrams_to_send(self, now: float) -> list[Transmit]:
+        """Everything to send since the last call, in order: responses, indications and
+        ChannelData to clients (``local`` = listener), payloads to peers (``local`` = the
+        relayed address to send from)."""
+        out, self._out = self._out, []
+        return out
+
+    def next_timer(self) -> float | None:
+        """The next time an allocation, permission or channel expires, or None."""
+        heap = self._heap
+        while heap:
+            when, _, obj = heap[0]
+            if obj.alive and obj.expires == when:
+                return when
+            heappop(heap)
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """Expire what is due at ``now`` (RFC 8656 §5, §9, §12); early calls do nothing."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, _, obj = heappop(heap)
+            if not obj.alive or obj.expires != when:
+                continue
+            if isinstance(obj, _Permission):
+                self._expire_permission(obj)
+            elif isinstance(obj, _Channel):
+                self._expire_channel(obj)
+            elif isinstance(obj, _Relay):
+                self._expire_relay(obj)
+
+    def next_event(self) -> TurnServerEvent | None:
+        """The oldest event not yet read, or None."""
+        events = self._events
+        return events.popleft() if events else None
+
+    def connection_closed(self, addr: Address, local: Address, now: float) -> None:
+        """The TCP/TLS connection from ``addr`` to ``local`` closed: its allocation, if any,
+        is deleted (RFC 8656 §3.1: the allocation lives on that connection)."""
+        for transport in ("tcp", "tls"):
+            alloc = self._by_tuple.get((addr, local, transport))
+            if alloc is not None:
+                relayed = alloc.relayed()
+                self._delete_allocation(alloc)
+                self.stats.allocations_deleted += 1
+                self._events.append(
+                    AllocationDeletedEvent(
+                        alloc.client,
+                        alloc.local,
+                        alloc.transport,
+                        alloc.username,
+                        relayed,
+                        "connection closed",
+                    )
+                )
+
+    # ------------------------------------------------------------------ introspection
+
+    def allocation_count(self) -> int:
+        """Allocations alive now."""
+        return len(self._by_tuple)
+
+    def relayed_addresses(self) -> list[Address]:
+        """Every relayed transport address in use."""
+        return list(self._relays)
+
+    def relayed_for(
+        self, addr: Address, local: Address, transport: TransportName = "udp"
+    ) -> tuple[Address, ...]:
+        """The relayed addresses of the allocation of a 5-tuple (empty when none)."""
+        alloc = self._by_tuple.get((addr, local, transport))
+        return alloc.relayed() if alloc is not None else ()
+
+    # ================================================================== client → peer data
+
+    def _fast_send(
+        self, data: bytes, addr: Address, local: Address, transport: str, now: float
+    ) -> bool:
+        """Send indication without the codec (RFC 8656 §11.2). False: take the general
+        path (an attribute this parser does not handle); True: handled (sent or dropped)."""
+        size = len(data)
+        pos = HEADER_SIZE
+        peer_at = data_at = -1
+        peer_len = data_len = 0
+        while pos < size:
+            if pos + 4 > size:
+                return False
+            atype, alen = _TL.unpack_from(data, pos)
+            if atype == _FINGERPRINT:
+                if alen != 4 or pos + 8 != size:
+                    return False
+                crc = zlib.crc32(memoryview(data)[:pos]) ^ FINGERPRINT_XOR
+                if crc != _U32.unpack_from(data, pos + 4)[0]:
+                    self.stats.dropped += 1
+                    return True
+                break
+            nxt = pos + 4 + alen + (-alen & 3)
+            if nxt > size:
+                return False
+            if atype == _XOR_PEER:
+                if peer_at < 0:
+                    peer_at, peer_len = pos + 4, alen
+            elif atype == _DATA:
+                if data_at < 0:
+                    data_at, data_len = pos + 4, alen
+            elif atype == _DONT_FRAGMENT:
+                pass
+            elif atype < 0x8000:  # integrity, unknown required, ...: the codec decides
+                return False
+            pos = nxt
+        if peer_at < 0 or data_at < 0:
+            self.stats.dropped += 1
+            return True
+        try:
+            peer = XorPeerAddress.decode_value(data[peer_at : peer_at + peer_len], data[8:20])
+        except DecodeError:
+            self.stats.dropped += 1
+            return True
+        self._relay_to_peer(
+            data[data_at : data_at + data_len], peer.address, addr, local, transport, now
+        )
+        return True
+
+    def _relay_to_peer(
+        self,
+        payload: bytes,
+        peer: Address,
+        addr: Address,
+        local: Address,
+        transport: str,
+        now: float,
+    ) -> None:
+        """The checks of RFC 8656 §11.2 after parsing, then the datagram to the peer."""
+        stats = self.stats
+        alloc = self._by_tuple.get((addr, local, transport))
+        if alloc is None:
+            stats.dropped += 1
+            return
+        permission = alloc.permissions.get(peer[0])
+        if permission is None or permission.expires <= now:
+            stats.dropped_no_permission += 1
+            stats.dropped += 1
+            return
+        relay = alloc.relays.get(permission.family)
+        if relay is None or relay.expires <= now or self._is_self(peer, alloc):
+            stats.dropped += 1
+            return
+        self._out.append(Transmit(payload, peer, relay.addr))
+        stats.to_peer_packets += 1
+        stats.to_peer_bytes += len(payload)
+
+    def _is_self(self, peer: Address, alloc: _Allocation) -> bool:
+        """True for the allocation's own relayed addresses and the server's listeners."""
+        if peer in self._listeners:
+            return True
+        return any(r.addr == peer for r in alloc.relays.values())
+
+    # ================================================================== peer → client data
+
+    def _data_indication(self, payload: bytes, peer: Address) -> bytes:
+        """A Data indication with XOR-PEER-ADDRESS, DATA and FINGERPRINT (RFC 8656 §11.3);
+        empty when it would not fit in a STUN message."""
+        self._tid_counter += 1
+        tid = self._tid_prefix + _U64.pack(self._tid_counter)
+        peer_tlv = self._peer_tlvs.get(peer)
+        if peer_tlv is None:
+            try:
+                family, packed = pack_ip(peer[0])
+                if family == Family.IPV4:
+                    xored = (int.from_bytes(packed, "big") ^ MAGIC_COOKIE).to_bytes(4, "big")
+                    peer_tlv = _ADDR4_TLV.pack(_XOR_PEER, 8, _IPV4, peer[1] ^ _COOKIE_PORT, xored)
+                    cache = self._peer_tlvs
+                    if len(cache) >= _PEER_TLV_CACHE:
+                        cache.clear()
+                    cache[peer] = peer_tlv
+                else:  # IPv6: the XOR key includes the transaction id (RFC 8489 §14.2)
+                    value = XorPeerAddress(peer[0], peer[1]).encode_value(tid)
+                    peer_tlv = _TL.pack(_XOR_PEER, len(value)) + value
+            except LocalProtocolError:
+                return b""
+        size = len(payload)
+        pad = _PAD[size & 3]
+        body_length = len(peer_tlv) + 4 + size + len(pad) + 8
+        if body_length > _MAX_BODY:
+            return b""
+        head = _HEADER.pack(_DATA_INDICATION, body_length, MAGIC_COOKIE, tid)
+        data_tl = _TL.pack(_DATA, size)
+        crc = zlib.crc32(head)
+        crc = zlib.crc32(peer_tlv, crc)
+        crc = zlib.crc32(data_tl, crc)
+        crc = zlib.crc32(payload, crc)
+        crc = zlib.crc32(pad, crc) ^ FINGERPRINT_XOR
+        return b"".join((head, peer_tlv, data_tl, payload, pad, _FP_TLV.pack(_FINGERPRINT, 4, crc)))
+
+    # ================================================================== STUN messages
+
+    def _stun_general(
+        self, data: bytes, addr: Address, local: Address, transport: TransportName, now: float
+    ) -> None:
+        """Decode and process a STUN message (steps 4-10 of the module docstring)."""
+        stats = self.stats
+        self._listeners.add(local)
+        try:
+            msg = Message.decode(data)
+        except DecodeError as exc:
+            tid = exc.transaction_id
+            method, klass = decode_type(((data[0] << 8) | data[1]) & 0x3FFF)
+            if tid is None or klass != MessageClass.REQUEST:
+                stats.dropped += 1
+                return
+            stats.requests += 1
+            request = Message(method, klass, bytes(tid))
+            self._send_error(request, ErrorCode.BAD_REQUEST, (), addr, local, None)
+            return
+        if msg.fingerprint is not None and not msg.verify_fingerprint():
+            stats.dropped += 1
+            return
+        klass = msg.msg_class
+        if klass == MessageClass.INDICATION:
+            if msg.method == Method.SEND and not msg.unknown_required():
+                peer = msg.get(XorPeerAddress)
+                payload = msg.get(Data)
+                if peer is not None and payload is not None:
+                    self._relay_to_peer(payload.value, peer.address, addr, local, transport, now)
+                    return
+            stats.dropped += 1
+            return
+        if klass != MessageClass.REQUEST:
+            stats.dropped += 1
+            return
+        stats.requests += 1
+        self._request(msg, data, addr, local, transport, now)
+
+    def _request(
+        self,
+        msg: Message,
+        data: bytes,
+        addr: Address,
+        local: Address,
+        transport: TransportName,
+        now: float,
+    ) -> None:
+        """Steps 6-10 of the module docstring for one decoded request."""
+        if msg.method not in _TURN_METHODS:
+            self._send_error(msg, ErrorCode.BAD_REQUEST, (), addr, local, None)
+            return
+        self.handle_timer(now)  # what is due is gone before the request looks at it
+        alloc = self._by_tuple.get((addr, local, transport))
+        if (
+            alloc is not None
+            and msg.method == Method.ALLOCATE
+            and alloc.request == data
+            and alloc.response
+        ):
+            self._out.append(Transmit(alloc.response, addr, local))  # retransmission (§7.2)
+            return
+        auth = self._authenticate(msg, addr, local, now)
+        if auth is None:
+            return
+        unknown = msg.unknown_required()
+        try:
+            if unknown:
+                raise _Reject(
+                    ErrorCode.UNKNOWN_ATTRIBUTE, UnknownAttributes(tuple(dict.fromkeys(unknown)))
+                )
+            if msg.method == Method.ALLOCATE:
+                attrs = self._allocate(msg, auth, alloc, addr, local, transport, now)
+            else:
+                if alloc is None:
+                    raise _Reject(ErrorCode.ALLOCATION_MISMATCH)
+                if alloc.username != auth.username:
+                    raise _Reject(ErrorCode.WRONG_CREDENTIALS)  # RFC 8656 §5
+                if msg.method == Method.REFRESH:
+                    attrs = self._refresh(msg, alloc, now)
+                elif msg.method == Method.CREATE_PERMISSION:
+                    attrs = self._create_permission(msg, alloc, now)
+                else:
+                    attrs = self._channel_bind(msg, alloc, now)
+        except _Reject as reject:
+            self._send_error(msg, reject.code, reject.attrs, addr, local, auth)
+            return
+        response = self._encode(
+            Message(msg.method, MessageClass.SUCCESS, msg.transaction_id, attrs), auth
+        )
+        if msg.method == Method.ALLOCATE:
+            created = self._by_tuple.get((addr, local, transport))
+            if created is not None:
+                created.request, created.response = data, response
+        self._out.append(Transmit(response, addr, local))
+
+    # ------------------------------------------------------------------ authentication
+
+    def _authenticate(
+        self, msg: Message, addr: Address, local: Address, now: float
+    ) -> _Auth | None:
+        """RFC 8489 §9.2.4; None when an error response has been queued."""
+        if msg.integrity is None and msg.integrity_sha256 is None:
+            self._challenge(msg, ErrorCode.UNAUTHENTICATED, addr, local, now)
+            return None
+        username_attr = msg.get(Username)
+        userhash_attr = msg.get(Userhash)
+        realm = msg.get(Realm)
+        nonce = msg.get(Nonce)
+        if (username_attr is None and userhash_attr is None) or realm is None or nonce is None:
+            self._send_error(msg, ErrorCode.BAD_REQUEST, (), addr, local, None)
+            return None
+        algorithm = _MD5
+        features = nonce_features(nonce.value)
+        if features is not None and SecurityFeatures.PASSWORD_ALGORITHMS in features:
+            chosen = msg.get(PasswordAlgorithm)
+            offered = msg.get(PasswordAlgorithms)
+            if chosen is None and offered is None:
+                if self.password_algorithms and _MD5 not in self.password_algorithms:
+                    self._send_error(msg, ErrorCode.BAD_REQUEST, (), addr, local, None)
+                    return None
+            elif (
+                chosen is None
+                or offered is None
+                or offered != self._offered
+                or chosen.algorithm not in offered.ids
+            ):
+                self._send_error(msg, ErrorCode.BAD_REQUEST, (), addr, local, None)
+                return None
+            else:
+                algorithm = chosen.algorithm
+        username: str | None
+        if username_attr is not None:
+            username = username_attr.value
+        else:
+            assert userhash_attr is not None
+            username = self.auth.lookup_userhash(userhash_attr.value, self.realm)
+        key = None
+        if username is not None and realm.value == self.realm:
+            key = self.auth.key(username, self.realm, algorithm, now)
+        if key is None or not _verify(msg, key):
+            self.stats.auth_failures += 1
+            self._events.append(AuthenticationFailedEvent(addr, username, 401))
+            self._challenge(msg, ErrorCode.UNAUTHENTICATED, addr, local, now)
+            return None
+        if not self._nonce_valid(nonce.value, addr[0], now):
+            self._challenge(msg, ErrorCode.STALE_NONCE, addr, local, now)
+            return None
+        assert username is not None
+        mac = msg.integrity_sha256
+        return _Auth(username, key, len(mac) if mac is not None else 0)
+
+    def _challenge(
+        self, msg: Message, code: ErrorCode, addr: Address, local: Address, now: float
+    ) -> None:
+        """401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4)."""
+        attrs: list[Attribute] = [Realm(self.realm), Nonce(self._make_nonce(addr[0], now))]
+        if self._offered is not None:
+            attrs.append(self._offered)
+        self._send_error(msg, code, attrs, addr, local, None)
+
+    def _make_nonce(self, ip: str, now: float) -> str:
+        """A stateless nonce bound to the client IP and an expiry (module docstring)."""
+        expiry_ms = min(max(0, int((now + self.nonce_lifetime) * 1000)), _MAX_EXPIRY_MS)
+        expiry = _EXPIRY.pack(expiry_ms)[2:]
+        mac = self._nonce_mac(expiry, ip)
+        rest = base64.urlsafe_b64encode(expiry + mac).decode("ascii")
+        return make_nonce(self._features, rest)
+
+    def _nonce_mac(self, expiry: bytes, ip: str) -> bytes:
+        text = b"".join((self._nonce_prefix.encode("ascii"), expiry, ip.encode("utf-8")))
+        return hmac.digest(self._secret, text, hashlib.sha256)[:12]
+
+    def _nonce_valid(self, nonce: str, ip: str, now: float) -> bool:
+        prefix = self._nonce_prefix
+        if not nonce.startswith(prefix):
+            return False
+        try:
+            raw = base64.urlsafe_b64decode(nonce[len(prefix) :].encode("ascii"))
+        except (ValueError, UnicodeError):
+            return False
+        if len(raw) != 18:
+            return False
+        expiry, mac = raw[:6], raw[6:]
+        if not hmac.compare_digest(mac, self._nonce_mac(expiry, ip)):
+            return False
+        return now * 1000 < int.from_bytes(expiry, "big")
+
+    # ------------------------------------------------------------------ responses
+
+    def _encode(self, msg: Message, auth: _Auth | None) -> bytes:
+        """SOFTWARE, the integrity attribute the request used, FINGERPRINT."""
+        msg.attributes.extend(self._software_attrs)
+        if auth is None:
+            return msg.encode(fingerprint=True)
+        if auth.sha256_length:
+            return msg.encode(
+                key_sha256=auth.key, sha256_length=auth.sha256_length, fingerprint=True
+            )
+        return msg.encode(key=auth.key, fingerprint=True)
+
+    def _send_error(
+        self,
+        request: Message,
+        code: ErrorCode,
+        attrs: Iterable[Attribute],
+        addr: Address,
+        local: Address,
+        auth: _Auth | None,
+    ) -> None:
+        """Queue an error response (RFC 8489 §6.3.1.1), signed when ``auth`` is given."""
+        response = request.error_response(int(code), code.reason, attrs)
+        self.stats.errors_sent += 1
+        self._out.append(Transmit(self._encode(response, auth), addr, local))
+
+    # ------------------------------------------------------------------ Allocate
+
+    def _lifetime(self, requested: Lifetime | None) -> int:
+        """RFC 8656 §7.2: max(default, min(requested, max)); the default without LIFETIME."""
+        if requested is None:
+            return self.default_lifetime
+        granted = min(requested.value, self.max_lifetime)
+        return granted if granted > self.default_lifetime else self.default_lifetime
+
+    def _allocate(
+        self,
+        msg: Message,
+        auth: _Auth,
+        existing: _Allocation | None,
+        addr: Address,
+        local: Address,
+        transport: TransportName,
+        now: float,
+    ) -> list[Attribute]:
+        """RFC 8656 §7.2 steps 2-10; returns the success attributes or raises _Reject."""
+        if existing is not None:
+            raise _Reject(ErrorCode.ALLOCATION_MISMATCH)
+        requested = msg.get(RequestedTransport)
+        if requested is None:
+            raise _Reject(ErrorCode.BAD_REQUEST)
+        if requested.protocol != TransportProtocol.UDP:
+            raise _Reject(ErrorCode.UNSUPPORTED_TRANSPORT_PROTOCOL)
+        token = msg.get(ReservationToken)
+        even = msg.get(EvenPort)
+        raf = msg.get(RequestedAddressFamily)
+        aaf = msg.get(AdditionalAddressFamily)
+        if token is not None and (even is not None or raf is not None or aaf is not None):
+            raise _Reject(ErrorCode.BAD_REQUEST)
+        if raf is not None and aaf is not None:
+            raise _Reject(ErrorCode.BAD_REQUEST)
+        family = _IPV4
+        if raf is not None:
+            if raf.family not in self.address_families:
+                raise _Reject(ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED)
+            family = raf.family
+        elif aaf is None and _IPV4 not in self.address_families:
+            raise _Reject(ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED)
+        reserve = even is not None and even.reserve
+        if aaf is not None and (reserve or aaf.family != _IPV6):
+            raise _Reject(ErrorCode.BAD_REQUEST)
+        username = auth.username
+        if (self.total_quota is not None and len(self._by_tuple) >= self.total_quota) or (
+            self.user_quota is not None and self._per_user.get(username, 0) >= self.user_quota
+        ):
+            raise _Reject(ErrorCode.ALLOCATION_QUOTA_REACHED)
+
+        families = (_IPV4, _IPV6) if aaf is not None else (family,)
+        bound: list[tuple[int, Address]] = []
+        failures: list[AddressErrorCode] = []
+        new_token: bytes | None = None
+        for fam in families:
+            if fam not in self.address_families:
+                failures.append(_address_error(fam, ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED))
+                continue
+            result = self.relay.allocate(
+                fam, even is not None, reserve, token.value if token else None, now
+            )
+            relayed = _checked_relay(result, self._relays)
+            if relayed is None or result is None:
+                failures.append(_address_error(fam, ErrorCode.INSUFFICIENT_CAPACITY))
+                continue
+            bound.append((_family_of(relayed[0]), relayed))
+            if result[1] is not None and len(result[1]) == RESERVATION_TOKEN_SIZE:
+                new_token = result[1]
+        if not bound:
+            if all(f.code == ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED for f in failures):
+                raise _Reject(ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED)
+            raise _Reject(ErrorCode.INSUFFICIENT_CAPACITY)
+
+        lifetime = self._lifetime(msg.get(Lifetime))
+        expires = now + lifetime
+        alloc = _Allocation(addr, local, transport, username)
+        for fam, relayed in bound:
+            if fam in alloc.relays:  # an allocator that answered twice with one family
+                self.relay.release(relayed)
+                continue
+            rel = _Relay(relayed, fam, alloc, expires)
+            alloc.relays[fam] = rel
+            self._relays[relayed] = rel
+            self._schedule(rel)
+        self._by_tuple[alloc.key] = alloc
+        self._per_user[username] = self._per_user.get(username, 0) + 1
+        stats = self.stats
+        stats.allocations += 1
+        stats.allocations_created += 1
+        self._events.append(
+            AllocationCreatedEvent(addr, local, transport, username, alloc.relayed(), lifetime)
+        )
+        attrs: list[Attribute] = [XorRelayedAddress(a[0], a[1]) for a in alloc.relayed()]
+        attrs.append(Lifetime(lifetime))
+        if new_token is not None:
+            attrs.append(ReservationToken(new_token))
+        attrs.append(_reflexive(addr))
+        if aaf is not None:
+            attrs.extend(failures)
+        return attrs
+
+    # ------------------------------------------------------------------ Refresh
+
+    def _refresh(self, msg: Message, alloc: _Allocation, now: float) -> list[Attribute]:
+        """RFC 8656 §8.2."""
+        raf = msg.get(RequestedAddressFamily)
+        if raf is not None:
+            target = alloc.relays.get(raf.family)
+            if target is None:
+                raise _Reject(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
+            targets = [target]
+        else:
+            targets = list(alloc.relays.values())
+        requested = msg.get(Lifetime)
+        if requested is not None and requested.value == 0:
+            if len(targets) == len(alloc.relays):
+                self._delete_allocation(alloc)
+                self.stats.allocations_deleted += 1
+                self._events.append(
+                    AllocationDeletedEvent(
+                        alloc.client,
+                        alloc.local,
+                        alloc.transport,
+                        alloc.username,
+                        tuple(r.addr for r in targets),
+                        "refresh",
+                    )
+                )
+            else:
+                for rel in targets:
+                    self._remove_relay(rel)
+            return [Lifetime(0)]
+        lifetime = self._lifetime(requested)
+        for rel in targets:
+            rel.expires = now + lifetime
+            self._schedule(rel)
+        self._events.append(
+            AllocationRefreshedEvent(alloc.client, alloc.local, alloc.transport, lifetime)
+        )
+        return [Lifetime(lifetime)]
+
+    # ------------------------------------------------------------------ permissions
+
+    def _check_peer(self, peer: XorPeerAddress, alloc: _Allocation) -> int:
+        """The 443 check of RFC 8656 §10.2 and §12.2; returns the peer's family."""
+        family = _family_of(peer.ip)
+        if family not in alloc.relays:
+            raise _Reject(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
+        return family
+
+    def _forbidden(self, peer: XorPeerAddress, alloc: _Allocation) -> bool:
+        return not self.peer_filter(peer.ip) or self._is_self(peer.address, alloc)
+
+    def _create_permission(self, msg: Message, alloc: _Allocation, now: float) -> list[Attribute]:
+        """RFC 8656 §10.2: all the peers are checked before any permission is installed."""
+        peers = msg.get_all(XorPeerAddress)
+        if not peers:
+            raise _Reject(ErrorCode.BAD_REQUEST)
+        families = [self._check_peer(p, alloc) for p in peers]
+        if any(self._forbidden(p, alloc) for p in peers):
+            raise _Reject(ErrorCode.FORBIDDEN)
+        new = {p.ip for p in peers if p.ip not in alloc.permissions}
+        if len(alloc.permissions) + len(new) > self.max_permissions:
+            raise _Reject(ErrorCode.INSUFFICIENT_CAPACITY)
+        for peer, family in zip(peers, families, strict=True):
+            self._install_permission(alloc, peer.ip, family, now)
+        return []
+
+    def _install_permission(self, alloc: _Allocation, ip: str, family: int, now: float) -> None:
+        """Install or refresh a permission (RFC 8656 §9)."""
+        expires = now + self.permission_lifetime
+        permission = alloc.permissions.get(ip)
+        if permission is None:
+            permission = _Permission(ip, family, alloc, expires)
+            alloc.permissions[ip] = permission
+            self.stats.permissions += 1
+            self._events.append(PermissionCreatedEvent(alloc.client, ip))
+        else:
+            permission.expires = expires
+        self._schedule(permission)
+
+    # ------------------------------------------------------------------ channels
+
+    def _channel_bind(self, msg: Message, alloc: _Allocation, now: float) -> list[Attribute]:
+        """RFC 8656 §12.2."""
+        number_attr = msg.get(ChannelNumber)
+        peer = msg.get(XorPeerAddress)
+        if number_attr is None or peer is None:
+            raise _Reject(ErrorCode.BAD_REQUEST)
+        number = number_attr.value
+        if not CHANNEL_MIN <= number <= CHANNEL_MAX:
+            raise _Reject(ErrorCode.BAD_REQUEST)
+        address = peer.address
+        channel = alloc.channels.get(number)
+        if channel is not None and channel.peer != address:
+            raise _Reject(ErrorCode.BAD_REQUEST)
+        other = alloc.by_peer.get(address)
+        if other is not None and other.number != number:
+            raise _Reject(ErrorCode.BAD_REQUEST)
+        family = self._check_peer(peer, alloc)
+        if self._forbidden(peer, alloc):
+            raise _Reject(ErrorCode.FORBIDDEN)
+        if channel is None and len(alloc.channels) >= self.max_channels:
+            raise _Reject(ErrorCode.INSUFFICIENT_CAPACITY)
+        if peer.ip not in alloc.permissions and len(alloc.permissions) >= self.max_permissions:
+            raise _Reject(ErrorCode.INSUFFICIENT_CAPACITY)
+        expires = now + self.channel_lifetime
+        if channel is None:
+            channel = _Channel(number, address, family, alloc.relays[family].addr, alloc, expires)
+            alloc.channels[number] = channel
+            alloc.by_peer[address] = channel
+            self.stats.channels += 1
+            self._events.append(ChannelBoundEvent(alloc.client, number, address))
+        else:
+            channel.expires = expires
+        self._schedule(channel)
+        self._install_permission(alloc, peer.ip, family, now)
+        return []
+
+    # ------------------------------------------------------------------ expiry
+
+    def _schedule(self, obj: _Timed) -> None:
+        heappush(self._heap, (obj.expires, next(self._seq), obj))
+
+    def _expire_permission(self, permission: _Permission) -> None:
+        alloc = permission.allocation
+        if alloc.permissions.get(permission.ip) is permission:
+            del alloc.permissions[permission.ip]
+        permission.alive = False
+        self.stats.permissions -= 1
+        self._events.append(PermissionExpiredEvent(alloc.client, permission.ip))
+
+    def _drop_channel(self, channel: _Channel) -> None:
+        alloc = channel.allocation
+        if alloc.channels.get(channel.number) is channel:
+            del alloc.channels[channel.number]
+        if alloc.by_peer.get(channel.peer) is channel:
+            del alloc.by_peer[channel.peer]
+        channel.alive = False
+        self.stats.channels -= 1
+
+    def _expire_channel(self, channel: _Channel) -> None:
+        self._drop_channel(channel)
+        self._events.append(
+            ChannelExpiredEvent(channel.allocation.client, channel.number, channel.peer)
+        )
+
+    def _expire_relay(self, relay: _Relay) -> None:
+        alloc = relay.allocation
+        if len(alloc.relays) > 1:
+            self._remove_relay(relay)
+            return
+        self._delete_allocation(alloc)
+        self.stats.allocations_expired += 1
+        self._events.append(
+            AllocationExpiredEvent(
+                alloc.client, alloc.local, alloc.transport, alloc.username, (relay.addr,)
+            )
+        )
+
+    def _remove_relay(self, relay: _Relay) -> None:
+        """Release one family of a dual allocation with its permissions and channels."""
+        alloc = relay.allocation
+        relay.alive = False
+        alloc.relays.pop(relay.family, None)
+        if self._relays.get(relay.addr) is relay:
+            del self._relays[relay.addr]
+        self.relay.release(relay.addr)
+        for permission in [p for p in alloc.permissions.values() if p.family == relay.family]:
+            del alloc.permissions[permission.ip]
+            permission.alive = False
+            self.stats.permissions -= 1
+        for channel in [c for c in alloc.channels.values() if c.family == relay.family]:
+            self._drop_channel(channel)
+
+    def _delete_allocation(self, alloc: _Allocation) -> None:
+        """Release every relayed address and forget the allocation (RFC 8656 §5)."""
+        if not alloc.alive:
+            return
+        alloc.alive = False
+        for relay in list(alloc.relays.values()):
+            self._remove_relay(relay)
+        if self._by_tuple.get(alloc.key) is alloc:
+            del self._by_tuple[alloc.key]
+        left = self._per_user.get(alloc.username, 0) - 1
+        if left > 0:
+            self._per_user[alloc.username] = left
+        else:
+            self._per_user.pop(alloc.username, None)
+        self.stats.allocations -= 1
+
+
+def _verify(msg: Message, key: bytes) -> bool:
+    """MESSAGE-INTEGRITY-SHA256 when present, else MESSAGE-INTEGRITY (RFC 8489 §9.2.4)."""
+    if msg.integrity_sha256 is not None:
+        return msg.verify_integrity_sha256(key)
+    return msg.verify_integrity(key)
+
+
+def _address_error(family: int, code: ErrorCode) -> AddressErrorCode:
+    return AddressErrorCode(family, int(code), code.reason)
+
+
+def _checked_relay(
+    result: tuple[Address, bytes | None] | None, in_use: dict[Address, _Relay]
+) -> Address | None:
+    """The canonical relayed address an allocator returned, or None when it is unusable
+    (not an (ip, port) tuple, or already the relay of another allocation)."""
+    if result is None:
+        return None
+    try:
+        relayed = _canonical(result[0])
+    except (LocalProtocolError, TypeError, ValueError, IndexError):
+        return None
+    if relayed in in_use or not 0 < relayed[1] <= 0xFFFF:
+        return None
+    return relayed

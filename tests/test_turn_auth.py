@@ -1,0 +1,221 @@
+"""Tests of the TURN credential back-ends (RFC 8489 §9.2.2, §14.4; TURN REST API)."""
+
+from __future__ import annotations
+
+import sqlite3
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from anchor_stun.attributes import PasswordAlgorithmId
+from anchor_stun.errors import LocalProtocolError
+from anchor_stun.integrity import long_term_key, turn_rest_password, userhash
+from anchor_turn.auth import (
+    ChainedBackend,
+    CredentialBackend,
+    RestSecret,
+    SqliteUsers,
+    StaticUsers,
+)
+
+REALM = "example.org"
+MD5 = PasswordAlgorithmId.MD5
+SHA256 = PasswordAlgorithmId.SHA256
+NOW = 50.0
+
+
+# --------------------------------------------------------------------------- StaticUsers
+
+
+def test_static_users_keys_are_long_term_keys() -> None:
+    users = StaticUsers({"alice": "secret", "bob": "hunter2"}, realm=REALM)
+    assert isinstance(users, CredentialBackend)
+    assert len(users) == 2
+    for alg in (MD5, SHA256):
+        assert users.key("alice", REALM, alg, NOW) == long_term_key("alice", REALM, "secret", alg)
+        assert users.key("bob", REALM, alg, NOW) == long_term_key("bob", REALM, "hunter2", alg)
+    assert len(users.key("alice", REALM, SHA256, NOW) or b"") == 32
+    assert len(users.key("alice", REALM, MD5, NOW) or b"") == 16
+
+
+def test_static_users_refuse_unknown_user_realm_and_algorithm() -> None:
+    users = StaticUsers({"alice": "secret"}, realm=REALM)
+    assert users.key("mallory", REALM, MD5, NOW) is None
+    assert users.key("alice", "other.org", MD5, NOW) is None
+    assert users.key("alice", REALM, 0x7777, NOW) is None
+
+
+def test_static_users_apply_opaque_string_to_names() -> None:
+    decomposed = "jose\u0301"  # OpaqueString normalizes to NFC (RFC 8265 §4.2)
+    users = StaticUsers({decomposed: "pw"}, realm=REALM)
+    composed = unicodedata.normalize("NFC", decomposed)
+    assert users.key(composed, REALM, MD5, NOW) == long_term_key(composed, REALM, "pw", MD5)
+    assert users.lookup_userhash(userhash(composed, REALM), REALM) == composed
+
+
+def test_static_users_keep_no_password() -> None:
+    users = StaticUsers({"alice": "s3cr3t-password"}, realm=REALM)
+    assert "s3cr3t-password" not in repr(vars(users))
+
+
+def test_static_users_userhash_lookup() -> None:
+    users = StaticUsers({"alice": "secret", "bob": "pw"}, realm=REALM)
+    assert users.lookup_userhash(userhash("bob", REALM), REALM) == "bob"
+    assert users.lookup_userhash(userhash("bob", "other.org"), REALM) is None
+    assert users.lookup_userhash(userhash("bob", REALM), "other.org") is None
+    assert users.lookup_userhash(bytes(32), REALM) is None
+
+
+def test_static_users_reject_bad_configuration() -> None:
+    with pytest.raises(LocalProtocolError):
+        StaticUsers({"": "secret"}, realm=REALM)
+    with pytest.raises(LocalProtocolError):
+        StaticUsers({"alice": "bad\x07password"}, realm=REALM)
+
+
+# --------------------------------------------------------------------------- SqliteUsers
+
+
+def test_sqlite_stores_keys_not_passwords(tmp_path: Path) -> None:
+    path = tmp_path / "users.db"
+    with SqliteUsers(path) as db:
+        db.add_user("alice", "very-secret-pw", REALM)
+        assert db.key("alice", REALM, MD5, NOW) == long_term_key("alice", REALM, "very-secret-pw")
+        assert db.key("alice", REALM, SHA256, NOW) == long_term_key(
+            "alice", REALM, "very-secret-pw", SHA256
+        )
+    assert b"very-secret-pw" not in path.read_bytes()
+    row = (
+        sqlite3.connect(path)
+        .execute("SELECT name, realm, md5_key, sha256_key, userhash FROM turnusers")
+        .fetchone()
+    )
+    assert row == (
+        "alice",
+        REALM,
+        long_term_key("alice", REALM, "very-secret-pw", MD5).hex(),
+        long_term_key("alice", REALM, "very-secret-pw", SHA256).hex(),
+        userhash("alice", REALM).hex(),
+    )
+
+
+def test_sqlite_survives_reopen_and_removes(tmp_path: Path) -> None:
+    path = tmp_path / "users.db"
+    db = SqliteUsers(path)
+    db.add_user("alice", "secret", REALM)
+    db.add_user("bob", "pw", REALM)
+    db.add_user("alice", "other", "other.org")
+    db.close()
+
+    again = SqliteUsers(path)
+    assert again.users() == [("alice", REALM), ("bob", REALM), ("alice", "other.org")]
+    assert again.users(REALM) == [("alice", REALM), ("bob", REALM)]
+    assert again.key("alice", REALM, MD5, NOW) == long_term_key("alice", REALM, "secret")
+    assert again.key("alice", "other.org", MD5, NOW) == long_term_key("alice", "other.org", "other")
+    assert again.lookup_userhash(userhash("bob", REALM), REALM) == "bob"
+    assert again.lookup_userhash(userhash("bob", REALM), "other.org") is None
+
+    assert again.remove_user("bob", REALM) is True
+    assert again.remove_user("bob", REALM) is False
+    assert again.key("bob", REALM, MD5, NOW) is None
+    assert again.lookup_userhash(userhash("bob", REALM), REALM) is None
+    again.add_user("alice", "changed", REALM)  # replaces
+    assert again.key("alice", REALM, MD5, NOW) == long_term_key("alice", REALM, "changed")
+    again.close()
+    with SqliteUsers(path) as third:
+        assert third.users(REALM) == [("alice", REALM)]
+        assert third.key("alice", REALM, SHA256, NOW) == long_term_key(
+            "alice", REALM, "changed", SHA256
+        )
+
+
+def test_sqlite_reload_picks_up_changes_from_another_writer(tmp_path: Path) -> None:
+    path = tmp_path / "users.db"
+    server_side = SqliteUsers(path, reload_interval=10.0)
+    assert server_side.key("carol", REALM, MD5, 100.0) is None  # arms the reload at 110
+    with SqliteUsers(path) as admin:
+        admin.add_user("carol", "pw", REALM)
+    assert server_side.key("carol", REALM, MD5, 109.9) is None  # cached: no disk access
+    assert server_side.key("carol", REALM, MD5, 110.0) == long_term_key("carol", REALM, "pw")
+    server_side.close()
+
+    manual = SqliteUsers(path)
+    with SqliteUsers(path) as admin:
+        admin.remove_user("carol", REALM)
+    assert manual.key("carol", REALM, MD5, 1e9) is not None  # no reload_interval
+    manual.reload()
+    assert manual.key("carol", REALM, MD5, 1e9) is None
+    manual.close()
+
+
+def test_sqlite_skips_rows_edited_into_garbage(tmp_path: Path) -> None:
+    path = tmp_path / "users.db"
+    with SqliteUsers(path) as db:
+        db.add_user("alice", "secret", REALM)
+        db.add_user("bob", "pw", REALM)
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("UPDATE turnusers SET md5_key = 'zz' WHERE name = 'bob'")
+    con.close()
+    with SqliteUsers(path) as db:
+        assert db.key("bob", REALM, MD5, NOW) is None
+        assert db.key("alice", REALM, MD5, NOW) is not None
+
+
+# --------------------------------------------------------------------------- RestSecret
+
+
+def test_rest_secret_valid_username() -> None:
+    rest = RestSecret("s3cret", clock=lambda: 1_700_000_000.0)
+    username = "1700000100:alice"
+    password = turn_rest_password("s3cret", username)
+    assert rest.password(username) == password
+    for alg in (MD5, SHA256):
+        assert rest.key(username, REALM, alg, NOW) == long_term_key(username, REALM, password, alg)
+    assert rest.key("1700000100", REALM, MD5, NOW) is not None  # the ":user" part is optional
+
+
+def test_rest_secret_refuses_expired_and_malformed_usernames() -> None:
+    wall = [1_700_000_000.0]
+    rest = RestSecret("s3cret", clock=lambda: wall[0])
+    assert rest.key("1699999999:alice", REALM, MD5, NOW) is None
+    assert rest.key("1700000000:alice", REALM, MD5, NOW) is not None  # expiry == now
+    wall[0] = 1_700_000_000.5
+    assert rest.key("1700000000:alice", REALM, MD5, NOW) is None
+    for bad in ("alice", "", ":alice", "12x:alice", "\u0661\u0662:alice", "-5:alice"):
+        assert rest.key(bad, REALM, MD5, NOW) is None
+    assert rest.key("1800000000:alice", REALM, 0x7777, NOW) is None
+    assert rest.lookup_userhash(userhash("1800000000:alice", REALM), REALM) is None
+
+
+def test_rest_secret_separator_and_configuration() -> None:
+    rest = RestSecret("k", clock=lambda: 0.0, separator="-")
+    assert rest.key("100-alice", REALM, MD5, NOW) is not None
+    assert rest.key("100:alice", REALM, MD5, NOW) is None
+    with pytest.raises(LocalProtocolError):
+        RestSecret("", clock=lambda: 0.0)
+    with pytest.raises(LocalProtocolError):
+        RestSecret("k", clock=lambda: 0.0, separator="")
+
+
+# --------------------------------------------------------------------------- ChainedBackend
+
+
+def test_chained_backend_asks_in_order() -> None:
+    first = StaticUsers({"alice": "one"}, realm=REALM)
+    second = StaticUsers({"alice": "two", "bob": "pw"}, realm=REALM)
+    rest = RestSecret("k", clock=lambda: 0.0)
+    chain = ChainedBackend(first, second, rest)
+    assert isinstance(chain, CredentialBackend)
+    assert chain.key("alice", REALM, MD5, NOW) == long_term_key("alice", REALM, "one")
+    assert chain.key("bob", REALM, MD5, NOW) == long_term_key("bob", REALM, "pw")
+    assert chain.key("100:x", REALM, MD5, NOW) == long_term_key(
+        "100:x", REALM, turn_rest_password("k", "100:x")
+    )
+    assert chain.key("nobody", REALM, MD5, NOW) is None
+    assert chain.lookup_userhash(userhash("bob", REALM), REALM) == "bob"
+    assert chain.lookup_userhash(bytes(32), REALM) is None
+    assert ChainedBackend.of([first]).key("alice", REALM, SHA256, NOW) == long_term_key(
+        "alice", REALM, "one", SHA256
+    )
