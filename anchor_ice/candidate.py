@@ -157,10 +157,9 @@ class Candidate:
             raise CandidateError(f"unknown candidate type {fields[7]!r}", field="typ") from None
         if not 1 <= len(foundation) <= 32:
             raise CandidateError("foundation must be 1-32 characters", field="foundation")
-        try:
-            comp, prio, port_num = int(component), int(priority), int(port)
-        except ValueError:
-            raise CandidateError(f"non-numeric field in {line!r}", field="candidate") from None
+        if not all(f.isascii() and f.isdigit() for f in (component, priority, port)):
+            raise CandidateError(f"non-numeric field in {line!r}", field="candidate")
+        comp, prio, port_num = int(component), int(priority), int(port)
         if not 1 <= comp <= 256 or not 0 < prio < 2**32 or not 0 <= port_num <= 65535:
             raise CandidateError(f"field out of range in {line!r}", field="candidate")
         rest = fields[8:]
@@ -174,7 +173,7 @@ class Candidate:
             if name == "raddr":
                 related_ip = value
             elif name == "rport":
-                if not value.isdigit() or int(value) > 65535:
+                if not (value.isascii() and value.isdigit()) or int(value) > 65535:
                     raise CandidateError(f"bad rport {value!r}", field="rport")
                 related_port = int(value)
             elif name == "tcptype":

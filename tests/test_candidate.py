@@ -65,6 +65,8 @@ def test_libnice_and_tcp_lines() -> None:
     "candidate:1 1 udp 1 127.0.0.1 5000 typ srflx raddr",
     "candidate:1 1 udp 1 127.0.0.1 5000 typ srflx rport x",
     "a=ice-ufrag:abcd",
+    "candidate:1 1 udp 1 127.0.0.1 5000 typ srflx rport \u00b2",
+    "candidate:1 1 udp \u0665 127.0.0.1 5000 typ host",
 ])
 def test_malformed_lines_raise_candidate_error(bad: str) -> None:
     with pytest.raises(CandidateError):
