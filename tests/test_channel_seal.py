@@ -1,0 +1,276 @@
+"""Sealed channel frames (anchor_ice.seal): X25519 + HKDF-SHA256 + ChaCha20-Poly1305."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from anchor_ice.channel import (
+    FIRST_BYTE_MAX,
+    FIRST_BYTE_MIN,
+    AuthenticationFailed,
+    ChannelClosed,
+    ChannelState,
+    CloseReason,
+    MessageReceived,
+    ReliableChannel,
+    ReplayDetected,
+    SealError,
+    is_channel_frame,
+)
+from anchor_ice.seal import (
+    REPLAY_WINDOW,
+    SEAL_OVERHEAD,
+    ReplayWindow,
+    Sealer,
+    ice_context,
+)
+from anchor_stun.errors import AnchorError
+
+from .test_channel import Harness, Network, events, flip_bit, mixed_messages
+
+CTX = ice_context("aUfr", "aPasswordOfTwentyTwo..", "bUfr", "bPasswordOfTwentyTwo..")
+SECRET = b"TOP-SECRET-PAYLOAD:"
+
+
+def rng_from(seed: int) -> random.Random:
+    return random.Random(seed)
+
+
+def sealer_pair(
+    ctx_a: bytes = CTX, ctx_b: bytes = CTX, seed: int = 1
+) -> tuple[Sealer, Sealer, bytes, bytes]:
+    keys_a = Sealer.create(rng_from(seed).randbytes)
+    keys_b = Sealer.create(rng_from(seed + 1).randbytes)
+    return (
+        Sealer.derive(keys_a, keys_b.public, ctx_a),
+        Sealer.derive(keys_b, keys_a.public, ctx_b),
+        keys_a.public,
+        keys_b.public,
+    )
+
+
+def sealed_pair(ctx_a: bytes = CTX, ctx_b: bytes = CTX) -> tuple[ReliableChannel, ReliableChannel]:
+    seal_a, seal_b, _, _ = sealer_pair(ctx_a, ctx_b)
+    rng = rng_from(99)
+    return (
+        ReliableChannel(seal=seal_a, rng=rng.randbytes),
+        ReliableChannel(seal=seal_b, rng=rng.randbytes),
+    )
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def test_keys_and_context() -> None:
+    keys = Sealer.create(rng_from(5).randbytes)
+    assert len(keys.public) == 32
+    assert Sealer.create(rng_from(5).randbytes).public == keys.public  # rng is the only input
+    assert "private" not in repr(keys)
+    # Both sides build the same context whatever their order.
+    assert ice_context("u1", "p1", "u2", "p2") == ice_context("u2", "p2", "u1", "p1")
+    assert ice_context("u1", "p1", "u2", "p2") != ice_context("u1", "p1", "u2", "p3")
+    # Length prefixes: no ambiguity between ("ab", "c") and ("a", "bc").
+    assert ice_context("ab", "c", "x", "y") != ice_context("a", "bc", "x", "y")
+
+
+def test_derive_refuses_bad_remote_keys() -> None:
+    keys = Sealer.create(rng_from(5).randbytes)
+    with pytest.raises(SealError):
+        Sealer.derive(keys, b"\x01" * 31, CTX)
+    with pytest.raises(SealError):
+        Sealer.derive(keys, keys.public, CTX)  # reflected offer
+    with pytest.raises(SealError) as info:
+        Sealer.derive(keys, bytes(32), CTX)  # low-order point: all-zero shared secret
+    assert isinstance(info.value, AnchorError)
+
+
+def test_one_derivation_per_key_pair_and_context() -> None:
+    keys_a = Sealer.create(rng_from(1).randbytes)
+    keys_b = Sealer.create(rng_from(2).randbytes)
+    Sealer.derive(keys_a, keys_b.public, CTX)
+    with pytest.raises(SealError):  # a second channel would restart the counter: nonce reuse
+        Sealer.derive(keys_a, keys_b.public, CTX)
+    Sealer.derive(keys_a, keys_b.public, CTX + b"next session")
+
+
+def test_seal_open_round_trip_and_directions() -> None:
+    seal_a, seal_b, _, _ = sealer_pair()
+    wire = seal_a.seal(0xD5, b"frame body")
+    assert wire[0] == 0xD5 and len(wire) == 1 + len(b"frame body") + SEAL_OVERHEAD
+    assert seal_b.open(wire) == b"frame body"
+    with pytest.raises(ReplayDetected):
+        seal_b.open(wire)
+    # A frame reflected back at its sender does not open: directions use different keys.
+    with pytest.raises(AuthenticationFailed):
+        seal_a.open(seal_a.seal(0xD5, b"frame body"))
+    with pytest.raises(AuthenticationFailed):
+        seal_b.open(wire[:10])
+
+
+def test_replay_window() -> None:
+    w = ReplayWindow()
+    assert REPLAY_WINDOW == 1024
+    for counter in (0, 1, 5, 3):
+        assert w.fresh(counter)
+        w.mark(counter)
+    assert not w.fresh(3) and not w.fresh(5) and w.fresh(4) and w.fresh(2)
+    w.mark(2000)
+    assert w.highest == 2000
+    assert not w.fresh(2000 - 1024)  # slid out of the window
+    assert w.fresh(2000 - 1023) and not w.fresh(2000) and w.fresh(2001)
+    w.mark(2000 - 1023)
+    assert not w.fresh(2000 - 1023)
+    w.mark(10_000)  # a jump wider than the window clears it
+    assert not w.fresh(2001) and w.fresh(9999) and not w.fresh(10_000)
+
+
+# --------------------------------------------------------------------------- must show 2
+
+
+def test_payload_unreadable_and_first_byte_in_demux_range() -> None:
+    a, b = sealed_pair()
+    message = SECRET * 300  # 5700 bytes: 5 frames
+    a.send(message, 0.0)
+    frames = a.datagrams_to_send(0.0)
+    assert len(frames) == 5 and all(len(f) <= 1200 for f in frames)
+    assert a.max_fragment == 1200 - 10 - 24
+    for frame in frames:
+        assert is_channel_frame(frame) and FIRST_BYTE_MIN <= frame[0] <= FIRST_BYTE_MAX
+        assert b"SECRET" not in frame and b"TOP-" not in frame
+    for frame in frames:
+        b.receive_datagram(frame, 0.1)
+    assert events(b) == [MessageReceived(message)]
+    # Control: the same message in a plaintext channel is readable on the wire.
+    plain = ReliableChannel()
+    plain.send(message, 0.0)
+    assert all(SECRET in f for f in plain.datagrams_to_send(0.0)[:-1])
+
+
+def test_no_fixed_plaintext_marker() -> None:
+    a, _ = sealed_pair()
+    frames = []
+    for i in range(64):
+        a.send(bytes([i]), 0.0)
+        frames.extend(a.datagrams_to_send(0.0))
+    # The first byte varies within 192-255; the masked counter shows no counting pattern.
+    assert len({f[0] for f in frames}) > 20
+    assert all(f[0] >= FIRST_BYTE_MIN for f in frames)
+    counters = [f[1:9] for f in frames]
+    assert len(set(counters)) == len(counters)
+    assert not any(c == i.to_bytes(8, "big") for i, c in enumerate(counters))
+    assert not any(c[:4] == b"\x00\x00\x00\x00" for c in counters)
+    # No byte position is constant across frames (but the demux bits of byte 0).
+    for pos in range(1, 12):
+        assert len({f[pos] for f in frames}) > 1
+
+
+def test_flipped_bit_is_rejected() -> None:
+    a, b = sealed_pair()
+    a.send(SECRET, 0.0)
+    [frame] = a.datagrams_to_send(0.0)
+    auth_failures = 0
+    for bit in range(8 * len(frame)):
+        b.receive_datagram(flip_bit(frame, bit), 0.1)
+        if bit not in (0, 1):  # the two top bits of byte 0 leave the demux range
+            auth_failures += 1
+    s = b.stats
+    assert s.dropped_auth == auth_failures and s.dropped_invalid == 2 and s.dropped_replay == 0
+    assert events(b) == [] and s.frames_received == 0
+    b.receive_datagram(frame, 0.1)  # the genuine frame still opens afterwards
+    assert events(b) == [MessageReceived(SECRET)]
+
+
+def test_replayed_frame_is_rejected() -> None:
+    a, b = sealed_pair()
+    a.send(b"once", 0.0)
+    [frame] = a.datagrams_to_send(0.0)
+    b.receive_datagram(frame, 0.1)
+    b.receive_datagram(frame, 0.2)
+    b.receive_datagram(frame, 5.0)
+    assert events(b) == [MessageReceived(b"once")]
+    assert b.stats.dropped_replay == 2 and b.stats.duplicates == 0
+    # A retransmission of the same DATA frame is a new sealed frame (new counter): it opens,
+    # and the channel counts it as a duplicate, as it would in plaintext.
+    a.handle_timer(1.0)
+    [again] = a.datagrams_to_send(1.0)
+    assert again != frame
+    b.receive_datagram(again, 1.1)
+    assert b.stats.duplicates == 1 and events(b) == []
+
+
+def test_keys_are_bound_to_the_context() -> None:
+    other = ice_context("aUfr", "aPasswordOfTwentyTwo..", "bUfr", "another-password-here.")
+    a, b = sealed_pair(CTX, other)
+    a.send(b"hello", 0.0)
+    for frame in a.datagrams_to_send(0.0):
+        b.receive_datagram(frame, 0.1)
+    assert events(b) == [] and b.stats.dropped_auth == 1
+    assert b.datagrams_to_send(0.1) == []  # nothing to acknowledge
+
+
+def test_plaintext_frames_rejected_by_sealed_channel() -> None:
+    _, b = sealed_pair()
+    plain = ReliableChannel()
+    plain.send(b"hello", 0.0)
+    b.receive_datagram(plain.datagrams_to_send(0.0)[0], 0.1)
+    assert b.stats.dropped_auth == 1 and events(b) == []
+
+
+def test_sealed_channel_over_lossy_network() -> None:
+    rng = random.Random(7)
+    a, b = sealed_pair()
+    net = Network(rng=random.Random(2), loss=0.10, duplicate=0.10, reorder=0.25, corrupt=0.02)
+    h = Harness(a, b, net)
+    messages = mixed_messages(rng, 15)
+    pending = list(messages)
+
+    def feed() -> None:
+        while pending and h.a.can_send(len(pending[0])):
+            h.a.send(pending.pop(0), h.now)
+
+    h.run(lambda: len(h.received("b")) == len(messages), each=feed)
+    assert h.received("b") == messages
+    sa, sb = h.a.stats, h.b.stats
+    # Duplicated datagrams are replays to a sealed channel; corrupted ones fail the tag.
+    assert sb.dropped_replay > 0 and sb.dropped_auth + sa.dropped_auth > 0
+    assert sb.dropped_crc == sa.dropped_crc == 0
+    assert all(SECRET not in f for f in net.sent)
+    h.a.close(h.now)
+    h.run(lambda: h.a.state is h.b.state is ChannelState.CLOSED)
+    assert h.of("b", ChannelClosed) == [ChannelClosed(CloseReason.PEER)]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=1500))
+def test_arbitrary_bytes_to_sealed_channel_never_raise(data: bytes) -> None:
+    a, b = sealed_pair()
+    a.send(b"x", 0.0)
+    for frame in a.datagrams_to_send(0.0):
+        b.receive_datagram(frame, 0.05)
+    b.receive_datagram(data, 0.1)
+    b.receive_datagram(bytes([0xC7]) + data, 0.1)
+    b.datagrams_to_send(0.1)
+    b.handle_timer(100.0)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pattern=st.lists(st.booleans(), max_size=120),
+    sizes=st.lists(st.integers(0, 5000), min_size=1, max_size=6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_sealed_random_loss_patterns_still_deliver_in_order(
+    pattern: list[bool], sizes: list[int], seed: int
+) -> None:
+    rng = random.Random(seed)
+    messages = [rng.randbytes(n) for n in sizes]
+    a, b = sealed_pair()
+    h = Harness(a, b, Network(rng=rng, drop_pattern=pattern, duplicate=0.1, reorder=0.3))
+    for m in messages:
+        h.a.send(m, 0.0)
+    h.run(lambda: len(h.received("b")) == len(messages))
+    assert h.received("b") == messages
