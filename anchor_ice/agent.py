@@ -1,0 +1,1594 @@
+"""The sans-I/O ICE agent (RFC 8445) with consent freshness (RFC 7675).
+
+Theory of operation
+-------------------
+:class:`IceAgent` runs one data stream with ``components`` components. It never touches a
+socket, a clock or a random source: datagrams come in through :meth:`IceAgent.receive_datagram`,
+go out through :meth:`IceAgent.datagrams_to_send`, time is the ``now`` argument (monotonic
+seconds, last parameter everywhere), randomness comes from the ``rng`` callable, and results
+come out of :meth:`IceAgent.next_event` (see :mod:`anchor_ice.events`).
+
+Addresses. Every local candidate is added with its *base* (RFC 8445 §5.1.1): the local
+address its packets leave from. For host and server-reflexive candidates that is the host
+socket; for a relayed candidate it is the relayed address itself, and the adapter maps a
+:class:`~anchor_stun.events.Transmit` whose ``local`` is a relayed address to a Send
+indication or ChannelData through that TURN allocation. Likewise the adapter passes, for each
+datagram, the ``local`` address it arrived on (the relayed address for data from a TURN
+allocation) and the peer address (XOR-PEER-ADDRESS for relayed data, RFC 8445 §7.3.1.2).
+
+Life cycle (``state``)::
+
+    NEW --start--> CHECKING --every component selected--> CONNECTED --no check left--> COMPLETED
+     |                |  ^                                    |                            |
+     |                |  +------------- restart --------------+----------------------------+
+     |                +--all pairs failed / checking timeout / consent lost--> FAILED
+     +--------------------------------- close ---------------------------------> CLOSED
+
+A controlled agent answers checks from construction on (RFC 8445 §7.3: requests can arrive
+before the candidates), but sends its own checks only after :meth:`IceAgent.start` and once the
+remote credentials are known.
+
+Checks (RFC 8445 §6.1.4, §7.2). Pairs are formed, pruned and ordered by
+:class:`~anchor_ice.checklist.Checklist`. Only candidates the nominator advertises, and the
+bases they are sent from, take part (a gateway-mode agent checks from the host socket that
+carries its server-reflexive candidate, a relay-only agent only through its relays). Every
+``ta`` seconds at most one check leaves: the head of the triggered-check queue, else the
+highest-priority Waiting pair. A check is a Binding request with USERNAME
+``remote-ufrag:local-ufrag``, PRIORITY (the peer-reflexive priority of the local candidate,
+§7.1.1), ICE-CONTROLLING or ICE-CONTROLLED with the tie-breaker, USE-CANDIDATE when
+nominating, MESSAGE-INTEGRITY keyed with the remote password and FINGERPRINT. Each check is a
+STUN client transaction (:class:`~anchor_stun.transaction.ClientTransaction`) retransmitted
+with an RTO of ``max(500 ms, Ta * N * (Waiting + In-Progress))`` (RFC 8445 §14.3, N the number
+of pairs) unless ``check_rto`` fixes it, ``check_rc`` sends and a final wait of
+``check_rm * RTO`` (RFC 8489 §6.2.1 defaults: 7 and 16, which is 39.5 s for a 500 ms RTO).
+
+Responses (§7.2.5): a 487 switches the role the request claimed, changes the tie-breaker and
+re-queues the pair (§7.2.5.1); a response whose source is not the request's destination, or
+that arrived on another local address, fails the pair (§7.2.5.2.1); other errors and
+timeouts fail it. A success builds the valid pair from XOR-MAPPED-ADDRESS (§7.2.5.3.2),
+learning a local peer-reflexive candidate when the address is new (§7.2.5.3.1), sets both
+pairs Succeeded and unfreezes the pairs of the same foundation (§7.2.5.3.3).
+
+Requests (§7.3): FINGERPRINT, when present, must verify (else the datagram is dropped);
+USERNAME and MESSAGE-INTEGRITY are required (400 without, 401 when the ufrag is not ours or
+the integrity does not verify with our password), unknown comprehension-required attributes
+get 420, a missing PRIORITY 400. A full agent then repairs role conflicts (§7.3.1.1,
+487 when it keeps its role), answers with XOR-MAPPED-ADDRESS + MESSAGE-INTEGRITY +
+FINGERPRINT, learns a remote peer-reflexive candidate from an unknown source (§7.3.1.3),
+queues a triggered check (§7.3.1.4) and, controlled, records the peer's nomination
+(§7.3.1.5) — regular or aggressive. Before the remote credentials are known, requests are
+answered and remembered, and their triggered checks are queued once the credentials come.
+
+Nomination (§8.1). The controlling agent asks its :class:`~anchor_ice.nominator.Nominator`
+which valid pair to nominate and when, and repeats that pair's check with USE-CANDIDATE.
+With ``aggressive=True`` every check carries USE-CANDIDATE and the first success wins (for
+interoperability tests). The controlled agent asks the nominator whether to accept each
+nomination; a refusal is a 400, after which the controlling agent never nominates that pair
+again and asks its nominator for another. A nomination of a pair the controlled agent has
+not validated yet is accepted when the nominator accepts the pair as it stands, and otherwise
+left unanswered until the peer's retransmission, by when the triggered check has shown the
+real valid pair (see :mod:`anchor_ice.nominator`). (RFC 8445 §7.2.5.3.4 would set the checklist
+Failed on a failed nomination; Anchor lets the nominator pick another valid pair, since a
+policy refusal is not a connectivity failure.) A nominated pair becomes the selected pair of
+its component (the highest-priority nominated pair when a peer nominates several), the
+component's other pairs are dropped (§8.1.2), and once every component has one the agent is
+CONNECTED, then COMPLETED when no check is left.
+
+ICE-lite (``lite=True``, RFC 8445 §2.5, §7.3.2, §8.2): the agent only answers. A request with
+USE-CANDIDATE makes (local address, source) a valid, nominated pair.
+
+Failure. A component fails when every one of its pairs failed, it has no valid pair and the
+peer signalled end-of-candidates (RFC 8445 §7.2.5.4; without end-of-candidates more pairs may
+still come, RFC 8838, and only the timeout applies). ``checking_timeout`` seconds after the
+start of checks (39.5 s by default, the PAC timer of RFC 8863) the agent fails if some
+component still has no selected pair. Either way :class:`~anchor_ice.events.IceFailed` says
+why, and the agent goes quiet.
+
+Keepalives and consent. On each selected pair a full agent sends a consent check (a Binding
+request like any check) every ``consent_interval`` seconds randomized to 0.8-1.2 times that
+(RFC 7675 §5.1); every successful check on the pair renews consent. ``consent_timeout``
+seconds after the last success, consent is lost: :class:`~anchor_ice.events.ConsentLost`,
+then FAILED, and :meth:`IceAgent.send` returns None. A Binding indication with only
+FINGERPRINT goes on a selected pair that saw no packet for ``keepalive_interval`` seconds
+(RFC 8445 §11, Tr = 15 s); with consent checks every few seconds that only happens for lite
+agents.
+
+ICE restart (§9): :meth:`IceAgent.restart` draws new local credentials and forgets the remote
+credentials, candidates, pairs and checks; the role stays. The previous selected pairs keep
+carrying data (and consent checks) until the new checks select pairs for every component,
+which is :class:`~anchor_ice.events.RestartCompleted`. Requests with the previous credentials
+are answered until then. Both sides call ``restart`` and exchange the new credentials and
+candidates; new remote credentials given without a local restart are an error.
+
+Malformed or hostile datagrams never raise: they are dropped and counted in
+:attr:`IceAgent.dropped`.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from anchor_stun.attributes import (
+    ErrorCode,
+    IceControlled,
+    IceControlling,
+    Priority,
+    UnknownAttributes,
+    UseCandidate,
+    Username,
+    XorMappedAddress,
+)
+from anchor_stun.errors import DecodeError, LocalProtocolError
+from anchor_stun.events import Address, Transmit
+from anchor_stun.integrity import short_term_key
+from anchor_stun.message import Message, MessageClass, Method, is_stun
+from anchor_stun.transaction import (
+    RC,
+    RM,
+    ClientTransaction,
+    TransactionSucceeded,
+)
+
+from .candidate import Candidate, CandidateType, compute_foundation
+from .checklist import MAX_PAIRS, CandidatePair, Checklist, PairState
+from .events import (
+    ConsentLost,
+    IceCompleted,
+    IceConnected,
+    IceEvent,
+    IceFailed,
+    LocalCandidateLearned,
+    PairNominated,
+    RemoteCandidateLearned,
+    RestartCompleted,
+    RoleChanged,
+)
+from .nominator import NominationView, Nominator, StandardNominator
+
+__all__ = [
+    "CHECKING_TIMEOUT",
+    "CONSENT_INTERVAL",
+    "CONSENT_TIMEOUT",
+    "KEEPALIVE_INTERVAL",
+    "RTO_MIN",
+    "TA",
+    "IceAgent",
+    "IceRole",
+    "IceState",
+]
+
+TA = 0.05  # RFC 8445 §14.2: default pacing of checks, seconds
+RTO_MIN = 0.5  # RFC 8445 §14.3: agents MUST NOT use an RTO smaller than 500 ms
+CONSENT_INTERVAL = 5.0  # RFC 7675 §5.1: default period of consent checks, seconds
+CONSENT_TIMEOUT = 30.0  # RFC 7675 §5.1: consent expires after 30 s without a response
+KEEPALIVE_INTERVAL = 15.0  # RFC 8445 §11: Tr, seconds
+CHECKING_TIMEOUT = 39.5  # RFC 8863: PAC timer, RECOMMENDED = the check transaction timeout
+CONSENT_RC = 4  # consent check sends (0, 0.5, 1.5, 3.5 s): done before the next check is due
+CONSENT_RM = 2  # final wait of a consent transaction, in RTOs
+ICE_CHARS = string.ascii_letters + string.digits + "+/"  # RFC 8839 §5.4 ice-char
+UFRAG_LENGTH = 8  # RFC 8839 §5.4: at least 4 characters
+PWD_LENGTH = 24  # RFC 8839 §5.4: at least 22 characters
+_MAX_PENDING_REQUESTS = 64
+_MAX_RTTS = 16
+
+
+class IceState(Enum):
+    """State of the agent (RFC 8445 §6.1.3, with WebRTC-like CONNECTED/COMPLETED)."""
+
+    NEW = "new"
+    CHECKING = "checking"
+    CONNECTED = "connected"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class IceRole(Enum):
+    """ICE roles (RFC 8445 §6.1.1)."""
+
+    CONTROLLING = "controlling"
+    CONTROLLED = "controlled"
+
+
+class _Kind(Enum):
+    CHECK = "check"
+    CONSENT = "consent"
+
+
+class _Decision(Enum):
+    """What to do with a nomination from the peer (RFC 8445 §7.3.1.5)."""
+
+    ACCEPT = "accept"
+    REFUSE = "refuse"
+    DEFER = "defer"
+
+
+@dataclass(eq=False, slots=True)
+class _Check:
+    """One Binding request the agent sent, and what to do with its response."""
+
+    kind: _Kind
+    txid: bytes
+    pair: CandidatePair
+    base: Address
+    dest: Address
+    key: bytes
+    priority: int
+    controlling: bool
+    use_candidate: bool
+    nominate_on_success: bool
+    transaction: ClientTransaction | None
+    sent_at: float
+    expires: float  # end of the transaction's lifetime: a cancelled check is forgotten then
+    clean: bool = True  # no retransmission before cancellation: a late answer times well
+
+
+@dataclass(slots=True)
+class _Consent:
+    """Consent freshness state of one selected pair (RFC 7675 §5.1)."""
+
+    pair: CandidatePair
+    last_ok: float
+    next_check: float
+    lost: bool = False
+
+
+@dataclass(slots=True)
+class _PendingRequest:
+    """A request answered before the remote credentials were known (RFC 8445 §7.3)."""
+
+    local: Candidate
+    base: Address
+    source: Address
+    priority: int
+    use_candidate: bool
+    remote_ufrag: str
+
+
+@dataclass(slots=True)
+class _Credentials:
+    ufrag: str
+    pwd: str
+    key: bytes = field(repr=False, default=b"")
+
+
+def _ice_string(rng: Callable[[int], bytes], length: int) -> str:
+    return "".join(ICE_CHARS[b % 64] for b in rng(length))
+
+
+def _check_ice_string(value: str, minimum: int, what: str) -> None:
+    if not minimum <= len(value) <= 256 or any(c not in ICE_CHARS for c in value):
+        raise LocalProtocolError(
+            f"{what} must be {minimum}-256 ice-chars (RFC 8839 §5.4), got {value!r}"
+        )
+
+
+def peer_reflexive_priority(candidate: Candidate) -> int:
+    """The PRIORITY attribute of a check from ``candidate``: its priority with the
+    peer-reflexive type preference (RFC 8445 §7.1.1, §5.1.2.1)."""
+    return (110 << 24) | (candidate.priority & 0x00FFFFFF)
+
+
+class IceAgent:
+    """A full (or lite) ICE agent for one data stream (RFC 8445), sans-I/O.
+
+    See the module docstring for the theory of operation. Keyword arguments:
+
+    * ``controlling``: initial role (RFC 8445 §6.1.1).
+    * ``rng``: ``rng(n) -> n random bytes``; feeds credentials, the tie-breaker, transaction
+      ids and the consent jitter.
+    * ``local_ufrag`` / ``local_pwd``: credentials (RFC 8839 §5.4 ice-chars, at least 4 and
+      22 characters); drawn from ``rng`` when omitted.
+    * ``tie_breaker``: 64-bit role-conflict tie-breaker (RFC 8445 §7.1.3), from ``rng`` by default.
+    * ``components``: number of components of the stream (RFC 8445 §4).
+    * ``ta``: check pacing, seconds (RFC 8445 §14.2).
+    * ``nominator``: the nomination policy (:class:`~anchor_ice.nominator.StandardNominator`).
+    * ``lite``: act as an ICE-lite agent (RFC 8445 §2.5); always controlled.
+    * ``aggressive``: controlling only, USE-CANDIDATE on every check (RFC 5245 aggressive
+      nomination), for interoperability tests.
+    * ``max_pairs``: checklist limit (RFC 8445 §6.1.2.5).
+    * ``check_rto``: fixed RTO of checks, seconds; None for the RFC 8445 §14.3 formula.
+    * ``check_rc`` / ``check_rm``: sends and final wait (in RTOs) of a check (RFC 8489 §6.2.1).
+    * ``consent_interval`` / ``consent_timeout``: RFC 7675 §5.1 period and expiry, seconds.
+    * ``keepalive_interval``: Tr of RFC 8445 §11, seconds.
+    * ``checking_timeout``: seconds after the start of checks before failing when some
+      component has no selected pair (RFC 8863 PAC timer); None never times out.
+    """
+
+    def __init__(
+        self,
+        *,
+        controlling: bool,
+        rng: Callable[[int], bytes] = os.urandom,
+        local_ufrag: str | None = None,
+        local_pwd: str | None = None,
+        tie_breaker: int | None = None,
+        components: int = 1,
+        ta: float = TA,
+        nominator: Nominator | None = None,
+        lite: bool = False,
+        aggressive: bool = False,
+        max_pairs: int = MAX_PAIRS,
+        check_rto: float | None = None,
+        check_rc: int = RC,
+        check_rm: int = RM,
+        consent_interval: float = CONSENT_INTERVAL,
+        consent_timeout: float = CONSENT_TIMEOUT,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        checking_timeout: float | None = CHECKING_TIMEOUT,
+    ) -> None:
+        if not 1 <= components <= 256:
+            raise LocalProtocolError(f"components must be 1-256, got {components}")
+        if not ta > 0:
+            raise LocalProtocolError(f"ta must be positive, got {ta}")
+        if check_rto is not None and not check_rto > 0:
+            raise LocalProtocolError(f"check_rto must be positive, got {check_rto}")
+        if check_rc < 1 or check_rm < 1:
+            raise LocalProtocolError("check_rc and check_rm must be at least 1")
+        if not (consent_interval > 0 and consent_timeout > 0 and keepalive_interval > 0):
+            raise LocalProtocolError("consent and keepalive intervals must be positive")
+        if lite and controlling:
+            raise LocalProtocolError("an ICE-lite agent is controlled (RFC 8445 §6.1.1)")
+        self._rng = rng
+        ufrag = local_ufrag if local_ufrag is not None else _ice_string(rng, UFRAG_LENGTH)
+        pwd = local_pwd if local_pwd is not None else _ice_string(rng, PWD_LENGTH)
+        _check_ice_string(ufrag, 4, "ufrag")
+        _check_ice_string(pwd, 22, "pwd")
+        self._local = _Credentials(ufrag, pwd, short_term_key(pwd))
+        self._previous_local: _Credentials | None = None
+        self._remote: _Credentials | None = None
+        self._previous_remote: _Credentials | None = None
+        if tie_breaker is None:
+            tie_breaker = int.from_bytes(rng(8), "big")
+        if not 0 <= tie_breaker < 2**64:
+            raise LocalProtocolError("tie_breaker must be a 64-bit unsigned integer")
+        self._tie_breaker = tie_breaker
+        self._controlling = controlling
+        self.components = components
+        """Number of components of the data stream."""
+        self.ta = ta
+        """Pacing of checks, seconds (RFC 8445 §14.2)."""
+        self.nominator: Nominator = nominator if nominator is not None else StandardNominator()
+        """The nomination policy."""
+        self.lite = lite
+        """True for an ICE-lite agent."""
+        self.aggressive = aggressive
+        """True: USE-CANDIDATE on every check of a controlling agent."""
+        self.check_rto = check_rto
+        """Fixed RTO of checks, or None for RFC 8445 §14.3 (never below 500 ms there;
+        a fixed value is taken as given, so tests may go lower)."""
+        self.check_rc = check_rc
+        """Sends of a check transaction (RFC 8489 §6.2.1 Rc)."""
+        self.check_rm = check_rm
+        """Final wait of a check transaction, in RTOs (RFC 8489 §6.2.1 Rm)."""
+        self.consent_interval = consent_interval
+        """Base period of consent checks, seconds (RFC 7675 §5.1)."""
+        self.consent_timeout = consent_timeout
+        """Consent expires this long after the last successful check (RFC 7675 §5.1)."""
+        self.keepalive_interval = keepalive_interval
+        """Tr: idle time before a keepalive indication, seconds (RFC 8445 §11)."""
+        self.checking_timeout = checking_timeout
+        """Seconds from the start of checks to a selected pair per component, or None."""
+        self.dropped = 0
+        """Datagrams ignored: undecodable, failing FINGERPRINT or integrity, unknown local
+        address, responses to checks no longer tracked, anything after close or failure."""
+        self.failure_reason: str | None = None
+        """Why the agent failed, once FAILED."""
+
+        self._state = IceState.NEW
+        self._checklist = Checklist(controlling=controlling, max_pairs=max_pairs)
+        self._locals: list[tuple[Candidate, Address]] = []
+        self._remotes: list[Candidate] = []
+        self._remote_complete = False
+        self._prflx_count = 0
+        self._records: dict[bytes, _Check] = {}
+        self._outbox: list[Transmit] = []
+        self._events: deque[IceEvent] = deque()
+        self._pending: list[_PendingRequest] = []
+        self._started = False
+        self._started_at = 0.0
+        self._running = False
+        self._last_check_at: float | None = None
+        self._next_check_at = 0.0
+        self._now = 0.0
+        self._selected: dict[int, CandidatePair] = {}
+        self._previous: dict[int, CandidatePair] = {}
+        self._nominating: dict[int, CandidatePair] = {}
+        self._first_valid_at: dict[int, float] = {}
+        self._refused: set[tuple[int, Address, Address]] = set()
+        self._consent: dict[int, _Consent] = {}
+        self._restarting = False
+        self._quiet_completion = False
+        self._nomination_eval_at = float("-inf")
+
+    # ================================================================== properties
+
+    @property
+    def state(self) -> IceState:
+        """The agent's state."""
+        return self._state
+
+    @property
+    def controlling(self) -> bool:
+        """True in the controlling role."""
+        return self._controlling
+
+    @property
+    def role(self) -> IceRole:
+        """The current role (it can change on a role conflict, RFC 8445 §7.3.1.1)."""
+        return IceRole.CONTROLLING if self._controlling else IceRole.CONTROLLED
+
+    @property
+    def tie_breaker(self) -> int:
+        """The current tie-breaker (RFC 8445 §7.1.3; changed on a 487, §7.2.5.1)."""
+        return self._tie_breaker
+
+    @property
+    def local_ufrag(self) -> str:
+        """Local username fragment (RFC 8445 §5.3), to signal."""
+        return self._local.ufrag
+
+    @property
+    def local_pwd(self) -> str:
+        """Local password (RFC 8445 §5.3), to signal."""
+        return self._local.pwd
+
+    @property
+    def remote_ufrag(self) -> str | None:
+        """The peer's username fragment, once known."""
+        return self._remote.ufrag if self._remote else None
+
+    @property
+    def pairs(self) -> list[CandidatePair]:
+        """The checklist, by decreasing priority (read only)."""
+        return list(self._checklist.pairs)
+
+    @property
+    def valid_pairs(self) -> list[CandidatePair]:
+        """The valid list, by decreasing priority (read only)."""
+        return list(self._checklist.valid)
+
+    @property
+    def checklist(self) -> Checklist:
+        """The checklist object itself (read only)."""
+        return self._checklist
+
+    @property
+    def selected_pair(self) -> CandidatePair | None:
+        """The pair data of component 1 goes on (the previous one during a restart)."""
+        return self.selected_pairs.get(1)
+
+    @property
+    def selected_pairs(self) -> dict[int, CandidatePair]:
+        """Pairs data goes on, by component (previous ones during a restart)."""
+        out = dict(self._previous)
+        out.update(self._selected)
+        return out
+
+    @property
+    def remote_candidates(self) -> list[Candidate]:
+        """Remote candidates, signalled and learned."""
+        return list(self._remotes)
+
+    def local_candidates(self, advertised_only: bool = True) -> list[Candidate]:
+        """Local candidates. With ``advertised_only`` (the default) those to signal: the ones
+        the nominator advertises (a gateway-mode agent hides its host candidates), learned
+        peer-reflexive ones excluded. Otherwise every local candidate."""
+        if not advertised_only:
+            return [c for c, _ in self._locals]
+        return [
+            c
+            for c, _ in self._locals
+            if c.type is not CandidateType.PRFLX and self.nominator.advertise(c)
+        ]
+
+    # ================================================================== signalling input
+
+    def add_local_candidate(self, candidate: Candidate, base: Address) -> None:
+        """Add a gathered local candidate and its base (the local socket address, or the
+        relayed address for a relayed candidate). A candidate with the same address and base
+        as one already known is redundant (RFC 8445 §5.1.3): the higher priority one stays."""
+        if self._state is IceState.CLOSED:
+            raise LocalProtocolError("the agent is closed")
+        if not 1 <= candidate.component <= self.components:
+            raise LocalProtocolError(
+                f"component {candidate.component} outside 1-{self.components}"
+            )
+        base = (str(base[0]), int(base[1]))
+        for i, (existing, existing_base) in enumerate(self._locals):
+            if (
+                existing.component == candidate.component
+                and existing.address == candidate.address
+                and existing_base == base
+            ):
+                if candidate.priority > existing.priority:
+                    self._locals[i] = (candidate, base)
+                    self._form_pairs()
+                return
+        self._locals.append((candidate, base))
+        self._form_pairs()
+
+    def set_remote_credentials(self, ufrag: str, pwd: str) -> None:
+        """The peer's ufrag and password (RFC 8445 §5.3). Changing them while checks run
+        needs a local :meth:`restart` first (RFC 8445 §9)."""
+        if self._state is IceState.CLOSED:
+            raise LocalProtocolError("the agent is closed")
+        if not ufrag or not pwd or ":" in ufrag:
+            raise LocalProtocolError("remote ufrag and pwd must be non-empty, ufrag without ':'")
+        if self._remote is not None:
+            if (self._remote.ufrag, self._remote.pwd) == (ufrag, pwd):
+                return
+            raise LocalProtocolError(
+                "the remote credentials changed: the peer restarted ICE, call restart(now) "
+                "first (RFC 8445 §9)"
+            )
+        self._remote = _Credentials(ufrag, pwd, short_term_key(pwd))
+        pending, self._pending = self._pending, []
+        for request in pending:
+            if request.remote_ufrag == ufrag:
+                self._request_ice(
+                    request.local,
+                    request.base,
+                    request.source,
+                    request.priority,
+                    request.use_candidate,
+                    self._now,
+                )
+        self._update_running()
+
+    def add_remote_candidate(self, candidate: Candidate | None) -> None:
+        """Add a candidate signalled by the peer; None means end-of-candidates (RFC 8838).
+        Candidates of components this stream does not have are ignored (RFC 8445 §6.1.2.2);
+        one that has the address of a learned peer-reflexive candidate replaces it
+        (RFC 8445 §7.3.1.3)."""
+        if self._state is IceState.CLOSED:
+            raise LocalProtocolError("the agent is closed")
+        if candidate is None:
+            self._remote_complete = True
+            return
+        if not 1 <= candidate.component <= self.components:
+            return
+        for existing in self._remotes:
+            if (
+                existing.component == candidate.component
+                and existing.address == candidate.address
+            ):
+                if existing.type is CandidateType.PRFLX and candidate.type is not (
+                    CandidateType.PRFLX
+                ):
+                    self._remotes[self._remotes.index(existing)] = candidate
+                    self._checklist.replace_remote(existing, candidate)
+                    for pair in (*self._selected.values(), *self._previous.values()):
+                        if pair.remote == existing:
+                            pair.remote = candidate
+                            pair.compute_priority(self._controlling)
+                    self._form_pairs()
+                return
+        self._remotes.append(candidate)
+        self._form_pairs()
+
+    # ================================================================== control
+
+    def start(self, now: float) -> None:
+        """Begin connectivity checks (RFC 8445 §6.1.4.2); the first check leaves at ``now``
+        once the remote credentials and a pair are known. A lite agent only answers."""
+        if self._state is not IceState.NEW:
+            raise LocalProtocolError(f"start() in state {self._state.value}")
+        self._now = now
+        self._started = True
+        self._started_at = now
+        self._next_check_at = now
+        self._state = IceState.CHECKING
+        self._update_running()
+        self._after_change(now)
+
+    def restart(self, now: float) -> None:
+        """ICE restart (RFC 8445 §9): new local credentials; remote credentials, candidates,
+        pairs and checks forgotten; role kept. Data keeps flowing on the previous selected
+        pairs until the new checks select pairs for every component."""
+        if self._state is IceState.CLOSED:
+            raise LocalProtocolError("the agent is closed")
+        self._now = now
+        ufrag = _ice_string(self._rng, UFRAG_LENGTH)
+        pwd = _ice_string(self._rng, PWD_LENGTH)
+        self._previous_local = self._local
+        self._local = _Credentials(ufrag, pwd, short_term_key(pwd))
+        if self._remote is not None:
+            self._previous_remote = self._remote
+        self._remote = None
+        for txid, record in list(self._records.items()):
+            if record.kind is _Kind.CHECK:
+                del self._records[txid]
+        lost = {c for c, consent in self._consent.items() if consent.lost}
+        if self._state is not IceState.FAILED:
+            for component, pair in self._selected.items():
+                if component not in lost:
+                    self._previous[component] = pair
+        for component in lost:
+            self._previous.pop(component, None)
+        self._consent = {c: v for c, v in self._consent.items() if c in self._previous}
+        self._selected.clear()
+        self._nominating.clear()
+        self._first_valid_at.clear()
+        self._refused.clear()
+        self._checklist.clear()
+        self._remotes.clear()
+        self._remote_complete = False
+        self._pending.clear()
+        self._locals = [(c, b) for c, b in self._locals if c.type is not CandidateType.PRFLX]
+        self._restarting = self._started
+        self._running = False
+        self._last_check_at = None
+        self._nomination_eval_at = float("-inf")
+        self.failure_reason = None
+        if self._started:
+            self._state = IceState.CHECKING
+            self._started_at = now
+            self._next_check_at = now
+        self._form_pairs()
+
+    def close(self, now: float) -> None:
+        """Stop everything: no more checks, answers, consent or keepalives (RFC 8445 §11:
+        keepalives stop with the session). Idempotent."""
+        self._now = now
+        self._state = IceState.CLOSED
+        self._records.clear()
+        self._outbox.clear()
+        self._pending.clear()
+        self._consent.clear()
+
+    # ================================================================== driver surface
+
+    def receive_datagram(
+        self, data: bytes, addr: Address, local: Address | None, now: float
+    ) -> bool:
+        """Feed a datagram that arrived on ``local`` (a base: host socket or relayed address;
+        None only when the agent has a single base) from ``addr``. Returns True when it was a
+        STUN Binding message for ICE (handled or dropped), False otherwise (application data,
+        undecodable bytes, STUN of another method) so that the adapter can pass it on.
+        Never raises on bad input."""
+        self._now = now
+        if not is_stun(data):
+            return False
+        try:
+            msg = Message.decode(data)
+        except DecodeError:
+            return False
+        if msg.method != Method.BINDING:
+            return False
+        if self._state in (IceState.CLOSED, IceState.FAILED):
+            self.dropped += 1
+            return True
+        addr = (str(addr[0]), int(addr[1]))
+        if msg.msg_class is MessageClass.REQUEST:
+            self._on_request(msg, addr, local, now)
+        elif msg.msg_class is MessageClass.INDICATION:
+            pass  # a keepalive (RFC 8445 §11): nothing to do
+        else:
+            self._on_response(msg, addr, local, now)
+        self._after_change(now)
+        return True
+
+    def datagrams_to_send(self, now: float) -> list[Transmit]:
+        """Everything due: answers, checks (at most one new check per Ta), retransmissions,
+        consent checks, keepalives. Each Transmit names the local base it leaves from."""
+        self._now = now
+        if self._state not in (IceState.CLOSED, IceState.FAILED):
+            self._pace(now)
+            self._after_change(now)
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_timer(self) -> float | None:
+        """The absolute time at which :meth:`handle_timer` wants to run, or None."""
+        if self._state in (IceState.CLOSED, IceState.FAILED):
+            return None
+        times: list[float] = []
+        for record in self._records.values():
+            if record.transaction is not None:
+                t = record.transaction.next_timer()
+                if t is not None:
+                    times.append(t)
+        if self._running and self._checklist.has_work():
+            times.append(self._next_check_at)
+        for consent in self._consent.values():
+            if not consent.lost:
+                times.append(consent.last_ok + self.consent_timeout)
+                times.append(consent.next_check)
+        for pair in self._active_pairs():
+            if pair.last_sent is not None:
+                times.append(pair.last_sent + self.keepalive_interval)
+        if self._nominates():
+            for component in range(1, self.components + 1):
+                if component in self._selected or component in self._nominating:
+                    continue
+                view = self._view(component)
+                if not view.valid_pairs:
+                    continue
+                t = self.nominator.next_timer(view)
+                if t is not None and t > self._nomination_eval_at:
+                    times.append(t)
+        if self._started and self.checking_timeout is not None and self._awaiting_selection():
+            times.append(self._started_at + self.checking_timeout)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        """Run whatever is due at ``now``: retransmissions and timeouts of checks, the next
+        paced check, nomination decisions, consent and keepalives, the checking timeout.
+        An early call does nothing that was not due."""
+        self._now = now
+        if self._state in (IceState.CLOSED, IceState.FAILED):
+            return
+        for txid, record in list(self._records.items()):
+            transaction = record.transaction
+            if transaction is None:
+                if now >= record.expires:
+                    del self._records[txid]
+                continue
+            transaction.handle_timer(now)
+            self._drain(record, now)
+            if transaction.done:
+                del self._records[txid]
+                if record.kind is _Kind.CHECK:
+                    self._check_failed(record, now, refused=False)
+        if not self._consent_timers(now):
+            return
+        self._keepalives(now)
+        self._pace(now)
+        self._after_change(now)
+        if (
+            self._state not in (IceState.FAILED, IceState.CLOSED)
+            and self._started
+            and self.checking_timeout is not None
+            and self._awaiting_selection()
+            and now >= self._started_at + self.checking_timeout
+        ):
+            self._fail(self._timeout_reason(), now)
+
+    def next_event(self) -> IceEvent | None:
+        """The oldest event not yet returned, or None."""
+        return self._events.popleft() if self._events else None
+
+    def send(self, data: bytes, now: float) -> Transmit | None:
+        """Application data on component 1: see :meth:`send_on`."""
+        return self.send_on(1, data, now)
+
+    def send_on(self, component: int, data: bytes, now: float) -> Transmit | None:
+        """A Transmit carrying ``data`` on the selected pair of ``component`` (the previous
+        one during a restart), or None when there is none, the agent is closed or failed, or
+        consent was lost (RFC 7675 §5.1: sending stops)."""
+        self._now = now
+        if self._state in (IceState.CLOSED, IceState.FAILED):
+            return None
+        if not self._consent_timers(now, send_checks=False):
+            return None
+        pair = self._selected.get(component) or self._previous.get(component)
+        if pair is None:
+            return None
+        consent = self._consent.get(component)
+        if consent is not None and consent.lost:
+            return None
+        pair.last_sent = now
+        return Transmit(bytes(data), pair.remote.address, pair.base)
+
+    # ================================================================== pairs
+
+    def _checking_locals(self) -> list[tuple[Candidate, Address]]:
+        """Local candidates checks may leave from: advertised ones and the bases of advertised
+        ones (a hidden host candidate carrying an advertised srflx)."""
+        advertised = [
+            (c, b)
+            for c, b in self._locals
+            if c.type is not CandidateType.PRFLX and self.nominator.advertise(c)
+        ]
+        bases = {(c.component, b) for c, b in advertised}
+        out = []
+        for candidate, base in self._locals:
+            if candidate.type is CandidateType.PRFLX:
+                continue
+            if (candidate, base) in advertised or (
+                candidate.type is CandidateType.HOST
+                and (candidate.component, candidate.address) in bases
+            ):
+                out.append((candidate, base))
+        return out
+
+    def _form_pairs(self) -> None:
+        if self.lite:
+            return
+        remotes = [r for r in self._remotes if r.component not in self._selected]
+        added = self._checklist.form(self._checking_locals(), remotes)
+        for pair in added:
+            if pair.component in self._selected:
+                self._checklist.remove(pair)
+            elif self._running:
+                pair.state = self._checklist.state_for_new_pair(pair)
+
+    def _update_running(self) -> None:
+        running = (
+            self._started
+            and not self.lite
+            and self._remote is not None
+            and self._state in (IceState.CHECKING, IceState.CONNECTED, IceState.COMPLETED)
+        )
+        if running and not self._running:
+            self._checklist.initial_states()
+        self._running = running
+
+    def _local_for_base(self, local: Address | None) -> tuple[Candidate, Address] | None:
+        """The host or relayed candidate whose address is ``local`` (RFC 8445 §7.3.1.4)."""
+        if local is None:
+            bases = {b for _, b in self._locals}
+            if len(bases) != 1:
+                return None
+            local = next(iter(bases))
+        local = (str(local[0]), int(local[1]))
+        fallback = None
+        for candidate, base in self._locals:
+            if base != local:
+                continue
+            if candidate.address == local and candidate.type in (
+                CandidateType.HOST,
+                CandidateType.RELAY,
+            ):
+                return candidate, base
+            if fallback is None and candidate.type is not CandidateType.PRFLX:
+                fallback = (candidate, base)
+        return fallback
+
+    _LOOKUP_ORDER = {
+        CandidateType.HOST: 0,
+        CandidateType.SRFLX: 1,
+        CandidateType.RELAY: 2,
+        CandidateType.PRFLX: 3,
+    }
+
+    def _local_for_mapped(self, component: int, mapped: Address) -> Candidate | None:
+        """The local candidate whose address is the mapped address (RFC 8445 §7.2.5.3.1);
+        when several share it, the host one (a srflx equal to a host is redundant, §5.1.3)."""
+        found = [
+            c for c, _ in self._locals if c.component == component and c.address == mapped
+        ]
+        if not found:
+            return None
+        return min(found, key=lambda c: self._LOOKUP_ORDER[c.type])
+
+    def _remote_by_address(self, component: int, address: Address) -> Candidate | None:
+        for candidate in self._remotes:
+            if candidate.component == component and candidate.address == address:
+                return candidate
+        return None
+
+    def _valid_from(self, pair: CandidatePair) -> CandidatePair | None:
+        """The best valid pair produced by the checklist pair ``pair``."""
+        for valid in self._checklist.valid:
+            if valid is pair or valid.source is pair:
+                return valid
+        return None
+
+    def _active_pairs(self) -> list[CandidatePair]:
+        return list(self.selected_pairs.values())
+
+    # ================================================================== sending checks
+
+    def _rto(self) -> float:
+        """RFC 8445 §14.3: ``MAX(500 ms, Ta * N * (Num-Waiting + Num-In-Progress))``."""
+        if self.check_rto is not None:
+            return self.check_rto
+        pairs = self._checklist.pairs
+        busy = sum(
+            1 for p in pairs if p.state in (PairState.WAITING, PairState.IN_PROGRESS)
+        )
+        return max(RTO_MIN, self.ta * len(pairs) * busy)
+
+    def _check_lifetime(self, rto: float) -> float:
+        """How long a check transaction lives (RFC 8489 §6.2.1): last send plus Rm * RTO."""
+        return rto * ((1 << (self.check_rc - 1)) - 1 + self.check_rm)
+
+    def _pace(self, now: float) -> None:
+        """RFC 8445 §6.1.4.2: when Ta fired, one check (triggered first)."""
+        if not self._running or now < self._next_check_at:
+            return
+        pair = self._checklist.next_check()
+        if pair is None:
+            return
+        self._send_check(pair, now)
+        self._last_check_at = now
+        self._next_check_at = now + self.ta
+
+    def _request(
+        self, pair: CandidatePair, use_candidate: bool, credentials: _Credentials
+    ) -> tuple[bytes, bytes, int]:
+        priority = peer_reflexive_priority(pair.local)
+        role: IceControlling | IceControlled = (
+            IceControlling(self._tie_breaker)
+            if self._controlling
+            else IceControlled(self._tie_breaker)
+        )
+        attributes = [
+            Username(f"{credentials.ufrag}:{self._local.ufrag}"),
+            Priority(priority),
+            role,
+        ]
+        if use_candidate:
+            attributes.append(UseCandidate())
+        txid = bytes(self._rng(12))
+        message = Message(Method.BINDING, MessageClass.REQUEST, txid, attributes)
+        return txid, message.encode(key=credentials.key, fingerprint=True), priority
+
+    def _send_check(self, pair: CandidatePair, now: float) -> None:
+        """RFC 8445 §7.2.4: a Binding request from the pair's base to its remote candidate."""
+        assert self._remote is not None
+        if pair.transaction_id is not None:
+            self._cancel(pair, now)
+        use_candidate = self._controlling and (pair.use_candidate or self.aggressive)
+        rto = self._rto()
+        txid, data, priority = self._request(pair, use_candidate, self._remote)
+        transaction = ClientTransaction(
+            data, pair.remote.address, now, rto=rto, rc=self.check_rc, rm=self.check_rm
+        )
+        record = _Check(
+            _Kind.CHECK,
+            txid,
+            pair,
+            pair.base,
+            pair.remote.address,
+            self._remote.key,
+            priority,
+            self._controlling,
+            use_candidate,
+            pair.nominate_on_success,
+            transaction,
+            now,
+            now + self._check_lifetime(rto),
+        )
+        self._records[txid] = record
+        pair.state = PairState.IN_PROGRESS
+        pair.transaction_id = txid
+        pair.last_check = now
+        self._drain(record, now)
+
+    def _send_consent(self, pair: CandidatePair, now: float) -> None:
+        """RFC 7675 §5.1: a consent check, a Binding request on the selected pair."""
+        credentials = self._remote or self._previous_remote
+        if credentials is None:
+            return
+        txid, data, priority = self._request(pair, False, credentials)
+        transaction = ClientTransaction(
+            data, pair.remote.address, now, rto=RTO_MIN, rc=CONSENT_RC, rm=CONSENT_RM
+        )
+        record = _Check(
+            _Kind.CONSENT,
+            txid,
+            pair,
+            pair.base,
+            pair.remote.address,
+            credentials.key,
+            priority,
+            self._controlling,
+            False,
+            False,
+            transaction,
+            now,
+            now + RTO_MIN * ((1 << (CONSENT_RC - 1)) - 1 + CONSENT_RM),
+        )
+        self._records[txid] = record
+        self._drain(record, now)
+
+    def _drain(self, record: _Check, now: float) -> None:
+        if record.transaction is None:
+            return
+        sent = record.transaction.datagrams_to_send(now)
+        for transmit in sent:
+            self._outbox.append(Transmit(transmit.data, transmit.addr, record.base))
+        if sent:
+            record.pair.last_sent = now
+
+    def _cancel(self, pair: CandidatePair, now: float) -> None:
+        """RFC 8445 §7.3.1.4: stop retransmitting, do not count a timeout as a failure, but
+        accept a response for the rest of the transaction's lifetime."""
+        txid = pair.transaction_id
+        pair.transaction_id = None
+        record = self._records.get(txid) if txid is not None else None
+        if record is not None and record.transaction is not None:
+            record.clean = record.transaction.retransmissions == 0
+            record.transaction = None
+
+    # ================================================================== responses
+
+    def _on_response(self, msg: Message, addr: Address, local: Address | None, now: float) -> None:
+        record = self._records.get(msg.transaction_id)
+        if record is None:
+            self.dropped += 1
+            return
+        if msg.integrity is None or not msg.verify_integrity(record.key):
+            self.dropped += 1  # RFC 8489 §9.1.4: an unauthenticated response is discarded
+            return
+        if msg.fingerprint is not None and not msg.verify_fingerprint():
+            self.dropped += 1
+            return
+        rtt: float | None = None
+        transaction = record.transaction
+        if transaction is not None:
+            if not transaction.receive_response(msg, addr, now):
+                self.dropped += 1
+                return
+            result = transaction.result
+            if isinstance(result, TransactionSucceeded) and result.retransmissions == 0:
+                rtt = result.rtt
+        elif record.clean:
+            rtt = now - record.sent_at  # a cancelled check sent once (RFC 8445 §7.3.1.4)
+        del self._records[msg.transaction_id]
+        symmetric = addr == record.dest and (
+            local is None or (str(local[0]), int(local[1])) == record.base
+        )
+        if record.kind is _Kind.CONSENT:
+            self._on_consent_response(record, msg, symmetric, now)
+            return
+        pair = record.pair
+        if pair.transaction_id == msg.transaction_id:
+            pair.transaction_id = None
+        if msg.msg_class is MessageClass.ERROR:
+            code = msg.error.code if msg.error is not None else 0
+            if code == ErrorCode.ROLE_CONFLICT:
+                self._role_conflict_response(record, now)
+            else:
+                self._check_failed(record, now, refused=code in (400, 403))
+            return
+        mapped = msg.get(XorMappedAddress)
+        if not symmetric or mapped is None:
+            self._check_failed(record, now, refused=False)  # RFC 8445 §7.2.5.2.1
+            return
+        self._check_succeeded(record, (mapped.ip, mapped.port), rtt, now)
+
+    def _role_conflict_response(self, record: _Check, now: float) -> None:
+        """RFC 8445 §7.2.5.1: switch to the role opposite to the one the request claimed,
+        change the tie-breaker, and re-queue the pair as a triggered check."""
+        if record.controlling == self._controlling:
+            self._tie_breaker = int.from_bytes(self._rng(8), "big")
+            self._set_role(not record.controlling)
+        pair = record.pair
+        if record.kind is _Kind.CHECK and pair in self._checklist.pairs:
+            self._checklist.enqueue_triggered(pair)
+
+    def _check_failed(self, record: _Check, now: float, *, refused: bool) -> None:
+        """RFC 8445 §7.2.5.2 (and §7.2.5.3.4 for a failed nomination)."""
+        pair = record.pair
+        if pair.transaction_id is not None and pair.transaction_id != record.txid:
+            return  # a newer check on this pair is under way: it decides
+        pair.transaction_id = None
+        pair.state = PairState.FAILED
+        if record.use_candidate or record.nominate_on_success or pair.nominate_on_success:
+            pair.use_candidate = False
+            pair.nominate_on_success = False
+            for valid in [v for v in self._checklist.valid if v is pair or v.source is pair]:
+                self._checklist.remove_valid(valid)
+                if refused:
+                    valid.refused = True
+                    self._refused.add((valid.component, valid.local.address, valid.remote.address))
+            if refused:
+                pair.refused = True
+            nominating = self._nominating.get(pair.component)
+            if nominating is not None and (nominating is pair or nominating.source is pair):
+                del self._nominating[pair.component]
+
+    def _check_succeeded(
+        self, record: _Check, mapped: Address, rtt: float | None, now: float
+    ) -> None:
+        """RFC 8445 §7.2.5.3: peer-reflexive discovery, valid pair, states, nomination."""
+        pair = record.pair
+        component = pair.component
+        local = self._local_for_mapped(component, mapped)
+        if local is None:  # §7.2.5.3.1
+            local = Candidate(
+                foundation=compute_foundation(CandidateType.PRFLX, pair.base[0]),
+                component=component,
+                transport="udp",
+                priority=record.priority,
+                ip=mapped[0],
+                port=mapped[1],
+                type=CandidateType.PRFLX,
+                related_ip=pair.base[0],
+                related_port=pair.base[1],
+            )
+            self._locals.append((local, pair.base))
+            self._events.append(LocalCandidateLearned(local))
+        # §7.2.5.3.2: the valid pair is (mapped, destination)
+        if local.address == pair.local.address:
+            valid = pair
+        else:
+            other = next(
+                (
+                    p
+                    for p in self._checklist.pairs
+                    if p.component == component
+                    and p.local.address == local.address
+                    and p.remote.address == pair.remote.address
+                ),
+                None,
+            )
+            valid = other or self._checklist.find_valid(
+                component, local.address, pair.remote.address, pair.base
+            ) or CandidatePair(local, pair.remote, pair.base, source=pair)
+            valid.compute_priority(self._controlling)
+        if (component, valid.local.address, valid.remote.address) in self._refused:
+            valid.refused = True
+        # §7.2.5.3.3
+        pair.state = PairState.SUCCEEDED
+        valid.state = PairState.SUCCEEDED
+        pair.last_success = valid.last_success = now
+        if rtt is not None:
+            for p in {id(pair): pair, id(valid): valid}.values():
+                p.rtts.append(rtt)
+                del p.rtts[:-_MAX_RTTS]
+        self._first_valid_at.setdefault(component, now)
+        self._checklist.add_valid(valid)
+        self._checklist.unfreeze_foundation(pair.foundation)
+        if pair in self._checklist.triggered and not pair.use_candidate:
+            self._checklist.triggered.remove(pair)  # answered meanwhile: nothing left to learn
+        # consent: any successful check on a selected pair renews it (RFC 7675 §5.1)
+        consent = self._consent.get(component)
+        if consent is not None and not consent.lost and consent.pair is valid:
+            consent.last_ok = now
+        # §7.2.5.3.4
+        if record.use_candidate:
+            pair.use_candidate = False
+            self._nominating.pop(component, None)
+            if record.controlling and self._controlling and not valid.refused:
+                self._nominate(valid, now)
+        elif record.nominate_on_success or pair.nominate_on_success:
+            pair.nominate_on_success = False
+            if not self._controlling:
+                if not valid.refused and self.nominator.accept(valid, self._view(component)):
+                    self._nominate(valid, now)
+                else:
+                    valid.refused = True
+
+    def _on_consent_response(
+        self, record: _Check, msg: Message, symmetric: bool, now: float
+    ) -> None:
+        if msg.msg_class is MessageClass.ERROR:
+            error = msg.error
+            if error is not None and error.code == ErrorCode.ROLE_CONFLICT:
+                self._role_conflict_response(record, now)
+            return
+        if not symmetric:
+            return
+        record.pair.last_success = now
+        for consent in self._consent.values():
+            if consent.pair is record.pair and not consent.lost:
+                consent.last_ok = now
+
+    # ================================================================== requests
+
+    def _respond(
+        self,
+        msg: Message,
+        addr: Address,
+        local: Address | None,
+        code: int | None,
+        key: bytes | None,
+        extra: UnknownAttributes | None = None,
+    ) -> None:
+        """Queue the answer to a request: success with XOR-MAPPED-ADDRESS, or an error; with
+        MESSAGE-INTEGRITY when the request authenticated, FINGERPRINT always (RFC 8445 §7.3)."""
+        if code is None:
+            response = msg.response([XorMappedAddress(addr[0], addr[1])])
+        else:
+            response = msg.error_response(code)
+            if extra is not None:
+                response.add(extra)
+        try:
+            data = response.encode(key=key, fingerprint=True)
+        except LocalProtocolError:
+            self.dropped += 1
+            return
+        self._outbox.append(Transmit(data, addr, local))
+        for pair in self._active_pairs():  # an answer is a packet on the pair (RFC 8445 §11)
+            if pair.base == local and pair.remote.address == addr:
+                pair.last_sent = self._now
+
+    def _on_request(self, msg: Message, addr: Address, local: Address | None, now: float) -> None:
+        """RFC 8445 §7.3 (and RFC 8489 §6.3.1, §9.1.3 for the checks on the request)."""
+        if msg.fingerprint is not None and not msg.verify_fingerprint():
+            self.dropped += 1  # RFC 8489 §7.3: not a STUN message after all
+            return
+        entry = self._local_for_base(local)
+        if entry is None:
+            self.dropped += 1  # not one of our bases (RFC 8445 §7.3)
+            return
+        local_candidate, base = entry
+        username = msg.get(Username)
+        if username is None or msg.integrity is None:
+            self._respond(msg, addr, base, ErrorCode.BAD_REQUEST, None)
+            return
+        ufrag, colon, remote_ufrag = username.value.partition(":")
+        credentials = None
+        if colon:
+            if ufrag == self._local.ufrag:
+                credentials = self._local
+            elif self._previous_local is not None and ufrag == self._previous_local.ufrag:
+                credentials = self._previous_local
+        if credentials is None or not msg.verify_integrity(credentials.key):
+            self._respond(msg, addr, base, ErrorCode.UNAUTHENTICATED, None)
+            return
+        key = credentials.key
+        unknown = msg.unknown_required()
+        if unknown:
+            self._respond(
+                msg, addr, base, ErrorCode.UNKNOWN_ATTRIBUTE, key, UnknownAttributes(tuple(unknown))
+            )
+            return
+        priority = msg.get(Priority)
+        if priority is None:
+            self._respond(msg, addr, base, ErrorCode.BAD_REQUEST, key)
+            return
+        current = credentials is self._local
+        if not self.lite and current and self._role_conflict(msg):
+            self._respond(msg, addr, base, ErrorCode.ROLE_CONFLICT, key)
+            return
+        use_candidate = msg.get(UseCandidate) is not None and not self._controlling
+        if current and use_candidate:
+            decision = self._nomination_decision(local_candidate, base, addr, priority.value)
+            if decision is _Decision.REFUSE:
+                # RFC 8445 §7.3.1.5: a nomination the controlled agent does not accept
+                self._respond(msg, addr, base, ErrorCode.BAD_REQUEST, key)
+                return
+            if decision is _Decision.DEFER:
+                use_candidate = False  # judged when the peer retransmits; check it meanwhile
+                if self._remote is not None and remote_ufrag == self._remote.ufrag:
+                    self._request_ice(local_candidate, base, addr, priority.value, False, now)
+                return
+        self._respond(msg, addr, base, None, key)
+        if not current:
+            return  # the previous session during a restart: answered, nothing else
+        if self._remote is None:
+            if len(self._pending) < _MAX_PENDING_REQUESTS:
+                self._pending.append(
+                    _PendingRequest(
+                        local_candidate, base, addr, priority.value, use_candidate, remote_ufrag
+                    )
+                )
+            return
+        if remote_ufrag != self._remote.ufrag:
+            return  # another session's request (forking, a stale restart): answered only
+        self._request_ice(local_candidate, base, addr, priority.value, use_candidate, now)
+
+    def _role_conflict(self, msg: Message) -> bool:
+        """RFC 8445 §7.3.1.1. True when the agent keeps its role and answers 487."""
+        controlling = msg.get(IceControlling)
+        controlled = msg.get(IceControlled)
+        if self._controlling and controlling is not None:
+            if self._tie_breaker >= controlling.value:
+                return True
+            self._set_role(False)
+        elif not self._controlling and controlled is not None:
+            if self._tie_breaker >= controlled.value:
+                self._set_role(True)
+            else:
+                return True
+        return False
+
+    def _set_role(self, controlling: bool) -> None:
+        if controlling == self._controlling:
+            return
+        self._controlling = controlling
+        self._checklist.set_role(controlling)
+        for pair in (*self._selected.values(), *self._previous.values()):
+            pair.compute_priority(controlling)
+        if not controlling:
+            for pair in self._checklist.pairs:
+                pair.use_candidate = False
+            self._nominating.clear()
+        self._events.append(RoleChanged(controlling))
+
+    def _remote_for_request(
+        self, component: int, source: Address, priority: int
+    ) -> Candidate:
+        """The remote candidate at ``source``, learning a peer-reflexive one (§7.3.1.3)."""
+        remote = self._remote_by_address(component, source)
+        if remote is None:
+            self._prflx_count += 1
+            remote = Candidate(
+                foundation=f"prflx{self._prflx_count}",
+                component=component,
+                transport="udp",
+                priority=priority,
+                ip=source[0],
+                port=source[1],
+                type=CandidateType.PRFLX,
+            )
+            self._remotes.append(remote)
+            self._events.append(RemoteCandidateLearned(remote))
+        return remote
+
+    def _nomination_decision(
+        self, local: Candidate, base: Address, source: Address, priority: int
+    ) -> _Decision:
+        """Controlled side, before answering a USE-CANDIDATE request (RFC 8445 §7.3.1.5).
+
+        The nominator judges the valid pair the nomination is about. When that pair is not
+        known yet (our own check on it has not succeeded), the nominator judges the pair as it
+        stands (local base, source): if it accepts, the request is accepted now and the valid
+        pair nominated once the triggered check succeeds; if it refuses, the answer is
+        deferred: no response, the triggered check goes out, and the controlling agent's
+        retransmission of the same request finds the valid pair known.
+        """
+        component = local.component
+        remote = self._remote_by_address(component, source) or Candidate(
+            "prflx", component, "udp", priority, source[0], source[1], CandidateType.PRFLX
+        )
+        if self.lite:
+            probe = CandidatePair(local, remote, base)
+            probe.compute_priority(False)
+            ok = self.nominator.accept(probe, self._view(component))
+            return _Decision.ACCEPT if ok else _Decision.REFUSE
+        pair = self._checklist.find(component, base, source)
+        valid = None
+        if pair is not None and pair.state is PairState.SUCCEEDED:
+            valid = self._valid_from(pair)
+        if valid is None:
+            selected = self._selected.get(component)
+            if selected is not None and selected.base == base and (
+                selected.remote.address == source
+            ):
+                return _Decision.ACCEPT
+            probe = CandidatePair(local, remote, base)
+            probe.compute_priority(False)
+            if self.nominator.accept(probe, self._view(component)):
+                return _Decision.ACCEPT
+            return _Decision.DEFER
+        if valid.refused:
+            return _Decision.REFUSE
+        if valid.nominated or self.nominator.accept(valid, self._view(component)):
+            return _Decision.ACCEPT
+        valid.refused = True
+        self._refused.add((component, valid.local.address, valid.remote.address))
+        return _Decision.REFUSE
+
+    def _request_ice(
+        self,
+        local: Candidate,
+        base: Address,
+        source: Address,
+        priority: int,
+        use_candidate: bool,
+        now: float,
+    ) -> None:
+        """RFC 8445 §7.3.1.3-§7.3.1.5 (full) and §7.3.2 (lite) after a successful answer."""
+        component = local.component
+        remote = self._remote_for_request(component, source, priority)
+        if self.lite:
+            if use_candidate:
+                valid = self._checklist.find_valid(component, local.address, source, base)
+                if valid is None:
+                    valid = CandidatePair(local, remote, base)
+                    valid.compute_priority(False)
+                    valid.state = PairState.SUCCEEDED
+                    valid.last_success = now
+                    self._checklist.add_valid(valid)
+                self._nominate(valid, now)
+            return
+        if component in self._selected:
+            # §8.1.2: no more triggered checks for a component with a nominated pair, but a
+            # peer nominating aggressively may nominate another valid pair.
+            if use_candidate:
+                pair = self._checklist.find(component, base, source)
+                valid = self._valid_from(pair) if pair is not None else None
+                if valid is not None and not valid.refused:
+                    self._nominate(valid, now)
+            return
+        pair = self._checklist.find(component, base, source)
+        if pair is None:
+            pair = self._checklist.add(local, remote, base)
+            if pair is None:
+                return  # the limit of §6.1.2.5
+            self._checklist.enqueue_triggered(pair)
+        elif pair.state is PairState.SUCCEEDED:
+            pass
+        else:
+            if pair.state is PairState.IN_PROGRESS:
+                self._cancel(pair, now)
+            self._checklist.enqueue_triggered(pair)
+        if use_candidate:
+            valid = self._valid_from(pair) if pair.state is PairState.SUCCEEDED else None
+            if valid is not None:
+                if not valid.refused:
+                    self._nominate(valid, now)
+            else:
+                pair.nominate_on_success = True
+
+    # ================================================================== nomination
+
+    def _nominates(self) -> bool:
+        return (
+            self._running
+            and self._controlling
+            and not self.aggressive
+            and self._state in (IceState.CHECKING, IceState.CONNECTED, IceState.COMPLETED)
+        )
+
+    def _view(self, component: int) -> NominationView:
+        return NominationView(
+            component=component,
+            valid_pairs=tuple(
+                p for p in self._checklist.valid_for(component) if not p.refused
+            ),
+            pending_pairs=tuple(self._checklist.pending(component)),
+            local_candidates=tuple(c for c, _ in self._locals if c.component == component),
+            remote_candidates=tuple(c for c in self._remotes if c.component == component),
+            started_at=self._started_at,
+            first_valid_at=self._first_valid_at.get(component),
+            remote_complete=self._remote_complete,
+            controlling=self._controlling,
+        )
+
+    def _evaluate_nomination(self, now: float) -> None:
+        """RFC 8445 §8.1.1: ask the nominator, then repeat the chosen pair's check with
+        USE-CANDIDATE (the pair that generated the check goes to the triggered queue)."""
+        self._nomination_eval_at = now
+        if not self._nominates():
+            return
+        for component in range(1, self.components + 1):
+            if component in self._selected or component in self._nominating:
+                continue
+            view = self._view(component)
+            if not view.valid_pairs:
+                continue
+            choice = self.nominator.choose(view, now)
+            if choice is None:
+                continue
+            if not any(choice is p for p in view.valid_pairs):
+                raise LocalProtocolError("the nominator returned a pair that is not in valid_pairs")
+            source = choice.source or choice
+            if source not in self._checklist.pairs:
+                # its checklist pair is gone (the limit of §6.1.2.5): check from the valid
+                # pair itself, same base and remote candidate
+                source = choice
+                self._checklist.insert(source)
+            source.use_candidate = True
+            self._checklist.enqueue_triggered(source)
+            self._nominating[component] = choice
+
+    def _nominate(self, valid: CandidatePair, now: float) -> None:
+        """Set the nominated flag; the highest-priority nominated pair of a component is its
+        selected pair (RFC 8445 §8.1.1); drop the component's other pairs (§8.1.2)."""
+        if valid.nominated:
+            return
+        valid.nominated = True
+        component = valid.component
+        current = self._selected.get(component)
+        selected = current is None or valid.priority > current.priority
+        if selected:
+            self._selected[component] = valid
+            self._previous.pop(component, None)
+            if not self.lite:  # a lite agent sends no request, hence no consent check
+                self._consent[component] = _Consent(
+                    valid, valid.last_success if valid.last_success is not None else now,
+                    now + self._consent_delay(),
+                )
+            if valid.last_sent is None:
+                valid.last_sent = now
+        self._nominating.pop(component, None)
+        self._events.append(PairNominated(valid.info(), selected))
+        for pair in self._checklist.stop_component(component):
+            self._cancel(pair, now)
+
+    # ================================================================== state
+
+    def _after_change(self, now: float) -> None:
+        if self._state in (IceState.CLOSED, IceState.FAILED, IceState.NEW):
+            return
+        self._evaluate_nomination(now)
+        self._update_state(now)
+        self._check_failure(now)
+
+    def _awaiting_selection(self) -> bool:
+        return self._state is IceState.CHECKING or self._restarting
+
+    def _update_state(self, now: float) -> None:
+        components = range(1, self.components + 1)
+        if not all(c in self._selected for c in components):
+            return
+        pairs = tuple(self._selected[c].info() for c in components)
+        if self._restarting:
+            self._restarting = False
+            self._previous.clear()
+            self._previous_local = None
+            self._previous_remote = None
+            self._events.append(RestartCompleted(pairs))
+            self._state = IceState.CONNECTED
+            self._quiet_completion = True
+        elif self._state is IceState.CHECKING:
+            self._state = IceState.CONNECTED
+            self._events.append(IceConnected(pairs))
+        if self._state is IceState.CONNECTED and not self._checklist.has_work() and not any(
+            p.state is PairState.IN_PROGRESS for p in self._checklist.pairs
+        ):
+            self._state = IceState.COMPLETED
+            if not self._quiet_completion:
+                self._events.append(IceCompleted())
+
+    def _check_failure(self, now: float) -> None:
+        """RFC 8445 §7.2.5.4: a component whose pairs all failed, with no valid pair, once
+        the peer has no more candidates to send."""
+        if not self._running or not self._remote_complete or not self._awaiting_selection():
+            return
+        for component in range(1, self.components + 1):
+            if component in self._selected or component in self._nominating:
+                continue
+            if any(not p.refused for p in self._checklist.valid_for(component)):
+                continue
+            if self._checklist.pending(component) or any(
+                p.component == component for p in self._checklist.triggered
+            ):
+                continue
+            tried = any(p.component == component for p in self._checklist.pairs)
+            reason = (
+                f"all candidate pairs failed for component {component}"
+                if tried
+                else f"no candidate pairs for component {component}"
+            )
+            self._fail(reason, now)
+            return
+
+    def _timeout_reason(self) -> str:
+        missing = [c for c in range(1, self.components + 1) if c not in self._selected]
+        parts = []
+        for component in missing:
+            valid = self._checklist.valid_for(component)
+            if not valid:
+                parts.append(f"component {component}: no valid pair")
+            elif all(p.refused for p in valid):
+                parts.append(f"component {component}: every valid pair refused")
+            else:
+                parts.append(f"component {component}: no pair nominated")
+        return f"checking timeout after {self.checking_timeout} s ({'; '.join(parts)})"
+
+    def _fail(self, reason: str, now: float) -> None:
+        self._state = IceState.FAILED
+        self.failure_reason = reason
+        self._records.clear()
+        self._running = False
+        self._events.append(IceFailed(reason))
+
+    # ================================================================== consent, keepalives
+
+    def _consent_delay(self) -> float:
+        """RFC 7675 §5.1: the interval randomized to 0.8-1.2 times the period."""
+        fraction = int.from_bytes(self._rng(2), "big") / 0xFFFF
+        return self.consent_interval * (0.8 + 0.4 * fraction)
+
+    def _consent_timers(self, now: float, send_checks: bool = True) -> bool:
+        """Expire consent and send consent checks that are due (RFC 7675 §5.1). False when
+        consent was lost (the agent is then FAILED)."""
+        if self.lite:
+            return True
+        for component, consent in sorted(self._consent.items()):
+            if consent.lost:
+                continue
+            if now >= consent.last_ok + self.consent_timeout:
+                consent.lost = True
+                self._events.append(ConsentLost(component))
+                self._fail(f"consent lost on component {component} (RFC 7675)", now)
+                return False
+            if send_checks and now >= consent.next_check:
+                self._send_consent(consent.pair, now)
+                consent.next_check = now + self._consent_delay()
+        return True
+
+    def _keepalives(self, now: float) -> None:
+        """RFC 8445 §11: a Binding indication on a pair idle for Tr."""
+        for pair in self._active_pairs():
+            if pair.last_sent is not None and now >= pair.last_sent + self.keepalive_interval:
+                message = Message(Method.BINDING, MessageClass.INDICATION, bytes(self._rng(12)))
+                self._outbox.append(
+                    Transmit(message.encode(fingerprint=True), pair.remote.address, pair.base)
+                )
+                pair.last_sent = now
+

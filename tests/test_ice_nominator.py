@@ -1,0 +1,368 @@
+"""Nomination policies (RFC 8445 §8.1.1): the matrix of which valid pair each shipped
+nominator picks, the host-pair rule with peer-reflexive candidates, and whole-agent scenarios
+(NATs, relays, a policy refusing the peer's nomination, a user-written nominator)."""
+
+from __future__ import annotations
+
+import pytest
+
+from anchor_ice.agent import IceAgent, IceState
+from anchor_ice.candidate import Candidate, CandidateType
+from anchor_ice.checklist import CandidatePair, PairState
+from anchor_ice.events import PairNominated
+from anchor_ice.nominator import (
+    GatewayNominator,
+    NominationView,
+    Nominator,
+    RelayOnly,
+    StandardNominator,
+    effective_type,
+    is_host_pair,
+)
+from anchor_stun.events import Address
+from anchor_stun.message import MessageClass
+from tests.test_ice_harness import (
+    Endpoint,
+    Nat,
+    Network,
+    decode,
+    exchange,
+    host,
+    relay,
+    run,
+    seeded,
+    srflx,
+)
+
+A_HOST = ("10.0.0.1", 5000)
+B_HOST = ("10.1.0.2", 6000)
+
+L_HOST = host(*A_HOST)
+L_SRFLX = srflx("203.0.113.1", 40000, A_HOST)
+L_PRFLX = Candidate("9", 1, "udp", 1862270975, "203.0.113.1", 40001, CandidateType.PRFLX,
+                    "10.0.0.1", 5000)
+L_RELAY = relay("192.0.2.1", 50000, ("203.0.113.1", 40000))
+R_HOST = host(*B_HOST)
+R_SRFLX = srflx("198.51.100.2", 7000, B_HOST)
+R_PRFLX = Candidate("prflx1", 1, "udp", 1862270975, "198.51.100.2", 7001, CandidateType.PRFLX)
+R_RELAY = relay("192.0.2.2", 60000, ("198.51.100.2", 7000))
+
+LOCALS = (L_HOST, L_SRFLX, L_PRFLX, L_RELAY)
+REMOTES = (R_HOST, R_SRFLX, R_PRFLX, R_RELAY)
+
+NAMES = {L_HOST: "host", L_SRFLX: "srflx", L_PRFLX: "prflx", L_RELAY: "relay",
+         R_HOST: "host", R_SRFLX: "srflx", R_PRFLX: "prflx", R_RELAY: "relay"}
+
+
+def valid_pair(local: Candidate, remote: Candidate, rtt: float | None = None) -> CandidatePair:
+    base = local.address if local.type is CandidateType.RELAY else A_HOST
+    pair = CandidatePair(local, remote, base, state=PairState.SUCCEEDED, valid=True)
+    pair.compute_priority(True)
+    if rtt is not None:
+        pair.rtts.append(rtt)
+    return pair
+
+
+def view(pairs: list[CandidatePair], *, pending: tuple[CandidatePair, ...] = (),
+         started_at: float = 0.0, first_valid_at: float | None = 0.0,
+         remotes: tuple[Candidate, ...] = REMOTES) -> NominationView:
+    return NominationView(
+        component=1,
+        valid_pairs=tuple(sorted(pairs, key=lambda p: -p.priority)),
+        pending_pairs=pending,
+        local_candidates=LOCALS,
+        remote_candidates=remotes,
+        started_at=started_at,
+        first_valid_at=first_valid_at,
+        remote_complete=True,
+        controlling=True,
+    )
+
+
+def name(pair: CandidatePair | None) -> str | None:
+    if pair is None:
+        return None
+    return f"{NAMES[pair.local]}-{NAMES[pair.remote]}"
+
+
+ALL = ["host-host", "srflx-srflx", "prflx-srflx", "srflx-prflx", "relay-host",
+       "relay-srflx", "relay-relay", "host-relay"]
+NO_GATEWAY = ["host-host", "relay-host", "relay-srflx", "relay-relay", "host-relay"]
+ONLY_HOST = ["host-host", "host-relay", "relay-host"]
+BY_NAME = {f"{NAMES[lc]}-{NAMES[rc]}": (lc, rc) for lc in LOCALS for rc in REMOTES}
+
+
+@pytest.mark.parametrize(
+    ("policy", "available", "now", "expected"),
+    [
+        # RFC 8445 regular nomination: the highest priority valid pair, whatever it is
+        (StandardNominator(), ALL, 0.0, "host-host"),
+        (StandardNominator(), NO_GATEWAY[1:], 0.0, "host-relay"),  # G > D breaks the tie
+        # gateway: never a host pair; the best srflx/prflx pair (prflx 110 > srflx 100)
+        (GatewayNominator(), ALL, 0.0, "prflx-srflx"),
+        (GatewayNominator(), ["srflx-srflx", "relay-relay"], 0.0, "srflx-srflx"),
+        # no gateway pair: nothing before the grace period, the best relay pair after it
+        (GatewayNominator(), NO_GATEWAY, 1.99, None),
+        (GatewayNominator(), NO_GATEWAY, 2.0, "relay-srflx"),  # relay-host is a host pair
+        (GatewayNominator(grace=5.0), NO_GATEWAY, 4.0, None),
+        (GatewayNominator(), ONLY_HOST, 100.0, None),
+        # relay only: the local candidate must be relayed, the remote may be anything
+        (RelayOnly(), ALL, 0.0, "relay-host"),
+        (RelayOnly(), ["host-host", "srflx-srflx"], 0.0, None),
+    ],
+)
+def test_nominator_matrix(policy: Nominator, available: list[str], now: float,
+                          expected: str | None) -> None:
+    pairs = [valid_pair(*BY_NAME[n]) for n in available]
+    assert name(policy.choose(view(pairs), now)) == expected
+
+
+def test_prflx_that_is_really_a_host_address() -> None:
+    # RFC 8445 §7.3.1.3 prflx learned from the peer's host interface, before (or without)
+    # its host candidate being signalled
+    sneaky = Candidate("prflx2", 1, "udp", 1862270975, "10.1.0.2", 6001, CandidateType.PRFLX)
+    assert effective_type(sneaky, REMOTES) is CandidateType.HOST  # same IP as R_HOST
+    hidden = (R_SRFLX, R_RELAY)  # a gateway-mode peer: hosts hidden, srflx raddr = its base
+    assert effective_type(sneaky, hidden) is CandidateType.HOST
+    assert effective_type(sneaky, (R_RELAY,)) is CandidateType.PRFLX  # nothing to tell
+    assert effective_type(R_PRFLX, REMOTES) is CandidateType.PRFLX  # a NAT address
+    # a reflexive candidate that equals its own base was not translated: a host address
+    untranslated = srflx("127.0.0.1", 5000, ("127.0.0.1", 5000))
+    assert effective_type(untranslated) is CandidateType.HOST
+    loop_prflx = Candidate("7", 1, "udp", 1, "127.0.0.1", 5002, CandidateType.PRFLX,
+                           "127.0.0.1", 5000)
+    assert effective_type(loop_prflx) is CandidateType.HOST
+    # a relayed address is the relay's, whatever its related address
+    assert effective_type(relay("127.0.0.1", 50000, ("127.0.0.1", 5000))) is CandidateType.RELAY
+    pair = valid_pair(L_SRFLX, sneaky)
+    v = view([pair], remotes=(*REMOTES, sneaky))
+    assert is_host_pair(pair, v)
+    assert GatewayNominator().choose(v, 0.0) is None
+    assert not GatewayNominator().accept(pair, v)
+
+
+def test_settle_rule_and_timers() -> None:
+    good = valid_pair(L_SRFLX, R_SRFLX)
+    better = valid_pair(L_HOST, R_SRFLX)
+    better.state = PairState.IN_PROGRESS
+    v = view([good], pending=(better,), first_valid_at=3.0, started_at=2.5)
+    standard = StandardNominator(settle=1.0)
+    assert standard.choose(v, 3.5) is None  # a better pair may still succeed
+    assert standard.next_timer(v) == 4.0
+    assert standard.choose(v, 4.0) is good  # settle time over
+    settled = view([good], pending=(valid_pair(L_RELAY, R_RELAY),), first_valid_at=3.0)
+    assert standard.choose(settled, 3.0) is good  # nothing better pending
+    gateway = GatewayNominator(grace=2.0)
+    assert gateway.next_timer(view([valid_pair(L_RELAY, R_RELAY)], started_at=2.5)) == 4.5
+    assert gateway.next_timer(v) == 4.0
+    assert RelayOnly().next_timer(v) is None
+
+
+def test_advertise_and_accept() -> None:
+    assert [StandardNominator().advertise(c) for c in LOCALS] == [True] * 4
+    assert [GatewayNominator().advertise(c) for c in LOCALS] == [False, True, True, True]
+    assert [RelayOnly().advertise(c) for c in LOCALS] == [False, False, False, True]
+    v = view([])
+    assert StandardNominator().accept(valid_pair(L_HOST, R_HOST), v)
+    assert not GatewayNominator().accept(valid_pair(L_RELAY, R_HOST), v)
+    assert GatewayNominator().accept(valid_pair(L_RELAY, R_RELAY), v)
+    assert not RelayOnly().accept(valid_pair(L_SRFLX, R_RELAY), v)
+    for policy in (StandardNominator(), GatewayNominator(), RelayOnly()):
+        assert isinstance(policy, Nominator)
+
+
+# --------------------------------------------------------------------------- agents
+
+
+def natted(nominator_a: Nominator, nominator_b: Nominator, **net_kwargs: object
+           ) -> tuple[Endpoint, Endpoint, Network]:
+    """A and B each behind its own NAT, each with host, srflx and relay candidates."""
+    a = IceAgent(controlling=True, rng=seeded(1), nominator=nominator_a)
+    b = IceAgent(controlling=False, rng=seeded(2), nominator=nominator_b)
+    net = Network(**net_kwargs)  # type: ignore[arg-type]
+    nat_a, nat_b = Nat("203.0.113.1"), Nat("198.51.100.1")
+    mapped_a = nat_a.outbound(A_HOST, ("192.0.2.100", 3478))  # STUN gathering made these
+    mapped_b = nat_b.outbound(B_HOST, ("192.0.2.100", 3478))
+    ea = net.add(a, A_HOST, nat=nat_a, relay=("192.0.2.1", 50000))
+    eb = net.add(b, B_HOST, nat=nat_b, relay=("192.0.2.2", 60000))
+    for agent, base, mapped, relayed in ((a, A_HOST, mapped_a, ("192.0.2.1", 50000)),
+                                         (b, B_HOST, mapped_b, ("192.0.2.2", 60000))):
+        agent.add_local_candidate(host(*base), base)
+        agent.add_local_candidate(srflx(*mapped, base), base)
+        agent.add_local_candidate(relay(*relayed, mapped), relayed)
+    return ea, eb, net
+
+
+def test_gateway_nominator_behind_nats_selects_a_gateway_pair() -> None:
+    ea, eb, net = natted(GatewayNominator(), GatewayNominator())
+    assert [c.type.value for c in ea.agent.local_candidates()] == ["srflx", "relay"]
+    assert len(ea.agent.local_candidates(advertised_only=False)) == 3
+    exchange(ea, eb)
+    ea.agent.start(0.0)
+    eb.agent.start(0.0)
+    run(ea, eb, net, 0.0, 5.0)
+    for endpoint in (ea, eb):
+        pair = endpoint.agent.selected_pair
+        assert endpoint.agent.state is IceState.COMPLETED and pair is not None
+        assert {pair.local.type, pair.remote.type} <= {CandidateType.SRFLX, CandidateType.PRFLX}
+    sa = ea.agent.selected_pair
+    assert sa is not None
+    assert (sa.local.address, sa.remote.address) == (("203.0.113.1", 40000),
+                                                     ("198.51.100.1", 40000))
+    assert sa.base == A_HOST  # sent from the host socket, seen as the gateway
+    # no packet ever went to a private address: hosts were never advertised
+    assert not [p for p in net.log if p.sent_to in (A_HOST, B_HOST)]
+
+
+def test_gateway_nominator_falls_back_to_relay_after_grace() -> None:
+    publics = ("203.0.113.1", "198.51.100.1")
+    ea, eb, net = natted(
+        GatewayNominator(), GatewayNominator(),
+        drop=lambda p: p.source[0] in publics and p.sent_to[0] in publics,  # no direct path
+    )
+    exchange(ea, eb)
+    ea.agent.start(0.0)
+    eb.agent.start(0.0)
+    now = run(ea, eb, net, 0.0, 1.99)
+    assert ea.agent.selected_pair is None and ea.agent.valid_pairs  # relay pairs wait
+    now = run(ea, eb, net, now, 5.0)
+    pair = ea.agent.selected_pair
+    assert pair is not None and ea.agent.state is IceState.COMPLETED
+    assert CandidateType.RELAY in (pair.local.type, pair.remote.type)
+    assert CandidateType.HOST not in (pair.local.type, pair.remote.type)
+    nominations = [p for p in net.log if p.source[0] in ("203.0.113.1", "192.0.2.1")
+                   and decode(p.data).msg_class is MessageClass.REQUEST
+                   and any(type(a).__name__ == "UseCandidate" for a in decode(p.data).attributes)]
+    assert nominations and min(p.deliver_at for p in nominations) >= 2.0
+
+
+def loopback_with_relays(nominator_a: Nominator, nominator_b: Nominator
+                         ) -> tuple[Endpoint, Endpoint, Network]:
+    """No NAT at all: every direct pair is a host pair; each agent also has a relay."""
+    a = IceAgent(controlling=True, rng=seeded(1), nominator=nominator_a)
+    b = IceAgent(controlling=False, rng=seeded(2), nominator=nominator_b)
+    net = Network()
+    ea = net.add(a, ("127.0.0.1", 5000), relay=("127.0.0.1", 50000))
+    eb = net.add(b, ("127.0.0.1", 6000), relay=("127.0.0.1", 60000))
+    for agent, port, relay_port in ((a, 5000, 50000), (b, 6000, 60000)):
+        base = ("127.0.0.1", port)
+        agent.add_local_candidate(host(*base), base)
+        # a STUN server on loopback maps to the host address: redundant, dropped (§5.1.3)
+        agent.add_local_candidate(srflx(*base, base), base)
+        agent.add_local_candidate(relay("127.0.0.1", relay_port, base), ("127.0.0.1", relay_port))
+    return ea, eb, net
+
+
+@pytest.mark.parametrize(
+    ("policy", "local_type", "remote_type"),
+    [
+        (GatewayNominator, CandidateType.RELAY, CandidateType.RELAY),
+        (StandardNominator, CandidateType.HOST, CandidateType.HOST),
+        (RelayOnly, CandidateType.RELAY, CandidateType.RELAY),
+    ],
+)
+def test_loopback_outcome_per_policy(policy: type, local_type: CandidateType,
+                                     remote_type: CandidateType) -> None:
+    ea, eb, net = loopback_with_relays(policy(), policy())
+    exchange(ea, eb)
+    ea.agent.start(0.0)
+    eb.agent.start(0.0)
+    run(ea, eb, net, 0.0, 6.0)
+    for endpoint in (ea, eb):
+        pair = endpoint.agent.selected_pair
+        assert endpoint.agent.state is IceState.COMPLETED and pair is not None
+        assert (pair.local.type, pair.remote.type) == (local_type, remote_type)
+
+
+def test_gateway_controlled_side_refuses_a_host_pair_nomination() -> None:
+    # A (standard, controlling) advertises its host; B (gateway, controlled) does not.
+    ea, eb, net = loopback_with_relays(StandardNominator(), GatewayNominator())
+    exchange(ea, eb)
+    ea.agent.start(0.0)
+    eb.agent.start(0.0)
+    run(ea, eb, net, 0.0, 6.0)
+    errors = [decode(p.data).error for p in net.log if p.source == ("127.0.0.1", 60000)
+              and decode(p.data).error is not None]
+    assert [e.code for e in errors if e is not None] == [400]  # RFC 8445 §7.3.1.5
+    # A nominated its best pair, host -> B's relay, first; refused, it moved to relay-relay
+    nominations = [p.source for p in net.log
+                   if decode(p.data).msg_class is MessageClass.REQUEST
+                   and any(type(a).__name__ == "UseCandidate" for a in decode(p.data).attributes)]
+    assert nominations == [("127.0.0.1", 5000), ("127.0.0.1", 50000)]
+    for endpoint in (ea, eb):
+        pair = endpoint.agent.selected_pair
+        assert pair is not None and endpoint.agent.state is IceState.COMPLETED
+        assert (pair.local.type, pair.remote.type) == (CandidateType.RELAY, CandidateType.RELAY)
+
+
+class LowestRtt:
+    """A user-written policy: the valid pair with the lowest round-trip time wins, once
+    every pair that can still succeed has been tried."""
+
+    def advertise(self, candidate: Candidate) -> bool:
+        return True
+
+    def choose(self, view: NominationView, now: float) -> CandidatePair | None:
+        if view.pending_pairs:
+            return None
+        timed = [p for p in view.valid_pairs if p.rtt is not None]
+        return min(timed, key=lambda p: p.rtt or 0.0) if timed else None
+
+    def accept(self, pair: CandidatePair, view: NominationView) -> bool:
+        return True
+
+    def next_timer(self, view: NominationView) -> float | None:
+        return None
+
+
+@pytest.mark.parametrize(("policy", "expected_base"), [
+    (LowestRtt(), ("10.0.1.1", 5001)),
+    (StandardNominator(), ("10.0.0.1", 5000)),
+])
+def test_user_written_nominator_plugs_in(policy: Nominator, expected_base: Address) -> None:
+    assert isinstance(policy, Nominator)
+    a = IceAgent(controlling=True, rng=seeded(1), nominator=policy)
+    b = IceAgent(controlling=False, rng=seeded(2))
+    slow, fast = ("10.0.0.1", 5000), ("10.0.1.1", 5001)
+
+    def latency(source: Address, destination: Address) -> float:
+        return 0.05 if slow in (source, destination) else 0.01
+
+    net = Network(latency=latency)
+    ea = net.add(a, slow)
+    net.add(a, fast)
+    eb = net.add(b, B_HOST)
+    a.add_local_candidate(host(*slow), slow)  # higher local preference: StandardNominator's pick
+    a.add_local_candidate(
+        Candidate("2", 1, "udp", host(*fast).priority - 256, *fast, CandidateType.HOST), fast)
+    b.add_local_candidate(host(*B_HOST), B_HOST)
+    exchange(ea, eb)
+    a.start(0.0)
+    b.start(0.0)
+    run(ea, eb, net, 0.0, 5.0)
+    assert a.state is IceState.COMPLETED and b.state is IceState.COMPLETED
+    pair = a.selected_pair
+    assert pair is not None and pair.base == expected_base
+    nominated = [e for e in ea.events if isinstance(e, PairNominated)]
+    assert len(nominated) == 1 and nominated[0].pair.base == expected_base
+    if isinstance(policy, LowestRtt):
+        assert nominated[0].pair.rtt == pytest.approx(0.02)
+
+
+def test_a_nominator_returning_a_foreign_pair_is_a_local_error() -> None:
+    class Broken(StandardNominator):
+        def choose(self, view: NominationView, now: float) -> CandidatePair | None:
+            return valid_pair(L_HOST, R_HOST) if view.valid_pairs else None
+
+    a = IceAgent(controlling=True, rng=seeded(1), nominator=Broken())
+    b = IceAgent(controlling=False, rng=seeded(2))
+    net = Network()
+    ea, eb = net.add(a, A_HOST), net.add(b, B_HOST)
+    a.add_local_candidate(host(*A_HOST), A_HOST)
+    b.add_local_candidate(host(*B_HOST), B_HOST)
+    exchange(ea, eb)
+    a.start(0.0)
+    b.start(0.0)
+    from anchor_stun.errors import LocalProtocolError
+    with pytest.raises(LocalProtocolError):
+        run(ea, eb, net, 0.0, 1.0)
