@@ -157,6 +157,8 @@ class Candidate:
             raise CandidateError(f"unknown candidate type {fields[7]!r}", field="typ") from None
         if not 1 <= len(foundation) <= 32:
             raise CandidateError("foundation must be 1-32 characters", field="foundation")
+        if not (ip.isascii() and ip.isprintable()):  # an IP or an mDNS / DNS name (RFC 8839)
+            raise CandidateError(f"bad connection-address {ip!r}", field="connection-address")
         if not all(f.isascii() and f.isdigit() for f in (component, priority, port)):
             raise CandidateError(f"non-numeric field in {line!r}", field="candidate")
         comp, prio, port_num = int(component), int(priority), int(port)

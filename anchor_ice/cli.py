@@ -239,22 +239,31 @@ def build_parser() -> argparse.ArgumentParser:
     stun.add_argument("--ca-file", help="CA bundle to verify a TLS server")
     stun.add_argument("--insecure", action="store_true", help="do not verify the TLS server")
 
+    from anchor_turn.serve_cli import SERVE_DESCRIPTION, add_serve_arguments
+
     serve = sub.add_parser(
         "serve",
-        help="run a STUN server",
-        description='STUN server (RFC 8489, RFC 5780 with --alt-ip). Prints "listening '
-        '<udp|tcp|tls> <ip:port>" per listener once ready; stops on SIGINT/SIGTERM.',
+        help="run a STUN server, and a TURN server when given credentials",
+        description=SERVE_DESCRIPTION,
     )
-    serve.add_argument("--listen", action="append", metavar="IP:PORT",
-                       help="address to serve on (repeatable; default 0.0.0.0:3478)")
-    serve.add_argument("--alt-ip", metavar="IP", help="alternate IP for RFC 5780")
-    serve.add_argument("--alt-port", type=int, metavar="PORT",
-                       help="alternate port for RFC 5780 (default PORT+1)")
-    serve.add_argument("--tcp", action="store_true", help="also serve STUN over TCP")
-    serve.add_argument("--tls-cert", metavar="FILE", help="certificate for STUN over TLS")
-    serve.add_argument("--tls-key", metavar="FILE", help="private key for STUN over TLS")
-    serve.add_argument("--tls-listen", metavar="IP:PORT",
-                       help="TLS address (default port 5349 beside 3478, else PORT+1)")
+    add_serve_arguments(serve)
+
+    from anchor_turn.turn_cli import add_parser as add_turn_parser
+
+    add_turn_parser(sub)  # anchor turn HOST:PORT --user NAME:PASSWORD ... (anchor_turn/turn_cli.py)
+
+    bench = sub.add_parser(
+        "bench",
+        help="run the benchmarks against their baselines",
+        description="Runs each benchmark with its baseline in the same run and prints a "
+        "table of medians and ratios (anchor / baseline); --json prints a list of "
+        '{"metric", "unit", "anchor", "baseline", "baseline_name", "ratio"}.',
+    )
+    bench.add_argument("metric", nargs="?", default="all",
+                       choices=("codec", "checks", "connect", "relay", "channel", "scale",
+                                "all"))
+    bench.add_argument("--json", action="store_true", help="print one JSON list")
+    bench.add_argument("--quick", action="store_true", help="a short run (seconds)")
     return parser
 
 
@@ -266,11 +275,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = asyncio.run(_cmd_stun(args))
             print(json.dumps(out)) if args.json else _print_stun(out)
         elif args.command == "serve":
-            asyncio.run(_cmd_serve(args))
+            from anchor_turn.serve_cli import run_serve
+
+            return run_serve(args, software=SOFTWARE)
         elif args.command == "demo":
             out = asyncio.run(_cmd_demo(args))
             if args.json:
                 print(json.dumps(out))
+        elif args.command == "turn":
+            from anchor_turn.turn_cli import main as turn_main
+
+            return turn_main(args)
+        elif args.command == "bench":
+            from benchmarks.report import main as bench_main
+
+            return bench_main(args.metric, as_json=args.json, quick=args.quick)
     except UsageError as exc:
         print(f"anchor {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -150,6 +150,19 @@ def _xor(data: bytes, key: bytes) -> bytes:
     return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(len(data), "big")
 
 
+@functools.lru_cache(maxsize=4096)
+def _xor_value_v4(ip: str, port: int) -> bytes | None:
+    """The XOR-address value of an IPv4 (ip, port), which does not depend on the transaction
+    id (RFC 8489 §14.2): a responder answers the same few peers again and again. None when
+    ``ip`` is not IPv4; raises as the general path does for a bad address or port."""
+    family, packed = pack_ip(ip)
+    if family != Family.IPV4:
+        return None
+    if not 0 <= port <= 0xFFFF:
+        raise LocalProtocolError(f"port out of range: {port}")
+    return _ADDR_HEAD.pack(family, port ^ (MAGIC_COOKIE >> 16)) + _xor(packed, MAGIC_COOKIE_BYTES)
+
+
 class _Address(Attribute):
     """Shared encoding of MAPPED-ADDRESS-shaped attributes (RFC 8489 §14.1, §14.2)."""
 
@@ -164,8 +177,12 @@ class _Address(Attribute):
         return (self.ip, self.port)
 
     def encode_value(self, transaction_id: bytes) -> bytes:
-        family, packed = pack_ip(self.ip)
-        port = self.port
+        ip, port = self.ip, self.port
+        if self.XOR and type(port) is int and type(ip) is str and ":" not in ip:
+            value = _xor_value_v4(ip, port)
+            if value is not None:
+                return value
+        family, packed = pack_ip(ip)
         if not 0 <= port <= 0xFFFF:
             raise LocalProtocolError(f"port out of range: {port}")
         if self.XOR:
@@ -725,7 +742,9 @@ class AddressErrorCode(Attribute):
     reason: str = ""
 
     def encode_value(self, transaction_id: bytes) -> bytes:
-        return _encode_code(self.code, self.reason, bytes((self.family & 0xFF, 0)))
+        if not 0 <= self.family <= 0xFF:
+            raise LocalProtocolError(f"family out of range: {self.family}")
+        return _encode_code(self.code, self.reason, bytes((self.family, 0)))
 
     @classmethod
     def decode_value(cls, value: bytes, transaction_id: bytes) -> Self:

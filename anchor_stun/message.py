@@ -21,17 +21,26 @@ and FINGERPRINT (CRC-32 XOR 0x5354554E), each computed over the message so far w
 header length adjusted to end at that attribute. Padding bytes are zero unless the message
 was decoded with other padding (the RFC 5769 samples pad with spaces), so that a decoded
 message re-encodes byte for byte.
+
+Speed (this is the hot path of connectivity checks; ``anchor bench codec`` measures it).
+HMACs start from per-key precomputed inner/outer hash states (RFC 2104 §2) instead of
+``hmac.digest``. Decoding shares immutable typed attributes between messages through two
+bounded tables keyed by bytes: single small attributes of types that do not depend on the
+transaction id (USERNAME, PRIORITY, ICE-CONTROLLING, ...), and the whole run of attributes
+before a final MESSAGE-INTEGRITY + FINGERPRINT, the shape of every check. Both only skip
+work whose result is already known: the decoded message is the same either way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .attributes import (
     ATTRIBUTE_CLASSES,
@@ -49,14 +58,15 @@ FINGERPRINT_XOR = 0x5354554E  # RFC 8489 §14.7
 MAX_MESSAGE_SIZE = 0xFFFF + HEADER_SIZE
 
 _HEADER = struct.Struct("!HHI12s")
-_HEAD3 = struct.Struct("!HHI")
 _TL = struct.Struct("!HH")
 _LEN = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 
-_MI = AttrType.MESSAGE_INTEGRITY
-_MI256 = AttrType.MESSAGE_INTEGRITY_SHA256
-_FP = AttrType.FINGERPRINT
+_MI = int(AttrType.MESSAGE_INTEGRITY)
+_MI256 = int(AttrType.MESSAGE_INTEGRITY_SHA256)
+_FP = int(AttrType.FINGERPRINT)
+_MI_TL = _TL.pack(_MI, 20)
+_FP_TLV = struct.Struct("!HHI")
 
 A = TypeVar("A", bound=Attribute)
 
@@ -102,17 +112,120 @@ def decode_type(msg_type: int) -> tuple[int, MessageClass]:
     """(method, class) of a 14-bit message type."""
     method = (msg_type & 0x000F) | ((msg_type & 0x00E0) >> 1) | ((msg_type & 0x3E00) >> 2)
     klass = ((msg_type & 0x0010) >> 4) | ((msg_type & 0x0100) >> 7)
-    return method, MessageClass(klass)
+    return method, _CLASSES[klass]
+
+
+_CLASSES = tuple(sorted(MessageClass))
+_PADS = {b: bytes((b,)) * 3 for b in range(256)}
+_INTEGRITY_TYPES = frozenset((_MI, _MI256, _FP))
+
+# Decoded attributes, by their TLV bytes: the attributes of connectivity checks and TURN
+# requests repeat from message to message (same USERNAME, PRIORITY, tie-breaker, ...), and
+# typed attributes are immutable, so one decoded value can be shared. Only types whose
+# value does not depend on the transaction id, small values, and at most _CACHE_SIZE
+# entries (the table is emptied when full).
+_CACHED_TYPES = frozenset(
+    int(t)
+    for t in (
+        AttrType.USERNAME,
+        AttrType.REALM,
+        AttrType.NONCE,
+        AttrType.SOFTWARE,
+        AttrType.PRIORITY,
+        AttrType.USE_CANDIDATE,
+        AttrType.ICE_CONTROLLED,
+        AttrType.ICE_CONTROLLING,
+        AttrType.LIFETIME,
+        AttrType.REQUESTED_TRANSPORT,
+        AttrType.CHANNEL_NUMBER,
+        AttrType.ERROR_CODE,
+    )
+)
+_CACHED_MAX = 128
+_CACHE_SIZE = 1024
+_DECODED: dict[bytes, Attribute] = {}
+
+# The typed attributes (and padding byte) of the part of a message that precedes a final
+# MESSAGE-INTEGRITY + FINGERPRINT, by its bytes, when every one of them is of a type
+# _DECODED may hold: the shape of every connectivity check (RFC 8445 §7.1) and of most
+# signed requests. Walking those bytes again would give the same attributes, and the two
+# trailing attributes are checked by their headers.
+_SIGNED: dict[bytes, tuple[tuple[Attribute, ...], int]] = {}
+_SIGNED_MIN = HEADER_SIZE + 32
+_FP_TL_BYTES = _TL.pack(_FP, 4)
+_TYPE_CODES: dict[int, int] = {}
+"""encode_type(method, msg_class) by ``method << 2 | msg_class & 3`` (the two bits it uses)."""
+
+
+def _type_code(method: int, msg_class: int) -> int:
+    """:func:`encode_type`, remembered for the valid methods (the only ones it returns for)."""
+    code = encode_type(method, msg_class)
+    _TYPE_CODES[method << 2 | msg_class & 3] = code
+    return code
+
+
+# ---------------------------------------------------------------------------- HMAC
+#
+# HMAC (RFC 2104 §2) starts by hashing ``key ^ ipad`` and ``key ^ opad``; those two hash
+# states depend on the key alone, so they are computed once per key and copied for each
+# message, which halves the cost of ``hmac.digest``. A connectivity check or a TURN request
+# reuses one key many times. Each table is emptied when it holds _HMAC_CACHE_SIZE keys.
+
+_HMAC_CACHE_SIZE = 256
+_HmacStates = tuple[Any, Any]
+_SHA1_STATES: dict[bytes, _HmacStates] = {}
+_SHA256_STATES: dict[bytes, _HmacStates] = {}
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def _hmac_states(
+    key: bytes, new: Callable[..., Any], table: dict[bytes, _HmacStates]
+) -> _HmacStates:
+    block = key
+    if len(block) > 64:  # the block size of SHA-1 and SHA-256
+        block = new(block).digest()
+    block = block.ljust(64, b"\0")
+    states = (new(block.translate(_IPAD)), new(block.translate(_OPAD)))
+    if len(table) >= _HMAC_CACHE_SIZE:
+        table.clear()
+    table[key] = states
+    return states
+
+
+def _hmac_sha1(key: bytes, data: bytes) -> bytes:
+    """``hmac.digest(key, data, "sha1")``, from the key's cached states."""
+    try:
+        inner, outer = _SHA1_STATES[key]
+    except KeyError:
+        inner, outer = _hmac_states(key, hashlib.sha1, _SHA1_STATES)
+    except TypeError:  # an unhashable key (bytearray, memoryview)
+        return hmac.digest(key, data, "sha1")
+    h = inner.copy()
+    h.update(data)
+    o = outer.copy()
+    o.update(h.digest())
+    return o.digest()  # type: ignore[no-any-return]
+
+
+def _hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """``hmac.digest(key, data, "sha256")``, from the key's cached states."""
+    try:
+        inner, outer = _SHA256_STATES[key]
+    except KeyError:
+        inner, outer = _hmac_states(key, hashlib.sha256, _SHA256_STATES)
+    except TypeError:  # an unhashable key (bytearray, memoryview)
+        return hmac.digest(key, data, "sha256")
+    h = inner.copy()
+    h.update(data)
+    o = outer.copy()
+    o.update(h.digest())
+    return o.digest()  # type: ignore[no-any-return]
 
 
 def is_stun(data: bytes) -> bool:
     """Cheap test used to demultiplex STUN from other traffic (RFC 7983, RFC 8489 §5)."""
     return len(data) >= HEADER_SIZE and data[0] < 0x40 and data[4:8] == b"\x21\x12\xa4\x42"
-
-
-def _with_length(prefix: bytes | memoryview, length: int) -> bytes:
-    """``prefix`` (which starts with the header) with its length field replaced."""
-    return b"".join((prefix[:2], _LEN.pack(length), prefix[4:]))
 
 
 @dataclass(slots=True)
@@ -209,10 +322,12 @@ class Message:
     def verify_integrity(self, key: bytes) -> bool:
         """Check MESSAGE-INTEGRITY (HMAC-SHA1) with ``key`` (RFC 8489 §14.5)."""
         at = self._mi_at
-        if at < 0 or self.integrity is None:
+        mac = self.integrity
+        if at < 0 or mac is None:
             return False
-        data = _with_length(memoryview(self.raw)[:at], at + 24 - HEADER_SIZE)
-        return hmac.compare_digest(hmac.digest(key, data, "sha1"), self.integrity)
+        raw = self.raw
+        data = b"".join((raw[:2], _LEN.pack(at + 24 - HEADER_SIZE), raw[4:at]))
+        return hmac.compare_digest(_hmac_sha1(key, data), mac)
 
     def verify_integrity_sha256(self, key: bytes) -> bool:
         """Check MESSAGE-INTEGRITY-SHA256, possibly truncated (RFC 8489 §14.6)."""
@@ -220,15 +335,23 @@ class Message:
         mac = self.integrity_sha256
         if at < 0 or mac is None:
             return False
-        data = _with_length(memoryview(self.raw)[:at], at + 4 + len(mac) - HEADER_SIZE)
-        return hmac.compare_digest(hmac.digest(key, data, "sha256")[: len(mac)], mac)
+        raw = self.raw
+        data = b"".join((raw[:2], _LEN.pack(at + 4 + len(mac) - HEADER_SIZE), raw[4:at]))
+        return hmac.compare_digest(_hmac_sha256(key, data)[: len(mac)], mac)
 
     def verify_fingerprint(self) -> bool:
         """True when FINGERPRINT is present, last, and matches (RFC 8489 §14.7)."""
         at = self._fp_at
-        if at < 0 or self.fingerprint is None or at + 8 != len(self.raw):
+        raw = self.raw
+        if at < 0 or self.fingerprint is None or at + 8 != len(raw):
             return False
-        crc = zlib.crc32(_with_length(memoryview(self.raw)[:at], at + 8 - HEADER_SIZE))
+        length = at + 8 - HEADER_SIZE
+        if _LEN.unpack_from(raw, 2)[0] == length:
+            # FINGERPRINT is last, so the header already holds the length the CRC covers.
+            crc = zlib.crc32(memoryview(raw)[:at])
+        else:
+            head = zlib.crc32(_LEN.pack(length), zlib.crc32(raw[:2]))
+            crc = zlib.crc32(memoryview(raw)[4:at], head)
         return (crc ^ FINGERPRINT_XOR) == self.fingerprint
 
     # ------------------------------------------------------------------ codec
@@ -246,37 +369,56 @@ class Message:
         tid = self.transaction_id
         if len(tid) != 12:
             raise LocalProtocolError("transaction id must be 12 bytes")
-        msg_type = encode_type(self.method, self.msg_class)
-        pad = bytes((self.pad_byte,)) * 3
-        parts: list[bytes] = []
+        method, klass = self.method, self.msg_class
+        msg_type = _TYPE_CODES.get(method << 2 | klass & 3)
+        if msg_type is None:
+            msg_type = _type_code(method, klass)
+        pad = _PADS.get(self.pad_byte) or bytes((self.pad_byte,)) * 3
+        parts: list[bytes] = [b""]  # parts[0]: the header, packed once the length is known
         append = parts.append
         tl = _TL.pack
-        for attr in self.attributes:
-            value = attr.encode_value(tid)
-            size = len(value)
-            append(tl(attr.type if type(attr) is RawAttribute else attr.TYPE, size))
-            append(value)
-            if size & 3:
-                append(pad[: 4 - (size & 3)])
-        body = b"".join(parts)
-        head = _HEAD3.pack(msg_type, 0, MAGIC_COOKIE) + tid
-        if key is not None:
-            size = len(body) + 24
-            mac = hmac.digest(key, _with_length(head, size) + body, "sha1")
-            body = b"".join((body, tl(_MI, 20), mac))
-        if key_sha256 is not None:
-            if not (16 <= sha256_length <= 32 and sha256_length % 4 == 0):
-                raise LocalProtocolError("MESSAGE-INTEGRITY-SHA256 length must be 16..32, x4")
-            size = len(body) + 4 + sha256_length
-            mac = hmac.digest(key_sha256, _with_length(head, size) + body, "sha256")
-            body = b"".join((body, tl(_MI256, sha256_length), mac[:sha256_length]))
-        if fingerprint:
-            size = len(body) + 8
-            crc = zlib.crc32(_with_length(head, size) + body) ^ FINGERPRINT_XOR
-            body = b"".join((body, tl(_FP, 4), _U32.pack(crc)))
-        if len(body) > 0xFFFF:
+        raw_attribute = RawAttribute
+        length = 0
+        try:
+            for attr in self.attributes:
+                value = attr.encode_value(tid)
+                size = len(value)
+                append(tl(attr.type if type(attr) is raw_attribute else attr.TYPE, size))
+                append(value)
+                if size & 3:
+                    append(pad[: 4 - (size & 3)])
+                    size += 4 - (size & 3)
+                length += 4 + size
+        except (struct.error, UnicodeError, OverflowError) as exc:
+            # a value or type that does not fit its field: the caller's mistake (STYLE §7)
+            raise LocalProtocolError(f"cannot encode {type(attr).__name__}: {exc}") from exc
+        if key_sha256 is not None and not (16 <= sha256_length <= 32 and sha256_length % 4 == 0):
+            raise LocalProtocolError("MESSAGE-INTEGRITY-SHA256 length must be 16..32, x4")
+        total = (
+            length
+            + (24 if key is not None else 0)
+            + (4 + sha256_length if key_sha256 is not None else 0)
+            + (8 if fingerprint else 0)
+        )
+        if total > 0xFFFF:
             raise LocalProtocolError("message longer than 65535 bytes after the header")
-        return _with_length(head, len(body)) + body
+        header = _HEADER.pack
+        if key is not None:
+            length += 24
+            parts[0] = header(msg_type, length, MAGIC_COOKIE, tid)
+            parts += (_MI_TL, _hmac_sha1(key, b"".join(parts)))
+        if key_sha256 is not None:
+            length += 4 + sha256_length
+            parts[0] = header(msg_type, length, MAGIC_COOKIE, tid)
+            mac = _hmac_sha256(key_sha256, b"".join(parts))
+            parts += (tl(_MI256, sha256_length), mac[:sha256_length])
+        if fingerprint:
+            length += 8
+        parts[0] = header(msg_type, length, MAGIC_COOKIE, tid)
+        data = b"".join(parts)
+        if fingerprint:
+            return data + _FP_TLV.pack(_FP, 4, zlib.crc32(data) ^ FINGERPRINT_XOR)
+        return data
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> Message:
@@ -301,17 +443,39 @@ class Message:
                 transaction_id=tid,
             )
         method, klass = decode_type(msg_type)
-        msg = cls(method, klass, tid, raw=raw)
-        attrs = msg.attributes
+        # Fast path: a message ending in MESSAGE-INTEGRITY + FINGERPRINT whose attributes
+        # before them were seen before (see _SIGNED): nothing left to walk or decode.
+        if size >= _SIGNED_MIN and raw[-32:-28] == _MI_TL and raw[-8:-4] == _FP_TL_BYTES:
+            signed = _SIGNED.get(raw[HEADER_SIZE:-32])
+            if signed is not None:
+                return cls(
+                    method,
+                    klass,
+                    tid,
+                    list(signed[0]),
+                    raw[-28:-8],
+                    None,
+                    _U32.unpack_from(raw, size - 4)[0],
+                    raw,
+                    signed[1],
+                    size - 32,
+                    -1,
+                    size - 8,
+                )
+        attrs: list[Attribute] = []
+        append = attrs.append
         unpack_tl = _TL.unpack_from
         classes = ATTRIBUTE_CLASSES
+        cache = _DECODED
         pos = HEADER_SIZE
         mi_at = mi256_at = fp_at = -1
+        integrity = integrity_sha256 = fingerprint = None
         pad_byte = 0
+        covered = True  # no MESSAGE-INTEGRITY(-SHA256) or FINGERPRINT seen yet
+        shareable = True  # every attribute so far is one _DECODED may hold
         try:
+            # ``size`` and ``pos`` are multiples of 4, so a whole TLV header is always there.
             while pos < size:
-                if pos + 4 > size:
-                    raise DecodeError("truncated attribute header", field="attribute")
                 atype, alen = unpack_tl(raw, pos)
                 start = pos + 4
                 end = start + alen
@@ -323,40 +487,72 @@ class Message:
                     )
                 if nxt != end and not pad_byte:
                     pad_byte = raw[end]
-                if fp_at >= 0:
-                    pass  # FINGERPRINT must be last: anything after it is ignored
-                elif atype == _MI:
-                    if mi_at < 0 and mi256_at < 0:
-                        if alen != 20:
-                            raise DecodeError("MESSAGE-INTEGRITY must be 20 bytes", field="integrity")
-                        mi_at = pos
-                        msg.integrity = raw[start:end]
-                elif atype == _MI256:
-                    if mi256_at < 0:
-                        if not (16 <= alen <= 32 and alen % 4 == 0):
-                            raise DecodeError(
-                                "MESSAGE-INTEGRITY-SHA256 must be 16..32 bytes, x4",
-                                field="integrity_sha256",
-                            )
-                        mi256_at = pos
-                        msg.integrity_sha256 = raw[start:end]
-                elif atype == _FP:
-                    if alen != 4:
-                        raise DecodeError("FINGERPRINT must be 4 bytes", field="fingerprint")
-                    fp_at = pos
-                    msg.fingerprint = _U32.unpack_from(raw, start)[0]
-                elif mi_at < 0 and mi256_at < 0:
-                    decoder = classes.get(atype)
-                    value = raw[start:end]
-                    attrs.append(
-                        decoder.decode_value(value, tid)
-                        if decoder is not None
-                        else RawAttribute(atype, value)
-                    )
+                if atype in _INTEGRITY_TYPES:
+                    if fp_at >= 0:
+                        pass  # FINGERPRINT must be last: anything after it is ignored
+                    elif atype == _MI:
+                        if mi_at < 0 and mi256_at < 0:
+                            if alen != 20:
+                                raise DecodeError(
+                                    "MESSAGE-INTEGRITY must be 20 bytes", field="integrity"
+                                )
+                            mi_at = pos
+                            integrity = raw[start:end]
+                            covered = False
+                    elif atype == _MI256:
+                        if mi256_at < 0:
+                            if not (16 <= alen <= 32 and alen % 4 == 0):
+                                raise DecodeError(
+                                    "MESSAGE-INTEGRITY-SHA256 must be 16..32 bytes, x4",
+                                    field="integrity_sha256",
+                                )
+                            mi256_at = pos
+                            integrity_sha256 = raw[start:end]
+                            covered = False
+                    else:
+                        if alen != 4:
+                            raise DecodeError("FINGERPRINT must be 4 bytes", field="fingerprint")
+                        fp_at = pos
+                        fingerprint = _U32.unpack_from(raw, start)[0]
+                        covered = False
+                elif covered:
+                    if atype in _CACHED_TYPES and alen <= _CACHED_MAX:
+                        tlv = raw[pos:end]
+                        attr = cache.get(tlv)
+                        if attr is None:
+                            attr = classes[atype].decode_value(raw[start:end], tid)
+                            if len(cache) >= _CACHE_SIZE:
+                                cache.clear()
+                            cache[tlv] = attr
+                        append(attr)
+                    else:
+                        shareable = False
+                        decoder = classes.get(atype)
+                        value = raw[start:end]
+                        append(
+                            decoder.decode_value(value, tid)
+                            if decoder is not None
+                            else RawAttribute(atype, value)
+                        )
                 pos = nxt
         except DecodeError as exc:
             exc.transaction_id = tid
             raise
-        msg._mi_at, msg._mi256_at, msg._fp_at = mi_at, mi256_at, fp_at
-        msg.pad_byte = pad_byte
-        return msg
+        if shareable and mi_at == size - 32 and fp_at == size - 8 and size >= _SIGNED_MIN:
+            if len(_SIGNED) >= _CACHE_SIZE:
+                _SIGNED.clear()
+            _SIGNED[raw[HEADER_SIZE:mi_at]] = (tuple(attrs), pad_byte)
+        return cls(
+            method,
+            klass,
+            tid,
+            attrs,
+            integrity,
+            integrity_sha256,
+            fingerprint,
+            raw,
+            pad_byte,
+            mi_at,
+            mi256_at,
+            fp_at,
+        )

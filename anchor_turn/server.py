@@ -21,7 +21,8 @@ An allocation is identified by its 5-tuple: (client address, listener address, t
 
 Processing a message from a client, in this order:
 
-1. ChannelData (first byte 0x40-0x4F, RFC 8656 §12.4, RFC 7983): fast path, no decoding.
+1. ChannelData (first byte 0x40-0x4F, RFC 8656 §12.4, RFC 7983; 0x40-0x7F with
+   ``rfc5766_channels``): fast path, no decoding.
    Dropped unless the 5-tuple has an allocation, the channel is bound and unexpired, a
    permission for the peer's IP is live, and the length fits (at most 3 bytes of padding
    after the data). Never refreshes the channel or the permission (§12.4).
@@ -72,7 +73,8 @@ Processing a message from a client, in this order:
     - CreatePermission: no XOR-PEER-ADDRESS 400; a peer family without relay 443; a
       forbidden peer 403; more than ``max_permissions`` 508. All-or-nothing.
     - ChannelBind: CHANNEL-NUMBER or XOR-PEER-ADDRESS missing, a number outside
-      0x4000-0x4FFF, a number bound to another peer or a peer bound to another number 400;
+      0x4000-0x4FFF (0x4000-0x7FFF with ``rfc5766_channels``), a number bound to another
+      peer or a peer bound to another number 400;
       peer family 443; forbidden peer 403; over ``max_channels``/``max_permissions`` 508.
       Success binds or refreshes the channel and installs or refreshes the permission.
 
@@ -106,6 +108,9 @@ Decisions where the RFCs leave room
 - Dual allocations keep one lifetime per family: Refresh with REQUESTED-ADDRESS-FAMILY
   refreshes (or with LIFETIME 0 deletes) that family only (§8.1).
 - DONT-FRAGMENT is accepted (not answered with 420); setting DF is left to the adapter.
+- ``rfc5766_channels`` (off by default) accepts RFC 5766's channel range 0x4000-0x7FFF,
+  which RFC 8656 §12 narrowed to 0x4000-0x4FFF: RFC 5766 clients pick numbers from the
+  whole old range (coturn's ``turnutils_uclient`` draws them at random from it).
 - 508 when a CreatePermission/ChannelBind would exceed the per-allocation limits.
 - A TCP/TLS allocation also ends when the adapter reports the connection closed
   (:meth:`TurnServer.connection_closed`).
@@ -678,6 +683,8 @@ class TurnServer:
     - ``peer_filter``: a ``Callable[[str], bool]`` deciding which peer IPs are allowed;
       default :class:`PeerFilter` built from ``allow_loopback_peers`` and ``allow_peers``.
     - ``max_events``: events kept when nobody reads them (oldest dropped first).
+    - ``rfc5766_channels``: accept channel numbers 0x4000-0x7FFF (RFC 5766 §11) instead
+      of RFC 8656's 0x4000-0x4FFF, for RFC 5766 clients.
 
     Raises :class:`LocalProtocolError` on a bad configuration.
     """
@@ -707,6 +714,7 @@ class TurnServer:
         allow_loopback_peers: bool = False,
         allow_peers: Iterable[str] = (),
         max_events: int = 4096,
+        rfc5766_channels: bool = False,
     ) -> None:
         if not 0 < default_lifetime <= max_lifetime <= 0xFFFFFFFF:
             raise LocalProtocolError("need 0 < default_lifetime <= max_lifetime")
@@ -759,6 +767,8 @@ class TurnServer:
         """Permissions allowed per allocation (508 beyond)."""
         self.max_channels = max_channels
         """Channel bindings allowed per allocation (508 beyond)."""
+        self.channel_max = 0x7FFF if rfc5766_channels else CHANNEL_MAX
+        """Highest channel number a ChannelBind may ask for (RFC 8656 §12, RFC 5766 §11)."""
         self.address_families = tuple(address_families)
         """Relayed address families offered (RFC 8656 §7.2, 440 for others)."""
         self.peer_filter: Callable[[str], bool] = (
@@ -816,7 +826,7 @@ class TurnServer:
             self.stats.dropped += 1
             return
         first = data[0]
-        if 0x40 <= first <= 0x4F:
+        if 0x40 <= first <= 0x7F:  # only channels ChannelBind accepted can match
             # ChannelData fast path (RFC 8656 §12.4): dict lookups, one slice, no decoding.
             alloc = self._by_tuple.get((addr, local, transport))
             if alloc is not None:
@@ -834,7 +844,7 @@ class TurnServer:
                     self.stats.dropped_no_permission += 1
             self.stats.dropped += 1
             return
-        if first >= 0x40 or size < HEADER_SIZE:
+        if first >= 0x80 or size < HEADER_SIZE:
             self.stats.dropped += 1
             return
         msg_type, length, cookie = _HEAD3.unpack_from(data)
@@ -1490,7 +1500,7 @@ class TurnServer:
         if number_attr is None or peer is None:
             raise _Reject(ErrorCode.BAD_REQUEST)
         number = number_attr.value
-        if not CHANNEL_MIN <= number <= CHANNEL_MAX:
+        if not CHANNEL_MIN <= number <= self.channel_max:
             raise _Reject(ErrorCode.BAD_REQUEST)
         address = peer.address
         channel = alloc.channels.get(number)

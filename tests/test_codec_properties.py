@@ -623,17 +623,13 @@ def test_fingerprint_covers_every_byte(data: bytes) -> None:
 
 
 # --------------------------------------------------------------------------- encoder misuse
-# STYLE.md §7: misuse of an API raises LocalProtocolError. The cases marked xfail are codec
-# bugs found by these tests (reported to the lead); strict, so a fix turns them into failures
-# that say "remove the marker".
+# STYLE.md §7: misuse of an API raises LocalProtocolError (never struct.error, UnicodeError or
+# a silently truncated field).
 
 
 def _msg(*attrs: Attribute) -> Message:
     return Message(Method.BINDING, MessageClass.REQUEST, b"T" * 12, list(attrs))
 
-
-def _bug(reason: str) -> Any:
-    return pytest.mark.xfail(strict=True, reason=f"codec bug: {reason}")
 
 
 ENCODE_MISUSE = [
@@ -662,48 +658,34 @@ ENCODE_MISUSE = [
     pytest.param(
         lambda: _msg(A.Data(b"x" * 0x10000)).encode(),
         id="data-65536-bytes",
-        marks=_bug("an attribute value over 65535 bytes leaks struct.error from _TL.pack"),
     ),
     pytest.param(
         lambda: _msg(A.Data(b"x" * 65510)).encode(key=b"k"),
         id="integrity-overflows-length",
-        marks=_bug(
-            "when MESSAGE-INTEGRITY (or -SHA256 / FINGERPRINT) pushes the length past 65535, "
-            "_with_length() raises struct.error before encode's own size check"
-        ),
     ),
     pytest.param(
         lambda: _msg(A.UnknownAttributes((0x10000,))).encode(),
         id="unknown-attributes-type",
-        marks=_bug("UnknownAttributes.encode_value leaks struct.error for a type > 0xFFFF"),
     ),
     pytest.param(
         lambda: _msg(A.PasswordAlgorithm(0x10000)).encode(),
         id="password-algorithm-id",
-        marks=_bug("_encode_algorithm leaks struct.error for an id outside 0..0xFFFF"),
     ),
     pytest.param(
         lambda: _msg(A.PasswordAlgorithms(((-1, b""),))).encode(),
         id="password-algorithms-id",
-        marks=_bug("_encode_algorithm leaks struct.error for an id outside 0..0xFFFF"),
     ),
     pytest.param(
         lambda: _msg(RawAttribute(0x10000, b"")).encode(),
         id="raw-type",
-        marks=_bug("Message.encode leaks struct.error for a RawAttribute type > 0xFFFF"),
     ),
     pytest.param(
         lambda: _msg(A.Username("\udc80")).encode(),
         id="lone-surrogate",
-        marks=_bug("_Text.encode_value leaks UnicodeEncodeError for a lone surrogate"),
     ),
     pytest.param(
         lambda: _msg(A.AddressErrorCode(0x102, 440)).encode(),
         id="address-error-family",
-        marks=_bug(
-            "AddressErrorCode.encode_value silently masks family with & 0xFF (0x102 is sent "
-            "as 0x02) where RequestedAddressFamily raises"
-        ),
     ),
 ]
 

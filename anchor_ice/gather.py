@@ -1,0 +1,1310 @@
+"""Candidate gathering over asyncio (RFC 8445 §5.1.1), streamed as it comes (RFC 8838).
+
+Theory of operation
+-------------------
+This module is an asyncio adapter (like ``net.py``): it owns sockets, the loop and the clock,
+and drives the sans-I/O cores of anchor_stun (:class:`~anchor_stun.transaction.StunClient`)
+and anchor_turn (:class:`~anchor_turn.client.TurnClient`) through the same pump the other
+adapters use. Nothing protocol-specific happens here besides the ICE rules of gathering.
+
+Host addresses. :func:`host_addresses` lists the interface addresses (``ifaddr``) an agent
+may gather on, filtered per RFC 8445 §5.1.1.1: never unspecified, multicast, IPv6 site-local,
+IPv4-compatible or IPv4-mapped IPv6 addresses; loopback and link-local only on request.
+
+One socket per host address. A :class:`Gatherer` binds one UDP socket per host address
+(within ``port_range`` when given) and wraps it in a :class:`GatheredSocket`. That socket is
+the *base* of three kinds of candidates (RFC 8445 §5.1.1.2):
+
+- the host candidate: the socket's own address;
+- server-reflexive candidates: a Binding request to each STUN server leaves from the socket
+  (a :class:`~anchor_stun.transaction.StunClient` pumped on it); XOR-MAPPED-ADDRESS is the
+  candidate, the socket's address its base and related address;
+- relayed candidates: an Allocate to each TURN server leaves from the socket (a
+  :class:`~anchor_turn.client.TurnClient` pumped on it, a :class:`RelayEndpoint`); the
+  relayed address is the candidate and its own base, the mapped address its related address
+  (and, when new, a server-reflexive candidate as well).
+
+Demultiplexing and the hand-over to ICE. The same socket later carries the connectivity
+checks and the data of the ICE connection, so every datagram that arrives on it is routed:
+
+1. a STUN response to a pending gathering Binding transaction -> that StunClient;
+2. anything from the transport address of a TURN server allocated on this socket (STUN
+   responses, Data indications, ChannelData) -> that allocation's TurnClient; data a peer
+   sent through the relay comes out as a ``DataReceived`` event and is delivered to the
+   :class:`RelayEndpoint`'s handler, with the peer's address;
+3. everything else -> the socket's handler (:meth:`GatheredSocket.set_handler`).
+
+Handlers are replaceable at any time. Until one is set, datagrams wait in a bounded backlog
+(:data:`MAX_BACKLOG`) and are delivered, in order, when it is: the checks of a fast peer that
+arrive while gathering (trickle ICE) are not lost. The ICE connection therefore takes a
+socket over by setting handlers (``sock.set_handler`` for host and server-reflexive
+candidates, ``relay.set_handler`` for relayed ones) and sends with ``sock.send(data, addr)``
+or ``relay.send(data, peer)``; :meth:`Gatherer.endpoint` finds the object by the candidate's
+base (``gatherer.endpoint(gatherer.base_of(candidate))``). Ownership: the :class:`Gatherer`
+closes every socket and releases every allocation in :meth:`Gatherer.close`, unless
+:meth:`Gatherer.detach` handed them over, after which the caller closes each
+:class:`GatheredSocket` (which releases its allocations) itself. Gathering may still be going
+on when the ICE connection takes over; its transactions keep reaching their cores.
+
+Streaming. :meth:`Gatherer.gather` yields each candidate as soon as it is known (host
+candidates at once), then one :class:`EndOfCandidates` marker (RFC 8838 "end-of-candidates",
+carrying the failures), then stops. Every call replays the stream from the start.
+
+Redundant candidates (RFC 8445 §5.1.3): a candidate whose transport address and base equal
+those of one already found is dropped and counted (:attr:`Gatherer.redundant`). Host
+candidates are found first and have the highest type preference, so a server-reflexive
+candidate equal to its host candidate (no NAT, or a STUN server on loopback) is the one
+dropped, as the RFC wants; between two equal reflexive candidates the first found stays.
+
+Time limits: gathering never hangs (the STUN and TURN servers may not answer at all, see
+../shared/INTEROP.md). Each server gets ``timeout`` seconds per socket, name resolution
+included; then the transaction is abandoned and a :class:`GatherFailure` recorded. A TURN
+allocation abandoned this way is released if its success response still arrives. New
+transactions are paced ``ta`` seconds apart (RFC 8445 §14.2, default Ta = 50 ms).
+
+Priorities and foundations come from :func:`~anchor_ice.candidate.make_candidate`: the type
+preferences of RFC 8445 §5.1.2.2 and a local preference unique per candidate of one type
+(RFC 8445 §5.1.2.1): ``65535 - (h * S + slot)`` where ``h`` is the host address's index
+(the order of ``host_ips`` is the preference order), ``S`` the number of servers and
+``slot`` the server's index (for host candidates 0; for a TURN server's server-reflexive
+candidate, the number of STUN servers plus its index).
+"""
+
+from __future__ import annotations
+
+# This module is an asyncio adapter: it owns sockets and the loop (STYLE.md §1 exempts
+# adapters; pyproject's per-file-ignores lists net.py and cli.py, not this file yet).
+import asyncio
+import errno
+import fnmatch
+import ipaddress
+import os
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import ifaddr
+
+from anchor_stun.attributes import Software, XorMappedAddress, pack_ip, unpack_ip
+from anchor_stun.errors import (
+    AllocationError,
+    AnchorError,
+    DecodeError,
+    LocalProtocolError,
+    StunErrorResponse,
+    TransactionTimeout,
+)
+from anchor_stun.events import Address, StunEvent, Transmit
+from anchor_stun.message import Message, MessageClass, Method, is_stun
+from anchor_stun.net import _Pump, format_address, resolve
+from anchor_stun.transaction import (
+    RTO_INITIAL,
+    StunClient,
+    TransactionFailed,
+    TransactionSucceeded,
+    TransactionTimedOut,
+)
+from anchor_turn.client import TurnClient, TurnState
+from anchor_turn.events import (
+    AllocationCreated,
+    AllocationExpired,
+    AllocationFailed,
+    AllocationReleased,
+    ChannelBindFailed,
+    ChannelBound,
+    DataReceived,
+    PermissionCreated,
+    PermissionFailed,
+    TryAlternate,
+    TurnEvent,
+)
+
+from .candidate import COMPONENT_RTP, Candidate, CandidateType, make_candidate
+
+__all__ = [
+    "DEFAULT_RELEASE_TIMEOUT",
+    "DEFAULT_SERVER_TIMEOUT",
+    "DEFAULT_TA",
+    "MAX_BACKLOG",
+    "DatagramHandler",
+    "EndOfCandidates",
+    "GatherFailure",
+    "GatheredSocket",
+    "Gatherer",
+    "RelayEndpoint",
+    "TurnServerConfig",
+    "host_addresses",
+]
+
+DEFAULT_SERVER_TIMEOUT = 5.0
+"""Seconds each STUN / TURN server gets per socket (resolution included) before it is given up."""
+DEFAULT_RELEASE_TIMEOUT = 2.0
+"""Seconds :meth:`GatheredSocket.close` waits for the answers to its Refresh(0) requests."""
+DEFAULT_TA = 0.05  # RFC 8445 §14.2: pacing of new STUN/TURN transactions, seconds
+MAX_BACKLOG = 256
+"""Datagrams kept for a handler not set yet; more are dropped and counted."""
+MAX_QUEUED_PER_PEER = 32
+"""Datagrams a :class:`RelayEndpoint` holds for a peer while its permission is being created."""
+MAX_REDIRECTS = 2  # RFC 8656 §7.4 / RFC 8489 §10: 300 Try Alternate followed at most this often
+
+DatagramHandler = Callable[[bytes, Address], None]
+"""``handler(data, addr)``: a datagram that arrived from ``addr`` (a peer's transport address)."""
+
+_FINAL = frozenset({TurnState.FAILED, TurnState.RELEASED, TurnState.EXPIRED})
+
+
+# ----------------------------------------------------------------------------- host addresses
+
+
+def _usable(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, loopback: bool,
+            link_local: bool) -> bool:
+    """RFC 8445 §5.1.1.1: which interface addresses may become host candidates."""
+    if addr.is_unspecified or addr.is_multicast:
+        return False
+    if addr.is_loopback:
+        return loopback
+    if addr.is_link_local:
+        return link_local
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.is_site_local:  # MUST NOT (RFC 3879)
+            return False
+        if addr.ipv4_mapped is not None:  # SHOULD NOT
+            return False
+        if int(addr) >> 32 == 0:  # deprecated IPv4-compatible ::a.b.c.d: MUST NOT (RFC 4291)
+            return False
+    return True
+
+
+def host_addresses(
+    *,
+    interfaces: Iterable[str] | None = None,
+    families: Sequence[int] = (4, 6),
+    include_loopback: bool = False,
+    include_link_local: bool = False,
+    adapters: Iterable[ifaddr.Adapter] | None = None,
+) -> list[str]:
+    """The IP addresses to gather host candidates on (RFC 8445 §5.1.1.1), best first.
+
+    ``interfaces``: only adapters whose name (or nice name) matches one of these names or
+    shell patterns (``"eth*"``); None: every adapter. ``families``: 4 and/or 6; their order is
+    the order of the result. Loopback addresses are left out unless ``include_loopback``
+    (tests), link-local ones (169.254/16, fe80::/10) unless ``include_link_local``; IPv6
+    site-local, IPv4-mapped and IPv4-compatible addresses always. ``adapters`` replaces
+    ``ifaddr.get_adapters()`` (tests inject a fake list).
+
+    The order is deterministic: by family (as in ``families``), then by the position of the
+    first matching name in ``interfaces`` (else the adapter's position), then as the adapter
+    lists them. Duplicates are dropped. A link-local IPv6 address is returned with its zone
+    (``fe80::1%eth0``): it cannot be bound without one.
+    """
+    wanted = tuple(families)
+    if not wanted or any(f not in (4, 6) for f in wanted):
+        raise LocalProtocolError(f"families must be a non-empty subset of (4, 6), not {families!r}")
+    if isinstance(interfaces, str):
+        raise LocalProtocolError("interfaces is an iterable of names, not one string")
+    patterns = list(interfaces) if interfaces is not None else None
+    found: list[tuple[int, int, int, str]] = []
+    for position, adapter in enumerate(ifaddr.get_adapters() if adapters is None else adapters):
+        if patterns is None:
+            rank = position
+        else:
+            ranks = [
+                i for i, pattern in enumerate(patterns)
+                if fnmatch.fnmatchcase(adapter.name, pattern)
+                or fnmatch.fnmatchcase(adapter.nice_name, pattern)
+            ]
+            if not ranks:
+                continue
+            rank = ranks[0]
+        for entry in adapter.ips:
+            text = entry.ip[0] if isinstance(entry.ip, tuple) else entry.ip
+            try:
+                addr = ipaddress.ip_address(text.split("%", 1)[0])
+            except ValueError:
+                continue
+            if addr.version not in wanted:
+                continue
+            if not _usable(addr, include_loopback, include_link_local):
+                continue
+            name = str(addr)
+            if addr.version == 6 and addr.is_link_local:
+                name = f"{name}%{adapter.name}"
+            found.append((wanted.index(addr.version), rank, len(found), name))
+    result: list[str] = []
+    for *_, name in sorted(found):
+        if name not in result:
+            result.append(name)
+    return result
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _canonical_ip(ip: str) -> str:
+    """The text form the cores use for an IP (so that addresses compare equal)."""
+    family, packed = pack_ip(ip.split("%", 1)[0])
+    return unpack_ip(family, packed)
+
+
+def _canonical(addr: Address) -> Address:
+    return (_canonical_ip(addr[0]), int(addr[1]))
+
+
+def _family(ip: str) -> int:
+    """4 or 6 for an IP literal (a zone suffix allowed), 0 for a name."""
+    try:
+        return ipaddress.ip_address(ip.split("%", 1)[0]).version
+    except ValueError:
+        return 0
+
+
+def _bind_socket(
+    ip: str, port_range: tuple[int, int] | None, rng: Callable[[int], bytes]
+) -> socket.socket:
+    """A non-blocking UDP socket bound to ``ip`` (a zone allowed), on a port of
+    ``port_range`` (tried from a random start) or any port; OSError when impossible."""
+    family = socket.AF_INET6 if _family(ip) == 6 else socket.AF_INET
+    infos = socket.getaddrinfo(ip, 0, family, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST)
+    sockaddr: tuple[Any, ...] = infos[0][4]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if port_range is None:
+            sock.bind(sockaddr)
+            return sock
+        low, high = port_range
+        span = high - low + 1
+        start = int.from_bytes(rng(4), "big") % span
+        for step in range(span):
+            port = low + (start + step) % span
+            try:
+                sock.bind((sockaddr[0], port, *sockaddr[2:]))
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue  # taken, or privileged: try the next one
+                raise
+            return sock
+        raise OSError(errno.EADDRINUSE, f"no free UDP port in {low}-{high} on {ip}")
+    except BaseException:
+        sock.close()
+        raise
+
+
+# ----------------------------------------------------------------------------- sockets
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    """Hands datagrams to its :class:`GatheredSocket` (held back until it is attached: the
+    socket is readable before ``create_datagram_endpoint`` returns)."""
+
+    def __init__(self) -> None:
+        self.owner: GatheredSocket | None = None
+        self.early: list[tuple[bytes, Address]] = []
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def attach(self, owner: GatheredSocket) -> None:
+        self.owner = owner
+        early, self.early = self.early, []
+        for data, addr in early:
+            owner._received(data, addr)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        address = (str(addr[0]), int(addr[1]))
+        if self.owner is None:
+            if len(self.early) < MAX_BACKLOG:
+                self.early.append((data, address))
+            return
+        self.owner._received(data, address)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors: transactions retransmit and time out on their own
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+class _Inbox:
+    """A replaceable handler with a bounded backlog for the time before it is set."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, what: str) -> None:
+        self._loop = loop
+        self._what = what
+        self.handler: DatagramHandler | None = None
+        self.backlog: deque[tuple[bytes, Address]] = deque()
+        self.dropped = 0
+
+    def set(self, handler: DatagramHandler | None) -> None:
+        self.handler = handler
+        while handler is not None and self.backlog and self.handler is handler:
+            self._call(handler, *self.backlog.popleft())
+
+    def deliver(self, data: bytes, addr: Address) -> None:
+        handler = self.handler
+        if handler is not None:
+            self._call(handler, data, addr)
+        elif len(self.backlog) < MAX_BACKLOG:
+            self.backlog.append((data, addr))
+        else:
+            self.dropped += 1
+
+    def _call(self, handler: DatagramHandler, data: bytes, addr: Address) -> None:
+        try:
+            handler(data, addr)
+        except Exception as exc:  # a user's bug must not stall the socket
+            self._loop.call_exception_handler(
+                {"message": f"exception in the datagram handler of {self._what}", "exception": exc}
+            )
+
+
+class GatheredSocket:
+    """One UDP socket bound to a host address: the base of a host candidate, of the
+    server-reflexive candidates learnt through it and of the TURN allocations made from it
+    (RFC 8445 §5.1.1). See the module docstring for how datagrams are routed.
+
+    Build it with :meth:`bind`. :meth:`binding` and :meth:`allocate` run gathering
+    transactions on it; :meth:`send` and :meth:`set_handler` are the ICE connection's way in;
+    :meth:`close` releases the allocations and closes the socket.
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.DatagramTransport,
+        protocol: _Protocol,
+        *,
+        rng: Callable[[int], bytes],
+        stun_rto: float,
+    ) -> None:
+        """Use :meth:`bind`."""
+        self._loop = asyncio.get_running_loop()
+        self._transport = transport
+        self._protocol = protocol
+        sockname = transport.get_extra_info("sockname")
+        self.local: Address = (_canonical_ip(str(sockname[0])), int(sockname[1]))
+        """The socket's address: the host candidate's transport address and base."""
+        self.family: int = _family(self.local[0])
+        """4 or 6."""
+        self._scope_id = int(sockname[3]) if len(sockname) > 3 else 0
+        self._rng = rng
+        self._stun = StunClient(rto=stun_rto)
+        self._stun_pump = _Pump(self._stun, self._send_transmit, self._stun_event)
+        self._stun_waiters: dict[bytes, asyncio.Future[TransactionSucceeded]] = {}
+        self._relays: list[RelayEndpoint] = []
+        self._inbox = _Inbox(self._loop, f"socket {format_address(self.local)}")
+        self._closing = False
+        self._closed = False
+        self._closed_event = asyncio.Event()
+        protocol.attach(self)
+
+    @classmethod
+    async def bind(
+        cls,
+        ip: str,
+        *,
+        port_range: tuple[int, int] | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
+        stun_rto: float = RTO_INITIAL,
+    ) -> GatheredSocket:
+        """Bind a UDP socket to ``ip`` (``fe80::1%eth0`` for a link-local address) on a port
+        within ``port_range`` (inclusive; any port when None). Raises OSError when no port is
+        free or the address cannot be bound. ``stun_rto`` is the initial retransmission
+        timeout of the gathering Binding requests (RFC 8489 §6.2.1)."""
+        if port_range is not None:
+            low, high = port_range
+            if not 1 <= low <= high <= 0xFFFF:
+                raise LocalProtocolError(f"bad port range {low}-{high}")
+        sock = _bind_socket(ip, port_range, rng)
+        loop = asyncio.get_running_loop()
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(_Protocol, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(transport, protocol, rng=rng, stun_rto=stun_rto)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def transport(self) -> asyncio.DatagramTransport:
+        """The asyncio transport (read its extra info; send through :meth:`send`)."""
+        return self._transport
+
+    @property
+    def relays(self) -> list[RelayEndpoint]:
+        """The allocations made from this socket that exist now (RFC 8656 §7.3)."""
+        return [r for r in self._relays if r.state is TurnState.ALLOCATED]
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` finished: the socket is closed."""
+        return self._closed
+
+    @property
+    def dropped(self) -> int:
+        """Datagrams dropped because no handler was set and the backlog was full."""
+        return self._inbox.dropped
+
+    # ------------------------------------------------------------------ ICE side
+
+    def set_handler(self, handler: DatagramHandler | None) -> None:
+        """Receive, with ``handler(data, addr)``, every datagram not meant for a gathering
+        transaction or a TURN allocation of this socket; datagrams that arrived before are
+        delivered first, in order. None: keep them in the backlog again."""
+        self._inbox.set(handler)
+
+    def send(self, data: bytes, addr: Address) -> None:
+        """Send ``data`` to ``addr`` from this socket (the host candidate's base).
+        Raises LocalProtocolError once closed."""
+        if self._closing:
+            raise LocalProtocolError("the socket is closed")
+        self._sendto(data, addr)
+
+    # ------------------------------------------------------------------ gathering
+
+    async def binding(self, server: Address, *, software: str | None = None) -> Address:
+        """One Binding transaction with the STUN server ``server`` (an IP address) from this
+        socket; returns XOR-MAPPED-ADDRESS (RFC 8489 §14.2, RFC 8445 §5.1.1.2). Raises
+        :class:`~anchor_stun.errors.StunErrorResponse`, TransactionTimeout (after the
+        StunClient's retransmissions, RFC 8489 §6.2.1: wrap it in a timeout) or DecodeError."""
+        if self._closing:
+            raise LocalProtocolError("the socket is closed")
+        request = Message(Method.BINDING, MessageClass.REQUEST, self._rng(12))
+        if software:
+            request.add(Software(software))
+        txid = self._stun.send_request(request.encode(fingerprint=True), server, self._now())
+        waiter: asyncio.Future[TransactionSucceeded] = self._loop.create_future()
+        self._stun_waiters[txid] = waiter
+        self._stun_pump.pump()
+        try:
+            result = await waiter
+        finally:
+            if not waiter.done():
+                self._stun.cancel(txid)
+            self._stun_waiters.pop(txid, None)
+        mapped = result.response.get(XorMappedAddress)
+        if mapped is None:
+            raise DecodeError("Binding response without XOR-MAPPED-ADDRESS", field="response")
+        return _canonical(mapped.address)
+
+    async def allocate(
+        self,
+        server: Address,
+        username: str,
+        password: str,
+        *,
+        max_redirects: int = MAX_REDIRECTS,
+        **options: Any,
+    ) -> RelayEndpoint:
+        """Allocate a relay on the TURN server ``server`` (an IP address) from this socket
+        (RFC 8656 §7); returns the :class:`RelayEndpoint`, which then refreshes itself until
+        released. ``options`` go to :class:`~anchor_turn.client.TurnClient` (``lifetime``,
+        ``software``, ``rto``...). Raises :class:`~anchor_stun.errors.AllocationError`.
+        Cancelled (say by a timeout), the allocation is abandoned: released as soon as it
+        exists, should its success response still arrive."""
+        if self._closing:
+            raise LocalProtocolError("the socket is closed")
+        relay = RelayEndpoint(self, server, username, password, options)
+        self._relays.append(relay)
+        await relay._allocate(max_redirects)
+        return relay
+
+    async def close(self, release_timeout: float = DEFAULT_RELEASE_TIMEOUT) -> None:
+        """Release every allocation (Refresh with LIFETIME 0, RFC 8656 §8.1; waiting at most
+        ``release_timeout`` seconds for the answers), fail the pending gathering
+        transactions, close the socket and wait until it is closed. Idempotent."""
+        if self._closing:
+            await self._closed_event.wait()
+            return
+        self._closing = True
+        try:
+            finals = [relay._finish() for relay in self._relays]
+            pending = [f for f in finals if not f.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=release_timeout)
+        finally:
+            for relay in self._relays:
+                relay._shutdown("the socket was closed")
+            self._stun_pump.close()
+            for waiter in self._stun_waiters.values():
+                if not waiter.done():
+                    waiter.set_exception(LocalProtocolError("the socket was closed"))
+            self._stun_waiters.clear()
+            self._transport.close()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._protocol.lost), 1.0)
+            except TimeoutError:
+                pass
+            self._closed = True
+            self._closed_event.set()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _now(self) -> float:
+        return self._loop.time()
+
+    def _sendto(self, data: bytes, addr: Address) -> None:
+        if self._transport.is_closing():
+            return
+        if self.family == 6:
+            ip = addr[0].split("%", 1)[0]
+            scope = self._scope_id if ip.lower().startswith("fe80") else 0
+            self._transport.sendto(data, (ip, addr[1], 0, scope))
+        else:
+            self._transport.sendto(data, addr)
+
+    def _send_transmit(self, transmit: Transmit) -> None:
+        self._sendto(transmit.data, transmit.addr)
+
+    def _received(self, data: bytes, addr: Address) -> None:
+        if self._closed:
+            return
+        if self._stun_waiters and is_stun(data) and bytes(data[8:20]) in self._stun:
+            self._stun.receive_datagram(data, addr, self._now())
+            self._stun_pump.pump()
+            return
+        for relay in self._relays:
+            if relay._server_key == addr:
+                relay._received(data, addr)
+                return
+        self._inbox.deliver(data, addr)
+
+    def _stun_event(self, event: StunEvent) -> None:
+        if not isinstance(event, TransactionSucceeded | TransactionFailed | TransactionTimedOut):
+            return
+        waiter = self._stun_waiters.pop(event.transaction_id, None)
+        if waiter is None or waiter.done():
+            return
+        if isinstance(event, TransactionSucceeded):
+            waiter.set_result(event)
+        elif isinstance(event, TransactionFailed):
+            waiter.set_exception(StunErrorResponse(event.code, event.reason, event.response))
+        else:
+            waiter.set_exception(TransactionTimeout("no response from the STUN server"))
+
+    def __repr__(self) -> str:
+        return f"<GatheredSocket {format_address(self.local)}{' closed' if self._closed else ''}>"
+
+
+class RelayEndpoint:
+    """One TURN allocation made from a :class:`GatheredSocket` (RFC 8656): the base of a
+    relayed candidate (RFC 8445 §5.1.1.2).
+
+    The ICE connection sends through it with :meth:`send` (a permission for the peer's IP is
+    created on first use, RFC 8656 §9, and the datagrams wait for it) and receives with
+    :meth:`set_handler`. The allocation, its permissions and channels refresh themselves
+    (the TurnClient's timers) until :meth:`release` or the socket's ``close()``.
+    """
+
+    def __init__(
+        self,
+        owner: GatheredSocket,
+        server: Address,
+        username: str,
+        password: str,
+        options: Mapping[str, Any],
+    ) -> None:
+        """Use :meth:`GatheredSocket.allocate`."""
+        self.socket = owner
+        """The host socket the allocation was made from (its 5-tuple, RFC 8656 §2)."""
+        self._loop = owner._loop
+        self._username = username
+        self._password = password
+        self._options = dict(options)
+        self._options.setdefault("rng", owner._rng)
+        self._server: Address = _canonical(server)
+        self._client = TurnClient(self._server, username, password, **self._options)
+        self._pump = _Pump(self._client, owner._send_transmit, self._event)
+        self._inbox = _Inbox(self._loop, f"relay via {format_address(self._server)}")
+        self._allocating: asyncio.Future[AllocationCreated | TryAlternate] | None = None
+        self._final: asyncio.Future[None] = self._loop.create_future()
+        self._abandoned = False
+        self._dead: str | None = None
+        self._queued: dict[str, list[tuple[bytes, Address]]] = {}
+        self._permission_waiters: list[tuple[set[str], asyncio.Future[None]]] = []
+        self._channel_waiters: dict[int, list[asyncio.Future[int]]] = {}
+        self.redirects: list[Address] = []
+        """Servers that answered 300 Try Alternate, in order (RFC 8656 §7.4)."""
+        self.on_event: Callable[[TurnEvent], None] | None = None
+        """Called with every event of the TURN core (refreshes, failures...), e.g. for logs."""
+        self.dropped = 0
+        """Datagrams to peers dropped: too many waiting for a permission, or it failed."""
+        self._kicked = False
+        self._stopped = False
+        self._heard = False  # anything came from the server yet
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def _server_key(self) -> Address:
+        return self._server
+
+    @property
+    def server(self) -> Address:
+        """The TURN server's transport address (after a redirect: the alternate)."""
+        return self._server
+
+    @property
+    def client(self) -> TurnClient:
+        """The sans-I/O core (read its state; do not drive it directly)."""
+        return self._client
+
+    @property
+    def state(self) -> TurnState:
+        """The allocation's state (RFC 8656 §6-§8)."""
+        return self._client.state
+
+    @property
+    def relayed(self) -> Address:
+        """The relayed transport address: the relayed candidate and its base (RFC 8445
+        §5.1.1.2). LocalProtocolError before the allocation exists."""
+        relayed = self._client.relayed
+        if not relayed:
+            raise LocalProtocolError("no allocation yet")
+        return _canonical(relayed[0])
+
+    @property
+    def base(self) -> Address:
+        """Same as :attr:`relayed`: a relayed candidate is its own base (RFC 8445 §5.1.1.2)."""
+        return self.relayed
+
+    @property
+    def mapped(self) -> Address | None:
+        """The server-reflexive address from the Allocate response (RFC 8656 §7.3)."""
+        mapped = self._client.mapped
+        return _canonical(mapped) if mapped is not None else None
+
+    # ------------------------------------------------------------------ ICE side
+
+    def set_handler(self, handler: DatagramHandler | None) -> None:
+        """Receive, with ``handler(data, peer)``, every datagram a peer sent through the
+        relay (RFC 8656 §11.4, §12.6); earlier ones are delivered first, in order."""
+        self._inbox.set(handler)
+
+    def send(self, data: bytes, peer: Address) -> None:
+        """Send ``data`` to ``peer`` through the relay: ChannelData when a channel is bound,
+        else a Send indication (RFC 8656 §11.1, §12.5). The first datagram to a new peer IP
+        starts a CreatePermission (RFC 8656 §9); datagrams wait for it (at most
+        :data:`MAX_QUEUED_PER_PEER`) and are dropped if it fails. Raises LocalProtocolError
+        when the allocation does not exist (any more)."""
+        self._check_usable()
+        ip = _canonical_ip(peer[0])
+        now = self._loop.time()
+        if ip in self._client.permissions and ip not in self._queued:
+            self._client.send(data, peer, now)
+        else:
+            queue = self._queued.get(ip)
+            if queue is None:
+                queue = self._queued[ip] = []
+                self._client.create_permission([ip], now)
+            if len(queue) < MAX_QUEUED_PER_PEER:
+                queue.append((bytes(data), peer))
+            else:
+                self.dropped += 1
+        self._pump.pump()
+
+    async def create_permission(self, *ips: str) -> None:
+        """Install permissions for these peer IPs now and wait for them (RFC 8656 §9).
+        Raises :class:`~anchor_stun.errors.AllocationError`."""
+        self._check_usable()
+        wanted = {_canonical_ip(ip) for ip in ips}
+        self._client.create_permission(sorted(wanted), self._loop.time())
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        entry = (wanted, waiter)
+        self._permission_waiters.append(entry)
+        self._pump.pump()
+        try:
+            await waiter
+        finally:
+            if entry in self._permission_waiters:
+                self._permission_waiters.remove(entry)
+
+    async def bind_channel(self, peer: Address) -> int:
+        """Bind a channel to ``peer`` (RFC 8656 §12): later datagrams to it go as
+        ChannelData. Returns the channel number; raises AllocationError."""
+        self._check_usable()
+        number = self._client.bind_channel(peer, self._loop.time())
+        waiter: asyncio.Future[int] = self._loop.create_future()
+        self._channel_waiters.setdefault(number, []).append(waiter)
+        self._pump.pump()
+        try:
+            return await waiter
+        finally:
+            waiters = self._channel_waiters.get(number, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+
+    async def release(self, timeout: float = DEFAULT_RELEASE_TIMEOUT) -> None:
+        """Delete the allocation (Refresh with LIFETIME 0, RFC 8656 §8.1) and wait at most
+        ``timeout`` seconds for the answer. The socket stays open. Idempotent."""
+        final = self._finish()
+        if not final.done():
+            await asyncio.wait([final], timeout=timeout)
+
+    # ------------------------------------------------------------------ allocation
+
+    async def _allocate(self, max_redirects: int) -> None:
+        try:
+            while True:
+                self._allocating = self._loop.create_future()
+                self._client.allocate(self._loop.time())
+                self._pump.pump()
+                result = await self._allocating
+                self._allocating = None
+                if isinstance(result, AllocationCreated):
+                    return
+                # RFC 8656 §7.4: try the alternate server, with a new client, same socket
+                if len(self.redirects) >= max_redirects or result.server in (
+                    self._server,
+                    *self.redirects,
+                ):
+                    raise AllocationError(
+                        300, f"redirected to {format_address(result.server)}: giving up"
+                    )
+                self.redirects.append(self._server)
+                self._pump.close()
+                self._heard = False
+                self._server = _canonical(result.server)
+                self._client = TurnClient(
+                    self._server, self._username, self._password, **self._options
+                )
+                self._pump = _Pump(self._client, self.socket._send_transmit, self._event)
+        except asyncio.CancelledError:
+            self._abandon()
+            raise
+        except BaseException:
+            self._allocating = None
+            self._check_final()
+            raise
+
+    def _abandon(self) -> None:
+        """Nobody waits for the allocation any more: release it as soon as it exists."""
+        self._abandoned = True
+        if self._allocating is not None and not self._allocating.done():
+            self._allocating.cancel()
+        self._allocating = None
+        self._finish()
+
+    def _finish(self) -> asyncio.Future[None]:
+        """Start the release (or the abandonment) and return the future of the end state."""
+        state = self._client.state
+        if state is TurnState.ALLOCATED and self._dead is None:
+            self._client.release(self._loop.time())
+            self._pump.pump()
+        elif state in (TurnState.ALLOCATING, TurnState.IDLE):
+            self._abandoned = True
+            if self._allocating is not None and not self._allocating.done():
+                self._allocating.set_exception(AllocationError(0, "abandoned"))
+            if not self._heard:
+                # Not even the 401 came back, so no signed Allocate left: the server cannot
+                # have created an allocation (RFC 8656 §7.2 authenticates first). Stop here.
+                self._shutdown("abandoned before the server answered")
+        self._check_final()
+        return self._final
+
+    def _check_final(self) -> None:
+        if self._client.state in _FINAL or self._client.state is TurnState.IDLE:
+            if not self._final.done() and self._allocating is None:
+                self._final.set_result(None)
+
+    def _shutdown(self, reason: str) -> None:
+        """The socket is going away: stop the timer, fail every waiter."""
+        self._stopped = True
+        self._pump.close()
+        self._dead = self._dead or reason
+        error = AllocationError(0, reason)
+        if self._allocating is not None and not self._allocating.done():
+            self._allocating.set_exception(error)
+        for _, waiter in self._permission_waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+        for waiters in self._channel_waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(error)
+        self._queued.clear()
+        if not self._final.done():
+            self._final.set_result(None)
+
+    def _check_usable(self) -> None:
+        if self._dead is not None:
+            raise LocalProtocolError(f"the allocation is gone: {self._dead}")
+        if self._client.state is not TurnState.ALLOCATED or self._abandoned:
+            raise LocalProtocolError(f"no usable allocation (state {self._client.state.value})")
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _received(self, data: bytes, addr: Address) -> None:
+        if self._stopped:
+            return
+        self._heard = True
+        self._client.receive_datagram(data, addr, self._loop.time())
+        self._pump.pump()
+
+    def _kick(self) -> None:
+        """Pump again soon: a command issued while handling an event queues datagrams that
+        the pump in progress has already collected."""
+        if not self._kicked:
+            self._kicked = True
+            self._loop.call_soon(self._kicked_pump)
+
+    def _kicked_pump(self) -> None:
+        self._kicked = False
+        if not self._stopped:
+            self._pump.pump()
+
+    def _flush(self, ips: Iterable[str]) -> None:
+        now = self._loop.time()
+        for ip in ips:
+            for data, peer in self._queued.pop(ip, []):
+                self._client.send(data, peer, now)
+
+    def _event(self, event: StunEvent) -> None:
+        assert isinstance(event, TurnEvent)
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception as exc:
+                self._loop.call_exception_handler(
+                    {"message": "exception in a RelayEndpoint on_event callback", "exception": exc}
+                )
+        if isinstance(event, DataReceived):
+            self._inbox.deliver(event.data, event.peer)
+        elif isinstance(event, AllocationCreated | TryAlternate):
+            if self._abandoned:
+                if isinstance(event, AllocationCreated):
+                    self._client.release(self._loop.time())
+                    self._kick()
+            elif self._allocating is not None and not self._allocating.done():
+                self._allocating.set_result(event)
+        elif isinstance(event, AllocationFailed):
+            if self._allocating is not None and not self._allocating.done():
+                self._allocating.set_exception(AllocationError(event.code, event.reason))
+                self._allocating = None
+        elif isinstance(event, AllocationReleased | AllocationExpired):
+            self._dead = "released" if isinstance(event, AllocationReleased) else "expired"
+            for _, waiter in self._permission_waiters:
+                if not waiter.done():
+                    waiter.set_exception(AllocationError(0, f"the allocation was {self._dead}"))
+            self._queued.clear()
+        elif isinstance(event, PermissionCreated):
+            done = set(event.peers)
+            self._flush(done)
+            self._kick()
+            for wanted, waiter in self._permission_waiters:
+                wanted -= done
+                if not wanted and not waiter.done():
+                    waiter.set_result(None)
+        elif isinstance(event, PermissionFailed):
+            for ip in event.peers:
+                self.dropped += len(self._queued.pop(ip, []))
+            failed = set(event.peers)
+            for wanted, waiter in self._permission_waiters:
+                if wanted & failed and not waiter.done():
+                    waiter.set_exception(AllocationError(event.code, event.reason))
+        elif isinstance(event, ChannelBound):
+            for fut in self._channel_waiters.get(event.channel, []):
+                if not fut.done():
+                    fut.set_result(event.channel)
+        elif isinstance(event, ChannelBindFailed):
+            for fut in self._channel_waiters.get(event.channel, []):
+                if not fut.done():
+                    fut.set_exception(AllocationError(event.code, event.reason))
+        if not isinstance(event, TryAlternate) or self._abandoned:
+            self._check_final()
+
+    def __repr__(self) -> str:
+        relayed = self._client.relayed
+        where = format_address(relayed[0]) if relayed else "-"
+        return f"<RelayEndpoint {where} via {format_address(self._server)} {self.state.value}>"
+
+
+# ----------------------------------------------------------------------------- gatherer
+
+
+@dataclass(frozen=True, slots=True)
+class TurnServerConfig:
+    """A TURN server to gather relayed candidates from (RFC 8445 §5.1.1.2, RFC 8656)."""
+
+    address: Address
+    """(host, port); the host may be a name, resolved when gathering."""
+    username: str
+    """Long-term credential user name (RFC 8489 §9.2)."""
+    password: str
+    """Long-term credential password."""
+    transport: Literal["udp"] = "udp"
+    """Client-server transport; only UDP: the allocation shares the host socket."""
+
+    def __post_init__(self) -> None:
+        if self.transport != "udp":
+            raise LocalProtocolError(
+                "gathering allocates over UDP from the host socket; TURN over TCP/TLS is not "
+                "supported here"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class GatherFailure:
+    """Something gathering had to give up on (the rest carried on)."""
+
+    kind: Literal["host", "stun", "turn"]
+    """What failed: binding a host socket, a STUN Binding or a TURN Allocate."""
+    base: Address
+    """The host socket's address (for ``"host"``: the IP that could not be bound, port 0)."""
+    server: Address | None
+    """The STUN / TURN server as configured (None for ``"host"``)."""
+    reason: str
+    """Why, in one line (``timeout after 5.0 s``, ``401 Unauthorized``...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfCandidates:
+    """The last item of a :meth:`Gatherer.gather` stream: every candidate has been found
+    (RFC 8838, signalled as ``a=end-of-candidates``, RFC 8840)."""
+
+    failures: tuple[GatherFailure, ...] = field(default=())
+    """What could not be gathered."""
+
+
+class Gatherer:
+    """Gathers host, server-reflexive and relayed candidates for one component (RFC 8445
+    §5.1.1) and streams them as they come (RFC 8838); see the module docstring.
+
+    ``host_ips``: the addresses to bind, best first (default: :func:`host_addresses()`).
+    ``stun_servers``: (host, port) of STUN servers. ``turn_servers``: :class:`TurnServerConfig`
+    of TURN servers (UDP). ``component``: the component id (RFC 8445 §4). ``port_range``:
+    (min, max) local ports, inclusive. ``timeout``: seconds per server and socket.
+    ``ta``: pacing of new transactions (RFC 8445 §14.2). ``turn_options`` go to every
+    :class:`~anchor_turn.client.TurnClient` (``lifetime``, ``rto``...). ``rng``: random bytes
+    (transaction ids, the first port tried).
+
+    Use it as an async context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        host_ips: Iterable[str] | None = None,
+        *,
+        stun_servers: Iterable[Address] = (),
+        turn_servers: Iterable[TurnServerConfig] = (),
+        component: int = COMPONENT_RTP,
+        port_range: tuple[int, int] | None = None,
+        timeout: float = DEFAULT_SERVER_TIMEOUT,
+        release_timeout: float = DEFAULT_RELEASE_TIMEOUT,
+        ta: float = DEFAULT_TA,
+        stun_rto: float = RTO_INITIAL,
+        software: str | None = None,
+        turn_options: Mapping[str, Any] | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if isinstance(host_ips, str):
+            raise LocalProtocolError("host_ips is an iterable of addresses, not one string")
+        self._host_ips = list(host_ips) if host_ips is not None else None
+        self._stun_servers = [(str(h), int(p)) for h, p in stun_servers]
+        self._turn_servers = list(turn_servers)
+        if not 1 <= component <= 256:
+            raise LocalProtocolError(f"component must be 1-256, not {component}")
+        if port_range is not None and not 1 <= port_range[0] <= port_range[1] <= 0xFFFF:
+            raise LocalProtocolError(f"bad port range {port_range!r}")
+        if not timeout > 0 or not release_timeout >= 0 or not ta >= 0:
+            raise LocalProtocolError("timeout must be positive, release_timeout and ta >= 0")
+        self.component = component
+        """The component id of every candidate (RFC 8445 §4)."""
+        self.port_range = port_range
+        """Local ports allowed, inclusive, or None."""
+        self.timeout = timeout
+        """Seconds each server gets per socket."""
+        self.release_timeout = release_timeout
+        """Seconds :meth:`close` waits for the answers to the Refresh(0) requests."""
+        self.ta = ta
+        """Seconds between the starts of two gathering transactions (RFC 8445 §14.2)."""
+        self._stun_rto = stun_rto
+        self._software = software
+        self._turn_options = dict(turn_options or {})
+        if software is not None:
+            self._turn_options.setdefault("software", software)
+        self._rng = rng
+        self._sockets: list[GatheredSocket] = []
+        self._owned = True
+        self._endpoints: dict[Address, GatheredSocket | RelayEndpoint] = {}
+        self._candidates: list[Candidate] = []
+        self._bases: dict[Candidate, Address] = {}
+        self._seen: set[tuple[Address, Address]] = set()
+        self._failures: list[GatherFailure] = []
+        self.redundant = 0
+        """Candidates dropped as redundant (RFC 8445 §5.1.3)."""
+        self._started = False
+        self._complete = False
+        self._closed = False
+        self._changed: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._next_start = 0.0
+        self._start_lock: asyncio.Lock | None = None
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        """The candidates found so far, in the order found."""
+        return list(self._candidates)
+
+    @property
+    def failures(self) -> list[GatherFailure]:
+        """What could not be gathered so far."""
+        return list(self._failures)
+
+    @property
+    def sockets(self) -> list[GatheredSocket]:
+        """The host sockets, in the order of the host addresses."""
+        return list(self._sockets)
+
+    @property
+    def complete(self) -> bool:
+        """True once every server answered or was given up (the end marker was reached)."""
+        return self._complete
+
+    def base_of(self, candidate: Candidate) -> Address:
+        """The base of a candidate found here (RFC 8445 §5.1.1): the host socket's address
+        for host and server-reflexive candidates, the relayed address for relayed ones."""
+        try:
+            return self._bases[candidate]
+        except KeyError:
+            raise LocalProtocolError(f"not a candidate of this gatherer: {candidate}") from None
+
+    def endpoint(self, base: Address) -> GatheredSocket | RelayEndpoint:
+        """What sends from and receives on ``base``: the :class:`GatheredSocket` of a host
+        address or the :class:`RelayEndpoint` of a relayed one."""
+        try:
+            return self._endpoints[_canonical(base)]
+        except (KeyError, LocalProtocolError):
+            raise LocalProtocolError(f"no socket or relay with base {base!r}") from None
+
+    def open_sockets(self) -> int:
+        """How many of the sockets bound here are still open (0 after :meth:`close`, unless
+        they were detached and are not closed yet)."""
+        return sum(1 for sock in self._sockets if not sock.closed)
+
+    # ------------------------------------------------------------------ running
+
+    async def start(self) -> None:
+        """Bind the host sockets (their candidates are then known) and start gathering the
+        others in the background. Raises OSError when no host address could be bound.
+        Called by :meth:`gather`; calling it again does nothing."""
+        if self._closed:
+            raise LocalProtocolError("the gatherer is closed")
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+            self._changed = asyncio.Event()
+        async with self._start_lock:
+            if self._started:
+                return
+            await self._bind_hosts()
+            self._started = True
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def gather(self) -> AsyncIterator[Candidate | EndOfCandidates]:
+        """Every candidate as soon as it is found (RFC 8838), then one
+        :class:`EndOfCandidates`. Starts gathering if needed; each call replays from the
+        first candidate."""
+        await self.start()
+        assert self._changed is not None
+        index = 0
+        while True:
+            while index < len(self._candidates):
+                yield self._candidates[index]
+                index += 1
+            if self._complete:
+                yield EndOfCandidates(tuple(self._failures))
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def gather_all(self) -> list[Candidate]:
+        """Gather to the end and return every candidate."""
+        return [item async for item in self.gather() if isinstance(item, Candidate)]
+
+    def detach(self) -> list[GatheredSocket]:
+        """Hand the sockets (and their allocations) over to the caller, who closes them
+        from now on; :meth:`close` then only stops gathering. Returns them."""
+        self._owned = False
+        return list(self._sockets)
+
+    async def close(self) -> None:
+        """Stop gathering; unless :meth:`detach` was called, release every allocation and
+        close every socket (waiting until they are closed). Idempotent."""
+        self._closed = True
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._complete = True
+        if self._changed is not None:
+            self._changed.set()
+        if self._owned:
+            await asyncio.gather(*(s.close(self.release_timeout) for s in self._sockets))
+
+    async def __aenter__(self) -> Gatherer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    async def _bind_hosts(self) -> None:
+        ips = self._host_ips if self._host_ips is not None else host_addresses()
+        if not ips:
+            raise OSError("no host address to gather candidates on")
+        errors: list[str] = []
+        for ip in ips:
+            try:
+                sock = await GatheredSocket.bind(
+                    ip, port_range=self.port_range, rng=self._rng, stun_rto=self._stun_rto
+                )
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                self._failures.append(GatherFailure("host", (ip, 0), None, reason))
+                errors.append(f"{ip}: {reason}")
+                continue
+            self._sockets.append(sock)
+            self._endpoints[sock.local] = sock
+        if not self._sockets:
+            raise OSError("no host address could be bound: " + "; ".join(errors))
+        for h, sock in enumerate(self._sockets):
+            host = make_candidate(
+                CandidateType.HOST,
+                sock.local,
+                component=self.component,
+                local_preference=self._preference(h, 0),
+            )
+            self._add(host, sock.local)
+
+    def _preference(self, host: int, slot: int) -> int:
+        """A local preference unique per candidate of one type (RFC 8445 §5.1.2.1)."""
+        servers = max(1, len(self._stun_servers) + len(self._turn_servers))
+        return max(0, 65535 - (host * servers + slot))
+
+    def _add(self, candidate: Candidate, base: Address) -> None:
+        """Keep ``candidate`` unless it is redundant (RFC 8445 §5.1.3) and wake the streams."""
+        key = (_canonical(candidate.address), _canonical(base))
+        if key in self._seen:
+            self.redundant += 1
+            return
+        self._seen.add(key)
+        self._candidates.append(candidate)
+        self._bases[candidate] = _canonical(base)
+        if self._changed is not None:
+            self._changed.set()
+
+    def _fail(self, kind: Literal["stun", "turn"], sock: GatheredSocket, server: Address,
+              reason: str) -> None:
+        self._failures.append(GatherFailure(kind, sock.local, server, reason))
+
+    async def _pace(self) -> None:
+        """Start new transactions at most every Ta (RFC 8445 §14.2)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        start = max(now, self._next_start)
+        self._next_start = start + self.ta
+        if start > now:
+            await asyncio.sleep(start - now)
+
+    async def _run(self) -> None:
+        jobs: list[Coroutine[Any, Any, None]] = []
+        n_stun = len(self._stun_servers)
+        for h, sock in enumerate(self._sockets):
+            for s, server in enumerate(self._stun_servers):
+                if _family(server[0]) in (0, sock.family):
+                    jobs.append(self._srflx(h, s, sock, server))
+            for t, turn in enumerate(self._turn_servers):
+                if _family(turn.address[0]) in (0, sock.family):
+                    jobs.append(self._relay(h, t, n_stun, sock, turn))
+        try:
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):  # a bug: the jobs catch what they expect
+                    asyncio.get_running_loop().call_exception_handler(
+                        {"message": "candidate gathering job failed", "exception": result}
+                    )
+        finally:
+            self._complete = True
+            if self._changed is not None:
+                self._changed.set()
+
+    async def _resolve(self, server: Address, sock: GatheredSocket) -> Address:
+        family = socket.AF_INET6 if sock.family == 6 else socket.AF_INET
+        addr = await resolve(server[0], server[1], family=family)
+        return _canonical(addr)
+
+    async def _srflx(self, h: int, s: int, sock: GatheredSocket, server: Address) -> None:
+        """A server-reflexive candidate from one STUN server (RFC 8445 §5.1.1.2)."""
+        await self._pace()
+        try:
+            async with asyncio.timeout(self.timeout):
+                addr = await self._resolve(server, sock)
+                mapped = await sock.binding(addr, software=self._software)
+        except TimeoutError:
+            self._fail("stun", sock, server, f"no answer within {self.timeout:g} s")
+            return
+        except (OSError, AnchorError) as exc:
+            self._fail("stun", sock, server, str(exc) or type(exc).__name__)
+            return
+        candidate = make_candidate(
+            CandidateType.SRFLX,
+            mapped,
+            base=sock.local,
+            related=sock.local,
+            component=self.component,
+            server_ip=addr[0],
+            local_preference=self._preference(h, s),
+        )
+        self._add(candidate, sock.local)
+
+    async def _relay(
+        self, h: int, t: int, n_stun: int, sock: GatheredSocket, turn: TurnServerConfig
+    ) -> None:
+        """A relayed candidate (and a server-reflexive one) from one TURN server
+        (RFC 8445 §5.1.1.2)."""
+        await self._pace()
+        try:
+            async with asyncio.timeout(self.timeout):
+                addr = await self._resolve(turn.address, sock)
+                relay = await sock.allocate(
+                    addr, turn.username, turn.password, **self._turn_options
+                )
+        except TimeoutError:
+            self._fail("turn", sock, turn.address, f"no allocation within {self.timeout:g} s")
+            return
+        except (OSError, AnchorError) as exc:
+            self._fail("turn", sock, turn.address, str(exc) or type(exc).__name__)
+            return
+        relayed = relay.relayed
+        mapped = relay.mapped
+        self._endpoints[relayed] = relay
+        if mapped is not None:
+            srflx = make_candidate(
+                CandidateType.SRFLX,
+                mapped,
+                base=sock.local,
+                related=sock.local,
+                component=self.component,
+                server_ip=relay.server[0],
+                local_preference=self._preference(h, n_stun + t),
+            )
+            self._add(srflx, sock.local)
+        candidate = make_candidate(
+            CandidateType.RELAY,
+            relayed,
+            base=relayed,
+            related=mapped or sock.local,
+            component=self.component,
+            server_ip=relay.server[0],
+            local_preference=self._preference(h, t),
+        )
+        self._add(candidate, relayed)

@@ -1,0 +1,772 @@
+"""``anchor serve``: the STUN + TURN server on the command line (DESIGN.md "Command line
+contract").
+
+Theory of operation
+-------------------
+:func:`add_serve_arguments` declares every option of ``anchor serve`` on the subparser the
+``anchor`` command builds, all from one table (:data:`OPTIONS`), with ``None`` defaults so
+that :func:`run_serve` can tell what the command line gave. :func:`run_serve` then:
+
+1. merges ``--config FILE.toml`` (``tomllib``): every option can be a key there, with the
+   same name, dashes or underscores; the command line wins, option by option;
+2. applies the real defaults and checks everything, reporting a mistake as one line on
+   stderr with exit status 2;
+3. with ``--add-user`` / ``--remove-user`` / ``--list-users``, manages the ``--users-db``
+   SQLite file (keys only, like coturn's ``turnadmin``) and exits;
+4. otherwise serves until SIGINT or SIGTERM, then exits 0. TURN (RFC 8656) is on when a
+   credential source is given (``--user``, ``--users-db``, ``--static-auth-secret``): one
+   :class:`~anchor_turn.server.TurnServer` core served by
+   :class:`~anchor_turn.net_server.TurnServerRunner`, which answers STUN Binding on the same
+   ports. Without credentials it is the STUN server of :mod:`anchor_stun.net`.
+
+Once every listener is open it prints one line ``listening <udp|tcp|tls> <ip:port>`` per
+listener (tests wait for them), and ``metrics http <ip:port>`` for ``--metrics``.
+
+``--metrics IP:PORT`` serves Prometheus metrics (prometheus-client's text format) at
+``/metrics``: allocations, permissions and channels alive, allocations created / expired /
+deleted, requests, error responses, authentication failures, relayed packets and bytes per
+direction, drops, and the STUN Binding counters. The values are read from the cores'
+counters when scraped, so metrics cost nothing on the packet path. The small HTTP server
+runs on the same asyncio loop (no thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import signal
+import socket
+import ssl
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from anchor_stun.attributes import Family
+from anchor_stun.errors import LocalProtocolError
+from anchor_stun.events import Address
+from anchor_stun.net import (
+    DEFAULT_PORT,
+    DEFAULT_TLS_PORT,
+    StunServerRunner,
+    format_address,
+    parse_address,
+    route_local_ip,
+)
+from anchor_stun.server import ServerStats, StunServer
+
+from .auth import ChainedBackend, CredentialBackend, RestSecret, SqliteUsers, StaticUsers
+from .net_server import DEFAULT_MAX_PORT, DEFAULT_MIN_PORT, TurnServerRunner, UdpRelayAllocator
+from .server import DEFAULT_NONCE_LIFETIME, TurnServer, TurnServerEvent
+
+__all__ = [
+    "DEFAULT_REALM",
+    "OPTIONS",
+    "SERVE_DESCRIPTION",
+    "MetricsExporter",
+    "ServeConfig",
+    "ServeError",
+    "add_serve_arguments",
+    "build_config",
+    "run_serve",
+]
+
+DEFAULT_REALM = "anchor"
+"""REALM of the long-term credentials when ``--realm`` is not given (RFC 8489 §14.9)."""
+
+SERVE_DESCRIPTION = (
+    "STUN server (RFC 8489; RFC 5780 with --alt-ip) and, when a credential source is given "
+    "(--user, --users-db or --static-auth-secret), TURN server (RFC 8656) on the same ports. "
+    'Prints "listening <udp|tcp|tls> <ip:port>" per listener once ready and runs until '
+    "SIGINT/SIGTERM (exit 0). Every option can also be set in --config FILE.toml under the "
+    "same name (dashes or underscores); the command line wins. Users database (keys only, "
+    "like coturn's turnadmin): anchor serve --users-db FILE --realm R --add-user NAME:PASSWORD "
+    "(or --remove-user NAME, --list-users) changes the file and exits."
+)
+
+
+class ServeError(Exception):
+    """A mistake in the options, the config file or the environment: one line, exit 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    """One option of ``anchor serve``: its flag, kind and help."""
+
+    name: str
+    """The long flag without dashes (also the TOML key)."""
+    kind: str
+    """``str``, ``int``, ``float``, ``flag`` (boolean) or ``list`` (repeatable string)."""
+    help: str
+    """The ``--help`` text."""
+    metavar: str | None = None
+    """Shown in ``--help``."""
+    short: str | None = None
+    """A short flag, if any."""
+
+    @property
+    def dest(self) -> str:
+        """The attribute name in the parsed namespace."""
+        return self.name.replace("-", "_")
+
+
+OPTIONS: tuple[_Option, ...] = (
+    _Option("listen", "list", "address to serve on (repeatable; default 0.0.0.0:3478)",
+            "IP:PORT"),
+    _Option("alt-ip", "str", "alternate IP for RFC 5780 (NAT behaviour discovery)", "IP"),
+    _Option("alt-port", "int", "alternate port for RFC 5780 (default PORT+1)", "PORT"),
+    _Option("tcp", "flag", "also serve over TCP on every --listen address"),
+    _Option("tls-cert", "str", "certificate (PEM) to serve over TLS", "FILE"),
+    _Option("tls-key", "str", "private key (PEM) of --tls-cert", "FILE"),
+    _Option("tls-listen", "str", "TLS address (default port 5349 beside 3478, else PORT+1)",
+            "IP:PORT"),
+    _Option("realm", "str", f"REALM of the TURN credentials (default {DEFAULT_REALM!r})", "R"),
+    _Option("user", "list", "a TURN user (repeatable); turns TURN on", "NAME:PASSWORD"),
+    _Option("users-db", "str", "SQLite users database (keys only, like turnadmin); turns "
+            "TURN on", "FILE"),
+    _Option("static-auth-secret", "str", "TURN REST API shared secret: username "
+            "EXPIRY[:user], password base64(HMAC-SHA1(secret, username)); turns TURN on", "S"),
+    _Option("allow-loopback-peers", "flag", "let clients relay to loopback peers (tests only)"),
+    _Option("allow-peer", "list", "network peers may be in even when private (repeatable)",
+            "CIDR"),
+    _Option("relay-ip", "list", "IP to bind relayed addresses on (repeatable; default: the "
+            "listen IP, and the IPv6 listen IP or ::1 beside a loopback listen)", "IP"),
+    _Option("min-port", "int", f"lowest relayed port (default {DEFAULT_MIN_PORT})", "PORT"),
+    _Option("max-port", "int", f"highest relayed port (default {DEFAULT_MAX_PORT})", "PORT"),
+    _Option("user-quota", "int", "allocations allowed per username (486 beyond)", "N"),
+    _Option("total-quota", "int", "allocations allowed in all (486 beyond)", "N"),
+    _Option("rfc5766-channels", "flag", "accept channel numbers 0x4000-0x7FFF (RFC 5766) and "
+            "not only RFC 8656's 0x4000-0x4FFF: coturn's turnutils_uclient needs it"),
+    _Option("nonce-lifetime", "float", "seconds a NONCE stays valid before 438 (default "
+            f"{DEFAULT_NONCE_LIFETIME})", "SECONDS"),
+    _Option("metrics", "str", "serve Prometheus metrics at http://IP:PORT/metrics", "IP:PORT"),
+    _Option("verbose", "flag", "log TURN events (allocations, permissions, ...) on stderr",
+            short="-v"),
+    _Option("add-user", "list", "add (or replace) a user in --users-db for --realm, then exit",
+            "NAME:PASSWORD"),
+    _Option("remove-user", "list", "remove a user of --realm from --users-db, then exit", "NAME"),
+    _Option("list-users", "flag", "list the users in --users-db, then exit"),
+)
+"""Every option of ``anchor serve`` (``--config`` is added beside them)."""
+
+_BY_DEST = {option.dest: option for option in OPTIONS}
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of ``anchor serve`` on ``parser`` (defaults are applied later,
+    by :func:`build_config`, so that a config file can fill what the command line left)."""
+    for option in OPTIONS:
+        flags = [f"--{option.name}"] + ([option.short] if option.short else [])
+        if option.kind == "flag":
+            parser.add_argument(*flags, dest=option.dest, action="store_true", default=None,
+                                help=option.help)
+        elif option.kind == "list":
+            parser.add_argument(*flags, dest=option.dest, action="append", default=None,
+                                metavar=option.metavar, help=option.help)
+        else:
+            parser.add_argument(*flags, dest=option.dest, default=None, metavar=option.metavar,
+                                type=str, help=option.help)
+    parser.add_argument("--config", metavar="FILE.toml",
+                        help="read options from a TOML file (command line wins)")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(slots=True)
+class ServeConfig:
+    """Everything ``anchor serve`` needs, checked, with defaults applied."""
+
+    listen: list[Address]
+    """UDP (and, with ``tcp``, TCP) listener addresses; the first is the primary."""
+    alt: Address | None = None
+    """RFC 5780 alternate address (alt IP, alt port), or None."""
+    tcp: bool = False
+    """Serve TCP on every listen address."""
+    tls_context: ssl.SSLContext | None = None
+    """TLS server context, or None."""
+    tls_address: Address | None = None
+    """TLS listener address (with ``tls_context``)."""
+    realm: str = DEFAULT_REALM
+    """The long-term credential realm."""
+    users: dict[str, str] = field(default_factory=dict)
+    """Static users."""
+    users_db: str | None = None
+    """SQLite users database path."""
+    secret: str | None = None
+    """TURN REST API shared secret."""
+    allow_loopback_peers: bool = False
+    """Allow loopback peers."""
+    allow_peers: list[str] = field(default_factory=list)
+    """Networks allowed even when private."""
+    relay_ips: list[str] = field(default_factory=list)
+    """Relay IPs (TURN)."""
+    min_port: int = DEFAULT_MIN_PORT
+    """Lowest relayed port."""
+    max_port: int = DEFAULT_MAX_PORT
+    """Highest relayed port."""
+    user_quota: int | None = None
+    """Allocations per username."""
+    total_quota: int | None = None
+    """Allocations in all."""
+    nonce_lifetime: float = DEFAULT_NONCE_LIFETIME
+    """NONCE validity, seconds."""
+    rfc5766_channels: bool = False
+    """Accept RFC 5766 channel numbers up to 0x7FFF."""
+    metrics: Address | None = None
+    """Prometheus metrics address, or None."""
+    verbose: bool = False
+    """Log TURN events on stderr."""
+    add_users: dict[str, str] = field(default_factory=dict)
+    """Users to add to the database (administration mode)."""
+    remove_users: list[str] = field(default_factory=list)
+    """Users to remove from the database (administration mode)."""
+    list_users: bool = False
+    """List the database users (administration mode)."""
+
+    @property
+    def turn(self) -> bool:
+        """True when a credential source is configured (TURN is served)."""
+        return bool(self.users or self.users_db or self.secret)
+
+    @property
+    def admin(self) -> bool:
+        """True in users-database administration mode."""
+        return bool(self.add_users or self.remove_users or self.list_users)
+
+
+def _load_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ServeError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ServeError(f"config {path} is not valid TOML: {exc}") from exc
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dest = key.replace("-", "_")
+        option = _BY_DEST.get(dest)
+        if option is None:
+            raise ServeError(f"config {path}: unknown option {key!r}")
+        out[dest] = _config_value(path, key, option, value)
+    return out
+
+
+def _config_value(path: str, key: str, option: _Option, value: Any) -> Any:
+    where = f"config {path}: {key}"
+    if option.kind == "flag":
+        if not isinstance(value, bool):
+            raise ServeError(f"{where} must be true or false")
+        return value
+    if option.kind == "list":
+        if option.dest in ("user", "add_user") and isinstance(value, dict):
+            value = [f"{name}:{password}" for name, password in value.items()]
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ServeError(f"{where} must be a string or a list of strings")
+        return list(value)
+    if option.kind in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ServeError(f"{where} must be a number")
+        return str(value)
+    if not isinstance(value, str | int):
+        raise ServeError(f"{where} must be a string")
+    return str(value)
+
+
+def _int(name: str, text: str | None, low: int, high: int) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ServeError(f"--{name} must be an integer, not {text!r}") from None
+    if not low <= value <= high:
+        raise ServeError(f"--{name} must be within {low}..{high}, not {value}")
+    return value
+
+
+def _float(name: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ServeError(f"--{name} must be a number, not {text!r}") from None
+    if not value > 0:
+        raise ServeError(f"--{name} must be positive")
+    return value
+
+
+def _ip(name: str, text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise ServeError(f"--{name}: {text!r} is not an IP address") from None
+
+
+def _address(name: str, text: str, default_port: int | None) -> Address:
+    try:
+        host, port = parse_address(text, default_port)
+    except ValueError as exc:
+        raise ServeError(f"--{name}: {exc}") from None
+    return _ip(name, host), port
+
+
+def _credentials(name: str, texts: Iterable[str]) -> dict[str, str]:
+    users: dict[str, str] = {}
+    for text in texts:
+        user, sep, password = text.partition(":")
+        if not sep or not user or not password:
+            raise ServeError(f"--{name} needs NAME:PASSWORD, not {text!r}")
+        users[user] = password
+    return users
+
+
+def _tls_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ServeError(f"cannot load TLS certificate/key: {exc}") from exc
+    return context
+
+
+def _can_bind(ip: str) -> bool:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.bind((ip, 0))
+    except OSError:
+        return False
+    return True
+
+
+def default_relay_ips(listen: Sequence[Address]) -> list[str]:
+    """Relay IPs when ``--relay-ip`` is not given: one per family among the listen IPs (a
+    wildcard listen is replaced by the source address of the default route, found without
+    sending anything), plus ``::1`` beside a loopback IPv4 listen when no IPv6 one is given."""
+    by_family: dict[int, str] = {}
+    loopback_v4 = False
+    for ip, _ in listen:
+        parsed = ipaddress.ip_address(ip)
+        family = 4 if parsed.version == 4 else 6
+        if family in by_family:
+            continue
+        if parsed.is_unspecified:
+            probe = ("192.0.2.1", 9) if family == 4 else ("2001:db8::1", 9)  # RFC 5737/3849
+            routed = route_local_ip(probe)
+            if ipaddress.ip_address(routed).is_unspecified:
+                continue
+            ip = routed
+        by_family[family] = ip
+        loopback_v4 = loopback_v4 or (family == 4 and ipaddress.ip_address(ip).is_loopback)
+    if 6 not in by_family and loopback_v4 and _can_bind("::1"):
+        by_family[6] = "::1"
+    return [by_family[f] for f in sorted(by_family)]
+
+
+def build_config(args: argparse.Namespace) -> ServeConfig:
+    """Merge ``--config`` into the parsed options (command line wins), apply defaults and
+    check everything; raises :class:`ServeError`."""
+    given: dict[str, Any] = {o.dest: getattr(args, o.dest, None) for o in OPTIONS}
+    config_path = getattr(args, "config", None)
+    if config_path:
+        for dest, value in _load_toml(config_path).items():
+            if given.get(dest) is None:
+                given[dest] = value
+
+    listen = [_address("listen", t, DEFAULT_PORT) for t in given["listen"] or ["0.0.0.0"]]
+    cfg = ServeConfig(listen=listen)
+    cfg.tcp = bool(given["tcp"])
+    if given["alt_ip"]:
+        alt_port = _int("alt-port", given["alt_port"], 1, 65535)
+        cfg.alt = (_ip("alt-ip", given["alt_ip"]), alt_port or listen[0][1] + 1)
+    elif given["alt_port"] is not None:
+        raise ServeError("--alt-port needs --alt-ip")
+    cert, key = given["tls_cert"], given["tls_key"]
+    if bool(cert) != bool(key):
+        raise ServeError("--tls-cert and --tls-key go together")
+    if cert:
+        cfg.tls_context = _tls_context(cert, key)
+        if given["tls_listen"]:
+            cfg.tls_address = _address("tls-listen", given["tls_listen"], DEFAULT_TLS_PORT)
+        else:
+            ip, port = listen[0]
+            cfg.tls_address = (ip, DEFAULT_TLS_PORT if port == DEFAULT_PORT else port + 1)
+    elif given["tls_listen"]:
+        raise ServeError("--tls-listen needs --tls-cert and --tls-key")
+    cfg.realm = given["realm"] or DEFAULT_REALM
+    cfg.users = _credentials("user", given["user"] or [])
+    cfg.users_db = given["users_db"]
+    cfg.secret = given["static_auth_secret"]
+    cfg.allow_loopback_peers = bool(given["allow_loopback_peers"])
+    for net in given["allow_peer"] or []:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ServeError(f"--allow-peer: {net!r} is not a network") from None
+        cfg.allow_peers.append(net)
+    cfg.min_port = _int("min-port", given["min_port"], 1, 65535) or DEFAULT_MIN_PORT
+    cfg.max_port = _int("max-port", given["max_port"], 1, 65535) or DEFAULT_MAX_PORT
+    if cfg.min_port > cfg.max_port:
+        raise ServeError(f"--min-port {cfg.min_port} is above --max-port {cfg.max_port}")
+    cfg.user_quota = _int("user-quota", given["user_quota"], 1, 1 << 31)
+    cfg.total_quota = _int("total-quota", given["total_quota"], 1, 1 << 31)
+    cfg.nonce_lifetime = _float("nonce-lifetime", given["nonce_lifetime"]) or (
+        DEFAULT_NONCE_LIFETIME
+    )
+    if given["metrics"]:
+        cfg.metrics = _address("metrics", given["metrics"], None)
+    cfg.verbose = bool(given["verbose"])
+    cfg.rfc5766_channels = bool(given["rfc5766_channels"])
+    cfg.add_users = _credentials("add-user", given["add_user"] or [])
+    cfg.remove_users = list(given["remove_user"] or [])
+    cfg.list_users = bool(given["list_users"])
+    if cfg.admin and not cfg.users_db:
+        raise ServeError("--add-user, --remove-user and --list-users need --users-db")
+    if given["relay_ip"]:
+        cfg.relay_ips = [_ip("relay-ip", t) for t in given["relay_ip"]]
+    elif cfg.turn:
+        cfg.relay_ips = default_relay_ips(listen)
+        if not cfg.relay_ips:
+            raise ServeError("cannot tell which IP to relay on: give --relay-ip")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _stats_collector(
+    turn: Callable[[], TurnServer | None],
+    stun: Callable[[], Sequence[ServerStats]],
+    runner: Callable[[], TurnServerRunner | None],
+) -> Any:
+    """A prometheus-client collector reading the cores' counters at scrape time."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class _Collector:
+        def collect(self) -> Iterator[Any]:
+            core = turn()
+            if core is not None:
+                s = core.stats
+                for name, doc, value in (
+                    ("allocations", "TURN allocations alive (RFC 8656 §5)", s.allocations),
+                    ("permissions", "TURN permissions alive (RFC 8656 §9)", s.permissions),
+                    ("channels", "TURN channel bindings alive (RFC 8656 §12)", s.channels),
+                ):
+                    yield GaugeMetricFamily(f"anchor_turn_{name}", doc, value=value)
+                for name, doc, value in (
+                    ("allocations_created", "Allocate requests that succeeded",
+                     s.allocations_created),
+                    ("allocations_expired", "allocations that timed out", s.allocations_expired),
+                    ("allocations_deleted", "allocations deleted by Refresh 0 or a closed "
+                     "connection", s.allocations_deleted),
+                    ("requests", "TURN requests received", s.requests),
+                    ("error_responses", "error responses sent (challenges included)",
+                     s.errors_sent),
+                    ("auth_failures", "requests whose credentials did not verify",
+                     s.auth_failures),
+                    ("dropped", "messages and datagrams dropped", s.dropped),
+                    ("dropped_no_permission", "data dropped for lack of a permission",
+                     s.dropped_no_permission),
+                ):
+                    yield CounterMetricFamily(f"anchor_turn_{name}", doc, value=value)
+                packets = CounterMetricFamily(
+                    "anchor_turn_relayed_packets", "datagrams relayed", labels=["direction"]
+                )
+                packets.add_metric(["to_peer"], s.to_peer_packets)
+                packets.add_metric(["to_client"], s.to_client_packets)
+                yield packets
+                size = CounterMetricFamily(
+                    "anchor_turn_relayed_bytes", "application bytes relayed",
+                    labels=["direction"],
+                )
+                size.add_metric(["to_peer"], s.to_peer_bytes)
+                size.add_metric(["to_client"], s.to_client_bytes)
+                yield size
+            run = runner()
+            if run is not None:
+                yield CounterMetricFamily(
+                    "anchor_turn_send_dropped", "datagrams dropped because a socket was full",
+                    value=run.send_dropped,
+                )
+            stats = list(stun())
+            if stats:
+                for name, doc, attr in (
+                    ("received", "datagrams handed to the STUN core", "received"),
+                    ("binding_answered", "Binding requests answered", "answered"),
+                    ("error_responses", "STUN error responses sent", "errors_sent"),
+                    ("dropped", "STUN datagrams dropped", "dropped_malformed"),
+                ):
+                    value = sum(int(getattr(st, attr)) for st in stats)
+                    yield CounterMetricFamily(f"anchor_stun_{name}", doc, value=value)
+
+    return _Collector()
+
+
+class MetricsExporter:
+    """Prometheus metrics over HTTP on the running asyncio loop (no thread).
+
+    ``collector`` is any prometheus-client collector (an object with ``collect()``); GET
+    ``/metrics`` (or ``/``) answers the text exposition format, anything else 404.
+    """
+
+    def __init__(self, collector: Any) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.registry = CollectorRegistry(auto_describe=False)
+        """The registry scraped (holding only ``collector``)."""
+        self.registry.register(collector)
+        self.address: Address | None = None
+        """The bound address, after :meth:`start`."""
+        self._server: asyncio.Server | None = None
+
+    async def start(self, address: Address) -> Address:
+        """Listen on ``address``; returns the bound address."""
+        self._server = await asyncio.start_server(
+            self._handle, address[0], address[1], reuse_address=True
+        )
+        sock = self._server.sockets[0].getsockname()
+        self.address = (str(sock[0]), int(sock[1]))
+        return self.address
+
+    def render(self) -> bytes:
+        """The current metrics, in the text exposition format."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            parts = head.split(b"\r\n", 1)[0].split()
+            path = parts[1].split(b"?", 1)[0] if len(parts) >= 2 else b""
+            if len(parts) >= 2 and parts[0] in (b"GET", b"HEAD") and path in (b"/", b"/metrics"):
+                from prometheus_client import CONTENT_TYPE_LATEST
+
+                body = self.render()
+                status, ctype = b"200 OK", CONTENT_TYPE_LATEST.encode()
+                if parts[0] == b"HEAD":
+                    writer.write(_http_head(status, ctype, len(body)))
+                else:
+                    writer.write(_http_head(status, ctype, len(body)) + body)
+            else:
+                body = b"not found\n"
+                writer.write(_http_head(b"404 Not Found", b"text/plain", len(body)) + body)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def open_sockets(self) -> int:
+        """1 while listening, else 0."""
+        return 1 if self._server is not None and self._server.is_serving() else 0
+
+    def close(self) -> None:
+        """Stop listening."""
+        if self._server is not None:
+            self._server.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the listener is closed."""
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+
+def _http_head(status: bytes, ctype: bytes, length: int) -> bytes:
+    return b"".join((
+        b"HTTP/1.1 ", status, b"\r\nContent-Type: ", ctype,
+        b"\r\nContent-Length: ", str(length).encode(), b"\r\nConnection: close\r\n\r\n",
+    ))
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+def _backend(cfg: ServeConfig) -> tuple[CredentialBackend, list[SqliteUsers]]:
+    backends: list[CredentialBackend] = []
+    opened: list[SqliteUsers] = []
+    try:
+        if cfg.users:
+            backends.append(StaticUsers(cfg.users, realm=cfg.realm))
+        if cfg.users_db:
+            db = _open_db(cfg.users_db, reload_interval=10.0)
+            opened.append(db)
+            backends.append(db)
+        if cfg.secret:
+            backends.append(RestSecret(cfg.secret, clock=time.time))
+    except LocalProtocolError as exc:
+        for db in opened:
+            db.close()
+        raise ServeError(str(exc)) from exc
+    if len(backends) == 1:
+        return backends[0], opened
+    return ChainedBackend(*backends), opened
+
+
+def _open_db(path: str, *, reload_interval: float | None = None) -> SqliteUsers:
+    import sqlite3
+
+    try:
+        return SqliteUsers(path, reload_interval=reload_interval)
+    except sqlite3.Error as exc:
+        raise ServeError(f"cannot open users database {path}: {exc}") from exc
+
+
+def _admin(cfg: ServeConfig) -> None:
+    """``--add-user`` / ``--remove-user`` / ``--list-users`` on ``--users-db``."""
+    assert cfg.users_db is not None
+    with _open_db(cfg.users_db) as db:
+        for name, password in cfg.add_users.items():
+            try:
+                db.add_user(name, password, cfg.realm)
+            except LocalProtocolError as exc:
+                raise ServeError(f"--add-user {name}: {exc}") from exc
+            print(f"added {name} (realm {cfg.realm})")
+        for name in cfg.remove_users:
+            try:
+                found = db.remove_user(name, cfg.realm)
+            except LocalProtocolError as exc:
+                raise ServeError(f"--remove-user {name}: {exc}") from exc
+            print(f"{'removed' if found else 'no such user'} {name} (realm {cfg.realm})")
+        if cfg.list_users:
+            for name, realm in db.users():
+                print(f"{name}\t{realm}")
+
+
+def _print_event(event: TurnServerEvent) -> None:
+    print(f"event {event}", file=sys.stderr, flush=True)
+
+
+async def _serve(cfg: ServeConfig, software: str) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    closers: list[Callable[[], None]] = []
+    waiters: list[Callable[[], Any]] = []
+    turn_runner: TurnServerRunner | None = None
+    stun_runners: list[StunServerRunner] = []
+    exporter: MetricsExporter | None = None
+    dbs: list[SqliteUsers] = []
+    lines: list[str] = []
+    try:
+        try:
+            stun = StunServer(primary=cfg.listen[0], other=cfg.alt, software=software)
+        except LocalProtocolError as exc:
+            raise ServeError(str(exc)) from exc
+        if cfg.turn:
+            auth, dbs = _backend(cfg)
+            try:
+                allocator = UdpRelayAllocator(
+                    cfg.relay_ips, min_port=cfg.min_port, max_port=cfg.max_port
+                )
+                core = TurnServer(
+                    realm=cfg.realm,
+                    auth=auth,
+                    relay=allocator,
+                    stun=stun,
+                    software=software,
+                    nonce_lifetime=cfg.nonce_lifetime,
+                    user_quota=cfg.user_quota,
+                    total_quota=cfg.total_quota,
+                    address_families=tuple(Family(f) for f in allocator.families),
+                    allow_loopback_peers=cfg.allow_loopback_peers,
+                    allow_peers=cfg.allow_peers,
+                    rfc5766_channels=cfg.rfc5766_channels,
+                )
+                turn_runner = TurnServerRunner(
+                    core,
+                    udp=cfg.listen[1:],
+                    tcp=cfg.listen if cfg.tcp else (),
+                    tls=[cfg.tls_address] if cfg.tls_address and cfg.tls_context else (),
+                    tls_context=cfg.tls_context,
+                    on_event=_print_event if cfg.verbose else None,
+                )
+            except LocalProtocolError as exc:
+                raise ServeError(str(exc)) from exc
+            closers.append(turn_runner.close)
+            waiters.append(turn_runner.wait_closed)
+            try:
+                await turn_runner.start()
+            except OSError as exc:
+                raise ServeError(f"cannot listen: {exc}") from exc
+            for kind, addr in turn_runner.listeners:
+                lines.append(f"listening {kind} {format_address(addr)}")
+        else:
+            for index, primary in enumerate(cfg.listen):
+                core_stun = stun if index == 0 else StunServer(primary=primary, software=software)
+                runner = StunServerRunner(core_stun)
+                stun_runners.append(runner)
+                closers.append(runner.close)
+                waiters.append(runner.wait_closed)
+                try:
+                    await runner.start(
+                        tcp=cfg.tcp,
+                        tls_context=cfg.tls_context if index == 0 else None,
+                        tls_address=cfg.tls_address,
+                    )
+                except OSError as exc:
+                    raise ServeError(
+                        f"cannot listen on {format_address(primary)}: {exc}"
+                    ) from exc
+                for kind, addr in runner.listeners:
+                    lines.append(f"listening {kind} {format_address(addr)}")
+        if cfg.metrics is not None:
+            final_turn = turn_runner
+            exporter = MetricsExporter(
+                _stats_collector(
+                    lambda: final_turn.core if final_turn is not None else None,
+                    lambda: [r.core.stats for r in stun_runners] or [stun.stats],
+                    lambda: final_turn,
+                )
+            )
+            closers.append(exporter.close)
+            waiters.append(exporter.wait_closed)
+            try:
+                bound = await exporter.start(cfg.metrics)
+            except OSError as exc:
+                raise ServeError(
+                    f"cannot serve metrics on {format_address(cfg.metrics)}: {exc}"
+                ) from exc
+            lines.append(f"metrics http {format_address(bound)}")
+        for line in lines:
+            print(line, flush=True)
+        await stop.wait()
+    finally:
+        for close in closers:
+            close()
+        for wait in waiters:
+            await wait()
+        for db in dbs:
+            db.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def run_serve(args: argparse.Namespace, *, software: str = "anchor") -> int:
+    """Run ``anchor serve`` with the parsed ``args``; returns the exit status (0 after
+    SIGINT/SIGTERM or a users-database command, 2 after a mistake reported on stderr)."""
+    try:
+        cfg = build_config(args)
+        if cfg.admin:
+            _admin(cfg)
+            return 0
+        asyncio.run(_serve(cfg, software))
+    except ServeError as exc:
+        print(f"anchor serve: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0

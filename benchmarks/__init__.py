@@ -1,0 +1,194 @@
+"""The benchmarks behind ``anchor bench`` (DESIGN.md "Command line contract", issue 8).
+
+Theory of operation
+-------------------
+Each metric lives in its own module (``benchmarks/codec.py``, ``benchmarks/checks.py``, ...)
+exposing ``measure(quick: bool) -> list[dict]``. A metric measures Anchor *and* its baseline
+in the same run, interleaved (A B, B A, A B, ...) so that both share the noise of a shared
+machine, repeats, and reports the medians: only the ratio is meant to be compared across
+machines. Every result row is exactly::
+
+    {"metric": str, "unit": str, "anchor": float, "baseline": float,
+     "baseline_name": str, "ratio": float}   # ratio = anchor / baseline
+
+A metric may give more than one row (``checks`` is compared with aioice and with a raw
+asyncio echo; ``scale`` with its own smallest size). Whether a higher or a lower ratio is
+better, and the target, are properties of the row, kept in :data:`TARGETS` for the table.
+
+:data:`REGISTRY` names every metric of the issue in its order. A metric whose module does
+not exist yet is *pending*: :func:`run` skips it and :func:`pending` lists it, so the command
+line can say so instead of printing a number that was not measured.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Result = dict[str, Any]
+"""One row: metric, unit, anchor, baseline, baseline_name, ratio."""
+
+RESULT_KEYS = ("metric", "unit", "anchor", "baseline", "baseline_name", "ratio")
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One metric of ``anchor bench``."""
+
+    name: str
+    """The name on the command line."""
+    what: str
+    """One line: what is measured and against what."""
+    module: str | None
+    """``benchmarks.<module>`` implementing ``measure(quick)``, None while pending."""
+
+
+REGISTRY: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric(
+            "codec",
+            "build + parse + verify a Binding request with MESSAGE-INTEGRITY and FINGERPRINT, "
+            "vs aioice.stun",
+            "codec",
+        ),
+        Metric(
+            "checks",
+            "authenticated Binding responder, requests answered/s over loopback UDP, "
+            "vs an aioice responder and a raw asyncio echo",
+            "checks",
+        ),
+        Metric("connect", "ICE connect time on loopback (host candidates) vs aioice", None),
+        Metric("relay", "ChannelData packets/s relayed by anchor serve vs coturn", None),
+        Metric("channel", "reliable channel goodput, clean and at 5 % loss, vs raw UDP", None),
+        Metric("scale", "RSS and time for many TURN allocations and ephemeral links", None),
+    )
+}
+"""Every metric of issue 8, in the order ``all`` runs them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The goal of one result row (issue 8)."""
+
+    value: float
+    """The bound to reach."""
+    higher_is_better: bool = True
+    """True when the figure must be at least ``value``, False when at most."""
+    on: str = "ratio"
+    """What is bounded: "ratio" (anchor / baseline), or "anchor" (Anchor's own figure, in
+    the row's unit, e.g. connect <= 5 ms)."""
+
+    def met(self, row: Result) -> bool:
+        """True when ``row`` reaches the target."""
+        figure = float(row[self.on])
+        return figure >= self.value if self.higher_is_better else figure <= self.value
+
+    def describe(self, unit: str) -> str:
+        """``>= 3x``, ``<= 5 ms``."""
+        bound = ">=" if self.higher_is_better else "<="
+        return f"{bound} {self.value:g}x" if self.on == "ratio" else f"{bound} {self.value:g} {unit}"
+
+
+TARGETS: dict[tuple[str, str], Target] = {
+    ("codec", "aioice"): Target(3.0),
+    ("checks", "aioice"): Target(3.0),
+    ("checks", "echo"): Target(0.6),
+}
+"""Targets by (metric, first word of the baseline name). Issue 8's others, for the rows to
+come: connect <= 5 ms (``Target(5.0, False, on="anchor")``), relay >= 0.4x coturn, channel
+>= 0.5x raw UDP clean and >= 0.7x of its own clean figure at 5 % loss, scale < 300 MB for
+10,000 allocations and a flat per-item cost (ratio to the smallest size near 1)."""
+
+
+def target_of(row: Result) -> Target | None:
+    """The target of a result row, if the issue sets one."""
+    key = (row["metric"], str(row["baseline_name"]).split(" ", 1)[0].strip(",:").lower())
+    return TARGETS.get(key)
+
+
+def names_of(selection: Sequence[str]) -> list[str]:
+    """Metric names of a command-line selection (``all`` expands to every metric)."""
+    out: list[str] = []
+    for name in selection or ["all"]:
+        for item in REGISTRY if name == "all" else [name]:
+            if item not in REGISTRY:
+                raise KeyError(item)
+            if item not in out:
+                out.append(item)
+    return out
+
+
+def pending(names: Sequence[str]) -> list[str]:
+    """The metrics among ``names`` that are not implemented yet."""
+    return [n for n in names_of(names) if REGISTRY[n].module is None]
+
+
+def run(names: list[str], quick: bool) -> list[Result]:
+    """Run the named metrics (``all`` for every one) and return their result rows.
+
+    Pending metrics are skipped (see :func:`pending`); nothing is ever estimated.
+    """
+    results: list[Result] = []
+    for name in names_of(names):
+        module_name = REGISTRY[name].module
+        if module_name is None:
+            continue
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        results.extend(module.measure(quick))
+    return results
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def result(
+    metric: str, unit: str, anchor: float, baseline: float, baseline_name: str
+) -> Result:
+    """A result row; ``ratio`` is ``anchor / baseline``."""
+    return {
+        "metric": metric,
+        "unit": unit,
+        "anchor": float(anchor),
+        "baseline": float(baseline),
+        "baseline_name": baseline_name,
+        "ratio": float(anchor) / float(baseline) if baseline else float("nan"),
+    }
+
+
+def interleave(
+    samplers: dict[str, Callable[[], float]], repeats: int, *, warmup: bool = True
+) -> dict[str, float]:
+    """Median of ``repeats`` samples of each sampler, run in rotating order.
+
+    Round ``i`` runs the samplers starting from the ``i``-th, so that no side is always
+    first (or always right after a given other side) on a machine whose speed drifts.
+    """
+    names = list(samplers)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    if warmup:
+        for name in names:
+            samplers[name]()
+    for i in range(repeats):
+        for name in rotation(names, i):
+            gc.collect()
+            samples[name].append(samplers[name]())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def rotation(names: Sequence[str], i: int) -> list[str]:
+    """``names`` starting from the ``i``-th (modulo their number)."""
+    k = i % len(names)
+    return [*names[k:], *names[:k]]
+
+
+def rate(operation: Callable[[int], None], count: int) -> float:
+    """Operations per second of ``operation(count)``, which performs ``count`` operations."""
+    start = time.perf_counter()
+    operation(count)
+    return count / (time.perf_counter() - start)

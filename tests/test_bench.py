@@ -1,0 +1,213 @@
+"""``anchor bench``: the shape of its JSON (never its speed), its honesty about pending
+metrics, and the fast paths of the codec that the benchmarks measure, against the slow
+reference they replace."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import os
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import benchmarks
+from anchor_stun import message as message_module
+from anchor_stun.attributes import (
+    IceControlled,
+    IceControlling,
+    Priority,
+    Software,
+    UseCandidate,
+    Username,
+    XorMappedAddress,
+    XorPeerAddress,
+)
+from anchor_stun.message import Message, MessageClass, Method
+from benchmarks.checks import AioiceResponder, AnchorResponder, requests
+from benchmarks.codec import PASSWORD
+from tests.cli_helpers import run_anchor
+
+
+def _check_rows(rows: Any) -> list[dict[str, Any]]:
+    assert isinstance(rows, list) and rows
+    for row in rows:
+        assert isinstance(row, dict)
+        assert tuple(row) == benchmarks.RESULT_KEYS
+        assert isinstance(row["metric"], str) and isinstance(row["unit"], str)
+        assert isinstance(row["baseline_name"], str) and row["baseline_name"]
+        for key in ("anchor", "baseline", "ratio"):
+            assert isinstance(row[key], (int, float)) and not isinstance(row[key], bool)
+            assert math.isfinite(row[key]) and row[key] > 0
+        assert math.isclose(row["ratio"], row["anchor"] / row["baseline"], rel_tol=1e-9)
+    return list(rows)
+
+
+def test_codec_quick_json_shape() -> None:
+    result = run_anchor("bench", "codec", "--quick", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = _check_rows(json.loads(result.stdout))
+    assert [row["metric"] for row in rows] == ["codec"]
+    assert rows[0]["baseline_name"].startswith("aioice")
+
+
+def test_pending_metric_gets_no_number() -> None:
+    waiting = [m.name for m in benchmarks.REGISTRY.values() if m.module is None]
+    if not waiting:
+        return  # every metric is implemented: nothing pending to check
+    result = run_anchor("bench", waiting[0], "--json", timeout=60)
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == []
+    assert "not implemented yet" in result.stderr
+
+
+def test_unknown_metric_is_a_usage_error() -> None:
+    result = run_anchor("bench", "nonsense")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_registry_names_every_metric_of_the_contract() -> None:
+    assert list(benchmarks.REGISTRY) == ["codec", "checks", "connect", "relay", "channel", "scale"]
+    assert benchmarks.names_of(["all"]) == list(benchmarks.REGISTRY)
+
+
+def test_interleave_rotates_and_takes_medians() -> None:
+    calls: list[str] = []
+    values = {"a": iter([9.0, 1.0, 2.0, 3.0]), "b": iter([9.0, 10.0, 30.0, 20.0])}
+
+    def sampler(name: str) -> object:
+        def sample() -> float:
+            calls.append(name)
+            return next(values[name])
+
+        return sample
+
+    medians = benchmarks.interleave({"a": sampler("a"), "b": sampler("b")}, 3)  # type: ignore[dict-item]
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert medians == {"a": 2.0, "b": 20.0}
+
+
+# --------------------------------------------------------------------------- responders
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, object]] = []
+
+    def sendto(self, data: bytes, addr: object) -> None:
+        self.sent.append((data, addr))
+
+
+def test_both_responders_answer_a_check_correctly() -> None:
+    request = requests(1)[0]
+    for cls in (AnchorResponder, AioiceResponder):
+        sink = _Sink()
+        responder = cls()
+        responder.connection_made(sink)  # type: ignore[arg-type]
+        responder.datagram_received(request, ("127.0.0.1", 40000))
+        responder.datagram_received(request[:-1] + b"\x00", ("127.0.0.1", 40000))  # bad FP
+        assert len(sink.sent) == 1, cls.__name__
+        response = Message.decode(sink.sent[0][0])
+        assert response.msg_class is MessageClass.SUCCESS
+        assert response.transaction_id == request[8:20]
+        assert response.verify_fingerprint() and response.verify_integrity(PASSWORD)
+        assert response.get(XorMappedAddress) == XorMappedAddress("127.0.0.1", 40000)
+
+
+# --------------------------------------------------------------------------- fast paths
+
+FAST = settings(deadline=None, max_examples=200)
+
+
+@FAST
+@given(key=st.binary(max_size=150), data=st.binary(max_size=300))
+def test_cached_hmac_states_match_hmac_digest(key: bytes, data: bytes) -> None:
+    for _ in range(2):  # cold, then from the cached states
+        assert message_module._hmac_sha1(key, data) == hmac.digest(key, data, "sha1")
+        assert message_module._hmac_sha256(key, data) == hmac.digest(key, data, "sha256")
+    unhashable: Any = bytearray(key)
+    assert message_module._hmac_sha1(unhashable, data) == hmac.digest(key, data, "sha1")
+
+
+def _clear_codec_caches() -> None:
+    message_module._DECODED.clear()
+    message_module._SIGNED.clear()
+
+
+def _fields(msg: Message) -> tuple[object, ...]:
+    return (
+        msg.method,
+        msg.msg_class,
+        msg.transaction_id,
+        msg.attributes,
+        msg.integrity,
+        msg.integrity_sha256,
+        msg.fingerprint,
+        msg.raw,
+        msg.pad_byte,
+        msg._mi_at,
+        msg._mi256_at,
+        msg._fp_at,
+    )
+
+
+check_attributes = st.lists(
+    st.one_of(
+        st.text(min_size=1, max_size=40).map(Username),
+        st.integers(0, 2**32 - 1).map(Priority),
+        st.integers(0, 2**64 - 1).map(IceControlling),
+        st.integers(0, 2**64 - 1).map(IceControlled),
+        st.just(UseCandidate()),
+        st.text(max_size=20).map(Software),
+        st.tuples(st.ip_addresses(v=6).map(str), st.integers(0, 0xFFFF)).map(
+            lambda a: XorPeerAddress(*a)
+        ),
+    ),
+    max_size=5,
+)
+
+
+@FAST
+@given(
+    attrs=check_attributes,
+    key=st.one_of(st.none(), st.binary(min_size=1, max_size=32)),
+    fingerprint=st.booleans(),
+    tids=st.lists(st.binary(min_size=12, max_size=12), min_size=2, max_size=2),
+)
+def test_decode_with_warm_caches_equals_cold_decode(
+    attrs: list[object], key: bytes | None, fingerprint: bool, tids: list[bytes]
+) -> None:
+    for klass in (MessageClass.REQUEST, MessageClass.SUCCESS):
+        datas = [
+            Message(Method.BINDING, klass, tid, list(attrs)).encode(  # type: ignore[arg-type]
+                key=key, fingerprint=fingerprint
+            )
+            for tid in tids
+        ]
+        cold = []
+        for data in datas:
+            _clear_codec_caches()
+            cold.append(_fields(Message.decode(data)))
+        warm = [_fields(Message.decode(data)) for data in datas * 2]
+        assert warm == cold * 2
+        decoded = Message.decode(datas[0])
+        assert decoded.attributes is not Message.decode(datas[0]).attributes  # not shared
+
+
+@FAST
+@given(ip=st.ip_addresses(v=4).map(str), port=st.integers(0, 0xFFFF))
+def test_xor_address_fast_path_matches_the_rfc_formula(ip: str, port: int) -> None:
+    tid = os.urandom(12)
+    value = XorMappedAddress(ip, port).encode_value(tid)
+    packed = bytes(int(part) for part in ip.split("."))
+    cookie = bytes.fromhex("2112a442")
+    expected = (
+        b"\x00\x01"
+        + (port ^ 0x2112).to_bytes(2, "big")
+        + bytes(a ^ b for a, b in zip(packed, cookie, strict=True))
+    )
+    assert value == expected
+    assert XorMappedAddress.decode_value(value, tid) == XorMappedAddress(ip, port)

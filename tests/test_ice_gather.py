@@ -1,0 +1,726 @@
+"""Candidate gathering (RFC 8445 §5.1.1): host addresses, and real gathering on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import ifaddr
+import pytest
+
+from anchor_ice.candidate import Candidate, CandidateType
+from anchor_ice.cli import free_loopback_port
+from anchor_ice.gather import (
+    EndOfCandidates,
+    GatheredSocket,
+    Gatherer,
+    RelayEndpoint,
+    TurnServerConfig,
+    host_addresses,
+)
+from anchor_stun.errors import LocalProtocolError
+from anchor_stun.net import StunServerRunner
+from anchor_stun.server import StunServer
+from anchor_turn.auth import StaticUsers
+from anchor_turn.net_server import TurnServerRunner, UdpRelayAllocator
+from anchor_turn.server import TurnServer
+
+LOOPBACK = "127.0.0.1"
+
+
+def _has_loopback_v6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- host addresses
+
+
+def _v6(ip: str, scope: int = 0) -> tuple[str, int, int]:
+    return (ip, 0, scope)
+
+
+FAKE_ADAPTERS = [
+    ifaddr.Adapter("lo", "lo", [ifaddr.IP("127.0.0.1", 8, "lo"), ifaddr.IP(_v6("::1"), 128, "lo")], 1),
+    ifaddr.Adapter(
+        "eth0",
+        "eth0",
+        [
+            ifaddr.IP("192.0.2.2", 24, "eth0"),
+            ifaddr.IP(_v6("2001:db8::2"), 64, "eth0"),
+            ifaddr.IP(_v6("fe80::fc:ff:fe00:1", 2), 64, "eth0"),
+            ifaddr.IP("169.254.10.20", 16, "eth0"),
+        ],
+        2,
+    ),
+    ifaddr.Adapter(
+        "wlan0",
+        "Wireless",
+        [
+            ifaddr.IP("198.51.100.5", 24, "wlan0"),
+            ifaddr.IP(_v6("2001:db8:1::5"), 64, "wlan0"),
+            ifaddr.IP("192.0.2.2", 24, "wlan0"),  # the same IP again: deduplicated
+        ],
+        3,
+    ),
+    ifaddr.Adapter(
+        "docker0",
+        "docker0",
+        [
+            ifaddr.IP("172.17.0.1", 16, "docker0"),
+            ifaddr.IP(_v6("fec0::1"), 64, "docker0"),  # site-local: MUST NOT (RFC 8445 §5.1.1.1)
+            ifaddr.IP(_v6("::ffff:192.0.2.9"), 96, "docker0"),  # IPv4-mapped: SHOULD NOT
+            ifaddr.IP(_v6("::192.0.2.10"), 96, "docker0"),  # IPv4-compatible: MUST NOT
+            ifaddr.IP("0.0.0.0", 0, "docker0"),
+            ifaddr.IP("224.0.0.1", 4, "docker0"),
+            ifaddr.IP("not-an-ip", 0, "docker0"),
+        ],
+        4,
+    ),
+]
+
+
+def test_host_addresses_defaults() -> None:
+    # IPv4 first, then IPv6; adapter order within a family; no loopback, no link-local
+    assert host_addresses(adapters=FAKE_ADAPTERS) == [
+        "192.0.2.2",
+        "198.51.100.5",
+        "172.17.0.1",
+        "2001:db8::2",
+        "2001:db8:1::5",
+    ]
+
+
+def test_host_addresses_interface_filter() -> None:
+    assert host_addresses(adapters=FAKE_ADAPTERS, interfaces=["wlan0"]) == [
+        "198.51.100.5",
+        "192.0.2.2",
+        "2001:db8:1::5",
+    ]
+    # patterns, nice names, and the order of the patterns is the preference order
+    assert host_addresses(adapters=FAKE_ADAPTERS, interfaces=["Wireless", "eth*"]) == [
+        "198.51.100.5",
+        "192.0.2.2",
+        "2001:db8:1::5",
+        "2001:db8::2",
+    ]
+    assert host_addresses(adapters=FAKE_ADAPTERS, interfaces=["nope"]) == []
+    assert host_addresses(adapters=FAKE_ADAPTERS, interfaces=[]) == []
+
+
+def test_host_addresses_families() -> None:
+    assert host_addresses(adapters=FAKE_ADAPTERS, families=(6,)) == ["2001:db8::2", "2001:db8:1::5"]
+    assert host_addresses(adapters=FAKE_ADAPTERS, families=(4,), interfaces=["eth0"]) == [
+        "192.0.2.2"
+    ]
+    both = host_addresses(adapters=FAKE_ADAPTERS, families=(6, 4), interfaces=["eth0"])
+    assert both == ["2001:db8::2", "192.0.2.2"]
+    for bad in [(), (5,), (4, 7)]:
+        with pytest.raises(LocalProtocolError):
+            host_addresses(adapters=FAKE_ADAPTERS, families=bad)
+    with pytest.raises(LocalProtocolError):
+        host_addresses(adapters=FAKE_ADAPTERS, interfaces="eth0")
+
+
+def test_host_addresses_loopback_and_link_local() -> None:
+    with_lo = host_addresses(adapters=FAKE_ADAPTERS, include_loopback=True)
+    assert with_lo[0] == "127.0.0.1" and "::1" in with_lo
+    assert host_addresses(adapters=FAKE_ADAPTERS, include_loopback=True, interfaces=["lo"]) == [
+        "127.0.0.1",
+        "::1",
+    ]
+    link = host_addresses(adapters=FAKE_ADAPTERS, include_link_local=True, interfaces=["eth0"])
+    # a link-local IPv6 address keeps its zone: it cannot be bound without one
+    assert link == ["192.0.2.2", "169.254.10.20", "2001:db8::2", "fe80::fc:ff:fe00:1%eth0"]
+
+
+def test_host_addresses_of_this_machine() -> None:
+    found = host_addresses(include_loopback=True)
+    assert found == host_addresses(include_loopback=True)  # deterministic
+    assert len(found) == len(set(found))
+    assert "127.0.0.1" in found
+    assert "127.0.0.1" not in host_addresses()
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+@asynccontextmanager
+async def stun_server() -> AsyncIterator[tuple[str, int]]:
+    runner = StunServerRunner(StunServer(primary=(LOOPBACK, free_loopback_port())))
+    await runner.start()
+    try:
+        yield runner.listeners[0][1]
+    finally:
+        runner.close()
+
+
+@asynccontextmanager
+async def silent_server() -> AsyncIterator[tuple[str, int]]:
+    """A UDP socket that reads everything and never answers."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=(LOOPBACK, 0)
+    )
+    try:
+        sockname = transport.get_extra_info("sockname")
+        yield (str(sockname[0]), int(sockname[1]))
+    finally:
+        transport.close()
+
+
+@asynccontextmanager
+async def turn_server() -> AsyncIterator[tuple[TurnServer, tuple[str, int]]]:
+    """Anchor's TURN server on loopback (alice:secret, realm example.org)."""
+    port = free_loopback_port()
+    core = TurnServer(
+        realm="example.org",
+        auth=StaticUsers({"alice": "secret"}, realm="example.org"),
+        relay=UdpRelayAllocator([LOOPBACK]),
+        stun=StunServer(primary=(LOOPBACK, port)),
+        allow_loopback_peers=True,
+    )
+    runner = TurnServerRunner(core)
+    await runner.start()
+    try:
+        yield core, (LOOPBACK, port)
+    finally:
+        runner.close()
+
+
+class _DelayProxy(asyncio.DatagramProtocol):
+    """Forwards datagrams between one client and a server, each way ``delay`` seconds late."""
+
+    def __init__(self, server: tuple[str, int], delay: float) -> None:
+        self.server = server
+        self.delay = delay
+        self.front: asyncio.DatagramTransport | None = None
+        self.back: asyncio.DatagramTransport | None = None
+        self.client: tuple[str, int] | None = None
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        loop = asyncio.get_running_loop()
+        if addr == self.server:
+            if self.front is not None and self.client is not None:
+                loop.call_later(self.delay, self.front.sendto, data, self.client)
+        else:
+            self.client = (addr[0], addr[1])
+            if self.back is not None:
+                loop.call_later(self.delay, self.back.sendto, data, self.server)
+
+
+@asynccontextmanager
+async def delay_proxy(server: tuple[str, int], delay: float) -> AsyncIterator[tuple[str, int]]:
+    loop = asyncio.get_running_loop()
+    proxy = _DelayProxy(server, delay)
+    front, _ = await loop.create_datagram_endpoint(lambda: proxy, local_addr=(LOOPBACK, 0))
+    back, _ = await loop.create_datagram_endpoint(lambda: proxy, local_addr=(LOOPBACK, 0))
+    proxy.front, proxy.back = front, back
+    try:
+        sockname = front.get_extra_info("sockname")
+        yield (str(sockname[0]), int(sockname[1]))
+    finally:
+        front.close()
+        back.close()
+
+
+def _free_port_block(count: int) -> int:
+    """First of ``count`` consecutive UDP ports free on 127.0.0.1 (below the ephemeral range)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32700 - count)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(sock)
+                sock.bind((LOOPBACK, port))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return base
+    raise RuntimeError("no free port block")
+
+
+async def _collect(gatherer: Gatherer) -> tuple[list[Candidate], EndOfCandidates]:
+    found: list[Candidate] = []
+    async for item in gatherer.gather():
+        if isinstance(item, EndOfCandidates):
+            return found, item
+        found.append(item)
+    raise AssertionError("the stream ended without its end marker")
+
+
+def _fd_closed(sock: GatheredSocket) -> bool:
+    raw = sock.transport.get_extra_info("socket")
+    return raw is None or raw.fileno() == -1
+
+
+# ----------------------------------------------------------------------------- gathering
+
+
+def test_host_candidate_and_redundant_srflx_on_loopback() -> None:
+    async def main() -> None:
+        async with stun_server() as stun:
+            addresses = host_addresses(include_loopback=True, families=(4,), interfaces=["lo"])
+            assert addresses == [LOOPBACK]
+            gatherer = Gatherer(addresses, stun_servers=[stun], timeout=2.0)
+            try:
+                found, end = await _collect(gatherer)
+                assert end.failures == ()
+                (host,) = found  # the srflx equals the host address and base: removed
+                assert host.type is CandidateType.HOST and host.ip == LOOPBACK
+                assert gatherer.redundant == 1
+                assert gatherer.complete
+                (sock,) = gatherer.sockets
+                assert sock.local == host.address
+                assert gatherer.base_of(host) == host.address
+                assert gatherer.endpoint(host.address) is sock
+                # the socket is really bound there
+                assert sock.transport.get_extra_info("sockname")[:2] == host.address
+                # a second stream replays everything
+                again = [item async for item in gatherer.gather()]
+                assert again == [host, end]
+                assert await gatherer.gather_all() == [host]
+            finally:
+                await gatherer.close()
+
+    asyncio.run(main())
+
+
+def test_srflx_found_through_binding() -> None:
+    """The Binding transaction itself: the mapped address of a loopback socket is itself."""
+
+    async def main() -> None:
+        async with stun_server() as stun:
+            sock = await GatheredSocket.bind(LOOPBACK)
+            try:
+                assert await sock.binding(stun, software="anchor-test") == sock.local
+            finally:
+                await sock.close()
+            assert sock.closed and _fd_closed(sock)
+
+    asyncio.run(main())
+
+
+def test_silent_stun_server_times_out_without_hanging() -> None:
+    async def main() -> None:
+        async with stun_server() as good, silent_server() as silent:
+            gatherer = Gatherer(
+                [LOOPBACK], stun_servers=[silent, good, ("127.0.0.1", 9)], timeout=0.4
+            )
+            started = time.monotonic()
+            try:
+                found, end = await asyncio.wait_for(_collect(gatherer), 10)
+            finally:
+                await gatherer.close()
+            elapsed = time.monotonic() - started
+            assert elapsed < 2.0, elapsed
+            assert [c.type for c in found] == [CandidateType.HOST]
+            assert {f.server for f in end.failures} == {silent, ("127.0.0.1", 9)}
+            assert all(f.kind == "stun" and "no answer" in f.reason for f in end.failures)
+            assert end.failures == tuple(gatherer.failures)
+
+    asyncio.run(main())
+
+
+def test_unresolvable_server_is_a_failure() -> None:
+    async def main() -> None:
+        gatherer = Gatherer([LOOPBACK], stun_servers=[("name.invalid", 3478)], timeout=3.0)
+        try:
+            found, end = await asyncio.wait_for(_collect(gatherer), 10)
+        finally:
+            await gatherer.close()
+        assert len(found) == 1
+        (failure,) = end.failures
+        assert failure.kind == "stun" and failure.server == ("name.invalid", 3478)
+
+    asyncio.run(main())
+
+
+def test_port_range_is_honoured() -> None:
+    async def main() -> None:
+        low = _free_port_block(4)
+        gatherer = Gatherer([LOOPBACK, "127.0.0.2"], port_range=(low, low + 3))
+        try:
+            found = await gatherer.gather_all()
+        finally:
+            await gatherer.close()
+        assert [c.ip for c in found] == [LOOPBACK, "127.0.0.2"]
+        assert all(low <= c.port <= low + 3 for c in found)
+        # distinct local preferences, the first host address preferred (RFC 8445 §5.1.2.1)
+        assert found[0].priority > found[1].priority
+
+        # a range whose every port is taken: that address is given up, with a clear error
+        taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        taken.bind((LOOPBACK, low))
+        try:
+            busy = Gatherer([LOOPBACK], port_range=(low, low))
+            with pytest.raises(OSError, match="no host address could be bound"):
+                await busy.start()
+            (failure,) = busy.failures
+            assert failure.kind == "host" and failure.base == (LOOPBACK, 0)
+            await busy.close()
+            # another address still works
+            partly = Gatherer([LOOPBACK, "127.0.0.2"], port_range=(low, low))
+            try:
+                (cand,) = await partly.gather_all()
+                assert cand.address == ("127.0.0.2", low)
+                assert [f.kind for f in partly.failures] == ["host"]
+            finally:
+                await partly.close()
+        finally:
+            taken.close()
+
+    asyncio.run(main())
+
+
+def test_close_leaves_no_socket_open() -> None:
+    async def main() -> None:
+        async with silent_server() as silent:
+            gatherer = Gatherer([LOOPBACK, "127.0.0.2"], stun_servers=[silent], timeout=30)
+            await gatherer.start()  # the STUN transactions are still running
+            sockets = gatherer.sockets
+            assert gatherer.open_sockets() == 2
+            await asyncio.wait_for(gatherer.close(), 5)
+            assert gatherer.open_sockets() == 0
+            assert all(s.closed and _fd_closed(s) for s in sockets)
+            # the very same ports can be bound again (no SO_REUSEADDR)
+            for sock in sockets:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                    probe.bind(sock.local)
+            await gatherer.close()  # idempotent
+            with pytest.raises(LocalProtocolError):
+                sockets[0].send(b"x", silent)
+            with pytest.raises(LocalProtocolError):
+                await gatherer.start()
+
+    asyncio.run(main())
+
+
+def test_socket_handover_handlers_and_backlog() -> None:
+    """The ICE connection takes the socket over by setting a handler; what arrived before
+    waits in the backlog; gathering transactions still reach their core."""
+
+    async def main() -> None:
+        async with stun_server() as stun:
+            gatherer = Gatherer([LOOPBACK], stun_servers=[stun])
+            peer = await GatheredSocket.bind(LOOPBACK)
+            try:
+                (host,) = await gatherer.gather_all()
+                sock = gatherer.endpoint(gatherer.base_of(host))
+                assert isinstance(sock, GatheredSocket)
+                peer.send(b"early-1", host.address)
+                peer.send(b"early-2", host.address)
+                await asyncio.sleep(0.05)
+                got: list[tuple[bytes, tuple[str, int]]] = []
+                sock.set_handler(lambda data, addr: got.append((data, addr)))
+                assert got == [(b"early-1", peer.local), (b"early-2", peer.local)]
+                peer.send(b"live", host.address)
+                # a Binding on the same socket while the handler is in place
+                assert await sock.binding(stun) == sock.local
+                await asyncio.sleep(0.05)
+                assert got[-1] == (b"live", peer.local)
+                assert len(got) == 3  # the Binding response did not reach the handler
+                # and the other way round
+                back: list[bytes] = []
+                peer.set_handler(lambda data, addr: back.append(data))
+                sock.send(b"reply", peer.local)
+                await asyncio.sleep(0.05)
+                assert back == [b"reply"]
+                # a failing handler does not break the socket
+                errors: list[dict[str, Any]] = []
+                asyncio.get_running_loop().set_exception_handler(
+                    lambda loop, context: errors.append(context)
+                )
+                def broken(data: bytes, addr: tuple[str, int]) -> None:
+                    raise ZeroDivisionError
+
+                sock.set_handler(broken)
+                peer.send(b"boom", host.address)
+                await asyncio.sleep(0.05)
+                assert errors and isinstance(errors[0]["exception"], ZeroDivisionError)
+            finally:
+                await gatherer.close()
+                await peer.close()
+
+    asyncio.run(main())
+
+
+def test_detach_hands_the_sockets_over() -> None:
+    async def main() -> None:
+        gatherer = Gatherer([LOOPBACK])
+        await gatherer.gather_all()
+        sockets = gatherer.detach()
+        await gatherer.close()
+        assert gatherer.open_sockets() == 1 and not sockets[0].closed
+        await sockets[0].close()
+        assert gatherer.open_sockets() == 0
+
+    asyncio.run(main())
+
+
+def test_no_host_address() -> None:
+    async def main() -> None:
+        with pytest.raises(OSError, match="no host address"):
+            await Gatherer([]).start()
+        with pytest.raises(LocalProtocolError):
+            Gatherer(LOOPBACK)
+        with pytest.raises(LocalProtocolError):
+            Gatherer([LOOPBACK], port_range=(10, 5))
+        with pytest.raises(LocalProtocolError):
+            TurnServerConfig((LOOPBACK, 3478), "a", "b", transport="tcp")  # type: ignore[arg-type]
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(not _has_loopback_v6(), reason="no IPv6 loopback on this machine")
+def test_ipv6_loopback() -> None:
+    async def main() -> None:
+        runner = StunServerRunner(StunServer(primary=("::1", free_loopback_port())))
+        await runner.start()
+        try:
+            stun = runner.listeners[0][1]
+            # the IPv4 socket skips the IPv6 server (and the other way round)
+            gatherer = Gatherer([LOOPBACK, "::1"], stun_servers=[stun, (LOOPBACK, 9)], timeout=0.3)
+            try:
+                found, end = await _collect(gatherer)
+            finally:
+                await gatherer.close()
+            assert [c.ip for c in found] == [LOOPBACK, "::1"]
+            assert gatherer.redundant == 1
+            assert [f.base for f in end.failures] == [(LOOPBACK, found[0].port)]
+        finally:
+            runner.close()
+
+    asyncio.run(main())
+
+
+# ----------------------------------------------------------------------------- relays
+
+
+def test_relay_candidate_from_anchor_turn_server() -> None:
+    async def main() -> None:
+        async with turn_server() as (core, address), stun_server() as stun:
+            gatherer = Gatherer(
+                [LOOPBACK],
+                stun_servers=[stun],
+                turn_servers=[TurnServerConfig(address, "alice", "secret")],
+                timeout=3.0,
+            )
+            try:
+                found, end = await _collect(gatherer)
+                assert end.failures == ()
+                host, relay = found
+                assert host.type is CandidateType.HOST
+                assert relay.type is CandidateType.RELAY and relay.ip == LOOPBACK
+                # relay related address = mapped address (here: the host address itself)
+                assert (relay.related_ip, relay.related_port) == host.address
+                # srflx from STUN and from TURN's XOR-MAPPED-ADDRESS: both redundant
+                assert gatherer.redundant == 2
+                assert relay.priority < host.priority
+                assert gatherer.base_of(relay) == relay.address
+                endpoint = gatherer.endpoint(relay.address)
+                assert isinstance(endpoint, RelayEndpoint)
+                assert endpoint.relayed == relay.address and endpoint.mapped == host.address
+                assert endpoint.socket is gatherer.endpoint(host.address)
+                assert endpoint.socket.relays == [endpoint]
+                assert core.allocation_count() == 1
+            finally:
+                await gatherer.close()
+            assert core.allocation_count() == 0  # released (Refresh LIFETIME 0)
+            assert gatherer.open_sockets() == 0
+
+    asyncio.run(main())
+
+
+def test_relay_carries_data_both_ways() -> None:
+    """What the ICE connection does with a relayed candidate: send to a peer through it
+    (the permission is created on first use) and receive from the peer."""
+
+    async def main() -> None:
+        async with turn_server() as (_, address):
+            gatherer = Gatherer([LOOPBACK], turn_servers=[TurnServerConfig(address, "alice", "secret")])
+            peer = await GatheredSocket.bind("127.0.0.2")
+            try:
+                found = await gatherer.gather_all()
+                relay_cand = next(c for c in found if c.type is CandidateType.RELAY)
+                relay = gatherer.endpoint(relay_cand.address)
+                assert isinstance(relay, RelayEndpoint)
+                at_peer: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+                peer.set_handler(lambda data, addr: at_peer.put_nowait((data, addr)))
+                for n in range(3):
+                    relay.send(b"ping %d" % n, peer.local)
+                for n in range(3):
+                    data, addr = await asyncio.wait_for(at_peer.get(), 3)
+                    assert data == b"ping %d" % n and addr == relay_cand.address
+                at_relay: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+                peer.send(b"pong", relay_cand.address)
+                await asyncio.sleep(0.05)
+                relay.set_handler(lambda data, addr: at_relay.put_nowait((data, addr)))
+                assert await asyncio.wait_for(at_relay.get(), 3) == (b"pong", peer.local)
+                # with a channel the same works (ChannelData, RFC 8656 §12)
+                await relay.bind_channel(peer.local)
+                relay.send(b"via channel", peer.local)
+                assert (await asyncio.wait_for(at_peer.get(), 3))[0] == b"via channel"
+                peer.send(b"back via channel", relay_cand.address)
+                assert (await asyncio.wait_for(at_relay.get(), 3))[0] == b"back via channel"
+            finally:
+                await gatherer.close()
+                await peer.close()
+            with pytest.raises(LocalProtocolError):
+                relay.send(b"late", peer.local)
+
+    asyncio.run(main())
+
+
+def test_wrong_turn_password_is_a_failure() -> None:
+    async def main() -> None:
+        async with turn_server() as (core, address):
+            gatherer = Gatherer(
+                [LOOPBACK], turn_servers=[TurnServerConfig(address, "alice", "wrong")], timeout=3
+            )
+            try:
+                found, end = await asyncio.wait_for(_collect(gatherer), 10)
+            finally:
+                await gatherer.close()
+            assert [c.type for c in found] == [CandidateType.HOST]
+            (failure,) = end.failures
+            assert failure.kind == "turn" and "401" in failure.reason
+            assert core.allocation_count() == 0
+
+    asyncio.run(main())
+
+
+def test_silent_turn_server_times_out() -> None:
+    async def main() -> None:
+        async with silent_server() as silent:
+            gatherer = Gatherer(
+                [LOOPBACK], turn_servers=[TurnServerConfig(silent, "alice", "secret")], timeout=0.3
+            )
+            started = time.monotonic()
+            try:
+                found, end = await asyncio.wait_for(_collect(gatherer), 10)
+            finally:
+                await asyncio.wait_for(gatherer.close(), 5)
+            # nothing came back, so nothing can exist to release: close() does not wait
+            assert time.monotonic() - started < 1
+            assert len(found) == 1 and "no allocation within" in end.failures[0].reason
+
+    asyncio.run(main())
+
+
+def test_late_allocation_is_released() -> None:
+    """An allocation whose answer comes after the timeout is released once it exists."""
+
+    async def main() -> None:
+        async with turn_server() as (core, address), delay_proxy(address, 0.15) as slow:
+            gatherer = Gatherer(
+                [LOOPBACK],
+                turn_servers=[TurnServerConfig(slow, "alice", "secret")],
+                # the 401 is back after 0.3 s, the Allocate's success after 0.6 s
+                timeout=0.45,
+                release_timeout=3,
+            )
+            try:
+                found, end = await asyncio.wait_for(_collect(gatherer), 10)
+                assert len(found) == 1 and end.failures[0].kind == "turn"
+                for _ in range(100):  # the allocation comes into existence late...
+                    if core.allocation_count():
+                        break
+                    await asyncio.sleep(0.02)
+                assert core.allocation_count() == 1
+                for _ in range(100):  # ...and is released by itself
+                    if not core.allocation_count():
+                        break
+                    await asyncio.sleep(0.02)
+                assert core.allocation_count() == 0
+                assert gatherer.sockets[0].relays == []
+            finally:
+                await gatherer.close()
+
+    asyncio.run(main())
+
+
+def test_close_during_allocation_releases_it() -> None:
+    async def main() -> None:
+        async with turn_server() as (core, address), delay_proxy(address, 0.2) as slow:
+            gatherer = Gatherer(
+                [LOOPBACK],
+                turn_servers=[TurnServerConfig(slow, "alice", "secret")],
+                timeout=10,
+                release_timeout=3,
+            )
+            await gatherer.start()
+            await asyncio.sleep(0.5)  # the signed Allocate is on its way
+            seen: list[int] = []
+
+            async def watch() -> None:
+                while True:
+                    seen.append(core.allocation_count())
+                    await asyncio.sleep(0.01)
+
+            watcher = asyncio.get_running_loop().create_task(watch())
+            await gatherer.close()
+            watcher.cancel()
+            assert max(seen) == 1  # it came into existence while closing...
+            assert core.allocation_count() == 0  # ...and close() released it
+            assert gatherer.open_sockets() == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn (turnserver) not installed")
+def test_relay_candidate_from_coturn(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "conformance"))
+    try:
+        from peers import start_coturn  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    coturn = start_coturn(tmp_path, tls=False)
+    try:
+
+        async def main() -> None:
+            gatherer = Gatherer(
+                [LOOPBACK],
+                stun_servers=[coturn.udp],
+                turn_servers=[TurnServerConfig(coturn.udp, coturn.username, coturn.password)],
+                timeout=3.0,
+            )
+            peer = await GatheredSocket.bind(LOOPBACK)
+            try:
+                found, end = await _collect(gatherer)
+                assert end.failures == ()
+                host, relay = found
+                assert relay.type is CandidateType.RELAY
+                assert coturn.min_port <= relay.port <= coturn.max_port
+                assert (relay.related_ip, relay.related_port) == host.address
+                assert gatherer.redundant == 2
+                endpoint = gatherer.endpoint(relay.address)
+                assert isinstance(endpoint, RelayEndpoint)
+                got: asyncio.Queue[bytes] = asyncio.Queue()
+                peer.set_handler(lambda data, addr: got.put_nowait(data))
+                endpoint.send(b"hello through coturn", peer.local)
+                assert await asyncio.wait_for(got.get(), 3) == b"hello through coturn"
+            finally:
+                await gatherer.close()
+                await peer.close()
+            assert gatherer.open_sockets() == 0
+
+        asyncio.run(main())
+    finally:
+        coturn.stop()
