@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
 import socket
 import ssl
 import sys
@@ -106,64 +105,6 @@ def _print_stun(out: dict[str, Any]) -> None:
         print(f"NAT filtering   {out['nat']['filtering']}")
 
 
-# ----------------------------------------------------------------------------- serve
-
-
-def _tls_context(cert: str, key: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise UsageError(f"cannot load TLS certificate/key: {exc}") from exc
-    return context
-
-
-async def _cmd_serve(args: argparse.Namespace) -> None:
-    try:
-        listens = [parse_address(text, DEFAULT_PORT) for text in args.listen or ["0.0.0.0"]]
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise UsageError("--tls-cert and --tls-key go together")
-    context = _tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
-    runners: list[StunServerRunner] = []
-    try:
-        for index, primary in enumerate(listens):
-            other = None
-            if index == 0 and args.alt_ip:
-                other = (args.alt_ip, args.alt_port or primary[1] + 1)
-            core = StunServer(primary=primary, other=other, software=SOFTWARE)
-            runner = StunServerRunner(core)
-            tls_address = None
-            if context is not None:
-                if args.tls_listen:
-                    tls_address = parse_address(args.tls_listen, DEFAULT_TLS_PORT)
-                else:
-                    tls_port = DEFAULT_TLS_PORT if primary[1] == DEFAULT_PORT else primary[1] + 1
-                    tls_address = (primary[0], tls_port)
-            try:
-                await runner.start(
-                    tcp=args.tcp,
-                    tls_context=context if index == 0 else None,
-                    tls_address=tls_address,
-                )
-            except OSError as exc:
-                raise UsageError(f"cannot listen on {format_address(primary)}: {exc}") from exc
-            runners.append(runner)
-            for kind, addr in runner.listeners:
-                print(f"listening {kind} {format_address(addr)}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-    finally:
-        for runner in runners:
-            runner.close()
-        for runner in runners:
-            await runner.wait_closed()
-
-
 # ----------------------------------------------------------------------------- demo
 
 
@@ -252,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_turn_parser(sub)  # anchor turn HOST:PORT --user NAME:PASSWORD ... (anchor_turn/turn_cli.py)
 
+    from anchor_ice.ice_cli import add_parser as add_ice_parser
+
+    add_ice_parser(sub)  # anchor ice (--controlling|--controlled) ... (anchor_ice/ice_cli.py)
+
     bench = sub.add_parser(
         "bench",
         help="run the benchmarks against their baselines",
@@ -282,6 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = asyncio.run(_cmd_demo(args))
             if args.json:
                 print(json.dumps(out))
+        elif args.command == "ice":
+            from anchor_ice.ice_cli import main as ice_main
+
+            return ice_main(args)
         elif args.command == "turn":
             from anchor_turn.turn_cli import main as turn_main
 

@@ -1,0 +1,700 @@
+"""The asyncio ICE connection: :class:`Connection`, shaped like aioice's (RFC 8445).
+
+Theory of operation
+-------------------
+:class:`Connection` is an adapter: it owns sockets, the loop and the clock, and only pumps
+bytes, time and events through the sans-I/O :class:`~anchor_ice.agent.IceAgent`.
+
+* **Gathering.** :meth:`Connection.gather_candidates` runs one
+  :class:`~anchor_ice.gather.Gatherer` per component (host, server-reflexive and relayed
+  candidates). Each candidate goes to the agent with its base as soon as it is found, then
+  the socket or relay that carries it (:meth:`Gatherer.endpoint`) gets this connection's
+  handler; datagrams that arrived earlier wait in the gatherer's backlog and are delivered
+  then, in order, so a fast peer's checks are not lost.
+* **Sending.** The agent's :class:`~anchor_stun.events.Transmit` names the base it leaves
+  from: a host socket address (``GatheredSocket.send``) or a relayed address
+  (``RelayEndpoint.send``: a Send indication, the TURN permission for the peer's IP created
+  first, RFC 8656 §9, and the datagrams held until it exists). Permissions are also asked for
+  every remote candidate's IP as soon as it is known, so that the peer's checks to our relayed
+  candidates get through the relay before our own first check to that IP.
+* **Receiving (RFC 7983 demultiplexing).** TURN traffic never reaches this class (the
+  gatherer's sockets route it to the allocations; relayed data comes back out with the
+  peer's address and the relayed address as ``local``). Of what is left, a datagram whose
+  first byte is 0-3 is STUN and goes to the agent (dropped if it is not an ICE Binding
+  message); anything else is application data, delivered to :meth:`recv` only when it came
+  on the 5-tuple of a selected pair (the previous one too during an ICE restart), else of a
+  valid or checklist pair (RFC 8445 §12.2: an agent must be prepared to receive data on any
+  candidate pair; a peer nominating aggressively may send before our own check on the pair
+  succeeded). Other datagrams are dropped and counted in :attr:`dropped`.
+* **Time.** A :class:`~anchor_stun.net._Pump` drives the agent with ``loop.time()``:
+  output, events, and one timer armed at ``agent.next_timer()``.
+* **Life cycle.** ``gather_candidates`` -> signal ``local_candidates``, ``local_username``
+  and ``local_password``; set ``remote_username`` / ``remote_password`` and
+  ``add_remote_candidate`` (None: end-of-candidates) -> ``connect`` (raises
+  :class:`IceFailedError`) -> ``send`` / ``recv`` -> ``close`` (closes every socket and
+  releases every TURN allocation, Refresh with LIFETIME 0). An ICE restart (RFC 8445 §9):
+  both sides call :meth:`restart`, exchange the new credentials and candidates as at first,
+  and call :meth:`connect` again; data keeps flowing on the previous pair until the new one
+  is selected.
+
+Policies: ``policy="standard"`` (the default here, RFC 8445 regular nomination of the best
+valid pair), ``"gateway"`` (DESIGN.md: never a host pair; host candidates are not
+advertised), ``"relay"`` (relayed local candidates only), or any object implementing the
+:class:`~anchor_ice.nominator.Nominator` protocol as ``nominator=``.
+
+From aioice to Anchor
+---------------------
+====================================================  ==========================================
+aioice                                                Anchor (``anchor_ice.net``)
+====================================================  ==========================================
+``aioice.Connection(ice_controlling=True)``           ``Connection(ice_controlling=True)``
+``components=2``                                      ``components=2``
+``stun_server=("host", 3478)``                        same; or ``"host:3478"``, or a list
+``turn_server=..., turn_username=, turn_password=``   same; or ``turn_servers=[TurnServerConfig]``
+``turn_transport="tcp"``, ``turn_ssl=True``           not supported (relays over UDP only)
+``use_ipv4=`` / ``use_ipv6=``                         same; plus ``host_ips=[...]``,
+                                                      ``include_loopback=``, ``interfaces=``,
+                                                      ``port_range=``
+``transport_policy=TransportPolicy.RELAY``            ``policy="relay"``
+(nothing)                                             ``policy="gateway"`` / ``nominator=...``
+``local_username=``, ``local_password=``              same
+``await conn.gather_candidates()``                    same
+``conn.local_candidates`` (aioice ``Candidate``)      same (``anchor_ice.candidate.Candidate``;
+                                                      ``c.to_sdp()`` is ``"candidate:..."``)
+``conn.local_username`` / ``conn.local_password``     same
+``conn.remote_username = u``                          same
+``conn.remote_password = p``                          same
+``await conn.add_remote_candidate(c)``                same; ``c`` a ``Candidate`` or its SDP
+                                                      text (with or without ``candidate:``,
+                                                      so ``aioice_candidate.to_sdp()`` works)
+``await conn.add_remote_candidate(None)``             same (end-of-candidates)
+``conn.remote_candidates``                            same
+``await conn.connect()``                              same; raises ``IceFailedError`` (a
+                                                      ``ConnectionError``, as aioice's)
+``await conn.send(data)``                             same
+``await conn.sendto(data, component)``                same
+``await conn.recv()``                                 same
+``await conn.recvfrom()`` -> (data, component)        same
+``await conn.close()``                                same; also releases TURN allocations
+``conn._nominated[1]`` (private)                      ``conn.selected_pair`` (a ``PairInfo``)
+(no ICE restart)                                      ``await conn.restart()``, exchange, then
+                                                      ``await conn.connect()``
+``aioice.Candidate.from_sdp(s)``                      ``Candidate.from_sdp("candidate:" + s)``
+====================================================  ==========================================
+
+Differences worth knowing: application data whose first byte is 0-3 is taken for STUN
+(RFC 7983) and never delivered; gathering gives up on a STUN/TURN server after
+``gather_timeout`` seconds (5 by default) instead of hanging; data is only accepted from an
+5-tuple of a candidate pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from anchor_stun.errors import AnchorError, LocalProtocolError
+from anchor_stun.events import Address, StunEvent, Transmit
+from anchor_stun.net import DEFAULT_PORT, _Pump, parse_address
+
+from .agent import CHECKING_TIMEOUT, TA, IceAgent, IceState
+from .candidate import Candidate
+from .events import (
+    ConsentLost,
+    IceConnected,
+    IceFailed,
+    PairInfo,
+    PairNominated,
+    RestartCompleted,
+)
+from .gather import (
+    DEFAULT_RELEASE_TIMEOUT,
+    DEFAULT_SERVER_TIMEOUT,
+    GatheredSocket,
+    Gatherer,
+    GatherFailure,
+    RelayEndpoint,
+    TurnServerConfig,
+    host_addresses,
+)
+from .nominator import GatewayNominator, Nominator, RelayOnly, StandardNominator
+
+__all__ = [
+    "MAX_QUEUED",
+    "POLICIES",
+    "SOFTWARE",
+    "Connection",
+    "IceError",
+    "IceFailedError",
+    "IceNotConnectedError",
+    "Policy",
+    "make_nominator",
+]
+
+SOFTWARE = "anchor 0.1"
+MAX_QUEUED = 4096
+"""Received application datagrams kept for :meth:`Connection.recv`; more are dropped."""
+
+Policy = Literal["gateway", "standard", "relay"]
+POLICIES: tuple[Policy, ...] = ("gateway", "standard", "relay")
+
+
+class IceError(AnchorError):
+    """Anything that went wrong in an ICE connection (RFC 8445)."""
+
+
+class IceFailedError(IceError, ConnectionError):
+    """ICE processing failed: no pair could be selected (RFC 8445 §7.2.5.4, §8.1.2), or
+    consent was lost (RFC 7675). ``reason`` says why, in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"ICE failed: {reason}")
+        self.reason = reason
+
+
+class IceNotConnectedError(IceError, ConnectionError):
+    """No selected pair to carry data: not connected yet, failed, or closed."""
+
+
+def make_nominator(policy: str) -> Nominator:
+    """The nominator of a policy name: ``gateway``, ``standard`` or ``relay``."""
+    if policy == "gateway":
+        return GatewayNominator()
+    if policy == "standard":
+        return StandardNominator()
+    if policy == "relay":
+        return RelayOnly()
+    raise LocalProtocolError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+
+
+def _servers(value: Any, default_port: int) -> list[Address]:
+    """``None``, one ``(host, port)`` or ``"host[:port]"``, or a list of them."""
+    if value is None:
+        return []
+    if isinstance(value, str) or (
+        isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int)
+    ):
+        value = [value]
+    out: list[Address] = []
+    for item in value:
+        if isinstance(item, str):
+            try:
+                out.append(parse_address(item, default_port))
+            except ValueError as exc:
+                raise LocalProtocolError(str(exc)) from None
+        else:
+            out.append((str(item[0]), int(item[1])))
+    return out
+
+
+def _as_candidate(candidate: Candidate | str) -> Candidate:
+    if isinstance(candidate, Candidate):
+        return candidate
+    text = candidate.strip()
+    if text.startswith("a="):
+        text = text[2:]
+    if not text.startswith("candidate:"):
+        text = "candidate:" + text
+    return Candidate.from_sdp(text)
+
+
+class Connection:
+    """An ICE connection for one data stream (RFC 8445), with aioice's surface.
+
+    See the module docstring for the life cycle and the aioice mapping. Keyword arguments:
+
+    * ``components``: number of components (RFC 8445 §4).
+    * ``stun_server``: ``(host, port)``, ``"host[:port]"`` or a list of them.
+    * ``turn_server`` with ``turn_username`` / ``turn_password``, and/or ``turn_servers``
+      (a list of :class:`~anchor_ice.gather.TurnServerConfig`): relays over UDP.
+    * ``policy``: ``"standard"``, ``"gateway"`` or ``"relay"``; ``nominator`` overrides it.
+    * ``host_ips``: the addresses to gather host candidates on, best first (loopback allowed
+      when named); otherwise :func:`~anchor_ice.gather.host_addresses` with ``interfaces``,
+      ``use_ipv4`` / ``use_ipv6`` and ``include_loopback``.
+    * ``port_range``: ``(min, max)`` local ports, inclusive.
+    * ``ta``: pacing of checks and gathering transactions (RFC 8445 §14.2).
+    * ``aggressive``: controlling only, USE-CANDIDATE on every check (RFC 5245).
+    * ``checking_timeout``: seconds of checks before :meth:`connect` fails (RFC 8863).
+    * ``gather_timeout``: seconds each STUN/TURN server gets; ``release_timeout``: seconds
+      :meth:`close` waits for the allocations' release answers.
+    * ``local_username`` / ``local_password``: credentials (drawn at random otherwise).
+    * ``agent_options``: more keyword arguments for :class:`~anchor_ice.agent.IceAgent`.
+    """
+
+    def __init__(
+        self,
+        ice_controlling: bool,
+        *,
+        components: int = 1,
+        stun_server: Any = None,
+        turn_server: Any = None,
+        turn_username: str | None = None,
+        turn_password: str | None = None,
+        turn_servers: Sequence[TurnServerConfig] = (),
+        policy: Policy | str = "standard",
+        nominator: Nominator | None = None,
+        host_ips: Iterable[str] | None = None,
+        include_loopback: bool = False,
+        interfaces: Iterable[str] | None = None,
+        use_ipv4: bool = True,
+        use_ipv6: bool = True,
+        port_range: tuple[int, int] | None = None,
+        ta: float = TA,
+        aggressive: bool = False,
+        checking_timeout: float | None = CHECKING_TIMEOUT,
+        gather_timeout: float = DEFAULT_SERVER_TIMEOUT,
+        release_timeout: float = DEFAULT_RELEASE_TIMEOUT,
+        local_username: str | None = None,
+        local_password: str | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
+        agent_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if isinstance(host_ips, str):
+            raise LocalProtocolError("host_ips is an iterable of addresses, not one string")
+        if not use_ipv4 and not use_ipv6:
+            raise LocalProtocolError("use_ipv4 and use_ipv6 cannot both be False")
+        self._nominator = nominator if nominator is not None else make_nominator(policy)
+        self._agent = IceAgent(
+            controlling=ice_controlling,
+            rng=rng,
+            local_ufrag=local_username,
+            local_pwd=local_password,
+            components=components,
+            ta=ta,
+            nominator=self._nominator,
+            aggressive=aggressive,
+            checking_timeout=checking_timeout,
+            **dict(agent_options or {}),
+        )
+        self.components = components
+        """Number of components of the stream."""
+        self.stun_servers: list[Address] = _servers(stun_server, DEFAULT_PORT)
+        """STUN servers to gather server-reflexive candidates from."""
+        turns = list(turn_servers)
+        for address in _servers(turn_server, DEFAULT_PORT):
+            if turn_username is None or turn_password is None:
+                raise LocalProtocolError("turn_server needs turn_username and turn_password")
+            turns.append(TurnServerConfig(address, turn_username, turn_password))
+        self.turn_servers: list[TurnServerConfig] = turns
+        """TURN servers to gather relayed candidates from."""
+        self._host_ips = list(host_ips) if host_ips is not None else None
+        self._include_loopback = include_loopback
+        self._interfaces = list(interfaces) if interfaces is not None else None
+        self._families = tuple(f for f, on in ((4, use_ipv4), (6, use_ipv6)) if on)
+        self._port_range = port_range
+        self._ta = ta
+        self._gather_timeout = gather_timeout
+        self._release_timeout = release_timeout
+        self._rng = rng
+
+        self._remote_username: str | None = None
+        self._remote_password: str | None = None
+        self._gatherers: list[Gatherer] = []
+        self._endpoints: dict[Address, GatheredSocket | RelayEndpoint] = {}
+        self._permitted: set[tuple[Address, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pump_: _Pump | None = None
+        self._queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
+        self._session: asyncio.Future[None] | None = None
+        self._gathered = False
+        self._gathering: asyncio.Lock | None = None
+        self._closed = False
+        self._failure: str | None = None
+        self.nominated_pairs: list[PairInfo] = []
+        """Every pair nominated so far (RFC 8445 §8.1.1), in order (a record for tests
+        and logs: the gateway policy never puts a host pair here)."""
+        self.dropped = 0
+        """Datagrams ignored: STUN that is not ICE, data from a 5-tuple not validated."""
+        self.send_errors = 0
+        """Datagrams that could not be sent (socket closed, allocation gone)."""
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def agent(self) -> IceAgent:
+        """The sans-I/O agent (read it; drive it only through this class)."""
+        return self._agent
+
+    @property
+    def ice_controlling(self) -> bool:
+        """True in the controlling role (it can change on a role conflict, RFC 8445 §7.3.1.1)."""
+        return self._agent.controlling
+
+    @property
+    def state(self) -> IceState:
+        """The agent's state."""
+        return self._agent.state
+
+    @property
+    def local_username(self) -> str:
+        """The local ufrag to signal (RFC 8445 §5.3); new after :meth:`restart`."""
+        return self._agent.local_ufrag
+
+    @property
+    def local_password(self) -> str:
+        """The local password to signal (RFC 8445 §5.3); new after :meth:`restart`."""
+        return self._agent.local_pwd
+
+    @property
+    def remote_username(self) -> str | None:
+        """The peer's ufrag; set it (and :attr:`remote_password`) from its signalling."""
+        return self._remote_username
+
+    @remote_username.setter
+    def remote_username(self, value: str | None) -> None:
+        self._remote_username = value
+        self._push_credentials()
+
+    @property
+    def remote_password(self) -> str | None:
+        """The peer's password; set it (and :attr:`remote_username`) from its signalling."""
+        return self._remote_password
+
+    @remote_password.setter
+    def remote_password(self, value: str | None) -> None:
+        self._remote_password = value
+        self._push_credentials()
+
+    @property
+    def local_candidates(self) -> list[Candidate]:
+        """The candidates to signal: those the policy advertises (a gateway policy hides
+        host candidates), learned peer-reflexive ones excluded."""
+        return self._agent.local_candidates()
+
+    @property
+    def remote_candidates(self) -> list[Candidate]:
+        """Remote candidates, signalled and learned (peer-reflexive)."""
+        return self._agent.remote_candidates
+
+    @property
+    def selected_pair(self) -> PairInfo | None:
+        """The pair component 1's data goes on (the previous one during a restart)."""
+        pair = self._agent.selected_pair
+        return pair.info() if pair is not None else None
+
+    @property
+    def selected_pairs(self) -> dict[int, PairInfo]:
+        """The pair each component's data goes on."""
+        return {c: p.info() for c, p in self._agent.selected_pairs.items()}
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def failure_reason(self) -> str | None:
+        """Why ICE failed, once it did."""
+        return self._failure
+
+    @property
+    def gather_failures(self) -> list[GatherFailure]:
+        """What gathering gave up on (a server that did not answer or refused)."""
+        return [f for g in self._gatherers for f in g.failures]
+
+    def open_sockets(self) -> int:
+        """Host sockets still open (0 after :meth:`close`)."""
+        return sum(g.open_sockets() for g in self._gatherers)
+
+    def relays(self) -> list[RelayEndpoint]:
+        """The TURN allocations that exist now."""
+        return [r for g in self._gatherers for s in g.sockets for r in s.relays]
+
+    # ------------------------------------------------------------------ gathering
+
+    async def gather_candidates(self) -> None:
+        """Gather host, server-reflexive and relayed candidates for every component
+        (RFC 8445 §5.1.1); returns once every server answered or was given up. Raises
+        OSError when no host address could be bound. Calling it again does nothing."""
+        self._check_open()
+        if self._gathering is None:
+            self._gathering = asyncio.Lock()
+        async with self._gathering:
+            if self._gathered:
+                return
+            if self._host_ips is not None:
+                ips = self._host_ips
+            else:
+                ips = host_addresses(
+                    interfaces=self._interfaces,
+                    families=self._families,
+                    include_loopback=self._include_loopback,
+                )
+            self._gatherers = [
+                Gatherer(
+                    ips,
+                    stun_servers=self.stun_servers,
+                    turn_servers=self.turn_servers,
+                    component=component,
+                    port_range=self._port_range,
+                    timeout=self._gather_timeout,
+                    release_timeout=self._release_timeout,
+                    ta=self._ta,
+                    software=SOFTWARE,
+                    rng=self._rng,
+                )
+                for component in range(1, self.components + 1)
+            ]
+            try:
+                await asyncio.gather(*(self._gather_one(g) for g in self._gatherers))
+            except BaseException:
+                await asyncio.gather(*(g.close() for g in self._gatherers))
+                raise
+            self._gathered = True
+
+    async def _gather_one(self, gatherer: Gatherer) -> None:
+        async for item in gatherer.gather():
+            if self._closed:
+                return
+            if not isinstance(item, Candidate):
+                continue
+            base = gatherer.base_of(item)
+            self._agent.add_local_candidate(item, base)
+            if base not in self._endpoints:
+                endpoint = gatherer.endpoint(base)
+                self._endpoints[base] = endpoint
+                endpoint.set_handler(self._handler(base))
+                if isinstance(endpoint, RelayEndpoint):
+                    for remote in self._agent.remote_candidates:
+                        self._permit(endpoint, remote.ip)
+            self._pump()
+
+    # ------------------------------------------------------------------ signalling
+
+    def _push_credentials(self) -> None:
+        ufrag, pwd = self._remote_username, self._remote_password
+        if ufrag is None or pwd is None or self._closed:
+            return
+        if self._agent.remote_ufrag == ufrag:
+            return
+        self._agent.set_remote_credentials(ufrag, pwd)
+        self._pump()
+
+    async def add_remote_candidate(self, candidate: Candidate | str | None) -> None:
+        """Add a candidate the peer signalled (a :class:`Candidate` or its ``candidate:``
+        SDP text); None means end-of-candidates (RFC 8838). Non-UDP and mDNS (``.local``)
+        candidates are ignored."""
+        self._check_open()
+        if candidate is None:
+            self._agent.add_remote_candidate(None)
+            self._pump()
+            return
+        cand = _as_candidate(candidate)
+        if cand.transport.lower() != "udp" or cand.is_mdns:
+            return
+        self._agent.add_remote_candidate(cand)
+        for endpoint in self._endpoints.values():
+            if isinstance(endpoint, RelayEndpoint):
+                self._permit(endpoint, cand.ip)
+        self._pump()
+
+    def _permit(self, relay: RelayEndpoint, ip: str) -> None:
+        """Ask the relay for a permission for a remote IP of its family (RFC 8656 §9)."""
+        try:
+            relayed = relay.relayed
+        except LocalProtocolError:
+            return
+        if (":" in ip) != (":" in relayed[0]) or (relayed, ip) in self._permitted:
+            return
+        self._permitted.add((relayed, ip))
+
+        async def permit() -> None:
+            with contextlib.suppress(AnchorError, OSError):
+                await relay.create_permission(ip)
+
+        task = asyncio.get_running_loop().create_task(permit())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ connecting
+
+    async def connect(self) -> None:
+        """Run connectivity checks until every component has a selected pair (RFC 8445
+        §8.1); after :meth:`restart`, until the new checks selected new pairs. Needs the
+        remote credentials. Raises :class:`IceFailedError` when ICE fails."""
+        self._check_open()
+        if self._remote_username is None or self._remote_password is None:
+            raise LocalProtocolError("set remote_username and remote_password before connect()")
+        if self._failure is not None:
+            raise IceFailedError(self._failure)
+        session = self._session_future()
+        if self._agent.state is IceState.NEW:
+            self._agent.start(self._loop_time())
+        self._pump()
+        await asyncio.shield(session)
+
+    async def restart(self) -> None:
+        """ICE restart (RFC 8445 §9): new local credentials (read :attr:`local_username`
+        and :attr:`local_password`), the remote credentials and candidates forgotten. Signal
+        the new credentials and :attr:`local_candidates`, set the peer's new ones, then call
+        :meth:`connect`. Data keeps flowing on the current pair meanwhile."""
+        self._check_open()
+        self._agent.restart(self._loop_time())
+        self._remote_username = None
+        self._remote_password = None
+        self._failure = None
+        if self._session is not None and self._session.done():
+            self._session = None
+        self._pump()
+
+    def _session_future(self) -> asyncio.Future[None]:
+        if self._session is None:
+            self._session = asyncio.get_running_loop().create_future()
+            state = self._agent.state
+            if state in (IceState.CONNECTED, IceState.COMPLETED):
+                self._session.set_result(None)
+        return self._session
+
+    # ------------------------------------------------------------------ data
+
+    async def send(self, data: bytes) -> None:
+        """Send a datagram on component 1."""
+        await self.sendto(data, 1)
+
+    async def sendto(self, data: bytes, component: int) -> None:
+        """Send a datagram on ``component``'s selected pair. Raises
+        :class:`IceNotConnectedError` when there is none (or consent was lost)."""
+        if self._closed:
+            raise IceNotConnectedError("the connection is closed")
+        transmit = self._agent.send_on(component, data, self._loop_time())
+        if transmit is None:
+            raise IceNotConnectedError(f"no selected pair on component {component}")
+        self._send_transmit(transmit)
+
+    async def recv(self) -> bytes:
+        """The next datagram received on any component."""
+        data, _ = await self.recvfrom()
+        return data
+
+    async def recvfrom(self) -> tuple[bytes, int]:
+        """The next datagram and the component it came on. Raises
+        :class:`IceNotConnectedError` once closed (or :class:`IceFailedError` once failed)
+        and every received datagram was read."""
+        if self._queue.empty() and (self._closed or self._failure is not None):
+            self._raise_done()
+        item = await self._queue.get()
+        if item is None:
+            self._queue.put_nowait(None)  # wake the other readers too
+            self._raise_done()
+        assert item is not None
+        return item
+
+    def _raise_done(self) -> None:
+        if self._failure is not None:
+            raise IceFailedError(self._failure)
+        raise IceNotConnectedError("the connection is closed")
+
+    # ------------------------------------------------------------------ closing
+
+    async def close(self) -> None:
+        """Stop ICE, release every TURN allocation (Refresh with LIFETIME 0, RFC 8656 §8.1)
+        and close every socket. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._agent.close(self._loop_time())
+        if self._pump_ is not None:
+            self._pump_.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(g.close() for g in self._gatherers))
+        self._endpoints.clear()
+        if self._session is not None and not self._session.done():
+            self._session.set_exception(IceNotConnectedError("the connection was closed"))
+            self._session.exception()  # mark it retrieved: no "never retrieved" warning
+        self._queue.put_nowait(None)
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise IceNotConnectedError("the connection is closed")
+
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
+    def _pump(self) -> None:
+        if self._closed:
+            return
+        if self._pump_ is None:
+            self._pump_ = _Pump(self._agent, self._send_transmit, self._event)
+        self._pump_.pump()
+
+    def _handler(self, local: Address) -> Callable[[bytes, Address], None]:
+        def handler(data: bytes, addr: Address) -> None:
+            self._received(data, addr, local)
+
+        return handler
+
+    def _send_transmit(self, transmit: Transmit) -> None:
+        local = transmit.local
+        endpoint = self._endpoints.get(local) if local is not None else None
+        if endpoint is None:
+            if len(self._endpoints) == 1:
+                endpoint = next(iter(self._endpoints.values()))
+            else:
+                self.send_errors += 1
+                return
+        try:
+            endpoint.send(transmit.data, transmit.addr)
+        except (LocalProtocolError, OSError):
+            self.send_errors += 1
+
+    def _received(self, data: bytes, addr: Address, local: Address) -> None:
+        if self._closed:
+            return
+        if data and data[0] < 4:  # RFC 7983 §7: 0-3 is STUN
+            if self._agent.receive_datagram(data, addr, local, self._loop_time()):
+                self._pump()
+            else:
+                self.dropped += 1
+            return
+        component = self._component_of(local, addr)
+        if component is None or self._queue.qsize() >= MAX_QUEUED:
+            self.dropped += 1
+            return
+        self._queue.put_nowait((data, component))
+
+    def _component_of(self, local: Address, addr: Address) -> int | None:
+        """The component whose selected pair is the 5-tuple (local, addr), else whose valid
+        or checklist pair is (RFC 8445 §12.2: data may come on any candidate pair, say from
+        a peer nominating aggressively before our own check on the pair succeeded)."""
+        for component, pair in self._agent.selected_pairs.items():
+            if pair.base == local and pair.remote.address == addr:
+                return component
+        for pairs in (self._agent.valid_pairs, self._agent.pairs):
+            for pair in pairs:
+                if pair.base == local and pair.remote.address == addr:
+                    return pair.component
+        return None
+
+    def _event(self, event: StunEvent) -> None:
+        if isinstance(event, PairNominated):
+            self.nominated_pairs.append(event.pair)
+        elif isinstance(event, IceConnected | RestartCompleted):
+            if self._session is not None and not self._session.done():
+                self._session.set_result(None)
+        elif isinstance(event, IceFailed):
+            self._failure = event.reason
+            if self._session is not None and not self._session.done():
+                self._session.set_exception(IceFailedError(event.reason))
+                self._session.exception()  # mark it retrieved: connect() may not be waiting
+            self._queue.put_nowait(None)
+        elif isinstance(event, ConsentLost):
+            pass  # IceFailed follows
+
+    def __repr__(self) -> str:
+        role = "controlling" if self.ice_controlling else "controlled"
+        return f"<Connection {role} {self.state.value}>"
