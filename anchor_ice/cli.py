@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_turn_parser(sub)  # anchor turn HOST:PORT --user NAME:PASSWORD ... (anchor_turn/turn_cli.py)
 
+    from anchor_turn.check_cli import add_parser as add_check_parser
+
+    add_check_parser(sub)  # anchor check HOST:PORT ... (anchor_turn/check_cli.py)
+
     from anchor_ice.ice_cli import add_parser as add_ice_parser
 
     add_ice_parser(sub)  # anchor ice (--controlling|--controlled) ... (anchor_ice/ice_cli.py)
@@ -235,6 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from anchor_turn.turn_cli import main as turn_main
 
             return turn_main(args)
+        elif args.command == "check":
+            from anchor_turn.check_cli import main as check_main
+
+            return check_main(args)
         elif args.command == "bench":
             from benchmarks.report import main as bench_main
 

@@ -33,6 +33,19 @@ from peers import (
 __all__ = ["free_port", "require_peer"]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``pytest conformance --server HOST:PORT [--user NAME:PASSWORD] ...`` runs the
+    ``anchor check`` probes against an external server too (conformance/test_check.py)."""
+    group = parser.getgroup("anchor check", "anchor check probes against an external server")
+    group.addoption("--server", metavar="HOST:PORT", help="STUN/TURN server to check")
+    group.addoption("--user", metavar="NAME:PASSWORD", help="its long-term credentials")
+    group.addoption("--static-auth-secret", metavar="S", help="or its TURN REST API secret")
+    group.addoption("--server-transport", choices=("udp", "tcp", "tls"), default="udp")
+    group.addoption("--peer", metavar="IP:PORT", help="UDP echo peer for the round trips")
+    group.addoption("--server-insecure", action="store_true", help="do not verify its TLS")
+    group.addoption("--check-slow", action="store_true", help="also the ~5 minute probes")
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Enforce ``@pytest.mark.peer(name)``: skip, or fail under CI, when the peer is missing."""
     for mark in item.iter_markers(name="peer"):

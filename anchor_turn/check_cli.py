@@ -1,0 +1,225 @@
+"""``anchor check``: a conformance report for any STUN/TURN server.
+
+Contract (DESIGN.md "Command line contract")::
+
+    anchor check HOST:PORT [--user NAME:PASSWORD | --static-auth-secret S]
+                 [--transport udp|tcp|tls] [--peer IP:PORT] [--only stun|turn] [--slow] [--json]
+
+Runs the probes of :mod:`anchor_turn.net_check` one after the other and prints a table
+(result, level, requirement and probe id, RFC section, detail) and a summary; ``--json`` prints
+the same as one line holding a list of ``{"id", "requirement", "rfc", "level", "result",
+"detail"}``. Without credentials the TURN probes that need an allocation are skipped; without
+``--peer`` the round trips use a UDP echo on loopback when the server is on loopback, and are
+skipped otherwise. ``--static-auth-secret`` makes TURN REST API credentials (coturn's
+``use-auth-secret``) valid for a day. TLS: ``--ca-file`` / ``--insecure`` as for
+``anchor stun``; ``--timeout`` bounds each transaction.
+
+Exit status: 0 when no MUST requirement failed, 1 when one did or the server cannot be reached
+at all, 2 for a mistake on the command line. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import ssl
+import sys
+import time
+from typing import Any
+
+from anchor_stun.errors import AnchorError
+from anchor_stun.net import DEFAULT_PORT, DEFAULT_TLS_PORT, format_address, parse_address, resolve
+
+from .check import Outcome, ProbeResult, check_passed, rest_credentials, summary
+from .net_check import CheckConfig, CheckError, run_check
+
+__all__ = ["add_parser", "main", "run"]
+
+DEFAULT_TIMEOUT = 2.0
+"""Seconds one transaction may take, retransmissions included."""
+
+_PIPE_WIDTH = 180
+"""Width of the table when stdout is not a terminal (and COLUMNS is not set)."""
+
+_STYLES = {
+    Outcome.PASS: "green",
+    Outcome.FAIL: "bold red",
+    Outcome.SKIP: "dim",
+    Outcome.FINDING: "yellow",
+}
+
+
+class CheckUsageError(AnchorError):
+    """A mistake on the command line: one line, exit status 2."""
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``check`` subcommand to the ``anchor`` subparsers (``sub``)."""
+    check: argparse.ArgumentParser = sub.add_parser(
+        "check",
+        help="conformance report for a STUN/TURN server",
+        description="Runs a battery of probes against a STUN/TURN server (RFC 8489, RFC 5780, "
+        "RFC 8656) and reports a verdict per requirement; exit status 0 only when every MUST "
+        'passed. --json prints a list of {"id", "requirement", "rfc", "level", "result", '
+        '"detail"}.',
+    )
+    check.add_argument("server", metavar="HOST:PORT")
+    auth = check.add_mutually_exclusive_group()
+    auth.add_argument("--user", metavar="NAME:PASSWORD", help="long-term credentials")
+    auth.add_argument(
+        "--static-auth-secret",
+        metavar="S",
+        help="TURN REST API shared secret (coturn's use-auth-secret)",
+    )
+    check.add_argument(
+        "--transport",
+        choices=("udp", "tcp", "tls"),
+        default="udp",
+        help="transport to the server (the relay is always UDP)",
+    )
+    check.add_argument(
+        "--peer",
+        metavar="IP:PORT",
+        help="UDP echo peer for the round trips (default: a loopback echo when the server is "
+        "on loopback)",
+    )
+    check.add_argument("--only", choices=("stun", "turn"), help="run only these probes")
+    check.add_argument(
+        "--slow",
+        action="store_true",
+        help="also run the probes that wait for server timers (permission expiry: ~5 minutes)",
+    )
+    check.add_argument("--json", action="store_true", help="print one JSON list")
+    check.add_argument("--ca-file", help="CA bundle to verify a TLS server")
+    check.add_argument("--insecure", action="store_true", help="do not verify the TLS server")
+    check.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"bound on each transaction (default {DEFAULT_TIMEOUT:g})",
+    )
+    return check
+
+
+def _credentials(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    if args.user is not None:
+        name, sep, password = args.user.partition(":")
+        if not sep or not name:
+            raise CheckUsageError("--user must be NAME:PASSWORD")
+        return name, password
+    if args.static_auth_secret is not None:
+        if not args.static_auth_secret:
+            raise CheckUsageError("--static-auth-secret must not be empty")
+        return rest_credentials(args.static_auth_secret, time.time())
+    return None, None
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if args.transport != "tls":
+        return None
+    try:
+        context = ssl.create_default_context(cafile=args.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise CheckUsageError(f"cannot load --ca-file {args.ca_file}: {exc}") from exc
+    if args.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def _resolve(text: str, default_port: int | None, what: str) -> tuple[str, tuple[str, int]]:
+    try:
+        host, port = parse_address(text, default_port)
+    except ValueError as exc:
+        raise CheckUsageError(f"{what}: {exc}") from exc
+    try:
+        return host, await resolve(host, port)
+    except OSError as exc:
+        raise CheckUsageError(f"cannot resolve {host}: {exc.strerror or exc}") from exc
+
+
+async def run(args: argparse.Namespace) -> tuple[CheckConfig, list[ProbeResult], float]:
+    """Do what ``anchor check`` does; returns the configuration, the results and the time."""
+    if not args.timeout > 0:
+        raise CheckUsageError("--timeout must be positive")
+    default = DEFAULT_TLS_PORT if args.transport == "tls" else DEFAULT_PORT
+    host, server = await _resolve(args.server, default, "server")
+    peer = (await _resolve(args.peer, None, "--peer"))[1] if args.peer else None
+    username, password = _credentials(args)
+    config = CheckConfig(
+        server=server,
+        transport=args.transport,
+        username=username,
+        password=password,
+        peer=peer,
+        only=args.only,
+        slow=args.slow,
+        ssl_context=_tls_context(args),
+        server_hostname=host,
+        timeout=args.timeout,
+    )
+    start = time.monotonic()
+    results = await run_check(config)
+    return config, results, time.monotonic() - start
+
+
+def _print_report(config: CheckConfig, results: list[ProbeResult], seconds: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    where = f"{format_address(config.server)} over {config.transport}"
+    table = Table(title=f"anchor check {where}", show_lines=False)
+    table.add_column("result")
+    table.add_column("level")
+    table.add_column("probe", no_wrap=True)
+    table.add_column("requirement")
+    table.add_column("RFC")
+    table.add_column("detail")
+    for result in results:
+        style = _STYLES[result.outcome]
+        table.add_row(
+            f"[{style}]{result.outcome.value}[/{style}]",
+            result.info.level.value,
+            result.id,
+            result.info.requirement,
+            result.info.rfc,
+            result.detail,
+        )
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=_PIPE_WIDTH)  # a report written to a file or a pipe
+    console.print(table)
+    counts = summary(results)
+    verdict = (
+        "[green]PASS[/green]: every MUST requirement tested passed"
+        if check_passed(results)
+        else f"[bold red]FAIL[/bold red]: {counts['must_failed']} MUST requirement(s) failed"
+    )
+    console.print(
+        f"{counts['total']} probes in {seconds:.1f} s: {counts['pass']} passed, "
+        f"{counts['fail']} failed, {counts['finding']} findings, {counts['skip']} skipped. "
+        f"{verdict}"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``anchor check`` with parsed arguments; returns the exit status."""
+    try:
+        config, results, seconds = asyncio.run(run(args))
+    except CheckUsageError as exc:
+        print(f"anchor check: {exc}", file=sys.stderr)
+        return 2
+    except CheckError as exc:
+        print(f"anchor check: {exc}", file=sys.stderr)
+        return 1
+    except (AnchorError, OSError, ssl.SSLError) as exc:
+        print(f"anchor check: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([r.to_json() for r in results]))
+    else:
+        _print_report(config, results, seconds)
+    return 0 if check_passed(results) else 1
