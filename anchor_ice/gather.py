@@ -93,18 +93,14 @@ from anchor_stun.errors import (
     AnchorError,
     DecodeError,
     LocalProtocolError,
-    StunErrorResponse,
-    TransactionTimeout,
 )
 from anchor_stun.events import Address, StunEvent, Transmit
 from anchor_stun.message import Message, MessageClass, Method, is_stun
-from anchor_stun.net import _Pump, format_address, resolve
+from anchor_stun.net import CorePump, format_address, resolve, settle_transaction
 from anchor_stun.transaction import (
     RTO_INITIAL,
     StunClient,
-    TransactionFailed,
     TransactionSucceeded,
-    TransactionTimedOut,
 )
 from anchor_turn.client import TurnClient, TurnState
 from anchor_turn.events import (
@@ -391,7 +387,7 @@ class GatheredSocket:
         self._scope_id = int(sockname[3]) if len(sockname) > 3 else 0
         self._rng = rng
         self._stun = StunClient(rto=stun_rto)
-        self._stun_pump = _Pump(self._stun, self._send_transmit, self._stun_event)
+        self._stun_pump = CorePump(self._stun, self._send_transmit, self._stun_event)
         self._stun_waiters: dict[bytes, asyncio.Future[TransactionSucceeded]] = {}
         self._relays: list[RelayEndpoint] = []
         self._inbox = _Inbox(self._loop, f"socket {format_address(self.local)}")
@@ -573,17 +569,7 @@ class GatheredSocket:
         self._inbox.deliver(data, addr)
 
     def _stun_event(self, event: StunEvent) -> None:
-        if not isinstance(event, TransactionSucceeded | TransactionFailed | TransactionTimedOut):
-            return
-        waiter = self._stun_waiters.pop(event.transaction_id, None)
-        if waiter is None or waiter.done():
-            return
-        if isinstance(event, TransactionSucceeded):
-            waiter.set_result(event)
-        elif isinstance(event, TransactionFailed):
-            waiter.set_exception(StunErrorResponse(event.code, event.reason, event.response))
-        else:
-            waiter.set_exception(TransactionTimeout("no response from the STUN server"))
+        settle_transaction(self._stun_waiters, event)
 
     def __repr__(self) -> str:
         return f"<GatheredSocket {format_address(self.local)}{' closed' if self._closed else ''}>"
@@ -617,7 +603,7 @@ class RelayEndpoint:
         self._options.setdefault("rng", owner._rng)
         self._server: Address = _canonical(server)
         self._client = TurnClient(self._server, username, password, **self._options)
-        self._pump = _Pump(self._client, owner._send_transmit, self._event)
+        self._pump = CorePump(self._client, owner._send_transmit, self._event)
         self._inbox = _Inbox(self._loop, f"relay via {format_address(self._server)}")
         self._allocating: asyncio.Future[AllocationCreated | TryAlternate] | None = None
         self._final: asyncio.Future[None] = self._loop.create_future()
@@ -771,7 +757,7 @@ class RelayEndpoint:
                 self._client = TurnClient(
                     self._server, self._username, self._password, **self._options
                 )
-                self._pump = _Pump(self._client, self.socket._send_transmit, self._event)
+                self._pump = CorePump(self._client, self.socket._send_transmit, self._event)
         except asyncio.CancelledError:
             self._abandon()
             raise

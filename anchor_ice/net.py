@@ -26,7 +26,7 @@ bytes, time and events through the sans-I/O :class:`~anchor_ice.agent.IceAgent`.
   valid or checklist pair (RFC 8445 §12.2: an agent must be prepared to receive data on any
   candidate pair; a peer nominating aggressively may send before our own check on the pair
   succeeded). Other datagrams are dropped and counted in :attr:`dropped`.
-* **Time.** A :class:`~anchor_stun.net._Pump` drives the agent with ``loop.time()``:
+* **Time.** A :class:`~anchor_stun.net.CorePump` drives the agent with ``loop.time()``:
   output, events, and one timer armed at ``agent.next_timer()``.
 * **Life cycle.** ``gather_candidates`` -> signal ``local_candidates``, ``local_username``
   and ``local_password``; set ``remote_username`` / ``remote_password`` and
@@ -98,7 +98,7 @@ from typing import Any, Literal
 
 from anchor_stun.errors import AnchorError, LocalProtocolError
 from anchor_stun.events import Address, StunEvent, Transmit
-from anchor_stun.net import DEFAULT_PORT, _Pump, parse_address
+from anchor_stun.net import DEFAULT_PORT, CorePump, parse_address
 
 from .agent import CHECKING_TIMEOUT, TA, IceAgent, IceState
 from .candidate import Candidate
@@ -296,7 +296,7 @@ class Connection:
         self._endpoints: dict[Address, GatheredSocket | RelayEndpoint] = {}
         self._permitted: set[tuple[Address, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pump_: _Pump | None = None
+        self._pump_: CorePump | None = None
         self._queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
         self._session: asyncio.Future[None] | None = None
         self._gathered = False
@@ -629,7 +629,7 @@ class Connection:
         if self._closed:
             return
         if self._pump_ is None:
-            self._pump_ = _Pump(self._agent, self._send_transmit, self._event)
+            self._pump_ = CorePump(self._agent, self._send_transmit, self._event)
         self._pump_.pump()
 
     def _handler(self, local: Address) -> Callable[[bytes, Address], None]:

@@ -87,6 +87,24 @@ async def resolve(host: str, port: int, *, family: int = 0) -> Address:
     return (str(sockaddr[0]), int(sockaddr[1]))
 
 
+def settle_transaction(
+    waiters: dict[bytes, asyncio.Future[TransactionSucceeded]], event: StunEvent
+) -> None:
+    """Resolve the future waiting for the transaction ``event`` ends: the success event, or
+    :class:`StunErrorResponse` / :class:`TransactionTimeout`. Other events are ignored."""
+    if not isinstance(event, TransactionSucceeded | TransactionFailed | TransactionTimedOut):
+        return
+    waiter = waiters.pop(event.transaction_id, None)
+    if waiter is None or waiter.done():
+        return
+    if isinstance(event, TransactionSucceeded):
+        waiter.set_result(event)
+    elif isinstance(event, TransactionFailed):
+        waiter.set_exception(StunErrorResponse(event.code, event.reason, event.response))
+    else:
+        waiter.set_exception(TransactionTimeout("no response from the STUN server"))
+
+
 def route_local_ip(server: Address) -> str:
     """The local IP the kernel would use to reach ``server`` (a UDP connect sends nothing)."""
     family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
@@ -105,8 +123,9 @@ class _Core(Protocol):
     def next_event(self) -> StunEvent | None: ...
 
 
-class _Pump:
-    """Drives a sans-I/O core: sends its output, arms its timer, hands out its events."""
+class CorePump:
+    """Drives a sans-I/O core from asyncio: after each input, :meth:`pump` sends the core's
+    output, hands out its events and arms one timer at its ``next_timer()``."""
 
     def __init__(
         self,
@@ -197,7 +216,7 @@ class StunTransport:
         self._waiters: dict[bytes, asyncio.Future[TransactionSucceeded]] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._stream: asyncio.Transport | None = None
-        self._pump = _Pump(self.client, self._send, self._event)
+        self._pump = CorePump(self.client, self._send, self._event)
         self.local: Address = ("", 0)
 
     @classmethod
@@ -253,16 +272,7 @@ class StunTransport:
         self._pump.pump()
 
     def _event(self, event: StunEvent) -> None:
-        if isinstance(event, TransactionSucceeded | TransactionFailed | TransactionTimedOut):
-            waiter = self._waiters.pop(event.transaction_id, None)
-            if waiter is None or waiter.done():
-                return
-            if isinstance(event, TransactionSucceeded):
-                waiter.set_result(event)
-            elif isinstance(event, TransactionFailed):
-                waiter.set_exception(StunErrorResponse(event.code, event.reason, event.response))
-            else:
-                waiter.set_exception(TransactionTimeout("no response from the STUN server"))
+        settle_transaction(self._waiters, event)
 
     def _lost(self, reason: str) -> None:
         for waiter in self._waiters.values():
@@ -357,7 +367,7 @@ async def discover_nat(
     loop = asyncio.get_running_loop()
     bind = local or (route_local_ip(server), 0)
     done: asyncio.Future[StunEvent] = loop.create_future()
-    holder: dict[str, _Pump] = {}
+    holder: dict[str, CorePump] = {}
 
     def deliver(data: bytes, addr: Address) -> None:
         pump = holder["pump"]
@@ -373,7 +383,7 @@ async def discover_nat(
         if not done.done():
             done.set_result(event)
 
-    pump = _Pump(core, lambda t: udp.sendto(t.data, t.addr), on_event)
+    pump = CorePump(core, lambda t: udp.sendto(t.data, t.addr), on_event)
     holder["pump"] = pump
     try:
         pump.pump()
@@ -516,3 +526,6 @@ class StunServerRunner:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
+
+
+_Pump = CorePump  # the name used before CorePump was public; kept for existing imports

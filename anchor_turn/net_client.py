@@ -40,7 +40,7 @@ from anchor_stun.attributes import ErrorCode, pack_ip, unpack_ip
 from anchor_stun.errors import AllocationError, DecodeError, LocalProtocolError, TurnError
 from anchor_stun.events import Address, StunEvent, Transmit
 from anchor_stun.framing import StreamFramer
-from anchor_stun.net import TransportName, _Pump, format_address, resolve
+from anchor_stun.net import CorePump, TransportName, format_address, resolve
 
 from .client import TurnClient, TurnState
 from .events import (
@@ -175,7 +175,7 @@ class TurnConnection:
         self._loop = asyncio.get_running_loop()
         self._server: Address = server
         self._client = TurnClient(server, username, password, transport=transport, **options)
-        self._pump = _Pump(self._client, self._send, self._event)
+        self._pump = CorePump(self._client, self._send, self._event)
         self._udp: asyncio.DatagramTransport | None = None
         self._stream: asyncio.Transport | None = None
         self._protocol: _Datagram | _Stream | None = None
@@ -308,7 +308,7 @@ class TurnConnection:
             transport=self._transport_name,
             **self._options,
         )
-        self._pump = _Pump(self._client, self._send, self._event)
+        self._pump = CorePump(self._client, self._send, self._event)
         if self._local_request is not None:  # a fixed local port cannot serve a second server
             self._local_request = (self._local_request[0], 0)
         await self._open()
