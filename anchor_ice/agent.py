@@ -1528,13 +1528,12 @@ class IceAgent:
                 p.component == component for p in self._checklist.triggered
             ):
                 continue
-            tried = any(p.component == component for p in self._checklist.pairs)
-            reason = (
-                f"all candidate pairs failed for component {component}"
-                if tried
-                else f"no candidate pairs for component {component}"
-            )
-            self._fail(reason, now)
+            if not any(p.component == component for p in self._checklist.pairs):
+                # No pair at all is not "all pairs failed": the peer's checks can still
+                # teach us a peer-reflexive candidate (§7.3.1.3), as browsers whose offer
+                # carries no candidate rely on. The checking timeout decides instead.
+                continue
+            self._fail(f"all candidate pairs failed for component {component}", now)
             return
 
     def _timeout_reason(self) -> str:

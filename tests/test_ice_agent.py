@@ -380,6 +380,30 @@ def test_ice_lite_agent_only_answers() -> None:
     assert indications() == [now + 15.0, now + 30.0]
 
 
+def test_end_of_candidates_without_candidates_still_learns_the_peer() -> None:
+    # A browser's offer in a loopback-only namespace carries no candidate at all: the
+    # controlled agent must wait for the peer's checks and learn it as peer-reflexive.
+    a = IceAgent(controlling=True, rng=seeded(1))
+    b = IceAgent(controlling=False, rng=seeded(2))
+    net = Network()
+    ea, eb = net.add(a, A_HOST), net.add(b, B_HOST)
+    a.add_local_candidate(host(*A_HOST), A_HOST)
+    b.add_local_candidate(host(*B_HOST), B_HOST)
+    a.set_remote_credentials(b.local_ufrag, b.local_pwd)
+    b.set_remote_credentials(a.local_ufrag, a.local_pwd)
+    for candidate in b.local_candidates():
+        a.add_remote_candidate(candidate)
+    a.add_remote_candidate(None)
+    b.add_remote_candidate(None)  # end-of-candidates, and no candidate came
+    a.start(0.0)
+    b.start(0.0)
+    assert b.state is not IceState.FAILED
+    run(ea, eb, net, 0.0, 5.0)
+    assert a.state is IceState.COMPLETED and b.state is IceState.COMPLETED
+    assert b.selected_pair is not None
+    assert b.selected_pair.remote.type is CandidateType.PRFLX
+
+
 def test_two_components_connect_when_both_are_selected() -> None:
     a = IceAgent(controlling=True, rng=seeded(1), components=2)
     b = IceAgent(controlling=False, rng=seeded(2), components=2)
