@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -38,6 +39,9 @@ TYPE_PREFERENCE = {  # RFC 8445 §5.1.2.2 recommended values
 }
 DEFAULT_LOCAL_PREFERENCE = 65535  # RFC 8445 §5.1.2.1, single-homed agent
 COMPONENT_RTP = 1  # RFC 8445 §4: the first component
+
+
+_ADDRESS = re.compile(r"[A-Za-z0-9.:%-]+")  # IPv4, IPv6 (with a zone), FQDN (RFC 8866 §9)
 
 
 class CandidateError(DecodeError):
@@ -157,7 +161,7 @@ class Candidate:
             raise CandidateError(f"unknown candidate type {fields[7]!r}", field="typ") from None
         if not 1 <= len(foundation) <= 32:
             raise CandidateError("foundation must be 1-32 characters", field="foundation")
-        if not (ip.isascii() and ip.isprintable()):  # an IP or an mDNS / DNS name (RFC 8839)
+        if not _ADDRESS.fullmatch(ip):  # an IP address or an mDNS / DNS name (RFC 8839 §5.1)
             raise CandidateError(f"bad connection-address {ip!r}", field="connection-address")
         if not all(f.isascii() and f.isdigit() for f in (component, priority, port)):
             raise CandidateError(f"non-numeric field in {line!r}", field="candidate")

@@ -114,6 +114,15 @@ Decisions where the RFCs leave room
 - 508 when a CreatePermission/ChannelBind would exceed the per-allocation limits.
 - A TCP/TLS allocation also ends when the adapter reports the connection closed
   (:meth:`TurnServer.connection_closed`).
+- Unsigned answers over UDP (the 401 and 438 challenges, 400s, Binding responses: all an
+  unauthenticated source can get) are rate-limited per source IP with a token bucket,
+  ``unauthenticated_rate`` per second after a burst of ``unauthenticated_burst`` (20/s after
+  50 by default; ``None`` turns it off); over the limit the request is dropped and counted in
+  ``stats.rate_limited``. A reflected 401 is 6.8 times a minimal request: the bucket caps
+  what one victim IP can be sent. A bucket is kept only while it is not full again (2.5 s
+  at the defaults) and for at most 65,536 source IPs (the least recently used goes first), so
+  a flood from many sources cannot grow memory. TCP and TLS are not limited:
+  their handshakes prove the source, and a client there does not retransmit.
 """
 
 from __future__ import annotations
@@ -125,7 +134,7 @@ import ipaddress
 import os
 import struct
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from heapq import heappop, heappush
@@ -185,6 +194,8 @@ __all__ = [
     "DEFAULT_LIFETIME",
     "DEFAULT_PERMISSION_LIFETIME",
     "MAX_LIFETIME",
+    "UNAUTHENTICATED_BURST",
+    "UNAUTHENTICATED_RATE",
     "AllocationCreatedEvent",
     "AllocationDeletedEvent",
     "AllocationExpiredEvent",
@@ -211,6 +222,11 @@ DEFAULT_PERMISSION_LIFETIME = 300  # RFC 8656 §9 (MUST be 300 s)
 DEFAULT_CHANNEL_LIFETIME = 600  # RFC 8656 §12 (10 minutes)
 DEFAULT_NONCE_LIFETIME = 600  # RFC 8489 §9.2 leaves it to the server
 RESERVATION_TOKEN_SIZE = 8  # RFC 8656 §18.9
+UNAUTHENTICATED_RATE = 20.0
+"""Unsigned answers per second per source IP over UDP, after the burst (issue 9)."""
+UNAUTHENTICATED_BURST = 50
+"""Unsigned answers a source IP may get at once before the rate applies (issue 9)."""
+_RATE_SOURCES = 65536  # source IPs with a token bucket; the least recently used goes first
 
 _HEAD3 = struct.Struct("!HHI")
 _HEADER = struct.Struct("!HHI12s")
@@ -413,6 +429,8 @@ class TurnServerStats:
     """Messages and datagrams dropped: malformed, no allocation, no channel, ... ."""
     dropped_no_permission: int = 0
     """Of ``dropped``: data without a live permission for the peer (RFC 8656 §9)."""
+    rate_limited: int = 0
+    """Requests left unanswered: their source IP was over its rate of unsigned answers."""
 
 
 # --------------------------------------------------------------------------- injected parts
@@ -467,8 +485,9 @@ class PeerFilter:
     "MAY impose restrictions", §21.1 on relaying to private addresses).
 
     Refused by default: loopback (unless ``allow_loopback``), RFC 1918, unique-local,
-    link-local, multicast, unspecified and broadcast addresses; an IPv4-mapped IPv6 address
-    (``::ffff:a.b.c.d``) is judged as the IPv4 address it maps. Networks in ``allow`` are
+    link-local, multicast, unspecified and broadcast addresses; an IPv6 address that carries
+    an IPv4 address (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo: ``_embedded_ipv4``)
+    is judged as that IPv4 address too. Networks in ``allow`` are
     accepted even inside those ranges (a lab, a VPN); networks in ``deny`` are refused as
     well. A string that is not an IP address is refused.
     """
@@ -510,11 +529,38 @@ class PeerFilter:
             addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(ip)
         except ValueError:
             return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
         if any(addr in net for net in self._allow):
             return True
-        return not any(addr in net for net in self._deny)
+        if any(addr in net for net in self._deny):
+            return False
+        embedded = _embedded_ipv4(addr) if isinstance(addr, ipaddress.IPv6Address) else None
+        if embedded is None:
+            return True
+        return any(embedded in net for net in self._allow) or not any(
+            embedded in net for net in self._deny
+        )
+
+
+_V4_EMBEDDING = (
+    ipaddress.ip_network("::ffff:0:0/96"),  # IPv4-mapped (RFC 4291 §2.5.5.2)
+    ipaddress.ip_network("::ffff:0:0:0/96"),  # IPv4-translated, SIIT (RFC 2765)
+    ipaddress.ip_network("64:ff9b::/96"),  # NAT64 well-known prefix (RFC 6052 §2.1)
+    ipaddress.ip_network("::/96"),  # IPv4-compatible, deprecated (RFC 4291 §2.5.5.1)
+)
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries in its low 32 bits (IPv4-mapped,
+    IPv4-translated, NAT64 well-known prefix, IPv4-compatible), in 6to4 (RFC 3056) or as a
+    Teredo client (RFC 4380); None otherwise. The relay host may reach it through a dual-stack
+    socket, a NAT64 gateway or a tunnel: the peer filter judges that IPv4 address too."""
+    if int(addr) > 1 and any(addr in net for net in _V4_EMBEDDING):  # not :: nor ::1
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr.teredo is not None:
+        return addr.teredo[1]
+    return None
 
 
 # --------------------------------------------------------------------------- state
@@ -658,6 +704,47 @@ def _reflexive(addr: Address) -> XorMappedAddress:
     return XorMappedAddress(addr[0], addr[1])
 
 
+class _SourceLimiter:
+    """A token bucket per source IP (the rate limit of unsigned answers, issue 9).
+
+    The table is ordered by last use. A bucket unused for ``burst / rate`` seconds is full
+    again, as good as none, so it is forgotten: the table holds the sources of the last few
+    seconds, and never more than :data:`_RATE_SOURCES` (the least recently used goes first).
+    """
+
+    __slots__ = ("_buckets", "_refill", "burst", "rate")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._refill = burst / rate
+        # ip -> (tokens, time of last use), least recently used first
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def allow(self, ip: str, now: float) -> bool:
+        """Take a token for ``ip`` if it has one."""
+        buckets = self._buckets
+        bucket = buckets.get(ip)
+        if bucket is None:
+            tokens = self.burst
+        else:
+            tokens, last = bucket
+            if now > last:
+                tokens = min(self.burst, tokens + (now - last) * self.rate)
+            buckets.move_to_end(ip)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        buckets[ip] = (tokens, now)
+        refill = self._refill
+        while len(buckets) > _RATE_SOURCES or now - next(iter(buckets.values()))[1] >= refill:
+            buckets.popitem(last=False)  # full again (or one too many): forget it
+        return allowed
+
+
 # --------------------------------------------------------------------------- the core
 
 
@@ -685,6 +772,8 @@ class TurnServer:
     - ``max_events``: events kept when nobody reads them (oldest dropped first).
     - ``rfc5766_channels``: accept channel numbers 0x4000-0x7FFF (RFC 5766 §11) instead
       of RFC 8656's 0x4000-0x4FFF, for RFC 5766 clients.
+    - ``unauthenticated_rate``, ``unauthenticated_burst``: the per-source-IP rate limit of
+      unsigned answers over UDP (module docstring); a rate of ``None`` turns it off.
 
     Raises :class:`LocalProtocolError` on a bad configuration.
     """
@@ -715,6 +804,8 @@ class TurnServer:
         allow_peers: Iterable[str] = (),
         max_events: int = 4096,
         rfc5766_channels: bool = False,
+        unauthenticated_rate: float | None = UNAUTHENTICATED_RATE,
+        unauthenticated_burst: int = UNAUTHENTICATED_BURST,
     ) -> None:
         if not 0 < default_lifetime <= max_lifetime <= 0xFFFFFFFF:
             raise LocalProtocolError("need 0 < default_lifetime <= max_lifetime")
@@ -728,6 +819,10 @@ class TurnServer:
                 raise LocalProtocolError(f"unknown address family {fam:#x}")
         if max_permissions < 1 or max_channels < 1:
             raise LocalProtocolError("max_permissions and max_channels must be >= 1")
+        if (unauthenticated_rate is not None and not unauthenticated_rate > 0) or (
+            unauthenticated_burst < 1
+        ):
+            raise LocalProtocolError("unauthenticated_rate must be > 0 (or None), burst >= 1")
         Realm(realm).encode_value(bytes(12))  # raises on an over-long realm
         backend_realm = getattr(auth, "realm", realm)
         if isinstance(backend_realm, str) and backend_realm != realm:
@@ -807,6 +902,11 @@ class TurnServer:
         self._out: list[Transmit] = []
         self._events: deque[TurnServerEvent] = deque(maxlen=max_events)
         self._peer_tlvs: dict[Address, bytes] = {}
+        self._limiter = (
+            _SourceLimiter(unauthenticated_rate, unauthenticated_burst)
+            if unauthenticated_rate is not None
+            else None
+        )
 
     # ================================================================== driver surface
 
@@ -858,7 +958,7 @@ class TurnServer:
             return
         if decode_type(msg_type)[0] == _BINDING_METHOD:
             out = self.stun.handle(data, addr, local, now, stream=transport != "udp")
-            if out is not None:
+            if out is not None and self._may_answer(addr, now, transport):
                 self._out.append(out)
             return
         self._stun_general(data, addr, local, transport, now)
@@ -1052,7 +1152,13 @@ class TurnServer:
         stats.to_peer_bytes += len(payload)
 
     def _is_self(self, peer: Address, alloc: _Allocation) -> bool:
-        """True for the allocation's own relayed addresses and the server's listeners."""
+        """True for the allocation's own relayed addresses and the server's listeners, in
+        any textual form (an IPv4-mapped IPv6 address is the IPv4 address it maps)."""
+        ip = peer[0]
+        if ip.startswith("::ffff:"):
+            mapped = ipaddress.IPv6Address(ip).ipv4_mapped
+            if mapped is not None:
+                peer = (str(mapped), peer[1])
         if peer in self._listeners:
             return True
         return any(r.addr == peer for r in alloc.relays.values())
@@ -1112,7 +1218,7 @@ class TurnServer:
                 return
             stats.requests += 1
             request = Message(method, klass, bytes(tid))
-            self._send_error(request, ErrorCode.BAD_REQUEST, (), addr, local, None)
+            self._send_error(request, ErrorCode.BAD_REQUEST, (), addr, local, None, now, transport)
             return
         if msg.fingerprint is not None and not msg.verify_fingerprint():
             stats.dropped += 1
@@ -1144,7 +1250,7 @@ class TurnServer:
     ) -> None:
         """Steps 6-10 of the module docstring for one decoded request."""
         if msg.method not in _TURN_METHODS:
-            self._send_error(msg, ErrorCode.BAD_REQUEST, (), addr, local, None)
+            self._send_error(msg, ErrorCode.BAD_REQUEST, (), addr, local, None, now, transport)
             return
         self.handle_timer(now)  # what is due is gone before the request looks at it
         alloc = self._by_tuple.get((addr, local, transport))
@@ -1156,7 +1262,7 @@ class TurnServer:
         ):
             self._out.append(Transmit(alloc.response, addr, local))  # retransmission (§7.2)
             return
-        auth = self._authenticate(msg, addr, local, now)
+        auth = self._authenticate(msg, addr, local, now, transport)
         if auth is None:
             return
         unknown = msg.unknown_required()
@@ -1179,7 +1285,7 @@ class TurnServer:
                 else:
                     attrs = self._channel_bind(msg, alloc, now)
         except _Reject as reject:
-            self._send_error(msg, reject.code, reject.attrs, addr, local, auth)
+            self._send_error(msg, reject.code, reject.attrs, addr, local, auth, now, transport)
             return
         response = self._encode(
             Message(msg.method, MessageClass.SUCCESS, msg.transaction_id, attrs), auth
@@ -1193,18 +1299,18 @@ class TurnServer:
     # ------------------------------------------------------------------ authentication
 
     def _authenticate(
-        self, msg: Message, addr: Address, local: Address, now: float
+        self, msg: Message, addr: Address, local: Address, now: float, transport: TransportName
     ) -> _Auth | None:
         """RFC 8489 §9.2.4; None when an error response has been queued."""
         if msg.integrity is None and msg.integrity_sha256 is None:
-            self._challenge(msg, ErrorCode.UNAUTHENTICATED, addr, local, now)
+            self._challenge(msg, ErrorCode.UNAUTHENTICATED, addr, local, now, transport)
             return None
         username_attr = msg.get(Username)
         userhash_attr = msg.get(Userhash)
         realm = msg.get(Realm)
         nonce = msg.get(Nonce)
         if (username_attr is None and userhash_attr is None) or realm is None or nonce is None:
-            self._send_error(msg, ErrorCode.BAD_REQUEST, (), addr, local, None)
+            self._send_error(msg, ErrorCode.BAD_REQUEST, (), addr, local, None, now, transport)
             return None
         algorithm = _MD5
         features = nonce_features(nonce.value)
@@ -1213,7 +1319,9 @@ class TurnServer:
             offered = msg.get(PasswordAlgorithms)
             if chosen is None and offered is None:
                 if self.password_algorithms and _MD5 not in self.password_algorithms:
-                    self._send_error(msg, ErrorCode.BAD_REQUEST, (), addr, local, None)
+                    self._send_error(
+                        msg, ErrorCode.BAD_REQUEST, (), addr, local, None, now, transport
+                    )
                     return None
             elif (
                 chosen is None
@@ -1221,7 +1329,7 @@ class TurnServer:
                 or offered != self._offered
                 or chosen.algorithm not in offered.ids
             ):
-                self._send_error(msg, ErrorCode.BAD_REQUEST, (), addr, local, None)
+                self._send_error(msg, ErrorCode.BAD_REQUEST, (), addr, local, None, now, transport)
                 return None
             else:
                 algorithm = chosen.algorithm
@@ -1237,23 +1345,29 @@ class TurnServer:
         if key is None or not _verify(msg, key):
             self.stats.auth_failures += 1
             self._events.append(AuthenticationFailedEvent(addr, username, 401))
-            self._challenge(msg, ErrorCode.UNAUTHENTICATED, addr, local, now)
+            self._challenge(msg, ErrorCode.UNAUTHENTICATED, addr, local, now, transport)
             return None
         if not self._nonce_valid(nonce.value, addr[0], now):
-            self._challenge(msg, ErrorCode.STALE_NONCE, addr, local, now)
+            self._challenge(msg, ErrorCode.STALE_NONCE, addr, local, now, transport)
             return None
         assert username is not None
         mac = msg.integrity_sha256
         return _Auth(username, key, len(mac) if mac is not None else 0)
 
     def _challenge(
-        self, msg: Message, code: ErrorCode, addr: Address, local: Address, now: float
+        self,
+        msg: Message,
+        code: ErrorCode,
+        addr: Address,
+        local: Address,
+        now: float,
+        transport: TransportName,
     ) -> None:
         """401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4)."""
         attrs: list[Attribute] = [Realm(self.realm), Nonce(self._make_nonce(addr[0], now))]
         if self._offered is not None:
             attrs.append(self._offered)
-        self._send_error(msg, code, attrs, addr, local, None)
+        self._send_error(msg, code, attrs, addr, local, None, now, transport)
 
     def _make_nonce(self, ip: str, now: float) -> str:
         """A stateless nonce bound to the client IP and an expiry (module docstring)."""
@@ -1284,6 +1398,15 @@ class TurnServer:
 
     # ------------------------------------------------------------------ responses
 
+    def _may_answer(self, addr: Address, now: float, transport: TransportName) -> bool:
+        """Whether an unsigned answer may go to ``addr`` now (the per-source rate limit of
+        the module docstring); counts the ones that may not."""
+        limiter = self._limiter
+        if limiter is None or transport != "udp" or limiter.allow(addr[0], now):
+            return True
+        self.stats.rate_limited += 1
+        return False
+
     def _encode(self, msg: Message, auth: _Auth | None) -> bytes:
         """SOFTWARE, the integrity attribute the request used, FINGERPRINT."""
         msg.attributes.extend(self._software_attrs)
@@ -1303,8 +1426,13 @@ class TurnServer:
         addr: Address,
         local: Address,
         auth: _Auth | None,
+        now: float,
+        transport: TransportName,
     ) -> None:
-        """Queue an error response (RFC 8489 §6.3.1.1), signed when ``auth`` is given."""
+        """Queue an error response (RFC 8489 §6.3.1.1), signed when ``auth`` is given;
+        an unsigned one only within the source's rate (:meth:`_may_answer`)."""
+        if auth is None and not self._may_answer(addr, now, transport):
+            return
         response = request.error_response(int(code), code.reason, attrs)
         self.stats.errors_sent += 1
         self._out.append(Transmit(self._encode(response, auth), addr, local))
