@@ -133,6 +133,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from operator import attrgetter
 from typing import Protocol
 
 import crc32c as _crc32c
@@ -203,6 +204,7 @@ _ACK = 0x02
 _FIN = 0x03
 _FIRST = 0x10
 _LAST = 0x20
+_FIRST_LAST = _FIRST | _LAST
 
 _SEQ_SPACE = 1 << 32
 _SEQ_MASK = _SEQ_SPACE - 1
@@ -215,6 +217,9 @@ _RANGE = struct.Struct("!II")
 _CRC_SIZE = 4
 _DATA_OVERHEAD = _HEAD.size + _CRC_SIZE  # 10
 _ACK_FIXED = _HEAD.size + 1 + _CRC_SIZE  # 11
+
+
+_TX_ORDER = attrgetter("tx_order")
 
 
 def _crc(data: bytes) -> int:
@@ -439,6 +444,7 @@ class _OutFrame:
     tx_order: int = -1  # transmission number of the latest transmission
     transmissions: int = 0
     sacked: bool = False
+    wire: bytes | None = None  # the plaintext frame, built at its first transmission
 
 
 # --------------------------------------------------------------------------- the channel
@@ -618,15 +624,18 @@ class ReliableChannel:
         if count > free:
             self._blocked = True
             raise ChannelFull(f"message needs {count} frames, the send window has {free}")
-        view = memoryview(data)
-        for i in range(count):
-            type_ = _DATA
-            if i == 0:
-                type_ |= _FIRST
-            if i == count - 1:
-                type_ |= _LAST
-            chunk = bytes(view[i * self._payload : (i + 1) * self._payload])
-            self._queue(type_, chunk)
+        if count == 1:  # the common case: no slicing (bytes are immutable: no copy either)
+            self._queue(_DATA | _FIRST | _LAST, data if type(data) is bytes else bytes(data))
+        else:
+            view = memoryview(data)
+            for i in range(count):
+                type_ = _DATA
+                if i == 0:
+                    type_ |= _FIRST
+                if i == count - 1:
+                    type_ |= _LAST
+                chunk = bytes(view[i * self._payload : (i + 1) * self._payload])
+                self._queue(type_, chunk)
         self._stats.messages_sent += 1
         self._stats.bytes_sent += size
         self._activity(now)
@@ -734,6 +743,14 @@ class ReliableChannel:
         self._tx_counter += 1
         if self._rto_deadline is None:
             self._rto_deadline = now + self._rto  # RFC 6298 §5.1
+        if self._sealer is None:
+            # A plaintext frame is the same bytes at every transmission: build it once.
+            wire = frame.wire
+            if wire is None:
+                head = _HEAD.pack(PLAIN_FIRST_BYTE, frame.type, frame.seq & _SEQ_MASK)
+                head += frame.payload
+                wire = frame.wire = head + _U32.pack(_crc32c.crc32c(head))
+            return wire
         return self._encode(_HEAD.pack(0, frame.type, frame.seq & _SEQ_MASK)[1:] + frame.payload)
 
     def _encode(self, body: bytes) -> bytes:
@@ -836,6 +853,12 @@ class ReliableChannel:
             self._ack_owed = True
             return True
         self._ack_owed = True
+        if seq == self._rcv_next and not self._rcv_buf and type_ != _FIN:
+            # In order with nothing buffered (the common case): what _deliver would do.
+            self._activity(now)
+            self._rcv_next = seq + 1
+            self._reassemble(type_, payload)
+            return True
         self._rcv_buf[seq] = (type_, payload)
         if type_ != _FIN:
             self._activity(now)
@@ -853,6 +876,17 @@ class ReliableChannel:
             self._reassemble(type_, payload)
 
     def _reassemble(self, type_: int, payload: bytes) -> None:
+        if type_ & _FIRST_LAST == _FIRST_LAST and self._partial is None and not self._skip_message:
+            # A whole message in one frame (the common case): what the general path below
+            # does with it, without the fragment list.
+            size = len(payload)
+            if size > self._max_message:
+                self._stats.dropped_invalid += 1
+                return
+            self._stats.messages_received += 1
+            self._stats.bytes_received += size
+            self._events.append(MessageReceived(payload))
+            return
         if type_ & _FIRST:
             if self._partial is not None or self._skip_message:
                 self._stats.dropped_invalid += 1  # a message without its LAST fragment
@@ -931,7 +965,7 @@ class ReliableChannel:
         self._backoffs = 0
         once = [f for f in newly if f.transmissions == 1]  # Karn's rule, RFC 6298 §3
         if once:
-            latest = max(once, key=lambda f: f.tx_order)
+            latest = max(once, key=_TX_ORDER)
             if now >= latest.sent_at:
                 self._rtt_sample(now - latest.sent_at)
             self._largest_acked_tx = max(self._largest_acked_tx, latest.tx_order)
@@ -942,14 +976,18 @@ class ReliableChannel:
         elif advanced:
             self._rto_deadline = now + self._rto  # RFC 6298 §5.3
 
-        # SACK-based loss detection (RFC 6675 §4, DupThresh).
+        # SACK-based loss detection (RFC 6675 §4, DupThresh). Frames are first sent in
+        # sequence order and a retransmission takes a later transmission number, so every
+        # frame after one sent only once was transmitted after it: once such a frame is too
+        # recent to be deemed lost, so is every later one, and the scan stops there.
+        largest = self._largest_acked_tx
         for seq in range(self._snd_una, self._snd_sent):
             pending = self._out[seq]
-            if (
-                not pending.sacked
-                and seq not in self._retransmit
-                and pending.tx_order + DUP_THRESH <= self._largest_acked_tx
-            ):
+            if pending.tx_order + DUP_THRESH > largest:
+                if pending.transmissions == 1:
+                    break
+                continue
+            if not pending.sacked and seq not in self._retransmit:
                 self._retransmit.add(seq)
                 self._stats.fast_retransmits += 1
 

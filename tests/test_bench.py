@@ -211,3 +211,104 @@ def test_xor_address_fast_path_matches_the_rfc_formula(ip: str, port: int) -> No
     )
     assert value == expected
     assert XorMappedAddress.decode_value(value, tid) == XorMappedAddress(ip, port)
+
+
+# --------------------------------------------------------------------------- new metrics
+
+
+def test_every_metric_is_implemented_and_every_row_kind_has_a_target() -> None:
+    assert benchmarks.pending(["all"]) == []
+
+    def row(metric: str, name: str, unit: str = "x") -> dict[str, Any]:
+        return benchmarks.result(metric, unit, 1.0, 2.0, name)
+
+    from benchmarks import channel, scale
+
+    stats = {
+        n: {"alloc_us": 1.0, "expire_us": 1.0, "kb_per_alloc": 2.0, "rss_mb": 30.0}
+        for n in scale.SIZES
+    }
+    links = {n: {"cpu_ms": 3.0, "kb_per_link": 100.0} for n in scale.LINK_SIZES}
+    runs = {n: [{"goodput": 1e6}] for n in ("raw", "anchor", "anchor_loss")}
+    rows = [*scale.rows(stats), *scale.link_rows(links), *channel.rows("asyncio", runs)]
+    rows.append(row("connect", "aioice 0.13.0 Connection; anchor at Ta 50 ms", "ms"))
+    rows.append(row("relay", "coturn 4.6.1, same load generator"))
+    for item in _check_rows(rows):
+        assert benchmarks.target_of(item) is not None, item
+    assert [r["unit"] for r in scale.rows(stats)] == ["µs/alloc", "µs/alloc", "KB/alloc", "MB"]
+    rss = scale.rows(stats)[-1]
+    assert benchmarks.target_of(rss) == benchmarks.Target(300.0, False, on="anchor")
+    assert benchmarks.target_of(rss).met(rss)  # type: ignore[union-attr]
+
+
+def test_connect_quick_json_shape() -> None:
+    result = run_anchor("bench", "connect", "--quick", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = _check_rows(json.loads(result.stdout))
+    assert [row["metric"] for row in rows] == ["connect", "connect"]
+    assert all(row["unit"] == "ms" and row["baseline_name"].startswith("aioice") for row in rows)
+    assert "Ta 50 ms" in rows[0]["baseline_name"] and "Ta 1 ms" in rows[1]["baseline_name"]
+
+
+def test_channel_samples_deliver_and_the_lossy_adapter_drops() -> None:
+    from benchmarks import channel
+
+    async def samples() -> list[dict[str, float]]:
+        return [
+            await channel.raw_sample(0.05),
+            await channel.anchor_sample(0.05),
+            await channel.anchor_sample(0.1, channel.LOSS, seed=3),
+        ]
+
+    import asyncio
+
+    raw, clean, lossy = asyncio.run(samples())
+    assert raw["goodput"] > 0 and clean["goodput"] > 0 and lossy["goodput"] > 0
+    assert clean["dropped"] == 0 and clean["retransmissions"] == 0
+    assert lossy["dropped"] > 0 and lossy["retransmissions"] >= lossy["dropped"] * 0.5
+
+
+def test_relay_allocation_through_anchor_serve_echoes(tmp_path: Any) -> None:
+    import socket
+
+    from benchmarks import relay
+
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    echo.settimeout(5.0)
+    server, port = relay.start_anchor(tmp_path)
+    try:
+        allocation = relay.Allocation(port, echo.getsockname()[1])
+        try:
+            frame = relay.channel_frames(1)[0]
+            allocation.sock.send(frame)
+            data, addr = echo.recvfrom(2048)  # the payload, from the relayed address
+            assert data == frame[4:]
+            echo.sendto(data, addr)
+            allocation.sock.settimeout(5.0)
+            assert allocation.sock.recv(2048) == frame  # back as ChannelData on 0x4000
+        finally:
+            allocation.close()
+    finally:
+        server.stop()
+        echo.close()
+    assert server.popen.returncode is not None
+
+
+def test_scale_child_counts_allocations_and_releases_them() -> None:
+    from benchmarks import scale
+
+    out = scale.run_child(100)
+    assert out["count"] == 100
+    assert out["rss_after"] >= out["rss_before"] > 0
+    assert out["allocate_s"] > 0 and out["expire_s"] > 0
+
+
+def test_scale_link_child_forms_and_dissolves_links() -> None:
+    from benchmarks import scale
+
+    if not scale.link_available():
+        return  # no anchor_ice.link yet: the links part reports itself pending
+    out = scale.run_child(5, kind="link")
+    assert out["count"] == 5
+    assert out["rss_open"] > 0 and out["form_cpu_s"] > 0 and out["dissolve_cpu_s"] > 0
