@@ -389,6 +389,7 @@ class TurnClient:
         self._state = TurnState.IDLE
         self._events: deque[TurnEvent] = deque()
         self._out: list[Transmit] = []
+        self._early: list[Transmit] = []  # data queued before the newest request: sent first
         self._requests: dict[bytes, _Request] = {}
         self._dropped = 0
         self._desired_lifetime = lifetime
@@ -615,9 +616,12 @@ class TurnClient:
             self._dropped += 1
 
     def datagrams_to_send(self, now: float) -> list[Transmit]:
-        """Everything due for the server: requests (and retransmissions) first, then Send
-        indications and ChannelData in the order they were queued."""
-        out = self._stun.datagrams_to_send(now)
+        """Everything due for the server, in the order the caller asked for it: Send
+        indications and ChannelData queued before the newest request, the requests (and
+        retransmissions), then the data queued since."""
+        out = self._early
+        self._early = []
+        out.extend(self._stun.datagrams_to_send(now))
         out.extend(self._out)
         self._out.clear()
         return out
@@ -717,6 +721,10 @@ class TurnClient:
 
     def _start(self, req: _Request, now: float) -> bytes:
         """Encode (signed once a challenge was answered) and start a transaction for ``req``."""
+        # Data the caller queued before this request leaves before it: a Send indication
+        # followed by release() must reach the relay while the allocation still exists.
+        self._early.extend(self._out)
+        self._out.clear()
         tid = self._tid()
         for _ in range(16):
             if tid not in self._requests:

@@ -212,6 +212,10 @@ class UdpRelayAllocator:
         self._used: dict[str, set[int]] = {ip: set() for ips in self._ips.values() for ip in ips}
         self.sockets: dict[Address, socket.socket] = {}
         """The relay socket of every relayed address in use (read by the runner to send)."""
+        self.closing: dict[Address, socket.socket] = {}
+        """Relay sockets released during the batch being processed: they stop reading at
+        once but close only after the runner has sent that batch's output, so data the
+        client sent just before its Refresh LIFETIME 0 still reaches the peer."""
         self._reserved: dict[bytes, _Reservation] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: RelayReady | None = None
@@ -278,22 +282,33 @@ class UdpRelayAllocator:
         sock = self.sockets.pop(addr, None)
         if sock is None:
             return
-        if self._loop is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(sock.fileno())
-        sock.close()
-        self._used.get(addr[0], set()).discard(addr[1])
+        if self._loop is None:
+            sock.close()
+            self._used.get(addr[0], set()).discard(addr[1])
+            return
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(sock.fileno())
+        self.closing[addr] = sock
+        self._loop.call_soon(self._finish_release, addr)
+
+    def _finish_release(self, addr: Address) -> None:
+        sock = self.closing.pop(addr, None)
+        if sock is not None:
+            sock.close()
+            self._used.get(addr[0], set()).discard(addr[1])
 
     # ------------------------------------------------------------------ sockets
 
     def open_sockets(self) -> int:
         """Relay and reserved sockets still open."""
-        return len(self.sockets) + len(self._reserved)
+        return len(self.sockets) + len(self.closing) + len(self._reserved)
 
     def close(self) -> None:
         """Release every relayed address and reservation."""
         for addr in list(self.sockets):
             self.release(addr)
+        for addr in list(self.closing):
+            self._finish_release(addr)
         for reservation in self._reserved.values():
             if reservation.handle is not None:
                 reservation.handle.cancel()
@@ -641,10 +656,11 @@ class TurnServerRunner:
         out = core.datagrams_to_send(self._loop.time())
         if out:
             relays = self.allocator.sockets
+            closing = self.allocator.closing
             streams = self._streams
             udp = self._udp
             for data, addr, local in out:
-                sock = relays.get(local) if local is not None else None
+                sock = relays.get(local) or closing.get(local) if local is not None else None
                 if sock is None:
                     if streams:
                         connection = streams.get((addr, local))  # type: ignore[arg-type]

@@ -281,6 +281,38 @@ def test_allocate_permission_send_data_channel_round_trip(transport: str) -> Non
     run(main)
 
 
+def test_data_sent_just_before_release_still_reaches_the_peer() -> None:
+    """Send indications and the Refresh LIFETIME 0 that follows them arrive in one read
+    batch: releasing the relay must not drop what the client had already sent."""
+
+    async def main() -> None:
+        async with serving() as (runner, server):
+            peer = EchoPeer()
+            client = Client(server)
+            try:
+                await client.allocate()
+                client.turn.create_permission([peer.address[0]], client.now())
+                client.pump()
+                await client.expect(PermissionCreated)
+                for i in range(20):
+                    client.turn.send(b"last words %d" % i, peer.address, client.now())
+                client.turn.release(client.now())
+                client.pump()
+                await client.expect(AllocationReleased)
+                for _ in range(100):
+                    if len(peer.received) >= 20:
+                        break
+                    await asyncio.sleep(0.01)
+                assert [d for d, _ in peer.received] == [b"last words %d" % i for i in range(20)]
+                assert runner.core.allocation_count() == 0
+            finally:
+                client.close()
+                peer.close()
+        # serving() asserts that every socket, the released relay included, is closed
+
+    run(main)
+
+
 def test_tcp_connection_close_ends_the_allocation() -> None:
     async def main() -> None:
         async with serving() as (runner, server):
