@@ -1,8 +1,10 @@
 """The ``anchor`` command line (contract in DESIGN.md "Command line contract").
 
-Subcommands available so far: ``demo`` (a STUN round trip against an embedded loopback server,
-until the ephemeral link lands), ``stun`` (Binding and RFC 5780 NAT discovery against any
-server) and ``serve`` (the STUN server, with RFC 5780 when given an alternate address).
+Subcommands: ``demo`` (an ephemeral link between two local processes through an embedded
+loopback STUN/TURN server, :mod:`anchor_ice.demo`), ``stun`` (Binding and RFC 5780 NAT
+discovery against any server), ``serve`` (the STUN/TURN server, with RFC 5780 when given an
+alternate address, and the WebSocket rendezvous with ``--signal``), ``pipe`` (netcat over an
+ephemeral link, :mod:`anchor_ice.pipe_cli`), ``turn``, ``check``, ``ice`` and ``bench``.
 User mistakes print one line on stderr and exit non-zero, never a traceback.
 """
 
@@ -15,7 +17,6 @@ import json
 import socket
 import ssl
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,14 +24,12 @@ from anchor_stun.errors import AnchorError, StunErrorResponse
 from anchor_stun.net import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
-    StunServerRunner,
     binding_request,
     discover_nat,
     format_address,
     parse_address,
     resolve,
 )
-from anchor_stun.server import StunServer
 
 SOFTWARE = "anchor 0.1"
 
@@ -105,51 +104,6 @@ def _print_stun(out: dict[str, Any]) -> None:
         print(f"NAT filtering   {out['nat']['filtering']}")
 
 
-# ----------------------------------------------------------------------------- demo
-
-
-async def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    start = time.monotonic()
-    timeline: list[tuple[float, str]] = []
-
-    def mark(text: str) -> None:
-        timeline.append(((time.monotonic() - start) * 1000, text))
-
-    port = free_loopback_port()
-    runner = StunServerRunner(StunServer(primary=("127.0.0.1", port), software=SOFTWARE))
-    await runner.start()
-    mark(f"embedded STUN server listening on udp 127.0.0.1:{port}")
-    try:
-        result = await binding_request(("127.0.0.1", port), software=SOFTWARE)
-        mark(f"Binding request sent from {format_address(result.local)}")
-        mark(f"Binding success: mapped {format_address(result.mapped)}, "
-             f"rtt {result.rtt * 1000:.3f} ms")
-    finally:
-        runner.close()
-        await runner.wait_closed()
-    mark("server stopped, sockets closed")
-    summary = {
-        "mode": "stun-roundtrip",
-        "server": f"127.0.0.1:{port}",
-        "mapped": format_address(result.mapped),
-        "local": format_address(result.local),
-        "rtt_ms": round(result.rtt * 1000, 3),
-        "matches_local": result.mapped == result.local,
-        "sockets_left": runner.open_sockets(),
-    }
-    if not args.json:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="anchor demo: STUN round trip on loopback")
-        table.add_column("ms", justify="right")
-        table.add_column("event")
-        for at, text in timeline:
-            table.add_row(f"{at:.1f}", text)
-        Console().print(table)
-    return summary
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -162,10 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="run a STUN round trip against an embedded loopback server",
-        description="Starts an embedded STUN server on loopback, sends a Binding request to it "
-        "and prints a timeline. (The ephemeral-link demo will replace this.)",
+        help="form, use and dissolve an ephemeral link between two local processes",
+        description="Starts an embedded STUN/TURN server and a rendezvous on loopback and two "
+        "peer processes; one sends messages over an ephemeral link, the other echoes them; "
+        "the link dissolves after --idle seconds. Prints a timeline, or with --json one "
+        "object (selected_pair, formed_ms, messages, bytes, lost, dissolved, "
+        "allocations_left, sockets_left).",
     )
+    demo.add_argument("--policy", choices=("gateway", "standard", "relay"), default="gateway",
+                      help="nomination policy of the link (default gateway: never a host pair)")
+    demo.add_argument("--idle", type=float, default=2.0, metavar="SECONDS",
+                      help="idle timeout of the link (default 2 s, short for a demo; the "
+                      "library's default is 30 s)")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
 
     stun = sub.add_parser(
@@ -201,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ice_parser(sub)  # anchor ice (--controlling|--controlled) ... (anchor_ice/ice_cli.py)
 
+    from anchor_ice.pipe_cli import add_parser as add_pipe_parser
+
+    add_pipe_parser(sub)  # anchor pipe --signal URL --name A --peer B (anchor_ice/pipe_cli.py)
+
     bench = sub.add_parser(
         "bench",
         help="run the benchmarks against their baselines",
@@ -224,13 +190,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = asyncio.run(_cmd_stun(args))
             print(json.dumps(out)) if args.json else _print_stun(out)
         elif args.command == "serve":
+            from anchor_ice.signal import RendezvousServer
             from anchor_turn.serve_cli import run_serve
 
-            return run_serve(args, software=SOFTWARE)
+            return run_serve(args, software=SOFTWARE, rendezvous=RendezvousServer)
         elif args.command == "demo":
-            out = asyncio.run(_cmd_demo(args))
-            if args.json:
-                print(json.dumps(out))
+            from anchor_ice.demo import main as demo_main
+
+            return demo_main(args)
+        elif args.command == "pipe":
+            from anchor_ice.pipe_cli import main as pipe_main
+
+            return pipe_main(args)
         elif args.command == "ice":
             from anchor_ice.ice_cli import main as ice_main
 

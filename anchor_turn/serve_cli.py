@@ -20,7 +20,13 @@ that :func:`run_serve` can tell what the command line gave. :func:`run_serve` th
    ports. Without credentials it is the STUN server of :mod:`anchor_stun.net`.
 
 Once every listener is open it prints one line ``listening <udp|tcp|tls> <ip:port>`` per
-listener (tests wait for them), and ``metrics http <ip:port>`` for ``--metrics``.
+listener (tests wait for them), ``metrics http <ip:port>`` for ``--metrics``, and
+``listening ws <ip:port>`` for ``--signal``.
+
+``--signal IP:PORT`` also serves the WebSocket rendezvous of ephemeral links
+(:class:`anchor_ice.signal.RendezvousServer`, used by ``anchor pipe``). It lives in the layer
+above (``anchor_ice``), so it is handed in by the ``anchor`` command as ``run_serve``'s
+``rendezvous`` factory rather than imported here.
 
 ``--metrics IP:PORT`` serves Prometheus metrics (prometheus-client's text format) at
 ``/metrics``: allocations, permissions and channels alive, allocations created / expired /
@@ -44,7 +50,7 @@ import time
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from anchor_stun.attributes import Family
 from anchor_stun.errors import LocalProtocolError
@@ -144,6 +150,8 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("nonce-lifetime", "float", "seconds a NONCE stays valid before 438 (default "
             f"{DEFAULT_NONCE_LIFETIME})", "SECONDS"),
     _Option("metrics", "str", "serve Prometheus metrics at http://IP:PORT/metrics", "IP:PORT"),
+    _Option("signal", "str", "also serve the WebSocket rendezvous of ephemeral links (anchor "
+            "pipe --signal ws://IP:PORT) on IP:PORT", "IP:PORT"),
     _Option("verbose", "flag", "log TURN events (allocations, permissions, ...) on stderr",
             short="-v"),
     _Option("add-user", "list", "add (or replace) a user in --users-db for --realm, then exit",
@@ -219,6 +227,8 @@ class ServeConfig:
     """Accept RFC 5766 channel numbers up to 0x7FFF."""
     metrics: Address | None = None
     """Prometheus metrics address, or None."""
+    signal: Address | None = None
+    """WebSocket rendezvous address, or None."""
     verbose: bool = False
     """Log TURN events on stderr."""
     add_users: dict[str, str] = field(default_factory=dict)
@@ -424,6 +434,8 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
     )
     if given["metrics"]:
         cfg.metrics = _address("metrics", given["metrics"], None)
+    if given["signal"]:
+        cfg.signal = _address("signal", given["signal"], None)
     cfg.verbose = bool(given["verbose"])
     cfg.rfc5766_channels = bool(given["rfc5766_channels"])
     cfg.add_users = _credentials("add-user", given["add_user"] or [])
@@ -649,7 +661,28 @@ def _print_event(event: TurnServerEvent) -> None:
     print(f"event {event}", file=sys.stderr, flush=True)
 
 
-async def _serve(cfg: ServeConfig, software: str) -> None:
+class RendezvousService(Protocol):
+    """What ``anchor serve --signal`` needs of a rendezvous server (implemented by
+    :class:`anchor_ice.signal.RendezvousServer`)."""
+
+    async def start(self) -> Address:
+        """Listen; returns the bound address; raises OSError."""
+        ...
+
+    def close(self) -> None:
+        """Stop listening and close every connection."""
+        ...
+
+    async def wait_closed(self) -> None:
+        """Wait until closed."""
+        ...
+
+
+async def _serve(
+    cfg: ServeConfig,
+    software: str,
+    rendezvous: Callable[[str, int], RendezvousService] | None = None,
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -741,6 +774,19 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     f"cannot serve metrics on {format_address(cfg.metrics)}: {exc}"
                 ) from exc
             lines.append(f"metrics http {format_address(bound)}")
+        if cfg.signal is not None:
+            if rendezvous is None:
+                raise ServeError("--signal needs the anchor command (anchor_ice is not loaded)")
+            service = rendezvous(cfg.signal[0], cfg.signal[1])
+            closers.append(service.close)
+            waiters.append(service.wait_closed)
+            try:
+                bound = await service.start()
+            except OSError as exc:
+                raise ServeError(
+                    f"cannot serve the rendezvous on {format_address(cfg.signal)}: {exc}"
+                ) from exc
+            lines.append(f"listening ws {format_address(bound)}")
         for line in lines:
             print(line, flush=True)
         await stop.wait()
@@ -755,7 +801,12 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
             loop.remove_signal_handler(sig)
 
 
-def run_serve(args: argparse.Namespace, *, software: str = "anchor") -> int:
+def run_serve(
+    args: argparse.Namespace,
+    *,
+    software: str = "anchor",
+    rendezvous: Callable[[str, int], RendezvousService] | None = None,
+) -> int:
     """Run ``anchor serve`` with the parsed ``args``; returns the exit status (0 after
     SIGINT/SIGTERM or a users-database command, 2 after a mistake reported on stderr)."""
     try:
@@ -763,7 +814,7 @@ def run_serve(args: argparse.Namespace, *, software: str = "anchor") -> int:
         if cfg.admin:
             _admin(cfg)
             return 0
-        asyncio.run(_serve(cfg, software))
+        asyncio.run(_serve(cfg, software, rendezvous))
     except ServeError as exc:
         print(f"anchor serve: {exc}", file=sys.stderr)
         return 2

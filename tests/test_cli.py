@@ -35,12 +35,6 @@ def test_serve_and_stun_over_udp_tcp_tls_with_nat(tls_files: tuple[Path, Path]) 
         assert "certificate" in untrusted.stderr.lower()
 
 
-def test_demo_json_reports_a_clean_round_trip() -> None:
-    out = anchor_json("demo")
-    assert out["mode"] == "stun-roundtrip"
-    assert out["matches_local"] is True and out["sockets_left"] == 0
-
-
 def test_user_mistakes_are_one_line_errors() -> None:
     for args in (["stun", "127.0.0.1:99999"], ["stun", "[::1"], ["stun", "127.0.0.1", "--nat",
                  "--transport", "tcp"], ["serve", "--listen", "127.0.0.1:x"],

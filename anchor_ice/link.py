@@ -1,0 +1,747 @@
+"""The ephemeral link endpoint: :class:`Anchor` (DESIGN.md "What it is").
+
+Theory of operation
+-------------------
+``link = Anchor(name, signalling, turn=[...])`` is one endpoint, known to its peers by
+``name`` on a :mod:`~anchor_ice.signal` signalling. ``await link.send(peer, data)`` delivers
+one message to ``peer``, forming a link first if there is none:
+
+1. **Gather** (:class:`~anchor_ice.net.Connection`): host, server-reflexive and relayed
+   candidates; under the default ``policy="gateway"`` host candidates are not advertised.
+2. **Signal**: an offer goes to the peer through the signalling, an answer comes back. Each
+   description holds the ICE ufrag and password, the candidates, and a fresh X25519 public
+   key (:mod:`anchor_ice.seal`). Keys are derived with :func:`~anchor_ice.seal.ice_context` of
+   both sides' ICE credentials, so a key swapped on the signalling, or credentials that do
+   not match the ICE session, give keys that authenticate nothing.
+3. **ICE** with the offerer controlling and the policy's nominator
+   (:class:`~anchor_ice.nominator.GatewayNominator` by default: a srflx/prflx pair, else a
+   relay pair, never a host pair).
+4. **Channel**: a :class:`~anchor_ice.channel.ReliableChannel` over the selected pair, with a
+   :class:`~anchor_ice.seal.Sealer` made for this link only; both sides use the smaller of
+   their ``max_message`` and ``mtu``.
+
+While the link is open, sends reuse it. When no application datagram has been sent or
+received for ``idle_timeout`` (DESIGN.md "Idle": channel ACKs and ICE consent checks do not
+count) it **dissolves**: the channel's FIN handshake, a short draining period (about 1.2 s
+on loopback, :mod:`anchor_ice.link_state`), then the connection is closed, which releases
+the TURN allocation (Refresh with LIFETIME 0) and closes every socket; the link's tasks end.
+Only then is :class:`~anchor_ice.link_state.LinkDissolved` reported. A later
+send forms a new link, with new candidates, credentials and keys.
+
+The receiving side forms its end when the offer arrives: the signalling subscription is the
+only thing an idle endpoint keeps (a queue in the in-process hub, or one WebSocket
+connection to the rendezvous), never a socket the peer could reach.
+
+Receiving: ``async for peer, data in link`` (or ``await link.recv()``), or ``on_message=``.
+Life-cycle events (:class:`LinkFormed`, :class:`LinkDissolved`, :class:`LinkFailed`) go to
+``on_event=``, to :attr:`Anchor.history`, and can be awaited with :meth:`Anchor.wait_for`.
+
+The decisions and deadlines of one link live in the sans-I/O
+:class:`~anchor_ice.link_state.LinkMachine`; this module only does the I/O around it. Each
+link runs three tasks: formation (gather, signal, connect; ends once open), a reader
+(datagrams from the connection into the machine) and a driver (the machine's output, events
+and timer; it also tears the link down).
+
+Descriptions (JSON objects on the signalling; ``v`` is :data:`DESCRIPTION_VERSION`)::
+
+    {"type": "offer" | "answer", "v": 1, "link": LINK_ID, "ufrag": ..., "pwd": ...,
+     "candidates": ["candidate:...", ...], "seal": BASE64_X25519_PUBLIC_KEY | null,
+     "mtu": 1200, "max_message": 65536}
+    {"type": "reject", "link": LINK_ID, "reason": ...}     the answerer cannot go on
+
+``LINK_ID`` (16 hex digits, new for every link) ties an answer to its offer. Frames are
+sealed when both sides sent a key; a side that requires sealing refuses a peer that does not.
+
+Crossing offers (both sides send first at the same moment): the offer of the endpoint whose
+name sorts first wins; the other abandons its own and answers. A send waiting on the
+abandoned link carries on on the new one.
+"""
+
+# An asyncio adapter (sockets through anchor_ice.net, the loop's clock and tasks).
+# ruff: noqa: TID251
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from anchor_stun.errors import AnchorError, LocalProtocolError
+
+from .channel import (
+    DEFAULT_MAX_MESSAGE,
+    DEFAULT_MTU,
+    MessageTooLarge,
+    ReliableChannel,
+    is_channel_frame,
+)
+from .gather import TurnServerConfig
+from .link_state import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_FORM_TIMEOUT,
+    DissolveReason,
+    LinkClosed,
+    LinkDissolved,
+    LinkError,
+    LinkEvent,
+    LinkFailed,
+    LinkFormationFailed,
+    LinkFormed,
+    LinkMachine,
+    LinkMessage,
+    LinkState,
+    LinkWritable,
+)
+from .net import POLICIES, Connection, IceError, IceFailedError, make_nominator
+from .nominator import Nominator
+from .seal import PUBLIC_KEY_SIZE, Sealer, SealKeyPair, ice_context
+from .signal import UNREACHABLE, Mailbox, Signalling, SignallingClosed, SignallingError
+
+__all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
+    "DESCRIPTION_VERSION",
+    "Anchor",
+    "DissolveReason",
+    "LinkClosed",
+    "LinkDissolved",
+    "LinkError",
+    "LinkEvent",
+    "LinkFailed",
+    "LinkFormationFailed",
+    "LinkFormed",
+    "LinkState",
+]
+
+DEFAULT_IDLE_TIMEOUT = 30.0
+"""DESIGN.md "Idle": seconds without an application datagram before a link dissolves."""
+DESCRIPTION_VERSION = 1
+"""``v`` of the descriptions this module sends."""
+
+E = TypeVar("E", bound=LinkEvent)
+
+
+class _Superseded(Exception):
+    """The link a send waited on was replaced by another one to the same peer."""
+
+
+class _FormError(Exception):
+    """Forming cannot go on (reason in the message)."""
+
+
+class _Link:
+    """One link's I/O state around its :class:`LinkMachine`."""
+
+    def __init__(self, peer: str, link_id: str, machine: LinkMachine) -> None:
+        loop = asyncio.get_running_loop()
+        self.peer = peer
+        self.id = link_id
+        self.machine = machine
+        self.conn: Connection | None = None
+        self.keypair: SealKeyPair | None = None
+        self.answer: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.writable = asyncio.Event()
+        self.done = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.max_message = 0
+        self.superseded = False
+        self.final_event: LinkEvent | None = None
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    def kick(self) -> None:
+        self.wake.set()
+
+    def arm(self, deadline: float | None) -> None:
+        if deadline == self._timer_at:
+            return
+        self.disarm()
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self.wake.set)
+        self._timer_at = deadline
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None
+
+
+class Anchor:
+    """An ephemeral-link endpoint named ``name`` on ``signalling`` (module docstring).
+
+    Keyword arguments:
+
+    - ``stun``: STUN server(s) for server-reflexive candidates: ``"host:port"``,
+      ``(host, port)`` or a list of them;
+    - ``turn``: TURN servers (:class:`~anchor_ice.gather.TurnServerConfig`) for relayed
+      candidates;
+    - ``policy``: ``"gateway"`` (default: never a host pair), ``"standard"`` (RFC 8445
+      regular nomination, host pairs allowed) or ``"relay"``; ``nominator`` overrides it;
+    - ``idle_timeout``: seconds without an application datagram before a link dissolves
+      (default 30);
+    - ``seal``: seal the channel's frames (default True; both sides must agree);
+    - ``host_ips`` / ``include_loopback``: which addresses to gather host candidates on (as
+      :class:`~anchor_ice.net.Connection`; tests pass ``host_ips=["127.0.0.1"]``);
+    - ``form_timeout``: seconds a link may take to form (default 30);
+    - ``close_timeout``: seconds the close handshake may take (default 5);
+    - ``mtu``, ``max_message``: channel frame size and largest message (1200, 65536);
+    - ``on_message(peer, data)``: called for every message instead of queueing it for
+      ``async for`` / :meth:`recv`;
+    - ``on_event(event)``: called for every :class:`LinkFormed`, :class:`LinkDissolved` and
+      :class:`LinkFailed`;
+    - ``connection_options``: more keyword arguments for every
+      :class:`~anchor_ice.net.Connection` (``gather_timeout``, ``port_range``...);
+    - ``rng``: random bytes (link ids, sealing keys, ICE credentials).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        signalling: Signalling,
+        *,
+        stun: Any = None,
+        turn: Sequence[TurnServerConfig] = (),
+        policy: str = "gateway",
+        nominator: Nominator | None = None,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        seal: bool = True,
+        host_ips: Iterable[str] | None = None,
+        include_loopback: bool = False,
+        form_timeout: float = DEFAULT_FORM_TIMEOUT,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        mtu: int = DEFAULT_MTU,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        on_message: Callable[[str, bytes], None] | None = None,
+        on_event: Callable[[LinkEvent], None] | None = None,
+        connection_options: Mapping[str, Any] | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if policy not in POLICIES:
+            raise LocalProtocolError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+        if idle_timeout <= 0 or form_timeout <= 0 or close_timeout <= 0:
+            raise LocalProtocolError("idle_timeout, form_timeout and close_timeout must be > 0")
+        if isinstance(host_ips, str):
+            raise LocalProtocolError("host_ips is an iterable of addresses, not one string")
+        # Validate the channel settings once, now, rather than at every link.
+        ReliableChannel(mtu=mtu, max_message=max_message)
+        self.name = name
+        """This endpoint's name on the signalling."""
+        self.policy = policy
+        """The nomination policy name."""
+        self.idle_timeout = idle_timeout
+        """Seconds without an application datagram before a link dissolves."""
+        self.seal = seal
+        """Whether frames are sealed."""
+        self._signalling = signalling
+        self._stun = stun
+        self._turn = list(turn)
+        self._nominator = nominator if nominator is not None else make_nominator(policy)
+        self._host_ips = list(host_ips) if host_ips is not None else None
+        self._include_loopback = include_loopback
+        self._form_timeout = form_timeout
+        self._close_timeout = close_timeout
+        self._mtu = mtu
+        self._max_message = max_message
+        self._on_message = on_message
+        self._on_event = on_event
+        self._connection_options = dict(connection_options or {})
+        self._rng = rng
+        self._mailbox: Mailbox | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._starting: asyncio.Lock | None = None
+        self._links: dict[str, _Link] = {}
+        self._messages: deque[tuple[str, bytes] | None] = deque()
+        self._message_ready: asyncio.Event | None = None
+        self._history_changed: asyncio.Event | None = None
+        self._closed = False
+        self.history: list[LinkEvent] = []
+        """Every :class:`LinkFormed`, :class:`LinkDissolved` and :class:`LinkFailed` so far (two
+        or so per link: a long-running endpoint may clear it)."""
+        self.links_formed = 0
+        """Links formed so far."""
+        self.signalling_dropped = 0
+        """Descriptions received that could not be used (malformed)."""
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        """Subscribe to the signalling (the only thing an idle endpoint listens on). Called
+        by :meth:`send` and ``async with``; raises
+        :class:`~anchor_ice.signal.SignallingError` when the name cannot be had."""
+        if self._closed:
+            raise LinkClosed("this endpoint is closed")
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._mailbox is not None:
+                return
+            self._mailbox = await self._signalling.open(self.name)
+            self._listener = asyncio.get_running_loop().create_task(
+                self._listen(self._mailbox), name=f"anchor {self.name}: signalling"
+            )
+
+    async def close(self) -> None:
+        """Close every link (the close handshake for open ones, bounded by
+        ``close_timeout``), unsubscribe from the signalling and end ``async for``.
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        links = list(self._links.values())
+        for link in links:
+            link.machine.close(loop.time())
+            link.kick()
+        if links:
+            waits = [loop.create_task(link.done.wait()) for link in links]
+            _, pending = await asyncio.wait(waits, timeout=self._close_timeout + 5.0)
+            for task in pending:
+                task.cancel()
+            for link in links:
+                if not link.done.is_set():
+                    link.machine.abort("endpoint closed", loop.time())
+                    link.kick()
+                    await link.done.wait()
+        if self._mailbox is not None:
+            with contextlib.suppress(SignallingError):
+                await self._mailbox.close()
+        self._messages.append(None)
+        self._notify_message()
+
+    async def __aenter__(self) -> Anchor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(self, peer: str, data: bytes) -> None:
+        """Deliver one message (up to ``max_message`` bytes) to ``peer``, forming a link
+        first when there is none. Returns once the message is queued on the link's channel
+        (it is delivered reliably while the link lives; a link that cannot deliver dissolves
+        with "peer unreachable"). Raises :class:`LinkFormationFailed` when the link cannot
+        be formed, :class:`LinkClosed` once this endpoint is closed."""
+        if peer == self.name:
+            raise LocalProtocolError("cannot link to ourselves")
+        data = bytes(data)
+        if len(data) > self._max_message:
+            raise MessageTooLarge(f"message of {len(data)} bytes exceeds {self._max_message}")
+        await self.start()
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._closed:
+                raise LinkClosed("this endpoint is closed")
+            link = self._links.get(peer)
+            if link is None:
+                link = self._new_link(peer, None)
+            try:
+                await asyncio.shield(link.opened)
+            except _Superseded:
+                continue
+            except LinkFormationFailed:
+                if self._closed:
+                    raise LinkClosed("this endpoint is closed") from None
+                raise
+            machine = link.machine
+            if machine.state is LinkState.OPEN:
+                if len(data) > link.max_message:
+                    raise MessageTooLarge(
+                        f"message of {len(data)} bytes exceeds the link's {link.max_message}"
+                    )
+                if machine.can_send(len(data)):
+                    machine.send(data, loop.time())
+                    link.kick()
+                    return
+                link.writable.clear()
+                if machine.can_send(len(data)):
+                    continue
+                await link.writable.wait()
+                continue
+            await link.done.wait()  # closing: let it dissolve, then form a new link
+
+    # ------------------------------------------------------------------ receiving
+
+    async def recv(self) -> tuple[str, bytes]:
+        """The next message: ``(peer, data)``. Raises :class:`LinkClosed` once the endpoint
+        is closed and every message was read. (Not with ``on_message=``.)"""
+        if self._message_ready is None:
+            self._message_ready = asyncio.Event()
+        while not self._messages:
+            if self._closed:
+                raise LinkClosed("this endpoint is closed")
+            self._message_ready.clear()
+            await self._message_ready.wait()
+        item = self._messages[0]
+        if item is None:
+            raise LinkClosed("this endpoint is closed")
+        self._messages.popleft()
+        return item
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, bytes]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[tuple[str, bytes]]:
+        while True:
+            try:
+                yield await self.recv()
+            except LinkClosed:
+                return
+
+    def _notify_message(self) -> None:
+        if self._message_ready is not None:
+            self._message_ready.set()
+
+    # ------------------------------------------------------------------ introspection
+
+    def link_state(self, peer: str) -> LinkState | None:
+        """The state of the link to ``peer``, or None when there is none."""
+        link = self._links.get(peer)
+        return link.machine.state if link is not None else None
+
+    def active_peers(self) -> list[str]:
+        """Peers with a link (forming, open or closing)."""
+        return list(self._links)
+
+    def open_sockets(self) -> int:
+        """Sockets the links hold now (0 when no link exists)."""
+        return sum(link.conn.open_sockets() for link in self._links.values() if link.conn)
+
+    def relays(self) -> int:
+        """TURN allocations the links hold now."""
+        return sum(len(link.conn.relays()) for link in self._links.values() if link.conn)
+
+    async def wait_for(
+        self, kind: type[E], peer: str | None = None, *, count: int = 1, timeout: float | None = None
+    ) -> E:
+        """The ``count``-th event of type ``kind`` (for ``peer``, if given) in
+        :attr:`history`, waiting for it; raises TimeoutError after ``timeout`` seconds."""
+
+        def found() -> E | None:
+            seen = [e for e in self.history if isinstance(e, kind) and peer in (None, e.peer)]
+            return seen[count - 1] if len(seen) >= count else None
+
+        async def wait() -> E:
+            while (event := found()) is None:
+                if self._history_changed is None:
+                    self._history_changed = asyncio.Event()
+                self._history_changed.clear()
+                await self._history_changed.wait()
+            return event
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    def _record(self, event: LinkEvent) -> None:
+        self.history.append(event)
+        if self._history_changed is not None:
+            self._history_changed.set()
+        if self._on_event is not None:
+            self._on_event(event)
+
+    # ------------------------------------------------------------------ links
+
+    def _new_link(self, peer: str, offer: dict[str, Any] | None) -> _Link:
+        loop = asyncio.get_running_loop()
+        link_id = str(offer["link"]) if offer is not None else self._rng(8).hex()
+        machine = LinkMachine(
+            peer, offerer=offer is None, now=loop.time(),
+            form_timeout=self._form_timeout, close_timeout=self._close_timeout,
+        )  # fmt: skip
+        link = _Link(peer, link_id, machine)
+        self._links[peer] = link
+        tag = f"anchor {self.name}->{peer} {link_id[:6]}"
+        link.tasks["form"] = loop.create_task(self._form(link, offer), name=f"{tag}: form")
+        link.tasks["drive"] = loop.create_task(self._drive(link), name=f"{tag}: drive")
+        return link
+
+    def _connection(self, controlling: bool) -> Connection:
+        return Connection(
+            controlling,
+            stun_server=self._stun,
+            turn_servers=self._turn,
+            nominator=self._nominator,
+            host_ips=self._host_ips,
+            include_loopback=self._include_loopback,
+            rng=self._rng,
+            **self._connection_options,
+        )
+
+    def _description(self, link: _Link, kind: str, conn: Connection) -> dict[str, Any]:
+        seal = None
+        if link.keypair is not None:
+            seal = base64.b64encode(link.keypair.public).decode("ascii")
+        return {
+            "type": kind,
+            "v": DESCRIPTION_VERSION,
+            "link": link.id,
+            "ufrag": conn.local_username,
+            "pwd": conn.local_password,
+            "candidates": [c.to_sdp() for c in conn.local_candidates],
+            "seal": seal,
+            "mtu": self._mtu,
+            "max_message": self._max_message,
+        }
+
+    async def _form(self, link: _Link, offer: dict[str, Any] | None) -> None:
+        """Gather, signal, connect, open the channel; failures go to the machine."""
+        loop = asyncio.get_running_loop()
+        machine = link.machine
+        try:
+            assert self._mailbox is not None
+            conn = link.conn = self._connection(controlling=offer is None)
+            if self.seal:
+                link.keypair = Sealer.create(self._rng)
+            await conn.gather_candidates()
+            if not conn.local_candidates:
+                failures = "; ".join(
+                    f"{f.kind} {f.server or f.base}: {f.reason}" for f in conn.gather_failures
+                )
+                raise _FormError(
+                    f"no candidate to offer under the {self.policy} policy"
+                    + (f" ({failures})" if failures else "")
+                )
+            description = self._description(link, "offer" if offer is None else "answer", conn)
+            if offer is None:
+                await self._mailbox.publish(link.peer, description)
+                remote = await link.answer
+            else:
+                remote = offer
+            mtu, max_message, remote_key = await self._apply(conn, remote)
+            if offer is not None:
+                await self._mailbox.publish(link.peer, description)
+            await conn.connect()
+            pair = conn.selected_pair
+            if pair is None:
+                raise _FormError("ICE connected without a selected pair")
+            sealer = None
+            if link.keypair is not None and remote_key is not None:
+                assert conn.remote_username is not None and conn.remote_password is not None
+                context = ice_context(
+                    conn.local_username, conn.local_password,
+                    conn.remote_username, conn.remote_password,
+                )  # fmt: skip
+                sealer = Sealer.derive(link.keypair, remote_key, context)
+            now = loop.time()
+            channel = ReliableChannel(
+                mtu=mtu, max_message=max_message, idle_timeout=self.idle_timeout,
+                seal=sealer, rng=self._rng, now=now,
+            )  # fmt: skip
+            link.max_message = max_message
+            machine.formed(pair, channel, now, sealed=sealer is not None)
+            if machine.state is LinkState.OPEN:
+                link.tasks["read"] = loop.create_task(
+                    self._read(link, conn), name=f"anchor {self.name}->{link.peer}: read"
+                )
+        except asyncio.CancelledError:
+            raise
+        except IceFailedError as exc:
+            machine.fail(f"ICE failed: {exc.reason}", loop.time())
+        except _FormError as exc:
+            machine.fail(str(exc), loop.time())
+            if offer is not None and self._mailbox is not None:
+                # Tell the offerer now rather than let it wait for its form_timeout.
+                with contextlib.suppress(SignallingError):
+                    reject = {"type": "reject", "link": link.id, "reason": str(exc)}
+                    await self._mailbox.publish(link.peer, reject)
+        except (AnchorError, OSError) as exc:
+            machine.fail(f"{type(exc).__name__}: {exc}", loop.time())
+        finally:
+            link.kick()
+
+    async def _apply(
+        self, conn: Connection, remote: Mapping[str, Any]
+    ) -> tuple[int, int, bytes | None]:
+        """Give the peer's description to the connection; returns the link's mtu,
+        max_message and the peer's sealing key."""
+        ufrag, pwd, candidates = remote.get("ufrag"), remote.get("pwd"), remote.get("candidates")
+        if not isinstance(ufrag, str) or not isinstance(pwd, str) or not isinstance(
+            candidates, list
+        ):
+            raise _FormError("malformed description from the peer")
+        mtu, max_message = remote.get("mtu"), remote.get("max_message")
+        if not isinstance(mtu, int) or not isinstance(max_message, int):
+            raise _FormError("malformed description from the peer (mtu, max_message)")
+        mtu, max_message = min(mtu, self._mtu), min(max_message, self._max_message)
+        try:
+            ReliableChannel(mtu=mtu, max_message=max_message)
+        except LocalProtocolError as exc:
+            raise _FormError(f"the peer's channel settings do not fit: {exc}") from None
+        key_text = remote.get("seal")
+        remote_key: bytes | None = None
+        if key_text is not None:
+            try:
+                remote_key = base64.b64decode(str(key_text), validate=True)
+            except (binascii.Error, ValueError):
+                raise _FormError("malformed sealing key from the peer") from None
+            if len(remote_key) != PUBLIC_KEY_SIZE:
+                raise _FormError("malformed sealing key from the peer")
+        if self.seal and remote_key is None:
+            raise _FormError("the peer does not seal its frames and this endpoint requires it")
+        if not self.seal and remote_key is not None:
+            raise _FormError("the peer seals its frames and this endpoint does not")
+        conn.remote_username = ufrag
+        conn.remote_password = pwd
+        for text in candidates:
+            if not isinstance(text, str):
+                continue
+            with contextlib.suppress(AnchorError, ValueError):
+                await conn.add_remote_candidate(text)
+        await conn.add_remote_candidate(None)
+        return mtu, max_message, remote_key
+
+    async def _read(self, link: _Link, conn: Connection) -> None:
+        """Datagrams of the selected pair into the machine."""
+        loop = asyncio.get_running_loop()
+        machine = link.machine
+        try:
+            while True:
+                data = await conn.recv()
+                if is_channel_frame(data):
+                    machine.receive_datagram(data, loop.time())
+                    link.kick()
+        except IceFailedError as exc:
+            machine.fail(exc.reason, loop.time())
+        except IceError as exc:
+            machine.fail(str(exc), loop.time())
+        link.kick()
+
+    async def _drive(self, link: _Link) -> None:
+        """The machine's output, events and timer; then the teardown."""
+        loop = asyncio.get_running_loop()
+        machine = link.machine
+        try:
+            while True:
+                now = loop.time()
+                machine.handle_timer(now)
+                frames = machine.datagrams_to_send(now)
+                if frames and link.conn is not None:
+                    try:
+                        for frame in frames:
+                            await link.conn.send(frame)
+                    except IceError as exc:
+                        machine.fail(str(exc), now)
+                while (event := machine.next_event()) is not None:
+                    self._dispatch(link, event)
+                if machine.final:
+                    break
+                link.arm(machine.next_timer())
+                await link.wake.wait()
+                link.wake.clear()
+        finally:
+            await self._release(link)
+
+    def _dispatch(self, link: _Link, event: LinkEvent) -> None:
+        if isinstance(event, LinkMessage):
+            if self._on_message is not None:
+                self._on_message(event.peer, event.data)
+            else:
+                self._messages.append((event.peer, event.data))
+                self._notify_message()
+        elif isinstance(event, LinkWritable):
+            link.writable.set()
+        elif isinstance(event, LinkFormed):
+            self.links_formed += 1
+            self._record(event)
+            if not link.opened.done():
+                link.opened.set_result(None)
+        elif isinstance(event, LinkDissolved | LinkFailed):
+            link.final_event = event
+
+    async def _release(self, link: _Link) -> None:
+        """Everything of a finished link: its tasks, its timer, its connection (TURN
+        allocation released with LIFETIME 0, sockets closed); then its event."""
+        link.disarm()
+        current = asyncio.current_task()
+        others = [t for t in link.tasks.values() if t is not current and not t.done()]
+        for task in others:
+            task.cancel()
+        if others:
+            await asyncio.gather(*others, return_exceptions=True)
+        if link.conn is not None:
+            await link.conn.close()
+        if self._links.get(link.peer) is link:
+            del self._links[link.peer]
+        event = link.final_event
+        if not link.opened.done():
+            if link.superseded:
+                link.opened.set_exception(_Superseded())
+            else:
+                reason = event.reason if isinstance(event, LinkFailed) else "closed"
+                link.opened.set_exception(LinkFormationFailed(link.peer, reason))
+            link.opened.exception()  # retrieved: nobody may be waiting
+        if event is not None:
+            self._record(event)
+        link.writable.set()
+        link.done.set()
+
+    # ------------------------------------------------------------------ signalling
+
+    async def _listen(self, mailbox: Mailbox) -> None:
+        while True:
+            try:
+                envelope = await mailbox.receive()
+            except SignallingClosed:
+                return
+            try:
+                self._on_envelope(envelope.sender, envelope.body)
+            except (AnchorError, ValueError, TypeError, KeyError):
+                self.signalling_dropped += 1  # a malformed description must not stop us
+
+    def _on_envelope(self, peer: str, body: dict[str, Any]) -> None:
+        loop = asyncio.get_running_loop()
+        kind = body.get("type")
+        link = self._links.get(peer)
+        if kind == UNREACHABLE:
+            if link is not None and link.machine.offerer and not link.answer.done():
+                link.machine.fail(f"{peer!r} is not on the signalling", loop.time())
+                link.kick()
+        elif kind == "reject":
+            if (
+                link is not None
+                and link.machine.offerer
+                and body.get("link") == link.id
+                and not link.answer.done()
+            ):
+                reason = str(body.get("reason", ""))[:200]
+                link.machine.fail(f"{peer!r} refused the offer: {reason}", loop.time())
+                link.kick()
+        elif kind == "answer":
+            if (
+                link is not None
+                and link.machine.offerer
+                and body.get("link") == link.id
+                and not link.answer.done()
+            ):
+                link.answer.set_result(body)
+        elif kind == "offer" and isinstance(body.get("link"), str) and not self._closed:
+            if link is not None:
+                if link.id == body["link"]:
+                    return  # a duplicate
+                crossing = link.machine.offerer and not link.answer.done()
+                if crossing and self.name < peer:
+                    return  # our offer wins; the peer answers it
+                reason = (
+                    "offers crossed; answering the peer's"
+                    if crossing
+                    else "replaced by a new offer from the peer"
+                )
+                link.superseded = True
+                link.machine.abort(reason, loop.time())
+                link.kick()
+            self._new_link(peer, body)
+
+    def __repr__(self) -> str:
+        return f"<Anchor {self.name!r} links={sorted(self._links)}>"

@@ -1,0 +1,181 @@
+"""``anchor pipe``: netcat over an ephemeral link, through a WebSocket rendezvous.
+
+``anchor pipe --signal ws://IP:PORT --name A --peer B [--turn HOST:PORT --user NAME:PASSWORD]``
+subscribes ``A`` to the rendezvous (``anchor serve --signal IP:PORT``), sends what it reads on
+stdin to ``B`` (one message per read, up to ``--chunk`` bytes; the first one forms the link)
+and writes to stdout, unchanged, every message that comes from ``B``. The other side runs the
+same command with the names swapped.
+
+It exits 0 once stdin is at its end and a link has come and gone: the link dissolves
+``--idle`` seconds after the last data either way, so a sender exits that long after its
+input ends, and a side with nothing to send (``< /dev/null``) exits when the peer's link to it
+has dissolved. Exit 1 (one line on stderr) when the link cannot be formed, 2 for a usage
+mistake. ``-v`` prints the link's events on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import stat
+import sys
+from typing import IO, Any
+
+from anchor_stun.errors import AnchorError
+from anchor_stun.net import DEFAULT_PORT, format_address, parse_address
+
+from .gather import TurnServerConfig
+
+__all__ = ["PipeUsageError", "add_parser", "main", "run"]
+
+DEFAULT_CHUNK = 16384
+DEFAULT_PIPE_IDLE = 5.0
+
+
+class PipeUsageError(Exception):
+    """A mistake on the command line: one line on stderr, exit 2."""
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``pipe`` to the ``anchor`` subparsers."""
+    pipe: argparse.ArgumentParser = sub.add_parser(
+        "pipe",
+        help="netcat over an ephemeral link: stdin to the peer, the peer to stdout",
+        description="Subscribes NAME to the rendezvous, sends stdin to PEER over an ephemeral "
+        "link formed on the first data, writes what PEER sends to stdout. Exits once stdin "
+        "ended and a link has dissolved (--idle seconds after the last data).",
+    )
+    pipe.add_argument("--signal", required=True, metavar="ws://IP:PORT",
+                      help="the rendezvous (anchor serve --signal IP:PORT)")
+    pipe.add_argument("--name", required=True, help="our name on the rendezvous")
+    pipe.add_argument("--peer", required=True, help="the peer's name")
+    pipe.add_argument("--stun", action="append", default=[], metavar="HOST:PORT",
+                      help="STUN server; repeatable")
+    pipe.add_argument("--turn", metavar="HOST:PORT", help="TURN server (UDP)")
+    pipe.add_argument("--user", metavar="NAME:PASSWORD", help="its credentials")
+    pipe.add_argument("--policy", choices=("gateway", "standard", "relay"), default="gateway",
+                      help="nomination policy (default gateway: never a host pair)")
+    pipe.add_argument("--host-ip", action="append", default=[], metavar="IP",
+                      help="gather host candidates on this address only; repeatable")
+    pipe.add_argument("--idle", type=float, default=DEFAULT_PIPE_IDLE, metavar="SECONDS",
+                      help=f"idle timeout of the link (default {DEFAULT_PIPE_IDLE:g})")
+    pipe.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, metavar="BYTES",
+                      help=f"largest message read from stdin (default {DEFAULT_CHUNK})")
+    pipe.add_argument("-v", "--verbose", action="store_true", help="link events on stderr")
+    return pipe
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.signal.startswith(("ws://", "wss://")):
+        raise PipeUsageError(f"--signal must be a ws:// or wss:// URL, not {args.signal!r}")
+    if args.name == args.peer:
+        raise PipeUsageError("--name and --peer must differ")
+    if not 0 < args.idle <= 3600:
+        raise PipeUsageError("--idle must be in (0, 3600] seconds")
+    if not 1 <= args.chunk <= 65536:
+        raise PipeUsageError("--chunk must be in 1..65536")
+    if bool(args.turn) != bool(args.user):
+        raise PipeUsageError("--turn and --user go together")
+    turn = []
+    try:
+        stun = [parse_address(text, DEFAULT_PORT) for text in args.stun]
+        if args.turn:
+            name, colon, password = args.user.partition(":")
+            if not colon or not name:
+                raise PipeUsageError(f"bad --user {args.user!r}: expected NAME:PASSWORD")
+            turn.append(TurnServerConfig(parse_address(args.turn, DEFAULT_PORT), name, password))
+    except ValueError as exc:
+        raise PipeUsageError(str(exc)) from None
+    return {"stun": stun, "turn": turn}
+
+
+async def _open_stdin(stream: IO[bytes]) -> asyncio.StreamReader | None:
+    """A StreamReader on a pipe, socket or terminal; None for a regular file (read directly:
+    it never blocks, and epoll refuses it)."""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (OSError, ValueError):
+        return None
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stream.isatty()):
+        return None
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stream)
+    return reader
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run ``anchor pipe``; returns the exit status."""
+    from .link import Anchor
+    from .link_state import LinkDissolved, LinkEvent, LinkFailed, LinkFormed
+    from .signal import WebSocketSignalling
+
+    cfg = _config(args)
+    out = sys.stdout.buffer
+    failures: list[str] = []
+
+    def on_message(peer: str, data: bytes) -> None:
+        if peer == args.peer:
+            out.write(data)
+            out.flush()
+
+    def on_event(event: LinkEvent) -> None:
+        if isinstance(event, LinkFailed):
+            failures.append(event.reason)
+        if not args.verbose:
+            return
+        if isinstance(event, LinkFormed):
+            text = (f"link formed with {event.peer} in {event.formed_ms:.0f} ms: "
+                    f"{event.local_type} {format_address(event.local_address)} <-> "
+                    f"{event.remote_type} {format_address(event.remote_address)}")  # fmt: skip
+        elif isinstance(event, LinkDissolved):
+            text = f"link with {event.peer} dissolved ({event.reason})"
+        elif isinstance(event, LinkFailed):
+            text = f"link with {event.peer} failed: {event.reason}"
+        else:
+            return
+        print(f"anchor pipe: {text}", file=sys.stderr, flush=True)
+
+    anchor = Anchor(
+        args.name,
+        WebSocketSignalling(args.signal),
+        stun=cfg["stun"],
+        turn=cfg["turn"],
+        policy=args.policy,
+        idle_timeout=args.idle,
+        host_ips=args.host_ip or None,
+        on_message=on_message,
+        on_event=on_event,
+    )
+    async with anchor:
+        stdin = sys.stdin.buffer
+        reader = await _open_stdin(stdin)
+        while True:
+            data = await reader.read(args.chunk) if reader is not None else stdin.read(args.chunk)
+            if not data:
+                break
+            await anchor.send(args.peer, data)
+        # stdin ended: wait until a link has come and gone and none is left.
+        while True:
+            ended = [e for e in anchor.history if isinstance(e, LinkDissolved | LinkFailed)]
+            if ended and not anchor.active_peers():
+                break
+            await anchor.wait_for(LinkEvent, count=len(anchor.history) + 1)
+    if failures and not any(isinstance(e, LinkDissolved) for e in anchor.history):
+        raise AnchorError(f"link to {args.peer!r} failed: {failures[-1]}")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``anchor pipe`` (called by ``anchor_ice.cli``)."""
+    try:
+        return asyncio.run(run(args))
+    except PipeUsageError as exc:
+        print(f"anchor pipe: {exc}", file=sys.stderr)
+        return 2
+    except (AnchorError, OSError) as exc:
+        print(f"anchor pipe: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
