@@ -75,7 +75,8 @@ def natlab(
     lab.build()
     try:
         servers = time.monotonic()
-        lab.start_anchor_serve()
+        # A test module may set ANCHOR_SERVE_ARGS (e.g. TURN users and --signal for links).
+        lab.start_anchor_serve(getattr(request.module, "ANCHOR_SERVE_ARGS", ()))
         lab.start_coturn()
         lab.timings["servers"] = time.monotonic() - servers
     except BaseException:

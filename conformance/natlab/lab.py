@@ -51,6 +51,7 @@ from .topology import (
     COTURN_PORT,
     HOSTS,
     LINKS,
+    LOSS_TABLE,
     NAMESPACES,
     NATS,
     SERVER_ALT_IP,
@@ -283,6 +284,19 @@ class NatLab:
         """Drop ``outbound`` % of the packets router ``nat`` forwards LAN -> WAN and
         ``inbound`` % WAN -> LAN, at random (nft ``numgen``); 0, 0 turns loss off."""
         self._nft(nat, loss_ruleset(outbound, inbound))
+
+    def loss_drops(self, nat: str) -> int:
+        """Packets the loss rules of router ``nat`` dropped since the last :meth:`set_loss`
+        (both directions; 0 when no loss is set)."""
+        if nat not in NATS:
+            raise ValueError(f"{nat!r} is not a NAT router; routers are {sorted(NATS)}")
+        result = subprocess.run(
+            self.argv(nat, ["nft", "list", "table", "ip", LOSS_TABLE]),
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:  # no loss table
+            return 0
+        return sum(int(n) for n in re.findall(r"counter packets (\d+)", result.stdout))
 
     def flush_conntrack(self, nat: str) -> None:
         """Forget every mapping of router ``nat`` (``conntrack -F``)."""

@@ -245,8 +245,8 @@ def loss_ruleset(outbound: int, inbound: int) -> str:
             "    type filter hook forward priority -10; policy accept;",
         ]
         if outbound:
-            lines.append(f'    iifname "lan" numgen random mod 100 < {outbound} drop')
+            lines.append(f'    iifname "lan" numgen random mod 100 < {outbound} counter drop')
         if inbound:
-            lines.append(f'    iifname "wan" numgen random mod 100 < {inbound} drop')
+            lines.append(f'    iifname "wan" numgen random mod 100 < {inbound} counter drop')
         lines += ["  }", "}"]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,178 @@
+"""Run ``anchor pipe`` pairs between hostA and hostB of the NAT lab (issue 7, must-shows 2-5).
+
+:func:`pipe_pair` starts the receiver (hostB, stdin empty) and then the sender (hostA, stdin
+``data``) as subprocesses inside the host namespaces, both subscribed to the rendezvous of the
+``anchor serve --signal`` in ``pub``; it waits (bounded) for both to exit, kills them by PID on
+a timeout, and returns their output with every ``link formed`` line parsed.
+
+:func:`join_hosts` puts both hosts on one extra LAN segment (a veth between them), for the
+nomination-policy comparison.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .lab import ANCHOR, NatLab, _kill_pids, _run
+from .topology import ANCHOR_PORT, NATS, SERVER_IP
+
+__all__ = [
+    "SHARED_IPS",
+    "SIGNAL_PORT",
+    "TURN_USER",
+    "Formed",
+    "PipeRun",
+    "join_hosts",
+    "pipe_pair",
+    "serve_args",
+]
+
+SIGNAL_PORT = 8765
+"""Port of the WebSocket rendezvous of ``anchor serve --signal`` in ``pub``."""
+TURN_USER = "alice:secret"
+"""TURN credentials ``anchor serve`` accepts in the link tests."""
+SHARED_SEGMENT = "198.51.100.0/26"
+"""The spare /26 used for the shared LAN segment of :func:`join_hosts`."""
+SHARED_IPS = {"hostA": "198.51.100.1", "hostB": "198.51.100.2"}
+"""Each host's address on the shared segment."""
+
+_FORMED = re.compile(
+    r"link formed with (\S+) in (\d+) ms: (\w+) ([\d.]+):(\d+) <-> (\w+) ([\d.]+):(\d+)"
+)
+
+
+def serve_args() -> list[str]:
+    """Extra ``anchor serve`` arguments: TURN on, rendezvous on, lab peers allowed."""
+    return [
+        "--user", TURN_USER,
+        "--signal", f"{SERVER_IP}:{SIGNAL_PORT}",
+        "--allow-peer", "203.0.113.0/24",
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Formed:
+    """One ``anchor pipe -v`` "link formed" line: the selected pair as that side sees it."""
+
+    peer: str
+    ms: int
+    local_type: str
+    local: tuple[str, int]
+    remote_type: str
+    remote: tuple[str, int]
+
+    @property
+    def types(self) -> tuple[str, str]:
+        return (self.local_type, self.remote_type)
+
+
+@dataclass
+class PipeRun:
+    """Outcome of one sender/receiver pair."""
+
+    sender_rc: int | None
+    receiver_rc: int | None
+    received: bytes
+    sender_log: str
+    receiver_log: str
+    elapsed: float
+    timed_out: bool = False
+    sender_formed: list[Formed] = field(default_factory=list)
+    receiver_formed: list[Formed] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return (
+            f"sender rc {self.sender_rc}, receiver rc {self.receiver_rc}, "
+            f"timed out {self.timed_out}, {len(self.received)} bytes received in "
+            f"{self.elapsed:.1f} s\n--- sender (hostA) stderr:\n{self.sender_log[-2000:]}"
+            f"\n--- receiver (hostB) stderr:\n{self.receiver_log[-2000:]}"
+        )
+
+
+def parse_formed(log: str) -> list[Formed]:
+    """Every "link formed" line of an ``anchor pipe -v`` stderr."""
+    return [
+        Formed(m[1], int(m[2]), m[3], (m[4], int(m[5])), m[6], (m[7], int(m[8])))
+        for m in _FORMED.finditer(log)
+    ]
+
+
+def pipe_argv(name: str, peer: str, extra: Sequence[str] = (), *, idle: float = 2.0) -> list[str]:
+    """``anchor pipe`` from ``name`` to ``peer`` through the lab's servers (``-v``)."""
+    return [
+        *ANCHOR, "pipe",
+        "--signal", f"ws://{SERVER_IP}:{SIGNAL_PORT}",
+        "--name", name, "--peer", peer,
+        "--stun", f"{SERVER_IP}:{ANCHOR_PORT}",
+        "--turn", f"{SERVER_IP}:{ANCHOR_PORT}", "--user", TURN_USER,
+        "--idle", f"{idle:g}", "-v", *extra,
+    ]  # fmt: skip
+
+
+def pipe_pair(
+    lab: NatLab,
+    data: bytes,
+    *,
+    extra: Sequence[str] = (),
+    extra_a: Sequence[str] = (),
+    extra_b: Sequence[str] = (),
+    idle: float = 2.0,
+    timeout: float = 25.0,
+    stagger: float = 0.5,
+) -> PipeRun:
+    """hostA (name ``A``) sends ``data`` to hostB (name ``B``) over a link; both stopped by PID
+    after ``timeout`` s at most."""
+    started = time.monotonic()
+    receiver = lab.popen(
+        "hostB", pipe_argv("B", "A", [*extra, *extra_b], idle=idle),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    time.sleep(stagger)  # let B subscribe first (the offer would otherwise race it)
+    sender = lab.popen(
+        "hostA", pipe_argv("A", "B", [*extra, *extra_a], idle=idle),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    both = (sender, receiver)
+
+    def drain(proc: subprocess.Popen[bytes], data: bytes | None) -> tuple[bytes, bytes, bool]:
+        try:
+            out, err = proc.communicate(data, timeout=timeout)
+            return out, err, False
+        except subprocess.TimeoutExpired:
+            _kill_pids([p.pid for p in both if p.poll() is None], grace=1.0)
+            out, err = proc.communicate(timeout=5)  # what was read so far, and the rest
+            return out, err, True
+
+    # Both at once: the receiver writes to stdout with a blocking write, so its stdout must be
+    # drained while the sender still runs (a full 64 KiB pipe would stall its event loop).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        s_future = pool.submit(drain, sender, data)
+        r_future = pool.submit(drain, receiver, None)
+        _, s_err, s_late = s_future.result()
+        r_out, r_err, r_late = r_future.result()
+    timed_out = s_late or r_late
+    s_log, r_log = s_err.decode(errors="replace"), r_err.decode(errors="replace")
+    return PipeRun(
+        sender.returncode, receiver.returncode, r_out, s_log, r_log,
+        time.monotonic() - started, timed_out, parse_formed(s_log), parse_formed(r_log),
+    )  # fmt: skip
+
+
+def join_hosts(lab: NatLab) -> None:
+    """Put hostA and hostB on one more LAN segment (198.51.100.0/26, .1 and .2), a veth
+    between them; each NAT routes that /26 back to its own host, so STUN and TURN from the
+    shared address still work through the NAT. Undone only by tearing the lab down."""
+    a, b = lab.ns("hostA"), lab.ns("hostB")
+    _run(["ip", "-n", a, "link", "add", "name", "shared", "type", "veth",
+          "peer", "name", "shared", "netns", b])  # fmt: skip
+    for role in ("hostA", "hostB"):
+        ip = ["ip", "-n", lab.ns(role)]
+        _run([*ip, "addr", "add", f"{SHARED_IPS[role]}/26", "dev", "shared"])
+        _run([*ip, "link", "set", "shared", "up"])
+    for nat in NATS.values():
+        _run(["ip", "-n", lab.ns(nat.name), "route", "add", SHARED_SEGMENT, "via", nat.host_ip])
