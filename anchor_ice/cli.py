@@ -25,6 +25,7 @@ from anchor_stun.net import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
     binding_request,
+    client_tls_context,
     discover_nat,
     format_address,
     parse_address,
@@ -73,10 +74,10 @@ async def _cmd_stun(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"cannot resolve {host}: {exc}") from exc
     context: ssl.SSLContext | None = None
     if args.transport == "tls":
-        context = ssl.create_default_context(cafile=args.ca_file)
-        if args.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+        try:
+            context = client_tls_context(args.ca_file, insecure=args.insecure)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
     if args.nat and args.transport != "udp":
         raise UsageError("--nat needs --transport udp (RFC 5780 discovery runs over UDP)")
     result = await binding_request(

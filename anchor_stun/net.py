@@ -87,6 +87,19 @@ async def resolve(host: str, port: int, *, family: int = 0) -> Address:
     return (str(sockaddr[0]), int(sockaddr[1]))
 
 
+def client_tls_context(ca_file: str | None = None, *, insecure: bool = False) -> ssl.SSLContext:
+    """A TLS client context for STUN/TURN over TLS: the system's CAs, or ``ca_file``;
+    ``insecure`` turns verification off. ValueError (one line) when ``ca_file`` can't load."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load --ca-file {ca_file}: {exc}") from exc
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def settle_transaction(
     waiters: dict[bytes, asyncio.Future[TransactionSucceeded]], event: StunEvent
 ) -> None:

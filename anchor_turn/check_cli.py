@@ -30,7 +30,14 @@ import time
 from typing import Any
 
 from anchor_stun.errors import AnchorError
-from anchor_stun.net import DEFAULT_PORT, DEFAULT_TLS_PORT, format_address, parse_address, resolve
+from anchor_stun.net import (
+    DEFAULT_PORT,
+    DEFAULT_TLS_PORT,
+    client_tls_context,
+    format_address,
+    parse_address,
+    resolve,
+)
 
 from .check import Outcome, ProbeResult, check_passed, rest_credentials, summary
 from .net_check import CheckConfig, CheckError, run_check
@@ -121,13 +128,9 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     if args.transport != "tls":
         return None
     try:
-        context = ssl.create_default_context(cafile=args.ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise CheckUsageError(f"cannot load --ca-file {args.ca_file}: {exc}") from exc
-    if args.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+        return client_tls_context(args.ca_file, insecure=args.insecure)
+    except ValueError as exc:
+        raise CheckUsageError(str(exc)) from exc
 
 
 async def _resolve(text: str, default_port: int | None, what: str) -> tuple[str, tuple[str, int]]:

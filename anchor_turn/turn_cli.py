@@ -31,7 +31,14 @@ from typing import Any
 
 from anchor_stun.errors import AllocationError, AnchorError
 from anchor_stun.events import Address
-from anchor_stun.net import DEFAULT_PORT, DEFAULT_TLS_PORT, format_address, parse_address, resolve
+from anchor_stun.net import (
+    DEFAULT_PORT,
+    DEFAULT_TLS_PORT,
+    client_tls_context,
+    format_address,
+    parse_address,
+    resolve,
+)
 
 from .events import DataReceived
 from .net_client import TurnConnection
@@ -109,13 +116,9 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     if args.transport != "tls":
         return None
     try:
-        context = ssl.create_default_context(cafile=args.ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise TurnUsageError(f"cannot load --ca-file {args.ca_file}: {exc}") from exc
-    if args.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+        return client_tls_context(args.ca_file, insecure=args.insecure)
+    except ValueError as exc:
+        raise TurnUsageError(str(exc)) from exc
 
 
 async def _resolve(host: str, port: int) -> Address:
