@@ -48,9 +48,16 @@ Descriptions (JSON objects on the signalling; ``v`` is :data:`DESCRIPTION_VERSIO
      "candidates": ["candidate:...", ...], "seal": BASE64_X25519_PUBLIC_KEY | null,
      "mtu": 1200, "max_message": 65536}
     {"type": "reject", "link": LINK_ID, "reason": ...}     the answerer cannot go on
+    {"type": "bye", "link": LINK_ID, "reason": ...}        the link broke on this side
 
 ``LINK_ID`` (16 hex digits, new for every link) ties an answer to its offer. Frames are
 sealed when both sides sent a key; a side that requires sealing refuses a peer that does not.
+
+A link that breaks rather than dissolving cleanly (consent lost, say because a NAT forgot
+the mapping: RFC 7675 gives up after 30 s without a consent response) tells the peer with a
+``bye``, so that the peer's end, whose own consent checks may still be answered, dissolves
+too instead of sending into the void until its consent runs out as well. The next send from
+either side forms a new link.
 
 Crossing offers (both sides send first at the same moment): the offer of the endpoint whose
 name sorts first wins; the other abandons its own and answers. A send waiting on the
@@ -118,6 +125,8 @@ __all__ = [
 ]
 
 DEFAULT_IDLE_TIMEOUT = 30.0
+BYE_TIMEOUT = 2.0
+"""Seconds a broken link waits to hand its ``bye`` to the signalling before giving up."""
 """DESIGN.md "Idle": seconds without an application datagram before a link dissolves."""
 DESCRIPTION_VERSION = 1
 """``v`` of the descriptions this module sends."""
@@ -150,6 +159,7 @@ class _Link:
         self.wake = asyncio.Event()
         self.max_message = 0
         self.superseded = False
+        self.peer_gone = False
         self.final_event: LinkEvent | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -670,6 +680,7 @@ class Anchor:
             task.cancel()
         if others:
             await asyncio.gather(*others, return_exceptions=True)
+        await self._say_bye(link)
         if link.conn is not None:
             await link.conn.close()
         if self._links.get(link.peer) is link:
@@ -686,6 +697,22 @@ class Anchor:
             self._record(event)
         link.writable.set()
         link.done.set()
+
+    async def _say_bye(self, link: _Link) -> None:
+        """Tell the peer a link broke on this side (module docstring), best effort."""
+        event = link.final_event
+        if (
+            not isinstance(event, LinkDissolved)
+            or event.clean
+            or link.superseded
+            or link.peer_gone
+            or self._mailbox is None
+            or not event.reason.startswith((DissolveReason.TRANSPORT, DissolveReason.UNREACHABLE))
+        ):
+            return
+        bye = {"type": "bye", "link": link.id, "reason": event.reason[:200]}
+        with contextlib.suppress(SignallingError, TimeoutError):
+            await asyncio.wait_for(self._mailbox.publish(link.peer, bye), BYE_TIMEOUT)
 
     # ------------------------------------------------------------------ signalling
 
@@ -717,6 +744,12 @@ class Anchor:
             ):
                 reason = str(body.get("reason", ""))[:200]
                 link.machine.fail(f"{peer!r} refused the offer: {reason}", loop.time())
+                link.kick()
+        elif kind == "bye":
+            if link is not None and body.get("link") == link.id:
+                reason = str(body.get("reason", ""))[:200]
+                link.peer_gone = True
+                link.machine.abort(f"{DissolveReason.PEER}: {reason}", loop.time())
                 link.kick()
         elif kind == "answer":
             if (

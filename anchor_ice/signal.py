@@ -31,7 +31,15 @@ Two implementations:
       server -> client   {"op": "unreachable", "to": PEER}        PEER is not connected
 
   A name is held by one connection at a time (a second hello for it is refused) and freed
-  when that connection closes. The server keeps nothing else: no history, no rooms. It
+  when that connection closes. The welcome carries a resume token (``{"op": "welcome",
+  "resume": TOKEN}``): a hello for a held name with that token (``{"op": "hello", "name":
+  NAME, "resume": TOKEN}``) takes the name over, and the old connection is dropped. The
+  client uses it to come back when its connection dies under it (a NAT that forgot the
+  mapping, a server restart): it pings every :data:`PING_INTERVAL` seconds, and when the
+  connection is lost it reconnects with the token, retrying for up to ``reconnect_timeout``
+  seconds before the mailbox reports :class:`SignallingClosed`. Descriptions the server
+  forwarded into the dead connection are lost; a description published meanwhile waits for
+  the new connection. The server keeps nothing else: no history, no rooms. It
   forwards descriptions only, never application data, so it is not a relay. It does not
   authenticate anybody: a description carries the peer's sealing key, bound to its ICE
   credentials (:func:`anchor_ice.seal.ice_context`), but a rendezvous that lies about who is
@@ -47,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -61,6 +70,8 @@ from anchor_stun.events import Address
 __all__ = [
     "MAX_BODY",
     "MAX_NAME",
+    "PING_INTERVAL",
+    "RECONNECT_TIMEOUT",
     "UNREACHABLE",
     "Envelope",
     "InProcessSignalling",
@@ -79,6 +90,11 @@ MAX_NAME = 64
 """Longest endpoint name, in characters."""
 MAX_BODY = 64 * 1024
 """Largest description, in bytes of JSON (a description is a few hundred bytes)."""
+PING_INTERVAL = 5.0
+"""Seconds between the WebSocket client's keepalive pings; a dead connection is noticed
+within about twice that (a reset answers the next ping, or the ping goes unanswered)."""
+RECONNECT_TIMEOUT = 30.0
+"""Default seconds a WebSocket mailbox keeps trying to come back after losing its connection."""
 
 
 class SignallingError(AnchorError):
@@ -87,6 +103,10 @@ class SignallingError(AnchorError):
 
 class SignallingClosed(SignallingError):
     """The mailbox is closed (by its owner, or the rendezvous connection was lost)."""
+
+
+class _Refused(SignallingError):
+    """The rendezvous answered the hello with an error (name taken, invalid)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,15 +246,25 @@ class _InProcessMailbox:
 class WebSocketSignalling:
     """Signalling through a rendezvous server: ``WebSocketSignalling("ws://host:port")``.
     ``name``, when given, is the only name :meth:`open` accepts (a guard for callers that
-    configure both)."""
+    configure both). A lost connection is re-established for up to ``reconnect_timeout``
+    seconds (module docstring)."""
 
-    def __init__(self, url: str, name: str | None = None, *, open_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        name: str | None = None,
+        *,
+        open_timeout: float = 10.0,
+        reconnect_timeout: float = RECONNECT_TIMEOUT,
+    ) -> None:
         self.url = url
         """The rendezvous URL (``ws://`` or ``wss://``)."""
         self.name = name
         """The name this signalling is meant for, or None for any."""
         self.open_timeout = open_timeout
         """Seconds to connect and be welcomed."""
+        self.reconnect_timeout = reconnect_timeout
+        """Seconds a mailbox keeps trying to reconnect after losing its connection."""
 
     async def open(self, name: str) -> Mailbox:
         """Connect to the rendezvous and claim ``name``. Raises :class:`SignallingError`
@@ -242,14 +272,23 @@ class WebSocketSignalling:
         _check_name(name)
         if self.name is not None and name != self.name:
             raise SignallingError(f"this signalling is for {self.name!r}, not {name!r}")
+        ws, token = await self._connect(name, None)
+        return _WebSocketMailbox(self, ws, name, token)
+
+    async def _connect(self, name: str, resume: str | None) -> tuple[ClientConnection, str]:
+        """One connection, welcomed under ``name`` (taking it over with ``resume``)."""
+        hello: dict[str, str] = {"op": "hello", "name": name}
+        if resume is not None:
+            hello["resume"] = resume
         try:
             async with asyncio.timeout(self.open_timeout):
                 ws = await connect(
                     self.url, proxy=None, compression=None, max_size=MAX_BODY + 1024,
-                    open_timeout=self.open_timeout,
+                    open_timeout=self.open_timeout, ping_interval=PING_INTERVAL,
+                    ping_timeout=PING_INTERVAL,
                 )  # fmt: skip
                 try:
-                    await ws.send(json.dumps({"op": "hello", "name": name}))
+                    await ws.send(json.dumps(hello))
                     answer = json.loads(await ws.recv())
                 except BaseException:
                     await ws.close()
@@ -261,27 +300,79 @@ class WebSocketSignalling:
         if not isinstance(answer, dict) or answer.get("op") != "welcome":
             reason = answer.get("reason") if isinstance(answer, dict) else None
             await ws.close()
-            raise SignallingError(f"rendezvous refused {name!r}: {reason or answer!r}")
-        return _WebSocketMailbox(ws, name)
+            raise _Refused(f"rendezvous refused {name!r}: {reason or answer!r}")
+        token = answer.get("resume")
+        return ws, token if isinstance(token, str) else ""
 
 
 class _WebSocketMailbox:
-    def __init__(self, ws: ClientConnection, name: str) -> None:
+    def __init__(
+        self, signalling: WebSocketSignalling, ws: ClientConnection, name: str, token: str
+    ) -> None:
+        self._signalling = signalling
         self._ws = ws
         self._name = name
+        self._token = token
         self._closed = False
+        self._reconnecting: asyncio.Task[ClientConnection] | None = None
+        self.reconnects = 0
+        """Times the connection was lost and re-established."""
 
     @property
     def name(self) -> str:
         return self._name
+
+    async def _connection(self, lost: ClientConnection) -> ClientConnection:
+        """A live connection after ``lost`` died: the current one if it is newer, else a
+        reconnection (one at a time, shared by publish and receive)."""
+        if self._ws is not lost:
+            return self._ws
+        if self._reconnecting is None:
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+        task = self._reconnecting
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done() and self._reconnecting is task:
+                self._reconnecting = None
+
+    async def _reconnect(self) -> ClientConnection:
+        """Reconnect with the resume token, with backoff, for up to ``reconnect_timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._signalling.reconnect_timeout
+        delay = 0.05
+        while not self._closed:
+            try:
+                ws, token = await self._signalling._connect(self._name, self._token or None)
+            except SignallingError as exc:
+                if isinstance(exc, _Refused) or loop.time() + delay > deadline:
+                    raise SignallingClosed(f"rendezvous connection lost: {exc}") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if self._closed:
+                await ws.close()
+                break
+            self._ws, self._token = ws, token or self._token
+            self.reconnects += 1
+            return ws
+        raise SignallingClosed("mailbox closed")
 
     async def publish(self, peer: str, body: Mapping[str, Any]) -> None:
         if self._closed:
             raise SignallingClosed("mailbox closed")
         _check_name(peer)
         text = _encode_body(body)
+        frame = '{"op":"send","to":' + json.dumps(peer) + ',"body":' + text + "}"
+        ws = self._ws
         try:
-            await self._ws.send('{"op":"send","to":' + json.dumps(peer) + ',"body":' + text + "}")
+            await ws.send(frame)
+            return
+        except ConnectionClosed:
+            pass
+        ws = await self._connection(ws)
+        try:
+            await ws.send(frame)
         except ConnectionClosed:
             raise SignallingClosed("rendezvous connection lost") from None
 
@@ -289,10 +380,14 @@ class _WebSocketMailbox:
         while True:
             if self._closed:
                 raise SignallingClosed("mailbox closed")
+            ws = self._ws
             try:
-                raw = await self._ws.recv()
+                raw = await ws.recv()
             except ConnectionClosed:
-                raise SignallingClosed("rendezvous connection closed") from None
+                if self._closed:
+                    raise SignallingClosed("mailbox closed") from None
+                await self._connection(ws)
+                continue
             try:
                 msg = json.loads(raw)
             except ValueError:
@@ -310,6 +405,11 @@ class _WebSocketMailbox:
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._reconnecting is not None:
+                self._reconnecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, SignallingError):
+                    await self._reconnecting
+                self._reconnecting = None
             await self._ws.close()
 
     def socket_fileno(self) -> int:
@@ -332,8 +432,11 @@ class RendezvousServer:
         self.port = port
         self._server: Server | None = None
         self._names: dict[str, ServerConnection] = {}
+        self._tokens: dict[str, str] = {}
         self.forwarded = 0
         """Descriptions forwarded so far."""
+        self.resumed = 0
+        """Names taken over by a reconnecting holder (hello with its resume token)."""
 
     @property
     def address(self) -> Address:
@@ -392,12 +495,28 @@ class RendezvousServer:
             except SignallingError as exc:
                 await ws.send(json.dumps({"op": "error", "reason": str(exc)}))
                 return
-            if candidate in self._names:
-                await ws.send(json.dumps({"op": "error", "reason": f"name {candidate!r} is taken"}))
-                return
+            old = self._names.get(candidate)
+            token = self._tokens.get(candidate)
+            if old is not None:
+                resume = hello.get("resume")
+                if (
+                    not isinstance(resume, str)
+                    or token is None
+                    or not secrets.compare_digest(resume, token)
+                ):
+                    reason = f"name {candidate!r} is taken"
+                    await ws.send(json.dumps({"op": "error", "reason": reason}))
+                    return
+                # Its holder came back on a new connection: the old one is dead or dying.
+                self.resumed += 1
+                if old.transport is not None:
+                    old.transport.abort()
+            if token is None or old is None:
+                token = secrets.token_urlsafe(16)
             name = candidate
             self._names[name] = ws
-            await ws.send('{"op":"welcome"}')
+            self._tokens[name] = token
+            await ws.send(json.dumps({"op": "welcome", "resume": token}))
             async for raw in ws:
                 with contextlib.suppress(ValueError, TypeError, AttributeError):
                     msg = json.loads(raw)
@@ -419,6 +538,7 @@ class RendezvousServer:
         finally:
             if name is not None and self._names.get(name) is ws:
                 del self._names[name]
+                del self._tokens[name]
 
 
 async def serve_rendezvous(host: str, port: int) -> RendezvousServer:

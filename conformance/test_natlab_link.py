@@ -22,7 +22,15 @@ from __future__ import annotations
 import pytest
 from natlab import NATS, SERVER_IP, NatKind, NatLab
 from natlab.fixtures import natlab, report
-from natlab.links import SHARED_IPS, Formed, PipeRun, join_hosts, pipe_pair, serve_args
+from natlab.links import (
+    DIRECT_TYPES,
+    SHARED_IPS,
+    Formed,
+    PipeRun,
+    join_hosts,
+    pipe_pair,
+    serve_args,
+)
 
 __all__ = ["natlab"]  # the module fixture, imported so pytest finds it here
 
@@ -32,7 +40,7 @@ ANCHOR_SERVE_ARGS = serve_args()
 FR, RC, PR, SY = (NatKind.FULL_CONE, NatKind.RESTRICTED_CONE,
                   NatKind.PORT_RESTRICTED_CONE, NatKind.SYMMETRIC)  # fmt: skip
 WAN = {NATS["natA"].wan_ip, NATS["natB"].wan_ip}
-DIRECT = {"srflx", "prflx"}
+DIRECT = DIRECT_TYPES
 
 
 def _set(lab: NatLab, kind_a: NatKind, kind_b: NatKind) -> None:

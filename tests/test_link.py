@@ -192,7 +192,8 @@ def test_machine_draining_acknowledges_a_retransmitted_fin_after_a_lost_last_ack
     b.handle_timer(1.5)  # b's own idle deadline: ignored, it is closing already
     retransmit = 2.5  # b's FIN went out at 1.5; b never had an RTT sample: RTO_INITIAL 1 s
     assert b.next_timer() == retransmit
-    assert a.next_timer() == pytest.approx(1.5 + 1.0 + 0.2)  # draining: RTO_INITIAL + RTO
+    assert a.channel is not None
+    assert a.next_timer() == pytest.approx(1.5 + 1.0 + a.channel.stats.rto)  # RTO_INITIAL + RTO
     b.handle_timer(retransmit)  # b's FIN again
     _transfer(b, a, retransmit)  # a, still draining, acknowledges it again
     _transfer(a, b, retransmit)
@@ -535,3 +536,78 @@ def test_anchor_pipe_carries_stdin_through_anchor_serve_signal(tmp_path: Path) -
         assert b"link formed with B" in sender.stderr and b"relay" in sender.stderr
         assert b"dissolved" in err
     assert (tmp_path / "out").read_bytes() == data
+
+
+def test_a_link_that_breaks_on_one_side_says_bye_and_the_next_send_forms_a_new_one() -> None:
+    """A link whose transport breaks on one side only (here: a's connection closed under it,
+    as a NAT that forgot the mapping does to consent) tells the peer with a ``bye``: b's end
+    dissolves at once instead of when its own consent runs out (30 s), and the next send
+    forms a new link."""
+
+    async def main() -> None:
+        async with turn_server() as (_core, turn):
+            a, b = endpoints(turn, policy="standard", idle_timeout=60.0)
+            await a.start()
+            await b.start()
+            try:
+                await a.send("b", b"one")
+                assert await asyncio.wait_for(b.recv(), 10) == ("a", b"one")
+                conn = a._links["b"].conn  # the link's ICE connection: break it
+                assert conn is not None
+                await conn.close()
+                broken = await a.wait_for(LinkDissolved, "b", timeout=10)
+                assert broken.reason.startswith("transport lost") and not broken.clean
+                told = await b.wait_for(LinkDissolved, "a", timeout=10)  # consent: 30 s
+                assert told.reason == f"closed by peer: {broken.reason}"
+                assert a.active_peers() == [] and b.active_peers() == []
+                await a.send("b", b"two")
+                assert await asyncio.wait_for(b.recv(), 10) == ("a", b"two")
+                assert a.links_formed == b.links_formed == 2
+            finally:
+                await a.close()
+                await b.close()
+
+    run(main())
+
+
+def test_websocket_mailbox_comes_back_after_its_connection_dies_and_keeps_its_name() -> None:
+    async def main() -> None:
+        server = RendezvousServer(LOOPBACK, 0)
+        await server.start()
+        try:
+            signalling = WebSocketSignalling(server.url)
+            a, b = await signalling.open("a"), await signalling.open("b")
+            # a's connection dies under it (what a NAT that drops the mapping does).
+            transport = a._ws.transport  # type: ignore[attr-defined]
+            transport.abort()
+            receiving = asyncio.ensure_future(a.receive())  # notices, reconnects, waits
+            for _ in range(500):
+                if a.reconnects:  # type: ignore[attr-defined]
+                    break
+                await asyncio.sleep(0.01)
+            await a.publish("b", {"type": "offer", "n": 1})
+            envelope = await asyncio.wait_for(b.receive(), 10)
+            assert (envelope.sender, envelope.body) == ("a", {"type": "offer", "n": 1})
+            assert a.reconnects == 1  # type: ignore[attr-defined]
+            assert sorted(server.names()) == ["a", "b"]
+            await b.publish("a", {"type": "answer"})
+            envelope = await asyncio.wait_for(receiving, 10)
+            assert (envelope.sender, envelope.body) == ("b", {"type": "answer"})
+            # The name is still a's: nobody else gets it, with or without a made-up token.
+            with pytest.raises(SignallingError, match="taken"):
+                await signalling.open("a")
+            with pytest.raises(SignallingError, match="taken"):
+                await signalling._connect("a", "not-the-token")
+            # With the token, a hello takes the name over from a live connection (on loopback
+            # the server saw the reset above, so this is the first takeover).
+            token = a._token  # type: ignore[attr-defined]
+            ws, again = await signalling._connect("a", token)
+            assert again == token and server.resumed == 1
+            await ws.close()
+            await a.close()
+            await b.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())

@@ -5,6 +5,10 @@
 ``anchor serve --signal`` in ``pub``; it waits (bounded) for both to exit, kills them by PID on
 a timeout, and returns their output with every ``link formed`` line parsed.
 
+:class:`LivePipe` keeps one ``anchor pipe`` running with its stdin open, for tests that act
+on a link while it lives (write now, flush a NAT, write again later), following its stderr
+line by line.
+
 :func:`join_hosts` puts both hosts on one extra LAN segment (a veth between them), for the
 nomination-policy comparison.
 """
@@ -13,19 +17,23 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import IO
 
 from .lab import ANCHOR, NatLab, _kill_pids, _run
 from .topology import ANCHOR_PORT, NATS, SERVER_IP
 
 __all__ = [
+    "DIRECT_TYPES",
     "SHARED_IPS",
     "SIGNAL_PORT",
     "TURN_USER",
     "Formed",
+    "LivePipe",
     "PipeRun",
     "join_hosts",
     "pipe_pair",
@@ -40,6 +48,8 @@ SHARED_SEGMENT = "198.51.100.0/26"
 """The spare /26 used for the shared LAN segment of :func:`join_hosts`."""
 SHARED_IPS = {"hostA": "198.51.100.1", "hostB": "198.51.100.2"}
 """Each host's address on the shared segment."""
+DIRECT_TYPES = {"srflx", "prflx"}
+"""Candidate types of a pair that goes straight through the NATs (no relay, no host)."""
 
 _FORMED = re.compile(
     r"link formed with (\S+) in (\d+) ms: (\w+) ([\d.]+):(\d+) <-> (\w+) ([\d.]+):(\d+)"
@@ -176,3 +186,88 @@ def join_hosts(lab: NatLab) -> None:
         _run([*ip, "link", "set", "shared", "up"])
     for nat in NATS.values():
         _run(["ip", "-n", lab.ns(nat.name), "route", "add", SHARED_SEGMENT, "via", nat.host_ip])
+
+
+class LivePipe:
+    """One ``anchor pipe -v`` in a lab host, stdin kept open: :meth:`write` sends, stdout and
+    stderr are collected by two reader threads, stderr lines with the time they came.
+    Stopped by PID with :meth:`stop` (and by the lab's teardown)."""
+
+    def __init__(self, lab: NatLab, role: str, name: str, peer: str, *, idle: float) -> None:
+        self.proc = lab.popen(
+            role, pipe_argv(name, peer, idle=idle),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        self._lock = threading.Condition()
+        self._lines: list[tuple[float, str]] = []
+        self._out = bytearray()
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        for target, stream in ((self._read_out, self.proc.stdout),
+                               (self._read_err, self.proc.stderr)):  # fmt: skip
+            threading.Thread(target=target, args=(stream,), daemon=True).start()
+
+    def _read_out(self, stream: IO[bytes]) -> None:
+        while chunk := stream.read1(65536):  # type: ignore[attr-defined]
+            with self._lock:
+                self._out += chunk
+                self._lock.notify_all()
+
+    def _read_err(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            with self._lock:
+                self._lines.append((time.monotonic(), raw.decode(errors="replace").rstrip()))
+                self._lock.notify_all()
+
+    def write(self, data: bytes) -> None:
+        """Hand ``data`` to the pipe's stdin (one message)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def wait_line(self, pattern: str, timeout: float, *, after: int = 0) -> tuple[float, str]:
+        """The first stderr line from index ``after`` on that matches ``pattern``, and when it
+        came; ``AssertionError`` (with the log) when none does within ``timeout`` s."""
+        regex = re.compile(pattern)
+        end = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                for when, line in self._lines[after:]:
+                    if regex.search(line):
+                        return when, line
+                left = end - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    raise AssertionError(f"no line matching {pattern!r}\n{self.log()}")
+                self._lock.wait(min(left, 0.2))
+
+    def wait_output(self, data: bytes, timeout: float) -> None:
+        """Wait until stdout is exactly ``data`` (AssertionError with the log otherwise)."""
+        end = time.monotonic() + timeout
+        with self._lock:
+            while bytes(self._out) != data:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"stdout {bytes(self._out)!r}, expected {data!r}\n{self.log()}"
+                    )
+                self._lock.wait(min(left, 0.2))
+
+    @property
+    def line_count(self) -> int:
+        """stderr lines so far (an ``after`` for :meth:`wait_line`)."""
+        with self._lock:
+            return len(self._lines)
+
+    def formed(self) -> list[Formed]:
+        """Every "link formed" line so far."""
+        return parse_formed(self.log())
+
+    def log(self) -> str:
+        """stderr so far."""
+        with self._lock:
+            return "\n".join(line for _, line in self._lines)
+
+    def stop(self) -> None:
+        """Stop the process by PID."""
+        if self.proc.poll() is None:
+            _kill_pids([self.proc.pid], grace=1.0)
+        self.proc.wait(timeout=5)
