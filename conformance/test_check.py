@@ -48,9 +48,15 @@ COTURN_DEVIATIONS = {
     # RFC 8656 §7.2 (and RFC 5766 §6.2): a REQUESTED-TRANSPORT the server does not support
     # gets 442. coturn 4.6 answers 400 "Transport field missed or wrong" to any protocol
     # other than UDP and TCP (442 only when UDP or TCP relaying is disabled by its config).
+    # In its source (src/server/ns_turn_server.c, handle_turn_allocate) the attribute loop
+    # does set 442 for an unknown protocol, but leaves `transport` at 0, and the check after
+    # the loop (`if (!transport) 400 "Transport field missed or wrong"`) overwrites it.
     "turn.unsupported-transport": "answered 400 Transport field missed or wrong",
     # RFC 8656 §5: any request but Allocate on a 5-tuple without an allocation MUST get 437.
-    # coturn answers Refresh with 437 but CreatePermission and ChannelBind with 400.
+    # coturn answers Refresh with 437 but CreatePermission and ChannelBind with 400: their
+    # handlers (handle_turn_create_permission, handle_turn_channel_bind) only work inside
+    # `if (is_allocation_valid(a))` and otherwise return -1 with no error code, which the
+    # dispatcher turns into a generic 400.
     "turn.no-allocation": "CreatePermission answered 400 Bad Request",
 }
 """MUST probes coturn 4.6 fails, and the words of the failure (see the final report)."""
