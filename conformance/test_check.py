@@ -55,8 +55,8 @@ COTURN_DEVIATIONS = {
     # RFC 8656 §5: any request but Allocate on a 5-tuple without an allocation MUST get 437.
     # coturn answers Refresh with 437 but CreatePermission and ChannelBind with 400: their
     # handlers (handle_turn_create_permission, handle_turn_channel_bind) only work inside
-    # `if (is_allocation_valid(a))` and otherwise return -1 with no error code, which the
-    # dispatcher turns into a generic 400.
+    # `if (is_allocation_valid(a))`; without an allocation they set no error code and build
+    # no response, which the dispatcher answers with a generic 400.
     "turn.no-allocation": "CreatePermission answered 400 Bad Request",
 }
 """MUST probes coturn 4.6 fails, and the words of the failure (see the final report)."""
