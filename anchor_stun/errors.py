@@ -39,6 +39,17 @@ class DecodeError(StunError):
 StunDecodeError = DecodeError
 
 
+class StreamCorrupted(DecodeError):
+    """A stream carried bytes that are no frame (:class:`~anchor_stun.framing.StreamFramer`):
+    the connection must be closed, but ``frames``, the whole frames that arrived before the
+    junk in the same read, are still good and should be handled first."""
+
+    def __init__(self, message: str, *, field: str = "", frames: list[bytes]) -> None:
+        super().__init__(message, field=field)
+        self.frames = frames
+        """Whole frames that preceded the junk, in order."""
+
+
 class StunIntegrityError(StunError):
     """MESSAGE-INTEGRITY(-SHA256) or FINGERPRINT did not verify (RFC 8489 §14.5-§14.7)."""
 

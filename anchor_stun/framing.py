@@ -3,16 +3,19 @@
 Over TCP and TLS, STUN messages follow each other with no extra framing: the 20-byte header
 gives the length. TURN adds ChannelData messages (first byte 0x40-0x7F: a 4-byte header, then
 the data padded to a multiple of 4 over streams). :class:`StreamFramer` turns a byte stream
-into whole frames; bytes that can be neither make it raise :class:`DecodeError`, after which
-the connection should be closed (there is no way to find the next frame boundary).
+into whole frames; bytes that can be neither make it raise
+:class:`~anchor_stun.errors.StreamCorrupted` (a :class:`DecodeError`), after which the
+connection should be closed (there is no way to find the next frame boundary); the exception
+carries the whole frames that came before the junk in the same read, which are not lost.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import NoReturn
 
 from .attributes import MAGIC_COOKIE_BYTES
-from .errors import DecodeError
+from .errors import StreamCorrupted
 
 _LEN = struct.Struct("!H")
 MAX_BUFFER = 0xFFFF + 20
@@ -35,7 +38,9 @@ class StreamFramer:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add received bytes; return the frames they completed, in order."""
+        """Add received bytes; return the frames they completed, in order. Raises
+        :class:`~anchor_stun.errors.StreamCorrupted` (with the good frames before the junk)
+        when the bytes can be no frame; the buffer is then empty."""
         buf = self._buf
         buf += data
         frames: list[bytes] = []
@@ -46,17 +51,14 @@ class StreamFramer:
             length = _LEN.unpack_from(buf, pos + 2)[0]
             if first < 0x40:
                 if size - pos >= 8 and buf[pos + 4 : pos + 8] != MAGIC_COOKIE_BYTES:
-                    self._buf = bytearray()
-                    raise DecodeError("stream carries a non-STUN message", field="magic_cookie")
+                    self._corrupt("stream carries a non-STUN message", "magic_cookie", frames)
                 if length & 3:
-                    self._buf = bytearray()
-                    raise DecodeError("STUN length not a multiple of 4", field="length")
+                    self._corrupt("STUN length not a multiple of 4", "length", frames)
                 total = 20 + length
             elif self.channel_data and first < 0x80:
                 total = 4 + length + (-length & 3)
             else:
-                self._buf = bytearray()
-                raise DecodeError(f"stream frame starts with {first:#04x}", field="type")
+                self._corrupt(f"stream frame starts with {first:#04x}", "type", frames)
             if size - pos < total:
                 break
             frames.append(bytes(buf[pos : pos + total]))
@@ -64,3 +66,7 @@ class StreamFramer:
         if pos:
             del buf[:pos]
         return frames
+
+    def _corrupt(self, message: str, field: str, frames: list[bytes]) -> NoReturn:
+        self._buf = bytearray()
+        raise StreamCorrupted(message, field=field, frames=frames)

@@ -25,6 +25,7 @@ from .attributes import Software, XorMappedAddress
 from .errors import (
     DecodeError,
     LocalProtocolError,
+    StreamCorrupted,
     StunError,
     StunErrorResponse,
     TransactionTimeout,
@@ -202,13 +203,15 @@ class _ClientStream(asyncio.Protocol):
         self.framer = StreamFramer()
 
     def data_received(self, data: bytes) -> None:
+        corrupt = False
         try:
             frames = self.framer.feed(data)
-        except DecodeError:
-            self.owner._lost("server sent bytes that are not STUN")
-            return
+        except StreamCorrupted as exc:  # the frames before the junk still count
+            frames, corrupt = exc.frames, True
         for frame in frames:
             self.owner._received(frame, self.owner.server)
+        if corrupt:
+            self.owner._lost("server sent bytes that are not STUN")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner._lost("connection closed by the server")
@@ -443,17 +446,19 @@ class _ServerStream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
+        corrupt = False
         try:
             frames = self.framer.feed(data)
-        except DecodeError:
-            self.transport.close()
-            return
+        except StreamCorrupted as exc:  # the frames before the junk are still answered
+            frames, corrupt = exc.frames, True
         core = self.runner.core
         now = asyncio.get_running_loop().time()
         for frame in frames:
             transmit = core.handle(frame, self.peer, self.local, now, stream=True)
             if transmit is not None:
                 self.transport.write(transmit.data)
+        if corrupt:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:

@@ -74,7 +74,7 @@ from anchor_stun.attributes import (
     XorPeerAddress,
     XorRelayedAddress,
 )
-from anchor_stun.errors import AnchorError, DecodeError
+from anchor_stun.errors import AnchorError, DecodeError, StreamCorrupted
 from anchor_stun.events import Address
 from anchor_stun.framing import StreamFramer
 from anchor_stun.integrity import (
@@ -243,13 +243,15 @@ class _LinkStream(asyncio.Protocol):
         self.framer = StreamFramer(channel_data=True)
 
     def data_received(self, data: bytes) -> None:
+        corrupt = False
         try:
             frames = self.framer.feed(data)
-        except DecodeError:
-            self.link._lost("the server sent bytes that are neither STUN nor ChannelData")
-            return
+        except StreamCorrupted as exc:  # the frames before the junk still count
+            frames, corrupt = exc.frames, True
         for frame in frames:
             self.link._received(frame, self.link.config.server)
+        if corrupt:
+            self.link._lost("the server sent bytes that are neither STUN nor ChannelData")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.link._lost("the server closed the connection")

@@ -37,7 +37,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from anchor_stun.attributes import ErrorCode, pack_ip, unpack_ip
-from anchor_stun.errors import AllocationError, DecodeError, LocalProtocolError, TurnError
+from anchor_stun.errors import (
+    AllocationError,
+    LocalProtocolError,
+    StreamCorrupted,
+    TurnError,
+)
 from anchor_stun.events import Address, StunEvent, Transmit
 from anchor_stun.framing import StreamFramer
 from anchor_stun.net import CorePump, TransportName, format_address, resolve
@@ -104,15 +109,17 @@ class _Stream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.active:
             return
+        corrupt = False
         try:
             frames = self.framer.feed(data)
-        except DecodeError:
+        except StreamCorrupted as exc:  # the frames before the junk still count
+            frames, corrupt = exc.frames, True
+        for frame in frames:
+            self.owner._received(frame, self.owner.server)
+        if corrupt:
             self.owner._lost("the server sent bytes that are neither STUN nor ChannelData")
             if self.transport is not None:
                 self.transport.close()
-            return
-        for frame in frames:
-            self.owner._received(frame, self.owner.server)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.active:

@@ -70,7 +70,7 @@ from functools import lru_cache
 from typing import Any
 
 from anchor_stun.attributes import Family, pack_ip, unpack_ip
-from anchor_stun.errors import DecodeError, LocalProtocolError
+from anchor_stun.errors import LocalProtocolError, StreamCorrupted
 from anchor_stun.events import Address
 from anchor_stun.framing import StreamFramer
 
@@ -416,11 +416,11 @@ class _StreamConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        corrupt = False
         try:
             frames = self.framer.feed(data)
-        except DecodeError:
-            transport.close()
-            return
+        except StreamCorrupted as exc:  # the frames before the junk are still handled
+            frames, corrupt = exc.frames, True
         runner = self.runner
         core = runner.core
         now = runner._loop.time()
@@ -430,6 +430,8 @@ class _StreamConnection(asyncio.Protocol):
         except Exception:  # a core bug must not kill the connection silently or loop
             _log.exception("TURN core failed on a %s frame from %s", self.name, self.peer)
         runner._flush()
+        if corrupt:
+            transport.close()
 
     def send(self, data: bytes) -> None:
         transport = self.transport

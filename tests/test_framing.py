@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from anchor_stun.attributes import Software
-from anchor_stun.errors import DecodeError
+from anchor_stun.errors import DecodeError, StreamCorrupted
 from anchor_stun.framing import StreamFramer
 from anchor_stun.message import Message, MessageClass, Method
 from anchor_turn.channeldata import encode_channel_data
@@ -40,6 +40,19 @@ def test_garbage_raises_and_resets() -> None:
         StreamFramer().feed(b"\x00\x01\x00\x02\x21\x12\xa4\x42")
     with pytest.raises(DecodeError):
         StreamFramer().feed(b"\xff\xff\xff\xff")
+
+
+def test_frames_before_junk_in_the_same_read_are_not_lost() -> None:
+    cd = encode_channel_data(0x4001, b"hello", pad=True)
+    framer = StreamFramer(channel_data=True)
+    assert framer.feed(MSG[:10]) == []  # a frame split across reads, then junk after it
+    with pytest.raises(StreamCorrupted) as caught:
+        framer.feed(MSG[10:] + cd + b"\xff\xff\xff\xff")
+    assert caught.value.frames == [MSG, cd] and caught.value.field == "type"
+    assert isinstance(caught.value, DecodeError) and framer.buffered == 0
+    with pytest.raises(StreamCorrupted) as caught:
+        StreamFramer().feed(MSG + b"\x00\x01\x00\x00\xde\xad\xbe\xef")
+    assert caught.value.frames == [MSG] and caught.value.field == "magic_cookie"
 
 
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=20))

@@ -334,6 +334,29 @@ def test_tcp_connection_close_ends_the_allocation() -> None:
     run(main)
 
 
+def test_a_request_followed_by_junk_in_one_tcp_read_is_answered_before_the_close() -> None:
+    """Bytes that are no frame close the connection, but the request that came before them
+    in the same segment was accepted and is answered (nothing already accepted is lost)."""
+
+    async def main() -> None:
+        async with serving() as (_, server):
+            reader, writer = await asyncio.open_connection(*server)
+            try:
+                request = Message(Method.BINDING, MessageClass.REQUEST, b"j" * 12, [])
+                writer.write(request.encode(fingerprint=True) + b"\xff" * 24)
+                await writer.drain()
+                header = await asyncio.wait_for(reader.readexactly(20), 5)
+                length = int.from_bytes(header[2:4], "big")
+                answer = Message.decode(header + await reader.readexactly(length))
+                assert answer.msg_class is MessageClass.SUCCESS
+                assert answer.transaction_id == b"j" * 12
+                assert await asyncio.wait_for(reader.read(), 5) == b""  # then closed
+            finally:
+                writer.close()
+
+    run(main)
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_binding_is_answered_on_the_turn_ports(transport: str) -> None:
     async def main() -> None:
