@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import stat
 import sys
@@ -105,6 +106,65 @@ async def _open_stdin(stream: IO[bytes]) -> asyncio.StreamReader | None:
     return reader
 
 
+class _Paced(asyncio.Protocol):
+    """Write side of a pipe transport: knows when the transport's buffer is drained."""
+
+    def __init__(self) -> None:
+        self.drained = asyncio.Event()
+        self.drained.set()
+
+    def pause_writing(self) -> None:
+        self.drained.clear()
+
+    def resume_writing(self) -> None:
+        self.drained.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.drained.set()
+
+
+class _Output:
+    """stdout, written without ever blocking the event loop: through a pipe transport when
+    it is a pipe, socket or terminal (a slow reader then costs memory, not the link: a
+    blocking write would stop the loop, and with it ACKs and consent); directly when it is a
+    regular file (which never blocks, and which epoll refuses)."""
+
+    FLUSH_TIMEOUT = 30.0
+    """Seconds :meth:`flush` waits for a reader that does not read."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._transport: asyncio.WriteTransport | None = None
+        self._protocol = _Paced()
+
+    async def open(self) -> None:
+        try:
+            mode = os.fstat(self._stream.fileno()).st_mode
+        except (OSError, ValueError):
+            return
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or self._stream.isatty():
+            loop = asyncio.get_running_loop()
+            self._transport, _ = await loop.connect_write_pipe(
+                lambda: self._protocol, self._stream
+            )
+
+    def write(self, data: bytes) -> None:
+        if self._transport is None:
+            self._stream.write(data)
+            self._stream.flush()
+        elif not self._transport.is_closing():
+            self._transport.write(data)
+
+    async def flush(self) -> None:
+        """Wait (bounded) until everything written has left the process."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.set_write_buffer_limits(high=0)  # "drained" now means empty
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._protocol.drained.wait(), self.FLUSH_TIMEOUT)
+
+
 async def run(args: argparse.Namespace) -> int:
     """Run ``anchor pipe``; returns the exit status."""
     from .link import Anchor
@@ -112,13 +172,13 @@ async def run(args: argparse.Namespace) -> int:
     from .signal import WebSocketSignalling
 
     cfg = _config(args)
-    out = sys.stdout.buffer
+    out = _Output(sys.stdout.buffer)
+    await out.open()
     failures: list[str] = []
 
     def on_message(peer: str, data: bytes) -> None:
         if peer == args.peer:
             out.write(data)
-            out.flush()
 
     def on_event(event: LinkEvent) -> None:
         if isinstance(event, LinkFailed):
@@ -162,6 +222,7 @@ async def run(args: argparse.Namespace) -> int:
             if ended and not anchor.active_peers():
                 break
             await anchor.wait_for(LinkEvent, count=len(anchor.history) + 1)
+    await out.flush()
     if failures and not any(isinstance(e, LinkDissolved) for e in anchor.history):
         raise AnchorError(f"link to {args.peer!r} failed: {failures[-1]}")
     return 0

@@ -611,3 +611,39 @@ def test_websocket_mailbox_comes_back_after_its_connection_dies_and_keeps_its_na
             await server.wait_closed()
 
     run(main())
+
+
+def test_anchor_pipe_keeps_its_link_healthy_while_nobody_reads_its_stdout() -> None:
+    """The receiver's stdout is a pipe nobody reads until the sender is done: 1 MB cannot
+    fit in it, so a blocking write would stop the receiver's event loop (no ACKs, the
+    sender's link would end "peer unreachable"). The sender's link ends idle, cleanly; then
+    everything is read, whole."""
+    port, signal_port = free_loopback_port(), free_loopback_port()
+    data = os.urandom(1_000_000)
+    common = [
+        "--signal", f"ws://{LOOPBACK}:{signal_port}", "--turn", f"{LOOPBACK}:{port}",
+        "--user", "alice:secret", "--host-ip", LOOPBACK, "--idle", "0.5",
+    ]  # fmt: skip
+    with anchor_serve(
+        "--listen", f"{LOOPBACK}:{port}", "--user", "alice:secret", "--allow-loopback-peers",
+        "--signal", f"{LOOPBACK}:{signal_port}", expect=2,
+    ):  # fmt: skip
+        receiver = subprocess.Popen(
+            [*ANCHOR, "pipe", "--name", "B", "--peer", "A", "-v", *common],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            time.sleep(1.0)  # let B subscribe before A's offer
+            sender = subprocess.run(
+                [*ANCHOR, "pipe", "--name", "A", "--peer", "B", "-v", *common],
+                input=data, capture_output=True, timeout=60, check=False,
+            )  # fmt: skip
+            out, err = receiver.communicate(timeout=30)
+        finally:
+            if receiver.poll() is None:
+                receiver.kill()
+                receiver.wait()
+    assert sender.returncode == 0, sender.stderr
+    assert b"dissolved (idle)" in sender.stderr, sender.stderr
+    assert receiver.returncode == 0, err
+    assert out == data

@@ -158,8 +158,8 @@ def pipe_pair(
             out, err = proc.communicate(timeout=5)  # what was read so far, and the rest
             return out, err, True
 
-    # Both at once: the receiver writes to stdout with a blocking write, so its stdout must be
-    # drained while the sender still runs (a full 64 KiB pipe would stall its event loop).
+    # Both at once: the receiver's stdout is read while the sender still runs, so that its
+    # output does not pile up in the receiver's memory.
     with ThreadPoolExecutor(max_workers=2) as pool:
         s_future = pool.submit(drain, sender, data)
         r_future = pool.submit(drain, receiver, None)
