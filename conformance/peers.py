@@ -487,8 +487,8 @@ def start_coturn(
     min_port = free_port_block(relay_ports, "udp", (host,))
     max_port = min_port + relay_ports - 1
     argv = [binary, "-n"]
-    for host in hosts:
-        argv += ["--listening-ip", host]
+    for ip in hosts:
+        argv += ["--listening-ip", ip]
     argv += [
         "--relay-ip", host,
         "--listening-port", str(port),
