@@ -27,11 +27,12 @@ What this proves:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -501,19 +502,26 @@ def test_anchor_demo_json_reports_a_relayed_link_that_left_nothing() -> None:
     assert took < 60
 
 
-def test_anchor_pipe_carries_stdin_through_anchor_serve_signal(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def pipe_server() -> Iterator[list[str]]:
+    """``anchor serve`` with TURN and the rendezvous on loopback; yields the ``anchor pipe``
+    arguments both sides share (idle 0.5 s)."""
     port, signal_port = free_loopback_port(), free_loopback_port()
-    data = os.urandom(200_000)
-    (tmp_path / "in").write_bytes(data)
-    common = [
-        "--signal", f"ws://{LOOPBACK}:{signal_port}", "--turn", f"{LOOPBACK}:{port}",
-        "--user", "alice:secret", "--host-ip", LOOPBACK, "--idle", "0.5",
-    ]  # fmt: skip
     with anchor_serve(
         "--listen", f"{LOOPBACK}:{port}", "--user", "alice:secret", "--allow-loopback-peers",
         "--signal", f"{LOOPBACK}:{signal_port}", expect=2,
     ) as lines:  # fmt: skip
         assert f"listening ws {LOOPBACK}:{signal_port}" in lines
+        yield [
+            "--signal", f"ws://{LOOPBACK}:{signal_port}", "--turn", f"{LOOPBACK}:{port}",
+            "--user", "alice:secret", "--host-ip", LOOPBACK, "--idle", "0.5",
+        ]  # fmt: skip
+
+
+def test_anchor_pipe_carries_stdin_through_anchor_serve_signal(tmp_path: Path) -> None:
+    data = os.urandom(200_000)
+    (tmp_path / "in").write_bytes(data)
+    with pipe_server() as common:
         with open(tmp_path / "out", "wb") as out:
             receiver = subprocess.Popen(
                 [*ANCHOR, "pipe", "--name", "B", "--peer", "A", "-v", *common],
@@ -618,16 +626,8 @@ def test_anchor_pipe_keeps_its_link_healthy_while_nobody_reads_its_stdout() -> N
     fit in it, so a blocking write would stop the receiver's event loop (no ACKs, the
     sender's link would end "peer unreachable"). The sender's link ends idle, cleanly; then
     everything is read, whole."""
-    port, signal_port = free_loopback_port(), free_loopback_port()
     data = os.urandom(1_000_000)
-    common = [
-        "--signal", f"ws://{LOOPBACK}:{signal_port}", "--turn", f"{LOOPBACK}:{port}",
-        "--user", "alice:secret", "--host-ip", LOOPBACK, "--idle", "0.5",
-    ]  # fmt: skip
-    with anchor_serve(
-        "--listen", f"{LOOPBACK}:{port}", "--user", "alice:secret", "--allow-loopback-peers",
-        "--signal", f"{LOOPBACK}:{signal_port}", expect=2,
-    ):  # fmt: skip
+    with pipe_server() as common:
         receiver = subprocess.Popen(
             [*ANCHOR, "pipe", "--name", "B", "--peer", "A", "-v", *common],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
