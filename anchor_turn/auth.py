@@ -22,7 +22,12 @@ Back-ends:
   ``--static-auth-secret``): the username is ``expiry[:user]``, the password
   ``base64(HMAC-SHA1(secret, username))``; a username whose expiry (UNIX seconds) is in the
   past is refused. Expiry is wall-clock time, which a core must not read: the adapter injects
-  it as ``clock`` (for instance ``time.time``).
+  it as ``clock`` (for instance ``time.time``). Deriving a key takes the PRECIS OpaqueString
+  preparation of the realm and of the password (RFC 8265, with ``precis-i18n``), an HMAC and
+  a hash: about half the cost of an authenticated request. The keys of the last
+  :data:`KEY_CACHE_SIZE` (username, realm, algorithm) are kept, least recently used dropped
+  first, so a flood of distinct usernames cannot grow memory; the expiry is checked on every
+  request, cached or not.
 * :class:`ChainedBackend` — asks several back-ends in order; the first answer wins.
 
 Every back-end returns ``None`` for anything it does not know or cannot accept (unknown user,
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache, partial
 from os import PathLike
 from types import TracebackType
 from typing import Protocol, runtime_checkable
@@ -45,6 +51,7 @@ from anchor_stun.integrity import long_term_key, opaque_string, turn_rest_passwo
 
 __all__ = [
     "ALGORITHMS",
+    "KEY_CACHE_SIZE",
     "ChainedBackend",
     "CredentialBackend",
     "RestSecret",
@@ -54,6 +61,8 @@ __all__ = [
 
 ALGORITHMS = (PasswordAlgorithmId.MD5, PasswordAlgorithmId.SHA256)
 """Password algorithms every back-end here derives keys for (RFC 8489 §18.5)."""
+KEY_CACHE_SIZE = 4096
+"""Derived keys a :class:`RestSecret` keeps, by (username, realm, algorithm)."""
 
 
 @runtime_checkable
@@ -254,6 +263,16 @@ class SqliteUsers:
         return self._hashes.get((bytes(userhash), realm))
 
 
+def _rest_key(secret: str, username: str, realm: str, algorithm: int) -> bytes | None:
+    """The long-term key of a REST API username (RFC 8489 §9.2.2 over the password of
+    :func:`~anchor_stun.integrity.turn_rest_password`), or None for an algorithm or a realm
+    that cannot be used. A pure function of its arguments: safe to cache."""
+    try:
+        return long_term_key(username, realm, turn_rest_password(secret, username), algorithm)
+    except LocalProtocolError:
+        return None
+
+
 class RestSecret:
     """Time-limited credentials of the TURN REST API (coturn's ``--static-auth-secret``).
 
@@ -263,7 +282,7 @@ class RestSecret:
     than ``clock()`` is refused. ``clock`` returns wall-clock UNIX time and is injected by the
     adapter (``time.time``): a protocol core never reads the clock itself. USERHASH cannot be
     served (a hash cannot be turned back into a timestamped name): :meth:`lookup_userhash`
-    always returns None.
+    always returns None. Derived keys are cached (module docstring, :data:`KEY_CACHE_SIZE`).
     """
 
     def __init__(self, secret: str, *, clock: Callable[[], float], separator: str = ":") -> None:
@@ -276,6 +295,7 @@ class RestSecret:
         """Wall-clock UNIX time, injected by the adapter."""
         self.separator = separator
         """What separates the expiry from the user name in a username."""
+        self._derive = lru_cache(maxsize=KEY_CACHE_SIZE)(partial(_rest_key, secret))
 
     def password(self, username: str) -> str:
         """The password that goes with ``username`` (what a credentials service hands out)."""
@@ -288,10 +308,7 @@ class RestSecret:
             return None
         if int(head) < self.clock():
             return None
-        try:
-            return long_term_key(username, realm, self.password(username), algorithm)
-        except LocalProtocolError:
-            return None  # an algorithm we do not know, or a realm OpaqueString refuses
+        return self._derive(username, realm, algorithm)
 
     def lookup_userhash(self, userhash: bytes, realm: str) -> str | None:
         """Always None: REST usernames cannot be found from their hash."""

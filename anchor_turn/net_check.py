@@ -56,9 +56,11 @@ from typing import Any, cast
 
 from anchor_stun.attributes import (
     Attribute,
+    AttrType,
     ChangeRequest,
     ChannelNumber,
     Data,
+    DontFragment,
     Lifetime,
     Nonce,
     OtherAddress,
@@ -1478,9 +1480,22 @@ async def _relay_source(ctx: CheckContext, payload: bytes, alloc: _Allocation) -
 )
 async def _probe_send_data(ctx: CheckContext) -> Verdict:
     alloc, peer = await _data_allocation(ctx)
-    payload = _payload("send")
+    wrong = await _send_round_trip(ctx, alloc, peer, _payload("send"))
+    if wrong:
+        return Verdict.failed(wrong)
+    return Verdict.passed(f"echo from {format_address(peer)} came back in a Data indication")
+
+
+async def _send_round_trip(
+    ctx: CheckContext, alloc: _Allocation, peer: Address, payload: bytes, *extra: Attribute
+) -> str | None:
+    """A Send indication (with ``extra`` attributes) to the echo ``peer``, up to three times;
+    why its echo did not come back from the peer in a Data indication, or None when it did."""
     indication = Message(
-        Method.SEND, MessageClass.INDICATION, _tid(), [XorPeerAddress(*peer), Data(payload)]
+        Method.SEND,
+        MessageClass.INDICATION,
+        _tid(),
+        [XorPeerAddress(*peer), Data(payload), *extra],
     ).encode(fingerprint=True)
 
     def is_echo(item: Inbound) -> bool:
@@ -1498,15 +1513,14 @@ async def _probe_send_data(ctx: CheckContext) -> Verdict:
             break
     wrong = await _relay_source(ctx, payload, alloc)
     if wrong:
-        return Verdict.failed(wrong)
+        return wrong
     if item is None or item.message is None:
-        return Verdict.failed(f"no Data indication with the echo from {format_address(peer)}")
+        return f"no Data indication with the echo from {format_address(peer)}"
     origin = item.message.get(XorPeerAddress)
     if origin is None or origin.address != peer:
         shown = format_address(origin.address) if origin else "none"
-        return Verdict.failed(f"Data indication with XOR-PEER-ADDRESS {shown}, expected "
-                              f"{format_address(peer)}")
-    return Verdict.passed(f"echo from {format_address(peer)} came back in a Data indication")
+        return f"Data indication with XOR-PEER-ADDRESS {shown}, expected {format_address(peer)}"
+    return None
 
 
 @_probe(
@@ -1747,6 +1761,54 @@ async def _probe_unsupported_transport(ctx: CheckContext) -> Verdict:
     return _expect_refusal(
         ctx, turn, response, 442, f"REQUESTED-TRANSPORT {UNSUPPORTED_PROTOCOL}"
     )
+
+
+@_probe(
+    "turn.dont-fragment",
+    "An Allocate with DONT-FRAGMENT succeeds, or is refused with 420 listing it (the server "
+    "cannot set DF); when it succeeds, a Send indication carrying it is relayed",
+    "RFC 8656 §7.2, §11.2",
+    Level.MUST,
+)
+async def _probe_dont_fragment(ctx: CheckContext) -> Verdict:
+    turn = _Turn(await ctx.link(), ctx.credentials())
+    response = await turn.request(
+        Method.ALLOCATE, [RequestedTransport(TransportProtocol.UDP), DontFragment()]
+    )
+    code = _code(response)
+    if code == 401:
+        raise ProbeSkipped("the server refused the credentials (401); see turn.allocate")
+    if code == 420:
+        unknown = response.get(UnknownAttributes)
+        if unknown is None or AttrType.DONT_FRAGMENT not in unknown.types:
+            listed = ", ".join(f"{t:#06x}" for t in unknown.types) if unknown else "none"
+            return Verdict.failed(
+                f"420 without UNKNOWN-ATTRIBUTES listing DONT-FRAGMENT (0x001a) (listed: {listed})"
+            )
+        return Verdict.passed(
+            "not supported: 420 with UNKNOWN-ATTRIBUTES DONT-FRAGMENT (0x001a); clients retry "
+            "without it (§7.4)"
+        )
+    if code != 0:
+        return Verdict.failed(
+            f"answered {_describe(response)}, expected success or 420 listing DONT-FRAGMENT"
+        )
+    alloc = ctx.track(turn, response)
+    supported = "supported: the Allocate with DONT-FRAGMENT succeeded"
+    try:
+        peer = await ctx.data_peer()
+    except ProbeSkipped as exc:
+        return Verdict.passed(f"{supported} (Send indication not tried: {exc.detail})")
+    permission = await turn.request(Method.CREATE_PERMISSION, [XorPeerAddress(*peer)])
+    if _code(permission) != 0 or not alloc.relayed[0]:
+        return Verdict.passed(
+            f"{supported} (Send indication not tried: CreatePermission for {peer[0]} "
+            f"answered {_describe(permission)})"
+        )
+    wrong = await _send_round_trip(ctx, alloc, peer, _payload("dont-fragment"), DontFragment())
+    if wrong:
+        return Verdict.failed(f"{supported}, but a Send indication carrying it: {wrong}")
+    return Verdict.passed(f"{supported}; a Send indication carrying it was relayed and echoed")
 
 
 async def _release(alloc: _Allocation) -> Verdict | None:

@@ -20,11 +20,26 @@ socket and the clock (``loop.time()``) and only moves bytes:
   EVEN-PORT and the reservation of port N+1 under an 8-byte RESERVATION-TOKEN
   (RFC 8656 §7.2, §14.6, §14.9; a reservation lasts :data:`RESERVATION_LIFETIME` seconds).
   Peer datagrams go to ``core.receive_relay(data, peer, relay, now)``.
+* **Fragmentation** (RFC 8656 §7.2 step 4, §11.2, §14, §15). Where the socket options exist
+  (Linux: ``IP_MTU_DISCOVER`` for IPv4, ``IPV6_DONTFRAG`` for IPv6; checked once on a scratch
+  socket of each relay family, :attr:`UdpRelayAllocator.dont_fragment`), every IPv4 relay
+  socket is bound with ``IP_PMTUDISC_DONT``: the DF bit 0 on what it relays (the kernel's
+  default would set DF and do path MTU discovery), IPv6 ones keep the default (fragmentation
+  allowed). A :class:`~anchor_turn.server.DontFragmentTransmit` is sent with
+  ``IP_PMTUDISC_DO`` / ``IPV6_DONTFRAG`` 1: the mode of each relay socket is remembered and
+  changed only when the next datagram from it needs the other one, just before its
+  ``sendto``. A datagram that does not fit the path then fails with ``EMSGSIZE`` and is
+  counted in :attr:`TurnServerRunner.send_errors`. Where the options are missing the runner
+  clears ``core.dont_fragment``, so the core answers DONT-FRAGMENT with 420.
 * **Output.** After each batch of input the runner drains ``core.datagrams_to_send()`` and
   routes every :class:`~anchor_stun.events.Transmit` by its ``local``: a relayed address
   sends from that relay socket (to a peer); otherwise a live TCP/TLS connection keyed by
   ``(addr, local)`` gets the bytes; otherwise the UDP listener bound to ``local``. Then it
   hands out the core's events and re-arms its one timer at ``core.next_timer()``.
+
+Output of a batch without a :class:`~anchor_turn.server.DontFragmentTransmit` (the core's
+``stats.to_peer_dont_fragment`` unchanged) while no relay socket is in DF mode takes the loop
+that never looks at fragmentation: ChannelData relaying pays one comparison per batch.
 
 Reading. Every UDP socket (listeners and relays) is a plain non-blocking socket watched with
 ``loop.add_reader``: when it is readable the callback reads up to :data:`READ_BATCH`
@@ -65,16 +80,17 @@ import os
 import random
 import socket
 import ssl
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
 from anchor_stun.attributes import Family, pack_ip, unpack_ip
 from anchor_stun.errors import LocalProtocolError, StreamCorrupted
-from anchor_stun.events import Address
+from anchor_stun.events import Address, Transmit
 from anchor_stun.framing import StreamFramer
 
-from .server import TransportName, TurnServer, TurnServerEvent
+from .server import DontFragmentTransmit, TransportName, TurnServer, TurnServerEvent
 
 __all__ = [
     "DEFAULT_MAX_PORT",
@@ -84,6 +100,7 @@ __all__ = [
     "TurnServerRunner",
     "UdpRelayAllocator",
     "canonical_address",
+    "dont_fragment_supported",
 ]
 
 DEFAULT_MIN_PORT = 49152  # RFC 8656 §7.2: relayed ports SHOULD come from 49152-65535
@@ -104,6 +121,15 @@ _IPV4 = int(Family.IPV4)
 _IPV6 = int(Family.IPV6)
 _log = logging.getLogger("anchor_turn.net_server")
 
+# Path MTU discovery modes of an IPv4 socket (Linux <linux/in.h>; Python 3.11 does not export
+# them). IP_PMTUDISC_DONT: DF 0, the kernel fragments; IP_PMTUDISC_DO: DF 1, never fragments
+# (EMSGSIZE beyond the path MTU). IPv6 (RFC 3542 §11.2): IPV6_DONTFRAG 1 / 0.
+_LINUX = sys.platform.startswith("linux")
+_IP_MTU_DISCOVER: int | None = getattr(socket, "IP_MTU_DISCOVER", 10 if _LINUX else None)
+_IP_PMTUDISC_DONT: int = getattr(socket, "IP_PMTUDISC_DONT", 0)
+_IP_PMTUDISC_DO: int = getattr(socket, "IP_PMTUDISC_DO", 2)
+_IPV6_DONTFRAG: int | None = getattr(socket, "IPV6_DONTFRAG", 62 if _LINUX else None)
+
 
 @lru_cache(maxsize=4096)
 def _canonical_ip(ip: str) -> str:
@@ -122,6 +148,47 @@ def canonical_address(sockaddr: Any) -> Address:
 
 def _family_of(ip: str) -> int:
     return int(pack_ip(ip)[0])
+
+
+def _set_dont_fragment(sock: socket.socket, family: int, on: bool) -> None:
+    """Forbid (``on``) or allow fragmentation of what ``sock`` sends; raises OSError when the
+    platform cannot (the option is missing or refused)."""
+    if family == _IPV6:
+        if _IPV6_DONTFRAG is None:
+            raise OSError(errno.ENOPROTOOPT, "IPV6_DONTFRAG is not available")
+        sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_DONTFRAG, 1 if on else 0)
+    else:
+        if _IP_MTU_DISCOVER is None:
+            raise OSError(errno.ENOPROTOOPT, "IP_MTU_DISCOVER is not available")
+        sock.setsockopt(
+            socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO if on else _IP_PMTUDISC_DONT
+        )
+
+
+def dont_fragment_supported(family: int) -> bool:
+    """Whether UDP sockets of ``family`` (1 IPv4, 2 IPv6) can be switched between forbidding
+    and allowing fragmentation here (RFC 8656 §7.2 step 4): tried on a scratch socket, whose
+    mode must read back as set."""
+    try:
+        with socket.socket(
+            socket.AF_INET6 if family == _IPV6 else socket.AF_INET, socket.SOCK_DGRAM
+        ) as sock:
+            level, name = (
+                (socket.IPPROTO_IPV6, _IPV6_DONTFRAG)
+                if family == _IPV6
+                else (socket.IPPROTO_IP, _IP_MTU_DISCOVER)
+            )
+            if name is None:
+                return False
+            on = 1 if family == _IPV6 else _IP_PMTUDISC_DO
+            off = 0 if family == _IPV6 else _IP_PMTUDISC_DONT
+            _set_dont_fragment(sock, family, True)
+            if sock.getsockopt(level, name) != on:
+                return False
+            _set_dont_fragment(sock, family, False)
+            return bool(sock.getsockopt(level, name) == off)
+    except OSError:
+        return False
 
 
 def _udp_socket(family: int, rcvbuf: int) -> socket.socket:
@@ -169,7 +236,9 @@ class UdpRelayAllocator:
     ``rng`` for ``reservation_lifetime`` seconds). Ports other programs hold are skipped.
 
     The runner attaches it to its loop (:meth:`attach`) before the first Allocate; every
-    bound relay socket is then watched with ``loop.add_reader``. Raises
+    bound relay socket is then watched with ``loop.add_reader``. ``dont_fragment=False``
+    keeps the sockets' fragmentation mode untouched and makes :attr:`dont_fragment` False, as
+    on a platform without the socket options (module docstring). Raises
     :class:`LocalProtocolError` on a bad configuration.
     """
 
@@ -182,6 +251,7 @@ class UdpRelayAllocator:
         rng: Callable[[int], bytes] = os.urandom,
         reservation_lifetime: float = RESERVATION_LIFETIME,
         rcvbuf: int = RELAY_RCVBUF,
+        dont_fragment: bool = True,
     ) -> None:
         if not 1 <= min_port <= max_port <= 65535:
             raise LocalProtocolError(f"bad relay port range {min_port}-{max_port}")
@@ -221,6 +291,14 @@ class UdpRelayAllocator:
         self._ready: RelayReady | None = None
         self.bind_failures = 0
         """Allocations refused because no port could be bound (508)."""
+        self.dont_fragment = dont_fragment and all(
+            dont_fragment_supported(family) for family in self._ips
+        )
+        """Whether relay sockets can forbid fragmentation, for every relay family (RFC 8656
+        §7.2 step 4): the ``dont_fragment`` capability of the core."""
+        self.dont_fragment_sockets: set[socket.socket] = set()
+        """Relay sockets now in the mode that forbids fragmentation (DF 1, IPV6_DONTFRAG);
+        the others allow it."""
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -283,6 +361,7 @@ class UdpRelayAllocator:
         if sock is None:
             return
         if self._loop is None:
+            self.dont_fragment_sockets.discard(sock)
             sock.close()
             self._used.get(addr[0], set()).discard(addr[1])
             return
@@ -294,8 +373,23 @@ class UdpRelayAllocator:
     def _finish_release(self, addr: Address) -> None:
         sock = self.closing.pop(addr, None)
         if sock is not None:
+            self.dont_fragment_sockets.discard(sock)
             sock.close()
             self._used.get(addr[0], set()).discard(addr[1])
+
+    def set_dont_fragment(self, sock: socket.socket, on: bool) -> bool:
+        """Make the relay socket ``sock`` forbid (``on``) or allow fragmentation of what it
+        sends next (RFC 8656 §14, §15) and remember it; False when the kernel refused."""
+        family = _IPV6 if sock.family == socket.AF_INET6 else _IPV4
+        try:
+            _set_dont_fragment(sock, family, on)
+        except OSError:
+            return False
+        if on:
+            self.dont_fragment_sockets.add(sock)
+        else:
+            self.dont_fragment_sockets.discard(sock)
+        return True
 
     # ------------------------------------------------------------------ sockets
 
@@ -349,6 +443,11 @@ class UdpRelayAllocator:
             if exc.errno == errno.EADDRNOTAVAIL:
                 raise
             return None
+        if self.dont_fragment and family == _IPV4:
+            # DF 0 unless a Send indication asks for it (RFC 8656 §14 Alternate Behavior,
+            # §15): Linux's default, IP_PMTUDISC_WANT, would set DF on everything.
+            with contextlib.suppress(OSError):
+                _set_dont_fragment(sock, family, False)
         return sock
 
     def _bind(
@@ -486,6 +585,12 @@ class TurnServerRunner:
         """The TURN core served."""
         self.allocator: UdpRelayAllocator = core.relay
         """The relay allocator (owner of the relay sockets)."""
+        if not self.allocator.dont_fragment and core.dont_fragment:
+            core.dont_fragment = False  # DONT-FRAGMENT becomes unknown: 420 (RFC 8656 §7.2)
+            _log.info("relay sockets cannot forbid fragmentation: DONT-FRAGMENT gets 420")
+        self._stats = core.stats
+        self._dont_fragment_seen = core.stats.to_peer_dont_fragment
+        self._dont_fragment_sockets = self.allocator.dont_fragment_sockets
         udp_addresses: list[Address] = []
         for addr in [*core.stun.local_addresses(), *udp]:
             if addr not in udp_addresses:
@@ -503,7 +608,7 @@ class TurnServerRunner:
         self.send_dropped = 0
         """Datagrams dropped because a socket or connection would have blocked."""
         self.send_errors = 0
-        """Datagrams the kernel refused to send (unreachable, ...)."""
+        """Datagrams the kernel refused to send (unreachable, too big with DF, ...)."""
         self._loop: asyncio.AbstractEventLoop  # set by start()
         self._udp: dict[Address, socket.socket] = {}
         self._servers: list[asyncio.Server] = []
@@ -657,27 +762,34 @@ class TurnServerRunner:
         core = self.core
         out = core.datagrams_to_send(self._loop.time())
         if out:
-            relays = self.allocator.sockets
-            closing = self.allocator.closing
-            streams = self._streams
-            udp = self._udp
-            for data, addr, local in out:
-                sock = relays.get(local) or closing.get(local) if local is not None else None
-                if sock is None:
-                    if streams:
-                        connection = streams.get((addr, local))  # type: ignore[arg-type]
-                        if connection is not None:
-                            connection.send(data)
-                            continue
-                    sock = udp.get(local) if local is not None else None
+            if (
+                self._stats.to_peer_dont_fragment != self._dont_fragment_seen
+                or self._dont_fragment_sockets
+            ):
+                self._dont_fragment_seen = self._stats.to_peer_dont_fragment
+                self._send_fragmentation_aware(out)
+            else:  # no fragmentation to care about: the relay's fast path
+                relays = self.allocator.sockets
+                closing = self.allocator.closing
+                streams = self._streams
+                udp = self._udp
+                for data, addr, local in out:
+                    sock = relays.get(local) or closing.get(local) if local is not None else None
                     if sock is None:
-                        continue
-                try:
-                    sock.sendto(data, addr)
-                except (BlockingIOError, InterruptedError):
-                    self.send_dropped += 1
-                except OSError:
-                    self.send_errors += 1
+                        if streams:
+                            connection = streams.get((addr, local))  # type: ignore[arg-type]
+                            if connection is not None:
+                                connection.send(data)
+                                continue
+                        sock = udp.get(local) if local is not None else None
+                        if sock is None:
+                            continue
+                    try:
+                        sock.sendto(data, addr)
+                    except (BlockingIOError, InterruptedError):
+                        self.send_dropped += 1
+                    except OSError:
+                        self.send_errors += 1
         event = core.next_event()
         while event is not None:
             if self.on_event is not None:
@@ -692,6 +804,44 @@ class TurnServerRunner:
                 self._timer.cancel()
             self._timer = None if deadline is None else self._loop.call_at(deadline, self._fire)
             self._timer_at = deadline
+
+    def _send_fragmentation_aware(self, out: list[Transmit]) -> None:
+        """The output loop of :meth:`_flush`, but each datagram from a relay socket first
+        switches the socket's mode if it must (RFC 8656 §14, §15): fragmentation forbidden for
+        a DontFragmentTransmit, allowed otherwise. A datagram whose socket cannot be made to
+        forbid it is not sent (counted in ``send_errors``)."""
+        allocator = self.allocator
+        relays = allocator.sockets
+        closing = allocator.closing
+        forbidding = allocator.dont_fragment_sockets
+        streams = self._streams
+        udp = self._udp
+        for transmit in out:
+            data, addr, local = transmit
+            sock = relays.get(local) or closing.get(local) if local is not None else None
+            if sock is not None:
+                wanted = type(transmit) is DontFragmentTransmit
+                if wanted is not (sock in forbidding) and not allocator.set_dont_fragment(
+                    sock, wanted
+                ):
+                    if wanted:
+                        self.send_errors += 1
+                        continue
+            else:
+                if streams:
+                    connection = streams.get((addr, local))  # type: ignore[arg-type]
+                    if connection is not None:
+                        connection.send(data)
+                        continue
+                sock = udp.get(local) if local is not None else None
+                if sock is None:
+                    continue
+            try:
+                sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                self.send_dropped += 1
+            except OSError:
+                self.send_errors += 1
 
     def _fire(self) -> None:
         self._timer = None

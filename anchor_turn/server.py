@@ -14,9 +14,14 @@ Theory of operation
 ``datagrams_to_send(now)`` returns :class:`~anchor_stun.events.Transmit` records. To a client:
 ``Transmit(data, client, local=listener)`` (for TCP/TLS the adapter routes by (addr, local) to
 the connection). To a peer: ``Transmit(payload, peer, local=relayed address)``: the adapter
-sends it from that relay socket. ``next_timer()`` / ``handle_timer(now)`` expire allocations
-(releasing their relayed addresses through ``RelayAllocator.release``), permissions and
-channels; ``next_event()`` reports what happened, for logs and metrics; :attr:`stats` counts.
+sends it from that relay socket, with fragmentation allowed (the DF bit 0); a
+:class:`DontFragmentTransmit` (same fields) must leave with fragmentation forbidden (DF 1,
+``IPV6_DONTFRAG``): it relays a Send indication that carried DONT-FRAGMENT (§11.2, §14, §15;
+see "DONT-FRAGMENT" below). Each one is counted in ``stats.to_peer_dont_fragment``, so an
+adapter can tell a batch without any at the cost of one comparison. ``next_timer()`` /
+``handle_timer(now)`` expire allocations (releasing their relayed addresses through
+``RelayAllocator.release``), permissions and channels; ``next_event()`` reports what
+happened, for logs and metrics; :attr:`stats` counts.
 An allocation is identified by its 5-tuple: (client address, listener address, transport).
 
 Processing a message from a client, in this order:
@@ -38,6 +43,8 @@ Processing a message from a client, in this order:
    XOR-PEER-ADDRESS and DATA, with unknown comprehension-required attributes, for a peer of
    a family the allocation has no relay for, without a live permission for the peer's IP,
    or to a forbidden destination (the allocation's own relayed address, a listener).
+   DONT-FRAGMENT without the ``dont_fragment`` capability is an unknown comprehension-required
+   attribute: the indication is dropped (§11.2).
    Otherwise the DATA goes to the peer from the relayed address. Never refreshes a permission.
 6. A request whose method is not Allocate, Refresh, CreatePermission or ChannelBind: 400.
 7. Allocate retransmission (§7.2, RFC 8489 §6.3.1): a request byte-for-byte equal to the
@@ -56,7 +63,8 @@ Processing a message from a client, in this order:
    Errors of steps a-f are unsigned; every later response, success or error, carries the
    integrity attribute the request used (MESSAGE-INTEGRITY-SHA256 truncated as the
    request's, or MESSAGE-INTEGRITY) computed with the same key (§9.2.4).
-9. Unknown comprehension-required attributes: 420 with UNKNOWN-ATTRIBUTES (RFC 8489 §6.3.1).
+9. Unknown comprehension-required attributes: 420 with UNKNOWN-ATTRIBUTES (RFC 8489 §6.3.1);
+   DONT-FRAGMENT is one of them without the ``dont_fragment`` capability (RFC 8656 §7.2 step 4).
 10. Method, with the allocation of the 5-tuple:
     - Allocate (RFC 8656 §7.2): 437 when the 5-tuple has one; REQUESTED-TRANSPORT missing
       400, not UDP 442; RESERVATION-TOKEN with EVEN-PORT, REQUESTED-ADDRESS-FAMILY or
@@ -107,7 +115,16 @@ Decisions where the RFCs leave room
   allocations stay reachable: two clients of one server talking relay-to-relay is normal.
 - Dual allocations keep one lifetime per family: Refresh with REQUESTED-ADDRESS-FAMILY
   refreshes (or with LIFETIME 0 deletes) that family only (§8.1).
-- DONT-FRAGMENT is accepted (not answered with 420); setting DF is left to the adapter.
+- DONT-FRAGMENT (RFC 8656 §7.2 step 4, §11.2, §13-§15). ``dont_fragment`` says whether the
+  adapter can send UDP datagrams with fragmentation forbidden (the runner clears it where the
+  socket options are missing). Without it the attribute is unknown and comprehension-required:
+  a request carrying it gets 420 listing 0x001A, a Send indication carrying it is dropped.
+  With it, a Send indication carrying it becomes a :class:`DontFragmentTransmit` when the
+  relay is one where the attribute applies: IPv4-to-IPv4 over UDP (§14) and every TCP/TLS
+  allocation (§15); over UDP with an IPv6 client or relay the packet is translated and the
+  attribute MUST be ignored (§13.1-§13.3). Everything else relayed to a peer (ChannelData, a
+  Send indication without it) gets DF 0: the Alternate Behavior of §14 (the incoming DF bit
+  cannot be read through a socket, so it is taken as 0) and the Preferred one of §15.
 - ``rfc5766_channels`` (off by default) accepts RFC 5766's channel range 0x4000-0x7FFF,
   which RFC 8656 §12 narrowed to 0x4000-0x4FFF: RFC 5766 clients pick numbers from the
   whole old range (coturn's ``turnutils_uclient`` draws them at random from it).
@@ -149,6 +166,7 @@ from anchor_stun.attributes import (
     AttrType,
     ChannelNumber,
     Data,
+    DontFragment,
     ErrorCode,
     EvenPort,
     Family,
@@ -203,6 +221,7 @@ __all__ = [
     "AuthenticationFailedEvent",
     "ChannelBoundEvent",
     "ChannelExpiredEvent",
+    "DontFragmentTransmit",
     "PeerFilter",
     "PermissionCreatedEvent",
     "PermissionExpiredEvent",
@@ -258,6 +277,18 @@ _TURN_METHODS = frozenset(
     (Method.ALLOCATE, Method.REFRESH, Method.CREATE_PERMISSION, Method.CHANNEL_BIND)
 )
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+
+# --------------------------------------------------------------------------- output
+
+
+class DontFragmentTransmit(Transmit):
+    """A :class:`~anchor_stun.events.Transmit` to a peer that must be sent with fragmentation
+    forbidden: the DF bit set (IPv4) or ``IPV6_DONTFRAG`` (IPv6). It relays a Send indication
+    that carried DONT-FRAGMENT (RFC 8656 §11.2, §14, §15); a plain ``Transmit`` to a peer is
+    sent with fragmentation allowed."""
+
+    __slots__ = ()
 
 
 # --------------------------------------------------------------------------- events
@@ -421,6 +452,9 @@ class TurnServerStats:
     """Datagrams relayed from clients to peers (Send indications and ChannelData)."""
     to_peer_bytes: int = 0
     """Application bytes relayed from clients to peers."""
+    to_peer_dont_fragment: int = 0
+    """Of ``to_peer_packets``: datagrams to send with fragmentation forbidden
+    (:class:`DontFragmentTransmit`, Send indications with DONT-FRAGMENT, RFC 8656 §11.2)."""
     to_client_packets: int = 0
     """Datagrams relayed from peers to clients (Data indications and ChannelData)."""
     to_client_bytes: int = 0
@@ -579,13 +613,23 @@ class _Timed:
 class _Relay(_Timed):
     """One relayed transport address of an allocation, with its own lifetime (§8.1)."""
 
-    __slots__ = ("addr", "allocation", "family")
+    __slots__ = ("addr", "allocation", "dont_fragment", "family")
 
-    def __init__(self, addr: Address, family: int, allocation: _Allocation, expires: float) -> None:
+    def __init__(
+        self,
+        addr: Address,
+        family: int,
+        allocation: _Allocation,
+        expires: float,
+        dont_fragment: bool,
+    ) -> None:
         super().__init__(expires)
         self.addr = addr
         self.family = family
         self.allocation = allocation
+        self.dont_fragment = dont_fragment
+        """Whether DONT-FRAGMENT in a Send indication applies on this relay: IPv4-to-IPv4
+        over UDP (RFC 8656 §14) or any TCP/TLS allocation (§15), not a translation (§13)."""
 
 
 class _Permission(_Timed):
@@ -696,6 +740,13 @@ def _canonical(addr: Address) -> Address:
     return (unpack_ip(family, packed), int(addr[1]))
 
 
+def _is_ipv4(ip: str) -> bool:
+    """True for an IPv4 address, and for an IPv4-mapped IPv6 one (a dual-stack listener's
+    IPv4 client: its packets are IPv4 on the wire)."""
+    family, packed = pack_ip(ip)
+    return family == Family.IPV4 or packed[:12] == _V4_MAPPED
+
+
 def _reflexive(addr: Address) -> XorMappedAddress:
     """XOR-MAPPED-ADDRESS of a client; an IPv4-mapped IPv6 source is reported as IPv4."""
     family, packed = pack_ip(addr[0])
@@ -774,6 +825,9 @@ class TurnServer:
       of RFC 8656's 0x4000-0x4FFF, for RFC 5766 clients.
     - ``unauthenticated_rate``, ``unauthenticated_burst``: the per-source-IP rate limit of
       unsigned answers over UDP (module docstring); a rate of ``None`` turns it off.
+    - ``dont_fragment``: the adapter can send datagrams to peers with fragmentation forbidden
+      (:class:`DontFragmentTransmit`); False makes DONT-FRAGMENT an unknown attribute
+      (RFC 8656 §7.2 step 4, §11.2).
 
     Raises :class:`LocalProtocolError` on a bad configuration.
     """
@@ -806,6 +860,7 @@ class TurnServer:
         rfc5766_channels: bool = False,
         unauthenticated_rate: float | None = UNAUTHENTICATED_RATE,
         unauthenticated_burst: int = UNAUTHENTICATED_BURST,
+        dont_fragment: bool = True,
     ) -> None:
         if not 0 < default_lifetime <= max_lifetime <= 0xFFFFFFFF:
             raise LocalProtocolError("need 0 < default_lifetime <= max_lifetime")
@@ -866,6 +921,11 @@ class TurnServer:
         """Highest channel number a ChannelBind may ask for (RFC 8656 §12, RFC 5766 §11)."""
         self.address_families = tuple(address_families)
         """Relayed address families offered (RFC 8656 §7.2, 440 for others)."""
+        self.dont_fragment = dont_fragment
+        """Whether the adapter can forbid fragmentation of datagrams to peers; without it
+        DONT-FRAGMENT is an unknown comprehension-required attribute (RFC 8656 §7.2 step 4,
+        §11.2). :class:`~anchor_turn.net_server.TurnServerRunner` clears it where the
+        platform lacks the socket options."""
         self.peer_filter: Callable[[str], bool] = (
             peer_filter
             if peer_filter is not None
@@ -1084,6 +1144,7 @@ class TurnServer:
         pos = HEADER_SIZE
         peer_at = data_at = -1
         peer_len = data_len = 0
+        dont_fragment = False
         while pos < size:
             if pos + 4 > size:
                 return False
@@ -1106,7 +1167,10 @@ class TurnServer:
                 if data_at < 0:
                     data_at, data_len = pos + 4, alen
             elif atype == _DONT_FRAGMENT:
-                pass
+                if not self.dont_fragment:  # unknown comprehension-required (§11.2): drop
+                    self.stats.dropped += 1
+                    return True
+                dont_fragment = True
             elif atype < 0x8000:  # integrity, unknown required, ...: the codec decides
                 return False
             pos = nxt
@@ -1119,7 +1183,13 @@ class TurnServer:
             self.stats.dropped += 1
             return True
         self._relay_to_peer(
-            data[data_at : data_at + data_len], peer.address, addr, local, transport, now
+            data[data_at : data_at + data_len],
+            peer.address,
+            addr,
+            local,
+            transport,
+            now,
+            dont_fragment,
         )
         return True
 
@@ -1131,8 +1201,11 @@ class TurnServer:
         local: Address,
         transport: str,
         now: float,
+        dont_fragment: bool = False,
     ) -> None:
-        """The checks of RFC 8656 §11.2 after parsing, then the datagram to the peer."""
+        """The checks of RFC 8656 §11.2 after parsing, then the datagram to the peer, with
+        fragmentation forbidden when the indication carried DONT-FRAGMENT and it applies on
+        the relay (§13-§15)."""
         stats = self.stats
         alloc = self._by_tuple.get((addr, local, transport))
         if alloc is None:
@@ -1147,7 +1220,11 @@ class TurnServer:
         if relay is None or relay.expires <= now or self._is_self(peer, alloc):
             stats.dropped += 1
             return
-        self._out.append(Transmit(payload, peer, relay.addr))
+        if dont_fragment and relay.dont_fragment:
+            self._out.append(DontFragmentTransmit(payload, peer, relay.addr))
+            stats.to_peer_dont_fragment += 1
+        else:
+            self._out.append(Transmit(payload, peer, relay.addr))
         stats.to_peer_packets += 1
         stats.to_peer_bytes += len(payload)
 
@@ -1225,11 +1302,19 @@ class TurnServer:
             return
         klass = msg.msg_class
         if klass == MessageClass.INDICATION:
-            if msg.method == Method.SEND and not msg.unknown_required():
+            if msg.method == Method.SEND and not self._unknown(msg):
                 peer = msg.get(XorPeerAddress)
                 payload = msg.get(Data)
                 if peer is not None and payload is not None:
-                    self._relay_to_peer(payload.value, peer.address, addr, local, transport, now)
+                    self._relay_to_peer(
+                        payload.value,
+                        peer.address,
+                        addr,
+                        local,
+                        transport,
+                        now,
+                        msg.get(DontFragment) is not None,
+                    )
                     return
             stats.dropped += 1
             return
@@ -1265,7 +1350,7 @@ class TurnServer:
         auth = self._authenticate(msg, addr, local, now, transport)
         if auth is None:
             return
-        unknown = msg.unknown_required()
+        unknown = self._unknown(msg)
         try:
             if unknown:
                 raise _Reject(
@@ -1295,6 +1380,14 @@ class TurnServer:
             if created is not None:
                 created.request, created.response = data, response
         self._out.append(Transmit(response, addr, local))
+
+    def _unknown(self, msg: Message) -> list[int]:
+        """The comprehension-required attributes this server does not understand: unknown to
+        the codec, and DONT-FRAGMENT without the ``dont_fragment`` capability (§7.2, §11.2)."""
+        unknown = msg.unknown_required()
+        if not self.dont_fragment and msg.get(DontFragment) is not None:
+            unknown.append(_DONT_FRAGMENT)
+        return unknown
 
     # ------------------------------------------------------------------ authentication
 
@@ -1514,11 +1607,15 @@ class TurnServer:
         lifetime = self._lifetime(msg.get(Lifetime))
         expires = now + lifetime
         alloc = _Allocation(addr, local, transport, username)
+        client_v4 = _is_ipv4(addr[0])
         for fam, relayed in bound:
             if fam in alloc.relays:  # an allocator that answered twice with one family
                 self.relay.release(relayed)
                 continue
-            rel = _Relay(relayed, fam, alloc, expires)
+            # DONT-FRAGMENT applies IPv4-to-IPv4 over UDP (§14) and from TCP/TLS (§15); a
+            # UDP translation (IPv6 client or relay) MUST ignore it (§13.1-§13.3).
+            honoured = alloc.stream or (client_v4 and fam == _IPV4)
+            rel = _Relay(relayed, fam, alloc, expires, honoured)
             alloc.relays[fam] = rel
             self._relays[relayed] = rel
             self._schedule(rel)

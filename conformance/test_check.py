@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +86,13 @@ ANCHOR_CHOICES = {
 }
 """Outcomes expected of ``anchor serve``'s non-MUST probes."""
 
+DONT_FRAGMENT_SUPPORTED = (
+    "supported: the Allocate with DONT-FRAGMENT succeeded; a Send indication carrying it was "
+    "relayed"
+)
+"""turn.dont-fragment is a MUST that two answers meet (RFC 8656 §7.2 step 4): success, or 420
+listing DONT-FRAGMENT. coturn 4.6 and ``anchor serve`` on Linux both support it."""
+
 NOT_OFFERED_5780 = {"stun.rfc5780-response-origin", "stun.rfc5780-change-request"}
 SLOW = {p.info.id for p in PROBES if p.info.slow}
 
@@ -140,6 +148,8 @@ def test_coturn(coturn: Coturn, probe_id: str) -> None:
         _assert_must(result, COTURN_DEVIATIONS)
         if result.outcome is Outcome.SKIP:
             assert probe_id in NOT_OFFERED_5780 | SLOW, result.detail
+        if probe_id == "turn.dont-fragment":
+            assert DONT_FRAGMENT_SUPPORTED in result.detail
     else:
         assert result.outcome is COTURN_CHOICES[probe_id], result.detail
 
@@ -253,6 +263,8 @@ def test_anchor_serve(anchor_served: tuple[str, int], probe_id: str) -> None:
         _assert_must(result, {})
         if result.outcome is Outcome.SKIP:
             assert probe_id in SLOW, result.detail
+        if probe_id == "turn.dont-fragment" and sys.platform.startswith("linux"):
+            assert DONT_FRAGMENT_SUPPORTED in result.detail
     else:
         assert result.outcome is ANCHOR_CHOICES[probe_id], result.detail
 

@@ -339,6 +339,64 @@ def test_a_lifetime_policy_outside_the_rfc_fails_a_should_only() -> None:
     assert check_passed(results)  # a SHOULD does not fail the check
 
 
+class _DropsDontFragmentSends(TurnServer):
+    """Accepts DONT-FRAGMENT in an Allocate but drops the Send indications carrying it."""
+
+    def _relay_to_peer(self, *args: Any) -> None:
+        if not args[-1]:
+            super()._relay_to_peer(*args)
+
+
+class _RefusesDontFragmentWrongly(TurnServer):
+    """Answers 420 to DONT-FRAGMENT without listing it (it names another type)."""
+
+    def _unknown(self, msg: Message) -> list[int]:
+        return [0x7FF0 if t == 0x001A else t for t in super()._unknown(msg)]
+
+
+@pytest.mark.parametrize(
+    ("options", "cls", "outcome", "words"),
+    [
+        ({}, TurnServer, Outcome.PASS, "supported"),  # Linux: the relay sets DF
+        ({"dont_fragment": False}, TurnServer, Outcome.PASS, "not supported: 420"),
+        ({}, _DropsDontFragmentSends, Outcome.FAIL, "carrying it: the peer never received"),
+        ({"dont_fragment": False}, _RefusesDontFragmentWrongly, Outcome.FAIL, "listed: 0x7ff0"),
+    ],
+)
+def test_dont_fragment_supported_or_refused_as_unknown(
+    options: dict[str, Any], cls: type[TurnServer], outcome: Outcome, words: str
+) -> None:
+    """RFC 8656 §7.2 step 4: success or 420 listing DONT-FRAGMENT are both compliant; a
+    server that accepts it must then relay the Send indications carrying it (§11.2)."""
+
+    async def main() -> list[ProbeResult]:
+        port = free_loopback_port()
+        allocator = UdpRelayAllocator(
+            ["127.0.0.1"], min_port=20000, max_port=32000, **options
+        )
+        core = cls(
+            realm=REALM,
+            auth=StaticUsers({USER: PASSWORD}, realm=REALM),
+            relay=allocator,
+            stun=StunServer(primary=("127.0.0.1", port)),
+            address_families=(Family.IPV4,),
+            allow_loopback_peers=True,
+        )
+        runner = TurnServerRunner(core)
+        await runner.start()
+        try:
+            return await run_check(_config(server=("127.0.0.1", port)), ids=["turn.dont-fragment"])
+        finally:
+            runner.close()
+            await runner.wait_closed()
+
+    (result,) = asyncio.run(main())
+    assert result.info.level is Level.MUST
+    assert result.outcome is outcome and words in result.detail, result.detail
+    if outcome is Outcome.PASS and not options:
+        assert "was relayed and echoed" in result.detail
+
+
 def test_the_rfc5766_channel_range_is_a_finding() -> None:
     async def main() -> list[ProbeResult]:
         async with anchor_turn(rfc5766_channels=True) as server:

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+import anchor_turn.auth
 from anchor_stun.attributes import PasswordAlgorithmId
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.integrity import long_term_key, turn_rest_password, userhash
 from anchor_turn.auth import (
+    KEY_CACHE_SIZE,
     ChainedBackend,
     CredentialBackend,
     RestSecret,
@@ -197,6 +199,50 @@ def test_rest_secret_separator_and_configuration() -> None:
         RestSecret("", clock=lambda: 0.0)
     with pytest.raises(LocalProtocolError):
         RestSecret("k", clock=lambda: 0.0, separator="")
+
+
+def test_rest_secret_cached_keys_are_the_keys_derived_without_the_cache() -> None:
+    wall = [1_700_000_000.0]
+    rest = RestSecret("s3cret", clock=lambda: wall[0])
+    cases = [
+        ("1800000000:alice", REALM),
+        ("1800000000:\u00e9l\u00e8ve", REALM),  # a name OpaqueString leaves alone
+        ("1800000000:bob", "r\u00e9alm"),  # a realm in NFC ...
+        ("1800000000:bob", "re\u0301alm"),  # ... and in NFD: PRECIS makes them one realm
+    ]
+    for username, realm in cases:
+        uncached = {
+            alg: long_term_key(username, realm, turn_rest_password("s3cret", username), alg)
+            for alg in (MD5, SHA256)
+        }
+        for _ in range(3):  # a miss, then hits
+            for alg in (MD5, SHA256):
+                assert rest.key(username, realm, alg, NOW) == uncached[alg]
+    assert rest.key("1800000000:bob", "r\u00e9alm", MD5, NOW) == rest.key(
+        "1800000000:bob", "re\u0301alm", MD5, NOW
+    )
+    info = rest._derive.cache_info()
+    assert (info.misses, info.hits) == (8, 18)
+    wall[0] = 1_800_000_001.0  # the expiry is checked before the cache: a cached key expires
+    assert rest.key("1800000000:alice", REALM, MD5, NOW) is None
+    assert rest.key("1800000000:alice", REALM, 0x7777, NOW) is None  # refused, not raised
+    assert rest.key("1900000000:alice", REALM, 0x7777, NOW) is None
+
+
+def test_rest_secret_key_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert RestSecret("k", clock=lambda: 0.0)._derive.cache_info().maxsize == KEY_CACHE_SIZE
+    assert 1024 <= KEY_CACHE_SIZE <= 65536
+    monkeypatch.setattr(anchor_turn.auth, "KEY_CACHE_SIZE", 32)
+    rest = RestSecret("k", clock=lambda: 0.0)
+    names = [f"{1_000_000 + i}:flood" for i in range(100)]  # distinct, unexpired usernames
+    for name in names:
+        assert rest.key(name, REALM, MD5, NOW) is not None
+    info = rest._derive.cache_info()
+    assert info.currsize == info.maxsize == 32 and info.misses == 100
+    assert rest.key(names[-1], REALM, MD5, NOW) is not None  # the most recent: a hit
+    assert rest.key(names[0], REALM, MD5, NOW) is not None  # the oldest was dropped: a miss
+    info = rest._derive.cache_info()
+    assert (info.hits, info.misses, info.currsize) == (1, 101, 32)
 
 
 # --------------------------------------------------------------------------- ChainedBackend

@@ -45,7 +45,12 @@ from anchor_turn.events import (
     PermissionFailed,
     TurnEvent,
 )
-from anchor_turn.net_server import TurnServerRunner, UdpRelayAllocator, canonical_address
+from anchor_turn.net_server import (
+    TurnServerRunner,
+    UdpRelayAllocator,
+    canonical_address,
+    dont_fragment_supported,
+)
 from anchor_turn.serve_cli import (
     MetricsExporter,
     ServeError,
@@ -547,6 +552,245 @@ def test_runner_needs_a_socket_allocator() -> None:
         TurnServerRunner(core)
     with pytest.raises(Exception, match="relay IP"):
         UdpRelayAllocator(["0.0.0.0"])
+
+
+# --------------------------------------------------------------------------- DONT-FRAGMENT
+
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_WANT, IP_PMTUDISC_DO = 10, 0, 1, 2  # Linux
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux options")
+
+
+def fragmentation_mode(sock: socket.socket) -> int:
+    """IP_MTU_DISCOVER of an IPv4 socket (IP_PMTUDISC_DO: DF 1), IPV6_DONTFRAG of an IPv6 one."""
+    if sock.family == socket.AF_INET6:
+        return sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_DONTFRAG)
+    return sock.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER)
+
+
+class ModeRecorder:
+    """Stands in for a relay socket in the allocator: reads the socket's fragmentation mode
+    back from the kernel at every ``sendto`` (what that datagram left with) and counts the
+    ``setsockopt`` calls."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.modes: list[int] = []
+        self.switches = 0
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        self.modes.append(fragmentation_mode(self.sock))
+        return self.sock.sendto(data, addr)
+
+    def setsockopt(self, *args: Any) -> None:
+        self.switches += 1
+        self.sock.setsockopt(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def record_relay(runner: TurnServerRunner, relayed: tuple[str, int]) -> ModeRecorder:
+    recorder = ModeRecorder(runner.allocator.sockets[relayed])
+    runner.allocator.sockets[relayed] = recorder  # type: ignore[assignment]
+    return recorder
+
+
+async def bound_channel(client: Client, peer: tuple[str, int]) -> None:
+    client.turn.bind_channel(peer, client.now())
+    client.pump()
+    await client.expect(ChannelBound)
+
+
+async def permitted(client: Client, ip: str) -> None:
+    client.turn.create_permission([ip], client.now())
+    client.pump()
+    await client.expect(PermissionCreated)
+
+
+@linux_only
+def test_send_indication_with_dont_fragment_sets_df_on_the_relay_socket() -> None:
+    """RFC 8656 §11.2, §14: IP_PMTUDISC_DO when the datagram of a Send indication carrying
+    DONT-FRAGMENT leaves, IP_PMTUDISC_DONT (DF 0) for ChannelData and from the start; one
+    setsockopt per change of mode, none while it stays."""
+
+    async def main() -> None:
+        async with serving() as (runner, server):
+            peer = EchoPeer()
+            client = Client(server, dont_fragment=True)
+            try:
+                assert dont_fragment_supported(Family.IPV4)
+                assert runner.allocator.dont_fragment and runner.core.dont_fragment
+                relayed = (await client.allocate()).relayed[0]
+                sock = runner.allocator.sockets[relayed]
+                assert fragmentation_mode(sock) == IP_PMTUDISC_DONT  # not Linux's WANT
+                recorder = record_relay(runner, relayed)
+                await permitted(client, peer.address[0])
+                for i in range(2):  # one batch, both with DONT-FRAGMENT: one switch
+                    client.turn.send(b"df %d" % i, peer.address, client.now())
+                client.pump()
+                for _ in range(2):
+                    await client.expect(DataReceived)
+                assert [d for d, _ in peer.received] == [b"df 0", b"df 1"]
+                assert recorder.modes == [IP_PMTUDISC_DO] * 2 and recorder.switches == 1
+                assert runner.allocator.dont_fragment_sockets == {recorder}
+                await bound_channel(client, peer.address)
+                await client.echo(b"by channel", peer.address)
+                await client.echo(b"by channel again", peer.address)
+                assert recorder.modes[2:] == [IP_PMTUDISC_DONT] * 2 and recorder.switches == 2
+                assert fragmentation_mode(sock) == IP_PMTUDISC_DONT
+                assert runner.allocator.dont_fragment_sockets == set()
+                assert runner.core.stats.to_peer_dont_fragment == 2
+                assert runner.send_errors == 0
+            finally:
+                client.close()
+                peer.close()
+
+    run(main)
+
+
+def _raw_udp_socket() -> socket.socket | None:
+    """A raw socket that gets a copy of every UDP/IPv4 packet the host receives, IP header
+    included (None without CAP_NET_RAW)."""
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    except OSError:
+        return None
+    sock.setblocking(False)
+    with contextlib.suppress(OSError):  # other programs' loopback traffic must not crowd it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    return sock
+
+
+def _df_bits(raw: socket.socket, src: tuple[str, int], dst: tuple[str, int]) -> dict[bytes, bool]:
+    """payload -> DF bit of the UDP/IPv4 packets from ``src`` to ``dst`` queued on ``raw``."""
+    seen: dict[bytes, bool] = {}
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            packet = raw.recv(65535)
+            header = (packet[0] & 0x0F) * 4
+            ports = (
+                int.from_bytes(packet[header : header + 2], "big"),
+                int.from_bytes(packet[header + 2 : header + 4], "big"),
+            )
+            if (socket.inet_ntoa(packet[12:16]), ports[0]) == src and (
+                socket.inet_ntoa(packet[16:20]),
+                ports[1],
+            ) == dst:
+                seen[packet[header + 8 :]] = bool(packet[6] & 0x40)
+    return seen
+
+
+@linux_only
+def test_df_bit_on_the_wire_needs_cap_net_raw() -> None:
+    """The IPv4 header of what the relay sent, read with a raw socket: DF 1 for the Send
+    indication with DONT-FRAGMENT, 0 for ChannelData (RFC 8656 §14)."""
+    raw = _raw_udp_socket()
+    if raw is None:
+        pytest.skip("a raw socket needs CAP_NET_RAW")
+
+    async def main() -> None:
+        async with serving() as (_runner, server):
+            peer = EchoPeer()
+            client = Client(server, dont_fragment=True)
+            try:
+                relayed = (await client.allocate()).relayed[0]
+                await permitted(client, peer.address[0])
+                _df_bits(raw, relayed, peer.address)  # nothing of ours yet: drain
+                await client.echo(b"wire: send indication", peer.address)
+                sent = _df_bits(raw, relayed, peer.address)
+                await bound_channel(client, peer.address)
+                await client.echo(b"wire: channel data", peer.address)
+                sent.update(_df_bits(raw, relayed, peer.address))
+            finally:
+                client.close()
+                peer.close()
+        assert sent == {b"wire: send indication": True, b"wire: channel data": False}
+
+    try:
+        run(main)
+    finally:
+        raw.close()
+
+
+@linux_only
+@pytest.mark.skipif(not HAS_V6, reason="no IPv6 loopback")
+def test_ipv6_relay_forbids_fragmentation_for_dont_fragment_over_tcp() -> None:
+    """TCP-to-UDP over an IPv6 relay (RFC 8656 §15, not ignored as §13 would over UDP): a
+    65,544-byte IPv6 packet does not fit lo's 65,536-byte MTU. Sent for a Send indication with
+    DONT-FRAGMENT (IPV6_DONTFRAG 1) the kernel refuses it (EMSGSIZE) and the peer gets
+    nothing; the same payload as ChannelData (IPV6_DONTFRAG 0) is fragmented and arrives."""
+
+    async def main() -> None:
+        async with serving(("127.0.0.1", "::1")) as (runner, server):
+            peer = EchoPeer("::1")
+            client = Client(server, "tcp", family=Family.IPV6, dont_fragment=True)
+            big = os.urandom(65496)
+            try:
+                relayed = (await client.allocate()).relayed[0]
+                assert relayed[0] == "::1"
+                recorder = record_relay(runner, relayed)
+                await permitted(client, "::1")
+                client.turn.send(big, peer.address, client.now())
+                client.pump()
+                for _ in range(500):
+                    if runner.send_errors:
+                        break
+                    await asyncio.sleep(0.01)
+                assert runner.send_errors == 1 and recorder.modes == [1]
+                await client.echo(b"small enough", peer.address)
+                assert recorder.modes == [1, 1] and recorder.switches == 1
+                await bound_channel(client, peer.address)
+                assert (await client.echo(big, peer.address)).data == big
+                assert recorder.modes[2] == 0 and recorder.switches == 2
+                assert [d for d, _ in peer.received] == [b"small enough", big]
+            finally:
+                client.close()
+                peer.close()
+
+    run(main)
+
+
+def test_without_the_socket_options_dont_fragment_gets_420_and_the_client_retries() -> None:
+    """RFC 8656 §7.2 step 4: where the relay cannot forbid fragmentation the runner clears
+    the core's capability; DONT-FRAGMENT in an Allocate is then answered 420, the client
+    retries without it, and the relay sockets are left in the kernel's mode."""
+
+    async def main() -> None:
+        port = free_loopback_port()
+        allocator = UdpRelayAllocator(
+            ["127.0.0.1"], min_port=20000, max_port=32000, dont_fragment=False
+        )
+        core = TurnServer(
+            realm=REALM,
+            auth=StaticUsers(USERS, realm=REALM),
+            relay=allocator,
+            stun=StunServer(primary=("127.0.0.1", port)),
+            allow_loopback_peers=True,
+            address_families=(Family.IPV4,),
+        )
+        assert core.dont_fragment
+        runner = TurnServerRunner(core)
+        assert core.dont_fragment is False
+        await runner.start()
+        peer = EchoPeer()
+        client = Client(("127.0.0.1", port), dont_fragment=True)
+        try:
+            relayed = (await client.allocate()).relayed[0]
+            assert core.stats.errors_sent == 2  # the 401 challenge, then the 420
+            if sys.platform.startswith("linux"):
+                sock = allocator.sockets[relayed]
+                assert fragmentation_mode(sock) == IP_PMTUDISC_WANT  # untouched
+            await permitted(client, peer.address[0])
+            await client.echo(b"without DF", peer.address)
+            assert core.stats.to_peer_dont_fragment == 0
+        finally:
+            client.close()
+            peer.close()
+            runner.close()
+            await runner.wait_closed()
+        assert runner.open_sockets() == 0
+
+    run(main)
 
 
 # --------------------------------------------------------------------------- metrics

@@ -62,6 +62,7 @@ from anchor_turn.server import (
     AuthenticationFailedEvent,
     ChannelBoundEvent,
     ChannelExpiredEvent,
+    DontFragmentTransmit,
     PeerFilter,
     PermissionCreatedEvent,
     PermissionExpiredEvent,
@@ -1194,6 +1195,98 @@ def test_channel_data_does_not_refresh_channel_or_permission() -> None:
     for t in (1100.0, 1200.0, 1299.0):
         assert len(client.send(encode_channel_data(0x4000, b"x"), t)) == 1
     assert server.next_timer() == 1300.0
+
+
+# --------------------------------------------------------------------------- DONT-FRAGMENT
+
+
+def send_with(peer: Address, payload: bytes, *extra: Attribute, general: bool = False) -> bytes:
+    """A Send indication with ``extra`` attributes; ``general`` adds a known
+    comprehension-required attribute (LIFETIME) the fast parser leaves to the codec."""
+    attrs: list[Attribute] = [XorPeerAddress(*peer), Data(payload), *extra]
+    if general:
+        attrs.append(Lifetime(3))
+    return Message(Method.SEND, MessageClass.INDICATION, b"d" * 12, attrs).encode(fingerprint=True)
+
+
+def kinds(out: list[Transmit]) -> list[tuple[type, bytes]]:
+    """(exact class, data) of each transmit: a DontFragmentTransmit compares equal to a
+    Transmit with the same fields, so the class is asserted apart."""
+    return [(type(t), t.data) for t in out]
+
+
+@pytest.mark.parametrize("general", [False, True])
+def test_send_indication_with_dont_fragment_forbids_fragmentation(general: bool) -> None:
+    # RFC 8656 §11.2, §14: DF on what relays a Send indication carrying DONT-FRAGMENT; DF 0
+    # (a plain Transmit) for a Send indication without it and for ChannelData.
+    server, client, relayed = with_permission()
+    out = client.send(send_with(PEER, b"df", DontFragment(), general=general), T0)
+    assert out == [DontFragmentTransmit(b"df", PEER, relayed)]
+    assert kinds(out) == [(DontFragmentTransmit, b"df")]
+    out = client.send(send_with(PEER, b"plain", general=general), T0)
+    assert kinds(out) == [(Transmit, b"plain")]
+    client.request(Method.CHANNEL_BIND, ChannelNumber(0x4000), XorPeerAddress(*PEER))
+    server.datagrams_to_send(T0)
+    assert kinds(client.send(encode_channel_data(0x4000, b"chan"), T0)) == [(Transmit, b"chan")]
+    stats = server.stats
+    assert stats.to_peer_dont_fragment == 1 and stats.to_peer_packets == 3
+
+
+def test_allocate_with_dont_fragment_succeeds_with_the_capability() -> None:
+    server, _ = make_server()
+    client = Client(server)
+    assert server.dont_fragment is True
+    assert code(client.allocate(DontFragment())) is None
+
+
+def test_without_the_capability_dont_fragment_is_an_unknown_attribute() -> None:
+    # RFC 8656 §7.2 step 4: 420 listing DONT-FRAGMENT (signed, after authentication);
+    # §11.2: a Send indication carrying it is dropped, on both parsing paths.
+    server, _ = make_server(dont_fragment=False)
+    client = Client(server)
+    resp = client.allocate(DontFragment())
+    assert code(resp) == 420 and client.creds.verify_response(resp)
+    assert resp.get(UnknownAttributes) == UnknownAttributes((0x001A,))
+    resp = client.allocate(DontFragment(), RawAttribute(0x7FF0, b""))
+    assert resp.get(UnknownAttributes) == UnknownAttributes((0x7FF0, 0x001A))
+    assert server.allocation_count() == 0
+    relayed = client.relayed(client.allocate())  # the client's retry without it (§7.4)
+    assert code(client.request(Method.CREATE_PERMISSION, XorPeerAddress(*PEER))) is None
+    server.datagrams_to_send(T0)
+    dropped = server.stats.dropped
+    for general in (False, True):
+        assert client.send(send_with(PEER, b"df", DontFragment(), general=general), T0) == []
+    assert server.stats.dropped == dropped + 2
+    out = client.send(send_with(PEER, b"plain"), T0)
+    assert kinds(out) == [(Transmit, b"plain")] and out[0].local == relayed
+    assert server.stats.to_peer_dont_fragment == 0
+
+
+@pytest.mark.parametrize(
+    ("addr", "transport", "family", "peer", "forbidden"),
+    [
+        (CLIENT, "udp", Family.IPV4, PEER, True),  # IPv4-to-IPv4 over UDP (§14)
+        (CLIENT, "udp", Family.IPV6, PEER6, False),  # IPv4-to-IPv6: ignored (§13.1)
+        (("2001:db8:9::7", 40000), "udp", Family.IPV6, PEER6, False),  # §13.2: ignored
+        (("2001:db8:9::7", 40000), "udp", Family.IPV4, PEER, False),  # §13.3: ignored
+        (("::ffff:203.0.113.7", 40000), "udp", Family.IPV4, PEER, True),  # IPv4 on the wire
+        (CLIENT, "tcp", Family.IPV4, PEER, True),  # TCP-to-UDP (§15)
+        (CLIENT, "tcp", Family.IPV6, PEER6, True),  # §15: not ignored for TCP (§13)
+        (("2001:db8:9::7", 40000), "tls", Family.IPV6, PEER6, True),
+    ],
+)
+def test_dont_fragment_is_ignored_where_the_relay_translates_over_udp(
+    addr: Address, transport: str, family: Family, peer: Address, forbidden: bool
+) -> None:
+    server, _ = make_server()
+    client = Client(server, addr=addr, transport=transport)
+    relayed = client.relayed(client.allocate(RequestedAddressFamily(family), DontFragment()))
+    assert code(client.request(Method.CREATE_PERMISSION, XorPeerAddress(*peer))) is None
+    server.datagrams_to_send(T0)
+    out = client.send(send_with(peer, b"x", DontFragment()), T0)
+    assert out == [Transmit(b"x", peer, relayed)]
+    assert type(out[0]) is (DontFragmentTransmit if forbidden else Transmit)
+    assert server.stats.to_peer_dont_fragment == int(forbidden)
 
 
 # --------------------------------------------------------------------------- misc
