@@ -31,9 +31,12 @@ remote credentials are known.
 Checks (RFC 8445 §6.1.4, §7.2). Pairs are formed, pruned and ordered by
 :class:`~anchor_ice.checklist.Checklist`. Only candidates the nominator advertises, and the
 bases they are sent from, take part (a gateway-mode agent checks from the host socket that
-carries its server-reflexive candidate, a relay-only agent only through its relays). Every
-``ta`` seconds at most one check leaves: the head of the triggered-check queue, else the
-highest-priority Waiting pair. A check is a Binding request with USERNAME
+carries its server-reflexive candidate, a relay-only agent only through its relays). At most
+one new check leaves per Ta (:attr:`IceAgent.effective_ta`: the higher of both agents' Ta
+proposals, RFC 8445 §14.2: 50 ms unless the peer proposed less, 5 ms when both propose
+Anchor's default): the first at once, then the head of the triggered-check queue, else the highest-priority
+Waiting pair, each a Ta after the previous check (so the nominating repeat of a lone pair
+leaves exactly one Ta after its first check). A check is a Binding request with USERNAME
 ``remote-ufrag:local-ufrag``, PRIORITY (the peer-reflexive priority of the local candidate,
 §7.1.1), ICE-CONTROLLING or ICE-CONTROLLED with the tie-breaker, USE-CANDIDATE when
 nominating, MESSAGE-INTEGRITY keyed with the remote password and FINGERPRINT. Each check is a
@@ -118,6 +121,7 @@ from anchor_stun.attributes import (
     IceControlled,
     IceControlling,
     Priority,
+    RawAttribute,
     UnknownAttributes,
     UseCandidate,
     Username,
@@ -126,7 +130,15 @@ from anchor_stun.attributes import (
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address, Transmit
 from anchor_stun.integrity import short_term_key
-from anchor_stun.message import Message, MessageClass, Method, is_stun
+from anchor_stun.message import (
+    Message,
+    MessageClass,
+    Method,
+    binding_success,
+    is_stun,
+    signed_check_prefix,
+    verify_signed_check,
+)
 from anchor_stun.transaction import (
     RC,
     RM,
@@ -143,6 +155,7 @@ from .events import (
     IceEvent,
     IceFailed,
     LocalCandidateLearned,
+    PairInfo,
     PairNominated,
     RemoteCandidateLearned,
     RestartCompleted,
@@ -155,14 +168,18 @@ __all__ = [
     "CONSENT_INTERVAL",
     "CONSENT_TIMEOUT",
     "KEEPALIVE_INTERVAL",
+    "PROPOSED_TA",
     "RTO_MIN",
     "TA",
+    "TA_MIN",
     "IceAgent",
     "IceRole",
     "IceState",
 ]
 
-TA = 0.05  # RFC 8445 §14.2: default pacing of checks, seconds
+TA = 0.05  # RFC 8445 §14.2: default Ta, and the value of a peer that proposes none, seconds
+TA_MIN = 0.005  # RFC 8445 §14.2, App. B.1: transactions never more often than every 5 ms
+PROPOSED_TA = TA_MIN  # Anchor's Ta proposal (a=ice-pacing, RFC 8839 §5.5); see IceAgent
 RTO_MIN = 0.5  # RFC 8445 §14.3: agents MUST NOT use an RTO smaller than 500 ms
 CONSENT_INTERVAL = 5.0  # RFC 7675 §5.1: default period of consent checks, seconds
 CONSENT_TIMEOUT = 30.0  # RFC 7675 §5.1: consent expires after 30 s without a response
@@ -174,6 +191,7 @@ ICE_CHARS = string.ascii_letters + string.digits + "+/"  # RFC 8839 §5.4 ice-ch
 UFRAG_LENGTH = 8  # RFC 8839 §5.4: at least 4 characters
 PWD_LENGTH = 24  # RFC 8839 §5.4: at least 22 characters
 _MAX_PENDING_REQUESTS = 64
+_MAX_CHECK_SHAPES = 256
 _MAX_RTTS = 16
 
 
@@ -186,6 +204,13 @@ class IceState(Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CLOSED = "closed"
+
+
+# States as module constants: an enum member looked up through its class costs about
+# 80 ns in CPython 3.11, and these tests run for every check a connected agent answers.
+_ENDED = (IceState.CLOSED, IceState.FAILED)
+_NEW_OR_ENDED = (IceState.CLOSED, IceState.FAILED, IceState.NEW)
+_COMPLETED = IceState.COMPLETED
 
 
 class IceRole(Enum):
@@ -238,6 +263,23 @@ class _Consent:
     lost: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _CheckShape:
+    """What a connectivity check's attributes before MESSAGE-INTEGRITY say (USERNAME,
+    PRIORITY, ICE-CONTROLLING/-CONTROLLED, USE-CANDIDATE and nothing else): a function of
+    those bytes alone, remembered by them for :meth:`IceAgent._fast_check`."""
+
+    ufrag: str
+    remote_ufrag: str
+    priority: int
+    controlling: IceControlling | None
+    controlled: IceControlled | None
+    use_candidate: bool
+
+
+_SHAPE_TYPES = (Username, Priority, IceControlling, IceControlled, UseCandidate)
+
+
 @dataclass(slots=True)
 class _PendingRequest:
     """A request answered before the remote credentials were known (RFC 8445 §7.3)."""
@@ -286,7 +328,11 @@ class IceAgent:
       22 characters); drawn from ``rng`` when omitted.
     * ``tie_breaker``: 64-bit role-conflict tie-breaker (RFC 8445 §7.1.3), from ``rng`` by default.
     * ``components``: number of components of the stream (RFC 8445 §4).
-    * ``ta``: check pacing, seconds (RFC 8445 §14.2).
+    * ``ta``: this agent's Ta proposal, seconds (RFC 8445 §14.2; signal it as
+      ``a=ice-pacing``, RFC 8839 §5.5). Checks are paced at :attr:`effective_ta`, the higher
+      of this and the peer's proposal (:meth:`set_remote_ta`), which is RFC 8445's default
+      50 ms until the peer's proposal is given. The default proposal, 5 ms, is the §14.2
+      floor (see :attr:`effective_ta`); smaller values are outside RFC 8445.
     * ``nominator``: the nomination policy (:class:`~anchor_ice.nominator.StandardNominator`).
     * ``lite``: act as an ICE-lite agent (RFC 8445 §2.5); always controlled.
     * ``aggressive``: controlling only, USE-CANDIDATE on every check (RFC 5245 aggressive
@@ -309,7 +355,7 @@ class IceAgent:
         local_pwd: str | None = None,
         tie_breaker: int | None = None,
         components: int = 1,
-        ta: float = TA,
+        ta: float = PROPOSED_TA,
         nominator: Nominator | None = None,
         lite: bool = False,
         aggressive: bool = False,
@@ -352,7 +398,8 @@ class IceAgent:
         self.components = components
         """Number of components of the data stream."""
         self.ta = ta
-        """Pacing of checks, seconds (RFC 8445 §14.2)."""
+        """This agent's Ta proposal, seconds (RFC 8445 §14.2, ``a=ice-pacing``)."""
+        self._remote_ta: float | None = None
         self.nominator: Nominator = nominator if nominator is not None else StandardNominator()
         """The nomination policy."""
         self.lite = lite
@@ -385,11 +432,13 @@ class IceAgent:
         self._locals: list[tuple[Candidate, Address]] = []
         self._remotes: list[Candidate] = []
         self._remote_complete = False
+        self._local_complete = False
         self._prflx_count = 0
         self._records: dict[bytes, _Check] = {}
         self._outbox: list[Transmit] = []
         self._events: deque[IceEvent] = deque()
         self._pending: list[_PendingRequest] = []
+        self._check_shapes: dict[bytes, _CheckShape] = {}
         self._started = False
         self._started_at = 0.0
         self._running = False
@@ -422,6 +471,27 @@ class IceAgent:
     def role(self) -> IceRole:
         """The current role (it can change on a role conflict, RFC 8445 §7.3.1.1)."""
         return IceRole.CONTROLLING if self._controlling else IceRole.CONTROLLED
+
+    @property
+    def remote_ta(self) -> float | None:
+        """The peer's Ta proposal, seconds (``a=ice-pacing``), or None: it proposed none."""
+        return self._remote_ta
+
+    @property
+    def effective_ta(self) -> float:
+        """The Ta checks are paced with (RFC 8445 §14.2): the higher of the two agents'
+        proposals, a peer that proposed none counting as the default 50 ms. So 50 ms until
+        :meth:`set_remote_ta` gives the peer's proposal; 5 ms when both agents propose
+        Anchor's default, the floor §14.2 sets for all transactions ("MUST NOT be sent more
+        often than once every 5 ms"). Why 5 ms suits Anchor's data (§14.2 "MAY use another
+        value based on the characteristics of the associated data"): a check is about 100
+        bytes, so one per 5 ms is 20 KB/s, well under what a link carrying datagrams moves
+        (Appendix B.1: checks should not take more bandwidth than the data), and at most 100
+        checks are outstanding in a 500 ms RTO, the bound Appendix B.1 derives 5 ms from.
+        The floor is for every agent of a process taken together; Anchor paces each agent on
+        its own (two agents of one process may each send a check in the same 5 ms)."""
+        remote = self._remote_ta if self._remote_ta is not None else TA
+        return max(self.ta, remote)
 
     @property
     def tie_breaker(self) -> int:
@@ -541,6 +611,20 @@ class IceAgent:
                 )
         self._update_running()
 
+    def set_remote_ta(self, ta: float | None) -> None:
+        """The peer's Ta proposal in seconds (its ``a=ice-pacing``, RFC 8839 §5.5), or None
+        when it proposed none (RFC 8445's default, 50 ms, then stands for it). Checks are
+        paced at :attr:`effective_ta` from the next one on."""
+        if ta is not None and not ta > 0:
+            raise LocalProtocolError(f"the remote Ta must be positive, got {ta}")
+        self._remote_ta = ta
+
+    def end_of_local_candidates(self) -> None:
+        """Local gathering is complete: no local candidate will be added any more (only
+        peer-reflexive ones learned from checks). Nominators see it as
+        :attr:`~anchor_ice.nominator.NominationView.local_complete`."""
+        self._local_complete = True
+
     def add_remote_candidate(self, candidate: Candidate | None) -> None:
         """Add a candidate signalled by the peer; None means end-of-candidates (RFC 8838).
         Candidates of components this stream does not have are ignored (RFC 8445 §6.1.2.2);
@@ -653,6 +737,8 @@ class IceAgent:
         undecodable bytes, STUN of another method) so that the adapter can pass it on.
         Never raises on bad input."""
         self._now = now
+        if self._fast_check(data, addr, local, now):
+            return True
         if not is_stun(data):
             return False
         try:
@@ -695,7 +781,7 @@ class IceAgent:
                 if t is not None:
                     times.append(t)
         if self._running and self._checklist.has_work():
-            times.append(self._next_check_at)
+            times.append(self._check_due())
         for consent in self._consent.values():
             if not consent.lost:
                 times.append(consent.last_ok + self.consent_timeout)
@@ -884,22 +970,31 @@ class IceAgent:
         busy = sum(
             1 for p in pairs if p.state in (PairState.WAITING, PairState.IN_PROGRESS)
         )
-        return max(RTO_MIN, self.ta * len(pairs) * busy)
+        return max(RTO_MIN, self.effective_ta * len(pairs) * busy)
 
     def _check_lifetime(self, rto: float) -> float:
         """How long a check transaction lives (RFC 8489 §6.2.1): last send plus Rm * RTO."""
         return rto * ((1 << (self.check_rc - 1)) - 1 + self.check_rm)
 
+    def _check_due(self) -> float:
+        """When the next new check may leave (RFC 8445 §6.1.4.2, §14.2): at the start of
+        checks, then one Ta after the previous new check. Ta runs from the last check sent,
+        not on a fixed tick, so that a check that becomes due when the checklist had nothing
+        to send (the nominating repeat of a single pair, say) leaves as soon as a Ta has
+        passed since the last one, and never sooner."""
+        if self._last_check_at is None:
+            return self._next_check_at
+        return max(self._next_check_at, self._last_check_at + self.effective_ta)
+
     def _pace(self, now: float) -> None:
         """RFC 8445 §6.1.4.2: when Ta fired, one check (triggered first)."""
-        if not self._running or now < self._next_check_at:
+        if not self._running or now < self._check_due():
             return
         pair = self._checklist.next_check()
         if pair is None:
             return
         self._send_check(pair, now)
         self._last_check_at = now
-        self._next_check_at = now + self.ta
 
     def _request(
         self, pair: CandidatePair, use_candidate: bool, credentials: _Credentials
@@ -1177,6 +1272,9 @@ class IceAgent:
     ) -> None:
         """Queue the answer to a request: success with XOR-MAPPED-ADDRESS, or an error; with
         MESSAGE-INTEGRITY when the request authenticated, FINGERPRINT always (RFC 8445 §7.3)."""
+        if code is None and key is not None and msg.method == Method.BINDING:
+            self._answer(msg.transaction_id, addr, local, key)  # the common answer
+            return
         if code is None:
             response = msg.response([XorMappedAddress(addr[0], addr[1])])
         else:
@@ -1188,10 +1286,64 @@ class IceAgent:
         except LocalProtocolError:
             self.dropped += 1
             return
+        self._queue_answer(data, addr, local)
+
+    def _answer(
+        self, transaction_id: bytes, addr: Address, local: Address | None, key: bytes
+    ) -> None:
+        """Queue a Binding success: XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT."""
+        try:
+            data = binding_success(transaction_id, addr, key)
+        except LocalProtocolError:
+            self.dropped += 1
+            return
+        self._queue_answer(data, addr, local)
+
+    def _queue_answer(self, data: bytes, addr: Address, local: Address | None) -> None:
         self._outbox.append(Transmit(data, addr, local))
-        for pair in self._active_pairs():  # an answer is a packet on the pair (RFC 8445 §11)
-            if pair.base == local and pair.remote.address == addr:
+        # an answer is a packet on the pair (RFC 8445 §11)
+        for pair in self._selected.values() if not self._previous else self._active_pairs():
+            remote = pair.remote
+            if remote.port == addr[1] and remote.ip == addr[0] and pair.base == local:
                 pair.last_sent = self._now
+
+    def _fast_check(self, data: bytes, addr: Address, local: Address | None, now: float) -> bool:
+        """The common case of :meth:`receive_datagram`, done without decoding: a check
+        (Binding request ending in MESSAGE-INTEGRITY + FINGERPRINT) whose attributes before
+        MESSAGE-INTEGRITY are bytes already decoded by :meth:`_on_request` (the same USERNAME,
+        PRIORITY, role attribute and tie-breaker as the peer's previous checks), that
+        verifies, on a running session with the current credentials, and that neither
+        conflicts with our role nor nominates. Handled exactly as the general path would
+        handle it (a success answer, then :meth:`_request_ice`), and True; False, having
+        changed nothing, for anything else, which the general path then takes."""
+        prefix = signed_check_prefix(data)
+        if prefix is None:
+            return False
+        shape = self._check_shapes.get(prefix)
+        if shape is None or self._state in _ENDED:
+            return False
+        credentials = self._local
+        remote = self._remote
+        if (
+            shape.ufrag != credentials.ufrag
+            or remote is None
+            or (shape.use_candidate and not self._controlling)
+            or (
+                not self.lite
+                and (shape.controlling if self._controlling else shape.controlled) is not None
+            )
+        ):
+            return False  # previous credentials, pending, nomination or role conflict
+        addr = (str(addr[0]), int(addr[1]))
+        entry = self._local_for_base(local)
+        if entry is None or not verify_signed_check(data, credentials.key):
+            return False  # dropped or 401: the general path
+        local_candidate, base = entry
+        self._answer(data[8:20], addr, base, credentials.key)
+        if shape.remote_ufrag == remote.ufrag:
+            self._request_ice(local_candidate, base, addr, shape.priority, False, now)
+        self._after_change(now)
+        return True
 
     def _on_request(self, msg: Message, addr: Address, local: Address | None, now: float) -> None:
         """RFC 8445 §7.3 (and RFC 8489 §6.3.1, §9.1.3 for the checks on the request)."""
@@ -1203,7 +1355,35 @@ class IceAgent:
             self.dropped += 1  # not one of our bases (RFC 8445 §7.3)
             return
         local_candidate, base = entry
-        username = msg.get(Username)
+        # One pass for what msg.get() and msg.unknown_required() would find: the first of
+        # each class, and every unknown comprehension-required type (RFC 8489 §6.3.1.1).
+        username: Username | None = None
+        priority: Priority | None = None
+        controlling: IceControlling | None = None
+        controlled: IceControlled | None = None
+        use_candidate_attr: UseCandidate | None = None
+        unknown: list[int] = []
+        for attr in msg.attributes:
+            if type(attr) is Username:
+                if username is None:
+                    username = attr
+            elif type(attr) is Priority:
+                if priority is None:
+                    priority = attr
+            elif type(attr) is IceControlling:
+                if controlling is None:
+                    controlling = attr
+            elif type(attr) is IceControlled:
+                if controlled is None:
+                    controlled = attr
+            elif type(attr) is UseCandidate:
+                use_candidate_attr = attr
+            elif isinstance(attr, RawAttribute) and attr.type < 0x8000:
+                unknown.append(attr.type)
+        if username is not None and priority is not None and not unknown:
+            self._remember_shape(
+                msg, username, priority, controlling, controlled, use_candidate_attr is not None
+            )
         if username is None or msg.integrity is None:
             self._respond(msg, addr, base, ErrorCode.BAD_REQUEST, None)
             return
@@ -1218,21 +1398,19 @@ class IceAgent:
             self._respond(msg, addr, base, ErrorCode.UNAUTHENTICATED, None)
             return
         key = credentials.key
-        unknown = msg.unknown_required()
         if unknown:
             self._respond(
                 msg, addr, base, ErrorCode.UNKNOWN_ATTRIBUTE, key, UnknownAttributes(tuple(unknown))
             )
             return
-        priority = msg.get(Priority)
         if priority is None:
             self._respond(msg, addr, base, ErrorCode.BAD_REQUEST, key)
             return
         current = credentials is self._local
-        if not self.lite and current and self._role_conflict(msg):
+        if not self.lite and current and self._role_conflict(controlling, controlled):
             self._respond(msg, addr, base, ErrorCode.ROLE_CONFLICT, key)
             return
-        use_candidate = msg.get(UseCandidate) is not None and not self._controlling
+        use_candidate = use_candidate_attr is not None and not self._controlling
         if current and use_candidate:
             decision = self._nomination_decision(local_candidate, base, addr, priority.value)
             if decision is _Decision.REFUSE:
@@ -1259,10 +1437,34 @@ class IceAgent:
             return  # another session's request (forking, a stale restart): answered only
         self._request_ice(local_candidate, base, addr, priority.value, use_candidate, now)
 
-    def _role_conflict(self, msg: Message) -> bool:
-        """RFC 8445 §7.3.1.1. True when the agent keeps its role and answers 487."""
-        controlling = msg.get(IceControlling)
-        controlled = msg.get(IceControlled)
+    def _remember_shape(
+        self,
+        msg: Message,
+        username: Username,
+        priority: Priority,
+        controlling: IceControlling | None,
+        controlled: IceControlled | None,
+        use_candidate: bool,
+    ) -> None:
+        """Remember what a check of the common shape said, by the bytes that said it."""
+        ufrag, colon, remote_ufrag = username.value.partition(":")
+        if not colon or not all(type(a) in _SHAPE_TYPES for a in msg.attributes):
+            return
+        prefix = msg.signed_prefix()
+        if prefix is None or msg.method != Method.BINDING or not msg.is_request:
+            return
+        shapes = self._check_shapes
+        if len(shapes) >= _MAX_CHECK_SHAPES:
+            shapes.clear()
+        shapes[prefix] = _CheckShape(
+            ufrag, remote_ufrag, priority.value, controlling, controlled, use_candidate
+        )
+
+    def _role_conflict(
+        self, controlling: IceControlling | None, controlled: IceControlled | None
+    ) -> bool:
+        """RFC 8445 §7.3.1.1, given the request's ICE-CONTROLLING and ICE-CONTROLLED. True
+        when the agent keeps its role and answers 487."""
         if self._controlling and controlling is not None:
             if self._tie_breaker >= controlling.value:
                 return True
@@ -1426,6 +1628,7 @@ class IceAgent:
             first_valid_at=self._first_valid_at.get(component),
             remote_complete=self._remote_complete,
             controlling=self._controlling,
+            local_complete=self._local_complete,
         )
 
     def _evaluate_nomination(self, now: float) -> None:
@@ -1482,7 +1685,7 @@ class IceAgent:
     # ================================================================== state
 
     def _after_change(self, now: float) -> None:
-        if self._state in (IceState.CLOSED, IceState.FAILED, IceState.NEW):
+        if self._state in _NEW_OR_ENDED:
             return
         self._evaluate_nomination(now)
         self._update_state(now)
@@ -1492,27 +1695,31 @@ class IceAgent:
         return self._state is IceState.CHECKING or self._restarting
 
     def _update_state(self, now: float) -> None:
+        if self._state is _COMPLETED and not self._restarting:
+            return  # nothing can change (runs after every check a connected agent answers)
         components = range(1, self.components + 1)
         if not all(c in self._selected for c in components):
             return
-        pairs = tuple(self._selected[c].info() for c in components)
         if self._restarting:
             self._restarting = False
             self._previous.clear()
             self._previous_local = None
             self._previous_remote = None
-            self._events.append(RestartCompleted(pairs))
+            self._events.append(RestartCompleted(self._selected_infos()))
             self._state = IceState.CONNECTED
             self._quiet_completion = True
         elif self._state is IceState.CHECKING:
             self._state = IceState.CONNECTED
-            self._events.append(IceConnected(pairs))
+            self._events.append(IceConnected(self._selected_infos()))
         if self._state is IceState.CONNECTED and not self._checklist.has_work() and not any(
             p.state is PairState.IN_PROGRESS for p in self._checklist.pairs
         ):
             self._state = IceState.COMPLETED
             if not self._quiet_completion:
                 self._events.append(IceCompleted())
+
+    def _selected_infos(self) -> tuple[PairInfo, ...]:
+        return tuple(self._selected[c].info() for c in range(1, self.components + 1))
 
     def _check_failure(self, now: float) -> None:
         """RFC 8445 §7.2.5.4: a component whose pairs all failed, with no valid pair, once

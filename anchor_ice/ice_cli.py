@@ -13,9 +13,10 @@ Steps, all within ``--timeout`` seconds (30 by default) from the start:
    allowed when named), else on every usable interface address; srflx from each ``--stun``,
    relays from each ``--turn`` (``--user`` pairs with the ``--turn`` at the same position,
    or one ``--user`` serves them all).
-2. Print the local description as SDP lines (``m=``, ``c=``, ``a=ice-ufrag``, ``a=ice-pwd``,
-   ``a=candidate``..., ``a=end-of-candidates``, see :mod:`anchor_ice.sdp`), then one empty
-   line, and flush.
+2. Print the local description as SDP lines (``a=ice-pacing``, ``m=``, ``c=``,
+   ``a=ice-ufrag``, ``a=ice-pwd``, ``a=candidate``..., ``a=end-of-candidates``, see
+   :mod:`anchor_ice.sdp`), then one empty line, and flush. Checks are paced at the higher of
+   both sides' ``a=ice-pacing`` (RFC 8445's 50 ms when the peer gives none).
 3. Read the peer's description from stdin up to an empty line (or end of input); leading
    empty lines are skipped. libnice's ``generate_local_sdp()`` output is accepted. What was
    read is the whole description: end-of-candidates is assumed.
@@ -276,6 +277,7 @@ async def run(
             conn.local_password,
             conn.local_candidates,
             end_of_candidates=True,
+            pacing=max(1, round(conn.local_ta * 1000)),
         )
         for line in local.to_lines():
             write(line)
@@ -295,6 +297,8 @@ async def run(
             raise IceStepError(f"bad peer description: {exc}") from None
         conn.remote_username = remote.ufrag
         conn.remote_password = remote.pwd
+        if remote.pacing is not None:  # RFC 8839 §5.5; without it RFC 8445's 50 ms stands
+            conn.remote_ta = remote.pacing / 1000
         for candidate in remote.candidates:
             await conn.add_remote_candidate(candidate)
         await conn.add_remote_candidate(None)

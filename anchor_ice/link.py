@@ -46,9 +46,13 @@ Descriptions (JSON objects on the signalling; ``v`` is :data:`DESCRIPTION_VERSIO
 
     {"type": "offer" | "answer", "v": 1, "link": LINK_ID, "ufrag": ..., "pwd": ...,
      "candidates": ["candidate:...", ...], "seal": BASE64_X25519_PUBLIC_KEY | null,
-     "mtu": 1200, "max_message": 65536}
+     "mtu": 1200, "max_message": 65536, "pacing": 5}
     {"type": "reject", "link": LINK_ID, "reason": ...}     the answerer cannot go on
     {"type": "bye", "link": LINK_ID, "reason": ...}        the link broke on this side
+
+``pacing`` is the side's Ta proposal in milliseconds (``a=ice-pacing``, RFC 8839 §5.5):
+checks are paced at the higher of the two proposals, RFC 8445's 50 ms when a side sends
+none (an older peer).
 
 ``LINK_ID`` (16 hex digits, new for every link) ties an answer to its offer. Frames are
 sealed when both sides sent a key; a side that requires sealing refuses a peer that does not.
@@ -503,6 +507,7 @@ class Anchor:
             "seal": seal,
             "mtu": self._mtu,
             "max_message": self._max_message,
+            "pacing": max(1, round(conn.local_ta * 1000)),
         }
 
     async def _form(self, link: _Link, offer: dict[str, Any] | None) -> None:
@@ -602,6 +607,9 @@ class Anchor:
             raise _FormError("the peer does not seal its frames and this endpoint requires it")
         if not self.seal and remote_key is not None:
             raise _FormError("the peer seals its frames and this endpoint does not")
+        pacing = remote.get("pacing")
+        if isinstance(pacing, int) and not isinstance(pacing, bool) and 1 <= pacing <= 60_000:
+            conn.remote_ta = pacing / 1000  # otherwise none: RFC 8445's 50 ms stands for it
         conn.remote_username = ufrag
         conn.remote_password = pwd
         for text in candidates:

@@ -27,7 +27,10 @@ bytes, time and events through the sans-I/O :class:`~anchor_ice.agent.IceAgent`.
   candidate pair; a peer nominating aggressively may send before our own check on the pair
   succeeded). Other datagrams are dropped and counted in :attr:`dropped`.
 * **Time.** A :class:`~anchor_stun.net.CorePump` drives the agent with ``loop.time()``:
-  output, events, and one timer armed at ``agent.next_timer()``.
+  after every input it sends the output and hands out the events at once, handles a timer
+  that is already due right away, and keeps one timer handle armed at
+  ``agent.next_timer()``. The loop wakes timers with about 1 ms granularity (epoll), so a
+  paced check leaves up to about 1 ms after its Ta.
 * **Life cycle.** ``gather_candidates`` -> signal ``local_candidates``, ``local_username``
   and ``local_password``; set ``remote_username`` / ``remote_password`` and
   ``add_remote_candidate`` (None: end-of-candidates) -> ``connect`` (raises
@@ -79,6 +82,9 @@ aioice                                                Anchor (``anchor_ice.net``
 ``conn._nominated[1]`` (private)                      ``conn.selected_pair`` (a ``PairInfo``)
 (no ICE restart)                                      ``await conn.restart()``, exchange, then
                                                       ``await conn.connect()``
+(fixed 20 ms pacing, nothing signalled)               ``conn.local_ta``; ``conn.remote_ta = t``
+                                                      (Ta proposals, ``a=ice-pacing``: Ta is
+                                                      50 ms unless both sides propose less)
 ``aioice.Candidate.from_sdp(s)``                      ``Candidate.from_sdp("candidate:" + s)``
 ====================================================  ==========================================
 
@@ -100,7 +106,7 @@ from anchor_stun.errors import AnchorError, LocalProtocolError
 from anchor_stun.events import Address, StunEvent, Transmit
 from anchor_stun.net import DEFAULT_PORT, CorePump, parse_address
 
-from .agent import CHECKING_TIMEOUT, TA, IceAgent, IceState
+from .agent import CHECKING_TIMEOUT, PROPOSED_TA, IceAgent, IceState
 from .candidate import Candidate
 from .events import (
     ConsentLost,
@@ -113,6 +119,7 @@ from .events import (
 from .gather import (
     DEFAULT_RELEASE_TIMEOUT,
     DEFAULT_SERVER_TIMEOUT,
+    DEFAULT_TA,
     GatheredSocket,
     Gatherer,
     GatherFailure,
@@ -215,7 +222,11 @@ class Connection:
       when named); otherwise :func:`~anchor_ice.gather.host_addresses` with ``interfaces``,
       ``use_ipv4`` / ``use_ipv6`` and ``include_loopback``.
     * ``port_range``: ``(min, max)`` local ports, inclusive.
-    * ``ta``: pacing of checks and gathering transactions (RFC 8445 §14.2).
+    * ``ta``: this side's Ta proposal for checks, seconds (RFC 8445 §14.2; Anchor's 5 ms by
+      default): signal :attr:`local_ta` (``a=ice-pacing``) and set the peer's as
+      :attr:`remote_ta`; checks are paced at the higher of the two, RFC 8445's 50 ms while
+      the peer's is unknown (:attr:`~anchor_ice.agent.IceAgent.effective_ta`). Given, it
+      also paces gathering (otherwise 50 ms).
     * ``aggressive``: controlling only, USE-CANDIDATE on every check (RFC 5245).
     * ``checking_timeout``: seconds of checks before :meth:`connect` fails (RFC 8863).
     * ``gather_timeout``: seconds each STUN/TURN server gets; ``release_timeout``: seconds
@@ -242,7 +253,7 @@ class Connection:
         use_ipv4: bool = True,
         use_ipv6: bool = True,
         port_range: tuple[int, int] | None = None,
-        ta: float = TA,
+        ta: float | None = None,
         aggressive: bool = False,
         checking_timeout: float | None = CHECKING_TIMEOUT,
         gather_timeout: float = DEFAULT_SERVER_TIMEOUT,
@@ -263,7 +274,7 @@ class Connection:
             local_ufrag=local_username,
             local_pwd=local_password,
             components=components,
-            ta=ta,
+            ta=PROPOSED_TA if ta is None else ta,
             nominator=self._nominator,
             aggressive=aggressive,
             checking_timeout=checking_timeout,
@@ -285,7 +296,7 @@ class Connection:
         self._interfaces = list(interfaces) if interfaces is not None else None
         self._families = tuple(f for f, on in ((4, use_ipv4), (6, use_ipv6)) if on)
         self._port_range = port_range
-        self._ta = ta
+        self._gather_ta = DEFAULT_TA if ta is None else ta
         self._gather_timeout = gather_timeout
         self._release_timeout = release_timeout
         self._rng = rng
@@ -297,6 +308,7 @@ class Connection:
         self._permitted: set[tuple[Address, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._pump_: CorePump | None = None
+        self._waiters: set[asyncio.Future[None]] = set()
         self._queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
         self._session: asyncio.Future[None] | None = None
         self._gathered = False
@@ -357,6 +369,23 @@ class Connection:
     def remote_password(self, value: str | None) -> None:
         self._remote_password = value
         self._push_credentials()
+
+    @property
+    def local_ta(self) -> float:
+        """This side's Ta proposal, seconds: signal it (``a=ice-pacing`` in milliseconds,
+        RFC 8839 §5.5) with the credentials."""
+        return self._agent.ta
+
+    @property
+    def remote_ta(self) -> float | None:
+        """The peer's Ta proposal, seconds, or None (it proposed none: RFC 8445's default
+        50 ms stands for it); set it from its signalling (RFC 8445 §14.2)."""
+        return self._agent.remote_ta
+
+    @remote_ta.setter
+    def remote_ta(self, value: float | None) -> None:
+        self._agent.set_remote_ta(value)
+        self._pump()
 
     @property
     def local_candidates(self) -> list[Candidate]:
@@ -432,7 +461,7 @@ class Connection:
                     port_range=self._port_range,
                     timeout=self._gather_timeout,
                     release_timeout=self._release_timeout,
-                    ta=self._ta,
+                    ta=self._gather_ta,
                     software=SOFTWARE,
                     rng=self._rng,
                 )
@@ -444,6 +473,9 @@ class Connection:
                 await asyncio.gather(*(g.close() for g in self._gatherers))
                 raise
             self._gathered = True
+            if not self._closed:
+                self._agent.end_of_local_candidates()
+                self._pump()
 
     async def _gather_one(self, gatherer: Gatherer) -> None:
         async for item in gatherer.gather():
@@ -524,7 +556,16 @@ class Connection:
         if self._agent.state is IceState.NEW:
             self._agent.start(self._loop_time())
         self._pump()
-        await asyncio.shield(session)
+        if not session.done():
+            # a waiter of its own, woken with the session (cancelling this call leaves the
+            # session alone; one loop iteration fewer than asyncio.shield)
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.add(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.discard(waiter)
+        session.result()  # raises when ICE failed or the connection was closed
 
     async def restart(self) -> None:
         """ICE restart (RFC 8445 §9): new local credentials (read :attr:`local_username`
@@ -607,6 +648,7 @@ class Connection:
         if self._session is not None and not self._session.done():
             self._session.set_exception(IceNotConnectedError("the connection was closed"))
             self._session.exception()  # mark it retrieved: no "never retrieved" warning
+        self._wake()
         self._queue.put_nowait(None)
 
     async def __aenter__(self) -> Connection:
@@ -631,6 +673,12 @@ class Connection:
         if self._pump_ is None:
             self._pump_ = CorePump(self._agent, self._send_transmit, self._event)
         self._pump_.pump()
+
+    def _wake(self) -> None:
+        """Wake every :meth:`connect` waiting for the session to be decided."""
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _handler(self, local: Address) -> Callable[[bytes, Address], None]:
         def handler(data: bytes, addr: Address) -> None:
@@ -686,11 +734,13 @@ class Connection:
         elif isinstance(event, IceConnected | RestartCompleted):
             if self._session is not None and not self._session.done():
                 self._session.set_result(None)
+            self._wake()
         elif isinstance(event, IceFailed):
             self._failure = event.reason
             if self._session is not None and not self._session.done():
                 self._session.set_exception(IceFailedError(event.reason))
                 self._session.exception()  # mark it retrieved: connect() may not be waiting
+            self._wake()
             self._queue.put_nowait(None)
         elif isinstance(event, ConsentLost):
             pass  # IceFailed follows

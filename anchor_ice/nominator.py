@@ -78,6 +78,7 @@ __all__ = [
     "RelayOnly",
     "StandardNominator",
     "effective_type",
+    "gateway_pair_possible",
     "is_gateway_pair",
     "is_host_pair",
     "is_relay_pair",
@@ -108,6 +109,9 @@ class NominationView:
     """True once the peer signalled end-of-candidates (RFC 8838)."""
     controlling: bool
     """The agent's role when the view was made."""
+    local_complete: bool = False
+    """True once local gathering is complete: no local candidate will be added any more but
+    peer-reflexive ones learned from checks (``IceAgent.end_of_local_candidates``)."""
 
     def settled(self, pair: CandidatePair) -> bool:
         """True when no pending pair has a higher priority than ``pair``: no better pair can
@@ -193,6 +197,26 @@ def is_relay_pair(pair: CandidatePair, view: NominationView) -> bool:
     return CandidateType.RELAY in types and CandidateType.HOST not in types
 
 
+def gateway_pair_possible(view: NominationView) -> bool:
+    """False when no gateway pair can ever become valid for the component, whatever the
+    checks still do, for an agent that advertises no host candidate (as
+    :class:`GatewayNominator`): local gathering is complete and no local candidate is
+    server- or peer-reflexive. A gateway pair needs a reflexive local candidate. Gathering found all
+    the server-reflexive ones there will be, and a peer-reflexive one is only learned from
+    the answer to a check sent from a host socket (RFC 8445 §7.2.5.3.1). Without a
+    server-reflexive candidate no check leaves from a host socket: hidden host candidates
+    (:class:`GatewayNominator` does not advertise them) are checked from only as the base of
+    a server-reflexive candidate, and the peer, which never learns their addresses, cannot
+    reach them to trigger one; a check from a relayed candidate reaches the peer from the
+    relayed address, which its answer maps to that same candidate. The remote side cannot
+    settle the question early: a peer's checks can reveal peer-reflexive addresses until the
+    end (a browser hiding its host candidates behind mDNS names, say)."""
+    if not view.local_complete:
+        return True
+    reflexive = (CandidateType.SRFLX, CandidateType.PRFLX)
+    return any(c.type in reflexive for c in view.local_candidates)
+
+
 def _settled_best(
     pairs: Sequence[CandidatePair], view: NominationView, now: float, settle: float
 ) -> CandidatePair | None:
@@ -252,7 +276,11 @@ class GatewayNominator:
     * Prefers gateway pairs (server- or peer-reflexive on both sides): the best one, with
       the same settle rule as :class:`StandardNominator`.
     * Falls back to the best relay pair once ``grace`` seconds passed since checks started
-      and no gateway pair is valid.
+      and no gateway pair is valid, or as soon as no gateway pair can ever become valid
+      (:func:`gateway_pair_possible`: local gathering complete without a reflexive
+      candidate, e.g. only relayed candidates, or a STUN server that sees no NAT), with the
+      settle rule among relay pairs then (pending pairs to a host candidate, which can never
+      give an acceptable pair, are not waited for).
     * Advertises everything but host candidates, like browsers' mDNS privacy mode.
     """
 
@@ -267,14 +295,25 @@ class GatewayNominator:
         return candidate.type is not CandidateType.HOST
 
     def choose(self, view: NominationView, now: float) -> CandidatePair | None:
-        """The best gateway pair once settled, else after ``grace`` the best relay pair."""
+        """The best gateway pair once settled, else the best relay pair after ``grace`` or
+        once settled when no gateway pair can come."""
         gateway = [p for p in view.valid_pairs if is_gateway_pair(p, view)]
         if gateway:
             return _settled_best(gateway, view, now, self.settle)
+        relay = [p for p in view.valid_pairs if is_relay_pair(p, view)]
+        if not relay:
+            return None
+        best = relay[0]
         if now >= view.started_at + self.grace:
-            relay = [p for p in view.valid_pairs if is_relay_pair(p, view)]
-            if relay:
-                return relay[0]
+            return best
+        if gateway_pair_possible(view):
+            return None
+        if not any(
+            p.priority > best.priority and not is_host_pair(p, view) for p in view.pending_pairs
+        ):
+            return best
+        if view.first_valid_at is not None and now >= view.first_valid_at + self.settle:
+            return best
         return None
 
     def accept(self, pair: CandidatePair, view: NominationView) -> bool:
@@ -282,12 +321,15 @@ class GatewayNominator:
         return not is_host_pair(pair, view)
 
     def next_timer(self, view: NominationView) -> float | None:
-        """The end of the grace period, or of the settle time of a gateway pair."""
+        """The end of the grace period, or of the settle time (of a gateway pair, or of a
+        relay pair when no gateway pair can come)."""
+        settle_end = None if view.first_valid_at is None else view.first_valid_at + self.settle
         if any(is_gateway_pair(p, view) for p in view.valid_pairs):
-            if view.first_valid_at is not None:
-                return view.first_valid_at + self.settle
-            return None
-        return view.started_at + self.grace
+            return settle_end
+        grace_end = view.started_at + self.grace
+        if settle_end is not None and not gateway_pair_possible(view):
+            return min(grace_end, settle_end)
+        return grace_end
 
 
 class RelayOnly:

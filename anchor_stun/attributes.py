@@ -96,6 +96,9 @@ class Family(IntEnum):
     IPV6 = 0x02
 
 
+_XOR_MAPPED_TL = struct.pack("!HH", AttrType.XOR_MAPPED_ADDRESS, 8)
+
+
 class Attribute:
     """Base of all typed attributes. Subclasses set ``TYPE``."""
 
@@ -161,6 +164,18 @@ def _xor_value_v4(ip: str, port: int) -> bytes | None:
     if not 0 <= port <= 0xFFFF:
         raise LocalProtocolError(f"port out of range: {port}")
     return _ADDR_HEAD.pack(family, port ^ (MAGIC_COOKIE >> 16)) + _xor(packed, MAGIC_COOKIE_BYTES)
+
+
+@functools.lru_cache(maxsize=4096)
+def xor_mapped_tlv_v4(ip: str, port: int) -> bytes | None:
+    """The whole XOR-MAPPED-ADDRESS TLV (type, length 8, value; RFC 8489 §14.2) of an IPv4
+    (ip, port): what every success response to a check from that address carries, whatever
+    its transaction id. None when ``ip`` is not IPv4; raises :class:`LocalProtocolError`
+    for a bad address or port, as :meth:`XorMappedAddress.encode_value` does."""
+    value = _xor_value_v4(ip, port)
+    if value is None:
+        return None
+    return _XOR_MAPPED_TL + value
 
 
 class _Address(Attribute):
@@ -913,4 +928,3 @@ KNOWN_TYPES: frozenset[int] = frozenset(ATTRIBUTE_CLASSES) | {
     AttrType.FINGERPRINT,
 }
 """Every attribute type Anchor understands (feeds 420 Unknown Attribute, RFC 8489 §6.3.1.1)."""
-

@@ -45,11 +45,25 @@ from typing import Any, TypeVar
 from .attributes import (
     ATTRIBUTE_CLASSES,
     MAGIC_COOKIE,
+    AlternateDomain,
     Attribute,
     AttrType,
+    ConnectionId,
+    DontFragment,
     ErrorCode,
     ErrorCodeAttribute,
+    IceControlled,
+    IceControlling,
+    Lifetime,
+    Nonce,
+    Priority,
     RawAttribute,
+    Realm,
+    Software,
+    UseCandidate,
+    Username,
+    XorMappedAddress,
+    xor_mapped_tlv_v4,
 )
 from .errors import DecodeError, LocalProtocolError
 
@@ -116,6 +130,8 @@ def decode_type(msg_type: int) -> tuple[int, MessageClass]:
 
 
 _CLASSES = tuple(sorted(MessageClass))
+_DECODED_TYPES: dict[int, tuple[int, MessageClass]] = {}
+"""decode_type() by message type, filled as types are seen (at most 2**14 entries)."""
 _PADS = {b: bytes((b,)) * 3 for b in range(256)}
 _INTEGRITY_TYPES = frozenset((_MI, _MI256, _FP))
 
@@ -153,6 +169,32 @@ _DECODED: dict[bytes, Attribute] = {}
 _SIGNED: dict[bytes, tuple[tuple[Attribute, ...], int]] = {}
 _SIGNED_MIN = HEADER_SIZE + 32
 _FP_TL_BYTES = _TL.pack(_FP, 4)
+# Encoded attributes (type, length, value and zero padding), by (class, value): the
+# attributes whose value bytes depend only on a str or int ``value`` (or on nothing), which
+# a check or a TURN request repeats from message to message. Keyed by the exact class and
+# an exact str or int (True == 1 and 1.0 == 1, but they do not encode alike), at most
+# _CACHE_SIZE entries of at most _CACHED_MAX value bytes; only successful encodings.
+_TLV_KINDS: dict[type[Attribute], bool] = {
+    **{
+        cls: True
+        for cls in (
+            Username,
+            Realm,
+            Nonce,
+            Software,
+            AlternateDomain,
+            Priority,
+            IceControlled,
+            IceControlling,
+            Lifetime,
+            ConnectionId,
+        )
+    },
+    UseCandidate: False,
+    DontFragment: False,
+}
+"""Class -> whether it has a ``value`` (False: an empty attribute)."""
+_ENCODED: dict[object, bytes] = {}
 _TYPE_CODES: dict[int, int] = {}
 """encode_type(method, msg_class) by ``method << 2 | msg_class & 3`` (the two bits it uses)."""
 
@@ -171,6 +213,7 @@ def _type_code(method: int, msg_class: int) -> int:
 # message, which halves the cost of ``hmac.digest``. A connectivity check or a TURN request
 # reuses one key many times. Each table is emptied when it holds _HMAC_CACHE_SIZE keys.
 
+_compare_digest = hmac.compare_digest
 _HMAC_CACHE_SIZE = 256
 _HmacStates = tuple[Any, Any]
 _SHA1_STATES: dict[bytes, _HmacStates] = {}
@@ -221,6 +264,76 @@ def _hmac_sha256(key: bytes, data: bytes) -> bytes:
     o = outer.copy()
     o.update(h.digest())
     return o.digest()  # type: ignore[no-any-return]
+
+
+_SUCCESS_HEAD = _HEADER.pack(0x0101, 12 + 24, MAGIC_COOKIE, bytes(12))[:8]
+"""Header of a Binding success response carrying an IPv4 XOR-MAPPED-ADDRESS, up to
+MESSAGE-INTEGRITY (the length its HMAC covers, RFC 8489 §14.5), without transaction id."""
+_SUCCESS_HEAD_FP = _HEADER.pack(0x0101, 12 + 24 + 8, MAGIC_COOKIE, bytes(12))[:8]
+"""The same with FINGERPRINT: the final header."""
+
+
+def binding_success(transaction_id: bytes, address: tuple[str, int], key: bytes) -> bytes:
+    """The answer to a connectivity check (RFC 8445 §7.3.1.2): the bytes of
+    ``Message(BINDING, SUCCESS, transaction_id, [XorMappedAddress(*address)])
+    .encode(key=key, fingerprint=True)``, byte for byte, raising what that raises.
+
+    An IPv4 address takes a fast path: the XOR-MAPPED-ADDRESS TLV is cached per address
+    (it does not depend on the transaction id) and the header, MESSAGE-INTEGRITY and
+    FINGERPRINT are written around it directly; anything else goes the general way."""
+    ip, port = address[0], address[1]
+    if (
+        type(ip) is str
+        and type(port) is int
+        and type(transaction_id) is bytes
+        and len(transaction_id) == 12
+        and type(key) is bytes
+        and ":" not in ip
+    ):
+        tlv = xor_mapped_tlv_v4(ip, port)
+        if tlv is not None:
+            mac = _hmac_sha1(key, b"".join((_SUCCESS_HEAD, transaction_id, tlv)))
+            data = b"".join((_SUCCESS_HEAD_FP, transaction_id, tlv, _MI_TL, mac))
+            return data + _FP_TLV.pack(_FP, 4, zlib.crc32(data) ^ FINGERPRINT_XOR)
+    return Message(
+        Method.BINDING, MessageClass.SUCCESS, transaction_id, [XorMappedAddress(ip, port)]
+    ).encode(key=key, fingerprint=True)
+
+
+_CHECK_HEAD = struct.Struct("!HHI")
+
+
+def signed_check_prefix(data: bytes) -> bytes | None:
+    """The attribute bytes before MESSAGE-INTEGRITY when ``data`` (``bytes``) has the shape of
+    a connectivity check (RFC 8445 §7.1.1): the header of a Binding request whose length
+    matches, ending in a 20-byte MESSAGE-INTEGRITY then a FINGERPRINT. Else None.
+
+    Only the header and the headers of those two attributes are looked at: the bytes
+    returned may still be malformed, or hold another MESSAGE-INTEGRITY or FINGERPRINT.
+    A caller that has decoded a message with the same prefix, for which
+    :meth:`Message.signed_prefix` gave these bytes, knows how this one decodes (for
+    attributes whose value does not depend on the transaction id)."""
+    size = len(data)
+    if (
+        type(data) is not bytes
+        or not _SIGNED_MIN <= size <= MAX_MESSAGE_SIZE
+        or data[:8] != _CHECK_HEAD.pack(0x0001, size - HEADER_SIZE, MAGIC_COOKIE)
+        or data[size - 32 : size - 28] != _MI_TL
+        or data[size - 8 : size - 4] != _FP_TL_BYTES
+    ):
+        return None
+    return data[HEADER_SIZE : size - 32]
+
+
+def verify_signed_check(data: bytes, key: bytes) -> bool:
+    """For ``data`` of the shape :func:`signed_check_prefix` accepts and whose decoded
+    message has that MESSAGE-INTEGRITY and FINGERPRINT (:meth:`Message.signed_prefix` is not
+    None): ``msg.verify_fingerprint() and msg.verify_integrity(key)``, without decoding."""
+    size = len(data)
+    if (zlib.crc32(data[: size - 8]) ^ FINGERPRINT_XOR) != _U32.unpack_from(data, size - 4)[0]:
+        return False
+    mac = _hmac_sha1(key, b"".join((data[:2], _LEN.pack(size - 28), data[4 : size - 32])))
+    return _compare_digest(mac, data[size - 28 : size - 8])
 
 
 def is_stun(data: bytes) -> bool:
@@ -296,11 +409,7 @@ class Message:
 
     def unknown_required(self) -> list[int]:
         """Unknown comprehension-required types, for a 420 response (RFC 8489 §6.3.1.1)."""
-        return [
-            a.type
-            for a in self.attributes
-            if isinstance(a, RawAttribute) and a.type < 0x8000
-        ]
+        return [a.type for a in self.attributes if isinstance(a, RawAttribute) and a.type < 0x8000]
 
     @property
     def error(self) -> ErrorCodeAttribute | None:
@@ -327,7 +436,7 @@ class Message:
             return False
         raw = self.raw
         data = b"".join((raw[:2], _LEN.pack(at + 24 - HEADER_SIZE), raw[4:at]))
-        return hmac.compare_digest(_hmac_sha1(key, data), mac)
+        return _compare_digest(_hmac_sha1(key, data), mac)
 
     def verify_integrity_sha256(self, key: bytes) -> bool:
         """Check MESSAGE-INTEGRITY-SHA256, possibly truncated (RFC 8489 §14.6)."""
@@ -339,6 +448,18 @@ class Message:
         data = b"".join((raw[:2], _LEN.pack(at + 4 + len(mac) - HEADER_SIZE), raw[4:at]))
         return hmac.compare_digest(_hmac_sha256(key, data)[: len(mac)], mac)
 
+    def signed_prefix(self) -> bytes | None:
+        """For a decoded message that ends in MESSAGE-INTEGRITY then FINGERPRINT, without
+        MESSAGE-INTEGRITY-SHA256 (the shape of a connectivity check): the bytes of its
+        attributes before MESSAGE-INTEGRITY, as :func:`signed_check_prefix` gives them. Any
+        message with the same header fields and these bytes before the same two trailing
+        attributes is walked the same way by :meth:`decode`. Else None."""
+        raw = self.raw
+        size = len(raw)
+        if self._mi_at != size - 32 or self._fp_at != size - 8 or self._mi256_at >= 0:
+            return None
+        return raw[HEADER_SIZE : size - 32]
+
     def verify_fingerprint(self) -> bool:
         """True when FINGERPRINT is present, last, and matches (RFC 8489 §14.7)."""
         at = self._fp_at
@@ -348,7 +469,8 @@ class Message:
         length = at + 8 - HEADER_SIZE
         if _LEN.unpack_from(raw, 2)[0] == length:
             # FINGERPRINT is last, so the header already holds the length the CRC covers.
-            crc = zlib.crc32(memoryview(raw)[:at])
+            # (A slice of a short message costs less than a memoryview.)
+            crc = zlib.crc32(raw[:at] if at < 2048 else memoryview(raw)[:at])
         else:
             head = zlib.crc32(_LEN.pack(length), zlib.crc32(raw[:2]))
             crc = zlib.crc32(memoryview(raw)[4:at], head)
@@ -378,9 +500,35 @@ class Message:
         append = parts.append
         tl = _TL.pack
         raw_attribute = RawAttribute
+        kinds = _TLV_KINDS if not self.pad_byte else {}
+        encoded = _ENCODED
         length = 0
         try:
             for attr in self.attributes:
+                kind = type(attr)
+                valued = kinds.get(kind)
+                if valued is not None:
+                    if valued:
+                        held = attr.value  # type: ignore[attr-defined]
+                        held_type = type(held)
+                        cache_key: object = (
+                            (kind, held) if held_type is str or held_type is int else None
+                        )
+                    else:
+                        cache_key = kind
+                    if cache_key is not None:
+                        tlv = encoded.get(cache_key)
+                        if tlv is None:
+                            value = attr.encode_value(tid)
+                            size = len(value)
+                            tlv = tl(attr.TYPE, size) + value + pad[: -size & 3]
+                            if size <= _CACHED_MAX:
+                                if len(encoded) >= _CACHE_SIZE:
+                                    encoded.clear()
+                                encoded[cache_key] = tlv
+                        append(tlv)
+                        length += len(tlv)
+                        continue
                 value = attr.encode_value(tid)
                 size = len(value)
                 append(tl(attr.type if type(attr) is raw_attribute else attr.TYPE, size))
@@ -423,7 +571,7 @@ class Message:
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> Message:
         """Parse one whole STUN message. Raises only :class:`DecodeError`."""
-        raw = bytes(data)
+        raw = data if type(data) is bytes else bytes(data)
         size = len(raw)
         if size < HEADER_SIZE:
             raise DecodeError(f"{size} bytes is shorter than a STUN header", field="header")
@@ -442,7 +590,10 @@ class Message:
                 field="length",
                 transaction_id=tid,
             )
-        method, klass = decode_type(msg_type)
+        try:
+            method, klass = _DECODED_TYPES[msg_type]
+        except KeyError:
+            method, klass = _DECODED_TYPES[msg_type] = decode_type(msg_type)
         # Fast path: a message ending in MESSAGE-INTEGRITY + FINGERPRINT whose attributes
         # before them were seen before (see _SIGNED): nothing left to walk or decode.
         if size >= _SIGNED_MIN and raw[-32:-28] == _MI_TL and raw[-8:-4] == _FP_TL_BYTES:

@@ -137,9 +137,17 @@ class _Core(Protocol):
     def next_event(self) -> StunEvent | None: ...
 
 
+_MAX_ROUNDS = 16
+"""Due timers a pump handles at once before the rest waits for the loop (a bound, not a rate)."""
+
+
 class CorePump:
-    """Drives a sans-I/O core from asyncio: after each input, :meth:`pump` sends the core's
-    output, hands out its events and arms one timer at its ``next_timer()``."""
+    """Drives a sans-I/O core from asyncio. After each input, :meth:`pump` sends the core's
+    output and hands out its events at once; a timer already due is handled right away (no
+    extra trip through the loop); one timer handle stays armed at ``next_timer()``, moved
+    only when the deadline comes earlier (a handle that fires before the core's deadline
+    just re-arms: by convention an early ``handle_timer`` does nothing). The loop wakes
+    timers with about 1 ms granularity (epoll)."""
 
     def __init__(
         self,
@@ -158,29 +166,43 @@ class CorePump:
         return self._loop.time()
 
     def pump(self) -> None:
-        core = self.core
-        now = self._loop.time()
-        for transmit in core.datagrams_to_send(now):
-            self._send(transmit)
-        while (event := core.next_event()) is not None:
-            self._on_event(event)
-        deadline = core.next_timer()
-        if deadline != self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = None if deadline is None else self._loop.call_at(deadline, self._fire)
-            self._timer_at = deadline
+        core, loop = self.core, self._loop
+        deadline: float | None = None
+        for _ in range(_MAX_ROUNDS):
+            now = loop.time()
+            for transmit in core.datagrams_to_send(now):
+                self._send(transmit)
+            while (event := core.next_event()) is not None:
+                self._on_event(event)
+            deadline = core.next_timer()
+            if deadline is None or deadline > now:
+                break
+            core.handle_timer(now)
+        self._arm(deadline)
+
+    def _arm(self, deadline: float | None) -> None:
+        timer = self._timer
+        if deadline is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = self._timer_at = None
+            return
+        if timer is not None and self._timer_at is not None and self._timer_at <= deadline:
+            return  # it fires first and re-arms: no cancel and new handle on every input
+        if timer is not None:
+            timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._fire)
+        self._timer_at = deadline
 
     def _fire(self) -> None:
-        self._timer = None
-        self._timer_at = None
+        self._timer = self._timer_at = None
         self.core.handle_timer(self._loop.time())
         self.pump()
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = None
+        self._timer = self._timer_at = None
 
 
 # ---------------------------------------------------------------------------- client

@@ -63,7 +63,11 @@ def _anchor_loop(checks: list[Check]) -> Callable[[int], None]:
 
 
 def _aioice_build(
-    stun: Any, tid: bytes, with_fingerprint: bool, username: str = USERNAME, priority: int = PRIORITY
+    stun: Any,
+    tid: bytes,
+    with_fingerprint: bool,
+    username: str = USERNAME,
+    priority: int = PRIORITY,
 ) -> bytes:
     msg = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, transaction_id=tid)
     msg.attributes["USERNAME"] = username
@@ -92,7 +96,9 @@ def _aioice_loop(checks: list[Check]) -> Callable[[int], None]:
 
         def ops(count: int) -> None:
             for tid, username, priority in checks[:count]:
-                parse(build(stun, tid, with_fingerprint, username, priority), integrity_key=PASSWORD)
+                parse(
+                    build(stun, tid, with_fingerprint, username, priority), integrity_key=PASSWORD
+                )
 
     else:
 

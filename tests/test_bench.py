@@ -247,7 +247,7 @@ def test_connect_quick_json_shape() -> None:
     rows = _check_rows(json.loads(result.stdout))
     assert [row["metric"] for row in rows] == ["connect", "connect"]
     assert all(row["unit"] == "ms" and row["baseline_name"].startswith("aioice") for row in rows)
-    assert "Ta 50 ms" in rows[0]["baseline_name"] and "Ta 1 ms" in rows[1]["baseline_name"]
+    assert "Ta 50 ms" in rows[0]["baseline_name"] and "Ta 5 ms" in rows[1]["baseline_name"]
 
 
 def test_channel_samples_deliver_and_the_lossy_adapter_drops() -> None:

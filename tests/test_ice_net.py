@@ -416,7 +416,8 @@ def test_two_anchor_ice_processes_wired_through_pipes_connect_and_echo() -> None
     )
     assert code_a == 0, err_a
     assert code_b == 0, err_b
-    assert block_a[0].startswith("m=") and block_a[1].startswith("c=IN IP4 ")
+    assert block_a[0] == "a=ice-pacing:5"  # Anchor's Ta proposal, 5 ms (RFC 8839 §5.5)
+    assert block_a[1].startswith("m=") and block_a[2].startswith("c=IN IP4 ")
     assert any(line.startswith("a=ice-ufrag:") for line in block_a)
     assert any(line.startswith("a=candidate:") for line in block_b)
     assert "RECV b'echo:ping'" in out_a.splitlines()
