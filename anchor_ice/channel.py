@@ -29,44 +29,65 @@ received count as ``duplicates``; frames more than ``receive_window`` ahead of t
 one are dropped (the sender's retransmission brings them back), which bounds the memory a peer
 can make us hold. Any DATA or FIN frame received, a duplicate too, makes the next
 ``datagrams_to_send`` call begin with one ACK frame (no delayed ACKs: the adapter calls
-``datagrams_to_send`` once per batch of input, so one ACK covers a batch). An ACK carries
-the cumulative point (every frame below it arrived) and up to 64 SACK ranges above it, highest
-first (the idea of RFC 2018; the receiver never reneges on a SACKed frame).
+``datagrams_to_send`` once per batch of input, so one ACK covers a batch). When that batch
+held a duplicate or a frame out of order, the peer is recovering from a loss and losing this
+one ACK would cost it a timeout: the ACK is sent twice. An ACK carries the cumulative point
+(every frame below it arrived) and up to 64 SACK ranges above it, highest first (the idea of
+RFC 2018; the receiver never reneges on a SACKed frame).
 
-Loss recovery.
+Loss recovery: RACK-TLP (RFC 8985) over SACK, with the RFC 6298 timer as the last resort.
+Every transmission, retransmissions included, gets a local transmission number and time, the
+way QUIC numbers packets (RFC 9002), so "sent after" is exact even at one clock value.
 
-- RTO per RFC 6298: ``rto_initial`` 1 s (§2.1); the first sample R sets SRTT = R,
-  RTTVAR = R/2 (§2.2); later ones RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R'|, then
-  SRTT = 7/8 SRTT + 1/8 R' (§2.3); RTO = SRTT + max(G, 4 RTTVAR) with G = 1 ms, clamped to
-  [``rto_min``, ``rto_max``]. ``rto_min`` is 0.2 s, not the 1 s §2.4 asks for (to keep
-  spurious retransmissions rare on TCP paths with delayed ACKs): this channel ACKs at once,
-  200 ms is Linux's ``TCP_RTO_MIN``, and QUIC's probe timeout (RFC 9002 §6.2) has no floor
-  above the timer granularity. Pass ``rto_min=1.0`` for the letter of §2.4.
-  ``rto_max`` is 60 s (§2.5). One retransmission timer for the channel, managed as §5 says:
-  started when a frame goes out and it is not running (5.1), stopped when nothing is
-  outstanding (5.2), restarted when the cumulative point advances (5.3). When it expires the
-  RTO doubles (5.5, backoff), the timer restarts with the new value (5.6) and the earliest
-  outstanding frame is retransmitted (5.4), together with every other frame not SACKed that
-  has itself been outstanding for the whole expired RTO (as if each frame had its own timer;
-  the holes SACK reveals, RFC 6675 §5.1). Frames sent less than an RTO ago stay in flight:
-  resending them would be spurious and, by Karn's rule, would cost the RTT samples.
-- Karn's rule (RFC 6298 §3): a frame sent more than once gives no RTT sample; the backed-off
-  RTO stays until a frame sent once is acknowledged. Each ACK gives at most one sample, from the
-  most recently sent frame it newly acknowledges.
-- Fast retransmit, SACK-based (RFC 6675 §4 with DupThresh = 3, RFC 5681 §3.2): every
-  transmission gets a local transmission number. An outstanding frame is deemed lost, and is
-  retransmitted at once without waiting for the RTO, when a frame transmitted at least 3
-  transmissions after it has been acknowledged, the SACK equivalent of three duplicate ACKs.
-  Only frames sent once move that mark (an ACK of a retransmitted frame is ambiguous, Karn
-  again).
+- RTT (RFC 6298 §2-§3): the first sample R sets SRTT = R, RTTVAR = R/2; later ones
+  RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R'|, then SRTT = 7/8 SRTT + 1/8 R'. Karn's rule: only a
+  frame sent once gives a sample; each ACK gives at most one, from the most recently sent frame
+  it newly acknowledges. min_rtt is the smallest sample.
+- RACK (RFC 8985 §6): RACK's frame is the most recently transmitted frame known delivered.
+  A frame not acknowledged and transmitted before it is lost when it is overdue by the
+  reordering window: sent_at + RACK.rtt + reo_wnd <= now, reo_wnd = min(min_rtt / 4, SRTT);
+  or, until the path has been seen to reorder, as soon as 3 transmissions separate them
+  (DupThresh, RFC 6675 §4; QUIC's packet threshold, RFC 9002 §6.1.1). A frame not yet overdue
+  arms RACK's timer for the moment it will be. Lost frames are retransmitted at once (counted
+  in ``fast_retransmits``), retransmissions included: a lost retransmission is found as soon
+  as a frame sent after it is acknowledged. An ACK of a retransmitted frame may answer an
+  earlier copy (Karn's ambiguity): it moves RACK only if the copy before was known lost when
+  the frame went out again, and the ACK came at least min_rtt after it (§6.2 step 2). The
+  path reorders when a frame sent once is delivered after a later one, or such an ACK comes
+  sooner than min_rtt (the earlier copy was only late: what a DSACK would say).
+- Tail-loss probe (RFC 8985 §7, RFC 9002 §6.2): when nothing is acknowledged for
+  PTO = 2 SRTT after the latest transmission (doubled for the second probe), the earliest
+  frame not acknowledged, the one holding the window, is sent again. There is never new data
+  to send instead (every queued frame goes out at once). Nothing is declared lost: the probe's
+  ACK lets RACK find the rest. This is what recovers a lost retransmission when the window is
+  full of frames acknowledged above it and nothing else is in flight, in about 2 SRTT instead
+  of an RTO. At most ``MAX_PROBES`` (2) probes in a row without an acknowledgement; no probe
+  before the first RTT sample (the initial RTO, 1 s, is the same figure).
+- RTO (RFC 6298 §2, §5), the last resort: ``rto_initial`` 1 s; RTO = SRTT + max(G, 4 RTTVAR)
+  with G = 1 ms, clamped to [max(``rto_min``, 2 SRTT), ``rto_max``]. The 2 SRTT floor comes
+  from the path: on a steady one RTTVAR decays and SRTT + 4 RTTVAR falls towards SRTT, which a
+  queue or a busy peer overshoots. ``rto_min`` is the sane minimum for real paths: 0.2 s,
+  Linux's ``TCP_RTO_MIN`` (§2.4 says 1 s; pass ``rto_min=1.0`` for its letter), the RTO that
+  Linux keeps behind RACK-TLP too. With RACK and the probes the RTO only fires when both probes
+  are lost, or before the first RTT sample. ``rto_max`` is 60 s (§2.5). One timer for the
+  channel, as §5 says: started when a frame goes out and it is not running (5.1), stopped when
+  nothing is outstanding (5.2), restarted when the cumulative point advances (5.3) and by a
+  probe (RFC 8985 §7.3). When it expires the RTO doubles (5.5), the timer restarts (5.6), no
+  probe is sent until an acknowledgement, and the earliest outstanding frame is retransmitted
+  (5.4), together with every other frame not SACKed that has itself been outstanding for the
+  whole expired RTO (as if each frame had its own timer; RFC 6675 §5.1). Frames sent less than
+  an RTO ago stay in flight.
 - A channel whose timer expires ``max_retransmissions`` + 1 times in a row without the peer
   acknowledging anything new gives up: :class:`ChannelClosed` with reason "peer unreachable".
 
 Idle (DESIGN.md "Idle"). Activity is an application datagram: a message accepted by
-``send()`` or a DATA frame received for the first time. ACKs, duplicates, retransmissions, the
-close handshake and ICE consent checks are not. :class:`ChannelIdle` comes exactly
-``idle_timeout`` seconds after the last activity (the idle clock starts at construction when
-``now`` is given, else at the first activity), once per idle period. The channel stays usable;
+``send()``, a DATA or FIN frame put on the wire (retransmissions and probes included), or a
+DATA frame received for the first time; and while anything sent is still unacknowledged the
+channel is not idle at all (a slow recovery must not make a sender close under its own
+data). ACKs, duplicates received and ICE consent checks are not activity.
+:class:`ChannelIdle` comes exactly ``idle_timeout`` seconds after the last activity (the idle
+clock starts at construction when ``now`` is given, else at the first activity), once per
+idle period. The channel stays usable;
 closing it is the owner's decision (the ephemeral link closes it and dissolves).
 
 Closing (a FIN / ACK handshake, like TCP's but without TIME-WAIT). ``close(now)`` queues a FIN
@@ -120,8 +141,10 @@ the ciphertext, where it gives an observer nothing to recognise the protocol by.
 is 24 bytes longer (1166 bytes of message per 1200-byte frame).
 
 What is left out on purpose: congestion control (the fixed window is the only limit on data in
-flight), path MTU discovery (``mtu`` is configured), flow control beyond the fixed windows, and
-a connection handshake (the channel is born open on a pair ICE has already checked).
+flight; recovery never sends more than the window, and a probe or the RTO resends what the
+window already holds), path MTU discovery (``mtu`` is configured), flow control beyond the fixed
+windows, and a connection handshake (the channel is born open on a pair ICE has already
+checked).
 """
 
 from __future__ import annotations
@@ -133,7 +156,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
-from operator import attrgetter
 from typing import Protocol
 
 import crc32c as _crc32c
@@ -147,10 +169,13 @@ __all__ = [
     "DUP_THRESH",
     "FIRST_BYTE_MAX",
     "FIRST_BYTE_MIN",
+    "MAX_PROBES",
     "PLAIN_FIRST_BYTE",
+    "PTO_SRTT",
     "RTO_INITIAL",
     "RTO_MAX",
     "RTO_MIN",
+    "RTO_SRTT_FLOOR",
     "AuthenticationFailed",
     "ChannelClosed",
     "ChannelError",
@@ -181,13 +206,19 @@ PLAIN_FIRST_BYTE = 0xC0
 """First byte of every plaintext frame (sealed frames draw theirs at random in 192-255)."""
 
 RTO_INITIAL = 1.0  # RFC 6298 §2.1
-RTO_MIN = 0.2  # RFC 6298 §2.4 says 1 s; Linux TCP_RTO_MIN (see the module docstring)
+RTO_MIN = 0.2  # RFC 6298 §2.4 says 1 s; Linux TCP_RTO_MIN (module docstring, "RTO")
+RTO_SRTT_FLOOR = 2.0
+"""The RTO is never below this many smoothed round trips (the floor derived from the path)."""
 RTO_MAX = 60.0  # RFC 6298 §2.5: a maximum "provided it is at least 60 seconds"
 CLOCK_GRANULARITY = 0.001  # G of RFC 6298 §2, seconds
 _ALPHA = 1 / 8  # RFC 6298 §2.3
 _BETA = 1 / 4  # RFC 6298 §2.3
 _K = 4  # RFC 6298 §2
 DUP_THRESH = 3  # RFC 6675 §2 / RFC 5681 §3.2: three duplicate ACKs
+PTO_SRTT = 2.0  # RFC 8985 §7.2: PTO = 2 SRTT
+MAX_PROBES = 2
+_NO_DUP_THRESH = 1 << 62  # once reordering was seen: time threshold only
+"""Tail-loss probes in a row without an acknowledgement before the RTO takes over."""
 ACK_MAX_RANGES = 64
 """Most SACK ranges in one ACK frame (fewer when the MTU is small)."""
 
@@ -205,6 +236,7 @@ _FIN = 0x03
 _FIRST = 0x10
 _LAST = 0x20
 _FIRST_LAST = _FIRST | _LAST
+_FIRST_LAST_DATA = _DATA | _FIRST | _LAST  # a whole message in one DATA frame
 
 _SEQ_SPACE = 1 << 32
 _SEQ_MASK = _SEQ_SPACE - 1
@@ -215,11 +247,12 @@ _U8 = struct.Struct("!B")
 _U32 = struct.Struct("!I")
 _RANGE = struct.Struct("!II")
 _CRC_SIZE = 4
+_SEQ_END = _HEAD.size  # where a DATA frame's fragment starts
+_unpack_head = _HEAD.unpack_from
+_unpack_u32 = _U32.unpack_from
+_crc32c_of = _crc32c.crc32c
 _DATA_OVERHEAD = _HEAD.size + _CRC_SIZE  # 10
 _ACK_FIXED = _HEAD.size + 1 + _CRC_SIZE  # 11
-
-
-_TX_ORDER = attrgetter("tx_order")
 
 
 def _crc(data: bytes) -> int:
@@ -410,7 +443,11 @@ class ChannelStats:
     retransmissions: int = 0
     """DATA and FIN frames sent again (after an RTO or a fast retransmit)."""
     fast_retransmits: int = 0
-    """Frames deemed lost from SACK information (RFC 6675 §4) before their RTO."""
+    """Frames deemed lost from acknowledgements (RACK, RFC 8985 §6: packet or time threshold)
+    before any timer expired, retransmissions included."""
+    probes: int = 0
+    """Tail-loss probes sent (RFC 8985 §7, RFC 9002 §6.2): retransmissions at the probe
+    timeout."""
     timeouts: int = 0
     """Expirations of the retransmission timer (RFC 6298 §5.4)."""
     duplicates: int = 0
@@ -445,6 +482,7 @@ class _OutFrame:
     transmissions: int = 0
     sacked: bool = False
     wire: bytes | None = None  # the plaintext frame, built at its first transmission
+    known_lost: bool = False  # its previous copy was known lost when it was queued again
 
 
 # --------------------------------------------------------------------------- the channel
@@ -463,7 +501,8 @@ class ReliableChannel:
     - ``max_message``: longest message (default 65536);
     - ``idle_timeout``: seconds without application data before :class:`ChannelIdle`
       (default 30);
-    - ``rto_initial``, ``rto_min``, ``rto_max``: RFC 6298 timer bounds (1, 0.2, 60 s);
+    - ``rto_initial``, ``rto_min``, ``rto_max``: RFC 6298 timer bounds (1, 0.2, 60 s; the RTO
+      is never below 2 SRTT either);
     - ``max_retransmissions``: RTO expirations in a row before "peer unreachable" (8);
     - ``seal``: a :class:`FrameSealer` (e.g. :class:`anchor_ice.seal.Sealer`), or None for
       plaintext frames;
@@ -539,12 +578,21 @@ class ReliableChannel:
         self._snd_next = 0  # next to assign
         self._retransmit: set[int] = set()
         self._tx_counter = 0
-        self._largest_acked_tx = -1
         self._rto = rto_initial
         self._srtt: float | None = None
         self._rttvar: float | None = None
+        self._min_rtt: float | None = None
         self._rto_deadline: float | None = None
         self._backoffs = 0
+        # RACK (RFC 8985 §6): the latest transmission known delivered, and its RTT.
+        self._rack_tx = -1
+        self._rack_rtt = 0.0
+        self._loss_deadline: float | None = None  # RACK's reordering timer
+        self._reordering_seen = False  # RFC 8985 §6.2 step 3
+        # Tail-loss probe (RFC 8985 §7).
+        self._last_tx = 0.0  # when the latest DATA / FIN frame went out
+        self._probes = 0  # probes since the last acknowledgement of anything new
+        self._pto_deadline: float | None = None
         self._blocked = False
         self._fin_seq: int | None = None  # ours
         self._fin_acked = False
@@ -554,10 +602,15 @@ class ReliableChannel:
         self._rcv_next = 0
         self._rcv_buf: dict[int, tuple[int, bytes]] = {}
         self._ack_owed = False
+        self._ack_repeat = False  # send the next ACK twice (see datagrams_to_send)
         self._partial: list[bytes] | None = None
         self._partial_size = 0
         self._skip_message = False
         self._peer_fin = False
+        # Nothing buffered, no message half reassembled, no FIN, not closed: the fast path of
+        # receive_datagram applies (recomputed after every frame it does not take, and at
+        # every change of state).
+        self._rcv_simple = True
 
         # Idle.
         self._last_activity: float | None = now
@@ -602,7 +655,8 @@ class ReliableChannel:
         answer because the window is full arms :class:`SendWindowOpen`."""
         if self._state is not ChannelState.OPEN or not 0 <= size <= self._max_message:
             return False
-        if _frames_for(size, self._payload) > self._free_frames():
+        need = 1 if size <= self._payload else _frames_for(size, self._payload)
+        if need > self._send_window - (self._snd_next - self._snd_una):
             self._blocked = True
             return False
         return True
@@ -619,13 +673,17 @@ class ReliableChannel:
             raise MessageTooLarge(
                 f"message of {size} bytes exceeds max_message {self._max_message}"
             )
-        count = _frames_for(size, self._payload)
-        free = self._free_frames()
+        count = 1 if size <= self._payload else _frames_for(size, self._payload)
+        free = self._send_window - (self._snd_next - self._snd_una)
         if count > free:
             self._blocked = True
             raise ChannelFull(f"message needs {count} frames, the send window has {free}")
         if count == 1:  # the common case: no slicing (bytes are immutable: no copy either)
-            self._queue(_DATA | _FIRST | _LAST, data if type(data) is bytes else bytes(data))
+            seq = self._snd_next
+            self._out[seq] = _OutFrame(
+                seq, _FIRST_LAST_DATA, data if type(data) is bytes else bytes(data)
+            )
+            self._snd_next = seq + 1
         else:
             view = memoryview(data)
             for i in range(count):
@@ -636,9 +694,11 @@ class ReliableChannel:
                     type_ |= _LAST
                 chunk = bytes(view[i * self._payload : (i + 1) * self._payload])
                 self._queue(type_, chunk)
-        self._stats.messages_sent += 1
-        self._stats.bytes_sent += size
-        self._activity(now)
+        stats = self._stats
+        stats.messages_sent += 1
+        stats.bytes_sent += size
+        self._last_activity = now  # what _activity does
+        self._idle_reported = False
 
     def close(self, now: float) -> None:
         """Start the close handshake: a FIN goes out after every message already sent.
@@ -651,10 +711,16 @@ class ReliableChannel:
     def receive_datagram(self, data: bytes, now: float) -> None:
         """Feed one datagram from the pair. Never raises: anything malformed, corrupted,
         unauthenticated or replayed is dropped and counted in ``stats``."""
-        if len(data) < 1 or data[0] < FIRST_BYTE_MIN:
-            self._stats.dropped_invalid += 1
-            return
-        if self._sealer is not None:
+        if self._sealer is None:
+            frame = data if type(data) is bytes else bytes(data)
+            size = len(frame)
+            if size < _DATA_OVERHEAD or frame[0] < FIRST_BYTE_MIN:
+                self._stats.dropped_invalid += 1
+                return
+        else:
+            if len(data) < 1 or data[0] < FIRST_BYTE_MIN:
+                self._stats.dropped_invalid += 1
+                return
             try:
                 rest = self._sealer.open(bytes(data))
             except ReplayDetected:
@@ -664,16 +730,44 @@ class ReliableChannel:
                 self._stats.dropped_auth += 1
                 return
             frame = bytes(data[:1]) + rest
-        else:
-            frame = bytes(data)
-        if len(frame) < _HEAD.size + _CRC_SIZE:
-            self._stats.dropped_invalid += 1
-            return
-        if _crc(frame[:-_CRC_SIZE]) != _U32.unpack_from(frame, len(frame) - _CRC_SIZE)[0]:
+            size = len(frame)
+            if size < _DATA_OVERHEAD:
+                self._stats.dropped_invalid += 1
+                return
+        if _crc32c_of(frame[:-_CRC_SIZE]) != _unpack_u32(frame, size - _CRC_SIZE)[0]:
             self._stats.dropped_crc += 1
             return
-        handler = self._HANDLERS.get(frame[1] & 0x0F)
-        if handler is None or not handler(self, frame, now):
+        _, kind, seq = _unpack_head(frame)
+        if kind == _FIRST_LAST_DATA and seq == self._rcv_next & _SEQ_MASK and self._rcv_simple:
+            # The common case: a whole message, in order, nothing buffered. What _on_data,
+            # _on_sequenced and _reassemble do with it, inline.
+            self._ack_owed = True
+            self._last_activity = now
+            self._idle_reported = False
+            self._rcv_next += 1
+            stats = self._stats
+            stats.frames_received += 1
+            size -= _DATA_OVERHEAD
+            if size > self._max_message:
+                stats.dropped_invalid += 1
+                return
+            stats.messages_received += 1
+            stats.bytes_received += size
+            self._events.append(MessageReceived(frame[_SEQ_END:-_CRC_SIZE]))
+            return
+        if kind == _FIRST_LAST_DATA:  # what _on_data does, without the dispatch
+            accepted = self._on_sequenced(seq, kind, frame[_SEQ_END:-_CRC_SIZE], now)
+        else:
+            handler = self._HANDLERS.get(kind & 0x0F)
+            accepted = handler is not None and handler(self, frame, now)
+        self._rcv_simple = (
+            not self._rcv_buf
+            and self._partial is None
+            and not self._skip_message
+            and not self._peer_fin
+            and self._state is not ChannelState.CLOSED
+        )
+        if not accepted:
             self._stats.dropped_invalid += 1
             return
         self._stats.frames_received += 1
@@ -684,38 +778,62 @@ class ReliableChannel:
         out: list[bytes] = []
         if self._ack_owed:
             self._ack_owed = False
-            out.append(self._encode(self._ack_body()))
-        if self._state is not ChannelState.CLOSED:
+            body = self._ack_body()
+            out.append(self._encode(body))
+            if self._ack_repeat:
+                # The frames this ACK answers were duplicates or out of order: the peer is
+                # recovering from a loss, and losing this ACK would cost it a timeout (the
+                # receiver ACKs once per batch, not per frame). Send it twice.
+                self._ack_repeat = False
+                out.append(out[-1] if self._sealer is None else self._encode(body))
+        if self._state is not ChannelState.CLOSED and (
+            self._retransmit or self._snd_sent < self._snd_next
+        ):
             if self._retransmit:
                 for seq in sorted(self._retransmit):
                     out.append(self._transmit(self._out[seq], now))
                     self._stats.retransmissions += 1
                 self._retransmit.clear()
-            while self._snd_sent < self._snd_next:
-                out.append(self._transmit(self._out[self._snd_sent], now))
-                self._snd_sent += 1
+            if self._snd_sent < self._snd_next:
+                if self._sealer is None:
+                    self._first_transmissions(out, now)
+                else:
+                    while self._snd_sent < self._snd_next:
+                        out.append(self._transmit(self._out[self._snd_sent], now))
+                        self._snd_sent += 1
+            self._arm_pto()
         self._stats.frames_sent += len(out)
         return out
 
     def next_timer(self) -> float | None:
-        """The next deadline (retransmission or idle), absolute, or None."""
+        """The next deadline (RACK reordering timer, tail-loss probe, retransmission timeout
+        or idle), absolute, or None."""
         if self._state is ChannelState.CLOSED:
             return None
-        deadlines = [d for d in (self._rto_deadline, self._idle_deadline()) if d is not None]
-        return min(deadlines) if deadlines else None
+        deadline = self._idle_deadline()
+        for other in (self._loss_deadline, self._pto_deadline, self._rto_deadline):
+            if other is not None and (deadline is None or other < deadline):
+                deadline = other
+        return deadline
 
     def handle_timer(self, now: float) -> None:
-        """Act on every deadline that has passed: RTO expiry (RFC 6298 §5.4-§5.6) and idle
-        expiry. An early call does nothing."""
+        """Act on every deadline that has passed: RACK's reordering timer (RFC 8985 §6.3), the
+        retransmission timeout (RFC 6298 §5.4-§5.6) or else the probe timeout (RFC 8985 §7.3),
+        and idle expiry. An early call does nothing."""
         if self._state is ChannelState.CLOSED:
             return
-        if self._rto_deadline is not None and now >= self._rto_deadline and not self._on_rto(now):
-            return  # gave up
+        if self._loss_deadline is not None and now >= self._loss_deadline:
+            self._detect_losses(now)
+            self._arm_pto()
+        if self._rto_deadline is not None and now >= self._rto_deadline:
+            if not self._on_rto(now):
+                return  # gave up
+        elif self._pto_deadline is not None and now >= self._pto_deadline:
+            self._on_pto(now)
         idle = self._idle_deadline()
         if idle is not None and now >= idle:
-            assert self._last_activity is not None
             self._idle_reported = True
-            self._events.append(ChannelIdle(self._last_activity))
+            self._events.append(ChannelIdle(self._last_active()))
 
     def next_event(self) -> ChannelEvent | None:
         """The oldest event not yet returned, or None."""
@@ -741,6 +859,7 @@ class ReliableChannel:
         frame.sent_at = now
         frame.tx_order = self._tx_counter
         self._tx_counter += 1
+        self._last_tx = now
         if self._rto_deadline is None:
             self._rto_deadline = now + self._rto  # RFC 6298 §5.1
         if self._sealer is None:
@@ -752,6 +871,26 @@ class ReliableChannel:
                 wire = frame.wire = head + _U32.pack(_crc32c.crc32c(head))
             return wire
         return self._encode(_HEAD.pack(0, frame.type, frame.seq & _SEQ_MASK)[1:] + frame.payload)
+
+    def _first_transmissions(self, out: list[bytes], now: float) -> None:
+        """What ``_transmit`` does for every plaintext frame not sent yet, in one loop."""
+        frames = self._out
+        tx = self._tx_counter
+        pack_head, pack_crc, crc = _HEAD.pack, _U32.pack, _crc32c.crc32c
+        for seq in range(self._snd_sent, self._snd_next):
+            frame = frames[seq]
+            frame.transmissions = 1
+            frame.sent_at = now
+            frame.tx_order = tx
+            tx += 1
+            head = pack_head(PLAIN_FIRST_BYTE, frame.type, seq & _SEQ_MASK) + frame.payload
+            wire = frame.wire = head + pack_crc(crc(head))
+            out.append(wire)
+        self._tx_counter = tx
+        self._snd_sent = self._snd_next
+        self._last_tx = now
+        if self._rto_deadline is None:
+            self._rto_deadline = now + self._rto  # RFC 6298 §5.1
 
     def _encode(self, body: bytes) -> bytes:
         """A frame from its body (everything between the first byte and the crc)."""
@@ -791,6 +930,9 @@ class ReliableChannel:
             self._give_up()
             return False
         self._backoffs += 1
+        # No probes until an acknowledgement: the backed-off timer paces retransmissions now.
+        self._probes = MAX_PROBES
+        self._pto_deadline = None
         expired = self._rto
         self._rto = min(self._rto * 2, self._rto_max)  # RFC 6298 §5.5
         self._rto_deadline = now + self._rto  # RFC 6298 §5.6
@@ -805,19 +947,98 @@ class ReliableChannel:
                 continue
             if earliest or now - frame.sent_at >= expired:
                 self._retransmit.add(seq)
+                frame.known_lost = frame.tx_order < self._rack_tx
             earliest = False
         return True
+
+    def _on_pto(self, now: float) -> None:
+        """RFC 8985 §7.3 (and RFC 9002 §6.2.4): no acknowledgement for a probe timeout. There is
+        never new data to send instead (every queued frame goes out at once), so the probe is a
+        retransmission of the earliest frame not acknowledged: the one holding the window.
+        Nothing is declared lost; the acknowledgement the probe draws lets RACK find the rest.
+        The RTO is restarted behind the probe (RFC 8985 §7.3)."""
+        self._pto_deadline = None
+        if self._snd_una >= self._snd_sent or self._snd_una in self._retransmit:
+            return
+        self._probes += 1
+        self._stats.probes += 1
+        self._retransmit.add(self._snd_una)
+        probe = self._out[self._snd_una]
+        probe.known_lost = probe.tx_order < self._rack_tx  # overtaken by a delivered frame
+        self._rto_deadline = now + self._rto
+
+    def _arm_pto(self) -> None:
+        """Schedule the tail-loss probe (RFC 8985 §7.2): 2 SRTT after the latest transmission,
+        doubled for each probe already sent without an acknowledgement, while frames are in
+        flight, the RTT is known and neither RACK's timer nor retransmissions are pending."""
+        srtt = self._srtt
+        if (
+            srtt is None
+            or self._probes >= MAX_PROBES
+            or self._loss_deadline is not None
+            or self._retransmit
+            or self._snd_una >= self._snd_sent
+        ):
+            self._pto_deadline = None
+            return
+        pto = max(PTO_SRTT * srtt, CLOCK_GRANULARITY) * (1 << self._probes)
+        self._pto_deadline = self._last_tx + pto
+
+    def _detect_losses(self, now: float) -> None:
+        """RACK (RFC 8985 §6.2 step 5): a frame not acknowledged whose latest transmission came
+        before that of a frame known delivered is lost when it is overdue by the reordering
+        window, sent_at + RACK.rtt + reo_wnd <= now, with reo_wnd = min(min_rtt / 4, SRTT);
+        or, until reordering has been seen on the path, as soon as ``DUP_THRESH``
+        transmissions separate them (RFC 6675's DupThresh; QUIC's packet threshold, RFC 9002
+        §6.1.1; what §6.2 step 4's reo_wnd = 0 stands for). Retransmissions are judged like
+        first transmissions, so a lost retransmission is found as soon as a frame sent after
+        it is acknowledged. Frames not yet overdue set the reordering timer (§6.3). (The
+        window is not widened on spurious retransmissions as §6.2 step 4 does on DSACKs.)"""
+        self._loss_deadline = None
+        rack_tx = self._rack_tx
+        if rack_tx < 0:
+            return
+        reo_wnd = 0.0
+        if self._min_rtt is not None and self._srtt is not None:
+            reo_wnd = min(self._min_rtt / 4, self._srtt)
+        threshold = self._rack_rtt + reo_wnd
+        dup_thresh = _NO_DUP_THRESH if self._reordering_seen else DUP_THRESH
+        out = self._out
+        retransmit = self._retransmit
+        deadline: float | None = None
+        # Frames are first sent in sequence order and a retransmission takes a later
+        # transmission number, so every frame after one sent only once was transmitted after
+        # it: once such a frame is not before the RACK frame, no later one is.
+        for seq in range(self._snd_una, self._snd_sent):
+            frame = out[seq]
+            tx = frame.tx_order
+            if tx >= rack_tx:
+                if frame.transmissions == 1:
+                    break
+                continue
+            if frame.sacked or seq in retransmit:
+                continue
+            due = frame.sent_at + threshold
+            if due <= now or tx + dup_thresh <= rack_tx:
+                retransmit.add(seq)
+                frame.known_lost = True
+                self._stats.fast_retransmits += 1
+            elif deadline is None or due < deadline:
+                deadline = due
+        self._loss_deadline = deadline
 
     def _give_up(self) -> None:
         self._transition(_Input.GIVE_UP)
         self._out.clear()
         self._retransmit.clear()
         self._rcv_buf.clear()
-        self._rto_deadline = None
+        self._rto_deadline = self._pto_deadline = self._loss_deadline = None
         self._events.append(ChannelClosed(CloseReason.UNREACHABLE))
 
     def _rtt_sample(self, r: float) -> None:
-        """RFC 6298 §2.2 / §2.3."""
+        """RFC 6298 §2.2 / §2.3, with the floor of the module docstring; min_rtt for RACK."""
+        if self._min_rtt is None or r < self._min_rtt:
+            self._min_rtt = r
         if self._srtt is None or self._rttvar is None:
             self._srtt = r
             self._rttvar = r / 2
@@ -825,7 +1046,8 @@ class ReliableChannel:
             self._rttvar = (1 - _BETA) * self._rttvar + _BETA * abs(self._srtt - r)
             self._srtt = (1 - _ALPHA) * self._srtt + _ALPHA * r
         rto = self._srtt + max(CLOCK_GRANULARITY, _K * self._rttvar)
-        self._rto = min(max(rto, self._rto_min), self._rto_max)  # RFC 6298 §2.4, §2.5
+        floor = max(self._rto_min, RTO_SRTT_FLOOR * self._srtt)  # RFC 6298 §2.4 (see above)
+        self._rto = min(max(rto, floor), self._rto_max)  # RFC 6298 §2.5
 
     # ----------------------------------------------------------------- receiving internals
 
@@ -833,32 +1055,35 @@ class ReliableChannel:
         flags = frame[1] & 0xF0
         if flags & ~(_FIRST | _LAST):
             return False
-        return self._on_sequenced(frame, frame[1], bytes(frame[6:-_CRC_SIZE]), now)
+        return self._on_sequenced(_HEAD.unpack_from(frame)[2], frame[1], frame[6:-_CRC_SIZE], now)
 
     def _on_fin(self, frame: bytes, now: float) -> bool:
         if frame[1] != _FIN or len(frame) != _HEAD.size + _CRC_SIZE:
             return False
-        return self._on_sequenced(frame, _FIN, b"", now)
+        return self._on_sequenced(_HEAD.unpack_from(frame)[2], _FIN, b"", now)
 
-    def _on_sequenced(self, frame: bytes, type_: int, payload: bytes, now: float) -> bool:
-        seq = _unwrap(self._rcv_next, _HEAD.unpack_from(frame)[2])
+    def _on_sequenced(self, wire_seq: int, type_: int, payload: bytes, now: float) -> bool:
+        seq = _unwrap(self._rcv_next, wire_seq)
         if seq < self._rcv_next or seq in self._rcv_buf:
             self._stats.duplicates += 1
-            self._ack_owed = True
+            self._ack_owed = self._ack_repeat = True
             return True
         if self._state is ChannelState.CLOSED or self._peer_fin:
             return False  # nothing follows the peer's FIN
         if seq >= self._rcv_next + self._receive_window:
             self._stats.dropped_window += 1
-            self._ack_owed = True
+            self._ack_owed = self._ack_repeat = True
             return True
         self._ack_owed = True
-        if seq == self._rcv_next and not self._rcv_buf and type_ != _FIN:
-            # In order with nothing buffered (the common case): what _deliver would do.
-            self._activity(now)
-            self._rcv_next = seq + 1
-            self._reassemble(type_, payload)
-            return True
+        if seq == self._rcv_next and not self._rcv_buf:
+            if type_ != _FIN:
+                # In order with nothing buffered (the common case): what _deliver would do.
+                self._activity(now)
+                self._rcv_next = seq + 1
+                self._reassemble(type_, payload)
+                return True
+        else:
+            self._ack_repeat = True  # out of order, or filling a hole: the peer recovers
         self._rcv_buf[seq] = (type_, payload)
         if type_ != _FIN:
             self._activity(now)
@@ -867,13 +1092,28 @@ class ReliableChannel:
 
     def _deliver(self) -> None:
         """Deliver what is now in order: messages, then possibly the peer's FIN."""
-        while self._rcv_next in self._rcv_buf:
-            type_, payload = self._rcv_buf.pop(self._rcv_next)
-            self._rcv_next += 1
+        buffered = self._rcv_buf
+        nxt = self._rcv_next
+        while nxt in buffered:
+            type_, payload = buffered.pop(nxt)
+            nxt += 1
+            self._rcv_next = nxt
             if type_ == _FIN:
                 self._on_peer_fin()
                 return
-            self._reassemble(type_, payload)
+            if (
+                type_ == _FIRST_LAST_DATA
+                and self._partial is None
+                and not self._skip_message
+                and len(payload) <= self._max_message
+            ):
+                # A whole message in one frame: what _reassemble does with it.
+                stats = self._stats
+                stats.messages_received += 1
+                stats.bytes_received += len(payload)
+                self._events.append(MessageReceived(payload))
+            else:
+                self._reassemble(type_, payload)
 
     def _reassemble(self, type_: int, payload: bytes) -> None:
         if type_ & _FIRST_LAST == _FIRST_LAST and self._partial is None and not self._skip_message:
@@ -944,52 +1184,83 @@ class ReliableChannel:
                 return False
             ranges.append((max(start, self._snd_una), end))
 
-        newly: list[_OutFrame] = []
-        advanced = cum > self._snd_una
-        while self._snd_una < cum:
-            done = self._out.pop(self._snd_una)
-            self._retransmit.discard(self._snd_una)
-            if not done.sacked:
-                newly.append(done)
-            self._snd_una += 1
+        # Newly acknowledged frames: ``latest``, the one sent once and last (Karn's rule, RFC
+        # 6298 §3: only those give RTT samples), and ``again``, those sent more than once.
+        out = self._out
+        retransmit = self._retransmit
+        newly = False
+        latest: _OutFrame | None = None
+        first_once: _OutFrame | None = None
+        again: list[_OutFrame] = []
+        una = self._snd_una
+        rack_tx = self._rack_tx
+        advanced = cum > una
+        if advanced:
+            pop = out.pop
+            for seq in range(una, cum):
+                done = pop(seq)
+                if done.sacked:
+                    continue
+                newly = True
+                if done.transmissions == 1:
+                    latest = done  # sent once: sequence order is transmission order
+                    if first_once is None:
+                        first_once = done  # (so the earliest of them is the one to check)
+                else:
+                    again.append(done)
+            if retransmit:
+                retransmit.difference_update(range(una, cum))
+            self._snd_una = cum
         for start, end in ranges:
             for seq in range(start, end):
-                sacked = self._out[seq]
-                if not sacked.sacked:
-                    sacked.sacked = True
-                    self._retransmit.discard(seq)
-                    newly.append(sacked)
+                sacked = out[seq]
+                if sacked.sacked:
+                    continue
+                sacked.sacked = True
+                retransmit.discard(seq)
+                newly = True
+                if sacked.transmissions != 1:
+                    again.append(sacked)
+                else:
+                    if sacked.tx_order < rack_tx:
+                        self._reordering_seen = True  # delivered after a later frame
+                    if latest is None or sacked.tx_order > latest.tx_order:
+                        latest = sacked
         if not newly:
             return True
-
+        if first_once is not None and first_once.tx_order < rack_tx:
+            self._reordering_seen = True  # delivered after a later frame
         self._backoffs = 0
-        once = [f for f in newly if f.transmissions == 1]  # Karn's rule, RFC 6298 §3
-        if once:
-            latest = max(once, key=_TX_ORDER)
-            if now >= latest.sent_at:
-                self._rtt_sample(now - latest.sent_at)
-            self._largest_acked_tx = max(self._largest_acked_tx, latest.tx_order)
+        self._probes = 0
+        rack = latest
+        if latest is not None and now >= latest.sent_at:
+            self._rtt_sample(now - latest.sent_at)
+        if again and self._min_rtt is not None:
+            # RFC 8985 §6.2 step 2: an acknowledgement of a retransmitted frame sooner than
+            # min_rtt after its latest transmission must be for an earlier one, else it is
+            # taken for the latest. (min_rtt less G: an ACK at exactly min_rtt is not early by
+            # rounding.) When RACK had deemed that frame lost, the earlier one was only late:
+            # the path reorders (what a DSACK would tell, §6.2 step 3).
+            min_rtt = self._min_rtt
+            early = min_rtt - CLOCK_GRANULARITY
+            for frame_ in again:
+                if not frame_.known_lost:
+                    continue  # a probe or RTO copy: its predecessor may be the one acked
+                age = now - frame_.sent_at
+                if age < early:
+                    self._reordering_seen = True  # the predecessor was only late
+                elif age >= min_rtt and (rack is None or frame_.tx_order > rack.tx_order):
+                    rack = frame_
+        if rack is not None and rack.tx_order > self._rack_tx:
+            self._rack_tx = rack.tx_order  # RFC 8985 §6.2 step 2: RACK.xmit_ts
+            self._rack_rtt = now - rack.sent_at  # RACK.rtt
 
-        outstanding = any(not self._out[seq].sacked for seq in range(self._snd_una, self._snd_sent))
-        if not outstanding:
+        if self._snd_una >= self._snd_sent:  # the frame at snd_una is never SACKed
             self._rto_deadline = None  # RFC 6298 §5.2
         elif advanced:
             self._rto_deadline = now + self._rto  # RFC 6298 §5.3
-
-        # SACK-based loss detection (RFC 6675 §4, DupThresh). Frames are first sent in
-        # sequence order and a retransmission takes a later transmission number, so every
-        # frame after one sent only once was transmitted after it: once such a frame is too
-        # recent to be deemed lost, so is every later one, and the scan stops there.
-        largest = self._largest_acked_tx
-        for seq in range(self._snd_una, self._snd_sent):
-            pending = self._out[seq]
-            if pending.tx_order + DUP_THRESH > largest:
-                if pending.transmissions == 1:
-                    break
-                continue
-            if not pending.sacked and seq not in self._retransmit:
-                self._retransmit.add(seq)
-                self._stats.fast_retransmits += 1
+        self._detect_losses(now)
+        self._arm_pto()
 
         if self._fin_seq is not None and self._snd_una > self._fin_seq:
             self._fin_acked = True
@@ -1010,22 +1281,28 @@ class ReliableChannel:
     def _maybe_closed(self) -> None:
         if self._state is ChannelState.CLOSING and self._fin_acked and self._peer_fin:
             self._transition(_Input.HANDSHAKE_DONE)
-            self._rto_deadline = None
+            self._rto_deadline = self._pto_deadline = self._loss_deadline = None
             self._retransmit.clear()
             reason = CloseReason.LOCAL if self._closed_first else CloseReason.PEER
             self._events.append(ChannelClosed(reason))
 
     def _transition(self, event: _Input) -> None:
         self._state = _TRANSITIONS.get((self._state, event), self._state)
+        if self._state is ChannelState.CLOSED:
+            self._rcv_simple = False
 
     def _activity(self, now: float) -> None:
         self._last_activity = now
         self._idle_reported = False
 
+    def _last_active(self) -> float:
+        assert self._last_activity is not None
+        return max(self._last_activity, self._last_tx)
+
     def _idle_deadline(self) -> float | None:
-        if self._last_activity is None or self._idle_reported:
-            return None
-        return self._last_activity + self._idle_timeout
+        if self._last_activity is None or self._idle_reported or self._snd_una < self._snd_next:
+            return None  # (a channel still delivering what it accepted is not idle)
+        return self._last_active() + self._idle_timeout
 
 
 def _frames_for(size: int, payload: int) -> int:

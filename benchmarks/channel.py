@@ -9,21 +9,23 @@ after a warm-up. Three senders take turns:
 
 ``anchor``
     Two :class:`~anchor_ice.channel.ReliableChannel` endpoints with their defaults (MTU
-    1200, send window 128 frames, RFC 6298 RTO with ``rto_min`` 0.2 s, SACK fast
-    retransmit), pumped by a minimal adapter: every datagram received goes to
-    ``receive_datagram``, then ``datagrams_to_send`` is sent, events are read and one
-    ``loop.call_at`` timer follows ``next_timer()``. The sender refills its window whenever
-    :class:`~anchor_ice.channel.SendWindowOpen` says there is room. Each message is
-    :data:`MESSAGE` = 1,190 bytes, one full frame of the default MTU.
+    1200, send window 128 frames, RACK-TLP loss recovery over SACK, RFC 6298 RTO with
+    ``rto_min`` 0.2 s behind it), pumped by a minimal adapter: every datagram of a batch goes
+    to ``receive_datagram``, then events are read (the message bytes counted once per batch),
+    ``datagrams_to_send`` is sent and one ``loop.call_at`` timer follows ``next_timer()``. The
+    sender refills its window whenever :class:`~anchor_ice.channel.SendWindowOpen` says there
+    is room. Each message is :data:`MESSAGE` = 1,190 bytes, one full frame of the default MTU.
 ``anchor at 5 % loss``
     The same, with the sender's adapter dropping each outgoing frame with probability 0.05
     (``random.Random`` seeded per sample, so every sample drops the same frames); the core is
     not told. The receiver's ACKs are not dropped.
 ``raw``
-    Raw asyncio UDP: the sender ``sendto``\\ s :data:`MESSAGE`-byte datagrams and the receiver
-    counts them. Flow control costs nothing here: the sender keeps at most
-    :data:`RAW_WINDOW` datagrams unaccounted for (sent and not yet seen by the receiver,
-    whose counter it reads in memory), the same number of frames as the channel's window.
+    Raw asyncio UDP: the sender ``send``\\ s :data:`MESSAGE`-byte datagrams and the receiver
+    counts them, once per batch read; both use the same socket code as the channel
+    (``_Socket``: readiness-callback reads, one send loop per batch). Flow control costs
+    nothing here: the sender keeps at most :data:`RAW_WINDOW` datagrams unaccounted for (sent
+    and not yet seen by the receiver, whose counter it reads in memory), the same number of
+    frames as the channel's window.
     This is the ceiling: the loop's and the kernel's cost of moving the same bytes.
 
 Rows: Anchor clean vs raw (target >= 0.5x) and Anchor at 5 % loss vs Anchor clean in the
@@ -104,6 +106,24 @@ class _Socket:
         except (BlockingIOError, InterruptedError):
             self.send_dropped += 1
 
+    def send_all(self, datagrams: list[bytes]) -> None:
+        """``sendto`` of each datagram, in one loop."""
+        send = self.sock.send
+        for data in datagrams:
+            try:
+                send(data)
+            except (BlockingIOError, InterruptedError):
+                self.send_dropped += 1
+
+    def send_copies(self, data: bytes, count: int) -> None:
+        """``sendto`` of the same datagram ``count`` times, in one loop."""
+        send = self.sock.send
+        for _ in range(count):
+            try:
+                send(data)
+            except (BlockingIOError, InterruptedError):
+                self.send_dropped += 1
+
     def close(self) -> None:
         with contextlib.suppress(ValueError, OSError):
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
@@ -159,7 +179,7 @@ class _ChannelEndpoint:
     def __init__(
         self,
         channel: ReliableChannel,
-        on_message: Callable[[bytes, float], None] | None = None,
+        on_message: Callable[[int, float], None] | None = None,
         on_writable: Callable[[], None] | None = None,
         drop: Callable[[], bool] | None = None,
     ) -> None:
@@ -182,25 +202,28 @@ class _ChannelEndpoint:
 
     def flush(self, now: float) -> None:
         channel = self.channel
-        events = []
-        while (event := channel.next_event()) is not None:
-            events.append(event)
-        for event in events:
-            if isinstance(event, MessageReceived):
-                if self.on_message is not None:
-                    self.on_message(event.data, now)
+        received = 0  # message bytes, handed to on_message once per flush
+        writable = False
+        for event in iter(channel.next_event, None):
+            if type(event) is MessageReceived:
+                received += len(event.data)
             elif isinstance(event, SendWindowOpen):
-                if self.on_writable is not None:
-                    self.on_writable()
+                writable = True
             elif isinstance(event, ChannelClosed):
                 self.closed = event
-        sendto = self.transport.sendto  # type: ignore[union-attr]
+        if received and self.on_message is not None:
+            self.on_message(received, now)
+        if writable and self.on_writable is not None:
+            self.on_writable()
+        transport = self.transport
+        assert transport is not None
+        frames = channel.datagrams_to_send(now)
         drop = self.drop
-        for frame in channel.datagrams_to_send(now):
-            if drop is not None and drop():
-                self.dropped += 1
-                continue
-            sendto(frame)
+        if drop is not None:
+            kept = [frame for frame in frames if not drop()]
+            self.dropped += len(frames) - len(kept)
+            frames = kept
+        transport.send_all(frames)
         self._arm(channel.next_timer())
 
     def _arm(self, deadline: float | None) -> None:
@@ -242,16 +265,16 @@ async def anchor_sample(
         ReliableChannel(now=_now(), **options),
         drop=(lambda: rng.random() < loss) if loss else None,
     )
-    receiver = _ChannelEndpoint(
-        ReliableChannel(now=_now(), **options),
-        on_message=lambda data, now: counter.add(len(data), now),
-    )
+    receiver = _ChannelEndpoint(ReliableChannel(now=_now(), **options), on_message=counter.add)
 
     def fill() -> None:
         channel = sender.channel
+        send = channel.send
         now = _now()
-        while channel.can_send(MESSAGE):
-            channel.send(message, now)
+        while count := channel.writable_bytes // MESSAGE:
+            for _ in range(count):
+                send(message, now)
+        channel.can_send(MESSAGE)  # says no: arms SendWindowOpen
 
     sender.on_writable = fill
     ta, tb = await _socket_pair(sender.received, receiver.received)
@@ -271,6 +294,7 @@ async def anchor_sample(
         "dropped": sender.dropped,
         "retransmissions": stats.retransmissions,
         "fast_retransmits": stats.fast_retransmits,
+        "probes": stats.probes,
         "timeouts": stats.timeouts,
         "frames_sent": stats.frames_sent,
     }
@@ -285,10 +309,10 @@ async def raw_sample(seconds: float) -> dict[str, float]:
     transports: list[_Socket] = []
 
     def top_up() -> None:
-        sendto = transports[0].sendto
-        while state["sent"] - state["received"] - state["lost"] < RAW_WINDOW:
-            sendto(message)
-            state["sent"] += 1
+        count = RAW_WINDOW - (state["sent"] - state["received"] - state["lost"])
+        if count > 0:
+            transports[0].send_copies(message, count)
+            state["sent"] += count
 
     last = [loop.time()]
 

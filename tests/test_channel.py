@@ -251,7 +251,7 @@ def test_lossy_network_delivers_every_message_once_in_order_intact() -> None:
     assert h.received("a") == to_a
     sa, sb = h.a.stats, h.b.stats
     assert sa.messages_sent == len(to_b) and sb.messages_received == len(to_b)
-    assert sa.retransmissions > 0 and sa.fast_retransmits > 0 and sa.timeouts > 0
+    assert sa.retransmissions > 0 and sa.fast_retransmits > 0
     assert sb.duplicates > 0 and sa.duplicates > 0
     assert net.corrupted > 0
     # Corruption never touches the first byte here, so every corrupted frame that arrived
@@ -276,18 +276,22 @@ def test_corrupted_frame_dropped_by_crc_and_recovered() -> None:
     deliver([f0, flip_bit(f1, 8 * 100 + 3), f2], b, 0.25)
     assert b.stats.dropped_crc == 1
     assert events(b) == []
-    [ack] = b.datagrams_to_send(0.25)  # cum 1, SACK [2, 3)
+    ack, again = b.datagrams_to_send(0.25)  # cum 1, SACK [2, 3)
+    assert again == ack  # out of order: the ACK goes twice, losing it would cost a timeout
     a.receive_datagram(ack, 0.5)
-    # Only one frame after the hole was acknowledged: no fast retransmit; the RTO recovers.
+    # Only one frame after the hole was acknowledged: not DupThresh. f1 was sent with f2,
+    # which came back after RACK.rtt = 0.5, so f1 is lost once it is overdue by the reordering
+    # window min_rtt / 4 = 0.125 (RFC 8985 §6.2): RACK's timer, before the RTO (at 2.0).
     assert a.datagrams_to_send(0.5) == []
-    # The ACK advanced the cumulative point: the timer restarts (RFC 6298 §5.3) with the RTO
-    # of the sample it gave (R = 0.5: 0.5 + 4 * 0.25 = 1.5).
-    assert a.next_timer() == 2.0
-    a.handle_timer(2.0)
-    assert a.datagrams_to_send(2.0) == [f1]
-    b.receive_datagram(f1, 2.25)
+    assert a.next_timer() == 0.625
+    a.handle_timer(0.624)
+    assert a.datagrams_to_send(0.624) == []
+    a.handle_timer(0.625)
+    assert a.datagrams_to_send(0.625) == [f1]
+    b.receive_datagram(f1, 0.875)
     assert events(b) == [MessageReceived(message)]
-    assert a.stats.retransmissions == 1 and a.stats.timeouts == 1
+    s = a.stats
+    assert (s.retransmissions, s.fast_retransmits, s.timeouts, s.probes) == (1, 1, 0, 0)
 
 
 # --------------------------------------------------------------------------- RTO, RFC 6298
@@ -309,10 +313,11 @@ def test_rto_initial_backoff_and_karn() -> None:
     b.receive_datagram(f0, 3.25)
     a.receive_datagram(b.datagrams_to_send(3.25)[0], 3.5)
     # Karn (§3): the frame was sent three times, the ACK gives no sample; the backed-off RTO
-    # stays; nothing outstanding, so the timer is off (§5.2): only the idle deadline is left.
+    # stays; nothing outstanding, so the timer is off (§5.2): only the idle deadline is left
+    # (30 s after the last transmission, at 3.0).
     s = a.stats
     assert (s.srtt, s.rttvar, s.rto) == (None, None, 4.0)
-    assert a.next_timer() == 30.0
+    assert a.next_timer() == 33.0
     assert s.retransmissions == 2 and s.timeouts == 2
 
     # First sample R = 0.5 (§2.2): SRTT = R, RTTVAR = R/2, RTO = SRTT + 4 RTTVAR.
@@ -330,14 +335,22 @@ def test_rto_initial_backoff_and_karn() -> None:
     assert (s.srtt, s.rttvar, s.rto) == (0.5625, 0.3125, 1.8125)
     a.send(b"w", 7.0)
     [fw] = a.datagrams_to_send(7.0)
-    assert a.next_timer() == 8.8125
+    # With an SRTT, a tail-loss probe comes first (RFC 8985 §7.2: 2 SRTT = 1.125), the RTO
+    # (7 + 1.8125) behind it; the probe restarts the RTO (§7.3) and does not back it off.
+    assert a.next_timer() == 8.125
+    a.handle_timer(8.125)
+    assert a.datagrams_to_send(8.125) == [fw]
+    assert a.stats.probes == 1 and a.stats.rto == 1.8125
+    # The second probe would wait twice as long (8.125 + 2.25): the RTO comes first.
+    assert a.next_timer() == 8.125 + 1.8125
+    a.handle_timer(9.9375)
+    assert a.datagrams_to_send(9.9375) == [fw]
+    assert a.stats.timeouts == 3 and a.stats.rto == 3.625
 
     # Karn with an estimate in place: a retransmitted frame's ACK leaves SRTT/RTTVAR alone
     # (and the backed-off RTO stays until a clean sample).
-    a.handle_timer(8.8125)
-    assert a.datagrams_to_send(8.8125) == [fw]
-    b.receive_datagram(fw, 9.0)
-    a.receive_datagram(b.datagrams_to_send(9.0)[0], 9.125)
+    b.receive_datagram(fw, 10.0)
+    a.receive_datagram(b.datagrams_to_send(10.0)[0], 10.125)
     s = a.stats
     assert (s.srtt, s.rttvar, s.rto) == (0.5625, 0.3125, 3.625)
 
@@ -407,21 +420,25 @@ def test_fast_retransmit_after_three_later_frames_acknowledged() -> None:
         a.send(m, 0.0)
     f0, f1, f2, f3, f4 = a.datagrams_to_send(0.0)  # f0 is lost
     deliver([f1, f2], b, 0.05)
-    [ack] = b.datagrams_to_send(0.05)
-    assert ack == make_frame(bytes([0x02, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 3]))
+    ack, again = b.datagrams_to_send(0.05)
+    assert ack == again == make_frame(bytes([0x02, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 3]))
     a.receive_datagram(ack, 0.1)
+    a.receive_datagram(again, 0.1)  # changes nothing
     assert a.datagrams_to_send(0.1) == []  # two frames past the hole: not yet
     b.receive_datagram(f3, 0.06)
     a.receive_datagram(b.datagrams_to_send(0.06)[0], 0.11)
     assert a.datagrams_to_send(0.11) == [f0]  # three past the hole: at 0.11, RTO was 1.0
     assert a.stats.fast_retransmits == 1 and a.stats.retransmissions == 1
     assert a.stats.timeouts == 0
-    assert a.next_timer() == 1.0  # fast retransmit does not restart the timer
+    # Fast retransmit does not restart the RTO (still at 1.0); the tail-loss probe, 2 SRTT
+    # after the latest transmission, comes first.
+    srtt = a.stats.srtt
+    assert srtt is not None and a.next_timer() == 0.11 + 2 * srtt < 1.0
     assert events(b) == []
     deliver([f0, f4], b, 0.16)
     assert [e.data for e in events(b) if isinstance(e, MessageReceived)] == messages
     a.receive_datagram(b.datagrams_to_send(0.16)[0], 0.21)
-    assert a.in_flight == 0 and a.next_timer() == 30.0
+    assert a.in_flight == 0 and a.next_timer() == 30.11  # idle: the retransmission at 0.11
 
 
 # --------------------------------------------------------------------------- backpressure
@@ -508,7 +525,7 @@ def test_idle_exactly_after_last_application_datagram_acks_do_not_count() -> Non
     # The next application datagram starts a new idle period.
     a.send(b"again", 40.0)
     [frame] = a.datagrams_to_send(40.0)
-    assert a.next_timer() == 41.5  # the RTO first (1.5 s after the sample of 0.5 s)
+    assert a.next_timer() == 41.0  # the tail-loss probe first (2 SRTT after the frame)
     b.receive_datagram(frame, 40.25)
     a.receive_datagram(b.datagrams_to_send(40.25)[0], 40.5)
     assert a.next_timer() == 70.0 and b.next_timer() == 70.25
@@ -521,16 +538,23 @@ def test_idle_clock_starts_at_construction_when_given() -> None:
     assert events(a) == [ChannelIdle(last_activity=100.0)]
 
 
-def test_retransmissions_do_not_count_as_activity() -> None:
-    a = ReliableChannel(idle_timeout=10.0)
+def test_unacknowledged_data_defers_idle_and_retransmissions_count_as_activity() -> None:
+    """A sender still recovering lost frames is not idle (it would close under its own data);
+    once everything is acknowledged, idle counts from the last frame put on the wire."""
+    a, b = ReliableChannel(idle_timeout=10.0), ReliableChannel(idle_timeout=10.0)
     a.send(b"x", 0.0)
-    a.datagrams_to_send(0.0)
-    for t in (1.0, 3.0, 7.0):
+    [frame] = a.datagrams_to_send(0.0)  # lost, and so are the retransmissions until 15.0
+    for t in (1.0, 3.0, 7.0, 15.0):
+        deadline = a.next_timer()
+        assert deadline is not None and deadline <= t  # never the idle deadline
         a.handle_timer(t)
-        a.datagrams_to_send(t)
-    assert a.next_timer() == 10.0
-    a.handle_timer(10.0)
-    assert events(a) == [ChannelIdle(last_activity=0.0)]
+        sent = a.datagrams_to_send(t)
+        assert events(a) == [] and sent
+    b.receive_datagram(sent[0], 15.25)
+    a.receive_datagram(b.datagrams_to_send(15.25)[0], 15.5)
+    assert a.next_timer() == 25.0  # 10 s after the last transmission, at 15.0
+    a.handle_timer(25.0)
+    assert events(a) == [ChannelIdle(last_activity=15.0)]
 
 
 # --------------------------------------------------------------------------- close
