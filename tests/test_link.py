@@ -561,7 +561,10 @@ def test_a_link_that_breaks_on_one_side_says_bye_and_the_next_send_forms_a_new_o
                 await a.send("b", b"one")
                 assert await asyncio.wait_for(b.recv(), 10) == ("a", b"one")
                 conn = a._links["b"].conn  # the link's ICE connection: break it
-                assert conn is not None
+                other = b._links["a"].conn
+                assert conn is not None and other is not None
+                # The descriptions carried both Ta proposals ("pacing"): checks at 5 ms.
+                assert conn.remote_ta == other.remote_ta == 0.005
                 await conn.close()
                 broken = await a.wait_for(LinkDissolved, "b", timeout=10)
                 assert broken.reason.startswith("transport lost") and not broken.clean
