@@ -154,7 +154,7 @@ import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 from itertools import count
 from typing import Literal, Protocol
 
@@ -264,6 +264,8 @@ _BINDING_METHOD = int(Method.BINDING)
 _XOR_PEER = int(AttrType.XOR_PEER_ADDRESS)
 _DATA = int(AttrType.DATA)
 _DONT_FRAGMENT = int(AttrType.DONT_FRAGMENT)
+_HEAP_COMPACT_MIN = 1024
+"""Timer-heap size below which stale entries are left for handle_timer to skip."""
 _FINGERPRINT = int(AttrType.FINGERPRINT)
 _IPV4 = int(Family.IPV4)
 _IPV6 = int(Family.IPV6)
@@ -958,6 +960,7 @@ class TurnServer:
         if stun is not None:
             self._listeners.update(stun.local_addresses())
         self._heap: list[tuple[float, int, _Timed]] = []
+        self._heap_compact_at = _HEAP_COMPACT_MIN
         self._seq = count()
         self._out: list[Transmit] = []
         self._events: deque[TurnServerEvent] = deque(maxlen=max_events)
@@ -1757,7 +1760,26 @@ class TurnServer:
     # ------------------------------------------------------------------ expiry
 
     def _schedule(self, obj: _Timed) -> None:
-        heappush(self._heap, (obj.expires, next(self._seq), obj))
+        heap = self._heap
+        heappush(heap, (obj.expires, next(self._seq), obj))
+        if len(heap) > self._heap_compact_at:
+            self._compact_heap()
+
+    def _compact_heap(self) -> None:
+        """Drop the entries of refreshed or deleted objects (a refresh pushes a new entry and
+        leaves the old one to be skipped when it comes up): without this, an authenticated
+        client refreshing a permission in a loop grows the heap by one entry per request for
+        up to the permission lifetime. Amortised O(1) per push."""
+        seen: set[int] = set()
+        live = []
+        for entry in self._heap:
+            when, _, obj = entry
+            if obj.alive and obj.expires == when and id(obj) not in seen:
+                seen.add(id(obj))
+                live.append(entry)
+        heapify(live)
+        self._heap = live
+        self._heap_compact_at = max(_HEAP_COMPACT_MIN, 2 * len(live))
 
     def _expire_permission(self, permission: _Permission) -> None:
         alloc = permission.allocation

@@ -1434,3 +1434,21 @@ def test_data_indication_fast_path_matches_the_codec(payload: bytes, port: int) 
 
 def test_userhash_attribute_sanity() -> None:
     assert Userhash(userhash("alice", REALM)).value == userhash("alice", REALM)
+
+
+def test_refreshing_in_a_loop_does_not_grow_the_timer_heap() -> None:
+    """Each CreatePermission refresh reschedules the permission; the entries it replaces are
+    dropped (not left in the heap until their old deadline), so an authenticated client
+    cannot grow the server's memory by refreshing in a loop. Expiry stays exact."""
+    server, _relay, client, _relayed = allocated()
+    now = T0
+    for _ in range(5000):
+        now += 0.01
+        assert code(client.request(Method.CREATE_PERMISSION, XorPeerAddress(*PEER), now=now)) is None
+    assert len(server._heap) <= 2048  # 5,000 entries without compaction
+    assert server.stats.permissions == 1
+    events(server)
+    server.handle_timer(now + 299.999)
+    assert events(server) == []
+    server.handle_timer(now + 300.0)  # RFC 8656 §9: 300 s after the last refresh
+    assert events(server) == [PermissionExpiredEvent(CLIENT, PEER[0])]
