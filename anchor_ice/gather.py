@@ -75,6 +75,7 @@ from __future__ import annotations
 # This module is an asyncio adapter: it owns sockets and the loop (STYLE.md §1 exempts
 # adapters; pyproject's per-file-ignores lists net.py and cli.py, not this file yet).
 import asyncio
+import contextlib
 import errno
 import fnmatch
 import ipaddress
@@ -134,6 +135,9 @@ __all__ = [
     "host_addresses",
 ]
 
+SOCKET_RCVBUF = 1 << 20
+"""SO_RCVBUF asked for every gathered socket (the kernel caps it at net.core.rmem_max): a
+link's channel sends bursts of up to a window of frames."""
 DEFAULT_SERVER_TIMEOUT = 5.0
 """Seconds each STUN / TURN server gets per socket (resolution included) before it is given up."""
 DEFAULT_RELEASE_TIMEOUT = 2.0
@@ -269,6 +273,8 @@ def _bind_socket(
         sock.setblocking(False)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        with contextlib.suppress(OSError):  # the kernel caps it at net.core.rmem_max
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
         if port_range is None:
             sock.bind(sockaddr)
             return sock

@@ -19,6 +19,7 @@ import pytest
 from anchor_ice.candidate import Candidate, CandidateType
 from anchor_ice.cli import free_loopback_port
 from anchor_ice.gather import (
+    SOCKET_RCVBUF,
     EndOfCandidates,
     GatheredSocket,
     Gatherer,
@@ -724,3 +725,22 @@ def test_relay_candidate_from_coturn(tmp_path: Path) -> None:
         asyncio.run(main())
     finally:
         coturn.stop()
+
+
+def test_gathered_sockets_ask_for_a_large_receive_buffer() -> None:
+    """A link's channel sends a window of frames at once: with the kernel's default buffer
+    (~212 KB, ~90 datagrams of 1.2 KB) a burst through a relay overflowed the receiving
+    socket. Linux reports twice what it granted, capped at net.core.rmem_max."""
+
+    async def main() -> int:
+        gatherer = Gatherer(host_ips=[LOOPBACK])
+        try:
+            await gatherer.gather_all()
+            sock = gatherer.sockets[0]._transport.get_extra_info("socket")
+            return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        finally:
+            await gatherer.close()
+
+    with open("/proc/sys/net/core/rmem_max") as f:
+        rmem_max = int(f.read())
+    assert asyncio.run(main()) >= 2 * min(SOCKET_RCVBUF, rmem_max)
