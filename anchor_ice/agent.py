@@ -134,6 +134,7 @@ from anchor_stun.message import (
     Message,
     MessageClass,
     Method,
+    binding_request,
     binding_success,
     is_stun,
     signed_check_prefix,
@@ -999,22 +1000,21 @@ class IceAgent:
     def _request(
         self, pair: CandidatePair, use_candidate: bool, credentials: _Credentials
     ) -> tuple[bytes, bytes, int]:
+        """RFC 8445 §7.2.2: a check's transaction id, bytes and PRIORITY: USERNAME, PRIORITY,
+        ICE-CONTROLLING or ICE-CONTROLLED, USE-CANDIDATE if asked, MESSAGE-INTEGRITY with the
+        peer's password, FINGERPRINT (:func:`binding_request`, a Message's bytes exactly)."""
         priority = peer_reflexive_priority(pair.local)
-        role: IceControlling | IceControlled = (
-            IceControlling(self._tie_breaker)
-            if self._controlling
-            else IceControlled(self._tie_breaker)
-        )
-        attributes = [
-            Username(f"{credentials.ufrag}:{self._local.ufrag}"),
-            Priority(priority),
-            role,
-        ]
-        if use_candidate:
-            attributes.append(UseCandidate())
         txid = bytes(self._rng(12))
-        message = Message(Method.BINDING, MessageClass.REQUEST, txid, attributes)
-        return txid, message.encode(key=credentials.key, fingerprint=True), priority
+        data = binding_request(
+            txid,
+            f"{credentials.ufrag}:{self._local.ufrag}",
+            priority,
+            self._controlling,
+            self._tie_breaker,
+            credentials.key,
+            use_candidate,
+        )
+        return txid, data, priority
 
     def _send_check(self, pair: CandidatePair, now: float) -> None:
         """RFC 8445 §7.2.4: a Binding request from the pair's base to its remote candidate."""

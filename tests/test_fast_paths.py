@@ -541,3 +541,116 @@ def test_the_checks_benchmark_drives_the_agent_and_its_answers_verify() -> None:
         assert answer.msg_class is MessageClass.SUCCESS
         assert answer.verify_fingerprint() and answer.verify_integrity(PASSWORD)
         assert answer.get(XorMappedAddress) == XorMappedAddress(*PEER)
+
+
+# --------------------------------------------------------------------------- the request side
+
+
+def _general_check(
+    tid: Any, username: Any, priority: Any, controlling: Any, tie: Any, key: Any, use: Any
+) -> bytes:
+    attrs: list[Any] = [
+        Username(username),
+        Priority(priority),
+        IceControlling(tie) if controlling else IceControlled(tie),
+    ]
+    if use:
+        attrs.append(UseCandidate())
+    return Message(Method.BINDING, MessageClass.REQUEST, tid, attrs).encode(
+        key=key, fingerprint=True
+    )
+
+
+ufrags = st.one_of(
+    st.text(min_size=1, max_size=40),
+    st.text(min_size=150, max_size=200),  # up to 800 bytes of UTF-8: past USERNAME's 512
+    st.sampled_from(["Ycb4:8hhY", "a:b", "", "\ud800:x"]),  # "\ud800": no UTF-8
+)
+
+
+@FAST
+@given(
+    tid=tids,
+    ufrag=ufrags,
+    priority=st.one_of(st.integers(0, 2**32 - 1), st.integers(-3, 2**32 + 3), st.booleans()),
+    controlling=st.sampled_from([True, False, 0, 1]),
+    tie=st.one_of(st.integers(0, 2**64 - 1), st.integers(-3, 2**64 + 3), st.booleans()),
+    key=st.one_of(keys, st.just(short_term_key("asd88fgpdd777uzjYhagZg")), odd_keys),
+    use=st.sampled_from([False, True, 0, 1]),
+)
+def test_binding_request_is_the_general_encoding(
+    tid: bytes, ufrag: str, priority: int, controlling: bool, tie: int, key: bytes, use: bool
+) -> None:
+    slow = _outcome(lambda: _general_check(tid, ufrag, priority, controlling, tie, key, use))
+    message_module._REQUESTS.clear()
+    for _ in range(2):  # cold, then from the table of request parts
+        fast = _outcome(
+            lambda: message_module.binding_request(
+                tid, ufrag, priority, controlling, tie, key, use
+            )
+        )
+        assert fast == slow
+    if slow[0] == "ok" and type(key) is bytes:
+        msg = Message.decode(slow[1])  # type: ignore[arg-type]
+        assert msg.verify_fingerprint() and msg.verify_integrity(key)
+
+
+def test_binding_request_tells_look_alike_values_apart() -> None:
+    # True == 1 and they hash alike, so (.., True, ..) finds the entry of (.., 1, ..) in the
+    # table; the exact types decide, and the general path answers for the others.
+    tid, key = bytes(12), b"k" * 16
+    for first, second in ((1, True), (0, False)):
+        message_module._REQUESTS.clear()
+        for priority in (first, second):
+            assert message_module.binding_request(
+                tid, "a:b", priority, True, 5, key
+            ) == _general_check(tid, "a:b", priority, True, 5, key, False)
+        for tie in (first, second):
+            assert message_module.binding_request(
+                tid, "a:b", 7, True, tie, key
+            ) == _general_check(tid, "a:b", 7, True, tie, key, False)
+
+
+@pytest.mark.parametrize("controlling", [True, False])
+@pytest.mark.parametrize("setup", ["checking", "connected"])
+def test_the_agent_sends_checks_as_a_message_would_encode_them(
+    setup: str, controlling: bool
+) -> None:
+    agent = _agent(setup, controlling)
+    sent = [tx.data for tx in agent.datagrams_to_send(T0)]
+    for _ in range(40):  # checks, retransmissions, then consent checks on a connected pair
+        now = agent.next_timer()
+        if now is None:
+            break
+        agent.handle_timer(now)
+        sent += [tx.data for tx in agent.datagrams_to_send(now)]
+    checks = [msg for msg in map(Message.decode, sent) if msg.is_request]
+    assert checks
+    key = short_term_key(R_PWD)
+    for data, msg in ((m.raw, m) for m in checks):
+        assert msg.verify_fingerprint() and msg.verify_integrity(key)
+        assert data == Message(
+            Method.BINDING, MessageClass.REQUEST, msg.transaction_id, msg.attributes
+        ).encode(key=key, fingerprint=True)
+        assert msg.get(Username) == Username(f"{R_UFRAG}:{L_UFRAG}")
+        role = msg.get(IceControlling) if controlling else msg.get(IceControlled)
+        assert role is not None and role.value == 0x7000_0000_0000_0000
+
+
+def test_the_codec_benchmark_reads_checks_as_decode_and_verify_do() -> None:
+    import zlib
+
+    from benchmarks.codec import PASSWORD, TIE_BREAKER, CheckReader, _same_work
+
+    _same_work(bytes(range(12)))
+    reader = CheckReader(PASSWORD)
+    for i in range(3):  # decoded, then twice from the table
+        tid = bytes((i,)) * 12
+        data = message_module.binding_request(tid, "x:y", 9, True, TIE_BREAKER, PASSWORD)
+        assert reader.read(data) == ("x:y", 9, TIE_BREAKER)
+        bad = data[:-9] + bytes((data[-9] ^ 0x80,)) + data[-8:-4]
+        bad += (zlib.crc32(bad[:-4]) ^ 0x5354554E).to_bytes(4, "big")
+        with pytest.raises(AssertionError):
+            reader.read(bad)
+    with pytest.raises(AssertionError):
+        CheckReader(b"another key").read(data)
