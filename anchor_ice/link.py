@@ -129,9 +129,9 @@ __all__ = [
 ]
 
 DEFAULT_IDLE_TIMEOUT = 30.0
+"""DESIGN.md "Idle": seconds without an application datagram before a link dissolves."""
 BYE_TIMEOUT = 2.0
 """Seconds a broken link waits to hand its ``bye`` to the signalling before giving up."""
-"""DESIGN.md "Idle": seconds without an application datagram before a link dissolves."""
 DESCRIPTION_VERSION = 1
 """``v`` of the descriptions this module sends."""
 
