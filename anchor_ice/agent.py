@@ -440,6 +440,10 @@ class IceAgent:
         self._events: deque[IceEvent] = deque()
         self._pending: list[_PendingRequest] = []
         self._check_shapes: dict[bytes, _CheckShape] = {}
+        self._base_cache: dict[
+            Address | None, tuple[list[tuple[Candidate, Address]], tuple[Candidate, Address]]
+        ] = {}
+        """What _local_for_base gave for a ``local``, with the _locals it was computed from."""
         self._started = False
         self._started_at = 0.0
         self._running = False
@@ -1335,14 +1339,57 @@ class IceAgent:
         ):
             return False  # previous credentials, pending, nomination or role conflict
         addr = (str(addr[0]), int(addr[1]))
-        entry = self._local_for_base(local)
-        if entry is None or not verify_signed_check(data, credentials.key):
+        cacheable = local is None or type(local) is tuple
+        try:
+            cached = self._base_cache.get(local) if cacheable else None
+        except TypeError:  # an unhashable item in ``local``
+            cached, cacheable = None, False
+        if cached is not None and cached[0] == self._locals:
+            entry: tuple[Candidate, Address] | None = cached[1]
+        else:
+            entry = self._local_for_base(local)
+            if entry is not None and cacheable:
+                if len(self._base_cache) >= _MAX_CHECK_SHAPES:
+                    self._base_cache.clear()
+                self._base_cache[local] = (list(self._locals), entry)
+        key = credentials.key
+        if entry is None or not verify_signed_check(data, key):
             return False  # dropped or 401: the general path
         local_candidate, base = entry
-        self._answer(data[8:20], addr, base, credentials.key)
+        # _answer and _queue_answer, inline (this runs for every check of a session)
+        try:
+            answer = binding_success(data[8:20], addr, key)
+        except LocalProtocolError:
+            self.dropped += 1
+        else:
+            self._outbox.append(Transmit(answer, addr, base))
+            previous = self._previous
+            for pair in self._selected.values() if not previous else self._active_pairs():
+                remote_candidate = pair.remote
+                if (
+                    remote_candidate.port == addr[1]
+                    and remote_candidate.ip == addr[0]
+                    and pair.base == base
+                ):
+                    pair.last_sent = now
         if shape.remote_ufrag == remote.ufrag:
-            self._request_ice(local_candidate, base, addr, shape.priority, False, now)
-        self._after_change(now)
+            component = local_candidate.component
+            if not self.lite and component in self._selected:
+                # what _request_ice does for a check without USE-CANDIDATE on a component
+                # with a selected pair: learn the source if it is new (§7.3.1.3)
+                for candidate in self._remotes:
+                    if candidate.component == component and candidate.address == addr:
+                        break
+                else:
+                    self._remote_for_request(component, addr, shape.priority)
+            else:
+                self._request_ice(local_candidate, base, addr, shape.priority, False, now)
+        if self._state is _COMPLETED and not self._restarting and not self._controlling:
+            # what _after_change does then: _evaluate_nomination only stamps the time (a
+            # controlled agent nominates nothing), _update_state and _check_failure return
+            self._nomination_eval_at = now
+        else:
+            self._after_change(now)
         return True
 
     def _on_request(self, msg: Message, addr: Address, local: Address | None, now: float) -> None:

@@ -278,14 +278,37 @@ _SUCCESS_HEAD_FP = _HEADER.pack(0x0101, 12 + 24 + 8, MAGIC_COOKIE, bytes(12))[:8
 """The same with FINGERPRINT: the final header."""
 
 
+_SUCCESS_PARTS: dict[tuple[bytes, str, int], tuple[bytes, Any, Any]] = {}
+"""What :func:`binding_success` reuses, by (key, ip, port) of an IPv4 address: the
+XOR-MAPPED-ADDRESS TLV, the key's HMAC-SHA1 inner state having read the header up to the
+transaction id, and its outer state. At most _CACHE_SIZE entries (emptied when full)."""
+
+
+def _success_parts(key: bytes, ip: str, port: int) -> tuple[bytes, Any, Any] | None:
+    tlv = xor_mapped_tlv_v4(ip, port)
+    if tlv is None:
+        return None
+    try:
+        inner, outer = _SHA1_STATES[key]
+    except KeyError:
+        inner, outer = _hmac_states(key, hashlib.sha1, _SHA1_STATES)
+    inner = inner.copy()
+    inner.update(_SUCCESS_HEAD)
+    if len(_SUCCESS_PARTS) >= _CACHE_SIZE:
+        _SUCCESS_PARTS.clear()
+    parts = _SUCCESS_PARTS[(key, ip, port)] = (tlv, inner, outer)
+    return parts
+
+
 def binding_success(transaction_id: bytes, address: tuple[str, int], key: bytes) -> bytes:
     """The answer to a connectivity check (RFC 8445 §7.3.1.2): the bytes of
     ``Message(BINDING, SUCCESS, transaction_id, [XorMappedAddress(*address)])
     .encode(key=key, fingerprint=True)``, byte for byte, raising what that raises.
 
-    An IPv4 address takes a fast path: the XOR-MAPPED-ADDRESS TLV is cached per address
-    (it does not depend on the transaction id) and the header, MESSAGE-INTEGRITY and
-    FINGERPRINT are written around it directly; anything else goes the general way."""
+    An IPv4 address takes a fast path: the XOR-MAPPED-ADDRESS TLV and the HMAC states
+    (which do not depend on the transaction id) are cached per (key, address), and the
+    header, MESSAGE-INTEGRITY and FINGERPRINT are written around them directly; anything
+    else goes the general way."""
     ip, port = address[0], address[1]
     if (
         type(ip) is str
@@ -295,10 +318,15 @@ def binding_success(transaction_id: bytes, address: tuple[str, int], key: bytes)
         and type(key) is bytes
         and ":" not in ip
     ):
-        tlv = xor_mapped_tlv_v4(ip, port)
-        if tlv is not None:
-            mac = _hmac_sha1(key, b"".join((_SUCCESS_HEAD, transaction_id, tlv)))
-            data = b"".join((_SUCCESS_HEAD_FP, transaction_id, tlv, _MI_TL, mac))
+        parts = _SUCCESS_PARTS.get((key, ip, port)) or _success_parts(key, ip, port)
+        if parts is not None:
+            tlv, inner, outer = parts
+            h = inner.copy()
+            h.update(transaction_id)
+            h.update(tlv)
+            o = outer.copy()
+            o.update(h.digest())
+            data = b"".join((_SUCCESS_HEAD_FP, transaction_id, tlv, _MI_TL, o.digest()))
             return data + _FP_TLV.pack(_FP, 4, zlib.crc32(data) ^ FINGERPRINT_XOR)
     return Message(
         Method.BINDING, MessageClass.SUCCESS, transaction_id, [XorMappedAddress(ip, port)]
@@ -455,8 +483,18 @@ def verify_signed_check(data: bytes, key: bytes) -> bool:
     size = len(data)
     if (zlib.crc32(data[: size - 8]) ^ FINGERPRINT_XOR) != _U32.unpack_from(data, size - 4)[0]:
         return False
-    mac = _hmac_sha1(key, b"".join((data[:2], _LEN.pack(size - 28), data[4 : size - 32])))
-    return _compare_digest(mac, data[size - 28 : size - 8])
+    signed = b"".join((data[:2], _LEN.pack(size - 28), data[4 : size - 32]))
+    try:
+        inner, outer = _SHA1_STATES[key]
+    except KeyError:
+        inner, outer = _hmac_states(key, hashlib.sha1, _SHA1_STATES)
+    except TypeError:  # an unhashable key (bytearray, memoryview)
+        return _compare_digest(hmac.digest(key, signed, "sha1"), data[size - 28 : size - 8])
+    h = inner.copy()  # _hmac_sha1, inline
+    h.update(signed)
+    o = outer.copy()
+    o.update(h.digest())
+    return _compare_digest(o.digest(), data[size - 28 : size - 8])
 
 
 def is_stun(data: bytes) -> bool:

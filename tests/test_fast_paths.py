@@ -654,3 +654,58 @@ def test_the_codec_benchmark_reads_checks_as_decode_and_verify_do() -> None:
             reader.read(bad)
     with pytest.raises(AssertionError):
         CheckReader(b"another key").read(data)
+
+
+# --------------------------------------------------------------------------- per-source caches
+
+
+def test_binding_success_stays_the_general_encoding_when_its_cache_empties(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(message_module, "_CACHE_SIZE", 3)
+    message_module._SUCCESS_PARTS.clear()
+    for i in range(20):
+        key = b"k%d" % (i % 4)
+        address = (f"10.0.{i % 5}.1", 1000 + i % 7)
+        tid = os.urandom(12)
+        general = Message(
+            Method.BINDING, MessageClass.SUCCESS, tid, [XorMappedAddress(*address)]
+        ).encode(key=key, fingerprint=True)
+        assert binding_success(tid, address, key) == general
+        assert len(message_module._SUCCESS_PARTS) <= 3
+    message_module._SUCCESS_PARTS.clear()
+
+
+def test_the_fast_path_follows_local_candidates_that_change_between_checks() -> None:
+    """The fast path remembers which local candidate a base maps to: a candidate replaced
+    by a higher-priority one, or a new base, must be seen as the general path sees it."""
+    fast, slow = _agent("connected", False), _slow(_agent("connected", False))
+    attrs = [Username(f"{L_UFRAG}:{R_UFRAG}"), Priority(5), IceControlling(PEER_TIE)]
+    now = T0
+
+    def exchange(source: Address, local: Address | None) -> None:
+        nonlocal now
+        now += 0.01
+        data = _check(os.urandom(12), attrs, L_KEY)
+        results = []
+        for agent in (fast, slow):
+            handled = agent.receive_datagram(data, source, local, now)
+            sent = agent.datagrams_to_send(now)
+            events = []
+            while (event := agent.next_event()) is not None:
+                events.append(event)
+            results.append((handled, sent, events, _snapshot(agent)))
+        assert results[0] == results[1]
+
+    for _ in range(3):
+        exchange(PEER, LOCAL)
+    better = make_candidate(CandidateType.HOST, LOCAL, local_preference=65535)
+    for agent in (fast, slow):
+        agent.add_local_candidate(better, LOCAL)
+    for source in (PEER, OTHER, PEER):
+        exchange(source, LOCAL)
+    second: Address = ("127.0.0.1", 40010)
+    for agent in (fast, slow):
+        agent.add_local_candidate(make_candidate(CandidateType.HOST, second), second)
+    for local in (None, second, LOCAL, None):
+        exchange(PEER, local)
