@@ -30,8 +30,9 @@ Two implementations:
       server -> PEER     {"op": "message", "from": NAME, "body": {...}}
       server -> client   {"op": "unreachable", "to": PEER}        PEER is not connected
 
-  A name is held by one connection at a time (a second hello for it is refused) and freed
-  when that connection closes. The welcome carries a resume token (``{"op": "welcome",
+  A name is held by one connection at a time (a second hello for it is refused while the
+  holder answers a ping within :data:`HOLDER_PING_TIMEOUT`; a holder that does not is
+  dropped) and freed when that connection closes. The welcome carries a resume token (``{"op": "welcome",
   "resume": TOKEN}``): a hello for a held name with that token (``{"op": "hello", "name":
   NAME, "resume": TOKEN}``) takes the name over, and the old connection is dropped. The
   client uses it to come back when its connection dies under it (a NAT that forgot the
@@ -68,6 +69,7 @@ from anchor_stun.errors import AnchorError
 from anchor_stun.events import Address
 
 __all__ = [
+    "HOLDER_PING_TIMEOUT",
     "MAX_BODY",
     "MAX_NAME",
     "PING_INTERVAL",
@@ -95,6 +97,9 @@ PING_INTERVAL = 5.0
 within about twice that (a reset answers the next ping, or the ping goes unanswered)."""
 RECONNECT_TIMEOUT = 30.0
 """Default seconds a WebSocket mailbox keeps trying to come back after losing its connection."""
+HOLDER_PING_TIMEOUT = 1.0
+"""Seconds the rendezvous waits for the pong of a name's holder when another connection asks
+for that name: a holder that does not answer is dropped and the name given to the newcomer."""
 
 
 class SignallingError(AnchorError):
@@ -480,6 +485,17 @@ class RendezvousServer:
         if self._server is not None:
             await self._server.wait_closed()
 
+    async def _alive(self, holder: ServerConnection) -> bool:
+        """Whether the holder of a name answers a ping within :data:`HOLDER_PING_TIMEOUT`:
+        a holder that went away without its close reaching us (a NAT that forgot the
+        mapping, a lost FIN) must not keep its name until keepalive finds out."""
+        try:
+            pong = await holder.ping()
+            await asyncio.wait_for(pong, HOLDER_PING_TIMEOUT)
+        except (ConnectionClosed, TimeoutError):
+            return False
+        return True
+
     async def _handle(self, ws: ServerConnection) -> None:
         name: str | None = None
         try:
@@ -497,21 +513,25 @@ class RendezvousServer:
                 return
             old = self._names.get(candidate)
             token = self._tokens.get(candidate)
+            resuming = False
             if old is not None:
                 resume = hello.get("resume")
-                if (
-                    not isinstance(resume, str)
-                    or token is None
-                    or not secrets.compare_digest(resume, token)
-                ):
+                resuming = (
+                    isinstance(resume, str)
+                    and token is not None
+                    and secrets.compare_digest(resume, token)
+                )
+                alive = not resuming and await self._alive(old)
+                holder = self._names.get(candidate)
+                if alive or holder not in (old, None):  # (another newcomer got it meanwhile)
                     reason = f"name {candidate!r} is taken"
                     await ws.send(json.dumps({"op": "error", "reason": reason}))
                     return
-                # Its holder came back on a new connection: the old one is dead or dying.
-                self.resumed += 1
-                if old.transport is not None:
-                    old.transport.abort()
-            if token is None or old is None:
+                if resuming:
+                    self.resumed += 1  # its holder came back on a new connection
+                if holder is old and old.transport is not None:
+                    old.transport.abort()  # dead or dying: the name goes to the newcomer
+            if not resuming or token is None:
                 token = secrets.token_urlsafe(16)
             name = candidate
             self._names[name] = ws

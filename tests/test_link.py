@@ -650,3 +650,34 @@ def test_anchor_pipe_keeps_its_link_healthy_while_nobody_reads_its_stdout() -> N
     assert b"dissolved (idle)" in sender.stderr, sender.stderr
     assert receiver.returncode == 0, err
     assert out == data
+
+
+def test_rendezvous_gives_the_name_of_a_holder_that_stopped_answering_to_a_newcomer() -> None:
+    """A holder whose close never reached the server (its NAT forgot the mapping, its FIN was
+    lost) would keep its name until keepalive noticed; a newcomer asking for the name makes
+    the server ping the holder, and a holder without a pong loses it. A live holder keeps it."""
+
+    async def main() -> None:
+        server = RendezvousServer(LOOPBACK, 0)
+        await server.start()
+        try:
+            signalling = WebSocketSignalling(server.url, reconnect_timeout=0.1)
+            live = await signalling.open("live")
+            with pytest.raises(SignallingError, match="taken"):
+                await signalling.open("live")  # it answers the ping: the name stays its own
+            gone = await signalling.open("gone")
+            gone._ws.transport.pause_reading()  # type: ignore[attr-defined]  # deaf from now on
+            newcomer = await signalling.open("gone")
+            other = await signalling.open("other")
+            await other.publish("gone", {"type": "offer"})
+            envelope = await asyncio.wait_for(newcomer.receive(), 5)
+            assert (envelope.sender, envelope.body) == ("other", {"type": "offer"})
+            for mailbox in (live, newcomer, other):
+                await mailbox.close()
+            gone._ws.transport.abort()  # type: ignore[attr-defined]  # (deaf: no close handshake)
+            await gone.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())
