@@ -269,11 +269,21 @@ def test_in_process_signalling_stamps_senders_and_reports_unreachable() -> None:
     run(main())
 
 
+@asynccontextmanager
+async def rendezvous() -> AsyncIterator[RendezvousServer]:
+    """A WebSocket rendezvous on a free loopback port, closed (and waited for) on exit."""
+    server = RendezvousServer(LOOPBACK, 0)
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 def test_websocket_rendezvous_forwards_refuses_taken_names_and_reports_unreachable() -> None:
     async def main() -> None:
-        server = RendezvousServer(LOOPBACK, 0)
-        await server.start()
-        try:
+        async with rendezvous() as server:
             signalling = WebSocketSignalling(server.url)
             a, b = await signalling.open("a"), await signalling.open("b")
             with pytest.raises(SignallingError, match="taken"):
@@ -291,9 +301,6 @@ def test_websocket_rendezvous_forwards_refuses_taken_names_and_reports_unreachab
                     break
                 await asyncio.sleep(0.02)
             assert server.names() == []
-        finally:
-            server.close()
-            await server.wait_closed()
         assert server.open_sockets() == 0
         with pytest.raises(SignallingError):
             await WebSocketSignalling(server.url, open_timeout=2).open("late")
@@ -583,9 +590,7 @@ def test_a_link_that_breaks_on_one_side_says_bye_and_the_next_send_forms_a_new_o
 
 def test_websocket_mailbox_comes_back_after_its_connection_dies_and_keeps_its_name() -> None:
     async def main() -> None:
-        server = RendezvousServer(LOOPBACK, 0)
-        await server.start()
-        try:
+        async with rendezvous() as server:
             signalling = WebSocketSignalling(server.url)
             a, b = await signalling.open("a"), await signalling.open("b")
             # a's connection dies under it (what a NAT that drops the mapping does).
@@ -617,9 +622,6 @@ def test_websocket_mailbox_comes_back_after_its_connection_dies_and_keeps_its_na
             await ws.close()
             await a.close()
             await b.close()
-        finally:
-            server.close()
-            await server.wait_closed()
 
     run(main())
 
@@ -658,9 +660,7 @@ def test_rendezvous_gives_the_name_of_a_holder_that_stopped_answering_to_a_newco
     the server ping the holder, and a holder without a pong loses it. A live holder keeps it."""
 
     async def main() -> None:
-        server = RendezvousServer(LOOPBACK, 0)
-        await server.start()
-        try:
+        async with rendezvous() as server:
             signalling = WebSocketSignalling(server.url, reconnect_timeout=0.1)
             live = await signalling.open("live")
             with pytest.raises(SignallingError, match="taken"):
@@ -676,8 +676,5 @@ def test_rendezvous_gives_the_name_of_a_holder_that_stopped_answering_to_a_newco
                 await mailbox.close()
             gone._ws.transport.abort()  # type: ignore[attr-defined]  # (deaf: no close handshake)
             await gone.close()
-        finally:
-            server.close()
-            await server.wait_closed()
 
     run(main())
