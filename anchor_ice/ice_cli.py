@@ -277,7 +277,7 @@ async def run(
             conn.local_password,
             conn.local_candidates,
             end_of_candidates=True,
-            pacing=max(1, round(conn.local_ta * 1000)),
+            pacing=conn.local_pacing,
         )
         for line in local.to_lines():
             write(line)

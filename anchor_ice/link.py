@@ -507,7 +507,7 @@ class Anchor:
             "seal": seal,
             "mtu": self._mtu,
             "max_message": self._max_message,
-            "pacing": max(1, round(conn.local_ta * 1000)),
+            "pacing": conn.local_pacing,
         }
 
     async def _form(self, link: _Link, offer: dict[str, Any] | None) -> None:

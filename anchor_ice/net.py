@@ -377,6 +377,12 @@ class Connection:
         return self._agent.ta
 
     @property
+    def local_pacing(self) -> int:
+        """:attr:`local_ta` as it is signalled: whole milliseconds, at least 1
+        (``a=ice-pacing``, RFC 8839 §5.5)."""
+        return max(1, round(self._agent.ta * 1000))
+
+    @property
     def remote_ta(self) -> float | None:
         """The peer's Ta proposal, seconds, or None (it proposed none: RFC 8445's default
         50 ms stands for it); set it from its signalling (RFC 8445 §14.2)."""
