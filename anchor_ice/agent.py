@@ -131,6 +131,8 @@ from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address, Transmit
 from anchor_stun.integrity import short_term_key
 from anchor_stun.message import (
+    HEADER_SIZE,
+    CheckAnswerer,
     Message,
     MessageClass,
     Method,
@@ -279,6 +281,24 @@ class _CheckShape:
 
 
 _SHAPE_TYPES = (Username, Priority, IceControlling, IceControlled, UseCandidate)
+
+
+@dataclass(slots=True)
+class _HotCheck:
+    """A check that :meth:`IceAgent._fast_check` took on a connected, controlled agent and
+    that needed nothing but its answer and the pair's ``last_sent``: the next check of the
+    same shape from the same source to the same ``local`` needs the same, which this
+    remembers (see ``IceAgent._hot``)."""
+
+    source: object
+    """The source exactly as ``receive_datagram`` was given it."""
+    local: Address | None
+    addr: Address
+    """The source as an (ip, port) tuple: where the answer goes."""
+    base: Address
+    answerer: CheckAnswerer
+    pairs: tuple[CandidatePair, ...]
+    """The pairs whose ``last_sent`` an answer to that source from that base stamps."""
 
 
 @dataclass(slots=True)
@@ -440,6 +460,10 @@ class IceAgent:
         self._events: deque[IceEvent] = deque()
         self._pending: list[_PendingRequest] = []
         self._check_shapes: dict[bytes, _CheckShape] = {}
+        self._hot: dict[bytes, _HotCheck] = {}
+        """The checks that need nothing but an answer, by the bytes after the transaction id
+        up to MESSAGE-INTEGRITY's value. Emptied by whatever could change that: every
+        change of state, role, credentials, candidates or selected pairs."""
         self._base_cache: dict[
             Address | None, tuple[list[tuple[Candidate, Address]], tuple[Candidate, Address]]
         ] = {}
@@ -575,6 +599,7 @@ class IceAgent:
                 f"component {candidate.component} outside 1-{self.components}"
             )
         base = (str(base[0]), int(base[1]))
+        self._hot.clear()
         for i, (existing, existing_base) in enumerate(self._locals):
             if (
                 existing.component == candidate.component
@@ -603,6 +628,7 @@ class IceAgent:
                 "first (RFC 8445 §9)"
             )
         self._remote = _Credentials(ufrag, pwd, short_term_key(pwd))
+        self._hot.clear()
         pending, self._pending = self._pending, []
         for request in pending:
             if request.remote_ufrag == ufrag:
@@ -642,6 +668,7 @@ class IceAgent:
             return
         if not 1 <= candidate.component <= self.components:
             return
+        self._hot.clear()
         for existing in self._remotes:
             if (
                 existing.component == candidate.component
@@ -673,6 +700,7 @@ class IceAgent:
         self._started_at = now
         self._next_check_at = now
         self._state = IceState.CHECKING
+        self._hot.clear()
         self._update_running()
         self._after_change(now)
 
@@ -683,6 +711,7 @@ class IceAgent:
         if self._state is IceState.CLOSED:
             raise LocalProtocolError("the agent is closed")
         self._now = now
+        self._hot.clear()
         ufrag = _ice_string(self._rng, UFRAG_LENGTH)
         pwd = _ice_string(self._rng, PWD_LENGTH)
         self._previous_local = self._local
@@ -726,6 +755,7 @@ class IceAgent:
         keepalives stop with the session). Idempotent."""
         self._now = now
         self._state = IceState.CLOSED
+        self._hot.clear()
         self._records.clear()
         self._outbox.clear()
         self._pending.clear()
@@ -1196,6 +1226,7 @@ class IceAgent:
                 related_port=pair.base[1],
             )
             self._locals.append((local, pair.base))
+            self._hot.clear()
             self._events.append(LocalCandidateLearned(local))
         # §7.2.5.3.2: the valid pair is (mapped, destination)
         if local.address == pair.local.address:
@@ -1319,7 +1350,31 @@ class IceAgent:
         verifies, on a running session with the current credentials, and that neither
         conflicts with our role nor nominates. Handled exactly as the general path would
         handle it (a success answer, then :meth:`_request_ice`), and True; False, having
-        changed nothing, for anything else, which the general path then takes."""
+        changed nothing, for anything else, which the general path then takes.
+
+        A check that needed nothing but its answer (a connected, controlled agent, the
+        source a known candidate of the selected pair's component) is remembered in
+        ``_hot``: the next one of the same shape from the same source takes only the
+        header comparisons, the verification and the answer."""
+        size = len(data)
+        try:
+            hot = self._hot.get(data[HEADER_SIZE : size - 28])  # ends with MI's type, length
+        except TypeError:  # not bytes (unhashable)
+            hot = None
+        if (
+            hot is not None
+            and hot.source == addr
+            and hot.local == local
+            and self._state is _COMPLETED
+        ):
+            answer = hot.answerer.answer(data)
+            if answer is None:
+                return False  # another header, or dropped or 401: the general path
+            self._outbox.append(Transmit(answer, hot.addr, hot.base))
+            for pair in hot.pairs:
+                pair.last_sent = now
+            self._nomination_eval_at = now
+            return True
         prefix = signed_check_prefix(data)
         if prefix is None:
             return False
@@ -1338,7 +1393,7 @@ class IceAgent:
             )
         ):
             return False  # previous credentials, pending, nomination or role conflict
-        addr = (str(addr[0]), int(addr[1]))
+        source, addr = addr, (str(addr[0]), int(addr[1]))
         cacheable = local is None or type(local) is tuple
         try:
             cached = self._base_cache.get(local) if cacheable else None
@@ -1357,6 +1412,7 @@ class IceAgent:
             return False  # dropped or 401: the general path
         local_candidate, base = entry
         # _answer and _queue_answer, inline (this runs for every check of a session)
+        stamped: list[CandidatePair] = []
         try:
             answer = binding_success(data[8:20], addr, key)
         except LocalProtocolError:
@@ -1372,6 +1428,8 @@ class IceAgent:
                     and pair.base == base
                 ):
                     pair.last_sent = now
+                    stamped.append(pair)
+        known = False
         if shape.remote_ufrag == remote.ufrag:
             component = local_candidate.component
             if not self.lite and component in self._selected:
@@ -1379,6 +1437,7 @@ class IceAgent:
                 # with a selected pair: learn the source if it is new (§7.3.1.3)
                 for candidate in self._remotes:
                     if candidate.component == component and candidate.address == addr:
+                        known = True
                         break
                 else:
                     self._remote_for_request(component, addr, shape.priority)
@@ -1388,9 +1447,32 @@ class IceAgent:
             # what _after_change does then: _evaluate_nomination only stamps the time (a
             # controlled agent nominates nothing), _update_state and _check_failure return
             self._nomination_eval_at = now
+            if known and cacheable:
+                self._remember_hot(data, source, local, addr, base, key, tuple(stamped))
         else:
             self._after_change(now)
         return True
+
+    def _remember_hot(
+        self,
+        data: bytes,
+        source: object,
+        local: Address | None,
+        addr: Address,
+        base: Address,
+        key: bytes,
+        pairs: tuple[CandidatePair, ...],
+    ) -> None:
+        """Remember a check that needed nothing but its answer (see :meth:`_fast_check`)."""
+        try:
+            answerer = CheckAnswerer(key, len(data), addr)
+        except (ValueError, LocalProtocolError):
+            return  # not IPv4: such checks stay on the longer path
+        if len(self._hot) >= _MAX_CHECK_SHAPES:
+            self._hot.clear()
+        self._hot[data[HEADER_SIZE : len(data) - 28]] = _HotCheck(
+            source, local, addr, base, answerer, pairs
+        )
 
     def _on_request(self, msg: Message, addr: Address, local: Address | None, now: float) -> None:
         """RFC 8445 §7.3 (and RFC 8489 §6.3.1, §9.1.3 for the checks on the request)."""
@@ -1526,6 +1608,7 @@ class IceAgent:
     def _set_role(self, controlling: bool) -> None:
         if controlling == self._controlling:
             return
+        self._hot.clear()
         self._controlling = controlling
         self._checklist.set_role(controlling)
         for pair in (*self._selected.values(), *self._previous.values()):
@@ -1553,6 +1636,7 @@ class IceAgent:
                 type=CandidateType.PRFLX,
             )
             self._remotes.append(remote)
+            self._hot.clear()
             self._events.append(RemoteCandidateLearned(remote))
         return remote
 
@@ -1715,6 +1799,7 @@ class IceAgent:
         current = self._selected.get(component)
         selected = current is None or valid.priority > current.priority
         if selected:
+            self._hot.clear()
             self._selected[component] = valid
             self._previous.pop(component, None)
             if not self.lite:  # a lite agent sends no request, hence no consent check
@@ -1744,6 +1829,7 @@ class IceAgent:
     def _update_state(self, now: float) -> None:
         if self._state is _COMPLETED and not self._restarting:
             return  # nothing can change (runs after every check a connected agent answers)
+        self._hot.clear()  # whatever follows may change the state
         components = range(1, self.components + 1)
         if not all(c in self._selected for c in components):
             return
@@ -1805,6 +1891,7 @@ class IceAgent:
 
     def _fail(self, reason: str, now: float) -> None:
         self._state = IceState.FAILED
+        self._hot.clear()
         self.failure_reason = reason
         self._records.clear()
         self._running = False

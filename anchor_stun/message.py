@@ -497,6 +497,77 @@ def verify_signed_check(data: bytes, key: bytes) -> bool:
     return _compare_digest(o.digest(), data[size - 28 : size - 8])
 
 
+class CheckAnswerer:
+    """Verifies and answers the connectivity checks of one shape, from one IPv4 source,
+    under one short-term key: what an ICE agent does for every check of a connected peer.
+
+    It is made for the checks whose bytes between the transaction id and the value of
+    MESSAGE-INTEGRITY (``data[20:len(data) - 28]``: the prefix :func:`signed_check_prefix`
+    returns, then MESSAGE-INTEGRITY's type and length) are those of one check of ``size``
+    bytes; the caller finds it by those bytes. For such ``data``, ``answer(data)`` is
+    ``binding_success(data[8:20], source, key) if signed_check_prefix(data) is not None and
+    verify_signed_check(data, key) else None``, byte for byte. Everything that does not
+    depend on the transaction id is done once, here: the key's HMAC states having read the
+    signed header of the check and the header of the answer, and the answer's
+    XOR-MAPPED-ADDRESS.
+
+    Raises ValueError for a source that is not an IPv4 address (those go the general way)."""
+
+    __slots__ = ("_check", "_outer", "_success", "_tlv", "head")
+
+    def __init__(self, key: bytes, size: int, source: tuple[str, int]) -> None:
+        if not _SIGNED_MIN <= size <= MAX_MESSAGE_SIZE or size & 3:
+            raise ValueError(f"no check has {size} bytes")
+        tlv = xor_mapped_tlv_v4(source[0], source[1])
+        if tlv is None:
+            raise ValueError(f"not an IPv4 source: {source!r}")
+        try:
+            inner, outer = _SHA1_STATES[key]
+        except KeyError:
+            inner, outer = _hmac_states(key, hashlib.sha1, _SHA1_STATES)
+        self.head = _CHECK_HEAD.pack(0x0001, size - HEADER_SIZE, MAGIC_COOKIE)
+        """The header a check of this size has (Binding request, its length, the cookie)."""
+        self._check = inner.copy()  # the signed header: length up to MESSAGE-INTEGRITY
+        self._check.update(_CHECK_HEAD.pack(0x0001, size - 28, MAGIC_COOKIE))
+        self._success = inner.copy()
+        self._success.update(_SUCCESS_HEAD)
+        self._outer = outer
+        self._tlv = tlv
+
+    def answer(self, data: bytes) -> bytes | None:
+        """The success answer to the check ``data`` (see the class), or None when its header
+        is not that of a Binding request of this size, it does not end in FINGERPRINT, or
+        its FINGERPRINT or MESSAGE-INTEGRITY does not verify."""
+        size = len(data)
+        if (
+            data[:8] != self.head
+            or data[size - 8 : size - 4] != _FP_TL_BYTES
+            or _crc32(data[: size - 8]) ^ FINGERPRINT_XOR != _unpack_u32(data, size - 4)[0]
+        ):
+            return None
+        outer = self._outer
+        h = self._check.copy()
+        h.update(data[8 : size - 32])  # transaction id and attributes
+        o = outer.copy()
+        o.update(h.digest())
+        if not _compare_digest(o.digest(), data[size - 28 : size - 8]):
+            return None
+        transaction_id = data[8:20]
+        tlv = self._tlv
+        h = self._success.copy()
+        h.update(transaction_id)
+        h.update(tlv)
+        o = outer.copy()
+        o.update(h.digest())
+        out = b"".join((_SUCCESS_HEAD_FP, transaction_id, tlv, _MI_TL, o.digest()))
+        return out + _pack_fp(_FP, 4, _crc32(out) ^ FINGERPRINT_XOR)
+
+
+_crc32 = zlib.crc32
+_unpack_u32 = _U32.unpack_from
+_pack_fp = _FP_TLV.pack
+
+
 def is_stun(data: bytes) -> bool:
     """Cheap test used to demultiplex STUN from other traffic (RFC 7983, RFC 8489 §5)."""
     return len(data) >= HEADER_SIZE and data[0] < 0x40 and data[4:8] == b"\x21\x12\xa4\x42"

@@ -7,10 +7,13 @@ same bytes and the same state:
 * the encoder's table of encoded attributes (warm vs cold);
 * ``signed_check_prefix`` + ``verify_signed_check`` vs ``Message.decode`` + the verify
   methods;
-* ``IceAgent._fast_check`` (a check of a known shape answered without decoding) vs the
-  agent with the fast path switched off: twin agents fed the same datagrams (hypothesis
-  programs, and the whole ``fuzz/corpus/ice_agent`` corpus) must return, send, emit and
-  hold the same.
+* ``CheckAnswerer.answer`` (verify and answer a check of a remembered shape) vs
+  ``signed_check_prefix`` + ``verify_signed_check`` + ``binding_success``;
+* ``IceAgent._fast_check`` (a check of a known shape answered without decoding, and the
+  checks it remembers as needing nothing but an answer) vs the agent with the fast path
+  switched off: twin agents fed the same datagrams (hypothesis programs, with the
+  signalling and control calls that change what a remembered check may skip, and the
+  whole ``fuzz/corpus/ice_agent`` corpus) must return, send, emit and hold the same.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address
 from anchor_stun.integrity import short_term_key
 from anchor_stun.message import (
+    CheckAnswerer,
     Message,
     MessageClass,
     Method,
@@ -235,6 +239,59 @@ def test_signed_check_prefix_only_accepts_what_decode_walks_the_same_way(
     assert msg.signed_prefix() in (None, prefix)
 
 
+@FAST
+@given(
+    tid=st.binary(min_size=12, max_size=12),
+    attrs=check_attrs,
+    key=keys,
+    other_key=keys,
+    source=st.tuples(ipv4, st.integers(0, 0xFFFF)),
+    flips=st.lists(st.tuples(st.integers(0, 400), st.integers(1, 255)), max_size=2),
+    other_tid=st.binary(min_size=12, max_size=12),
+)
+def test_the_check_answerer_is_prefix_verify_and_binding_success(
+    tid: bytes,
+    attrs: list[Any],
+    key: bytes,
+    other_key: bytes,
+    source: tuple[str, int],
+    flips: list[tuple[int, int]],
+    other_tid: bytes,
+) -> None:
+    try:
+        made = Message(Method.BINDING, MessageClass.REQUEST, tid, attrs).encode(
+            key=key, fingerprint=True
+        )
+    except LocalProtocolError:
+        return
+    if signed_check_prefix(made) is None:
+        return  # not a check's shape: nothing would remember it
+    answerer = CheckAnswerer(key, len(made), source)
+    # another check of the same shape (new transaction id), then corrupted anywhere
+    data = made[:8] + other_tid + made[20:]
+    for at, mask in flips:
+        at %= len(data)
+        data = data[:at] + bytes((data[at] ^ mask,)) + data[at + 1 :]
+    if data[20 : len(data) - 28] != made[20 : len(made) - 28]:
+        return  # the caller finds an answerer by those bytes: not this one
+    for k, a in ((key, answerer), (other_key, CheckAnswerer(other_key, len(made), source))):
+        expected = (
+            binding_success(data[8:20], source, k)
+            if signed_check_prefix(data) is not None and verify_signed_check(data, k)
+            else None
+        )
+        assert a.answer(data) == expected
+
+
+def test_the_check_answerer_refuses_what_it_cannot_answer() -> None:
+    with pytest.raises(ValueError):
+        CheckAnswerer(L_KEY, 100, ("::1", 5))  # IPv6: the general way
+    with pytest.raises(ValueError):
+        CheckAnswerer(L_KEY, 30, ("127.0.0.1", 5))  # too short for a check
+    with pytest.raises(LocalProtocolError):
+        CheckAnswerer(L_KEY, 100, ("127.0.0.1", 70000))
+
+
 # --------------------------------------------------------------------------- the agent
 
 LOCAL: Address = ("127.0.0.1", 40000)
@@ -421,6 +478,176 @@ def test_the_agent_fast_path_changes_nothing_but_speed(
                     events.append(event)
                 results.append((handled, sent, events, _snapshot(agent)))
             assert results[0] == results[1], spec
+
+
+ACTIONS = (
+    "restart",
+    "remote-credentials",
+    "remote-other",
+    "remote-peer-srflx",
+    "better-local",
+    "new-base",
+    "close",
+    "timer",
+    "consent-lost",
+)
+
+
+def _act(agent: IceAgent, action: str, now: float) -> float:
+    """Do ``action`` to ``agent`` (ignoring what the agent refuses in its state); returns the
+    new time."""
+    second: Address = ("127.0.0.1", 40010)
+    try:
+        if action == "restart":
+            agent.restart(now)
+        elif action == "remote-credentials":
+            agent.set_remote_credentials(R_UFRAG, R_PWD)
+        elif action == "remote-other":
+            agent.add_remote_candidate(make_candidate(CandidateType.HOST, OTHER))
+        elif action == "remote-peer-srflx":
+            agent.add_remote_candidate(
+                make_candidate(CandidateType.SRFLX, PEER, related=OTHER, local_preference=1)
+            )
+        elif action == "better-local":
+            agent.add_local_candidate(
+                make_candidate(CandidateType.HOST, LOCAL, local_preference=65535), LOCAL
+            )
+        elif action == "new-base":
+            agent.add_local_candidate(make_candidate(CandidateType.HOST, second), second)
+        elif action == "close":
+            agent.close(now)
+    except LocalProtocolError:
+        pass
+    if action in ("timer", "consent-lost"):
+        now += 5.0 if action == "timer" else 31.0
+        deadline = agent.next_timer()
+        if deadline is not None and deadline <= now:
+            agent.handle_timer(now)
+    return now
+
+
+@settings(deadline=None, max_examples=150)
+@given(
+    controlling=st.booleans(),
+    program=st.lists(
+        st.one_of(datagrams, datagrams, datagrams, st.sampled_from(ACTIONS)),
+        min_size=1,
+        max_size=16,
+    ),
+)
+def test_remembered_checks_follow_every_change_of_the_agent(
+    controlling: bool, program: list[Any]
+) -> None:
+    """The checks ``_fast_check`` remembers as needing nothing but an answer: twin agents,
+    one without the fast path, through checks (each sent three times, so that the third
+    may be answered from memory) and the calls that change what such a check may skip:
+    restart, credentials, candidates, close, consent lost."""
+    fast, slow = _agent("connected", controlling), _slow(_agent("connected", controlling))
+    now = T0
+    for step in program:
+        exchanges: list[tuple[bytes | None, Any, Any]]
+        if isinstance(step, str):
+            times = {_act(agent, step, now) for agent in (fast, slow)}
+            assert len(times) == 1
+            now = times.pop()
+            exchanges = [(None, None, None)]
+        else:
+            data, source, local, dt = _request(step)
+            now += dt
+            exchanges = [(data, source, local)] * 3
+        for data, source, local in exchanges:
+            results = []
+            for agent in (fast, slow):
+                handled = (
+                    agent.receive_datagram(data, source, local, now) if data is not None else None
+                )
+                sent = agent.datagrams_to_send(now)
+                events = []
+                while (event := agent.next_event()) is not None:
+                    events.append(event)
+                results.append((handled, sent, events, _snapshot(agent)))
+            assert results[0] == results[1], step
+            assert not fast._hot or fast.state is IceState.COMPLETED
+
+
+@pytest.mark.parametrize("change", ["new-base", "role-conflict", "remote-other", "restart"])
+def test_a_change_between_remembered_checks_is_seen_as_the_general_path_sees_it(
+    change: str,
+) -> None:
+    """Checks from memory, a change, the same checks again: twin agents (one without the
+    fast path) stay the same. ``new-base``: a second base makes a check that names no local
+    address ambiguous (dropped); ``role-conflict``: a check saying ICE-CONTROLLED with a
+    lower tie-breaker makes the agent controlling, so the peer's ICE-CONTROLLING checks
+    are conflicts again."""
+    fast, slow = _agent("connected", False), _slow(_agent("connected", False))
+    attrs = [Username(f"{L_UFRAG}:{R_UFRAG}"), Priority(5), IceControlling(PEER_TIE)]
+    local = None if change == "new-base" else LOCAL
+    now = T0
+
+    def exchange(data: bytes) -> None:
+        results = []
+        for agent in (fast, slow):
+            handled = agent.receive_datagram(data, PEER, local, now)
+            sent = agent.datagrams_to_send(now)
+            events = []
+            while (event := agent.next_event()) is not None:
+                events.append(event)
+            results.append((handled, sent, events, _snapshot(agent)))
+        assert results[0] == results[1]
+
+    for _ in range(3):
+        exchange(_check(os.urandom(12), attrs, L_KEY))
+    assert fast._hot
+    now += 0.1
+    if change == "role-conflict":
+        conflict = [Username(f"{L_UFRAG}:{R_UFRAG}"), Priority(5), IceControlled(1)]
+        exchange(_check(os.urandom(12), conflict, L_KEY))
+        assert fast.controlling
+    else:
+        for agent in (fast, slow):
+            _act(agent, change, now)
+    assert not fast._hot
+    for _ in range(3):
+        now += 0.01
+        exchange(_check(os.urandom(12), attrs, L_KEY))
+
+
+def test_a_remembered_check_is_answered_without_the_shape_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The third check of a connected peer is answered from what the second one left in
+    ``_hot``: neither ``signed_check_prefix`` nor ``binding_success`` runs for it, and the
+    answer is the general one."""
+    agent = _agent("connected", False)
+    attrs = [Username(f"{L_UFRAG}:{R_UFRAG}"), Priority(5), IceControlling(PEER_TIE)]
+    checks = [_check(os.urandom(12), attrs, L_KEY) for _ in range(3)]
+    for data in checks[:2]:
+        assert agent.receive_datagram(data, PEER, LOCAL, T0)
+    assert len(agent._hot) == 1
+    agent.datagrams_to_send(T0)
+    expected = binding_success(checks[2][8:20], PEER, L_KEY)
+
+    def unused(*args: Any) -> Any:
+        raise AssertionError("the general fast path ran")
+
+    monkeypatch.setattr("anchor_ice.agent.signed_check_prefix", unused)
+    monkeypatch.setattr("anchor_ice.agent.binding_success", unused)
+    pair = agent.selected_pair
+    assert pair is not None
+    assert agent.receive_datagram(checks[2], PEER, LOCAL, T0 + 1.0)
+    assert [(t.data, t.addr, t.local) for t in agent.datagrams_to_send(T0 + 1.0)] == [
+        (expected, PEER, LOCAL)
+    ]
+    assert pair.last_sent == T0 + 1.0
+    # a corrupted one is not answered from memory (the general path then drops it)
+    monkeypatch.undo()
+    bad = checks[2][:-1] + bytes((checks[2][-1] ^ 1,))
+    dropped = agent.dropped
+    assert agent.receive_datagram(bad, PEER, LOCAL, T0 + 1.0)
+    assert agent.dropped == dropped + 1 and agent.datagrams_to_send(T0 + 1.0) == []
+    # anything that changes what it may skip forgets it
+    agent.add_remote_candidate(make_candidate(CandidateType.HOST, OTHER))
+    assert not agent._hot
 
 
 def test_the_fast_path_runs_for_the_checks_of_a_connected_peer() -> None:
