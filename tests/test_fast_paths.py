@@ -401,6 +401,27 @@ def _slow(agent: IceAgent) -> IceAgent:
     return agent
 
 
+def _feed_twins(
+    twins: tuple[IceAgent, IceAgent],
+    data: bytes | None,
+    source: Any,
+    local: Any,
+    now: float,
+    why: object = None,
+) -> None:
+    """Give ``data`` (None: nothing) to both twins, then take their output and events: they
+    must return, send, emit and hold the same."""
+    results = []
+    for agent in twins:
+        handled = agent.receive_datagram(data, source, local, now) if data is not None else None
+        sent = agent.datagrams_to_send(now)
+        events = []
+        while (event := agent.next_event()) is not None:
+            events.append(event)
+        results.append((handled, sent, events, _snapshot(agent)))
+    assert results[0] == results[1], why
+
+
 # One datagram of a program: which check, its transaction id, where it comes from and
 # arrives, and an optional corruption.
 ROLES = ("controlling", "controlled", "none", "both")
@@ -469,15 +490,7 @@ def test_the_agent_fast_path_changes_nothing_but_speed(
             if deadline is not None and deadline <= now:
                 agent.handle_timer(now)
         for _ in range(2):  # the first teaches the shape, the second may take the fast path
-            results = []
-            for agent in (fast, slow):
-                handled = agent.receive_datagram(data, source, local, now)
-                sent = agent.datagrams_to_send(now)
-                events = []
-                while (event := agent.next_event()) is not None:
-                    events.append(event)
-                results.append((handled, sent, events, _snapshot(agent)))
-            assert results[0] == results[1], spec
+            _feed_twins((fast, slow), data, source, local, now, spec)
 
 
 ACTIONS = (
@@ -556,17 +569,7 @@ def test_remembered_checks_follow_every_change_of_the_agent(
             now += dt
             exchanges = [(data, source, local)] * 3
         for data, source, local in exchanges:
-            results = []
-            for agent in (fast, slow):
-                handled = (
-                    agent.receive_datagram(data, source, local, now) if data is not None else None
-                )
-                sent = agent.datagrams_to_send(now)
-                events = []
-                while (event := agent.next_event()) is not None:
-                    events.append(event)
-                results.append((handled, sent, events, _snapshot(agent)))
-            assert results[0] == results[1], step
+            _feed_twins((fast, slow), data, source, local, now, step)
             assert not fast._hot or fast.state is IceState.COMPLETED
 
 
@@ -585,15 +588,7 @@ def test_a_change_between_remembered_checks_is_seen_as_the_general_path_sees_it(
     now = T0
 
     def exchange(data: bytes) -> None:
-        results = []
-        for agent in (fast, slow):
-            handled = agent.receive_datagram(data, PEER, local, now)
-            sent = agent.datagrams_to_send(now)
-            events = []
-            while (event := agent.next_event()) is not None:
-                events.append(event)
-            results.append((handled, sent, events, _snapshot(agent)))
-        assert results[0] == results[1]
+        _feed_twins((fast, slow), data, PEER, local, now)
 
     for _ in range(3):
         exchange(_check(os.urandom(12), attrs, L_KEY))
@@ -913,16 +908,7 @@ def test_the_fast_path_follows_local_candidates_that_change_between_checks() -> 
     def exchange(source: Address, local: Address | None) -> None:
         nonlocal now
         now += 0.01
-        data = _check(os.urandom(12), attrs, L_KEY)
-        results = []
-        for agent in (fast, slow):
-            handled = agent.receive_datagram(data, source, local, now)
-            sent = agent.datagrams_to_send(now)
-            events = []
-            while (event := agent.next_event()) is not None:
-                events.append(event)
-            results.append((handled, sent, events, _snapshot(agent)))
-        assert results[0] == results[1]
+        _feed_twins((fast, slow), _check(os.urandom(12), attrs, L_KEY), source, local, now)
 
     for _ in range(3):
         exchange(PEER, LOCAL)
