@@ -173,12 +173,22 @@ class _Link:
         self.wake.set()
 
     def arm(self, deadline: float | None) -> None:
-        if deadline == self._timer_at:
+        """Wake the driver at ``deadline`` (None: no timer). A timer that fires no later is
+        kept: the driver's early wake-up only re-arms (the machine ignores an early
+        ``handle_timer``), which costs less than a new timer handle for every frame, whose
+        retransmission deadline moves with each one sent or acknowledged."""
+        if deadline is None:
+            self.disarm()
+            return
+        if self._timer_at is not None and self._timer_at <= deadline:
             return
         self.disarm()
-        if deadline is not None:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self.wake.set)
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._fire)
         self._timer_at = deadline
+
+    def _fire(self) -> None:
+        self._timer = self._timer_at = None
+        self.wake.set()
 
     def disarm(self) -> None:
         if self._timer is not None:
@@ -557,6 +567,13 @@ class Anchor:
             link.max_message = max_message
             machine.formed(pair, channel, now, sealed=sealer is not None)
             if machine.state is LinkState.OPEN:
+
+                def deliver(data: bytes, component: int) -> None:
+                    if is_channel_frame(data):
+                        machine.receive_datagram(data, loop.time())
+                        link.kick()
+
+                conn.set_data_handler(deliver)  # datagrams straight into the machine
                 link.tasks["read"] = loop.create_task(
                     self._read(link, conn), name=f"anchor {self.name}->{link.peer}: read"
                 )
@@ -621,7 +638,9 @@ class Anchor:
         return mtu, max_message, remote_key
 
     async def _read(self, link: _Link, conn: Connection) -> None:
-        """Datagrams of the selected pair into the machine."""
+        """The end of the connection (closed, failed) into the machine. Its datagrams reach
+        the machine through the connection's data handler as they arrive; one that still
+        comes this way (none should) is taken the same way."""
         loop = asyncio.get_running_loop()
         machine = link.machine
         try:

@@ -310,6 +310,7 @@ class Connection:
         self._pump_: CorePump | None = None
         self._waiters: set[asyncio.Future[None]] = set()
         self._queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
+        self._data_handler: Callable[[bytes, int], None] | None = None
         self._session: asyncio.Future[None] | None = None
         self._gathered = False
         self._gathering: asyncio.Lock | None = None
@@ -611,6 +612,33 @@ class Connection:
             raise IceNotConnectedError(f"no selected pair on component {component}")
         self._send_transmit(transmit)
 
+    def set_data_handler(self, handler: Callable[[bytes, int], None] | None) -> None:
+        """Take the application's datagrams with ``handler(data, component)``, called as each
+        one arrives (no queue, no task switch), instead of through :meth:`recvfrom`; the ones
+        already waiting are handed over first, in order. :meth:`recvfrom` then only reports
+        the end (closed or failed). None: back to :meth:`recvfrom`. An exception from the
+        handler goes to the loop's exception handler; the datagram is lost."""
+        self._data_handler = handler
+        if handler is None:
+            return
+        ended = False
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is None:
+                ended = True
+            elif self._data_handler is handler:
+                self._deliver(handler, *item)
+        if ended:
+            self._queue.put_nowait(None)
+
+    def _deliver(self, handler: Callable[[bytes, int], None], data: bytes, component: int) -> None:
+        try:
+            handler(data, component)
+        except Exception as exc:  # a user's bug must not stall the socket
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "exception in the data handler of an ICE connection", "exception": exc}
+            )
+
     async def recv(self) -> bytes:
         """The next datagram received on any component."""
         data, _ = await self.recvfrom()
@@ -716,10 +744,16 @@ class Connection:
                 self.dropped += 1
             return
         component = self._component_of(local, addr)
-        if component is None or self._queue.qsize() >= MAX_QUEUED:
+        if component is None:
             self.dropped += 1
             return
-        self._queue.put_nowait((data, component))
+        handler = self._data_handler
+        if handler is not None:
+            self._deliver(handler, data, component)
+        elif self._queue.qsize() >= MAX_QUEUED:
+            self.dropped += 1
+        else:
+            self._queue.put_nowait((data, component))
 
     def _component_of(self, local: Address, addr: Address) -> int | None:
         """The component whose selected pair is the 5-tuple (local, addr), else whose valid

@@ -26,7 +26,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -337,6 +337,59 @@ def test_failure_is_an_ice_failed_error() -> None:
             await conn.close()
         with pytest.raises(IceNotConnectedError):
             await conn.send(b"closed")
+
+    run(main())
+
+
+def test_a_data_handler_takes_datagrams_as_they_arrive_then_recv_reports_the_end() -> None:
+    """``set_data_handler``: datagrams that waited for ``recvfrom`` are handed over first, in
+    order, then each one as it arrives (synchronously, from the socket's callback); a
+    handler that raises loses its datagram to the loop's exception handler, not the next
+    ones; ``recv`` then only reports the end."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        a = Connection(True, host_ips=[LOOPBACK])
+        b = Connection(False, host_ips=[LOOPBACK])
+        got: list[tuple[bytes, int]] = []
+        try:
+            await connect(a, b)
+            for i in range(3):
+                await b.send(b"early %d" % i)
+            for _ in range(100):  # all three waiting in a's queue
+                if a._queue.qsize() == 3:
+                    break
+                await asyncio.sleep(0.01)
+
+            def handler(data: bytes, component: int) -> None:
+                if data == b"bad":
+                    raise ValueError("a bug in the handler")
+                got.append((data, component))
+
+            a.set_data_handler(handler)
+            assert got == [(b"early %d" % i, 1) for i in range(3)]
+            for data in (b"late 0", b"bad", b"late 1"):
+                await b.send(data)
+            for _ in range(100):
+                if len(got) == 5:
+                    break
+                await asyncio.sleep(0.01)
+            assert got[3:] == [(b"late 0", 1), (b"late 1", 1)]
+            assert [type(e.get("exception")) for e in errors] == [ValueError]
+            waiter = asyncio.ensure_future(a.recv())
+            await asyncio.sleep(0.05)
+            assert not waiter.done()  # data no longer comes this way
+            await a.close()
+            with pytest.raises(IceNotConnectedError):
+                await waiter
+            a.set_data_handler(None)  # back to recv: still the end
+            with pytest.raises(IceNotConnectedError):
+                await a.recv()
+        finally:
+            await a.close()
+            await b.close()
 
     run(main())
 
