@@ -12,7 +12,7 @@ Key schedule::
 
     shared = X25519(local private, remote public)                 (RFC 7748 §6.1)
     low, high = the two public keys, sorted bytewise
-    okm = HKDF-SHA256(salt = "anchor-channel-seal-v1",
+    okm = HKDF-SHA256(salt = "anchor-channel-seal-v2",
                       ikm = shared,
                       info = len(context) (4) | context | low | high,
                       L = 128)                                      (RFC 5869)
@@ -31,15 +31,19 @@ Sealed frame, from the plaintext frame ``first | rest`` of :mod:`anchor_ice.chan
 
     offset  size  field
     0       1     first byte, random in 192-255 per frame (RFC 7983 demultiplexing)
-    1       8     packet counter, masked: counter XOR ChaCha20(hp, sample)[0:8]
+    1       8     packet counter, masked: counter XOR ChaCha20(hp, 1, sample)[0:8]
     9       n+16  ChaCha20-Poly1305(key, nonce, rest, aad = first byte) (RFC 8439 §2.8)
 
 The nonce is 4 zero bytes and the 64-bit big-endian packet counter, which starts at 0 and
 goes up by one per sealed frame in that direction (retransmissions included), so a nonce is
-never used twice with one key. The counter is masked as QUIC protects packet numbers
-(RFC 9001 §5.4.4): ``sample`` is the first 16 bytes of the AEAD output, used as the 16-byte
-ChaCha20 counter-and-nonce, so the wire shows no counter, no fixed byte and no length field,
-only the demultiplexing range of the first byte. A flipped bit anywhere fails: in the first
+never used twice with one key. The counter is masked much as QUIC protects packet numbers
+(RFC 9001 §5.4.4): ``sample`` is the first 12 bytes of the AEAD output (there are always at
+least the 16 of the tag), and the mask is the first 8 bytes of the ChaCha20 keystream under
+``hp`` with block counter 1 and the sample as nonce (RFC 8439 §2.4), so the wire shows no counter, no fixed byte and
+no length field, only the demultiplexing range of the first byte. That keystream is taken as
+the ChaCha20-Poly1305 encryption of 8 zero bytes (RFC 8439 §2.8 encrypts from block 1), with
+one AEAD object per ``hp`` key: 0.9 µs a frame, where a ChaCha20 cipher object made for each
+sample (the 16-byte counter-and-nonce form of QUIC) cost 7 µs in ``cryptography``. A flipped bit anywhere fails: in the first
 byte (it is the AAD), in the masked counter (wrong nonce), in the ciphertext or tag.
 
 Replay (RFC 4303 §3.4.3 style): a sliding window of :data:`REPLAY_WINDOW` counters below the
@@ -57,7 +61,6 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -79,11 +82,12 @@ PUBLIC_KEY_SIZE = 32  # RFC 7748 §6.1
 REPLAY_WINDOW = 1024
 """Counters below the highest one seen that are still accepted once (RFC 4303 §3.4.3 uses
 at least 32; 1024 absorbs the reordering of a full send window)."""
-HKDF_SALT = b"anchor-channel-seal-v1"
+HKDF_SALT = b"anchor-channel-seal-v2"
 """HKDF salt (RFC 5869 §3.1): names the protocol and its version."""
 _COUNTER_SIZE = 8
 _TAG_SIZE = 16  # RFC 8439 §2.8
-_SAMPLE_SIZE = 16
+_SAMPLE_SIZE = 12  # the nonce of the mask's ChaCha20 (RFC 8439 §2.8)
+_ZERO_COUNTER = bytes(_COUNTER_SIZE)
 SEAL_OVERHEAD = _COUNTER_SIZE + _TAG_SIZE
 """Bytes a sealed frame adds to the plaintext frame (which keeps its crc inside)."""
 _MAX_COUNTER = (1 << 64) - 1
@@ -165,9 +169,9 @@ class Sealer:
             if len(key) != 32:
                 raise SealError("sealing keys are 32 bytes")
         self._send = ChaCha20Poly1305(send_key)
-        self._send_hp = send_hp
+        self._send_hp = ChaCha20Poly1305(send_hp)
         self._recv = ChaCha20Poly1305(recv_key)
-        self._recv_hp = recv_hp
+        self._recv_hp = ChaCha20Poly1305(recv_hp)
         self._counter = 0
         self._replay = ReplayWindow()
 
@@ -240,10 +244,9 @@ class Sealer:
         return rest
 
 
-def _mask(hp_key: bytes, sealed: bytes) -> int:
-    """The 64-bit counter mask: ChaCha20 keystream under ``hp_key`` with the first 16 bytes of
-    the AEAD output as counter and nonce (RFC 9001 §5.4.4)."""
-    sample = sealed[:_SAMPLE_SIZE]
-    encryptor = Cipher(algorithms.ChaCha20(hp_key, sample), mode=None).encryptor()
-    mask: int = _U64.unpack(encryptor.update(bytes(_COUNTER_SIZE)))[0]
+def _mask(hp: ChaCha20Poly1305, sealed: bytes) -> int:
+    """The 64-bit counter mask (module docstring): the ChaCha20 keystream under the ``hp`` key,
+    block counter 1, with the sample (the first 12 bytes of the AEAD output) as nonce."""
+    keystream = hp.encrypt(sealed[:_SAMPLE_SIZE], _ZERO_COUNTER, None)
+    mask: int = _U64.unpack_from(keystream)[0]
     return mask

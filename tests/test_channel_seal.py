@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +28,7 @@ from anchor_ice.seal import (
     SEAL_OVERHEAD,
     ReplayWindow,
     Sealer,
+    _mask,
     ice_context,
 )
 from anchor_stun.errors import AnchorError
@@ -274,3 +277,15 @@ def test_sealed_random_loss_patterns_still_deliver_in_order(
         h.a.send(m, 0.0)
     h.run(lambda: len(h.received("b")) == len(messages))
     assert h.received("b") == messages
+
+
+def test_the_counter_mask_is_the_chacha20_keystream_from_block_1_under_the_sample() -> None:
+    """The module docstring's mask: ChaCha20 (RFC 8439 §2.4) under ``hp``, block counter 1,
+    the first 12 bytes of the AEAD output as nonce; computed here with a plain ChaCha20
+    cipher, whose 16-byte nonce is the little-endian block counter then the nonce."""
+    for i in range(20):
+        hp = bytes((i * 7 + j) & 0xFF for j in range(32))
+        sealed = bytes((i * 13 + j * 5) & 0xFF for j in range(16 + i))
+        nonce = (1).to_bytes(4, "little") + sealed[:12]
+        stream = Cipher(algorithms.ChaCha20(hp, nonce), mode=None).encryptor().update(bytes(8))
+        assert _mask(ChaCha20Poly1305(hp), sealed) == int.from_bytes(stream, "big")
