@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 import shutil
 import socket
@@ -16,6 +17,7 @@ from typing import Any
 import ifaddr
 import pytest
 
+from anchor_ice import gather
 from anchor_ice.candidate import Candidate, CandidateType
 from anchor_ice.cli import free_loopback_port
 from anchor_ice.gather import (
@@ -314,6 +316,82 @@ def test_srflx_found_through_binding() -> None:
             finally:
                 await sock.close()
             assert sock.closed and _fd_closed(sock)
+
+    asyncio.run(main())
+
+
+def test_a_socket_reads_every_waiting_datagram_in_one_wake_up() -> None:
+    """Datagrams that arrived together are handed over together: the first time the handler
+    sees any, it has seen all ten (asyncio's datagram transport reads one per wake-up)."""
+
+    async def main() -> None:
+        sock = await GatheredSocket.bind(LOOPBACK)
+        got: list[bytes] = []
+        sock.set_handler(lambda data, addr: got.append(data))
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for i in range(10):
+                sender.sendto(b"d%d" % i, sock.local)
+            for _ in range(50):
+                if got:
+                    break
+                await asyncio.sleep(0)
+            assert got == [b"d%d" % i for i in range(10)]
+        finally:
+            sender.close()
+            await sock.close()
+        assert sock.closed and _fd_closed(sock)
+
+    asyncio.run(main())
+
+
+class _FullSendBuffer(socket.socket):
+    """A UDP socket whose kernel send buffer is full for the next ``full`` sends."""
+
+    full = 0
+    sent: list[bytes]
+
+    def sendto(self, data: Any, *args: Any) -> int:  # type: ignore[override]
+        if self.full > 0:
+            self.full -= 1
+            raise BlockingIOError(errno.EAGAIN, "full")
+        self.sent.append(bytes(data))
+        return int(super().sendto(data, *args))
+
+
+def test_sends_wait_in_order_while_the_send_buffer_is_full_and_beyond_a_bound_are_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gather, "MAX_SEND_BUFFER", 5)
+
+    async def main() -> None:
+        raw = _FullSendBuffer(socket.AF_INET, socket.SOCK_DGRAM)
+        raw.setblocking(False)
+        raw.bind((LOOPBACK, 0))
+        raw.sent = []
+        raw.full = 1
+        protocol = gather._Protocol()
+        transport = gather._DrainingTransport(raw, protocol)
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        receiver.bind((LOOPBACK, 0))
+        receiver.settimeout(2.0)
+        try:
+            for i in range(8):  # the first meets a full buffer: it and 4 more wait, 3 dropped
+                transport.sendto(b"m%d" % i, receiver.getsockname())
+            assert raw.sent == [] and transport.dropped == 3
+            for _ in range(50):  # writable again: the waiting ones leave, in order
+                if len(raw.sent) == 5:
+                    break
+                await asyncio.sleep(0.01)
+            assert raw.sent == [b"m%d" % i for i in range(5)]
+            assert [receiver.recv(100) for _ in range(5)] == raw.sent
+            transport.sendto(b"after", receiver.getsockname())  # direct again
+            assert receiver.recv(100) == b"after"
+        finally:
+            receiver.close()
+            transport.close()
+            await asyncio.wait_for(protocol.lost, 1.0)
+        assert raw.fileno() == -1
 
     asyncio.run(main())
 
