@@ -4,6 +4,7 @@ reference they replace."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import math
@@ -26,6 +27,7 @@ from anchor_stun.attributes import (
     XorPeerAddress,
 )
 from anchor_stun.message import Message, MessageClass, Method
+from benchmarks import link
 from benchmarks.checks import AioiceResponder, AnchorResponder, requests
 from benchmarks.codec import PASSWORD
 from tests.cli_helpers import run_anchor
@@ -312,3 +314,12 @@ def test_scale_link_child_forms_and_dissolves_links() -> None:
     out = scale.run_child(5, kind="link")
     assert out["count"] == 5
     assert out["rss_open"] > 0 and out["form_cpu_s"] > 0 and out["dissolve_cpu_s"] > 0
+
+
+def test_the_link_benchmark_delivers_every_message_sealed_and_plain() -> None:
+    """``python -m benchmarks.link``: its run completes only once the receiver saw every
+    message (shape and completion, not speed)."""
+    for seal in (True, False):
+        out = asyncio.run(link.one_run(seal, messages=50))
+        assert set(out) == {"msg_per_s", "mb_per_s", "cpu_us_per_msg"}
+        assert all(value > 0 for value in out.values())

@@ -1,0 +1,91 @@
+"""``python -m benchmarks.link``: messages per second through the product's ephemeral link.
+
+The ``channel`` rows of ``anchor bench`` measure the reliable channel's core behind a minimal
+adapter. This measures what a user of :class:`anchor_ice.link.Anchor` gets: two endpoints in
+this process on the in-process signalling hub, ``policy="standard"`` on 127.0.0.1, the link
+formed by a first message; then the sender calls ``await a.send("b", message)``
+:data:`MESSAGES` times as fast as the link lets it (``send`` waits while the channel's
+window is full) and the clock stops when the receiver's ``on_message`` has seen them all.
+Every message is :data:`SIZE` bytes, one frame of the default MTU even when sealed. Both
+kinds run, ``seal=True`` (the default) and ``seal=False``, :data:`RUNS` times each in
+alternation (quick: 3), each run with new endpoints; medians of messages per second, MB per
+second and CPU microseconds of this process per message (both ends together).
+
+Not a row of ``anchor bench``: the issue's table has no such metric, and the figure has no
+baseline of its own (compare it with the ``channel`` rows of the same machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+
+from anchor_ice.link import Anchor
+from anchor_ice.signal import InProcessSignalling
+
+MESSAGES = 3000
+SIZE = 1160
+"""Bytes per message: one sealed frame at the default MTU 1200 (10 bytes of framing, 24 of
+sealing, 6 spare)."""
+RUNS = 7
+
+
+async def one_run(seal: bool, messages: int = MESSAGES) -> dict[str, float]:
+    """One transfer over a fresh link: messages/s, MB/s, CPU µs per message."""
+    hub = InProcessSignalling()
+    seen = [0]
+    done = asyncio.Event()
+
+    def on_message(peer: str, data: bytes) -> None:
+        seen[0] += 1
+        if seen[0] >= messages + 1:
+            done.set()
+
+    options = {"policy": "standard", "host_ips": ["127.0.0.1"], "idle_timeout": 5.0, "seal": seal}
+    a = Anchor("a", hub, **options)  # type: ignore[arg-type]
+    b = Anchor("b", hub, on_message=on_message, **options)  # type: ignore[arg-type]
+    payload = bytes(SIZE)
+    try:
+        await a.start()
+        await b.start()
+        await a.send("b", payload)  # forms the link
+        await asyncio.sleep(0.2)
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(messages):
+            await a.send("b", payload)
+        await asyncio.wait_for(done.wait(), 60.0)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    finally:
+        await a.close()
+        await b.close()
+    return {
+        "msg_per_s": messages / wall,
+        "mb_per_s": messages * SIZE / wall / 1e6,
+        "cpu_us_per_msg": cpu / messages * 1e6,
+    }
+
+
+def measure(quick: bool = False) -> dict[str, dict[str, float]]:
+    """Medians per kind (``sealed``, ``plain``)."""
+    runs: dict[str, list[dict[str, float]]] = {"sealed": [], "plain": []}
+    for _ in range(3 if quick else RUNS):
+        for kind in runs:
+            runs[kind].append(asyncio.run(one_run(kind == "sealed")))
+    return {
+        kind: {key: statistics.median(r[key] for r in samples) for key in samples[0]}
+        for kind, samples in runs.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.link")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.quick), indent=1))
+
+
+if __name__ == "__main__":
+    main()
