@@ -14,8 +14,8 @@ IPv4-compatible or IPv4-mapped IPv6 addresses; loopback and link-local only on r
 One socket per host address. A :class:`Gatherer` binds one UDP socket per host address
 (within ``port_range`` when given) and wraps it in a :class:`GatheredSocket`, which reads
 it straight from the loop's readiness callback, every waiting datagram at once
-(``_DrainingTransport``; asyncio's datagram transport on loops without ``add_reader``). That socket is
-the *base* of three kinds of candidates (RFC 8445 §5.1.1.2):
+(``_DrainingTransport``; asyncio's datagram transport on loops without ``add_reader``).
+That socket is the *base* of three kinds of candidates (RFC 8445 §5.1.1.2):
 
 - the host candidate: the socket's own address;
 - server-reflexive candidates: a Binding request to each STUN server leaves from the socket
@@ -518,13 +518,13 @@ class GatheredSocket:
         transport: asyncio.DatagramTransport
         protocol = _Protocol()
         try:
-            transport = _DrainingTransport(sock, protocol)
-        except NotImplementedError:  # no add_reader (a proactor loop): asyncio's transport
             try:
+                transport = _DrainingTransport(sock, protocol)
+            except NotImplementedError:  # no add_reader (a proactor loop): asyncio's transport
                 transport, protocol = await loop.create_datagram_endpoint(_Protocol, sock=sock)
-            except BaseException:
-                sock.close()
-                raise
+        except BaseException:
+            sock.close()
+            raise
         return cls(transport, protocol, rng=rng, stun_rto=stun_rto)
 
     # ------------------------------------------------------------------ properties
