@@ -266,7 +266,11 @@ def test_channel_samples_deliver_and_the_lossy_adapter_drops() -> None:
 
     raw, clean, lossy = asyncio.run(samples())
     assert raw["goodput"] > 0 and clean["goodput"] > 0 and lossy["goodput"] > 0
-    assert clean["dropped"] == 0 and clean["retransmissions"] == 0
+    # Nothing is lost on a clean path, so nothing is found lost; a retransmission there can
+    # only be a timer's (a tail-loss probe or an RTO), which a loop stalled by a busy
+    # machine may fire: seen once in a CI run.
+    assert clean["dropped"] == 0 and clean["fast_retransmits"] == 0
+    assert clean["retransmissions"] == 0 or clean["probes"] + clean["timeouts"] > 0
     assert lossy["dropped"] > 0 and lossy["retransmissions"] >= lossy["dropped"] * 0.5
 
 
