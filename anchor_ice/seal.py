@@ -39,12 +39,13 @@ goes up by one per sealed frame in that direction (retransmissions included), so
 never used twice with one key. The counter is masked much as QUIC protects packet numbers
 (RFC 9001 §5.4.4): ``sample`` is the first 12 bytes of the AEAD output (there are always at
 least the 16 of the tag), and the mask is the first 8 bytes of the ChaCha20 keystream under
-``hp`` with block counter 1 and the sample as nonce (RFC 8439 §2.4), so the wire shows no counter, no fixed byte and
-no length field, only the demultiplexing range of the first byte. That keystream is taken as
-the ChaCha20-Poly1305 encryption of 8 zero bytes (RFC 8439 §2.8 encrypts from block 1), with
-one AEAD object per ``hp`` key: 0.9 µs a frame, where a ChaCha20 cipher object made for each
-sample (the 16-byte counter-and-nonce form of QUIC) cost 7 µs in ``cryptography``. A flipped bit anywhere fails: in the first
-byte (it is the AAD), in the masked counter (wrong nonce), in the ciphertext or tag.
+``hp`` with block counter 1 and the sample as nonce (RFC 8439 §2.4). So the wire shows no
+counter, no fixed byte and no length field, only the demultiplexing range of the first
+byte. That keystream is taken as the ChaCha20-Poly1305 encryption of 8 zero bytes
+(RFC 8439 §2.8 encrypts from block 1), with one AEAD object per ``hp`` key: 0.9 µs a frame,
+where a ChaCha20 cipher object made for each sample (QUIC's 16-byte counter-and-nonce form)
+cost 7 µs in ``cryptography``. A flipped bit anywhere fails: in the first byte (it is the
+AAD), in the masked counter (wrong nonce), in the ciphertext or tag.
 
 Replay (RFC 4303 §3.4.3 style): a sliding window of :data:`REPLAY_WINDOW` counters below the
 highest authenticated one. A counter already seen, or older than the window, is refused before
