@@ -345,6 +345,43 @@ def test_a_socket_reads_every_waiting_datagram_in_one_wake_up() -> None:
     asyncio.run(main())
 
 
+def test_a_loop_without_add_reader_gets_asyncio_s_datagram_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the loop cannot watch a socket (a proactor loop raises NotImplementedError from
+    ``add_reader``), the socket is read by asyncio's own transport, and works the same."""
+
+    def no_reader(*args: Any) -> None:
+        raise NotImplementedError
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        monkeypatch.setattr(loop, "add_reader", no_reader)
+        sock = await GatheredSocket.bind(LOOPBACK)
+        monkeypatch.undo()
+        assert not isinstance(sock.transport, gather._DrainingTransport)
+        got: list[tuple[bytes, Any]] = []
+        sock.set_handler(lambda data, addr: got.append((data, addr)))
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind((LOOPBACK, 0))
+        peer.settimeout(2.0)
+        try:
+            peer.sendto(b"ping", sock.local)
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.01)
+            assert got == [(b"ping", peer.getsockname())]
+            sock.send(b"pong", peer.getsockname())
+            assert peer.recv(100) == b"pong"
+        finally:
+            peer.close()
+            await sock.close()
+        assert sock.closed and _fd_closed(sock)
+
+    asyncio.run(main())
+
+
 class _FullSendBuffer(socket.socket):
     """A UDP socket whose kernel send buffer is full for the next ``full`` sends."""
 
