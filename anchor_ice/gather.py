@@ -786,15 +786,16 @@ class RelayEndpoint:
         now = self._loop.time()
         if ip in self._client.permissions and ip not in self._queued:
             self._client.send(data, peer, now)
+            self._pump.flush()  # data changes no deadline of the core
+            return
+        queue = self._queued.get(ip)
+        if queue is None:
+            queue = self._queued[ip] = []
+            self._client.create_permission([ip], now)
+        if len(queue) < MAX_QUEUED_PER_PEER:
+            queue.append((bytes(data), peer))
         else:
-            queue = self._queued.get(ip)
-            if queue is None:
-                queue = self._queued[ip] = []
-                self._client.create_permission([ip], now)
-            if len(queue) < MAX_QUEUED_PER_PEER:
-                queue.append((bytes(data), peer))
-            else:
-                self.dropped += 1
+            self.dropped += 1
         self._pump.pump()
 
     async def create_permission(self, *ips: str) -> None:
@@ -933,7 +934,10 @@ class RelayEndpoint:
             return
         self._heard = True
         self._client.receive_datagram(data, addr, self._loop.time())
-        self._pump.pump()
+        if data[:1] and 0x40 <= data[0] <= 0x4F:  # ChannelData (RFC 8656 §12.4): data only
+            self._pump.flush()
+        else:
+            self._pump.pump()
 
     def _kick(self) -> None:
         """Pump again soon: a command issued while handling an event queues datagrams that

@@ -306,6 +306,7 @@ class Connection:
         self._gatherers: list[Gatherer] = []
         self._endpoints: dict[Address, GatheredSocket | RelayEndpoint] = {}
         self._permitted: set[tuple[Address, str]] = set()
+        self._channels: set[tuple[Address, Address]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._pump_: CorePump | None = None
         self._waiters: set[asyncio.Future[None]] = set()
@@ -548,6 +549,26 @@ class Connection:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _bind_channel(self, pair: PairInfo) -> None:
+        """RFC 8656 §12: a selected pair whose base is a relayed address carries its data as
+        ChannelData (4 bytes of header) rather than as Send and Data indications (36 bytes,
+        and a STUN message built and parsed per datagram), as pion and libjuice do: bind a
+        channel to the remote candidate, in the background. Until it is bound, and should
+        binding fail, indications carry the data."""
+        relay = self._endpoints.get(pair.base)
+        peer = pair.remote.address
+        if not isinstance(relay, RelayEndpoint) or (pair.base, peer) in self._channels:
+            return
+        self._channels.add((pair.base, peer))
+
+        async def bind() -> None:
+            with contextlib.suppress(AnchorError, OSError):
+                await relay.bind_channel(peer)
+
+        task = asyncio.get_running_loop().create_task(bind())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # ------------------------------------------------------------------ connecting
 
     async def connect(self) -> None:
@@ -771,6 +792,8 @@ class Connection:
     def _event(self, event: StunEvent) -> None:
         if isinstance(event, PairNominated):
             self.nominated_pairs.append(event.pair)
+            if event.selected:
+                self._bind_channel(event.pair)
         elif isinstance(event, IceConnected | RestartCompleted):
             if self._session is not None and not self._session.done():
                 self._session.set_result(None)

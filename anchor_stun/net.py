@@ -180,6 +180,18 @@ class CorePump:
             core.handle_timer(now)
         self._arm(deadline)
 
+    def flush(self) -> None:
+        """Send the core's output and hand out its events, without asking for its next
+        deadline: for inputs that cannot bring that deadline earlier (data through a TURN
+        allocation, say), where :meth:`pump`'s ``next_timer`` would cost more than the rest.
+        The armed timer stays; it fires no later than the core's deadline, since that can
+        only have moved later."""
+        core, now = self.core, self._loop.time()
+        for transmit in core.datagrams_to_send(now):
+            self._send(transmit)
+        while (event := core.next_event()) is not None:
+            self._on_event(event)
+
     def _arm(self, deadline: float | None) -> None:
         timer = self._timer
         if deadline is None:

@@ -225,6 +225,20 @@ def test_gateway_policy_with_anchor_turn_ends_on_a_relay_pair_and_releases() -> 
                         assert nominated.local.type is CandidateType.RELAY
                 await ping_pong(a, b)
                 assert len(a.relays()) == 1
+                # RFC 8656 §12: the selected relayed pair's data goes as ChannelData, on a
+                # channel each side bound to the other's relayed address
+                for _ in range(100):
+                    if core.stats.channels == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                assert core.stats.channels == 2
+                for conn, other in ((a, b), (b, a)):
+                    (relay,) = conn.relays()
+                    assert other.selected_pair is not None
+                    assert list(relay.client.channels.values()) == [
+                        other.selected_pair.local.address
+                    ]
+                await ping_pong(a, b)
             finally:
                 await a.close()
                 await b.close()

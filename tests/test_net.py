@@ -12,8 +12,10 @@ import pytest
 from anchor_ice.cli import free_loopback_port
 from anchor_stun.attributes import RawAttribute, Software, UnknownAttributes
 from anchor_stun.errors import StunErrorResponse
+from anchor_stun.events import Transmit
 from anchor_stun.message import Message, MessageClass, Method
 from anchor_stun.net import (
+    CorePump,
     StunServerRunner,
     StunTransport,
     binding_request,
@@ -132,3 +134,55 @@ def test_address_parsing_and_formatting() -> None:
         with pytest.raises(ValueError):
             parse_address(bad, 3478)
     assert format_address(("::1", 5)) == "[::1]:5" and format_address(("1.2.3.4", 5)) == "1.2.3.4:5"
+
+
+class _Core:
+    """A sans-I/O core that records what the pump asks of it."""
+
+    def __init__(self) -> None:
+        self.out: list[Transmit] = []
+        self.events: list[object] = []
+        self.deadline: float | None = None
+        self.timer_asks = 0
+        self.fired: list[float] = []
+
+    def datagrams_to_send(self, now: float) -> list[Transmit]:
+        out, self.out = self.out, []
+        return out
+
+    def next_event(self) -> object | None:
+        return self.events.pop(0) if self.events else None
+
+    def next_timer(self) -> float | None:
+        self.timer_asks += 1
+        return self.deadline
+
+    def handle_timer(self, now: float) -> None:
+        self.fired.append(now)
+
+
+def test_core_pump_flush_sends_and_hands_out_events_but_leaves_the_timer() -> None:
+    """``flush`` is ``pump`` without the timer: for inputs that cannot bring the core's
+    deadline earlier. The timer armed by the last ``pump`` still fires."""
+
+    async def main() -> None:
+        core = _Core()
+        sent: list[Transmit] = []
+        seen: list[object] = []
+        pump = CorePump(core, sent.append, seen.append)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        core.deadline = loop.time() + 0.05
+        pump.pump()
+        assert core.timer_asks == 1
+        core.out.append(Transmit(b"data", ("127.0.0.1", 9)))
+        core.events.append("delivered")
+        core.deadline += 10.0  # moved later by the input: the armed timer fires early
+        pump.flush()
+        assert sent == [Transmit(b"data", ("127.0.0.1", 9))] and seen == ["delivered"]
+        assert core.timer_asks == 1
+        await asyncio.sleep(0.1)
+        assert len(core.fired) == 1  # the early wake-up: the core ignores it and re-arms
+        assert core.timer_asks == 2
+        pump.close()
+
+    asyncio.run(main())
