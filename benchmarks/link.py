@@ -2,14 +2,19 @@
 
 The ``channel`` rows of ``anchor bench`` measure the reliable channel's core behind a minimal
 adapter. This measures what a user of :class:`anchor_ice.link.Anchor` gets: two endpoints in
-this process on the in-process signalling hub, ``policy="standard"`` on 127.0.0.1, the link
-formed by a first message; then the sender calls ``await a.send("b", message)``
+this process on the in-process signalling hub, ``policy="standard"`` on 127.0.0.1 (a
+host/host pair), the link formed by a first message; then the sender calls ``await a.send("b", message)``
 :data:`MESSAGES` times as fast as the link lets it (``send`` waits while the channel's
 window is full) and the clock stops when the receiver's ``on_message`` has seen them all.
 Every message is :data:`SIZE` bytes, one frame of the default MTU even when sealed. Both
 kinds run, ``seal=True`` (the default) and ``seal=False``, :data:`RUNS` times each in
 alternation (quick: 3), each run with new endpoints; medians of messages per second, MB per
 second and CPU microseconds of this process per message (both ends together).
+
+``--relay`` adds ``relayed``: the default policy (``gateway``) with Anchor's TURN server in
+this process (a :class:`~anchor_turn.net_server.TurnServerRunner` on loopback), so the link
+forms on a relay/relay pair and every frame crosses the server twice; sealed; the CPU
+figure then includes the server's.
 
 Not a row of ``anchor bench``: the issue's table has no such metric, and the figure has no
 baseline of its own (compare it with the ``channel`` rows of the same machine).
@@ -23,8 +28,14 @@ import json
 import statistics
 import time
 
+from anchor_ice.cli import free_loopback_port
+from anchor_ice.gather import TurnServerConfig
 from anchor_ice.link import Anchor
 from anchor_ice.signal import InProcessSignalling
+from anchor_stun.server import StunServer
+from anchor_turn.auth import StaticUsers
+from anchor_turn.net_server import TurnServerRunner, UdpRelayAllocator
+from anchor_turn.server import TurnServer
 
 MESSAGES = 3000
 SIZE = 1160
@@ -33,8 +44,27 @@ sealing, 6 spare)."""
 RUNS = 7
 
 
-async def one_run(seal: bool, messages: int = MESSAGES) -> dict[str, float]:
-    """One transfer over a fresh link: messages/s, MB/s, CPU µs per message."""
+async def one_run(seal: bool, messages: int = MESSAGES, relay: bool = False) -> dict[str, float]:
+    """One transfer over a fresh link: messages/s, MB/s, CPU µs per message. ``relay``: the
+    gateway policy through a TURN server in this process (a relay/relay pair)."""
+    runner: TurnServerRunner | None = None
+    options: dict[str, object] = {
+        "policy": "standard", "host_ips": ["127.0.0.1"], "idle_timeout": 5.0, "seal": seal
+    }  # fmt: skip
+    if relay:
+        port = free_loopback_port()
+        runner = TurnServerRunner(
+            TurnServer(
+                realm="bench",
+                auth=StaticUsers({"bench": "bench"}, realm="bench"),
+                relay=UdpRelayAllocator(["127.0.0.1"]),
+                stun=StunServer(primary=("127.0.0.1", port)),
+                allow_loopback_peers=True,
+            )
+        )
+        await runner.start()
+        turn = TurnServerConfig(("127.0.0.1", port), "bench", "bench")
+        options.update(policy="gateway", stun=turn.address, turn=[turn])
     hub = InProcessSignalling()
     seen = [0]
     done = asyncio.Event()
@@ -44,7 +74,6 @@ async def one_run(seal: bool, messages: int = MESSAGES) -> dict[str, float]:
         if seen[0] >= messages + 1:
             done.set()
 
-    options = {"policy": "standard", "host_ips": ["127.0.0.1"], "idle_timeout": 5.0, "seal": seal}
     a = Anchor("a", hub, **options)  # type: ignore[arg-type]
     b = Anchor("b", hub, on_message=on_message, **options)  # type: ignore[arg-type]
     payload = bytes(SIZE)
@@ -61,6 +90,9 @@ async def one_run(seal: bool, messages: int = MESSAGES) -> dict[str, float]:
     finally:
         await a.close()
         await b.close()
+        if runner is not None:
+            runner.close()
+            await runner.wait_closed()
     return {
         "msg_per_s": messages / wall,
         "mb_per_s": messages * SIZE / wall / 1e6,
@@ -68,12 +100,14 @@ async def one_run(seal: bool, messages: int = MESSAGES) -> dict[str, float]:
     }
 
 
-def measure(quick: bool = False) -> dict[str, dict[str, float]]:
-    """Medians per kind (``sealed``, ``plain``)."""
-    runs: dict[str, list[dict[str, float]]] = {"sealed": [], "plain": []}
+def measure(quick: bool = False, relay: bool = False) -> dict[str, dict[str, float]]:
+    """Medians per kind (``sealed``, ``plain``, and with ``relay`` ``relayed``)."""
+    kinds = ["sealed", "plain", *(["relayed"] if relay else [])]
+    runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     for _ in range(3 if quick else RUNS):
-        for kind in runs:
-            runs[kind].append(asyncio.run(one_run(kind == "sealed")))
+        for kind in kinds:
+            run = one_run(kind != "plain", relay=kind == "relayed")
+            runs[kind].append(asyncio.run(run))
     return {
         kind: {key: statistics.median(r[key] for r in samples) for key in samples[0]}
         for kind, samples in runs.items()
@@ -83,8 +117,9 @@ def measure(quick: bool = False) -> dict[str, dict[str, float]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.link")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--relay", action="store_true", help="also through a TURN server")
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.quick), indent=1))
+    print(json.dumps(measure(args.quick, args.relay), indent=1))
 
 
 if __name__ == "__main__":

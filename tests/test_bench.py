@@ -323,7 +323,7 @@ def test_scale_link_child_forms_and_dissolves_links() -> None:
 def test_the_link_benchmark_delivers_every_message_sealed_and_plain() -> None:
     """``python -m benchmarks.link``: its run completes only once the receiver saw every
     message (shape and completion, not speed)."""
-    for seal in (True, False):
-        out = asyncio.run(link.one_run(seal, messages=50))
+    for seal, relay in ((True, False), (False, False), (True, True)):
+        out = asyncio.run(link.one_run(seal, messages=50, relay=relay))
         assert set(out) == {"msg_per_s", "mb_per_s", "cpu_us_per_msg"}
         assert all(value > 0 for value in out.values())
