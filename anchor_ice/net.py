@@ -16,7 +16,11 @@ bytes, time and events through the sans-I/O :class:`~anchor_ice.agent.IceAgent`.
   (``RelayEndpoint.send``: a Send indication, the TURN permission for the peer's IP created
   first, RFC 8656 §9, and the datagrams held until it exists). Permissions are also asked for
   every remote candidate's IP as soon as it is known, so that the peer's checks to our relayed
-  candidates get through the relay before our own first check to that IP.
+  candidates get through the relay before our own first check to that IP. Once a pair on a
+  relayed base is selected, a channel is bound to its remote candidate (RFC 8656 §12), and
+  its data goes as ChannelData from then on.
+* **Data.** Datagrams that are not STUN wait for :meth:`Connection.recvfrom`, or go at once
+  to a handler (:meth:`Connection.set_data_handler`), as the ephemeral link does.
 * **Receiving (RFC 7983 demultiplexing).** TURN traffic never reaches this class (the
   gatherer's sockets route it to the allocations; relayed data comes back out with the
   peer's address and the relayed address as ``local``). Of what is left, a datagram whose
