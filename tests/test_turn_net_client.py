@@ -233,7 +233,9 @@ def test_automatic_refresh_is_driven_by_the_core_timer(tls_files: tuple[Path, Pa
                 while not any(isinstance(e, AllocationRefreshed) for e in events):
                     assert time.monotonic() - start < 2, events
                     await asyncio.sleep(0.05)
-                assert 0.3 < time.monotonic() - start < 0.9
+                # not at once: at half the lifetime (a busy machine can only make it later;
+                # that it came early enough shows below, the allocation outliving 1 s)
+                assert time.monotonic() - start > 0.3
                 await asyncio.sleep(0.8)  # past the original expiry: still alive
                 assert conn.state is TurnState.ALLOCATED
                 assert server.core.allocation_count() == 1
@@ -308,7 +310,7 @@ def test_lost_connection_fails_waiters_and_ends_receiving(tls_files: tuple[Path,
                 await conn.refresh()
             start = time.monotonic()
             await conn.close()  # nothing to release over a dead connection: no waiting
-            assert time.monotonic() - start < 0.5 and conn.closed
+            assert time.monotonic() - start < 2.5 and conn.closed  # release_timeout is 5 s
             assert [item async for item in conn] == []
 
     run(main())
