@@ -166,31 +166,29 @@ class CorePump:
         return self._loop.time()
 
     def pump(self) -> None:
-        core, loop = self.core, self._loop
+        core = self.core
         deadline: float | None = None
         for _ in range(_MAX_ROUNDS):
-            now = loop.time()
-            for transmit in core.datagrams_to_send(now):
-                self._send(transmit)
-            while (event := core.next_event()) is not None:
-                self._on_event(event)
+            now = self.flush()
             deadline = core.next_timer()
             if deadline is None or deadline > now:
                 break
             core.handle_timer(now)
         self._arm(deadline)
 
-    def flush(self) -> None:
+    def flush(self) -> float:
         """Send the core's output and hand out its events, without asking for its next
         deadline: for inputs that cannot bring that deadline earlier (data through a TURN
         allocation, say), where :meth:`pump`'s ``next_timer`` would cost more than the rest.
         The armed timer stays; it fires no later than the core's deadline, since that can
-        only have moved later."""
+        only have moved later. Returns the loop time the core was asked for output at (one
+        round of :meth:`pump`)."""
         core, now = self.core, self._loop.time()
         for transmit in core.datagrams_to_send(now):
             self._send(transmit)
         while (event := core.next_event()) is not None:
             self._on_event(event)
+        return now
 
     def _arm(self, deadline: float | None) -> None:
         timer = self._timer
