@@ -103,7 +103,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from anchor_stun.errors import AnchorError, LocalProtocolError
@@ -545,13 +545,7 @@ class Connection:
             return
         self._permitted.add((relayed, ip))
 
-        async def permit() -> None:
-            with contextlib.suppress(AnchorError, OSError):
-                await relay.create_permission(ip)
-
-        task = asyncio.get_running_loop().create_task(permit())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._in_background(relay.create_permission(ip))
 
     def _bind_channel(self, pair: PairInfo) -> None:
         """RFC 8656 §12: a selected pair whose base is a relayed address carries its data as
@@ -565,11 +559,18 @@ class Connection:
             return
         self._channels.add((pair.base, peer))
 
-        async def bind() -> None:
-            with contextlib.suppress(AnchorError, OSError):
-                await relay.bind_channel(peer)
+        self._in_background(relay.bind_channel(peer))
 
-        task = asyncio.get_running_loop().create_task(bind())
+    def _in_background(self, request: Awaitable[object]) -> None:
+        """Run a TURN request for the connection without waiting for it: a failure is no
+        error of the connection (data then goes the slower way, or not at all); the task is
+        cancelled on close."""
+
+        async def run() -> None:
+            with contextlib.suppress(AnchorError, OSError):
+                await request
+
+        task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
