@@ -99,7 +99,7 @@ from anchor_stun.errors import (
 )
 from anchor_stun.events import Address, StunEvent, Transmit
 from anchor_stun.message import Message, MessageClass, Method, is_stun
-from anchor_stun.net import CorePump, format_address, resolve, settle_transaction
+from anchor_stun.net import CorePump, call_user, format_address, resolve, settle_transaction
 from anchor_stun.transaction import (
     RTO_INITIAL,
     StunClient,
@@ -427,8 +427,7 @@ class _DrainingTransport(asyncio.DatagramTransport):
 class _Inbox:
     """A replaceable handler with a bounded backlog for the time before it is set."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, what: str) -> None:
-        self._loop = loop
+    def __init__(self, what: str) -> None:
         self._what = what
         self.handler: DatagramHandler | None = None
         self.backlog: deque[tuple[bytes, Address]] = deque()
@@ -449,12 +448,7 @@ class _Inbox:
             self.dropped += 1
 
     def _call(self, handler: DatagramHandler, data: bytes, addr: Address) -> None:
-        try:
-            handler(data, addr)
-        except Exception as exc:  # a user's bug must not stall the socket
-            self._loop.call_exception_handler(
-                {"message": f"exception in the datagram handler of {self._what}", "exception": exc}
-            )
+        call_user(f"the datagram handler of {self._what}", handler, data, addr)
 
 
 class GatheredSocket:
@@ -490,7 +484,7 @@ class GatheredSocket:
         self._stun_pump = CorePump(self._stun, self._send_transmit, self._stun_event)
         self._stun_waiters: dict[bytes, asyncio.Future[TransactionSucceeded]] = {}
         self._relays: list[RelayEndpoint] = []
-        self._inbox = _Inbox(self._loop, f"socket {format_address(self.local)}")
+        self._inbox = _Inbox(f"socket {format_address(self.local)}")
         self._closing = False
         self._closed = False
         self._closed_event = asyncio.Event()
@@ -709,7 +703,7 @@ class RelayEndpoint:
         self._server: Address = _canonical(server)
         self._client = TurnClient(self._server, username, password, **self._options)
         self._pump = CorePump(self._client, owner._send_transmit, self._event)
-        self._inbox = _Inbox(self._loop, f"relay via {format_address(self._server)}")
+        self._inbox = _Inbox(f"relay via {format_address(self._server)}")
         self._allocating: asyncio.Future[AllocationCreated | TryAlternate] | None = None
         self._final: asyncio.Future[None] = self._loop.create_future()
         self._abandoned = False
@@ -960,12 +954,7 @@ class RelayEndpoint:
     def _event(self, event: StunEvent) -> None:
         assert isinstance(event, TurnEvent)
         if self.on_event is not None:
-            try:
-                self.on_event(event)
-            except Exception as exc:
-                self._loop.call_exception_handler(
-                    {"message": "exception in a RelayEndpoint on_event callback", "exception": exc}
-                )
+            call_user("a RelayEndpoint on_event callback", self.on_event, event)
         if isinstance(event, DataReceived):
             self._inbox.deliver(event.data, event.peer)
         elif isinstance(event, AllocationCreated | TryAlternate):

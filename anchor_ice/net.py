@@ -108,7 +108,7 @@ from typing import Any, Literal
 
 from anchor_stun.errors import AnchorError, LocalProtocolError
 from anchor_stun.events import Address, StunEvent, Transmit
-from anchor_stun.net import DEFAULT_PORT, CorePump, parse_address
+from anchor_stun.net import DEFAULT_PORT, CorePump, call_user, parse_address
 
 from .agent import CHECKING_TIMEOUT, PROPOSED_TA, IceAgent, IceState
 from .candidate import Candidate
@@ -657,13 +657,9 @@ class Connection:
         if ended:
             self._queue.put_nowait(None)
 
-    def _deliver(self, handler: Callable[[bytes, int], None], data: bytes, component: int) -> None:
-        try:
-            handler(data, component)
-        except Exception as exc:  # a user's bug must not stall the socket
-            asyncio.get_running_loop().call_exception_handler(
-                {"message": "exception in the data handler of an ICE connection", "exception": exc}
-            )
+    @staticmethod
+    def _deliver(handler: Callable[[bytes, int], None], data: bytes, component: int) -> None:
+        call_user("the data handler of an ICE connection", handler, data, component)
 
     async def recv(self) -> bytes:
         """The next datagram received on any component."""

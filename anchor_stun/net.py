@@ -119,6 +119,18 @@ def settle_transaction(
         waiter.set_exception(TransactionTimeout("no response from the STUN server"))
 
 
+def call_user(what: str, callback: Callable[..., object], *args: object) -> None:
+    """Call an application's ``callback(*args)`` from an adapter: an exception it raises goes
+    to the running loop's exception handler (reported as "exception in ``what``"), so that a
+    user's bug cannot stall the socket or pump that called it."""
+    try:
+        callback(*args)
+    except Exception as exc:
+        asyncio.get_running_loop().call_exception_handler(
+            {"message": f"exception in {what}", "exception": exc}
+        )
+
+
 def route_local_ip(server: Address) -> str:
     """The local IP the kernel would use to reach ``server`` (a UDP connect sends nothing)."""
     family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET

@@ -45,7 +45,7 @@ from anchor_stun.errors import (
 )
 from anchor_stun.events import Address, StunEvent, Transmit
 from anchor_stun.framing import StreamFramer
-from anchor_stun.net import CorePump, TransportName, format_address, resolve
+from anchor_stun.net import CorePump, TransportName, call_user, format_address, resolve
 
 from .client import TurnClient, TurnState
 from .events import (
@@ -558,13 +558,9 @@ class TurnConnection:
         self._terminate(reason)
         self._pump.close()
 
-    def _user_callback(self, callback: Callable[..., None], *args: object) -> None:
-        try:
-            callback(*args)
-        except Exception as exc:  # a user's bug must not stall the pump
-            self._loop.call_exception_handler(
-                {"message": "exception in a TurnConnection callback", "exception": exc}
-            )
+    @staticmethod
+    def _user_callback(callback: Callable[..., None], *args: object) -> None:
+        call_user("a TurnConnection callback", callback, *args)
 
     @staticmethod
     def _fail(fut: asyncio.Future[Any] | None, exc: BaseException) -> None:
