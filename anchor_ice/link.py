@@ -567,13 +567,8 @@ class Anchor:
             link.max_message = max_message
             machine.formed(pair, channel, now, sealed=sealer is not None)
             if machine.state is LinkState.OPEN:
-
-                def deliver(data: bytes, component: int) -> None:
-                    if is_channel_frame(data):
-                        machine.receive_datagram(data, loop.time())
-                        link.kick()
-
-                conn.set_data_handler(deliver)  # datagrams straight into the machine
+                # datagrams straight into the machine, as they arrive
+                conn.set_data_handler(lambda data, _component: self._frame_in(link, data))
                 link.tasks["read"] = loop.create_task(
                     self._read(link, conn), name=f"anchor {self.name}->{link.peer}: read"
                 )
@@ -645,15 +640,19 @@ class Anchor:
         machine = link.machine
         try:
             while True:
-                data = await conn.recv()
-                if is_channel_frame(data):
-                    machine.receive_datagram(data, loop.time())
-                    link.kick()
+                self._frame_in(link, await conn.recv())
         except IceFailedError as exc:
             machine.fail(exc.reason, loop.time())
         except IceError as exc:
             machine.fail(str(exc), loop.time())
         link.kick()
+
+    @staticmethod
+    def _frame_in(link: _Link, data: bytes) -> None:
+        """A datagram of the selected pair into the machine, when it is a channel frame."""
+        if is_channel_frame(data):
+            link.machine.receive_datagram(data, asyncio.get_running_loop().time())
+            link.kick()
 
     async def _drive(self, link: _Link) -> None:
         """The machine's output, events and timer; then the teardown."""
