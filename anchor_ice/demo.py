@@ -68,10 +68,7 @@ from typing import Any
 
 from anchor_stun.errors import AnchorError
 from anchor_stun.net import format_address
-from anchor_stun.server import StunServer
-from anchor_turn.auth import StaticUsers
-from anchor_turn.net_server import TurnServerRunner, UdpRelayAllocator
-from anchor_turn.server import TurnServer
+from anchor_turn.net_server import loopback_runner
 
 from .gather import TurnServerConfig
 from .link import Anchor
@@ -371,14 +368,8 @@ async def run_demo(policy: str = "gateway", idle: float = DEFAULT_DEMO_IDLE) -> 
     timeline = _Timeline(time.monotonic())
     port = free_loopback_port()
     user, password = f"demo-{secrets.token_hex(4)}", secrets.token_urlsafe(18)
-    core = TurnServer(
-        realm="anchor-demo",
-        auth=StaticUsers({user: password}, realm="anchor-demo"),
-        relay=UdpRelayAllocator([LOOPBACK]),
-        stun=StunServer(primary=(LOOPBACK, port)),
-        allow_loopback_peers=True,
-    )
-    runner = TurnServerRunner(core)
+    runner = loopback_runner(port, {user: password}, "anchor-demo", LOOPBACK)
+    core = runner.core
     rendezvous = RendezvousServer(LOOPBACK, 0)
     peers: list[_PeerProc] = []
     readers: list[asyncio.Task[None]] = []

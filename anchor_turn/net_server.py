@@ -81,7 +81,7 @@ import random
 import socket
 import ssl
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -89,7 +89,9 @@ from anchor_stun.attributes import Family, pack_ip, unpack_ip
 from anchor_stun.errors import LocalProtocolError, StreamCorrupted
 from anchor_stun.events import Address, Transmit
 from anchor_stun.framing import StreamFramer
+from anchor_stun.server import StunServer
 
+from .auth import StaticUsers
 from .server import DontFragmentTransmit, TransportName, TurnServer, TurnServerEvent
 
 __all__ = [
@@ -101,6 +103,7 @@ __all__ = [
     "UdpRelayAllocator",
     "canonical_address",
     "dont_fragment_supported",
+    "loopback_runner",
 ]
 
 DEFAULT_MIN_PORT = 49152  # RFC 8656 §7.2: relayed ports SHOULD come from 49152-65535
@@ -851,3 +854,21 @@ class TurnServerRunner:
         except Exception:
             _log.exception("TURN core failed in handle_timer")
         self._flush()
+
+
+def loopback_runner(
+    port: int, users: Mapping[str, str], realm: str, ip: str = "127.0.0.1"
+) -> TurnServerRunner:
+    """A STUN/TURN server for one machine's own use (the demo, benchmarks): UDP on ``ip``
+    (a loopback address) and ``port``, the static ``users`` (name -> password) of ``realm``,
+    relayed addresses on ``ip``, and loopback peers allowed, since its peers are on the same
+    machine. Not started: ``await runner.start()``; ``runner.core`` is the TURN core."""
+    return TurnServerRunner(
+        TurnServer(
+            realm=realm,
+            auth=StaticUsers(dict(users), realm=realm),
+            relay=UdpRelayAllocator([ip]),
+            stun=StunServer(primary=(ip, port)),
+            allow_loopback_peers=True,
+        )
+    )

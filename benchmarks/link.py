@@ -32,10 +32,7 @@ from anchor_ice.cli import free_loopback_port
 from anchor_ice.gather import TurnServerConfig
 from anchor_ice.link import Anchor
 from anchor_ice.signal import InProcessSignalling
-from anchor_stun.server import StunServer
-from anchor_turn.auth import StaticUsers
-from anchor_turn.net_server import TurnServerRunner, UdpRelayAllocator
-from anchor_turn.server import TurnServer
+from anchor_turn.net_server import TurnServerRunner, loopback_runner
 
 MESSAGES = 3000
 SIZE = 1160
@@ -53,15 +50,7 @@ async def one_run(seal: bool, messages: int = MESSAGES, relay: bool = False) -> 
     }  # fmt: skip
     if relay:
         port = free_loopback_port()
-        runner = TurnServerRunner(
-            TurnServer(
-                realm="bench",
-                auth=StaticUsers({"bench": "bench"}, realm="bench"),
-                relay=UdpRelayAllocator(["127.0.0.1"]),
-                stun=StunServer(primary=("127.0.0.1", port)),
-                allow_loopback_peers=True,
-            )
-        )
+        runner = loopback_runner(port, {"bench": "bench"}, "bench")
         await runner.start()
         turn = TurnServerConfig(("127.0.0.1", port), "bench", "bench")
         options.update(policy="gateway", stun=turn.address, turn=[turn])
