@@ -32,8 +32,7 @@ from anchor_ice.gather import (
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.net import StunServerRunner
 from anchor_stun.server import StunServer
-from anchor_turn.auth import StaticUsers
-from anchor_turn.net_server import TurnServerRunner, UdpRelayAllocator
+from anchor_turn.net_server import loopback_runner
 from anchor_turn.server import TurnServer
 
 LOOPBACK = "127.0.0.1"
@@ -188,14 +187,8 @@ async def silent_server() -> AsyncIterator[tuple[str, int]]:
 async def turn_server() -> AsyncIterator[tuple[TurnServer, tuple[str, int]]]:
     """Anchor's TURN server on loopback (alice:secret, realm example.org)."""
     port = free_loopback_port()
-    core = TurnServer(
-        realm="example.org",
-        auth=StaticUsers({"alice": "secret"}, realm="example.org"),
-        relay=UdpRelayAllocator([LOOPBACK]),
-        stun=StunServer(primary=(LOOPBACK, port)),
-        allow_loopback_peers=True,
-    )
-    runner = TurnServerRunner(core)
+    runner = loopback_runner(port, {"alice": "secret"}, "example.org", LOOPBACK)
+    core = runner.core
     await runner.start()
     try:
         yield core, (LOOPBACK, port)

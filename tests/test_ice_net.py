@@ -39,9 +39,7 @@ from anchor_ice.net import (
     IceNotConnectedError,
 )
 from anchor_ice.nominator import GatewayNominator
-from anchor_stun.server import StunServer
-from anchor_turn.auth import StaticUsers
-from anchor_turn.net_server import TurnServerRunner, UdpRelayAllocator
+from anchor_turn.net_server import TurnServerRunner, loopback_runner
 from anchor_turn.server import TurnServer
 
 from .cli_helpers import ANCHOR
@@ -89,14 +87,8 @@ async def ping_pong(a: Connection, b: Connection, component: int = 1) -> None:
 async def turn_server() -> AsyncIterator[tuple[TurnServer, TurnServerRunner, TurnServerConfig]]:
     """Anchor's TURN server in this loop on loopback (alice:secret, loopback peers allowed)."""
     port = free_loopback_port()
-    core = TurnServer(
-        realm="example.org",
-        auth=StaticUsers({"alice": "secret"}, realm="example.org"),
-        relay=UdpRelayAllocator([LOOPBACK]),
-        stun=StunServer(primary=(LOOPBACK, port)),
-        allow_loopback_peers=True,
-    )
-    runner = TurnServerRunner(core)
+    runner = loopback_runner(port, {"alice": "secret"}, "example.org", LOOPBACK)
+    core = runner.core
     await runner.start()
     try:
         yield core, runner, TurnServerConfig((LOOPBACK, port), "alice", "secret")

@@ -62,9 +62,7 @@ from anchor_ice.signal import (
     SignallingError,
     WebSocketSignalling,
 )
-from anchor_stun.server import StunServer
-from anchor_turn.auth import StaticUsers
-from anchor_turn.net_server import TurnServerRunner, UdpRelayAllocator
+from anchor_turn.net_server import loopback_runner
 from anchor_turn.server import TurnServer
 
 from .cli_helpers import ANCHOR, anchor_json, anchor_serve
@@ -315,14 +313,8 @@ def test_websocket_rendezvous_forwards_refuses_taken_names_and_reports_unreachab
 async def turn_server() -> AsyncIterator[tuple[TurnServer, TurnServerConfig]]:
     """Anchor's TURN server in this loop on loopback (alice:secret, loopback peers allowed)."""
     port = free_loopback_port()
-    core = TurnServer(
-        realm="example.org",
-        auth=StaticUsers({"alice": "secret"}, realm="example.org"),
-        relay=UdpRelayAllocator([LOOPBACK]),
-        stun=StunServer(primary=(LOOPBACK, port)),
-        allow_loopback_peers=True,
-    )
-    runner = TurnServerRunner(core)
+    runner = loopback_runner(port, {"alice": "secret"}, "example.org", LOOPBACK)
+    core = runner.core
     await runner.start()
     try:
         yield core, TurnServerConfig((LOOPBACK, port), "alice", "secret")
