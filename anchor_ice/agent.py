@@ -116,6 +116,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from anchor_ice.candidate import Candidate, CandidateType, compute_foundation
+from anchor_ice.checklist import MAX_PAIRS, CandidatePair, Checklist, PairState
+from anchor_ice.events import (
+    ConsentLost,
+    IceCompleted,
+    IceConnected,
+    IceEvent,
+    IceFailed,
+    LocalCandidateLearned,
+    PairInfo,
+    PairNominated,
+    RemoteCandidateLearned,
+    RestartCompleted,
+    RoleChanged,
+)
+from anchor_ice.nominator import NominationView, Nominator, StandardNominator
 from anchor_stun.attributes import (
     ErrorCode,
     IceControlled,
@@ -148,23 +164,6 @@ from anchor_stun.transaction import (
     ClientTransaction,
     TransactionSucceeded,
 )
-
-from .candidate import Candidate, CandidateType, compute_foundation
-from .checklist import MAX_PAIRS, CandidatePair, Checklist, PairState
-from .events import (
-    ConsentLost,
-    IceCompleted,
-    IceConnected,
-    IceEvent,
-    IceFailed,
-    LocalCandidateLearned,
-    PairInfo,
-    PairNominated,
-    RemoteCandidateLearned,
-    RestartCompleted,
-    RoleChanged,
-)
-from .nominator import NominationView, Nominator, StandardNominator
 
 __all__ = [
     "CHECKING_TIMEOUT",

@@ -21,6 +21,19 @@ from enum import StrEnum
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address
 
+__all__ = [
+    "COMPONENT_RTP",
+    "DEFAULT_LOCAL_PREFERENCE",
+    "TYPE_PREFERENCE",
+    "Candidate",
+    "CandidateError",
+    "CandidateType",
+    "candidate_priority",
+    "compute_foundation",
+    "make_candidate",
+    "pair_priority",
+]
+
 
 class CandidateType(StrEnum):
     """Candidate types (RFC 8445 §5.1.1, RFC 8839 §5.1 ``typ``)."""

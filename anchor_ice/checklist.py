@@ -54,11 +54,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from anchor_ice.candidate import Candidate, CandidateType, pair_priority
+from anchor_ice.events import PairInfo
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address
-
-from .candidate import Candidate, CandidateType, pair_priority
-from .events import PairInfo
 
 __all__ = [
     "MAX_PAIRS",

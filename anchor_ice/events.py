@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from anchor_ice.candidate import Candidate, CandidateType
 from anchor_stun.events import Address, StunEvent
-
-from .candidate import Candidate, CandidateType
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ serve several agents. The pairs in the view are the agent's live
 
 Host pairs and peer-reflexive candidates
 ----------------------------------------
-DESIGN.md defines a *host pair* as a valid pair in which either candidate is of type host.
+docs/design.md defines a *host pair* as a valid pair in which either candidate is of type host.
 Peer-reflexive candidates blur the types: a prflx candidate is an address that showed up in
 a check without being signalled, and it can be a host address in disguise. Anchor decides
 with :func:`effective_type`, used by :class:`GatewayNominator` and :class:`RelayOnly`:
@@ -68,8 +68,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .candidate import Candidate, CandidateType
-from .checklist import CandidatePair
+from anchor_ice.candidate import Candidate, CandidateType
+from anchor_ice.checklist import CandidatePair
 
 __all__ = [
     "GatewayNominator",
@@ -180,7 +180,7 @@ def _types(pair: CandidatePair, view: NominationView) -> tuple[CandidateType, Ca
 
 
 def is_host_pair(pair: CandidatePair, view: NominationView) -> bool:
-    """True when either candidate is (effectively) host: DESIGN.md's host pair."""
+    """True when either candidate is (effectively) host: docs/design.md's host pair."""
     return CandidateType.HOST in _types(pair, view)
 
 
@@ -268,7 +268,7 @@ class StandardNominator:
 
 
 class GatewayNominator:
-    """Anchor's link policy (DESIGN.md): the endpoint is the NAT gateway or a relay, never
+    """Anchor's link policy (docs/design.md, "Definitions"): the endpoint is the NAT gateway or a relay, never
     a host address.
 
     * Never nominates or accepts a host pair (either candidate effectively host, see

@@ -56,10 +56,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from anchor_ice.candidate import COMPONENT_RTP, Candidate, CandidateError, CandidateType
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address
-
-from .candidate import COMPONENT_RTP, Candidate, CandidateError, CandidateType
 
 __all__ = [
     "DISCARD_PORT",

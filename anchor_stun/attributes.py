@@ -21,7 +21,61 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Self
 
-from .errors import DecodeError, LocalProtocolError
+from anchor_stun.errors import DecodeError, LocalProtocolError
+
+__all__ = [
+    "ATTRIBUTE_CLASSES",
+    "KNOWN_TYPES",
+    "MAGIC_COOKIE",
+    "MAGIC_COOKIE_BYTES",
+    "AdditionalAddressFamily",
+    "AddressErrorCode",
+    "AlternateDomain",
+    "AlternateServer",
+    "AttrType",
+    "Attribute",
+    "ChangeRequest",
+    "ChannelNumber",
+    "ConnectionId",
+    "Data",
+    "DontFragment",
+    "ErrorCode",
+    "ErrorCodeAttribute",
+    "EvenPort",
+    "Family",
+    "IceControlled",
+    "IceControlling",
+    "Icmp",
+    "Lifetime",
+    "MappedAddress",
+    "Nonce",
+    "OtherAddress",
+    "Padding",
+    "PasswordAlgorithm",
+    "PasswordAlgorithmId",
+    "PasswordAlgorithms",
+    "Priority",
+    "RawAttribute",
+    "Realm",
+    "RequestedAddressFamily",
+    "RequestedTransport",
+    "ReservationToken",
+    "ResponseOrigin",
+    "ResponsePort",
+    "Software",
+    "TransportProtocol",
+    "UnknownAttributes",
+    "UseCandidate",
+    "Userhash",
+    "Username",
+    "XorMappedAddress",
+    "XorPeerAddress",
+    "XorRelayedAddress",
+    "is_comprehension_required",
+    "pack_ip",
+    "unpack_ip",
+    "xor_mapped_tlv_v4",
+]
 
 MAGIC_COOKIE = 0x2112A442  # RFC 8489 §5
 MAGIC_COOKIE_BYTES = b"\x21\x12\xa4\x42"

@@ -1,4 +1,4 @@
-"""The one error hierarchy of Anchor (DESIGN.md "Errors").
+"""The one error hierarchy of Anchor (docs/design.md "Errors").
 
 ``AnchorError`` is the root. Decoding untrusted bytes raises only :class:`DecodeError`
 (alias :data:`StunDecodeError`); misuse of an API raises :class:`LocalProtocolError` and
@@ -7,6 +7,20 @@ asyncio adapters raise :class:`TransactionTimeout` and :class:`StunErrorResponse
 """
 
 from __future__ import annotations
+
+__all__ = [
+    "AllocationError",
+    "AnchorError",
+    "DecodeError",
+    "LocalProtocolError",
+    "StreamCorrupted",
+    "StunDecodeError",
+    "StunError",
+    "StunErrorResponse",
+    "StunIntegrityError",
+    "TransactionTimeout",
+    "TurnError",
+]
 
 
 class AnchorError(Exception):

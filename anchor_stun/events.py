@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+__all__ = [
+    "Address",
+    "StunEvent",
+    "Transmit",
+]
+
 Address = tuple[str, int]
 """An (ip, port) transport address, as asyncio and socket use it."""
 

@@ -14,8 +14,13 @@ from __future__ import annotations
 import struct
 from typing import NoReturn
 
-from .attributes import MAGIC_COOKIE_BYTES
-from .errors import StreamCorrupted
+from anchor_stun.attributes import MAGIC_COOKIE_BYTES
+from anchor_stun.errors import StreamCorrupted
+
+__all__ = [
+    "MAX_BUFFER",
+    "StreamFramer",
+]
 
 _LEN = struct.Struct("!H")
 MAX_BUFFER = 0xFFFF + 20

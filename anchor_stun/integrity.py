@@ -30,7 +30,7 @@ from enum import IntFlag
 
 from precis_i18n import get_profile
 
-from .attributes import (
+from anchor_stun.attributes import (
     Attribute,
     Nonce,
     PasswordAlgorithm,
@@ -40,8 +40,24 @@ from .attributes import (
     Userhash,
     Username,
 )
-from .errors import LocalProtocolError, StunError
-from .message import Message
+from anchor_stun.errors import LocalProtocolError, StunError
+from anchor_stun.message import Message
+
+__all__ = [
+    "NONCE_COOKIE",
+    "SUPPORTED_ALGORITHMS",
+    "CredentialsRejected",
+    "LongTermCredentials",
+    "SecurityFeatures",
+    "long_term_key",
+    "make_nonce",
+    "nonce_features",
+    "opaque_string",
+    "short_term_key",
+    "turn_rest_password",
+    "userhash",
+    "verify_request_integrity",
+]
 
 NONCE_COOKIE = "obMatJos2"  # RFC 8489 §9.2
 SUPPORTED_ALGORITHMS = (PasswordAlgorithmId.SHA256, PasswordAlgorithmId.MD5)

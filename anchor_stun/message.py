@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, TypeVar
 
-from .attributes import (
+from anchor_stun.attributes import (
     ATTRIBUTE_CLASSES,
     MAGIC_COOKIE,
     AlternateDomain,
@@ -67,7 +67,24 @@ from .attributes import (
     XorMappedAddress,
     xor_mapped_tlv_v4,
 )
-from .errors import DecodeError, LocalProtocolError
+from anchor_stun.errors import DecodeError, LocalProtocolError
+
+__all__ = [
+    "FINGERPRINT_XOR",
+    "HEADER_SIZE",
+    "MAX_MESSAGE_SIZE",
+    "CheckAnswerer",
+    "Message",
+    "MessageClass",
+    "Method",
+    "binding_request",
+    "binding_success",
+    "decode_type",
+    "encode_type",
+    "is_stun",
+    "signed_check_prefix",
+    "verify_signed_check",
+]
 
 HEADER_SIZE = 20  # RFC 8489 §5
 FINGERPRINT_XOR = 0x5354554E  # RFC 8489 §14.7

@@ -56,11 +56,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, StrEnum, auto
 
-from .attributes import ChangeRequest, MappedAddress, OtherAddress, Software, XorMappedAddress
-from .errors import LocalProtocolError
-from .events import Address, StunEvent, Transmit
-from .message import Message, MessageClass, Method
-from .transaction import (
+from anchor_stun.attributes import (
+    ChangeRequest,
+    MappedAddress,
+    OtherAddress,
+    Software,
+    XorMappedAddress,
+)
+from anchor_stun.errors import LocalProtocolError
+from anchor_stun.events import Address, StunEvent, Transmit
+from anchor_stun.message import Message, MessageClass, Method
+from anchor_stun.transaction import (
     RC,
     RM,
     RTO_INITIAL,

@@ -89,7 +89,7 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .attributes import (
+from anchor_stun.attributes import (
     KNOWN_TYPES,
     MAGIC_COOKIE,
     MAGIC_COOKIE_BYTES,
@@ -109,9 +109,9 @@ from .attributes import (
     pack_ip,
     unpack_ip,
 )
-from .errors import DecodeError, LocalProtocolError
-from .events import Address, Transmit
-from .message import (
+from anchor_stun.errors import DecodeError, LocalProtocolError
+from anchor_stun.events import Address, Transmit
+from anchor_stun.message import (
     FINGERPRINT_XOR,
     HEADER_SIZE,
     Message,

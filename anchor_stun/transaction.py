@@ -43,9 +43,9 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum, auto
 
-from .errors import DecodeError, LocalProtocolError
-from .events import Address, StunEvent, Transmit
-from .message import HEADER_SIZE, Message, MessageClass, decode_type, is_stun
+from anchor_stun.errors import DecodeError, LocalProtocolError
+from anchor_stun.events import Address, StunEvent, Transmit
+from anchor_stun.message import HEADER_SIZE, Message, MessageClass, decode_type, is_stun
 
 __all__ = [
     "RC",

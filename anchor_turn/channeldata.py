@@ -12,6 +12,15 @@ import struct
 
 from anchor_stun.errors import DecodeError, LocalProtocolError
 
+__all__ = [
+    "CHANNEL_MAX",
+    "CHANNEL_MIN",
+    "decode_channel_data",
+    "encode_channel_data",
+    "is_channel_data",
+    "valid_channel",
+]
+
 CHANNEL_MIN = 0x4000  # RFC 8656 §12
 CHANNEL_MAX = 0x4FFF  # RFC 8656 §12
 _HEAD = struct.Struct("!HH")

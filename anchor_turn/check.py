@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 ``anchor check`` points a battery of *probes* at a STUN/TURN server. A probe is a small async
-function (in :mod:`anchor_turn.net_check`, which owns the sockets) described by a
+function (in :mod:`anchor_turn.aio.check`, which owns the sockets) described by a
 :class:`ProbeInfo`: an id such as ``turn.allocation-mismatch``, the requirement it tests in one
 sentence, the RFC section, and how strong the requirement is (:class:`Level`: the RFC's MUST,
 SHOULD, or INFO for facts worth knowing). Running it yields a :class:`Verdict`; the runner
@@ -19,7 +19,7 @@ Results (:class:`Outcome`):
   private peers accepted, the CVE-2020-26262 class).
 
 The JSON form of a result is exactly ``{"id", "requirement", "rfc", "level", "result",
-"detail"}`` (DESIGN.md "Command line contract"); :func:`summary` counts them.
+"detail"}`` (docs/design.md "The command line"); :func:`summary` counts them.
 """
 
 from __future__ import annotations

@@ -122,8 +122,7 @@ from anchor_stun.transaction import (
     TransactionSucceeded,
     TransactionTimedOut,
 )
-
-from .channeldata import (
+from anchor_turn.channeldata import (
     CHANNEL_MAX,
     CHANNEL_MIN,
     decode_channel_data,
@@ -131,7 +130,7 @@ from .channeldata import (
     is_channel_data,
     valid_channel,
 )
-from .events import (
+from anchor_turn.events import (
     AllocationCreated,
     AllocationExpired,
     AllocationFailed,

@@ -203,9 +203,8 @@ from anchor_stun.message import (
     encode_type,
 )
 from anchor_stun.server import StunServer
-
-from .auth import CredentialBackend
-from .channeldata import CHANNEL_MAX, CHANNEL_MIN
+from anchor_turn.auth import CredentialBackend
+from anchor_turn.channeldata import CHANNEL_MAX, CHANNEL_MIN
 
 __all__ = [
     "DEFAULT_CHANNEL_LIFETIME",
@@ -926,7 +925,7 @@ class TurnServer:
         self.dont_fragment = dont_fragment
         """Whether the adapter can forbid fragmentation of datagrams to peers; without it
         DONT-FRAGMENT is an unknown comprehension-required attribute (RFC 8656 §7.2 step 4,
-        §11.2). :class:`~anchor_turn.net_server.TurnServerRunner` clears it where the
+        §11.2). :class:`~anchor_turn.aio.server.TurnServerRunner` clears it where the
         platform lacks the socket options."""
         self.peer_filter: Callable[[str], bool] = (
             peer_filter

@@ -1,4 +1,4 @@
-"""The benchmarks behind ``anchor bench`` (DESIGN.md "Command line contract", issue 8).
+"""The benchmarks behind ``anchor bench`` (docs/design.md "The command line", issue 8).
 
 Theory of operation
 -------------------
@@ -75,7 +75,7 @@ REGISTRY: dict[str, Metric] = {
         Metric(
             "scale",
             "RSS and time per TURN allocation at 100 / 1,000 / 10,000 (ephemeral links: "
-            "when anchor_ice.link exists)",
+            "when anchor_link.aio.endpoint exists)",
             "scale",
         ),
     )

@@ -8,12 +8,12 @@ receiver counts the message bytes delivered to it, whole and in order, over a bo
 after a warm-up. Three senders take turns:
 
 ``anchor``
-    Two :class:`~anchor_ice.channel.ReliableChannel` endpoints with their defaults (MTU
+    Two :class:`~anchor_link.reliable.ReliableChannel` endpoints with their defaults (MTU
     1200, send window 128 frames, RACK-TLP loss recovery over SACK, RFC 6298 RTO with
     ``rto_min`` 0.2 s behind it), pumped by a minimal adapter: every datagram of a batch goes
     to ``receive_datagram``, then events are read (the message bytes counted once per batch),
     ``datagrams_to_send`` is sent and one ``loop.call_at`` timer follows ``next_timer()``. The
-    sender refills its window whenever :class:`~anchor_ice.channel.SendWindowOpen` says there
+    sender refills its window whenever :class:`~anchor_link.reliable.SendWindowOpen` says there
     is room. Each message is :data:`MESSAGE` = 1,190 bytes, one full frame of the default MTU.
 ``anchor at 5 % loss``
     The same, with the sender's adapter dropping each outgoing frame with probability 0.05
@@ -46,10 +46,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from anchor_ice.channel import (
-    ChannelClosed,
+from anchor_link.reliable import (
     MessageReceived,
     ReliableChannel,
+    ReliableClosed,
     SendWindowOpen,
 )
 
@@ -79,7 +79,7 @@ def _now() -> float:
 class _Socket:
     """One endpoint's non-blocking UDP socket, read straight from the loop's readiness
     callback: up to :data:`READ_BATCH` datagrams per wake-up go to ``on_batch`` as one list
-    (what :class:`~anchor_turn.net_server.TurnServerRunner` does; asyncio's
+    (what :class:`~anchor_turn.aio.server.TurnServerRunner` does; asyncio's
     ``DatagramProtocol`` reads one datagram per wake-up). Sends are direct ``send`` calls;
     a datagram the kernel does not take at once is dropped and counted, as UDP may be."""
 
@@ -191,7 +191,7 @@ class _ChannelEndpoint:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at: float | None = None
         self.dropped = 0
-        self.closed: ChannelClosed | None = None
+        self.closed: ReliableClosed | None = None
 
     def received(self, batch: list[bytes]) -> None:
         now = _now()
@@ -209,7 +209,7 @@ class _ChannelEndpoint:
                 received += len(event.data)
             elif isinstance(event, SendWindowOpen):
                 writable = True
-            elif isinstance(event, ChannelClosed):
+            elif isinstance(event, ReliableClosed):
                 self.closed = event
         if received and self.on_message is not None:
             self.on_message(received, now)

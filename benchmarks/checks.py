@@ -13,7 +13,7 @@ asyncio's:
     on the selected pair of a connected session: every datagram goes to
     ``receive_datagram(data, addr, local, now)``, and what ``datagrams_to_send(now)`` returns
     goes back out, events are drained and the agent's timer armed, as
-    :class:`anchor_stun.net.CorePump` does (once per drained batch; once per datagram with
+    :class:`anchor_stun.aio.net.CorePump` does (once per drained batch; once per datagram with
     ``--io protocol``). Before each run the agent connects to the load generator's address
     in memory (a peer agent, both with their defaults), so the load's checks are those of
     the controlling peer on the selected pair (RFC 8445 §7.3, RFC 7675): decode,

@@ -1,7 +1,7 @@
 """``connect``: ICE connect time on loopback, host candidates, regular nomination.
 
 Two peers in this process, one event loop, both gathering host candidates on 127.0.0.1 only:
-an Anchor :class:`~anchor_ice.net.Connection` pair with ``policy="standard"``
+an Anchor :class:`~anchor_ice.aio.connection.Connection` pair with ``policy="standard"``
 (:class:`~anchor_ice.nominator.StandardNominator`, RFC 8445 §8.1.1 regular nomination), and an
 aioice ``Connection`` pair. One sample: both sides have gathered; the clock starts; each side
 is given the other's credentials and candidates (then end-of-candidates) and both
@@ -51,8 +51,8 @@ from importlib.metadata import version
 from typing import Any
 
 from anchor_ice.agent import TA, TA_MIN
+from anchor_ice.aio.connection import Connection
 from anchor_ice.candidate import CandidateType
-from anchor_ice.net import Connection
 
 from . import Result, result, rotation
 

@@ -1,7 +1,7 @@
 """``python -m benchmarks.link``: messages per second through the product's ephemeral link.
 
 The ``channel`` rows of ``anchor bench`` measure the reliable channel's core behind a minimal
-adapter. This measures what a user of :class:`anchor_ice.link.Anchor` gets: two endpoints in
+adapter. This measures what a user of :class:`anchor_link.aio.endpoint.LinkEndpoint` gets: two endpoints in
 this process on the in-process signalling hub, ``policy="standard"`` on 127.0.0.1 (a
 host/host pair), the link formed by a first message; then the sender calls ``await a.send("b", message)``
 :data:`MESSAGES` times as fast as the link lets it (``send`` waits while the channel's
@@ -12,7 +12,7 @@ alternation (quick: 3), each run with new endpoints; medians of messages per sec
 second and CPU microseconds of this process per message (both ends together).
 
 ``--relay`` adds ``relayed``: the default policy (``gateway``) with Anchor's TURN server in
-this process (a :class:`~anchor_turn.net_server.TurnServerRunner` on loopback), so the link
+this process (a :class:`~anchor_turn.aio.server.TurnServerRunner` on loopback), so the link
 forms on a relay/relay pair and every frame crosses the server twice; sealed; the CPU
 figure then includes the server's.
 
@@ -28,11 +28,11 @@ import json
 import statistics
 import time
 
-from anchor_ice.cli import free_loopback_port
-from anchor_ice.gather import TurnServerConfig
-from anchor_ice.link import Anchor
-from anchor_ice.signal import InProcessSignalling
-from anchor_turn.net_server import TurnServerRunner, loopback_runner
+from anchor_cli.common import free_loopback_port
+from anchor_ice.aio.gather import TurnServerConfig
+from anchor_link.aio.endpoint import LinkEndpoint
+from anchor_link.aio.signal import InProcessSignalling
+from anchor_turn.aio.server import TurnServerRunner, loopback_runner
 
 MESSAGES = 3000
 SIZE = 1160
@@ -63,8 +63,8 @@ async def one_run(seal: bool, messages: int = MESSAGES, relay: bool = False) -> 
         if seen[0] >= messages + 1:
             done.set()
 
-    a = Anchor("a", hub, **options)  # type: ignore[arg-type]
-    b = Anchor("b", hub, on_message=on_message, **options)  # type: ignore[arg-type]
+    a = LinkEndpoint("a", hub, **options)  # type: ignore[arg-type]
+    b = LinkEndpoint("b", hub, on_message=on_message, **options)  # type: ignore[arg-type]
     payload = bytes(SIZE)
     try:
         await a.start()

@@ -5,7 +5,7 @@ Set-up, all on 127.0.0.1, every process started here and stopped here by its PID
 * a UDP **echo peer** (``python -m benchmarks.relay echo``, standard library only): sends
   every datagram back to where it came from;
 * the two **servers**, both running for the whole measurement: ``anchor serve --user ...
-  --allow-loopback-peers`` (the product's command, :class:`~anchor_turn.net_server.
+  --allow-loopback-peers`` (the product's command, :class:`~anchor_turn.aio.server.
   TurnServerRunner`) and coturn (``turnserver -n --lt-cred-mech --allow-loopback-peers``,
   UDP only), each on free ports with its own small relay port range;
 * one **allocation per server**, made by this process over a plain UDP socket with
@@ -320,7 +320,7 @@ def start_anchor(workdir: Path) -> tuple[_Process, int]:
     port = _free_udp_port()
     relay = _free_udp_block(RELAY_PORTS)
     argv = [
-        sys.executable, "-m", "anchor_ice.cli", "serve",
+        sys.executable, "-m", "anchor_cli", "serve",
         "--listen", f"{LOOPBACK}:{port}",
         "--relay-ip", LOOPBACK,
         "--min-port", str(relay), "--max-port", str(relay + RELAY_PORTS - 1),

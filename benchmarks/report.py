@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from . import REGISTRY, Result, names_of, pending, run, target_of
@@ -54,10 +55,10 @@ def print_table(results: list[Result], quick: bool) -> None:
     Console().print(table)
 
 
-def main(selection: str, *, as_json: bool, quick: bool) -> int:
-    """Entry point of ``anchor bench SELECTION [--json] [--quick]``; returns the exit status."""
+def main(selection: Sequence[str], *, as_json: bool, quick: bool) -> int:
+    """Entry point of ``anchor bench [METRIC]... [--json] [--quick]``; returns the exit status."""
     try:
-        names = names_of([selection])
+        names = names_of(selection)
     except KeyError as exc:
         print(f"anchor bench: unknown metric {exc.args[0]!r}", file=sys.stderr)
         return 2
@@ -69,7 +70,7 @@ def main(selection: str, *, as_json: bool, quick: bool) -> int:
             f"({REGISTRY[name].what})",
             file=sys.stderr,
         )
-    if waiting and selection != "all":
+    if waiting and "all" not in selection:
         status = 1
     results: list[Result] = []
     for name in names:

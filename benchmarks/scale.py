@@ -23,8 +23,8 @@ rows compare each size with the smallest one, per item (flat = the same cost per
 at every size), and the RSS at 10,000 allocations with the 300 MB target.
 
 **Ephemeral links** (issue 8: "100 / 1,000 links formed and dissolved"), when
-``anchor_ice.link`` is there: in a fresh process per size, one endpoint ``a`` and N peer
-endpoints on one in-process signalling hub (:class:`~anchor_ice.signal.InProcessSignalling`),
+``anchor_link.aio.endpoint`` is there: in a fresh process per size, one endpoint ``a`` and N peer
+endpoints on one in-process signalling hub (:class:`~anchor_link.aio.signal.InProcessSignalling`),
 policy ``standard`` on 127.0.0.1 host candidates (no TURN server: the link machinery itself
 — gathering, signalling, ICE, the sealed channel, the dissolve — without allocations), idle
 timeout :data:`LINK_IDLE` s. ``a`` sends one 100-byte message to each peer, all at once;
@@ -171,8 +171,8 @@ def link_child(count: int) -> dict[str, float]:
     """In this (fresh) process: ``count`` ephemeral links formed and dissolved."""
     import asyncio
 
-    from anchor_ice.link import Anchor, LinkDissolved, LinkFailed, LinkFormed
-    from anchor_ice.signal import InProcessSignalling
+    from anchor_link.aio.endpoint import LinkDissolved, LinkEndpoint, LinkFailed, LinkFormed
+    from anchor_link.aio.signal import InProcessSignalling
 
     async def run() -> dict[str, float]:
         hub = InProcessSignalling()
@@ -186,8 +186,8 @@ def link_child(count: int) -> dict[str, float]:
             "host_ips": ["127.0.0.1"],
             "idle_timeout": LINK_IDLE,
         }
-        a = Anchor("a", hub, **options)
-        peers = [Anchor(f"b{i}", hub, on_message=on_message, **options) for i in range(count)]
+        a = LinkEndpoint("a", hub, **options)
+        peers = [LinkEndpoint(f"b{i}", hub, on_message=on_message, **options) for i in range(count)]
         try:
             await a.start()
             for peer in peers:
@@ -324,8 +324,8 @@ def link_rows(stats: dict[int, dict[str, float]]) -> list[Result]:
 
 
 def link_available() -> bool:
-    """Whether ``anchor_ice.link`` exists (the links part of this metric)."""
-    return importlib.util.find_spec("anchor_ice.link") is not None
+    """Whether ``anchor_link.aio.endpoint`` exists (the links part of this metric)."""
+    return importlib.util.find_spec("anchor_link.aio.endpoint") is not None
 
 
 def rows(stats: dict[int, dict[str, float]]) -> list[Result]:
@@ -371,7 +371,7 @@ def measure(quick: bool) -> list[Result]:
     if not link_available():
         print(
             "anchor bench: scale: 100 / 1,000 ephemeral links formed and dissolved: not "
-            "implemented yet (no anchor_ice.link), no figure",
+            "implemented yet (no anchor_link.aio.endpoint), no figure",
             file=sys.stderr,
         )
         return out
@@ -435,7 +435,7 @@ def plot(
         right.set_ylim(bottom=0)
         right.set_xlabel("ephemeral links at once (both ends)")
         right.set_ylabel("per link")
-        right.set_title("anchor_ice.link: cost per link")
+        right.set_title("anchor_link.aio.endpoint: cost per link")
         right.grid(True, which="both", alpha=0.3)
         right.legend(fontsize="small")
     fig.suptitle("anchor bench scale: medians per size, each size in a fresh process")

@@ -22,7 +22,7 @@ Other lines on stdout: ``READY``, ``SELECTED <local foundation> <remote foundati
 Nomination: regular (``NICE_AGENT_OPTION_REGULAR_NOMINATION``) unless ``--aggressive``;
 the mode is fixed when the agent is made. Consent freshness (RFC 7675) is on.
 
-The libnice traps of ../shared/INTEROP.md are worked around with ctypes:
+The libnice traps of docs/peers.md are worked around with ctypes:
 ``nice_agent_attach_recv`` (missing from the typelib; without a receive callback libnice
 reads nothing from its sockets) and ``nice_agent_send`` (GI's ``send`` takes text only).
 Candidates are exchanged as SDP text, never read from ``Nice.Candidate`` fields.

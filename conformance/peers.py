@@ -10,7 +10,7 @@ sends a packet outside 127.0.0.0/8 or ::1.
 - :func:`start_coturn`: ``turnserver -n`` with long-term credentials (alice:secret),
   UDP + TCP + TLS, optionally RFC 5780 (two addresses), ready once a STUN Binding is answered.
 - :class:`TsharkCapture` and :func:`stun_packets`: capture on ``lo`` and let tshark, an
-  independent decoder, judge what went over the wire (see shared/INTEROP.md).
+  independent decoder, judge what went over the wire (see docs/peers.md).
 - :func:`stun_request_udp`, :func:`stun_request_stream`: one STUN transaction over a real
   socket, built and parsed with anchor_stun.
 """
@@ -23,7 +23,6 @@ import hashlib
 import importlib
 import ipaddress
 import os
-import random
 import shutil
 import signal
 import socket
@@ -41,6 +40,7 @@ import pytest
 
 from anchor_stun.attributes import Attribute
 from anchor_stun.message import HEADER_SIZE, Message, MessageClass, Method
+from tests.helpers import _family, free_port, free_port_block
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ALT = "127.0.0.2"  # RFC 5780 alternate address; needs no set-up on Linux
@@ -117,73 +117,6 @@ def require_peer_mark(name: str) -> None:
 # --------------------------------------------------------------------------- ports
 
 
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-
-
-def _bind(kind: str, host: str, port: int) -> socket.socket:
-    sock_type = socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM
-    sock = socket.socket(_family(host), sock_type)
-    try:
-        if kind == "tcp":
-            # Let a port that just left TIME_WAIT count as free, as coturn's own bind does.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _kinds(kind: str) -> tuple[str, ...]:
-    if kind not in ("udp", "tcp", "both"):
-        raise ValueError(f"kind must be 'udp', 'tcp' or 'both', not {kind!r}")
-    return ("udp", "tcp") if kind == "both" else (kind,)
-
-
-def free_port(kind: str = "udp", host: str = LOOPBACK) -> int:
-    """A port on ``host`` free for ``kind`` ("udp", "tcp", or "both" for the same number)."""
-    kinds = _kinds(kind)
-    for _ in range(200):
-        first = _bind(kinds[0], host, 0)
-        port: int = first.getsockname()[1]
-        others: list[socket.socket] = []
-        try:
-            for other in kinds[1:]:
-                others.append(_bind(other, host, port))
-        except OSError:
-            continue
-        finally:
-            first.close()
-            for sock in others:
-                sock.close()
-        return port
-    raise RuntimeError(f"no free {kind} port on {host}")
-
-
-def free_port_block(count: int, kind: str = "udp", hosts: Sequence[str] = (LOOPBACK,)) -> int:
-    """First port of ``count`` consecutive ports free for ``kind`` on every one of ``hosts``.
-
-    Blocks are picked below Linux's ephemeral range (32768-60999), so that a port handed out
-    by ``bind(0)`` elsewhere in the suite never lands in one.
-    """
-    kinds = _kinds(kind)
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 32700 - count)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                for host in hosts:
-                    for k in kinds:
-                        socks.append(_bind(k, host, port))
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-        return base
-    raise RuntimeError(f"no block of {count} free {kind} ports on {hosts}")
 
 
 # --------------------------------------------------------------------------- processes
@@ -556,7 +489,7 @@ def start_coturn(
 
 # --------------------------------------------------------------------------- tshark
 
-#: Fields :func:`stun_packets` asks for by default (meanings in shared/INTEROP.md).
+#: Fields :func:`stun_packets` asks for by default (meanings in docs/peers.md).
 STUN_FIELDS = (
     "frame.number",
     "udp.srcport",

@@ -1,6 +1,6 @@
 """The ``anchor check`` probes as the conformance suite (issue 11).
 
-The body of every test here is a probe of :mod:`anchor_turn.net_check`, the very function
+The body of every test here is a probe of :mod:`anchor_turn.aio.check`, the very function
 ``anchor check`` runs, so the command and the suite cannot drift apart. One test per probe and
 server (``test_coturn[turn.allocate]``, ...):
 
@@ -36,11 +36,10 @@ import peers
 import pytest
 from peers import LOOPBACK, Coturn, start_coturn, tls_client_context
 
-from anchor_ice.cli import free_loopback_port
-from anchor_stun.net import DEFAULT_PORT, DEFAULT_TLS_PORT, parse_address, resolve
+from anchor_stun.aio.net import DEFAULT_PORT, DEFAULT_TLS_PORT, parse_address, resolve
+from anchor_turn.aio.check import PROBES, CheckConfig, run_check
 from anchor_turn.check import Level, Outcome, ProbeResult, check_passed, rest_credentials
-from anchor_turn.net_check import PROBES, CheckConfig, run_check
-from tests.cli_helpers import anchor_serve
+from tests.helpers import anchor_serve, free_port
 
 ALL_IDS = [p.info.id for p in PROBES]
 LEVELS = {p.info.id: p.info.level for p in PROBES}
@@ -247,7 +246,7 @@ def test_coturn_rest_api_credentials(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def anchor_served() -> Iterator[tuple[str, int]]:
     """``anchor serve`` with TURN (alice:secret), TCP, RFC 5780 on 127.0.0.2, loopback peers."""
-    port = free_loopback_port()
+    port = free_port("both")
     with anchor_serve(
         "--listen", f"127.0.0.1:{port}", "--alt-ip", "127.0.0.2", "--tcp",
         "--realm", "example.org", "--user", "alice:secret", "--allow-loopback-peers",

@@ -16,7 +16,7 @@ that no process is left in it afterwards.
    Chromium's ``iceConnectionState`` reaches ``connected``; the agent learnt Chromium as a
    peer-reflexive candidate (the offer has none in the namespace), answered every check
    (aggressive USE-CANDIDATE and GOOG-NETWORK-INFO 0xC057 included) and accepted the pair.
-   And the other way round: Anchor offers and, controlling, nominates; Chromium accepts.
+   And the other way round: LinkEndpoint offers and, controlling, nominates; Chromium accepts.
    Told end-of-candidates with no candidate at all, the agent still waits for Chromium's
    checks and learns it as peer-reflexive.
 3. With ``a=setup:passive`` Chromium sends DTLS ClientHellos on the selected 5-tuple: the

@@ -26,14 +26,14 @@ from typing import Any, TypeVar
 
 import pytest
 
+from anchor_ice.aio.connection import Connection
+from anchor_ice.aio.gather import TurnServerConfig
 from anchor_ice.candidate import CandidateType
-from anchor_ice.cli import free_loopback_port
-from anchor_ice.gather import TurnServerConfig
-from anchor_ice.net import Connection
 from anchor_stun.server import StunServer
+from anchor_turn.aio.server import TurnServerRunner, UdpRelayAllocator
 from anchor_turn.auth import StaticUsers
-from anchor_turn.net_server import TurnServerRunner, UdpRelayAllocator
 from anchor_turn.server import TurnServer
+from tests.helpers import free_port
 
 aioice: Any
 try:
@@ -122,7 +122,7 @@ def test_anchor_and_aioice_connect_and_exchange_data(anchor_controlling: bool) -
 
 def test_aioice_reaches_anchor_through_its_relay() -> None:
     async def main() -> None:
-        port = free_loopback_port()
+        port = free_port("both")
         core = TurnServer(
             realm="example.org",
             auth=StaticUsers({"alice": "secret"}, realm="example.org"),

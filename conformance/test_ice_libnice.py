@@ -8,7 +8,7 @@ libnice10). Candidates and credentials go over pipes as SDP text: libnice's
 
 What this proves:
 
-- :class:`anchor_ice.net.Connection` and libnice connect on loopback in both roles, with
+- :class:`anchor_ice.aio.connection.Connection` and libnice connect on loopback in both roles, with
   regular and with aggressive nomination on the controlling side (libnice's
   ``NICE_AGENT_OPTION_REGULAR_NOMINATION`` or not; Anchor's ``aggressive=True`` or not),
   select the same host pair (libnice's ``new-selected-pair`` foundations match Anchor's
@@ -32,9 +32,9 @@ from pathlib import Path
 import pytest
 from peers import in_ci
 
-from anchor_ice.net import Connection
+from anchor_ice.aio.connection import Connection
 from anchor_ice.sdp import IceDescription, parse
-from tests.cli_helpers import ANCHOR
+from tests.helpers import ANCHOR
 from tests.test_ice_net import wire
 
 SYSTEM_PYTHON = "/usr/bin/python3"

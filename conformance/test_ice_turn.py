@@ -1,8 +1,8 @@
 """ICE through a TURN relay: coturn (``turnserver``) and Anchor's own ``anchor serve``.
 
-On loopback every direct pair is a host pair (DESIGN.md "Definitions"), so:
+On loopback every direct pair is a host pair (docs/design.md "Definitions"), so:
 
-- two :class:`~anchor_ice.net.Connection`\\ s with the gateway policy (GatewayNominator)
+- two :class:`~anchor_ice.aio.connection.Connection`\\ s with the gateway policy (GatewayNominator)
   advertise only their relayed candidates, check relay to relay through the server, and end
   on a relay pair; no host pair is ever nominated, data flows both ways through the relay;
 - with the standard policy (StandardNominator) and the same servers, they end on the host
@@ -25,12 +25,12 @@ from typing import TypeVar
 import pytest
 from peers import Coturn, free_port
 
+from anchor_ice.aio.connection import Connection
+from anchor_ice.aio.gather import TurnServerConfig
 from anchor_ice.candidate import CandidateType
-from anchor_ice.gather import TurnServerConfig
-from anchor_ice.net import Connection
 from anchor_ice.nominator import GatewayNominator, StandardNominator
-from anchor_stun.net import format_address
-from tests.cli_helpers import ANCHOR, anchor_serve
+from anchor_stun.aio.net import format_address
+from tests.helpers import ANCHOR, anchor_serve
 from tests.test_ice_net import connect, wire
 
 LOOPBACK = "127.0.0.1"

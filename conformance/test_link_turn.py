@@ -1,7 +1,7 @@
 """The ephemeral link through real TURN servers in other processes: coturn (``turnserver``)
 and Anchor's own ``anchor serve``.
 
-Two :class:`~anchor_ice.link.Anchor` endpoints in this process, in-process signalling, the
+Two :class:`~anchor_link.aio.endpoint.LinkEndpoint` endpoints in this process, in-process signalling, the
 gateway policy: the link forms on the first send, its selected pair is relay/relay (on loopback
 every direct pair is a host pair, which the gateway policy never takes), several messages (60
 and 64 KiB among them) arrive intact, and after the idle timeout the link dissolves. Then:
@@ -32,13 +32,13 @@ from dataclasses import dataclass
 import pytest
 from peers import Coturn, free_port
 
+from anchor_ice.aio.gather import TurnServerConfig
 from anchor_ice.candidate import CandidateType
-from anchor_ice.gather import TurnServerConfig
-from anchor_ice.link import Anchor
-from anchor_ice.link_state import LinkFailed
 from anchor_ice.nominator import GatewayNominator
-from anchor_ice.signal import InProcessSignalling
-from tests.cli_helpers import anchor_serve
+from anchor_link.aio.endpoint import LinkEndpoint
+from anchor_link.aio.signal import InProcessSignalling
+from anchor_link.state import LinkFailed
+from tests.helpers import anchor_serve
 from tests.test_link import IDLE, exchange_and_dissolve, run
 
 LOOPBACK = "127.0.0.1"
@@ -138,7 +138,7 @@ def test_gateway_link_through_the_server_forms_dissolves_and_reforms(server: Ser
             "stun": server.turn.address, "turn": [server.turn], "idle_timeout": IDLE,
             "host_ips": [LOOPBACK], "nominator": GatewayNominator(grace=0.3),
         }  # fmt: skip
-        a, b = Anchor("a", hub, **options), Anchor("b", hub, **options)  # type: ignore[arg-type]
+        a, b = LinkEndpoint("a", hub, **options), LinkEndpoint("b", hub, **options)  # type: ignore[arg-type]
         await a.start()
         await b.start()
         released_before = server.released() if server.released else 0
@@ -166,7 +166,7 @@ def test_positive_control_the_relay_count_sees_a_live_link(server: Server) -> No
         hub = InProcessSignalling()
         options = {"turn": [server.turn], "policy": "relay", "idle_timeout": 30.0,
                    "host_ips": [LOOPBACK]}  # fmt: skip
-        a, b = Anchor("a", hub, **options), Anchor("b", hub, **options)  # type: ignore[arg-type]
+        a, b = LinkEndpoint("a", hub, **options), LinkEndpoint("b", hub, **options)  # type: ignore[arg-type]
         await b.start()
         try:
             await a.send("b", b"hold")

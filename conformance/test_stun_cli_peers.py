@@ -23,8 +23,8 @@ from peers import (
     stun_problems,
 )
 
-from anchor_stun.net import binding_request
-from tests.cli_helpers import anchor_json, anchor_serve
+from anchor_stun.aio.net import binding_request
+from tests.helpers import anchor_json, anchor_serve
 
 CRC_GOOD = "1"
 

@@ -3,7 +3,7 @@
 aioice (an independent implementation) allocates with ``aioice.turn.create_turn_endpoint``
 over UDP, TCP and TLS, sends to a UDP echo peer on loopback (aioice binds a channel, which
 installs the permission, then sends ChannelData; it never sends CreatePermission, see
-shared/INTEROP.md), receives every echo from the peer's address, and deletes its
+docs/peers.md), receives every echo from the peer's address, and deletes its
 allocation on close (Refresh with LIFETIME 0). The server's Prometheus metrics, scraped
 over HTTP, must agree: allocations created and deleted, nothing left alive.
 """
@@ -21,7 +21,7 @@ from typing import cast
 import pytest
 from peers import free_port, make_self_signed_cert, require_module
 
-from tests.cli_helpers import anchor_serve
+from tests.helpers import anchor_serve
 
 pytestmark = pytest.mark.peer("aioice")
 

@@ -39,8 +39,8 @@ from peers import Coturn, start_coturn, tls_client_context
 from anchor_stun.errors import AllocationError
 from anchor_stun.events import Address, Transmit
 from anchor_stun.message import Message, MessageClass, Method
+from anchor_turn.aio.client import TurnConnection
 from anchor_turn.client import TurnState
-from anchor_turn.net_client import TurnConnection
 
 pytestmark = pytest.mark.peer("coturn")
 
@@ -414,7 +414,7 @@ def test_try_alternate_300_is_followed(coturn: Coturn, tmp_path: Path, transport
 
 async def _anchor_turn(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "anchor_ice.cli", "turn", *args,
+        sys.executable, "-m", "anchor_cli", "turn", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 60)

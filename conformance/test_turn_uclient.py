@@ -4,7 +4,7 @@
 a `turnutils_peer` echoes on loopback. Each uclient run allocates (by default uclient also
 makes an RTCP allocation through EVEN-PORT + RESERVATION-TOKEN), creates
 permissions, sends `-n` messages from `-m` clients through the relay and counts the echoes.
-uclient exits 0 even at 100 % loss (shared/INTEROP.md), so its line "Total lost packets 0 ("
+uclient exits 0 even at 100 % loss (docs/peers.md), so its line "Total lost packets 0 ("
 is what is asserted. Over UDP and TCP, with channels (ChannelData) and with Send
 indications (`-s`), with static credentials and with the REST API (`-W`), and client to
 client through two allocations (`-y`).
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pytest
 from peers import PeerProcess, free_port, free_port_block, require_peer, start_process, tcp_ping
 
-from tests.cli_helpers import anchor_serve
+from tests.helpers import anchor_serve
 
 USER, PASSWORD = "alice", "secret"
 SECRET = "north-wind"

@@ -1,5 +1,5 @@
-"""Harness of the reliable datagram channel's receive path (anchor_ice.channel), plain and
-sealed (anchor_ice.seal).
+"""Harness of the reliable datagram channel's receive path (anchor_link.reliable), plain and
+sealed (anchor_link.seal).
 
 The first byte picks a mode, sealing and a small or default configuration:
 
@@ -11,7 +11,7 @@ The first byte picks a mode, sealing and a small or default configuration:
   that delivers everything.
 
 Contracts checked: ``receive_datagram``, ``datagrams_to_send``, ``handle_timer`` never raise
-(``send`` only raises :class:`ChannelError`); every frame sent fits ``mtu`` and starts with a
+(``send`` only raises :class:`ReliableChannelError`); every frame sent fits ``mtu`` and starts with a
 byte in 192-255; the receive buffer stays within ``receive_window`` frames and a partial
 message within ``max_message`` (what a peer can make us hold); after ``handle_timer(now)`` the
 next deadline is in the future; in network mode each side receives exactly a prefix of what
@@ -24,16 +24,16 @@ from dataclasses import dataclass, field
 
 import crc32c
 
-from anchor_ice.channel import (
+from anchor_link.reliable import (
     FIRST_BYTE_MIN,
-    ChannelClosed,
-    ChannelError,
-    ChannelEvent,
     CloseReason,
     MessageReceived,
     ReliableChannel,
+    ReliableChannelError,
+    ReliableClosed,
+    ReliableEvent,
 )
-from anchor_ice.seal import Sealer
+from anchor_link.seal import Sealer
 
 from .common import Reader, check
 
@@ -89,14 +89,14 @@ def _audit(ch: ReliableChannel, cfg: _Config, out: list[bytes]) -> None:
         check(getattr(stats, name) >= 0, f"negative {name}")
 
 
-def _events(ch: ReliableChannel, received: list[bytes], closed: list[ChannelClosed]) -> None:
+def _events(ch: ReliableChannel, received: list[bytes], closed: list[ReliableClosed]) -> None:
     while (event := ch.next_event()) is not None:
-        check(isinstance(event, ChannelEvent), f"not a ChannelEvent: {event!r}")
+        check(isinstance(event, ReliableEvent), f"not a ReliableEvent: {event!r}")
         if isinstance(event, MessageReceived):
             received.append(event.data)
-        elif isinstance(event, ChannelClosed):
+        elif isinstance(event, ReliableClosed):
             closed.append(event)
-            check(len(closed) == 1, "ChannelClosed reported twice")
+            check(len(closed) == 1, "ReliableClosed reported twice")
 
 
 def _timer(ch: ReliableChannel, now: float) -> None:
@@ -108,7 +108,7 @@ def _timer(ch: ReliableChannel, now: float) -> None:
 def _try_send(ch: ReliableChannel, data: bytes, now: float) -> bool:
     try:
         ch.send(data, now)
-    except ChannelError:
+    except ReliableChannelError:
         return False
     return True
 
@@ -125,7 +125,7 @@ def _injection(r: Reader, cfg: _Config, sealed: bool) -> None:
     _audit(rx, cfg, rx.datagrams_to_send(now))
     history: list[bytes] = []
     received: list[bytes] = []
-    closed: list[ChannelClosed] = []
+    closed: list[ReliableClosed] = []
     for _ in range(64):
         if not r.left:
             break
@@ -165,7 +165,7 @@ class _Side:
     channel: ReliableChannel
     sent: list[bytes] = field(default_factory=list)
     received: list[bytes] = field(default_factory=list)
-    closed: list[ChannelClosed] = field(default_factory=list)
+    closed: list[ReliableClosed] = field(default_factory=list)
     wire: list[bytes] = field(default_factory=list)  # datagrams on their way to this side
 
 

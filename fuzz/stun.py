@@ -1,6 +1,6 @@
 """Harnesses of the STUN layer: the codec, ChannelData and stream framing, the Binding server.
 
-Contracts checked (DESIGN.md "Errors", STYLE.md §7):
+Contracts checked (docs/design.md "Errors", docs/design.md "Errors"):
 
 - ``Message.decode`` raises only :class:`DecodeError`; a message it returns can be checked
   (``verify_*`` return booleans), re-encoded, and decodes back to the same message, signed
@@ -62,7 +62,7 @@ def stun_decode(data: bytes) -> None:
     msg.unknown_required()
     _ = msg.error, msg.is_request, msg.is_response
 
-    # Whatever the codec accepted, it must be able to write back (STYLE.md §6, §7).
+    # Whatever the codec accepted, it must be able to write back (docs/design.md "Errors").
     plain = msg.encode()
     again = Message.decode(plain)
     check(again == msg, f"decode(encode(m)) != m:\n{again!r}\n{msg!r}")

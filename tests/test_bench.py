@@ -30,7 +30,7 @@ from anchor_stun.message import Message, MessageClass, Method
 from benchmarks import link
 from benchmarks.checks import AioiceResponder, AnchorResponder, requests
 from benchmarks.codec import PASSWORD
-from tests.cli_helpers import run_anchor
+from tests.helpers import run_anchor
 
 
 def _check_rows(rows: Any) -> list[dict[str, Any]]:
@@ -314,7 +314,7 @@ def test_scale_link_child_forms_and_dissolves_links() -> None:
     from benchmarks import scale
 
     if not scale.link_available():
-        return  # no anchor_ice.link yet: the links part reports itself pending
+        return  # no anchor_link.aio.endpoint yet: the links part reports itself pending
     out = scale.run_child(5, kind="link")
     assert out["count"] == 5
     assert out["rss_open"] > 0 and out["form_cpu_s"] > 0 and out["dissolve_cpu_s"] > 0

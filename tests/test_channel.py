@@ -1,4 +1,4 @@
-"""The reliable datagram channel (anchor_ice.channel): fake clock, in-memory network.
+"""The reliable datagram channel (anchor_link.reliable): fake clock, in-memory network.
 
 The network helper below is the only place randomness appears, from a seeded random.Random:
 it drops, duplicates, reorders (extra delay) and corrupts frames in flight.
@@ -17,21 +17,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anchor_ice.channel import (
+from anchor_link.reliable import (
     FIRST_BYTE_MIN,
     PLAIN_FIRST_BYTE,
-    ChannelClosed,
-    ChannelEvent,
-    ChannelFull,
-    ChannelIdle,
-    ChannelState,
-    ChannelStateError,
     CloseReason,
     MessageReceived,
     MessageTooLarge,
     ReliableChannel,
+    ReliableChannelFull,
+    ReliableClosed,
+    ReliableEvent,
+    ReliableIdle,
+    ReliableState,
+    ReliableStateError,
     SendWindowOpen,
-    is_channel_frame,
+    is_reliable_frame,
 )
 from anchor_stun.errors import AnchorError, LocalProtocolError
 
@@ -108,7 +108,7 @@ class Harness:
     b: ReliableChannel
     net: Network = field(default_factory=Network)
     now: float = 0.0
-    events: dict[str, list[ChannelEvent]] = field(default_factory=lambda: {"a": [], "b": []})
+    events: dict[str, list[ReliableEvent]] = field(default_factory=lambda: {"a": [], "b": []})
 
     def pump(self, each: Callable[[], None] | None = None) -> None:
         """Exchange frames at ``now`` until nothing moves (calling ``each`` before every
@@ -153,11 +153,11 @@ class Harness:
     def received(self, name: str) -> list[bytes]:
         return [e.data for e in self.events[name] if isinstance(e, MessageReceived)]
 
-    def of(self, name: str, kind: type[ChannelEvent]) -> list[ChannelEvent]:
+    def of(self, name: str, kind: type[ReliableEvent]) -> list[ReliableEvent]:
         return [e for e in self.events[name] if isinstance(e, kind)]
 
 
-def events(ch: ReliableChannel) -> list[ChannelEvent]:
+def events(ch: ReliableChannel) -> list[ReliableEvent]:
     out = []
     while (event := ch.next_event()) is not None:
         out.append(event)
@@ -189,11 +189,11 @@ def test_frame_layout_and_demux_range() -> None:
     a.send(b"hello", 0.0)
     [frame] = a.datagrams_to_send(0.0)
     assert frame == make_frame(bytes([0x31, 0, 0, 0, 0]) + b"hello")  # DATA FIRST|LAST seq 0
-    assert frame[0] == 0xC0 and is_channel_frame(frame)
+    assert frame[0] == 0xC0 and is_reliable_frame(frame)
     # RFC 7983 first bytes of the protocols sharing the 5-tuple are not ours.
     for first in [*range(0, 4), *range(20, 64), *range(64, 80), *range(128, 192)]:
-        assert not is_channel_frame(bytes([first]) + frame[1:])
-    assert not is_channel_frame(b"")
+        assert not is_reliable_frame(bytes([first]) + frame[1:])
+    assert not is_reliable_frame(b"")
     b = ReliableChannel()
     b.receive_datagram(frame, 0.0)
     [ack] = b.datagrams_to_send(0.0)
@@ -262,9 +262,9 @@ def test_lossy_network_delivers_every_message_once_in_order_intact() -> None:
 
     # Close under the same faults: both sides end closed, nothing else delivered.
     h.a.close(h.now)
-    h.run(lambda: h.a.state is h.b.state is ChannelState.CLOSED)
-    assert h.of("a", ChannelClosed) == [ChannelClosed(CloseReason.LOCAL)]
-    assert h.of("b", ChannelClosed) == [ChannelClosed(CloseReason.PEER)]
+    h.run(lambda: h.a.state is h.b.state is ReliableState.CLOSED)
+    assert h.of("a", ReliableClosed) == [ReliableClosed(CloseReason.LOCAL)]
+    assert h.of("b", ReliableClosed) == [ReliableClosed(CloseReason.PEER)]
     assert h.received("b") == to_b and h.received("a") == to_a
 
 
@@ -403,10 +403,10 @@ def test_gives_up_after_max_retransmissions() -> None:
         assert len(a.datagrams_to_send(t)) == 1
     assert a.next_timer() == 7.0
     a.handle_timer(7.0)
-    assert a.state is ChannelState.CLOSED
-    assert events(a) == [ChannelClosed(CloseReason.UNREACHABLE)]
+    assert a.state is ReliableState.CLOSED
+    assert events(a) == [ReliableClosed(CloseReason.UNREACHABLE)]
     assert a.next_timer() is None and a.datagrams_to_send(7.0) == []
-    with pytest.raises(ChannelStateError):
+    with pytest.raises(ReliableStateError):
         a.send(b"y", 8.0)
 
 
@@ -450,12 +450,12 @@ def test_window_full_backpressure_then_open() -> None:
     a.send(bytes(90 * 5), 0.0)  # 5 frames
     assert a.writable_bytes == 270
     assert a.can_send(270) and not a.can_send(271)
-    with pytest.raises(ChannelFull) as info:
+    with pytest.raises(ReliableChannelFull) as info:
         a.send(bytes(271), 0.0)
     assert not isinstance(info.value, LocalProtocolError) and isinstance(info.value, AnchorError)
     a.send(bytes(270), 0.0)
     assert a.writable_bytes == 0 and not a.can_send(0)
-    with pytest.raises(ChannelFull):
+    with pytest.raises(ReliableChannelFull):
         a.send(b"", 0.0)
     frames = a.datagrams_to_send(0.0)
     assert len(frames) == 8 and a.stats.messages_sent == 2
@@ -518,10 +518,10 @@ def test_idle_exactly_after_last_application_datagram_acks_do_not_count() -> Non
     a.handle_timer(31.999)
     assert events(a) == []
     a.handle_timer(32.0)
-    assert events(a) == [ChannelIdle(last_activity=2.0)]
-    assert a.next_timer() is None and a.state is ChannelState.OPEN  # once per idle period
+    assert events(a) == [ReliableIdle(last_activity=2.0)]
+    assert a.next_timer() is None and a.state is ReliableState.OPEN  # once per idle period
     b.handle_timer(32.25)
-    assert events(b) == [MessageReceived(b"hi"), ChannelIdle(last_activity=2.25)]
+    assert events(b) == [MessageReceived(b"hi"), ReliableIdle(last_activity=2.25)]
     # The next application datagram starts a new idle period.
     a.send(b"again", 40.0)
     [frame] = a.datagrams_to_send(40.0)
@@ -535,7 +535,7 @@ def test_idle_clock_starts_at_construction_when_given() -> None:
     a = ReliableChannel(idle_timeout=5.0, now=100.0)
     assert a.next_timer() == 105.0
     a.handle_timer(105.0)
-    assert events(a) == [ChannelIdle(last_activity=100.0)]
+    assert events(a) == [ReliableIdle(last_activity=100.0)]
 
 
 def test_unacknowledged_data_defers_idle_and_retransmissions_count_as_activity() -> None:
@@ -554,7 +554,7 @@ def test_unacknowledged_data_defers_idle_and_retransmissions_count_as_activity()
     a.receive_datagram(b.datagrams_to_send(15.25)[0], 15.5)
     assert a.next_timer() == 25.0  # 10 s after the last transmission, at 15.0
     a.handle_timer(25.0)
-    assert events(a) == [ChannelIdle(last_activity=15.0)]
+    assert events(a) == [ReliableIdle(last_activity=15.0)]
 
 
 # --------------------------------------------------------------------------- close
@@ -564,18 +564,18 @@ def test_close_handshake_both_sides() -> None:
     a, b = ReliableChannel(), ReliableChannel()
     a.send(b"last words", 0.0)
     a.close(0.0)
-    assert a.state is ChannelState.CLOSING
-    with pytest.raises(ChannelStateError):
+    assert a.state is ReliableState.CLOSING
+    with pytest.raises(ReliableStateError):
         a.send(b"more", 0.0)
     data, fin_a = a.datagrams_to_send(0.0)
     assert fin_a == make_frame(bytes([0x03, 0, 0, 0, 1]))  # FIN takes sequence number 1
     deliver([data, fin_a], b, 0.1)
-    assert b.state is ChannelState.CLOSING  # the peer's FIN closes us too
+    assert b.state is ReliableState.CLOSING  # the peer's FIN closes us too
     assert events(b) == [MessageReceived(b"last words")]
     ack_b, fin_b = b.datagrams_to_send(0.1)
     deliver([ack_b, fin_b], a, 0.2)
-    assert a.state is ChannelState.CLOSED
-    assert events(a) == [ChannelClosed(CloseReason.LOCAL)]
+    assert a.state is ReliableState.CLOSED
+    assert events(a) == [ReliableClosed(CloseReason.LOCAL)]
     assert a.next_timer() is None
     [last_ack] = a.datagrams_to_send(0.2)  # lost
     del last_ack
@@ -586,8 +586,8 @@ def test_close_handshake_both_sides() -> None:
     a.receive_datagram(fin_b, 1.2)
     assert a.stats.duplicates == 1
     b.receive_datagram(a.datagrams_to_send(1.2)[0], 1.3)
-    assert b.state is ChannelState.CLOSED
-    assert events(b) == [ChannelClosed(CloseReason.PEER)]
+    assert b.state is ReliableState.CLOSED
+    assert events(b) == [ReliableClosed(CloseReason.PEER)]
     assert b.next_timer() is None
     a.close(2.0)  # idempotent
     assert events(a) == []
@@ -599,17 +599,17 @@ def test_simultaneous_close_and_data_in_flight_both_ways() -> None:
     h.b.send(b"from b", 0.0)
     h.a.close(0.0)
     h.b.close(0.0)
-    h.run(lambda: h.a.state is h.b.state is ChannelState.CLOSED)
+    h.run(lambda: h.a.state is h.b.state is ReliableState.CLOSED)
     assert h.received("a") == [b"from b"] and h.received("b") == [b"from a"]
     assert (
-        h.of("a", ChannelClosed) == h.of("b", ChannelClosed) == [ChannelClosed(CloseReason.LOCAL)]
+        h.of("a", ReliableClosed) == h.of("b", ReliableClosed) == [ReliableClosed(CloseReason.LOCAL)]
     )
 
 
 def test_data_after_peer_fin_is_refused() -> None:
     b = ReliableChannel()
     b.receive_datagram(make_frame(bytes([0x03, 0, 0, 0, 0])), 0.0)  # FIN at seq 0
-    assert b.state is ChannelState.CLOSING
+    assert b.state is ReliableState.CLOSING
     b.receive_datagram(make_frame(bytes([0x31, 0, 0, 0, 1]) + b"late"), 0.0)
     assert b.stats.dropped_invalid == 1
     assert events(b) == []
@@ -635,7 +635,7 @@ def test_junk_is_counted_not_raised() -> None:
 
 
 def test_sequence_numbers_wrap() -> None:
-    from anchor_ice.channel import _unwrap
+    from anchor_link.reliable import _unwrap
 
     assert _unwrap(0, 0xFFFFFFFF) == -1
     assert _unwrap(0xFFFFFFFE, 1) == 0x1_0000_0001

@@ -1,4 +1,4 @@
-"""Loss recovery of the reliable channel (anchor_ice.channel): RACK-TLP, fake clock.
+"""Loss recovery of the reliable channel (anchor_link.reliable): RACK-TLP, fake clock.
 
 RACK (RFC 8985 §6): a frame is lost once a frame transmitted after it was acknowledged and it
 is overdue by the reordering window, retransmissions included. TLP (RFC 8985 §7, RFC 9002
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import random
 
-from anchor_ice.channel import (
+from anchor_link.reliable import (
     RTO_MIN,
-    ChannelEvent,
     MessageReceived,
     ReliableChannel,
+    ReliableEvent,
     SendWindowOpen,
 )
 from tests.test_channel import Harness, Network, deliver
@@ -26,7 +26,7 @@ RTT = 1 / 64
 HALF = RTT / 2
 
 
-def events(ch: ReliableChannel) -> list[ChannelEvent]:
+def events(ch: ReliableChannel) -> list[ReliableEvent]:
     out = []
     while (event := ch.next_event()) is not None:
         out.append(event)

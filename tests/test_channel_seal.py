@@ -1,4 +1,4 @@
-"""Sealed channel frames (anchor_ice.seal): X25519 + HKDF-SHA256 + ChaCha20-Poly1305."""
+"""Sealed channel frames (anchor_link.seal): X25519 + HKDF-SHA256 + ChaCha20-Poly1305."""
 
 from __future__ import annotations
 
@@ -10,20 +10,20 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anchor_ice.channel import (
+from anchor_link.reliable import (
     FIRST_BYTE_MAX,
     FIRST_BYTE_MIN,
     AuthenticationFailed,
-    ChannelClosed,
-    ChannelState,
     CloseReason,
     MessageReceived,
     ReliableChannel,
+    ReliableClosed,
+    ReliableState,
     ReplayDetected,
     SealError,
-    is_channel_frame,
+    is_reliable_frame,
 )
-from anchor_ice.seal import (
+from anchor_link.seal import (
     REPLAY_WINDOW,
     SEAL_OVERHEAD,
     ReplayWindow,
@@ -142,7 +142,7 @@ def test_payload_unreadable_and_first_byte_in_demux_range() -> None:
     assert len(frames) == 5 and all(len(f) <= 1200 for f in frames)
     assert a.max_fragment == 1200 - 10 - 24
     for frame in frames:
-        assert is_channel_frame(frame) and FIRST_BYTE_MIN <= frame[0] <= FIRST_BYTE_MAX
+        assert is_reliable_frame(frame) and FIRST_BYTE_MIN <= frame[0] <= FIRST_BYTE_MAX
         assert b"SECRET" not in frame and b"TOP-" not in frame
     for frame in frames:
         b.receive_datagram(frame, 0.1)
@@ -243,8 +243,8 @@ def test_sealed_channel_over_lossy_network() -> None:
     assert sb.dropped_crc == sa.dropped_crc == 0
     assert all(SECRET not in f for f in net.sent)
     h.a.close(h.now)
-    h.run(lambda: h.a.state is h.b.state is ChannelState.CLOSED)
-    assert h.of("b", ChannelClosed) == [ChannelClosed(CloseReason.PEER)]
+    h.run(lambda: h.a.state is h.b.state is ReliableState.CLOSED)
+    assert h.of("b", ReliableClosed) == [ReliableClosed(CloseReason.PEER)]
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

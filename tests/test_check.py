@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 
-from anchor_ice.cli import free_loopback_port
 from anchor_stun.attributes import (
     Family,
     OtherAddress,
@@ -35,6 +34,15 @@ from anchor_stun.attributes import (
 from anchor_stun.errors import DecodeError
 from anchor_stun.message import Message, MessageClass
 from anchor_stun.server import StunServer
+from anchor_turn.aio.check import (
+    PROBES,
+    CheckConfig,
+    CheckError,
+    probe_ids,
+    run_check,
+    select_probes,
+)
+from anchor_turn.aio.server import TurnServerRunner, UdpRelayAllocator
 from anchor_turn.auth import StaticUsers
 from anchor_turn.check import (
     Level,
@@ -45,17 +53,8 @@ from anchor_turn.check import (
     rest_credentials,
     summary,
 )
-from anchor_turn.net_check import (
-    PROBES,
-    CheckConfig,
-    CheckError,
-    probe_ids,
-    run_check,
-    select_probes,
-)
-from anchor_turn.net_server import TurnServerRunner, UdpRelayAllocator
 from anchor_turn.server import TurnServer
-from tests.cli_helpers import anchor_serve, run_anchor
+from tests.helpers import anchor_serve, free_port, run_anchor
 
 REALM = "example.org"
 USER, PASSWORD = "alice", "secret"
@@ -167,7 +166,7 @@ def _core(port: int, **options: Any) -> TurnServer:
 @contextlib.asynccontextmanager
 async def anchor_turn(**options: Any) -> AsyncIterator[tuple[str, int]]:
     """The Anchor TURN core on a loopback port (UDP and TCP), in-process."""
-    port = free_loopback_port()
+    port = free_port("both")
     runner = TurnServerRunner(_core(port, **options), tcp=[("127.0.0.1", port)])
     await runner.start()
     try:
@@ -370,7 +369,7 @@ def test_dont_fragment_supported_or_refused_as_unknown(
     server that accepts it must then relay the Send indications carrying it (§11.2)."""
 
     async def main() -> list[ProbeResult]:
-        port = free_loopback_port()
+        port = free_port("both")
         allocator = UdpRelayAllocator(
             ["127.0.0.1"], min_port=20000, max_port=32000, **options
         )
@@ -451,7 +450,7 @@ def test_unreachable_server_is_a_check_error() -> None:
 
 
 def test_cli_json_against_anchor_serve() -> None:
-    port = free_loopback_port()
+    port = free_port("both")
     with anchor_serve(
         "--listen", f"127.0.0.1:{port}", "--realm", REALM, "--user", f"{USER}:{PASSWORD}",
         "--allow-loopback-peers",

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anchor_ice.cli import free_loopback_port
-from tests.cli_helpers import anchor_json, anchor_serve, run_anchor
+from tests.helpers import anchor_json, anchor_serve, free_port, run_anchor
 
 
 def test_serve_and_stun_over_udp_tcp_tls_with_nat(tls_files: tuple[Path, Path]) -> None:
     cert, key = tls_files
-    port = free_loopback_port()
-    tls_port = free_loopback_port()
+    port = free_port("both")
+    tls_port = free_port("both")
     with anchor_serve(
         "--listen", f"127.0.0.1:{port}", "--alt-ip", "127.0.0.2", "--tcp",
         "--tls-cert", str(cert), "--tls-key", str(key), "--tls-listen", f"127.0.0.1:{tls_port}",

@@ -5,7 +5,7 @@
   MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256 (16..32 bytes) and FINGERPRINT, re-encode byte
   for byte, and their integrity and fingerprint verify (and fail with another key).
 - Untrusted bytes (random, random TLVs behind a valid header, mutated valid messages)
-  make ``Message.decode`` raise only ``DecodeError`` (DESIGN.md "Errors").
+  make ``Message.decode`` raise only ``DecodeError`` (docs/design.md "Errors").
 - Named edge cases of RFC 8489 §5, §14, §14.5-§14.7.
 """
 
@@ -623,7 +623,7 @@ def test_fingerprint_covers_every_byte(data: bytes) -> None:
 
 
 # --------------------------------------------------------------------------- encoder misuse
-# STYLE.md §7: misuse of an API raises LocalProtocolError (never struct.error, UnicodeError or
+# docs/design.md "Errors": misuse of an API raises LocalProtocolError (never struct.error, UnicodeError or
 # a silently truncated field).
 
 

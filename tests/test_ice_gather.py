@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import random
 import shutil
 import socket
 import sys
@@ -17,10 +16,8 @@ from typing import Any
 import ifaddr
 import pytest
 
-from anchor_ice import gather
-from anchor_ice.candidate import Candidate, CandidateType
-from anchor_ice.cli import free_loopback_port
-from anchor_ice.gather import (
+from anchor_ice.aio import gather
+from anchor_ice.aio.gather import (
     SOCKET_RCVBUF,
     EndOfCandidates,
     GatheredSocket,
@@ -29,11 +26,13 @@ from anchor_ice.gather import (
     TurnServerConfig,
     host_addresses,
 )
+from anchor_ice.candidate import Candidate, CandidateType
+from anchor_stun.aio.net import StunServerRunner
 from anchor_stun.errors import LocalProtocolError
-from anchor_stun.net import StunServerRunner
 from anchor_stun.server import StunServer
-from anchor_turn.net_server import loopback_runner
+from anchor_turn.aio.server import loopback_runner
 from anchor_turn.server import TurnServer
+from tests.helpers import free_port, free_port_block
 
 LOOPBACK = "127.0.0.1"
 
@@ -161,7 +160,7 @@ def test_host_addresses_of_this_machine() -> None:
 
 @asynccontextmanager
 async def stun_server() -> AsyncIterator[tuple[str, int]]:
-    runner = StunServerRunner(StunServer(primary=(LOOPBACK, free_loopback_port())))
+    runner = StunServerRunner(StunServer(primary=(LOOPBACK, free_port("both"))))
     await runner.start()
     try:
         yield runner.listeners[0][1]
@@ -186,7 +185,7 @@ async def silent_server() -> AsyncIterator[tuple[str, int]]:
 @asynccontextmanager
 async def turn_server() -> AsyncIterator[tuple[TurnServer, tuple[str, int]]]:
     """Anchor's TURN server on loopback (alice:secret, realm example.org)."""
-    port = free_loopback_port()
+    port = free_port("both")
     runner = loopback_runner(port, {"alice": "secret"}, "example.org", LOOPBACK)
     core = runner.core
     await runner.start()
@@ -230,26 +229,6 @@ async def delay_proxy(server: tuple[str, int], delay: float) -> AsyncIterator[tu
     finally:
         front.close()
         back.close()
-
-
-def _free_port_block(count: int) -> int:
-    """First of ``count`` consecutive UDP ports free on 127.0.0.1 (below the ephemeral range)."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 32700 - count)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(sock)
-                sock.bind((LOOPBACK, port))
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-        return base
-    raise RuntimeError("no free port block")
 
 
 async def _collect(gatherer: Gatherer) -> tuple[list[Candidate], EndOfCandidates]:
@@ -463,7 +442,7 @@ def test_unresolvable_server_is_a_failure() -> None:
 
 def test_port_range_is_honoured() -> None:
     async def main() -> None:
-        low = _free_port_block(4)
+        low = free_port_block(4)
         gatherer = Gatherer([LOOPBACK, "127.0.0.2"], port_range=(low, low + 3))
         try:
             found = await gatherer.gather_all()
@@ -600,7 +579,7 @@ def test_no_host_address() -> None:
 @pytest.mark.skipif(not _has_loopback_v6(), reason="no IPv6 loopback on this machine")
 def test_ipv6_loopback() -> None:
     async def main() -> None:
-        runner = StunServerRunner(StunServer(primary=("::1", free_loopback_port())))
+        runner = StunServerRunner(StunServer(primary=("::1", free_port("both"))))
         await runner.start()
         try:
             stun = runner.listeners[0][1]

@@ -1,4 +1,4 @@
-"""Loopback tests of the asyncio ICE connection (anchor_ice.net) and of ``anchor ice``.
+"""Loopback tests of the asyncio ICE connection (anchor_ice.aio.connection) and of ``anchor ice``.
 
 What this proves, over real UDP sockets on 127.0.0.1 (no other peer program):
 
@@ -30,19 +30,19 @@ from typing import Any, TypeVar
 
 import pytest
 
-from anchor_ice.candidate import CandidateType
-from anchor_ice.cli import free_loopback_port
-from anchor_ice.gather import TurnServerConfig
-from anchor_ice.net import (
+from anchor_ice.aio.connection import (
     Connection,
     IceFailedError,
     IceNotConnectedError,
 )
+from anchor_ice.aio.gather import TurnServerConfig
+from anchor_ice.candidate import CandidateType
 from anchor_ice.nominator import GatewayNominator
-from anchor_turn.net_server import TurnServerRunner, loopback_runner
+from anchor_turn.aio.server import TurnServerRunner, loopback_runner
 from anchor_turn.server import TurnServer
+from tests.helpers import free_port
 
-from .cli_helpers import ANCHOR
+from .helpers import ANCHOR
 
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")
@@ -86,7 +86,7 @@ async def ping_pong(a: Connection, b: Connection, component: int = 1) -> None:
 @asynccontextmanager
 async def turn_server() -> AsyncIterator[tuple[TurnServer, TurnServerRunner, TurnServerConfig]]:
     """Anchor's TURN server in this loop on loopback (alice:secret, loopback peers allowed)."""
-    port = free_loopback_port()
+    port = free_port("both")
     runner = loopback_runner(port, {"alice": "secret"}, "example.org", LOOPBACK)
     core = runner.core
     await runner.start()
@@ -330,7 +330,7 @@ def test_failure_is_an_ice_failed_error() -> None:
             conn.remote_password = "p" * 22
             # a candidate nobody answers on, then end-of-candidates: every pair fails
             await conn.add_remote_candidate(
-                f"candidate:1 1 udp 2130706431 {LOOPBACK} {free_loopback_port()} typ host"
+                f"candidate:1 1 udp 2130706431 {LOOPBACK} {free_port('both')} typ host"
             )
             await conn.add_remote_candidate(None)
             with pytest.raises(IceFailedError) as info:

@@ -13,9 +13,9 @@ from typing import TypeVar
 import pytest
 
 from anchor_ice.agent import TA, TA_MIN
+from anchor_ice.aio.connection import Connection
 from anchor_ice.candidate import CandidateType
 from anchor_ice.checklist import CandidatePair
-from anchor_ice.net import Connection
 from anchor_ice.nominator import GatewayNominator, NominationView, gateway_pair_possible
 from anchor_stun.attributes import UseCandidate
 from anchor_stun.events import Transmit

@@ -1,5 +1,5 @@
 """The ephemeral link: its sans-I/O state machine, the signalling, and the asyncio endpoint
-(:class:`anchor_ice.link.Anchor`) on loopback; ``anchor demo --json`` and ``anchor pipe``.
+(:class:`anchor_link.aio.endpoint.LinkEndpoint`) on loopback; ``anchor demo --json`` and ``anchor pipe``.
 
 What this proves:
 
@@ -9,7 +9,7 @@ What this proves:
   while draining is acknowledged again; the form and close deadlines; no send unless open.
 - Signalling: the in-process hub and the WebSocket rendezvous forward descriptions with the
   sender stamped by the signalling, refuse a taken name, and report an unreachable peer.
-- Two :class:`Anchor` endpoints through Anchor's TURN server (in this process, loopback peers
+- Two :class:`LinkEndpoint` endpoints through Anchor's TURN server (in this process, loopback peers
   allowed) with the gateway policy: the link forms on the first send, its selected pair is
   relay/relay (on loopback every direct pair is a host pair), several messages (one of 60 KiB,
   one of 64 KiB) arrive intact and in order both ways on the one link; after the idle timeout
@@ -39,13 +39,20 @@ from typing import Any, TypeVar
 
 import pytest
 
+from anchor_ice.aio.gather import TurnServerConfig
 from anchor_ice.candidate import Candidate, CandidateType
-from anchor_ice.channel import ReliableChannel
-from anchor_ice.cli import free_loopback_port
 from anchor_ice.events import PairInfo
-from anchor_ice.gather import TurnServerConfig
-from anchor_ice.link import Anchor, LinkFormationFailed
-from anchor_ice.link_state import (
+from anchor_ice.nominator import GatewayNominator
+from anchor_link.aio.endpoint import LinkEndpoint, LinkFormationFailed
+from anchor_link.aio.signal import (
+    UNREACHABLE,
+    InProcessSignalling,
+    RendezvousServer,
+    SignallingError,
+    WebSocketSignalling,
+)
+from anchor_link.reliable import ReliableChannel
+from anchor_link.state import (
     LinkClosed,
     LinkDissolved,
     LinkFailed,
@@ -54,18 +61,11 @@ from anchor_ice.link_state import (
     LinkMessage,
     LinkState,
 )
-from anchor_ice.nominator import GatewayNominator
-from anchor_ice.signal import (
-    UNREACHABLE,
-    InProcessSignalling,
-    RendezvousServer,
-    SignallingError,
-    WebSocketSignalling,
-)
-from anchor_turn.net_server import loopback_runner
+from anchor_turn.aio.server import loopback_runner
 from anchor_turn.server import TurnServer
+from tests.helpers import free_port
 
-from .cli_helpers import ANCHOR, anchor_json, anchor_serve
+from .helpers import ANCHOR, anchor_json, anchor_serve
 
 LOOPBACK = "127.0.0.1"
 IDLE = 0.5
@@ -312,7 +312,7 @@ def test_websocket_rendezvous_forwards_refuses_taken_names_and_reports_unreachab
 @asynccontextmanager
 async def turn_server() -> AsyncIterator[tuple[TurnServer, TurnServerConfig]]:
     """Anchor's TURN server in this loop on loopback (alice:secret, loopback peers allowed)."""
-    port = free_loopback_port()
+    port = free_port("both")
     runner = loopback_runner(port, {"alice": "secret"}, "example.org", LOOPBACK)
     core = runner.core
     await runner.start()
@@ -325,7 +325,7 @@ async def turn_server() -> AsyncIterator[tuple[TurnServer, TurnServerConfig]]:
 
 def endpoints(
     turn: TurnServerConfig, policy: str = "gateway", **options: Any
-) -> tuple[Anchor, Anchor]:
+) -> tuple[LinkEndpoint, LinkEndpoint]:
     hub = InProcessSignalling()
     kwargs: dict[str, Any] = {
         "stun": turn.address, "turn": [turn], "policy": policy, "idle_timeout": IDLE,
@@ -333,14 +333,14 @@ def endpoints(
     }  # fmt: skip
     if policy == "gateway":
         kwargs.setdefault("nominator", GatewayNominator(grace=0.3))
-    return Anchor("a", hub, **kwargs), Anchor("b", hub, **kwargs)
+    return LinkEndpoint("a", hub, **kwargs), LinkEndpoint("b", hub, **kwargs)
 
 
 MESSAGES = [b"first", os.urandom(1200), os.urandom(60 * 1024), b"", os.urandom(65536), b"last"]
 
 
 async def exchange_and_dissolve(
-    a: Anchor, b: Anchor, allocations: Callable[[], int | Awaitable[int]], round_: int
+    a: LinkEndpoint, b: LinkEndpoint, allocations: Callable[[], int | Awaitable[int]], round_: int
 ) -> LinkFormed:
     """One link's life: form on a's first send, data both ways, dissolution; returns a's
     LinkFormed. ``allocations()`` is the TURN server's allocation count (or a coroutine that
@@ -467,8 +467,8 @@ def test_a_peer_that_cannot_answer_rejects_the_offer_at_once() -> None:
         async with turn_server() as (core, turn):
             hub = InProcessSignalling()
             options: dict[str, Any] = {"turn": [turn], "policy": "relay", "host_ips": [LOOPBACK]}
-            a = Anchor("a", hub, seal=True, **options)
-            b = Anchor("b", hub, seal=False, **options)
+            a = LinkEndpoint("a", hub, seal=True, **options)
+            b = LinkEndpoint("b", hub, seal=False, **options)
             await b.start()
             started = time.monotonic()
             with pytest.raises(LinkFormationFailed, match=r"refused the offer: the peer seals"):
@@ -505,7 +505,7 @@ def test_anchor_demo_json_reports_a_relayed_link_that_left_nothing() -> None:
 def pipe_server() -> Iterator[list[str]]:
     """``anchor serve`` with TURN and the rendezvous on loopback; yields the ``anchor pipe``
     arguments both sides share (idle 0.5 s)."""
-    port, signal_port = free_loopback_port(), free_loopback_port()
+    port, signal_port = free_port("both"), free_port("both")
     with anchor_serve(
         "--listen", f"{LOOPBACK}:{port}", "--user", "alice:secret", "--allow-loopback-peers",
         "--signal", f"{LOOPBACK}:{signal_port}", expect=2,

@@ -4,7 +4,7 @@ What this proves:
 
 - Link churn (real sockets, loopback): ``CHURN_LINKS`` links (50 by default; set
   ``ANCHOR_CHURN_LINKS=1000`` for the issue's full figure) are formed and dissolved between
-  :class:`~anchor_ice.link.Anchor` endpoints through Anchor's TURN server running in this
+  :class:`~anchor_link.aio.endpoint.LinkEndpoint` endpoints through Anchor's TURN server running in this
   process, with the **relay** policy (so every link really allocates on the TURN server: two
   allocations per link, one per side) and a short idle timeout. Links are formed
   ``CHURN_PARALLEL`` at a time (one endpoint "hub" linking to that many peers) to keep the
@@ -38,9 +38,9 @@ import pytest
 
 from anchor_ice.agent import IceAgent, IceRole, IceState
 from anchor_ice.events import ConsentLost, IceFailed
-from anchor_ice.link import Anchor
-from anchor_ice.link_state import LinkDissolved, LinkFailed, LinkFormed
-from anchor_ice.signal import InProcessSignalling
+from anchor_link.aio.endpoint import LinkEndpoint
+from anchor_link.aio.signal import InProcessSignalling
+from anchor_link.state import LinkDissolved, LinkFailed, LinkFormed
 from anchor_stun.attributes import (
     ErrorCodeAttribute,
     IceControlled,
@@ -83,8 +83,8 @@ def test_link_churn_leaks_no_socket_task_or_allocation() -> None:
                 "stun": turn.address, "turn": [turn], "policy": "relay",
                 "idle_timeout": CHURN_IDLE, "host_ips": [LOOPBACK],
             }  # fmt: skip
-            a = Anchor("a", hub, **options)
-            peers = [Anchor(f"p{i:02d}", hub, **options) for i in range(CHURN_PARALLEL)]
+            a = LinkEndpoint("a", hub, **options)
+            peers = [LinkEndpoint(f"p{i:02d}", hub, **options) for i in range(CHURN_PARALLEL)]
             for endpoint in (a, *peers):
                 await endpoint.start()
             fds_before, tasks_before = socket_fds(), other_tasks()
@@ -338,8 +338,8 @@ def test_a_link_whose_peer_stops_answering_reports_consent_lost() -> None:
         hub = InProcessSignalling()
         fds_before = socket_fds()
         async with turn_server() as (_core, turn):
-            a = Anchor("a", hub, turn=[turn], stun=turn.address, **options)
-            b = Anchor("b", hub, turn=[turn], stun=turn.address, **options)
+            a = LinkEndpoint("a", hub, turn=[turn], stun=turn.address, **options)
+            b = LinkEndpoint("b", hub, turn=[turn], stun=turn.address, **options)
             await a.start()
             await b.start()
             tasks_before = other_tasks()

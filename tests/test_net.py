@@ -9,12 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from anchor_ice.cli import free_loopback_port
-from anchor_stun.attributes import RawAttribute, Software, UnknownAttributes
-from anchor_stun.errors import StunErrorResponse
-from anchor_stun.events import Transmit
-from anchor_stun.message import Message, MessageClass, Method
-from anchor_stun.net import (
+from anchor_stun.aio.net import (
     CorePump,
     StunServerRunner,
     StunTransport,
@@ -23,7 +18,12 @@ from anchor_stun.net import (
     format_address,
     parse_address,
 )
+from anchor_stun.attributes import RawAttribute, Software, UnknownAttributes
+from anchor_stun.errors import StunErrorResponse
+from anchor_stun.events import Transmit
+from anchor_stun.message import Message, MessageClass, Method
 from anchor_stun.server import StunServer
+from tests.helpers import free_port
 
 
 def _has_loopback_v6() -> bool:
@@ -49,7 +49,7 @@ def test_binding_over_udp_tcp_and_tls(tls_files: tuple[Path, Path]) -> None:
     cert, key = tls_files
 
     async def main() -> None:
-        port = free_loopback_port()
+        port = free_port("both")
         server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_ctx.load_cert_chain(cert, key)
         runner = await _serve(("127.0.0.1", port), tls=server_ctx)
@@ -75,7 +75,7 @@ def test_binding_over_udp_tcp_and_tls(tls_files: tuple[Path, Path]) -> None:
 @pytest.mark.skipif(not _has_loopback_v6(), reason="no IPv6 loopback on this machine")
 def test_binding_over_ipv6_loopback() -> None:
     async def main() -> None:
-        runner = StunServerRunner(StunServer(primary=("::1", free_loopback_port())))
+        runner = StunServerRunner(StunServer(primary=("::1", free_port("both"))))
         await runner.start()
         try:
             result = await binding_request(runner.listeners[0][1])
@@ -88,7 +88,7 @@ def test_binding_over_ipv6_loopback() -> None:
 
 def test_error_response_raises_with_code() -> None:
     async def main() -> None:
-        port = free_loopback_port()
+        port = free_port("both")
         runner = await _serve(("127.0.0.1", port))
         conn = await StunTransport.connect(("127.0.0.1", port))
         try:
@@ -108,7 +108,7 @@ def test_error_response_raises_with_code() -> None:
 
 def test_nat_discovery_against_rfc5780_server_on_two_loopback_addresses() -> None:
     async def main() -> None:
-        port = free_loopback_port()
+        port = free_port("both")
         runner = StunServerRunner(
             StunServer(primary=("127.0.0.1", port), other=("127.0.0.2", port + 1))
         )

@@ -1,4 +1,4 @@
-"""``TurnConnection`` (anchor_turn.net_client) and ``anchor turn`` over real loopback sockets,
+"""``TurnConnection`` (anchor_turn.aio.client) and ``anchor turn`` over real loopback sockets,
 against Anchor's own TURN server (``TurnServerRunner``) started in the test's event loop.
 
 The protocol logic is tested with a fake clock in test_turn_client.py; these tests prove the
@@ -21,19 +21,20 @@ from typing import Any
 
 import pytest
 
-from anchor_ice.cli import build_parser, free_loopback_port
+from anchor_cli import turn as turn_cli
+from anchor_cli.main import build_parser
 from anchor_stun.attributes import Family
 from anchor_stun.errors import AllocationError, TurnError
 from anchor_stun.events import Address
 from anchor_stun.message import Message, MessageClass
 from anchor_stun.server import StunServer
-from anchor_turn import turn_cli
+from anchor_turn.aio.client import TurnConnection
+from anchor_turn.aio.server import TurnServerRunner, UdpRelayAllocator
 from anchor_turn.auth import StaticUsers
 from anchor_turn.client import TurnState
 from anchor_turn.events import AllocationRefreshed, TurnEvent
-from anchor_turn.net_client import TurnConnection
-from anchor_turn.net_server import TurnServerRunner, UdpRelayAllocator
 from anchor_turn.server import TurnServer
+from tests.helpers import free_port
 
 REALM = "example.org"
 USER, PASSWORD = "alice", "secret"
@@ -74,8 +75,8 @@ async def turn_server(
     cert, key = tls_files
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    port, tls_port = free_loopback_port(), free_loopback_port()
-    v6_port = free_loopback_port() if v6 else None
+    port, tls_port = free_port("both"), free_port("both")
+    v6_port = free_port("both") if v6 else None
     relay_ips = ["127.0.0.1", "::1"] if v6 else ["127.0.0.1"]
     core = TurnServer(
         realm=REALM,
@@ -322,7 +323,7 @@ def test_unreachable_server_fails_fast_over_udp() -> None:
     async def main() -> None:
         start = time.monotonic()
         async with await TurnConnection.connect(
-            ("127.0.0.1", free_loopback_port()), USER, PASSWORD
+            ("127.0.0.1", free_port("both")), USER, PASSWORD
         ) as conn:
             with pytest.raises(AllocationError) as caught:
                 await conn.allocate()

@@ -1,7 +1,7 @@
 """TurnServerRunner and `anchor serve` with TURN, over real loopback sockets.
 
 A :class:`~anchor_turn.client.TurnClient` is driven by hand over a real UDP socket or TCP
-connection against a :class:`~anchor_turn.net_server.TurnServerRunner` started in-process,
+connection against a :class:`~anchor_turn.aio.server.TurnServerRunner` started in-process,
 with a UDP echo peer on loopback (``allow_loopback_peers``): allocate, permission, Send
 indication -> Data indication, ChannelBind, ChannelData both ways; IPv6 and dual relays on
 ::1; EVEN-PORT with a reservation; metrics scraped over HTTP; the TOML config file; and
@@ -26,12 +26,25 @@ from typing import Any, TypeVar
 
 import pytest
 
-from anchor_ice.cli import build_parser, free_loopback_port
+from anchor_cli.main import build_parser
+from anchor_cli.serve import (
+    MetricsExporter,
+    ServeError,
+    _stats_collector,
+    build_config,
+    default_relay_ips,
+)
 from anchor_stun.attributes import Family, XorMappedAddress
 from anchor_stun.framing import StreamFramer
 from anchor_stun.integrity import turn_rest_password
 from anchor_stun.message import Message, MessageClass, Method
 from anchor_stun.server import StunServer
+from anchor_turn.aio.server import (
+    TurnServerRunner,
+    UdpRelayAllocator,
+    canonical_address,
+    dont_fragment_supported,
+)
 from anchor_turn.auth import StaticUsers
 from anchor_turn.client import TurnClient
 from anchor_turn.events import (
@@ -45,21 +58,8 @@ from anchor_turn.events import (
     PermissionFailed,
     TurnEvent,
 )
-from anchor_turn.net_server import (
-    TurnServerRunner,
-    UdpRelayAllocator,
-    canonical_address,
-    dont_fragment_supported,
-)
-from anchor_turn.serve_cli import (
-    MetricsExporter,
-    ServeError,
-    _stats_collector,
-    build_config,
-    default_relay_ips,
-)
 from anchor_turn.server import TurnServer
-from tests.cli_helpers import anchor_json, anchor_serve, run_anchor
+from tests.helpers import anchor_json, anchor_serve, free_port, run_anchor
 
 REALM = "example.org"
 USERS = {"alice": "secret"}
@@ -222,7 +222,7 @@ def make_core(
 async def serving(
     relay_ips: tuple[str, ...] = ("127.0.0.1",), **options: Any
 ) -> AsyncIterator[tuple[TurnServerRunner, tuple[str, int]]]:
-    port = free_loopback_port()
+    port = free_port("both")
     runner = TurnServerRunner(make_core(port, relay_ips, **options), tcp=[("127.0.0.1", port)])
     await runner.start()
     try:
@@ -481,7 +481,7 @@ def test_even_port_reservation_token() -> None:
 
 def test_reservation_expires() -> None:
     async def main() -> None:
-        port = free_loopback_port()
+        port = free_port("both")
         core = make_core(port)
         assert isinstance(core.relay, UdpRelayAllocator)
         core.relay.reservation_lifetime = 0.05
@@ -504,8 +504,8 @@ def test_reservation_expires() -> None:
 
 def test_relay_port_range_is_respected_and_exhaustion_is_508() -> None:
     async def main() -> None:
-        port = free_loopback_port()
-        base = free_loopback_port()
+        port = free_port("both")
+        base = free_port("both")
         allocator = UdpRelayAllocator(["127.0.0.1"], min_port=base, max_port=base)
         core = TurnServer(
             realm=REALM,
@@ -756,7 +756,7 @@ def test_without_the_socket_options_dont_fragment_gets_420_and_the_client_retrie
     retries without it, and the relay sockets are left in the kernel's mode."""
 
     async def main() -> None:
-        port = free_loopback_port()
+        port = free_port("both")
         allocator = UdpRelayAllocator(
             ["127.0.0.1"], min_port=20000, max_port=32000, dont_fragment=False
         )
@@ -919,7 +919,7 @@ async def _allocate_and_echo(server: tuple[str, int], transport: str = "udp", **
 
 
 def test_anchor_serve_turn_with_config_and_metrics(tmp_path: Path) -> None:
-    port, metrics = free_loopback_port(), free_loopback_port()
+    port, metrics = free_port("both"), free_port("both")
     config = tmp_path / "serve.toml"
     config.write_text(
         f'listen = "127.0.0.1:{port}"\n'
@@ -951,7 +951,7 @@ def test_anchor_serve_users_db_and_rest_secret(tmp_path: Path) -> None:
     assert "removed dave" in removed.stdout
     assert b"pw1" not in db.read_bytes()  # keys, never passwords
 
-    port = free_loopback_port()
+    port = free_port("both")
     with anchor_serve("--listen", f"127.0.0.1:{port}", "--realm", REALM, "--users-db", str(db),
                       "--static-auth-secret", "sharedsecret", "--allow-loopback-peers"):
         server = ("127.0.0.1", port)
@@ -975,7 +975,7 @@ def test_anchor_serve_users_db_and_rest_secret(tmp_path: Path) -> None:
 
 
 def test_anchor_serve_mistakes_are_one_line_errors(tmp_path: Path) -> None:
-    port = free_loopback_port()
+    port = free_port("both")
     for args in (
         ["--user", "alice"],
         ["--listen", "127.0.0.1:x", "--user", "a:b"],
@@ -994,7 +994,7 @@ def test_anchor_serve_mistakes_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_anchor_serve_turn_with_rfc5780_and_sigint() -> None:
-    port = free_loopback_port()
+    port = free_port("both")
     with anchor_serve("--listen", f"127.0.0.1:{port}", "--alt-ip", "127.0.0.2",
                       "--user", "alice:secret", "--realm", REALM, "--allow-loopback-peers",
                       expect=4) as lines:
@@ -1004,9 +1004,9 @@ def test_anchor_serve_turn_with_rfc5780_and_sigint() -> None:
                               "filtering": "endpoint-independent"}
         asyncio.run(_allocate_and_echo(("127.0.0.1", port)))
 
-    port = free_loopback_port()
+    port = free_port("both")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "anchor_ice.cli", "serve", "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "anchor_cli", "serve", "--listen", f"127.0.0.1:{port}",
          "--user", "alice:secret"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )

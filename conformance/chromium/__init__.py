@@ -1,6 +1,6 @@
 """Chromium as a real WebRTC peer for the conformance tests (issue 10).
 
-Chromium only ever runs inside a fresh loopback-only network namespace (shared/INTEROP.md).
+Chromium only ever runs inside a fresh loopback-only network namespace (docs/peers.md).
 Modules:
 
 - :mod:`chromium.netns` (outside): ``unshare --net --pid --fork --kill-child`` a scenario,

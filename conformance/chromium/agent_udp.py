@@ -1,6 +1,6 @@
 """A minimal asyncio UDP adapter around Anchor's sans-I/O :class:`~anchor_ice.agent.IceAgent`.
 
-It deliberately does not use ``anchor_ice.net``: the Chromium tests look at the agent core
+It deliberately does not use ``anchor_ice.aio.connection``: the Chromium tests look at the agent core
 itself, with one socket and everything recorded. Every datagram that arrives is offered to
 ``IceAgent.receive_datagram``; when that returns False (not an ICE Binding message, RFC 7983
 demultiplexing) the datagram goes to the application path, :attr:`AgentEndpoint.app`, as an

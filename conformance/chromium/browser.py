@@ -59,7 +59,7 @@ CHROMIUM_FLAGS: tuple[str, ...] = (
     "--allow-loopback-in-peer-connection",
     "--disable-features=WebRtcHideLocalIpsWithMdns",
 )
-"""Flags of shared/INTEROP.md; ``--user-data-dir`` is added per run."""
+"""Flags of docs/peers.md; ``--user-data-dir`` is added per run."""
 
 PAGE_URL = "data:text/html,<!doctype html><title>anchor</title>"
 """The page the helpers run in: a document of its own, loaded from nowhere."""

@@ -37,7 +37,7 @@
         if (pc.iceGatheringState === 'complete') resolve(true);
       });
     });
-    // Gathering can hang in some set-ups (shared/INTEROP.md): never wait forever.
+    // Gathering can hang in some set-ups (docs/peers.md): never wait forever.
     return withTimeout(done, ms, 'ICE gathering').catch(() => false);
   }
 

@@ -11,7 +11,7 @@ returns what it observed; the assertions live in ``conformance/test_chromium.py`
 - ``ice(anchor_role="controlled"|"controlling", setup=...)``: Chromium against Anchor's
   :class:`~anchor_ice.agent.IceAgent` over :class:`~chromium.agent_udp.AgentEndpoint`.
   Controlled: Chromium offers, Anchor answers with its credentials, its host candidate and a
-  fingerprint (DTLS never completes: expected). Controlling: Anchor offers, Chromium
+  fingerprint (DTLS never completes: expected). Controlling: LinkEndpoint offers, Chromium
   answers. Either way it waits for Chromium's ``iceConnectionState`` to be connected, for the
   agent's :class:`~anchor_ice.events.IceConnected`, and, with ``wait_dtls``, for a DTLS
   record on the application path.
@@ -68,7 +68,7 @@ class _AnchorServe:
 
     async def start(self, timeout: float = 20.0) -> None:
         argv = [
-            sys.executable, "-m", "anchor_ice.cli", "serve",
+            sys.executable, "-m", "anchor_cli", "serve",
             "--listen", f"{LOOPBACK}:{self.port}", "--user", f"{USER}:{PASSWORD}",
             "--realm", REALM, "--allow-loopback-peers",
             "--metrics", f"{LOOPBACK}:{self.metrics_port}",

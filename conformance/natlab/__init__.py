@@ -7,7 +7,7 @@ NAT routers configurable as full cone, restricted cone, port-restricted cone or 
 one host behind each. Address plan and NAT rules: :mod:`natlab.topology`; building, running
 commands inside, teardown: :mod:`natlab.lab`; the pytest fixture: :mod:`natlab.fixtures`.
 
-Measured facts and gotchas this is based on: ``shared/natlab/README.md``.
+Measured facts and gotchas this is based on: ``docs/peers.md "The NAT lab"``.
 """
 
 from .lab import ANCHOR, LabError, NatLab, lab_namespaces, remove_stale_labs

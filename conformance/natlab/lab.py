@@ -65,7 +65,7 @@ __all__ = ["ANCHOR", "LabError", "NatLab"]
 
 T = TypeVar("T")
 
-ANCHOR = [sys.executable, "-m", "anchor_ice.cli"]
+ANCHOR = [sys.executable, "-m", "anchor_cli"]
 """The ``anchor`` command, with the Python running the tests."""
 
 NETNS_DIR = Path("/run/netns")
@@ -332,7 +332,7 @@ class NatLab:
             for server_ip in (SERVER_IP, SERVER_ALT_IP):
                 _run([*pub, "addr", "add", f"{server_ip}/32", "dev", "lo"])
             for link in LINKS:
-                # veth created directly inside the namespaces ("name" is required: shared/natlab)
+                # veth created directly inside the namespaces ("name" is required: docs/peers.md)
                 _run(["ip", "-n", self.ns(link.left), "link", "add", "name", link.left_if,
                       "type", "veth", "peer", "name", link.right_if,
                       "netns", self.ns(link.right)])  # fmt: skip

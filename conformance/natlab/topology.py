@@ -10,7 +10,7 @@ network namespace, and ``pub`` has no default route, so no packet can leave the 
 
 203.0.113.0/24 (TEST-NET-3) plays the Internet, 198.51.100.0/24 (TEST-NET-2) the private LANs,
 one /26 per LAN (198.51.100.0/26 and .192/26 stay free). 192.0.2.0/24 (TEST-NET-1) is left
-alone: this machine's own uplink uses it (shared/natlab/README.md).
+alone: this machine's own uplink uses it (docs/peers.md "The NAT lab").
 
 NAT kinds (RFC 4787 §4.1 mapping, §5 filtering), built with nftables in the NAT namespace:
 
@@ -31,11 +31,11 @@ symmetric         address-and-port    address-and-port    masquerade fully-rando
                                                           5-tuple gets a random public port
 ================  ==================  ==================  =====================================
 
-Every kind also has: the router drops unsolicited inbound packets to itself (shared/natlab
+Every kind also has: the router drops unsolicited inbound packets to itself (docs/peers.md
 gotcha: otherwise a stray packet creates a conntrack entry that later steals the port an
 outbound SNAT wanted), and forwards from the WAN only replies and DNATed packets.
 
-Masquerade keeps the source port when it is free (measured in shared/natlab/README.md), and
+Masquerade keeps the source port when it is free (docs/peers.md, "The NAT lab"), and
 each LAN has one host, so the mapped port equals the host's port; the DNAT rules rely on it
 (``dnat to HOST`` keeps the destination port).
 """

@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from anchor_stun.aio.net import CorePump, TransportName, call_user, format_address, resolve
 from anchor_stun.attributes import ErrorCode, pack_ip, unpack_ip
 from anchor_stun.errors import (
     AllocationError,
@@ -45,10 +46,8 @@ from anchor_stun.errors import (
 )
 from anchor_stun.events import Address, StunEvent, Transmit
 from anchor_stun.framing import StreamFramer
-from anchor_stun.net import CorePump, TransportName, call_user, format_address, resolve
-
-from .client import TurnClient, TurnState
-from .events import (
+from anchor_turn.client import TurnClient, TurnState
+from anchor_turn.events import (
     AllocationCreated,
     AllocationExpired,
     AllocationFailed,

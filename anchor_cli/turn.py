@@ -1,13 +1,13 @@
 """``anchor turn``: allocate on a TURN server, optionally echo through a peer, release.
 
-Contract (DESIGN.md "Command line contract")::
+Contract (docs/design.md "The command line")::
 
     anchor turn HOST:PORT --user NAME:PASSWORD [--transport udp|tcp|tls] [--peer IP:PORT] [--json]
     {"relayed": "ip:port", "mapped": "ip:port", "lifetime": ..., "echo": true|false}
 
 Steps: connect (UDP, TCP or TLS; ``--ca-file`` / ``--insecure`` as for ``anchor stun``),
 Allocate (RFC 8656 §7, with the 401 challenge, 438 and 300 handled by
-:class:`~anchor_turn.net_client.TurnConnection`). With ``--peer``: CreatePermission for the peer
+:class:`~anchor_turn.aio.client.TurnConnection`). With ``--peer``: CreatePermission for the peer
 (RFC 8656 §9), one datagram in a Send indication (§11) and, after a ChannelBind (§12), one in
 ChannelData; each must come back from the peer (an echo server such as ``turnutils_peer``)
 within ``--timeout`` seconds, sent up to three times. ``echo`` is true only when both came back.
@@ -29,9 +29,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from anchor_stun.errors import AllocationError, AnchorError
-from anchor_stun.events import Address
-from anchor_stun.net import (
+from anchor_stun.aio.net import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
     client_tls_context,
@@ -39,9 +37,10 @@ from anchor_stun.net import (
     parse_address,
     resolve,
 )
-
-from .events import DataReceived
-from .net_client import TurnConnection
+from anchor_stun.errors import AllocationError, AnchorError
+from anchor_stun.events import Address
+from anchor_turn.aio.client import TurnConnection
+from anchor_turn.events import DataReceived
 
 __all__ = ["add_parser", "main", "run"]
 

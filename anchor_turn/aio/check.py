@@ -54,6 +54,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from anchor_stun.aio.net import TransportName, format_address, route_local_ip
 from anchor_stun.attributes import (
     Attribute,
     AttrType,
@@ -86,9 +87,7 @@ from anchor_stun.integrity import (
     nonce_features,
 )
 from anchor_stun.message import Message, MessageClass, Method
-from anchor_stun.net import TransportName, format_address, route_local_ip
-
-from .check import Group, Level, ProbeInfo, ProbeResult, Verdict
+from anchor_turn.check import Group, Level, ProbeInfo, ProbeResult, Verdict
 
 __all__ = [
     "DOCUMENTATION_PEER",

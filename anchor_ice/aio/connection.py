@@ -6,7 +6,7 @@ Theory of operation
 bytes, time and events through the sans-I/O :class:`~anchor_ice.agent.IceAgent`.
 
 * **Gathering.** :meth:`Connection.gather_candidates` runs one
-  :class:`~anchor_ice.gather.Gatherer` per component (host, server-reflexive and relayed
+  :class:`~anchor_ice.aio.gather.Gatherer` per component (host, server-reflexive and relayed
   candidates). Each candidate goes to the agent with its base as soon as it is found, then
   the socket or relay that carries it (:meth:`Gatherer.endpoint`) gets this connection's
   handler; datagrams that arrived earlier wait in the gatherer's backlog and are delivered
@@ -30,7 +30,7 @@ bytes, time and events through the sans-I/O :class:`~anchor_ice.agent.IceAgent`.
   valid or checklist pair (RFC 8445 §12.2: an agent must be prepared to receive data on any
   candidate pair; a peer nominating aggressively may send before our own check on the pair
   succeeded). Other datagrams are dropped and counted in :attr:`dropped`.
-* **Time.** A :class:`~anchor_stun.net.CorePump` drives the agent with ``loop.time()``:
+* **Time.** A :class:`~anchor_stun.aio.net.CorePump` drives the agent with ``loop.time()``:
   after every input it sends the output and hands out the events at once, handles a timer
   that is already due right away, and keeps one timer handle armed at
   ``agent.next_timer()``. The loop wakes timers with about 1 ms granularity (epoll), so a
@@ -45,14 +45,14 @@ bytes, time and events through the sans-I/O :class:`~anchor_ice.agent.IceAgent`.
   is selected.
 
 Policies: ``policy="standard"`` (the default here, RFC 8445 regular nomination of the best
-valid pair), ``"gateway"`` (DESIGN.md: never a host pair; host candidates are not
+valid pair), ``"gateway"`` (docs/design.md: never a host pair; host candidates are not
 advertised), ``"relay"`` (relayed local candidates only), or any object implementing the
 :class:`~anchor_ice.nominator.Nominator` protocol as ``nominator=``.
 
 From aioice to Anchor
 ---------------------
 ====================================================  ==========================================
-aioice                                                Anchor (``anchor_ice.net``)
+aioice                                                Anchor (``anchor_ice.aio.connection``)
 ====================================================  ==========================================
 ``aioice.Connection(ice_controlling=True)``           ``Connection(ice_controlling=True)``
 ``components=2``                                      ``components=2``
@@ -106,21 +106,8 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from anchor_stun.errors import AnchorError, LocalProtocolError
-from anchor_stun.events import Address, StunEvent, Transmit
-from anchor_stun.net import DEFAULT_PORT, CorePump, call_user, parse_address
-
-from .agent import CHECKING_TIMEOUT, PROPOSED_TA, IceAgent, IceState
-from .candidate import Candidate
-from .events import (
-    ConsentLost,
-    IceConnected,
-    IceFailed,
-    PairInfo,
-    PairNominated,
-    RestartCompleted,
-)
-from .gather import (
+from anchor_ice.agent import CHECKING_TIMEOUT, PROPOSED_TA, IceAgent, IceState
+from anchor_ice.aio.gather import (
     DEFAULT_RELEASE_TIMEOUT,
     DEFAULT_SERVER_TIMEOUT,
     DEFAULT_TA,
@@ -131,7 +118,19 @@ from .gather import (
     TurnServerConfig,
     host_addresses,
 )
-from .nominator import GatewayNominator, Nominator, RelayOnly, StandardNominator
+from anchor_ice.candidate import Candidate
+from anchor_ice.events import (
+    ConsentLost,
+    IceConnected,
+    IceFailed,
+    PairInfo,
+    PairNominated,
+    RestartCompleted,
+)
+from anchor_ice.nominator import GatewayNominator, Nominator, RelayOnly, StandardNominator
+from anchor_stun.aio.net import DEFAULT_PORT, CorePump, call_user, parse_address
+from anchor_stun.errors import AnchorError, LocalProtocolError
+from anchor_stun.events import Address, StunEvent, Transmit
 
 __all__ = [
     "MAX_QUEUED",
@@ -220,10 +219,10 @@ class Connection:
     * ``components``: number of components (RFC 8445 §4).
     * ``stun_server``: ``(host, port)``, ``"host[:port]"`` or a list of them.
     * ``turn_server`` with ``turn_username`` / ``turn_password``, and/or ``turn_servers``
-      (a list of :class:`~anchor_ice.gather.TurnServerConfig`): relays over UDP.
+      (a list of :class:`~anchor_ice.aio.gather.TurnServerConfig`): relays over UDP.
     * ``policy``: ``"standard"``, ``"gateway"`` or ``"relay"``; ``nominator`` overrides it.
     * ``host_ips``: the addresses to gather host candidates on, best first (loopback allowed
-      when named); otherwise :func:`~anchor_ice.gather.host_addresses` with ``interfaces``,
+      when named); otherwise :func:`~anchor_ice.aio.gather.host_addresses` with ``interfaces``,
       ``use_ipv4`` / ``use_ipv6`` and ``include_loopback``.
     * ``port_range``: ``(min, max)`` local ports, inclusive.
     * ``ta``: this side's Ta proposal for checks, seconds (RFC 8445 §14.2; Anchor's 5 ms by

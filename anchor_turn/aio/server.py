@@ -90,9 +90,8 @@ from anchor_stun.errors import LocalProtocolError, StreamCorrupted
 from anchor_stun.events import Address, Transmit
 from anchor_stun.framing import StreamFramer
 from anchor_stun.server import StunServer
-
-from .auth import StaticUsers
-from .server import DontFragmentTransmit, TransportName, TurnServer, TurnServerEvent
+from anchor_turn.auth import StaticUsers
+from anchor_turn.server import DontFragmentTransmit, TransportName, TurnServer, TurnServerEvent
 
 __all__ = [
     "DEFAULT_MAX_PORT",
@@ -122,7 +121,7 @@ DEFAULT_STREAM_BUFFER = 1 << 20
 
 _IPV4 = int(Family.IPV4)
 _IPV6 = int(Family.IPV6)
-_log = logging.getLogger("anchor_turn.net_server")
+_log = logging.getLogger("anchor_turn.aio.server")
 
 # Path MTU discovery modes of an IPv4 socket (Linux <linux/in.h>; Python 3.11 does not export
 # them). IP_PMTUDISC_DONT: DF 0, the kernel fragments; IP_PMTUDISC_DO: DF 1, never fragments

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from .attributes import Software, XorMappedAddress
-from .errors import (
+from anchor_stun.attributes import Software, XorMappedAddress
+from anchor_stun.errors import (
     DecodeError,
     LocalProtocolError,
     StreamCorrupted,
@@ -30,17 +30,36 @@ from .errors import (
     StunErrorResponse,
     TransactionTimeout,
 )
-from .events import Address, StunEvent, Transmit
-from .framing import StreamFramer
-from .message import Message, MessageClass, Method
-from .nat import NatDiscovery, NatDiscoveryCompleted, NatDiscoveryFailed
-from .server import StunServer
-from .transaction import (
+from anchor_stun.events import Address, StunEvent, Transmit
+from anchor_stun.framing import StreamFramer
+from anchor_stun.message import Message, MessageClass, Method
+from anchor_stun.nat import NatDiscovery, NatDiscoveryCompleted, NatDiscoveryFailed
+from anchor_stun.server import StunServer
+from anchor_stun.transaction import (
     StunClient,
     TransactionFailed,
     TransactionSucceeded,
     TransactionTimedOut,
 )
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_TLS_PORT",
+    "BindingResult",
+    "CorePump",
+    "StunServerRunner",
+    "StunTransport",
+    "TransportName",
+    "binding_request",
+    "call_user",
+    "client_tls_context",
+    "discover_nat",
+    "format_address",
+    "parse_address",
+    "resolve",
+    "route_local_ip",
+    "settle_transaction",
+]
 
 TransportName = Literal["udp", "tcp", "tls"]
 DEFAULT_PORT = 3478  # RFC 8489 §6.2.4 (UDP/TCP)

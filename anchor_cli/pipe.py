@@ -23,10 +23,9 @@ import stat
 import sys
 from typing import IO, Any
 
+from anchor_ice.aio.gather import TurnServerConfig
+from anchor_stun.aio.net import DEFAULT_PORT, format_address, parse_address
 from anchor_stun.errors import AnchorError
-from anchor_stun.net import DEFAULT_PORT, format_address, parse_address
-
-from .gather import TurnServerConfig
 
 __all__ = ["PipeUsageError", "add_parser", "main", "run"]
 
@@ -167,9 +166,9 @@ class _Output:
 
 async def run(args: argparse.Namespace) -> int:
     """Run ``anchor pipe``; returns the exit status."""
-    from .link import Anchor
-    from .link_state import LinkDissolved, LinkEvent, LinkFailed, LinkFormed
-    from .signal import WebSocketSignalling
+    from anchor_link.aio.endpoint import LinkEndpoint
+    from anchor_link.aio.signal import WebSocketSignalling
+    from anchor_link.state import LinkDissolved, LinkEvent, LinkFailed, LinkFormed
 
     cfg = _config(args)
     out = _Output(sys.stdout.buffer)
@@ -197,7 +196,7 @@ async def run(args: argparse.Namespace) -> int:
             return
         print(f"anchor pipe: {text}", file=sys.stderr, flush=True)
 
-    anchor = Anchor(
+    anchor = LinkEndpoint(
         args.name,
         WebSocketSignalling(args.signal),
         stun=cfg["stun"],
@@ -229,7 +228,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Entry point of ``anchor pipe`` (called by ``anchor_ice.cli``)."""
+    """Entry point of ``anchor pipe`` (called by ``anchor_cli.main``)."""
     try:
         return asyncio.run(run(args))
     except PipeUsageError as exc:

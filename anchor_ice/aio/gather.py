@@ -59,7 +59,7 @@ candidate equal to its host candidate (no NAT, or a STUN server on loopback) is 
 dropped, as the RFC wants; between two equal reflexive candidates the first found stays.
 
 Time limits: gathering never hangs (the STUN and TURN servers may not answer at all, see
-../shared/INTEROP.md). Each server gets ``timeout`` seconds per socket, name resolution
+docs/peers.md). Each server gets ``timeout`` seconds per socket, name resolution
 included; then the transaction is abandoned and a :class:`GatherFailure` recorded. A TURN
 allocation abandoned this way is released if its success response still arrives. New
 transactions are paced ``ta`` seconds apart (RFC 8445 §14.2, default Ta = 50 ms).
@@ -74,8 +74,6 @@ candidate, the number of STUN servers plus its index).
 
 from __future__ import annotations
 
-# This module is an asyncio adapter: it owns sockets and the loop (STYLE.md §1 exempts
-# adapters; pyproject's per-file-ignores lists net.py and cli.py, not this file yet).
 import asyncio
 import contextlib
 import errno
@@ -90,6 +88,8 @@ from typing import Any, Literal
 
 import ifaddr
 
+from anchor_ice.candidate import COMPONENT_RTP, Candidate, CandidateType, make_candidate
+from anchor_stun.aio.net import CorePump, call_user, format_address, resolve, settle_transaction
 from anchor_stun.attributes import Software, XorMappedAddress, pack_ip, unpack_ip
 from anchor_stun.errors import (
     AllocationError,
@@ -99,7 +99,6 @@ from anchor_stun.errors import (
 )
 from anchor_stun.events import Address, StunEvent, Transmit
 from anchor_stun.message import Message, MessageClass, Method, is_stun
-from anchor_stun.net import CorePump, call_user, format_address, resolve, settle_transaction
 from anchor_stun.transaction import (
     RTO_INITIAL,
     StunClient,
@@ -119,8 +118,6 @@ from anchor_turn.events import (
     TryAlternate,
     TurnEvent,
 )
-
-from .candidate import COMPONENT_RTP, Candidate, CandidateType, make_candidate
 
 __all__ = [
     "DEFAULT_RELEASE_TIMEOUT",

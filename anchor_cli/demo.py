@@ -4,20 +4,20 @@ Theory of operation
 -------------------
 :func:`run_demo` (the ``anchor demo`` process) starts, all on 127.0.0.1:
 
-1. Anchor's STUN/TURN server in-process (:class:`~anchor_turn.net_server.TurnServerRunner`,
+1. Anchor's STUN/TURN server in-process (:class:`~anchor_turn.aio.server.TurnServerRunner`,
    one user with a random name and password made for this run, loopback peers allowed: on
    loopback the relayed peer is 127.0.0.1 too);
-2. a WebSocket rendezvous (:class:`~anchor_ice.signal.RendezvousServer`);
-3. two peer processes, ``python -m anchor_ice.demo peer`` (``a`` sends, ``b`` echoes), each
-   an :class:`~anchor_ice.link.Anchor` told its settings by one JSON line on stdin.
+2. a WebSocket rendezvous (:class:`~anchor_link.aio.signal.RendezvousServer`);
+3. two peer processes, ``python -m anchor_cli.demo peer`` (``a`` sends, ``b`` echoes), each
+   an :class:`~anchor_link.aio.endpoint.LinkEndpoint` told its settings by one JSON line on stdin.
 
 When both peers are subscribed to the rendezvous, ``a`` sends :data:`MESSAGE_SIZES` (one
 message of each size, up to 64 KiB) to ``b``: the first send forms the link (gather, offer and
 answer through the rendezvous, ICE, the sealed channel); ``b`` echoes every message and ``a``
 compares each echo with what it sent. Then nobody sends: after ``--idle`` seconds (2 by
-default, so that the demo takes seconds; :class:`~anchor_ice.link.Anchor` defaults to 30)
+default, so that the demo takes seconds; :class:`~anchor_link.aio.endpoint.LinkEndpoint` defaults to 30)
 the link dissolves on both sides: the channel's close handshake, a short draining period
-(:mod:`anchor_ice.link_state`; about 1.2 s on loopback), then the TURN allocation is released
+(:mod:`anchor_link.state`; about 1.2 s on loopback), then the TURN allocation is released
 and the sockets closed. Under the gateway policy the link ends on a relay pair: on loopback
 the STUN server sees no NAT, so no server-reflexive candidate is kept (it equals the host
 candidate, RFC 8445 §5.1.3) and no srflx/prflx pair can ever appear; the
@@ -26,12 +26,12 @@ the relay pair without waiting its 2 s grace period (forming takes about 0.2 s).
 
 What the summary reports is measured, not assumed:
 
-- ``selected_pair``, ``formed_ms``: from ``a``'s :class:`~anchor_ice.link_state.LinkFormed`.
+- ``selected_pair``, ``formed_ms``: from ``a``'s :class:`~anchor_link.state.LinkFormed`.
   Under the default gateway policy every direct pair on loopback is a host pair, so the link
   ends on relay/relay; ``--policy standard`` shows the host pair it would take otherwise.
 - ``messages``, ``bytes``: what ``a`` sent; ``lost``: messages whose echo did not come back
   byte for byte.
-- ``dissolved``: both peers reported :class:`~anchor_ice.link_state.LinkDissolved` (``reason``
+- ``dissolved``: both peers reported :class:`~anchor_link.state.LinkDissolved` (``reason``
   says which side went idle first: "idle" there, "closed by peer" on the other).
 - ``allocations_left``: the TURN server's ``allocation_count()`` once both peers reported
   dissolution, while the peer processes are still running (so the allocations were released
@@ -49,8 +49,6 @@ Timestamps of the timeline are ``time.monotonic()`` read in each process (CLOCK_
 one clock for the whole machine on Linux), relative to the demo's start.
 """
 
-# An asyncio adapter: sockets, subprocesses, the loop's clock.
-# ruff: noqa: TID251
 
 from __future__ import annotations
 
@@ -66,14 +64,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from anchor_ice.aio.gather import TurnServerConfig
+from anchor_link.aio.endpoint import LinkEndpoint
+from anchor_link.aio.signal import RendezvousServer, WebSocketSignalling
+from anchor_link.state import LinkDissolved, LinkEvent, LinkFailed, LinkFormed
+from anchor_stun.aio.net import format_address
 from anchor_stun.errors import AnchorError
-from anchor_stun.net import format_address
-from anchor_turn.net_server import loopback_runner
-
-from .gather import TurnServerConfig
-from .link import Anchor
-from .link_state import LinkDissolved, LinkEvent, LinkFailed, LinkFormed
-from .signal import RendezvousServer, WebSocketSignalling
+from anchor_turn.aio.server import loopback_runner
 
 __all__ = [
     "DEFAULT_DEMO_IDLE",
@@ -177,7 +174,7 @@ async def _peer(config: dict[str, Any], stdin: asyncio.StreamReader) -> None:
     def on_event(event: LinkEvent) -> None:
         _emit(type(event).__name__, peer=event.peer, **_event_fields(event))
 
-    anchor = Anchor(
+    anchor = LinkEndpoint(
         name,
         WebSocketSignalling(str(config["signal"])),
         stun=str(config["stun"]),
@@ -363,7 +360,7 @@ async def _until(
 
 async def run_demo(policy: str = "gateway", idle: float = DEFAULT_DEMO_IDLE) -> dict[str, Any]:
     """Run the demo; returns the summary (``timeline`` holds the rows for the table)."""
-    from .cli import free_loopback_port
+    from anchor_cli.common import free_loopback_port
 
     timeline = _Timeline(time.monotonic())
     port = free_loopback_port()
@@ -387,7 +384,7 @@ async def run_demo(policy: str = "gateway", idle: float = DEFAULT_DEMO_IDLE) -> 
         }  # fmt: skip
         for name, other, role in (("a", "b", "sender"), ("b", "a", "echo")):
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "anchor_ice.demo", "peer",
+                sys.executable, "-m", "anchor_cli.demo", "peer",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
@@ -505,7 +502,7 @@ def print_demo(summary: dict[str, Any]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``anchor demo``: run, then print the tables or the JSON object."""
-    from .cli import UsageError
+    from anchor_cli.common import UsageError
 
     if not 0 < args.idle <= 600:
         raise UsageError("--idle must be in (0, 600] seconds")
@@ -521,4 +518,4 @@ def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     if sys.argv[1:] == ["peer"]:
         sys.exit(asyncio.run(_peer_main()))
-    sys.exit("usage: python -m anchor_ice.demo peer  (started by `anchor demo`)")
+    sys.exit("usage: python -m anchor_cli.demo peer  (started by `anchor demo`)")

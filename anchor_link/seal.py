@@ -1,4 +1,4 @@
-"""Sealing of channel frames: X25519 + HKDF-SHA256 + ChaCha20-Poly1305 (DESIGN.md).
+"""Sealing of channel frames: X25519 + HKDF-SHA256 + ChaCha20-Poly1305 (docs/design.md, "Definitions").
 
 Theory of operation
 -------------------
@@ -27,7 +27,7 @@ authentication. Equal public keys (a reflected offer) are refused, and so is a s
 pair for the same peer and context (two channels would reuse nonces): make a key pair per
 channel, as the ephemeral link does per link.
 
-Sealed frame, from the plaintext frame ``first | rest`` of :mod:`anchor_ice.channel`::
+Sealed frame, from the plaintext frame ``first | rest`` of :mod:`anchor_link.reliable`::
 
     offset  size  field
     0       1     first byte, random in 192-255 per frame (RFC 7983 demultiplexing)
@@ -66,7 +66,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .channel import AuthenticationFailed, ReplayDetected, SealError
+from anchor_link.reliable import AuthenticationFailed, ReplayDetected, SealError
 
 __all__ = [
     "HKDF_SALT",
@@ -157,8 +157,8 @@ class ReplayWindow:
 
 
 class Sealer:
-    """Seals and opens the frames of one :class:`~anchor_ice.channel.ReliableChannel`
-    (a :class:`~anchor_ice.channel.FrameSealer`). Stateful: it holds the send counter and the
+    """Seals and opens the frames of one :class:`~anchor_link.reliable.ReliableChannel`
+    (a :class:`~anchor_link.reliable.FrameSealer`). Stateful: it holds the send counter and the
     replay window, so each channel needs its own, from :meth:`derive`."""
 
     overhead: int = SEAL_OVERHEAD
@@ -189,7 +189,7 @@ class Sealer:
     @classmethod
     def derive(cls, local: SealKeyPair, remote_public: bytes, context: bytes) -> Sealer:
         """The sealer of this side of a channel (module docstring: key schedule).
-        Raises :class:`~anchor_ice.channel.SealError` for a malformed or low-order remote key
+        Raises :class:`~anchor_link.reliable.SealError` for a malformed or low-order remote key
         and for a remote key equal to ours."""
         remote_public = bytes(remote_public)
         if len(remote_public) != PUBLIC_KEY_SIZE:
@@ -229,8 +229,8 @@ class Sealer:
 
     def open(self, data: bytes) -> bytes:
         """The frame after its first byte, from the sealed datagram ``data``. Raises
-        :class:`~anchor_ice.channel.ReplayDetected` or
-        :class:`~anchor_ice.channel.AuthenticationFailed`; on either, nothing changes."""
+        :class:`~anchor_link.reliable.ReplayDetected` or
+        :class:`~anchor_link.reliable.AuthenticationFailed`; on either, nothing changes."""
         if len(data) < 1 + _COUNTER_SIZE + _TAG_SIZE:
             raise AuthenticationFailed("sealed frame too short")
         sealed = bytes(data[1 + _COUNTER_SIZE :])

@@ -1,31 +1,31 @@
-"""The ephemeral link endpoint: :class:`Anchor` (DESIGN.md "What it is").
+"""The ephemeral link endpoint: :class:`LinkEndpoint` (docs/design.md "What Anchor is").
 
 Theory of operation
 -------------------
-``link = Anchor(name, signalling, turn=[...])`` is one endpoint, known to its peers by
-``name`` on a :mod:`~anchor_ice.signal` signalling. ``await link.send(peer, data)`` delivers
+``link = LinkEndpoint(name, signalling, turn=[...])`` is one endpoint, known to its peers by
+``name`` on a :mod:`~anchor_link.aio.signal` signalling. ``await link.send(peer, data)`` delivers
 one message to ``peer``, forming a link first if there is none:
 
-1. **Gather** (:class:`~anchor_ice.net.Connection`): host, server-reflexive and relayed
+1. **Gather** (:class:`~anchor_ice.aio.connection.Connection`): host, server-reflexive and relayed
    candidates; under the default ``policy="gateway"`` host candidates are not advertised.
 2. **Signal**: an offer goes to the peer through the signalling, an answer comes back. Each
    description holds the ICE ufrag and password, the candidates, and a fresh X25519 public
-   key (:mod:`anchor_ice.seal`). Keys are derived with :func:`~anchor_ice.seal.ice_context` of
+   key (:mod:`anchor_link.seal`). Keys are derived with :func:`~anchor_link.seal.ice_context` of
    both sides' ICE credentials, so a key swapped on the signalling, or credentials that do
    not match the ICE session, give keys that authenticate nothing.
 3. **ICE** with the offerer controlling and the policy's nominator
    (:class:`~anchor_ice.nominator.GatewayNominator` by default: a srflx/prflx pair, else a
    relay pair, never a host pair).
-4. **Channel**: a :class:`~anchor_ice.channel.ReliableChannel` over the selected pair, with a
-   :class:`~anchor_ice.seal.Sealer` made for this link only; both sides use the smaller of
+4. **Channel**: a :class:`~anchor_link.reliable.ReliableChannel` over the selected pair, with a
+   :class:`~anchor_link.seal.Sealer` made for this link only; both sides use the smaller of
    their ``max_message`` and ``mtu``.
 
 While the link is open, sends reuse it. When no application datagram has been sent or
-received for ``idle_timeout`` (DESIGN.md "Idle": channel ACKs and ICE consent checks do not
+received for ``idle_timeout`` (docs/design.md "Idle": channel ACKs and ICE consent checks do not
 count) it **dissolves**: the channel's FIN handshake, a short draining period (about 1.2 s
-on loopback, :mod:`anchor_ice.link_state`), then the connection is closed, which releases
+on loopback, :mod:`anchor_link.state`), then the connection is closed, which releases
 the TURN allocation (Refresh with LIFETIME 0) and closes every socket; the link's tasks end.
-Only then is :class:`~anchor_ice.link_state.LinkDissolved` reported. A later
+Only then is :class:`~anchor_link.state.LinkDissolved` reported. A later
 send forms a new link, with new candidates, credentials and keys.
 
 The receiving side forms its end when the offer arrives: the signalling subscription is the
@@ -34,10 +34,10 @@ connection to the rendezvous), never a socket the peer could reach.
 
 Receiving: ``async for peer, data in link`` (or ``await link.recv()``), or ``on_message=``.
 Life-cycle events (:class:`LinkFormed`, :class:`LinkDissolved`, :class:`LinkFailed`) go to
-``on_event=``, to :attr:`Anchor.history`, and can be awaited with :meth:`Anchor.wait_for`.
+``on_event=``, to :attr:`LinkEndpoint.history`, and can be awaited with :meth:`LinkEndpoint.wait_for`.
 
 The decisions and deadlines of one link live in the sans-I/O
-:class:`~anchor_ice.link_state.LinkMachine`; this module only does the I/O around it. Each
+:class:`~anchor_link.state.LinkMachine`; this module only does the I/O around it. Each
 link runs three tasks: formation (gather, signal, connect; ends once open), a reader
 (datagrams from the connection into the machine) and a driver (the machine's output, events
 and timer; it also tears the link down).
@@ -68,8 +68,6 @@ name sorts first wins; the other abandons its own and answers. A send waiting on
 abandoned link carries on on the new one.
 """
 
-# An asyncio adapter (sockets through anchor_ice.net, the loop's clock and tasks).
-# ruff: noqa: TID251
 
 from __future__ import annotations
 
@@ -82,17 +80,25 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from anchor_stun.errors import AnchorError, LocalProtocolError
-
-from .channel import (
+from anchor_ice.aio.connection import POLICIES, Connection, IceError, IceFailedError, make_nominator
+from anchor_ice.aio.gather import TurnServerConfig
+from anchor_ice.nominator import Nominator
+from anchor_link.aio.signal import (
+    UNREACHABLE,
+    Mailbox,
+    Signalling,
+    SignallingClosed,
+    SignallingError,
+)
+from anchor_link.reliable import (
     DEFAULT_MAX_MESSAGE,
     DEFAULT_MTU,
     MessageTooLarge,
     ReliableChannel,
-    is_channel_frame,
+    is_reliable_frame,
 )
-from .gather import TurnServerConfig
-from .link_state import (
+from anchor_link.seal import PUBLIC_KEY_SIZE, Sealer, SealKeyPair, ice_context
+from anchor_link.state import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_FORM_TIMEOUT,
     DissolveReason,
@@ -108,18 +114,15 @@ from .link_state import (
     LinkState,
     LinkWritable,
 )
-from .net import POLICIES, Connection, IceError, IceFailedError, make_nominator
-from .nominator import Nominator
-from .seal import PUBLIC_KEY_SIZE, Sealer, SealKeyPair, ice_context
-from .signal import UNREACHABLE, Mailbox, Signalling, SignallingClosed, SignallingError
+from anchor_stun.errors import AnchorError, LocalProtocolError
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DESCRIPTION_VERSION",
-    "Anchor",
     "DissolveReason",
     "LinkClosed",
     "LinkDissolved",
+    "LinkEndpoint",
     "LinkError",
     "LinkEvent",
     "LinkFailed",
@@ -129,7 +132,7 @@ __all__ = [
 ]
 
 DEFAULT_IDLE_TIMEOUT = 30.0
-"""DESIGN.md "Idle": seconds without an application datagram before a link dissolves."""
+"""docs/design.md "Idle": seconds without an application datagram before a link dissolves."""
 BYE_TIMEOUT = 2.0
 """Seconds a broken link waits to hand its ``bye`` to the signalling before giving up."""
 DESCRIPTION_VERSION = 1
@@ -197,14 +200,14 @@ class _Link:
         self._timer_at = None
 
 
-class Anchor:
+class LinkEndpoint:
     """An ephemeral-link endpoint named ``name`` on ``signalling`` (module docstring).
 
     Keyword arguments:
 
     - ``stun``: STUN server(s) for server-reflexive candidates: ``"host:port"``,
       ``(host, port)`` or a list of them;
-    - ``turn``: TURN servers (:class:`~anchor_ice.gather.TurnServerConfig`) for relayed
+    - ``turn``: TURN servers (:class:`~anchor_ice.aio.gather.TurnServerConfig`) for relayed
       candidates;
     - ``policy``: ``"gateway"`` (default: never a host pair), ``"standard"`` (RFC 8445
       regular nomination, host pairs allowed) or ``"relay"``; ``nominator`` overrides it;
@@ -212,7 +215,7 @@ class Anchor:
       (default 30);
     - ``seal``: seal the channel's frames (default True; both sides must agree);
     - ``host_ips`` / ``include_loopback``: which addresses to gather host candidates on (as
-      :class:`~anchor_ice.net.Connection`; tests pass ``host_ips=["127.0.0.1"]``);
+      :class:`~anchor_ice.aio.connection.Connection`; tests pass ``host_ips=["127.0.0.1"]``);
     - ``form_timeout``: seconds a link may take to form (default 30);
     - ``close_timeout``: seconds the close handshake may take (default 5);
     - ``mtu``, ``max_message``: channel frame size and largest message (1200, 65536);
@@ -221,7 +224,7 @@ class Anchor:
     - ``on_event(event)``: called for every :class:`LinkFormed`, :class:`LinkDissolved` and
       :class:`LinkFailed`;
     - ``connection_options``: more keyword arguments for every
-      :class:`~anchor_ice.net.Connection` (``gather_timeout``, ``port_range``...);
+      :class:`~anchor_ice.aio.connection.Connection` (``gather_timeout``, ``port_range``...);
     - ``rng``: random bytes (link ids, sealing keys, ICE credentials).
     """
 
@@ -298,7 +301,7 @@ class Anchor:
     async def start(self) -> None:
         """Subscribe to the signalling (the only thing an idle endpoint listens on). Called
         by :meth:`send` and ``async with``; raises
-        :class:`~anchor_ice.signal.SignallingError` when the name cannot be had."""
+        :class:`~anchor_link.aio.signal.SignallingError` when the name cannot be had."""
         if self._closed:
             raise LinkClosed("this endpoint is closed")
         if self._starting is None:
@@ -344,7 +347,7 @@ class Anchor:
         self._messages.append(None)
         self._notify_message()
 
-    async def __aenter__(self) -> Anchor:
+    async def __aenter__(self) -> LinkEndpoint:
         await self.start()
         return self
 
@@ -650,7 +653,7 @@ class Anchor:
     @staticmethod
     def _frame_in(link: _Link, data: bytes) -> None:
         """A datagram of the selected pair into the machine, when it is a channel frame."""
-        if is_channel_frame(data):
+        if is_reliable_frame(data):
             link.machine.receive_datagram(data, asyncio.get_running_loop().time())
             link.kick()
 
@@ -803,4 +806,19 @@ class Anchor:
             self._new_link(peer, body)
 
     def __repr__(self) -> str:
-        return f"<Anchor {self.name!r} links={sorted(self._links)}>"
+        return f"<LinkEndpoint {self.name!r} links={sorted(self._links)}>"
+
+
+def __getattr__(name: str) -> Any:
+    """``Anchor``, the endpoint's name before 0.2: a deprecated alias of :class:`LinkEndpoint`
+    (the name is the project's and the command's, not the endpoint's). Removed after 0.2."""
+    if name == "Anchor":
+        import warnings
+
+        warnings.warn(
+            "anchor_link.aio.endpoint.Anchor is deprecated: use LinkEndpoint",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return LinkEndpoint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,10 @@
-"""The ``anchor`` command line (contract in DESIGN.md "Command line contract").
+"""The ``anchor`` command line (contract in docs/design.md "The command line").
 
 Subcommands: ``demo`` (an ephemeral link between two local processes through an embedded
-loopback STUN/TURN server, :mod:`anchor_ice.demo`), ``stun`` (Binding and RFC 5780 NAT
+loopback STUN/TURN server, :mod:`anchor_cli.demo`), ``stun`` (Binding and RFC 5780 NAT
 discovery against any server), ``serve`` (the STUN/TURN server, with RFC 5780 when given an
 alternate address, and the WebSocket rendezvous with ``--signal``), ``pipe`` (netcat over an
-ephemeral link, :mod:`anchor_ice.pipe_cli`), ``turn``, ``check``, ``ice`` and ``bench``.
+ephemeral link, :mod:`anchor_cli.pipe`), ``turn``, ``check``, ``ice`` and ``bench``.
 User mistakes print one line on stderr and exit non-zero, never a traceback.
 """
 
@@ -14,14 +14,13 @@ import argparse
 import asyncio
 import contextlib
 import json
-import socket
 import ssl
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from anchor_stun.errors import AnchorError, StunErrorResponse
-from anchor_stun.net import (
+from anchor_cli.common import SOFTWARE, UsageError
+from anchor_stun.aio.net import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
     binding_request,
@@ -31,33 +30,12 @@ from anchor_stun.net import (
     parse_address,
     resolve,
 )
+from anchor_stun.errors import AnchorError, StunErrorResponse
 
-SOFTWARE = "anchor 0.1"
-
-
-class UsageError(Exception):
-    """A mistake on the command line or in its inputs: reported as one line, exit 2."""
-
-
-def _port_free(port: int) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def free_loopback_port() -> int:
-    """A port free on 127.0.0.1 for both UDP and TCP at the time of the call."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if _port_free(port):
-            return port
-
+__all__ = [
+    "build_parser",
+    "main",
+]
 
 # ----------------------------------------------------------------------------- stun
 
@@ -143,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     stun.add_argument("--ca-file", help="CA bundle to verify a TLS server")
     stun.add_argument("--insecure", action="store_true", help="do not verify the TLS server")
 
-    from anchor_turn.serve_cli import SERVE_DESCRIPTION, add_serve_arguments
+    from anchor_cli.serve import SERVE_DESCRIPTION, add_serve_arguments
 
     serve = sub.add_parser(
         "serve",
@@ -152,34 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_serve_arguments(serve)
 
-    from anchor_turn.turn_cli import add_parser as add_turn_parser
+    from anchor_cli.turn import add_parser as add_turn_parser
 
-    add_turn_parser(sub)  # anchor turn HOST:PORT --user NAME:PASSWORD ... (anchor_turn/turn_cli.py)
+    add_turn_parser(sub)  # anchor turn HOST:PORT --user NAME:PASSWORD ... (anchor_cli/turn.py)
 
-    from anchor_turn.check_cli import add_parser as add_check_parser
+    from anchor_cli.check import add_parser as add_check_parser
 
-    add_check_parser(sub)  # anchor check HOST:PORT ... (anchor_turn/check_cli.py)
+    add_check_parser(sub)  # anchor check HOST:PORT ... (anchor_cli/check.py)
 
-    from anchor_ice.ice_cli import add_parser as add_ice_parser
+    from anchor_cli.ice import add_parser as add_ice_parser
 
-    add_ice_parser(sub)  # anchor ice (--controlling|--controlled) ... (anchor_ice/ice_cli.py)
+    add_ice_parser(sub)  # anchor ice (--controlling|--controlled) ... (anchor_cli/ice.py)
 
-    from anchor_ice.pipe_cli import add_parser as add_pipe_parser
+    from anchor_cli.pipe import add_parser as add_pipe_parser
 
-    add_pipe_parser(sub)  # anchor pipe --signal URL --name A --peer B (anchor_ice/pipe_cli.py)
+    add_pipe_parser(sub)  # anchor pipe --signal URL --name A --peer B (anchor_cli/pipe.py)
 
-    bench = sub.add_parser(
-        "bench",
-        help="run the benchmarks against their baselines",
-        description="Runs each benchmark with its baseline in the same run and prints a "
-        "table of medians and ratios (anchor / baseline); --json prints a list of "
-        '{"metric", "unit", "anchor", "baseline", "baseline_name", "ratio"}.',
-    )
-    bench.add_argument("metric", nargs="?", default="all",
-                       choices=("codec", "checks", "connect", "relay", "channel", "scale",
-                                "all"))
-    bench.add_argument("--json", action="store_true", help="print one JSON list")
-    bench.add_argument("--quick", action="store_true", help="a short run (seconds)")
+    from anchor_cli.bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)  # anchor bench [METRIC]... (anchor_cli/bench.py)
     return parser
 
 
@@ -191,34 +160,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = asyncio.run(_cmd_stun(args))
             print(json.dumps(out)) if args.json else _print_stun(out)
         elif args.command == "serve":
-            from anchor_ice.signal import RendezvousServer
-            from anchor_turn.serve_cli import run_serve
+            from anchor_cli.serve import run_serve
 
-            return run_serve(args, software=SOFTWARE, rendezvous=RendezvousServer)
+            return run_serve(args, software=SOFTWARE)
         elif args.command == "demo":
-            from anchor_ice.demo import main as demo_main
+            from anchor_cli.demo import main as demo_main
 
             return demo_main(args)
         elif args.command == "pipe":
-            from anchor_ice.pipe_cli import main as pipe_main
+            from anchor_cli.pipe import main as pipe_main
 
             return pipe_main(args)
         elif args.command == "ice":
-            from anchor_ice.ice_cli import main as ice_main
+            from anchor_cli.ice import main as ice_main
 
             return ice_main(args)
         elif args.command == "turn":
-            from anchor_turn.turn_cli import main as turn_main
+            from anchor_cli.turn import main as turn_main
 
             return turn_main(args)
         elif args.command == "check":
-            from anchor_turn.check_cli import main as check_main
+            from anchor_cli.check import main as check_main
 
             return check_main(args)
         elif args.command == "bench":
-            from benchmarks.report import main as bench_main
+            from anchor_cli.bench import main as bench_main
 
-            return bench_main(args.metric, as_json=args.json, quick=args.quick)
+            return bench_main(args)
     except UsageError as exc:
         print(f"anchor {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -1,5 +1,5 @@
-"""``anchor ice``: a standalone ICE peer speaking SDP lines over stdin/stdout (DESIGN.md
-"Command line contract").
+"""``anchor ice``: a standalone ICE peer speaking SDP lines over stdin/stdout (docs/design.md
+"The command line").
 
 Contract::
 
@@ -9,7 +9,7 @@ Contract::
 
 Steps, all within ``--timeout`` seconds (30 by default) from the start:
 
-1. Gather (:class:`~anchor_ice.net.Connection`) on the ``--host-ip`` addresses (loopback
+1. Gather (:class:`~anchor_ice.aio.connection.Connection`) on the ``--host-ip`` addresses (loopback
    allowed when named), else on every usable interface address; srflx from each ``--stun``,
    relays from each ``--turn`` (``--user`` pairs with the ``--turn`` at the same position,
    or one ``--user`` serves them all).
@@ -47,8 +47,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import IO, Any, TypeVar
 
+from anchor_stun.aio.net import DEFAULT_PORT, format_address, parse_address
 from anchor_stun.errors import AnchorError, DecodeError
-from anchor_stun.net import DEFAULT_PORT, format_address, parse_address
 
 __all__ = ["DEFAULT_TIMEOUT", "LINGER", "PING", "PING_INTERVAL", "add_parser", "main", "run"]
 
@@ -183,7 +183,7 @@ async def read_description(lines: _Lines) -> str:
 
 
 def _turn_servers(args: argparse.Namespace) -> list[Any]:
-    from .gather import TurnServerConfig
+    from anchor_ice.aio.gather import TurnServerConfig
 
     if args.user and not args.turn:
         raise IceUsageError("--user goes with --turn")
@@ -220,8 +220,8 @@ async def run(
     emit: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Run one ``anchor ice`` peer; returns the summary and whether it succeeded."""
-    from .net import Connection, IceFailedError
-    from .sdp import parse
+    from anchor_ice.aio.connection import Connection, IceFailedError
+    from anchor_ice.sdp import parse
 
     if not args.timeout > 0:
         raise IceUsageError("--timeout must be positive")
@@ -270,7 +270,7 @@ async def run(
         for failure in conn.gather_failures:
             where = format_address(failure.server) if failure.server else failure.base[0]
             print(f"anchor ice: warning: {failure.kind} {where}: {failure.reason}", file=sys.stderr)
-        from .sdp import IceDescription
+        from anchor_ice.sdp import IceDescription
 
         local = IceDescription(
             conn.local_username,
@@ -332,7 +332,7 @@ async def _ping(
     conn: Any, summary: dict[str, Any], write: Callable[[str], None], deadline: float
 ) -> bool:
     """Controlling: send b"ping" until the echo comes back or the deadline."""
-    from .net import IceError
+    from anchor_ice.aio.connection import IceError
 
     loop = asyncio.get_running_loop()
     while loop.time() < deadline:
@@ -359,7 +359,7 @@ async def _echo(
     conn: Any, summary: dict[str, Any], write: Callable[[str], None], deadline: float
 ) -> None:
     """Controlled: answer every datagram until LINGER seconds after the last (or the deadline)."""
-    from .net import IceError
+    from anchor_ice.aio.connection import IceError
 
     loop = asyncio.get_running_loop()
     until = deadline

@@ -1,5 +1,5 @@
-"""``anchor serve``: the STUN + TURN server on the command line (DESIGN.md "Command line
-contract").
+"""``anchor serve``: the STUN + TURN server on the command line (docs/design.md "The command
+line").
 
 Theory of operation
 -------------------
@@ -16,17 +16,15 @@ that :func:`run_serve` can tell what the command line gave. :func:`run_serve` th
 4. otherwise serves until SIGINT or SIGTERM, then exits 0. TURN (RFC 8656) is on when a
    credential source is given (``--user``, ``--users-db``, ``--static-auth-secret``): one
    :class:`~anchor_turn.server.TurnServer` core served by
-   :class:`~anchor_turn.net_server.TurnServerRunner`, which answers STUN Binding on the same
-   ports. Without credentials it is the STUN server of :mod:`anchor_stun.net`.
+   :class:`~anchor_turn.aio.server.TurnServerRunner`, which answers STUN Binding on the same
+   ports. Without credentials it is the STUN server of :mod:`anchor_stun.aio.net`.
 
 Once every listener is open it prints one line ``listening <udp|tcp|tls> <ip:port>`` per
 listener (tests wait for them), ``metrics http <ip:port>`` for ``--metrics``, and
 ``listening ws <ip:port>`` for ``--signal``.
 
 ``--signal IP:PORT`` also serves the WebSocket rendezvous of ephemeral links
-(:class:`anchor_ice.signal.RendezvousServer`, used by ``anchor pipe``). It lives in the layer
-above (``anchor_ice``), so it is handed in by the ``anchor`` command as ``run_serve``'s
-``rendezvous`` factory rather than imported here.
+(:class:`anchor_link.aio.signal.RendezvousServer`, used by ``anchor pipe``).
 
 ``--metrics IP:PORT`` serves Prometheus metrics (prometheus-client's text format) at
 ``/metrics``: allocations, permissions and channels alive, allocations created / expired /
@@ -50,12 +48,10 @@ import time
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from anchor_stun.attributes import Family
-from anchor_stun.errors import LocalProtocolError
-from anchor_stun.events import Address
-from anchor_stun.net import (
+from anchor_link.aio.signal import RendezvousServer
+from anchor_stun.aio.net import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
     StunServerRunner,
@@ -63,11 +59,18 @@ from anchor_stun.net import (
     parse_address,
     route_local_ip,
 )
+from anchor_stun.attributes import Family
+from anchor_stun.errors import LocalProtocolError
+from anchor_stun.events import Address
 from anchor_stun.server import ServerStats, StunServer
-
-from .auth import ChainedBackend, CredentialBackend, RestSecret, SqliteUsers, StaticUsers
-from .net_server import DEFAULT_MAX_PORT, DEFAULT_MIN_PORT, TurnServerRunner, UdpRelayAllocator
-from .server import DEFAULT_NONCE_LIFETIME, TurnServer, TurnServerEvent
+from anchor_turn.aio.server import (
+    DEFAULT_MAX_PORT,
+    DEFAULT_MIN_PORT,
+    TurnServerRunner,
+    UdpRelayAllocator,
+)
+from anchor_turn.auth import ChainedBackend, CredentialBackend, RestSecret, SqliteUsers, StaticUsers
+from anchor_turn.server import DEFAULT_NONCE_LIFETIME, TurnServer, TurnServerEvent
 
 __all__ = [
     "DEFAULT_REALM",
@@ -661,28 +664,7 @@ def _print_event(event: TurnServerEvent) -> None:
     print(f"event {event}", file=sys.stderr, flush=True)
 
 
-class RendezvousService(Protocol):
-    """What ``anchor serve --signal`` needs of a rendezvous server (implemented by
-    :class:`anchor_ice.signal.RendezvousServer`)."""
-
-    async def start(self) -> Address:
-        """Listen; returns the bound address; raises OSError."""
-        ...
-
-    def close(self) -> None:
-        """Stop listening and close every connection."""
-        ...
-
-    async def wait_closed(self) -> None:
-        """Wait until closed."""
-        ...
-
-
-async def _serve(
-    cfg: ServeConfig,
-    software: str,
-    rendezvous: Callable[[str, int], RendezvousService] | None = None,
-) -> None:
+async def _serve(cfg: ServeConfig, software: str) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -775,9 +757,7 @@ async def _serve(
                 ) from exc
             lines.append(f"metrics http {format_address(bound)}")
         if cfg.signal is not None:
-            if rendezvous is None:
-                raise ServeError("--signal needs the anchor command (anchor_ice is not loaded)")
-            service = rendezvous(cfg.signal[0], cfg.signal[1])
+            service = RendezvousServer(cfg.signal[0], cfg.signal[1])
             closers.append(service.close)
             waiters.append(service.wait_closed)
             try:
@@ -805,7 +785,6 @@ def run_serve(
     args: argparse.Namespace,
     *,
     software: str = "anchor",
-    rendezvous: Callable[[str, int], RendezvousService] | None = None,
 ) -> int:
     """Run ``anchor serve`` with the parsed ``args``; returns the exit status (0 after
     SIGINT/SIGTERM or a users-database command, 2 after a mistake reported on stderr)."""
@@ -814,7 +793,7 @@ def run_serve(
         if cfg.admin:
             _admin(cfg)
             return 0
-        asyncio.run(_serve(cfg, software, rendezvous))
+        asyncio.run(_serve(cfg, software))
     except ServeError as exc:
         print(f"anchor serve: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Signalling for the ephemeral link: how two :class:`~anchor_ice.link.Anchor` endpoints
+"""Signalling for the ephemeral link: how two :class:`~anchor_link.aio.endpoint.LinkEndpoint` endpoints
 exchange their descriptions (ICE credentials, candidates, sealing keys).
 
 Theory of operation
@@ -43,13 +43,11 @@ Two implementations:
   the new connection. The server keeps nothing else: no history, no rooms. It
   forwards descriptions only, never application data, so it is not a relay. It does not
   authenticate anybody: a description carries the peer's sealing key, bound to its ICE
-  credentials (:func:`anchor_ice.seal.ice_context`), but a rendezvous that lies about who is
+  credentials (:func:`anchor_link.seal.ice_context`), but a rendezvous that lies about who is
   who can still pose as the peer. Run it where you trust it, or behind TLS and access
   control of your own (``wss://`` URLs are accepted by the client).
 """
 
-# An asyncio adapter (the hub's queues, the WebSocket client and server): asyncio is allowed.
-# ruff: noqa: TID251
 
 from __future__ import annotations
 
@@ -175,7 +173,7 @@ def _encode_body(body: Mapping[str, Any]) -> str:
 
 class InProcessSignalling:
     """A hub for endpoints in one process: ``hub = InProcessSignalling()`` and give the same
-    hub to every :class:`~anchor_ice.link.Anchor`."""
+    hub to every :class:`~anchor_link.aio.endpoint.LinkEndpoint`."""
 
     def __init__(self) -> None:
         self._boxes: dict[str, _InProcessMailbox] = {}

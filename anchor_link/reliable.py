@@ -1,4 +1,4 @@
-"""The reliable datagram channel, sans-I/O (DESIGN.md "Reliable datagram channel").
+"""The reliable datagram channel, sans-I/O (docs/design.md "Reliable channel").
 
 Theory of operation
 -------------------
@@ -7,18 +7,18 @@ out) over an unreliable datagram path: in Anchor, the nominated ICE pair. It nev
 socket, a clock or a random source of its own. The adapter pumps it like an aioquic connection:
 
 - ``receive_datagram(data, now)`` with every datagram of the pair whose first byte is in the
-  channel's range (:func:`is_channel_frame`; STUN and TURN go elsewhere);
+  channel's range (:func:`is_reliable_frame`; STUN and TURN go elsewhere);
 - ``datagrams_to_send(now)`` after every input, sending each frame on the selected pair;
 - ``handle_timer(now)`` at ``next_timer()`` (an absolute deadline, or ``None``);
 - ``next_event()`` until ``None``: :class:`MessageReceived`, :class:`SendWindowOpen`,
-  :class:`ChannelIdle`, :class:`ChannelClosed`.
+  :class:`ReliableIdle`, :class:`ReliableClosed`.
 
 Sending. A message of up to ``max_message`` bytes (64 KiB by default) is cut into fragments
 that fill a frame of ``mtu`` bytes of UDP payload. Each fragment gets the next 32-bit frame
 sequence number and the FIRST / LAST flags that delimit its message. The sender keeps every
 frame until it is acknowledged; at most ``send_window`` frames may be unacknowledged (queued,
 in flight or selectively acknowledged above a hole). ``send()`` of a message that does not fit
-raises :class:`ChannelFull` and changes nothing; once acknowledgements make room,
+raises :class:`ReliableChannelFull` and changes nothing; once acknowledgements make room,
 :class:`SendWindowOpen` says so (``can_send(size)`` and ``writable_bytes`` ask first). All
 buffered frames go out at the next ``datagrams_to_send`` call: the window is the only limit
 (there is no congestion control, see below).
@@ -78,14 +78,14 @@ way QUIC numbers packets (RFC 9002), so "sent after" is exact even at one clock 
   whole expired RTO (as if each frame had its own timer; RFC 6675 §5.1). Frames sent less than
   an RTO ago stay in flight.
 - A channel whose timer expires ``max_retransmissions`` + 1 times in a row without the peer
-  acknowledging anything new gives up: :class:`ChannelClosed` with reason "peer unreachable".
+  acknowledging anything new gives up: :class:`ReliableClosed` with reason "peer unreachable".
 
-Idle (DESIGN.md "Idle"). Activity is an application datagram: a message accepted by
+Idle (docs/design.md "Idle"). Activity is an application datagram: a message accepted by
 ``send()``, a DATA or FIN frame put on the wire (retransmissions and probes included), or a
 DATA frame received for the first time; and while anything sent is still unacknowledged the
 channel is not idle at all (a slow recovery must not make a sender close under its own
 data). ACKs, duplicates received and ICE consent checks are not activity.
-:class:`ChannelIdle` comes exactly ``idle_timeout`` seconds after the last activity (the idle
+:class:`ReliableIdle` comes exactly ``idle_timeout`` seconds after the last activity (the idle
 clock starts at construction when ``now`` is given, else at the first activity), once per
 idle period. The channel stays usable;
 closing it is the owner's decision (the ephemeral link closes it and dissolves).
@@ -95,7 +95,7 @@ frame behind the data already sent: it takes the next sequence number, so it is 
 like data and arrives after every message. A channel that receives the peer's FIN in order
 stops accepting ``send()`` and queues its own FIN behind its remaining data. A channel is
 closed once its FIN is acknowledged and the peer's FIN has arrived in order; it then reports
-:class:`ChannelClosed` ("closed" on the side that called ``close()`` first, "closed by peer" on
+:class:`ReliableClosed` ("closed" on the side that called ``close()`` first, "closed by peer" on
 the other) and still answers a retransmitted FIN with an ACK, in case the last ACK was lost.
 
 States (every change is in :data:`_TRANSITIONS`)::
@@ -134,7 +134,7 @@ byte tells protocols apart: 0-3 STUN, 16-19 ZRTP, 20-63 DTLS, 64-79 TURN Channel
 lets QUIC use it for long-header packets: the channel must not share its 5-tuple with QUIC,
 which no ICE pair of Anchor does.)
 
-Sealed frames (optional, :mod:`anchor_ice.seal`): the first byte is drawn from ``rng`` in
+Sealed frames (optional, :mod:`anchor_link.seal`): the first byte is drawn from ``rng`` in
 192-255 for every frame, the plaintext frame ``first | body | crc32c`` is built with it, and
 the sealer sends ``first | masked counter (8) | AEAD(body | crc32c)``: the crc stays inside
 the ciphertext, where it gives an observer nothing to recognise the protocol by. A sealed frame
@@ -177,23 +177,23 @@ __all__ = [
     "RTO_MIN",
     "RTO_SRTT_FLOOR",
     "AuthenticationFailed",
-    "ChannelClosed",
-    "ChannelError",
-    "ChannelEvent",
-    "ChannelFull",
-    "ChannelIdle",
-    "ChannelState",
-    "ChannelStateError",
-    "ChannelStats",
     "CloseReason",
     "FrameSealer",
     "MessageReceived",
     "MessageTooLarge",
     "ReliableChannel",
+    "ReliableChannelError",
+    "ReliableChannelFull",
+    "ReliableClosed",
+    "ReliableEvent",
+    "ReliableIdle",
+    "ReliableState",
+    "ReliableStateError",
+    "ReliableStats",
     "ReplayDetected",
     "SealError",
     "SendWindowOpen",
-    "is_channel_frame",
+    "is_reliable_frame",
 ]
 
 # --------------------------------------------------------------------------- constants
@@ -225,7 +225,7 @@ ACK_MAX_RANGES = 64
 DEFAULT_MTU = 1200  # UDP payload bytes: with a TURN ChannelData header, within IPv6's 1280
 DEFAULT_SEND_WINDOW = 128  # frames: a 64 KiB message takes 56
 DEFAULT_MAX_MESSAGE = 65536
-DEFAULT_IDLE_TIMEOUT = 30.0  # DESIGN.md "Idle"
+DEFAULT_IDLE_TIMEOUT = 30.0  # docs/design.md "Idle"
 DEFAULT_MAX_RETRANSMISSIONS = 8  # 1+2+4+8+16+32+60+60+60 s: gives up after 243 s
 _MIN_MTU = 64
 _MAX_MTU = 65507  # the largest UDP payload over IPv4
@@ -270,7 +270,7 @@ def _unwrap(expected: int, value: int) -> int:
     return candidate
 
 
-def is_channel_frame(data: bytes) -> bool:
+def is_reliable_frame(data: bytes) -> bool:
     """Whether a datagram received on an ICE pair belongs to the channel (first byte in
     192-255, RFC 7983 §7), rather than to STUN (0-3) or TURN ChannelData (64-79)."""
     return len(data) > 0 and data[0] >= FIRST_BYTE_MIN
@@ -279,25 +279,25 @@ def is_channel_frame(data: bytes) -> bool:
 # --------------------------------------------------------------------------- errors
 
 
-class ChannelError(AnchorError):
+class ReliableChannelError(AnchorError):
     """Anything the reliable datagram channel refuses or reports as an exception."""
 
 
-class ChannelFull(ChannelError):
+class ReliableChannelFull(ReliableChannelError):
     """Backpressure: the message does not fit in the send window now. Nothing was queued;
     wait for :class:`SendWindowOpen` (or poll ``can_send``) and send it again."""
 
 
-class ChannelStateError(ChannelError, LocalProtocolError):
+class ReliableStateError(ReliableChannelError, LocalProtocolError):
     """``send()`` on a channel that is closing or closed."""
 
 
-class MessageTooLarge(ChannelError, LocalProtocolError):
+class MessageTooLarge(ReliableChannelError, LocalProtocolError):
     """``send()`` of a message longer than ``max_message`` bytes."""
 
 
-class SealError(ChannelError):
-    """Sealing or opening a frame failed (:mod:`anchor_ice.seal`), or keys could not be
+class SealError(ReliableChannelError):
+    """Sealing or opening a frame failed (:mod:`anchor_link.seal`), or keys could not be
     agreed."""
 
 
@@ -313,7 +313,7 @@ class ReplayDetected(SealError):
 
 
 class FrameSealer(Protocol):
-    """What the channel needs from a sealer (:class:`anchor_ice.seal.Sealer` is one).
+    """What the channel needs from a sealer (:class:`anchor_link.seal.Sealer` is one).
 
     ``seal`` turns a plaintext frame's first byte and the rest of it into the wire bytes;
     ``open`` reverses it, returning the rest of the frame (everything after the first byte)
@@ -338,14 +338,14 @@ class FrameSealer(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class ChannelEvent(StunEvent):
+class ReliableEvent(StunEvent):
     """Base of the events :class:`ReliableChannel` emits through ``next_event()`` (a
     :class:`~anchor_stun.events.StunEvent`, like the TURN and ICE events, so one driver loop
     can dispatch on one base)."""
 
 
 @dataclass(frozen=True, slots=True)
-class MessageReceived(ChannelEvent):
+class MessageReceived(ReliableEvent):
     """A whole message arrived, in order, exactly once."""
 
     data: bytes
@@ -353,18 +353,18 @@ class MessageReceived(ChannelEvent):
 
 
 @dataclass(frozen=True, slots=True)
-class SendWindowOpen(ChannelEvent):
+class SendWindowOpen(ReliableEvent):
     """Acknowledgements made room in the send window after ``send()`` raised
-    :class:`ChannelFull` (or ``can_send()`` said no)."""
+    :class:`ReliableChannelFull` (or ``can_send()`` said no)."""
 
     writable_bytes: int
     """The longest message ``send()`` would accept now."""
 
 
 @dataclass(frozen=True, slots=True)
-class ChannelIdle(ChannelEvent):
+class ReliableIdle(ReliableEvent):
     """No application datagram was sent or received for ``idle_timeout`` seconds
-    (DESIGN.md "Idle"). Reported once per idle period; the channel stays open."""
+    (docs/design.md "Idle"). Reported once per idle period; the channel stays open."""
 
     last_activity: float
     """When the last message was accepted by ``send()`` or new data arrived (or the channel
@@ -372,7 +372,7 @@ class ChannelIdle(ChannelEvent):
 
 
 class CloseReason(StrEnum):
-    """Why a channel closed (the ``reason`` of :class:`ChannelClosed`)."""
+    """Why a channel closed (the ``reason`` of :class:`ReliableClosed`)."""
 
     LOCAL = "closed"
     """This side called ``close()`` first; the handshake completed."""
@@ -383,7 +383,7 @@ class CloseReason(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class ChannelClosed(ChannelEvent):
+class ReliableClosed(ReliableEvent):
     """The channel reached CLOSED; nothing more will be delivered or sent (but ACKs of a
     retransmitted FIN)."""
 
@@ -394,7 +394,7 @@ class ChannelClosed(ChannelEvent):
 # --------------------------------------------------------------------------- state
 
 
-class ChannelState(Enum):
+class ReliableState(Enum):
     """Life cycle of a channel (see the module docstring)."""
 
     OPEN = "open"
@@ -413,8 +413,8 @@ class _Input(Enum):
     GIVE_UP = "retransmission limit"
 
 
-_S = ChannelState
-_TRANSITIONS: dict[tuple[ChannelState, _Input], ChannelState] = {
+_S = ReliableState
+_TRANSITIONS: dict[tuple[ReliableState, _Input], ReliableState] = {
     (_S.OPEN, _Input.CLOSE): _S.CLOSING,
     (_S.OPEN, _Input.PEER_FIN): _S.CLOSING,
     (_S.OPEN, _Input.GIVE_UP): _S.CLOSED,
@@ -425,7 +425,7 @@ _TRANSITIONS: dict[tuple[ChannelState, _Input], ChannelState] = {
 
 
 @dataclass(slots=True)
-class ChannelStats:
+class ReliableStats:
     """Counters of a channel; ``ReliableChannel.stats`` returns a copy."""
 
     frames_sent: int = 0
@@ -499,12 +499,12 @@ class ReliableChannel:
     - ``receive_window``: how far ahead of the next expected frame the receiver buffers
       (frames, default ``2 * send_window``);
     - ``max_message``: longest message (default 65536);
-    - ``idle_timeout``: seconds without application data before :class:`ChannelIdle`
+    - ``idle_timeout``: seconds without application data before :class:`ReliableIdle`
       (default 30);
     - ``rto_initial``, ``rto_min``, ``rto_max``: RFC 6298 timer bounds (1, 0.2, 60 s; the RTO
       is never below 2 SRTT either);
     - ``max_retransmissions``: RTO expirations in a row before "peer unreachable" (8);
-    - ``seal``: a :class:`FrameSealer` (e.g. :class:`anchor_ice.seal.Sealer`), or None for
+    - ``seal``: a :class:`FrameSealer` (e.g. :class:`anchor_link.seal.Sealer`), or None for
       plaintext frames;
     - ``rng``: random bytes, used for the first byte of sealed frames;
     - ``now``: when the channel opened; starts the idle clock (None: at the first activity).
@@ -567,9 +567,9 @@ class ReliableChannel:
         self._rng = rng
         self._ack_max_ranges = max(0, min(ACK_MAX_RANGES, (mtu - _ACK_FIXED - overhead) // 8))
 
-        self._state = ChannelState.OPEN
-        self._events: deque[ChannelEvent] = deque()
-        self._stats = ChannelStats(rto=rto_initial)
+        self._state = ReliableState.OPEN
+        self._events: deque[ReliableEvent] = deque()
+        self._stats = ReliableStats(rto=rto_initial)
 
         # Sender (sequence numbers are unbounded ints here, 32 bits on the wire).
         self._out: dict[int, _OutFrame] = {}
@@ -619,12 +619,12 @@ class ReliableChannel:
     # ----------------------------------------------------------------- properties
 
     @property
-    def state(self) -> ChannelState:
-        """The current :class:`ChannelState`."""
+    def state(self) -> ReliableState:
+        """The current :class:`ReliableState`."""
         return self._state
 
     @property
-    def stats(self) -> ChannelStats:
+    def stats(self) -> ReliableStats:
         """A snapshot of the counters and the RTT estimator."""
         return dataclasses.replace(self._stats, srtt=self._srtt, rttvar=self._rttvar, rto=self._rto)
 
@@ -636,7 +636,7 @@ class ReliableChannel:
     @property
     def writable_bytes(self) -> int:
         """The longest message ``send()`` would accept now (0: none, not even an empty one)."""
-        if self._state is not ChannelState.OPEN:
+        if self._state is not ReliableState.OPEN:
             return 0
         free = self._free_frames()
         if free <= 0:
@@ -653,7 +653,7 @@ class ReliableChannel:
     def can_send(self, size: int) -> bool:
         """Whether ``send()`` of a ``size``-byte message would be accepted now. A False
         answer because the window is full arms :class:`SendWindowOpen`."""
-        if self._state is not ChannelState.OPEN or not 0 <= size <= self._max_message:
+        if self._state is not ReliableState.OPEN or not 0 <= size <= self._max_message:
             return False
         need = 1 if size <= self._payload else _frames_for(size, self._payload)
         if need > self._send_window - (self._snd_next - self._snd_una):
@@ -663,11 +663,11 @@ class ReliableChannel:
 
     def send(self, data: bytes, now: float) -> None:
         """Queue one message for reliable, in-order delivery; it goes out at the next
-        ``datagrams_to_send``. Raises :class:`ChannelFull` when the send window has no room
+        ``datagrams_to_send``. Raises :class:`ReliableChannelFull` when the send window has no room
         for it (nothing is queued), :class:`MessageTooLarge` above ``max_message`` and
-        :class:`ChannelStateError` once closing; the channel is unchanged after any of them."""
-        if self._state is not ChannelState.OPEN:
-            raise ChannelStateError(f"cannot send: channel is {self._state.value}")
+        :class:`ReliableStateError` once closing; the channel is unchanged after any of them."""
+        if self._state is not ReliableState.OPEN:
+            raise ReliableStateError(f"cannot send: channel is {self._state.value}")
         size = len(data)
         if size > self._max_message:
             raise MessageTooLarge(
@@ -677,7 +677,7 @@ class ReliableChannel:
         free = self._send_window - (self._snd_next - self._snd_una)
         if count > free:
             self._blocked = True
-            raise ChannelFull(f"message needs {count} frames, the send window has {free}")
+            raise ReliableChannelFull(f"message needs {count} frames, the send window has {free}")
         if count == 1:  # the common case: no slicing (bytes are immutable: no copy either)
             seq = self._snd_next
             self._out[seq] = _OutFrame(
@@ -702,8 +702,8 @@ class ReliableChannel:
 
     def close(self, now: float) -> None:
         """Start the close handshake: a FIN goes out after every message already sent.
-        Idempotent; :class:`ChannelClosed` reports the end."""
-        if self._state is ChannelState.OPEN:
+        Idempotent; :class:`ReliableClosed` reports the end."""
+        if self._state is ReliableState.OPEN:
             self._closed_first = True
             self._transition(_Input.CLOSE)
             self._queue_fin()
@@ -765,7 +765,7 @@ class ReliableChannel:
             and self._partial is None
             and not self._skip_message
             and not self._peer_fin
-            and self._state is not ChannelState.CLOSED
+            and self._state is not ReliableState.CLOSED
         )
         if not accepted:
             self._stats.dropped_invalid += 1
@@ -786,7 +786,7 @@ class ReliableChannel:
                 # receiver ACKs once per batch, not per frame). Send it twice.
                 self._ack_repeat = False
                 out.append(out[-1] if self._sealer is None else self._encode(body))
-        if self._state is not ChannelState.CLOSED and (
+        if self._state is not ReliableState.CLOSED and (
             self._retransmit or self._snd_sent < self._snd_next
         ):
             if self._retransmit:
@@ -808,7 +808,7 @@ class ReliableChannel:
     def next_timer(self) -> float | None:
         """The next deadline (RACK reordering timer, tail-loss probe, retransmission timeout
         or idle), absolute, or None."""
-        if self._state is ChannelState.CLOSED:
+        if self._state is ReliableState.CLOSED:
             return None
         deadline = self._idle_deadline()
         for other in (self._loss_deadline, self._pto_deadline, self._rto_deadline):
@@ -820,7 +820,7 @@ class ReliableChannel:
         """Act on every deadline that has passed: RACK's reordering timer (RFC 8985 §6.3), the
         retransmission timeout (RFC 6298 §5.4-§5.6) or else the probe timeout (RFC 8985 §7.3),
         and idle expiry. An early call does nothing."""
-        if self._state is ChannelState.CLOSED:
+        if self._state is ReliableState.CLOSED:
             return
         if self._loss_deadline is not None and now >= self._loss_deadline:
             self._detect_losses(now)
@@ -833,9 +833,9 @@ class ReliableChannel:
         idle = self._idle_deadline()
         if idle is not None and now >= idle:
             self._idle_reported = True
-            self._events.append(ChannelIdle(self._last_active()))
+            self._events.append(ReliableIdle(self._last_active()))
 
-    def next_event(self) -> ChannelEvent | None:
+    def next_event(self) -> ReliableEvent | None:
         """The oldest event not yet returned, or None."""
         return self._events.popleft() if self._events else None
 
@@ -1033,7 +1033,7 @@ class ReliableChannel:
         self._retransmit.clear()
         self._rcv_buf.clear()
         self._rto_deadline = self._pto_deadline = self._loss_deadline = None
-        self._events.append(ChannelClosed(CloseReason.UNREACHABLE))
+        self._events.append(ReliableClosed(CloseReason.UNREACHABLE))
 
     def _rtt_sample(self, r: float) -> None:
         """RFC 6298 §2.2 / §2.3, with the floor of the module docstring; min_rtt for RACK."""
@@ -1068,7 +1068,7 @@ class ReliableChannel:
             self._stats.duplicates += 1
             self._ack_owed = self._ack_repeat = True
             return True
-        if self._state is ChannelState.CLOSED or self._peer_fin:
+        if self._state is ReliableState.CLOSED or self._peer_fin:
             return False  # nothing follows the peer's FIN
         if seq >= self._rcv_next + self._receive_window:
             self._stats.dropped_window += 1
@@ -1158,7 +1158,7 @@ class ReliableChannel:
             self._partial, self._partial_size = None, 0
         self._stats.dropped_invalid += len(self._rcv_buf)  # frames after the FIN
         self._rcv_buf.clear()
-        if self._state is ChannelState.OPEN:
+        if self._state is ReliableState.OPEN:
             self._transition(_Input.PEER_FIN)
             self._queue_fin()
         self._maybe_closed()
@@ -1169,7 +1169,7 @@ class ReliableChannel:
         count = frame[6]
         if len(frame) != _ACK_FIXED + 8 * count:
             return False
-        if self._state is ChannelState.CLOSED:
+        if self._state is ReliableState.CLOSED:
             return True
         # Validate everything before changing anything.
         cum = _unwrap(self._snd_una, _HEAD.unpack_from(frame)[2])
@@ -1265,7 +1265,7 @@ class ReliableChannel:
         if self._fin_seq is not None and self._snd_una > self._fin_seq:
             self._fin_acked = True
             self._maybe_closed()
-        if self._blocked and self._state is ChannelState.OPEN and self._free_frames() > 0:
+        if self._blocked and self._state is ReliableState.OPEN and self._free_frames() > 0:
             self._blocked = False
             self._events.append(SendWindowOpen(self.writable_bytes))
         return True
@@ -1279,16 +1279,16 @@ class ReliableChannel:
     # ----------------------------------------------------------------- state, idle
 
     def _maybe_closed(self) -> None:
-        if self._state is ChannelState.CLOSING and self._fin_acked and self._peer_fin:
+        if self._state is ReliableState.CLOSING and self._fin_acked and self._peer_fin:
             self._transition(_Input.HANDSHAKE_DONE)
             self._rto_deadline = self._pto_deadline = self._loss_deadline = None
             self._retransmit.clear()
             reason = CloseReason.LOCAL if self._closed_first else CloseReason.PEER
-            self._events.append(ChannelClosed(reason))
+            self._events.append(ReliableClosed(reason))
 
     def _transition(self, event: _Input) -> None:
         self._state = _TRANSITIONS.get((self._state, event), self._state)
-        if self._state is ChannelState.CLOSED:
+        if self._state is ReliableState.CLOSED:
             self._rcv_simple = False
 
     def _activity(self, now: float) -> None:

@@ -1,21 +1,21 @@
-"""The life of one ephemeral link, sans-I/O (DESIGN.md "What it is", "Idle").
+"""The life of one ephemeral link, sans-I/O (docs/design.md "What Anchor is", "Idle").
 
 Theory of operation
 -------------------
 A :class:`LinkMachine` is one link between this endpoint and one peer, from the moment it is
 wanted (the first ``send`` to the peer, or the peer's offer arriving through the signalling)
 to the moment nothing of it is left. It never touches a socket, a clock or asyncio: the
-asyncio adapter (:class:`anchor_ice.link.Anchor`) gathers, signals and runs ICE, and tells the
+asyncio adapter (:class:`anchor_link.aio.endpoint.LinkEndpoint`) gathers, signals and runs ICE, and tells the
 machine what happened; the machine owns the decisions and the deadlines:
 
 - **Forming.** The adapter reports :meth:`LinkMachine.formed` with the selected pair and a
-  :class:`~anchor_ice.channel.ReliableChannel` built on it, or :meth:`LinkMachine.fail`. The
+  :class:`~anchor_link.reliable.ReliableChannel` built on it, or :meth:`LinkMachine.fail`. The
   machine fails the link on its own when ``form_timeout`` passes first.
 - **Open.** Messages go through the channel (``send``, ``receive_datagram``,
-  ``datagrams_to_send``, the channel's timers). The channel's :class:`ChannelIdle` (no
+  ``datagrams_to_send``, the channel's timers). The channel's :class:`ReliableIdle` (no
   application datagram sent or received for ``idle_timeout``; ACKs, retransmissions and ICE
   consent checks do not count) starts the dissolution: the channel's FIN handshake.
-- **Closing.** Ends when the channel reports :class:`ChannelClosed` (both FINs exchanged), or
+- **Closing.** Ends when the channel reports :class:`ReliableClosed` (both FINs exchanged), or
   when ``close_timeout`` passes (the peer went away mid-handshake). The peer's FIN (it went
   idle first) makes this side close too.
 - **Draining.** After the handshake the pair is kept for a short while: the last frame of a
@@ -53,21 +53,20 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
-from anchor_stun.errors import AnchorError
-from anchor_stun.events import Address, StunEvent
-
-from .candidate import CandidateType
-from .channel import (
+from anchor_ice.candidate import CandidateType
+from anchor_ice.events import PairInfo
+from anchor_link.reliable import (
     RTO_INITIAL,
-    ChannelClosed,
-    ChannelIdle,
-    ChannelState,
     CloseReason,
     MessageReceived,
     ReliableChannel,
+    ReliableClosed,
+    ReliableIdle,
+    ReliableState,
     SendWindowOpen,
 )
-from .events import PairInfo
+from anchor_stun.errors import AnchorError
+from anchor_stun.events import Address, StunEvent
 
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
@@ -141,7 +140,7 @@ class LinkFormed(LinkEvent):
     offerer: bool
     """True on the side that sent the offer (the ICE controlling agent)."""
     sealed: bool
-    """True when frames are sealed (X25519 + ChaCha20-Poly1305, :mod:`anchor_ice.seal`)."""
+    """True when frames are sealed (X25519 + ChaCha20-Poly1305, :mod:`anchor_link.seal`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +383,7 @@ class LinkMachine:
 
     def send(self, data: bytes, now: float) -> None:
         """Queue one message. Raises :class:`LinkClosed` unless open, and the channel's
-        :class:`~anchor_ice.channel.ChannelFull` / ``MessageTooLarge``."""
+        :class:`~anchor_link.reliable.ReliableChannelFull` / ``MessageTooLarge``."""
         if self._state is not LinkState.OPEN or self._channel is None:
             raise LinkClosed(f"link to {self.peer!r} is {self._state.value}")
         self._channel.send(data, now)
@@ -458,10 +457,10 @@ class LinkMachine:
                 self._events.append(LinkMessage(self.peer, event.data))
             elif isinstance(event, SendWindowOpen):
                 self._events.append(LinkWritable(self.peer))
-            elif isinstance(event, ChannelIdle):
+            elif isinstance(event, ReliableIdle):
                 if self._state is LinkState.OPEN:
                     self._start_closing(_Input.IDLE, DissolveReason.IDLE, now)
-            elif isinstance(event, ChannelClosed):
+            elif isinstance(event, ReliableClosed):
                 if event.reason is CloseReason.UNREACHABLE:
                     reason = self._reason or DissolveReason.UNREACHABLE
                     self._dissolve(_Input.CHANNEL_CLOSED, reason, now, clean=False)
@@ -471,7 +470,7 @@ class LinkMachine:
                     linger = min(self._close_timeout, max(3 * rto, RTO_INITIAL + rto))
                     self._drain_deadline = now + linger
                     self._transition(_Input.HANDSHAKE_DONE)
-        if self._state is LinkState.OPEN and channel.state is ChannelState.CLOSING:
+        if self._state is LinkState.OPEN and channel.state is ReliableState.CLOSING:
             # The peer's FIN arrived in order: it closed first; our FIN is queued.
             self._start_closing(_Input.PEER_FIN, DissolveReason.PEER, now)
 

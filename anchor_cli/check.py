@@ -1,11 +1,11 @@
 """``anchor check``: a conformance report for any STUN/TURN server.
 
-Contract (DESIGN.md "Command line contract")::
+Contract (docs/design.md "The command line")::
 
     anchor check HOST:PORT [--user NAME:PASSWORD | --static-auth-secret S]
                  [--transport udp|tcp|tls] [--peer IP:PORT] [--only stun|turn] [--slow] [--json]
 
-Runs the probes of :mod:`anchor_turn.net_check` one after the other and prints a table
+Runs the probes of :mod:`anchor_turn.aio.check` one after the other and prints a table
 (result, level, requirement and probe id, RFC section, detail) and a summary; ``--json`` prints
 the same as one line holding a list of ``{"id", "requirement", "rfc", "level", "result",
 "detail"}``. Without credentials the TURN probes that need an allocation are skipped; without
@@ -29,8 +29,7 @@ import sys
 import time
 from typing import Any
 
-from anchor_stun.errors import AnchorError
-from anchor_stun.net import (
+from anchor_stun.aio.net import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
     client_tls_context,
@@ -38,9 +37,9 @@ from anchor_stun.net import (
     parse_address,
     resolve,
 )
-
-from .check import Outcome, ProbeResult, check_passed, rest_credentials, summary
-from .net_check import CheckConfig, CheckError, run_check
+from anchor_stun.errors import AnchorError
+from anchor_turn.aio.check import CheckConfig, CheckError, run_check
+from anchor_turn.check import Outcome, ProbeResult, check_passed, rest_credentials, summary
 
 __all__ = ["add_parser", "main", "run"]
 

@@ -1,0 +1,106 @@
+"""anchor_link: the ephemeral link: a reliable datagram channel (sans-I/O), its sealing, the
+link state machine, and the asyncio endpoint and signalling (:mod:`anchor_link.aio`).
+
+The names below are the public API; everything in ``__all__`` is re-exported here."""
+
+from __future__ import annotations
+
+from anchor_link.aio.endpoint import (
+    LinkEndpoint,
+)
+from anchor_link.aio.signal import (
+    InProcessSignalling,
+    Mailbox,
+    RendezvousServer,
+    Signalling,
+    SignallingClosed,
+    SignallingError,
+    WebSocketSignalling,
+)
+from anchor_link.reliable import (
+    AuthenticationFailed,
+    CloseReason,
+    FrameSealer,
+    MessageReceived,
+    MessageTooLarge,
+    ReliableChannel,
+    ReliableChannelError,
+    ReliableChannelFull,
+    ReliableClosed,
+    ReliableEvent,
+    ReliableIdle,
+    ReliableState,
+    ReliableStats,
+    ReplayDetected,
+    SealError,
+    SendWindowOpen,
+)
+from anchor_link.seal import (
+    Sealer,
+    SealKeyPair,
+)
+from anchor_link.state import (
+    DissolveReason,
+    LinkClosed,
+    LinkDissolved,
+    LinkError,
+    LinkEvent,
+    LinkFailed,
+    LinkFormationFailed,
+    LinkFormed,
+    LinkMachine,
+    LinkMessage,
+    LinkState,
+    LinkWritable,
+)
+
+__all__ = [
+    "AuthenticationFailed",
+    "CloseReason",
+    "DissolveReason",
+    "FrameSealer",
+    "InProcessSignalling",
+    "LinkClosed",
+    "LinkDissolved",
+    "LinkEndpoint",
+    "LinkError",
+    "LinkEvent",
+    "LinkFailed",
+    "LinkFormationFailed",
+    "LinkFormed",
+    "LinkMachine",
+    "LinkMessage",
+    "LinkState",
+    "LinkWritable",
+    "Mailbox",
+    "MessageReceived",
+    "MessageTooLarge",
+    "ReliableChannel",
+    "ReliableChannelError",
+    "ReliableChannelFull",
+    "ReliableClosed",
+    "ReliableEvent",
+    "ReliableIdle",
+    "ReliableState",
+    "ReliableStats",
+    "RendezvousServer",
+    "ReplayDetected",
+    "SealError",
+    "SealKeyPair",
+    "Sealer",
+    "SendWindowOpen",
+    "Signalling",
+    "SignallingClosed",
+    "SignallingError",
+    "WebSocketSignalling",
+]
+
+
+def __getattr__(name: str) -> object:
+    """``Anchor``: the deprecated name of :class:`LinkEndpoint` (see
+    :mod:`anchor_link.aio.endpoint`)."""
+    if name == "Anchor":
+        from anchor_link.aio import endpoint
+
+        return endpoint.Anchor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
