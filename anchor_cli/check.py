@@ -14,8 +14,12 @@ skipped otherwise. ``--static-auth-secret`` makes TURN REST API credentials (cot
 ``use-auth-secret``) valid for a day. TLS: ``--ca-file`` / ``--insecure`` as for
 ``anchor stun``; ``--timeout`` bounds each transaction.
 
-Exit status: 0 when no MUST requirement failed, 1 when one did or the server cannot be reached
-at all, 2 for a mistake on the command line. Errors are one line on stderr, never a traceback.
+Exit status: 0 when no MUST requirement failed and every area asked for was tested, 1 when a
+MUST failed or the server cannot be reached at all, 2 for a mistake on the command line, 3 when
+an area could not be tested (TURN without credentials: say ``--only stun`` to test STUN alone).
+The report names each untested area and why. It fits the terminal: a table when it is wide
+(140 columns or more), else one block per probe, wrapped at word boundaries (80 columns when
+written to a file or a pipe). Errors are one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -39,15 +43,28 @@ from anchor_stun.aio.net import (
 )
 from anchor_stun.errors import AnchorError
 from anchor_turn.aio.check import CheckConfig, CheckError, run_check
-from anchor_turn.check import Outcome, ProbeResult, check_passed, rest_credentials, summary
+from anchor_turn.check import (
+    Outcome,
+    ProbeResult,
+    check_passed,
+    rest_credentials,
+    summary,
+    untested_areas,
+)
 
 __all__ = ["add_parser", "main", "run"]
 
 DEFAULT_TIMEOUT = 2.0
 """Seconds one transaction may take, retransmissions included."""
 
-_PIPE_WIDTH = 180
-"""Width of the table when stdout is not a terminal (and COLUMNS is not set)."""
+_PIPE_WIDTH = 80
+"""Width of the report when stdout is not a terminal (and COLUMNS is not set)."""
+
+_TABLE_WIDTH = 140
+"""The narrowest terminal that gets the table; narrower ones get one block per probe."""
+
+UNTESTED_STATUS = 3
+"""Exit status when an area asked for could not be tested (no MUST failed)."""
 
 _STYLES = {
     Outcome.PASS: "green",
@@ -170,41 +187,60 @@ async def run(args: argparse.Namespace) -> tuple[CheckConfig, list[ProbeResult],
 
 def _print_report(config: CheckConfig, results: list[ProbeResult], seconds: float) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    where = f"{format_address(config.server)} over {config.transport}"
-    table = Table(title=f"anchor check {where}", show_lines=False)
-    table.add_column("result")
-    table.add_column("level")
-    table.add_column("probe", no_wrap=True)
-    table.add_column("requirement")
-    table.add_column("RFC")
-    table.add_column("detail")
-    for result in results:
-        style = _STYLES[result.outcome]
-        table.add_row(
-            f"[{style}]{result.outcome.value}[/{style}]",
-            result.info.level.value,
-            result.id,
-            result.info.requirement,
-            result.info.rfc,
-            result.detail,
-        )
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=_PIPE_WIDTH)  # a report written to a file or a pipe
-    console.print(table)
+    where = f"{format_address(config.server)} over {config.transport}"
+    if console.width >= _TABLE_WIDTH:
+        table = Table(title=f"anchor check {where}", show_lines=False)
+        table.add_column("result")
+        table.add_column("level")
+        table.add_column("probe", no_wrap=True)
+        table.add_column("requirement")
+        table.add_column("RFC")
+        table.add_column("detail")
+        for result in results:
+            style = _STYLES[result.outcome]
+            table.add_row(
+                f"[{style}]{result.outcome.value}[/{style}]",
+                result.info.level.value,
+                result.id,
+                escape(result.info.requirement),
+                result.info.rfc,
+                escape(result.detail),
+            )
+        console.print(table)
+    else:
+        console.print(f"anchor check {where}")
+        for result in results:
+            style = _STYLES[result.outcome]
+            console.print()
+            console.print(
+                f"[{style}]{result.outcome.value.upper():7}[/{style}] {result.info.level.value:6} "
+                f"{result.id}  ({result.info.rfc})"
+            )
+            for text in (result.info.requirement, result.detail):
+                console.print(escape(text), overflow="fold")
     counts = summary(results)
     verdict = (
         "[green]PASS[/green]: every MUST requirement tested passed"
         if check_passed(results)
         else f"[bold red]FAIL[/bold red]: {counts['must_failed']} MUST requirement(s) failed"
     )
+    console.print()
     console.print(
         f"{counts['total']} probes in {seconds:.1f} s: {counts['pass']} passed, "
         f"{counts['fail']} failed, {counts['finding']} findings, {counts['skip']} skipped. "
         f"{verdict}"
     )
+    for area, reason in untested_areas(results).items():
+        console.print(
+            f"[bold yellow]NOT TESTED[/bold yellow]: {area.upper()} ({escape(reason)}); "
+            f"--only {'stun' if area == 'turn' else 'turn'} leaves it out"
+        )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -224,4 +260,6 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_json() for r in results]))
     else:
         _print_report(config, results, seconds)
-    return 0 if check_passed(results) else 1
+    if not check_passed(results):
+        return 1
+    return UNTESTED_STATUS if untested_areas(results) else 0

@@ -64,15 +64,26 @@ async def _cmd_stun(args: argparse.Namespace) -> dict[str, Any]:
         ssl_context=context,
         server_hostname=host,
         software=SOFTWARE,
+        timeout=args.timeout,
     )
     out: dict[str, Any] = {
         "mapped": format_address(result.mapped),
         "rtt_ms": round(result.rtt * 1000, 3),
     }
     if args.nat:
-        nat = await discover_nat(server, software=SOFTWARE)
+        nat = await discover_nat(server, software=SOFTWARE, timeout=args.timeout)
         out["nat"] = {"mapping": nat.mapping, "filtering": nat.filtering}
     return out
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
 
 
 def _print_stun(out: dict[str, Any]) -> None:
@@ -120,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     stun.add_argument("--json", action="store_true", help="print one JSON object")
     stun.add_argument("--ca-file", help="CA bundle to verify a TLS server")
     stun.add_argument("--insecure", action="store_true", help="do not verify the TLS server")
+    stun.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS",
+                      help="give up after SECONDS (default: the RFC's retransmissions, 39.5 s "
+                      "over UDP); a closed port fails at once")
 
     from anchor_cli.serve import SERVE_DESCRIPTION, add_serve_arguments
 

@@ -12,6 +12,7 @@ __all__ = [
     "AllocationError",
     "AnchorError",
     "DecodeError",
+    "DestinationUnreachable",
     "LocalProtocolError",
     "StreamCorrupted",
     "StunDecodeError",
@@ -70,6 +71,12 @@ class StunIntegrityError(StunError):
 
 class TransactionTimeout(StunError):
     """A client transaction got no response within Ti / Rc retransmissions (RFC 8489 §6.2)."""
+
+
+class DestinationUnreachable(StunError, ConnectionError):
+    """The socket reported the destination unreachable (an ICMP error, RFC 8489 §6.2.1
+    leaves its handling to the client): the transaction ends at once instead of after its
+    retransmissions. The message names the address."""
 
 
 class StunErrorResponse(StunError):

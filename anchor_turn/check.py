@@ -41,6 +41,7 @@ __all__ = [
     "check_passed",
     "rest_credentials",
     "summary",
+    "untested_areas",
 ]
 
 Group = Literal["stun", "turn"]
@@ -151,6 +152,26 @@ def check_passed(results: Iterable[ProbeResult]) -> bool:
     """True when no MUST probe failed (exit status 0). A skipped MUST does not fail the
     check: it was not tested (the detail says why, e.g. no credentials were given)."""
     return not any(r.failed_must for r in results)
+
+
+def untested_areas(results: Iterable[ProbeResult]) -> dict[str, str]:
+    """The areas (``stun``, ``turn``) that were run but not really tested: most of their MUST
+    probes were skipped (TURN without credentials: only the probes that need no allocation
+    ran). Maps each to the reason most of its skipped probes give."""
+    reasons: dict[str, list[str]] = {}
+    must: dict[str, int] = {}
+    for result in results:
+        if result.info.level is not Level.MUST:
+            continue
+        group = result.info.group
+        must[group] = must.get(group, 0) + 1
+        if result.outcome is Outcome.SKIP:
+            reasons.setdefault(group, []).append(result.detail)
+    return {
+        group: max(set(details), key=details.count)
+        for group, details in reasons.items()
+        if 2 * len(details) > must[group]
+    }
 
 
 def summary(results: Iterable[ProbeResult]) -> Mapping[str, int]:

@@ -498,3 +498,22 @@ def test_cli_mistakes_are_one_line() -> None:
         f"anchor check: no answer from 127.0.0.1:{port} over udp within 0.3 s"
     ]
 
+
+
+def test_cli_without_credentials_says_turn_was_not_tested_within_80_columns() -> None:
+    """No credentials: the report and the exit status (3) say TURN was not tested; the same
+    server with ``--only stun`` passes (0). At 80 columns no line is longer and every
+    requirement's words are whole (wrapped at word boundaries, never mid-word)."""
+    port = free_port("both")
+    with anchor_serve("--listen", f"127.0.0.1:{port}", "--realm", REALM,
+                      "--user", f"{USER}:{PASSWORD}"):  # fmt: skip
+        text = run_anchor("check", f"127.0.0.1:{port}")
+        stun_only = run_anchor("check", f"127.0.0.1:{port}", "--only", "stun")
+    assert text.returncode == 3, text.stdout + text.stderr
+    assert stun_only.returncode == 0, stun_only.stdout
+    assert "NOT TESTED: TURN (needs credentials" in " ".join(text.stdout.split())
+    lines = text.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    words = set(" ".join(lines).split())
+    for probe in PROBES:
+        assert set(probe.info.requirement.split()) <= words, probe.info.id

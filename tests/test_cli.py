@@ -43,3 +43,26 @@ def test_user_mistakes_are_one_line_errors() -> None:
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     refused = run_anchor("stun", "no-such-host.invalid")
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
+
+
+def test_stun_to_a_closed_port_fails_at_once_naming_the_address() -> None:
+    """Not the 39.5 s of RFC 8489 retransmissions: the ICMP error ends it (the test's own
+    timeout, far below 39.5 s, is what would catch a regression)."""
+    port = free_port("both")
+    for transport in ("udp", "tcp"):
+        result = run_anchor("stun", f"127.0.0.1:{port}", "--transport", transport, timeout=20)
+        assert result.returncode == 1, result.stderr
+        assert f"127.0.0.1:{port} unreachable" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_stun_timeout_option() -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        result = run_anchor("stun", f"127.0.0.1:{port}", "--timeout", "0.5", timeout=20)
+    assert result.returncode == 1 and "within 0.5 s" in result.stderr, result.stderr
+    bad = run_anchor("stun", "127.0.0.1", "--timeout", "-1")
+    assert bad.returncode == 2 and "--timeout" in bad.stderr

@@ -186,3 +186,46 @@ def test_core_pump_flush_sends_and_hands_out_events_but_leaves_the_timer() -> No
         pump.close()
 
     asyncio.run(main())
+
+
+def test_binding_to_a_closed_port_fails_at_once_naming_the_address() -> None:
+    """The ICMP port-unreachable of a connected UDP socket (and the refused TCP connection)
+    end the transaction with DestinationUnreachable instead of 39.5 s of retransmissions.
+    The bound on the wait is the transaction's RTO, not the clock: the first retransmission
+    (0.5 s) never goes out."""
+    from anchor_stun.errors import DestinationUnreachable
+
+    async def main() -> None:
+        port = free_port("both")
+        for transport in ("udp", "tcp"):
+            with pytest.raises(DestinationUnreachable, match=f"127.0.0.1:{port} unreachable"):
+                await binding_request(f"127.0.0.1:{port}", transport)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+
+
+def test_binding_request_takes_text_or_tuple_and_names_bad_arguments() -> None:
+    from anchor_stun.errors import LocalProtocolError, TransactionTimeout
+
+    async def main() -> None:
+        port = free_port("udp")
+        runner = await _serve(("127.0.0.1", port))
+        try:
+            text = await binding_request(f"127.0.0.1:{port}")
+            pair = await binding_request(("127.0.0.1", port))
+            assert text.mapped[0] == pair.mapped[0] == "127.0.0.1"
+        finally:
+            runner.close()
+        for bad in ("127.0.0.1:0", "127.0.0.1:x", ("127.0.0.1", "3478"), ("", 3478), 3478,
+                    ("127.0.0.1", 70000)):  # fmt: skip
+            with pytest.raises(LocalProtocolError, match="server must be"):
+                await binding_request(bad)  # type: ignore[arg-type]
+        with pytest.raises(LocalProtocolError, match="timeout"):
+            await binding_request(("127.0.0.1", port), timeout=0)
+        # a socket that swallows the request: the caller's timeout, not the RFC's 39.5 s
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind(("127.0.0.1", 0))
+            with pytest.raises(TransactionTimeout, match=r"within 0\.3 s"):
+                await binding_request(silent.getsockname(), timeout=0.3)
+
+    asyncio.run(main())

@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 from anchor_stun.attributes import Software, XorMappedAddress
 from anchor_stun.errors import (
     DecodeError,
+    DestinationUnreachable,
     LocalProtocolError,
     StreamCorrupted,
     StunError,
@@ -58,6 +59,7 @@ __all__ = [
     "parse_address",
     "resolve",
     "route_local_ip",
+    "server_address",
     "settle_transaction",
 ]
 
@@ -95,6 +97,32 @@ def parse_address(text: str, default_port: int | None = None) -> tuple[str, int]
     if default_port is None:
         raise ValueError(f"address {text!r} needs a port")
     return host, default_port
+
+
+def server_address(
+    value: object, what: str = "server", default_port: int | None = DEFAULT_PORT
+) -> tuple[str, int]:
+    """A server's address given as ``(host, port)`` or as text (``host[:port]``,
+    ``[v6]:port``), checked where it enters: :class:`LocalProtocolError` naming ``what`` and
+    the accepted forms for anything else (a bad type, an empty host, a port out of range)."""
+    forms = f"{what} must be (host, port) or 'host:port'"
+    if isinstance(value, str):
+        try:
+            return parse_address(value, default_port)
+        except ValueError as exc:
+            raise LocalProtocolError(f"{forms}: {exc}") from None
+    if (
+        isinstance(value, tuple | list)
+        and len(value) >= 2
+        and isinstance(value[0], str)
+        and value[0]
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+    ):
+        if not 0 < value[1] < 65536:
+            raise LocalProtocolError(f"{forms}: port {value[1]} out of range 1-65535")
+        return (value[0], value[1])
+    raise LocalProtocolError(f"{forms}, not {value!r}")
 
 
 async def resolve(host: str, port: int, *, family: int = 0) -> Address:
@@ -257,7 +285,9 @@ class _ClientDatagram(asyncio.DatagramProtocol):
         self.owner._received(data, (str(addr[0]), int(addr[1])))
 
     def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors: the transaction retransmits and times out on its own
+        # Reported on a connected socket only (Linux): an ICMP error for the server.
+        if isinstance(exc, OSError):
+            self.owner._unreachable(exc)
 
 
 class _ClientStream(asyncio.Protocol):
@@ -285,7 +315,9 @@ class StunTransport:
 
     ``await request(data)`` sends an encoded request and returns the success response; an
     error response raises :class:`StunErrorResponse`, no response :class:`TransactionTimeout`.
-    Over UDP, ``request(data, addr)`` may target any address (RFC 5780 tests do).
+    Over UDP, ``request(data, addr)`` may target any address (RFC 5780 tests do), unless the
+    socket was made with ``connected=True``: then only the server, and an ICMP error from it
+    ends every transaction at once with :class:`DestinationUnreachable`.
     """
 
     def __init__(self, transport_name: TransportName, server: Address) -> None:
@@ -296,6 +328,7 @@ class StunTransport:
         self._udp: asyncio.DatagramTransport | None = None
         self._stream: asyncio.Transport | None = None
         self._pump = CorePump(self.client, self._send, self._event)
+        self._connected = False
         self.local: Address = ("", 0)
 
     @classmethod
@@ -308,16 +341,24 @@ class StunTransport:
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         timeout: float = 10.0,
+        connected: bool = False,
     ) -> StunTransport:
-        """Open a UDP socket towards ``server``, or a TCP / TLS connection to it."""
+        """Open a UDP socket towards ``server`` (connected to it with ``connected``, so that
+        ICMP errors are seen), or a TCP / TLS connection to it."""
         loop = asyncio.get_running_loop()
+        server = server_address(server)
+        if transport not in ("udp", "tcp", "tls"):
+            raise LocalProtocolError(f"transport must be 'udp', 'tcp' or 'tls', not {transport!r}")
         self = cls(transport, server)
         if transport == "udp":
             if local is None:
                 local = (route_local_ip(server), 0)
             udp, _ = await loop.create_datagram_endpoint(
-                lambda: _ClientDatagram(self), local_addr=local
+                lambda: _ClientDatagram(self),
+                local_addr=local,
+                remote_addr=server if connected else None,
             )
+            self._connected = connected
             self._udp = udp
             sock = udp.get_extra_info("sockname")
         else:
@@ -342,7 +383,7 @@ class StunTransport:
 
     def _send(self, transmit: Transmit) -> None:
         if self._udp is not None:
-            self._udp.sendto(transmit.data, transmit.addr)
+            self._udp.sendto(transmit.data, None if self._connected else transmit.addr)
         elif self._stream is not None and not self._stream.is_closing():
             self._stream.write(transmit.data)
 
@@ -354,15 +395,24 @@ class StunTransport:
         settle_transaction(self._waiters, event)
 
     def _lost(self, reason: str) -> None:
+        self._fail(TransactionTimeout(reason))
+
+    def _unreachable(self, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        self._fail(DestinationUnreachable(f"{format_address(self.server)} unreachable ({reason})"))
+
+    def _fail(self, error: StunError) -> None:
         for waiter in self._waiters.values():
             if not waiter.done():
-                waiter.set_exception(TransactionTimeout(reason))
+                waiter.set_exception(error)
         self._waiters.clear()
 
     async def request(self, data: bytes, addr: Address | None = None) -> TransactionSucceeded:
         """Run one client transaction; returns the success event (response, rtt)."""
         if self._udp is None and self._stream is None:
             raise LocalProtocolError("transport is closed")
+        if self._connected and addr is not None and tuple(addr) != self.server:
+            raise LocalProtocolError("a connected transport sends to its server only")
         if self._stream is not None and self._stream.is_closing():
             raise TransactionTimeout("connection closed")
         txid = self.client.send_request(data, addr or self.server, self._pump.now())
@@ -402,23 +452,47 @@ class BindingResult:
 
 
 async def binding_request(
-    server: Address,
+    server: Address | str,
     transport: TransportName = "udp",
     *,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     software: str | None = None,
+    timeout: float | None = None,
     rng: Callable[[int], bytes] = os.urandom,
 ) -> BindingResult:
-    """One Binding transaction over UDP, TCP or TLS; returns the mapped address."""
-    conn = await StunTransport.connect(
-        server, transport, ssl_context=ssl_context, server_hostname=server_hostname
-    )
+    """One Binding transaction over UDP, TCP or TLS; returns the mapped address.
+
+    ``server`` is ``(host, port)`` or ``"host[:port]"`` (port 3478 by default); a host name
+    is resolved. A port nobody listens on ends the transaction at once with
+    :class:`DestinationUnreachable` (the ICMP error of a connected UDP socket, or the refused
+    TCP connection); no answer raises :class:`TransactionTimeout` after ``timeout`` seconds,
+    or after the RFC's retransmissions (39.5 s over UDP, RFC 8489 §6.2.1) by default."""
+    host, port = server_address(server)
+    if timeout is not None and not timeout > 0:
+        raise LocalProtocolError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    addr = await resolve(host, port)
+    try:
+        conn = await StunTransport.connect(
+            addr, transport, ssl_context=ssl_context, server_hostname=server_hostname or host,
+            connected=True, timeout=timeout or 10.0,
+        )  # fmt: skip
+    except ConnectionRefusedError as exc:
+        raise DestinationUnreachable(
+            f"{format_address(addr)} unreachable ({exc.strerror or exc})"
+        ) from None
+    except TimeoutError:
+        raise TransactionTimeout(f"no connection to {format_address(addr)}") from None
     try:
         request = Message(Method.BINDING, MessageClass.REQUEST, rng(12))
         if software:
             request.add(Software(software))
-        result = await conn.request(request.encode(fingerprint=True))
+        try:
+            result = await asyncio.wait_for(conn.request(request.encode(fingerprint=True)), timeout)
+        except TimeoutError:
+            raise TransactionTimeout(
+                f"no answer from {format_address(addr)} within {timeout:g} s"
+            ) from None
         mapped = result.response.get(XorMappedAddress)
         if mapped is None:
             raise DecodeError("Binding response without XOR-MAPPED-ADDRESS", field="response")
@@ -441,9 +515,13 @@ async def discover_nat(
     local: Address | None = None,
     rng: Callable[[int], bytes] = os.urandom,
     software: str | None = None,
+    timeout: float | None = None,
 ) -> NatDiscoveryCompleted:
-    """RFC 5780 NAT behaviour discovery over one UDP socket; raises StunError on failure."""
+    """RFC 5780 NAT behaviour discovery over one UDP socket; raises StunError on failure,
+    :class:`TransactionTimeout` when it has not finished within ``timeout`` seconds (by
+    default the discovery's own transaction timeouts bound it)."""
     loop = asyncio.get_running_loop()
+    server = server_address(server)
     bind = local or (route_local_ip(server), 0)
     done: asyncio.Future[StunEvent] = loop.create_future()
     holder: dict[str, CorePump] = {}
@@ -466,7 +544,12 @@ async def discover_nat(
     holder["pump"] = pump
     try:
         pump.pump()
-        event = await done
+        try:
+            event = await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            raise TransactionTimeout(
+                f"NAT discovery with {format_address(server)} unfinished after {timeout:g} s"
+            ) from None
     finally:
         pump.close()
         udp.close()
