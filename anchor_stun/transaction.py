@@ -96,6 +96,10 @@ class TransactionFailed(StunEvent):
     """The ERROR-CODE number, 300-699 (RFC 8489 §14.8)."""
     reason: str
     """The ERROR-CODE reason phrase, as the server sent it."""
+    addr: Address = ("", 0)
+    """The address the response came from."""
+    rtt: float = 0.0
+    """Seconds from the first send of the request to the response."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +262,9 @@ class ClientTransaction:
         if error is None:
             return False
         self._state = _State.FAILED
-        self.result = TransactionFailed(self.transaction_id, message, error.code, error.reason)
+        self.result = TransactionFailed(
+            self.transaction_id, message, error.code, error.reason, addr, now - self._first_sent
+        )
         return True
 
     # ------------------------------------------------------------------ internals

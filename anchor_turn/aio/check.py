@@ -17,10 +17,12 @@ comes back. The plumbing:
 
 - :class:`_Link`: one client transport address towards the server, a UDP socket (not
   connected, so that RFC 5780 answers from the other address arrive) or a TCP/TLS connection
-  framed by :class:`~anchor_stun.framing.StreamFramer`. ``transact`` sends a request and waits
-  for the response with its transaction id, retransmitting over UDP (RFC 8489 §6.2.1, from
-  :data:`RTO`) until ``CheckConfig.timeout``; it returns ``None`` when nothing came back.
-  Indications and ChannelData go to an inbox (``receive``).
+  framed by :class:`~anchor_stun.framing.StreamFramer`. ``transact`` runs a request as a
+  client transaction of anchor_stun's :class:`~anchor_stun.transaction.StunClient` (its
+  RFC 8489 §6.2 retransmissions), given up after ``CheckConfig.timeout``;
+  it returns ``None`` when nothing came back. A response the transaction rejects as malformed
+  (another method, an error without ERROR-CODE: RFC 8489 §6.3) still reaches the probe, which
+  reports it. Indications and ChannelData go to an inbox (``receive``).
 - :class:`_Turn`: long-term credentials on a link (RFC 8489 §9.2): the first request goes
   unsigned, its 401 supplies REALM and NONCE, then every request is signed; a 438 is answered
   once with the new nonce.
@@ -54,7 +56,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from anchor_stun.aio.net import TransportName, format_address, route_local_ip
+from anchor_stun.aio.net import CorePump, TransportName, format_address, route_local_ip
 from anchor_stun.attributes import (
     Attribute,
     AttrType,
@@ -78,7 +80,7 @@ from anchor_stun.attributes import (
     XorRelayedAddress,
 )
 from anchor_stun.errors import AnchorError, DecodeError, StreamCorrupted
-from anchor_stun.events import Address
+from anchor_stun.events import Address, StunEvent, Transmit
 from anchor_stun.framing import StreamFramer
 from anchor_stun.integrity import (
     CredentialsRejected,
@@ -87,6 +89,12 @@ from anchor_stun.integrity import (
     nonce_features,
 )
 from anchor_stun.message import Message, MessageClass, Method
+from anchor_stun.transaction import (
+    StunClient,
+    TransactionFailed,
+    TransactionSucceeded,
+    TransactionTimedOut,
+)
 from anchor_turn.check import Group, Level, ProbeInfo, ProbeResult, Verdict
 
 __all__ = [
@@ -104,7 +112,6 @@ __all__ = [
     "select_probes",
 ]
 
-RTO = 0.5  # RFC 8489 §6.2.1: initial retransmission timeout
 DEFAULT_LIFETIME = 600  # RFC 8656 §7.2 ("default lifetime", 10 minutes)
 MAX_LIFETIME = 3600  # RFC 8656 §7.2: RECOMMENDED maximum allowed lifetime
 PERMISSION_LIFETIME = 300.0  # RFC 8656 §9: "MUST be 300 seconds"
@@ -264,6 +271,8 @@ class _Link:
     def __init__(self, config: CheckConfig) -> None:
         self.config = config
         self._loop = asyncio.get_running_loop()
+        self._client = StunClient(reliable=config.transport != "udp")
+        self._pump = CorePump(self._client, self._transmit, self._settle)
         self._waiters: dict[bytes, tuple[asyncio.Future[Reply | None], float]] = {}
         self._inbox: asyncio.Queue[Inbound] = asyncio.Queue()
         self._udp: asyncio.DatagramTransport | None = None
@@ -335,32 +344,38 @@ class _Link:
         self, data: bytes, *, to: Address | None = None, timeout: float | None = None
     ) -> Reply | None:
         """Send an encoded request and return the response with its transaction id, or None
-        when none came within ``timeout`` (UDP retransmits from :data:`RTO`, doubling)."""
+        when none came within ``timeout`` (the transaction's RFC 8489 §6.2 retransmissions
+        over UDP; one send over TCP/TLS)."""
         limit = self.config.timeout if timeout is None else timeout
-        tid = bytes(data[8:20])
+        if self.closed is not None:
+            return None
         loop = self._loop
-        start = loop.time()
         future: asyncio.Future[Reply | None] = loop.create_future()
-        self._waiters[tid] = (future, start)
-        deadline = start + limit
-        rto = RTO
+        tid = self._client.send_request(data, to or self.config.server, loop.time())
+        self._waiters[tid] = (future, loop.time())
+        self._pump.pump()
         try:
-            while True:
-                if self.closed is not None:
-                    return None
-                self.send(data, to)
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return None
-                wait = remaining if self.stream else min(rto, remaining)
-                done, _ = await asyncio.wait({future}, timeout=wait)
-                if done:
-                    return future.result()
-                if loop.time() >= deadline:
-                    return None
-                rto *= 2
+            done, _ = await asyncio.wait({future}, timeout=limit)
+            return future.result() if done else None
         finally:
             self._waiters.pop(tid, None)
+            self._client.cancel(tid)
+
+    def _transmit(self, transmit: Transmit) -> None:
+        self.send(transmit.data, transmit.addr)
+
+    def _settle(self, event: StunEvent) -> None:
+        """A transaction ended: its response (success or error), or None when it ran out of
+        retransmissions before ``transact`` gave up on it."""
+        if isinstance(event, TransactionSucceeded | TransactionFailed):
+            reply: Reply | None = Reply(event.response, event.addr, event.rtt)
+        elif isinstance(event, TransactionTimedOut):
+            reply = None
+        else:
+            return
+        waiter = self._waiters.get(event.transaction_id)
+        if waiter is not None and not waiter[0].done():
+            waiter[0].set_result(reply)
 
     async def receive(self, timeout: float) -> Inbound | None:
         """The next indication or ChannelData, or None after ``timeout`` seconds."""
@@ -395,10 +410,16 @@ class _Link:
                     waiter[0].set_exception(ProbeFailed(f"malformed response: {exc}"))
                 return
             if msg.is_response:
+                if self._client.receive_message(msg, source, self._loop.time()):
+                    self._pump.pump()  # hands the reply to its waiter (_settle)
+                    return
+                # Not a transaction's end: a late answer (to a retransmission, or to a request
+                # given up on), or one the transaction rejects as malformed, which the probe
+                # waiting for it must see and report.
                 waiter = self._waiters.get(msg.transaction_id)
                 if waiter is not None and not waiter[0].done():
                     waiter[0].set_result(Reply(msg, source, self._loop.time() - waiter[1]))
-                return  # answers to retransmissions, or to requests given up on
+                return
             self._inbox.put_nowait(Inbound(msg, None, b"", source))
         elif first < 0x80 and len(data) >= 4:
             channel, length = _CHANNEL_HEAD.unpack_from(data)
@@ -416,6 +437,7 @@ class _Link:
 
     def close(self) -> None:
         """Close the socket or connection."""
+        self._pump.close()
         if self._udp is not None:
             self._udp.close()
             self._udp = None
