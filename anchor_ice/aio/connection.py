@@ -316,6 +316,7 @@ class Connection:
         self._queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
         self._data_handler: Callable[[bytes, int], None] | None = None
         self._session: asyncio.Future[None] | None = None
+        self._ended: asyncio.Future[None] | None = None
         self._gathered = False
         self._gathering: asyncio.Lock | None = None
         self._closed = False
@@ -337,8 +338,16 @@ class Connection:
 
     @property
     def ice_controlling(self) -> bool:
-        """True in the controlling role (it can change on a role conflict, RFC 8445 §7.3.1.1)."""
+        """True in the controlling role (it can change on a role conflict, RFC 8445 §7.3.1.1).
+        Settable until :meth:`connect` is called (RFC 8445 §6.1.1: the signalling decides
+        the role, which an offer/answer user may learn after creating the connection);
+        later, :class:`~anchor_stun.errors.LocalProtocolError`."""
         return self._agent.controlling
+
+    @ice_controlling.setter
+    def ice_controlling(self, value: bool) -> None:
+        self._check_open()
+        self._agent.set_role(bool(value))
 
     @property
     def state(self) -> IceState:
@@ -683,6 +692,20 @@ class Connection:
             raise IceFailedError(self._failure)
         raise IceNotConnectedError("the connection is closed")
 
+    async def wait_ended(self) -> str | None:
+        """Wait until the connection ends: ICE failed, say consent was lost (RFC 7675 §5.1),
+        or :meth:`close` was called. Returns why it failed, or None when it was closed
+        without failing. Any number of waiters; cancelling one leaves the others alone."""
+        if not self._closed and self._failure is None:
+            if self._ended is None or self._ended.done():
+                self._ended = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._ended)
+        return self._failure
+
+    def _end(self) -> None:
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
+
     # ------------------------------------------------------------------ closing
 
     async def close(self) -> None:
@@ -704,6 +727,7 @@ class Connection:
             self._session.set_exception(IceNotConnectedError("the connection was closed"))
             self._session.exception()  # mark it retrieved: no "never retrieved" warning
         self._wake()
+        self._end()
         self._queue.put_nowait(None)
 
     async def __aenter__(self) -> Connection:
@@ -804,6 +828,7 @@ class Connection:
                 self._session.set_exception(IceFailedError(event.reason))
                 self._session.exception()  # mark it retrieved: connect() may not be waiting
             self._wake()
+            self._end()
             self._queue.put_nowait(None)
         elif isinstance(event, ConsentLost):
             pass  # IceFailed follows
