@@ -55,6 +55,7 @@ From aioice to Anchor
 aioice                                                Anchor (``anchor_ice.aio.connection``)
 ====================================================  ==========================================
 ``aioice.Connection(ice_controlling=True)``           ``Connection(ice_controlling=True)``
+``conn.ice_controlling = False`` (before connect)      same
 ``components=2``                                      ``components=2``
 ``stun_server=("host", 3478)``                        same; or ``"host:3478"``, or a list
 ``turn_server=..., turn_username=, turn_password=``   same; or ``turn_servers=[TurnServerConfig]``
@@ -90,7 +91,12 @@ aioice                                                Anchor (``anchor_ice.aio.c
                                                       (Ta proposals, ``a=ice-pacing``: Ta is
                                                       50 ms unless both sides propose less)
 ``aioice.Candidate.from_sdp(s)``                      ``Candidate.from_sdp("candidate:" + s)``
+``await conn.get_event()`` (ConnectionClosed)         ``await conn.wait_ended()`` (reason|None)
 ====================================================  ==========================================
+
+A drop-in with aioice's exact names (``Candidate.host``, ``get_event()``, ``TransportPolicy``)
+is :mod:`anchor_ice.compat.aioice`; ``anchor_ice.compat.install_aioice()`` makes ``import
+aioice`` resolve to it (aiortc then runs on this class).
 
 Differences worth knowing: application data whose first byte is 0-3 is taken for STUN
 (RFC 7983) and never delivered; gathering gives up on a STUN/TURN server after
