@@ -16,7 +16,7 @@ from pathlib import Path
 
 __all__ = ["add_parser", "checkout_root", "main"]
 
-METRICS = "codec, checks, connect, relay, channel, scale, link"
+METRICS = "codec, checks, connect, relay, channel, scale, link, aiortc"
 
 
 def checkout_root() -> Path | None:

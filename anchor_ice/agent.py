@@ -1604,7 +1604,28 @@ class IceAgent:
                 return True
         return False
 
+    def set_role(self, controlling: bool) -> None:
+        """Choose the role before checks start (RFC 8445 §6.1.1: signalling decides it, e.g.
+        the offerer of an RFC 8839 offer/answer is controlling unless the answerer is lite),
+        for users that learn their role after the agent exists. Raises
+        :class:`LocalProtocolError` (state unchanged) once :meth:`start` was called, where
+        only a role conflict may change it (RFC 8445 §7.3.1.1), or for a lite agent asked to
+        control."""
+        if self._state is not IceState.NEW:
+            raise LocalProtocolError(f"the role is chosen before start(), not in state "
+                                     f"{self._state.value} (RFC 8445 §6.1.1)")
+        if controlling and self.lite:
+            raise LocalProtocolError("an ICE-lite agent is controlled (RFC 8445 §6.1.1)")
+        self._change_role(controlling)
+
     def _set_role(self, controlling: bool) -> None:
+        """Switch roles to repair a role conflict (RFC 8445 §7.3.1.1), with a RoleChanged."""
+        if controlling == self._controlling:
+            return
+        self._change_role(controlling)
+        self._events.append(RoleChanged(controlling))
+
+    def _change_role(self, controlling: bool) -> None:
         if controlling == self._controlling:
             return
         self._hot.clear()
@@ -1616,7 +1637,6 @@ class IceAgent:
             for pair in self._checklist.pairs:
                 pair.use_candidate = False
             self._nominating.clear()
-        self._events.append(RoleChanged(controlling))
 
     def _remote_for_request(
         self, component: int, source: Address, priority: int

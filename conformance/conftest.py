@@ -1,7 +1,7 @@
 """Fixtures for the conformance tests: real peers, started here, on loopback only.
 
 A test that needs a peer either uses one of the fixtures below or carries
-``@pytest.mark.peer("coturn" | "tshark" | "aioice")``; a missing peer skips it on a
+``@pytest.mark.peer("coturn" | "tshark" | "aioice" | "aiortc")``; a missing peer skips it on a
 developer's machine and fails it when ``CI=true`` (see ``peers.require_peer``).
 
 Fixtures:

@@ -61,6 +61,7 @@ PEER_MARKS = {
     "coturn": ("program", "turnserver"),
     "tshark": ("program", "tshark"),
     "aioice": ("module", "aioice"),
+    "aiortc": ("module", "aiortc"),
 }
 
 

@@ -22,6 +22,8 @@ that no process is left in it afterwards.
 3. With ``a=setup:passive`` Chromium sends DTLS ClientHellos on the selected 5-tuple: the
    agent declines them (``receive_datagram`` returns False) and they reach the application
    path, never taken for STUN or ChannelData (RFC 7983).
+4. aiortc on Anchor (``anchor_ice.compat.install_aioice()``) against Chromium's data channel,
+   each side offering in turn: the channel opens and Chromium echoes every message, in order.
 
 Needs root (``unshare --net``), ``/usr/lib/chromium/chromium`` (``apt-get install chromium``)
 and the ``websockets`` package; a missing one skips, or fails under ``CI=true``.
@@ -369,3 +371,26 @@ def test_dtls_client_hello_reaches_the_application_path(
     assert ins == app
     assert r["agent_dropped"] == 0
     assert r["agent_state"] in ("connected", "completed")
+
+
+# --------------------------------------------------------------------------- aiortc on Anchor
+
+
+@pytest.mark.peer("aiortc")
+@pytest.mark.parametrize("offerer", ["chromium", "aiortc"])
+def test_aiortc_on_anchor_and_chromium_open_a_data_channel_and_echo(
+    scenario: Callable[..., NamespaceRun], offerer: str
+) -> None:
+    """Issue 22: aiortc with ``install_aioice()`` (no option: in the loopback-only namespace
+    the layer gathers on loopback) against Chromium's RTCDataChannel, each side offering in
+    turn: the channel opens, every message comes back echoed, in order; the ICE under aiortc
+    is the layer's, and Anchor's agent selected the pair (Chromium peer-reflexive: its SDP
+    has no candidate in the namespace)."""
+    result = scenario("aiortc", offerer=offerer, messages=20).result
+    assert result["layer"] is True
+    assert result["aiortc_role"] == ("controlling" if offerer == "aiortc" else "controlled")
+    assert result["echoes"] == [f"echo:message {i}" for i in range(20)]
+    selected = result["anchor_selected"]
+    assert selected is not None
+    assert selected["local"]["address"][0] == "127.0.0.1"
+    _check_selected(result["chromium_report"]["pair"])

@@ -72,7 +72,9 @@ def test_unknown_metric_is_a_usage_error() -> None:
 
 
 def test_registry_names_every_metric_of_the_contract() -> None:
-    assert list(benchmarks.REGISTRY) == ["codec", "checks", "connect", "relay", "channel", "scale"]
+    assert list(benchmarks.REGISTRY) == [
+        "codec", "checks", "connect", "relay", "channel", "scale", "aiortc"
+    ]
     assert benchmarks.names_of(["all"]) == list(benchmarks.REGISTRY)
 
 
@@ -235,6 +237,8 @@ def test_every_metric_is_implemented_and_every_row_kind_has_a_target() -> None:
     rows = [*scale.rows(stats), *scale.link_rows(links), *channel.rows("asyncio", runs)]
     rows.append(row("connect", "aioice 0.13.0 Connection; anchor at Ta 50 ms", "ms"))
     rows.append(row("relay", "coturn 4.6.1, same load generator"))
+    rows.append(row("aiortc", "open: aiortc 1.16.0 on aioice 0.13.0; data channel open", "ms"))
+    rows.append(row("aiortc", "rate: aiortc 1.16.0 on aioice 0.13.0; 500 messages", "msg/s"))
     for item in _check_rows(rows):
         assert benchmarks.target_of(item) is not None, item
     assert [r["unit"] for r in scale.rows(stats)] == ["µs/alloc", "µs/alloc", "KB/alloc", "MB"]
@@ -250,6 +254,17 @@ def test_connect_quick_json_shape() -> None:
     assert [row["metric"] for row in rows] == ["connect", "connect"]
     assert all(row["unit"] == "ms" and row["baseline_name"].startswith("aioice") for row in rows)
     assert "Ta 50 ms" in rows[0]["baseline_name"] and "Ta 5 ms" in rows[1]["baseline_name"]
+
+
+def test_aiortc_quick_json_shape() -> None:
+    """aiortc's data channel on Anchor (through anchor_ice.compat) and on aioice: each sample
+    checks the messages arrived in order and which ICE carried them."""
+    result = run_anchor("bench", "aiortc", "--quick", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = _check_rows(json.loads(result.stdout))
+    assert [(row["metric"], row["unit"]) for row in rows] == [("aiortc", "ms"), ("aiortc", "msg/s")]
+    assert all(benchmarks.target_of(row) is not None for row in rows)
+    assert all(row["anchor"] > 0 and row["baseline"] > 0 for row in rows)
 
 
 def test_channel_samples_deliver_and_the_lossy_adapter_drops() -> None:

@@ -313,6 +313,34 @@ def test_role_conflict_larger_tie_breaker_controls(controlling: bool) -> None:
     assert a.selected_pair is not None and b.selected_pair is not None
 
 
+def test_role_chosen_before_start_is_the_role_checks_run_with() -> None:
+    """RFC 8445 §6.1.1: the role comes from the signalling, which an offer/answer user (aiortc
+    through anchor_ice.compat) may learn after creating the agent."""
+    ea, eb, net = loopback_pair()
+    ea.agent.set_role(False)
+    eb.agent.set_role(True)
+    exchange(ea, eb)
+    ea.agent.start(0.0)
+    eb.agent.start(0.0)
+    run(ea, eb, net, 0.0, 3.0)
+    assert ea.agent.role is IceRole.CONTROLLED and eb.agent.role is IceRole.CONTROLLING
+    assert "RoleChanged" not in types(ea) + types(eb)  # a choice, not a conflict
+    from_a = [m for m in requests(net, A_HOST) if m.get(UseCandidate) is not None]
+    from_b = [m for m in requests(net, B_HOST) if m.get(UseCandidate) is not None]
+    assert from_a == [] and len(from_b) == 1  # the controlling side nominates (§8.1.1)
+    assert all(m.get(IceControlling) is not None for m in requests(net, B_HOST))
+    with pytest.raises(LocalProtocolError, match="before start"):
+        ea.agent.set_role(True)
+    assert ea.agent.role is IceRole.CONTROLLED  # unchanged
+
+
+def test_a_lite_agent_cannot_be_set_controlling() -> None:
+    agent = IceAgent(controlling=False, lite=True, rng=seeded(1))
+    with pytest.raises(LocalProtocolError, match="lite"):
+        agent.set_role(True)
+    assert not agent.controlling
+
+
 def test_role_conflict_response_switches_role_and_tie_breaker() -> None:
     a = IceAgent(controlling=True, rng=seeded(1), tie_breaker=10)
     b = IceAgent(controlling=True, rng=seeded(2), tie_breaker=20)

@@ -55,6 +55,7 @@ From aioice to Anchor
 aioice                                                Anchor (``anchor_ice.aio.connection``)
 ====================================================  ==========================================
 ``aioice.Connection(ice_controlling=True)``           ``Connection(ice_controlling=True)``
+``conn.ice_controlling = False`` (before connect)      same
 ``components=2``                                      ``components=2``
 ``stun_server=("host", 3478)``                        same; or ``"host:3478"``, or a list
 ``turn_server=..., turn_username=, turn_password=``   same; or ``turn_servers=[TurnServerConfig]``
@@ -90,7 +91,12 @@ aioice                                                Anchor (``anchor_ice.aio.c
                                                       (Ta proposals, ``a=ice-pacing``: Ta is
                                                       50 ms unless both sides propose less)
 ``aioice.Candidate.from_sdp(s)``                      ``Candidate.from_sdp("candidate:" + s)``
+``await conn.get_event()`` (ConnectionClosed)         ``await conn.wait_ended()`` (reason|None)
 ====================================================  ==========================================
+
+A drop-in with aioice's exact names (``Candidate.host``, ``get_event()``, ``TransportPolicy``)
+is :mod:`anchor_ice.compat.aioice`; ``anchor_ice.compat.install_aioice()`` makes ``import
+aioice`` resolve to it (aiortc then runs on this class).
 
 Differences worth knowing: application data whose first byte is 0-3 is taken for STUN
 (RFC 7983) and never delivered; gathering gives up on a STUN/TURN server after
@@ -316,6 +322,7 @@ class Connection:
         self._queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
         self._data_handler: Callable[[bytes, int], None] | None = None
         self._session: asyncio.Future[None] | None = None
+        self._ended: asyncio.Future[None] | None = None
         self._gathered = False
         self._gathering: asyncio.Lock | None = None
         self._closed = False
@@ -337,8 +344,16 @@ class Connection:
 
     @property
     def ice_controlling(self) -> bool:
-        """True in the controlling role (it can change on a role conflict, RFC 8445 §7.3.1.1)."""
+        """True in the controlling role (it can change on a role conflict, RFC 8445 §7.3.1.1).
+        Settable until :meth:`connect` is called (RFC 8445 §6.1.1: the signalling decides
+        the role, which an offer/answer user may learn after creating the connection);
+        later, :class:`~anchor_stun.errors.LocalProtocolError`."""
         return self._agent.controlling
+
+    @ice_controlling.setter
+    def ice_controlling(self, value: bool) -> None:
+        self._check_open()
+        self._agent.set_role(bool(value))
 
     @property
     def state(self) -> IceState:
@@ -683,6 +698,20 @@ class Connection:
             raise IceFailedError(self._failure)
         raise IceNotConnectedError("the connection is closed")
 
+    async def wait_ended(self) -> str | None:
+        """Wait until the connection ends: ICE failed, say consent was lost (RFC 7675 §5.1),
+        or :meth:`close` was called. Returns why it failed, or None when it was closed
+        without failing. Any number of waiters; cancelling one leaves the others alone."""
+        if not self._closed and self._failure is None:
+            if self._ended is None or self._ended.done():
+                self._ended = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._ended)
+        return self._failure
+
+    def _end(self) -> None:
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
+
     # ------------------------------------------------------------------ closing
 
     async def close(self) -> None:
@@ -704,6 +733,7 @@ class Connection:
             self._session.set_exception(IceNotConnectedError("the connection was closed"))
             self._session.exception()  # mark it retrieved: no "never retrieved" warning
         self._wake()
+        self._end()
         self._queue.put_nowait(None)
 
     async def __aenter__(self) -> Connection:
@@ -804,6 +834,7 @@ class Connection:
                 self._session.set_exception(IceFailedError(event.reason))
                 self._session.exception()  # mark it retrieved: connect() may not be waiting
             self._wake()
+            self._end()
             self._queue.put_nowait(None)
         elif isinstance(event, ConsentLost):
             pass  # IceFailed follows

@@ -99,6 +99,10 @@
     }), ms, `${count} messages on ${dc.label}`);
   }
 
+  function echo(dc) {
+    dc.addEventListener('message', (e) => dc.send(`echo:${e.data}`));
+  }
+
   const anchor = {
     pcs: {},
     logs: {},
@@ -146,6 +150,25 @@
       const pc = watch(name, new RTCPeerConnection({ iceServers: [] }));
       pc.createDataChannel('anchor');
       await pc.setLocalDescription(await pc.createOffer());
+      const complete = await gathered(pc, ms);
+      return { sdp: pc.localDescription.sdp, gathering_complete: complete, at: now() };
+    },
+
+    // A data channel peer that echoes every message back as `echo:` + message: offering
+    // (its own channel 'anchor') or answering (the channel the offer brings).
+    async offerEcho(name, ms) {
+      const pc = watch(name, new RTCPeerConnection({ iceServers: [] }));
+      echo(pc.createDataChannel('anchor'));
+      await pc.setLocalDescription(await pc.createOffer());
+      const complete = await gathered(pc, ms);
+      return { sdp: pc.localDescription.sdp, gathering_complete: complete, at: now() };
+    },
+
+    async answerEcho(name, sdp, ms) {
+      const pc = watch(name, new RTCPeerConnection({ iceServers: [] }));
+      pc.addEventListener('datachannel', (e) => echo(e.channel));
+      await pc.setRemoteDescription({ type: 'offer', sdp });
+      await pc.setLocalDescription(await pc.createAnswer());
       const complete = await gathered(pc, ms);
       return { sdp: pc.localDescription.sdp, gathering_complete: complete, at: now() };
     },

@@ -15,6 +15,9 @@ returns what it observed; the assertions live in ``conformance/test_chromium.py`
   answers. Either way it waits for Chromium's ``iceConnectionState`` to be connected, for the
   agent's :class:`~anchor_ice.events.IceConnected`, and, with ``wait_dtls``, for a DTLS
   record on the application path.
+- ``aiortc(offerer="chromium"|"aiortc")``: aiortc on Anchor's ICE (``install_aioice()``)
+  against a Chromium data channel that echoes; what aiortc received, the pair Anchor's agent
+  selected, Chromium's report.
 """
 
 from __future__ import annotations
@@ -367,8 +370,98 @@ async def ice(
     return result
 
 
+# ----------------------------------------------------------------------------- aiortc
+
+
+async def aiortc(
+    workdir: Path, offerer: str = "chromium", messages: int = 20, timeout: float = 15.0
+) -> dict[str, Any]:
+    """aiortc on Anchor (``install_aioice()`` with no option, before aiortc is imported)
+    against Chromium's RTCDataChannel: ``offerer`` ("chromium" or "aiortc") offers, the other
+    answers; aiortc sends ``messages`` messages on the data channel and Chromium echoes each.
+    The namespace has only loopback: the layer gathers there (aioice would gather nothing)."""
+    from anchor_ice.compat import install_aioice
+
+    install_aioice()
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    opened = asyncio.Event()
+    echoes: list[str] = []
+    done = asyncio.Event()
+    channels: list[Any] = []
+
+    def use(channel: Any) -> None:
+        channels.append(channel)
+
+        @channel.on("message")
+        def on_message(message: str) -> None:
+            echoes.append(message)
+            if len(echoes) == messages:
+                done.set()
+
+        if channel.readyState == "open":
+            opened.set()
+        channel.on("open", opened.set)
+
+    async def body(browser: Chromium) -> dict[str, Any]:
+        assert browser.cdp is not None
+        cdp = browser.cdp
+        out: dict[str, Any] = {"offerer": offerer}
+        began = time.monotonic()
+        if offerer == "aiortc":
+            use(pc.createDataChannel("anchor"))
+            await pc.setLocalDescription(await pc.createOffer())
+            made = await cdp.evaluate(
+                f"anchor.answerEcho('c', {_js(pc.localDescription.sdp)}, 3000)"
+            )
+            await pc.setRemoteDescription(RTCSessionDescription(made["sdp"], "answer"))
+        else:
+            pc.on("datachannel", use)
+            made = await cdp.evaluate("anchor.offerEcho('c', 3000)")
+            await pc.setRemoteDescription(RTCSessionDescription(made["sdp"], "offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+            await cdp.evaluate(f"anchor.acceptAnswer('c', {_js(pc.localDescription.sdp)})")
+        out["chromium_sdp"] = made["sdp"]
+        out["aiortc_sdp"] = pc.localDescription.sdp
+        await asyncio.wait_for(opened.wait(), timeout)
+        out["open_ms"] = round((time.monotonic() - began) * 1000, 1)
+        for i in range(messages):
+            channels[0].send(f"message {i}")
+        try:
+            await asyncio.wait_for(done.wait(), timeout)
+        except TimeoutError:
+            out["echo_timeout"] = True
+        out["echoes"] = echoes
+        out["chromium_report"] = await cdp.evaluate("anchor.report('c')")
+        await cdp.evaluate("anchor.closeAll()")
+        return out
+
+    result: dict[str, Any] = {}
+    try:
+        result.update(await _with_chromium(workdir, body))
+    finally:
+        sctp = pc.sctp
+        connection = sctp.transport.transport._connection if sctp is not None else None
+        anchor = getattr(connection, "anchor", None)
+        selected = anchor.selected_pair if anchor is not None else None
+        result["layer"] = anchor is not None
+        result["aiortc_role"] = (
+            None if connection is None
+            else "controlling" if connection.ice_controlling else "controlled"
+        )  # fmt: skip
+        result["anchor_selected"] = (
+            {"local": candidate_json(selected.local), "remote": candidate_json(selected.remote)}
+            if selected is not None
+            else None
+        )
+        await pc.close()
+    return result
+
+
 SCENARIOS: dict[str, Callable[..., Coroutine[Any, Any, dict[str, Any]]]] = {
     "relay": relay,
     "ice": ice,
+    "aiortc": aiortc,
 }
 """Scenario name -> coroutine function."""
