@@ -255,7 +255,7 @@ async def run(args: argparse.Namespace) -> int:
 
     anchor = LinkEndpoint(
         args.name,
-        WebSocketSignalling(args.signal),
+        WebSocketSignalling(args.signal, ca_file=args.ca_file),
         identity=identity,
         trusted_peers=cfg["trusted"],
         known_peers=args.known_peers,

@@ -84,9 +84,13 @@ __all__ = [
     "LINK_PROLOGUE",
     "MAX_HANDSHAKE_MESSAGE",
     "PROTOCOL_NAME",
+    "RENDEZVOUS_PROLOGUE",
+    "RENDEZVOUS_PROTOCOL",
     "HandshakeFailed",
     "LinkHandshake",
+    "NoiseHandshake",
     "link_prologue",
+    "rendezvous_handshake",
 ]
 
 PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
@@ -95,6 +99,11 @@ LINK_PROLOGUE = b"anchor-link/2"
 """First bytes of the prologue: the protocol and its version."""
 MAX_HANDSHAKE_MESSAGE = 65535
 """Largest Noise message (Noise §3)."""
+RENDEZVOUS_PROTOCOL = b"Noise_XN_25519_ChaChaPoly_SHA256"
+"""The Noise protocol a rendezvous client proves its identity with (Noise §7.5, XN: the client's
+static key is transmitted and proven; the server has none)."""
+RENDEZVOUS_PROLOGUE = b"anchor-rendezvous/1"
+"""First bytes of the rendezvous handshake's prologue."""
 SEAL_INFO = b"anchor-link/2 seal"
 """HKDF ``info`` of the channel keys (module docstring)."""
 _U16 = struct.Struct("!H")
@@ -125,32 +134,54 @@ def link_prologue(link_id: str, offerer: str, answerer: str) -> bytes:
     return bytes(out)
 
 
-class LinkHandshake:
-    """One side of one link's Noise XX handshake (module docstring), sans-I/O.
+def rendezvous_handshake(
+    identity: Identity | None,
+    *,
+    client: bool,
+    name: str,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> NoiseHandshake:
+    """One side of the rendezvous proof (:mod:`anchor_link.aio.signal`):
+    ``Noise_XN_25519_ChaChaPoly_SHA256``::
 
-    The initiator calls ``write_message`` (offer), ``read_message`` (answer),
-    ``write_message`` (confirm); the responder ``read_message``, ``write_message``,
-    ``read_message``. Once :attr:`complete`, :attr:`remote_static` is the peer's proven
-    public key and :meth:`sealer` the channel's :class:`~anchor_link.seal.Sealer`.
-    """
+        hello      -> e
+        challenge  <- e, ee          the server's fresh ephemeral key is the challenge
+        prove      -> s, se          the client's static key, proven by DH with it
+
+    The prologue binds the name the client asks for. The client passes its identity, the
+    server None."""
+    raw = name.encode("utf-8")[:0xFFFF]
+    prologue = RENDEZVOUS_PROLOGUE + _U16.pack(len(raw)) + raw
+    return NoiseHandshake(
+        RENDEZVOUS_PROTOCOL, identity if client else None,
+        initiator=client, prologue=prologue, rng=rng,
+    )  # fmt: skip
+
+
+class NoiseHandshake:
+    """One side of one Noise handshake of ``protocol_name`` (a pattern the ``noiseprotocol``
+    package knows), sans-I/O: ``write_message`` / ``read_message`` in the pattern's turn.
+    ``identity`` is the local static key pair (None for a pattern whose side has none)."""
 
     def __init__(
         self,
-        identity: Identity,
+        protocol_name: bytes,
+        identity: Identity | None,
         *,
         initiator: bool,
         prologue: bytes,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.initiator = initiator
-        """True on the side that sends the first message (the offerer)."""
-        self._noise = NoiseConnection.from_name(PROTOCOL_NAME)
+        """True on the side that sends the first message."""
+        self._noise = NoiseConnection.from_name(protocol_name)
         if initiator:
             self._noise.set_as_initiator()
         else:
             self._noise.set_as_responder()
         self._noise.set_prologue(bytes(prologue))
-        self._noise.set_keypair_from_private_bytes(Keypair.STATIC, identity.private_bytes())
+        if identity is not None:
+            self._noise.set_keypair_from_private_bytes(Keypair.STATIC, identity.private_bytes())
         ephemeral = bytes(rng(32))
         if len(ephemeral) != 32:
             raise HandshakeFailed("rng(32) must return 32 bytes")
@@ -159,9 +190,11 @@ class LinkHandshake:
             # The library warns that a preset ephemeral key is for tests: here it is the
             # injected randomness (STYLE.md §3), as fresh as the library's own.
             warnings.simplefilter("ignore")
-            self._noise.start_handshake()
+            try:
+                self._noise.start_handshake()
+            except _LIBRARY_ERRORS as exc:
+                raise HandshakeFailed(f"cannot start the handshake: {exc}") from None
         self._failed = False
-        self._sealer_made = False
         self.remote_static: bytes | None = None
         """The peer's static public key, once its handshake message carrying it authenticated."""
         self.handshake_hash: bytes | None = None
@@ -216,6 +249,28 @@ class LinkHandshake:
     def _after(self) -> None:
         if self.complete:
             self.handshake_hash = bytes(self._noise.get_handshake_hash())
+
+
+
+class LinkHandshake(NoiseHandshake):
+    """One side of one link's Noise XX handshake (module docstring), sans-I/O.
+
+    The initiator calls ``write_message`` (offer), ``read_message`` (answer),
+    ``write_message`` (confirm); the responder ``read_message``, ``write_message``,
+    ``read_message``. Once :attr:`complete`, :attr:`remote_static` is the peer's proven
+    public key and :meth:`sealer` the channel's :class:`~anchor_link.seal.Sealer`.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        initiator: bool,
+        prologue: bytes,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        super().__init__(PROTOCOL_NAME, identity, initiator=initiator, prologue=prologue, rng=rng)
+        self._sealer_made = False
 
     def split_keys(self) -> tuple[bytes, bytes]:
         """Noise's ``Split()`` keys ``(k1, k2)``: k1 protects the initiator's direction,

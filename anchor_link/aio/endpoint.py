@@ -380,7 +380,7 @@ class LinkEndpoint:
         async with self._starting:
             if self._mailbox is not None:
                 return
-            self._mailbox = await self._signalling.open(self.name)
+            self._mailbox = await self._signalling.open(self.name, self.identity)
             self._listener = asyncio.get_running_loop().create_task(
                 self._listen(self._mailbox), name=f"anchor {self.name}: signalling"
             )
