@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -67,6 +68,7 @@ from typing import Any
 from anchor_ice.aio.gather import TurnServerConfig
 from anchor_link.aio.endpoint import LinkEndpoint
 from anchor_link.aio.signal import RendezvousServer, WebSocketSignalling
+from anchor_link.identity import Identity
 from anchor_link.state import LinkDissolved, LinkEvent, LinkFailed, LinkFormed
 from anchor_stun.aio.net import format_address
 from anchor_stun.errors import AnchorError
@@ -154,6 +156,8 @@ def _event_fields(event: LinkEvent) -> dict[str, Any]:
             "formed_ms": round(event.formed_ms, 1),
             "offerer": event.offerer,
             "sealed": event.sealed,
+            "peer_identity": event.peer_identity,
+            "trust": event.trust,
         }  # fmt: skip
     if isinstance(event, LinkDissolved):
         return {
@@ -174,9 +178,12 @@ async def _peer(config: dict[str, Any], stdin: asyncio.StreamReader) -> None:
     def on_event(event: LinkEvent) -> None:
         _emit(type(event).__name__, peer=event.peer, **_event_fields(event))
 
+    identity = Identity.from_private_bytes(base64.b64decode(str(config["identity"])))
     anchor = LinkEndpoint(
         name,
         WebSocketSignalling(str(config["signal"])),
+        identity=identity,
+        trusted_peers={str(k): str(v) for k, v in dict(config["trust"]).items()},
         stun=str(config["stun"]),
         turn=[TurnServerConfig((turn["host"], int(turn["port"])), turn["user"], turn["password"])],
         policy=str(config["policy"]),
@@ -283,6 +290,7 @@ def _describe(who: str, event: dict[str, Any]) -> str | None:
             f"{event['local']['type']} {event['local']['address']} <-> "
             f"{event['remote']['type']} {event['remote']['address']}"
             + (", sealed" if event["sealed"] else "")
+            + f"; the peer proved {event['peer_identity']} ({event['trust']})"
         )
     if kind == "sent":
         return f"{event['messages']} messages queued on the link"
@@ -382,6 +390,9 @@ async def run_demo(policy: str = "gateway", idle: float = DEFAULT_DEMO_IDLE) -> 
             "idle": idle, "sizes": list(MESSAGE_SIZES),
             "turn": {"host": LOOPBACK, "port": port, "user": user, "password": password},
         }  # fmt: skip
+        # Each peer gets an identity made here and pins the other's (issue 16): the demo's
+        # link is authenticated both ways with no set-up.
+        identities = {"a": Identity.generate(), "b": Identity.generate()}
         for name, other, role in (("a", "b", "sender"), ("b", "a", "echo")):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "anchor_cli.demo", "peer",
@@ -392,8 +403,12 @@ async def run_demo(policy: str = "gateway", idle: float = DEFAULT_DEMO_IDLE) -> 
             peers.append(peer)
             timeline.add(name, f"peer process started (pid {proc.pid}, role {role})")
             assert proc.stdin is not None
-            proc.stdin.write(json.dumps({**base, "name": name, "peer": other, "role": role})
-                             .encode() + b"\n")  # fmt: skip
+            config = {
+                **base, "name": name, "peer": other, "role": role,
+                "identity": base64.b64encode(identities[name].private_bytes()).decode(),
+                "trust": {other: identities[other].public_text},
+            }  # fmt: skip
+            proc.stdin.write(json.dumps(config).encode() + b"\n")
             readers.append(asyncio.get_running_loop().create_task(
                 _read_peer(peer, timeline, changed)))  # fmt: skip
             readers.append(asyncio.get_running_loop().create_task(_drain_stderr(peer)))
@@ -440,6 +455,7 @@ async def run_demo(policy: str = "gateway", idle: float = DEFAULT_DEMO_IDLE) -> 
             "policy": policy,
             "idle_s": idle,
             "sealed": bool(formed and formed["sealed"]),
+            "authenticated": bool(formed and formed["trust"] == "pinned"),
         }  # fmt: skip
     finally:
         for peer in peers:

@@ -4,7 +4,8 @@ Subcommands: ``demo`` (an ephemeral link between two local processes through an 
 loopback STUN/TURN server, :mod:`anchor_cli.demo`), ``stun`` (Binding and RFC 5780 NAT
 discovery against any server), ``serve`` (the STUN/TURN server, with RFC 5780 when given an
 alternate address, and the WebSocket rendezvous with ``--signal``), ``pipe`` (netcat over an
-ephemeral link, :mod:`anchor_cli.pipe`), ``turn``, ``check``, ``ice`` and ``bench``.
+ephemeral link, :mod:`anchor_cli.pipe`), ``keygen`` (an endpoint identity,
+:mod:`anchor_cli.keygen`), ``turn``, ``check``, ``ice`` and ``bench``.
 User mistakes print one line on stderr and exit non-zero, never a traceback.
 """
 
@@ -160,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_pipe_parser(sub)  # anchor pipe --signal URL --name A --peer B (anchor_cli/pipe.py)
 
+    from anchor_cli.keygen import add_parser as add_keygen_parser
+
+    add_keygen_parser(sub)  # anchor keygen --out FILE (anchor_cli/keygen.py)
+
     from anchor_cli.bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)  # anchor bench [METRIC]... (anchor_cli/bench.py)
@@ -185,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from anchor_cli.pipe import main as pipe_main
 
             return pipe_main(args)
+        elif args.command == "keygen":
+            from anchor_cli.keygen import main as keygen_main
+
+            return keygen_main(args)
         elif args.command == "ice":
             from anchor_cli.ice import main as ice_main
 

@@ -6,6 +6,14 @@ stdin to ``B`` (one message per read, up to ``--chunk`` bytes; the first one for
 and writes to stdout, unchanged, every message that comes from ``B``. The other side runs the
 same command with the names swapped.
 
+Identities (:mod:`anchor_link.identity`): ``--identity FILE`` (``anchor keygen``) is the key this
+side proves on every link; without it the user's default identity is used, created on first use
+(said on stderr). ``--trust PEER=anchor1:...`` pins the peer's public identity and
+``--known-peers FILE`` trusts on first use (SSH's known_hosts model); a peer that cannot prove
+its pinned or known key fails the link: nothing is sent to it, the error on stderr names
+authentication, exit 1. Without either, the link still forms and stderr says the peer is
+unverified, with the identity it proved.
+
 It exits 0 once stdin is at its end and a link has come and gone: the link dissolves
 ``--idle`` seconds after the last data either way, so a sender exits that long after its
 input ends, and a side with nothing to send (``< /dev/null``) exits when the peer's link to it
@@ -24,6 +32,14 @@ import sys
 from typing import IO, Any
 
 from anchor_ice.aio.gather import TurnServerConfig
+from anchor_link.identity import (
+    Identity,
+    IdentityError,
+    default_identity_path,
+    load_identity,
+    load_or_create_identity,
+    parse_public,
+)
 from anchor_stun.aio.net import DEFAULT_PORT, format_address, parse_address
 from anchor_stun.errors import AnchorError
 
@@ -62,6 +78,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                       help=f"idle timeout of the link (default {DEFAULT_PIPE_IDLE:g})")
     pipe.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, metavar="BYTES",
                       help=f"largest message read from stdin (default {DEFAULT_CHUNK})")
+    pipe.add_argument("--identity", metavar="FILE",
+                      help="our identity file (anchor keygen); default: the user's, "
+                      "made on first use")
+    pipe.add_argument("--trust", action="append", default=[], metavar="NAME=PUBLIC",
+                      help="pin a peer's public identity (anchor1:...); repeatable")
+    pipe.add_argument("--known-peers", metavar="FILE",
+                      help="trust on first use: remember peers' identities in FILE and refuse "
+                      "a changed one")
+    pipe.add_argument("--ca-file", metavar="FILE",
+                      help="CA bundle to verify a wss:// rendezvous")
     pipe.add_argument("-v", "--verbose", action="store_true", help="link events on stderr")
     return pipe
 
@@ -87,7 +113,30 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
             turn.append(TurnServerConfig(parse_address(args.turn, DEFAULT_PORT), name, password))
     except ValueError as exc:
         raise PipeUsageError(str(exc)) from None
-    return {"stun": stun, "turn": turn}
+    trusted: dict[str, str] = {}
+    for text in args.trust:
+        name, equals, public = text.partition("=")
+        if not equals or not name:
+            raise PipeUsageError(f"bad --trust {text!r}: expected NAME=anchor1:...")
+        try:
+            parse_public(public)
+        except IdentityError as exc:
+            raise PipeUsageError(f"bad --trust {text!r}: {exc}") from None
+        trusted[name] = public
+    return {"stun": stun, "turn": turn, "trusted": trusted}
+
+
+def _identity(args: argparse.Namespace) -> Identity:
+    """``--identity FILE``, or the user's default identity (made on first use, said on
+    stderr)."""
+    if args.identity:
+        return load_identity(args.identity)
+    path = default_identity_path()
+    identity, created = load_or_create_identity(path)
+    if created:
+        print(f"anchor pipe: created the default identity {path} (public {identity.public_text})",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return identity
 
 
 async def _open_stdin(stream: IO[bytes]) -> asyncio.StreamReader | None:
@@ -171,6 +220,7 @@ async def run(args: argparse.Namespace) -> int:
     from anchor_link.state import LinkDissolved, LinkEvent, LinkFailed, LinkFormed
 
     cfg = _config(args)
+    identity = _identity(args)
     out = _Output(sys.stdout.buffer)
     await out.open()
     failures: list[str] = []
@@ -182,6 +232,13 @@ async def run(args: argparse.Namespace) -> int:
     def on_event(event: LinkEvent) -> None:
         if isinstance(event, LinkFailed):
             failures.append(event.reason)
+        if isinstance(event, LinkFormed) and event.trust == "unverified":
+            print(f"anchor pipe: {event.peer} is unverified: it proved {event.peer_identity} "
+                  f"(pin it with --trust {event.peer}={event.peer_identity})",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        elif isinstance(event, LinkFormed) and event.trust == "new":
+            print(f"anchor pipe: {event.peer}'s identity {event.peer_identity} is new: "
+                  f"added to {args.known_peers}", file=sys.stderr, flush=True)  # fmt: skip
         if not args.verbose:
             return
         if isinstance(event, LinkFormed):
@@ -198,7 +255,10 @@ async def run(args: argparse.Namespace) -> int:
 
     anchor = LinkEndpoint(
         args.name,
-        WebSocketSignalling(args.signal),
+        WebSocketSignalling(args.signal, ca_file=args.ca_file),
+        identity=identity,
+        trusted_peers=cfg["trusted"],
+        known_peers=args.known_peers,
         stun=cfg["stun"],
         turn=cfg["turn"],
         policy=args.policy,

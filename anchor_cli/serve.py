@@ -21,7 +21,7 @@ that :func:`run_serve` can tell what the command line gave. :func:`run_serve` th
 
 Once every listener is open it prints one line ``listening <udp|tcp|tls> <ip:port>`` per
 listener (tests wait for them), ``metrics http <ip:port>`` for ``--metrics``, and
-``listening ws <ip:port>`` for ``--signal``.
+``listening ws <ip:port>`` for ``--signal`` (``listening wss <ip:port>`` with ``--tls-cert``).
 
 ``--signal IP:PORT`` also serves the WebSocket rendezvous of ephemeral links
 (:class:`anchor_link.aio.signal.RendezvousServer`, used by ``anchor pipe``).
@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from anchor_link.aio.signal import RendezvousServer
+from anchor_link.identity import IdentityError, parse_public
 from anchor_stun.aio.net import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
@@ -154,7 +155,9 @@ OPTIONS: tuple[_Option, ...] = (
             f"{DEFAULT_NONCE_LIFETIME})", "SECONDS"),
     _Option("metrics", "str", "serve Prometheus metrics at http://IP:PORT/metrics", "IP:PORT"),
     _Option("signal", "str", "also serve the WebSocket rendezvous of ephemeral links (anchor "
-            "pipe --signal ws://IP:PORT) on IP:PORT", "IP:PORT"),
+            "pipe --signal ws://IP:PORT) on IP:PORT; wss:// with --tls-cert/--tls-key", "IP:PORT"),
+    _Option("signal-allow", "list", "only these public identities (anchor1:...) may hold a name "
+            "on the rendezvous; repeatable", "PUBLIC"),
     _Option("verbose", "flag", "log TURN events (allocations, permissions, ...) on stderr",
             short="-v"),
     _Option("add-user", "list", "add (or replace) a user in --users-db for --realm, then exit",
@@ -232,6 +235,8 @@ class ServeConfig:
     """Prometheus metrics address, or None."""
     signal: Address | None = None
     """WebSocket rendezvous address, or None."""
+    signal_allow: list[str] | None = None
+    """Public identities allowed on the rendezvous (None: any)."""
     verbose: bool = False
     """Log TURN events on stderr."""
     add_users: dict[str, str] = field(default_factory=dict)
@@ -439,6 +444,15 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         cfg.metrics = _address("metrics", given["metrics"], None)
     if given["signal"]:
         cfg.signal = _address("signal", given["signal"], None)
+    if given["signal_allow"]:
+        if not given["signal"]:
+            raise ServeError("--signal-allow needs --signal")
+        for public in given["signal_allow"]:
+            try:
+                parse_public(public)
+            except IdentityError as exc:
+                raise ServeError(f"--signal-allow: {exc}") from None
+        cfg.signal_allow = list(given["signal_allow"])
     cfg.verbose = bool(given["verbose"])
     cfg.rfc5766_channels = bool(given["rfc5766_channels"])
     cfg.add_users = _credentials("add-user", given["add_user"] or [])
@@ -757,7 +771,9 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                 ) from exc
             lines.append(f"metrics http {format_address(bound)}")
         if cfg.signal is not None:
-            service = RendezvousServer(cfg.signal[0], cfg.signal[1])
+            service = RendezvousServer(
+                cfg.signal[0], cfg.signal[1], ssl=cfg.tls_context, allowed=cfg.signal_allow
+            )
             closers.append(service.close)
             waiters.append(service.wait_closed)
             try:
@@ -766,7 +782,8 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                 raise ServeError(
                     f"cannot serve the rendezvous on {format_address(cfg.signal)}: {exc}"
                 ) from exc
-            lines.append(f"listening ws {format_address(bound)}")
+            scheme = "wss" if cfg.tls_context is not None else "ws"
+            lines.append(f"listening {scheme} {format_address(bound)}")
         for line in lines:
             print(line, flush=True)
         await stop.wait()

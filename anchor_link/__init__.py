@@ -1,5 +1,6 @@
 """anchor_link: the ephemeral link: a reliable datagram channel (sans-I/O), its sealing, the
-link state machine, and the asyncio endpoint and signalling (:mod:`anchor_link.aio`).
+authenticated handshake (Noise XX) with identities and trust, the link state machine, and the
+asyncio endpoint and signalling (:mod:`anchor_link.aio`).
 
 The names below are the public API; everything in ``__all__`` is re-exported here."""
 
@@ -16,6 +17,19 @@ from anchor_link.aio.signal import (
     SignallingClosed,
     SignallingError,
     WebSocketSignalling,
+)
+from anchor_link.handshake import (
+    HandshakeFailed,
+    LinkHandshake,
+)
+from anchor_link.identity import (
+    Identity,
+    IdentityError,
+    default_identity_path,
+    format_public,
+    load_identity,
+    load_or_create_identity,
+    parse_public,
 )
 from anchor_link.reliable import (
     AuthenticationFailed,
@@ -37,7 +51,6 @@ from anchor_link.reliable import (
 )
 from anchor_link.seal import (
     Sealer,
-    SealKeyPair,
 )
 from anchor_link.state import (
     DissolveReason,
@@ -52,6 +65,14 @@ from anchor_link.state import (
     LinkMessage,
     LinkState,
     LinkWritable,
+    PeerAuthenticationError,
+    PeerAuthenticationFailed,
+)
+from anchor_link.trust import (
+    KnownPeers,
+    PeerKeyMismatch,
+    Trust,
+    TrustPolicy,
 )
 
 __all__ = [
@@ -59,7 +80,11 @@ __all__ = [
     "CloseReason",
     "DissolveReason",
     "FrameSealer",
+    "HandshakeFailed",
+    "Identity",
+    "IdentityError",
     "InProcessSignalling",
+    "KnownPeers",
     "LinkClosed",
     "LinkDissolved",
     "LinkEndpoint",
@@ -68,6 +93,7 @@ __all__ = [
     "LinkFailed",
     "LinkFormationFailed",
     "LinkFormed",
+    "LinkHandshake",
     "LinkMachine",
     "LinkMessage",
     "LinkState",
@@ -75,6 +101,9 @@ __all__ = [
     "Mailbox",
     "MessageReceived",
     "MessageTooLarge",
+    "PeerAuthenticationError",
+    "PeerAuthenticationFailed",
+    "PeerKeyMismatch",
     "ReliableChannel",
     "ReliableChannelError",
     "ReliableChannelFull",
@@ -86,13 +115,19 @@ __all__ = [
     "RendezvousServer",
     "ReplayDetected",
     "SealError",
-    "SealKeyPair",
     "Sealer",
     "SendWindowOpen",
     "Signalling",
     "SignallingClosed",
     "SignallingError",
+    "Trust",
+    "TrustPolicy",
     "WebSocketSignalling",
+    "default_identity_path",
+    "format_public",
+    "load_identity",
+    "load_or_create_identity",
+    "parse_public",
 ]
 
 

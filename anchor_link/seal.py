@@ -1,31 +1,12 @@
-"""Sealing of channel frames: X25519 + HKDF-SHA256 + ChaCha20-Poly1305 (docs/design.md, "Definitions").
+"""Sealing of channel frames: ChaCha20-Poly1305 with a masked packet counter (docs/design.md).
 
 Theory of operation
 -------------------
-Each peer makes a key pair (``Sealer.create(rng)``) and puts ``keypair.public`` (32 bytes) in
-its signalling message next to its ICE ufrag and password. Once both descriptions are known,
-each side calls ``Sealer.derive(keypair, remote_public, context)`` with the same ``context``
-(:func:`ice_context` of both peers' ICE credentials) and hands the result to
-``ReliableChannel(seal=...)``.
-
-Key schedule::
-
-    shared = X25519(local private, remote public)                 (RFC 7748 §6.1)
-    low, high = the two public keys, sorted bytewise
-    okm = HKDF-SHA256(salt = "anchor-channel-seal-v2",
-                      ikm = shared,
-                      info = len(context) (4) | context | low | high,
-                      L = 128)                                      (RFC 5869)
-    okm = key_low (32) | hp_low (32) | key_high (32) | hp_high (32)
-
-The owner of the lower public key sends with ``key_low`` / ``hp_low`` and receives with the
-``high`` pair; the other owner the reverse. Directions therefore never share a key (no nonce
-reuse across directions, no reflection of our own frames back at us), and both keys depend
-on the context: a peer that saw other ICE credentials, or a man in the middle that swapped
-public keys in one signalling direction only, derives different keys and every frame fails
-authentication. Equal public keys (a reflected offer) are refused, and so is a second derivation from one key
-pair for the same peer and context (two channels would reuse nonces): make a key pair per
-channel, as the ephemeral link does per link.
+A :class:`Sealer` seals and opens the frames of one channel, in both directions, with four
+32-byte keys: a payload key and a counter-masking key per direction. They come from the link's
+authenticated handshake (:meth:`anchor_link.handshake.LinkHandshake.sealer`: Noise XX, then HKDF
+per direction), made fresh for every link; the keys of the two directions differ, so no nonce
+is used twice with one key and no frame can be reflected back at its sender.
 
 Sealed frame, from the plaintext frame ``first | rest`` of :mod:`anchor_link.reliable`::
 
@@ -55,36 +36,23 @@ cannot poison the window.
 
 from __future__ import annotations
 
-import os
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.hashes import SHA256
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from anchor_link.reliable import AuthenticationFailed, ReplayDetected, SealError
 
 __all__ = [
-    "HKDF_SALT",
-    "PUBLIC_KEY_SIZE",
     "REPLAY_WINDOW",
     "SEAL_OVERHEAD",
     "ReplayWindow",
-    "SealKeyPair",
     "Sealer",
-    "ice_context",
 ]
 
-PUBLIC_KEY_SIZE = 32  # RFC 7748 §6.1
 REPLAY_WINDOW = 1024
 """Counters below the highest one seen that are still accepted once (RFC 4303 §3.4.3 uses
 at least 32; 1024 absorbs the reordering of a full send window)."""
-HKDF_SALT = b"anchor-channel-seal-v2"
-"""HKDF salt (RFC 5869 §3.1): names the protocol and its version."""
 _COUNTER_SIZE = 8
 _TAG_SIZE = 16  # RFC 8439 §2.8
 _SAMPLE_SIZE = 12  # the nonce of the mask's ChaCha20 (RFC 8439 §2.8)
@@ -93,37 +61,7 @@ SEAL_OVERHEAD = _COUNTER_SIZE + _TAG_SIZE
 """Bytes a sealed frame adds to the plaintext frame (which keeps its crc inside)."""
 _MAX_COUNTER = (1 << 64) - 1
 _NONCE_PREFIX = b"\x00\x00\x00\x00"
-_U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
-
-
-def ice_context(local_ufrag: str, local_pwd: str, remote_ufrag: str, remote_pwd: str) -> bytes:
-    """The ``context`` that binds sealing keys to one ICE session: both peers' (ufrag,
-    password) pairs (RFC 8445 §5.3), sorted so that both sides build the same bytes, each
-    string UTF-8 with a 4-byte length in front."""
-    pairs = sorted([(local_ufrag, local_pwd), (remote_ufrag, remote_pwd)])
-    out = bytearray()
-    for ufrag, pwd in pairs:
-        for text in (ufrag, pwd):
-            raw = text.encode("utf-8")
-            out += _U32.pack(len(raw)) + raw
-    return bytes(out)
-
-
-@dataclass(frozen=True)
-class SealKeyPair:
-    """A local X25519 key pair (RFC 7748); ``public`` goes into the signalling.
-
-    Make a new one for every channel: :meth:`Sealer.derive` refuses to derive twice from one
-    key pair for the same peer key and context, because two channels with the same keys would
-    both start their packet counters at 0 and reuse nonces.
-    """
-
-    private: X25519PrivateKey = field(repr=False)
-    """The private key; never leaves this process."""
-    public: bytes
-    """The 32-byte public key to send to the peer."""
-    _derived: set[bytes] = field(default_factory=set, repr=False, compare=False)
 
 
 class ReplayWindow:
@@ -159,13 +97,14 @@ class ReplayWindow:
 class Sealer:
     """Seals and opens the frames of one :class:`~anchor_link.reliable.ReliableChannel`
     (a :class:`~anchor_link.reliable.FrameSealer`). Stateful: it holds the send counter and the
-    replay window, so each channel needs its own, from :meth:`derive`."""
+    replay window, so each channel needs its own."""
 
     overhead: int = SEAL_OVERHEAD
     """Bytes added to every frame: the masked counter and the Poly1305 tag."""
 
     def __init__(self, send_key: bytes, send_hp: bytes, recv_key: bytes, recv_hp: bytes) -> None:
-        """Direct construction from the four 32-byte keys; :meth:`derive` is the usual way."""
+        """The sealer of one side from its four 32-byte keys (module docstring), as
+        :meth:`anchor_link.handshake.LinkHandshake.sealer` makes it."""
         for key in (send_key, send_hp, recv_key, recv_hp):
             if len(key) != 32:
                 raise SealError("sealing keys are 32 bytes")
@@ -175,40 +114,6 @@ class Sealer:
         self._recv_hp = ChaCha20Poly1305(recv_hp)
         self._counter = 0
         self._replay = ReplayWindow()
-
-    @staticmethod
-    def create(rng: Callable[[int], bytes] = os.urandom) -> SealKeyPair:
-        """A fresh X25519 key pair from 32 bytes of ``rng`` (RFC 7748 §6.1: the private key
-        is 32 random bytes, clamped by X25519 itself)."""
-        seed = bytes(rng(32))
-        if len(seed) != 32:
-            raise SealError("rng(32) must return 32 bytes")
-        private = X25519PrivateKey.from_private_bytes(seed)
-        return SealKeyPair(private, private.public_key().public_bytes_raw())
-
-    @classmethod
-    def derive(cls, local: SealKeyPair, remote_public: bytes, context: bytes) -> Sealer:
-        """The sealer of this side of a channel (module docstring: key schedule).
-        Raises :class:`~anchor_link.reliable.SealError` for a malformed or low-order remote key
-        and for a remote key equal to ours."""
-        remote_public = bytes(remote_public)
-        if len(remote_public) != PUBLIC_KEY_SIZE:
-            raise SealError(f"remote public key must be {PUBLIC_KEY_SIZE} bytes")
-        if remote_public == local.public:
-            raise SealError("remote public key equals ours (reflected offer?)")
-        try:
-            shared = local.private.exchange(X25519PublicKey.from_public_bytes(remote_public))
-        except ValueError as exc:  # an all-zero shared secret: a low-order point, RFC 7748 §6.1
-            raise SealError(f"key agreement failed: {exc}") from None
-        low, high = sorted((local.public, remote_public))
-        info = _U32.pack(len(context)) + bytes(context) + low + high
-        if info in local._derived:
-            raise SealError("keys already derived for this peer and context: nonces would repeat")
-        local._derived.add(info)
-        okm = HKDF(algorithm=SHA256(), length=128, salt=HKDF_SALT, info=info).derive(shared)
-        keys_low, keys_high = (okm[0:32], okm[32:64]), (okm[64:96], okm[96:128])
-        send, recv = (keys_low, keys_high) if local.public == low else (keys_high, keys_low)
-        return cls(send[0], send[1], recv[0], recv[1])
 
     @property
     def frames_sealed(self) -> int:

@@ -83,6 +83,8 @@ __all__ = [
     "LinkMessage",
     "LinkState",
     "LinkWritable",
+    "PeerAuthenticationError",
+    "PeerAuthenticationFailed",
 ]
 
 DEFAULT_FORM_TIMEOUT = 30.0
@@ -109,6 +111,12 @@ class LinkFormationFailed(LinkError):
         super().__init__(f"link to {peer!r} failed: {reason}")
         self.peer = peer
         self.reason = reason
+
+
+class PeerAuthenticationError(LinkFormationFailed):
+    """Raised by ``send``: the peer did not prove the identity it had to (a pinned or known
+    key), or the handshake did not authenticate. Nothing was sent to it. The link's event is
+    :class:`PeerAuthenticationFailed`."""
 
 
 # --------------------------------------------------------------------------- events
@@ -140,7 +148,13 @@ class LinkFormed(LinkEvent):
     offerer: bool
     """True on the side that sent the offer (the ICE controlling agent)."""
     sealed: bool
-    """True when frames are sealed (X25519 + ChaCha20-Poly1305, :mod:`anchor_link.seal`)."""
+    """True when frames are sealed (ChaCha20-Poly1305 under keys from the link's Noise
+    handshake, :mod:`anchor_link.handshake`, :mod:`anchor_link.seal`)."""
+    peer_identity: str | None = None
+    """The public identity (``anchor1:...``) the peer proved in the handshake."""
+    trust: str = "unverified"
+    """How that identity was checked: a :class:`~anchor_link.trust.Trust` value
+    (``pinned``, ``known``, ``new`` or ``unverified``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +215,18 @@ class LinkFailed(LinkEvent):
 
     reason: str
     """Why, in one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthenticationFailed(LinkFailed):
+    """The link failed because the peer did not authenticate: its handshake message did not
+    verify (a description changed on the way, a replay), or it proved a key other than the one
+    pinned or known for its name. No application byte was sent or accepted."""
+
+    expected: str | None = None
+    """The public identity the peer had to prove, when one was pinned or known."""
+    presented: str | None = None
+    """The public identity the peer proved, when its handshake got that far."""
 
 
 # --------------------------------------------------------------------------- state
@@ -318,7 +344,16 @@ class LinkMachine:
 
     # ----------------------------------------------------------------- forming
 
-    def formed(self, pair: PairInfo, channel: ReliableChannel, now: float, *, sealed: bool) -> None:
+    def formed(
+        self,
+        pair: PairInfo,
+        channel: ReliableChannel,
+        now: float,
+        *,
+        sealed: bool,
+        peer_identity: str | None = None,
+        trust: str = "unverified",
+    ) -> None:
         """ICE selected ``pair`` and ``channel`` runs on it: the link is open. Ignored
         unless forming (a link that timed out meanwhile stays failed)."""
         if self._state is not LinkState.FORMING:
@@ -336,6 +371,8 @@ class LinkMachine:
                 formed_ms=(now - self.started_at) * 1000,
                 offerer=self.offerer,
                 sealed=sealed,
+                peer_identity=peer_identity,
+                trust=trust,
             )
         )
 
@@ -349,6 +386,19 @@ class LinkMachine:
                            clean=False)
         elif self._state is LinkState.DRAINING:  # the handshake was done: nothing is lost
             self._dissolve(_Input.TRANSPORT_LOST, self._reason or reason, now)
+
+    def authentication_failed(
+        self, reason: str, *, expected: str | None = None, presented: str | None = None
+    ) -> None:
+        """The peer did not authenticate (:class:`PeerAuthenticationFailed`): a forming link
+        fails. Ignored in any other state (a link opens only once both sides authenticated)."""
+        if self._state is LinkState.FORMING:
+            self._transition(_Input.FAIL)
+            self._events.append(
+                PeerAuthenticationFailed(
+                    self.peer, reason=reason, expected=expected, presented=presented
+                )
+            )
 
     def abort(self, reason: str, now: float) -> None:
         """Drop the link at once, without a close handshake (the peer started a new link,

@@ -88,3 +88,13 @@ def tshark_capture(tmp_path: Path) -> Iterator[Callable[[str], TsharkCapture]]:
     finally:
         for capture in captures:
             capture.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _config_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``anchor pipe`` without ``--identity`` makes the user's default identity on first use
+    (in ``$XDG_CONFIG_HOME/anchor``): here a directory of the session's own, never the real
+    user's."""
+    import os
+
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config-home"))

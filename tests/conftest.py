@@ -55,3 +55,13 @@ def make_self_signed(directory: Path) -> tuple[Path, Path]:
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(cert.pem, key.pem) of a self-signed certificate valid for 127.0.0.1."""
     return make_self_signed(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _config_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``anchor pipe`` without ``--identity`` makes the user's default identity on first use
+    (in ``$XDG_CONFIG_HOME/anchor``): in the tests that is a directory of the session's own,
+    inherited by every ``anchor`` process they start, never the real user's."""
+    import os
+
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config-home"))

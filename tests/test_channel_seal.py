@@ -1,4 +1,5 @@
-"""Sealed channel frames (anchor_link.seal): X25519 + HKDF-SHA256 + ChaCha20-Poly1305."""
+"""Sealed channel frames (anchor_link.seal): ChaCha20-Poly1305 under keys from the link's Noise
+handshake (anchor_link.handshake), with a masked packet counter."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from anchor_link.handshake import LinkHandshake
+from anchor_link.identity import Identity
 from anchor_link.reliable import (
     FIRST_BYTE_MAX,
     FIRST_BYTE_MIN,
@@ -29,13 +32,11 @@ from anchor_link.seal import (
     ReplayWindow,
     Sealer,
     _mask,
-    ice_context,
 )
-from anchor_stun.errors import AnchorError
 
 from .test_channel import Harness, Network, events, flip_bit, mixed_messages
 
-CTX = ice_context("aUfr", "aPasswordOfTwentyTwo..", "bUfr", "bPasswordOfTwentyTwo..")
+CTX = b"anchor-link/2 test prologue"
 SECRET = b"TOP-SECRET-PAYLOAD:"
 
 
@@ -46,14 +47,24 @@ def rng_from(seed: int) -> random.Random:
 def sealer_pair(
     ctx_a: bytes = CTX, ctx_b: bytes = CTX, seed: int = 1
 ) -> tuple[Sealer, Sealer, bytes, bytes]:
-    keys_a = Sealer.create(rng_from(seed).randbytes)
-    keys_b = Sealer.create(rng_from(seed + 1).randbytes)
-    return (
-        Sealer.derive(keys_a, keys_b.public, ctx_a),
-        Sealer.derive(keys_b, keys_a.public, ctx_b),
-        keys_a.public,
-        keys_b.public,
-    )
+    """The two sealers of one link, from a handshake between two identities (all randomness
+    from ``seed``). With different prologues the handshake fails: then each side gets the
+    sealer of a handshake of its own, as two links that were crossed would."""
+    rng = rng_from(seed).randbytes
+    id_a, id_b = Identity.generate(rng), Identity.generate(rng)
+    a = LinkHandshake(id_a, initiator=True, prologue=ctx_a, rng=rng)
+    b = LinkHandshake(id_b, initiator=False, prologue=ctx_a, rng=rng)
+    b.read_message(a.write_message(b""))
+    a.read_message(b.write_message(b""))
+    b.read_message(a.write_message(b""))
+    if ctx_b != ctx_a:
+        c = LinkHandshake(id_a, initiator=True, prologue=ctx_b, rng=rng)
+        d = LinkHandshake(id_b, initiator=False, prologue=ctx_b, rng=rng)
+        d.read_message(c.write_message(b""))
+        c.read_message(d.write_message(b""))
+        d.read_message(c.write_message(b""))
+        b = d
+    return a.sealer(), b.sealer(), id_a.public, id_b.public
 
 
 def sealed_pair(ctx_a: bytes = CTX, ctx_b: bytes = CTX) -> tuple[ReliableChannel, ReliableChannel]:
@@ -68,36 +79,16 @@ def sealed_pair(ctx_a: bytes = CTX, ctx_b: bytes = CTX) -> tuple[ReliableChannel
 # --------------------------------------------------------------------------- keys
 
 
-def test_keys_and_context() -> None:
-    keys = Sealer.create(rng_from(5).randbytes)
-    assert len(keys.public) == 32
-    assert Sealer.create(rng_from(5).randbytes).public == keys.public  # rng is the only input
-    assert "private" not in repr(keys)
-    # Both sides build the same context whatever their order.
-    assert ice_context("u1", "p1", "u2", "p2") == ice_context("u2", "p2", "u1", "p1")
-    assert ice_context("u1", "p1", "u2", "p2") != ice_context("u1", "p1", "u2", "p3")
-    # Length prefixes: no ambiguity between ("ab", "c") and ("a", "bc").
-    assert ice_context("ab", "c", "x", "y") != ice_context("a", "bc", "x", "y")
-
-
-def test_derive_refuses_bad_remote_keys() -> None:
-    keys = Sealer.create(rng_from(5).randbytes)
+def test_sealers_come_from_the_handshake_and_the_rng_is_the_only_input() -> None:
+    seal_a, seal_b, _, _ = sealer_pair(seed=5)
+    again_a, _, _, _ = sealer_pair(seed=5)
+    other_a, _, _, _ = sealer_pair(seed=6)
+    frame = seal_a.seal(0xD0, b"same")
+    assert again_a.seal(0xD0, b"same") == frame  # same randomness, same keys
+    assert other_a.seal(0xD0, b"same") != frame
+    assert seal_b.open(frame) == b"same"
     with pytest.raises(SealError):
-        Sealer.derive(keys, b"\x01" * 31, CTX)
-    with pytest.raises(SealError):
-        Sealer.derive(keys, keys.public, CTX)  # reflected offer
-    with pytest.raises(SealError) as info:
-        Sealer.derive(keys, bytes(32), CTX)  # low-order point: all-zero shared secret
-    assert isinstance(info.value, AnchorError)
-
-
-def test_one_derivation_per_key_pair_and_context() -> None:
-    keys_a = Sealer.create(rng_from(1).randbytes)
-    keys_b = Sealer.create(rng_from(2).randbytes)
-    Sealer.derive(keys_a, keys_b.public, CTX)
-    with pytest.raises(SealError):  # a second channel would restart the counter: nonce reuse
-        Sealer.derive(keys_a, keys_b.public, CTX)
-    Sealer.derive(keys_a, keys_b.public, CTX + b"next session")
+        Sealer(b"short", bytes(32), bytes(32), bytes(32))
 
 
 def test_seal_open_round_trip_and_directions() -> None:
@@ -205,9 +196,8 @@ def test_replayed_frame_is_rejected() -> None:
     assert b.stats.duplicates == 1 and events(b) == []
 
 
-def test_keys_are_bound_to_the_context() -> None:
-    other = ice_context("aUfr", "aPasswordOfTwentyTwo..", "bUfr", "another-password-here.")
-    a, b = sealed_pair(CTX, other)
+def test_keys_are_bound_to_the_handshake() -> None:
+    a, b = sealed_pair(CTX, CTX + b" another link")
     a.send(b"hello", 0.0)
     for frame in a.datagrams_to_send(0.0):
         b.receive_datagram(frame, 0.1)

@@ -51,6 +51,7 @@ from anchor_link.aio.signal import (
     SignallingError,
     WebSocketSignalling,
 )
+from anchor_link.identity import Identity
 from anchor_link.reliable import ReliableChannel
 from anchor_link.state import (
     LinkClosed,
@@ -601,16 +602,16 @@ def test_websocket_mailbox_comes_back_after_its_connection_dies_and_keeps_its_na
             await b.publish("a", {"type": "answer"})
             envelope = await asyncio.wait_for(receiving, 10)
             assert (envelope.sender, envelope.body) == ("b", {"type": "answer"})
-            # The name is still a's: nobody else gets it, with or without a made-up token.
+            # The name is still a's: no other key gets it, however quickly it asks.
             with pytest.raises(SignallingError, match="taken"):
                 await signalling.open("a")
             with pytest.raises(SignallingError, match="taken"):
-                await signalling._connect("a", "not-the-token")
-            # With the token, a hello takes the name over from a live connection (on loopback
-            # the server saw the reset above, so this is the first takeover).
-            token = a._token  # type: ignore[attr-defined]
-            ws, again = await signalling._connect("a", token)
-            assert again == token and server.resumed == 1
+                await signalling._connect("a", Identity.generate())
+            assert server.holder("a") == a._identity.public_text  # type: ignore[attr-defined]
+            # a's key takes the name over from a live connection by proving itself (on
+            # loopback the server saw the reset above, so this is the first takeover).
+            ws = await signalling._connect("a", a._identity)  # type: ignore[attr-defined]
+            assert server.resumed == 1
             await ws.close()
             await a.close()
             await b.close()
@@ -646,25 +647,26 @@ def test_anchor_pipe_keeps_its_link_healthy_while_nobody_reads_its_stdout() -> N
     assert out == data
 
 
-def test_rendezvous_gives_the_name_of_a_holder_that_stopped_answering_to_a_newcomer() -> None:
+def test_rendezvous_binds_a_name_to_its_key_and_only_that_key_takes_it_back() -> None:
     """A holder whose close never reached the server (its NAT forgot the mapping, its FIN was
-    lost) would keep its name until keepalive noticed; a newcomer asking for the name makes
-    the server ping the holder, and a holder without a pong loses it. A live holder keeps it."""
+    lost) keeps its name against everyone else, deaf or not (issue 16: no ping takeover); the
+    same key, proven again on a new connection, takes it back at once."""
 
     async def main() -> None:
         async with rendezvous() as server:
             signalling = WebSocketSignalling(server.url, reconnect_timeout=0.1)
-            live = await signalling.open("live")
-            with pytest.raises(SignallingError, match="taken"):
-                await signalling.open("live")  # it answers the ping: the name stays its own
-            gone = await signalling.open("gone")
+            holder_key = Identity.generate()
+            gone = await signalling.open("gone", holder_key)
             gone._ws.transport.pause_reading()  # type: ignore[attr-defined]  # deaf from now on
-            newcomer = await signalling.open("gone")
+            with pytest.raises(SignallingError, match="taken"):
+                await signalling.open("gone", Identity.generate())  # another key: never
+            newcomer = await signalling.open("gone", holder_key)  # its own key: at once
+            assert server.resumed == 1 and server.holder("gone") == holder_key.public_text
             other = await signalling.open("other")
             await other.publish("gone", {"type": "offer"})
             envelope = await asyncio.wait_for(newcomer.receive(), 5)
             assert (envelope.sender, envelope.body) == ("other", {"type": "offer"})
-            for mailbox in (live, newcomer, other):
+            for mailbox in (newcomer, other):
                 await mailbox.close()
             gone._ws.transport.abort()  # type: ignore[attr-defined]  # (deaf: no close handshake)
             await gone.close()

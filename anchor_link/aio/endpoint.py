@@ -8,16 +8,22 @@ one message to ``peer``, forming a link first if there is none:
 
 1. **Gather** (:class:`~anchor_ice.aio.connection.Connection`): host, server-reflexive and relayed
    candidates; under the default ``policy="gateway"`` host candidates are not advertised.
-2. **Signal**: an offer goes to the peer through the signalling, an answer comes back. Each
-   description holds the ICE ufrag and password, the candidates, and a fresh X25519 public
-   key (:mod:`anchor_link.seal`). Keys are derived with :func:`~anchor_link.seal.ice_context` of
-   both sides' ICE credentials, so a key swapped on the signalling, or credentials that do
-   not match the ICE session, give keys that authenticate nothing.
+2. **Signal and authenticate**: an offer goes to the peer through the signalling, an answer
+   comes back, then a confirm and an accept. The first three are the messages of the link's
+   Noise XX handshake (:mod:`anchor_link.handshake`), whose payloads are the two sides' ICE
+   descriptions (ufrag, password, candidates, channel settings): both endpoints prove their
+   :class:`~anchor_link.identity.Identity` with fresh ephemeral keys, and a description changed
+   on the way fails the handshake. The peer's proven identity is checked against
+   ``trusted_peers`` and the known-peers file (:mod:`anchor_link.trust`); a peer that does not
+   authenticate fails the link on both sides with
+   :class:`~anchor_link.state.PeerAuthenticationFailed` (``send`` raises
+   :class:`~anchor_link.state.PeerAuthenticationError`), and no application byte goes out
+   before it did.
 3. **ICE** with the offerer controlling and the policy's nominator
    (:class:`~anchor_ice.nominator.GatewayNominator` by default: a srflx/prflx pair, else a
    relay pair, never a host pair).
 4. **Channel**: a :class:`~anchor_link.reliable.ReliableChannel` over the selected pair, with a
-   :class:`~anchor_link.seal.Sealer` made for this link only; both sides use the smaller of
+   :class:`~anchor_link.seal.Sealer` keyed by this link's handshake; both sides use the smaller of
    their ``max_message`` and ``mtu``.
 
 While the link is open, sends reuse it. When no application datagram has been sent or
@@ -44,18 +50,34 @@ and timer; it also tears the link down).
 
 Descriptions (JSON objects on the signalling; ``v`` is :data:`DESCRIPTION_VERSION`)::
 
-    {"type": "offer" | "answer", "v": 1, "link": LINK_ID, "ufrag": ..., "pwd": ...,
-     "candidates": ["candidate:...", ...], "seal": BASE64_X25519_PUBLIC_KEY | null,
-     "mtu": 1200, "max_message": 65536, "pacing": 5}
-    {"type": "reject", "link": LINK_ID, "reason": ...}     the answerer cannot go on
+    {"type": "offer", "v": 2, "link": LINK_ID, "noise": BASE64}     -> e           (offerer)
+    {"type": "answer", "v": 2, "link": LINK_ID, "noise": BASE64}    <- e, ee, s, es
+    {"type": "confirm", "v": 2, "link": LINK_ID, "noise": BASE64}   -> s, se
+    {"type": "accept", "v": 2, "link": LINK_ID, "mac": BASE64}      key confirmation
+    {"type": "reject", "link": LINK_ID, "reason": ..., "auth": true|false}   cannot go on
     {"type": "bye", "link": LINK_ID, "reason": ...}        the link broke on this side
+
+``noise`` is a Noise handshake message (standard base64); the payload of the offer's (in
+clear) and of the answer's (encrypted) is the side's ICE description, a JSON object::
+
+    {"ufrag": ..., "pwd": ..., "candidates": ["candidate:...", ...], "seal": true,
+     "mtu": 1200, "max_message": 65536, "pacing": 5}
+
+The answerer sends its accept once the confirm proved the offerer's identity and that identity
+passed its trust checks; the offerer opens its channel only once the accept verified, so a
+link opens on both sides or on neither. A ``reject`` with ``"auth": true`` says the sender
+refused the other's identity or handshake: the receiver fails with
+:class:`~anchor_link.state.PeerAuthenticationFailed` too (a rendezvous can always drop a link;
+it cannot make one open). An offer whose ephemeral key was seen before (a replay) is dropped.
 
 ``pacing`` is the side's Ta proposal in milliseconds (``a=ice-pacing``, RFC 8839 §5.5):
 checks are paced at the higher of the two proposals, RFC 8445's 50 ms when a side sends
 none (an older peer).
 
-``LINK_ID`` (16 hex digits, new for every link) ties an answer to its offer. Frames are
-sealed when both sides sent a key; a side that requires sealing refuses a peer that does not.
+``LINK_ID`` (16 hex digits, new for every link) ties the messages of one link together and is
+bound into the handshake's prologue with both names. Frames are sealed when both sides say
+``"seal": true``; a side that requires sealing refuses a peer that does not (``seal=False``, for
+measurements, still authenticates both sides but leaves the frames in clear).
 
 A link that breaks rather than dissolving cleanly (consent lost, say because a NAT forgot
 the mapping: RFC 7675 gives up after 30 s without a consent response) tells the peer with a
@@ -75,12 +97,19 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from anchor_ice.aio.connection import POLICIES, Connection, IceError, IceFailedError, make_nominator
+from anchor_ice.aio.connection import (
+    POLICIES,
+    Connection,
+    IceError,
+    IceFailedError,
+    make_nominator,
+)
 from anchor_ice.aio.gather import TurnServerConfig
 from anchor_ice.nominator import Nominator
 from anchor_link.aio.signal import (
@@ -90,6 +119,8 @@ from anchor_link.aio.signal import (
     SignallingClosed,
     SignallingError,
 )
+from anchor_link.handshake import HandshakeFailed, LinkHandshake, link_prologue
+from anchor_link.identity import Identity, format_public, load_identity
 from anchor_link.reliable import (
     DEFAULT_MAX_MESSAGE,
     DEFAULT_MTU,
@@ -97,7 +128,6 @@ from anchor_link.reliable import (
     ReliableChannel,
     is_reliable_frame,
 )
-from anchor_link.seal import PUBLIC_KEY_SIZE, Sealer, SealKeyPair, ice_context
 from anchor_link.state import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_FORM_TIMEOUT,
@@ -113,7 +143,10 @@ from anchor_link.state import (
     LinkMessage,
     LinkState,
     LinkWritable,
+    PeerAuthenticationError,
+    PeerAuthenticationFailed,
 )
+from anchor_link.trust import PeerKeyMismatch, TrustPolicy
 from anchor_stun.errors import AnchorError, LocalProtocolError
 
 __all__ = [
@@ -129,14 +162,18 @@ __all__ = [
     "LinkFormationFailed",
     "LinkFormed",
     "LinkState",
+    "PeerAuthenticationError",
+    "PeerAuthenticationFailed",
 ]
 
 DEFAULT_IDLE_TIMEOUT = 30.0
 """docs/design.md "Idle": seconds without an application datagram before a link dissolves."""
 BYE_TIMEOUT = 2.0
 """Seconds a broken link waits to hand its ``bye`` to the signalling before giving up."""
-DESCRIPTION_VERSION = 1
-"""``v`` of the descriptions this module sends."""
+DESCRIPTION_VERSION = 2
+"""``v`` of the descriptions this module sends (2: the Noise handshake of issue 16)."""
+REPLAY_MEMORY = 4096
+"""Offers (by their ephemeral key) an endpoint remembers to refuse a replay of."""
 
 E = TypeVar("E", bound=LinkEvent)
 
@@ -149,6 +186,15 @@ class _FormError(Exception):
     """Forming cannot go on (reason in the message)."""
 
 
+class _AuthError(Exception):
+    """The peer did not authenticate (reason in the message)."""
+
+    def __init__(self, reason: str, expected: bytes | None = None, presented: bytes | None = None):
+        super().__init__(reason)
+        self.expected = format_public(expected) if expected is not None else None
+        self.presented = format_public(presented) if presented is not None else None
+
+
 class _Link:
     """One link's I/O state around its :class:`LinkMachine`."""
 
@@ -158,13 +204,18 @@ class _Link:
         self.id = link_id
         self.machine = machine
         self.conn: Connection | None = None
-        self.keypair: SealKeyPair | None = None
+        self.handshake: LinkHandshake | None = None
         self.answer: asyncio.Future[dict[str, Any]] = loop.create_future()
+        # the offerer's answer; the answerer's confirm
+        self.accept: asyncio.Future[dict[str, Any]] = loop.create_future()
+        # the offerer's accept
         self.opened: asyncio.Future[None] = loop.create_future()
         self.writable = asyncio.Event()
         self.done = asyncio.Event()
         self.wake = asyncio.Event()
         self.max_message = 0
+        self.peer_identity: str | None = None
+        self.trust = "unverified"
         self.superseded = False
         self.peer_gone = False
         self.final_event: LinkEvent | None = None
@@ -213,6 +264,12 @@ class LinkEndpoint:
       regular nomination, host pairs allowed) or ``"relay"``; ``nominator`` overrides it;
     - ``idle_timeout``: seconds without an application datagram before a link dissolves
       (default 30);
+    - ``identity``: this endpoint's :class:`~anchor_link.identity.Identity`, or the path of
+      its identity file (``anchor keygen``); default: a new identity made for this endpoint
+      object (links are still authenticated and encrypted, but nobody can pin it);
+    - ``trusted_peers``: ``{peer name: public identity}`` (``"anchor1:..."`` or 32 bytes): a
+      peer must prove its pinned key (:mod:`anchor_link.trust`);
+    - ``known_peers``: path of a known-peers file for trust on first use (opt-in);
     - ``seal``: seal the channel's frames (default True; both sides must agree);
     - ``host_ips`` / ``include_loopback``: which addresses to gather host candidates on (as
       :class:`~anchor_ice.aio.connection.Connection`; tests pass ``host_ips=["127.0.0.1"]``);
@@ -225,7 +282,7 @@ class LinkEndpoint:
       :class:`LinkFailed`;
     - ``connection_options``: more keyword arguments for every
       :class:`~anchor_ice.aio.connection.Connection` (``gather_timeout``, ``port_range``...);
-    - ``rng``: random bytes (link ids, sealing keys, ICE credentials).
+    - ``rng``: random bytes (link ids, handshake ephemeral keys, ICE credentials).
     """
 
     def __init__(
@@ -239,6 +296,9 @@ class LinkEndpoint:
         nominator: Nominator | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         seal: bool = True,
+        identity: Identity | str | os.PathLike[str] | None = None,
+        trusted_peers: Mapping[str, str | bytes] | None = None,
+        known_peers: str | os.PathLike[str] | None = None,
         host_ips: Iterable[str] | None = None,
         include_loopback: bool = False,
         form_timeout: float = DEFAULT_FORM_TIMEOUT,
@@ -266,6 +326,15 @@ class LinkEndpoint:
         """Seconds without an application datagram before a link dissolves."""
         self.seal = seal
         """Whether frames are sealed."""
+        if identity is None:
+            identity = Identity.generate(rng)
+        elif not isinstance(identity, Identity):
+            identity = load_identity(identity)
+        self.identity: Identity = identity
+        """This endpoint's identity, proven on every link."""
+        self.trust = TrustPolicy(trusted_peers, known_peers)
+        """Which peer identities are accepted (:class:`~anchor_link.trust.TrustPolicy`)."""
+        self._offers_seen: OrderedDict[bytes, None] = OrderedDict()
         self._signalling = signalling
         self._stun = stun
         self._turn = list(turn)
@@ -295,6 +364,8 @@ class LinkEndpoint:
         """Links formed so far."""
         self.signalling_dropped = 0
         """Descriptions received that could not be used (malformed)."""
+        self.replays_refused = 0
+        """Offers dropped because their handshake message was seen before (a replay)."""
 
     # ------------------------------------------------------------------ life cycle
 
@@ -309,7 +380,7 @@ class LinkEndpoint:
         async with self._starting:
             if self._mailbox is not None:
                 return
-            self._mailbox = await self._signalling.open(self.name)
+            self._mailbox = await self._signalling.open(self.name, self.identity)
             self._listener = asyncio.get_running_loop().create_task(
                 self._listen(self._mailbox), name=f"anchor {self.name}: signalling"
             )
@@ -506,32 +577,61 @@ class LinkEndpoint:
             **self._connection_options,
         )
 
-    def _description(self, link: _Link, kind: str, conn: Connection) -> dict[str, Any]:
-        seal = None
-        if link.keypair is not None:
-            seal = base64.b64encode(link.keypair.public).decode("ascii")
-        return {
-            "type": kind,
-            "v": DESCRIPTION_VERSION,
-            "link": link.id,
+    def _payload(self, conn: Connection) -> bytes:
+        """This side's ICE description: the payload of its handshake message."""
+        description = {
             "ufrag": conn.local_username,
             "pwd": conn.local_password,
             "candidates": [c.to_sdp() for c in conn.local_candidates],
-            "seal": seal,
+            "seal": self.seal,
             "mtu": self._mtu,
             "max_message": self._max_message,
             "pacing": conn.local_pacing,
         }
+        return json.dumps(description, separators=(",", ":")).encode()
+
+    def _message(self, link: _Link, kind: str, **fields: Any) -> dict[str, Any]:
+        return {"type": kind, "v": DESCRIPTION_VERSION, "link": link.id, **fields}
+
+    def _handshake(self, link: _Link, offerer: str, answerer: str) -> LinkHandshake:
+        link.handshake = LinkHandshake(
+            self.identity,
+            initiator=link.machine.offerer,
+            prologue=link_prologue(link.id, offerer, answerer),
+            rng=self._rng,
+        )
+        return link.handshake
+
+    def _verify_peer(self, link: _Link, handshake: LinkHandshake) -> None:
+        """The peer's proven identity against the trust policy (raises :class:`_AuthError`)."""
+        presented = handshake.remote_static
+        assert presented is not None
+        try:
+            link.trust = str(self.trust.verify(link.peer, presented))
+        except PeerKeyMismatch as exc:
+            raise _AuthError(str(exc), exc.expected, exc.presented) from None
+        except LinkError as exc:  # an unreadable known-peers file: fail closed
+            raise _AuthError(f"cannot check {link.peer!r}'s identity: {exc}") from None
+        link.peer_identity = format_public(presented)
 
     async def _form(self, link: _Link, offer: dict[str, Any] | None) -> None:
-        """Gather, signal, connect, open the channel; failures go to the machine."""
+        """Gather, run the handshake over the signalling, connect, open the channel; failures
+        go to the machine (module docstring)."""
         loop = asyncio.get_running_loop()
         machine = link.machine
         try:
             assert self._mailbox is not None
+            mailbox = self._mailbox
+            if offer is None:
+                handshake = self._handshake(link, self.name, link.peer)
+                remote_offer = None
+            else:
+                handshake = self._handshake(link, link.peer, self.name)
+                try:
+                    remote_offer = _description(handshake.read_message(_noise(offer)))
+                except HandshakeFailed as exc:
+                    raise _FormError(f"unusable offer: {exc}") from None
             conn = link.conn = self._connection(controlling=offer is None)
-            if self.seal:
-                link.keypair = Sealer.create(self._rng)
             await conn.gather_candidates()
             if not conn.local_candidates:
                 failures = "; ".join(
@@ -541,34 +641,54 @@ class LinkEndpoint:
                     f"no candidate to offer under the {self.policy} policy"
                     + (f" ({failures})" if failures else "")
                 )
-            description = self._description(link, "offer" if offer is None else "answer", conn)
-            if offer is None:
-                await self._mailbox.publish(link.peer, description)
-                remote = await link.answer
+            if remote_offer is None:
+                # offerer: -> e (our description); <- e, ee, s, es; -> s, se
+                noise = handshake.write_message(self._payload(conn))
+                await mailbox.publish(link.peer, self._message(link, "offer", noise=_b64(noise)))
+                answer = await link.answer
+                try:
+                    remote = _description(handshake.read_message(_noise(answer)))
+                except HandshakeFailed as exc:
+                    raise _AuthError(f"the answer did not authenticate ({exc})") from None
+                self._verify_peer(link, handshake)
+                confirm = handshake.write_message(b"")
+                mtu, max_message = await self._apply(conn, remote)
+                await mailbox.publish(link.peer, self._message(link, "confirm", noise=_b64(confirm)))
             else:
-                remote = offer
-            mtu, max_message, remote_key = await self._apply(conn, remote)
-            if offer is not None:
-                await self._mailbox.publish(link.peer, description)
+                # answerer: <- e, ee, s, es (our description); -> s, se; <- accept
+                mtu, max_message = await self._apply(conn, remote_offer)
+                noise = handshake.write_message(self._payload(conn))
+                await mailbox.publish(link.peer, self._message(link, "answer", noise=_b64(noise)))
+                confirm_body = await link.answer
+                try:
+                    handshake.read_message(_noise(confirm_body))
+                except HandshakeFailed as exc:
+                    raise _AuthError(f"the confirm did not authenticate ({exc})") from None
+                self._verify_peer(link, handshake)
+                accept = self._message(link, "accept", mac=_b64(handshake.accept_message()))
+                await mailbox.publish(link.peer, accept)
             await conn.connect()
+            if remote_offer is None:
+                # key confirmation: the answerer accepted our identity (module docstring)
+                accepted = await link.accept
+                try:
+                    handshake.check_accept(_field(accepted, "mac"))
+                except HandshakeFailed as exc:
+                    raise _AuthError(f"the accept did not authenticate ({exc})") from None
             pair = conn.selected_pair
             if pair is None:
                 raise _FormError("ICE connected without a selected pair")
-            sealer = None
-            if link.keypair is not None and remote_key is not None:
-                assert conn.remote_username is not None and conn.remote_password is not None
-                context = ice_context(
-                    conn.local_username, conn.local_password,
-                    conn.remote_username, conn.remote_password,
-                )  # fmt: skip
-                sealer = Sealer.derive(link.keypair, remote_key, context)
+            sealer = handshake.sealer() if self.seal else None
             now = loop.time()
             channel = ReliableChannel(
                 mtu=mtu, max_message=max_message, idle_timeout=self.idle_timeout,
                 seal=sealer, rng=self._rng, now=now,
             )  # fmt: skip
             link.max_message = max_message
-            machine.formed(pair, channel, now, sealed=sealer is not None)
+            machine.formed(
+                pair, channel, now, sealed=sealer is not None,
+                peer_identity=link.peer_identity, trust=link.trust,
+            )  # fmt: skip
             if machine.state is LinkState.OPEN:
                 # datagrams straight into the machine, as they arrive
                 conn.set_data_handler(lambda data, _component: self._frame_in(link, data))
@@ -579,23 +699,31 @@ class LinkEndpoint:
             raise
         except IceFailedError as exc:
             machine.fail(f"ICE failed: {exc.reason}", loop.time())
+        except _AuthError as exc:
+            reason = f"peer authentication failed: {exc}"
+            machine.authentication_failed(reason, expected=exc.expected, presented=exc.presented)
+            await self._reject(link, reason, auth=True)
         except _FormError as exc:
             machine.fail(str(exc), loop.time())
-            if offer is not None and self._mailbox is not None:
+            if offer is not None:
                 # Tell the offerer now rather than let it wait for its form_timeout.
-                with contextlib.suppress(SignallingError):
-                    reject = {"type": "reject", "link": link.id, "reason": str(exc)}
-                    await self._mailbox.publish(link.peer, reject)
+                await self._reject(link, str(exc), auth=False)
         except (AnchorError, OSError) as exc:
             machine.fail(f"{type(exc).__name__}: {exc}", loop.time())
         finally:
             link.kick()
 
-    async def _apply(
-        self, conn: Connection, remote: Mapping[str, Any]
-    ) -> tuple[int, int, bytes | None]:
-        """Give the peer's description to the connection; returns the link's mtu,
-        max_message and the peer's sealing key."""
+    async def _reject(self, link: _Link, reason: str, *, auth: bool) -> None:
+        """Tell the peer this side cannot go on with the link (best effort)."""
+        if self._mailbox is None:
+            return
+        reject = {"type": "reject", "link": link.id, "reason": reason[:300], "auth": auth}
+        with contextlib.suppress(SignallingError):
+            await self._mailbox.publish(link.peer, reject)
+
+    async def _apply(self, conn: Connection, remote: Mapping[str, Any]) -> tuple[int, int]:
+        """Give the peer's ICE description to the connection; returns the link's mtu and
+        max_message."""
         ufrag, pwd, candidates = remote.get("ufrag"), remote.get("pwd"), remote.get("candidates")
         if not isinstance(ufrag, str) or not isinstance(pwd, str) or not isinstance(
             candidates, list
@@ -609,18 +737,10 @@ class LinkEndpoint:
             ReliableChannel(mtu=mtu, max_message=max_message)
         except LocalProtocolError as exc:
             raise _FormError(f"the peer's channel settings do not fit: {exc}") from None
-        key_text = remote.get("seal")
-        remote_key: bytes | None = None
-        if key_text is not None:
-            try:
-                remote_key = base64.b64decode(str(key_text), validate=True)
-            except (binascii.Error, ValueError):
-                raise _FormError("malformed sealing key from the peer") from None
-            if len(remote_key) != PUBLIC_KEY_SIZE:
-                raise _FormError("malformed sealing key from the peer")
-        if self.seal and remote_key is None:
+        sealed = remote.get("seal")
+        if self.seal and sealed is not True:
             raise _FormError("the peer does not seal its frames and this endpoint requires it")
-        if not self.seal and remote_key is not None:
+        if not self.seal and sealed is not False:
             raise _FormError("the peer seals its frames and this endpoint does not")
         pacing = remote.get("pacing")
         if isinstance(pacing, int) and not isinstance(pacing, bool) and 1 <= pacing <= 60_000:
@@ -633,7 +753,7 @@ class LinkEndpoint:
             with contextlib.suppress(AnchorError, ValueError):
                 await conn.add_remote_candidate(text)
         await conn.add_remote_candidate(None)
-        return mtu, max_message, remote_key
+        return mtu, max_message
 
     async def _read(self, link: _Link, conn: Connection) -> None:
         """The end of the connection (closed, failed) into the machine. Its datagrams reach
@@ -720,7 +840,12 @@ class LinkEndpoint:
                 link.opened.set_exception(_Superseded())
             else:
                 reason = event.reason if isinstance(event, LinkFailed) else "closed"
-                link.opened.set_exception(LinkFormationFailed(link.peer, reason))
+                error = (
+                    PeerAuthenticationError
+                    if isinstance(event, PeerAuthenticationFailed)
+                    else LinkFormationFailed
+                )
+                link.opened.set_exception(error(link.peer, reason))
             link.opened.exception()  # retrieved: nobody may be waiting
         if event is not None:
             self._record(event)
@@ -767,12 +892,16 @@ class LinkEndpoint:
         elif kind == "reject":
             if (
                 link is not None
-                and link.machine.offerer
                 and body.get("link") == link.id
-                and not link.answer.done()
+                and link.machine.state is LinkState.FORMING
             ):
-                reason = str(body.get("reason", ""))[:200]
-                link.machine.fail(f"{peer!r} refused the offer: {reason}", loop.time())
+                reason = str(body.get("reason", ""))[:300]
+                if body.get("auth") is True:
+                    link.machine.authentication_failed(
+                        f"peer authentication failed: {peer!r} refused the handshake: {reason}"
+                    )
+                else:
+                    link.machine.fail(f"{peer!r} refused the offer: {reason}", loop.time())
                 link.kick()
         elif kind == "bye":
             if link is not None and body.get("link") == link.id:
@@ -780,18 +909,28 @@ class LinkEndpoint:
                 link.peer_gone = True
                 link.machine.abort(f"{DissolveReason.PEER}: {reason}", loop.time())
                 link.kick()
-        elif kind == "answer":
-            if (
-                link is not None
-                and link.machine.offerer
-                and body.get("link") == link.id
-                and not link.answer.done()
-            ):
-                link.answer.set_result(body)
+        elif kind in ("answer", "confirm", "accept"):
+            if link is None or body.get("link") != link.id:
+                return
+            offerer = link.machine.offerer
+            if kind == "accept":
+                future = link.accept if offerer else None
+            else:
+                future = link.answer if offerer == (kind == "answer") else None
+            if future is not None and not future.done():
+                future.set_result(body)
         elif kind == "offer" and isinstance(body.get("link"), str) and not self._closed:
+            if body.get("v") != DESCRIPTION_VERSION:
+                self.signalling_dropped += 1  # another version of the protocol: no link
+                return
+            ephemeral = _noise(body)[:32]
+            if ephemeral in self._offers_seen:
+                self.replays_refused += 1  # a replay (or a duplicate): nobody could complete it
+                return
+            self._offers_seen[ephemeral] = None
+            if len(self._offers_seen) > REPLAY_MEMORY:
+                self._offers_seen.popitem(last=False)
             if link is not None:
-                if link.id == body["link"]:
-                    return  # a duplicate
                 crossing = link.machine.offerer and not link.answer.done()
                 if crossing and self.name < peer:
                     return  # our offer wins; the peer answers it
@@ -807,6 +946,37 @@ class LinkEndpoint:
 
     def __repr__(self) -> str:
         return f"<LinkEndpoint {self.name!r} links={sorted(self._links)}>"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _field(body: Mapping[str, Any], key: str) -> bytes:
+    """A base64 field of a signalling message (raises :class:`HandshakeFailed` if it is not)."""
+    text = body.get(key)
+    if not isinstance(text, str) or len(text) > 4 * 65536:
+        raise HandshakeFailed(f"no {key!r} in the peer's message")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise HandshakeFailed(f"malformed {key!r} in the peer's message") from None
+
+
+def _noise(body: Mapping[str, Any]) -> bytes:
+    """The Noise handshake message of an offer, answer or confirm."""
+    return _field(body, "noise")
+
+
+def _description(payload: bytes) -> dict[str, Any]:
+    """An ICE description from a handshake payload (raises :class:`_FormError`)."""
+    try:
+        description = json.loads(payload)
+    except ValueError:
+        raise _FormError("malformed description from the peer (not JSON)") from None
+    if not isinstance(description, dict):
+        raise _FormError("malformed description from the peer (not an object)")
+    return description
 
 
 def __getattr__(name: str) -> Any:

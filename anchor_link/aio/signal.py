@@ -1,5 +1,6 @@
 """Signalling for the ephemeral link: how two :class:`~anchor_link.aio.endpoint.LinkEndpoint` endpoints
-exchange their descriptions (ICE credentials, candidates, sealing keys).
+exchange their descriptions (the link's handshake messages, which carry the ICE credentials
+and candidates).
 
 Theory of operation
 -------------------
@@ -24,38 +25,57 @@ Two implementations:
   processes or machines. One WebSocket connection per endpoint (RFC 6455, the ``websockets``
   package); every message is one JSON text frame::
 
-      client -> server   {"op": "hello", "name": NAME}            first, once
-      server -> client   {"op": "welcome"} | {"op": "error", "reason": ...} (then closes)
+      client -> server   {"op": "hello", "name": NAME, "noise": B64}     -> e
+      server -> client   {"op": "challenge", "noise": B64}                <- e, ee
+      client -> server   {"op": "prove", "noise": B64}                    -> s, se
+      server -> client   {"op": "welcome", "identity": "anchor1:..."}
+                         | {"op": "error", "reason": ...} (then closes)
       client -> server   {"op": "send", "to": PEER, "body": {...}}
       server -> PEER     {"op": "message", "from": NAME, "body": {...}}
       server -> client   {"op": "unreachable", "to": PEER}        PEER is not connected
+      server -> client   {"op": "error", "reason": ...}            a frame it refused
 
-  A name is held by one connection at a time (a second hello for it is refused while the
-  holder answers a ping within :data:`HOLDER_PING_TIMEOUT`; a holder that does not is
-  dropped) and freed when that connection closes. The welcome carries a resume token (``{"op": "welcome",
-  "resume": TOKEN}``): a hello for a held name with that token (``{"op": "hello", "name":
-  NAME, "resume": TOKEN}``) takes the name over, and the old connection is dropped. The
-  client uses it to come back when its connection dies under it (a NAT that forgot the
-  mapping, a server restart): it pings every :data:`PING_INTERVAL` seconds, and when the
-  connection is lost it reconnects with the token, retrying for up to ``reconnect_timeout``
-  seconds before the mailbox reports :class:`SignallingClosed`. Descriptions the server
-  forwarded into the dead connection are lost; a description published meanwhile waits for
-  the new connection. The server keeps nothing else: no history, no rooms. It
-  forwards descriptions only, never application data, so it is not a relay. It does not
-  authenticate anybody: a description carries the peer's sealing key, bound to its ICE
-  credentials (:func:`anchor_link.seal.ice_context`), but a rendezvous that lies about who is
-  who can still pose as the peer. Run it where you trust it, or behind TLS and access
-  control of your own (``wss://`` URLs are accepted by the client).
+  **Who holds a name.** Before it may hold a name a connection proves possession of its
+  identity key (:class:`~anchor_link.identity.Identity`) over a fresh challenge: the three
+  ``noise`` messages are ``Noise_XN_25519_ChaChaPoly_SHA256``
+  (:func:`anchor_link.handshake.rendezvous_handshake`): the server's ephemeral key, new for every
+  connection, is the challenge, and the client's static key is proven by a Diffie-Hellman with
+  it, under a prologue that binds the name asked for. A name is bound to the key that holds
+  it: while it is held, a hello for it with another key is refused (the holder keeps it
+  whatever its network does); a hello with the same key is its holder coming back (a NAT that
+  forgot the mapping, a server restart): the new connection takes the name and the old one is
+  dropped. The client reconnects that way by itself, for up to ``reconnect_timeout`` seconds,
+  pinging every :data:`PING_INTERVAL` seconds to notice a dead connection. Descriptions the
+  server forwarded into the dead connection are lost; a description published meanwhile waits
+  for the new connection.
+
+  **Bounds** (:class:`RendezvousServer` arguments): an optional allow-list of identities that
+  may connect; a connection that has not proven its key within ``auth_timeout`` seconds (and a
+  TCP connection that never finishes its WebSocket handshake) is closed; at most
+  ``max_per_source`` connections per source address; frames larger than :data:`MAX_BODY` close
+  the connection (RFC 6455 §7.4.1 code 1009); more than ``rate`` frames a second (with a
+  burst of twice that) are refused with an error; a frame that is not JSON or not a known
+  operation gets an error reply. Every other connection carries on. With a TLS context the
+  server speaks ``wss://`` (``anchor serve --signal ... --tls-cert F --tls-key F``); clients
+  verify it (``ca_file`` / ``anchor pipe --ca-file``).
+
+  The server keeps nothing else: no history, no rooms. It forwards descriptions only, never
+  application data, so it is not a relay. It is not trusted with the links either: the
+  descriptions carry the link's own end-to-end handshake (:mod:`anchor_link.handshake`), so a
+  rendezvous that lies about who is who can drop or delay a link, not read or join it
+  (docs/threat-model.md).
 """
 
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
-import secrets
-from collections.abc import Mapping
+import ssl
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -63,14 +83,18 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from anchor_link.handshake import HandshakeFailed, NoiseHandshake, rendezvous_handshake
+from anchor_link.identity import Identity, IdentityError, format_public, parse_public
 from anchor_stun.errors import AnchorError
 from anchor_stun.events import Address
 
 __all__ = [
-    "HOLDER_PING_TIMEOUT",
+    "AUTH_TIMEOUT",
     "MAX_BODY",
     "MAX_NAME",
+    "MAX_PER_SOURCE",
     "PING_INTERVAL",
+    "RATE",
     "RECONNECT_TIMEOUT",
     "UNREACHABLE",
     "Envelope",
@@ -95,9 +119,12 @@ PING_INTERVAL = 5.0
 within about twice that (a reset answers the next ping, or the ping goes unanswered)."""
 RECONNECT_TIMEOUT = 30.0
 """Default seconds a WebSocket mailbox keeps trying to come back after losing its connection."""
-HOLDER_PING_TIMEOUT = 1.0
-"""Seconds the rendezvous waits for the pong of a name's holder when another connection asks
-for that name: a holder that does not answer is dropped and the name given to the newcomer."""
+AUTH_TIMEOUT = 5.0
+"""Seconds a connection has to open its WebSocket and prove its key before it is closed."""
+MAX_PER_SOURCE = 32
+"""Connections the rendezvous accepts from one source address at a time."""
+RATE = 50.0
+"""Frames a second one connection may send (with a burst of twice as many)."""
 
 
 class SignallingError(AnchorError):
@@ -148,8 +175,9 @@ class Mailbox(Protocol):
 class Signalling(Protocol):
     """A way for endpoints to find each other by name."""
 
-    async def open(self, name: str) -> Mailbox:
-        """Subscribe ``name``; raises :class:`SignallingError` when it is taken or invalid."""
+    async def open(self, name: str, identity: Identity | None = None) -> Mailbox:
+        """Subscribe ``name``, proving ``identity`` where the signalling asks for a proof;
+        raises :class:`SignallingError` when it is taken or invalid."""
         ...
 
 
@@ -180,8 +208,9 @@ class InProcessSignalling:
         self.delivered = 0
         """Descriptions delivered so far."""
 
-    async def open(self, name: str) -> Mailbox:
-        """Subscribe ``name`` (refused while another mailbox holds it)."""
+    async def open(self, name: str, identity: Identity | None = None) -> Mailbox:
+        """Subscribe ``name`` (refused while another mailbox holds it; in one process there is
+        nobody to prove ``identity`` to)."""
         _check_name(name)
         if name in self._boxes:
             raise SignallingError(f"name {name!r} is taken")
@@ -249,14 +278,18 @@ class _InProcessMailbox:
 class WebSocketSignalling:
     """Signalling through a rendezvous server: ``WebSocketSignalling("ws://host:port")``.
     ``name``, when given, is the only name :meth:`open` accepts (a guard for callers that
-    configure both). A lost connection is re-established for up to ``reconnect_timeout``
-    seconds (module docstring)."""
+    configure both). ``identity`` is proven to the server (module docstring; the endpoint
+    passes its own to :meth:`open`; without either a new one is made). For ``wss://``,
+    ``ca_file`` names the CA bundle to verify the server with (default: the system's). A lost
+    connection is re-established for up to ``reconnect_timeout`` seconds."""
 
     def __init__(
         self,
         url: str,
         name: str | None = None,
         *,
+        identity: Identity | None = None,
+        ca_file: str | None = None,
         open_timeout: float = 10.0,
         reconnect_timeout: float = RECONNECT_TIMEOUT,
     ) -> None:
@@ -264,58 +297,72 @@ class WebSocketSignalling:
         """The rendezvous URL (``ws://`` or ``wss://``)."""
         self.name = name
         """The name this signalling is meant for, or None for any."""
+        self.identity = identity
+        """The identity proven to the server (None: the endpoint's, or a new one)."""
         self.open_timeout = open_timeout
         """Seconds to connect and be welcomed."""
         self.reconnect_timeout = reconnect_timeout
         """Seconds a mailbox keeps trying to reconnect after losing its connection."""
+        self._ssl: ssl.SSLContext | None = None
+        if url.startswith("wss://"):
+            try:
+                self._ssl = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise SignallingError(f"cannot use --ca-file {ca_file}: {exc}") from None
 
-    async def open(self, name: str) -> Mailbox:
-        """Connect to the rendezvous and claim ``name``. Raises :class:`SignallingError`
-        when the server cannot be reached or refuses the name."""
+    async def open(self, name: str, identity: Identity | None = None) -> Mailbox:
+        """Connect to the rendezvous, prove the identity and claim ``name``. Raises
+        :class:`SignallingError` when the server cannot be reached or refuses."""
         _check_name(name)
         if self.name is not None and name != self.name:
             raise SignallingError(f"this signalling is for {self.name!r}, not {name!r}")
-        ws, token = await self._connect(name, None)
-        return _WebSocketMailbox(self, ws, name, token)
+        identity = identity or self.identity or Identity.generate()
+        ws = await self._connect(name, identity)
+        return _WebSocketMailbox(self, ws, name, identity)
 
-    async def _connect(self, name: str, resume: str | None) -> tuple[ClientConnection, str]:
-        """One connection, welcomed under ``name`` (taking it over with ``resume``)."""
-        hello: dict[str, str] = {"op": "hello", "name": name}
-        if resume is not None:
-            hello["resume"] = resume
+    async def _connect(self, name: str, identity: Identity) -> ClientConnection:
+        """One connection, welcomed under ``name`` once ``identity`` is proven."""
+        handshake = rendezvous_handshake(identity, client=True, name=name)
         try:
             async with asyncio.timeout(self.open_timeout):
                 ws = await connect(
                     self.url, proxy=None, compression=None, max_size=MAX_BODY + 1024,
                     open_timeout=self.open_timeout, ping_interval=PING_INTERVAL,
-                    ping_timeout=PING_INTERVAL,
+                    ping_timeout=PING_INTERVAL, ssl=self._ssl,
                 )  # fmt: skip
                 try:
+                    hello = {"op": "hello", "name": name, "noise": _b64(handshake.write_message())}
                     await ws.send(json.dumps(hello))
                     answer = json.loads(await ws.recv())
+                    if isinstance(answer, dict) and answer.get("op") == "challenge":
+                        handshake.read_message(_unb64(answer.get("noise")))
+                        prove = {"op": "prove", "noise": _b64(handshake.write_message())}
+                        await ws.send(json.dumps(prove))
+                        answer = json.loads(await ws.recv())
                 except BaseException:
                     await ws.close()
                     raise
         except TimeoutError:
             raise SignallingError(f"rendezvous {self.url} did not answer") from None
+        except HandshakeFailed as exc:
+            raise _Refused(f"rendezvous {self.url}: challenge failed: {exc}") from None
         except (OSError, InvalidHandshake, InvalidURI, ConnectionClosed, ValueError) as exc:
             raise SignallingError(f"cannot reach rendezvous {self.url}: {exc}") from None
         if not isinstance(answer, dict) or answer.get("op") != "welcome":
             reason = answer.get("reason") if isinstance(answer, dict) else None
             await ws.close()
             raise _Refused(f"rendezvous refused {name!r}: {reason or answer!r}")
-        token = answer.get("resume")
-        return ws, token if isinstance(token, str) else ""
+        return ws
 
 
 class _WebSocketMailbox:
     def __init__(
-        self, signalling: WebSocketSignalling, ws: ClientConnection, name: str, token: str
+        self, signalling: WebSocketSignalling, ws: ClientConnection, name: str, identity: Identity
     ) -> None:
         self._signalling = signalling
         self._ws = ws
         self._name = name
-        self._token = token
+        self._identity = identity
         self._closed = False
         self._reconnecting: asyncio.Task[ClientConnection] | None = None
         self.reconnects = 0
@@ -340,13 +387,13 @@ class _WebSocketMailbox:
                 self._reconnecting = None
 
     async def _reconnect(self) -> ClientConnection:
-        """Reconnect with the resume token, with backoff, for up to ``reconnect_timeout``."""
+        """Reconnect, proving the key again, with backoff, for up to ``reconnect_timeout``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._signalling.reconnect_timeout
         delay = 0.05
         while not self._closed:
             try:
-                ws, token = await self._signalling._connect(self._name, self._token or None)
+                ws = await self._signalling._connect(self._name, self._identity)
             except SignallingError as exc:
                 if isinstance(exc, _Refused) or loop.time() + delay > deadline:
                     raise SignallingClosed(f"rendezvous connection lost: {exc}") from None
@@ -356,7 +403,7 @@ class _WebSocketMailbox:
             if self._closed:
                 await ws.close()
                 break
-            self._ws, self._token = ws, token or self._token
+            self._ws = ws
             self.reconnects += 1
             return ws
         raise SignallingClosed("mailbox closed")
@@ -425,21 +472,59 @@ class _WebSocketMailbox:
 # --------------------------------------------------------------------------- rendezvous server
 
 
-class RendezvousServer:
-    """The WebSocket rendezvous: forwards descriptions between named connections (module
-    docstring). ``await start()``, then :attr:`address`; ``close()`` and
-    ``await wait_closed()``."""
+class _Refusal(Exception):
+    """The server closes this connection (reason in the message)."""
 
-    def __init__(self, host: str, port: int) -> None:
+
+class RendezvousServer:
+    """The WebSocket rendezvous: forwards descriptions between named connections whose keys it
+    verified (module docstring). ``await start()``, then :attr:`address`; ``close()`` and
+    ``await wait_closed()``.
+
+    ``ssl``: a server TLS context (``wss://``); ``allowed``: the public identities that may
+    connect (None: any); ``auth_timeout``, ``max_per_source``, ``rate``: the bounds of the
+    module docstring."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl: ssl.SSLContext | None = None,
+        allowed: Iterable[str | bytes] | None = None,
+        auth_timeout: float = AUTH_TIMEOUT,
+        max_per_source: int = MAX_PER_SOURCE,
+        rate: float = RATE,
+    ) -> None:
         self.host = host
         self.port = port
+        self._ssl = ssl
+        self._allowed: set[bytes] | None = None
+        if allowed is not None:
+            try:
+                self._allowed = {
+                    bytes(k) if isinstance(k, bytes | bytearray) else parse_public(k)
+                    for k in allowed
+                }
+            except IdentityError as exc:
+                raise SignallingError(f"allow-list: {exc}") from None
+        self.auth_timeout = auth_timeout
+        """Seconds a connection has to prove its key."""
+        self.max_per_source = max_per_source
+        """Connections at a time from one source address."""
+        self.rate = rate
+        """Frames a second per connection (burst: twice as many)."""
         self._server: Server | None = None
-        self._names: dict[str, ServerConnection] = {}
-        self._tokens: dict[str, str] = {}
+        self._names: dict[str, tuple[ServerConnection, bytes]] = {}
+        self._sources: dict[str, int] = {}
         self.forwarded = 0
         """Descriptions forwarded so far."""
         self.resumed = 0
-        """Names taken over by a reconnecting holder (hello with its resume token)."""
+        """Names taken over by their holder's key on a new connection."""
+        self.refused = 0
+        """Connections closed before holding a name (bad proof, name held, limits, timeout)."""
+        self.frames_refused = 0
+        """Frames answered with an error (malformed, unknown, over the rate)."""
 
     @property
     def address(self) -> Address:
@@ -451,18 +536,25 @@ class RendezvousServer:
 
     @property
     def url(self) -> str:
-        """``ws://ip:port`` for clients."""
+        """``ws://ip:port`` (``wss://`` with TLS) for clients."""
         host, port = self.address
-        return f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
+        scheme = "wss" if self._ssl is not None else "ws"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     def names(self) -> list[str]:
         """Names connected now."""
         return list(self._names)
 
+    def holder(self, name: str) -> str | None:
+        """The public identity holding ``name``, or None."""
+        held = self._names.get(name)
+        return format_public(held[1]) if held is not None else None
+
     async def start(self) -> Address:
         """Listen; raises OSError when the address cannot be bound."""
         self._server = await serve(
             self._handle, self.host, self.port, compression=None, max_size=MAX_BODY + 1024,
+            ssl=self._ssl, open_timeout=self.auth_timeout,
         )  # fmt: skip
         return self.address
 
@@ -483,84 +575,131 @@ class RendezvousServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _alive(self, holder: ServerConnection) -> bool:
-        """Whether the holder of a name answers a ping within :data:`HOLDER_PING_TIMEOUT`:
-        a holder that went away without its close reaching us (a NAT that forgot the
-        mapping, a lost FIN) must not keep its name until keepalive finds out."""
-        try:
-            pong = await holder.ping()
-            await asyncio.wait_for(pong, HOLDER_PING_TIMEOUT)
-        except (ConnectionClosed, TimeoutError):
-            return False
-        return True
-
     async def _handle(self, ws: ServerConnection) -> None:
+        source = str(ws.remote_address[0]) if ws.remote_address else "?"
+        self._sources[source] = self._sources.get(source, 0) + 1
         name: str | None = None
         try:
-            hello = json.loads(await ws.recv())
-            candidate = hello.get("name") if isinstance(hello, dict) else None
-            if not isinstance(hello, dict) or hello.get("op") != "hello" or not isinstance(
-                candidate, str
-            ):
-                await ws.send(json.dumps({"op": "error", "reason": "expected hello"}))
-                return
-            try:
-                _check_name(candidate)
-            except SignallingError as exc:
+            crowded = self._sources[source] > self.max_per_source
+            async with asyncio.timeout(self.auth_timeout):
+                name, key = await self._authenticate(ws, source if crowded else None)
+            held = self._names.get(name)
+            if held is not None:
+                if held[1] != key:
+                    raise _Refusal(f"name {name!r} is taken (held by another identity)")
+                self.resumed += 1  # its holder, back on a new connection
+                if held[0].transport is not None:
+                    held[0].transport.abort()
+            self._names[name] = (ws, key)
+            await ws.send(json.dumps({"op": "welcome", "identity": format_public(key)}))
+            await self._forward(ws, name)
+        except _Refusal as exc:
+            self.refused += 1
+            with contextlib.suppress(ConnectionClosed):
                 await ws.send(json.dumps({"op": "error", "reason": str(exc)}))
-                return
-            old = self._names.get(candidate)
-            token = self._tokens.get(candidate)
-            resuming = False
-            if old is not None:
-                resume = hello.get("resume")
-                resuming = (
-                    isinstance(resume, str)
-                    and token is not None
-                    and secrets.compare_digest(resume, token)
-                )
-                alive = not resuming and await self._alive(old)
-                holder = self._names.get(candidate)
-                if alive or holder not in (old, None):  # (another newcomer got it meanwhile)
-                    reason = f"name {candidate!r} is taken"
-                    await ws.send(json.dumps({"op": "error", "reason": reason}))
-                    return
-                if resuming:
-                    self.resumed += 1  # its holder came back on a new connection
-                if holder is old and old.transport is not None:
-                    old.transport.abort()  # dead or dying: the name goes to the newcomer
-            if not resuming or token is None:
-                token = secrets.token_urlsafe(16)
-            name = candidate
-            self._names[name] = ws
-            self._tokens[name] = token
-            await ws.send(json.dumps({"op": "welcome", "resume": token}))
-            async for raw in ws:
-                with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    msg = json.loads(raw)
-                    to, body = msg.get("to"), msg.get("body")
-                    if msg.get("op") != "send" or not isinstance(to, str) or not isinstance(
-                        body, dict
-                    ):
-                        continue
-                    target = self._names.get(to)
-                    if target is None:
-                        await ws.send(json.dumps({"op": UNREACHABLE, "to": to}))
-                        continue
-                    out = {"op": "message", "from": name, "body": body}
-                    with contextlib.suppress(ConnectionClosed):
-                        await target.send(json.dumps(out, separators=(",", ":")))
-                        self.forwarded += 1
+        except TimeoutError:
+            self.refused += 1  # did not prove its key in time: closed
         except (ConnectionClosed, ValueError):
             pass
         finally:
-            if name is not None and self._names.get(name) is ws:
-                del self._names[name]
-                del self._tokens[name]
+            self._sources[source] -= 1
+            if not self._sources[source]:
+                del self._sources[source]
+            held = self._names.get(name) if name is not None else None
+            if held is not None and held[0] is ws:
+                del self._names[name]  # type: ignore[arg-type]
+
+    async def _authenticate(self, ws: ServerConnection, crowded: str | None) -> tuple[str, bytes]:
+        """hello / challenge / prove (module docstring): the name and the proven key. Every
+        refusal answers the hello (``crowded``: the source address with too many
+        connections), so the client reads why."""
+        hello = _json(await ws.recv())
+        if crowded is not None:
+            raise _Refusal(f"too many connections from {crowded}")
+        name = hello.get("name")
+        if hello.get("op") != "hello" or not isinstance(name, str):
+            raise _Refusal("expected hello")
+        try:
+            _check_name(name)
+        except SignallingError as exc:
+            raise _Refusal(str(exc)) from None
+        handshake: NoiseHandshake = rendezvous_handshake(None, client=False, name=name)
+        try:
+            handshake.read_message(_unb64(hello.get("noise")))
+            challenge = {"op": "challenge", "noise": _b64(handshake.write_message())}
+            await ws.send(json.dumps(challenge))
+            prove = _json(await ws.recv())
+            if prove.get("op") != "prove":
+                raise _Refusal("expected prove")
+            handshake.read_message(_unb64(prove.get("noise")))
+        except HandshakeFailed as exc:
+            raise _Refusal(f"identity not proven: {exc}") from None
+        key = handshake.remote_static
+        if key is None or not handshake.complete:
+            raise _Refusal("identity not proven")
+        if self._allowed is not None and key not in self._allowed:
+            raise _Refusal(f"{format_public(key)} is not allowed here")
+        return name, key
+
+    async def _forward(self, ws: ServerConnection, name: str) -> None:
+        """Forward the connection's ``send`` frames until it closes; refuse bad frames."""
+        loop = asyncio.get_running_loop()
+        tokens, last = 2 * self.rate, loop.time()
+        async for raw in ws:
+            now = loop.time()
+            tokens = min(2 * self.rate, tokens + (now - last) * self.rate)
+            last = now
+            if tokens < 1:
+                self.frames_refused += 1
+                await ws.send(json.dumps({"op": "error", "reason": "rate limit: frame dropped"}))
+                continue
+            tokens -= 1
+            try:
+                msg = _json(raw)
+            except ValueError:
+                self.frames_refused += 1
+                await ws.send(json.dumps({"op": "error", "reason": "not a JSON object"}))
+                continue
+            to, body = msg.get("to"), msg.get("body")
+            if msg.get("op") != "send" or not isinstance(to, str) or not isinstance(body, dict):
+                self.frames_refused += 1
+                await ws.send(json.dumps({"op": "error", "reason": "unknown or malformed op"}))
+                continue
+            held = self._names.get(to)
+            if held is None:
+                await ws.send(json.dumps({"op": UNREACHABLE, "to": to}))
+                continue
+            out = {"op": "message", "from": name, "body": body}
+            with contextlib.suppress(ConnectionClosed):
+                await held[0].send(json.dumps(out, separators=(",", ":")))
+                self.forwarded += 1
 
 
-async def serve_rendezvous(host: str, port: int) -> RendezvousServer:
-    """Start a :class:`RendezvousServer` on ``host:port`` (port 0: any free port)."""
-    server = RendezvousServer(host, port)
+def _json(raw: str | bytes) -> dict[str, Any]:
+    """A JSON object from a frame (ValueError otherwise)."""
+    msg = json.loads(raw)
+    if not isinstance(msg, dict):
+        raise ValueError("not a JSON object")
+    return msg
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: object) -> bytes:
+    """A base64 field; :class:`HandshakeFailed` when it is not one."""
+    if not isinstance(text, str) or len(text) > 4096:
+        raise HandshakeFailed("missing or oversized handshake message")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise HandshakeFailed("malformed handshake message") from None
+
+
+async def serve_rendezvous(host: str, port: int, **options: Any) -> RendezvousServer:
+    """Start a :class:`RendezvousServer` on ``host:port`` (port 0: any free port); ``options``
+    go to its constructor."""
+    server = RendezvousServer(host, port, **options)
     await server.start()
     return server
