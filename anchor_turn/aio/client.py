@@ -90,6 +90,8 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds to open a TCP or TLS connection (handshake included)."""
 DEFAULT_RELEASE_TIMEOUT = 5.0
 """Seconds :meth:`TurnConnection.close` waits for the answer to the release request."""
+STREAM_CLOSE_TIMEOUT = 1.0
+"""Seconds :meth:`TurnConnection.close` waits for a TCP/TLS connection to be closed."""
 DEFAULT_MAX_QUEUE = 1024
 """Datagrams from peers kept for :meth:`TurnConnection.recv`; more are dropped and counted."""
 
@@ -116,6 +118,8 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.active = True
         """False once the owner moved on (closed, or redirected to another server)."""
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done once the connection is closed (a TLS one after its close_notify exchange)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -137,6 +141,8 @@ class _Stream(asyncio.Protocol):
                 self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.gone.done():
+            self.gone.set_result(None)
         if self.active:
             self.owner._lost("connection closed by the server" if exc is None else str(exc))
 
@@ -577,7 +583,11 @@ class TurnConnection:
         finally:
             self._closed = True
             self._terminate("connection closed")
+            stream = self._protocol if isinstance(self._protocol, _Stream) else None
             self._close_link()
+        if stream is not None:  # the socket is closed once this is done (TLS: close_notify)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stream.gone), STREAM_CLOSE_TIMEOUT)
 
     async def __aenter__(self) -> TurnConnection:
         return self
