@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-__all__ = ["SOFTWARE", "UsageError", "free_loopback_port"]
+if TYPE_CHECKING:  # imported when used: `anchor --help` stays quick
+    from anchor_ice.aio.gather import TurnServerConfig
+
+__all__ = [
+    "SOFTWARE",
+    "TURN_URI_HELP",
+    "UsageError",
+    "add_turn_arguments",
+    "free_loopback_port",
+    "turn_servers",
+]
+
+TURN_URI_HELP = (
+    "TURN server as an RFC 7065 URI: turn:HOST[:PORT] (UDP), turn:HOST[:PORT]?transport=tcp, "
+    "turns:HOST[:PORT] (TLS, default port 5349), or HOST:PORT (UDP); repeatable"
+)
 
 SOFTWARE = "anchor 0.1"
 
@@ -31,3 +49,56 @@ def free_loopback_port() -> int:
             port = int(sock.getsockname()[1])
         if _port_free(port):
             return port
+
+
+def add_turn_arguments(parser: argparse.ArgumentParser, *, ca_help: str | None = None) -> None:
+    """``--turn URI``..., ``--user NAME:PASSWORD``..., ``--ca-file FILE``, ``--insecure``: the
+    TURN options of ``anchor ice``, ``anchor pipe`` and ``anchor demo`` (``ca_help``: the
+    help of ``--ca-file`` where it verifies more than TURN servers)."""
+    parser.add_argument("--turn", action="append", default=[], metavar="URI", help=TURN_URI_HELP)
+    parser.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD",
+                        help="TURN credentials, one per --turn (or one for all)")
+    parser.add_argument("--ca-file", metavar="FILE",
+                        help=ca_help or "CA bundle to verify turns: servers (default: the system's)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="do not verify turns: servers' certificates")
+
+
+def turn_servers(
+    uris: Sequence[str],
+    users: Sequence[str],
+    *,
+    ca_file: str | None = None,
+    insecure: bool = False,
+) -> list[TurnServerConfig]:
+    """The TURN servers of ``--turn URI``... with ``--user NAME:PASSWORD`` (one for all, or
+    one per server) and, for ``turns:`` servers, ``--ca-file`` / ``--insecure``. Raises
+    :class:`UsageError` with a one-line reason."""
+    from anchor_ice.aio.gather import TurnServerConfig
+    from anchor_stun.aio.net import client_tls_context
+    from anchor_stun.errors import LocalProtocolError
+
+    if users and not uris:
+        raise UsageError("--user goes with --turn")
+    if uris and not users:
+        raise UsageError("--turn needs --user NAME:PASSWORD")
+    if (ca_file or insecure) and not uris:
+        raise UsageError("--ca-file and --insecure go with --turn turns:...")
+    if uris and len(users) not in (1, len(uris)):
+        raise UsageError("give one --user for all --turn servers, or one per --turn")
+    context = None
+    if ca_file is not None or insecure:
+        try:
+            context = client_tls_context(ca_file, insecure=insecure)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    out = []
+    for uri, user in zip(uris, list(users) * len(uris) if len(users) == 1 else users, strict=True):
+        name, colon, password = user.partition(":")
+        if not colon or not name:
+            raise UsageError(f"bad --user {user!r}: expected NAME:PASSWORD")
+        try:
+            out.append(TurnServerConfig.from_uri(uri, name, password, ssl_context=context))
+        except LocalProtocolError as exc:
+            raise UsageError(f"--turn: {exc}") from None
+    return out

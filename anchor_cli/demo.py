@@ -65,7 +65,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from anchor_ice.aio.gather import TurnServerConfig
 from anchor_link.aio.endpoint import LinkEndpoint
 from anchor_link.aio.signal import RendezvousServer, WebSocketSignalling
 from anchor_link.identity import Identity
@@ -172,6 +171,8 @@ def _event_fields(event: LinkEvent) -> dict[str, Any]:
 
 
 async def _peer(config: dict[str, Any], stdin: asyncio.StreamReader) -> None:
+    from anchor_cli.common import turn_servers
+
     name, peer = str(config["name"]), str(config["peer"])
     turn = config["turn"]
 
@@ -185,7 +186,8 @@ async def _peer(config: dict[str, Any], stdin: asyncio.StreamReader) -> None:
         identity=identity,
         trusted_peers={str(k): str(v) for k, v in dict(config["trust"]).items()},
         stun=str(config["stun"]),
-        turn=[TurnServerConfig((turn["host"], int(turn["port"])), turn["user"], turn["password"])],
+        turn=turn_servers(turn["uris"], turn["users"], ca_file=turn.get("ca_file"),
+                          insecure=bool(turn.get("insecure"))),
         policy=str(config["policy"]),
         idle_timeout=float(config["idle"]),
         host_ips=[LOOPBACK],
@@ -366,8 +368,16 @@ async def _until(
         raise DemoError(f"timed out waiting for {kind!r} from the peers") from None
 
 
-async def run_demo(policy: str = "gateway", idle: float = DEFAULT_DEMO_IDLE) -> dict[str, Any]:
-    """Run the demo; returns the summary (``timeline`` holds the rows for the table)."""
+async def run_demo(
+    policy: str = "gateway",
+    idle: float = DEFAULT_DEMO_IDLE,
+    turn: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the demo; returns the summary (``timeline`` holds the rows for the table).
+    ``turn``: the peers' TURN servers instead of the embedded one, ``{"uris": [...],
+    "users": ["NAME:PASSWORD", ...], "ca_file": ..., "insecure": ...}`` (as ``--turn``,
+    ``--user``, ``--ca-file``, ``--insecure``); ``allocations_left`` then counts what the
+    peers still hold after dissolution, the embedded server seeing none of it."""
     from anchor_cli.common import free_loopback_port
 
     timeline = _Timeline(time.monotonic())
@@ -388,11 +398,13 @@ async def run_demo(policy: str = "gateway", idle: float = DEFAULT_DEMO_IDLE) -> 
         base = {
             "signal": rendezvous.url, "stun": f"{LOOPBACK}:{port}", "policy": policy,
             "idle": idle, "sizes": list(MESSAGE_SIZES),
-            "turn": {"host": LOOPBACK, "port": port, "user": user, "password": password},
+            "turn": turn or {"uris": [f"turn:{LOOPBACK}:{port}"], "users": [f"{user}:{password}"]},
         }  # fmt: skip
         # Each peer gets an identity made here and pins the other's (issue 16): the demo's
         # link is authenticated both ways with no set-up.
         identities = {"a": Identity.generate(), "b": Identity.generate()}
+        if turn:
+            timeline.add("server", "the peers relay through " + ", ".join(turn["uris"]))
         for name, other, role in (("a", "b", "sender"), ("b", "a", "echo")):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "anchor_cli.demo", "peer",
@@ -417,10 +429,14 @@ async def run_demo(policy: str = "gateway", idle: float = DEFAULT_DEMO_IDLE) -> 
         assert sender.proc.stdin is not None
         sender.proc.stdin.write(b"go\n")
         reports = await _until(peers, "report", changed, PEER_TIMEOUT + idle * 3)
-        allocations_left = core.allocation_count()
-        timeline.add("server", f"TURN allocations alive: {allocations_left} "
-                     f"(created {core.stats.allocations_created}, released by the peers "
-                     f"{core.stats.allocations_deleted}, expired {core.stats.allocations_expired})")  # fmt: skip
+        if turn:  # an outside server: the peers' own count
+            allocations_left = sum(int(report["relays"]) for report in reports)
+            timeline.add("server", f"TURN allocations the peers still hold: {allocations_left}")
+        else:
+            allocations_left = core.allocation_count()
+            timeline.add("server", f"TURN allocations alive: {allocations_left} "
+                         f"(created {core.stats.allocations_created}, released by the peers "
+                         f"{core.stats.allocations_deleted}, expired {core.stats.allocations_expired})")  # fmt: skip
         for peer in peers:
             assert peer.proc.stdin is not None
             peer.proc.stdin.close()
@@ -518,11 +534,16 @@ def print_demo(summary: dict[str, Any]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``anchor demo``: run, then print the tables or the JSON object."""
-    from anchor_cli.common import UsageError
+    from anchor_cli.common import UsageError, turn_servers
 
     if not 0 < args.idle <= 600:
         raise UsageError("--idle must be in (0, 600] seconds")
-    summary = asyncio.run(run_demo(args.policy, args.idle))
+    turn = None
+    if args.turn or args.user or args.ca_file or args.insecure:
+        turn_servers(args.turn, args.user, ca_file=args.ca_file, insecure=args.insecure)  # check
+        turn = {"uris": list(args.turn), "users": list(args.user), "ca_file": args.ca_file,
+                "insecure": bool(args.insecure)}  # fmt: skip
+    summary = asyncio.run(run_demo(args.policy, args.idle, turn))
     if args.json:
         out = {k: v for k, v in summary.items() if k != "timeline"}
         print(json.dumps(out))

@@ -4,15 +4,18 @@
 Contract::
 
     anchor ice (--controlling|--controlled) [--policy gateway|standard|relay] [--host-ip IP]...
-               [--stun HOST:PORT]... [--turn HOST:PORT --user NAME:PASSWORD]... [--timeout S]
-               [--json]
+               [--stun HOST:PORT]... [--turn URI --user NAME:PASSWORD]... [--ca-file FILE]
+               [--insecure] [--timeout S] [--json]
 
 Steps, all within ``--timeout`` seconds (30 by default) from the start:
 
 1. Gather (:class:`~anchor_ice.aio.connection.Connection`) on the ``--host-ip`` addresses (loopback
    allowed when named), else on every usable interface address; srflx from each ``--stun``,
-   relays from each ``--turn`` (``--user`` pairs with the ``--turn`` at the same position,
-   or one ``--user`` serves them all).
+   relays from each ``--turn`` (an RFC 7065 URI: ``turn:HOST:PORT`` over UDP,
+   ``turn:HOST:PORT?transport=tcp``, ``turns:HOST:PORT`` over TLS verified with
+   ``--ca-file`` or the system's CAs unless ``--insecure``; plain ``HOST:PORT`` is UDP;
+   ``--user`` pairs with the ``--turn`` at the same position, or one ``--user`` serves them
+   all).
 2. Print the local description as SDP lines (``a=ice-pacing``, ``m=``, ``c=``,
    ``a=ice-ufrag``, ``a=ice-pwd``, ``a=candidate``..., ``a=end-of-candidates``, see
    :mod:`anchor_ice.sdp`), then one empty line, and flush. Checks are paced at the higher of
@@ -103,16 +106,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     ice.add_argument(
         "--stun", action="append", default=[], metavar="HOST:PORT", help="STUN server; repeatable"
     )
-    ice.add_argument(
-        "--turn", action="append", default=[], metavar="HOST:PORT", help="TURN server (UDP); repeatable"
-    )
-    ice.add_argument(
-        "--user",
-        action="append",
-        default=[],
-        metavar="NAME:PASSWORD",
-        help="TURN credentials, one per --turn (or one for all)",
-    )
+    from anchor_cli.common import add_turn_arguments
+
+    add_turn_arguments(ice)
     ice.add_argument(
         "--timeout",
         type=float,
@@ -183,26 +179,12 @@ async def read_description(lines: _Lines) -> str:
 
 
 def _turn_servers(args: argparse.Namespace) -> list[Any]:
-    from anchor_ice.aio.gather import TurnServerConfig
+    from anchor_cli.common import UsageError, turn_servers
 
-    if args.user and not args.turn:
-        raise IceUsageError("--user goes with --turn")
-    if args.turn and not args.user:
-        raise IceUsageError("--turn needs --user NAME:PASSWORD")
-    if len(args.user) not in (1, len(args.turn)):
-        raise IceUsageError("give one --user for all --turn servers, or one per --turn")
-    users = args.user * len(args.turn) if len(args.user) == 1 else args.user
-    out = []
-    for server, user in zip(args.turn, users, strict=True):
-        name, colon, password = user.partition(":")
-        if not colon or not name:
-            raise IceUsageError(f"bad --user {user!r}: expected NAME:PASSWORD")
-        try:
-            address = parse_address(server, DEFAULT_PORT)
-        except ValueError as exc:
-            raise IceUsageError(str(exc)) from None
-        out.append(TurnServerConfig(address, name, password))
-    return out
+    try:
+        return turn_servers(args.turn, args.user, ca_file=args.ca_file, insecure=args.insecure)
+    except UsageError as exc:
+        raise IceUsageError(str(exc)) from None
 
 
 def _pair_json(pair: Any) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from anchor_cli.common import SOFTWARE, UsageError
+from anchor_cli.common import SOFTWARE, UsageError, add_turn_arguments
 from anchor_stun.aio.net import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="idle timeout of the link (default 2 s, short for a demo; the "
                       "library's default is 30 s)")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
+    add_turn_arguments(demo)  # the peers relay through these instead of the embedded server
 
     stun = sub.add_parser(
         "stun",

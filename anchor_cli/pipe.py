@@ -1,6 +1,8 @@
 """``anchor pipe``: netcat over an ephemeral link, through a WebSocket rendezvous.
 
-``anchor pipe --signal ws://IP:PORT --name A --peer B [--turn HOST:PORT --user NAME:PASSWORD]``
+``anchor pipe --signal ws://IP:PORT --name A --peer B [--turn URI --user NAME:PASSWORD]``
+(``--turn`` takes RFC 7065 URIs, ``turn:``/``turns:``, and plain ``HOST:PORT``; repeatable;
+``--ca-file FILE`` / ``--insecure`` for ``turns:``)
 subscribes ``A`` to the rendezvous (``anchor serve --signal IP:PORT``), sends what it reads on
 stdin to ``B`` (one message per read, up to ``--chunk`` bytes; the first one forms the link)
 and writes to stdout, unchanged, every message that comes from ``B``. The other side runs the
@@ -31,7 +33,7 @@ import stat
 import sys
 from typing import IO, Any
 
-from anchor_ice.aio.gather import TurnServerConfig
+from anchor_cli.common import UsageError, add_turn_arguments, turn_servers
 from anchor_link.identity import (
     Identity,
     IdentityError,
@@ -68,8 +70,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     pipe.add_argument("--peer", required=True, help="the peer's name")
     pipe.add_argument("--stun", action="append", default=[], metavar="HOST:PORT",
                       help="STUN server; repeatable")
-    pipe.add_argument("--turn", metavar="HOST:PORT", help="TURN server (UDP)")
-    pipe.add_argument("--user", metavar="NAME:PASSWORD", help="its credentials")
+    add_turn_arguments(pipe, ca_help="CA bundle to verify turns: servers and a wss:// rendezvous "
+                       "(default: the system's)")
     pipe.add_argument("--policy", choices=("gateway", "standard", "relay"), default="gateway",
                       help="nomination policy (default gateway: never a host pair)")
     pipe.add_argument("--host-ip", action="append", default=[], metavar="IP",
@@ -86,8 +88,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     pipe.add_argument("--known-peers", metavar="FILE",
                       help="trust on first use: remember peers' identities in FILE and refuse "
                       "a changed one")
-    pipe.add_argument("--ca-file", metavar="FILE",
-                      help="CA bundle to verify a wss:// rendezvous")
     pipe.add_argument("-v", "--verbose", action="store_true", help="link events on stderr")
     return pipe
 
@@ -101,17 +101,13 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         raise PipeUsageError("--idle must be in (0, 3600] seconds")
     if not 1 <= args.chunk <= 65536:
         raise PipeUsageError("--chunk must be in 1..65536")
-    if bool(args.turn) != bool(args.user):
-        raise PipeUsageError("--turn and --user go together")
-    turn = []
     try:
         stun = [parse_address(text, DEFAULT_PORT) for text in args.stun]
-        if args.turn:
-            name, colon, password = args.user.partition(":")
-            if not colon or not name:
-                raise PipeUsageError(f"bad --user {args.user!r}: expected NAME:PASSWORD")
-            turn.append(TurnServerConfig(parse_address(args.turn, DEFAULT_PORT), name, password))
-    except ValueError as exc:
+        turn = turn_servers(
+            args.turn, args.user, ca_file=args.ca_file if args.turn else None,
+            insecure=args.insecure,
+        )  # fmt: skip
+    except (ValueError, UsageError) as exc:
         raise PipeUsageError(str(exc)) from None
     trusted: dict[str, str] = {}
     for text in args.trust:

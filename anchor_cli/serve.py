@@ -149,8 +149,10 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("max-port", "int", f"highest relayed port (default {DEFAULT_MAX_PORT})", "PORT"),
     _Option("user-quota", "int", "allocations allowed per username (486 beyond)", "N"),
     _Option("total-quota", "int", "allocations allowed in all (486 beyond)", "N"),
-    _Option("rfc5766-channels", "flag", "accept channel numbers 0x4000-0x7FFF (RFC 5766) and "
-            "not only RFC 8656's 0x4000-0x4FFF: coturn's turnutils_uclient needs it"),
+    _Option("strict-channels", "flag", "accept only RFC 8656's channel numbers 0x4000-0x4FFF "
+            "(default: RFC 5766's 0x4000-0x7FFF, which browsers and turnutils_uclient use)"),
+    _Option("rfc5766-channels", "flag", "no effect, kept for old command lines: RFC 5766's "
+            "channel numbers are accepted by default now (see --strict-channels)"),
     _Option("nonce-lifetime", "float", "seconds a NONCE stays valid before 438 (default "
             f"{DEFAULT_NONCE_LIFETIME})", "SECONDS"),
     _Option("metrics", "str", "serve Prometheus metrics at http://IP:PORT/metrics", "IP:PORT"),
@@ -229,8 +231,8 @@ class ServeConfig:
     """Allocations in all."""
     nonce_lifetime: float = DEFAULT_NONCE_LIFETIME
     """NONCE validity, seconds."""
-    rfc5766_channels: bool = False
-    """Accept RFC 5766 channel numbers up to 0x7FFF."""
+    strict_channels: bool = False
+    """Accept only RFC 8656's channel numbers (up to 0x4FFF), not RFC 5766's (0x7FFF)."""
     metrics: Address | None = None
     """Prometheus metrics address, or None."""
     signal: Address | None = None
@@ -454,7 +456,7 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
                 raise ServeError(f"--signal-allow: {exc}") from None
         cfg.signal_allow = list(given["signal_allow"])
     cfg.verbose = bool(given["verbose"])
-    cfg.rfc5766_channels = bool(given["rfc5766_channels"])
+    cfg.strict_channels = bool(given["strict_channels"])  # --rfc5766-channels: no effect
     cfg.add_users = _credentials("add-user", given["add_user"] or [])
     cfg.remove_users = list(given["remove_user"] or [])
     cfg.list_users = bool(given["list_users"])
@@ -713,7 +715,7 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     address_families=tuple(Family(f) for f in allocator.families),
                     allow_loopback_peers=cfg.allow_loopback_peers,
                     allow_peers=cfg.allow_peers,
-                    rfc5766_channels=cfg.rfc5766_channels,
+                    strict_channels=cfg.strict_channels,
                 )
                 turn_runner = TurnServerRunner(
                     core,

@@ -85,12 +85,20 @@ def pair_priority(controlling: int, controlled: int) -> int:
 
 
 def compute_foundation(
-    type_: CandidateType | str, base_ip: str, transport: str = "udp", server_ip: str | None = None
+    type_: CandidateType | str,
+    base_ip: str,
+    transport: str = "udp",
+    server_ip: str | None = None,
+    server_transport: str = "udp",
 ) -> str:
     """Equal for candidates of the same type, base IP, STUN/TURN server and transport
-    (RFC 8445 §5.1.1.3). Short, stable, ``ice-char`` only (RFC 8839 §5.1)."""
-    key = f"{type_}|{base_ip}|{transport.lower()}|{server_ip or ''}".encode()
-    return str(int.from_bytes(hashlib.sha256(key).digest()[:4], "big"))
+    (RFC 8445 §5.1.1.3: "the transport protocol used to obtain them": ``server_transport``,
+    the client's leg to the server, "udp", "tcp" or "tls"). Short, stable, ``ice-char`` only
+    (RFC 8839 §5.1)."""
+    key = f"{type_}|{base_ip}|{transport.lower()}|{server_ip or ''}"
+    if server_transport != "udp":
+        key += f"|{server_transport}"
+    return str(int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,13 +247,15 @@ def make_candidate(
     transport: str = "udp",
     server_ip: str | None = None,
     local_preference: int = DEFAULT_LOCAL_PREFERENCE,
+    server_transport: str = "udp",
 ) -> Candidate:
     """A candidate with its RFC priority and foundation computed; ``base`` is the local
-    address it was gathered from (RFC 8445 §5.1.1), ``related`` goes into raddr/rport."""
+    address it was gathered from (RFC 8445 §5.1.1), ``related`` goes into raddr/rport,
+    ``server_transport`` is how the STUN/TURN server was reached (RFC 8445 §5.1.1.3)."""
     kind = CandidateType(type_)
     base_ip = (base or address)[0]
     return Candidate(
-        foundation=compute_foundation(kind, base_ip, transport, server_ip),
+        foundation=compute_foundation(kind, base_ip, transport, server_ip, server_transport),
         component=component,
         transport=transport,
         priority=candidate_priority(kind, component, local_preference),

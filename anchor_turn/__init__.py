@@ -60,6 +60,10 @@ from anchor_turn.server import (
     TurnServerEvent,
     TurnServerStats,
 )
+from anchor_turn.uri import (
+    TurnUri,
+    parse_turn_uri,
+)
 
 __all__ = [
     "AllocationCreated",
@@ -91,11 +95,13 @@ __all__ = [
     "TurnServerRunner",
     "TurnServerStats",
     "TurnState",
+    "TurnUri",
     "UdpRelayAllocator",
     "check_passed",
     "decode_channel_data",
     "encode_channel_data",
     "is_channel_data",
     "loopback_runner",
+    "parse_turn_uri",
     "run_check",
 ]

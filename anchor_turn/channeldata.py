@@ -14,6 +14,7 @@ from anchor_stun.errors import DecodeError, LocalProtocolError
 
 __all__ = [
     "CHANNEL_MAX",
+    "CHANNEL_MAX_RFC5766",
     "CHANNEL_MIN",
     "decode_channel_data",
     "encode_channel_data",
@@ -23,6 +24,7 @@ __all__ = [
 
 CHANNEL_MIN = 0x4000  # RFC 8656 §12
 CHANNEL_MAX = 0x4FFF  # RFC 8656 §12
+CHANNEL_MAX_RFC5766 = 0x7FFF  # RFC 5766 §11: the wider range RFC 8656 §12 narrowed
 _HEAD = struct.Struct("!HH")
 _PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 

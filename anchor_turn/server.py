@@ -26,8 +26,8 @@ An allocation is identified by its 5-tuple: (client address, listener address, t
 
 Processing a message from a client, in this order:
 
-1. ChannelData (first byte 0x40-0x4F, RFC 8656 §12.4, RFC 7983; 0x40-0x7F with
-   ``rfc5766_channels``): fast path, no decoding.
+1. ChannelData (first byte 0x40-0x7F, RFC 8656 §12.4, RFC 5766 §11; 0x40-0x4F with
+   ``strict_channels``): fast path, no decoding.
    Dropped unless the 5-tuple has an allocation, the channel is bound and unexpired, a
    permission for the peer's IP is live, and the length fits (at most 3 bytes of padding
    after the data). Never refreshes the channel or the permission (§12.4).
@@ -81,7 +81,7 @@ Processing a message from a client, in this order:
     - CreatePermission: no XOR-PEER-ADDRESS 400; a peer family without relay 443; a
       forbidden peer 403; more than ``max_permissions`` 508. All-or-nothing.
     - ChannelBind: CHANNEL-NUMBER or XOR-PEER-ADDRESS missing, a number outside
-      0x4000-0x4FFF (0x4000-0x7FFF with ``rfc5766_channels``), a number bound to another
+      0x4000-0x7FFF (0x4000-0x4FFF with ``strict_channels``), a number bound to another
       peer or a peer bound to another number 400;
       peer family 443; forbidden peer 403; over ``max_channels``/``max_permissions`` 508.
       Success binds or refreshes the channel and installs or refreshes the permission.
@@ -125,9 +125,13 @@ Decisions where the RFCs leave room
   attribute MUST be ignored (§13.1-§13.3). Everything else relayed to a peer (ChannelData, a
   Send indication without it) gets DF 0: the Alternate Behavior of §14 (the incoming DF bit
   cannot be read through a socket, so it is taken as 0) and the Preferred one of §15.
-- ``rfc5766_channels`` (off by default) accepts RFC 5766's channel range 0x4000-0x7FFF,
-  which RFC 8656 §12 narrowed to 0x4000-0x4FFF: RFC 5766 clients pick numbers from the
-  whole old range (coturn's ``turnutils_uclient`` draws them at random from it).
+- Channel numbers: by default a ChannelBind may ask for RFC 5766's range 0x4000-0x7FFF
+  (RFC 5766 §11), which RFC 8656 §12 narrowed to 0x4000-0x4FFF. The clients a TURN server
+  meets still draw from the old range: libwebrtc's TURN port (kMinChannelNumber 0x4000,
+  kMaxChannelNumber 0x7FFF) and coturn's ``turnutils_uclient``. RFC 8656 §12 only reserves
+  0x5000-0x7FFF (they mean nothing else on a TURN 5-tuple, and a first byte of 0x50-0x7F is
+  no STUN message). ``strict_channels`` keeps RFC 8656's range (400 above 0x4FFF). Anchor's
+  own client draws from 0x4000-0x4FFF either way.
 - 508 when a CreatePermission/ChannelBind would exceed the per-allocation limits.
 - A TCP/TLS allocation also ends when the adapter reports the connection closed
   (:meth:`TurnServer.connection_closed`).
@@ -204,7 +208,7 @@ from anchor_stun.message import (
 )
 from anchor_stun.server import StunServer
 from anchor_turn.auth import CredentialBackend
-from anchor_turn.channeldata import CHANNEL_MAX, CHANNEL_MIN
+from anchor_turn.channeldata import CHANNEL_MAX, CHANNEL_MAX_RFC5766, CHANNEL_MIN
 
 __all__ = [
     "DEFAULT_CHANNEL_LIFETIME",
@@ -394,7 +398,7 @@ class ChannelBoundEvent(TurnServerEvent):
     client: Address
     """The client's transport address."""
     channel: int
-    """The channel number, 0x4000-0x4FFF."""
+    """The channel number, 0x4000-0x7FFF (0x4000-0x4FFF with ``strict_channels``)."""
     peer: Address
     """The peer transport address bound to it."""
 
@@ -822,8 +826,8 @@ class TurnServer:
     - ``peer_filter``: a ``Callable[[str], bool]`` deciding which peer IPs are allowed;
       default :class:`PeerFilter` built from ``allow_loopback_peers`` and ``allow_peers``.
     - ``max_events``: events kept when nobody reads them (oldest dropped first).
-    - ``rfc5766_channels``: accept channel numbers 0x4000-0x7FFF (RFC 5766 §11) instead
-      of RFC 8656's 0x4000-0x4FFF, for RFC 5766 clients.
+    - ``strict_channels``: accept only RFC 8656 §12's channel numbers 0x4000-0x4FFF; by
+      default RFC 5766 §11's 0x4000-0x7FFF, which browsers and coturn's clients use.
     - ``unauthenticated_rate``, ``unauthenticated_burst``: the per-source-IP rate limit of
       unsigned answers over UDP (module docstring); a rate of ``None`` turns it off.
     - ``dont_fragment``: the adapter can send datagrams to peers with fragmentation forbidden
@@ -858,7 +862,7 @@ class TurnServer:
         allow_loopback_peers: bool = False,
         allow_peers: Iterable[str] = (),
         max_events: int = 4096,
-        rfc5766_channels: bool = False,
+        strict_channels: bool = False,
         unauthenticated_rate: float | None = UNAUTHENTICATED_RATE,
         unauthenticated_burst: int = UNAUTHENTICATED_BURST,
         dont_fragment: bool = True,
@@ -918,7 +922,7 @@ class TurnServer:
         """Permissions allowed per allocation (508 beyond)."""
         self.max_channels = max_channels
         """Channel bindings allowed per allocation (508 beyond)."""
-        self.channel_max = 0x7FFF if rfc5766_channels else CHANNEL_MAX
+        self.channel_max = CHANNEL_MAX if strict_channels else CHANNEL_MAX_RFC5766
         """Highest channel number a ChannelBind may ask for (RFC 8656 §12, RFC 5766 §11)."""
         self.address_families = tuple(address_families)
         """Relayed address families offered (RFC 8656 §7.2, 440 for others)."""

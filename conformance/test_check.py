@@ -76,7 +76,7 @@ COTURN_CHOICES = {
 ANCHOR_CHOICES = {
     "stun.rfc5780": Outcome.PASS,
     "turn.password-algorithms": Outcome.PASS,
-    "turn.channel-bind-range": Outcome.PASS,
+    "turn.channel-bind-range": Outcome.FINDING,  # RFC 5766's range by default (--strict-channels)
     "turn.release-immediate": Outcome.PASS,
     "turn.peer-loopback": Outcome.FINDING,  # --allow-loopback-peers
     "turn.peer-unspecified": Outcome.PASS,

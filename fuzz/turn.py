@@ -130,7 +130,7 @@ _RAW_TYPES = (
     0x0030,  # unknown, comprehension-required
     0xC001,  # unknown, comprehension-optional
 )
-_HAS_RFC5766 = "rfc5766_channels" in inspect.signature(TurnServer).parameters
+_HAS_STRICT_CHANNELS = "strict_channels" in inspect.signature(TurnServer).parameters
 
 # The documented default policy (PeerFilter), written independently of PeerFilter.
 _DENIED = tuple(
@@ -230,8 +230,8 @@ class _Session:
             "username_anonymity": bool(config & 4),
             "nonce_lifetime": 30.0 if config & 16 else 600.0,
         }
-        if _HAS_RFC5766:
-            options["rfc5766_channels"] = bool(config & 8)
+        if _HAS_STRICT_CHANNELS:
+            options["strict_channels"] = bool(config & 8)
         self.server = TurnServer(**options)  # type: ignore[arg-type]
         self.relay: FakeRelay = options["relay"]  # type: ignore[assignment]
         self.now = T0

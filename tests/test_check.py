@@ -396,16 +396,23 @@ def test_dont_fragment_supported_or_refused_as_unknown(
         assert "was relayed and echoed" in result.detail
 
 
-def test_the_rfc5766_channel_range_is_a_finding() -> None:
+@pytest.mark.parametrize(("strict", "outcome"), [(False, Outcome.FINDING), (True, Outcome.PASS)])
+def test_the_rfc5766_channel_range_is_a_finding(strict: bool, outcome: Outcome) -> None:
+    """The server's default (RFC 5766's 0x4000-0x7FFF) is reported as a finding about the
+    server, not as a failed MUST; ``strict_channels`` passes the SHOULD."""
+
     async def main() -> list[ProbeResult]:
-        async with anchor_turn(rfc5766_channels=True) as server:
+        async with anchor_turn(strict_channels=strict) as server:
             return await run_check(
                 _config(server), ids=["turn.channel-bind-invalid", "turn.channel-bind-range"]
             )
 
-    got = by_id(asyncio.run(main()))
+    results = asyncio.run(main())
+    got = by_id(results)
     assert got["turn.channel-bind-invalid"].outcome is Outcome.PASS
-    assert got["turn.channel-bind-range"].outcome is Outcome.FINDING
+    assert got["turn.channel-bind-range"].outcome is outcome
+    assert got["turn.channel-bind-range"].info.level is Level.SHOULD
+    assert check_passed(results)
 
 
 def test_loopback_peers_refused_by_default() -> None:

@@ -66,3 +66,24 @@ def test_stun_timeout_option() -> None:
     assert result.returncode == 1 and "within 0.5 s" in result.stderr, result.stderr
     bad = run_anchor("stun", "127.0.0.1", "--timeout", "-1")
     assert bad.returncode == 2 and "--timeout" in bad.stderr
+
+
+def test_turn_uri_mistakes_are_one_line_usage_errors(tmp_path: Path) -> None:
+    """--turn takes RFC 7065 URIs on ice, pipe and demo: a bad one, DTLS, a missing --user or
+    an unreadable --ca-file is one line on stderr and exit 2, before anything is started."""
+    pipe = ["pipe", "--signal", "ws://127.0.0.1:9", "--name", "a", "--peer", "b"]
+    ice = ["ice", "--controlling", "--host-ip", "127.0.0.1"]
+    for base in (pipe, ice, ["demo"]):
+        for extra, words in (
+            (["--turn", "turns:127.0.0.1?transport=udp", "--user", "a:b"], "DTLS"),
+            (["--turn", "turn://127.0.0.1:3478", "--user", "a:b"], "turn URI"),
+            (["--turn", "turn:127.0.0.1?transport=sctp", "--user", "a:b"], "transport"),
+            (["--turn", "turns:127.0.0.1"], "--user"),
+            (["--turn", "turns:127.0.0.1", "--user", "a:b", "--ca-file",
+              str(tmp_path / "missing.pem")], "ca-file"),
+        ):
+            result = run_anchor(*base, *extra)
+            assert result.returncode == 2, (base, extra, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+            assert words.lower() in lines[0].lower(), (extra, lines)

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import shutil
 import socket
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -166,6 +167,29 @@ async def stun_server() -> AsyncIterator[tuple[str, int]]:
         yield runner.listeners[0][1]
     finally:
         runner.close()
+
+
+@asynccontextmanager
+async def stream_turn_server(
+    tls_files: tuple[Path, Path],
+) -> AsyncIterator[tuple[TurnServer, dict[str, tuple[str, int]]]]:
+    """Anchor's TURN server on loopback over UDP, TCP and TLS (alice:secret); yields the core
+    and the address of each listener."""
+    port, tls_port = free_port("both"), free_port("tcp")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*tls_files)
+    runner = loopback_runner(port, {"alice": "secret"}, "example.org", LOOPBACK,
+                             tcp_port=port, tls_port=tls_port, tls_context=context)
+    await runner.start()
+    try:
+        yield runner.core, {kind: addr for kind, addr in runner.listeners}
+    finally:
+        runner.close()
+
+
+def client_context(tls_files: tuple[Path, Path]) -> ssl.SSLContext:
+    """Trusts the test's self-signed certificate (and nothing else)."""
+    return ssl.create_default_context(cafile=str(tls_files[0]))
 
 
 @asynccontextmanager
@@ -571,7 +595,7 @@ def test_no_host_address() -> None:
         with pytest.raises(LocalProtocolError):
             Gatherer([LOOPBACK], port_range=(10, 5))
         with pytest.raises(LocalProtocolError):
-            TurnServerConfig((LOOPBACK, 3478), "a", "b", transport="tcp")  # type: ignore[arg-type]
+            TurnServerConfig((LOOPBACK, 3478), "a", "b", transport="sctp")  # type: ignore[arg-type]
 
     asyncio.run(main())
 
@@ -672,6 +696,115 @@ def test_relay_carries_data_both_ways() -> None:
                 await peer.close()
             with pytest.raises(LocalProtocolError):
                 relay.send(b"late", peer.local)
+
+    asyncio.run(main())
+
+
+def test_relays_over_udp_tcp_and_tls(tls_files: tuple[Path, Path]) -> None:
+    """RFC 8656 §3.1: the client reaches the server over UDP, TCP or TLS; the relayed address
+    is UDP every time. One relayed candidate per transport, all allocations started together;
+    local preferences UDP > TCP > TLS (RFC 8445 §5.1.2.1); only the UDP allocation's mapped
+    address can be a (UDP) server-reflexive candidate; foundations differ per transport
+    (RFC 8445 §5.1.1.3)."""
+
+    async def main() -> None:
+        async with stream_turn_server(tls_files) as (core, listeners):
+            context = client_context(tls_files)
+            configs = [
+                TurnServerConfig(listeners["tls"], "alice", "secret", "tls", ssl_context=context),
+                TurnServerConfig(listeners["tcp"], "alice", "secret", "tcp"),
+                TurnServerConfig(listeners["udp"], "alice", "secret"),
+            ]
+            gatherer = Gatherer([LOOPBACK], turn_servers=configs, timeout=5.0)
+            try:
+                found, end = await _collect(gatherer)
+                assert end.failures == ()
+                relays = [c for c in found if c.type is CandidateType.RELAY]
+                assert len(relays) == 3 and all(c.transport == "udp" for c in relays)
+                by_transport = {}
+                for cand in relays:
+                    endpoint = gatherer.endpoint(cand.address)
+                    assert isinstance(endpoint, RelayEndpoint)
+                    by_transport[endpoint.transport] = cand
+                udp, tcp, tls = by_transport["udp"], by_transport["tcp"], by_transport["tls"]
+                assert udp.priority > tcp.priority > tls.priority
+                assert len({udp.foundation, tcp.foundation, tls.foundation}) == 3
+                assert [c.type for c in found].count(CandidateType.SRFLX) == 0  # = host here
+                assert gatherer.redundant == 1  # the UDP allocation's mapped address only
+                assert core.allocation_count() == 3
+                sock = gatherer.sockets[0]
+                assert {r.transport for r in sock.relays} == {"udp", "tcp", "tls"}
+                tcp_relay = gatherer.endpoint(tcp.address)
+                assert isinstance(tcp_relay, RelayEndpoint)
+                assert tcp_relay.turn.local[0] == LOOPBACK  # left from the host address
+            finally:
+                await gatherer.close()
+            assert core.allocation_count() == 0  # each released (Refresh LIFETIME 0)
+            assert gatherer.open_sockets() == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_relay_over_a_stream_carries_data_both_ways(
+    tls_files: tuple[Path, Path], transport: str
+) -> None:
+    """Data through a TCP/TLS allocation travels over its stream: Send and Data indications,
+    then ChannelData padded to 4 bytes (RFC 8656 §12.5), in both directions."""
+
+    async def main() -> None:
+        async with stream_turn_server(tls_files) as (core, listeners):
+            config = TurnServerConfig(listeners[transport], "alice", "secret", transport,  # type: ignore[arg-type]
+                                      ssl_context=client_context(tls_files))
+            gatherer = Gatherer([LOOPBACK], turn_servers=[config])
+            peer = await GatheredSocket.bind("127.0.0.2")
+            try:
+                found = await gatherer.gather_all()
+                relay_cand = next(c for c in found if c.type is CandidateType.RELAY)
+                relay = gatherer.endpoint(relay_cand.address)
+                assert isinstance(relay, RelayEndpoint) and relay.transport == transport
+                at_peer: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+                peer.set_handler(lambda data, addr: at_peer.put_nowait((data, addr)))
+                for n in range(3):
+                    relay.send(b"ping %d" % n, peer.local)
+                for n in range(3):
+                    assert await asyncio.wait_for(at_peer.get(), 3) == (
+                        b"ping %d" % n, relay_cand.address)
+                at_relay: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+                relay.set_handler(lambda data, addr: at_relay.put_nowait((data, addr)))
+                peer.send(b"pong", relay_cand.address)
+                assert await asyncio.wait_for(at_relay.get(), 3) == (b"pong", peer.local)
+                await relay.bind_channel(peer.local)
+                for size in (1, 2, 3, 4, 5):  # every padding length
+                    relay.send(b"c" * size, peer.local)
+                    assert (await asyncio.wait_for(at_peer.get(), 3))[0] == b"c" * size
+                    peer.send(b"d" * size, relay_cand.address)
+                    assert (await asyncio.wait_for(at_relay.get(), 3))[0] == b"d" * size
+                assert relay.client.dropped == 0
+            finally:
+                await gatherer.close()
+                await peer.close()
+            assert core.allocation_count() == 0
+
+    asyncio.run(main())
+
+
+def test_tls_relay_verifies_the_server(tls_files: tuple[Path, Path]) -> None:
+    """Without the certificate's CA, a TLS allocation fails (a gather failure, not a hang)."""
+
+    async def main() -> None:
+        async with stream_turn_server(tls_files) as (core, listeners):
+            config = TurnServerConfig(listeners["tls"], "alice", "secret", "tls",
+                                      ssl_context=ssl.create_default_context())
+            gatherer = Gatherer([LOOPBACK], turn_servers=[config], timeout=3)
+            try:
+                found, end = await asyncio.wait_for(_collect(gatherer), 10)
+            finally:
+                await gatherer.close()
+            assert [c.type for c in found] == [CandidateType.HOST]
+            (failure,) = end.failures
+            assert failure.kind == "turn" and "certificate" in failure.reason.lower()
+            assert core.allocation_count() == 0
 
     asyncio.run(main())
 

@@ -22,10 +22,12 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -237,6 +239,71 @@ def test_gateway_policy_with_anchor_turn_ends_on_a_relay_pair_and_releases() -> 
             assert a.open_sockets() == 0 and b.open_sockets() == 0
             assert core.stats.allocations == 0  # released with Refresh(LIFETIME 0)
             assert core.stats.allocations_deleted == 2
+
+    run(main())
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_relay_policy_links_through_turn_over_a_stream_only(
+    tls_files: tuple[Path, Path], transport: str
+) -> None:
+    """A network that lets no UDP reach the TURN server: both sides reach it only over TCP
+    (``turn_transport="tcp"``, aioice's names) or TLS (``turn_ssl``); the only relayed
+    candidates are those of the stream allocations, the pair is relay to relay, and data
+    goes both ways over the streams (ChannelData once bound, padded, RFC 8656 §12.5)."""
+
+    async def main() -> None:
+        port, tls_port = free_port("both"), free_port("tcp")
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_context.load_cert_chain(*tls_files)
+        runner = loopback_runner(port, {"alice": "secret"}, "example.org", LOOPBACK,
+                                 tcp_port=port, tls_port=tls_port, tls_context=server_context)
+        await runner.start()
+        core = runner.core
+        client_context = ssl.create_default_context(cafile=str(tls_files[0]))
+        server = (LOOPBACK, tls_port if transport == "tls" else port)
+
+        def make(controlling: bool) -> Connection:
+            return Connection(
+                controlling, host_ips=[LOOPBACK], policy="relay", turn_server=server,
+                turn_username="alice", turn_password="secret", turn_transport="tcp",
+                turn_ssl=transport == "tls", turn_ssl_context=client_context,
+            )  # fmt: skip
+
+        a, b = make(True), make(False)
+        try:
+            await asyncio.gather(a.gather_candidates(), b.gather_candidates())
+            for conn in (a, b):
+                relayed = [c for c in conn.local_candidates if c.type is CandidateType.RELAY]
+                assert len(relayed) == 1 and not conn.gather_failures
+                (relay,) = conn.relays()
+                assert relay.transport == transport  # no UDP allocation at all
+            assert core.stats.allocations == 2
+            await exchange(a, b)
+            await asyncio.wait_for(asyncio.gather(a.connect(), b.connect()), 10)
+            for conn in (a, b):
+                pair = conn.selected_pair
+                assert pair is not None
+                assert (pair.local.type, pair.remote.type) == (CandidateType.RELAY,) * 2
+            for i in range(30):
+                await a.send(b"m%d" % i)
+            assert [await asyncio.wait_for(b.recv(), 3) for _ in range(30)] == [
+                b"m%d" % i for i in range(30)
+            ]
+            await ping_pong(a, b)
+            for _ in range(100):
+                if core.stats.channels == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert core.stats.channels == 2
+            await ping_pong(a, b)
+        finally:
+            await a.close()
+            await b.close()
+            runner.close()
+            await runner.wait_closed()
+        assert a.open_sockets() == 0 and b.open_sockets() == 0
+        assert core.stats.allocations == 0
 
     run(main())
 

@@ -989,8 +989,9 @@ def test_anchor_serve_mistakes_are_one_line_errors(tmp_path: Path) -> None:
         assert result.stderr.startswith("anchor serve: ") and "Traceback" not in result.stderr
     help_text = run_anchor("serve", "--help").stdout
     for flag in ("--users-db", "--add-user", "--static-auth-secret", "--metrics", "--config",
-                 "--relay-ip", "--min-port", "--rfc5766-channels"):
+                 "--relay-ip", "--min-port", "--strict-channels", "--rfc5766-channels"):
         assert flag in help_text
+    assert "no effect" in help_text  # --rfc5766-channels is kept as a no-op alias
 
 
 def test_anchor_serve_turn_with_rfc5780_and_sigint() -> None:

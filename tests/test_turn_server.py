@@ -982,16 +982,27 @@ def test_peer_filter_object() -> None:
 # --------------------------------------------------------------------------- ChannelBind
 
 
-@pytest.mark.parametrize("number", [0x0000, 0x3FFF, 0x5000, 0x7FFF, 0xFFFF])
+@pytest.mark.parametrize("number", [0x0000, 0x3FFF, 0x8000, 0xFFFF])
 def test_invalid_channel_numbers_get_400(number: int) -> None:
     _server, _, client, _ = allocated()
     resp = client.request(Method.CHANNEL_BIND, ChannelNumber(number), XorPeerAddress(*PEER))
     assert code(resp) == 400 and client.creds.verify_response(resp)
 
 
-@pytest.mark.parametrize("number", [0x4000, 0x4FFF])
-def test_channel_number_bounds_are_valid(number: int) -> None:
-    server, _, client, _ = allocated()
+@pytest.mark.parametrize("number", [0x5000, 0x7FFF])
+def test_strict_channels_refuse_rfc5766_numbers(number: int) -> None:
+    """RFC 8656 §12: 0x5000-0x7FFF are reserved; ``strict_channels`` answers 400."""
+    _server, _, client, _ = allocated(strict_channels=True)
+    resp = client.request(Method.CHANNEL_BIND, ChannelNumber(number), XorPeerAddress(*PEER))
+    assert code(resp) == 400 and client.creds.verify_response(resp)
+
+
+@pytest.mark.parametrize(("number", "strict"), [(0x4000, False), (0x4FFF, False), (0x5000, False),
+                                                 (0x7FFF, False), (0x4000, True), (0x4FFF, True)])
+def test_channel_number_bounds_are_valid(number: int, strict: bool) -> None:
+    """By default RFC 5766 §11's range 0x4000-0x7FFF (libwebrtc and turnutils_uclient draw
+    from it), with ``strict_channels`` RFC 8656 §12's 0x4000-0x4FFF."""
+    server, _, client, _ = allocated(strict_channels=strict)
     assert (
         code(client.request(Method.CHANNEL_BIND, ChannelNumber(number), XorPeerAddress(*PEER)))
         is None
@@ -1147,6 +1158,23 @@ def test_channel_data_both_ways_over_udp() -> None:
     padded = encode_channel_data(0x4000, b"abc", pad=True)
     assert client.send(padded, T0 + 2) == [Transmit(b"abc", PEER, relayed)]
     assert server.stats.to_peer_packets == 2 and server.stats.to_client_packets == 2
+
+
+def test_rfc5766_channel_data_both_ways() -> None:
+    """A channel numbered 0x7FFF (RFC 5766 §11, as libwebrtc may pick) carries ChannelData
+    both ways, padded over TCP (RFC 8656 §12.5)."""
+    for transport in ("udp", "tcp"):
+        server, _ = make_server()
+        client = Client(server, transport=transport)
+        relayed = client.relayed(client.allocate())
+        bind = Method.CHANNEL_BIND
+        assert code(client.request(bind, ChannelNumber(0x7FFF), XorPeerAddress(*PEER))) is None
+        server.receive_relay(b"hello", PEER, relayed, T0)
+        (out,) = server.datagrams_to_send(T0)
+        pad = b"\x00\x00\x00" if transport == "tcp" else b""
+        assert out.data == b"\x7f\xff\x00\x05hello" + pad
+        frame = b"\x7f\xff\x00\x02up" + (b"\x00\x00" if transport == "tcp" else b"")
+        assert client.send(frame, T0) == [Transmit(b"up", PEER, relayed)]
 
 
 def test_channel_data_padded_for_tcp_clients() -> None:

@@ -59,7 +59,8 @@ aioice                                                Anchor (``anchor_ice.aio.c
 ``components=2``                                      ``components=2``
 ``stun_server=("host", 3478)``                        same; or ``"host:3478"``, or a list
 ``turn_server=..., turn_username=, turn_password=``   same; or ``turn_servers=[TurnServerConfig]``
-``turn_transport="tcp"``, ``turn_ssl=True``           not supported (relays over UDP only)
+``turn_transport="tcp"``, ``turn_ssl=True``           same (TURN over TCP / TLS, RFC 8656 §3.1);
+                                                      or ``TurnServerConfig.from_uri("turns:...")``
 ``use_ipv4=`` / ``use_ipv6=``                         same; plus ``host_ips=[...]``,
                                                       ``include_loopback=``, ``interfaces=``,
                                                       ``port_range=``
@@ -134,7 +135,7 @@ from anchor_ice.events import (
     RestartCompleted,
 )
 from anchor_ice.nominator import GatewayNominator, Nominator, RelayOnly, StandardNominator
-from anchor_stun.aio.net import DEFAULT_PORT, CorePump, call_user, parse_address
+from anchor_stun.aio.net import DEFAULT_PORT, CorePump, TransportName, call_user, parse_address
 from anchor_stun.errors import AnchorError, LocalProtocolError
 from anchor_stun.events import Address, StunEvent, Transmit
 
@@ -225,7 +226,10 @@ class Connection:
     * ``components``: number of components (RFC 8445 §4).
     * ``stun_server``: ``(host, port)``, ``"host[:port]"`` or a list of them.
     * ``turn_server`` with ``turn_username`` / ``turn_password``, and/or ``turn_servers``
-      (a list of :class:`~anchor_ice.aio.gather.TurnServerConfig`): relays over UDP.
+      (a list of :class:`~anchor_ice.aio.gather.TurnServerConfig`, each over UDP, TCP or
+      TLS, RFC 8656 §3.1; ``TurnServerConfig.from_uri`` reads RFC 7065 URIs).
+      ``turn_transport`` (``"udp"`` or ``"tcp"``) and ``turn_ssl`` (TLS, with
+      ``turn_ssl_context``) apply to ``turn_server``, as in aioice.
     * ``policy``: ``"standard"``, ``"gateway"`` or ``"relay"``; ``nominator`` overrides it.
     * ``host_ips``: the addresses to gather host candidates on, best first (loopback allowed
       when named); otherwise :func:`~anchor_ice.aio.gather.host_addresses` with ``interfaces``,
@@ -254,6 +258,9 @@ class Connection:
         turn_username: str | None = None,
         turn_password: str | None = None,
         turn_servers: Sequence[TurnServerConfig] = (),
+        turn_transport: str = "udp",
+        turn_ssl: bool = False,
+        turn_ssl_context: Any = None,
         policy: Policy | str = "standard",
         nominator: Nominator | None = None,
         host_ips: Iterable[str] | None = None,
@@ -294,10 +301,16 @@ class Connection:
         self.stun_servers: list[Address] = _servers(stun_server, DEFAULT_PORT)
         """STUN servers to gather server-reflexive candidates from."""
         turns = list(turn_servers)
+        if turn_transport not in ("udp", "tcp"):
+            raise LocalProtocolError(f"turn_transport must be udp or tcp, not {turn_transport!r}")
+        if turn_ssl and turn_transport != "tcp":
+            raise LocalProtocolError("turn_ssl needs turn_transport='tcp' (TLS runs over TCP)")
+        transport: TransportName = "tls" if turn_ssl else "udp" if turn_transport == "udp" else "tcp"
         for address in _servers(turn_server, DEFAULT_PORT):
             if turn_username is None or turn_password is None:
                 raise LocalProtocolError("turn_server needs turn_username and turn_password")
-            turns.append(TurnServerConfig(address, turn_username, turn_password))
+            turns.append(TurnServerConfig(address, turn_username, turn_password, transport,
+                                          ssl_context=turn_ssl_context))
         self.turn_servers: list[TurnServerConfig] = turns
         """TURN servers to gather relayed candidates from."""
         self._host_ips = list(host_ips) if host_ips is not None else None

@@ -2,10 +2,11 @@
 
 Theory of operation
 -------------------
-This module is an asyncio adapter (like ``net.py``): it owns sockets, the loop and the clock,
-and drives the sans-I/O cores of anchor_stun (:class:`~anchor_stun.transaction.StunClient`)
-and anchor_turn (:class:`~anchor_turn.client.TurnClient`) through the same pump the other
-adapters use. Nothing protocol-specific happens here besides the ICE rules of gathering.
+This module is an asyncio adapter: it owns sockets, the loop and the clock, and drives the
+sans-I/O :class:`~anchor_stun.transaction.StunClient` through the same pump the other adapters
+use; TURN goes through anchor_turn's one client adapter,
+:class:`~anchor_turn.aio.client.TurnConnection`. Nothing protocol-specific happens here
+besides the ICE rules of gathering.
 
 Host addresses. :func:`host_addresses` lists the interface addresses (``ifaddr``) an agent
 may gather on, filtered per RFC 8445 §5.1.1.1: never unspecified, multicast, IPv6 site-local,
@@ -21,17 +22,22 @@ That socket is the *base* of three kinds of candidates (RFC 8445 §5.1.1.2):
 - server-reflexive candidates: a Binding request to each STUN server leaves from the socket
   (a :class:`~anchor_stun.transaction.StunClient` pumped on it); XOR-MAPPED-ADDRESS is the
   candidate, the socket's address its base and related address;
-- relayed candidates: an Allocate to each TURN server leaves from the socket (a
-  :class:`~anchor_turn.client.TurnClient` pumped on it, a :class:`RelayEndpoint`); the
-  relayed address is the candidate and its own base, the mapped address its related address
-  (and, when new, a server-reflexive candidate as well).
+- relayed candidates: an Allocate to each TURN server (a :class:`RelayEndpoint` around a
+  :class:`~anchor_turn.aio.client.TurnConnection`). Over UDP it leaves from the socket
+  (``TurnConnection.over``); over TCP or TLS (RFC 8656 §3.1, ``turn:...?transport=tcp`` and
+  ``turns:`` in RFC 7065's terms) from a connection of its own bound to the socket's IP, its
+  relayed datagrams framed on the stream (ChannelData padded, RFC 8656 §12.5). The relayed
+  address (UDP in every case) is the candidate and its own base, the mapped address its
+  related address; over UDP the mapped address is, when new, a server-reflexive candidate as
+  well (over TCP it is a TCP mapping, no UDP candidate).
 
 Demultiplexing and the hand-over to ICE. The same socket later carries the connectivity
 checks and the data of the ICE connection, so every datagram that arrives on it is routed:
 
 1. a STUN response to a pending gathering Binding transaction -> that StunClient;
-2. anything from the transport address of a TURN server allocated on this socket (STUN
-   responses, Data indications, ChannelData) -> that allocation's TurnClient; data a peer
+2. anything from the transport address of a TURN server allocated over UDP on this socket
+   (STUN responses, Data indications, ChannelData) -> that allocation's TurnConnection (a
+   TCP/TLS allocation reads its own stream); data a peer
    sent through the relay comes out as a ``DataReceived`` event and is delivered to the
    :class:`RelayEndpoint`'s handler, with the peer's address;
 3. everything else -> the socket's handler (:meth:`GatheredSocket.set_handler`).
@@ -62,14 +68,18 @@ Time limits: gathering never hangs (the STUN and TURN servers may not answer at 
 docs/peers.md). Each server gets ``timeout`` seconds per socket, name resolution
 included; then the transaction is abandoned and a :class:`GatherFailure` recorded. A TURN
 allocation abandoned this way is released if its success response still arrives. New
-transactions are paced ``ta`` seconds apart (RFC 8445 §14.2, default Ta = 50 ms).
+transactions over UDP are paced ``ta`` seconds apart (RFC 8445 §14.2, default Ta = 50 ms);
+TCP/TLS allocations start at once (TCP's own congestion control paces them), so the
+allocations over every configured transport start together.
 
 Priorities and foundations come from :func:`~anchor_ice.candidate.make_candidate`: the type
 preferences of RFC 8445 §5.1.2.2 and a local preference unique per candidate of one type
 (RFC 8445 §5.1.2.1): ``65535 - (h * S + slot)`` where ``h`` is the host address's index
 (the order of ``host_ips`` is the preference order), ``S`` the number of servers and
 ``slot`` the server's index (for host candidates 0; for a TURN server's server-reflexive
-candidate, the number of STUN servers plus its index).
+candidate, the number of STUN servers plus its index). Relayed candidates are ranked by the
+client-server transport first (UDP above TCP above TLS, whatever the host or server index),
+and their foundation includes that transport (RFC 8445 §5.1.1.3).
 """
 
 from __future__ import annotations
@@ -81,6 +91,7 @@ import fnmatch
 import ipaddress
 import os
 import socket
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,10 +100,16 @@ from typing import Any, Literal
 import ifaddr
 
 from anchor_ice.candidate import COMPONENT_RTP, Candidate, CandidateType, make_candidate
-from anchor_stun.aio.net import CorePump, call_user, format_address, resolve, settle_transaction
+from anchor_stun.aio.net import (
+    CorePump,
+    TransportName,
+    call_user,
+    format_address,
+    resolve,
+    settle_transaction,
+)
 from anchor_stun.attributes import Software, XorMappedAddress, pack_ip, unpack_ip
 from anchor_stun.errors import (
-    AllocationError,
     AnchorError,
     DecodeError,
     LocalProtocolError,
@@ -104,20 +121,10 @@ from anchor_stun.transaction import (
     StunClient,
     TransactionSucceeded,
 )
+from anchor_turn.aio.client import TurnConnection
 from anchor_turn.client import TurnClient, TurnState
-from anchor_turn.events import (
-    AllocationCreated,
-    AllocationExpired,
-    AllocationFailed,
-    AllocationReleased,
-    ChannelBindFailed,
-    ChannelBound,
-    DataReceived,
-    PermissionCreated,
-    PermissionFailed,
-    TryAlternate,
-    TurnEvent,
-)
+from anchor_turn.events import TurnEvent
+from anchor_turn.uri import TurnUri, parse_turn_uri
 
 __all__ = [
     "DEFAULT_RELEASE_TIMEOUT",
@@ -155,7 +162,7 @@ MAX_REDIRECTS = 2  # RFC 8656 §7.4 / RFC 8489 §10: 300 Try Alternate followed 
 DatagramHandler = Callable[[bytes, Address], None]
 """``handler(data, addr)``: a datagram that arrived from ``addr`` (a peer's transport address)."""
 
-_FINAL = frozenset({TurnState.FAILED, TurnState.RELEASED, TurnState.EXPIRED})
+_TRANSPORT_RANK = {"udp": 0, "tcp": 1, "tls": 2}  # relays' local preference, best first
 
 
 # ----------------------------------------------------------------------------- host addresses
@@ -527,8 +534,9 @@ class GatheredSocket:
 
     @property
     def relays(self) -> list[RelayEndpoint]:
-        """The allocations made from this socket that exist now (RFC 8656 §7.3)."""
-        return [r for r in self._relays if r.state is TurnState.ALLOCATED]
+        """The allocations made for this socket that exist now (RFC 8656 §7.3), over every
+        client-server transport."""
+        return [r for r in self._relays if r.state is TurnState.ALLOCATED and r.turn.failure is None]
 
     @property
     def closed(self) -> bool:
@@ -588,20 +596,49 @@ class GatheredSocket:
         username: str,
         password: str,
         *,
+        transport: TransportName = "udp",
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
         max_redirects: int = MAX_REDIRECTS,
         **options: Any,
     ) -> RelayEndpoint:
-        """Allocate a relay on the TURN server ``server`` (an IP address) from this socket
+        """Allocate a relay on the TURN server ``server`` (an IP address) for this socket
         (RFC 8656 §7); returns the :class:`RelayEndpoint`, which then refreshes itself until
-        released. ``options`` go to :class:`~anchor_turn.client.TurnClient` (``lifetime``,
-        ``software``, ``rto``...). Raises :class:`~anchor_stun.errors.AllocationError`.
+        released. Over ``transport`` "udp" the requests leave from this socket; over "tcp"
+        or "tls" from a connection of the allocation's own, bound to this socket's IP (TLS
+        verifies the server against ``server_hostname`` with ``ssl_context``, default the
+        system's trust store). ``options`` go to :class:`~anchor_turn.client.TurnClient`
+        (``lifetime``, ``software``, ``rto``...). Raises
+        :class:`~anchor_stun.errors.AllocationError`, OSError when the connection fails.
         Cancelled (say by a timeout), the allocation is abandoned: released as soon as it
         exists, should its success response still arrive."""
         if self._closing:
             raise LocalProtocolError("the socket is closed")
-        relay = RelayEndpoint(self, server, username, password, options)
+        options.setdefault("rng", self._rng)
+        turn: TurnConnection
+        if transport == "udp":
+            turn = TurnConnection.over(
+                self._sendto, _canonical(server), username, password, local=self.local,
+                max_redirects=max_redirects, **options,
+            )
+        else:
+            link_local = self.family == 6 and self.local[0].lower().startswith("fe80")
+            turn = await TurnConnection.connect(
+                server, username, password, transport, ssl_context=ssl_context,
+                server_hostname=server_hostname, local=None if link_local else (self.local[0], 0),
+                max_redirects=max_redirects, **options,
+            )
+        relay = RelayEndpoint(self, turn)
         self._relays.append(relay)
-        await relay._allocate(max_redirects)
+        if self._closing:  # closed while the connection was being opened
+            await turn.close(0)
+            raise LocalProtocolError("the socket is closed")
+        try:
+            await turn.allocate()
+        except BaseException:
+            if transport != "udp" and turn.state is not TurnState.ALLOCATING:
+                await turn.close(0)  # nothing exists: drop the connection now
+            raise
         return relay
 
     async def close(self, release_timeout: float = DEFAULT_RELEASE_TIMEOUT) -> None:
@@ -613,13 +650,10 @@ class GatheredSocket:
             return
         self._closing = True
         try:
-            finals = [relay._finish() for relay in self._relays]
-            pending = [f for f in finals if not f.done()]
-            if pending:
-                await asyncio.wait(pending, timeout=release_timeout)
+            await asyncio.gather(*(relay.release(release_timeout) for relay in self._relays))
         finally:
             for relay in self._relays:
-                relay._shutdown("the socket was closed")
+                relay._shutdown()
             self._stun_pump.close()
             for waiter in self._stun_waiters.values():
                 if not waiter.done():
@@ -659,8 +693,8 @@ class GatheredSocket:
             self._stun_pump.pump()
             return
         for relay in self._relays:
-            if relay._server_key == addr:
-                relay._received(data, addr)
+            if relay.shared and relay.turn.server == addr:
+                relay.turn.datagram_received(data, addr)
                 return
         self._inbox.deliver(data, addr)
 
@@ -672,8 +706,14 @@ class GatheredSocket:
 
 
 class RelayEndpoint:
-    """One TURN allocation made from a :class:`GatheredSocket` (RFC 8656): the base of a
-    relayed candidate (RFC 8445 §5.1.1.2).
+    """One TURN allocation made for a :class:`GatheredSocket` (RFC 8656): the base of a
+    relayed candidate (RFC 8445 §5.1.1.2). The TURN work is done by one
+    :class:`~anchor_turn.aio.client.TurnConnection` (:attr:`turn`): over UDP it runs over the
+    host socket itself (the allocation's 5-tuple starts at the host candidate), over TCP or
+    TLS over a connection of its own whose local end is the host address (RFC 8656 §3.1: only
+    the client's leg changes, the relayed address is UDP either way). This class adds what the
+    ICE connection needs on top: a send that creates the peer's permission first, and a
+    replaceable handler with a backlog.
 
     The ICE connection sends through it with :meth:`send` (a permission for the peer's IP is
     created on first use, RFC 8656 §9, and the datagrams wait for it) and receives with
@@ -681,72 +721,69 @@ class RelayEndpoint:
     (the TurnClient's timers) until :meth:`release` or the socket's ``close()``.
     """
 
-    def __init__(
-        self,
-        owner: GatheredSocket,
-        server: Address,
-        username: str,
-        password: str,
-        options: Mapping[str, Any],
-    ) -> None:
+    def __init__(self, owner: GatheredSocket, turn: TurnConnection) -> None:
         """Use :meth:`GatheredSocket.allocate`."""
         self.socket = owner
-        """The host socket the allocation was made from (its 5-tuple, RFC 8656 §2)."""
-        self._loop = owner._loop
-        self._username = username
-        self._password = password
-        self._options = dict(options)
-        self._options.setdefault("rng", owner._rng)
-        self._server: Address = _canonical(server)
-        self._client = TurnClient(self._server, username, password, **self._options)
-        self._pump = CorePump(self._client, owner._send_transmit, self._event)
-        self._inbox = _Inbox(f"relay via {format_address(self._server)}")
-        self._allocating: asyncio.Future[AllocationCreated | TryAlternate] | None = None
-        self._final: asyncio.Future[None] = self._loop.create_future()
-        self._abandoned = False
-        self._dead: str | None = None
+        """The host socket the allocation belongs to: over UDP its 5-tuple's client end
+        (RFC 8656 §2); over TCP/TLS the socket whose address the connection leaves from."""
+        self.turn = turn
+        """The TURN client adapter doing the work (read it; do not close it yourself)."""
+        self._inbox = _Inbox(f"relay via {format_address(turn.server)} ({turn.transport})")
+        turn.on_data = self._inbox.deliver
         self._queued: dict[str, list[tuple[bytes, Address]]] = {}
-        self._permission_waiters: list[tuple[set[str], asyncio.Future[None]]] = []
-        self._channel_waiters: dict[int, list[asyncio.Future[int]]] = {}
-        self.redirects: list[Address] = []
-        """Servers that answered 300 Try Alternate, in order (RFC 8656 §7.4)."""
-        self.on_event: Callable[[TurnEvent], None] | None = None
-        """Called with every event of the TURN core (refreshes, failures...), e.g. for logs."""
+        self._tasks: set[asyncio.Task[None]] = set()
         self.dropped = 0
         """Datagrams to peers dropped: too many waiting for a permission, or it failed."""
-        self._kicked = False
-        self._stopped = False
-        self._heard = False  # anything came from the server yet
 
     # ------------------------------------------------------------------ properties
 
     @property
-    def _server_key(self) -> Address:
-        return self._server
+    def transport(self) -> str:
+        """The client-server transport: "udp", "tcp" or "tls" (RFC 8656 §3.1)."""
+        return self.turn.transport
+
+    @property
+    def shared(self) -> bool:
+        """True when the allocation runs over the host socket itself (UDP)."""
+        return self.turn.transport == "udp"
 
     @property
     def server(self) -> Address:
         """The TURN server's transport address (after a redirect: the alternate)."""
-        return self._server
+        return self.turn.server
+
+    @property
+    def redirects(self) -> list[Address]:
+        """Servers that answered 300 Try Alternate, in order (RFC 8656 §7.4)."""
+        return self.turn.redirects
 
     @property
     def client(self) -> TurnClient:
         """The sans-I/O core (read its state; do not drive it directly)."""
-        return self._client
+        return self.turn.client
 
     @property
     def state(self) -> TurnState:
         """The allocation's state (RFC 8656 §6-§8)."""
-        return self._client.state
+        return self.turn.state
+
+    @property
+    def on_event(self) -> Callable[[TurnEvent], None] | None:
+        """Called with every event of the TURN core (refreshes, failures...), e.g. for logs."""
+        return self.turn.on_event
+
+    @on_event.setter
+    def on_event(self, callback: Callable[[TurnEvent], None] | None) -> None:
+        self.turn.on_event = callback
 
     @property
     def relayed(self) -> Address:
         """The relayed transport address: the relayed candidate and its base (RFC 8445
         §5.1.1.2). LocalProtocolError before the allocation exists."""
-        relayed = self._client.relayed
-        if not relayed:
+        relayed = self.turn.relayed
+        if relayed is None:
             raise LocalProtocolError("no allocation yet")
-        return _canonical(relayed[0])
+        return _canonical(relayed)
 
     @property
     def base(self) -> Address:
@@ -755,8 +792,9 @@ class RelayEndpoint:
 
     @property
     def mapped(self) -> Address | None:
-        """The server-reflexive address from the Allocate response (RFC 8656 §7.3)."""
-        mapped = self._client.mapped
+        """The server-reflexive address from the Allocate response (RFC 8656 §7.3); over
+        TCP/TLS the mapping of the connection, not a UDP candidate."""
+        mapped = self.turn.mapped
         return _canonical(mapped) if mapped is not None else None
 
     # ------------------------------------------------------------------ ICE side
@@ -774,233 +812,73 @@ class RelayEndpoint:
         when the allocation does not exist (any more)."""
         self._check_usable()
         ip = _canonical_ip(peer[0])
-        now = self._loop.time()
-        if ip in self._client.permissions and ip not in self._queued:
-            self._client.send(data, peer, now)
-            self._pump.flush()  # data changes no deadline of the core
+        if ip in self.turn.client.permissions and ip not in self._queued:
+            self.turn.send(data, peer)
             return
         queue = self._queued.get(ip)
         if queue is None:
             queue = self._queued[ip] = []
-            self._client.create_permission([ip], now)
+            task = asyncio.get_running_loop().create_task(self._permit(ip))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         if len(queue) < MAX_QUEUED_PER_PEER:
             queue.append((bytes(data), peer))
         else:
             self.dropped += 1
-        self._pump.pump()
 
     async def create_permission(self, *ips: str) -> None:
         """Install permissions for these peer IPs now and wait for them (RFC 8656 §9).
         Raises :class:`~anchor_stun.errors.AllocationError`."""
         self._check_usable()
-        wanted = {_canonical_ip(ip) for ip in ips}
-        self._client.create_permission(sorted(wanted), self._loop.time())
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        entry = (wanted, waiter)
-        self._permission_waiters.append(entry)
-        self._pump.pump()
-        try:
-            await waiter
-        finally:
-            if entry in self._permission_waiters:
-                self._permission_waiters.remove(entry)
+        await self.turn.create_permission(*(_canonical_ip(ip) for ip in ips))
 
     async def bind_channel(self, peer: Address) -> int:
         """Bind a channel to ``peer`` (RFC 8656 §12): later datagrams to it go as
         ChannelData. Returns the channel number; raises AllocationError."""
         self._check_usable()
-        number = self._client.bind_channel(peer, self._loop.time())
-        waiter: asyncio.Future[int] = self._loop.create_future()
-        self._channel_waiters.setdefault(number, []).append(waiter)
-        self._pump.pump()
-        try:
-            return await waiter
-        finally:
-            waiters = self._channel_waiters.get(number, [])
-            if waiter in waiters:
-                waiters.remove(waiter)
+        return await self.turn.bind_channel(peer)
 
     async def release(self, timeout: float = DEFAULT_RELEASE_TIMEOUT) -> None:
         """Delete the allocation (Refresh with LIFETIME 0, RFC 8656 §8.1) and wait at most
-        ``timeout`` seconds for the answer. The socket stays open. Idempotent."""
-        final = self._finish()
-        if not final.done():
-            await asyncio.wait([final], timeout=timeout)
-
-    # ------------------------------------------------------------------ allocation
-
-    async def _allocate(self, max_redirects: int) -> None:
-        try:
-            while True:
-                self._allocating = self._loop.create_future()
-                self._client.allocate(self._loop.time())
-                self._pump.pump()
-                result = await self._allocating
-                self._allocating = None
-                if isinstance(result, AllocationCreated):
-                    return
-                # RFC 8656 §7.4: try the alternate server, with a new client, same socket
-                if len(self.redirects) >= max_redirects or result.server in (
-                    self._server,
-                    *self.redirects,
-                ):
-                    raise AllocationError(
-                        300, f"redirected to {format_address(result.server)}: giving up"
-                    )
-                self.redirects.append(self._server)
-                self._pump.close()
-                self._heard = False
-                self._server = _canonical(result.server)
-                self._client = TurnClient(
-                    self._server, self._username, self._password, **self._options
-                )
-                self._pump = CorePump(self._client, self.socket._send_transmit, self._event)
-        except asyncio.CancelledError:
-            self._abandon()
-            raise
-        except BaseException:
-            self._allocating = None
-            self._check_final()
-            raise
-
-    def _abandon(self) -> None:
-        """Nobody waits for the allocation any more: release it as soon as it exists."""
-        self._abandoned = True
-        if self._allocating is not None and not self._allocating.done():
-            self._allocating.cancel()
-        self._allocating = None
-        self._finish()
-
-    def _finish(self) -> asyncio.Future[None]:
-        """Start the release (or the abandonment) and return the future of the end state."""
-        state = self._client.state
-        if state is TurnState.ALLOCATED and self._dead is None:
-            self._client.release(self._loop.time())
-            self._pump.pump()
-        elif state in (TurnState.ALLOCATING, TurnState.IDLE):
-            self._abandoned = True
-            if self._allocating is not None and not self._allocating.done():
-                self._allocating.set_exception(AllocationError(0, "abandoned"))
-            if not self._heard:
-                # Not even the 401 came back, so no signed Allocate left: the server cannot
-                # have created an allocation (RFC 8656 §7.2 authenticates first). Stop here.
-                self._shutdown("abandoned before the server answered")
-        self._check_final()
-        return self._final
-
-    def _check_final(self) -> None:
-        if self._client.state in _FINAL or self._client.state is TurnState.IDLE:
-            if not self._final.done() and self._allocating is None:
-                self._final.set_result(None)
-
-    def _shutdown(self, reason: str) -> None:
-        """The socket is going away: stop the timer, fail every waiter."""
-        self._stopped = True
-        self._pump.close()
-        self._dead = self._dead or reason
-        error = AllocationError(0, reason)
-        if self._allocating is not None and not self._allocating.done():
-            self._allocating.set_exception(error)
-        for _, waiter in self._permission_waiters:
-            if not waiter.done():
-                waiter.set_exception(error)
-        for waiters in self._channel_waiters.values():
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_exception(error)
-        self._queued.clear()
-        if not self._final.done():
-            self._final.set_result(None)
-
-    def _check_usable(self) -> None:
-        if self._dead is not None:
-            raise LocalProtocolError(f"the allocation is gone: {self._dead}")
-        if self._client.state is not TurnState.ALLOCATED or self._abandoned:
-            raise LocalProtocolError(f"no usable allocation (state {self._client.state.value})")
+        ``timeout`` seconds for the answer. The host socket stays open (a TCP/TLS connection
+        of the allocation is closed). Idempotent."""
+        await self.turn.close(timeout)
+        self._shutdown()
 
     # ------------------------------------------------------------------ plumbing
 
-    def _received(self, data: bytes, addr: Address) -> None:
-        if self._stopped:
+    async def _permit(self, ip: str) -> None:
+        """Create the permission the queued datagrams to ``ip`` wait for, then send them."""
+        try:
+            await self.turn.create_permission(ip)
+        except AnchorError:
+            self.dropped += len(self._queued.pop(ip, []))
             return
-        self._heard = True
-        self._client.receive_datagram(data, addr, self._loop.time())
-        if data[:1] and 0x40 <= data[0] <= 0x4F:  # ChannelData (RFC 8656 §12.4): data only
-            self._pump.flush()
-        else:
-            self._pump.pump()
+        for data, peer in self._queued.pop(ip, []):
+            if self.turn.closed or self.turn.state is not TurnState.ALLOCATED:
+                return
+            self.turn.send(data, peer)
 
-    def _kick(self) -> None:
-        """Pump again soon: a command issued while handling an event queues datagrams that
-        the pump in progress has already collected."""
-        if not self._kicked:
-            self._kicked = True
-            self._loop.call_soon(self._kicked_pump)
+    def _shutdown(self) -> None:
+        """The allocation is over: drop what waits, stop the permission tasks."""
+        self._queued.clear()
+        for task in self._tasks:
+            task.cancel()
 
-    def _kicked_pump(self) -> None:
-        self._kicked = False
-        if not self._stopped:
-            self._pump.pump()
-
-    def _flush(self, ips: Iterable[str]) -> None:
-        now = self._loop.time()
-        for ip in ips:
-            for data, peer in self._queued.pop(ip, []):
-                self._client.send(data, peer, now)
-
-    def _event(self, event: StunEvent) -> None:
-        assert isinstance(event, TurnEvent)
-        if self.on_event is not None:
-            call_user("a RelayEndpoint on_event callback", self.on_event, event)
-        if isinstance(event, DataReceived):
-            self._inbox.deliver(event.data, event.peer)
-        elif isinstance(event, AllocationCreated | TryAlternate):
-            if self._abandoned:
-                if isinstance(event, AllocationCreated):
-                    self._client.release(self._loop.time())
-                    self._kick()
-            elif self._allocating is not None and not self._allocating.done():
-                self._allocating.set_result(event)
-        elif isinstance(event, AllocationFailed):
-            if self._allocating is not None and not self._allocating.done():
-                self._allocating.set_exception(AllocationError(event.code, event.reason))
-                self._allocating = None
-        elif isinstance(event, AllocationReleased | AllocationExpired):
-            self._dead = "released" if isinstance(event, AllocationReleased) else "expired"
-            for _, waiter in self._permission_waiters:
-                if not waiter.done():
-                    waiter.set_exception(AllocationError(0, f"the allocation was {self._dead}"))
-            self._queued.clear()
-        elif isinstance(event, PermissionCreated):
-            done = set(event.peers)
-            self._flush(done)
-            self._kick()
-            for wanted, waiter in self._permission_waiters:
-                wanted -= done
-                if not wanted and not waiter.done():
-                    waiter.set_result(None)
-        elif isinstance(event, PermissionFailed):
-            for ip in event.peers:
-                self.dropped += len(self._queued.pop(ip, []))
-            failed = set(event.peers)
-            for wanted, waiter in self._permission_waiters:
-                if wanted & failed and not waiter.done():
-                    waiter.set_exception(AllocationError(event.code, event.reason))
-        elif isinstance(event, ChannelBound):
-            for fut in self._channel_waiters.get(event.channel, []):
-                if not fut.done():
-                    fut.set_result(event.channel)
-        elif isinstance(event, ChannelBindFailed):
-            for fut in self._channel_waiters.get(event.channel, []):
-                if not fut.done():
-                    fut.set_exception(AllocationError(event.code, event.reason))
-        if not isinstance(event, TryAlternate) or self._abandoned:
-            self._check_final()
+    def _check_usable(self) -> None:
+        turn = self.turn
+        if turn.failure is not None:
+            raise LocalProtocolError(f"the allocation is gone: {turn.failure}")
+        if turn.closed or turn.state is not TurnState.ALLOCATED:
+            raise LocalProtocolError(f"no usable allocation (state {turn.state.value})")
 
     def __repr__(self) -> str:
-        relayed = self._client.relayed
-        where = format_address(relayed[0]) if relayed else "-"
-        return f"<RelayEndpoint {where} via {format_address(self._server)} {self.state.value}>"
+        relayed = self.turn.relayed
+        where = format_address(relayed) if relayed else "-"
+        return (
+            f"<RelayEndpoint {where} via {self.turn.transport} "
+            f"{format_address(self.server)} {self.state.value}>"
+        )
 
 
 # ----------------------------------------------------------------------------- gatherer
@@ -1016,15 +894,42 @@ class TurnServerConfig:
     """Long-term credential user name (RFC 8489 §9.2)."""
     password: str
     """Long-term credential password."""
-    transport: Literal["udp"] = "udp"
-    """Client-server transport; only UDP: the allocation shares the host socket."""
+    transport: TransportName = "udp"
+    """Client-server transport (RFC 8656 §3.1): "udp" (the allocation shares the host
+    socket), "tcp" or "tls" (a connection of its own). The relayed address is UDP always."""
+    ssl_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+    """TLS only: how to verify the server (default: the system's trust store)."""
+    server_name: str | None = None
+    """TLS only: the name the certificate must carry (default: the host of ``address``)."""
 
     def __post_init__(self) -> None:
-        if self.transport != "udp":
+        if self.transport not in ("udp", "tcp", "tls"):
             raise LocalProtocolError(
-                "gathering allocates over UDP from the host socket; TURN over TCP/TLS is not "
-                "supported here"
+                f"TURN transport must be udp, tcp or tls, not {self.transport!r}"
             )
+
+    @classmethod
+    def from_uri(
+        cls,
+        uri: str,
+        username: str,
+        password: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> TurnServerConfig:
+        """A server from an RFC 7065 URI: ``turn:HOST[:PORT]`` (UDP),
+        ``turn:HOST[:PORT]?transport=tcp``, ``turns:HOST[:PORT]`` (TLS; default port 5349),
+        or plain ``HOST[:PORT]`` (UDP). Raises LocalProtocolError for anything else."""
+        parsed = parse_turn_uri(uri)
+        return cls(
+            (parsed.host, parsed.port), username, password, parsed.transport,
+            ssl_context=ssl_context if parsed.transport == "tls" else None,
+        )
+
+    @property
+    def uri(self) -> str:
+        """The server as an RFC 7065 URI."""
+        return str(TurnUri(self.address[0], self.address[1], self.transport))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1056,7 +961,7 @@ class Gatherer:
 
     ``host_ips``: the addresses to bind, best first (default: :func:`host_addresses()`).
     ``stun_servers``: (host, port) of STUN servers. ``turn_servers``: :class:`TurnServerConfig`
-    of TURN servers (UDP). ``component``: the component id (RFC 8445 §4). ``port_range``:
+    of TURN servers (UDP, TCP or TLS). ``component``: the component id (RFC 8445 §4). ``port_range``:
     (min, max) local ports, inclusive. ``timeout``: seconds per server and socket.
     ``ta``: pacing of new transactions (RFC 8445 §14.2). ``turn_options`` go to every
     :class:`~anchor_turn.client.TurnClient` (``lifetime``, ``rto``...). ``rng``: random bytes
@@ -1271,6 +1176,15 @@ class Gatherer:
         servers = max(1, len(self._stun_servers) + len(self._turn_servers))
         return max(0, 65535 - (host * servers + slot))
 
+    def _relay_preference(self, host: int, slot: int, transport: str) -> int:
+        """The local preference of a relayed candidate: unique (its server's slot), and every
+        relay reached over UDP above every one over TCP, above every one over TLS (RFC 8445
+        §5.1.2.1 lets the agent rank TURN servers like interfaces; UDP adds no head-of-line
+        blocking and no TLS records; libwebrtc ranks them the same way)."""
+        servers = max(1, len(self._stun_servers) + len(self._turn_servers))
+        band = _TRANSPORT_RANK[transport] * max(1, len(self._sockets)) * servers
+        return max(0, 65535 - (band + host * servers + slot))
+
     def _add(self, candidate: Candidate, base: Address) -> None:
         """Keep ``candidate`` unless it is redundant (RFC 8445 §5.1.3) and wake the streams."""
         key = (_canonical(candidate.address), _canonical(base))
@@ -1350,14 +1264,20 @@ class Gatherer:
     async def _relay(
         self, h: int, t: int, n_stun: int, sock: GatheredSocket, turn: TurnServerConfig
     ) -> None:
-        """A relayed candidate (and a server-reflexive one) from one TURN server
-        (RFC 8445 §5.1.1.2)."""
-        await self._pace()
+        """A relayed candidate (and, over UDP, a server-reflexive one) from one TURN server
+        (RFC 8445 §5.1.1.2). Over TCP and TLS the allocation is not paced: it opens a
+        connection first, whose congestion control does what Ta does for UDP (RFC 8445 §14),
+        so relays over every transport start together and none waits for another."""
+        if turn.transport == "udp":
+            await self._pace()
         try:
             async with asyncio.timeout(self.timeout):
                 addr = await self._resolve(turn.address, sock)
                 relay = await sock.allocate(
-                    addr, turn.username, turn.password, **self._turn_options
+                    addr, turn.username, turn.password, transport=turn.transport,
+                    ssl_context=turn.ssl_context,
+                    server_hostname=turn.server_name or turn.address[0],
+                    **self._turn_options,
                 )
         except TimeoutError:
             self._fail("turn", sock, turn.address, f"no allocation within {self.timeout:g} s")
@@ -1368,7 +1288,7 @@ class Gatherer:
         relayed = relay.relayed
         mapped = relay.mapped
         self._endpoints[relayed] = relay
-        if mapped is not None:
+        if mapped is not None and turn.transport == "udp":  # over TCP: a TCP mapping
             srflx = make_candidate(
                 CandidateType.SRFLX,
                 mapped,
@@ -1386,6 +1306,7 @@ class Gatherer:
             related=mapped or sock.local,
             component=self.component,
             server_ip=relay.server[0],
-            local_preference=self._preference(h, t),
+            local_preference=self._relay_preference(h, t, turn.transport),
+            server_transport=turn.transport,
         )
         self._add(candidate, relayed)

@@ -25,6 +25,19 @@ Over UDP the socket is connected to the server, so that an ICMP "port unreachabl
 adapter: during the Allocate it fails the allocation at once instead of after Ti = 39.5 s of
 retransmissions (RFC 8489 §6.2.1 leaves ICMP handling to the client). Later ICMP errors are
 ignored; the transactions time out on their own.
+
+A UDP socket owned by someone else. :meth:`TurnConnection.over` runs the allocation over a
+socket the caller owns and demultiplexes (ICE gathering: the allocation must leave from the
+host socket, RFC 8445 §5.1.1.2): the connection sends with the caller's ``send(data, addr)``
+and is fed with :meth:`TurnConnection.datagram_received` what the socket got from the server.
+Closing the connection then leaves the socket open.
+
+Abandoned allocations. An :meth:`~TurnConnection.allocate` that is cancelled (a timeout, say)
+leaves the request on its way: should the success response still arrive, the allocation is
+released at once. :meth:`~TurnConnection.close` during an Allocate waits (within the release
+timeout) for its outcome and releases what it created, unless the server never answered at
+all (then no signed Allocate left, and no allocation can exist: RFC 8656 §7.2 authenticates
+first).
 """
 
 from __future__ import annotations
@@ -46,6 +59,7 @@ from anchor_stun.errors import (
 )
 from anchor_stun.events import Address, StunEvent, Transmit
 from anchor_stun.framing import StreamFramer
+from anchor_turn.channeldata import is_channel_data
 from anchor_turn.client import TurnClient, TurnState
 from anchor_turn.events import (
     AllocationCreated,
@@ -63,17 +77,21 @@ from anchor_turn.events import (
     TurnEvent,
 )
 
-__all__ = ["DataCallback", "EventCallback", "TurnConnection"]
+__all__ = ["DataCallback", "DatagramSender", "EventCallback", "TurnConnection"]
 
 DataCallback = Callable[[bytes, Address], None]
 """``on_data(data, peer)``: called for every datagram a peer sent through the relay."""
 EventCallback = Callable[[TurnEvent], None]
 """``on_event(event)``: called with every event of the core, before the adapter acts on it."""
+DatagramSender = Callable[[bytes, Address], None]
+"""``send(data, addr)``: sends one datagram from a UDP socket the caller owns."""
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds to open a TCP or TLS connection (handshake included)."""
 DEFAULT_RELEASE_TIMEOUT = 5.0
 """Seconds :meth:`TurnConnection.close` waits for the answer to the release request."""
+STREAM_CLOSE_TIMEOUT = 1.0
+"""Seconds :meth:`TurnConnection.close` waits for a TCP/TLS connection to be closed."""
 DEFAULT_MAX_QUEUE = 1024
 """Datagrams from peers kept for :meth:`TurnConnection.recv`; more are dropped and counted."""
 
@@ -100,6 +118,8 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.active = True
         """False once the owner moved on (closed, or redirected to another server)."""
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done once the connection is closed (a TLS one after its close_notify exchange)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -121,6 +141,8 @@ class _Stream(asyncio.Protocol):
                 self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.gone.done():
+            self.gone.set_result(None)
         if self.active:
             self.owner._lost("connection closed by the server" if exc is None else str(exc))
 
@@ -159,8 +181,9 @@ class TurnConnection:
         on_data: DataCallback | None,
         on_event: EventCallback | None,
         options: dict[str, Any],
+        shared: DatagramSender | None = None,
     ) -> None:
-        """Use :meth:`connect`; this only stores the settings."""
+        """Use :meth:`connect` or :meth:`over`; this only stores the settings."""
         if transport not in ("udp", "tcp", "tls"):
             raise LocalProtocolError(f"transport must be udp, tcp or tls, not {transport!r}")
         self._username = username
@@ -174,6 +197,9 @@ class TurnConnection:
         self._max_redirects = max_redirects
         self._max_queue = max_queue
         self._options = options
+        self._shared = shared
+        if shared is not None and transport != "udp":
+            raise LocalProtocolError("only a UDP socket can be shared")
         self.on_data: DataCallback | None = on_data
         """Called with ``(data, peer)`` for each datagram from a peer; None: queue for recv()."""
         self.on_event: EventCallback | None = on_event
@@ -197,6 +223,10 @@ class TurnConnection:
         self._releasing: asyncio.Future[None] | None = None
         self._permission_waiters: list[tuple[set[str], asyncio.Future[None]]] = []
         self._channel_waiters: dict[int, list[asyncio.Future[int]]] = {}
+        self._abandoned = False  # nobody waits for the Allocate: release what it creates
+        self._heard = False  # anything came from the server yet
+        self._settled: asyncio.Future[None] | None = None  # close() waiting for the Allocate
+        self._kicked = False
 
     # ------------------------------------------------------------------ opening
 
@@ -248,10 +278,53 @@ class TurnConnection:
         await self._open()
         return self
 
+    @classmethod
+    def over(
+        cls,
+        send: DatagramSender,
+        server: Address,
+        username: str,
+        password: str,
+        *,
+        local: Address,
+        release_timeout: float = DEFAULT_RELEASE_TIMEOUT,
+        max_redirects: int = 2,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        on_data: DataCallback | None = None,
+        on_event: EventCallback | None = None,
+        **options: Any,
+    ) -> TurnConnection:
+        """A connection to ``server`` (an IP address, UDP) over a socket the caller owns
+        (see the module docstring): datagrams leave through ``send(data, addr)``; the caller
+        hands what the socket receives from :attr:`server` to :meth:`datagram_received`.
+        ``local`` is that socket's address. Nothing is opened; :meth:`close` releases the
+        allocation and leaves the socket alone. Other arguments as for :meth:`connect`."""
+        self = cls(
+            server,
+            username,
+            password,
+            "udp",
+            ssl_context=None,
+            server_hostname=None,
+            local=local,
+            connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+            release_timeout=release_timeout,
+            max_redirects=max_redirects,
+            max_queue=max_queue,
+            on_data=on_data,
+            on_event=on_event,
+            options=dict(options),
+            shared=send,
+        )
+        self._local = local
+        return self
+
     async def _open(self) -> None:
         """Open the socket or connection to ``self._server``."""
         loop = self._loop
         server = self._server
+        if self._shared is not None:
+            return  # the caller's socket: nothing to open
         if self._transport_name == "udp":
             udp, datagram = await loop.create_datagram_endpoint(
                 lambda: _Datagram(self), remote_addr=server, local_addr=self._local_request
@@ -315,7 +388,8 @@ class TurnConnection:
             **self._options,
         )
         self._pump = CorePump(self._client, self._send, self._event)
-        if self._local_request is not None:  # a fixed local port cannot serve a second server
+        if self._local_request is not None and self._shared is None:
+            # a fixed local port cannot serve a second server
             self._local_request = (self._local_request[0], 0)
         await self._open()
 
@@ -373,6 +447,12 @@ class TurnConnection:
         return self._dropped_data
 
     @property
+    def failure(self) -> str | None:
+        """Why the allocation became unusable (released, expired, connection lost, closed),
+        or None while it may still be used."""
+        return self._dead
+
+    @property
     def closed(self) -> bool:
         """True once :meth:`close` ran (or started)."""
         return self._closed
@@ -392,6 +472,14 @@ class TurnConnection:
             self._pump.pump()
             try:
                 result = await fut
+            except asyncio.CancelledError:
+                self._abandoned = True  # a late success is released (module docstring)
+                if self._client.state is TurnState.ALLOCATED and self._releasing is None:
+                    # it succeeded, but the caller was cancelled before it heard so
+                    self._releasing = self._loop.create_future()
+                    self._client.release(self._now())
+                    self._kick()
+                raise
             finally:
                 self._allocating = None
             if isinstance(result, AllocationCreated):
@@ -438,7 +526,7 @@ class TurnConnection:
         drops data to a peer without a permission."""
         self._check_open()
         self._client.send(data, peer, self._now())
-        self._pump.pump()
+        self._pump.flush()  # data changes no deadline of the core
 
     async def refresh(self, lifetime: int | None = None) -> int:
         """Refresh the allocation now (RFC 8656 §8); returns the granted lifetime. ``lifetime``
@@ -469,22 +557,37 @@ class TurnConnection:
             self._pump.pump()
         await asyncio.shield(self._releasing)
 
-    async def close(self) -> None:
-        """Release the allocation (waiting at most ``release_timeout`` seconds for the answer),
-        then close the socket or connection and stop the timer. Idempotent."""
+    async def close(self, release_timeout: float | None = None) -> None:
+        """Release the allocation (waiting at most ``release_timeout`` seconds, by default the
+        one given at connection, for the answer), then close the socket or connection (not a
+        shared one) and stop the timer. During an Allocate the server answered, the outcome is
+        awaited within the same time and what it created released. Idempotent."""
         if self._closed:
             return
+        timeout = self._release_timeout if release_timeout is None else release_timeout
+        deadline = self._loop.time() + timeout
         try:
+            if self._dead is None and self._client.state is TurnState.ALLOCATING:
+                self._abandoned = True
+                if self._heard:
+                    self._settled = self._loop.create_future()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(self._settled), timeout)
             if self._dead is None and self._client.state in (
                 TurnState.ALLOCATED,
                 TurnState.RELEASING,
             ):
                 with contextlib.suppress(TurnError, TimeoutError):
-                    await asyncio.wait_for(self.release(), self._release_timeout)
+                    left = max(0.0, deadline - self._loop.time())
+                    await asyncio.wait_for(self.release(), left)
         finally:
             self._closed = True
             self._terminate("connection closed")
+            stream = self._protocol if isinstance(self._protocol, _Stream) else None
             self._close_link()
+        if stream is not None:  # the socket is closed once this is done (TLS: close_notify)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stream.gone), STREAM_CLOSE_TIMEOUT)
 
     async def __aenter__(self) -> TurnConnection:
         return self
@@ -533,17 +636,40 @@ class TurnConnection:
             raise AllocationError(0, self._dead)
 
     def _send(self, transmit: Transmit) -> None:
-        if self._udp is not None:
+        if self._shared is not None:
+            if not self._closed:
+                self._shared(transmit.data, transmit.addr)
+        elif self._udp is not None:
             if not self._udp.is_closing():
                 self._udp.sendto(transmit.data)  # connected to the server: no address
         elif self._stream is not None and not self._stream.is_closing():
             self._stream.write(transmit.data)
 
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        """Feed what a shared socket (:meth:`over`) received from the server."""
+        self._received(data, addr)
+
     def _received(self, data: bytes, addr: Address) -> None:
         if self._closed:
             return
+        self._heard = True
         self._client.receive_datagram(data, addr, self._now())
-        self._pump.pump()
+        if is_channel_data(data):  # data only (RFC 8656 §12.4): no deadline moves
+            self._pump.flush()
+        else:
+            self._pump.pump()
+
+    def _kick(self) -> None:
+        """Pump again soon: a request made while an event is handed out is queued after the
+        pump in progress collected the core's output."""
+        if not self._kicked:
+            self._kicked = True
+            self._loop.call_soon(self._kicked_pump)
+
+    def _kicked_pump(self) -> None:
+        self._kicked = False
+        if not self._closed and self._dead is None:
+            self._pump.pump()
 
     def _icmp(self, exc: Exception) -> None:
         """An ICMP error on the connected UDP socket (see the module docstring)."""
@@ -580,6 +706,7 @@ class TurnConnection:
         for waiter in self._refreshing:
             self._fail(waiter, error)
         self._resolve(self._releasing, None)  # nothing left to release
+        self._resolve(self._settled, None)
         for _, pending in self._permission_waiters:
             self._fail(pending, error)
         for futs in self._channel_waiters.values():
@@ -600,9 +727,18 @@ class TurnConnection:
                 self._inbox.append(event)
                 self._inbox_changed.set()
         elif isinstance(event, AllocationCreated | TryAlternate):
-            self._resolve(self._allocating, event)
+            if self._abandoned and self._allocating is None:
+                # nobody waits for it: release what was created, give up a redirect
+                if isinstance(event, AllocationCreated):
+                    self._releasing = self._releasing or self._loop.create_future()
+                    self._client.release(self._now())
+                    self._kick()
+                self._resolve(self._settled, None)
+            else:
+                self._resolve(self._allocating, event)
         elif isinstance(event, AllocationFailed):
             self._fail(self._allocating, AllocationError(event.code, event.reason))
+            self._resolve(self._settled, None)
         elif isinstance(event, AllocationRefreshed):
             for waiter in self._refreshing:
                 self._resolve(waiter, event.lifetime)

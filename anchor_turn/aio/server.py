@@ -856,12 +856,21 @@ class TurnServerRunner:
 
 
 def loopback_runner(
-    port: int, users: Mapping[str, str], realm: str, ip: str = "127.0.0.1"
+    port: int,
+    users: Mapping[str, str],
+    realm: str,
+    ip: str = "127.0.0.1",
+    *,
+    tcp_port: int | None = None,
+    tls_port: int | None = None,
+    tls_context: ssl.SSLContext | None = None,
 ) -> TurnServerRunner:
-    """A STUN/TURN server for one machine's own use (the demo, benchmarks): UDP on ``ip``
-    (a loopback address) and ``port``, the static ``users`` (name -> password) of ``realm``,
-    relayed addresses on ``ip``, and loopback peers allowed, since its peers are on the same
-    machine. Not started: ``await runner.start()``; ``runner.core`` is the TURN core."""
+    """A STUN/TURN server for one machine's own use (the demo, benchmarks, tests): UDP on
+    ``ip`` (a loopback address) and ``port``, the static ``users`` (name -> password) of
+    ``realm``, relayed addresses on ``ip``, and loopback peers allowed, since its peers are on
+    the same machine. ``tcp_port`` / ``tls_port`` (with ``tls_context``) add TCP and TLS
+    listeners on ``ip``. Not started: ``await runner.start()``; ``runner.core`` is the TURN
+    core."""
     return TurnServerRunner(
         TurnServer(
             realm=realm,
@@ -869,5 +878,8 @@ def loopback_runner(
             relay=UdpRelayAllocator([ip]),
             stun=StunServer(primary=(ip, port)),
             allow_loopback_peers=True,
-        )
+        ),
+        tcp=[(ip, tcp_port)] if tcp_port is not None else (),
+        tls=[(ip, tls_port)] if tls_port is not None else (),
+        tls_context=tls_context,
     )
