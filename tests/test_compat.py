@@ -143,12 +143,18 @@ def test_install_refuses_unknown_options_and_policies(installed: None) -> None:
         install_aioice(policy="anything")
 
 
-def test_turn_over_tcp_or_tls_is_a_typed_not_implemented_error() -> None:
-    for kwargs in ({"turn_transport": "tcp"}, {"turn_ssl": True}):
-        with pytest.raises(UnsupportedOption) as info:
-            Connection(True, turn_server=(LOOPBACK, 3478), turn_username="u",
-                       turn_password="p", **kwargs)  # fmt: skip
-        assert isinstance(info.value, NotImplementedError)
+def test_turn_transport_and_ssl_reach_anchors_turn_configuration() -> None:
+    """aioice's ``turn_transport``/``turn_ssl`` select TURN over TCP and TLS (the relay
+    itself is tested over real TCP and TLS servers in tests/test_ice_net.py)."""
+    for kwargs, transport in (({}, "udp"), ({"turn_transport": "tcp"}, "tcp"),
+                              ({"turn_transport": "tcp", "turn_ssl": True}, "tls")):  # fmt: skip
+        conn = Connection(True, turn_server=(LOOPBACK, 3478), turn_username="u",
+                          turn_password="p", **kwargs)  # fmt: skip
+        assert [c.transport for c in conn.anchor.turn_servers] == [transport]
+    with pytest.raises(LocalProtocolError, match="turn_ssl"):
+        Connection(True, turn_server=(LOOPBACK, 3478), turn_username="u", turn_password="p",
+                   turn_ssl=True)  # fmt: skip
+    assert issubclass(UnsupportedOption, NotImplementedError)
 
 
 # --------------------------------------------------------------------------- connecting

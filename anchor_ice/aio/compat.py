@@ -26,8 +26,8 @@ makes ``import aioice`` resolve here.
   :class:`anchor_ice.aio.connection.Connection`). ``transport_policy=TransportPolicy.RELAY``
   is the ``"relay"`` policy.
 
-Differences from aioice worth knowing: ``turn_ssl=True`` and ``turn_transport="tcp"`` raise
-:class:`UnsupportedOption` (relays over UDP only); remote mDNS (``*.local``) candidates are
+Differences from aioice worth knowing: ``turn_ssl=True`` needs ``turn_transport="tcp"``
+(TLS runs over TCP; aioice would ignore it over UDP); remote mDNS (``*.local``) candidates are
 ignored rather than resolved; when the machine has no usable address but loopback, host
 candidates are gathered on loopback (aioice gathers none, and aiortc then never connects).
 """
@@ -237,8 +237,7 @@ class Connection:
 
     aioice's arguments: ``ice_controlling``, ``components``, ``stun_server`` and
     ``turn_server`` (``(host, port)``), ``turn_username`` / ``turn_password``, ``turn_ssl``
-    and ``turn_transport`` (only ``False`` / ``"udp"``: :class:`UnsupportedOption`
-    otherwise), ``use_ipv4`` / ``use_ipv6``, ``transport_policy``, ``local_username`` /
+    and ``turn_transport`` (TURN over UDP, TCP or TLS, RFC 8656 §3.1), ``use_ipv4`` / ``use_ipv6``, ``transport_policy``, ``local_username`` /
     ``local_password``, and ``ephemeral_ports`` (older aioice: one contiguous range). Every
     other keyword goes to Anchor's connection (``policy``, ``nominator``, ``host_ips``...);
     :attr:`options` holds defaults for them (what :func:`~anchor_ice.compat.install_aioice`
@@ -266,11 +265,6 @@ class Connection:
         ephemeral_ports: Iterable[int] | None = None,
         **anchor_options: Any,
     ) -> None:
-        if turn_ssl or turn_transport.lower() != "udp":
-            raise UnsupportedOption(
-                "TURN over TCP or TLS (turn_transport='tcp', turn_ssl=True) is not supported "
-                "yet: relays go over UDP"
-            )
         if not isinstance(transport_policy, TransportPolicy):
             # another module's TransportPolicy (aioice's own, say): by its name
             transport_policy = TransportPolicy[str(getattr(transport_policy, "name", ""))]
@@ -296,9 +290,9 @@ class Connection:
         self.turn_password = turn_password
         """The TURN password."""
         self.turn_ssl = turn_ssl
-        """Always False here (TURN over TLS is not supported yet)."""
+        """Whether the TURN server is reached over TLS."""
         self.turn_transport = turn_transport
-        """Always ``"udp"`` here."""
+        """``"udp"`` or ``"tcp"``: how the TURN server is reached."""
         self.remote_is_lite = False
         """Whether the peer is an ICE-lite agent (RFC 8445 §2.5); when it is, :meth:`connect`
         takes the controlling role if it was not given (RFC 8445 §6.1.1)."""
@@ -309,6 +303,8 @@ class Connection:
             turn_server=turn_server,
             turn_username=turn_username,
             turn_password=turn_password,
+            turn_transport=turn_transport.lower(),
+            turn_ssl=turn_ssl,
             use_ipv4=use_ipv4,
             use_ipv6=use_ipv6,
             local_username=local_username,

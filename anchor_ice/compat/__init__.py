@@ -55,7 +55,8 @@ AIOICE_MODULES = ("aioice", "aioice.ice", "aioice.candidate")
 """The modules :func:`install_aioice` puts in ``sys.modules`` (aiortc imports ``aioice``)."""
 
 _SHARED = {"ice_controlling", "components", "stun_server", "turn_server", "turn_username",
-           "turn_password", "use_ipv4", "use_ipv6", "local_username", "local_password"}
+           "turn_password", "turn_transport", "turn_ssl", "use_ipv4", "use_ipv6",
+           "local_username", "local_password"}
 ANCHOR_OPTIONS = frozenset(
     name for name, parameter in inspect.signature(AnchorConnection).parameters.items()
     if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in _SHARED
