@@ -36,6 +36,8 @@ EXPECTED: dict[str, str] = {
     r"0 allocations, 0 sockets left$",
     "serve_with_config.py": r"^anchor serve --config anchor-serve\.toml stopped: exit 0$",
     "anchor_check.py": r"^34 probes: .*; no MUST failed$",
+    "sans_io_stun.py": r"^mapped 203\.0\.113\.5:40000 at t=0\.540 \(rtt 0\.540 s from the first "
+    r"send, 1 retransmission\)$",
 }
 """The closing line each example prints on success (a regular expression)."""
 
