@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import channel, ice, sdp, stun, turn
+from . import channel, handshake, ice, sdp, stun, turn
 
 HARNESSES: dict[str, Callable[[bytes], None]] = {
     "stun_decode": stun.stun_decode,
@@ -17,5 +17,6 @@ HARNESSES: dict[str, Callable[[bytes], None]] = {
     "channel": channel.channel,
     "sdp": sdp.sdp,
     "ice_agent": ice.ice_agent,
+    "handshake": handshake.handshake,
 }
 """Every harness, in the order ``scripts/fuzz`` runs them."""

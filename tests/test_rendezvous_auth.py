@@ -158,8 +158,11 @@ def test_garbage_and_oversize_frames_from_one_client_leave_the_others_working() 
             a, b = await signalling.open("a"), await signalling.open("b")
             vandal = await signalling.open("vandal")
             ws = vandal._ws  # type: ignore[attr-defined]
+            deep = '{"op": "send", "to": "b", "body": {"x": ' + "[" * 60000 + "]" * 60000 + "}}"
             for frame in ("not json", "[1, 2]", json.dumps({"op": "launch"}),
-                          json.dumps({"op": "send", "to": 5, "body": []})):  # fmt: skip
+                          json.dumps({"op": "send", "to": 5, "body": []}),
+                          deep[: MAX_BODY - 16] if len(deep) > MAX_BODY - 16 else deep,
+                          "[" * 60000, b"\xff\xfe not utf-8"):  # fmt: skip
                 await ws.send(frame)
                 reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 assert reply["op"] == "error"

@@ -113,6 +113,7 @@ from anchor_ice.aio.connection import (
 from anchor_ice.aio.gather import TurnServerConfig
 from anchor_ice.nominator import Nominator
 from anchor_link.aio.signal import (
+    MAX_BODY,
     UNREACHABLE,
     Mailbox,
     Signalling,
@@ -147,6 +148,7 @@ from anchor_link.state import (
     PeerAuthenticationFailed,
 )
 from anchor_link.trust import PeerKeyMismatch, TrustPolicy
+from anchor_link.wirejson import loads_object
 from anchor_stun.errors import AnchorError, LocalProtocolError
 
 __all__ = [
@@ -971,12 +973,9 @@ def _noise(body: Mapping[str, Any]) -> bytes:
 def _description(payload: bytes) -> dict[str, Any]:
     """An ICE description from a handshake payload (raises :class:`_FormError`)."""
     try:
-        description = json.loads(payload)
-    except ValueError:
-        raise _FormError("malformed description from the peer (not JSON)") from None
-    if not isinstance(description, dict):
-        raise _FormError("malformed description from the peer (not an object)")
-    return description
+        return loads_object(payload, max_size=MAX_BODY, what="description")
+    except ValueError as exc:
+        raise _FormError(f"malformed description from the peer: {exc}") from None
 
 
 def __getattr__(name: str) -> Any:

@@ -85,6 +85,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from anchor_link.handshake import HandshakeFailed, NoiseHandshake, rendezvous_handshake
 from anchor_link.identity import Identity, IdentityError, format_public, parse_public
+from anchor_link.wirejson import loads_object
 from anchor_stun.errors import AnchorError
 from anchor_stun.events import Address
 
@@ -333,12 +334,12 @@ class WebSocketSignalling:
                 try:
                     hello = {"op": "hello", "name": name, "noise": _b64(handshake.write_message())}
                     await ws.send(json.dumps(hello))
-                    answer = json.loads(await ws.recv())
-                    if isinstance(answer, dict) and answer.get("op") == "challenge":
+                    answer = _json(await ws.recv())
+                    if answer.get("op") == "challenge":
                         handshake.read_message(_unb64(answer.get("noise")))
                         prove = {"op": "prove", "noise": _b64(handshake.write_message())}
                         await ws.send(json.dumps(prove))
-                        answer = json.loads(await ws.recv())
+                        answer = _json(await ws.recv())
                 except BaseException:
                     await ws.close()
                     raise
@@ -439,10 +440,8 @@ class _WebSocketMailbox:
                 await self._connection(ws)
                 continue
             try:
-                msg = json.loads(raw)
+                msg = _json(raw)
             except ValueError:
-                continue
-            if not isinstance(msg, dict):
                 continue
             op = msg.get("op")
             if op == "message" and isinstance(msg.get("from"), str) and isinstance(
@@ -676,11 +675,8 @@ class RendezvousServer:
 
 
 def _json(raw: str | bytes) -> dict[str, Any]:
-    """A JSON object from a frame (ValueError otherwise)."""
-    msg = json.loads(raw)
-    if not isinstance(msg, dict):
-        raise ValueError("not a JSON object")
-    return msg
+    """A JSON object from a frame, bounded before parsing (ValueError otherwise)."""
+    return loads_object(raw, max_size=MAX_BODY + 1024, what="frame")
 
 
 def _b64(data: bytes) -> str:
