@@ -42,7 +42,8 @@ Processing a message from a client, in this order:
 5. Send indication (§11.2): dropped without an allocation on the 5-tuple, without
    XOR-PEER-ADDRESS and DATA, with unknown comprehension-required attributes, for a peer of
    a family the allocation has no relay for, without a live permission for the peer's IP,
-   or to a forbidden destination (the allocation's own relayed address, a listener).
+   or to a forbidden destination (port 0, the allocation's own relayed address, one of the
+   server's own addresses).
    DONT-FRAGMENT without the ``dont_fragment`` capability is an unknown comprehension-required
    attribute: the indication is dropped (§11.2).
    Otherwise the DATA goes to the peer from the relayed address. Never refreshes a permission.
@@ -58,8 +59,8 @@ Processing a message from a client, in this order:
       the one this server sends and contain the chosen algorithm, or 400;
    d. unknown USERNAME, USERHASH with no owner, or another REALM: 401 (a new challenge);
    e. MESSAGE-INTEGRITY-SHA256 (when present, else MESSAGE-INTEGRITY) does not verify: 401;
-   f. NONCE not one this server issued to this client IP, or past its lifetime: 438 with a
-      fresh NONCE, REALM and PASSWORD-ALGORITHMS.
+   f. NONCE not one this server issued to this 5-tuple (transport, client IP and port,
+      listener), or past its lifetime: 438 with a fresh NONCE, REALM and PASSWORD-ALGORITHMS.
    Errors of steps a-f are unsigned; every later response, success or error, carries the
    integrity attribute the request used (MESSAGE-INTEGRITY-SHA256 truncated as the
    request's, or MESSAGE-INTEGRITY) computed with the same key (§9.2.4).
@@ -83,7 +84,7 @@ Processing a message from a client, in this order:
     - ChannelBind: CHANNEL-NUMBER or XOR-PEER-ADDRESS missing, a number outside
       0x4000-0x4FFF (0x4000-0x7FFF with ``rfc5766_channels``), a number bound to another
       peer or a peer bound to another number 400;
-      peer family 443; forbidden peer 403; over ``max_channels``/``max_permissions`` 508.
+      peer family 443; forbidden peer or port 0: 403; over ``max_channels``/``max_permissions`` 508.
       Success binds or refreshes the channel and installs or refreshes the permission.
 
 Every response carries SOFTWARE (when configured) and FINGERPRINT; Data indications carry
@@ -98,9 +99,13 @@ Decisions where the RFCs leave room
 -----------------------------------
 - Lifetime (§7.2, §8.2): ``max(default, min(requested, max))``; no LIFETIME gives the default.
 - Nonces are stateless: ``cookie | base64(expiry_ms | HMAC-SHA256(secret, cookie | expiry |
-  client IP)[:12])`` with a secret drawn from ``rng`` at start-up. A nonce is only valid from
-  the IP it was issued to (RFC 8489 §9.2 asks nonces not to be shared across clients); a
-  forged, foreign or expired nonce gets 438 (after the integrity check, as §9.2.4 orders).
+  5-tuple)[:12])`` with a secret drawn from ``rng`` at start-up (so a restart makes every
+  nonce stale: 438, and the client retries with the new one). The 5-tuple is the transport,
+  the client IP and port and the listener address: a nonce is only valid on the 5-tuple it
+  was issued to, as coturn binds it to the session (RFC 8489 §9.2 asks nonces not to be
+  shared across clients). A request captured and replayed byte for byte from another source
+  port (or over another transport) therefore gets 438 and creates nothing; a forged,
+  foreign or expired nonce gets 438 too (after the integrity check, as §9.2.4 orders).
 - When the nonce cookie announces algorithms but the request names none, RFC 8489 §9.2.4
   says MD5; this server then refuses with 400 if MD5 is not among ``password_algorithms``.
 - USERHASH is always accepted; the cookie advertises it only with ``username_anonymity``
@@ -109,9 +114,15 @@ Decisions where the RFCs leave room
   the peer does (§9): a channel never outlives its permission in effect. A client that keeps
   the channel bound refreshes the permission with each ChannelBind (§12.2).
 - Peer filter (§10.2, §11.2, §12.2 "MAY impose restrictions"; §21): by default loopback,
-  RFC 1918, unique-local, link-local, multicast, unspecified and broadcast addresses,
-  and their IPv4-mapped IPv6 forms, are refused; so are the allocation's own relayed
-  addresses and the server's listener addresses (loops). Relayed addresses of *other*
+  RFC 1918, carrier-grade NAT (100.64.0.0/10, where cloud metadata services live),
+  192.0.0.0/24, 198.18.0.0/15, 240.0.0.0/4, unique-local, site-local, 64:ff9b:1::/48,
+  link-local, multicast, unspecified and broadcast addresses, and their IPv4-mapped IPv6
+  forms, are refused (``allow_peers`` opens networks); so are the allocation's own relayed
+  addresses and the server's own addresses, "myself" (loops): every listener, and for a
+  wildcard listener every host address and external address the adapter declares
+  (:meth:`TurnServer.add_self_addresses`) and the whole loopback range on its port. A
+  ChannelBind to port 0 is refused (403) and a Send to port 0 dropped: no datagram can go
+  there; a CreatePermission ignores the port (§9). Relayed addresses of *other*
   allocations stay reachable: two clients of one server talking relay-to-relay is normal.
 - Dual allocations keep one lifetime per family: Refresh with REQUESTED-ADDRESS-FAMILY
   refreshes (or with LIFETIME 0 deletes) that family only (§8.1).
@@ -498,16 +509,21 @@ class RelayAllocator(Protocol):
 _DEFAULT_DENIED_V4 = (
     "0.0.0.0/8",  # unspecified / "this network"
     "10.0.0.0/8",  # RFC 1918
+    "100.64.0.0/10",  # shared address space, carrier-grade NAT (RFC 6598); cloud metadata
     "169.254.0.0/16",  # link-local
     "172.16.0.0/12",  # RFC 1918
+    "192.0.0.0/24",  # IETF protocol assignments (RFC 6890)
     "192.168.0.0/16",  # RFC 1918
+    "198.18.0.0/15",  # benchmarking (RFC 2544)
     "224.0.0.0/4",  # multicast
-    "255.255.255.255/32",  # limited broadcast
+    "240.0.0.0/4",  # reserved (RFC 1112), limited broadcast included
 )
 _DEFAULT_DENIED_V6 = (
     "::/128",  # unspecified
+    "64:ff9b:1::/48",  # local-use IPv4/IPv6 translation (RFC 8215)
     "fc00::/7",  # unique local (RFC 4193)
     "fe80::/10",  # link-local
+    "fec0::/10",  # site-local, deprecated (RFC 3879)
     "ff00::/8",  # multicast
 )
 _LOOPBACK = ("127.0.0.0/8", "::1/128")
@@ -519,8 +535,10 @@ class PeerFilter:
     """Which peer IPs a client may reach through the relay (RFC 8656 §10.2, §11.2, §12.2
     "MAY impose restrictions", §21.1 on relaying to private addresses).
 
-    Refused by default: loopback (unless ``allow_loopback``), RFC 1918, unique-local,
-    link-local, multicast, unspecified and broadcast addresses; an IPv6 address that carries
+    Refused by default: loopback (unless ``allow_loopback``), RFC 1918, carrier-grade NAT
+    (100.64.0.0/10), IETF protocol assignments (192.0.0.0/24), benchmarking (198.18.0.0/15),
+    reserved (240.0.0.0/4, with broadcast), unique-local, site-local (fec0::/10), local-use
+    NAT64 (64:ff9b:1::/48), link-local, multicast and unspecified addresses; an IPv6 address that carries
     an IPv4 address (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo: ``_embedded_ipv4``)
     is judged as that IPv4 address too. Networks in ``allow`` are
     accepted even inside those ranges (a lab, a VPN); networks in ``deny`` are refused as
@@ -741,6 +759,24 @@ def _canonical(addr: Address) -> Address:
     return (unpack_ip(family, packed), int(addr[1]))
 
 
+def _self_form(addr: Address) -> Address:
+    """The form addresses are compared in by the "myself" check: an IPv4-mapped IPv6
+    address becomes the IPv4 address it maps."""
+    ip = addr[0]
+    if ip.startswith("::ffff:"):
+        mapped = ipaddress.IPv6Address(ip).ipv4_mapped
+        if mapped is not None:
+            return (str(mapped), addr[1])
+    return addr
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
 def _is_ipv4(ip: str) -> bool:
     """True for an IPv4 address, and for an IPv4-mapped IPv6 one (a dual-stack listener's
     IPv4 client: its packets are IPv4 on the wire)."""
@@ -829,6 +865,8 @@ class TurnServer:
     - ``dont_fragment``: the adapter can send datagrams to peers with fragmentation forbidden
       (:class:`DontFragmentTransmit`); False makes DONT-FRAGMENT an unknown attribute
       (RFC 8656 §7.2 step 4, §11.2).
+    - ``self_addresses``: more (ip, port) addresses the server answers on, refused as peers
+      besides its listeners (see :meth:`add_self_addresses`).
 
     Raises :class:`LocalProtocolError` on a bad configuration.
     """
@@ -862,6 +900,7 @@ class TurnServer:
         unauthenticated_rate: float | None = UNAUTHENTICATED_RATE,
         unauthenticated_burst: int = UNAUTHENTICATED_BURST,
         dont_fragment: bool = True,
+        self_addresses: Iterable[Address] = (),
     ) -> None:
         if not 0 < default_lifetime <= max_lifetime <= 0xFFFFFFFF:
             raise LocalProtocolError("need 0 < default_lifetime <= max_lifetime")
@@ -956,8 +995,9 @@ class TurnServer:
         self._relays: dict[Address, _Relay] = {}
         self._per_user: dict[str, int] = {}
         self._listeners: set[Address] = set()
-        if stun is not None:
-            self._listeners.update(stun.local_addresses())
+        self._wildcard_ports: set[int] = set()
+        self.add_self_addresses(self.stun.local_addresses() if stun is not None else ())
+        self.add_self_addresses(self_addresses)
         self._heap: list[tuple[float, int, _Timed]] = []
         self._heap_compact_at = _HEAP_COMPACT_MIN
         self._seq = count()
@@ -1135,6 +1175,18 @@ class TurnServer:
         alloc = self._by_tuple.get((addr, local, transport))
         return alloc.relayed() if alloc is not None else ()
 
+    def add_self_addresses(self, addresses: Iterable[Address]) -> None:
+        """Declare addresses the server answers on (RFC 8656 §21: no relaying to itself): a
+        permission, ChannelBind or Send to one of them is refused. The adapter passes every
+        listener, and for a wildcard listener (0.0.0.0, ::) the host's addresses with its
+        port and any external address; a wildcard here also makes the whole loopback range
+        on that port "myself". Raises :class:`LocalProtocolError` for a malformed address."""
+        for addr in addresses:
+            ip, port = _canonical(addr)
+            if ip in ("0.0.0.0", "::"):
+                self._wildcard_ports.add(port)
+            self._listeners.add(_self_form((ip, port)))
+
     # ================================================================== client → peer data
 
     def _fast_send(
@@ -1219,7 +1271,7 @@ class TurnServer:
             stats.dropped += 1
             return
         relay = alloc.relays.get(permission.family)
-        if relay is None or relay.expires <= now or self._is_self(peer, alloc):
+        if relay is None or relay.expires <= now or peer[1] == 0 or self._is_self(peer, alloc):
             stats.dropped += 1
             return
         if dont_fragment and relay.dont_fragment:
@@ -1231,14 +1283,14 @@ class TurnServer:
         stats.to_peer_bytes += len(payload)
 
     def _is_self(self, peer: Address, alloc: _Allocation) -> bool:
-        """True for the allocation's own relayed addresses and the server's listeners, in
+        """True for the allocation's own relayed addresses and the server's own addresses
+        (:meth:`add_self_addresses`; any loopback IP on the port of a wildcard listener), in
         any textual form (an IPv4-mapped IPv6 address is the IPv4 address it maps)."""
-        ip = peer[0]
-        if ip.startswith("::ffff:"):
-            mapped = ipaddress.IPv6Address(ip).ipv4_mapped
-            if mapped is not None:
-                peer = (str(mapped), peer[1])
+        if peer[0].startswith("::ffff:"):
+            peer = _self_form(peer)
         if peer in self._listeners:
+            return True
+        if peer[1] in self._wildcard_ports and _is_loopback(peer[0]):
             return True
         return any(r.addr == peer for r in alloc.relays.values())
 
@@ -1286,7 +1338,8 @@ class TurnServer:
     ) -> None:
         """Decode and process a STUN message (steps 4-10 of the module docstring)."""
         stats = self.stats
-        self._listeners.add(local)
+        if local not in self._listeners:
+            self.add_self_addresses((local,))
         try:
             msg = Message.decode(data)
         except DecodeError as exc:
@@ -1442,7 +1495,7 @@ class TurnServer:
             self._events.append(AuthenticationFailedEvent(addr, username, 401))
             self._challenge(msg, ErrorCode.UNAUTHENTICATED, addr, local, now, transport)
             return None
-        if not self._nonce_valid(nonce.value, addr[0], now):
+        if not self._nonce_valid(nonce.value, addr, local, transport, now):
             self._challenge(msg, ErrorCode.STALE_NONCE, addr, local, now, transport)
             return None
         assert username is not None
@@ -1459,24 +1512,33 @@ class TurnServer:
         transport: TransportName,
     ) -> None:
         """401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4)."""
-        attrs: list[Attribute] = [Realm(self.realm), Nonce(self._make_nonce(addr[0], now))]
+        nonce = self._make_nonce(addr, local, transport, now)
+        attrs: list[Attribute] = [Realm(self.realm), Nonce(nonce)]
         if self._offered is not None:
             attrs.append(self._offered)
         self._send_error(msg, code, attrs, addr, local, None, now, transport)
 
-    def _make_nonce(self, ip: str, now: float) -> str:
-        """A stateless nonce bound to the client IP and an expiry (module docstring)."""
+    def _make_nonce(
+        self, addr: Address, local: Address, transport: TransportName, now: float
+    ) -> str:
+        """A stateless nonce bound to the 5-tuple and an expiry (module docstring)."""
         expiry_ms = min(max(0, int((now + self.nonce_lifetime) * 1000)), _MAX_EXPIRY_MS)
         expiry = _EXPIRY.pack(expiry_ms)[2:]
-        mac = self._nonce_mac(expiry, ip)
+        mac = self._nonce_mac(expiry, addr, local, transport)
         rest = base64.urlsafe_b64encode(expiry + mac).decode("ascii")
         return make_nonce(self._features, rest)
 
-    def _nonce_mac(self, expiry: bytes, ip: str) -> bytes:
-        text = b"".join((self._nonce_prefix.encode("ascii"), expiry, ip.encode("utf-8")))
-        return hmac.digest(self._secret, text, hashlib.sha256)[:12]
+    def _nonce_mac(
+        self, expiry: bytes, addr: Address, local: Address, transport: TransportName
+    ) -> bytes:
+        text = "|".join(
+            (self._nonce_prefix, transport, addr[0], str(addr[1]), local[0], str(local[1]))
+        ).encode("utf-8")
+        return hmac.digest(self._secret, expiry + text, hashlib.sha256)[:12]
 
-    def _nonce_valid(self, nonce: str, ip: str, now: float) -> bool:
+    def _nonce_valid(
+        self, nonce: str, addr: Address, local: Address, transport: TransportName, now: float
+    ) -> bool:
         prefix = self._nonce_prefix
         if not nonce.startswith(prefix):
             return False
@@ -1487,7 +1549,7 @@ class TurnServer:
         if len(raw) != 18:
             return False
         expiry, mac = raw[:6], raw[6:]
-        if not hmac.compare_digest(mac, self._nonce_mac(expiry, ip)):
+        if not hmac.compare_digest(mac, self._nonce_mac(expiry, addr, local, transport)):
             return False
         return now * 1000 < int.from_bytes(expiry, "big")
 
@@ -1690,6 +1752,11 @@ class TurnServer:
     def _forbidden(self, peer: XorPeerAddress, alloc: _Allocation) -> bool:
         return not self.peer_filter(peer.ip) or self._is_self(peer.address, alloc)
 
+    def _forbidden_channel(self, peer: XorPeerAddress, alloc: _Allocation) -> bool:
+        """:meth:`_forbidden`, and port 0, where no datagram can go (a channel names a
+        transport address; a permission names only an IP, RFC 8656 §9)."""
+        return peer.port == 0 or self._forbidden(peer, alloc)
+
     def _create_permission(self, msg: Message, alloc: _Allocation, now: float) -> list[Attribute]:
         """RFC 8656 §10.2: all the peers are checked before any permission is installed."""
         peers = msg.get_all(XorPeerAddress)
@@ -1737,7 +1804,7 @@ class TurnServer:
         if other is not None and other.number != number:
             raise _Reject(ErrorCode.BAD_REQUEST)
         family = self._check_peer(peer, alloc)
-        if self._forbidden(peer, alloc):
+        if self._forbidden_channel(peer, alloc):
             raise _Reject(ErrorCode.FORBIDDEN)
         if channel is None and len(alloc.channels) >= self.max_channels:
             raise _Reject(ErrorCode.INSUFFICIENT_CAPACITY)

@@ -20,6 +20,7 @@ credentials get (the RFC answer, and no state change). Figures asserted here:
 from __future__ import annotations
 
 import gc
+import ipaddress
 import tracemalloc
 from dataclasses import dataclass, field
 
@@ -46,7 +47,12 @@ from anchor_stun.message import Message, MessageClass, Method
 from anchor_stun.server import StunServer
 from anchor_turn.auth import RestSecret, StaticUsers
 from anchor_turn.channeldata import encode_channel_data
-from anchor_turn.server import UNAUTHENTICATED_BURST, UNAUTHENTICATED_RATE, TurnServer
+from anchor_turn.server import (
+    UNAUTHENTICATED_BURST,
+    UNAUTHENTICATED_RATE,
+    PeerFilter,
+    TurnServer,
+)
 
 REALM = "example.org"
 LISTEN: Address = ("192.0.2.1", 3478)
@@ -366,6 +372,34 @@ FORBIDDEN = [
     ("239.255.255.250", "multicast (SSDP)"),
     ("ff02::1", "multicast"),
     ("255.255.255.255", "broadcast"),
+    # issue 24: ranges the first filter let through
+    ("100.64.0.1", "carrier-grade NAT (RFC 6598)"),
+    ("100.100.100.200", "carrier-grade NAT: a cloud metadata service"),
+    ("100.127.255.254", "carrier-grade NAT, top"),
+    ("192.0.0.1", "IETF protocol assignments (RFC 6890)"),
+    ("192.0.0.170", "IETF protocol assignments: NAT64 discovery"),
+    ("198.18.0.1", "benchmarking (RFC 2544)"),
+    ("198.19.255.254", "benchmarking, top"),
+    ("240.0.0.1", "reserved (RFC 1112)"),
+    ("254.255.255.255", "reserved, top"),
+    ("fec0::1", "site-local (RFC 3879)"),
+    ("feff:ffff::1", "site-local, top"),
+    ("64:ff9b:1::1", "local-use NAT64 (RFC 8215)"),
+    ("64:ff9b:1:ffff::1", "local-use NAT64, top"),
+    ("::ffff:100.100.100.200", "IPv4-mapped carrier-grade NAT"),
+    ("64:ff9b::6464:64c8", "NAT64 well-known prefix of 100.100.100.200"),
+]
+
+ALLOWED_NEIGHBOURS = [
+    "100.63.255.255",  # just below 100.64.0.0/10
+    "100.128.0.0",  # just above it
+    "192.0.1.1",  # just above 192.0.0.0/24
+    "198.17.255.255",  # just below 198.18.0.0/15
+    "198.20.0.0",  # just above it
+    "fe00::1",  # below fe80::/10 and above fc00::/7: not a special range
+    "64:ff9b:2::1",  # just above 64:ff9b:1::/48
+    "2001:db8::1",
+    "8.8.8.8",
 ]
 
 EMBEDDED_IPV4 = [
@@ -396,6 +430,60 @@ def _forbidden_everywhere(server: TurnServer, client: Client, ip: str, channel: 
     assert client.send(send.encode(fingerprint=True)) == []
     assert client.send(send.encode()) == []  # the codec path too
     assert client.send(encode_channel_data(channel, b"x")) == []
+
+
+DEFAULT_DENIED = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "64:ff9b:1::/48",
+    "fc00::/7",
+    "fe80::/10",
+    "fec0::/10",
+    "ff00::/8",
+]
+"""Every range the default peer filter refuses (issue 24 must-show 5)."""
+
+
+@pytest.mark.parametrize("network", DEFAULT_DENIED)
+def test_peer_filter_table_every_default_range(network: str) -> None:
+    """First, last and middle address of each range refused by default; the neighbours
+    just outside are not; ``allow`` (``anchor serve --allow-peer``) opens the range."""
+    net = ipaddress.ip_network(network)
+    inside = {net[0], net[-1], net[net.num_addresses // 2]}
+    default = PeerFilter()
+    for addr in inside:
+        assert not default(str(addr)), addr
+    for outside in (int(net[0]) - 1, int(net[-1]) + 1):
+        if 0 <= outside < (1 << net.max_prefixlen):
+            neighbour = ipaddress.ip_address(outside) if net.version == 4 else (
+                ipaddress.IPv6Address(outside)
+            )
+            embeds_ipv4 = isinstance(neighbour, ipaddress.IPv6Address) and (
+                neighbour in ipaddress.ip_network("::/96") or neighbour.ipv4_mapped is not None
+            )
+            if not embeds_ipv4 and not any(
+                neighbour in ipaddress.ip_network(n) for n in DEFAULT_DENIED
+            ):
+                assert default(str(neighbour)), neighbour
+    opened = PeerFilter(allow=[network], allow_loopback=True)
+    for addr in inside:
+        assert opened(str(addr)), addr
+
+
+@pytest.mark.parametrize("ip", ALLOWED_NEIGHBOURS)
+def test_peer_filter_lets_public_neighbours_through(ip: str) -> None:
+    assert PeerFilter()(ip)
 
 
 @pytest.mark.parametrize(("ip", "why"), FORBIDDEN, ids=[f[0] for f in FORBIDDEN])
@@ -441,6 +529,73 @@ def test_own_relay_and_listener_are_refused() -> None:
         [XorPeerAddress(RELAY_IP4, 50007), Data(b"to another relay")],
     )
     assert len(client.send(ind.encode(fingerprint=True))) == 1
+
+
+def test_wildcard_listener_is_myself_on_every_host_address() -> None:
+    """issue 24 must-show 3, in the core: with a wildcard listener (0.0.0.0:3478) the
+    "myself" check covers every address the adapter declares (host addresses, an external
+    address) and the whole loopback range on the listener's port, so permission, ChannelBind
+    and Send to them are refused even with every peer allowed by the filter."""
+    wildcard: Address = ("0.0.0.0", 3478)
+    host, external = "203.0.113.1", "198.51.100.99"
+    server, _ = make_server(
+        stun=StunServer(primary=wildcard),
+        allow_peers=["0.0.0.0/0", "::/0"],
+        self_addresses=[(host, 3478), (external, 3478), ("2001:db8::1", 3478)],
+    )
+    client = Client(server)
+
+    # Clients reach the wildcard listener: the core is told ``local`` = 0.0.0.0:3478.
+    def send(data: bytes) -> list[Transmit]:
+        server.receive_datagram(data, client.addr, wildcard, T0)
+        return server.datagrams_to_send(T0)
+
+    def exchange(method: int, *attrs: Attribute) -> Message:
+        if not client.creds.ready:
+            req = Message(
+                Method.ALLOCATE, MessageClass.REQUEST, client.tid(), [RequestedTransport()]
+            )
+            (out,) = send(req.encode())
+            client.creds.challenge(Message.decode(out.data))
+        data = client.creds.sign(Message(method, MessageClass.REQUEST, client.tid(), list(attrs)))
+        (out,) = send(data)
+        return Message.decode(out.data)
+
+    assert code(exchange(Method.ALLOCATE, RequestedTransport(), AdditionalAddressFamily())) is None
+    selves = [
+        (host, 3478),
+        (external, 3478),
+        ("127.0.0.1", 3478),
+        ("127.1.2.3", 3478),
+        ("::ffff:" + host, 3478),
+        ("2001:db8::1", 3478),
+        ("::1", 3478),
+    ]
+    for n, peer in enumerate(selves):
+        assert code(exchange(Method.CREATE_PERMISSION, XorPeerAddress(*peer))) == 403, peer
+        bind = exchange(Method.CHANNEL_BIND, ChannelNumber(0x4000 + n), XorPeerAddress(*peer))
+        assert code(bind) == 403, peer
+    # A permission for the host IP on another port (relay to relay) is fine, but a Send
+    # to the listener port of that IP is not relayed.
+    assert code(exchange(Method.CREATE_PERMISSION, XorPeerAddress(host, 50000))) is None
+    for peer in ((host, 3478), ("::ffff:" + host, 3478), (host, 0)):
+        ind = Message(
+            Method.SEND, MessageClass.INDICATION, client.tid(), [XorPeerAddress(*peer), Data(b"x")]
+        )
+        assert send(ind.encode(fingerprint=True)) == [], peer
+        assert send(ind.encode()) == [], peer
+    ind = Message(
+        Method.SEND,
+        MessageClass.INDICATION,
+        client.tid(),
+        [XorPeerAddress(host, 50000), Data(b"x")],
+    )
+    assert len(send(ind.encode(fingerprint=True))) == 1
+    # Another port of loopback, or a channel to port 0: not myself / refused.
+    port_zero = XorPeerAddress(host, 0)
+    assert code(exchange(Method.CHANNEL_BIND, ChannelNumber(0x4100), port_zero)) == 403
+    other_port = XorPeerAddress("127.0.0.1", 3479)
+    assert code(exchange(Method.CHANNEL_BIND, ChannelNumber(0x4101), other_port)) is None
 
 
 def test_mapped_form_of_own_listener_is_refused() -> None:
@@ -698,7 +853,8 @@ def test_bad_credentials_and_wrong_integrity_get_401_and_change_nothing() -> Non
 
 
 def test_replayed_requests_get_the_rfc_answer_and_change_nothing() -> None:
-    server, _ = make_server(nonce_lifetime=600)
+    # No rate limit: every replay below must get its (unsigned) answer to be checked.
+    server, _ = make_server(nonce_lifetime=600, unauthenticated_rate=None)
     client = Client(server)
     allocate = client.signed(Method.ALLOCATE, RequestedTransport())
     first = client.exchange(allocate)
@@ -719,14 +875,24 @@ def test_replayed_requests_get_the_rfc_answer_and_change_nothing() -> None:
     )
     assert code(client.exchange(other, T0 + 5)) == 437
     assert state(server) == before
-    # From another IP (a spoofed source): the nonce is bound to the IP, 438.
+    # From another IP (a spoofed source): the nonce is bound to the 5-tuple, 438.
     for data in (allocate, permission, refresh):
         assert code(client.exchange(data, T0 + 10, addr=CLIENT2)) == 438
     assert state(server) == before and server.allocation_count() == 1
-    # From the same IP, another port (another 5-tuple): no allocation there, 437.
-    for data in (permission, refresh):
-        assert code(client.exchange(data, T0 + 10, addr=(CLIENT[0], 1))) == 437
-    assert state(server) == before
+    # From the same IP, another port (another 5-tuple), from 200 ports: 438 every time and
+    # no allocation (issue 24: the nonce used to be bound to the IP only).
+    for port in range(1, 201):
+        for data in (allocate, permission, refresh):
+            assert code(client.exchange(data, T0 + 10, addr=(CLIENT[0], port))) == 438
+    # Over another transport from the same address, or to another listener: 438 too.
+    out = client.server
+    out.receive_datagram(allocate, CLIENT, LISTEN, T0 + 10, transport="tcp")
+    (tcp,) = out.datagrams_to_send(T0 + 10)
+    assert code(Message.decode(tcp.data)) == 438
+    out.receive_datagram(allocate, CLIENT, (LISTEN[0], 3479), T0 + 10)
+    (other_listener,) = out.datagrams_to_send(T0 + 10)
+    assert code(Message.decode(other_listener.data)) == 438
+    assert state(server) == before and server.allocation_count() == 1
     # Later, once the nonce has expired: 438, nothing refreshed.
     later = T0 + 601
     server.handle_timer(later)
