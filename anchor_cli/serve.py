@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import signal
 import socket
@@ -66,8 +67,12 @@ from anchor_stun.server import ServerStats, StunServer
 from anchor_turn.aio.server import (
     DEFAULT_MAX_PORT,
     DEFAULT_MIN_PORT,
+    LoopErrorFilter,
+    StreamLimits,
     TurnServerRunner,
     UdpRelayAllocator,
+    raise_nofile_limit,
+    resource_budget,
 )
 from anchor_turn.auth import ChainedBackend, CredentialBackend, RestSecret, SqliteUsers, StaticUsers
 from anchor_turn.server import DEFAULT_NONCE_LIFETIME, TurnServer, TurnServerEvent
@@ -123,6 +128,8 @@ class _Option:
         return self.name.replace("-", "_")
 
 
+_LIMITS = StreamLimits()
+
 OPTIONS: tuple[_Option, ...] = (
     _Option("listen", "list", "address to serve on (repeatable; default 0.0.0.0:3478)",
             "IP:PORT"),
@@ -146,8 +153,23 @@ OPTIONS: tuple[_Option, ...] = (
             "listen IP, and the IPv6 listen IP or ::1 beside a loopback listen)", "IP"),
     _Option("min-port", "int", f"lowest relayed port (default {DEFAULT_MIN_PORT})", "PORT"),
     _Option("max-port", "int", f"highest relayed port (default {DEFAULT_MAX_PORT})", "PORT"),
-    _Option("user-quota", "int", "allocations allowed per username (486 beyond)", "N"),
-    _Option("total-quota", "int", "allocations allowed in all (486 beyond)", "N"),
+    _Option("user-quota", "int", "allocations allowed per username (486 beyond; default a "
+            "quarter of --total-quota)", "N"),
+    _Option("total-quota", "int", "allocations allowed in all (486 beyond; default what the "
+            "file-descriptor limit can hold)", "N"),
+    _Option("max-connections", "int", "TCP/TLS connections at once (default three eighths of "
+            "the file-descriptor limit)", "N"),
+    _Option("max-connections-per-source", "int", "TCP/TLS connections at once from one IP "
+            f"(default {_LIMITS.max_per_source})", "N"),
+    _Option("first-request-timeout", "float", "seconds a TCP/TLS connection has to send its "
+            f"first request (default {_LIMITS.first_request_timeout:g})", "SECONDS"),
+    _Option("idle-timeout", "float", "seconds before an idle TCP/TLS connection without an "
+            f"allocation is closed (default {_LIMITS.idle_timeout:g})", "SECONDS"),
+    _Option("partial-frame-timeout", "float", "seconds a TCP/TLS frame may stay incomplete "
+            f"(default {_LIMITS.partial_frame_timeout:g})", "SECONDS"),
+    _Option("stream-request-rate", "float", "STUN requests per second per TCP/TLS connection "
+            f"(default {_LIMITS.request_rate:g}, after a burst of "
+            f"{_LIMITS.request_burst})", "N"),
     _Option("rfc5766-channels", "flag", "accept channel numbers 0x4000-0x7FFF (RFC 5766) and "
             "not only RFC 8656's 0x4000-0x4FFF: coturn's turnutils_uclient needs it"),
     _Option("nonce-lifetime", "float", "seconds a NONCE stays valid before 438 (default "
@@ -221,9 +243,11 @@ class ServeConfig:
     max_port: int = DEFAULT_MAX_PORT
     """Highest relayed port."""
     user_quota: int | None = None
-    """Allocations per username."""
+    """Allocations per username (None: a quarter of the total quota)."""
     total_quota: int | None = None
-    """Allocations in all."""
+    """Allocations in all (None: from the file-descriptor limit)."""
+    limits: StreamLimits = field(default_factory=StreamLimits)
+    """Bounds of the TCP/TLS connections."""
     nonce_lifetime: float = DEFAULT_NONCE_LIFETIME
     """NONCE validity, seconds."""
     rfc5766_channels: bool = False
@@ -432,6 +456,26 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         raise ServeError(f"--min-port {cfg.min_port} is above --max-port {cfg.max_port}")
     cfg.user_quota = _int("user-quota", given["user_quota"], 1, 1 << 31)
     cfg.total_quota = _int("total-quota", given["total_quota"], 1, 1 << 31)
+    defaults = StreamLimits()
+    cfg.limits = StreamLimits(
+        max_connections=_int("max-connections", given["max_connections"], 1, 1 << 24),
+        max_per_source=_int(
+            "max-connections-per-source", given["max_connections_per_source"], 1, 1 << 24
+        )
+        or defaults.max_per_source,
+        first_request_timeout=_float("first-request-timeout", given["first_request_timeout"])
+        or defaults.first_request_timeout,
+        handshake_timeout=min(
+            defaults.handshake_timeout,
+            _float("first-request-timeout", given["first_request_timeout"])
+            or defaults.handshake_timeout,
+        ),
+        idle_timeout=_float("idle-timeout", given["idle_timeout"]) or defaults.idle_timeout,
+        partial_frame_timeout=_float("partial-frame-timeout", given["partial_frame_timeout"])
+        or defaults.partial_frame_timeout,
+        request_rate=_float("stream-request-rate", given["stream_request_rate"])
+        or defaults.request_rate,
+    )
     cfg.nonce_lifetime = _float("nonce-lifetime", given["nonce_lifetime"]) or (
         DEFAULT_NONCE_LIFETIME
     )
@@ -462,6 +506,7 @@ def _stats_collector(
     turn: Callable[[], TurnServer | None],
     stun: Callable[[], Sequence[ServerStats]],
     runner: Callable[[], TurnServerRunner | None],
+    errors: LoopErrorFilter | None = None,
 ) -> Any:
     """A prometheus-client collector reading the cores' counters at scrape time."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -506,11 +551,39 @@ def _stats_collector(
                 size.add_metric(["to_peer"], s.to_peer_bytes)
                 size.add_metric(["to_client"], s.to_client_bytes)
                 yield size
+                yield CounterMetricFamily(
+                    "anchor_turn_rate_limited",
+                    "unsigned answers not sent: the source prefix was over its budget",
+                    value=s.rate_limited,
+                )
             run = runner()
             if run is not None:
                 yield CounterMetricFamily(
                     "anchor_turn_send_dropped", "datagrams dropped because a socket was full",
                     value=run.send_dropped,
+                )
+                yield GaugeMetricFamily(
+                    "anchor_turn_stream_connections", "TCP/TLS connections held",
+                    value=run.connection_count(),
+                )
+                shed = CounterMetricFamily(
+                    "anchor_turn_stream_shed",
+                    "TCP/TLS connections (or requests, for request_rate) shed, by reason",
+                    labels=["reason"],
+                )
+                for reason, count in run.shed.items():
+                    shed.add_metric([reason], count)
+                yield shed
+                yield CounterMetricFamily(
+                    "anchor_turn_relay_resource_errors",
+                    "relay sockets not opened for lack of file descriptors (508)",
+                    value=run.allocator.resource_errors,
+                )
+            if errors is not None:
+                yield CounterMetricFamily(
+                    "anchor_resource_errors",
+                    "accept() and other failures for lack of file descriptors or buffers",
+                    value=errors.resource_errors,
                 )
             stats = list(stun())
             if stats:
@@ -666,6 +739,14 @@ def _print_event(event: TurnServerEvent) -> None:
 
 async def _serve(cfg: ServeConfig, software: str) -> None:
     loop = asyncio.get_running_loop()
+    errors = LoopErrorFilter()
+    errors.install(loop)
+    connections, allocations = resource_budget(raise_nofile_limit())
+    total_quota = cfg.total_quota or allocations
+    user_quota = cfg.user_quota or max(1, total_quota // 4)
+    limits = cfg.limits
+    if limits.max_connections is None:
+        limits = dataclasses.replace(limits, max_connections=connections)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -694,8 +775,8 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     stun=stun,
                     software=software,
                     nonce_lifetime=cfg.nonce_lifetime,
-                    user_quota=cfg.user_quota,
-                    total_quota=cfg.total_quota,
+                    user_quota=user_quota,
+                    total_quota=total_quota,
                     address_families=tuple(Family(f) for f in allocator.families),
                     allow_loopback_peers=cfg.allow_loopback_peers,
                     allow_peers=cfg.allow_peers,
@@ -708,6 +789,7 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     tls=[cfg.tls_address] if cfg.tls_address and cfg.tls_context else (),
                     tls_context=cfg.tls_context,
                     on_event=_print_event if cfg.verbose else None,
+                    limits=limits,
                 )
             except LocalProtocolError as exc:
                 raise ServeError(str(exc)) from exc
@@ -745,6 +827,7 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     lambda: final_turn.core if final_turn is not None else None,
                     lambda: [r.core.stats for r in stun_runners] or [stun.stats],
                     lambda: final_turn,
+                    errors,
                 )
             )
             closers.append(exporter.close)
@@ -756,6 +839,8 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     f"cannot serve metrics on {format_address(cfg.metrics)}: {exc}"
                 ) from exc
             lines.append(f"metrics http {format_address(bound)}")
+            if turn_runner is not None:
+                turn_runner.protect([bound])
         if cfg.signal is not None:
             service = RendezvousServer(cfg.signal[0], cfg.signal[1])
             closers.append(service.close)
@@ -767,6 +852,8 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     f"cannot serve the rendezvous on {format_address(cfg.signal)}: {exc}"
                 ) from exc
             lines.append(f"listening ws {format_address(bound)}")
+            if turn_runner is not None:
+                turn_runner.protect([bound])
         for line in lines:
             print(line, flush=True)
         await stop.wait()
