@@ -61,6 +61,7 @@ from anchor_stun.aio.net import (
     route_local_ip,
 )
 from anchor_stun.attributes import Family
+from anchor_stun.budget import AnswerBudget
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address
 from anchor_stun.server import ServerStats, StunServer
@@ -592,6 +593,8 @@ def _stats_collector(
                     ("binding_answered", "Binding requests answered", "answered"),
                     ("error_responses", "STUN error responses sent", "errors_sent"),
                     ("dropped", "STUN datagrams dropped", "dropped_malformed"),
+                    ("rate_limited", "STUN answers not sent: the source prefix was over its "
+                     "budget", "rate_limited"),
                 ):
                     value = sum(int(getattr(st, attr)) for st in stats)
                     yield CounterMetricFamily(f"anchor_stun_{name}", doc, value=value)
@@ -758,8 +761,11 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
     dbs: list[SqliteUsers] = []
     lines: list[str] = []
     try:
+        budget = AnswerBudget()  # every STUN core's, in STUN-only mode (TURN: the core's)
         try:
-            stun = StunServer(primary=cfg.listen[0], other=cfg.alt, software=software)
+            stun = StunServer(
+                primary=cfg.listen[0], other=cfg.alt, software=software, budget=budget
+            )
         except LocalProtocolError as exc:
             raise ServeError(str(exc)) from exc
         if cfg.turn:
@@ -803,7 +809,11 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                 lines.append(f"listening {kind} {format_address(addr)}")
         else:
             for index, primary in enumerate(cfg.listen):
-                core_stun = stun if index == 0 else StunServer(primary=primary, software=software)
+                core_stun = (
+                    stun
+                    if index == 0
+                    else StunServer(primary=primary, software=software, budget=budget)
+                )
                 runner = StunServerRunner(core_stun)
                 stun_runners.append(runner)
                 closers.append(runner.close)

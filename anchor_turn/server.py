@@ -142,15 +142,18 @@ Decisions where the RFCs leave room
 - 508 when a CreatePermission/ChannelBind would exceed the per-allocation limits.
 - A TCP/TLS allocation also ends when the adapter reports the connection closed
   (:meth:`TurnServer.connection_closed`).
-- Unsigned answers over UDP (the 401 and 438 challenges, 400s, Binding responses: all an
-  unauthenticated source can get) are rate-limited per source IP with a token bucket,
-  ``unauthenticated_rate`` per second after a burst of ``unauthenticated_burst`` (20/s after
-  50 by default; ``None`` turns it off); over the limit the request is dropped and counted in
-  ``stats.rate_limited``. A reflected 401 is 6.8 times a minimal request: the bucket caps
-  what one victim IP can be sent. A bucket is kept only while it is not full again (2.5 s
-  at the defaults) and for at most 65,536 source IPs (the least recently used goes first), so
-  a flood from many sources cannot grow memory. TCP and TLS are not limited:
-  their handshakes prove the source, and a client there does not retransmit.
+- Unsigned answers over UDP (the 401 and 438 challenges, 400s, 420s, Binding responses:
+  all an unauthenticated source can get) are charged to the source's prefix (IPv4 /24,
+  IPv6 /64) in an :class:`~anchor_stun.budget.AnswerBudget` shared with the STUN core:
+  ``unauthenticated_rate`` answers per second after a burst of ``unauthenticated_burst``
+  (20/s after 50 by default; ``None`` turns the budget off), and never more than 3 times
+  the bytes the prefix sent beyond a 4 KiB allowance that grows back at 6.8 B/s (a 401 is
+  6.8 times a minimal request: a flood of them is answered at most 3 times over). Over the
+  budget the request is dropped and counted in ``stats.rate_limited``
+  (``stun.stats.rate_limited`` for Binding). A signed exchange earns its prefix credit.
+  The budget forgets a prefix once it is as good as new and keeps at most 65,536 (the
+  least recently used goes first), so a flood from many sources cannot grow memory. TCP and TLS are not charged: their
+  handshakes prove the source, and the runner bounds connections and their request rate.
 """
 
 from __future__ import annotations
@@ -162,7 +165,7 @@ import ipaddress
 import os
 import struct
 import zlib
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
@@ -201,6 +204,7 @@ from anchor_stun.attributes import (
     pack_ip,
     unpack_ip,
 )
+from anchor_stun.budget import ANSWER_BURST, ANSWER_RATE, AnswerBudget
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address, Transmit
 from anchor_stun.integrity import SecurityFeatures, make_nonce, nonce_features
@@ -251,11 +255,10 @@ DEFAULT_PERMISSION_LIFETIME = 300  # RFC 8656 §9 (MUST be 300 s)
 DEFAULT_CHANNEL_LIFETIME = 600  # RFC 8656 §12 (10 minutes)
 DEFAULT_NONCE_LIFETIME = 600  # RFC 8489 §9.2 leaves it to the server
 RESERVATION_TOKEN_SIZE = 8  # RFC 8656 §18.9
-UNAUTHENTICATED_RATE = 20.0
-"""Unsigned answers per second per source IP over UDP, after the burst (issue 9)."""
-UNAUTHENTICATED_BURST = 50
-"""Unsigned answers a source IP may get at once before the rate applies (issue 9)."""
-_RATE_SOURCES = 65536  # source IPs with a token bucket; the least recently used goes first
+UNAUTHENTICATED_RATE = ANSWER_RATE
+"""Unsigned answers per second per source prefix over UDP, after the burst (issue 9, 24)."""
+UNAUTHENTICATED_BURST = ANSWER_BURST
+"""Unsigned answers a source prefix may get at once before the rate applies (issue 9, 24)."""
 
 _HEAD3 = struct.Struct("!HHI")
 _HEADER = struct.Struct("!HHI12s")
@@ -792,47 +795,6 @@ def _reflexive(addr: Address) -> XorMappedAddress:
     return XorMappedAddress(addr[0], addr[1])
 
 
-class _SourceLimiter:
-    """A token bucket per source IP (the rate limit of unsigned answers, issue 9).
-
-    The table is ordered by last use. A bucket unused for ``burst / rate`` seconds is full
-    again, as good as none, so it is forgotten: the table holds the sources of the last few
-    seconds, and never more than :data:`_RATE_SOURCES` (the least recently used goes first).
-    """
-
-    __slots__ = ("_buckets", "_refill", "burst", "rate")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self._refill = burst / rate
-        # ip -> (tokens, time of last use), least recently used first
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def allow(self, ip: str, now: float) -> bool:
-        """Take a token for ``ip`` if it has one."""
-        buckets = self._buckets
-        bucket = buckets.get(ip)
-        if bucket is None:
-            tokens = self.burst
-        else:
-            tokens, last = bucket
-            if now > last:
-                tokens = min(self.burst, tokens + (now - last) * self.rate)
-            buckets.move_to_end(ip)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        buckets[ip] = (tokens, now)
-        refill = self._refill
-        while len(buckets) > _RATE_SOURCES or now - next(iter(buckets.values()))[1] >= refill:
-            buckets.popitem(last=False)  # full again (or one too many): forget it
-        return allowed
-
-
 # --------------------------------------------------------------------------- the core
 
 
@@ -1004,11 +966,14 @@ class TurnServer:
         self._out: list[Transmit] = []
         self._events: deque[TurnServerEvent] = deque(maxlen=max_events)
         self._peer_tlvs: dict[Address, bytes] = {}
-        self._limiter = (
-            _SourceLimiter(unauthenticated_rate, unauthenticated_burst)
+        self.budget: AnswerBudget | None = (
+            AnswerBudget(rate=unauthenticated_rate, burst=unauthenticated_burst)
             if unauthenticated_rate is not None
             else None
         )
+        """The per-prefix budget of unsigned answers over UDP (:mod:`anchor_stun.budget`),
+        shared with the STUN core, or None."""
+        self.stun.budget = self.budget
 
     # ================================================================== driver surface
 
@@ -1060,7 +1025,7 @@ class TurnServer:
             return
         if decode_type(msg_type)[0] == _BINDING_METHOD:
             out = self.stun.handle(data, addr, local, now, stream=transport != "udp")
-            if out is not None and self._may_answer(addr, now, transport):
+            if out is not None:  # the STUN core charged it to the shared budget
                 self._out.append(out)
             return
         self._stun_general(data, addr, local, transport, now)
@@ -1349,7 +1314,7 @@ class TurnServer:
                 stats.dropped += 1
                 return
             stats.requests += 1
-            request = Message(method, klass, bytes(tid))
+            request = Message(method, klass, bytes(tid), raw=data)
             self._send_error(request, ErrorCode.BAD_REQUEST, (), addr, local, None, now, transport)
             return
         if msg.fingerprint is not None and not msg.verify_fingerprint():
@@ -1405,6 +1370,8 @@ class TurnServer:
         auth = self._authenticate(msg, addr, local, now, transport)
         if auth is None:
             return
+        if self.budget is not None and transport == "udp":
+            self.budget.earn(addr[0], len(data), now)  # a signed exchange: the prefix earns
         unknown = self._unknown(msg)
         try:
             if unknown:
@@ -1555,11 +1522,14 @@ class TurnServer:
 
     # ------------------------------------------------------------------ responses
 
-    def _may_answer(self, addr: Address, now: float, transport: TransportName) -> bool:
-        """Whether an unsigned answer may go to ``addr`` now (the per-source rate limit of
-        the module docstring); counts the ones that may not."""
-        limiter = self._limiter
-        if limiter is None or transport != "udp" or limiter.allow(addr[0], now):
+    def _may_answer(
+        self, addr: Address, request: int, answer: int, now: float, transport: TransportName
+    ) -> bool:
+        """Whether an unsigned answer of ``answer`` bytes to a request of ``request`` bytes
+        may go to ``addr`` now (the per-prefix budget of the module docstring); counts the
+        ones that may not."""
+        budget = self.budget
+        if budget is None or transport != "udp" or budget.charge(addr[0], request, answer, now):
             return True
         self.stats.rate_limited += 1
         return False
@@ -1587,12 +1557,15 @@ class TurnServer:
         transport: TransportName,
     ) -> None:
         """Queue an error response (RFC 8489 §6.3.1.1), signed when ``auth`` is given;
-        an unsigned one only within the source's rate (:meth:`_may_answer`)."""
-        if auth is None and not self._may_answer(addr, now, transport):
-            return
+        an unsigned one only within the source's budget (:meth:`_may_answer`)."""
         response = request.error_response(int(code), code.reason, attrs)
+        data = self._encode(response, auth)
+        if auth is None and not self._may_answer(
+            addr, len(request.raw) or HEADER_SIZE, len(data), now, transport
+        ):
+            return
         self.stats.errors_sent += 1
-        self._out.append(Transmit(self._encode(response, auth), addr, local))
+        self._out.append(Transmit(data, addr, local))
 
     # ------------------------------------------------------------------ Allocate
 
