@@ -30,6 +30,7 @@ from anchor_stun.attributes import (
     ChannelNumber,
     Data,
     Lifetime,
+    RawAttribute,
     RequestedTransport,
     XorPeerAddress,
     XorRelayedAddress,
@@ -97,7 +98,10 @@ class Server:
 
 @contextlib.contextmanager
 def serve(
-    *extra: str, tls: tuple[Path, Path] | None = None, listen: str = "127.0.0.1"
+    *extra: str,
+    tls: tuple[Path, Path] | None = None,
+    listen: str = "127.0.0.1",
+    turn: bool = True,
 ) -> Iterator[Server]:
     port = free_port("both")
     metrics_port = free_port("tcp")
@@ -107,14 +111,13 @@ def serve(
         "--first-request-timeout", "2", "--partial-frame-timeout", "2", "--idle-timeout", "5",
         "--relay-ip", "127.0.0.1",
     ]  # fmt: skip
-    for user in USERS:
+    for user in USERS if turn else ():
         args += ["--user", user]
     tls_port = None
     if tls is not None:
         tls_port = free_port("tcp")
         args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         args += ["--tls-listen", f"127.0.0.1:{tls_port}"]
-    expect = 3 if tls is not None else 2
     with tempfile.NamedTemporaryFile("w+", suffix=".stderr", delete=False) as err:
         stderr = Path(err.name)
     with stderr.open("w") as err_file:
@@ -129,12 +132,14 @@ def serve(
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 20
-        while len(server.lines) < expect:
+        while True:  # the listening lines, then the metrics line
             line = proc.stdout.readline()
             assert line, f"anchor serve exited: {server.errors()}"
             assert time.monotonic() < deadline
             if line.startswith("listening "):
                 server.lines.append(line.strip())
+            if line.startswith("metrics http "):
+                break
         yield server
     finally:
         proc.terminate()
@@ -489,3 +494,65 @@ def test_wildcard_listener_refuses_relaying_to_itself() -> None:
             assert server.metrics()["anchor_turn_allocations"] == 1
         finally:
             client.close()
+
+
+def _reflect(server: Server, request: bytes, prefix: str, per_source: int) -> tuple[int, int, int]:
+    """``per_source`` copies of ``request`` from each of the 256 addresses of ``prefix``.0/24
+    (Linux routes all of 127/8 to the loopback); returns (bytes sent, bytes answered,
+    answers)."""
+    sockets = []
+    try:
+        for host in range(256):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((f"{prefix}.{host}", 0))
+            sock.setblocking(False)
+            sockets.append(sock)
+        sent = 0
+        for _ in range(per_source):
+            for sock in sockets:
+                sock.sendto(request, ("127.0.0.1", server.port))
+                sent += len(request)
+        time.sleep(1.0)
+        received = answers = 0
+        for sock in sockets:
+            while True:
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    break
+                received += len(data)
+                answers += 1
+        return sent, received, answers
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.mark.parametrize("turn", [True, False], ids=["turn", "stun-only"])
+def test_unauthenticated_amplification_is_at_most_3x_per_prefix(turn: bool) -> None:
+    """Finding 6 (must-show 4): every kind of unsigned answer (401, 438, 420, Binding with
+    OTHER-ADDRESS with --alt-ip) sent for requests from 256 addresses of one /24: the bytes
+    answered are at most 3 times the bytes received, and the whole /24 gets what one source
+    would (the burst of 50 and 20 a second, not 256 times that). STUN-only mode too."""
+    with serve("--alt-ip", "127.0.0.2", turn=turn) as server:
+        kinds = {
+            "binding": Message(Method.BINDING, MessageClass.REQUEST, _tid()).encode(),
+            "420": Message(
+                Method.BINDING, MessageClass.REQUEST, _tid(), [RawAttribute(0x0030, b"")]
+            ).encode(),
+        }
+        if turn:
+            kinds["401"] = Message(Method.ALLOCATE, MessageClass.REQUEST, _tid()).encode()
+            elsewhere = TurnClient(server)  # a nonce issued to another 5-tuple: 438
+            kinds["438"] = elsewhere.signed(Method.ALLOCATE, RequestedTransport())
+            elsewhere.close()
+        for n, (kind, request) in enumerate(kinds.items()):
+            sent, received, answers = _reflect(server, request, f"127.1.{2 + n}", 8)
+            assert 0 < answers <= 50 + 20 * 3, (kind, answers)
+            assert received <= 3 * sent, (kind, received / sent)
+        metrics = server.metrics()
+        limited = metrics.get("anchor_stun_rate_limited_total", 0.0) + metrics.get(
+            "anchor_turn_rate_limited_total", 0.0
+        )
+        assert limited > 0  # (the kernel may drop some of the flood before the server reads)
+        legitimate_clients_are_served(server) if turn else None
