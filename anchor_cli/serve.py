@@ -23,13 +23,30 @@ Once every listener is open it prints one line ``listening <udp|tcp|tls> <ip:por
 listener (tests wait for them), ``metrics http <ip:port>`` for ``--metrics``, and
 ``listening ws <ip:port>`` for ``--signal``.
 
+Hostile clients (issue 24). At start the process raises its soft ``RLIMIT_NOFILE`` to the
+hard limit and sizes its defaults from what it got (:func:`~anchor_turn.aio.server.
+resource_budget`): the total allocation quota (``--total-quota``), the per-user quota
+(``--user-quota``, :data:`DEFAULT_USER_QUOTA` or a quarter of the total) and the TCP/TLS
+connection bound (``--max-connections``), so that no client can make the server run out of
+descriptors. The other bounds of TCP/TLS connections (per source, deadlines, request rate)
+are :class:`~anchor_turn.aio.server.StreamLimits`, with a flag each. Unsigned answers over
+UDP are budgeted per source prefix (:mod:`anchor_stun.budget`), in STUN-only mode too. A
+:class:`~anchor_turn.aio.server.LoopErrorFilter` turns asyncio's ``accept()`` failures for
+lack of descriptors into a counter and one warning a minute. The wildcard listener's host
+addresses and the metrics and rendezvous ports are declared "myself" to the TURN core, so
+no client can relay to them.
+
 ``--signal IP:PORT`` also serves the WebSocket rendezvous of ephemeral links
 (:class:`anchor_link.aio.signal.RendezvousServer`, used by ``anchor pipe``).
 
 ``--metrics IP:PORT`` serves Prometheus metrics (prometheus-client's text format) at
 ``/metrics``: allocations, permissions and channels alive, allocations created / expired /
 deleted, requests, error responses, authentication failures, relayed packets and bytes per
-direction, drops, and the STUN Binding counters. The values are read from the cores'
+direction, drops, answers refused by the budget (``anchor_turn_rate_limited``,
+``anchor_stun_rate_limited``), TCP/TLS connections held and shed by reason
+(``anchor_turn_stream_shed{reason=...}``), descriptor shortages
+(``anchor_resource_errors``, ``anchor_turn_relay_resource_errors``), and the STUN Binding
+counters. The values are read from the cores'
 counters when scraped, so metrics cost nothing on the packet path. The small HTTP server
 runs on the same asyncio loop (no thread).
 """
@@ -80,6 +97,7 @@ from anchor_turn.server import DEFAULT_NONCE_LIFETIME, TurnServer, TurnServerEve
 
 __all__ = [
     "DEFAULT_REALM",
+    "DEFAULT_USER_QUOTA",
     "OPTIONS",
     "SERVE_DESCRIPTION",
     "MetricsExporter",
@@ -90,6 +108,10 @@ __all__ = [
     "run_serve",
 ]
 
+DEFAULT_USER_QUOTA = 100
+"""Allocations one username may hold when ``--user-quota`` is not given (fewer when a
+quarter of the total quota is less): a browser makes one to four per TURN server it is
+given, so one user holding a hundred is a flood, not a session (issue 24)."""
 DEFAULT_REALM = "anchor"
 """REALM of the long-term credentials when ``--realm`` is not given (RFC 8489 §14.9)."""
 
@@ -154,8 +176,8 @@ OPTIONS: tuple[_Option, ...] = (
             "listen IP, and the IPv6 listen IP or ::1 beside a loopback listen)", "IP"),
     _Option("min-port", "int", f"lowest relayed port (default {DEFAULT_MIN_PORT})", "PORT"),
     _Option("max-port", "int", f"highest relayed port (default {DEFAULT_MAX_PORT})", "PORT"),
-    _Option("user-quota", "int", "allocations allowed per username (486 beyond; default a "
-            "quarter of --total-quota)", "N"),
+    _Option("user-quota", "int", "allocations allowed per username (486 beyond; default "
+            "100, or a quarter of --total-quota when less)", "N"),
     _Option("total-quota", "int", "allocations allowed in all (486 beyond; default what the "
             "file-descriptor limit can hold)", "N"),
     _Option("max-connections", "int", "TCP/TLS connections at once (default three eighths of "
@@ -244,7 +266,8 @@ class ServeConfig:
     max_port: int = DEFAULT_MAX_PORT
     """Highest relayed port."""
     user_quota: int | None = None
-    """Allocations per username (None: a quarter of the total quota)."""
+    """Allocations per username (None: :data:`DEFAULT_USER_QUOTA`, or a quarter of the
+    total quota when less)."""
     total_quota: int | None = None
     """Allocations in all (None: from the file-descriptor limit)."""
     limits: StreamLimits = field(default_factory=StreamLimits)
@@ -746,7 +769,7 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
     errors.install(loop)
     connections, allocations = resource_budget(raise_nofile_limit())
     total_quota = cfg.total_quota or allocations
-    user_quota = cfg.user_quota or max(1, total_quota // 4)
+    user_quota = cfg.user_quota or min(DEFAULT_USER_QUOTA, max(1, total_quota // 4))
     limits = cfg.limits
     if limits.max_connections is None:
         limits = dataclasses.replace(limits, max_connections=connections)
