@@ -44,7 +44,7 @@ no client can relay to them.
 deleted, requests, error responses, authentication failures, relayed packets and bytes per
 direction, drops, answers refused by the budget (``anchor_turn_rate_limited``,
 ``anchor_stun_rate_limited``), TCP/TLS connections held and shed by reason
-(``anchor_turn_stream_shed{reason=...}``), descriptor shortages
+(``anchor_stream_connections``, ``anchor_stream_shed{reason=...}``), descriptor shortages
 (``anchor_resource_errors``, ``anchor_turn_relay_resource_errors``), and the STUN Binding
 counters. The values are read from the cores'
 counters when scraped, so metrics cost nothing on the packet path. The small HTTP server
@@ -77,6 +77,14 @@ from anchor_stun.aio.net import (
     parse_address,
     route_local_ip,
 )
+from anchor_stun.aio.streams import (
+    SHED_REASONS,
+    LoopErrorFilter,
+    StreamGuard,
+    StreamLimits,
+    raise_nofile_limit,
+    resource_budget,
+)
 from anchor_stun.attributes import Family
 from anchor_stun.budget import AnswerBudget
 from anchor_stun.errors import LocalProtocolError
@@ -85,12 +93,8 @@ from anchor_stun.server import ServerStats, StunServer
 from anchor_turn.aio.server import (
     DEFAULT_MAX_PORT,
     DEFAULT_MIN_PORT,
-    LoopErrorFilter,
-    StreamLimits,
     TurnServerRunner,
     UdpRelayAllocator,
-    raise_nofile_limit,
-    resource_budget,
 )
 from anchor_turn.auth import ChainedBackend, CredentialBackend, RestSecret, SqliteUsers, StaticUsers
 from anchor_turn.server import DEFAULT_NONCE_LIFETIME, TurnServer, TurnServerEvent
@@ -531,6 +535,7 @@ def _stats_collector(
     stun: Callable[[], Sequence[ServerStats]],
     runner: Callable[[], TurnServerRunner | None],
     errors: LoopErrorFilter | None = None,
+    guards: Callable[[], Sequence[StreamGuard]] = lambda: (),
 ) -> Any:
     """A prometheus-client collector reading the cores' counters at scrape time."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -586,23 +591,25 @@ def _stats_collector(
                     "anchor_turn_send_dropped", "datagrams dropped because a socket was full",
                     value=run.send_dropped,
                 )
-                yield GaugeMetricFamily(
-                    "anchor_turn_stream_connections", "TCP/TLS connections held",
-                    value=run.connection_count(),
-                )
-                shed = CounterMetricFamily(
-                    "anchor_turn_stream_shed",
-                    "TCP/TLS connections (or requests, for request_rate) shed, by reason",
-                    labels=["reason"],
-                )
-                for reason, count in run.shed.items():
-                    shed.add_metric([reason], count)
-                yield shed
                 yield CounterMetricFamily(
                     "anchor_turn_relay_resource_errors",
                     "relay sockets not opened for lack of file descriptors (508)",
                     value=run.allocator.resource_errors,
                 )
+            held = list(guards())
+            if held:
+                yield GaugeMetricFamily(
+                    "anchor_stream_connections", "TCP/TLS connections held",
+                    value=sum(len(g) for g in held),
+                )
+                shed = CounterMetricFamily(
+                    "anchor_stream_shed",
+                    "TCP/TLS connections (or requests, for request_rate) shed, by reason",
+                    labels=["reason"],
+                )
+                for reason in SHED_REASONS:
+                    shed.add_metric([reason], sum(g.shed[reason] for g in held))
+                yield shed
             if errors is not None:
                 yield CounterMetricFamily(
                     "anchor_resource_errors",
@@ -837,7 +844,7 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     if index == 0
                     else StunServer(primary=primary, software=software, budget=budget)
                 )
-                runner = StunServerRunner(core_stun)
+                runner = StunServerRunner(core_stun, limits=limits)
                 stun_runners.append(runner)
                 closers.append(runner.close)
                 waiters.append(runner.wait_closed)
@@ -861,6 +868,9 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     lambda: [r.core.stats for r in stun_runners] or [stun.stats],
                     lambda: final_turn,
                     errors,
+                    lambda: [final_turn.guard] if final_turn is not None else [
+                        r.guard for r in stun_runners
+                    ],
                 )
             )
             closers.append(exporter.close)

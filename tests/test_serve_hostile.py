@@ -232,15 +232,23 @@ def binding() -> bytes:
     return Message(Method.BINDING, MessageClass.REQUEST, _tid()).encode(fingerprint=True)
 
 
-def legitimate_clients_are_served(server: Server) -> None:
-    """A UDP Allocate (a user of its own) and a TCP Binding from another source answer."""
-    client = TurnClient(server, source="127.0.0.250")
-    try:
-        resp = client.allocate()
-        assert code(resp) is None and resp.get(XorRelayedAddress) is not None, resp
-        assert code(client.request(Method.REFRESH, Lifetime(0))) is None
-    finally:
-        client.close()
+def legitimate_clients_are_served(server: Server, turn: bool = True) -> None:
+    """A UDP Allocate (a user of its own; a UDP Binding without TURN) and a TCP Binding
+    from other sources are answered."""
+    if turn:
+        client = TurnClient(server, source="127.0.0.250")
+        try:
+            resp = client.allocate()
+            assert code(resp) is None and resp.get(XorRelayedAddress) is not None, resp
+            assert code(client.request(Method.REFRESH, Lifetime(0))) is None
+        finally:
+            client.close()
+    else:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.250", 0))
+            udp.settimeout(TIMEOUT)
+            udp.sendto(binding(), ("127.0.0.1", server.port))
+            assert udp.recv(2048)[:2] == b"\x01\x01"
     with socket.create_connection(
         ("127.0.0.1", server.port), timeout=TIMEOUT, source_address=("127.0.0.251", 0)
     ) as sock:
@@ -261,18 +269,19 @@ def settle(server: Server, predicate: object, timeout: float = 15.0) -> dict[str
 
 
 def shed(metrics: dict[str, float], reason: str) -> float:
-    return metrics.get(f'anchor_turn_stream_shed_total{{reason="{reason}"}}', 0.0)
+    return metrics.get(f'anchor_stream_shed_total{{reason="{reason}"}}', 0.0)
 
 
 # --------------------------------------------------------------------------- attacks
 
 
-def test_idle_tcp_connections_are_bounded_and_time_out() -> None:
+@pytest.mark.parametrize("turn", [True, False], ids=["turn", "stun-only"])
+def test_idle_tcp_connections_are_bounded_and_time_out(turn: bool) -> None:
     """Finding 1: 1,100 idle TCP connections from 11 loopback addresses against a server
     with 1,024 descriptors. The per-source and total bounds shed the excess (evicting the
     oldest connection that never sent a request), the legitimate clients are answered
     during the attack, and the idle ones are closed after the first-request deadline."""
-    with serve() as server:
+    with serve(turn=turn) as server:
         attackers: list[socket.socket] = []
         try:
             for i in range(1100):
@@ -283,12 +292,12 @@ def test_idle_tcp_connections_are_bounded_and_time_out() -> None:
                     sock.connect(("127.0.0.1", server.port))
                 attackers.append(sock)
             metrics = settle(server, lambda m: shed(m, "evicted") > 0)
-            legitimate_clients_are_served(server)
-            assert metrics["anchor_turn_stream_connections"] <= 360
+            legitimate_clients_are_served(server, turn)
+            assert metrics["anchor_stream_connections"] <= 360
             # Past the deadline every attacker is gone, by itself.
-            metrics = settle(server, lambda m: m["anchor_turn_stream_connections"] == 0)
+            metrics = settle(server, lambda m: m["anchor_stream_connections"] == 0)
             assert shed(metrics, "first_request_timeout") > 0
-            legitimate_clients_are_served(server)
+            legitimate_clients_are_served(server, turn)
         finally:
             for sock in attackers:
                 sock.close()
@@ -303,8 +312,8 @@ def test_idle_tcp_connections_are_bounded_and_time_out() -> None:
                     sock.connect(("127.0.0.1", server.port))
                 one.append(sock)
             metrics = settle(server, lambda m: shed(m, "per_source") >= 72)
-            assert metrics["anchor_turn_stream_connections"] <= 128
-            legitimate_clients_are_served(server)
+            assert metrics["anchor_stream_connections"] <= 128
+            legitimate_clients_are_served(server, turn)
         finally:
             for sock in one:
                 sock.close()
@@ -395,7 +404,7 @@ def test_tls_sessions_are_bounded_and_their_memory_released(tls_files: tuple[Pat
             for tls in sessions:
                 with contextlib.suppress(OSError):
                     tls.close()
-        settle(server, lambda m: m["anchor_turn_stream_connections"] == 0)
+        settle(server, lambda m: m["anchor_stream_connections"] == 0)
         time.sleep(1.5)  # a sweep after the closes hands the memory back
         after = server.rss()
         assert during > before
@@ -421,7 +430,7 @@ def test_partial_frames_are_bounded_in_time() -> None:
                 sock.sendall(partial)
                 holders.append(sock)
             legitimate_clients_are_served(server)
-            metrics = settle(server, lambda m: m["anchor_turn_stream_connections"] == 0)
+            metrics = settle(server, lambda m: m["anchor_stream_connections"] == 0)
             assert (
                 shed(metrics, "partial_frame_timeout") + shed(metrics, "first_request_timeout")
                 >= 100

@@ -58,32 +58,13 @@ than ``stream_buffer`` bytes has further relayed data dropped the same way rathe
 buffering without bound. ``add_reader`` needs a selector event loop (asyncio's default on
 Unix, and uvloop).
 
-Hostile clients (issue 24). Everything a client can make the runner hold is bounded
-(:class:`StreamLimits`), and every connection or request shed is counted by reason in
-:attr:`TurnServerRunner.shed`:
-
-* **Admission at accept time.** TCP and TLS connections are counted together, handshaking
-  ones included: a TLS listener is a plain TCP server whose connections start TLS
-  (``loop.start_tls``) only once admitted, so a stalled handshake holds a slot like any
-  connection. A source IP over ``max_per_source`` is refused; at ``max_connections`` (by
-  default three eighths of the descriptors, :func:`resource_budget`) the oldest connection
-  that has not sent a request yet is evicted, else the new one is refused. Refused and
-  evicted connections are aborted (RST): nothing is owed to them.
-* **Deadlines**, checked by a sweep once a second: a first STUN request within
-  ``first_request_timeout`` of accept (TLS handshake included, itself bounded by
-  ``handshake_timeout``); a partial frame completed within ``partial_frame_timeout``; a
-  connection without an allocation closed after ``idle_timeout`` without a frame (a
-  connection with an allocation lives as long as it, RFC 8656 §3.1).
-* **Sizes and rates.** A frame longer than ``max_frame`` closes the connection. STUN
-  requests are rate-limited per connection (a token bucket); over the rate the request is
-  dropped and reading pauses until a token is back, so a client pipelining Bindings cannot
-  starve the loop (ChannelData and Send indications, the relayed data, are not limited).
-* **Memory.** After many connections close, freed memory is handed back
-  (:func:`release_memory`): asyncio keeps a 256 KiB buffer per TLS session.
-* **Descriptors.** The runner's own descriptor use is bounded by the above and by the
-  core's allocation quotas; what still fails for lack of descriptors (a relay socket)
-  is counted and logged once a minute, not per request. The CLI installs
-  :class:`LoopErrorFilter` for asyncio's own ``accept()`` errors.
+Hostile clients (issue 24). TCP and TLS connections are bounded by a
+:class:`~anchor_stun.aio.streams.StreamGuard` (:attr:`TurnServerRunner.guard`: admission
+per source and in total at accept time, TLS started only once admitted, deadlines for a
+first request, partial frames and idle connections without an allocation, a request rate
+per connection, memory handed back), whose counters say what was shed. A relay socket
+that cannot be opened for lack of descriptors is counted
+(:attr:`UdpRelayAllocator.resource_errors`) and logged once a minute, not per request.
 
 "Myself" (RFC 8656 §21). At start the runner declares every listener to the core
 (:meth:`~anchor_turn.server.TurnServer.add_self_addresses`); a wildcard listener (0.0.0.0,
@@ -105,29 +86,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import ipaddress
 import logging
 import os
 import random
-import resource
 import socket
 import ssl
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import ifaddr
 
+from anchor_stun.aio.streams import GuardedStream, LoopErrorFilter, StreamGuard, StreamLimits
 from anchor_stun.attributes import Family, pack_ip, unpack_ip
-from anchor_stun.errors import LocalProtocolError, StreamCorrupted
+from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address, Transmit
-from anchor_stun.framing import MAX_BUFFER, StreamFramer
 from anchor_stun.server import StunServer
 from anchor_turn.auth import StaticUsers
 from anchor_turn.server import DontFragmentTransmit, TransportName, TurnServer, TurnServerEvent
@@ -137,19 +114,12 @@ __all__ = [
     "DEFAULT_MIN_PORT",
     "READ_BATCH",
     "RESERVATION_LIFETIME",
-    "SHED_REASONS",
-    "LoopErrorFilter",
-    "StreamLimits",
     "TurnServerRunner",
     "UdpRelayAllocator",
     "canonical_address",
     "dont_fragment_supported",
     "host_addresses",
     "loopback_runner",
-    "nofile_limit",
-    "raise_nofile_limit",
-    "release_memory",
-    "resource_budget",
 ]
 
 DEFAULT_MIN_PORT = 49152  # RFC 8656 §7.2: relayed ports SHOULD come from 49152-65535
@@ -166,83 +136,9 @@ RELAY_RCVBUF = 1 << 20
 DEFAULT_STREAM_BUFFER = 1 << 20
 """Bytes a TCP/TLS connection may have waiting to be written before relayed data is dropped."""
 
-SWEEP_INTERVAL = 1.0
-"""Seconds between two passes over the TCP/TLS connections looking for missed deadlines."""
-TRIM_AFTER = 32
-"""Connections closed between two sweeps after which freed memory is handed back."""
-SHED_REASONS = (
-    "per_source",
-    "total",
-    "evicted",
-    "first_request_timeout",
-    "partial_frame_timeout",
-    "idle_timeout",
-    "frame_size",
-    "request_rate",
-    "tls_handshake",
-)
-"""Why a TCP/TLS connection (or, for ``request_rate``, a request) was shed."""
-FD_RESERVE = 64
-"""File descriptors kept for listeners, metrics, logs and the rendezvous."""
-
 _IPV4 = int(Family.IPV4)
 _IPV6 = int(Family.IPV6)
 _log = logging.getLogger("anchor_turn.aio.server")
-
-
-@dataclass(frozen=True, slots=True)
-class StreamLimits:
-    """Bounds of the TCP and TLS connections of a :class:`TurnServerRunner` (module
-    docstring, "Hostile clients"). Times in seconds of the loop's clock."""
-
-    max_connections: int | None = None
-    """Connections at once, TCP and TLS together (handshaking ones included); None:
-    from the file-descriptor limit (:func:`resource_budget`)."""
-    max_per_source: int = 128
-    """Connections at once from one source IP."""
-    first_request_timeout: float = 10.0
-    """Time from accept (TLS handshake included) to a first STUN request."""
-    handshake_timeout: float = 10.0
-    """Time a TLS handshake may take."""
-    idle_timeout: float = 120.0
-    """Time without a frame after which a connection with no allocation is closed (RFC 8489
-    §6.2.2 lets the server manage idle connections; an allocation keeps its connection,
-    RFC 8656 §3.1)."""
-    partial_frame_timeout: float = 10.0
-    """Time a frame may stay incomplete."""
-    max_frame: int = MAX_BUFFER
-    """Bytes a frame may have (the framer never buffers more than one frame)."""
-    request_rate: float = 100.0
-    """STUN requests per second one connection may send after the burst; over it the
-    request is dropped (counted) and reading pauses until a token is back."""
-    request_burst: int = 200
-    """STUN requests one connection may send at once."""
-
-
-def nofile_limit() -> int:
-    """The soft RLIMIT_NOFILE of this process (how many descriptors it may hold)."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
-
-
-def raise_nofile_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit (as servers do at start); returns
-    the soft limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return nofile_limit()
-
-
-def resource_budget(nofile: int) -> tuple[int, int]:
-    """(TCP/TLS connections, allocations) a server with ``nofile`` descriptors can hold
-    without running out: :data:`FD_RESERVE` kept aside, three eighths of the rest for
-    connections, the remainder for allocations at two relay sockets each (dual-stack)."""
-    usable = max(16, nofile - FD_RESERVE)
-    connections = max(8, usable * 3 // 8)
-    allocations = max(4, (usable - connections) // 2)
-    return connections, allocations
 
 
 def host_addresses() -> list[str]:
@@ -262,76 +158,6 @@ def host_addresses() -> list[str]:
                     out.append(text)
     return out
 
-
-_LIBC: Any = None
-
-
-def release_memory() -> None:
-    """Hand freed heap memory back to the system (glibc ``malloc_trim``): after many TLS
-    sessions close, their buffers (asyncio keeps 256 KiB per session) otherwise stay in
-    the process's resident size. Does nothing elsewhere."""
-    global _LIBC
-    if _LIBC is None:
-        name = ctypes.util.find_library("c") if _LINUX else None
-        try:
-            _LIBC = ctypes.CDLL(name) if name else False
-            if _LIBC is not False and not hasattr(_LIBC, "malloc_trim"):
-                _LIBC = False
-        except OSError:
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-class LoopErrorFilter:
-    """An asyncio exception handler for a server process: running out of descriptors or
-    buffers (``accept()`` failing with EMFILE, ENFILE, ENOBUFS, ENOMEM; asyncio retries by
-    itself a second later) is counted in :attr:`resource_errors` and logged as one warning
-    per ``interval`` seconds, without a traceback; other errors go to the loop's default
-    handler, at most ``burst`` per ``interval`` (the rest counted in :attr:`suppressed`)."""
-
-    RESOURCE_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-
-    def __init__(self, *, interval: float = 60.0, burst: int = 10) -> None:
-        self.interval = interval
-        self.burst = burst
-        self.resource_errors = 0
-        """Errors for lack of descriptors or memory."""
-        self.suppressed = 0
-        """Other errors not logged because too many came at once."""
-        self._warned_at: float | None = None
-        self._window_start = 0.0
-        self._window_count = 0
-
-    def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Make this the exception handler of ``loop``."""
-        loop.set_exception_handler(self)
-
-    def resource_error(self, what: str) -> None:
-        """Count one resource error and warn if none was logged for ``interval``."""
-        self.resource_errors += 1
-        now = time.monotonic()
-        if self._warned_at is None or now - self._warned_at >= self.interval:
-            self._warned_at = now
-            _log.warning(
-                "out of file descriptors or buffers (%s): shedding load; %d so far",
-                what,
-                self.resource_errors,
-            )
-
-    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        if isinstance(exc, OSError) and exc.errno in self.RESOURCE_ERRNOS:
-            self.resource_error(str(context.get("message", exc)))
-            return
-        now = time.monotonic()
-        if now - self._window_start >= self.interval:
-            self._window_start, self._window_count = now, 0
-        self._window_count += 1
-        if self._window_count > self.burst:
-            self.suppressed += 1
-            return
-        loop.default_exception_handler(context)
 
 # Path MTU discovery modes of an IPv4 socket (Linux <linux/in.h>; Python 3.11 does not export
 # them). IP_PMTUDISC_DONT: DF 0, the kernel fragments; IP_PMTUDISC_DO: DF 1, never fragments
@@ -713,11 +539,9 @@ class UdpRelayAllocator:
 # ----------------------------------------------------------------------------- streams
 
 
-class _StreamConnection(asyncio.Protocol):
-    """One TCP or TLS client connection (RFC 8656 §3.1, framing §12.5), with the bounds of
-    the module docstring ("Hostile clients"): admitted or shed at accept time, a TLS
-    handshake started only once admitted, a request rate, and the deadlines the runner's
-    sweep enforces."""
+class _StreamConnection(GuardedStream):
+    """One TCP or TLS client connection (RFC 8656 §3.1, framing §12.5) under the runner's
+    :class:`~anchor_stun.aio.streams.StreamGuard`."""
 
     def __init__(
         self,
@@ -726,165 +550,29 @@ class _StreamConnection(asyncio.Protocol):
         name: TransportName,
         context: ssl.SSLContext | None,
     ) -> None:
+        super().__init__(runner.guard, local, context, channel_data=True)
         self.runner = runner
-        self.local = local
         self.name: TransportName = name
-        self.context = context
-        self.framer = StreamFramer(channel_data=True)
-        self.transport: asyncio.Transport | None = None
-        self.peer: Address = ("", 0)
-        self.key: tuple[Address, Address] = (self.peer, local)
-        self.source = ""
-        now = runner._loop.time()
-        self.opened = now
-        """When the connection was accepted (loop time)."""
-        self.active = now
-        """When the last whole frame arrived."""
-        self.partial_since: float | None = None
-        """Since when a partial frame has been waiting, or None."""
-        self.proven = False
-        """Whether a STUN request has arrived (an unproven connection may be evicted)."""
-        self.tokens = float(runner.request_burst)
-        self.token_time = now
-        self.paused = False
-        self.closed = False
+        self.write_limit = runner.stream_buffer
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        runner = self.runner
-        self.peer = canonical_address(transport.get_extra_info("peername"))
-        self.key = (self.peer, self.local)
-        self.source = self.peer[0]
-        if not runner._admit(self):
-            self.closed = True
-            transport.abort()
-            return
-        if self.context is None:
-            self.transport = transport
-        else:
-            runner._handshaking += 1
-            self._handshake = runner._loop.create_task(self._start_tls(transport, self.context))
+    def address(self, sockaddr: Any) -> Address:
+        return canonical_address(sockaddr)
 
-    async def _start_tls(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
+    def frames_received(self, frames: list[bytes], now: float) -> None:
         runner = self.runner
-        try:
-            tls = await runner._loop.start_tls(
-                transport,
-                self,
-                context,
-                server_side=True,
-                ssl_handshake_timeout=runner.handshake_timeout,
-            )
-        except (OSError, TimeoutError, ConnectionError, asyncio.CancelledError, ssl.SSLError):
-            runner.shed["tls_handshake"] += 1
-            transport.abort()
-            self._forget()
-            return
-        finally:
-            runner._handshaking -= 1
-        if tls is None or self.closed:
-            if tls is not None:
-                tls.abort()
-            self._forget()
-            return
-        self.transport = tls
-
-    def data_received(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        runner = self.runner
-        corrupt = False
-        try:
-            frames = self.framer.feed(data)
-        except StreamCorrupted as exc:  # the frames before the junk are still handled
-            frames, corrupt = exc.frames, True
-        now = runner._loop.time()
-        if frames:
-            self.active = now
-        if self.framer.buffered:
-            if self.framer.buffered > runner.max_frame:
-                runner.shed["frame_size"] += 1
-                corrupt = True
-            elif self.partial_since is None:
-                self.partial_since = now
-        else:
-            self.partial_since = None
-        core = runner.core
-        rate = runner.request_rate
+        receive = runner.core.receive_datagram
         try:
             for frame in frames:
-                if frame[0] < 0x40 and not frame[0] & 0x01 and not frame[1] & 0x10:
-                    # a STUN request (class bits 00, RFC 8489 §5): the per-connection rate
-                    self.proven = True
-                    tokens = min(
-                        runner.request_burst, self.tokens + (now - self.token_time) * rate
-                    )
-                    self.token_time = now
-                    if tokens < 1.0:
-                        runner.shed["request_rate"] += 1
-                        self.tokens = tokens
-                        self._pause(now)
-                        continue
-                    self.tokens = tokens - 1.0
-                core.receive_datagram(frame, self.peer, self.local, now, transport=self.name)
-        except Exception:  # a core bug must not kill the connection silently or loop
-            _log.exception("TURN core failed on a %s frame from %s", self.name, self.peer)
-        runner._flush()
-        if corrupt:
-            transport.close()
+                receive(frame, self.peer, self.local, now, transport=self.name)
+        finally:
+            runner._flush()
 
-    def _pause(self, now: float) -> None:
-        """Stop reading until a request token is back (backpressure on a pipelining client)."""
-        if self.paused or self.transport is None:
-            return
-        self.paused = True
-        with contextlib.suppress(Exception):
-            self.transport.pause_reading()
-        self.runner._loop.call_later(1.0 / self.runner.request_rate, self._resume)
+    def keep_open(self) -> bool:
+        return bool(self.runner.core.relayed_for(self.peer, self.local, self.name))
 
-    def _resume(self) -> None:
-        self.paused = False
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            with contextlib.suppress(Exception):
-                transport.resume_reading()
-
-    def send(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if transport.get_write_buffer_size() > self.runner.stream_buffer:
-            self.runner.send_dropped += 1
-            return
-        transport.write(data)
-
-    def close(self, reason: str | None = None) -> None:
-        """Close (abort: nothing more is owed to a shed client); count ``reason``."""
-        if reason is not None:
-            self.runner.shed[reason] += 1
-        self.closed = True
-        transport = self.transport
-        if transport is not None:
-            transport.abort()
-        else:
-            task = getattr(self, "_handshake", None)
-            if task is not None:
-                task.cancel()
-
-    def _forget(self) -> None:
+    def lost(self) -> None:
         runner = self.runner
-        if runner._streams.get(self.key) is self:
-            del runner._streams[self.key]
-            runner._release_source(self.source)
-            runner._closed_since_trim += 1
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        runner = self.runner
-        was_admitted = runner._streams.get(self.key) is self
-        self._forget()
-        if runner._closed or not was_admitted:
+        if runner._closed:
             return
         runner.core.connection_closed(self.peer, self.local, runner._loop.time())
         runner._flush()
@@ -899,8 +587,8 @@ class TurnServerRunner:
 
     ``udp``: extra UDP listener addresses besides ``core.stun.local_addresses()`` (which are
     always served); ``tcp`` / ``tls``: addresses of TCP and TLS listeners (``tls_context``
-    is required with ``tls``). ``limits`` bounds the TCP/TLS connections (module
-    docstring, "Hostile clients"); ``external_ips`` are public addresses of the host, refused
+    is required with ``tls``). ``limits`` bounds the TCP/TLS connections
+    (:class:`~anchor_stun.aio.streams.StreamLimits`); ``external_ips`` are public addresses of the host, refused
     as peers like its own. Listener ports must be concrete (not 0): the core answers
     with the addresses it was configured with. ``on_event`` receives every core event (for
     logs and metrics). After :meth:`start`, :attr:`listeners` lists ``(kind, address)`` of
@@ -946,23 +634,14 @@ class TurnServerRunner:
         """Called with every event of the core, or None."""
         self.stream_buffer = stream_buffer
         """Write-buffer size above which relayed data to a TCP/TLS client is dropped."""
-        self.limits = limits if limits is not None else StreamLimits()
-        """The bounds of TCP/TLS connections (module docstring, "Hostile clients")."""
+        self.guard = StreamGuard(limits)
+        """The bounds of the TCP/TLS connections (:mod:`anchor_stun.aio.streams`)."""
+        self.limits = self.guard.limits
+        """The guard's :class:`~anchor_stun.aio.streams.StreamLimits`."""
+        self.shed = self.guard.shed
+        """Connections and requests shed, by reason (the guard's counters)."""
         self.external_ips = [str(ipaddress.ip_address(ip)) for ip in external_ips]
         """Public addresses the host is also reached at (a 1:1 NAT): "myself" too."""
-        self.max_connections = self.limits.max_connections or 0
-        """TCP/TLS connections allowed at once (computed from RLIMIT_NOFILE at start when
-        the limits leave it unset)."""
-        self.request_rate = self.limits.request_rate
-        self.request_burst = self.limits.request_burst
-        self.max_frame = self.limits.max_frame
-        self.handshake_timeout = self.limits.handshake_timeout
-        self.shed: dict[str, int] = dict.fromkeys(SHED_REASONS, 0)
-        """Connections and requests shed, by reason (:data:`SHED_REASONS`)."""
-        self._per_source: dict[str, int] = {}
-        self._handshaking = 0
-        self._closed_since_trim = 0
-        self._sweeper: asyncio.TimerHandle | None = None
         self.listeners: list[tuple[str, Address]] = []
         """(``"udp"``|``"tcp"``|``"tls"``, bound address) of every listener, after start."""
         self.send_dropped = 0
@@ -972,7 +651,7 @@ class TurnServerRunner:
         self._loop: asyncio.AbstractEventLoop  # set by start()
         self._udp: dict[Address, socket.socket] = {}
         self._servers: list[asyncio.Server] = []
-        self._streams: dict[tuple[Address, Address], _StreamConnection] = {}
+        self._streams = self.guard.connections
         self._timer: asyncio.TimerHandle | None = None
         self._self_addresses: list[Address] = []
         self._timer_at: float | None = None
@@ -987,6 +666,7 @@ class TurnServerRunner:
         self._loop = loop
         self._started = True
         self.allocator.attach(loop, self._relay_ready)
+        self.guard.start(loop)
         try:
             for local in self._udp_addresses:
                 if local[1] == 0:
@@ -1010,10 +690,7 @@ class TurnServerRunner:
         except OSError:
             self.close()
             raise
-        if not self.max_connections:
-            self.max_connections = resource_budget(nofile_limit())[0]
         self.protect(address for _, address in self.listeners)
-        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
         self._flush()
 
     def protect(self, addresses: Iterable[Address]) -> None:
@@ -1056,9 +733,7 @@ class TurnServerRunner:
         """Sockets this runner (and its allocator) still has open: 0 after :meth:`close`."""
         count = sum(1 for s in self._udp.values() if s.fileno() != -1)
         count += sum(1 for s in self._servers if s.is_serving())
-        count += sum(
-            1 for c in self._streams.values() if c.transport is not None and not c.transport.is_closing()
-        )
+        count += self.guard.open_sockets()
         return count + self.allocator.open_sockets()
 
     def close(self) -> None:
@@ -1077,13 +752,7 @@ class TurnServerRunner:
         self._udp.clear()
         for server in self._servers:
             server.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        for connection in list(self._streams.values()):
-            connection.close()
-        self._streams.clear()
-        self._per_source.clear()
+        self.guard.close()
         self.allocator.close()
 
     async def wait_closed(self) -> None:
@@ -1104,74 +773,7 @@ class TurnServerRunner:
 
     def connection_count(self) -> int:
         """TCP/TLS connections held now (handshaking ones included)."""
-        return len(self._streams)
-
-    def _admit(self, connection: _StreamConnection) -> bool:
-        """Admission at accept time: a source over its share is refused; at the total the
-        oldest connection that has sent no request yet is evicted, else the new one is
-        refused. Counted in :attr:`shed`."""
-        if self._closed:
-            return False
-        source = connection.source
-        held = self._per_source.get(source, 0)
-        if held >= self.limits.max_per_source:
-            self.shed["per_source"] += 1
-            return False
-        streams = self._streams
-        if len(streams) >= self.max_connections:
-            victim = next((c for c in streams.values() if not c.proven), None)
-            if victim is None:
-                self.shed["total"] += 1
-                return False
-            victim.close("evicted")
-            victim._forget()
-        old = streams.get(connection.key)
-        if old is not None:
-            old.close()
-            old._forget()
-        streams[connection.key] = connection
-        self._per_source[source] = self._per_source.get(source, 0) + 1
-        return True
-
-    def _release_source(self, source: str) -> None:
-        left = self._per_source.get(source, 0) - 1
-        if left > 0:
-            self._per_source[source] = left
-        else:
-            self._per_source.pop(source, None)
-
-    def _sweep(self) -> None:
-        """Once a second: close connections past a deadline (module docstring), then give
-        freed memory back to the system when many connections closed."""
-        self._sweeper = None
-        if self._closed:
-            return
-        now = self._loop.time()
-        limits = self.limits
-        relayed_for = self.core.relayed_for
-        try:
-            for connection in list(self._streams.values()):
-                if connection.closed:
-                    continue
-                if not connection.proven:
-                    if now - connection.opened > limits.first_request_timeout:
-                        connection.close("first_request_timeout")
-                        continue
-                partial = connection.partial_since
-                if partial is not None and now - partial > limits.partial_frame_timeout:
-                    connection.close("partial_frame_timeout")
-                elif (
-                    connection.proven
-                    and now - connection.active > limits.idle_timeout
-                    and not relayed_for(connection.peer, connection.local, connection.name)
-                ):
-                    connection.close("idle_timeout")
-        except Exception:
-            _log.exception("TURN stream sweep failed")
-        if self._closed_since_trim >= TRIM_AFTER:
-            self._closed_since_trim = 0
-            release_memory()
-        self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+        return len(self.guard)
 
     # ------------------------------------------------------------------ input
 
@@ -1239,7 +841,8 @@ class TurnServerRunner:
                         if streams:
                             connection = streams.get((addr, local))  # type: ignore[arg-type]
                             if connection is not None:
-                                connection.send(data)
+                                if not connection.send(data):
+                                    self.send_dropped += 1
                                 continue
                         sock = udp.get(local) if local is not None else None
                         if sock is None:
@@ -1291,7 +894,8 @@ class TurnServerRunner:
                 if streams:
                     connection = streams.get((addr, local))  # type: ignore[arg-type]
                     if connection is not None:
-                        connection.send(data)
+                        if not connection.send(data):
+                            self.send_dropped += 1
                         continue
                 sock = udp.get(local) if local is not None else None
                 if sock is None:
