@@ -29,6 +29,7 @@ from anchor_stun.attributes import (
     Username,
     XorMappedAddress,
 )
+from anchor_stun.budget import AnswerBudget
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address, Transmit
 from anchor_stun.message import Message, MessageClass, Method
@@ -615,8 +616,6 @@ def test_budget_bounds_response_port_answers_per_prefix() -> None:
     §7.5) are charged to the source's prefix like any other: 256 addresses of one /24 each
     asking 20 times get what one source would, at most 3 times the bytes they sent; over
     the budget no answer goes anywhere, neither to the source port nor to RESPONSE-PORT."""
-    from anchor_stun.budget import AnswerBudget
-
     server = StunServer(
         primary=("192.0.2.1", 3478), other=("192.0.2.2", 3479), budget=AnswerBudget()
     )
