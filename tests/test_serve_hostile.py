@@ -314,6 +314,13 @@ def test_idle_tcp_connections_are_bounded_and_time_out(turn: bool) -> None:
             metrics = settle(server, lambda m: shed(m, "per_source") >= 72)
             assert metrics["anchor_stream_connections"] <= 128
             legitimate_clients_are_served(server, turn)
+            # Even from the attackers' own address, a client that asks at once is served:
+            # it takes the place of the oldest idle connection of that address.
+            with socket.create_connection(
+                ("127.0.0.1", server.port), timeout=TIMEOUT, source_address=("127.0.8.1", 0)
+            ) as sock:
+                sock.sendall(binding())
+                assert _recv_exact(sock, 20)[:2] == b"\x01\x01"
         finally:
             for sock in one:
                 sock.close()

@@ -14,9 +14,10 @@ they do with the frames.
 * **Admission at accept time.** TCP and TLS connections are counted together, handshaking
   ones included: a TLS listener is a plain TCP server whose connections start TLS
   (``loop.start_tls``) only once admitted, so a stalled handshake holds a slot like any
-  connection. A source IP over ``max_per_source`` is refused; at ``max_connections`` (by
-  default three eighths of the descriptors, :func:`resource_budget`) the oldest connection
-  that has not sent a request yet is evicted, else the new one is refused. Refused and
+  connection. A source IP at ``max_per_source``, or the runner at ``max_connections`` (by
+  default three eighths of the descriptors, :func:`resource_budget`): the oldest connection
+  (of that source, or of all) that has not sent a request yet is evicted, else the new one
+  is refused, so idle connections cannot keep out a client that sends its request at once. Refused and
   evicted connections are aborted (RST): nothing is owed to them.
 * **Deadlines**, checked by a sweep once a second (:data:`SWEEP_INTERVAL`): a first STUN
   request within ``first_request_timeout`` of accept (TLS handshake included, itself bounded
@@ -233,7 +234,7 @@ class StreamGuard:
         """Every admitted connection by (peer, local), handshaking ones included."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
-        self._per_source: dict[str, int] = {}
+        self._per_source: dict[str, dict[tuple[Address, Address], GuardedStream]] = {}
         self._closed_since_trim = 0
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -264,15 +265,22 @@ class StreamGuard:
         return sum(1 for c in self.connections.values() if not c.closed)
 
     def admit(self, connection: GuardedStream) -> bool:
-        """Admission at accept time: a source over its share is refused; at the total the
-        oldest connection that has sent no request yet is evicted, else the new one is
-        refused. Counted in :attr:`shed`."""
+        """Admission at accept time. A source at its share, or the server at its total:
+        the oldest connection (of that source, or of all) that has sent no request yet is
+        evicted to make room, else the new one is refused. So idle attackers cannot keep
+        out a client that sends its request at once, even from their own address. Counted
+        in :attr:`shed` (``per_source``, ``evicted``, ``total``)."""
         if self.closed:
             return False
         source = connection.source
-        if self._per_source.get(source, 0) >= self.limits.max_per_source:
-            self.shed["per_source"] += 1
-            return False
+        mine = self._per_source.get(source)
+        if mine is not None and len(mine) >= self.limits.max_per_source:
+            victim = next((c for c in mine.values() if not c.proven), None)
+            if victim is None:
+                self.shed["per_source"] += 1
+                return False
+            victim.close("per_source")
+            self.release(victim)
         connections = self.connections
         if len(connections) >= self.max_connections:
             victim = next((c for c in connections.values() if not c.proven), None)
@@ -286,7 +294,7 @@ class StreamGuard:
             old.close()
             self.release(old)
         connections[connection.key] = connection
-        self._per_source[source] = self._per_source.get(source, 0) + 1
+        self._per_source.setdefault(source, {})[connection.key] = connection
         return True
 
     def release(self, connection: GuardedStream) -> bool:
@@ -294,11 +302,11 @@ class StreamGuard:
         if self.connections.get(connection.key) is not connection:
             return False
         del self.connections[connection.key]
-        left = self._per_source.get(connection.source, 0) - 1
-        if left > 0:
-            self._per_source[connection.source] = left
-        else:
-            self._per_source.pop(connection.source, None)
+        mine = self._per_source.get(connection.source)
+        if mine is not None:
+            mine.pop(connection.key, None)
+            if not mine:
+                del self._per_source[connection.source]
         self._closed_since_trim += 1
         return True
 
