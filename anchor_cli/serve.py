@@ -23,13 +23,30 @@ Once every listener is open it prints one line ``listening <udp|tcp|tls> <ip:por
 listener (tests wait for them), ``metrics http <ip:port>`` for ``--metrics``, and
 ``listening ws <ip:port>`` for ``--signal`` (``listening wss <ip:port>`` with ``--tls-cert``).
 
+Hostile clients (issue 24). At start the process raises its soft ``RLIMIT_NOFILE`` to the
+hard limit and sizes its defaults from what it got (:func:`~anchor_turn.aio.server.
+resource_budget`): the total allocation quota (``--total-quota``), the per-user quota
+(``--user-quota``, :data:`DEFAULT_USER_QUOTA` or a quarter of the total) and the TCP/TLS
+connection bound (``--max-connections``), so that no client can make the server run out of
+descriptors. The other bounds of TCP/TLS connections (per source, deadlines, request rate)
+are :class:`~anchor_turn.aio.server.StreamLimits`, with a flag each. Unsigned answers over
+UDP are budgeted per source prefix (:mod:`anchor_stun.budget`), in STUN-only mode too. A
+:class:`~anchor_turn.aio.server.LoopErrorFilter` turns asyncio's ``accept()`` failures for
+lack of descriptors into a counter and one warning a minute. The wildcard listener's host
+addresses and the metrics and rendezvous ports are declared "myself" to the TURN core, so
+no client can relay to them.
+
 ``--signal IP:PORT`` also serves the WebSocket rendezvous of ephemeral links
 (:class:`anchor_link.aio.signal.RendezvousServer`, used by ``anchor pipe``).
 
 ``--metrics IP:PORT`` serves Prometheus metrics (prometheus-client's text format) at
 ``/metrics``: allocations, permissions and channels alive, allocations created / expired /
 deleted, requests, error responses, authentication failures, relayed packets and bytes per
-direction, drops, and the STUN Binding counters. The values are read from the cores'
+direction, drops, answers refused by the budget (``anchor_turn_rate_limited``,
+``anchor_stun_rate_limited``), TCP/TLS connections held and shed by reason
+(``anchor_stream_connections``, ``anchor_stream_shed{reason=...}``), descriptor shortages
+(``anchor_resource_errors``, ``anchor_turn_relay_resource_errors``), and the STUN Binding
+counters. The values are read from the cores'
 counters when scraped, so metrics cost nothing on the packet path. The small HTTP server
 runs on the same asyncio loop (no thread).
 """
@@ -39,6 +56,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import signal
 import socket
@@ -60,7 +78,16 @@ from anchor_stun.aio.net import (
     parse_address,
     route_local_ip,
 )
+from anchor_stun.aio.streams import (
+    SHED_REASONS,
+    LoopErrorFilter,
+    StreamGuard,
+    StreamLimits,
+    raise_nofile_limit,
+    resource_budget,
+)
 from anchor_stun.attributes import Family
+from anchor_stun.budget import AnswerBudget
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address
 from anchor_stun.server import ServerStats, StunServer
@@ -75,6 +102,7 @@ from anchor_turn.server import DEFAULT_NONCE_LIFETIME, TurnServer, TurnServerEve
 
 __all__ = [
     "DEFAULT_REALM",
+    "DEFAULT_USER_QUOTA",
     "OPTIONS",
     "SERVE_DESCRIPTION",
     "MetricsExporter",
@@ -85,6 +113,10 @@ __all__ = [
     "run_serve",
 ]
 
+DEFAULT_USER_QUOTA = 100
+"""Allocations one username may hold when ``--user-quota`` is not given (fewer when a
+quarter of the total quota is less): a browser makes one to four per TURN server it is
+given, so one user holding a hundred is a flood, not a session (issue 24)."""
 DEFAULT_REALM = "anchor"
 """REALM of the long-term credentials when ``--realm`` is not given (RFC 8489 §14.9)."""
 
@@ -124,6 +156,8 @@ class _Option:
         return self.name.replace("-", "_")
 
 
+_LIMITS = StreamLimits()
+
 OPTIONS: tuple[_Option, ...] = (
     _Option("listen", "list", "address to serve on (repeatable; default 0.0.0.0:3478)",
             "IP:PORT"),
@@ -147,8 +181,23 @@ OPTIONS: tuple[_Option, ...] = (
             "listen IP, and the IPv6 listen IP or ::1 beside a loopback listen)", "IP"),
     _Option("min-port", "int", f"lowest relayed port (default {DEFAULT_MIN_PORT})", "PORT"),
     _Option("max-port", "int", f"highest relayed port (default {DEFAULT_MAX_PORT})", "PORT"),
-    _Option("user-quota", "int", "allocations allowed per username (486 beyond)", "N"),
-    _Option("total-quota", "int", "allocations allowed in all (486 beyond)", "N"),
+    _Option("user-quota", "int", "allocations allowed per username (486 beyond; default "
+            "100, or a quarter of --total-quota when less)", "N"),
+    _Option("total-quota", "int", "allocations allowed in all (486 beyond; default what the "
+            "file-descriptor limit can hold)", "N"),
+    _Option("max-connections", "int", "TCP/TLS connections at once (default three eighths of "
+            "the file-descriptor limit)", "N"),
+    _Option("max-connections-per-source", "int", "TCP/TLS connections at once from one IP "
+            f"(default {_LIMITS.max_per_source})", "N"),
+    _Option("first-request-timeout", "float", "seconds a TCP/TLS connection has to send its "
+            f"first request (default {_LIMITS.first_request_timeout:g})", "SECONDS"),
+    _Option("idle-timeout", "float", "seconds before an idle TCP/TLS connection without an "
+            f"allocation is closed (default {_LIMITS.idle_timeout:g})", "SECONDS"),
+    _Option("partial-frame-timeout", "float", "seconds a TCP/TLS frame may stay incomplete "
+            f"(default {_LIMITS.partial_frame_timeout:g})", "SECONDS"),
+    _Option("stream-request-rate", "float", "STUN requests per second per TCP/TLS connection "
+            f"(default {_LIMITS.request_rate:g}, after a burst of "
+            f"{_LIMITS.request_burst})", "N"),
     _Option("strict-channels", "flag", "accept only RFC 8656's channel numbers 0x4000-0x4FFF "
             "(default: RFC 5766's 0x4000-0x7FFF, which browsers and turnutils_uclient use)"),
     _Option("rfc5766-channels", "flag", "no effect, kept for old command lines: RFC 5766's "
@@ -226,9 +275,12 @@ class ServeConfig:
     max_port: int = DEFAULT_MAX_PORT
     """Highest relayed port."""
     user_quota: int | None = None
-    """Allocations per username."""
+    """Allocations per username (None: :data:`DEFAULT_USER_QUOTA`, or a quarter of the
+    total quota when less)."""
     total_quota: int | None = None
-    """Allocations in all."""
+    """Allocations in all (None: from the file-descriptor limit)."""
+    limits: StreamLimits = field(default_factory=StreamLimits)
+    """Bounds of the TCP/TLS connections."""
     nonce_lifetime: float = DEFAULT_NONCE_LIFETIME
     """NONCE validity, seconds."""
     strict_channels: bool = False
@@ -439,6 +491,26 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         raise ServeError(f"--min-port {cfg.min_port} is above --max-port {cfg.max_port}")
     cfg.user_quota = _int("user-quota", given["user_quota"], 1, 1 << 31)
     cfg.total_quota = _int("total-quota", given["total_quota"], 1, 1 << 31)
+    defaults = StreamLimits()
+    cfg.limits = StreamLimits(
+        max_connections=_int("max-connections", given["max_connections"], 1, 1 << 24),
+        max_per_source=_int(
+            "max-connections-per-source", given["max_connections_per_source"], 1, 1 << 24
+        )
+        or defaults.max_per_source,
+        first_request_timeout=_float("first-request-timeout", given["first_request_timeout"])
+        or defaults.first_request_timeout,
+        handshake_timeout=min(
+            defaults.handshake_timeout,
+            _float("first-request-timeout", given["first_request_timeout"])
+            or defaults.handshake_timeout,
+        ),
+        idle_timeout=_float("idle-timeout", given["idle_timeout"]) or defaults.idle_timeout,
+        partial_frame_timeout=_float("partial-frame-timeout", given["partial_frame_timeout"])
+        or defaults.partial_frame_timeout,
+        request_rate=_float("stream-request-rate", given["stream_request_rate"])
+        or defaults.request_rate,
+    )
     cfg.nonce_lifetime = _float("nonce-lifetime", given["nonce_lifetime"]) or (
         DEFAULT_NONCE_LIFETIME
     )
@@ -478,6 +550,8 @@ def _stats_collector(
     turn: Callable[[], TurnServer | None],
     stun: Callable[[], Sequence[ServerStats]],
     runner: Callable[[], TurnServerRunner | None],
+    errors: LoopErrorFilter | None = None,
+    guards: Callable[[], Sequence[StreamGuard]] = lambda: (),
 ) -> Any:
     """A prometheus-client collector reading the cores' counters at scrape time."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -522,11 +596,41 @@ def _stats_collector(
                 size.add_metric(["to_peer"], s.to_peer_bytes)
                 size.add_metric(["to_client"], s.to_client_bytes)
                 yield size
+                yield CounterMetricFamily(
+                    "anchor_turn_rate_limited",
+                    "unsigned answers not sent: the source prefix was over its budget",
+                    value=s.rate_limited,
+                )
             run = runner()
             if run is not None:
                 yield CounterMetricFamily(
                     "anchor_turn_send_dropped", "datagrams dropped because a socket was full",
                     value=run.send_dropped,
+                )
+                yield CounterMetricFamily(
+                    "anchor_turn_relay_resource_errors",
+                    "relay sockets not opened for lack of file descriptors (508)",
+                    value=run.allocator.resource_errors,
+                )
+            held = list(guards())
+            if held:
+                yield GaugeMetricFamily(
+                    "anchor_stream_connections", "TCP/TLS connections held",
+                    value=sum(len(g) for g in held),
+                )
+                shed = CounterMetricFamily(
+                    "anchor_stream_shed",
+                    "TCP/TLS connections (or requests, for request_rate) shed, by reason",
+                    labels=["reason"],
+                )
+                for reason in SHED_REASONS:
+                    shed.add_metric([reason], sum(g.shed[reason] for g in held))
+                yield shed
+            if errors is not None:
+                yield CounterMetricFamily(
+                    "anchor_resource_errors",
+                    "accept() and other failures for lack of file descriptors or buffers",
+                    value=errors.resource_errors,
                 )
             stats = list(stun())
             if stats:
@@ -535,6 +639,8 @@ def _stats_collector(
                     ("binding_answered", "Binding requests answered", "answered"),
                     ("error_responses", "STUN error responses sent", "errors_sent"),
                     ("dropped", "STUN datagrams dropped", "dropped_malformed"),
+                    ("rate_limited", "STUN answers not sent: the source prefix was over its "
+                     "budget", "rate_limited"),
                 ):
                     value = sum(int(getattr(st, attr)) for st in stats)
                     yield CounterMetricFamily(f"anchor_stun_{name}", doc, value=value)
@@ -682,6 +788,14 @@ def _print_event(event: TurnServerEvent) -> None:
 
 async def _serve(cfg: ServeConfig, software: str) -> None:
     loop = asyncio.get_running_loop()
+    errors = LoopErrorFilter()
+    errors.install(loop)
+    connections, allocations = resource_budget(raise_nofile_limit())
+    total_quota = cfg.total_quota or allocations
+    user_quota = cfg.user_quota or min(DEFAULT_USER_QUOTA, max(1, total_quota // 4))
+    limits = cfg.limits
+    if limits.max_connections is None:
+        limits = dataclasses.replace(limits, max_connections=connections)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -693,8 +807,11 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
     dbs: list[SqliteUsers] = []
     lines: list[str] = []
     try:
+        budget = AnswerBudget()  # every STUN core's, in STUN-only mode (TURN: the core's)
         try:
-            stun = StunServer(primary=cfg.listen[0], other=cfg.alt, software=software)
+            stun = StunServer(
+                primary=cfg.listen[0], other=cfg.alt, software=software, budget=budget
+            )
         except LocalProtocolError as exc:
             raise ServeError(str(exc)) from exc
         if cfg.turn:
@@ -710,8 +827,8 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     stun=stun,
                     software=software,
                     nonce_lifetime=cfg.nonce_lifetime,
-                    user_quota=cfg.user_quota,
-                    total_quota=cfg.total_quota,
+                    user_quota=user_quota,
+                    total_quota=total_quota,
                     address_families=tuple(Family(f) for f in allocator.families),
                     allow_loopback_peers=cfg.allow_loopback_peers,
                     allow_peers=cfg.allow_peers,
@@ -724,6 +841,7 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     tls=[cfg.tls_address] if cfg.tls_address and cfg.tls_context else (),
                     tls_context=cfg.tls_context,
                     on_event=_print_event if cfg.verbose else None,
+                    limits=limits,
                 )
             except LocalProtocolError as exc:
                 raise ServeError(str(exc)) from exc
@@ -737,8 +855,12 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                 lines.append(f"listening {kind} {format_address(addr)}")
         else:
             for index, primary in enumerate(cfg.listen):
-                core_stun = stun if index == 0 else StunServer(primary=primary, software=software)
-                runner = StunServerRunner(core_stun)
+                core_stun = (
+                    stun
+                    if index == 0
+                    else StunServer(primary=primary, software=software, budget=budget)
+                )
+                runner = StunServerRunner(core_stun, limits=limits)
                 stun_runners.append(runner)
                 closers.append(runner.close)
                 waiters.append(runner.wait_closed)
@@ -761,6 +883,10 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     lambda: final_turn.core if final_turn is not None else None,
                     lambda: [r.core.stats for r in stun_runners] or [stun.stats],
                     lambda: final_turn,
+                    errors,
+                    lambda: [final_turn.guard] if final_turn is not None else [
+                        r.guard for r in stun_runners
+                    ],
                 )
             )
             closers.append(exporter.close)
@@ -772,6 +898,8 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     f"cannot serve metrics on {format_address(cfg.metrics)}: {exc}"
                 ) from exc
             lines.append(f"metrics http {format_address(bound)}")
+            if turn_runner is not None:
+                turn_runner.protect([bound])
         if cfg.signal is not None:
             service = RendezvousServer(
                 cfg.signal[0], cfg.signal[1], ssl=cfg.tls_context, allowed=cfg.signal_allow
@@ -786,6 +914,8 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                 ) from exc
             scheme = "wss" if cfg.tls_context is not None else "ws"
             lines.append(f"listening {scheme} {format_address(bound)}")
+            if turn_runner is not None:
+                turn_runner.protect([bound])
         for line in lines:
             print(line, flush=True)
         await stop.wait()

@@ -70,6 +70,7 @@ from anchor_stun.attributes import (
     unpack_ip,
     xor_mapped_tlv_v4,
 )
+from anchor_stun.budget import AnswerBudget
 from anchor_stun.errors import (
     AllocationError,
     AnchorError,
@@ -142,6 +143,7 @@ __all__ = [
     "AlternateDomain",
     "AlternateServer",
     "AnchorError",
+    "AnswerBudget",
     "AttrType",
     "Attribute",
     "Behavior",

@@ -64,7 +64,11 @@ Decisions where the RFCs leave a choice
 - An IPv4-mapped IPv6 source (``::ffff:a.b.c.d``, seen on dual-stack sockets) is reported as
   the IPv4 address it maps.
 - RESPONSE-PORT and PADDING are honoured with or without an alternate address (RFC 5780 §5
-  allows servers with one address to support them).
+  allows servers with one address to support them), over UDP only, and RESPONSE-PORT only
+  to the source IP (§7.5). An answer is charged to the source's prefix whatever port it
+  goes to: with a :class:`~anchor_stun.budget.AnswerBudget` (``anchor serve`` always has
+  one) a source over its budget gets no answer at all, on no port, and no answer is more
+  than the budget's factor (3) times what the prefix sent beyond a small allowance.
 - PADDING in the response is ``mtu`` bytes rounded up to a multiple of 4 (RFC 5780 §7.6),
   but never longer than the request's own PADDING (a client padding to its MTU, as §5 says
   it SHOULD, gets the full length back; a small spoofed request cannot buy a large
@@ -109,6 +113,7 @@ from anchor_stun.attributes import (
     pack_ip,
     unpack_ip,
 )
+from anchor_stun.budget import AnswerBudget
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address, Transmit
 from anchor_stun.message import (
@@ -169,6 +174,9 @@ class ServerStats:
     """Datagrams that are not STUN, or malformed STUN that cannot be answered (§6.3)."""
     dropped_fingerprint: int = 0
     """Messages whose FINGERPRINT did not verify or was not last (RFC 8489 §14.7)."""
+    rate_limited: int = 0
+    """Answers not sent over UDP: the source's prefix was over its :class:`AnswerBudget`
+    (counted once the request was processed, besides ``answered`` or ``errors_sent``)."""
     dropped_ignored: int = 0
     """Well-formed messages a server does not act on: responses, indications other than
     Binding, indications with unknown comprehension-required attributes (§6.3.2-§6.3.4)."""
@@ -212,7 +220,8 @@ class StunServer:
     ports (RFC 5780 §6). ``software`` is sent in SOFTWARE (RFC 8489 §14.14), ``None`` for
     none. ``fingerprint`` adds FINGERPRINT to every response (RFC 8489 §14.7); responses to
     requests carrying FINGERPRINT get one regardless. ``mtu`` is the PADDING length of
-    responses to requests with PADDING (RFC 5780 §7.6). Raises :class:`LocalProtocolError`
+    responses to requests with PADDING (RFC 5780 §7.6). ``budget`` bounds what a source
+    prefix is answered over UDP (:mod:`anchor_stun.budget`). Raises :class:`LocalProtocolError`
     on a bad configuration.
     """
 
@@ -224,6 +233,7 @@ class StunServer:
         software: str | None = "anchor",
         fingerprint: bool = True,
         mtu: int = DEFAULT_MTU,
+        budget: AnswerBudget | None = None,
     ) -> None:
         ip, family = _check_address("primary", primary)
         port = primary[1]
@@ -248,6 +258,9 @@ class StunServer:
         """PADDING length of padded responses, before the cap (RFC 5780 §7.6)."""
         self.stats = ServerStats()
         """Counters of received, answered and dropped datagrams."""
+        self.budget = budget
+        """The per-prefix budget of answers over UDP (:mod:`anchor_stun.budget`), or None
+        for none. A TURN core installs its own here."""
 
         self._software_attrs = software_attrs
         self._software_tlv = software_tlv
@@ -340,7 +353,21 @@ class StunServer:
         where the response can only go back on that connection: the request is then served
         as by a single-address RFC 8489 server, and CHANGE-REQUEST and RESPONSE-PORT, which
         cannot be honoured there, get 420 (RFC 5780 §5 tells clients to expect it).
+
+        Over UDP, with a :attr:`budget`, an answer the source's prefix cannot afford is not
+        sent (counted in ``stats.rate_limited``), wherever RESPONSE-PORT would have sent it.
         """
+        out = self._handle(data, addr, local, stream)
+        budget = self.budget
+        if out is None or budget is None or stream:
+            return out
+        if budget.charge(addr[0], len(data), len(out.data), now):
+            return out
+        self.stats.rate_limited += 1
+        return None
+
+    def _handle(self, data: bytes, addr: Address, local: Address, stream: bool) -> Transmit | None:
+        """:meth:`handle` before the budget."""
         stats = self.stats
         stats.received += 1
         size = len(data)

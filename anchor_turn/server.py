@@ -42,7 +42,8 @@ Processing a message from a client, in this order:
 5. Send indication (§11.2): dropped without an allocation on the 5-tuple, without
    XOR-PEER-ADDRESS and DATA, with unknown comprehension-required attributes, for a peer of
    a family the allocation has no relay for, without a live permission for the peer's IP,
-   or to a forbidden destination (the allocation's own relayed address, a listener).
+   or to a forbidden destination (port 0, the allocation's own relayed address, one of the
+   server's own addresses).
    DONT-FRAGMENT without the ``dont_fragment`` capability is an unknown comprehension-required
    attribute: the indication is dropped (§11.2).
    Otherwise the DATA goes to the peer from the relayed address. Never refreshes a permission.
@@ -58,8 +59,8 @@ Processing a message from a client, in this order:
       the one this server sends and contain the chosen algorithm, or 400;
    d. unknown USERNAME, USERHASH with no owner, or another REALM: 401 (a new challenge);
    e. MESSAGE-INTEGRITY-SHA256 (when present, else MESSAGE-INTEGRITY) does not verify: 401;
-   f. NONCE not one this server issued to this client IP, or past its lifetime: 438 with a
-      fresh NONCE, REALM and PASSWORD-ALGORITHMS.
+   f. NONCE not one this server issued to this 5-tuple (transport, client IP and port,
+      listener), or past its lifetime: 438 with a fresh NONCE, REALM and PASSWORD-ALGORITHMS.
    Errors of steps a-f are unsigned; every later response, success or error, carries the
    integrity attribute the request used (MESSAGE-INTEGRITY-SHA256 truncated as the
    request's, or MESSAGE-INTEGRITY) computed with the same key (§9.2.4).
@@ -83,7 +84,7 @@ Processing a message from a client, in this order:
     - ChannelBind: CHANNEL-NUMBER or XOR-PEER-ADDRESS missing, a number outside
       0x4000-0x7FFF (0x4000-0x4FFF with ``strict_channels``), a number bound to another
       peer or a peer bound to another number 400;
-      peer family 443; forbidden peer 403; over ``max_channels``/``max_permissions`` 508.
+      peer family 443; forbidden peer or port 0: 403; over ``max_channels``/``max_permissions`` 508.
       Success binds or refreshes the channel and installs or refreshes the permission.
 
 Every response carries SOFTWARE (when configured) and FINGERPRINT; Data indications carry
@@ -98,9 +99,13 @@ Decisions where the RFCs leave room
 -----------------------------------
 - Lifetime (§7.2, §8.2): ``max(default, min(requested, max))``; no LIFETIME gives the default.
 - Nonces are stateless: ``cookie | base64(expiry_ms | HMAC-SHA256(secret, cookie | expiry |
-  client IP)[:12])`` with a secret drawn from ``rng`` at start-up. A nonce is only valid from
-  the IP it was issued to (RFC 8489 §9.2 asks nonces not to be shared across clients); a
-  forged, foreign or expired nonce gets 438 (after the integrity check, as §9.2.4 orders).
+  5-tuple)[:12])`` with a secret drawn from ``rng`` at start-up (so a restart makes every
+  nonce stale: 438, and the client retries with the new one). The 5-tuple is the transport,
+  the client IP and port and the listener address: a nonce is only valid on the 5-tuple it
+  was issued to, as coturn binds it to the session (RFC 8489 §9.2 asks nonces not to be
+  shared across clients). A request captured and replayed byte for byte from another source
+  port (or over another transport) therefore gets 438 and creates nothing; a forged,
+  foreign or expired nonce gets 438 too (after the integrity check, as §9.2.4 orders).
 - When the nonce cookie announces algorithms but the request names none, RFC 8489 §9.2.4
   says MD5; this server then refuses with 400 if MD5 is not among ``password_algorithms``.
 - USERHASH is always accepted; the cookie advertises it only with ``username_anonymity``
@@ -109,9 +114,15 @@ Decisions where the RFCs leave room
   the peer does (§9): a channel never outlives its permission in effect. A client that keeps
   the channel bound refreshes the permission with each ChannelBind (§12.2).
 - Peer filter (§10.2, §11.2, §12.2 "MAY impose restrictions"; §21): by default loopback,
-  RFC 1918, unique-local, link-local, multicast, unspecified and broadcast addresses,
-  and their IPv4-mapped IPv6 forms, are refused; so are the allocation's own relayed
-  addresses and the server's listener addresses (loops). Relayed addresses of *other*
+  RFC 1918, carrier-grade NAT (100.64.0.0/10, where cloud metadata services live),
+  192.0.0.0/24, 198.18.0.0/15, 240.0.0.0/4, unique-local, site-local, 64:ff9b:1::/48,
+  link-local, multicast, unspecified and broadcast addresses, and their IPv4-mapped IPv6
+  forms, are refused (``allow_peers`` opens networks); so are the allocation's own relayed
+  addresses and the server's own addresses, "myself" (loops): every listener, and for a
+  wildcard listener every host address and external address the adapter declares
+  (:meth:`TurnServer.add_self_addresses`) and the whole loopback range on its port. A
+  ChannelBind to port 0 is refused (403) and a Send to port 0 dropped: no datagram can go
+  there; a CreatePermission ignores the port (§9). Relayed addresses of *other*
   allocations stay reachable: two clients of one server talking relay-to-relay is normal.
 - Dual allocations keep one lifetime per family: Refresh with REQUESTED-ADDRESS-FAMILY
   refreshes (or with LIFETIME 0 deletes) that family only (§8.1).
@@ -135,15 +146,18 @@ Decisions where the RFCs leave room
 - 508 when a CreatePermission/ChannelBind would exceed the per-allocation limits.
 - A TCP/TLS allocation also ends when the adapter reports the connection closed
   (:meth:`TurnServer.connection_closed`).
-- Unsigned answers over UDP (the 401 and 438 challenges, 400s, Binding responses: all an
-  unauthenticated source can get) are rate-limited per source IP with a token bucket,
-  ``unauthenticated_rate`` per second after a burst of ``unauthenticated_burst`` (20/s after
-  50 by default; ``None`` turns it off); over the limit the request is dropped and counted in
-  ``stats.rate_limited``. A reflected 401 is 6.8 times a minimal request: the bucket caps
-  what one victim IP can be sent. A bucket is kept only while it is not full again (2.5 s
-  at the defaults) and for at most 65,536 source IPs (the least recently used goes first), so
-  a flood from many sources cannot grow memory. TCP and TLS are not limited:
-  their handshakes prove the source, and a client there does not retransmit.
+- Unsigned answers over UDP (the 401 and 438 challenges, 400s, 420s, Binding responses:
+  all an unauthenticated source can get) are charged to the source's prefix (IPv4 /24,
+  IPv6 /64) in an :class:`~anchor_stun.budget.AnswerBudget` shared with the STUN core:
+  ``unauthenticated_rate`` answers per second after a burst of ``unauthenticated_burst``
+  (20/s after 50 by default; ``None`` turns the budget off), and never more than 3 times
+  the bytes the prefix sent beyond a 4 KiB allowance that grows back at 6.8 B/s (a 401 is
+  6.8 times a minimal request: a flood of them is answered at most 3 times over). Over the
+  budget the request is dropped and counted in ``stats.rate_limited``
+  (``stun.stats.rate_limited`` for Binding). A signed exchange earns its prefix credit.
+  The budget forgets a prefix once it is as good as new and keeps at most 65,536 (the
+  least recently used goes first), so a flood from many sources cannot grow memory. TCP and TLS are not charged: their
+  handshakes prove the source, and the runner bounds connections and their request rate.
 """
 
 from __future__ import annotations
@@ -155,7 +169,7 @@ import ipaddress
 import os
 import struct
 import zlib
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
@@ -194,6 +208,7 @@ from anchor_stun.attributes import (
     pack_ip,
     unpack_ip,
 )
+from anchor_stun.budget import ANSWER_BURST, ANSWER_RATE, AnswerBudget
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address, Transmit
 from anchor_stun.integrity import SecurityFeatures, make_nonce, nonce_features
@@ -244,11 +259,10 @@ DEFAULT_PERMISSION_LIFETIME = 300  # RFC 8656 §9 (MUST be 300 s)
 DEFAULT_CHANNEL_LIFETIME = 600  # RFC 8656 §12 (10 minutes)
 DEFAULT_NONCE_LIFETIME = 600  # RFC 8489 §9.2 leaves it to the server
 RESERVATION_TOKEN_SIZE = 8  # RFC 8656 §18.9
-UNAUTHENTICATED_RATE = 20.0
-"""Unsigned answers per second per source IP over UDP, after the burst (issue 9)."""
-UNAUTHENTICATED_BURST = 50
-"""Unsigned answers a source IP may get at once before the rate applies (issue 9)."""
-_RATE_SOURCES = 65536  # source IPs with a token bucket; the least recently used goes first
+UNAUTHENTICATED_RATE = ANSWER_RATE
+"""Unsigned answers per second per source prefix over UDP, after the burst (issue 9, 24)."""
+UNAUTHENTICATED_BURST = ANSWER_BURST
+"""Unsigned answers a source prefix may get at once before the rate applies (issue 9, 24)."""
 
 _HEAD3 = struct.Struct("!HHI")
 _HEADER = struct.Struct("!HHI12s")
@@ -502,16 +516,21 @@ class RelayAllocator(Protocol):
 _DEFAULT_DENIED_V4 = (
     "0.0.0.0/8",  # unspecified / "this network"
     "10.0.0.0/8",  # RFC 1918
+    "100.64.0.0/10",  # shared address space, carrier-grade NAT (RFC 6598); cloud metadata
     "169.254.0.0/16",  # link-local
     "172.16.0.0/12",  # RFC 1918
+    "192.0.0.0/24",  # IETF protocol assignments (RFC 6890)
     "192.168.0.0/16",  # RFC 1918
+    "198.18.0.0/15",  # benchmarking (RFC 2544)
     "224.0.0.0/4",  # multicast
-    "255.255.255.255/32",  # limited broadcast
+    "240.0.0.0/4",  # reserved (RFC 1112), limited broadcast included
 )
 _DEFAULT_DENIED_V6 = (
     "::/128",  # unspecified
+    "64:ff9b:1::/48",  # local-use IPv4/IPv6 translation (RFC 8215)
     "fc00::/7",  # unique local (RFC 4193)
     "fe80::/10",  # link-local
+    "fec0::/10",  # site-local, deprecated (RFC 3879)
     "ff00::/8",  # multicast
 )
 _LOOPBACK = ("127.0.0.0/8", "::1/128")
@@ -523,8 +542,10 @@ class PeerFilter:
     """Which peer IPs a client may reach through the relay (RFC 8656 §10.2, §11.2, §12.2
     "MAY impose restrictions", §21.1 on relaying to private addresses).
 
-    Refused by default: loopback (unless ``allow_loopback``), RFC 1918, unique-local,
-    link-local, multicast, unspecified and broadcast addresses; an IPv6 address that carries
+    Refused by default: loopback (unless ``allow_loopback``), RFC 1918, carrier-grade NAT
+    (100.64.0.0/10), IETF protocol assignments (192.0.0.0/24), benchmarking (198.18.0.0/15),
+    reserved (240.0.0.0/4, with broadcast), unique-local, site-local (fec0::/10), local-use
+    NAT64 (64:ff9b:1::/48), link-local, multicast and unspecified addresses; an IPv6 address that carries
     an IPv4 address (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo: ``_embedded_ipv4``)
     is judged as that IPv4 address too. Networks in ``allow`` are
     accepted even inside those ranges (a lab, a VPN); networks in ``deny`` are refused as
@@ -745,6 +766,24 @@ def _canonical(addr: Address) -> Address:
     return (unpack_ip(family, packed), int(addr[1]))
 
 
+def _self_form(addr: Address) -> Address:
+    """The form addresses are compared in by the "myself" check: an IPv4-mapped IPv6
+    address becomes the IPv4 address it maps."""
+    ip = addr[0]
+    if ip.startswith("::ffff:"):
+        mapped = ipaddress.IPv6Address(ip).ipv4_mapped
+        if mapped is not None:
+            return (str(mapped), addr[1])
+    return addr
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
 def _is_ipv4(ip: str) -> bool:
     """True for an IPv4 address, and for an IPv4-mapped IPv6 one (a dual-stack listener's
     IPv4 client: its packets are IPv4 on the wire)."""
@@ -758,47 +797,6 @@ def _reflexive(addr: Address) -> XorMappedAddress:
     if family == Family.IPV6 and packed[:12] == _V4_MAPPED:
         return XorMappedAddress(unpack_ip(Family.IPV4, packed[12:]), addr[1])
     return XorMappedAddress(addr[0], addr[1])
-
-
-class _SourceLimiter:
-    """A token bucket per source IP (the rate limit of unsigned answers, issue 9).
-
-    The table is ordered by last use. A bucket unused for ``burst / rate`` seconds is full
-    again, as good as none, so it is forgotten: the table holds the sources of the last few
-    seconds, and never more than :data:`_RATE_SOURCES` (the least recently used goes first).
-    """
-
-    __slots__ = ("_buckets", "_refill", "burst", "rate")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self._refill = burst / rate
-        # ip -> (tokens, time of last use), least recently used first
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def allow(self, ip: str, now: float) -> bool:
-        """Take a token for ``ip`` if it has one."""
-        buckets = self._buckets
-        bucket = buckets.get(ip)
-        if bucket is None:
-            tokens = self.burst
-        else:
-            tokens, last = bucket
-            if now > last:
-                tokens = min(self.burst, tokens + (now - last) * self.rate)
-            buckets.move_to_end(ip)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        buckets[ip] = (tokens, now)
-        refill = self._refill
-        while len(buckets) > _RATE_SOURCES or now - next(iter(buckets.values()))[1] >= refill:
-            buckets.popitem(last=False)  # full again (or one too many): forget it
-        return allowed
 
 
 # --------------------------------------------------------------------------- the core
@@ -833,6 +831,8 @@ class TurnServer:
     - ``dont_fragment``: the adapter can send datagrams to peers with fragmentation forbidden
       (:class:`DontFragmentTransmit`); False makes DONT-FRAGMENT an unknown attribute
       (RFC 8656 §7.2 step 4, §11.2).
+    - ``self_addresses``: more (ip, port) addresses the server answers on, refused as peers
+      besides its listeners (see :meth:`add_self_addresses`).
 
     Raises :class:`LocalProtocolError` on a bad configuration.
     """
@@ -866,6 +866,7 @@ class TurnServer:
         unauthenticated_rate: float | None = UNAUTHENTICATED_RATE,
         unauthenticated_burst: int = UNAUTHENTICATED_BURST,
         dont_fragment: bool = True,
+        self_addresses: Iterable[Address] = (),
     ) -> None:
         if not 0 < default_lifetime <= max_lifetime <= 0xFFFFFFFF:
             raise LocalProtocolError("need 0 < default_lifetime <= max_lifetime")
@@ -960,19 +961,23 @@ class TurnServer:
         self._relays: dict[Address, _Relay] = {}
         self._per_user: dict[str, int] = {}
         self._listeners: set[Address] = set()
-        if stun is not None:
-            self._listeners.update(stun.local_addresses())
+        self._wildcard_ports: set[int] = set()
+        self.add_self_addresses(self.stun.local_addresses() if stun is not None else ())
+        self.add_self_addresses(self_addresses)
         self._heap: list[tuple[float, int, _Timed]] = []
         self._heap_compact_at = _HEAP_COMPACT_MIN
         self._seq = count()
         self._out: list[Transmit] = []
         self._events: deque[TurnServerEvent] = deque(maxlen=max_events)
         self._peer_tlvs: dict[Address, bytes] = {}
-        self._limiter = (
-            _SourceLimiter(unauthenticated_rate, unauthenticated_burst)
+        self.budget: AnswerBudget | None = (
+            AnswerBudget(rate=unauthenticated_rate, burst=unauthenticated_burst)
             if unauthenticated_rate is not None
             else None
         )
+        """The per-prefix budget of unsigned answers over UDP (:mod:`anchor_stun.budget`),
+        shared with the STUN core, or None."""
+        self.stun.budget = self.budget
 
     # ================================================================== driver surface
 
@@ -1024,7 +1029,7 @@ class TurnServer:
             return
         if decode_type(msg_type)[0] == _BINDING_METHOD:
             out = self.stun.handle(data, addr, local, now, stream=transport != "udp")
-            if out is not None and self._may_answer(addr, now, transport):
+            if out is not None:  # the STUN core charged it to the shared budget
                 self._out.append(out)
             return
         self._stun_general(data, addr, local, transport, now)
@@ -1139,6 +1144,18 @@ class TurnServer:
         alloc = self._by_tuple.get((addr, local, transport))
         return alloc.relayed() if alloc is not None else ()
 
+    def add_self_addresses(self, addresses: Iterable[Address]) -> None:
+        """Declare addresses the server answers on (RFC 8656 §21: no relaying to itself): a
+        permission, ChannelBind or Send to one of them is refused. The adapter passes every
+        listener, and for a wildcard listener (0.0.0.0, ::) the host's addresses with its
+        port and any external address; a wildcard here also makes the whole loopback range
+        on that port "myself". Raises :class:`LocalProtocolError` for a malformed address."""
+        for addr in addresses:
+            ip, port = _canonical(addr)
+            if ip in ("0.0.0.0", "::"):
+                self._wildcard_ports.add(port)
+            self._listeners.add(_self_form((ip, port)))
+
     # ================================================================== client → peer data
 
     def _fast_send(
@@ -1223,7 +1240,7 @@ class TurnServer:
             stats.dropped += 1
             return
         relay = alloc.relays.get(permission.family)
-        if relay is None or relay.expires <= now or self._is_self(peer, alloc):
+        if relay is None or relay.expires <= now or peer[1] == 0 or self._is_self(peer, alloc):
             stats.dropped += 1
             return
         if dont_fragment and relay.dont_fragment:
@@ -1235,14 +1252,14 @@ class TurnServer:
         stats.to_peer_bytes += len(payload)
 
     def _is_self(self, peer: Address, alloc: _Allocation) -> bool:
-        """True for the allocation's own relayed addresses and the server's listeners, in
+        """True for the allocation's own relayed addresses and the server's own addresses
+        (:meth:`add_self_addresses`; any loopback IP on the port of a wildcard listener), in
         any textual form (an IPv4-mapped IPv6 address is the IPv4 address it maps)."""
-        ip = peer[0]
-        if ip.startswith("::ffff:"):
-            mapped = ipaddress.IPv6Address(ip).ipv4_mapped
-            if mapped is not None:
-                peer = (str(mapped), peer[1])
+        if peer[0].startswith("::ffff:"):
+            peer = _self_form(peer)
         if peer in self._listeners:
+            return True
+        if peer[1] in self._wildcard_ports and _is_loopback(peer[0]):
             return True
         return any(r.addr == peer for r in alloc.relays.values())
 
@@ -1290,7 +1307,8 @@ class TurnServer:
     ) -> None:
         """Decode and process a STUN message (steps 4-10 of the module docstring)."""
         stats = self.stats
-        self._listeners.add(local)
+        if local not in self._listeners:
+            self.add_self_addresses((local,))
         try:
             msg = Message.decode(data)
         except DecodeError as exc:
@@ -1300,7 +1318,7 @@ class TurnServer:
                 stats.dropped += 1
                 return
             stats.requests += 1
-            request = Message(method, klass, bytes(tid))
+            request = Message(method, klass, bytes(tid), raw=data)
             self._send_error(request, ErrorCode.BAD_REQUEST, (), addr, local, None, now, transport)
             return
         if msg.fingerprint is not None and not msg.verify_fingerprint():
@@ -1356,6 +1374,8 @@ class TurnServer:
         auth = self._authenticate(msg, addr, local, now, transport)
         if auth is None:
             return
+        if self.budget is not None and transport == "udp":
+            self.budget.earn(addr[0], len(data), now)  # a signed exchange: the prefix earns
         unknown = self._unknown(msg)
         try:
             if unknown:
@@ -1446,7 +1466,7 @@ class TurnServer:
             self._events.append(AuthenticationFailedEvent(addr, username, 401))
             self._challenge(msg, ErrorCode.UNAUTHENTICATED, addr, local, now, transport)
             return None
-        if not self._nonce_valid(nonce.value, addr[0], now):
+        if not self._nonce_valid(nonce.value, addr, local, transport, now):
             self._challenge(msg, ErrorCode.STALE_NONCE, addr, local, now, transport)
             return None
         assert username is not None
@@ -1463,24 +1483,33 @@ class TurnServer:
         transport: TransportName,
     ) -> None:
         """401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4)."""
-        attrs: list[Attribute] = [Realm(self.realm), Nonce(self._make_nonce(addr[0], now))]
+        nonce = self._make_nonce(addr, local, transport, now)
+        attrs: list[Attribute] = [Realm(self.realm), Nonce(nonce)]
         if self._offered is not None:
             attrs.append(self._offered)
         self._send_error(msg, code, attrs, addr, local, None, now, transport)
 
-    def _make_nonce(self, ip: str, now: float) -> str:
-        """A stateless nonce bound to the client IP and an expiry (module docstring)."""
+    def _make_nonce(
+        self, addr: Address, local: Address, transport: TransportName, now: float
+    ) -> str:
+        """A stateless nonce bound to the 5-tuple and an expiry (module docstring)."""
         expiry_ms = min(max(0, int((now + self.nonce_lifetime) * 1000)), _MAX_EXPIRY_MS)
         expiry = _EXPIRY.pack(expiry_ms)[2:]
-        mac = self._nonce_mac(expiry, ip)
+        mac = self._nonce_mac(expiry, addr, local, transport)
         rest = base64.urlsafe_b64encode(expiry + mac).decode("ascii")
         return make_nonce(self._features, rest)
 
-    def _nonce_mac(self, expiry: bytes, ip: str) -> bytes:
-        text = b"".join((self._nonce_prefix.encode("ascii"), expiry, ip.encode("utf-8")))
-        return hmac.digest(self._secret, text, hashlib.sha256)[:12]
+    def _nonce_mac(
+        self, expiry: bytes, addr: Address, local: Address, transport: TransportName
+    ) -> bytes:
+        text = "|".join(
+            (self._nonce_prefix, transport, addr[0], str(addr[1]), local[0], str(local[1]))
+        ).encode("utf-8")
+        return hmac.digest(self._secret, expiry + text, hashlib.sha256)[:12]
 
-    def _nonce_valid(self, nonce: str, ip: str, now: float) -> bool:
+    def _nonce_valid(
+        self, nonce: str, addr: Address, local: Address, transport: TransportName, now: float
+    ) -> bool:
         prefix = self._nonce_prefix
         if not nonce.startswith(prefix):
             return False
@@ -1491,17 +1520,20 @@ class TurnServer:
         if len(raw) != 18:
             return False
         expiry, mac = raw[:6], raw[6:]
-        if not hmac.compare_digest(mac, self._nonce_mac(expiry, ip)):
+        if not hmac.compare_digest(mac, self._nonce_mac(expiry, addr, local, transport)):
             return False
         return now * 1000 < int.from_bytes(expiry, "big")
 
     # ------------------------------------------------------------------ responses
 
-    def _may_answer(self, addr: Address, now: float, transport: TransportName) -> bool:
-        """Whether an unsigned answer may go to ``addr`` now (the per-source rate limit of
-        the module docstring); counts the ones that may not."""
-        limiter = self._limiter
-        if limiter is None or transport != "udp" or limiter.allow(addr[0], now):
+    def _may_answer(
+        self, addr: Address, request: int, answer: int, now: float, transport: TransportName
+    ) -> bool:
+        """Whether an unsigned answer of ``answer`` bytes to a request of ``request`` bytes
+        may go to ``addr`` now (the per-prefix budget of the module docstring); counts the
+        ones that may not."""
+        budget = self.budget
+        if budget is None or transport != "udp" or budget.charge(addr[0], request, answer, now):
             return True
         self.stats.rate_limited += 1
         return False
@@ -1529,12 +1561,15 @@ class TurnServer:
         transport: TransportName,
     ) -> None:
         """Queue an error response (RFC 8489 §6.3.1.1), signed when ``auth`` is given;
-        an unsigned one only within the source's rate (:meth:`_may_answer`)."""
-        if auth is None and not self._may_answer(addr, now, transport):
-            return
+        an unsigned one only within the source's budget (:meth:`_may_answer`)."""
         response = request.error_response(int(code), code.reason, attrs)
+        data = self._encode(response, auth)
+        if auth is None and not self._may_answer(
+            addr, len(request.raw) or HEADER_SIZE, len(data), now, transport
+        ):
+            return
         self.stats.errors_sent += 1
-        self._out.append(Transmit(self._encode(response, auth), addr, local))
+        self._out.append(Transmit(data, addr, local))
 
     # ------------------------------------------------------------------ Allocate
 
@@ -1694,6 +1729,11 @@ class TurnServer:
     def _forbidden(self, peer: XorPeerAddress, alloc: _Allocation) -> bool:
         return not self.peer_filter(peer.ip) or self._is_self(peer.address, alloc)
 
+    def _forbidden_channel(self, peer: XorPeerAddress, alloc: _Allocation) -> bool:
+        """:meth:`_forbidden`, and port 0, where no datagram can go (a channel names a
+        transport address; a permission names only an IP, RFC 8656 §9)."""
+        return peer.port == 0 or self._forbidden(peer, alloc)
+
     def _create_permission(self, msg: Message, alloc: _Allocation, now: float) -> list[Attribute]:
         """RFC 8656 §10.2: all the peers are checked before any permission is installed."""
         peers = msg.get_all(XorPeerAddress)
@@ -1741,7 +1781,7 @@ class TurnServer:
         if other is not None and other.number != number:
             raise _Reject(ErrorCode.BAD_REQUEST)
         family = self._check_peer(peer, alloc)
-        if self._forbidden(peer, alloc):
+        if self._forbidden_channel(peer, alloc):
             raise _Reject(ErrorCode.FORBIDDEN)
         if channel is None and len(alloc.channels) >= self.max_channels:
             raise _Reject(ErrorCode.INSUFFICIENT_CAPACITY)

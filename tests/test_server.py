@@ -29,6 +29,7 @@ from anchor_stun.attributes import (
     Username,
     XorMappedAddress,
 )
+from anchor_stun.budget import AnswerBudget
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address, Transmit
 from anchor_stun.message import Message, MessageClass, Method
@@ -608,3 +609,30 @@ def test_fast_path_matches_general_path(
         b = slow.handle(data, client, local, NOW)
         assert a == b
     assert fast.stats == slow.stats
+
+
+def test_budget_bounds_response_port_answers_per_prefix() -> None:
+    """issue 24: with an AnswerBudget, RESPONSE-PORT answers (to the source IP only, RFC 5780
+    §7.5) are charged to the source's prefix like any other: 256 addresses of one /24 each
+    asking 20 times get what one source would, at most 3 times the bytes they sent; over
+    the budget no answer goes anywhere, neither to the source port nor to RESPONSE-PORT."""
+    server = StunServer(
+        primary=("192.0.2.1", 3478), other=("192.0.2.2", 3479), budget=AnswerBudget()
+    )
+    request = Message(
+        Method.BINDING, MessageClass.REQUEST, b"r" * 12, [ResponsePort(9999)]
+    ).encode()
+    sent = received = answers = 0
+    for round_ in range(20):
+        now = 1000.0 + round_ * 0.1
+        for host in range(256):
+            source = (f"203.0.113.{host}", 40000)
+            out = server.handle(request, source, ("192.0.2.1", 3478), now)
+            sent += len(request)
+            if out is not None:
+                assert out.addr == (source[0], 9999)
+                received += len(out.data)
+                answers += 1
+    assert 50 <= answers <= 50 + 2 * 20 + 1
+    assert received <= 3 * sent
+    assert server.stats.rate_limited == 20 * 256 - answers

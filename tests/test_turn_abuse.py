@@ -8,8 +8,10 @@ credentials get (the RFC answer, and no state change). Figures asserted here:
 - unauthenticated answers: at most :data:`UNAUTH_MAX` = 136 bytes with this configuration
   (the 401 challenge); reflection factor 6.8 for a minimal 20-byte request (401), 3.0 for
   the 400 answer; indications, ChannelData and responses get no answer at all;
-- unsigned answers over UDP are rate-limited per source IP: a burst of 50, then 20 a second
-  (6.8 kB at once, then 2.7 kB/s of 401s towards one victim IP);
+- unsigned answers over UDP are budgeted per source prefix (IPv4 /24, IPv6 /64, issue 24):
+  a burst of 50, then 20 a second, and in bytes at most 3 times what the prefix sent plus
+  a 4 KiB allowance growing back at 6.8 B/s; measured for every kind of unsigned answer
+  across 256 sources of one /24;
 - a flood of unauthenticated traffic from 10,000 distinct sources allocates nothing; the
   per-source state it creates is capped (rate-limiter buckets: the sources of the last 2.5 s,
   at most 65,536; source-address caches of the STUN core and codec: 4,096 entries each), so
@@ -20,6 +22,7 @@ credentials get (the RFC answer, and no state change). Figures asserted here:
 from __future__ import annotations
 
 import gc
+import ipaddress
 import tracemalloc
 from dataclasses import dataclass, field
 
@@ -33,6 +36,7 @@ from anchor_stun.attributes import (
     Data,
     Lifetime,
     Nonce,
+    OtherAddress,
     PasswordAlgorithms,
     RawAttribute,
     Realm,
@@ -46,7 +50,12 @@ from anchor_stun.message import Message, MessageClass, Method
 from anchor_stun.server import StunServer
 from anchor_turn.auth import RestSecret, StaticUsers
 from anchor_turn.channeldata import encode_channel_data
-from anchor_turn.server import UNAUTHENTICATED_BURST, UNAUTHENTICATED_RATE, TurnServer
+from anchor_turn.server import (
+    UNAUTHENTICATED_BURST,
+    UNAUTHENTICATED_RATE,
+    PeerFilter,
+    TurnServer,
+)
 
 REALM = "example.org"
 LISTEN: Address = ("192.0.2.1", 3478)
@@ -63,9 +72,10 @@ UNAUTH_MAX = 20 + 24 + 16 + 44 + 12 + 12 + 8
 "example.org" (4 + 12), NONCE (4 + 40: 13-character cookie + 24 base64 characters, padded),
 PASSWORD-ALGORITHMS SHA-256 + MD5 (4 + 8), SOFTWARE "anchor" (4 + 8), FINGERPRINT (8)."""
 FLOOD_SOURCES = 10_000
-FLOOD_FIRST_MAX = 4 * 1024 * 1024
-"""Bytes the first flood (10,000 sources over 10 s) may add: the caches keyed by source
-address fill up (about 2 MB) and the rate limiter holds 2.5 s of sources."""
+FLOOD_FIRST_MAX = 6 * 1024 * 1024
+"""Bytes the first flood (10,000 sources, each a /24 of its own, over 10 s) may add: the
+caches keyed by source address fill up (about 2 MB) and the answer budget holds a record
+(about 300 B) for each prefix whose credit has not grown back yet (20 s of sources)."""
 FLOOD_GROWTH_MAX = 512 * 1024
 """Bytes a second flood, of 10,000 more sources, may add: after the first 10,000 the
 source-keyed caches (StunServer's, ``pack_ip``'s, 4096 entries each) are full, so what is
@@ -317,10 +327,14 @@ def test_unauthenticated_requests_are_rate_limited_per_source() -> None:
     assert server.stats.rate_limited == 1000 - answered
     # In bytes: at most 50 * 136 = 6.8 kB at once, then 20 * 136 = 2.7 kB/s per victim IP.
     assert _hammer(server, (CLIENT[0], 1), 1, T0 + 0.999, 0) == 0  # per IP, whatever the port
-    assert _hammer(server, CLIENT2, 1, T0 + 0.999, 0) == 1  # other sources are not affected
+    # per prefix (issue 24): the victim's neighbours in its /24 share the budget...
+    assert _hammer(server, CLIENT2, 1, T0 + 0.999, 0) == 0
+    assert _hammer(server, ("203.0.113.250", 9), 1, T0 + 0.999, 0) == 0
+    # ...other prefixes are not affected
+    assert _hammer(server, ("203.0.114.8", 40001), 1, T0 + 0.999, 0) == 1
     assert _hammer(server, CLIENT, 100, T0 + 4, 0) == 50  # full again after 2.5 s
     # Steady 100 requests/s: 20 answered per second once the burst is spent.
-    assert _hammer(server, ("203.0.113.50", 1), 1000, T0 + 10, 0.01) == 50 + 199
+    assert _hammer(server, ("203.0.115.50", 1), 1000, T0 + 10, 0.01) == 50 + 199
 
 
 def test_rate_limit_spares_signed_answers_tcp_and_can_be_turned_off() -> None:
@@ -341,6 +355,94 @@ def test_rate_limit_spares_signed_answers_tcp_and_can_be_turned_off() -> None:
     assert _hammer(custom, CLIENT, 10, T0, 0.1) == 2
     assert _hammer(custom, CLIENT, 10, T0 + 1.1, 0.1) == 2  # one second refills one token...
     assert _hammer(custom, CLIENT, 1, T0 + 10, 0) == 1
+
+
+def _answer_kinds(server: TurnServer) -> dict[str, bytes]:
+    """One request per kind of unsigned answer (issue 24 must-show 4): a minimal Allocate
+    (401), a signed Allocate whose nonce was issued to another 5-tuple (438), a Binding with
+    an unknown comprehension-required attribute (420), a minimal Binding (success, with
+    OTHER-ADDRESS when the server has an alternate address), an unknown method (400)."""
+    creds = LongTermCredentials("alice", "secret")
+    first = Message(Method.ALLOCATE, MessageClass.REQUEST, b"n" * 12, [RequestedTransport()])
+    server.receive_datagram(first.encode(), ("192.0.2.200", 5), LISTEN, T0)
+    creds.challenge(Message.decode(server.datagrams_to_send(T0)[0].data))
+    stale = creds.sign(
+        Message(Method.ALLOCATE, MessageClass.REQUEST, b"s" * 12, [RequestedTransport()])
+    )
+    return {
+        "401": Message(Method.ALLOCATE, MessageClass.REQUEST, b"a" * 12).encode(),
+        "438": stale,
+        "420": Message(
+            Method.BINDING, MessageClass.REQUEST, b"u" * 12, [RawAttribute(0x0030, b"")]
+        ).encode(),
+        "binding": Message(Method.BINDING, MessageClass.REQUEST, b"b" * 12).encode(),
+        "400": Message(0x00F, MessageClass.REQUEST, b"m" * 12).encode(),
+    }
+
+
+@pytest.mark.parametrize("kind", ["401", "438", "420", "binding", "400"])
+def test_amplification_is_at_most_3x_across_256_sources_of_one_prefix(kind: str) -> None:
+    """issue 24 must-show 4, in the core: 256 source addresses of one /24 each send 20
+    requests over 2 s (5,120 in all). What they are sent in all is at most 3 times what
+    they sent, and the answers are those one source would get (the burst, then the rate):
+    the budget is the prefix's, not 256 times one address's. With OTHER-ADDRESS (RFC 5780)
+    a Binding answer is the largest per request byte."""
+    server, _ = make_server(
+        stun=StunServer(primary=LISTEN, other=("192.0.2.2", 3479)), unauthenticated_rate=20.0
+    )
+    request = _answer_kinds(server)[kind]
+    sent = received = answers = 0
+    for round_ in range(20):
+        now = T0 + 1 + round_ * 0.1
+        for host in range(256):
+            source = (f"203.0.113.{host}", 40000 + host)
+            server.receive_datagram(request, source, LISTEN, now)
+            sent += len(request)
+            for out in server.datagrams_to_send(now):
+                assert out.addr[0] == source[0]
+                answer = Message.decode(out.data)
+                assert str(code(answer) or "binding") == kind
+                if kind == "binding":
+                    assert answer.get(OtherAddress) is not None
+                received += len(out.data)
+                answers += 1
+    assert answers >= 50  # the prefix is answered...
+    assert answers <= UNAUTHENTICATED_BURST + 2 * UNAUTHENTICATED_RATE + 1  # ...as one source
+    assert received <= 3 * sent, (kind, received / sent)
+    limited = server.stats.rate_limited + server.stun.stats.rate_limited
+    assert limited == 20 * 256 - answers
+
+
+def test_a_slow_prober_gets_at_most_3x_plus_the_allowance() -> None:
+    """The strict form of the bound, per prefix: in ``t`` seconds a prefix is sent at most
+    3 x what it sent + the 4 KiB allowance + t x 6.8 B/s (the credit growing back), at any
+    request rate (a minimal Allocate every 50 ms for 10 minutes: within the rate, so only
+    the bytes bind: 3.03 times over in all, not the 6.8 of a 401 per request)."""
+    server, _ = make_server()
+    request = Message(Method.ALLOCATE, MessageClass.REQUEST, b"p" * 12).encode()
+    sent = received = 0
+    duration, step = 600.0, 0.05
+    for i in range(int(duration / step)):
+        now = T0 + i * step
+        server.receive_datagram(request, (f"203.0.113.{i % 256}", 1), LISTEN, now)
+        sent += len(request)
+        received += sum(len(t.data) for t in server.datagrams_to_send(now))
+    budget = server.budget
+    assert budget is not None
+    assert received <= 3 * sent + budget.allowance + duration * budget.regen
+    assert received / sent <= 3.05
+
+
+def test_a_signed_exchange_earns_credit_for_its_prefix() -> None:
+    """Legitimate clients behind one prefix keep getting their challenges: each signed
+    exchange earns 3 x its size, more than the 401 that preceded it costs."""
+    server, _ = make_server()
+    for n in range(300):  # 300 logins from one /24 in 30 s
+        client = Client(server, addr=(f"203.0.113.{n % 200}", 50000 + n))
+        client.login(T0 + n * 0.1)
+        resp = client.exchange(client.signed(Method.ALLOCATE, RequestedTransport()), T0 + n * 0.1)
+        assert code(resp) in (None, 486)
+    assert server.stats.rate_limited == 0
 
 
 # --------------------------------------------------------------------------- peer filtering
@@ -366,6 +468,34 @@ FORBIDDEN = [
     ("239.255.255.250", "multicast (SSDP)"),
     ("ff02::1", "multicast"),
     ("255.255.255.255", "broadcast"),
+    # issue 24: ranges the first filter let through
+    ("100.64.0.1", "carrier-grade NAT (RFC 6598)"),
+    ("100.100.100.200", "carrier-grade NAT: a cloud metadata service"),
+    ("100.127.255.254", "carrier-grade NAT, top"),
+    ("192.0.0.1", "IETF protocol assignments (RFC 6890)"),
+    ("192.0.0.170", "IETF protocol assignments: NAT64 discovery"),
+    ("198.18.0.1", "benchmarking (RFC 2544)"),
+    ("198.19.255.254", "benchmarking, top"),
+    ("240.0.0.1", "reserved (RFC 1112)"),
+    ("254.255.255.255", "reserved, top"),
+    ("fec0::1", "site-local (RFC 3879)"),
+    ("feff:ffff::1", "site-local, top"),
+    ("64:ff9b:1::1", "local-use NAT64 (RFC 8215)"),
+    ("64:ff9b:1:ffff::1", "local-use NAT64, top"),
+    ("::ffff:100.100.100.200", "IPv4-mapped carrier-grade NAT"),
+    ("64:ff9b::6464:64c8", "NAT64 well-known prefix of 100.100.100.200"),
+]
+
+ALLOWED_NEIGHBOURS = [
+    "100.63.255.255",  # just below 100.64.0.0/10
+    "100.128.0.0",  # just above it
+    "192.0.1.1",  # just above 192.0.0.0/24
+    "198.17.255.255",  # just below 198.18.0.0/15
+    "198.20.0.0",  # just above it
+    "fe00::1",  # below fe80::/10 and above fc00::/7: not a special range
+    "64:ff9b:2::1",  # just above 64:ff9b:1::/48
+    "2001:db8::1",
+    "8.8.8.8",
 ]
 
 EMBEDDED_IPV4 = [
@@ -396,6 +526,60 @@ def _forbidden_everywhere(server: TurnServer, client: Client, ip: str, channel: 
     assert client.send(send.encode(fingerprint=True)) == []
     assert client.send(send.encode()) == []  # the codec path too
     assert client.send(encode_channel_data(channel, b"x")) == []
+
+
+DEFAULT_DENIED = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "64:ff9b:1::/48",
+    "fc00::/7",
+    "fe80::/10",
+    "fec0::/10",
+    "ff00::/8",
+]
+"""Every range the default peer filter refuses (issue 24 must-show 5)."""
+
+
+@pytest.mark.parametrize("network", DEFAULT_DENIED)
+def test_peer_filter_table_every_default_range(network: str) -> None:
+    """First, last and middle address of each range refused by default; the neighbours
+    just outside are not; ``allow`` (``anchor serve --allow-peer``) opens the range."""
+    net = ipaddress.ip_network(network)
+    inside = {net[0], net[-1], net[net.num_addresses // 2]}
+    default = PeerFilter()
+    for addr in inside:
+        assert not default(str(addr)), addr
+    for outside in (int(net[0]) - 1, int(net[-1]) + 1):
+        if 0 <= outside < (1 << net.max_prefixlen):
+            neighbour = ipaddress.ip_address(outside) if net.version == 4 else (
+                ipaddress.IPv6Address(outside)
+            )
+            embeds_ipv4 = isinstance(neighbour, ipaddress.IPv6Address) and (
+                neighbour in ipaddress.ip_network("::/96") or neighbour.ipv4_mapped is not None
+            )
+            if not embeds_ipv4 and not any(
+                neighbour in ipaddress.ip_network(n) for n in DEFAULT_DENIED
+            ):
+                assert default(str(neighbour)), neighbour
+    opened = PeerFilter(allow=[network], allow_loopback=True)
+    for addr in inside:
+        assert opened(str(addr)), addr
+
+
+@pytest.mark.parametrize("ip", ALLOWED_NEIGHBOURS)
+def test_peer_filter_lets_public_neighbours_through(ip: str) -> None:
+    assert PeerFilter()(ip)
 
 
 @pytest.mark.parametrize(("ip", "why"), FORBIDDEN, ids=[f[0] for f in FORBIDDEN])
@@ -441,6 +625,73 @@ def test_own_relay_and_listener_are_refused() -> None:
         [XorPeerAddress(RELAY_IP4, 50007), Data(b"to another relay")],
     )
     assert len(client.send(ind.encode(fingerprint=True))) == 1
+
+
+def test_wildcard_listener_is_myself_on_every_host_address() -> None:
+    """issue 24 must-show 3, in the core: with a wildcard listener (0.0.0.0:3478) the
+    "myself" check covers every address the adapter declares (host addresses, an external
+    address) and the whole loopback range on the listener's port, so permission, ChannelBind
+    and Send to them are refused even with every peer allowed by the filter."""
+    wildcard: Address = ("0.0.0.0", 3478)
+    host, external = "203.0.113.1", "198.51.100.99"
+    server, _ = make_server(
+        stun=StunServer(primary=wildcard),
+        allow_peers=["0.0.0.0/0", "::/0"],
+        self_addresses=[(host, 3478), (external, 3478), ("2001:db8::1", 3478)],
+    )
+    client = Client(server)
+
+    # Clients reach the wildcard listener: the core is told ``local`` = 0.0.0.0:3478.
+    def send(data: bytes) -> list[Transmit]:
+        server.receive_datagram(data, client.addr, wildcard, T0)
+        return server.datagrams_to_send(T0)
+
+    def exchange(method: int, *attrs: Attribute) -> Message:
+        if not client.creds.ready:
+            req = Message(
+                Method.ALLOCATE, MessageClass.REQUEST, client.tid(), [RequestedTransport()]
+            )
+            (out,) = send(req.encode())
+            client.creds.challenge(Message.decode(out.data))
+        data = client.creds.sign(Message(method, MessageClass.REQUEST, client.tid(), list(attrs)))
+        (out,) = send(data)
+        return Message.decode(out.data)
+
+    assert code(exchange(Method.ALLOCATE, RequestedTransport(), AdditionalAddressFamily())) is None
+    selves = [
+        (host, 3478),
+        (external, 3478),
+        ("127.0.0.1", 3478),
+        ("127.1.2.3", 3478),
+        ("::ffff:" + host, 3478),
+        ("2001:db8::1", 3478),
+        ("::1", 3478),
+    ]
+    for n, peer in enumerate(selves):
+        assert code(exchange(Method.CREATE_PERMISSION, XorPeerAddress(*peer))) == 403, peer
+        bind = exchange(Method.CHANNEL_BIND, ChannelNumber(0x4000 + n), XorPeerAddress(*peer))
+        assert code(bind) == 403, peer
+    # A permission for the host IP on another port (relay to relay) is fine, but a Send
+    # to the listener port of that IP is not relayed.
+    assert code(exchange(Method.CREATE_PERMISSION, XorPeerAddress(host, 50000))) is None
+    for peer in ((host, 3478), ("::ffff:" + host, 3478), (host, 0)):
+        ind = Message(
+            Method.SEND, MessageClass.INDICATION, client.tid(), [XorPeerAddress(*peer), Data(b"x")]
+        )
+        assert send(ind.encode(fingerprint=True)) == [], peer
+        assert send(ind.encode()) == [], peer
+    ind = Message(
+        Method.SEND,
+        MessageClass.INDICATION,
+        client.tid(),
+        [XorPeerAddress(host, 50000), Data(b"x")],
+    )
+    assert len(send(ind.encode(fingerprint=True))) == 1
+    # Another port of loopback, or a channel to port 0: not myself / refused.
+    port_zero = XorPeerAddress(host, 0)
+    assert code(exchange(Method.CHANNEL_BIND, ChannelNumber(0x4100), port_zero)) == 403
+    other_port = XorPeerAddress("127.0.0.1", 3479)
+    assert code(exchange(Method.CHANNEL_BIND, ChannelNumber(0x4101), other_port)) is None
 
 
 def test_mapped_form_of_own_listener_is_refused() -> None:
@@ -698,7 +949,8 @@ def test_bad_credentials_and_wrong_integrity_get_401_and_change_nothing() -> Non
 
 
 def test_replayed_requests_get_the_rfc_answer_and_change_nothing() -> None:
-    server, _ = make_server(nonce_lifetime=600)
+    # No rate limit: every replay below must get its (unsigned) answer to be checked.
+    server, _ = make_server(nonce_lifetime=600, unauthenticated_rate=None)
     client = Client(server)
     allocate = client.signed(Method.ALLOCATE, RequestedTransport())
     first = client.exchange(allocate)
@@ -719,14 +971,24 @@ def test_replayed_requests_get_the_rfc_answer_and_change_nothing() -> None:
     )
     assert code(client.exchange(other, T0 + 5)) == 437
     assert state(server) == before
-    # From another IP (a spoofed source): the nonce is bound to the IP, 438.
+    # From another IP (a spoofed source): the nonce is bound to the 5-tuple, 438.
     for data in (allocate, permission, refresh):
         assert code(client.exchange(data, T0 + 10, addr=CLIENT2)) == 438
     assert state(server) == before and server.allocation_count() == 1
-    # From the same IP, another port (another 5-tuple): no allocation there, 437.
-    for data in (permission, refresh):
-        assert code(client.exchange(data, T0 + 10, addr=(CLIENT[0], 1))) == 437
-    assert state(server) == before
+    # From the same IP, another port (another 5-tuple), from 200 ports: 438 every time and
+    # no allocation (issue 24: the nonce used to be bound to the IP only).
+    for port in range(1, 201):
+        for data in (allocate, permission, refresh):
+            assert code(client.exchange(data, T0 + 10, addr=(CLIENT[0], port))) == 438
+    # Over another transport from the same address, or to another listener: 438 too.
+    out = client.server
+    out.receive_datagram(allocate, CLIENT, LISTEN, T0 + 10, transport="tcp")
+    (tcp,) = out.datagrams_to_send(T0 + 10)
+    assert code(Message.decode(tcp.data)) == 438
+    out.receive_datagram(allocate, CLIENT, (LISTEN[0], 3479), T0 + 10)
+    (other_listener,) = out.datagrams_to_send(T0 + 10)
+    assert code(Message.decode(other_listener.data)) == 438
+    assert state(server) == before and server.allocation_count() == 1
     # Later, once the nonce has expired: 438, nothing refreshed.
     later = T0 + 601
     server.handle_timer(later)
@@ -764,8 +1026,8 @@ def _flood(server: TurnServer, first: int, count: int, start: float) -> int:
     answers = 0
     for i in range(first, first + count):
         now = start + (i - first) / 1000
-        source = (
-            f"198.18.{i >> 8 & 0xFF}.{i & 0xFF}" if i < 65536 else f"2001:db8:f::{i:x}",
+        source = (  # one source per /24 (or /64): each is a prefix of its own (issue 24)
+            f"198.{i >> 8 & 0xFF}.{i & 0xFF}.7" if i < 65536 else f"2001:db8:{i:x}::7",
             1024 + i % 60000,
         )
         for data in (allocate, binding, channel, send, bad_mi, b"\x00\x01junk"):
@@ -807,9 +1069,10 @@ def test_flood_from_10000_sources_keeps_memory_bounded() -> None:
     # Three answers per source: 401 to the Allocate, the Binding success, 401 to the bad MI.
     assert answers == 3 * 3 * FLOOD_SOURCES
     assert server.allocation_count() == 1  # nothing allocated, nothing per source in TURN
-    # Per-source state, all capped: the rate limiter's buckets (the sources of the last
-    # burst / rate = 2.5 s), StunServer's and the codec's caches of source addresses.
-    assert len(server._limiter) <= 2500 + 1  # type: ignore[arg-type]
+    # Per-source state, all capped: the budget's records (the prefixes whose credit has not
+    # grown back yet: the last 20 s, 136 B at 6.8 B/s), StunServer's and the codec's caches
+    # of source addresses.
+    assert len(server.budget) <= FLOOD_SOURCES + 1  # type: ignore[arg-type]
     assert len(server.stun._v4_cache) <= 4096
     assert len(server._peer_tlvs) <= 4096
     assert len(server._events) <= server._events.maxlen  # type: ignore[operator]
@@ -818,15 +1081,19 @@ def test_flood_from_10000_sources_keeps_memory_bounded() -> None:
 
 
 def test_rate_limiter_table_is_capped_under_a_burst_of_sources() -> None:
-    """70,000 distinct sources within one instant: the limiter forgets the least recently
-    used beyond 65,536 buckets (about 10 MB at most)."""
+    """70,000 distinct source prefixes within one instant: the budget forgets the least
+    recently used beyond 65,536 records (about 10 MB at most)."""
     server, _ = make_server()
-    limiter = server._limiter
+    limiter = server.budget
     assert limiter is not None
+
+    def source(i: int) -> str:
+        return f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1"  # one /64 each
+
     for i in range(70_000):
-        limiter.allow(f"2001:db8:f::{i:x}", T0)
+        limiter.charge(source(i), 20, 136, T0)
     assert len(limiter) == 65_536
-    assert limiter.allow("2001:db8:f::0", T0)  # forgotten: a fresh bucket
+    assert limiter.charge(source(0), 20, 136, T0)  # forgotten: a fresh record
     assert len(limiter) == 65_536
-    limiter.allow("192.0.2.77", T0 + 3)  # 2.5 s later every bucket is full again
+    limiter.charge("192.0.2.77", 20, 136, T0 + 30)  # 30 s later every record is as new
     assert len(limiter) == 1

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from anchor_stun.aio.streams import GuardedStream, StreamGuard, StreamLimits
 from anchor_stun.attributes import Software, XorMappedAddress
 from anchor_stun.errors import (
     DecodeError,
@@ -574,53 +575,36 @@ class _ServerDatagram(asyncio.DatagramProtocol):
         pass
 
 
-class _ServerStream(asyncio.Protocol):
-    def __init__(self, runner: StunServerRunner, local: Address) -> None:
+class _ServerStream(GuardedStream):
+    """A TCP or TLS connection to the STUN server, bounded by the runner's guard."""
+
+    def __init__(
+        self, runner: StunServerRunner, local: Address, context: ssl.SSLContext | None
+    ) -> None:
+        super().__init__(runner.guard, local, context)
         self.runner = runner
-        self.local = local
-        self.framer = StreamFramer()
-        self.transport: asyncio.Transport | None = None
-        self.peer: Address = ("", 0)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = (str(peer[0]), int(peer[1]))
-        self.runner._streams.add(transport)
-        self.runner._opened.append(transport)
-
-    def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
-        corrupt = False
-        try:
-            frames = self.framer.feed(data)
-        except StreamCorrupted as exc:  # the frames before the junk are still answered
-            frames, corrupt = exc.frames, True
+    def frames_received(self, frames: list[bytes], now: float) -> None:
         core = self.runner.core
-        now = asyncio.get_running_loop().time()
         for frame in frames:
             transmit = core.handle(frame, self.peer, self.local, now, stream=True)
             if transmit is not None:
-                self.transport.write(transmit.data)
-        if corrupt:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is not None:
-            self.runner._streams.discard(self.transport)
+                self.send(transmit.data)
 
 
 class StunServerRunner:
     """Serves a :class:`StunServer` core: UDP on each of its local addresses, optionally TCP on
-    the primary address and TLS on ``tls_address``. ``listeners`` lists what is open."""
+    the primary address and TLS on ``tls_address``. ``listeners`` lists what is open. TCP and
+    TLS connections are bounded by a :class:`~anchor_stun.aio.streams.StreamGuard` built
+    from ``limits`` (:attr:`guard`)."""
 
-    def __init__(self, core: StunServer) -> None:
+    def __init__(self, core: StunServer, *, limits: StreamLimits | None = None) -> None:
         self.core = core
         self.listeners: list[tuple[str, Address]] = []
+        self.guard = StreamGuard(limits)
+        """The bounds of the TCP/TLS connections and their shed counters."""
         self._udp: dict[Address, asyncio.DatagramTransport] = {}
         self._servers: list[asyncio.Server] = []
-        self._streams: set[asyncio.Transport] = set()
         self._opened: list[asyncio.BaseTransport] = []
 
     async def start(
@@ -632,6 +616,7 @@ class StunServerRunner:
     ) -> None:
         """Open every listener; on failure close what was opened and re-raise OSError."""
         loop = asyncio.get_running_loop()
+        self.guard.start(loop)
         try:
             for local in self.core.local_addresses():
                 udp, _ = await loop.create_datagram_endpoint(
@@ -657,7 +642,11 @@ class StunServerRunner:
     ) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: _ServerStream(self, local), local[0], local[1], ssl=context, reuse_address=True
+            lambda: _ServerStream(self, local, context),
+            local[0],
+            local[1],
+            reuse_address=True,
+            backlog=1024,
         )
         self._servers.append(server)
         sock = server.sockets[0].getsockname()
@@ -672,6 +661,7 @@ class StunServerRunner:
     def open_sockets(self) -> int:
         """How many sockets this runner opened are still open (0 after :meth:`close`)."""
         count = sum(1 for t in self._opened if not t.is_closing())
+        count += self.guard.open_sockets()
         return count + sum(1 for s in self._servers if s.is_serving())
 
     def close(self) -> None:
@@ -681,9 +671,7 @@ class StunServerRunner:
         self._udp.clear()
         for server in self._servers:
             server.close()
-        for stream in list(self._streams):
-            stream.close()
-        self._streams.clear()
+        self.guard.close()
 
     async def wait_closed(self) -> None:
         """Wait until the stream servers have shut down."""

@@ -58,6 +58,19 @@ than ``stream_buffer`` bytes has further relayed data dropped the same way rathe
 buffering without bound. ``add_reader`` needs a selector event loop (asyncio's default on
 Unix, and uvloop).
 
+Hostile clients (issue 24). TCP and TLS connections are bounded by a
+:class:`~anchor_stun.aio.streams.StreamGuard` (:attr:`TurnServerRunner.guard`: admission
+per source and in total at accept time, TLS started only once admitted, deadlines for a
+first request, partial frames and idle connections without an allocation, a request rate
+per connection, memory handed back), whose counters say what was shed. A relay socket
+that cannot be opened for lack of descriptors is counted
+(:attr:`UdpRelayAllocator.resource_errors`) and logged once a minute, not per request.
+
+"Myself" (RFC 8656 §21). At start the runner declares every listener to the core
+(:meth:`~anchor_turn.server.TurnServer.add_self_addresses`); a wildcard listener (0.0.0.0,
+``::``) stands for every address of the host (:func:`host_addresses`, from ``ifaddr``)
+and every ``external_ips`` address on its port, so no client can relay to the server.
+
 Addresses are canonical ``(ip, port)`` tuples: an IPv6 socket's flow info and scope id are
 stripped and the IP is written as the codec writes it (``ipaddress`` compressed form, so an
 IPv4-mapped ``::ffff:1.2.3.4`` from a dual-stack socket becomes ``::ffff:102:304``, which is
@@ -81,14 +94,17 @@ import random
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+import ifaddr
+
+from anchor_stun.aio.streams import GuardedStream, LoopErrorFilter, StreamGuard, StreamLimits
 from anchor_stun.attributes import Family, pack_ip, unpack_ip
-from anchor_stun.errors import LocalProtocolError, StreamCorrupted
+from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address, Transmit
-from anchor_stun.framing import StreamFramer
 from anchor_stun.server import StunServer
 from anchor_turn.auth import StaticUsers
 from anchor_turn.server import DontFragmentTransmit, TransportName, TurnServer, TurnServerEvent
@@ -102,6 +118,7 @@ __all__ = [
     "UdpRelayAllocator",
     "canonical_address",
     "dont_fragment_supported",
+    "host_addresses",
     "loopback_runner",
 ]
 
@@ -122,6 +139,25 @@ DEFAULT_STREAM_BUFFER = 1 << 20
 _IPV4 = int(Family.IPV4)
 _IPV6 = int(Family.IPV6)
 _log = logging.getLogger("anchor_turn.aio.server")
+
+
+def host_addresses() -> list[str]:
+    """Every IP address of this host's interfaces (``ifaddr``), canonical, scope ids
+    dropped: what a wildcard listener answers on."""
+    out: list[str] = []
+    try:
+        adapters = ifaddr.get_adapters()
+    except OSError:
+        return out
+    for adapter in adapters:
+        for address in adapter.ips:
+            ip = address.ip[0] if isinstance(address.ip, tuple) else address.ip
+            with contextlib.suppress(LocalProtocolError, ValueError):
+                text = canonical_address((ip, 0))[0]
+                if text not in out:
+                    out.append(text)
+    return out
+
 
 # Path MTU discovery modes of an IPv4 socket (Linux <linux/in.h>; Python 3.11 does not export
 # them). IP_PMTUDISC_DONT: DF 0, the kernel fragments; IP_PMTUDISC_DO: DF 1, never fragments
@@ -293,6 +329,9 @@ class UdpRelayAllocator:
         self._ready: RelayReady | None = None
         self.bind_failures = 0
         """Allocations refused because no port could be bound (508)."""
+        self.resource_errors = 0
+        """Relay sockets that could not be opened for lack of descriptors or buffers."""
+        self._warned_at = -60.0
         self.dont_fragment = dont_fragment and all(
             dont_fragment_supported(family) for family in self._ips
         )
@@ -487,6 +526,12 @@ class UdpRelayAllocator:
                 used.add(port)
                 return sock, (ip, port), spare
         except OSError as exc:
+            if exc.errno in LoopErrorFilter.RESOURCE_ERRNOS:
+                self.resource_errors += 1  # the fd limit: 508, no log flood
+                now = time.monotonic()
+                if now - self._warned_at < 60.0:
+                    return None
+                self._warned_at = now
             _log.warning("cannot bind relay IP %s: %s", ip, exc)
         return None
 
@@ -494,59 +539,39 @@ class UdpRelayAllocator:
 # ----------------------------------------------------------------------------- streams
 
 
-class _StreamConnection(asyncio.Protocol):
-    """One TCP or TLS client connection (RFC 8656 §3.1, framing §12.5)."""
+class _StreamConnection(GuardedStream):
+    """One TCP or TLS client connection (RFC 8656 §3.1, framing §12.5) under the runner's
+    :class:`~anchor_stun.aio.streams.StreamGuard`."""
 
-    def __init__(self, runner: TurnServerRunner, local: Address, name: TransportName) -> None:
+    def __init__(
+        self,
+        runner: TurnServerRunner,
+        local: Address,
+        name: TransportName,
+        context: ssl.SSLContext | None,
+    ) -> None:
+        super().__init__(runner.guard, local, context, channel_data=True)
         self.runner = runner
-        self.local = local
         self.name: TransportName = name
-        self.framer = StreamFramer(channel_data=True)
-        self.transport: asyncio.Transport | None = None
-        self.peer: Address = ("", 0)
-        self.key: tuple[Address, Address] = (self.peer, local)
+        self.write_limit = runner.stream_buffer
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.peer = canonical_address(transport.get_extra_info("peername"))
-        self.key = (self.peer, self.local)
-        self.runner._streams[self.key] = self
+    def address(self, sockaddr: Any) -> Address:
+        return canonical_address(sockaddr)
 
-    def data_received(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        corrupt = False
-        try:
-            frames = self.framer.feed(data)
-        except StreamCorrupted as exc:  # the frames before the junk are still handled
-            frames, corrupt = exc.frames, True
+    def frames_received(self, frames: list[bytes], now: float) -> None:
         runner = self.runner
-        core = runner.core
-        now = runner._loop.time()
+        receive = runner.core.receive_datagram
         try:
             for frame in frames:
-                core.receive_datagram(frame, self.peer, self.local, now, transport=self.name)
-        except Exception:  # a core bug must not kill the connection silently or loop
-            _log.exception("TURN core failed on a %s frame from %s", self.name, self.peer)
-        runner._flush()
-        if corrupt:
-            transport.close()
+                receive(frame, self.peer, self.local, now, transport=self.name)
+        finally:
+            runner._flush()
 
-    def send(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if transport.get_write_buffer_size() > self.runner.stream_buffer:
-            self.runner.send_dropped += 1
-            return
-        transport.write(data)
+    def keep_open(self) -> bool:
+        return bool(self.runner.core.relayed_for(self.peer, self.local, self.name))
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def lost(self) -> None:
         runner = self.runner
-        if runner._streams.get(self.key) is self:
-            del runner._streams[self.key]
         if runner._closed:
             return
         runner.core.connection_closed(self.peer, self.local, runner._loop.time())
@@ -562,7 +587,9 @@ class TurnServerRunner:
 
     ``udp``: extra UDP listener addresses besides ``core.stun.local_addresses()`` (which are
     always served); ``tcp`` / ``tls``: addresses of TCP and TLS listeners (``tls_context``
-    is required with ``tls``). Listener ports must be concrete (not 0): the core answers
+    is required with ``tls``). ``limits`` bounds the TCP/TLS connections
+    (:class:`~anchor_stun.aio.streams.StreamLimits`); ``external_ips`` are public addresses of the host, refused
+    as peers like its own. Listener ports must be concrete (not 0): the core answers
     with the addresses it was configured with. ``on_event`` receives every core event (for
     logs and metrics). After :meth:`start`, :attr:`listeners` lists ``(kind, address)`` of
     every listener. :meth:`close` releases everything; :meth:`open_sockets` then returns 0.
@@ -578,6 +605,8 @@ class TurnServerRunner:
         tls_context: ssl.SSLContext | None = None,
         on_event: Callable[[TurnServerEvent], None] | None = None,
         stream_buffer: int = DEFAULT_STREAM_BUFFER,
+        limits: StreamLimits | None = None,
+        external_ips: Sequence[str] = (),
     ) -> None:
         if not isinstance(core.relay, UdpRelayAllocator):
             raise LocalProtocolError("the core's relay allocator must be a UdpRelayAllocator")
@@ -605,6 +634,14 @@ class TurnServerRunner:
         """Called with every event of the core, or None."""
         self.stream_buffer = stream_buffer
         """Write-buffer size above which relayed data to a TCP/TLS client is dropped."""
+        self.guard = StreamGuard(limits)
+        """The bounds of the TCP/TLS connections (:mod:`anchor_stun.aio.streams`)."""
+        self.limits = self.guard.limits
+        """The guard's :class:`~anchor_stun.aio.streams.StreamLimits`."""
+        self.shed = self.guard.shed
+        """Connections and requests shed, by reason (the guard's counters)."""
+        self.external_ips = [str(ipaddress.ip_address(ip)) for ip in external_ips]
+        """Public addresses the host is also reached at (a 1:1 NAT): "myself" too."""
         self.listeners: list[tuple[str, Address]] = []
         """(``"udp"``|``"tcp"``|``"tls"``, bound address) of every listener, after start."""
         self.send_dropped = 0
@@ -614,8 +651,9 @@ class TurnServerRunner:
         self._loop: asyncio.AbstractEventLoop  # set by start()
         self._udp: dict[Address, socket.socket] = {}
         self._servers: list[asyncio.Server] = []
-        self._streams: dict[tuple[Address, Address], _StreamConnection] = {}
+        self._streams = self.guard.connections
         self._timer: asyncio.TimerHandle | None = None
+        self._self_addresses: list[Address] = []
         self._timer_at: float | None = None
         self._closed = False
         self._started = False
@@ -628,6 +666,7 @@ class TurnServerRunner:
         self._loop = loop
         self._started = True
         self.allocator.attach(loop, self._relay_ready)
+        self.guard.start(loop)
         try:
             for local in self._udp_addresses:
                 if local[1] == 0:
@@ -651,7 +690,27 @@ class TurnServerRunner:
         except OSError:
             self.close()
             raise
+        self.protect(address for _, address in self.listeners)
         self._flush()
+
+    def protect(self, addresses: Iterable[Address]) -> None:
+        """Declare more addresses this server answers on (its listeners are declared at
+        start; the CLI adds its metrics and rendezvous ports): the core refuses them as
+        peers (RFC 8656 §21, "myself"). A wildcard address stands for every address of the
+        host (:func:`host_addresses`) and every external IP on that port."""
+        expanded: list[Address] = []
+        for ip, port in addresses:
+            expanded.append((ip, port))
+            parsed = ipaddress.ip_address(ip)
+            if parsed.is_unspecified:
+                families = (4, 6) if parsed.version == 6 else (4,)
+                for host in [*host_addresses(), *self.external_ips]:
+                    if ipaddress.ip_address(host).version in families:
+                        expanded.append((host, port))
+            elif self.external_ips:
+                expanded.extend((ext, port) for ext in self.external_ips)
+        self._self_addresses.extend(expanded)
+        self.core.add_self_addresses(expanded)
 
     async def _listen_stream(
         self, name: TransportName, local: Address, context: ssl.SSLContext | None
@@ -660,11 +719,11 @@ class TurnServerRunner:
             raise LocalProtocolError(f"listener port 0 in {local!r}: give a port")
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: _StreamConnection(self, local, name),
+            lambda: _StreamConnection(self, local, name, context),
             local[0],
             local[1],
-            ssl=context,
             reuse_address=True,
+            backlog=1024,
         )
         self._servers.append(server)
         for sock in server.sockets:
@@ -674,9 +733,7 @@ class TurnServerRunner:
         """Sockets this runner (and its allocator) still has open: 0 after :meth:`close`."""
         count = sum(1 for s in self._udp.values() if s.fileno() != -1)
         count += sum(1 for s in self._servers if s.is_serving())
-        count += sum(
-            1 for c in self._streams.values() if c.transport is not None and not c.transport.is_closing()
-        )
+        count += self.guard.open_sockets()
         return count + self.allocator.open_sockets()
 
     def close(self) -> None:
@@ -695,10 +752,7 @@ class TurnServerRunner:
         self._udp.clear()
         for server in self._servers:
             server.close()
-        for connection in list(self._streams.values()):
-            if connection.transport is not None:
-                connection.transport.close()
-        self._streams.clear()
+        self.guard.close()
         self.allocator.close()
 
     async def wait_closed(self) -> None:
@@ -714,6 +768,12 @@ class TurnServerRunner:
     async def __aexit__(self, *exc: object) -> None:
         self.close()
         await self.wait_closed()
+
+    # ------------------------------------------------------------------ stream bounds
+
+    def connection_count(self) -> int:
+        """TCP/TLS connections held now (handshaking ones included)."""
+        return len(self.guard)
 
     # ------------------------------------------------------------------ input
 
@@ -781,7 +841,8 @@ class TurnServerRunner:
                         if streams:
                             connection = streams.get((addr, local))  # type: ignore[arg-type]
                             if connection is not None:
-                                connection.send(data)
+                                if not connection.send(data):
+                                    self.send_dropped += 1
                                 continue
                         sock = udp.get(local) if local is not None else None
                         if sock is None:
@@ -833,7 +894,8 @@ class TurnServerRunner:
                 if streams:
                     connection = streams.get((addr, local))  # type: ignore[arg-type]
                     if connection is not None:
-                        connection.send(data)
+                        if not connection.send(data):
+                            self.send_dropped += 1
                         continue
                 sock = udp.get(local) if local is not None else None
                 if sock is None:
