@@ -17,6 +17,10 @@ from anchor_link.aio.signal import (
     SignallingError,
     WebSocketSignalling,
 )
+from anchor_link.congestion import (
+    NewReno,
+    Pacer,
+)
 from anchor_link.reliable import (
     AuthenticationFailed,
     CloseReason,
@@ -75,6 +79,8 @@ __all__ = [
     "Mailbox",
     "MessageReceived",
     "MessageTooLarge",
+    "NewReno",
+    "Pacer",
     "ReliableChannel",
     "ReliableChannelError",
     "ReliableChannelFull",

@@ -12,7 +12,7 @@ Key schedule::
 
     shared = X25519(local private, remote public)                 (RFC 7748 §6.1)
     low, high = the two public keys, sorted bytewise
-    okm = HKDF-SHA256(salt = "anchor-channel-seal-v2",
+    okm = HKDF-SHA256(salt = "anchor-channel-seal-v3",
                       ikm = shared,
                       info = len(context) (4) | context | low | high,
                       L = 128)                                      (RFC 5869)
@@ -83,8 +83,9 @@ PUBLIC_KEY_SIZE = 32  # RFC 7748 §6.1
 REPLAY_WINDOW = 1024
 """Counters below the highest one seen that are still accepted once (RFC 4303 §3.4.3 uses
 at least 32; 1024 absorbs the reordering of a full send window)."""
-HKDF_SALT = b"anchor-channel-seal-v2"
-"""HKDF salt (RFC 5869 §3.1): names the protocol and its version."""
+HKDF_SALT = b"anchor-channel-seal-v3"
+"""HKDF salt (RFC 5869 §3.1): names the protocol and its frame format version (v3: ACK frames
+carry a receive window; a peer of another version fails authentication, nothing is misread)."""
 _COUNTER_SIZE = 8
 _TAG_SIZE = 16  # RFC 8439 §2.8
 _SAMPLE_SIZE = 12  # the nonce of the mask's ChaCha20 (RFC 8439 §2.8)
