@@ -997,12 +997,14 @@ class ReliableChannel:
         """The oldest event not yet returned, or None."""
         return self._events.popleft() if self._events else None
 
-    def release(self, messages: int = 1) -> None:
+    def release(self, messages: int, now: float) -> bool:
         """With ``manual_release``: the application has read the ``messages`` oldest messages
         delivered and not released yet; their frames leave the receive window (an ACK says so
-        once the window grew by a quarter). Raises
-        :class:`~anchor_stun.errors.LocalProtocolError` without ``manual_release``, or for
-        more messages than are held (nothing changes then)."""
+        once the window grew by a quarter). A read is activity: the idle clock restarts, and
+        it does not run at all while messages wait to be read (DESIGN "Idle": the peer is
+        held back, not silent). Returns whether an ACK is owed now (call
+        ``datagrams_to_send``). Raises :class:`~anchor_stun.errors.LocalProtocolError` without
+        ``manual_release``, or for more messages than are held (nothing changes then)."""
         if not self._manual_release:
             raise LocalProtocolError("release() needs manual_release=True")
         held = self._unread_frames
@@ -1010,8 +1012,11 @@ class ReliableChannel:
             raise LocalProtocolError(f"release({messages}) with {len(held)} messages held")
         for _ in range(messages):
             self._unread -= held.popleft()
+        if messages:
+            self._activity(now)
         if not self._ack_owed:
             self._maybe_window_update()
+        return self._ack_owed
 
     # ----------------------------------------------------------------- sending internals
 
@@ -1665,8 +1670,13 @@ class ReliableChannel:
         return max(self._last_activity, self._last_tx)
 
     def _idle_deadline(self) -> float | None:
-        if self._last_activity is None or self._idle_reported or self._snd_una < self._snd_next:
-            return None  # (a channel still delivering what it accepted is not idle)
+        if (
+            self._last_activity is None
+            or self._idle_reported
+            or self._snd_una < self._snd_next
+            or self._unread
+        ):
+            return None  # (a channel still delivering what it accepted, or held, is not idle)
         return self._last_active() + self._idle_timeout
 
 

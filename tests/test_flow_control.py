@@ -60,14 +60,14 @@ def test_a_receiver_that_does_not_read_stops_the_sender_at_its_window() -> None:
     # The persist timer asked for the window a few times, backing off (0.2 s doubling).
     assert 1 <= a.stats.window_probes <= 8
     # The application reads: the window update lets the sender go on, still without loss.
-    b.release(WINDOW)
+    b.release(WINDOW, path.now)
     path.flush()
     read = WINDOW
     while path.received < len(messages) or read < len(messages):
         path.step()
         held = b.stats.messages_received - read
         if held:
-            b.release(held)
+            b.release(held, path.now)
             read += held
         assert path.now < 60.0
     assert path.received == len(messages)
@@ -85,7 +85,7 @@ def test_a_lost_window_update_is_recovered_by_the_persist_timer() -> None:
     # next ACK request: only the answer to that request can tell it the window opened.
     probes = a.stats.window_probes
     path.drop_back = lambda frame: a.stats.window_probes == probes
-    b.release(WINDOW)
+    b.release(WINDOW, path.now)
     path.flush()
     while b.stats.messages_received == WINDOW:
         path.step()
@@ -122,11 +122,11 @@ def test_ack_request_flag_and_receive_window_on_the_wire() -> None:
 
 def test_release_is_checked() -> None:
     with pytest.raises(LocalProtocolError):
-        ReliableChannel().release()
+        ReliableChannel().release(1, 0.0)
     b = ReliableChannel(manual_release=True)
     with pytest.raises(LocalProtocolError):
-        b.release()
-    b.release(0)
+        b.release(1, 0.0)
+    assert not b.release(0, 0.0)
     with pytest.raises(LocalProtocolError):
         ReliableChannel(peer_receive_window=0)
 
