@@ -145,7 +145,9 @@ def _bytes_at(progress: list[tuple[float, int]], when: float) -> int:
 @pytest.mark.xfail(
     reason="issue 17 must-show 2 not met yet: NewReno takes about 25 % beside the kernel's "
     "CUBIC here (26 % with a loss reduction of 0.7); alone it fills the bottleneck (18.6-18.9 "
-    "Mbit/s). What holds it back is not found yet.",
+    "Mbit/s). Its paced frames are dropped one at a time, about 1.3 % of them: 5-7 congestion "
+    "events a second (one per 8 round trips), a window of 6-14 KB, while the bursty TCP loses "
+    "several packets per event; CUBIC (RFC 9438) is the next thing to try.",
     strict=False,
 )
 def test_the_bottleneck_shared_with_a_kernel_tcp_flow(
