@@ -1001,7 +1001,7 @@ class ReliableChannel:
         """With ``manual_release``: the application has read the ``messages`` oldest messages
         delivered and not released yet; their frames leave the receive window (an ACK says so
         once the window grew by a quarter). A read is activity: the idle clock restarts, and
-        it does not run at all while messages wait to be read (DESIGN "Idle": the peer is
+        it does not run at all while messages wait to be read (docs/design.md "Idle": the peer is
         held back, not silent). Returns whether an ACK is owed now (call
         ``datagrams_to_send``). Raises :class:`~anchor_stun.errors.LocalProtocolError` without
         ``manual_release``, or for more messages than are held (nothing changes then)."""
