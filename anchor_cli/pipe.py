@@ -276,7 +276,7 @@ async def run(args: argparse.Namespace) -> int:
             ended = [e for e in anchor.history if isinstance(e, LinkDissolved | LinkFailed)]
             if ended and not anchor.active_peers():
                 break
-            await anchor.wait_for(LinkEvent, count=len(anchor.history) + 1)
+            await anchor.wait_for(LinkEvent, after=anchor.events_recorded)
     await out.flush()
     if failures and not any(isinstance(e, LinkDissolved) for e in anchor.history):
         raise AnchorError(f"link to {args.peer!r} failed: {failures[-1]}")

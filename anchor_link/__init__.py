@@ -18,6 +18,10 @@ from anchor_link.aio.signal import (
     SignallingError,
     WebSocketSignalling,
 )
+from anchor_link.congestion import (
+    NewReno,
+    Pacer,
+)
 from anchor_link.handshake import (
     HandshakeFailed,
     LinkHandshake,
@@ -101,6 +105,8 @@ __all__ = [
     "Mailbox",
     "MessageReceived",
     "MessageTooLarge",
+    "NewReno",
+    "Pacer",
     "PeerAuthenticationError",
     "PeerAuthenticationFailed",
     "PeerKeyMismatch",

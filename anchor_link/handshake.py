@@ -22,7 +22,8 @@ waiting: the offerer sends it the moment it has read the answer, and the ICE che
 at the same time take longer than one signalling hop. The answerer learns who the offerer is
 only from that third message, and opens no channel before it arrives.
 
-**What is bound.** The prologue (§6) is ``"anchor-link/2"``, the link id and both names
+**What is bound.** The prologue (§6) is ``"anchor-link/3"`` (3: the channel's frame
+format with flow control), the link id and both names
 (offerer's first), each with a 2-byte length, so a description moved to another link or between
 other names fails. Each side's ICE description (ufrag, password, candidates, channel settings)
 *is* its handshake payload, so it is covered by the handshake hash: an answer's payload is
@@ -39,7 +40,7 @@ the handshake hash ``h``, into the payload key and the counter-masking key of
 :class:`~anchor_link.seal.Sealer` (as QUIC expands a traffic secret into its key and its header
 protection key, RFC 9001 §5.1) and a key-confirmation key::
 
-    key, hp, finished = HKDF(salt = h, ikm = k, info = "anchor-link/2 seal", L = 96)
+    key, hp, finished = HKDF(salt = h, ikm = k, info = "anchor-link/3 seal", L = 96)
 
 so they depend on the two ephemeral Diffie-Hellman results and nothing the rendezvous chose.
 ``k1`` and ``k2`` themselves encrypt nothing.
@@ -95,7 +96,7 @@ __all__ = [
 
 PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
 """The Noise protocol of every link (Noise §8)."""
-LINK_PROLOGUE = b"anchor-link/2"
+LINK_PROLOGUE = b"anchor-link/3"
 """First bytes of the prologue: the protocol and its version."""
 MAX_HANDSHAKE_MESSAGE = 65535
 """Largest Noise message (Noise §3)."""
@@ -104,7 +105,7 @@ RENDEZVOUS_PROTOCOL = b"Noise_XN_25519_ChaChaPoly_SHA256"
 static key is transmitted and proven; the server has none)."""
 RENDEZVOUS_PROLOGUE = b"anchor-rendezvous/1"
 """First bytes of the rendezvous handshake's prologue."""
-SEAL_INFO = b"anchor-link/2 seal"
+SEAL_INFO = b"anchor-link/3 seal"
 """HKDF ``info`` of the channel keys (module docstring)."""
 _U16 = struct.Struct("!H")
 _LIBRARY_ERRORS = (

@@ -19,15 +19,41 @@ sequence number and the FIRST / LAST flags that delimit its message. The sender 
 frame until it is acknowledged; at most ``send_window`` frames may be unacknowledged (queued,
 in flight or selectively acknowledged above a hole). ``send()`` of a message that does not fit
 raises :class:`ReliableChannelFull` and changes nothing; once acknowledgements make room,
-:class:`SendWindowOpen` says so (``can_send(size)`` and ``writable_bytes`` ask first). All
-buffered frames go out at the next ``datagrams_to_send`` call: the window is the only limit
-(there is no congestion control, see below).
+:class:`SendWindowOpen` says so (``can_send(size)`` and ``writable_bytes`` ask first).
+Buffered frames go out at ``datagrams_to_send`` calls, retransmissions first, as three limits
+allow:
+
+- Congestion control (:mod:`anchor_link.congestion`, RFC 9002 §7; RFC 8085 §3.1 requires it of
+  bulk UDP): NewReno's window in bytes, ten frames at first, doubled every round trip in slow
+  start, halved once per round trip in which RACK finds frames lost, one frame more per round
+  trip in congestion avoidance, and back to two frames on persistent congestion (lost frames
+  spanning 3 x (SRTT + 4 RTTVAR) with nothing delivered in between) or an RTO expiry. A frame
+  leaves only when the bytes in flight (DATA and FIN frames sent, neither acknowledged nor
+  found lost) stay within the window. Tail-loss probes are not held (RFC 9002 §7.5): they
+  resend a frame still counted in flight.
+- Pacing (RFC 9002 §7.7): a token bucket at 1.25 x window / SRTT that holds the initial window;
+  when it holds a frame back, ``next_timer()`` returns the time it may leave (the adapter calls
+  ``handle_timer`` then ``datagrams_to_send``, as for every deadline).
+- Flow control: a frame is sent for the first time only below the peer's right edge, the
+  cumulative point plus the receive window of its latest ACK (before any ACK,
+  ``peer_receive_window``). While frames wait for that alone and nothing is outstanding, the
+  persist timer (RFC 9293 §3.8.6.1; the RTO, doubled per request since the window last
+  opened) sends an ACK with the ACK_REQUEST flag, which the peer answers with an ACK: a lost
+  window update costs a timer, never a deadlock. ``max_retransmissions`` + 1 requests in a row
+  without any ACK give up ("peer unreachable").
 
 Receiving. Frames are put back in sequence order; a message is delivered when its LAST
 fragment is in order, so every message arrives whole, exactly once, in order. Frames already
-received count as ``duplicates``; frames more than ``receive_window`` ahead of the next expected
-one are dropped (the sender's retransmission brings them back), which bounds the memory a peer
-can make us hold. Any DATA or FIN frame received, a duplicate too, makes the next
+received count as ``duplicates``. The receiver holds at most ``receive_window`` frames: those
+waiting above a hole and, with ``manual_release``, those of messages delivered and not yet
+``release()``-d by the application (a half-received message counts too). What is left of it is
+advertised in every ACK; its right edge (cumulative point + window) never moves back, and a
+frame at or beyond it is dropped and counted (``dropped_window``: a sender that follows the
+advertisements never sees it). When the application's reads move the edge by a quarter of
+``receive_window`` past the one last advertised, an ACK says so (a window update). Without
+``manual_release`` a message frees its frames once delivered: the adapter reads every event
+at once, and the window then bounds only what waits for a hole. Any DATA or FIN frame
+received, a duplicate too, makes the next
 ``datagrams_to_send`` call begin with one ACK frame (no delayed ACKs: the adapter calls
 ``datagrams_to_send`` once per batch of input, so one ACK covers a batch). When that batch
 held a duplicate or a frame out of order, the peer is recovering from a loss and losing this
@@ -109,10 +135,11 @@ Frame layout
 Every frame is one UDP payload. Integers are big-endian. Plaintext frames::
 
     offset  size  field
-    0       1     demux byte: 0b11xxxxxx (192-255); 0xC0 in plaintext frames
+    0       1     demux byte: 0b11xxxxxx (192-255); 0xC1 in plaintext frames (the format
+                  version: 0xC0 was the format before ACKs carried a receive window)
     1       1     type (low nibble) and flags (high nibble)
                     0x01 DATA   flags 0x10 FIRST fragment of a message, 0x20 LAST fragment
-                    0x02 ACK    no flags
+                    0x02 ACK    flag 0x10 ACK_REQUEST: answer with an ACK (window probe)
                     0x03 FIN    no flags
     DATA:
     2       4     sequence number (32 bits, wrapping; unwrapped near the expected value)
@@ -121,8 +148,9 @@ Every frame is one UDP payload. Integers are big-endian. Plaintext frames::
     2       4     sequence number (the one after the last DATA frame)
     ACK:
     2       4     cumulative point: the next sequence number expected
-    6       1     number of SACK ranges k (at most 64 are sent; up to 255 are read)
-    7       8k    k ranges [start, end) of frames received above the cumulative point,
+    6       4     receive window: frames accepted from the cumulative point on
+    10      1     number of SACK ranges k (at most 64 are sent; up to 255 are read)
+    11      8k    k ranges [start, end) of frames received above the cumulative point,
                   highest first: start (4), end (4, exclusive)
     last    4     crc32c (Castagnoli, RFC 3720 §12.1) of every byte before it
 
@@ -140,11 +168,15 @@ the sealer sends ``first | masked counter (8) | AEAD(body | crc32c)``: the crc s
 the ciphertext, where it gives an observer nothing to recognise the protocol by. A sealed frame
 is 24 bytes longer (1166 bytes of message per 1200-byte frame).
 
-What is left out on purpose: congestion control (the fixed window is the only limit on data in
-flight; recovery never sends more than the window, and a probe or the RTO resends what the
-window already holds), path MTU discovery (``mtu`` is configured), flow control beyond the fixed
-windows, and a connection handshake (the channel is born open on a pair ICE has already
-checked).
+Versions: both ends of a link run Anchor, so the format changes cleanly rather than being
+negotiated: plaintext frames name theirs in the first byte (a peer of another version has its
+frames dropped as invalid, nothing misread), and sealed frames through the HKDF salt of
+:mod:`anchor_link.seal` (a peer of another version fails authentication).
+
+What is left out on purpose: path MTU discovery (``mtu`` is configured: 1200 bytes fit every
+path that carries IPv6's 1280 with room for a TURN ChannelData header, and the ICE sockets set
+DF so that nothing fragments), ECN, and a connection handshake (the channel is born open on a
+pair ICE has already checked).
 """
 
 from __future__ import annotations
@@ -160,6 +192,7 @@ from typing import Protocol
 
 import crc32c as _crc32c
 
+from anchor_link.congestion import NewReno, Pacer, initial_window
 from anchor_stun.errors import AnchorError, LocalProtocolError
 from anchor_stun.events import StunEvent
 
@@ -202,8 +235,10 @@ FIRST_BYTE_MIN = 192
 """Lowest first byte of a channel frame (RFC 7983 §7: 192-255 is unassigned)."""
 FIRST_BYTE_MAX = 255
 """Highest first byte of a channel frame."""
-PLAIN_FIRST_BYTE = 0xC0
-"""First byte of every plaintext frame (sealed frames draw theirs at random in 192-255)."""
+PLAIN_FIRST_BYTE = 0xC1
+"""First byte of every plaintext frame (sealed frames draw theirs at random in 192-255). It
+names the frame format: 0xC1 since ACK frames carry a receive window (0xC0 before); a
+plaintext frame with another first byte is dropped."""
 
 RTO_INITIAL = 1.0  # RFC 6298 §2.1
 RTO_MIN = 0.2  # RFC 6298 §2.4 says 1 s; Linux TCP_RTO_MIN (module docstring, "RTO")
@@ -233,6 +268,7 @@ _MAX_MTU = 65507  # the largest UDP payload over IPv4
 _DATA = 0x01
 _ACK = 0x02
 _FIN = 0x03
+_ACK_REQUEST = 0x10  # on an ACK frame: answer with an ACK (a window probe)
 _FIRST = 0x10
 _LAST = 0x20
 _FIRST_LAST = _FIRST | _LAST
@@ -243,7 +279,7 @@ _SEQ_MASK = _SEQ_SPACE - 1
 _SEQ_HALF = 1 << 31
 
 _HEAD = struct.Struct("!BBI")  # demux, type, sequence number / cumulative point
-_U8 = struct.Struct("!B")
+_WINDOW_COUNT = struct.Struct("!IB")  # an ACK's receive window and SACK range count
 _U32 = struct.Struct("!I")
 _RANGE = struct.Struct("!II")
 _CRC_SIZE = 4
@@ -252,7 +288,9 @@ _unpack_head = _HEAD.unpack_from
 _unpack_u32 = _U32.unpack_from
 _crc32c_of = _crc32c.crc32c
 _DATA_OVERHEAD = _HEAD.size + _CRC_SIZE  # 10
-_ACK_FIXED = _HEAD.size + 1 + _CRC_SIZE  # 11
+_ACK_RANGES = _HEAD.size + 4 + 1  # where an ACK frame's ranges start: 11
+_ACK_FIXED = _ACK_RANGES + _CRC_SIZE  # 15
+_MAX_WINDOW = _SEQ_HALF // 4
 
 
 def _crc(data: bytes) -> int:
@@ -468,6 +506,21 @@ class ReliableStats:
     """Round-trip time variation (RFC 6298 §2), None before the first sample."""
     rto: float = RTO_INITIAL
     """The current retransmission timeout, backoff included."""
+    congestion_window: int = 0
+    """Bytes the congestion controller lets be in flight (RFC 9002 §7)."""
+    ssthresh: int | None = None
+    """Slow start threshold in bytes, None while infinite (RFC 9002 §7.3.1)."""
+    bytes_in_flight: int = 0
+    """Bytes of DATA and FIN frames sent and neither acknowledged nor declared lost."""
+    congestion_events: int = 0
+    """Window reductions for loss, at most one per round trip (RFC 9002 §7.3.2)."""
+    persistent_congestion: int = 0
+    """Collapses of the window to its minimum (RFC 9002 §7.6.2, or a retransmission
+    timeout)."""
+    window_probes: int = 0
+    """ACK requests sent while the peer's receive window was closed (the persist timer)."""
+    peer_window: int = 0
+    """Frames the peer's receive window still lets this side send for the first time."""
 
 
 @dataclass(slots=True)
@@ -483,6 +536,7 @@ class _OutFrame:
     sacked: bool = False
     wire: bytes | None = None  # the plaintext frame, built at its first transmission
     known_lost: bool = False  # its previous copy was known lost when it was queued again
+    counted: int = 0  # its bytes in the congestion controller's bytes_in_flight (0: none)
 
 
 # --------------------------------------------------------------------------- the channel
@@ -496,8 +550,14 @@ class ReliableChannel:
     - ``mtu``: UDP payload bytes per frame (default 1200);
     - ``send_window``: most unacknowledged frames (default 128); it must hold a
       ``max_message`` message;
-    - ``receive_window``: how far ahead of the next expected frame the receiver buffers
-      (frames, default ``2 * send_window``);
+    - ``receive_window``: frames the receiver holds at most, messages delivered but not read
+      yet included; what is left of it is advertised in every ACK (flow control; default
+      ``2 * send_window``);
+    - ``peer_receive_window``: the peer's receive window assumed until its first ACK tells
+      (frames; default ``receive_window``: both ends of a link have the same settings);
+    - ``manual_release``: a delivered message holds its frames of the receive window until
+      the application read it, ``release()`` (default False: the frames are free once
+      the message is delivered, and the window bounds only what waits for a hole);
     - ``max_message``: longest message (default 65536);
     - ``idle_timeout``: seconds without application data before :class:`ReliableIdle`
       (default 30);
@@ -527,6 +587,8 @@ class ReliableChannel:
         seal: FrameSealer | None = None,
         rng: Callable[[int], bytes] = os.urandom,
         now: float | None = None,
+        peer_receive_window: int | None = None,
+        manual_release: bool = False,
     ) -> None:
         overhead = seal.overhead if seal is not None else 0
         if not _MIN_MTU <= mtu <= _MAX_MTU:
@@ -545,8 +607,12 @@ class ReliableChannel:
             )
         if receive_window is None:
             receive_window = 2 * send_window
-        if not 1 <= receive_window <= _SEQ_HALF // 4:
+        if not 1 <= receive_window <= _MAX_WINDOW:
             raise LocalProtocolError(f"receive_window out of range: {receive_window}")
+        if peer_receive_window is None:
+            peer_receive_window = receive_window
+        if not 1 <= peer_receive_window <= _MAX_WINDOW:
+            raise LocalProtocolError(f"peer_receive_window out of range: {peer_receive_window}")
         if not 0 < rto_min <= rto_initial <= rto_max:
             raise LocalProtocolError("need 0 < rto_min <= rto_initial <= rto_max")
         if idle_timeout <= 0:
@@ -566,6 +632,8 @@ class ReliableChannel:
         self._sealer = seal
         self._rng = rng
         self._ack_max_ranges = max(0, min(ACK_MAX_RANGES, (mtu - _ACK_FIXED - overhead) // 8))
+        self._frame_overhead = _DATA_OVERHEAD + overhead  # wire bytes of a frame: payload + this
+        self._manual_release = manual_release
 
         self._state = ReliableState.OPEN
         self._events: deque[ReliableEvent] = deque()
@@ -594,6 +662,19 @@ class ReliableChannel:
         self._probes = 0  # probes since the last acknowledgement of anything new
         self._pto_deadline: float | None = None
         self._blocked = False
+        # Congestion control (anchor_link.congestion): NewReno and its pacer.
+        self._cc = NewReno(mtu)
+        self._pacer = Pacer(initial_window(mtu))
+        self._pace_deadline: float | None = None  # the pacer holds a frame until then
+        self._first_sample_at: float | None = None  # persistent congestion counts after it
+        # Flow control: the peer's right edge (first sequence number it does not accept yet),
+        # and the persist timer that asks it for an ACK while that edge holds us back.
+        self._snd_limit = peer_receive_window
+        self._snd_limit_known = False  # set by the first ACK (the assumption may be too high)
+        self._persist_deadline: float | None = None
+        self._persist_backoff = 0  # ACK requests since the peer's window last opened
+        self._persist_unanswered = 0  # ACK requests since the last ACK
+        self._ack_request = False  # send an ACK with the ACK_REQUEST flag
         self._fin_seq: int | None = None  # ours
         self._fin_acked = False
         self._closed_first = False
@@ -601,6 +682,9 @@ class ReliableChannel:
         # Receiver.
         self._rcv_next = 0
         self._rcv_buf: dict[int, tuple[int, bytes]] = {}
+        self._unread = 0  # frames of delivered messages the application has not read
+        self._unread_frames: deque[int] = deque()  # frames of each, oldest first
+        self._adv_edge = receive_window  # the highest right edge advertised
         self._ack_owed = False
         self._ack_repeat = False  # send the next ACK twice (see datagrams_to_send)
         self._partial: list[bytes] | None = None
@@ -626,7 +710,30 @@ class ReliableChannel:
     @property
     def stats(self) -> ReliableStats:
         """A snapshot of the counters and the RTT estimator."""
-        return dataclasses.replace(self._stats, srtt=self._srtt, rttvar=self._rttvar, rto=self._rto)
+        cc = self._cc
+        return dataclasses.replace(
+            self._stats,
+            srtt=self._srtt,
+            rttvar=self._rttvar,
+            rto=self._rto,
+            congestion_window=cc.congestion_window,
+            ssthresh=cc.ssthresh,
+            bytes_in_flight=cc.bytes_in_flight,
+            congestion_events=cc.congestion_events,
+            persistent_congestion=cc.persistent_congestion,
+            peer_window=max(0, self._snd_limit - self._snd_sent),
+        )
+
+    @property
+    def congestion(self) -> NewReno:
+        """The congestion controller (RFC 9002 §7), for inspection: change nothing in it."""
+        return self._cc
+
+    @property
+    def receive_window(self) -> int:
+        """Frames the receiver can take now beyond the next expected one (what the next ACK
+        advertises): ``receive_window`` less the frames of messages not read yet."""
+        return max(0, self._receive_window - self._held())
 
     @property
     def max_fragment(self) -> int:
@@ -714,7 +821,7 @@ class ReliableChannel:
         if self._sealer is None:
             frame = data if type(data) is bytes else bytes(data)
             size = len(frame)
-            if size < _DATA_OVERHEAD or frame[0] < FIRST_BYTE_MIN:
+            if size < _DATA_OVERHEAD or frame[0] != PLAIN_FIRST_BYTE:
                 self._stats.dropped_invalid += 1
                 return
         else:
@@ -738,9 +845,14 @@ class ReliableChannel:
             self._stats.dropped_crc += 1
             return
         _, kind, seq = _unpack_head(frame)
-        if kind == _FIRST_LAST_DATA and seq == self._rcv_next & _SEQ_MASK and self._rcv_simple:
-            # The common case: a whole message, in order, nothing buffered. What _on_data,
-            # _on_sequenced and _reassemble do with it, inline.
+        if (
+            kind == _FIRST_LAST_DATA
+            and seq == self._rcv_next & _SEQ_MASK
+            and self._rcv_simple
+            and self._unread < self._receive_window
+        ):
+            # The common case: a whole message, in order, nothing buffered, room in the
+            # window. What _on_data, _on_sequenced and _reassemble do with it, inline.
             self._ack_owed = True
             self._last_activity = now
             self._idle_reported = False
@@ -753,6 +865,9 @@ class ReliableChannel:
                 return
             stats.messages_received += 1
             stats.bytes_received += size
+            if self._manual_release:
+                self._unread += 1
+                self._unread_frames.append(1)
             self._events.append(MessageReceived(frame[_SEQ_END:-_CRC_SIZE]))
             return
         if kind == _FIRST_LAST_DATA:  # what _on_data does, without the dispatch
@@ -774,11 +889,13 @@ class ReliableChannel:
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """The frames to send now on the selected pair, in order: an ACK if one is owed,
-        retransmissions, then new DATA / FIN frames."""
+        retransmissions, then new DATA / FIN frames, as far as the congestion window, the
+        pacer and the peer's receive window allow (module docstring)."""
         out: list[bytes] = []
-        if self._ack_owed:
+        if self._ack_owed or self._ack_request:
             self._ack_owed = False
-            body = self._ack_body()
+            body = self._ack_body(self._ack_request)
+            self._ack_request = False
             out.append(self._encode(body))
             if self._ack_repeat:
                 # The frames this ACK answers were duplicates or out of order: the peer is
@@ -789,29 +906,63 @@ class ReliableChannel:
         if self._state is not ReliableState.CLOSED and (
             self._retransmit or self._snd_sent < self._snd_next
         ):
+            cc = self._cc
+            room = cc.congestion_window - cc.bytes_in_flight
+            budget = self._pacer.budget(now)
+            counted = paced = 0  # bytes newly put in flight, bytes sent
+            blocked = False  # by the congestion window
             if self._retransmit:
-                for seq in sorted(self._retransmit):
-                    out.append(self._transmit(self._out[seq], now))
+                ovh = self._frame_overhead
+                retransmit = self._retransmit
+                for seq in sorted(retransmit):
+                    frame = self._out[seq]
+                    size = len(frame.payload) + ovh
+                    if not frame.counted:
+                        # (A frame still in flight, a probe, is neither held by the window
+                        # nor by the pacer: RFC 9002 §7.5.)
+                        if counted + size > room:
+                            blocked = True
+                            break
+                        if paced >= budget:
+                            break
+                        frame.counted = size
+                        counted += size
+                    paced += size
+                    out.append(self._transmit(frame, now))
+                    retransmit.discard(seq)
                     self._stats.retransmissions += 1
-                self._retransmit.clear()
-            if self._snd_sent < self._snd_next:
-                if self._sealer is None:
-                    self._first_transmissions(out, now)
-                else:
-                    while self._snd_sent < self._snd_next:
-                        out.append(self._transmit(self._out[self._snd_sent], now))
-                        self._snd_sent += 1
+            limit = min(self._snd_next, self._snd_limit)
+            if not self._retransmit and self._snd_sent < limit:
+                sent, blocked = self._first_transmissions(
+                    out, now, limit, room - counted, budget - paced
+                )
+                counted += sent
+                paced += sent
+            if counted or blocked:
+                cc.on_sent(counted, blocked)
+            if paced:
+                self._pacer.on_sent(paced, now)
+            self._pace_deadline = None
+            if not blocked and (self._retransmit or self._snd_sent < limit):
+                self._pace_deadline = self._pacer.next_send_time(now)  # held by the pacer
             self._arm_pto()
+            self._arm_persist(now)
         self._stats.frames_sent += len(out)
         return out
 
     def next_timer(self) -> float | None:
-        """The next deadline (RACK reordering timer, tail-loss probe, retransmission timeout
-        or idle), absolute, or None."""
+        """The next deadline (RACK reordering timer, tail-loss probe, retransmission timeout,
+        pacing, persist timer or idle), absolute, or None."""
         if self._state is ReliableState.CLOSED:
             return None
         deadline = self._idle_deadline()
-        for other in (self._loss_deadline, self._pto_deadline, self._rto_deadline):
+        for other in (
+            self._loss_deadline,
+            self._pto_deadline,
+            self._rto_deadline,
+            self._pace_deadline,
+            self._persist_deadline,
+        ):
             if other is not None and (deadline is None or other < deadline):
                 deadline = other
         return deadline
@@ -819,7 +970,9 @@ class ReliableChannel:
     def handle_timer(self, now: float) -> None:
         """Act on every deadline that has passed: RACK's reordering timer (RFC 8985 §6.3), the
         retransmission timeout (RFC 6298 §5.4-§5.6) or else the probe timeout (RFC 8985 §7.3),
-        and idle expiry. An early call does nothing."""
+        the pacer's release time (frames go out at the next ``datagrams_to_send``), the
+        persist timer (an ACK request to a peer whose receive window holds us back), and idle
+        expiry. An early call does nothing."""
         if self._state is ReliableState.CLOSED:
             return
         if self._loss_deadline is not None and now >= self._loss_deadline:
@@ -830,6 +983,11 @@ class ReliableChannel:
                 return  # gave up
         elif self._pto_deadline is not None and now >= self._pto_deadline:
             self._on_pto(now)
+        if self._pace_deadline is not None and now >= self._pace_deadline:
+            self._pace_deadline = None
+        if self._persist_deadline is not None and now >= self._persist_deadline:
+            if not self._on_persist(now):
+                return  # gave up
         idle = self._idle_deadline()
         if idle is not None and now >= idle:
             self._idle_reported = True
@@ -838,6 +996,27 @@ class ReliableChannel:
     def next_event(self) -> ReliableEvent | None:
         """The oldest event not yet returned, or None."""
         return self._events.popleft() if self._events else None
+
+    def release(self, messages: int, now: float) -> bool:
+        """With ``manual_release``: the application has read the ``messages`` oldest messages
+        delivered and not released yet; their frames leave the receive window (an ACK says so
+        once the window grew by a quarter). A read is activity: the idle clock restarts, and
+        it does not run at all while messages wait to be read (docs/design.md "Idle": the peer is
+        held back, not silent). Returns whether an ACK is owed now (call
+        ``datagrams_to_send``). Raises :class:`~anchor_stun.errors.LocalProtocolError` without
+        ``manual_release``, or for more messages than are held (nothing changes then)."""
+        if not self._manual_release:
+            raise LocalProtocolError("release() needs manual_release=True")
+        held = self._unread_frames
+        if not 0 <= messages <= len(held):
+            raise LocalProtocolError(f"release({messages}) with {len(held)} messages held")
+        for _ in range(messages):
+            self._unread -= held.popleft()
+        if messages:
+            self._activity(now)
+        if not self._ack_owed:
+            self._maybe_window_update()
+        return self._ack_owed
 
     # ----------------------------------------------------------------- sending internals
 
@@ -872,25 +1051,61 @@ class ReliableChannel:
             return wire
         return self._encode(_HEAD.pack(0, frame.type, frame.seq & _SEQ_MASK)[1:] + frame.payload)
 
-    def _first_transmissions(self, out: list[bytes], now: float) -> None:
-        """What ``_transmit`` does for every plaintext frame not sent yet, in one loop."""
+    def _first_transmissions(
+        self, out: list[bytes], now: float, limit: int, room: int, budget: float
+    ) -> tuple[int, bool]:
+        """First transmissions of the frames below ``limit`` (the peer's receive window) while
+        ``room`` bytes of congestion window are left and the pacer's ``budget`` lasts (the
+        last frame may overdraw it by up to one frame). What ``_transmit`` does for each, in
+        one loop. Returns the bytes sent and whether the congestion window stopped it."""
         frames = self._out
         tx = self._tx_counter
-        pack_head, pack_crc, crc = _HEAD.pack, _U32.pack, _crc32c.crc32c
-        for seq in range(self._snd_sent, self._snd_next):
+        ovh = self._frame_overhead
+        sent = 0
+        blocked = False
+        seq = self._snd_sent
+        # One test per frame for both limits: the pacer lets frames start while its budget
+        # lasts, so the last one may overdraw it by up to a frame.
+        cap = min(room, budget + self._mtu) if budget > 0 else 0
+        if self._sealer is None:
+            pack_head, pack_crc, crc = _HEAD.pack, _U32.pack, _crc32c.crc32c
+            end = limit
+            for seq in range(self._snd_sent, limit):
+                frame = frames[seq]
+                payload = frame.payload
+                size = len(payload) + ovh
+                if sent + size > cap:
+                    blocked = sent + size > room
+                    end = seq
+                    break
+                sent += size
+                frame.counted = size
+                frame.transmissions = 1
+                frame.sent_at = now
+                frame.tx_order = tx
+                tx += 1
+                head = pack_head(PLAIN_FIRST_BYTE, frame.type, seq & _SEQ_MASK) + payload
+                wire = frame.wire = head + pack_crc(crc(head))
+                out.append(wire)
+            self._tx_counter = tx
+            if end != self._snd_sent:
+                self._snd_sent = end
+                self._last_tx = now
+                if self._rto_deadline is None:
+                    self._rto_deadline = now + self._rto  # RFC 6298 §5.1
+            return sent, blocked
+        while seq < limit:
             frame = frames[seq]
-            frame.transmissions = 1
-            frame.sent_at = now
-            frame.tx_order = tx
-            tx += 1
-            head = pack_head(PLAIN_FIRST_BYTE, frame.type, seq & _SEQ_MASK) + frame.payload
-            wire = frame.wire = head + pack_crc(crc(head))
-            out.append(wire)
-        self._tx_counter = tx
-        self._snd_sent = self._snd_next
-        self._last_tx = now
-        if self._rto_deadline is None:
-            self._rto_deadline = now + self._rto  # RFC 6298 §5.1
+            size = len(frame.payload) + ovh
+            if sent + size > cap:
+                blocked = sent + size > room
+                break
+            sent += size
+            frame.counted = size
+            out.append(self._transmit(frame, now))
+            seq += 1
+            self._snd_sent = seq
+        return sent, blocked
 
     def _encode(self, body: bytes) -> bytes:
         """A frame from its body (everything between the first byte and the crc)."""
@@ -904,7 +1119,20 @@ class ReliableChannel:
             return head + crc
         return self._sealer.seal(first, body + crc)
 
-    def _ack_body(self) -> bytes:
+    def _held(self) -> int:
+        """Frames of the receive window held: messages not read, a message half received."""
+        partial = self._partial
+        return self._unread if partial is None else self._unread + len(partial)
+
+    def _maybe_window_update(self) -> None:
+        """Owe an ACK once the window grew by a quarter of ``receive_window`` past the right
+        edge last advertised (a sender held back by it learns it may go on; fewer updates
+        would stall it, one per frame read would cost an ACK each; RFC 9293 §3.8.6.2.2)."""
+        edge = self._rcv_next + self._receive_window - self._held()
+        if edge - self._adv_edge >= max(1, self._receive_window // 4):
+            self._ack_owed = True
+
+    def _ack_body(self, request: bool = False) -> bytes:
         ranges: list[tuple[int, int]] = []
         if self._rcv_buf and self._ack_max_ranges:
             start = end = -1
@@ -919,7 +1147,15 @@ class ReliableChannel:
                 start, end = seq, seq + 1
             else:
                 ranges.append((start, end))
-        parts = [_HEAD.pack(0, _ACK, self._rcv_next & _SEQ_MASK)[1:], _U8.pack(len(ranges))]
+        window = max(0, self._receive_window - self._held())
+        edge = self._rcv_next + window
+        if edge > self._adv_edge:
+            self._adv_edge = edge
+        kind = _ACK | _ACK_REQUEST if request else _ACK
+        parts = [
+            _HEAD.pack(0, kind, self._rcv_next & _SEQ_MASK)[1:],
+            _WINDOW_COUNT.pack(window, len(ranges)),
+        ]
         parts.extend(_RANGE.pack(s & _SEQ_MASK, e & _SEQ_MASK) for s, e in ranges)
         return b"".join(parts)
 
@@ -941,6 +1177,7 @@ class ReliableChannel:
         # sent more recently are left in flight: retransmitting them would be spurious and,
         # by Karn's rule, would rob the estimator of its samples.
         earliest = True
+        lost = 0
         for seq in range(self._snd_una, self._snd_sent):
             frame = self._out[seq]
             if frame.sacked:
@@ -948,8 +1185,53 @@ class ReliableChannel:
             if earliest or now - frame.sent_at >= expired:
                 self._retransmit.add(seq)
                 frame.known_lost = frame.tx_order < self._rack_tx
+                lost += frame.counted
+                frame.counted = 0
             earliest = False
+        # The frames retransmitted leave the flight; the window collapses (RFC 5681 §3.1's
+        # loss window; RFC 9002 §7.6.2's persistent congestion: both probes went unanswered).
+        cc = self._cc
+        cc.bytes_in_flight -= lost
+        cc.on_persistent_congestion(now)
+        self._update_pacing_rate()
         return True
+
+    def _arm_persist(self, now: float) -> None:
+        """The persist timer (RFC 9293 §3.8.6.1): armed while frames wait only for the peer's
+        receive window and nothing is outstanding (no ACK will come by itself to open it), at
+        the RTO, doubled for every ACK request since the window last opened (at most
+        ``rto_max``), answered or not: a peer that does not read is asked ever less often."""
+        if (
+            self._snd_sent < self._snd_next
+            and self._snd_sent >= self._snd_limit
+            and self._snd_una >= self._snd_sent
+            and not self._retransmit
+            and self._state is not ReliableState.CLOSED
+        ):
+            if self._persist_deadline is None:
+                wait = min(self._rto * (1 << min(self._persist_backoff, 16)), self._rto_max)
+                self._persist_deadline = now + wait
+        else:
+            self._persist_deadline = None
+
+    def _on_persist(self, now: float) -> bool:
+        """The persist timer expired: send an ACK with the ACK_REQUEST flag, which the peer
+        answers with an ACK carrying its window (a lost window update is found this way).
+        False when ``max_retransmissions`` + 1 requests in a row went unanswered."""
+        self._persist_deadline = None
+        if self._persist_unanswered > self._max_retransmissions:
+            self._give_up()
+            return False
+        self._persist_unanswered += 1
+        self._persist_backoff += 1
+        self._stats.window_probes += 1
+        self._ack_request = True
+        self._arm_persist(now)
+        return True
+
+    def _update_pacing_rate(self) -> None:
+        if self._srtt is not None:
+            self._pacer.update_rate(self._cc.congestion_window, self._srtt)
 
     def _on_pto(self, now: float) -> None:
         """RFC 8985 §7.3 (and RFC 9002 §6.2.4): no acknowledgement for a probe timeout. There is
@@ -993,7 +1275,12 @@ class ReliableChannel:
         §6.1.1; what §6.2 step 4's reo_wnd = 0 stands for). Retransmissions are judged like
         first transmissions, so a lost retransmission is found as soon as a frame sent after
         it is acknowledged. Frames not yet overdue set the reordering timer (§6.3). (The
-        window is not widened on spurious retransmissions as §6.2 step 4 does on DSACKs.)"""
+        window is not widened on spurious retransmissions as §6.2 step 4 does on DSACKs.)
+
+        The frames found lost leave the flight and make one congestion event (RFC 9002
+        §7.3.2); a run of them, with nothing delivered or still pending in between, sent
+        after the first RTT sample over at least the persistent congestion duration, is
+        persistent congestion (§7.6.2)."""
         self._loss_deadline = None
         rack_tx = self._rack_tx
         if rack_tx < 0:
@@ -1006,6 +1293,13 @@ class ReliableChannel:
         out = self._out
         retransmit = self._retransmit
         deadline: float | None = None
+        lost = 0  # bytes taken out of flight
+        latest_lost = float("-inf")  # the latest send time of a frame found lost
+        first_sample = self._first_sample_at
+        if first_sample is None:
+            first_sample = float("inf")
+        run_first = run_last = span = 0.0  # persistent congestion: the current run of losses
+        in_run = False
         # Frames are first sent in sequence order and a retransmission takes a later
         # transmission number, so every frame after one sent only once was transmitted after
         # it: once such a frame is not before the RACK frame, no later one is.
@@ -1016,16 +1310,47 @@ class ReliableChannel:
                 if frame.transmissions == 1:
                     break
                 continue
-            if frame.sacked or seq in retransmit:
+            if seq in retransmit:
+                continue  # lost before: the run goes on
+            if frame.sacked:
+                in_run = False
                 continue
-            due = frame.sent_at + threshold
+            sent_at = frame.sent_at
+            due = sent_at + threshold
             if due <= now or tx + dup_thresh <= rack_tx:
                 retransmit.add(seq)
                 frame.known_lost = True
                 self._stats.fast_retransmits += 1
-            elif deadline is None or due < deadline:
-                deadline = due
+                lost += frame.counted
+                frame.counted = 0
+                if sent_at > latest_lost:
+                    latest_lost = sent_at
+                if sent_at > first_sample:
+                    if not in_run:
+                        in_run, run_first, run_last = True, sent_at, sent_at
+                    elif sent_at < run_first:
+                        run_first = sent_at
+                    elif sent_at > run_last:
+                        run_last = sent_at
+                    if run_last - run_first > span:
+                        span = run_last - run_first
+            else:
+                in_run = False
+                if deadline is None or due < deadline:
+                    deadline = due
         self._loss_deadline = deadline
+        if latest_lost > float("-inf"):
+            cc = self._cc
+            cc.bytes_in_flight -= lost
+            cc.on_lost(latest_lost, now)
+            srtt, rttvar = self._srtt, self._rttvar
+            if (
+                srtt is not None
+                and rttvar is not None
+                and span >= cc.persistent_congestion_duration(srtt, rttvar)
+            ):
+                cc.on_persistent_congestion(now)  # RFC 9002 §7.6.2
+            self._update_pacing_rate()
 
     def _give_up(self) -> None:
         self._transition(_Input.GIVE_UP)
@@ -1033,13 +1358,15 @@ class ReliableChannel:
         self._retransmit.clear()
         self._rcv_buf.clear()
         self._rto_deadline = self._pto_deadline = self._loss_deadline = None
+        self._pace_deadline = self._persist_deadline = None
         self._events.append(ReliableClosed(CloseReason.UNREACHABLE))
 
-    def _rtt_sample(self, r: float) -> None:
+    def _rtt_sample(self, r: float, now: float) -> None:
         """RFC 6298 §2.2 / §2.3, with the floor of the module docstring; min_rtt for RACK."""
         if self._min_rtt is None or r < self._min_rtt:
             self._min_rtt = r
         if self._srtt is None or self._rttvar is None:
+            self._first_sample_at = now
             self._srtt = r
             self._rttvar = r / 2
         else:
@@ -1070,7 +1397,7 @@ class ReliableChannel:
             return True
         if self._state is ReliableState.CLOSED or self._peer_fin:
             return False  # nothing follows the peer's FIN
-        if seq >= self._rcv_next + self._receive_window:
+        if seq >= self._rcv_next + self._receive_window - self._held():
             self._stats.dropped_window += 1
             self._ack_owed = self._ack_repeat = True
             return True
@@ -1111,6 +1438,9 @@ class ReliableChannel:
                 stats = self._stats
                 stats.messages_received += 1
                 stats.bytes_received += len(payload)
+                if self._manual_release:
+                    self._unread += 1
+                    self._unread_frames.append(1)
                 self._events.append(MessageReceived(payload))
             else:
                 self._reassemble(type_, payload)
@@ -1125,6 +1455,9 @@ class ReliableChannel:
                 return
             self._stats.messages_received += 1
             self._stats.bytes_received += size
+            if self._manual_release:
+                self._unread += 1
+                self._unread_frames.append(1)
             self._events.append(MessageReceived(payload))
             return
         if type_ & _FIRST:
@@ -1145,10 +1478,14 @@ class ReliableChannel:
             self._skip_message = not type_ & _LAST
             return
         if type_ & _LAST:
+            frames = len(self._partial)
             message = b"".join(self._partial)
             self._partial, self._partial_size = None, 0
             self._stats.messages_received += 1
             self._stats.bytes_received += len(message)
+            if self._manual_release:
+                self._unread += frames
+                self._unread_frames.append(frames)
             self._events.append(MessageReceived(message))
 
     def _on_peer_fin(self) -> None:
@@ -1164,11 +1501,14 @@ class ReliableChannel:
         self._maybe_closed()
 
     def _on_ack(self, frame: bytes, now: float) -> bool:
-        if frame[1] != _ACK or len(frame) < _ACK_FIXED:
+        kind = frame[1]
+        if kind & 0xEF != _ACK or len(frame) < _ACK_FIXED:
             return False
-        count = frame[6]
-        if len(frame) != _ACK_FIXED + 8 * count:
+        window, count = _WINDOW_COUNT.unpack_from(frame, _SEQ_END)
+        if len(frame) != _ACK_FIXED + 8 * count or window > _MAX_WINDOW:
             return False
+        if kind & _ACK_REQUEST:
+            self._ack_owed = True  # a window probe: answer it, even once closed
         if self._state is ReliableState.CLOSED:
             return True
         # Validate everything before changing anything.
@@ -1177,12 +1517,21 @@ class ReliableChannel:
             return False  # acknowledges frames never sent
         ranges: list[tuple[int, int]] = []
         for i in range(count):
-            s_w, e_w = _RANGE.unpack_from(frame, 7 + 8 * i)
+            s_w, e_w = _RANGE.unpack_from(frame, _ACK_RANGES + 8 * i)
             start = _unwrap(self._snd_una, s_w)
             end = start + ((e_w - s_w) & _SEQ_MASK)
             if end <= start or start <= cum or end > self._snd_sent:
                 return False
             ranges.append((max(start, self._snd_una), end))
+
+        # Flow control: the first ACK sets the peer's right edge, later ones only move it
+        # forward (an ACK may come late).
+        if cum + window > self._snd_limit or not self._snd_limit_known:
+            self._snd_limit = cum + window
+            self._snd_limit_known = True
+            self._persist_backoff = 0
+        self._persist_unanswered = 0
+        self._persist_deadline = None
 
         # Newly acknowledged frames: ``latest``, the one sent once and last (Karn's rule, RFC
         # 6298 §3: only those give RTT samples), and ``again``, those sent more than once.
@@ -1195,6 +1544,10 @@ class ReliableChannel:
         una = self._snd_una
         rack_tx = self._rack_tx
         advanced = cum > una
+        # Bytes leaving the flight, and those of frames sent after the recovery period began
+        # (only these grow the window, RFC 9002 §7.3.2).
+        acked = growth = 0
+        recovery_start = self._cc.recovery_start
         if advanced:
             pop = out.pop
             for seq in range(una, cum):
@@ -1202,6 +1555,11 @@ class ReliableChannel:
                 if done.sacked:
                     continue
                 newly = True
+                size = done.counted
+                if size:
+                    acked += size
+                    if done.sent_at > recovery_start:
+                        growth += size
                 if done.transmissions == 1:
                     latest = done  # sent once: sequence order is transmission order
                     if first_once is None:
@@ -1219,6 +1577,12 @@ class ReliableChannel:
                 sacked.sacked = True
                 retransmit.discard(seq)
                 newly = True
+                size = sacked.counted
+                if size:
+                    sacked.counted = 0
+                    acked += size
+                    if sacked.sent_at > recovery_start:
+                        growth += size
                 if sacked.transmissions != 1:
                     again.append(sacked)
                 else:
@@ -1227,14 +1591,17 @@ class ReliableChannel:
                     if latest is None or sacked.tx_order > latest.tx_order:
                         latest = sacked
         if not newly:
+            self._arm_persist(now)
             return True
+        if acked:
+            self._cc.on_acked(acked, growth)
         if first_once is not None and first_once.tx_order < rack_tx:
             self._reordering_seen = True  # delivered after a later frame
         self._backoffs = 0
         self._probes = 0
         rack = latest
         if latest is not None and now >= latest.sent_at:
-            self._rtt_sample(now - latest.sent_at)
+            self._rtt_sample(now - latest.sent_at, now)
         if again and self._min_rtt is not None:
             # RFC 8985 §6.2 step 2: an acknowledgement of a retransmitted frame sooner than
             # min_rtt after its latest transmission must be for an earlier one, else it is
@@ -1260,7 +1627,9 @@ class ReliableChannel:
         elif advanced:
             self._rto_deadline = now + self._rto  # RFC 6298 §5.3
         self._detect_losses(now)
+        self._update_pacing_rate()
         self._arm_pto()
+        self._arm_persist(now)
 
         if self._fin_seq is not None and self._snd_una > self._fin_seq:
             self._fin_acked = True
@@ -1282,6 +1651,7 @@ class ReliableChannel:
         if self._state is ReliableState.CLOSING and self._fin_acked and self._peer_fin:
             self._transition(_Input.HANDSHAKE_DONE)
             self._rto_deadline = self._pto_deadline = self._loss_deadline = None
+            self._pace_deadline = self._persist_deadline = None
             self._retransmit.clear()
             reason = CloseReason.LOCAL if self._closed_first else CloseReason.PEER
             self._events.append(ReliableClosed(reason))
@@ -1300,8 +1670,13 @@ class ReliableChannel:
         return max(self._last_activity, self._last_tx)
 
     def _idle_deadline(self) -> float | None:
-        if self._last_activity is None or self._idle_reported or self._snd_una < self._snd_next:
-            return None  # (a channel still delivering what it accepted is not idle)
+        if (
+            self._last_activity is None
+            or self._idle_reported
+            or self._snd_una < self._snd_next
+            or self._unread
+        ):
+            return None  # (a channel still delivering what it accepted, or held, is not idle)
         return self._last_active() + self._idle_timeout
 
 

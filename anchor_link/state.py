@@ -438,6 +438,16 @@ class LinkMachine:
             raise LinkClosed(f"link to {self.peer!r} is {self._state.value}")
         self._channel.send(data, now)
 
+    def release(self, messages: int, now: float) -> bool:
+        """The application read ``messages`` more :class:`LinkMessage` of this link: their
+        frames leave the channel's receive window (a channel made with
+        ``manual_release=True``; :meth:`~anchor_link.reliable.ReliableChannel.release`).
+        Returns whether frames are owed now (call :meth:`datagrams_to_send`); does nothing
+        once the link is final."""
+        if self._channel is None or self.final:
+            return False
+        return self._channel.release(messages, now)
+
     def receive_datagram(self, data: bytes, now: float) -> None:
         """Feed one channel frame from the selected pair (never raises)."""
         if self._channel is None or self.final:

@@ -189,7 +189,7 @@ def test_frame_layout_and_demux_range() -> None:
     a.send(b"hello", 0.0)
     [frame] = a.datagrams_to_send(0.0)
     assert frame == make_frame(bytes([0x31, 0, 0, 0, 0]) + b"hello")  # DATA FIRST|LAST seq 0
-    assert frame[0] == 0xC0 and is_reliable_frame(frame)
+    assert frame[0] == 0xC1 and is_reliable_frame(frame)
     # RFC 7983 first bytes of the protocols sharing the 5-tuple are not ours.
     for first in [*range(0, 4), *range(20, 64), *range(64, 80), *range(128, 192)]:
         assert not is_reliable_frame(bytes([first]) + frame[1:])
@@ -197,7 +197,8 @@ def test_frame_layout_and_demux_range() -> None:
     b = ReliableChannel()
     b.receive_datagram(frame, 0.0)
     [ack] = b.datagrams_to_send(0.0)
-    assert ack == make_frame(bytes([0x02, 0, 0, 0, 1, 0]))  # ACK cum 1, no ranges
+    # ACK cum 1, receive window 256 frames, no ranges
+    assert ack == make_frame(bytes([0x02, 0, 0, 0, 1, 0, 0, 1, 0, 0]))
     assert events(b) == [MessageReceived(b"hello")]
 
 
@@ -206,6 +207,15 @@ def test_fragmentation_sizes() -> None:
     assert a.max_fragment == 1190
     a.send(bytes(65536), 0.0)
     frames = a.datagrams_to_send(0.0)
+    assert len(frames) == 10  # the initial congestion window (RFC 9002 §7.2)
+    b, now = ReliableChannel(), 0.0
+    new = frames
+    while new:
+        deliver(new, b, now + 0.01)
+        deliver(b.datagrams_to_send(now + 0.01), a, now + 0.02)
+        now += 0.02
+        new = a.datagrams_to_send(now)
+        frames += new
     assert len(frames) == 56  # ceil(65536 / 1190)
     assert all(len(f) == 1200 for f in frames[:-1])
     assert len(frames[-1]) == 10 + 65536 - 55 * 1190
@@ -421,7 +431,8 @@ def test_fast_retransmit_after_three_later_frames_acknowledged() -> None:
     f0, f1, f2, f3, f4 = a.datagrams_to_send(0.0)  # f0 is lost
     deliver([f1, f2], b, 0.05)
     ack, again = b.datagrams_to_send(0.05)
-    assert ack == again == make_frame(bytes([0x02, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 3]))
+    window = [0, 0, 1, 0]  # 256 frames: nothing delivered yet
+    assert ack == again == make_frame(bytes([0x02, 0, 0, 0, 0, *window, 1, 0, 0, 0, 1, 0, 0, 0, 3]))
     a.receive_datagram(ack, 0.1)
     a.receive_datagram(again, 0.1)  # changes nothing
     assert a.datagrams_to_send(0.1) == []  # two frames past the hole: not yet
@@ -622,10 +633,11 @@ def test_junk_is_counted_not_raised() -> None:
     b = ReliableChannel()
     b.receive_datagram(b"", 0.0)
     b.receive_datagram(b"\x00\x01\x00\x00", 0.0)  # STUN-looking
-    b.receive_datagram(b"\xc0\x01", 0.0)  # too short
+    b.receive_datagram(b"\xc1\x01", 0.0)  # too short
     b.receive_datagram(make_frame(bytes([0x07, 0, 0, 0, 0])), 0.0)  # unknown type
-    b.receive_datagram(make_frame(bytes([0x02, 0, 0, 0, 5, 0])), 0.0)  # ACK of unsent frames
-    b.receive_datagram(make_frame(bytes([0x02, 0, 0, 0, 0, 2])), 0.0)  # range count lies
+    win = bytes(4)
+    b.receive_datagram(make_frame(bytes([0x02, 0, 0, 0, 5]) + win + b"\0"), 0.0)  # unsent frames
+    b.receive_datagram(make_frame(bytes([0x02, 0, 0, 0, 0]) + win + b"\2"), 0.0)  # count lies
     b.receive_datagram(make_frame(bytes([0x21, 0, 0, 0, 0]) + b"orphan"), 0.0)  # no FIRST
     assert b.stats.dropped_invalid == 7
     b.receive_datagram(make_frame(bytes([0x31, 0, 0, 0, 0]))[:-1] + b"\x00", 0.0)

@@ -94,6 +94,22 @@ FAKE_ADAPTERS = [
 ]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux socket options")
+@pytest.mark.parametrize("ip", ["127.0.0.1", "::1"])
+def test_gathered_sockets_never_fragment(ip: str) -> None:
+    """DF on every datagram an ICE socket sends (RFC 8085 §3.2): path MTU discovery "do"
+    (IP_MTU_DISCOVER / IPV6_MTU_DISCOVER = 2, <linux/in.h>, <linux/in6.h>)."""
+    try:
+        sock = gather._bind_socket(ip, None, lambda n: bytes(n))
+    except OSError:
+        pytest.skip(f"no {ip} here")
+    with sock:
+        if ip == "::1":
+            assert sock.getsockopt(socket.IPPROTO_IPV6, 23) == 2
+        else:
+            assert sock.getsockopt(socket.IPPROTO_IP, 10) == 2
+
+
 def test_host_addresses_defaults() -> None:
     # IPv4 first, then IPv6; adapter order within a family; no loopback, no link-local
     assert host_addresses(adapters=FAKE_ADAPTERS) == [

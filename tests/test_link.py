@@ -43,7 +43,7 @@ from anchor_ice.aio.gather import TurnServerConfig
 from anchor_ice.candidate import Candidate, CandidateType
 from anchor_ice.events import PairInfo
 from anchor_ice.nominator import GatewayNominator
-from anchor_link.aio.endpoint import LinkEndpoint, LinkFormationFailed
+from anchor_link.aio.endpoint import HISTORY_LIMIT, LinkEndpoint, LinkFormationFailed
 from anchor_link.aio.signal import (
     UNREACHABLE,
     InProcessSignalling,
@@ -439,6 +439,79 @@ def test_crossing_first_sends_form_one_link() -> None:
             finally:
                 await a.close()
                 await b.close()
+
+    run(main())
+
+
+def test_a_reader_that_falls_behind_makes_the_sender_wait_without_retransmissions() -> None:
+    """Flow control through the endpoint: messages read with recv() hold their frames of the
+    channel's receive window until read, so a receiver that does not read stops the sender
+    at its window (at most 256 frames wait for it, nothing dropped or retransmitted for lack
+    of buffer, and the idle timeout does not dissolve a link whose peer is only held back);
+    once it reads, everything arrives, in order."""
+
+    async def main() -> None:
+        async with turn_server() as (_core, turn):
+            a, b = endpoints(turn, policy="standard")
+            await a.start()
+            await b.start()
+            messages = [i.to_bytes(4, "big") * 250 for i in range(600)]  # one frame each
+
+            async def send_all() -> None:
+                for m in messages:
+                    await a.send("b", m)
+
+            sender = asyncio.get_running_loop().create_task(send_all())
+            try:
+                await asyncio.sleep(3 * IDLE + 1.0)  # b does not read
+                assert not sender.done()  # held back by b's window
+                channel_a = a._links["b"].machine.channel
+                assert channel_a is not None
+                channel_b = b._links["a"].machine.channel
+                assert channel_b is not None
+                s = channel_a.stats
+                # Nothing dropped for lack of buffer, nothing found lost; a retransmission
+                # could only be a tail-loss probe on a loaded machine (PTO is 2 SRTT, about
+                # 2 ms here), which b counts as a duplicate.
+                assert channel_b.stats.dropped_window == 0 and s.fast_retransmits == 0
+                assert s.timeouts == 0 and s.retransmissions == s.probes
+                assert s.peer_window == 0
+                assert 0 < len(b._messages) <= 256  # the receive window
+                assert a.link_state("b") is LinkState.OPEN
+                got = [(await asyncio.wait_for(b.recv(), 10))[1] for _ in messages]
+                assert got == messages
+                await asyncio.wait_for(sender, 10)
+                s = channel_a.stats
+                assert channel_b.stats.dropped_window == 0 and s.fast_retransmits == 0
+                assert s.timeouts == 0 and s.retransmissions == s.probes
+                assert a.links_formed == b.links_formed == 1
+            finally:
+                sender.cancel()
+                await a.close()
+                await b.close()
+
+    run(main())
+
+
+def test_history_is_bounded_and_wait_for_can_wait_for_the_next_event() -> None:
+    """A long-running endpoint keeps the latest HISTORY_LIMIT life-cycle events, not one per
+    link for ever; ``after=events_recorded`` waits for the next one."""
+
+    async def main() -> None:
+        endpoint = LinkEndpoint("x", InProcessSignalling())
+        for i in range(HISTORY_LIMIT + 10):
+            endpoint._record(LinkFailed(f"p{i}", "test"))
+        assert len(endpoint.history) == HISTORY_LIMIT
+        assert endpoint.events_recorded == HISTORY_LIMIT + 10
+        assert endpoint.history[0] == LinkFailed("p10", "test")
+        assert (await endpoint.wait_for(LinkFailed, count=2)).peer == "p11"
+        waiter = asyncio.ensure_future(
+            endpoint.wait_for(LinkFailed, after=endpoint.events_recorded, timeout=5)
+        )
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        endpoint._record(LinkFailed("next", "test"))
+        assert (await waiter).peer == "next"
 
     run(main())
 

@@ -92,6 +92,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -144,6 +145,12 @@ __all__ = [
 SOCKET_RCVBUF = 1 << 20
 """SO_RCVBUF asked for every gathered socket (the kernel caps it at net.core.rmem_max): a
 link's channel sends bursts of up to a window of frames."""
+# Don't fragment (RFC 8085 §3.2: "datagrams ... SHOULD NOT be fragmented"). Python 3.11 names
+# none of these on Linux; the values are those of <linux/in.h> and <linux/in6.h>.
+_IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+_IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+_IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+_IPV6_PMTUDISC_DO = getattr(socket, "IPV6_PMTUDISC_DO", 2)
 DEFAULT_SERVER_TIMEOUT = 5.0
 """Seconds each STUN / TURN server gets per socket (resolution included) before it is given up."""
 DEFAULT_RELEASE_TIMEOUT = 2.0
@@ -270,6 +277,28 @@ def _family(ip: str) -> int:
         return 0
 
 
+def _set_dont_fragment(sock: socket.socket, family: int) -> None:
+    """Set DF on every datagram ``sock`` sends, so that none is ever fragmented on the way
+    (RFC 8085 §3.2; RFC 8899 §3 needs it for path MTU probing). On Linux, path MTU discovery
+    "do" (IP_MTU_DISCOVER / IPV6_MTU_DISCOVER = *_PMTUDISC_DO: DF set, never fragmented
+    locally; a datagram above a path MTU the kernel learned fails with EMSGSIZE); elsewhere
+    IPV6_DONTFRAG / IP_DONTFRAG where the platform has them. Best effort: a platform without
+    them sends as before. The reliable channel keeps its frames at 1200 bytes, which every
+    path that carries IPv6's minimum MTU of 1280 carries with room for the IP, UDP and TURN
+    ChannelData headers, so DF never costs it a frame (module docstring of
+    :mod:`anchor_link.reliable`)."""
+    with contextlib.suppress(OSError):
+        if sys.platform.startswith("linux"):
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _IPV6_PMTUDISC_DO)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
+        elif family == socket.AF_INET6 and hasattr(socket, "IPV6_DONTFRAG"):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DONTFRAG, 1)
+        elif family == socket.AF_INET and hasattr(socket, "IP_DONTFRAG"):
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_DONTFRAG, 1)
+
+
 def _bind_socket(
     ip: str, port_range: tuple[int, int] | None, rng: Callable[[int], bytes]
 ) -> socket.socket:
@@ -285,6 +314,7 @@ def _bind_socket(
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         with contextlib.suppress(OSError):  # the kernel caps it at net.core.rmem_max
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
+        _set_dont_fragment(sock, family)
         if port_range is None:
             sock.bind(sockaddr)
             return sock

@@ -154,6 +154,7 @@ from anchor_stun.errors import AnchorError, LocalProtocolError
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DESCRIPTION_VERSION",
+    "HISTORY_LIMIT",
     "DissolveReason",
     "LinkClosed",
     "LinkDissolved",
@@ -172,8 +173,12 @@ DEFAULT_IDLE_TIMEOUT = 30.0
 """docs/design.md "Idle": seconds without an application datagram before a link dissolves."""
 BYE_TIMEOUT = 2.0
 """Seconds a broken link waits to hand its ``bye`` to the signalling before giving up."""
-DESCRIPTION_VERSION = 2
-"""``v`` of the descriptions this module sends (2: the Noise handshake of issue 16)."""
+HISTORY_LIMIT = 1024
+"""Life-cycle events :attr:`LinkEndpoint.history` keeps: the latest ones (about two per link),
+so that a long-running endpoint's memory does not grow with the links it formed."""
+DESCRIPTION_VERSION = 3
+"""``v`` of the descriptions this module sends (2: the Noise handshake; 3: the channel's
+frame format with a receive window in every ACK)."""
 REPLAY_MEMORY = 4096
 """Offers (by their ephemeral key) an endpoint remembers to refuse a replay of."""
 
@@ -355,13 +360,17 @@ class LinkEndpoint:
         self._listener: asyncio.Task[None] | None = None
         self._starting: asyncio.Lock | None = None
         self._links: dict[str, _Link] = {}
-        self._messages: deque[tuple[str, bytes] | None] = deque()
+        # Messages not read yet, with their link (its channel's window holds them); None: closed.
+        self._messages: deque[tuple[str, bytes, _Link] | None] = deque()
         self._message_ready: asyncio.Event | None = None
         self._history_changed: asyncio.Event | None = None
         self._closed = False
-        self.history: list[LinkEvent] = []
-        """Every :class:`LinkFormed`, :class:`LinkDissolved` and :class:`LinkFailed` so far (two
-        or so per link: a long-running endpoint may clear it)."""
+        self.history: deque[LinkEvent] = deque(maxlen=HISTORY_LIMIT)
+        """The latest :data:`HISTORY_LIMIT` :class:`LinkFormed`, :class:`LinkDissolved` and
+        :class:`LinkFailed` events, oldest first (two or so per link; older ones are
+        dropped)."""
+        self.events_recorded = 0
+        """Life-cycle events recorded so far, those dropped from :attr:`history` included."""
         self.links_formed = 0
         """Links formed so far."""
         self.signalling_dropped = 0
@@ -489,7 +498,10 @@ class LinkEndpoint:
         if item is None:
             raise LinkClosed("this endpoint is closed")
         self._messages.popleft()
-        return item
+        peer, data, link = item
+        if link.machine.release(1, asyncio.get_running_loop().time()):
+            link.kick()  # a window update is owed
+        return peer, data
 
     def __aiter__(self) -> AsyncIterator[tuple[str, bytes]]:
         return self._iterate()
@@ -525,13 +537,27 @@ class LinkEndpoint:
         return sum(len(link.conn.relays()) for link in self._links.values() if link.conn)
 
     async def wait_for(
-        self, kind: type[E], peer: str | None = None, *, count: int = 1, timeout: float | None = None
+        self,
+        kind: type[E],
+        peer: str | None = None,
+        *,
+        count: int = 1,
+        timeout: float | None = None,
+        after: int = 0,
     ) -> E:
         """The ``count``-th event of type ``kind`` (for ``peer``, if given) in
-        :attr:`history`, waiting for it; raises TimeoutError after ``timeout`` seconds."""
+        :attr:`history` among those recorded after the first ``after`` (pass
+        :attr:`events_recorded` to wait for the next one), waiting for it; raises TimeoutError
+        after ``timeout`` seconds. Events dropped from the bounded history are not counted."""
 
         def found() -> E | None:
-            seen = [e for e in self.history if isinstance(e, kind) and peer in (None, e.peer)]
+            first = self.events_recorded - len(self.history)  # the number of history[0]
+            skip = max(0, after - first)
+            seen = [
+                e
+                for i, e in enumerate(self.history)
+                if i >= skip and isinstance(e, kind) and peer in (None, e.peer)
+            ]
             return seen[count - 1] if len(seen) >= count else None
 
         async def wait() -> E:
@@ -546,6 +572,7 @@ class LinkEndpoint:
 
     def _record(self, event: LinkEvent) -> None:
         self.history.append(event)
+        self.events_recorded += 1
         if self._history_changed is not None:
             self._history_changed.set()
         if self._on_event is not None:
@@ -682,9 +709,13 @@ class LinkEndpoint:
                 raise _FormError("ICE connected without a selected pair")
             sealer = handshake.sealer() if self.seal else None
             now = loop.time()
+            # Messages read with recv() hold their frames of the receive window until they are
+            # read: a reader that falls behind makes the peer wait (flow control), and what
+            # waits for it is bounded by the window. on_message reads each at once.
             channel = ReliableChannel(
                 mtu=mtu, max_message=max_message, idle_timeout=self.idle_timeout,
                 seal=sealer, rng=self._rng, now=now,
+                manual_release=self._on_message is None,
             )  # fmt: skip
             link.max_message = max_message
             machine.formed(
@@ -809,7 +840,7 @@ class LinkEndpoint:
             if self._on_message is not None:
                 self._on_message(event.peer, event.data)
             else:
-                self._messages.append((event.peer, event.data))
+                self._messages.append((event.peer, event.data, link))
                 self._notify_message()
         elif isinstance(event, LinkWritable):
             link.writable.set()

@@ -193,9 +193,18 @@ class LivePipe:
     stderr are collected by two reader threads, stderr lines with the time they came.
     Stopped by PID with :meth:`stop` (and by the lab's teardown)."""
 
-    def __init__(self, lab: NatLab, role: str, name: str, peer: str, *, idle: float) -> None:
+    def __init__(
+        self,
+        lab: NatLab,
+        role: str,
+        name: str,
+        peer: str,
+        *,
+        idle: float,
+        extra: Sequence[str] = (),
+    ) -> None:
         self.proc = lab.popen(
-            role, pipe_argv(name, peer, idle=idle),
+            role, pipe_argv(name, peer, extra, idle=idle),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         self._lock = threading.Condition()
@@ -250,6 +259,23 @@ class LivePipe:
                         f"stdout {bytes(self._out)!r}, expected {data!r}\n{self.log()}"
                     )
                 self._lock.wait(min(left, 0.2))
+
+    def wait_size(self, size: int, timeout: float) -> float:
+        """Wait until stdout holds ``size`` bytes; when it did (AssertionError otherwise)."""
+        end = time.monotonic() + timeout
+        with self._lock:
+            while len(self._out) < size:
+                left = end - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and len(self._out) < size):
+                    raise AssertionError(f"stdout {len(self._out)} of {size} bytes\n{self.log()}")
+                self._lock.wait(min(left, 0.2))
+            return time.monotonic()
+
+    @property
+    def output(self) -> bytes:
+        """stdout so far."""
+        with self._lock:
+            return bytes(self._out)
 
     @property
     def line_count(self) -> int:
