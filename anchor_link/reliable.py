@@ -609,6 +609,14 @@ class ReliableChannel:
             receive_window = 2 * send_window
         if not 1 <= receive_window <= _MAX_WINDOW:
             raise LocalProtocolError(f"receive_window out of range: {receive_window}")
+        if _frames_for(max_message, payload) > receive_window:
+            # A message is delivered only once whole, and its frames count against the window
+            # until then: a window smaller than a largest message would close on a half-received
+            # one, and neither side could go on.
+            raise LocalProtocolError(
+                f"receive_window {receive_window} cannot hold a {max_message}-byte message "
+                f"({_frames_for(max_message, payload)} frames of {payload} bytes)"
+            )
         if peer_receive_window is None:
             peer_receive_window = receive_window
         if not 1 <= peer_receive_window <= _MAX_WINDOW:

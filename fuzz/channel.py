@@ -72,7 +72,7 @@ class _Config:
         )
 
 
-_SMALL = _Config(mtu=100, send_window=16, receive_window=8, max_message=600)
+_SMALL = _Config(mtu=100, send_window=16, receive_window=16, max_message=600)
 _DEFAULT = _Config(mtu=1200, send_window=128, receive_window=256, max_message=65536)
 
 

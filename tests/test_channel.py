@@ -500,7 +500,7 @@ def test_selective_ack_holds_window_until_hole_filled() -> None:
 
 
 def test_receive_window_bounds_buffering() -> None:
-    b = ReliableChannel(receive_window=4)
+    b = ReliableChannel(receive_window=4, max_message=4 * 1000)
     body = bytes([0x31]) + struct.pack("!I", 4) + b"far"  # seq 4 with only 0..3 allowed
     b.receive_datagram(make_frame(body), 0.0)
     assert b.stats.dropped_window == 1 and events(b) == []

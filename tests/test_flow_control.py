@@ -18,7 +18,7 @@ WINDOW = 32
 
 def slow_reader_path(count: int) -> tuple[Path, list[bytes]]:
     a = ReliableChannel(now=0.0)
-    b = ReliableChannel(receive_window=WINDOW, manual_release=True, now=0.0)
+    b = ReliableChannel(receive_window=WINDOW, max_message=16384, manual_release=True, now=0.0)
     path = Path(a, b)
     messages = [i.to_bytes(4, "big") * 100 for i in range(count)]
     queue = list(messages)
@@ -129,6 +129,15 @@ def test_release_is_checked() -> None:
     assert not b.release(0, 0.0)
     with pytest.raises(LocalProtocolError):
         ReliableChannel(peer_receive_window=0)
+
+
+def test_a_receive_window_must_hold_a_largest_message() -> None:
+    """A half-received message holds its frames of the window until it is whole: a window
+    smaller than a largest message would close on one and stall both sides for good (the
+    channel fuzz harness found it with an 8-frame window and 9-frame messages)."""
+    with pytest.raises(LocalProtocolError, match="receive_window 6 cannot hold"):
+        ReliableChannel(mtu=100, receive_window=6, send_window=16, max_message=600)
+    ReliableChannel(mtu=100, receive_window=7, send_window=16, max_message=600)  # 7 x 90 bytes
 
 
 def test_the_right_edge_never_shrinks_and_a_late_ack_does_not_close_it() -> None:
