@@ -9,9 +9,13 @@ import asyncio
 import errno
 import logging
 import resource
+import socket
+import ssl
+from pathlib import Path
 
 import pytest
 
+from anchor_stun.aio.net import StunServerRunner
 from anchor_stun.aio.streams import (
     FD_RESERVE,
     LoopErrorFilter,
@@ -19,6 +23,10 @@ from anchor_stun.aio.streams import (
     raise_nofile_limit,
     resource_budget,
 )
+from anchor_stun.framing import StreamFramer
+from anchor_stun.message import Message, MessageClass, Method
+from anchor_stun.server import StunServer
+from tests.helpers import free_port
 
 
 def test_resource_budget_leaves_room_for_everything_else() -> None:
@@ -80,3 +88,51 @@ def test_guard_without_a_limit_sizes_itself_from_the_descriptors() -> None:
             guard.close()
 
     asyncio.run(main())
+
+
+def test_a_request_right_behind_the_tls_finished_is_answered(tls_files: tuple[Path, Path]) -> None:
+    """A TLS 1.3 client may send its first request in the same segment as its Finished (a
+    TurnConnection does, about half the time on loopback): the TLS layer hands the request
+    over before ``start_tls`` has returned the transport. It must be answered, not lost (it
+    was, and gathering over TLS then waited out its 5 s)."""
+    cert, key = tls_files
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    port = free_port("tcp")
+    request = Message(Method.BINDING, MessageClass.REQUEST, b"\x01" * 12).encode()
+
+    def client() -> Message:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    if outgoing.pending:
+                        sock.sendall(outgoing.read())
+                    incoming.write(sock.recv(65536))
+            tls.write(request)
+            sock.sendall(outgoing.read())  # the Finished and the request in one segment
+            framer = StreamFramer()
+            while True:
+                try:
+                    frames = framer.feed(tls.read(65536))
+                except ssl.SSLWantReadError:
+                    incoming.write(sock.recv(65536))
+                    continue
+                if frames:
+                    return Message.decode(frames[0])
+
+    async def main() -> Message:
+        runner = StunServerRunner(StunServer(primary=("127.0.0.1", free_port("udp"))))
+        await runner.start(tls_context=server_ctx, tls_address=("127.0.0.1", port))
+        try:
+            return await asyncio.to_thread(client)
+        finally:
+            runner.close()
+
+    answer = asyncio.run(asyncio.wait_for(main(), 10))
+    assert answer.transaction_id == b"\x01" * 12 and answer.msg_class is MessageClass.SUCCESS

@@ -384,6 +384,8 @@ class GuardedStream(asyncio.Protocol):
         self._token_time = now
         self._paused = False
         self._handshake: asyncio.Task[None] | None = None
+        self._early: list[bytes] = []
+        """Bytes the TLS layer delivered before ``start_tls`` returned (see data_received)."""
         self.write_limit = 1 << 20
         """Bytes waiting to be written beyond which :meth:`send` drops."""
 
@@ -420,6 +422,10 @@ class GuardedStream(asyncio.Protocol):
             self.transport = transport
         else:
             assert guard.loop is not None
+            # Nothing may be read before start_tls takes the transport over: a ClientHello
+            # read here, before the task runs, would reach data_received and be lost, and
+            # the handshake would stall (it did, intermittently, on loopback).
+            transport.pause_reading()
             self._handshake = guard.loop.create_task(self._start_tls(transport, self.context))
 
     async def _start_tls(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
@@ -444,10 +450,21 @@ class GuardedStream(asyncio.Protocol):
             guard.release(self)
             return
         self.transport = tls
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None:
+            if self._handshake is not None and not self.closed:
+                # A TLS 1.3 client may send its first request right behind its Finished:
+                # the TLS layer hands it over before start_tls has returned the transport.
+                # Kept (bounded like any partial frame) and fed once it has.
+                if sum(map(len, self._early)) + len(data) <= self.guard.limits.max_frame:
+                    self._early.append(data)
+            return
+        if transport.is_closing():
             return
         guard = self.guard
         limits = guard.limits
