@@ -79,6 +79,7 @@ def test_ten_megabytes_through_a_20_mbit_bottleneck(
                      extra=[*extra, "--host-ip", SHARED_IPS["hostA"]])  # fmt: skip
         a.write(b"x")
         b.wait_size(1, timeout=20)
+        a.wait_line("link formed", timeout=10)  # its stderr may trail what reached B
         (formed,) = a.formed()
         assert formed.types == ("host", "host"), a.log()
         assert formed.local[0] == SHARED_IPS["hostA"], formed
@@ -169,6 +170,7 @@ def test_the_bottleneck_shared_with_a_kernel_tcp_flow(
         a = LivePipe(natlab, "hostA", "A", "B", idle=IDLE)
         a.write(b"x")
         b.wait_size(1, timeout=20)
+        a.wait_line("link formed", timeout=10)  # its stderr may trail what reached B
         (formed,) = a.formed()
         assert formed.local[0] == NATS["natA"].wan_ip, a.log()  # through natA's WAN
         pipe = a
