@@ -126,7 +126,7 @@ class CheckKey(HmacKey):
         if len(transaction_id) != 12:
             raise LocalProtocolError("transaction id must be 12 bytes")
         ip, port = address[0], address[1]
-        exact = type(ip) is str and type(port) is int
+        exact = type(port) is int and type(ip) is str
         body = self._answers.get((ip, port)) if exact else None
         if body is None:
             # an IPv4 XOR-MAPPED-ADDRESS does not depend on the transaction id (RFC 8489 §14.2)

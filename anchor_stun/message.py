@@ -260,7 +260,20 @@ def seal(
     if key is not None:
         length += 24
         signed = header(msg_type, length, MAGIC_COOKIE, transaction_id) + body
-        mac = key.sha1(signed) if isinstance(key, HmacKey) else hmac.digest(key, signed, "sha1")
+        if isinstance(key, HmacKey):  # HmacKey.sha1, inline (every check and answer)
+            inner, outer = key._sha1
+            h = inner.copy()
+            h.update(signed)
+            o = outer.copy()
+            o.update(h.digest())
+            mac = o.digest()
+        else:
+            mac = hmac.digest(key, signed, "sha1")
+        if fingerprint and key_sha256 is None:  # the shape of every check and answer
+            data = b"".join(
+                (header(msg_type, length + 8, MAGIC_COOKIE, transaction_id), body, _MI_TL, mac)
+            )
+            return data + _FP_TLV.pack(_FP, 4, _crc32(data) ^ FINGERPRINT_XOR)
         body = b"".join((body, _MI_TL, mac))
     if key_sha256 is not None:
         length += 4 + sha256_length
@@ -278,8 +291,14 @@ def integrity_matches(raw: bytes, at: int, key: Key) -> bool:
     matches its HMAC-SHA1 with ``key`` (RFC 8489 §14.5): over the header, its length ending
     at that attribute, and everything before it."""
     signed = b"".join((raw[:2], _LEN.pack(at + 24 - HEADER_SIZE), raw[4:at]))
-    mac = key.sha1(signed) if isinstance(key, HmacKey) else hmac.digest(key, signed, "sha1")
-    return _compare_digest(mac, raw[at + 4 : at + 24])
+    if isinstance(key, HmacKey):  # HmacKey.sha1, inline (every check)
+        inner, outer = key._sha1
+        h = inner.copy()
+        h.update(signed)
+        o = outer.copy()
+        o.update(h.digest())
+        return _compare_digest(o.digest(), raw[at + 4 : at + 24])
+    return _compare_digest(hmac.digest(key, signed, "sha1"), raw[at + 4 : at + 24])
 
 
 def fingerprint_matches(raw: bytes, at: int) -> bool:
