@@ -94,7 +94,8 @@ seconds after the last success, consent is lost: :class:`~anchor_ice.events.Cons
 then FAILED, and :meth:`IceAgent.send` returns None. A Binding indication with only
 FINGERPRINT goes on a selected pair that saw no packet for ``keepalive_interval`` seconds
 (RFC 8445 §11, Tr = 15 s); with consent checks every few seconds that only happens for lite
-agents.
+agents. The consent bookkeeping is :class:`~anchor_ice.consent.ConsentFreshness`, which the
+agent drives (it sends the checks and fails when consent is lost).
 
 ICE restart (§9): :meth:`IceAgent.restart` draws new local credentials and forgets the remote
 credentials, candidates, pairs and checks; the role stays. The previous selected pairs keep
@@ -118,6 +119,7 @@ from enum import Enum
 
 from anchor_ice.candidate import Candidate, CandidateType, compute_foundation
 from anchor_ice.checklist import MAX_PAIRS, CandidatePair, Checklist, PairState
+from anchor_ice.consent import ConsentFreshness
 from anchor_ice.events import (
     ConsentLost,
     IceCompleted,
@@ -244,16 +246,6 @@ class _Check:
     sent_at: float
     expires: float  # end of the transaction's lifetime: a cancelled check is forgotten then
     clean: bool = True  # no retransmission before cancellation: a late answer times well
-
-
-@dataclass(slots=True)
-class _Consent:
-    """Consent freshness state of one selected pair (RFC 7675 §5.1)."""
-
-    pair: CandidatePair
-    last_ok: float
-    next_check: float
-    lost: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,10 +397,6 @@ class IceAgent:
         """Sends of a check transaction (RFC 8489 §6.2.1 Rc)."""
         self.check_rm = check_rm
         """Final wait of a check transaction, in RTOs (RFC 8489 §6.2.1 Rm)."""
-        self.consent_interval = consent_interval
-        """Base period of consent checks, seconds (RFC 7675 §5.1)."""
-        self.consent_timeout = consent_timeout
-        """Consent expires this long after the last successful check (RFC 7675 §5.1)."""
         self.keepalive_interval = keepalive_interval
         """Tr: idle time before a keepalive indication, seconds (RFC 8445 §11)."""
         self.checking_timeout = checking_timeout
@@ -454,7 +442,8 @@ class IceAgent:
         self._nominating: dict[int, CandidatePair] = {}
         self._first_valid_at: dict[int, float] = {}
         self._refused: set[tuple[int, Address, Address]] = set()
-        self._consent: dict[int, _Consent] = {}
+        self._consent = ConsentFreshness(consent_interval, consent_timeout, rng)
+        """Consent freshness of the selected pairs (RFC 7675), which this agent drives."""
         self._restarting = False
         self._quiet_completion = False
         self._nomination_eval_at = float("-inf")
@@ -465,6 +454,16 @@ class IceAgent:
     def state(self) -> IceState:
         """The agent's state."""
         return self._state
+
+    @property
+    def consent_interval(self) -> float:
+        """Base period of consent checks, seconds (RFC 7675 §5.1)."""
+        return self._consent.interval
+
+    @property
+    def consent_timeout(self) -> float:
+        """Consent expires this long after the last successful check (RFC 7675 §5.1)."""
+        return self._consent.timeout
 
     @property
     def controlling(self) -> bool:
@@ -692,14 +691,14 @@ class IceAgent:
         for txid, record in list(self._records.items()):
             if record.kind is _Kind.CHECK:
                 del self._records[txid]
-        lost = {c for c, consent in self._consent.items() if consent.lost}
+        lost = self._consent.lost()
         if self._state is not IceState.FAILED:
             for component, pair in self._selected.items():
                 if component not in lost:
                     self._previous[component] = pair
         for component in lost:
             self._previous.pop(component, None)
-        self._consent = {c: v for c, v in self._consent.items() if c in self._previous}
+        self._consent.keep(self._previous)
         self._selected.clear()
         self._nominating.clear()
         self._first_valid_at.clear()
@@ -796,10 +795,9 @@ class IceAgent:
                     times.append(t)
         if self._running and self._checklist.has_work():
             times.append(self._check_due())
-        for consent in self._consent.values():
-            if not consent.lost:
-                times.append(consent.last_ok + self.consent_timeout)
-                times.append(consent.next_check)
+        consent = self._consent.next_timer()
+        if consent is not None:
+            times.append(consent)
         for pair in self._active_pairs():
             if pair.last_sent is not None:
                 times.append(pair.last_sent + self.keepalive_interval)
@@ -870,8 +868,7 @@ class IceAgent:
         pair = self._selected.get(component) or self._previous.get(component)
         if pair is None:
             return None
-        consent = self._consent.get(component)
-        if consent is not None and consent.lost:
+        if self._consent.is_lost(component):
             return None
         pair.last_sent = now
         return Transmit(bytes(data), pair.remote.address, pair.base)
@@ -1255,9 +1252,7 @@ class IceAgent:
         if pair in self._checklist.triggered and not pair.use_candidate:
             self._checklist.triggered.remove(pair)  # answered meanwhile: nothing left to learn
         # consent: any successful check on a selected pair renews it (RFC 7675 §5.1)
-        consent = self._consent.get(component)
-        if consent is not None and not consent.lost and consent.pair is valid:
-            consent.last_ok = now
+        self._consent.renew(valid, now)
         # §7.2.5.3.4
         if record.use_candidate:
             pair.use_candidate = False
@@ -1283,9 +1278,7 @@ class IceAgent:
         if not symmetric:
             return
         record.pair.last_success = now
-        for consent in self._consent.values():
-            if consent.pair is record.pair and not consent.lost:
-                consent.last_ok = now
+        self._consent.renew(record.pair, now)
 
     # ================================================================== requests
 
@@ -1656,9 +1649,11 @@ class IceAgent:
             self._selected[component] = valid
             self._previous.pop(component, None)
             if not self.lite:  # a lite agent sends no request, hence no consent check
-                self._consent[component] = _Consent(
-                    valid, valid.last_success if valid.last_success is not None else now,
-                    now + self._consent_delay(),
+                self._consent.start(
+                    component,
+                    valid,
+                    valid.last_success if valid.last_success is not None else now,
+                    now,
                 )
             if valid.last_sent is None:
                 valid.last_sent = now
@@ -1757,27 +1752,20 @@ class IceAgent:
 
     # ================================================================== consent, keepalives
 
-    def _consent_delay(self) -> float:
-        """RFC 7675 §5.1: the interval randomized to 0.8-1.2 times the period."""
-        fraction = int.from_bytes(self._rng(2), "big") / 0xFFFF
-        return self.consent_interval * (0.8 + 0.4 * fraction)
-
     def _consent_timers(self, now: float, send_checks: bool = True) -> bool:
         """Expire consent and send consent checks that are due (RFC 7675 §5.1). False when
         consent was lost (the agent is then FAILED)."""
         if self.lite:
             return True
-        for component, consent in sorted(self._consent.items()):
-            if consent.lost:
-                continue
-            if now >= consent.last_ok + self.consent_timeout:
-                consent.lost = True
-                self._events.append(ConsentLost(component))
-                self._fail(f"consent lost on component {component} (RFC 7675)", now)
-                return False
-            if send_checks and now >= consent.next_check:
-                self._send_consent(consent.pair, now)
-                consent.next_check = now + self._consent_delay()
+        consent = self._consent
+        due, lost = consent.poll(now, send_checks)
+        for component in due:
+            self._send_consent(consent.pair(component), now)
+            consent.sent(component, now)
+        if lost is not None:
+            self._events.append(ConsentLost(lost))
+            self._fail(f"consent lost on component {lost} (RFC 7675)", now)
+            return False
         return True
 
     def _keepalives(self, now: float) -> None:
