@@ -123,12 +123,12 @@ class CheckKey(HmacKey):
         """The answer to a check from ``address`` (RFC 8445 §7.3.1.2): the bytes of
         ``Message(BINDING, SUCCESS, transaction_id, [XorMappedAddress(*address)])
         .encode(key=self, fingerprint=True)``, raising what that raises."""
-        if len(transaction_id) != 12:
-            raise LocalProtocolError("transaction id must be 12 bytes")
         ip, port = address[0], address[1]
         exact = type(port) is int and type(ip) is str
         body = self._answers.get((ip, port)) if exact else None
         if body is None:
+            if len(transaction_id) != 12:  # (seal checks it too; this comes first)
+                raise LocalProtocolError("transaction id must be 12 bytes")
             # an IPv4 XOR-MAPPED-ADDRESS does not depend on the transaction id (RFC 8489 §14.2)
             body = xor_mapped_tlv_v4(ip, port) if exact else None
             if body is None:
