@@ -70,6 +70,7 @@ from anchor_stun.attributes import (
     unpack_ip,
     xor_mapped_tlv_v4,
 )
+from anchor_stun.check import CheckAttributes, CheckKey, CheckReader
 from anchor_stun.errors import (
     AllocationError,
     AnchorError,
@@ -103,6 +104,7 @@ from anchor_stun.integrity import (
 from anchor_stun.message import (
     HEADER_SIZE,
     MAX_MESSAGE_SIZE,
+    HmacKey,
     Message,
     MessageClass,
     Method,
@@ -148,6 +150,9 @@ __all__ = [
     "BindingResult",
     "ChangeRequest",
     "ChannelNumber",
+    "CheckAttributes",
+    "CheckKey",
+    "CheckReader",
     "ClientTransaction",
     "ConnectionId",
     "CredentialsRejected",
@@ -158,6 +163,7 @@ __all__ = [
     "ErrorCodeAttribute",
     "EvenPort",
     "Family",
+    "HmacKey",
     "IceControlled",
     "IceControlling",
     "Icmp",
