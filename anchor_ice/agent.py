@@ -61,6 +61,15 @@ FINGERPRINT, learns a remote peer-reflexive candidate from an unknown source (§
 queues a triggered check (§7.3.1.4) and, controlled, records the peer's nomination
 (§7.3.1.5) — regular or aggressive. Before the remote credentials are known, requests are
 answered and remembered, and their triggered checks are queued once the credentials come.
+Every request takes this one path (:meth:`IceAgent._on_request`). The peer's checks repeat,
+so what it looks up is remembered, each memory keyed by everything its result depends on
+(nothing is cleared by hand): the attributes of a check shape already read, by its bytes
+(:class:`~anchor_stun.check.CheckReader`); the key's HMAC states and encoded answers
+(:class:`~anchor_stun.check.CheckKey`); the base of each ``local`` address, by the identity of
+the (immutable) local candidate tuple; and the requests that needed nothing but their answer,
+valid while the credentials, local candidates and role they were found under are the same
+objects (``_routes``; recorded only where :meth:`IceAgent._request_ice` changed nothing, which
+stays true until a restart, since remote candidates and selected pairs only grow until then).
 
 Nomination (§8.1). The controlling agent asks its :class:`~anchor_ice.nominator.Nominator`
 which valid pair to nominate and when, and repeats that pair's check with USE-CANDIDATE.
