@@ -1431,9 +1431,11 @@ class IceAgent:
             return
         if remote_ufrag != self._remote.ufrag:
             return  # another session's request (forking, a stale restart): answered only
-        if self._request_ice(local_candidate, base, addr, priority, use_candidate, now) and (
-            request.controlling if self._controlling else request.controlled
-        ) is None:  # (a request carrying both roles may conflict with the role it switched to)
+        if (
+            self._request_ice(local_candidate, base, addr, priority, use_candidate, now)
+            and request.head  # a shape the reader remembers: the same object next time
+            and (request.controlling if self._controlling else request.controlled) is None
+        ):  # (a request carrying both roles may conflict with the role it switched to)
             routes = self._routes
             if len(routes) >= _MAX_BASES:
                 routes.clear()
