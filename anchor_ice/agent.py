@@ -61,6 +61,15 @@ FINGERPRINT, learns a remote peer-reflexive candidate from an unknown source (§
 queues a triggered check (§7.3.1.4) and, controlled, records the peer's nomination
 (§7.3.1.5) — regular or aggressive. Before the remote credentials are known, requests are
 answered and remembered, and their triggered checks are queued once the credentials come.
+Every request takes this one path (:meth:`IceAgent._on_request`). The peer's checks repeat,
+so what it looks up is remembered, each memory keyed by everything its result depends on
+(nothing is cleared by hand): the attributes of a check shape already read, by its bytes
+(:class:`~anchor_stun.check.CheckReader`); the key's HMAC states and encoded answers
+(:class:`~anchor_stun.check.CheckKey`); the base of each ``local`` address, by the identity of
+the (immutable) local candidate tuple; and the requests that needed nothing but their answer,
+valid while the credentials, local candidates and role they were found under are the same
+objects (``_routes``; recorded only where :meth:`IceAgent._request_ice` changed nothing, which
+stays true until a restart, since remote candidates and selected pairs only grow until then).
 
 Nomination (§8.1). The controlling agent asks its :class:`~anchor_ice.nominator.Nominator`
 which valid pair to nominate and when, and repeats that pair's check with USE-CANDIDATE.
@@ -94,7 +103,8 @@ seconds after the last success, consent is lost: :class:`~anchor_ice.events.Cons
 then FAILED, and :meth:`IceAgent.send` returns None. A Binding indication with only
 FINGERPRINT goes on a selected pair that saw no packet for ``keepalive_interval`` seconds
 (RFC 8445 §11, Tr = 15 s); with consent checks every few seconds that only happens for lite
-agents.
+agents. The consent bookkeeping is :class:`~anchor_ice.consent.ConsentFreshness`, which the
+agent drives (it sends the checks and fails when consent is lost).
 
 ICE restart (§9): :meth:`IceAgent.restart` draws new local credentials and forgets the remote
 credentials, candidates, pairs and checks; the role stays. The previous selected pairs keep
@@ -118,6 +128,7 @@ from enum import Enum
 
 from anchor_ice.candidate import Candidate, CandidateType, compute_foundation
 from anchor_ice.checklist import MAX_PAIRS, CandidatePair, Checklist, PairState
+from anchor_ice.consent import ConsentFreshness
 from anchor_ice.events import (
     ConsentLost,
     IceCompleted,
@@ -134,29 +145,20 @@ from anchor_ice.events import (
 from anchor_ice.nominator import NominationView, Nominator, StandardNominator
 from anchor_stun.attributes import (
     ErrorCode,
-    IceControlled,
-    IceControlling,
-    Priority,
-    RawAttribute,
     UnknownAttributes,
-    UseCandidate,
-    Username,
     XorMappedAddress,
 )
+from anchor_stun.check import CheckAttributes, CheckKey, CheckReader
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address, Transmit
 from anchor_stun.integrity import short_term_key
 from anchor_stun.message import (
-    HEADER_SIZE,
-    CheckAnswerer,
     Message,
     MessageClass,
     Method,
-    binding_request,
-    binding_success,
+    fingerprint_matches,
+    integrity_matches,
     is_stun,
-    signed_check_prefix,
-    verify_signed_check,
 )
 from anchor_stun.transaction import (
     RC,
@@ -193,7 +195,7 @@ ICE_CHARS = string.ascii_letters + string.digits + "+/"  # RFC 8839 §5.4 ice-ch
 UFRAG_LENGTH = 8  # RFC 8839 §5.4: at least 4 characters
 PWD_LENGTH = 24  # RFC 8839 §5.4: at least 22 characters
 _MAX_PENDING_REQUESTS = 64
-_MAX_CHECK_SHAPES = 256
+_MAX_BASES = 256
 _MAX_RTTS = 16
 
 
@@ -244,7 +246,7 @@ class _Check:
     pair: CandidatePair
     base: Address
     dest: Address
-    key: bytes
+    key: CheckKey
     priority: int
     controlling: bool
     use_candidate: bool
@@ -255,49 +257,19 @@ class _Check:
     clean: bool = True  # no retransmission before cancellation: a late answer times well
 
 
-@dataclass(slots=True)
-class _Consent:
-    """Consent freshness state of one selected pair (RFC 7675 §5.1)."""
-
-    pair: CandidatePair
-    last_ok: float
-    next_check: float
-    lost: bool = False
-
-
 @dataclass(frozen=True, slots=True)
-class _CheckShape:
-    """What a connectivity check's attributes before MESSAGE-INTEGRITY say (USERNAME,
-    PRIORITY, ICE-CONTROLLING/-CONTROLLED, USE-CANDIDATE and nothing else): a function of
-    those bytes alone, remembered by them for :meth:`IceAgent._fast_check`."""
+class _Route:
+    """What the §7.3 steps of :meth:`IceAgent._on_request` found for a request that then
+    needed nothing but its answer, and everything that finding depends on: the same request
+    (its attributes, source and ``local``) under the same credentials, local candidates and
+    role finds the same again (the remote candidates and selected pairs it relied on only
+    grow until a restart, which draws new credentials)."""
 
-    ufrag: str
-    remote_ufrag: str
-    priority: int
-    controlling: IceControlling | None
-    controlled: IceControlled | None
-    use_candidate: bool
-
-
-_SHAPE_TYPES = (Username, Priority, IceControlling, IceControlled, UseCandidate)
-
-
-@dataclass(slots=True)
-class _HotCheck:
-    """A check that :meth:`IceAgent._fast_check` took on a connected, controlled agent and
-    that needed nothing but its answer and the pair's ``last_sent``: the next check of the
-    same shape from the same source to the same ``local`` needs the same, which this
-    remembers (see ``IceAgent._hot``)."""
-
-    source: object
-    """The source exactly as ``receive_datagram`` was given it."""
-    local: Address | None
-    addr: Address
-    """The source as an (ip, port) tuple: where the answer goes."""
+    credentials: _Credentials
+    remote: _Credentials
+    locals: tuple[tuple[Candidate, Address], ...]
+    controlling: bool
     base: Address
-    answerer: CheckAnswerer
-    pairs: tuple[CandidatePair, ...]
-    """The pairs whose ``last_sent`` an answer to that source from that base stamps."""
 
 
 @dataclass(slots=True)
@@ -316,7 +288,8 @@ class _PendingRequest:
 class _Credentials:
     ufrag: str
     pwd: str
-    key: bytes = field(repr=False, default=b"")
+    key: CheckKey = field(repr=False)
+    """The short-term key (RFC 8489 §9.1) of ``pwd``, which signs or verifies checks."""
 
 
 def _ice_string(rng: Callable[[int], bytes], length: int) -> str:
@@ -405,7 +378,7 @@ class IceAgent:
         pwd = local_pwd if local_pwd is not None else _ice_string(rng, PWD_LENGTH)
         _check_ice_string(ufrag, 4, "ufrag")
         _check_ice_string(pwd, 22, "pwd")
-        self._local = _Credentials(ufrag, pwd, short_term_key(pwd))
+        self._local = _Credentials(ufrag, pwd, CheckKey(short_term_key(pwd)))
         self._previous_local: _Credentials | None = None
         self._remote: _Credentials | None = None
         self._previous_remote: _Credentials | None = None
@@ -433,10 +406,6 @@ class IceAgent:
         """Sends of a check transaction (RFC 8489 §6.2.1 Rc)."""
         self.check_rm = check_rm
         """Final wait of a check transaction, in RTOs (RFC 8489 §6.2.1 Rm)."""
-        self.consent_interval = consent_interval
-        """Base period of consent checks, seconds (RFC 7675 §5.1)."""
-        self.consent_timeout = consent_timeout
-        """Consent expires this long after the last successful check (RFC 7675 §5.1)."""
         self.keepalive_interval = keepalive_interval
         """Tr: idle time before a keepalive indication, seconds (RFC 8445 §11)."""
         self.checking_timeout = checking_timeout
@@ -449,7 +418,9 @@ class IceAgent:
 
         self._state = IceState.NEW
         self._checklist = Checklist(controlling=controlling, max_pairs=max_pairs)
-        self._locals: list[tuple[Candidate, Address]] = []
+        self._locals: tuple[tuple[Candidate, Address], ...] = ()
+        """Local candidates and their bases; replaced, never changed in place, so that what
+        is derived from it can tell it is still current (see :meth:`_local_for_base`)."""
         self._remotes: list[Candidate] = []
         self._remote_complete = False
         self._local_complete = False
@@ -458,15 +429,17 @@ class IceAgent:
         self._outbox: list[Transmit] = []
         self._events: deque[IceEvent] = deque()
         self._pending: list[_PendingRequest] = []
-        self._check_shapes: dict[bytes, _CheckShape] = {}
-        self._hot: dict[bytes, _HotCheck] = {}
-        """The checks that need nothing but an answer, by the bytes after the transaction id
-        up to MESSAGE-INTEGRITY's value. Emptied by whatever could change that: every
-        change of state, role, credentials, candidates or selected pairs."""
-        self._base_cache: dict[
-            Address | None, tuple[list[tuple[Candidate, Address]], tuple[Candidate, Address]]
-        ] = {}
-        """What _local_for_base gave for a ``local``, with the _locals it was computed from."""
+        self._reader = CheckReader()
+        """The attributes of the checks received, by their bytes (RFC 8445 §7.3)."""
+        self._routes: dict[tuple[CheckAttributes, Address, object], _Route] = {}
+        """Requests (attributes, source, ``local``) that needed nothing but their answer,
+        with what that depended on (see :class:`_Route`); a stale entry is never used."""
+        self._bases: tuple[
+            tuple[tuple[Candidate, Address], ...],
+            dict[object, tuple[Candidate, Address] | None],
+        ] = ((), {})
+        """What :meth:`_local_for_base` gave for each ``local``, and the ``_locals`` it was
+        computed from: a new ``_locals`` means a new table."""
         self._started = False
         self._started_at = 0.0
         self._running = False
@@ -478,7 +451,8 @@ class IceAgent:
         self._nominating: dict[int, CandidatePair] = {}
         self._first_valid_at: dict[int, float] = {}
         self._refused: set[tuple[int, Address, Address]] = set()
-        self._consent: dict[int, _Consent] = {}
+        self._consent = ConsentFreshness(consent_interval, consent_timeout, rng)
+        """Consent freshness of the selected pairs (RFC 7675), which this agent drives."""
         self._restarting = False
         self._quiet_completion = False
         self._nomination_eval_at = float("-inf")
@@ -489,6 +463,16 @@ class IceAgent:
     def state(self) -> IceState:
         """The agent's state."""
         return self._state
+
+    @property
+    def consent_interval(self) -> float:
+        """Base period of consent checks, seconds (RFC 7675 §5.1)."""
+        return self._consent.interval
+
+    @property
+    def consent_timeout(self) -> float:
+        """Consent expires this long after the last successful check (RFC 7675 §5.1)."""
+        return self._consent.timeout
 
     @property
     def controlling(self) -> bool:
@@ -598,7 +582,6 @@ class IceAgent:
                 f"component {candidate.component} outside 1-{self.components}"
             )
         base = (str(base[0]), int(base[1]))
-        self._hot.clear()
         for i, (existing, existing_base) in enumerate(self._locals):
             if (
                 existing.component == candidate.component
@@ -606,10 +589,10 @@ class IceAgent:
                 and existing_base == base
             ):
                 if candidate.priority > existing.priority:
-                    self._locals[i] = (candidate, base)
+                    self._locals = (*self._locals[:i], (candidate, base), *self._locals[i + 1 :])
                     self._form_pairs()
                 return
-        self._locals.append((candidate, base))
+        self._locals += ((candidate, base),)
         self._form_pairs()
 
     def set_remote_credentials(self, ufrag: str, pwd: str) -> None:
@@ -626,8 +609,7 @@ class IceAgent:
                 "the remote credentials changed: the peer restarted ICE, call restart(now) "
                 "first (RFC 8445 §9)"
             )
-        self._remote = _Credentials(ufrag, pwd, short_term_key(pwd))
-        self._hot.clear()
+        self._remote = _Credentials(ufrag, pwd, CheckKey(short_term_key(pwd)))
         pending, self._pending = self._pending, []
         for request in pending:
             if request.remote_ufrag == ufrag:
@@ -667,7 +649,6 @@ class IceAgent:
             return
         if not 1 <= candidate.component <= self.components:
             return
-        self._hot.clear()
         for existing in self._remotes:
             if (
                 existing.component == candidate.component
@@ -699,7 +680,6 @@ class IceAgent:
         self._started_at = now
         self._next_check_at = now
         self._state = IceState.CHECKING
-        self._hot.clear()
         self._update_running()
         self._after_change(now)
 
@@ -710,25 +690,24 @@ class IceAgent:
         if self._state is IceState.CLOSED:
             raise LocalProtocolError("the agent is closed")
         self._now = now
-        self._hot.clear()
         ufrag = _ice_string(self._rng, UFRAG_LENGTH)
         pwd = _ice_string(self._rng, PWD_LENGTH)
         self._previous_local = self._local
-        self._local = _Credentials(ufrag, pwd, short_term_key(pwd))
+        self._local = _Credentials(ufrag, pwd, CheckKey(short_term_key(pwd)))
         if self._remote is not None:
             self._previous_remote = self._remote
         self._remote = None
         for txid, record in list(self._records.items()):
             if record.kind is _Kind.CHECK:
                 del self._records[txid]
-        lost = {c for c, consent in self._consent.items() if consent.lost}
+        lost = self._consent.lost()
         if self._state is not IceState.FAILED:
             for component, pair in self._selected.items():
                 if component not in lost:
                     self._previous[component] = pair
         for component in lost:
             self._previous.pop(component, None)
-        self._consent = {c: v for c, v in self._consent.items() if c in self._previous}
+        self._consent.keep(self._previous)
         self._selected.clear()
         self._nominating.clear()
         self._first_valid_at.clear()
@@ -737,7 +716,7 @@ class IceAgent:
         self._remotes.clear()
         self._remote_complete = False
         self._pending.clear()
-        self._locals = [(c, b) for c, b in self._locals if c.type is not CandidateType.PRFLX]
+        self._locals = tuple((c, b) for c, b in self._locals if c.type is not CandidateType.PRFLX)
         self._restarting = self._started
         self._running = False
         self._last_check_at = None
@@ -754,7 +733,6 @@ class IceAgent:
         keepalives stop with the session). Idempotent."""
         self._now = now
         self._state = IceState.CLOSED
-        self._hot.clear()
         self._records.clear()
         self._outbox.clear()
         self._pending.clear()
@@ -771,26 +749,36 @@ class IceAgent:
         undecodable bytes, STUN of another method) so that the adapter can pass it on.
         Never raises on bad input."""
         self._now = now
-        if self._fast_check(data, addr, local, now):
-            return True
-        if not is_stun(data):
-            return False
-        try:
-            msg = Message.decode(data)
-        except DecodeError:
-            return False
-        if msg.method != Method.BINDING:
-            return False
-        if self._state in (IceState.CLOSED, IceState.FAILED):
+        # A check whose attributes were read before (the peer's checks repeat them) is not
+        # decoded again; its MESSAGE-INTEGRITY and FINGERPRINT are then its last two.
+        request = self._reader.known(data)
+        if request is not None:
+            size = len(data)
+            integrity_at, fingerprint_at = size - 32, size - 8
+        else:
+            if not is_stun(data):
+                return False
+            try:
+                msg = Message.decode(data)
+            except DecodeError:
+                return False
+            if msg.method != Method.BINDING:
+                return False
+            if msg.msg_class is not MessageClass.REQUEST:
+                if self._state in _ENDED:
+                    self.dropped += 1
+                elif msg.msg_class is not MessageClass.INDICATION:  # a keepalive: nothing
+                    self._on_response(msg, (str(addr[0]), int(addr[1])), local, now)
+                    self._after_change(now)
+                return True
+            request = self._reader.remember(msg)
+            data, integrity_at, fingerprint_at = msg.raw, msg.integrity_at, msg.fingerprint_at
+        if self._state in _ENDED:
             self.dropped += 1
             return True
-        addr = (str(addr[0]), int(addr[1]))
-        if msg.msg_class is MessageClass.REQUEST:
-            self._on_request(msg, addr, local, now)
-        elif msg.msg_class is MessageClass.INDICATION:
-            pass  # a keepalive (RFC 8445 §11): nothing to do
-        else:
-            self._on_response(msg, addr, local, now)
+        self._on_request(
+            data, request, integrity_at, fingerprint_at, (str(addr[0]), int(addr[1])), local, now
+        )
         self._after_change(now)
         return True
 
@@ -816,10 +804,9 @@ class IceAgent:
                     times.append(t)
         if self._running and self._checklist.has_work():
             times.append(self._check_due())
-        for consent in self._consent.values():
-            if not consent.lost:
-                times.append(consent.last_ok + self.consent_timeout)
-                times.append(consent.next_check)
+        consent = self._consent.next_timer()
+        if consent is not None:
+            times.append(consent)
         for pair in self._active_pairs():
             if pair.last_sent is not None:
                 times.append(pair.last_sent + self.keepalive_interval)
@@ -890,8 +877,7 @@ class IceAgent:
         pair = self._selected.get(component) or self._previous.get(component)
         if pair is None:
             return None
-        consent = self._consent.get(component)
-        if consent is not None and consent.lost:
+        if self._consent.is_lost(component):
             return None
         pair.last_sent = now
         return Transmit(bytes(data), pair.remote.address, pair.base)
@@ -941,7 +927,23 @@ class IceAgent:
         self._running = running
 
     def _local_for_base(self, local: Address | None) -> tuple[Candidate, Address] | None:
-        """The host or relayed candidate whose address is ``local`` (RFC 8445 §7.3.1.4)."""
+        """The host or relayed candidate whose address is ``local`` (RFC 8445 §7.3.1.4),
+        looked up once per ``local`` and ``_locals`` (every check needs it)."""
+        bases = self._bases
+        if bases[0] is not self._locals:
+            bases = self._bases = (self._locals, {})
+        table = bases[1]
+        try:
+            return table[local]
+        except KeyError:
+            found = table[local] = self._find_base(local)
+            if len(table) > _MAX_BASES:
+                del table[local]
+            return found
+        except TypeError:  # an unhashable ``local``
+            return self._find_base(local)
+
+    def _find_base(self, local: Address | None) -> tuple[Candidate, Address] | None:
         if local is None:
             bases = {b for _, b in self._locals}
             if len(bases) != 1:
@@ -1035,16 +1037,15 @@ class IceAgent:
     ) -> tuple[bytes, bytes, int]:
         """RFC 8445 §7.2.2: a check's transaction id, bytes and PRIORITY: USERNAME, PRIORITY,
         ICE-CONTROLLING or ICE-CONTROLLED, USE-CANDIDATE if asked, MESSAGE-INTEGRITY with the
-        peer's password, FINGERPRINT (:func:`binding_request`, a Message's bytes exactly)."""
+        peer's password, FINGERPRINT (:meth:`~anchor_stun.check.CheckKey.request`)."""
         priority = peer_reflexive_priority(pair.local)
         txid = bytes(self._rng(12))
-        data = binding_request(
+        data = credentials.key.request(
             txid,
             f"{credentials.ufrag}:{self._local.ufrag}",
             priority,
             self._controlling,
             self._tie_breaker,
-            credentials.key,
             use_candidate,
         )
         return txid, data, priority
@@ -1224,8 +1225,7 @@ class IceAgent:
                 related_ip=pair.base[0],
                 related_port=pair.base[1],
             )
-            self._locals.append((local, pair.base))
-            self._hot.clear()
+            self._locals += ((local, pair.base),)
             self._events.append(LocalCandidateLearned(local))
         # §7.2.5.3.2: the valid pair is (mapped, destination)
         if local.address == pair.local.address:
@@ -1261,9 +1261,7 @@ class IceAgent:
         if pair in self._checklist.triggered and not pair.use_candidate:
             self._checklist.triggered.remove(pair)  # answered meanwhile: nothing left to learn
         # consent: any successful check on a selected pair renews it (RFC 7675 §5.1)
-        consent = self._consent.get(component)
-        if consent is not None and not consent.lost and consent.pair is valid:
-            consent.last_ok = now
+        self._consent.renew(valid, now)
         # §7.2.5.3.4
         if record.use_candidate:
             pair.use_candidate = False
@@ -1289,51 +1287,41 @@ class IceAgent:
         if not symmetric:
             return
         record.pair.last_success = now
-        for consent in self._consent.values():
-            if consent.pair is record.pair and not consent.lost:
-                consent.last_ok = now
+        self._consent.renew(record.pair, now)
 
     # ================================================================== requests
 
-    def _respond(
+    def _respond_error(
         self,
-        msg: Message,
+        transaction_id: bytes,
         addr: Address,
-        local: Address | None,
-        code: int | None,
-        key: bytes | None,
+        local: Address,
+        code: int,
+        key: CheckKey | None,
         extra: UnknownAttributes | None = None,
     ) -> None:
-        """Queue the answer to a request: success with XOR-MAPPED-ADDRESS, or an error; with
-        MESSAGE-INTEGRITY when the request authenticated, FINGERPRINT always (RFC 8445 §7.3)."""
-        if code is None and key is not None and msg.method == Method.BINDING:
-            self._answer(msg.transaction_id, addr, local, key)  # the common answer
-            return
-        if code is None:
-            response = msg.response([XorMappedAddress(addr[0], addr[1])])
-        else:
-            response = msg.error_response(code)
-            if extra is not None:
-                response.add(extra)
-        try:
-            data = response.encode(key=key, fingerprint=True)
-        except LocalProtocolError:
-            self.dropped += 1
-            return
-        self._queue_answer(data, addr, local)
+        """Queue an error answer to a request: ERROR-CODE, with MESSAGE-INTEGRITY when the
+        request authenticated, FINGERPRINT always (RFC 8445 §7.3, RFC 8489 §6.3.1.1)."""
+        response = Message(Method.BINDING, MessageClass.REQUEST, transaction_id).error_response(
+            code
+        )
+        if extra is not None:
+            response.add(extra)
+        self._queue_answer(response.encode(key=key, fingerprint=True), addr, local)
 
     def _answer(
-        self, transaction_id: bytes, addr: Address, local: Address | None, key: bytes
+        self, transaction_id: bytes, addr: Address, local: Address, key: CheckKey
     ) -> None:
-        """Queue a Binding success: XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT."""
+        """Queue a Binding success: XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT
+        (RFC 8445 §7.3.1.2)."""
         try:
-            data = binding_success(transaction_id, addr, key)
+            data = key.success(transaction_id, addr)
         except LocalProtocolError:
             self.dropped += 1
             return
         self._queue_answer(data, addr, local)
 
-    def _queue_answer(self, data: bytes, addr: Address, local: Address | None) -> None:
+    def _queue_answer(self, data: bytes, addr: Address, local: Address) -> None:
         self._outbox.append(Transmit(data, addr, local))
         # an answer is a packet on the pair (RFC 8445 §11)
         for pair in self._selected.values() if not self._previous else self._active_pairs():
@@ -1341,264 +1329,132 @@ class IceAgent:
             if remote.port == addr[1] and remote.ip == addr[0] and pair.base == local:
                 pair.last_sent = self._now
 
-    def _fast_check(self, data: bytes, addr: Address, local: Address | None, now: float) -> bool:
-        """The common case of :meth:`receive_datagram`, done without decoding: a check
-        (Binding request ending in MESSAGE-INTEGRITY + FINGERPRINT) whose attributes before
-        MESSAGE-INTEGRITY are bytes already decoded by :meth:`_on_request` (the same USERNAME,
-        PRIORITY, role attribute and tie-breaker as the peer's previous checks), that
-        verifies, on a running session with the current credentials, and that neither
-        conflicts with our role nor nominates. Handled exactly as the general path would
-        handle it (a success answer, then :meth:`_request_ice`), and True; False, having
-        changed nothing, for anything else, which the general path then takes.
-
-        A check that needed nothing but its answer (a connected, controlled agent, the
-        source a known candidate of the selected pair's component) is remembered in
-        ``_hot``: the next one of the same shape from the same source takes only the
-        header comparisons, the verification and the answer."""
-        size = len(data)
-        try:
-            hot = self._hot.get(data[HEADER_SIZE : size - 28])  # ends with MI's type, length
-        except TypeError:  # not bytes (unhashable)
-            hot = None
-        if (
-            hot is not None
-            and hot.source == addr
-            and hot.local == local
-            and self._state is _COMPLETED
-        ):
-            answer = hot.answerer.answer(data)
-            if answer is None:
-                return False  # another header, or dropped or 401: the general path
-            self._outbox.append(Transmit(answer, hot.addr, hot.base))
-            for pair in hot.pairs:
-                pair.last_sent = now
-            self._nomination_eval_at = now
-            return True
-        prefix = signed_check_prefix(data)
-        if prefix is None:
-            return False
-        shape = self._check_shapes.get(prefix)
-        if shape is None or self._state in _ENDED:
-            return False
-        credentials = self._local
-        remote = self._remote
-        if (
-            shape.ufrag != credentials.ufrag
-            or remote is None
-            or (shape.use_candidate and not self._controlling)
-            or (
-                not self.lite
-                and (shape.controlling if self._controlling else shape.controlled) is not None
-            )
-        ):
-            return False  # previous credentials, pending, nomination or role conflict
-        source, addr = addr, (str(addr[0]), int(addr[1]))
-        cacheable = local is None or type(local) is tuple
-        try:
-            cached = self._base_cache.get(local) if cacheable else None
-        except TypeError:  # an unhashable item in ``local``
-            cached, cacheable = None, False
-        if cached is not None and cached[0] == self._locals:
-            entry: tuple[Candidate, Address] | None = cached[1]
-        else:
-            entry = self._local_for_base(local)
-            if entry is not None and cacheable:
-                if len(self._base_cache) >= _MAX_CHECK_SHAPES:
-                    self._base_cache.clear()
-                self._base_cache[local] = (list(self._locals), entry)
-        key = credentials.key
-        if entry is None or not verify_signed_check(data, key):
-            return False  # dropped or 401: the general path
-        local_candidate, base = entry
-        # _answer and _queue_answer, inline (this runs for every check of a session)
-        stamped: list[CandidatePair] = []
-        try:
-            answer = binding_success(data[8:20], addr, key)
-        except LocalProtocolError:
-            self.dropped += 1
-        else:
-            self._outbox.append(Transmit(answer, addr, base))
-            previous = self._previous
-            for pair in self._selected.values() if not previous else self._active_pairs():
-                remote_candidate = pair.remote
-                if (
-                    remote_candidate.port == addr[1]
-                    and remote_candidate.ip == addr[0]
-                    and pair.base == base
-                ):
-                    pair.last_sent = now
-                    stamped.append(pair)
-        known = False
-        if shape.remote_ufrag == remote.ufrag:
-            component = local_candidate.component
-            if not self.lite and component in self._selected:
-                # what _request_ice does for a check without USE-CANDIDATE on a component
-                # with a selected pair: learn the source if it is new (§7.3.1.3)
-                for candidate in self._remotes:
-                    if candidate.component == component and candidate.address == addr:
-                        known = True
-                        break
-                else:
-                    self._remote_for_request(component, addr, shape.priority)
-            else:
-                self._request_ice(local_candidate, base, addr, shape.priority, False, now)
-        if self._state is _COMPLETED and not self._restarting and not self._controlling:
-            # what _after_change does then: _evaluate_nomination only stamps the time (a
-            # controlled agent nominates nothing), _update_state and _check_failure return
-            self._nomination_eval_at = now
-            if known and cacheable:
-                self._remember_hot(data, source, local, addr, base, key, tuple(stamped))
-        else:
-            self._after_change(now)
-        return True
-
-    def _remember_hot(
+    def _on_request(
         self,
         data: bytes,
-        source: object,
-        local: Address | None,
+        request: CheckAttributes,
+        integrity_at: int,
+        fingerprint_at: int,
         addr: Address,
-        base: Address,
-        key: bytes,
-        pairs: tuple[CandidatePair, ...],
+        local: Address | None,
+        now: float,
     ) -> None:
-        """Remember a check that needed nothing but its answer (see :meth:`_fast_check`)."""
-        try:
-            answerer = CheckAnswerer(key, len(data), addr)
-        except (ValueError, LocalProtocolError):
-            return  # not IPv4: such checks stay on the longer path
-        if len(self._hot) >= _MAX_CHECK_SHAPES:
-            self._hot.clear()
-        self._hot[data[HEADER_SIZE : len(data) - 28]] = _HotCheck(
-            source, local, addr, base, answerer, pairs
-        )
-
-    def _on_request(self, msg: Message, addr: Address, local: Address | None, now: float) -> None:
-        """RFC 8445 §7.3 (and RFC 8489 §6.3.1, §9.1.3 for the checks on the request)."""
-        if msg.fingerprint is not None and not msg.verify_fingerprint():
+        """RFC 8445 §7.3 (and RFC 8489 §6.3.1, §9.1.3 for the checks on the request), for the
+        request ``data`` whose attributes say ``request`` and whose MESSAGE-INTEGRITY and
+        FINGERPRINT are at the given offsets (-1: absent)."""
+        if fingerprint_at >= 0 and not fingerprint_matches(data, fingerprint_at):
             self.dropped += 1  # RFC 8489 §7.3: not a STUN message after all
             return
+        try:
+            route = self._routes.get((request, addr, local))
+        except TypeError:  # an unhashable ``local``
+            route = None
+        if (
+            route is not None
+            and route.credentials is self._local
+            and route.remote is self._remote
+            and route.locals is self._locals
+            and route.controlling is self._controlling
+        ):
+            # the steps below would find what they found last time: only the answer is left
+            key = route.credentials.key
+            if integrity_matches(data, integrity_at, key):
+                self._answer(data[8:20], addr, route.base, key)
+                return
         entry = self._local_for_base(local)
         if entry is None:
             self.dropped += 1  # not one of our bases (RFC 8445 §7.3)
             return
         local_candidate, base = entry
-        # One pass for what msg.get() and msg.unknown_required() would find: the first of
-        # each class, and every unknown comprehension-required type (RFC 8489 §6.3.1.1).
-        username: Username | None = None
-        priority: Priority | None = None
-        controlling: IceControlling | None = None
-        controlled: IceControlled | None = None
-        use_candidate_attr: UseCandidate | None = None
-        unknown: list[int] = []
-        for attr in msg.attributes:
-            if type(attr) is Username:
-                if username is None:
-                    username = attr
-            elif type(attr) is Priority:
-                if priority is None:
-                    priority = attr
-            elif type(attr) is IceControlling:
-                if controlling is None:
-                    controlling = attr
-            elif type(attr) is IceControlled:
-                if controlled is None:
-                    controlled = attr
-            elif type(attr) is UseCandidate:
-                use_candidate_attr = attr
-            elif isinstance(attr, RawAttribute) and attr.type < 0x8000:
-                unknown.append(attr.type)
-        if username is not None and priority is not None and not unknown:
-            self._remember_shape(
-                msg, username, priority, controlling, controlled, use_candidate_attr is not None
-            )
-        if username is None or msg.integrity is None:
-            self._respond(msg, addr, base, ErrorCode.BAD_REQUEST, None)
+        transaction_id = data[8:20]
+        if request.username is None or integrity_at < 0:
+            self._respond_error(transaction_id, addr, base, ErrorCode.BAD_REQUEST, None)
             return
-        ufrag, colon, remote_ufrag = username.value.partition(":")
-        credentials = None
-        if colon:
-            if ufrag == self._local.ufrag:
-                credentials = self._local
-            elif self._previous_local is not None and ufrag == self._previous_local.ufrag:
-                credentials = self._previous_local
-        if credentials is None or not msg.verify_integrity(credentials.key):
-            self._respond(msg, addr, base, ErrorCode.UNAUTHENTICATED, None)
-            return
+        ufrag = request.ufrag
+        credentials = self._local
+        if ufrag != credentials.ufrag:
+            previous = self._previous_local
+            if ufrag is None or previous is None or ufrag != previous.ufrag:
+                self._respond_error(transaction_id, addr, base, ErrorCode.UNAUTHENTICATED, None)
+                return
+            credentials = previous
         key = credentials.key
-        if unknown:
-            self._respond(
-                msg, addr, base, ErrorCode.UNKNOWN_ATTRIBUTE, key, UnknownAttributes(tuple(unknown))
+        if not integrity_matches(data, integrity_at, key):
+            self._respond_error(transaction_id, addr, base, ErrorCode.UNAUTHENTICATED, None)
+            return
+        if request.unknown:
+            self._respond_error(
+                transaction_id,
+                addr,
+                base,
+                ErrorCode.UNKNOWN_ATTRIBUTE,
+                key,
+                UnknownAttributes(request.unknown),
             )
             return
+        priority = request.priority
         if priority is None:
-            self._respond(msg, addr, base, ErrorCode.BAD_REQUEST, key)
+            self._respond_error(transaction_id, addr, base, ErrorCode.BAD_REQUEST, key)
             return
         current = credentials is self._local
-        if not self.lite and current and self._role_conflict(controlling, controlled):
-            self._respond(msg, addr, base, ErrorCode.ROLE_CONFLICT, key)
+        if (
+            current
+            and not self.lite
+            and (request.controlling if self._controlling else request.controlled) is not None
+            and self._role_conflict(request.controlling, request.controlled)
+        ):
+            self._respond_error(transaction_id, addr, base, ErrorCode.ROLE_CONFLICT, key)
             return
-        use_candidate = use_candidate_attr is not None and not self._controlling
+        remote_ufrag = request.remote_ufrag
+        use_candidate = request.use_candidate and not self._controlling
         if current and use_candidate:
-            decision = self._nomination_decision(local_candidate, base, addr, priority.value)
+            decision = self._nomination_decision(local_candidate, base, addr, priority)
             if decision is _Decision.REFUSE:
                 # RFC 8445 §7.3.1.5: a nomination the controlled agent does not accept
-                self._respond(msg, addr, base, ErrorCode.BAD_REQUEST, key)
+                self._respond_error(transaction_id, addr, base, ErrorCode.BAD_REQUEST, key)
                 return
             if decision is _Decision.DEFER:
                 use_candidate = False  # judged when the peer retransmits; check it meanwhile
                 if self._remote is not None and remote_ufrag == self._remote.ufrag:
-                    self._request_ice(local_candidate, base, addr, priority.value, False, now)
+                    self._request_ice(local_candidate, base, addr, priority, False, now)
                 return
-        self._respond(msg, addr, base, None, key)
+        self._answer(transaction_id, addr, base, key)
         if not current:
             return  # the previous session during a restart: answered, nothing else
         if self._remote is None:
             if len(self._pending) < _MAX_PENDING_REQUESTS:
                 self._pending.append(
                     _PendingRequest(
-                        local_candidate, base, addr, priority.value, use_candidate, remote_ufrag
+                        local_candidate, base, addr, priority, use_candidate, remote_ufrag
                     )
                 )
             return
         if remote_ufrag != self._remote.ufrag:
             return  # another session's request (forking, a stale restart): answered only
-        self._request_ice(local_candidate, base, addr, priority.value, use_candidate, now)
+        if (
+            self._request_ice(local_candidate, base, addr, priority, use_candidate, now)
+            and request.head  # a shape the reader remembers: the same object next time
+            and (request.controlling if self._controlling else request.controlled) is None
+        ):  # (a request carrying both roles may conflict with the role it switched to)
+            routes = self._routes
+            if len(routes) >= _MAX_BASES:
+                routes.clear()
+            try:
+                routes[(request, addr, local)] = _Route(
+                    credentials, self._remote, self._locals, self._controlling, base
+                )
+            except TypeError:  # an unhashable ``local``
+                pass
 
-    def _remember_shape(
-        self,
-        msg: Message,
-        username: Username,
-        priority: Priority,
-        controlling: IceControlling | None,
-        controlled: IceControlled | None,
-        use_candidate: bool,
-    ) -> None:
-        """Remember what a check of the common shape said, by the bytes that said it."""
-        ufrag, colon, remote_ufrag = username.value.partition(":")
-        if not colon or not all(type(a) in _SHAPE_TYPES for a in msg.attributes):
-            return
-        prefix = msg.signed_prefix()
-        if prefix is None or msg.method != Method.BINDING or not msg.is_request:
-            return
-        shapes = self._check_shapes
-        if len(shapes) >= _MAX_CHECK_SHAPES:
-            shapes.clear()
-        shapes[prefix] = _CheckShape(
-            ufrag, remote_ufrag, priority.value, controlling, controlled, use_candidate
-        )
-
-    def _role_conflict(
-        self, controlling: IceControlling | None, controlled: IceControlled | None
-    ) -> bool:
-        """RFC 8445 §7.3.1.1, given the request's ICE-CONTROLLING and ICE-CONTROLLED. True
-        when the agent keeps its role and answers 487."""
+    def _role_conflict(self, controlling: int | None, controlled: int | None) -> bool:
+        """RFC 8445 §7.3.1.1, given the tie-breakers of the request's ICE-CONTROLLING and
+        ICE-CONTROLLED. True when the agent keeps its role and answers 487."""
         if self._controlling and controlling is not None:
-            if self._tie_breaker >= controlling.value:
+            if self._tie_breaker >= controlling:
                 return True
             self._set_role(False)
         elif not self._controlling and controlled is not None:
-            if self._tie_breaker >= controlled.value:
+            if self._tie_breaker >= controlled:
                 self._set_role(True)
             else:
                 return True
@@ -1628,7 +1484,6 @@ class IceAgent:
     def _change_role(self, controlling: bool) -> None:
         if controlling == self._controlling:
             return
-        self._hot.clear()
         self._controlling = controlling
         self._checklist.set_role(controlling)
         for pair in (*self._selected.values(), *self._previous.values()):
@@ -1655,7 +1510,6 @@ class IceAgent:
                 type=CandidateType.PRFLX,
             )
             self._remotes.append(remote)
-            self._hot.clear()
             self._events.append(RemoteCandidateLearned(remote))
         return remote
 
@@ -1711,9 +1565,13 @@ class IceAgent:
         priority: int,
         use_candidate: bool,
         now: float,
-    ) -> None:
-        """RFC 8445 §7.3.1.3-§7.3.1.5 (full) and §7.3.2 (lite) after a successful answer."""
+    ) -> bool:
+        """RFC 8445 §7.3.1.3-§7.3.1.5 (full) and §7.3.2 (lite) after a successful answer.
+        True when it changed nothing: the source was a known remote candidate and there was
+        nothing to learn, check or nominate (what a repeat of the request will find too, as
+        long as the credentials, the local candidates and the role stay; see ``_routes``)."""
         component = local.component
+        learned = self._prflx_count
         remote = self._remote_for_request(component, source, priority)
         if self.lite:
             if use_candidate:
@@ -1725,7 +1583,7 @@ class IceAgent:
                     valid.last_success = now
                     self._checklist.add_valid(valid)
                 self._nominate(valid, now)
-            return
+            return not use_candidate and learned == self._prflx_count
         if component in self._selected:
             # §8.1.2: no more triggered checks for a component with a nominated pair, but a
             # peer nominating aggressively may nominate another valid pair.
@@ -1734,12 +1592,12 @@ class IceAgent:
                 valid = self._valid_from(pair) if pair is not None else None
                 if valid is not None and not valid.refused:
                     self._nominate(valid, now)
-            return
+            return not use_candidate and learned == self._prflx_count
         pair = self._checklist.find(component, base, source)
         if pair is None:
             pair = self._checklist.add(local, remote, base)
             if pair is None:
-                return  # the limit of §6.1.2.5
+                return False  # the limit of §6.1.2.5
             self._checklist.enqueue_triggered(pair)
         elif pair.state is PairState.SUCCEEDED:
             pass
@@ -1754,6 +1612,7 @@ class IceAgent:
                     self._nominate(valid, now)
             else:
                 pair.nominate_on_success = True
+        return False
 
     # ================================================================== nomination
 
@@ -1818,13 +1677,14 @@ class IceAgent:
         current = self._selected.get(component)
         selected = current is None or valid.priority > current.priority
         if selected:
-            self._hot.clear()
             self._selected[component] = valid
             self._previous.pop(component, None)
             if not self.lite:  # a lite agent sends no request, hence no consent check
-                self._consent[component] = _Consent(
-                    valid, valid.last_success if valid.last_success is not None else now,
-                    now + self._consent_delay(),
+                self._consent.start(
+                    component,
+                    valid,
+                    valid.last_success if valid.last_success is not None else now,
+                    now,
                 )
             if valid.last_sent is None:
                 valid.last_sent = now
@@ -1836,7 +1696,14 @@ class IceAgent:
     # ================================================================== state
 
     def _after_change(self, now: float) -> None:
-        if self._state in _NEW_OR_ENDED:
+        state = self._state
+        if state in _NEW_OR_ENDED:
+            return
+        if state is _COMPLETED and not self._restarting:
+            # every component has its selected pair and no check is left: there is nothing
+            # to nominate, no state to move to and nothing to fail (the three steps below
+            # return at once); only the time of the nomination evaluation moves
+            self._nomination_eval_at = now
             return
         self._evaluate_nomination(now)
         self._update_state(now)
@@ -1848,7 +1715,6 @@ class IceAgent:
     def _update_state(self, now: float) -> None:
         if self._state is _COMPLETED and not self._restarting:
             return  # nothing can change (runs after every check a connected agent answers)
-        self._hot.clear()  # whatever follows may change the state
         components = range(1, self.components + 1)
         if not all(c in self._selected for c in components):
             return
@@ -1910,7 +1776,6 @@ class IceAgent:
 
     def _fail(self, reason: str, now: float) -> None:
         self._state = IceState.FAILED
-        self._hot.clear()
         self.failure_reason = reason
         self._records.clear()
         self._running = False
@@ -1918,27 +1783,20 @@ class IceAgent:
 
     # ================================================================== consent, keepalives
 
-    def _consent_delay(self) -> float:
-        """RFC 7675 §5.1: the interval randomized to 0.8-1.2 times the period."""
-        fraction = int.from_bytes(self._rng(2), "big") / 0xFFFF
-        return self.consent_interval * (0.8 + 0.4 * fraction)
-
     def _consent_timers(self, now: float, send_checks: bool = True) -> bool:
         """Expire consent and send consent checks that are due (RFC 7675 §5.1). False when
         consent was lost (the agent is then FAILED)."""
         if self.lite:
             return True
-        for component, consent in sorted(self._consent.items()):
-            if consent.lost:
-                continue
-            if now >= consent.last_ok + self.consent_timeout:
-                consent.lost = True
-                self._events.append(ConsentLost(component))
-                self._fail(f"consent lost on component {component} (RFC 7675)", now)
-                return False
-            if send_checks and now >= consent.next_check:
-                self._send_consent(consent.pair, now)
-                consent.next_check = now + self._consent_delay()
+        consent = self._consent
+        due, lost = consent.poll(now, send_checks)
+        for component in due:
+            self._send_consent(consent.pair(component), now)
+            consent.sent(component, now)
+        if lost is not None:
+            self._events.append(ConsentLost(lost))
+            self._fail(f"consent lost on component {lost} (RFC 7675)", now)
+            return False
         return True
 
     def _keepalives(self, now: float) -> None:

@@ -71,6 +71,7 @@ from anchor_stun.attributes import (
     xor_mapped_tlv_v4,
 )
 from anchor_stun.budget import AnswerBudget
+from anchor_stun.check import CheckAttributes, CheckKey, CheckReader
 from anchor_stun.errors import (
     AllocationError,
     AnchorError,
@@ -104,6 +105,7 @@ from anchor_stun.integrity import (
 from anchor_stun.message import (
     HEADER_SIZE,
     MAX_MESSAGE_SIZE,
+    HmacKey,
     Message,
     MessageClass,
     Method,
@@ -150,6 +152,9 @@ __all__ = [
     "BindingResult",
     "ChangeRequest",
     "ChannelNumber",
+    "CheckAttributes",
+    "CheckKey",
+    "CheckReader",
     "ClientTransaction",
     "ConnectionId",
     "CredentialsRejected",
@@ -160,6 +165,7 @@ __all__ = [
     "ErrorCodeAttribute",
     "EvenPort",
     "Family",
+    "HmacKey",
     "IceControlled",
     "IceControlling",
     "Icmp",

@@ -23,14 +23,13 @@ was decoded with other padding (the RFC 5769 samples pad with spaces), so that a
 message re-encodes byte for byte.
 
 Speed (this is the hot path of connectivity checks; ``anchor bench codec`` measures it).
-HMACs start from per-key precomputed inner/outer hash states (RFC 2104 §2) instead of
-``hmac.digest``. Decoding shares immutable typed attributes between messages through two
-bounded tables keyed by bytes: single small attributes of types that do not depend on the
-transaction id (USERNAME, PRIORITY, ICE-CONTROLLING, ...), and the whole run of attributes
-before a final MESSAGE-INTEGRITY + FINGERPRINT, the shape of every check. Both only skip
-work whose result is already known: the decoded message is the same either way. The two
-messages of a check also have direct builders, :func:`binding_request` and
-:func:`binding_success`, byte for byte what ``encode`` gives for the same attributes.
+The module keeps no state: nothing is cached between calls here. MESSAGE-INTEGRITY is
+computed and checked in one place (:func:`seal`, :func:`integrity_matches`,
+:func:`fingerprint_matches`), for :meth:`Message.encode`, the verify methods and the
+connectivity checks of :mod:`anchor_stun.check` alike. A caller that signs many messages
+with one key passes an :class:`HmacKey`, which holds the key's precomputed HMAC states
+(RFC 2104 §2); what else is worth remembering between messages is remembered by the object
+that uses it (see :class:`anchor_stun.check.CheckKey`).
 """
 
 from __future__ import annotations
@@ -39,33 +38,20 @@ import hashlib
 import hmac
 import struct
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from anchor_stun.attributes import (
     ATTRIBUTE_CLASSES,
     MAGIC_COOKIE,
-    AlternateDomain,
     Attribute,
     AttrType,
-    ConnectionId,
-    DontFragment,
     ErrorCode,
     ErrorCodeAttribute,
-    IceControlled,
-    IceControlling,
-    Lifetime,
-    Nonce,
-    Priority,
     RawAttribute,
-    Realm,
-    Software,
-    UseCandidate,
-    Username,
-    XorMappedAddress,
-    xor_mapped_tlv_v4,
 )
 from anchor_stun.errors import DecodeError, LocalProtocolError
 
@@ -73,17 +59,19 @@ __all__ = [
     "FINGERPRINT_XOR",
     "HEADER_SIZE",
     "MAX_MESSAGE_SIZE",
-    "CheckAnswerer",
+    "HmacKey",
+    "Key",
     "Message",
     "MessageClass",
     "Method",
-    "binding_request",
-    "binding_success",
     "decode_type",
+    "encode_attributes",
     "encode_type",
+    "fingerprint_matches",
+    "integrity_matches",
     "is_stun",
+    "seal",
     "signed_check_prefix",
-    "verify_signed_check",
 ]
 
 HEADER_SIZE = 20  # RFC 8489 §5
@@ -100,9 +88,6 @@ _MI256 = int(AttrType.MESSAGE_INTEGRITY_SHA256)
 _FP = int(AttrType.FINGERPRINT)
 _MI_TL = _TL.pack(_MI, 20)
 _FP_TLV = struct.Struct("!HHI")
-_PRIORITY_TYPE = int(AttrType.PRIORITY)
-_CONTROLLING_TYPE = int(AttrType.ICE_CONTROLLING)
-_CONTROLLED_TYPE = int(AttrType.ICE_CONTROLLED)
 
 A = TypeVar("A", bound=Attribute)
 
@@ -152,323 +137,183 @@ def decode_type(msg_type: int) -> tuple[int, MessageClass]:
 
 
 _CLASSES = tuple(sorted(MessageClass))
-_DECODED_TYPES: dict[int, tuple[int, MessageClass]] = {}
-"""decode_type() by message type, filled as types are seen (at most 2**14 entries)."""
-_PADS = {b: bytes((b,)) * 3 for b in range(256)}
-_INTEGRITY_TYPES = frozenset((_MI, _MI256, _FP))
-
-# Decoded attributes, by their TLV bytes: the attributes of connectivity checks and TURN
-# requests repeat from message to message (same USERNAME, PRIORITY, tie-breaker, ...), and
-# typed attributes are immutable, so one decoded value can be shared. Only types whose
-# value does not depend on the transaction id, small values, and at most _CACHE_SIZE
-# entries (the table is emptied when full).
-_CACHED_TYPES = frozenset(
-    int(t)
-    for t in (
-        AttrType.USERNAME,
-        AttrType.REALM,
-        AttrType.NONCE,
-        AttrType.SOFTWARE,
-        AttrType.PRIORITY,
-        AttrType.USE_CANDIDATE,
-        AttrType.ICE_CONTROLLED,
-        AttrType.ICE_CONTROLLING,
-        AttrType.LIFETIME,
-        AttrType.REQUESTED_TRANSPORT,
-        AttrType.CHANNEL_NUMBER,
-        AttrType.ERROR_CODE,
-    )
+_KNOWN_TYPES: Mapping[int, tuple[int, MessageClass]] = MappingProxyType(
+    {encode_type(m, c): (int(m), c) for m in Method for c in MessageClass}
 )
-_CACHED_MAX = 128
-_CACHE_SIZE = 1024
-_DECODED: dict[bytes, Attribute] = {}
-
-# The typed attributes (and padding byte) of the part of a message that precedes a final
-# MESSAGE-INTEGRITY + FINGERPRINT, by its bytes, when every one of them is of a type
-# _DECODED may hold: the shape of every connectivity check (RFC 8445 §7.1) and of most
-# signed requests. Walking those bytes again would give the same attributes, and the two
-# trailing attributes are checked by their headers.
-_SIGNED: dict[bytes, tuple[tuple[Attribute, ...], int]] = {}
+"""decode_type() of the types of the known methods, computed once (never written to)."""
+_KNOWN_CODES: Mapping[int, int] = MappingProxyType(
+    {m << 2 | c: encode_type(m, c) for m in Method for c in MessageClass}
+)
+"""encode_type(method, class) by ``method << 2 | class``, for the known methods."""
+_PADS = tuple(bytes((b,)) * 3 for b in range(256))
+_INTEGRITY_TYPES = frozenset((_MI, _MI256, _FP))
 _SIGNED_MIN = HEADER_SIZE + 32
 _FP_TL_BYTES = _TL.pack(_FP, 4)
-# Encoded attributes (type, length, value and zero padding), by (class, value): the
-# attributes whose value bytes depend only on a str or int ``value`` (or on nothing), which
-# a check or a TURN request repeats from message to message. Keyed by the exact class and
-# an exact str or int (True == 1 and 1.0 == 1, but they do not encode alike), at most
-# _CACHE_SIZE entries of at most _CACHED_MAX value bytes; only successful encodings.
-_TLV_KINDS: dict[type[Attribute], bool] = {
-    **{
-        cls: True
-        for cls in (
-            Username,
-            Realm,
-            Nonce,
-            Software,
-            AlternateDomain,
-            Priority,
-            IceControlled,
-            IceControlling,
-            Lifetime,
-            ConnectionId,
-        )
-    },
-    UseCandidate: False,
-    DontFragment: False,
-}
-"""Class -> whether it has a ``value`` (False: an empty attribute)."""
-_ENCODED: dict[object, bytes] = {}
-_TYPE_CODES: dict[int, int] = {}
-"""encode_type(method, msg_class) by ``method << 2 | msg_class & 3`` (the two bits it uses)."""
-
-
-def _type_code(method: int, msg_class: int) -> int:
-    """:func:`encode_type`, remembered for the valid methods (the only ones it returns for)."""
-    code = encode_type(method, msg_class)
-    _TYPE_CODES[method << 2 | msg_class & 3] = code
-    return code
+_CHECK_HEAD = struct.Struct("!HHI")
 
 
 # ---------------------------------------------------------------------------- HMAC
 #
 # HMAC (RFC 2104 §2) starts by hashing ``key ^ ipad`` and ``key ^ opad``; those two hash
-# states depend on the key alone, so they are computed once per key and copied for each
-# message, which halves the cost of ``hmac.digest``. A connectivity check or a TURN request
-# reuses one key many times. Each table is emptied when it holds _HMAC_CACHE_SIZE keys.
+# states depend on the key alone. An :class:`HmacKey` computes them once and copies them for
+# each message, which halves the cost of ``hmac.digest``; whoever signs or checks many
+# messages with one key (an ICE agent, a TURN allocation) keeps one. Plain ``bytes`` keys are
+# accepted everywhere and go through ``hmac.digest``.
 
 _compare_digest = hmac.compare_digest
-_HMAC_CACHE_SIZE = 256
-_HmacStates = tuple[Any, Any]
-_SHA1_STATES: dict[bytes, _HmacStates] = {}
-_SHA256_STATES: dict[bytes, _HmacStates] = {}
+_crc32 = zlib.crc32
 _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
-def _hmac_states(
-    key: bytes, new: Callable[..., Any], table: dict[bytes, _HmacStates]
-) -> _HmacStates:
+def _hmac_states(key: bytes, new: Callable[..., Any]) -> tuple[Any, Any]:
     block = key
     if len(block) > 64:  # the block size of SHA-1 and SHA-256
         block = new(block).digest()
     block = block.ljust(64, b"\0")
-    states = (new(block.translate(_IPAD)), new(block.translate(_OPAD)))
-    if len(table) >= _HMAC_CACHE_SIZE:
-        table.clear()
-    table[key] = states
-    return states
+    return new(block.translate(_IPAD)), new(block.translate(_OPAD))
 
 
-def _hmac_sha1(key: bytes, data: bytes) -> bytes:
-    """``hmac.digest(key, data, "sha1")``, from the key's cached states."""
-    try:
-        inner, outer = _SHA1_STATES[key]
-    except KeyError:
-        inner, outer = _hmac_states(key, hashlib.sha1, _SHA1_STATES)
-    except TypeError:  # an unhashable key (bytearray, memoryview)
-        return hmac.digest(key, data, "sha1")
-    h = inner.copy()
-    h.update(data)
-    o = outer.copy()
-    o.update(h.digest())
-    return o.digest()  # type: ignore[no-any-return]
+class HmacKey:
+    """A MESSAGE-INTEGRITY(-SHA256) key (RFC 8489 §9, §14.5, §14.6) with its HMAC inner and
+    outer states computed once (RFC 2104 §2). Pass it wherever a key is taken
+    (:meth:`Message.encode`, :meth:`Message.verify_integrity`, ...): the result is the one
+    the same key as ``bytes`` gives, for about half the cost per message."""
+
+    __slots__ = ("_sha1", "_sha256", "key")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = bytes(key)
+        """The key's bytes."""
+        self._sha1 = _hmac_states(self.key, hashlib.sha1)
+        self._sha256: tuple[Any, Any] | None = None
+
+    def sha1(self, data: bytes) -> bytes:
+        """``hmac.digest(key, data, "sha1")``."""
+        inner, outer = self._sha1
+        h = inner.copy()
+        h.update(data)
+        o = outer.copy()
+        o.update(h.digest())
+        return o.digest()  # type: ignore[no-any-return]
+
+    def sha256(self, data: bytes) -> bytes:
+        """``hmac.digest(key, data, "sha256")``."""
+        states = self._sha256
+        if states is None:
+            states = self._sha256 = _hmac_states(self.key, hashlib.sha256)
+        h = states[0].copy()
+        h.update(data)
+        o = states[1].copy()
+        o.update(h.digest())
+        return o.digest()  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return "HmacKey(...)"
 
 
-def _hmac_sha256(key: bytes, data: bytes) -> bytes:
-    """``hmac.digest(key, data, "sha256")``, from the key's cached states."""
-    try:
-        inner, outer = _SHA256_STATES[key]
-    except KeyError:
-        inner, outer = _hmac_states(key, hashlib.sha256, _SHA256_STATES)
-    except TypeError:  # an unhashable key (bytearray, memoryview)
-        return hmac.digest(key, data, "sha256")
-    h = inner.copy()
-    h.update(data)
-    o = outer.copy()
-    o.update(h.digest())
-    return o.digest()  # type: ignore[no-any-return]
+Key = bytes | HmacKey
+"""A MESSAGE-INTEGRITY key: its bytes, or an :class:`HmacKey`."""
 
 
-_SUCCESS_HEAD = _HEADER.pack(0x0101, 12 + 24, MAGIC_COOKIE, bytes(12))[:8]
-"""Header of a Binding success response carrying an IPv4 XOR-MAPPED-ADDRESS, up to
-MESSAGE-INTEGRITY (the length its HMAC covers, RFC 8489 §14.5), without transaction id."""
-_SUCCESS_HEAD_FP = _HEADER.pack(0x0101, 12 + 24 + 8, MAGIC_COOKIE, bytes(12))[:8]
-"""The same with FINGERPRINT: the final header."""
+def _hmac_sha256(key: Key, data: bytes) -> bytes:
+    if isinstance(key, HmacKey):
+        return key.sha256(data)
+    return hmac.digest(key, data, "sha256")
 
 
-_SUCCESS_PARTS: dict[tuple[bytes, str, int], tuple[bytes, Any, Any]] = {}
-"""What :func:`binding_success` reuses, by (key, ip, port) of an IPv4 address: the
-XOR-MAPPED-ADDRESS TLV, the key's HMAC-SHA1 inner state having read the header up to the
-transaction id, and its outer state. At most _CACHE_SIZE entries (emptied when full)."""
+# ---------------------------------------------------------------------------- the trailer
+#
+# The one implementation of MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256 and FINGERPRINT,
+# written (seal) and checked (integrity_matches, fingerprint_matches), for Message.encode,
+# Message.verify_* and the connectivity checks of anchor_stun.check alike.
 
 
-def _success_parts(key: bytes, ip: str, port: int) -> tuple[bytes, Any, Any] | None:
-    tlv = xor_mapped_tlv_v4(ip, port)
-    if tlv is None:
-        return None
-    try:
-        inner, outer = _SHA1_STATES[key]
-    except KeyError:
-        inner, outer = _hmac_states(key, hashlib.sha1, _SHA1_STATES)
-    inner = inner.copy()
-    inner.update(_SUCCESS_HEAD)
-    if len(_SUCCESS_PARTS) >= _CACHE_SIZE:
-        _SUCCESS_PARTS.clear()
-    parts = _SUCCESS_PARTS[(key, ip, port)] = (tlv, inner, outer)
-    return parts
-
-
-def binding_success(transaction_id: bytes, address: tuple[str, int], key: bytes) -> bytes:
-    """The answer to a connectivity check (RFC 8445 §7.3.1.2): the bytes of
-    ``Message(BINDING, SUCCESS, transaction_id, [XorMappedAddress(*address)])
-    .encode(key=key, fingerprint=True)``, byte for byte, raising what that raises.
-
-    An IPv4 address takes a fast path: the XOR-MAPPED-ADDRESS TLV and the HMAC states
-    (which do not depend on the transaction id) are cached per (key, address), and the
-    header, MESSAGE-INTEGRITY and FINGERPRINT are written around them directly; anything
-    else goes the general way."""
-    ip, port = address[0], address[1]
-    if (
-        type(ip) is str
-        and type(port) is int
-        and type(transaction_id) is bytes
-        and len(transaction_id) == 12
-        and type(key) is bytes
-        and ":" not in ip
-    ):
-        parts = _SUCCESS_PARTS.get((key, ip, port)) or _success_parts(key, ip, port)
-        if parts is not None:
-            tlv, inner, outer = parts
+def seal(
+    msg_type: int,
+    transaction_id: bytes,
+    body: bytes,
+    key: Key | None = None,
+    key_sha256: Key | None = None,
+    sha256_length: int = 32,
+    fingerprint: bool = False,
+) -> bytes:
+    """The message of type ``msg_type`` (:func:`encode_type`) whose attributes are the
+    encoded ``body`` (a multiple of 4 bytes), followed as asked by MESSAGE-INTEGRITY
+    (RFC 8489 §14.5), MESSAGE-INTEGRITY-SHA256 (§14.6) and FINGERPRINT (§14.7), each computed
+    over the message so far with the header length ending at that attribute."""
+    if len(transaction_id) != 12:
+        raise LocalProtocolError("transaction id must be 12 bytes")
+    length = len(body)
+    if key_sha256 is not None or length > 0xFFFF - 32:
+        if key_sha256 is not None and not (16 <= sha256_length <= 32 and sha256_length % 4 == 0):
+            raise LocalProtocolError("MESSAGE-INTEGRITY-SHA256 length must be 16..32, x4")
+        total = (
+            length
+            + (24 if key is not None else 0)
+            + (4 + sha256_length if key_sha256 is not None else 0)
+            + (8 if fingerprint else 0)
+        )
+        if total > 0xFFFF:
+            raise LocalProtocolError("message longer than 65535 bytes after the header")
+    header = _HEADER.pack
+    if key is not None:
+        length += 24
+        signed = header(msg_type, length, MAGIC_COOKIE, transaction_id) + body
+        if isinstance(key, HmacKey):  # HmacKey.sha1, inline (every check and answer)
+            inner, outer = key._sha1
             h = inner.copy()
-            h.update(transaction_id)
-            h.update(tlv)
+            h.update(signed)
             o = outer.copy()
             o.update(h.digest())
-            data = b"".join((_SUCCESS_HEAD_FP, transaction_id, tlv, _MI_TL, o.digest()))
-            return data + _FP_TLV.pack(_FP, 4, zlib.crc32(data) ^ FINGERPRINT_XOR)
-    return Message(
-        Method.BINDING, MessageClass.SUCCESS, transaction_id, [XorMappedAddress(ip, port)]
-    ).encode(key=key, fingerprint=True)
-
-
-_REQUESTS: dict[tuple[object, ...], tuple[bytes, bytes, bytes, Any, Any]] = {}
-"""What :func:`binding_request` reuses, by (key, username, priority, controlling,
-tie-breaker, use_candidate): the header up to MESSAGE-INTEGRITY and the final header (both
-without transaction id), the attribute bytes before MESSAGE-INTEGRITY, and the key's HMAC-SHA1
-inner and outer states. At most _CACHE_SIZE entries (emptied when full)."""
-_USERNAME_TYPE = int(AttrType.USERNAME)
-_PRIORITY_ROLE = struct.Struct("!HHIHHQ")
-"""PRIORITY then ICE-CONTROLLING or ICE-CONTROLLED, type-length-value each."""
-_USE_CANDIDATE_TL = _TL.pack(AttrType.USE_CANDIDATE, 0)
-_REQUEST_HEAD = struct.Struct("!HHI")
-
-
-def binding_request(
-    transaction_id: bytes,
-    username: str,
-    priority: int,
-    controlling: bool,
-    tie_breaker: int,
-    key: bytes,
-    use_candidate: bool = False,
-) -> bytes:
-    """A connectivity check (RFC 8445 §7.1, §7.2.2): the bytes of
-    ``Message(BINDING, REQUEST, transaction_id, [Username(username), Priority(priority),
-    IceControlling(tie_breaker) if controlling else IceControlled(tie_breaker)]
-    + ([UseCandidate()] if use_candidate else [])).encode(key=key, fingerprint=True)``,
-    byte for byte, raising what that raises.
-
-    The attributes are packed directly (anything unusual goes the general way), and what
-    does not depend on the transaction id (the attribute bytes, the two headers, the key's
-    HMAC states) is kept for the next request of the same kind, which a check list and
-    consent freshness send again and again."""
-    if (
-        type(key) is not bytes
-        or type(transaction_id) is not bytes
-        or len(transaction_id) != 12
-        or type(username) is not str
-        or type(priority) is not int
-        or type(controlling) is not bool
-        or type(tie_breaker) is not int
-        or type(use_candidate) is not bool
-    ):
-        return _general_request(
-            transaction_id, username, priority, controlling, tie_breaker, key, use_candidate
-        )
-    cache_key = (key, username, priority, controlling, tie_breaker, use_candidate)
-    entry = _REQUESTS.get(cache_key)
-    if entry is None:
-        try:
-            name = username.encode("utf-8")
-        except UnicodeError:
-            name = b"\xff" * 513  # not encodable: the general path says why
-        size = len(name)
-        if not (size <= 512 and 0 <= priority <= 0xFFFF_FFFF and 0 <= tie_breaker < 1 << 64):
-            return _general_request(
-                transaction_id, username, priority, controlling, tie_breaker, key, use_candidate
+            mac = o.digest()
+        else:
+            mac = hmac.digest(key, signed, "sha1")
+        if fingerprint and key_sha256 is None:  # the shape of every check and answer
+            data = b"".join(
+                (header(msg_type, length + 8, MAGIC_COOKIE, transaction_id), body, _MI_TL, mac)
             )
-        attributes = b"".join(
-            (
-                _TL.pack(_USERNAME_TYPE, size),
-                name,
-                _PADS[0][: -size & 3],
-                _PRIORITY_ROLE.pack(
-                    _PRIORITY_TYPE,
-                    4,
-                    priority,
-                    _CONTROLLING_TYPE if controlling else _CONTROLLED_TYPE,
-                    8,
-                    tie_breaker,
-                ),
-                _USE_CANDIDATE_TL if use_candidate else b"",
-            )
-        )
-        length = len(attributes) + 24
-        try:
-            inner, outer = _SHA1_STATES[key]
-        except KeyError:
-            inner, outer = _hmac_states(key, hashlib.sha1, _SHA1_STATES)
-        entry = (
-            _REQUEST_HEAD.pack(0x0001, length, MAGIC_COOKIE),
-            _REQUEST_HEAD.pack(0x0001, length + 8, MAGIC_COOKIE),
-            attributes,
-            inner,
-            outer,
-        )
-        if len(_REQUESTS) >= _CACHE_SIZE:
-            _REQUESTS.clear()
-        _REQUESTS[cache_key] = entry
-    head, head_fp, attributes, inner, outer = entry
-    h = inner.copy()
-    h.update(b"".join((head, transaction_id, attributes)))
-    o = outer.copy()
-    o.update(h.digest())
-    data = b"".join((head_fp, transaction_id, attributes, _MI_TL, o.digest()))
-    return data + _FP_TLV.pack(_FP, 4, zlib.crc32(data) ^ FINGERPRINT_XOR)
+            return data + _FP_TLV.pack(_FP, 4, _crc32(data) ^ FINGERPRINT_XOR)
+        body = b"".join((body, _MI_TL, mac))
+    if key_sha256 is not None:
+        length += 4 + sha256_length
+        signed = header(msg_type, length, MAGIC_COOKIE, transaction_id) + body
+        mac = _hmac_sha256(key_sha256, signed)[:sha256_length]
+        body = b"".join((body, _TL.pack(_MI256, sha256_length), mac))
+    if fingerprint:
+        data = header(msg_type, length + 8, MAGIC_COOKIE, transaction_id) + body
+        return data + _FP_TLV.pack(_FP, 4, _crc32(data) ^ FINGERPRINT_XOR)
+    return header(msg_type, length, MAGIC_COOKIE, transaction_id) + body
 
 
-def _general_request(
-    transaction_id: bytes,
-    username: str,
-    priority: int,
-    controlling: bool,
-    tie_breaker: int,
-    key: bytes,
-    use_candidate: bool,
-) -> bytes:
-    """:func:`binding_request` the way its docstring states it."""
-    attrs: list[Attribute] = [
-        Username(username),
-        Priority(priority),
-        IceControlling(tie_breaker) if controlling else IceControlled(tie_breaker),
-    ]
-    if use_candidate:
-        attrs.append(UseCandidate())
-    return Message(Method.BINDING, MessageClass.REQUEST, transaction_id, attrs).encode(
-        key=key, fingerprint=True
-    )
+def integrity_matches(raw: bytes, at: int, key: Key) -> bool:
+    """True when the MESSAGE-INTEGRITY attribute at offset ``at`` of the message ``raw``
+    matches its HMAC-SHA1 with ``key`` (RFC 8489 §14.5): over the header, its length ending
+    at that attribute, and everything before it."""
+    signed = b"".join((raw[:2], _LEN.pack(at + 24 - HEADER_SIZE), raw[4:at]))
+    if isinstance(key, HmacKey):  # HmacKey.sha1, inline (every check)
+        inner, outer = key._sha1
+        h = inner.copy()
+        h.update(signed)
+        o = outer.copy()
+        o.update(h.digest())
+        return _compare_digest(o.digest(), raw[at + 4 : at + 24])
+    return _compare_digest(hmac.digest(key, signed, "sha1"), raw[at + 4 : at + 24])
 
 
-_CHECK_HEAD = struct.Struct("!HHI")
+def fingerprint_matches(raw: bytes, at: int) -> bool:
+    """True when the FINGERPRINT attribute at offset ``at`` is the last one of ``raw`` and
+    matches its CRC-32 (RFC 8489 §14.7)."""
+    if at + 8 != len(raw) or at < HEADER_SIZE:
+        return False
+    if _LEN.unpack_from(raw, 2)[0] == at - 12:
+        # FINGERPRINT is last, so the header already holds the length the CRC covers.
+        # (A slice of a short message costs less than a memoryview.)
+        crc = _crc32(raw[:at] if at < 2048 else memoryview(raw)[:at])
+    else:
+        head = _crc32(_LEN.pack(at - 12), _crc32(raw[:2]))
+        crc = _crc32(memoryview(raw)[4:at], head)
+    return _U32.pack(crc ^ FINGERPRINT_XOR) == raw[at + 4 :]
 
 
 def signed_check_prefix(data: bytes) -> bytes | None:
@@ -478,9 +323,8 @@ def signed_check_prefix(data: bytes) -> bytes | None:
 
     Only the header and the headers of those two attributes are looked at: the bytes
     returned may still be malformed, or hold another MESSAGE-INTEGRITY or FINGERPRINT.
-    A caller that has decoded a message with the same prefix, for which
-    :meth:`Message.signed_prefix` gave these bytes, knows how this one decodes (for
-    attributes whose value does not depend on the transaction id)."""
+    Two such messages with the same prefix decode to the same attributes, but for those
+    whose value depends on the transaction id (see :meth:`Message.signed_prefix`)."""
     size = len(data)
     if (
         type(data) is not bytes
@@ -493,97 +337,28 @@ def signed_check_prefix(data: bytes) -> bytes | None:
     return data[HEADER_SIZE : size - 32]
 
 
-def verify_signed_check(data: bytes, key: bytes) -> bool:
-    """For ``data`` of the shape :func:`signed_check_prefix` accepts and whose decoded
-    message has that MESSAGE-INTEGRITY and FINGERPRINT (:meth:`Message.signed_prefix` is not
-    None): ``msg.verify_fingerprint() and msg.verify_integrity(key)``, without decoding."""
-    size = len(data)
-    if (zlib.crc32(data[: size - 8]) ^ FINGERPRINT_XOR) != _U32.unpack_from(data, size - 4)[0]:
-        return False
-    signed = b"".join((data[:2], _LEN.pack(size - 28), data[4 : size - 32]))
+def encode_attributes(
+    attributes: Iterable[Attribute], transaction_id: bytes, pad_byte: int = 0
+) -> bytes:
+    """The attributes' type-length-value bytes, each value padded to 4 bytes with
+    ``pad_byte`` (RFC 8489 §14): the body of a message, before :func:`seal`."""
+    pad = _PADS[pad_byte]
+    parts: list[bytes] = []
+    append = parts.append
+    tl = _TL.pack
+    raw_attribute = RawAttribute
     try:
-        inner, outer = _SHA1_STATES[key]
-    except KeyError:
-        inner, outer = _hmac_states(key, hashlib.sha1, _SHA1_STATES)
-    except TypeError:  # an unhashable key (bytearray, memoryview)
-        return _compare_digest(hmac.digest(key, signed, "sha1"), data[size - 28 : size - 8])
-    h = inner.copy()  # _hmac_sha1, inline
-    h.update(signed)
-    o = outer.copy()
-    o.update(h.digest())
-    return _compare_digest(o.digest(), data[size - 28 : size - 8])
-
-
-class CheckAnswerer:
-    """Verifies and answers the connectivity checks of one shape, from one IPv4 source,
-    under one short-term key: what an ICE agent does for every check of a connected peer.
-
-    It is made for the checks whose bytes between the transaction id and the value of
-    MESSAGE-INTEGRITY (``data[20:len(data) - 28]``: the prefix :func:`signed_check_prefix`
-    returns, then MESSAGE-INTEGRITY's type and length) are those of one check of ``size``
-    bytes; the caller finds it by those bytes. For such ``data``, ``answer(data)`` is
-    ``binding_success(data[8:20], source, key) if signed_check_prefix(data) is not None and
-    verify_signed_check(data, key) else None``, byte for byte. Everything that does not
-    depend on the transaction id is done once, here: the key's HMAC states having read the
-    signed header of the check and the header of the answer, and the answer's
-    XOR-MAPPED-ADDRESS.
-
-    Raises ValueError for a source that is not an IPv4 address (those go the general way)."""
-
-    __slots__ = ("_check", "_outer", "_success", "_tlv", "head")
-
-    def __init__(self, key: bytes, size: int, source: tuple[str, int]) -> None:
-        if not _SIGNED_MIN <= size <= MAX_MESSAGE_SIZE or size & 3:
-            raise ValueError(f"no check has {size} bytes")
-        tlv = xor_mapped_tlv_v4(source[0], source[1])
-        if tlv is None:
-            raise ValueError(f"not an IPv4 source: {source!r}")
-        try:
-            inner, outer = _SHA1_STATES[key]
-        except KeyError:
-            inner, outer = _hmac_states(key, hashlib.sha1, _SHA1_STATES)
-        self.head = _CHECK_HEAD.pack(0x0001, size - HEADER_SIZE, MAGIC_COOKIE)
-        """The header a check of this size has (Binding request, its length, the cookie)."""
-        self._check = inner.copy()  # the signed header: length up to MESSAGE-INTEGRITY
-        self._check.update(_CHECK_HEAD.pack(0x0001, size - 28, MAGIC_COOKIE))
-        self._success = inner.copy()
-        self._success.update(_SUCCESS_HEAD)
-        self._outer = outer
-        self._tlv = tlv
-
-    def answer(self, data: bytes) -> bytes | None:
-        """The success answer to the check ``data`` (see the class), or None when its header
-        is not that of a Binding request of this size, it does not end in FINGERPRINT, or
-        its FINGERPRINT or MESSAGE-INTEGRITY does not verify."""
-        size = len(data)
-        if (
-            data[:8] != self.head
-            or data[size - 8 : size - 4] != _FP_TL_BYTES
-            or _crc32(data[: size - 8]) ^ FINGERPRINT_XOR != _unpack_u32(data, size - 4)[0]
-        ):
-            return None
-        outer = self._outer
-        h = self._check.copy()
-        h.update(data[8 : size - 32])  # transaction id and attributes
-        o = outer.copy()
-        o.update(h.digest())
-        if not _compare_digest(o.digest(), data[size - 28 : size - 8]):
-            return None
-        transaction_id = data[8:20]
-        tlv = self._tlv
-        h = self._success.copy()
-        h.update(transaction_id)
-        h.update(tlv)
-        o = outer.copy()
-        o.update(h.digest())
-        out = b"".join((_SUCCESS_HEAD_FP, transaction_id, tlv, _MI_TL, o.digest()))
-        return out + _pack_fp(_FP, 4, _crc32(out) ^ FINGERPRINT_XOR)
-
-
-_crc32 = zlib.crc32
-_unpack_u32 = _U32.unpack_from
-_pack_fp = _FP_TLV.pack
-
+        for attr in attributes:
+            value = attr.encode_value(transaction_id)
+            size = len(value)
+            append(tl(attr.type if type(attr) is raw_attribute else attr.TYPE, size))
+            append(value)
+            if size & 3:
+                append(pad[: 4 - (size & 3)])
+    except (struct.error, UnicodeError, OverflowError) as exc:
+        # a value or type that does not fit its field: the caller's mistake (STYLE §7)
+        raise LocalProtocolError(f"cannot encode {type(attr).__name__}: {exc}") from exc
+    return b"".join(parts)
 
 def is_stun(data: bytes) -> bool:
     """Cheap test used to demultiplex STUN from other traffic (RFC 7983, RFC 8489 §5)."""
@@ -677,17 +452,14 @@ class Message:
 
     # ------------------------------------------------------------------ integrity
 
-    def verify_integrity(self, key: bytes) -> bool:
+    def verify_integrity(self, key: Key) -> bool:
         """Check MESSAGE-INTEGRITY (HMAC-SHA1) with ``key`` (RFC 8489 §14.5)."""
         at = self._mi_at
-        mac = self.integrity
-        if at < 0 or mac is None:
+        if at < 0 or self.integrity is None:
             return False
-        raw = self.raw
-        data = b"".join((raw[:2], _LEN.pack(at + 24 - HEADER_SIZE), raw[4:at]))
-        return _compare_digest(_hmac_sha1(key, data), mac)
+        return integrity_matches(self.raw, at, key)
 
-    def verify_integrity_sha256(self, key: bytes) -> bool:
+    def verify_integrity_sha256(self, key: Key) -> bool:
         """Check MESSAGE-INTEGRITY-SHA256, possibly truncated (RFC 8489 §14.6)."""
         at = self._mi256_at
         mac = self.integrity_sha256
@@ -695,7 +467,7 @@ class Message:
             return False
         raw = self.raw
         data = b"".join((raw[:2], _LEN.pack(at + 4 + len(mac) - HEADER_SIZE), raw[4:at]))
-        return hmac.compare_digest(_hmac_sha256(key, data)[: len(mac)], mac)
+        return _compare_digest(_hmac_sha256(key, data)[: len(mac)], mac)
 
     def signed_prefix(self) -> bytes | None:
         """For a decoded message that ends in MESSAGE-INTEGRITY then FINGERPRINT, without
@@ -709,29 +481,29 @@ class Message:
             return None
         return raw[HEADER_SIZE : size - 32]
 
+    @property
+    def integrity_at(self) -> int:
+        """Offset of MESSAGE-INTEGRITY in :attr:`raw` (a decoded message), else -1."""
+        return self._mi_at
+
+    @property
+    def fingerprint_at(self) -> int:
+        """Offset of FINGERPRINT in :attr:`raw` (a decoded message), else -1."""
+        return self._fp_at
+
     def verify_fingerprint(self) -> bool:
         """True when FINGERPRINT is present, last, and matches (RFC 8489 §14.7)."""
-        at = self._fp_at
-        raw = self.raw
-        if at < 0 or self.fingerprint is None or at + 8 != len(raw):
-            return False
-        length = at + 8 - HEADER_SIZE
-        if _LEN.unpack_from(raw, 2)[0] == length:
-            # FINGERPRINT is last, so the header already holds the length the CRC covers.
-            # (A slice of a short message costs less than a memoryview.)
-            crc = zlib.crc32(raw[:at] if at < 2048 else memoryview(raw)[:at])
-        else:
-            head = zlib.crc32(_LEN.pack(length), zlib.crc32(raw[:2]))
-            crc = zlib.crc32(memoryview(raw)[4:at], head)
-        return (crc ^ FINGERPRINT_XOR) == self.fingerprint
+        return self._fp_at >= 0 and self.fingerprint is not None and (
+            fingerprint_matches(self.raw, self._fp_at)
+        )
 
     # ------------------------------------------------------------------ codec
 
     def encode(
         self,
         *,
-        key: bytes | None = None,
-        key_sha256: bytes | None = None,
+        key: Key | None = None,
+        key_sha256: Key | None = None,
         sha256_length: int = 32,
         fingerprint: bool = False,
     ) -> bytes:
@@ -741,81 +513,19 @@ class Message:
         if len(tid) != 12:
             raise LocalProtocolError("transaction id must be 12 bytes")
         method, klass = self.method, self.msg_class
-        msg_type = _TYPE_CODES.get(method << 2 | klass & 3)
+        msg_type = _KNOWN_CODES.get(method << 2 | klass & 3)
         if msg_type is None:
-            msg_type = _type_code(method, klass)
-        pad = _PADS.get(self.pad_byte) or bytes((self.pad_byte,)) * 3
-        parts: list[bytes] = [b""]  # parts[0]: the header, packed once the length is known
-        append = parts.append
-        tl = _TL.pack
-        raw_attribute = RawAttribute
-        kinds = _TLV_KINDS if not self.pad_byte else {}
-        encoded = _ENCODED
-        length = 0
-        try:
-            for attr in self.attributes:
-                kind = type(attr)
-                valued = kinds.get(kind)
-                if valued is not None:
-                    if valued:
-                        held = attr.value  # type: ignore[attr-defined]
-                        held_type = type(held)
-                        cache_key: object = (
-                            (kind, held) if held_type is str or held_type is int else None
-                        )
-                    else:
-                        cache_key = kind
-                    if cache_key is not None:
-                        tlv = encoded.get(cache_key)
-                        if tlv is None:
-                            value = attr.encode_value(tid)
-                            size = len(value)
-                            tlv = tl(attr.TYPE, size) + value + pad[: -size & 3]
-                            if size <= _CACHED_MAX:
-                                if len(encoded) >= _CACHE_SIZE:
-                                    encoded.clear()
-                                encoded[cache_key] = tlv
-                        append(tlv)
-                        length += len(tlv)
-                        continue
-                value = attr.encode_value(tid)
-                size = len(value)
-                append(tl(attr.type if type(attr) is raw_attribute else attr.TYPE, size))
-                append(value)
-                if size & 3:
-                    append(pad[: 4 - (size & 3)])
-                    size += 4 - (size & 3)
-                length += 4 + size
-        except (struct.error, UnicodeError, OverflowError) as exc:
-            # a value or type that does not fit its field: the caller's mistake (STYLE §7)
-            raise LocalProtocolError(f"cannot encode {type(attr).__name__}: {exc}") from exc
-        if key_sha256 is not None and not (16 <= sha256_length <= 32 and sha256_length % 4 == 0):
-            raise LocalProtocolError("MESSAGE-INTEGRITY-SHA256 length must be 16..32, x4")
-        total = (
-            length
-            + (24 if key is not None else 0)
-            + (4 + sha256_length if key_sha256 is not None else 0)
-            + (8 if fingerprint else 0)
+            msg_type = encode_type(method, klass)
+        body = encode_attributes(self.attributes, tid, self.pad_byte)
+        return seal(
+            msg_type,
+            tid,
+            body,
+            key=key,
+            key_sha256=key_sha256,
+            sha256_length=sha256_length,
+            fingerprint=fingerprint,
         )
-        if total > 0xFFFF:
-            raise LocalProtocolError("message longer than 65535 bytes after the header")
-        header = _HEADER.pack
-        if key is not None:
-            length += 24
-            parts[0] = header(msg_type, length, MAGIC_COOKIE, tid)
-            parts += (_MI_TL, _hmac_sha1(key, b"".join(parts)))
-        if key_sha256 is not None:
-            length += 4 + sha256_length
-            parts[0] = header(msg_type, length, MAGIC_COOKIE, tid)
-            mac = _hmac_sha256(key_sha256, b"".join(parts))
-            parts += (tl(_MI256, sha256_length), mac[:sha256_length])
-        if fingerprint:
-            length += 8
-        parts[0] = header(msg_type, length, MAGIC_COOKIE, tid)
-        data = b"".join(parts)
-        if fingerprint:
-            return data + _FP_TLV.pack(_FP, 4, zlib.crc32(data) ^ FINGERPRINT_XOR)
-        return data
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> Message:
@@ -839,40 +549,17 @@ class Message:
                 field="length",
                 transaction_id=tid,
             )
-        try:
-            method, klass = _DECODED_TYPES[msg_type]
-        except KeyError:
-            method, klass = _DECODED_TYPES[msg_type] = decode_type(msg_type)
-        # Fast path: a message ending in MESSAGE-INTEGRITY + FINGERPRINT whose attributes
-        # before them were seen before (see _SIGNED): nothing left to walk or decode.
-        if size >= _SIGNED_MIN and raw[-32:-28] == _MI_TL and raw[-8:-4] == _FP_TL_BYTES:
-            signed = _SIGNED.get(raw[HEADER_SIZE:-32])
-            if signed is not None:
-                return cls(
-                    method,
-                    klass,
-                    tid,
-                    list(signed[0]),
-                    raw[-28:-8],
-                    None,
-                    _U32.unpack_from(raw, size - 4)[0],
-                    raw,
-                    signed[1],
-                    size - 32,
-                    -1,
-                    size - 8,
-                )
+        known = _KNOWN_TYPES.get(msg_type)
+        method, klass = known if known is not None else decode_type(msg_type)
         attrs: list[Attribute] = []
         append = attrs.append
         unpack_tl = _TL.unpack_from
         classes = ATTRIBUTE_CLASSES
-        cache = _DECODED
         pos = HEADER_SIZE
         mi_at = mi256_at = fp_at = -1
         integrity = integrity_sha256 = fingerprint = None
         pad_byte = 0
         covered = True  # no MESSAGE-INTEGRITY(-SHA256) or FINGERPRINT seen yet
-        shareable = True  # every attribute so far is one _DECODED may hold
         try:
             # ``size`` and ``pos`` are multiples of 4, so a whole TLV header is always there.
             while pos < size:
@@ -916,32 +603,17 @@ class Message:
                         fingerprint = _U32.unpack_from(raw, start)[0]
                         covered = False
                 elif covered:
-                    if atype in _CACHED_TYPES and alen <= _CACHED_MAX:
-                        tlv = raw[pos:end]
-                        attr = cache.get(tlv)
-                        if attr is None:
-                            attr = classes[atype].decode_value(raw[start:end], tid)
-                            if len(cache) >= _CACHE_SIZE:
-                                cache.clear()
-                            cache[tlv] = attr
-                        append(attr)
-                    else:
-                        shareable = False
-                        decoder = classes.get(atype)
-                        value = raw[start:end]
-                        append(
-                            decoder.decode_value(value, tid)
-                            if decoder is not None
-                            else RawAttribute(atype, value)
-                        )
+                    decoder = classes.get(atype)
+                    value = raw[start:end]
+                    append(
+                        decoder.decode_value(value, tid)
+                        if decoder is not None
+                        else RawAttribute(atype, value)
+                    )
                 pos = nxt
         except DecodeError as exc:
             exc.transaction_id = tid
             raise
-        if shareable and mi_at == size - 32 and fp_at == size - 8 and size >= _SIGNED_MIN:
-            if len(_SIGNED) >= _CACHE_SIZE:
-                _SIGNED.clear()
-            _SIGNED[raw[HEADER_SIZE:mi_at]] = (tuple(attrs), pad_byte)
         return cls(
             method,
             klass,

@@ -8,11 +8,12 @@ has a fresh transaction id, the attribute values are those of one candidate pair
 real check list), and before measuring the module checks that both sides produce the same
 bytes and accept each other's.
 
-Anchor's side is what the ICE agent runs for that job: ``binding_request`` is how
-``IceAgent._request`` builds a check, and :class:`CheckReader` is the sequence
-``IceAgent.receive_datagram`` runs on one (``_fast_check``: ``signed_check_prefix``, the
-table of check shapes already decoded, ``verify_signed_check``; else ``Message.decode`` and
-the two verify methods, whose result fills the table).
+Anchor's side is what the ICE agent runs for that job, with the objects it owns:
+:meth:`anchor_stun.check.CheckKey.request` is how ``IceAgent._request`` builds a check, and
+:class:`CheckReader` is the sequence ``IceAgent.receive_datagram`` runs on one
+(:meth:`anchor_stun.check.CheckReader.known`, else ``Message.decode`` and
+:meth:`~anchor_stun.check.CheckReader.remember`; then FINGERPRINT and MESSAGE-INTEGRITY at
+their offsets).
 """
 
 from __future__ import annotations
@@ -27,14 +28,9 @@ from importlib.metadata import version
 from typing import Any
 
 from anchor_stun.attributes import IceControlling, Priority, Username
-from anchor_stun.message import (
-    Message,
-    MessageClass,
-    Method,
-    binding_request,
-    signed_check_prefix,
-    verify_signed_check,
-)
+from anchor_stun.check import CheckKey
+from anchor_stun.check import CheckReader as AgentReader
+from anchor_stun.message import Message, MessageClass, Method
 
 from . import Result, interleave, rate, result
 
@@ -62,43 +58,40 @@ Values = tuple[str, int, int]
 
 
 class CheckReader:
-    """Parse and verify a check the way ``IceAgent.receive_datagram`` does: a check whose
-    attributes before MESSAGE-INTEGRITY are bytes already decoded (the agent's
-    ``_check_shapes``, at most 256) is verified without decoding (``_fast_check``);
-    anything else is decoded and verified in full (``_on_request``), and fills the table."""
+    """Parse and verify a check the way ``IceAgent.receive_datagram`` does: the attributes
+    of a check already read come from the agent's :class:`anchor_stun.check.CheckReader`
+    (at most 256 shapes), anything else is decoded and remembered; then FINGERPRINT and
+    MESSAGE-INTEGRITY are verified with the agent's :class:`~anchor_stun.check.CheckKey`."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: CheckKey) -> None:
         self.key = key
-        self.known: dict[bytes, Values] = {}
+        self.reader = AgentReader()
 
     def read(self, data: bytes) -> Values:
         """The check's values; AssertionError when it does not verify."""
-        prefix = signed_check_prefix(data)
-        values = self.known.get(prefix) if prefix is not None else None
-        if values is not None and verify_signed_check(data, self.key):
-            return values
-        msg = Message.decode(data)
-        if not (msg.verify_fingerprint() and msg.verify_integrity(self.key)):
+        found = self.reader.known(data)
+        if found is not None:
+            size = len(data)
+            at, fp_at = size - 32, size - 8
+        else:
+            msg = Message.decode(data)
+            found = self.reader.remember(msg)
+            at, fp_at = msg.integrity_at, msg.fingerprint_at
+        if fp_at < 0 or not self.key.verify(data, at, fp_at):
             raise AssertionError("anchor rejected a request")
-        username, priority, role = msg.get(Username), msg.get(Priority), msg.get(IceControlling)
-        if username is None or priority is None or role is None:
+        if found.username is None or found.priority is None or found.controlling is None:
             raise AssertionError("anchor parsed a request without its attributes")
-        values = (username.value, priority.value, role.value)
-        prefix = msg.signed_prefix()
-        if prefix is not None:
-            if len(self.known) >= 256:
-                self.known.clear()
-            self.known[prefix] = values
-        return values
+        return (found.username, found.priority, found.controlling)
 
 
 def _anchor_loop(checks: list[Check]) -> Callable[[int], None]:
-    build = binding_request
-    read = CheckReader(PASSWORD).read
+    key = CheckKey(PASSWORD)  # the agent's remote key (builds) and the peer's local key
+    build = key.request
+    read = CheckReader(CheckKey(PASSWORD)).read
 
     def ops(count: int) -> None:
         for tid, username, priority in checks[:count]:
-            read(build(tid, username, priority, True, TIE_BREAKER, PASSWORD))
+            read(build(tid, username, priority, True, TIE_BREAKER))
 
     return ops
 
@@ -157,7 +150,7 @@ def _same_work(tid: bytes) -> None:
     accepts the other's."""
     from aioice import stun
 
-    ours = binding_request(tid, USERNAME, PRIORITY, True, TIE_BREAKER, PASSWORD)
+    ours = CheckKey(PASSWORD).request(tid, USERNAME, PRIORITY, True, TIE_BREAKER)
     general = Message(
         Method.BINDING,
         MessageClass.REQUEST,
@@ -165,13 +158,13 @@ def _same_work(tid: bytes) -> None:
         [Username(USERNAME), Priority(PRIORITY), IceControlling(TIE_BREAKER)],
     ).encode(key=PASSWORD, fingerprint=True)
     if ours != general:
-        raise AssertionError("binding_request and Message.encode differ")
+        raise AssertionError("CheckKey.request and Message.encode differ")
     probe = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, transaction_id=tid)
     probe.add_message_integrity(PASSWORD)
     theirs = _aioice_build(stun, tid, "FINGERPRINT" not in probe.attributes)
     if ours != theirs:
         raise AssertionError("anchor and aioice encode the check differently")
-    reader = CheckReader(PASSWORD)
+    reader = CheckReader(CheckKey(PASSWORD))
     for _ in range(2):  # decoded, then from the table
         if reader.read(theirs) != (USERNAME, PRIORITY, TIE_BREAKER):
             raise AssertionError("anchor parses aioice's request differently")

@@ -1,66 +1,58 @@
-"""The fast paths of connectivity checks (issue 8) against the general paths they shortcut.
+"""Connectivity checks, built, read and answered through one path each (issue 19).
 
-Each fast path must accept and reject exactly what the general path does, and produce the
-same bytes and the same state:
+The agent answers a check through one path, :meth:`IceAgent.receive_datagram`; what it
+remembers to make that path fast (the attributes of the check shapes it has read, the
+routes of requests that needed nothing but their answer, the base of each local address,
+the key's HMAC states and encoded attributes) lives in objects the agent owns and is keyed
+by everything it depends on. These tests hold that through the public surface:
 
-* ``binding_success`` vs ``Message(...).encode(key=..., fingerprint=True)``;
-* the encoder's table of encoded attributes (warm vs cold);
-* ``signed_check_prefix`` + ``verify_signed_check`` vs ``Message.decode`` + the verify
-  methods;
-* ``CheckAnswerer.answer`` (verify and answer a check of a remembered shape) vs
-  ``signed_check_prefix`` + ``verify_signed_check`` + ``binding_success``;
-* ``IceAgent._fast_check`` (a check of a known shape answered without decoding, and the
-  checks it remembers as needing nothing but an answer) vs the agent with the fast path
-  switched off: twin agents fed the same datagrams (hypothesis programs, with the
-  signalling and control calls that change what a remembered check may skip, and the
-  whole ``fuzz/corpus/ice_agent`` corpus) must return, send, emit and hold the same.
+* :class:`~anchor_stun.check.CheckKey` builds the bytes ``Message.encode`` builds, and
+  verifies what ``Message.decode`` + the verify methods accept (random, corrupted and
+  look-alike inputs, more distinct values than its tables hold);
+* :class:`~anchor_stun.check.CheckReader` says what a fresh decode says;
+* ``anchor_stun.message`` and ``anchor_stun.check`` keep no module-level mutable state;
+* an agent's answer to a datagram is a function of what the datagram says, never of the
+  checks it has seen before: an agent fed a program of checks (and restarts, candidates,
+  close, timers, consent loss) behaves exactly like one fed the same checks made unique
+  (a SOFTWARE attribute with a counter, which no table or route can hold);
+* the benchmarks drive the same objects the agent uses.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import types
+import zlib
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import fuzz.ice
 from anchor_ice.agent import IceAgent, IceState
 from anchor_ice.candidate import CandidateType, make_candidate
+from anchor_ice.events import RemoteCandidateLearned
+from anchor_stun import attributes as attributes_module
+from anchor_stun import check as check_module
 from anchor_stun import message as message_module
 from anchor_stun.attributes import (
-    AlternateDomain,
-    ConnectionId,
-    DontFragment,
+    ErrorCodeAttribute,
     IceControlled,
     IceControlling,
-    Lifetime,
-    Nonce,
     Priority,
     RawAttribute,
-    Realm,
     Software,
     UseCandidate,
     Username,
     XorMappedAddress,
 )
+from anchor_stun.check import TABLE_SIZE, CheckKey, CheckReader
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address
 from anchor_stun.integrity import short_term_key
-from anchor_stun.message import (
-    CheckAnswerer,
-    Message,
-    MessageClass,
-    Method,
-    binding_success,
-    signed_check_prefix,
-    verify_signed_check,
-)
+from anchor_stun.message import Message, MessageClass, Method, signed_check_prefix
 
 FAST = settings(deadline=None, max_examples=200)
-CORPUS = Path(__file__).resolve().parent.parent / "fuzz" / "corpus" / "ice_agent"
 
 
 def _outcome(call: Any) -> tuple[str, object]:
@@ -70,7 +62,33 @@ def _outcome(call: Any) -> tuple[str, object]:
         return type(exc).__name__, str(exc)
 
 
-# --------------------------------------------------------------------------- codec
+def _check(tid: bytes, attrs: list[Any], key: bytes, fingerprint: bool = True) -> bytes:
+    return Message(Method.BINDING, MessageClass.REQUEST, tid, attrs).encode(
+        key=key, fingerprint=fingerprint
+    )
+
+
+# --------------------------------------------------------------------------- no module state
+
+
+@pytest.mark.parametrize("module", [message_module, check_module])
+def test_the_codec_modules_keep_no_mutable_state(module: types.ModuleType) -> None:
+    """No module-level cache: every global is a constant (immutable mapping or set, tuple,
+    bytes, number, string), a class, a function or an imported module."""
+    imported = [
+        vars(other)
+        for other in vars(module).values()
+        if isinstance(other, types.ModuleType) and other.__name__.startswith("anchor_stun")
+    ] + [vars(attributes_module), vars(message_module)]
+    for name, value in vars(module).items():
+        if name.startswith("__") or any(
+            other is not vars(module) and other.get(name) is value for other in imported
+        ):
+            continue  # dunder, or another module's name imported here
+        assert not isinstance(value, (dict, list, set, bytearray)), name
+
+
+# --------------------------------------------------------------------------- CheckKey
 
 ipv4 = st.ip_addresses(v=4).map(str)
 ips = st.one_of(
@@ -80,82 +98,101 @@ ips = st.one_of(
 )
 ports = st.one_of(st.integers(0, 0xFFFF), st.integers(-5, 0x1_0005), st.just(True))
 keys = st.binary(min_size=0, max_size=80)
-odd_keys = st.one_of(keys, st.none(), st.binary(max_size=30).map(bytearray))
 tids = st.one_of(st.binary(min_size=12, max_size=12), st.binary(max_size=16))
 
 
 @FAST
-@given(ip=ips, port=ports, key=odd_keys, tid=tids)
-def test_binding_success_is_the_general_encoding(
+@given(ip=ips, port=ports, key=keys, tid=tids)
+def test_the_answer_to_a_check_is_the_general_encoding(
     ip: str, port: int, key: bytes, tid: bytes
 ) -> None:
-    for _ in range(2):  # cold, then from the cached XOR-MAPPED-ADDRESS
-        fast = _outcome(lambda: binding_success(tid, (ip, port), key))
-        slow = _outcome(
-            lambda: Message(
-                Method.BINDING, MessageClass.SUCCESS, tid, [XorMappedAddress(ip, port)]
-            ).encode(key=key, fingerprint=True)
-        )
-        assert fast == slow
+    general = _outcome(
+        lambda: Message(
+            Method.BINDING, MessageClass.SUCCESS, tid, [XorMappedAddress(ip, port)]
+        ).encode(key=key, fingerprint=True)
+    )
+    check_key = CheckKey(key)
+    for _ in range(2):  # first built, then from the key's table of addresses
+        assert _outcome(lambda: check_key.success(tid, (ip, port))) == general
 
 
-value_attributes = st.one_of(
-    st.builds(Username, st.one_of(st.text(max_size=30), st.text(min_size=120, max_size=200))),
-    st.builds(Realm, st.text(max_size=20)),
-    st.builds(Nonce, st.text(max_size=20)),
-    st.builds(Software, st.text(max_size=20)),
-    st.builds(AlternateDomain, st.text(max_size=20)),
-    st.builds(Priority, st.one_of(st.integers(-3, 2**32 + 3), st.booleans())),
-    st.builds(IceControlling, st.one_of(st.integers(-3, 2**64 + 3), st.booleans())),
-    st.builds(IceControlled, st.integers(0, 2**64 - 1)),
-    st.builds(Lifetime, st.integers(0, 2**32 - 1)),
-    st.builds(ConnectionId, st.integers(0, 2**32 - 1)),
-    st.just(UseCandidate()),
-    st.just(DontFragment()),
-    st.builds(RawAttribute, st.integers(0, 0xFFFF), st.binary(max_size=9)),
-    st.builds(XorMappedAddress, ipv4, st.integers(0, 0xFFFF)),
+def test_the_answer_stays_the_general_encoding_past_the_table_size() -> None:
+    key = CheckKey(b"k" * 16)
+    for i in range(TABLE_SIZE * 2 + 3):
+        address = (f"10.0.{i % 251}.{i // 251 + 1}", 1000 + i % 7)
+        tid = os.urandom(12)
+        general = Message(
+            Method.BINDING, MessageClass.SUCCESS, tid, [XorMappedAddress(*address)]
+        ).encode(key=key.key, fingerprint=True)
+        assert key.success(tid, address) == general
+
+
+def _general_check(
+    tid: Any, username: Any, priority: Any, controlling: Any, tie: Any, key: Any, use: Any
+) -> bytes:
+    attrs: list[Any] = [
+        Username(username),
+        Priority(priority),
+        IceControlling(tie) if controlling else IceControlled(tie),
+    ]
+    if use:
+        attrs.append(UseCandidate())
+    return Message(Method.BINDING, MessageClass.REQUEST, tid, attrs).encode(
+        key=key, fingerprint=True
+    )
+
+
+ufrags = st.one_of(
+    st.text(min_size=1, max_size=40),
+    st.text(min_size=150, max_size=200),  # up to 800 bytes of UTF-8: past USERNAME's 512
+    st.sampled_from(["Ycb4:8hhY", "a:b", "", "\ud800:x"]),  # "\ud800": no UTF-8
+)
+
+
+ufrags = st.one_of(
+    st.text(min_size=1, max_size=40),
+    st.text(min_size=150, max_size=200),  # up to 800 bytes of UTF-8: past USERNAME's 512
+    st.sampled_from(["Ycb4:8hhY", "a:b", "", "\ud800:x"]),  # "\ud800": no UTF-8
 )
 
 
 @FAST
 @given(
-    attrs=st.lists(value_attributes, max_size=5),
-    key=st.one_of(st.none(), keys),
-    fingerprint=st.booleans(),
-    pad_byte=st.sampled_from([0, 0, 0x20]),
-    tid=st.binary(min_size=12, max_size=12),
+    tid=tids,
+    ufrag=ufrags,
+    priority=st.one_of(st.integers(0, 2**32 - 1), st.integers(-3, 2**32 + 3), st.booleans()),
+    controlling=st.sampled_from([True, False, 0, 1]),
+    tie=st.one_of(st.integers(0, 2**64 - 1), st.integers(-3, 2**64 + 3), st.booleans()),
+    key=st.one_of(keys, st.just(short_term_key("asd88fgpdd777uzjYhagZg"))),
+    use=st.sampled_from([False, True, 0, 1]),
 )
-def test_encoding_from_the_attribute_table_equals_a_cold_encoding(
-    attrs: list[Any], key: bytes | None, fingerprint: bool, pad_byte: int, tid: bytes
+def test_a_check_is_the_general_encoding(
+    tid: bytes, ufrag: str, priority: int, controlling: bool, tie: int, key: bytes, use: bool
 ) -> None:
-    msg = Message(Method.BINDING, MessageClass.REQUEST, tid, attrs, pad_byte=pad_byte)
-    message_module._ENCODED.clear()
-    cold = _outcome(lambda: msg.encode(key=key, fingerprint=fingerprint))
-    warm = [_outcome(lambda: msg.encode(key=key, fingerprint=fingerprint)) for _ in range(2)]
-    assert warm == [cold, cold]
+    general = _outcome(lambda: _general_check(tid, ufrag, priority, controlling, tie, key, use))
+    check_key = CheckKey(key)
+    for _ in range(2):  # first built, then from the key's table of requests
+        built = _outcome(
+            lambda: check_key.request(tid, ufrag, priority, controlling, tie, use)
+        )
+        assert built == general
+    if general[0] == "ok":
+        msg = Message.decode(general[1])  # type: ignore[arg-type]
+        assert msg.verify_fingerprint() and msg.verify_integrity(key)
 
 
-def test_the_attribute_table_tells_look_alike_values_apart() -> None:
-    # True == 1.0 == 1 and they hash alike, but they do not encode alike: a value the
-    # table holds for 1 must not answer for them.
-    tid = bytes(12)
-
-    def encode(value: object) -> tuple[str, object]:
-        msg = Message(Method.BINDING, MessageClass.REQUEST, tid, [Priority(value)])  # type: ignore[arg-type]
-        return _outcome(msg.encode)
-
-    for value in (True, 1.0):
-        message_module._ENCODED.clear()
-        cold = encode(value)
-        encode(1)
-        assert encode(value) == cold
-    assert encode(1.0)[0] == "LocalProtocolError"
-
-
-def _check(tid: bytes, attrs: list[Any], key: bytes, fingerprint: bool = True) -> bytes:
-    return Message(Method.BINDING, MessageClass.REQUEST, tid, attrs).encode(
-        key=key, fingerprint=fingerprint
-    )
+def test_a_check_tells_look_alike_values_apart() -> None:
+    # True == 1 and they hash alike; the exact types decide which table entry applies
+    tid, key = bytes(12), CheckKey(b"k" * 16)
+    for first, second in ((1, True), (0, False)):
+        for priority in (first, second):
+            assert key.request(tid, "a:b", priority, True, 5) == _general_check(
+                tid, "a:b", priority, True, 5, key.key, False
+            )
+        for tie in (first, second):
+            assert key.request(tid, "a:b", 7, True, tie) == _general_check(
+                tid, "a:b", 7, True, tie, key.key, False
+            )
 
 
 check_attrs = st.lists(
@@ -174,122 +211,81 @@ check_attrs = st.lists(
 )
 
 
+
+
 @FAST
 @given(
     tid=st.binary(min_size=12, max_size=12),
     attrs=check_attrs,
     key=keys,
     other_key=keys,
-    fingerprint=st.booleans(),
-    flip=st.one_of(st.none(), st.tuples(st.integers(0, 400), st.integers(1, 255))),
-    method=st.sampled_from([Method.BINDING, Method.ALLOCATE]),
-    klass=st.sampled_from([MessageClass.REQUEST, MessageClass.INDICATION]),
+    flips=st.lists(st.tuples(st.integers(0, 400), st.integers(1, 255)), max_size=2),
+    other_tid=st.binary(min_size=12, max_size=12),
 )
-def test_signed_check_verification_equals_decode_and_verify(
+def test_reading_a_check_is_decoding_and_verifying_it(
     tid: bytes,
     attrs: list[Any],
     key: bytes,
     other_key: bytes,
-    fingerprint: bool,
-    flip: tuple[int, int] | None,
-    method: int,
-    klass: MessageClass,
+    flips: list[tuple[int, int]],
+    other_tid: bytes,
 ) -> None:
+    """A reader that has read one check, given another of the same shape (new transaction
+    id), corrupted anywhere: what it says, and what the key verifies, is what a decode
+    says and verifies."""
     try:
-        data = Message(method, klass, tid, attrs).encode(key=key, fingerprint=fingerprint)
+        made = _check(tid, attrs, key)
     except LocalProtocolError:
         return
-    if flip is not None:
-        at, mask = flip
+    reader = CheckReader()
+    try:
+        reader.remember(Message.decode(made))
+    except DecodeError:
+        return
+    data = made[:8] + other_tid + made[20:]
+    for at, mask in flips:
         at %= len(data)
         data = data[:at] + bytes((data[at] ^ mask,)) + data[at + 1 :]
-    prefix = signed_check_prefix(data)
     try:
-        msg = Message.decode(data)
+        msg: Message | None = Message.decode(data)
     except DecodeError:
         msg = None
-    if prefix is None or msg is None or msg.signed_prefix() is None:
-        return  # the fast path only runs on a check's prefix that a decoded message gave
-    assert prefix == msg.signed_prefix()
-    assert (msg.method, msg.msg_class) == (Method.BINDING, MessageClass.REQUEST)
+    known = reader.known(data)
+    if known is None:
+        return
+    assert msg is not None and msg.method == Method.BINDING and msg.is_request
+    assert (msg.integrity_at, msg.fingerprint_at) == (len(data) - 32, len(data) - 8)
+    fresh = CheckReader().remember(msg)
+    fields = ("username", "priority", "controlling", "controlled", "use_candidate", "unknown")
+    assert [getattr(known, f) for f in fields] == [getattr(fresh, f) for f in fields]
+    assert (known.ufrag, known.remote_ufrag) == (fresh.ufrag, fresh.remote_ufrag)
     for k in (key, other_key):
-        assert verify_signed_check(data, k) == (
+        assert CheckKey(k).verify(data, len(data) - 32, len(data) - 8) == (
             msg.verify_fingerprint() and msg.verify_integrity(k)
         )
 
 
 @FAST
 @given(data=st.binary(max_size=120), tail=st.booleans())
-def test_signed_check_prefix_only_accepts_what_decode_walks_the_same_way(
-    data: bytes, tail: bool
-) -> None:
+def test_the_reader_knows_only_what_decodes_the_same_way(data: bytes, tail: bool) -> None:
     if tail:  # give random bytes a check's header and trailer
         body = data[: len(data) // 4 * 4]
         data = (
             b"\x00\x01" + (len(body) + 32).to_bytes(2, "big") + b"\x21\x12\xa4\x42" + bytes(12)
             + body + b"\x00\x08\x00\x14" + bytes(20) + b"\x80\x28\x00\x04" + bytes(4)
         )  # fmt: skip
-    prefix = signed_check_prefix(data)
-    if prefix is None:
-        return
+    reader = CheckReader()
     try:
         msg = Message.decode(data)
     except DecodeError:
+        assert reader.known(data) is None
         return
-    assert msg.signed_prefix() in (None, prefix)
-
-
-@FAST
-@given(
-    tid=st.binary(min_size=12, max_size=12),
-    attrs=check_attrs,
-    key=keys,
-    other_key=keys,
-    source=st.tuples(ipv4, st.integers(0, 0xFFFF)),
-    flips=st.lists(st.tuples(st.integers(0, 400), st.integers(1, 255)), max_size=2),
-    other_tid=st.binary(min_size=12, max_size=12),
-)
-def test_the_check_answerer_is_prefix_verify_and_binding_success(
-    tid: bytes,
-    attrs: list[Any],
-    key: bytes,
-    other_key: bytes,
-    source: tuple[str, int],
-    flips: list[tuple[int, int]],
-    other_tid: bytes,
-) -> None:
-    try:
-        made = Message(Method.BINDING, MessageClass.REQUEST, tid, attrs).encode(
-            key=key, fingerprint=True
-        )
-    except LocalProtocolError:
-        return
-    if signed_check_prefix(made) is None:
-        return  # not a check's shape: nothing would remember it
-    answerer = CheckAnswerer(key, len(made), source)
-    # another check of the same shape (new transaction id), then corrupted anywhere
-    data = made[:8] + other_tid + made[20:]
-    for at, mask in flips:
-        at %= len(data)
-        data = data[:at] + bytes((data[at] ^ mask,)) + data[at + 1 :]
-    if data[20 : len(data) - 28] != made[20 : len(made) - 28]:
-        return  # the caller finds an answerer by those bytes: not this one
-    for k, a in ((key, answerer), (other_key, CheckAnswerer(other_key, len(made), source))):
-        expected = (
-            binding_success(data[8:20], source, k)
-            if signed_check_prefix(data) is not None and verify_signed_check(data, k)
-            else None
-        )
-        assert a.answer(data) == expected
-
-
-def test_the_check_answerer_refuses_what_it_cannot_answer() -> None:
-    with pytest.raises(ValueError):
-        CheckAnswerer(L_KEY, 100, ("::1", 5))  # IPv6: the general way
-    with pytest.raises(ValueError):
-        CheckAnswerer(L_KEY, 30, ("127.0.0.1", 5))  # too short for a check
-    with pytest.raises(LocalProtocolError):
-        CheckAnswerer(L_KEY, 100, ("127.0.0.1", 70000))
+    if msg.is_request and msg.method == Method.BINDING:
+        reader.remember(msg)
+    known = reader.known(data)
+    if known is not None:
+        assert signed_check_prefix(data) == msg.signed_prefix() is not None
+        assert known.head == data[:8]
 
 
 # --------------------------------------------------------------------------- the agent
@@ -367,11 +363,14 @@ def _agent(setup: str, controlling: bool) -> IceAgent:
 
 
 def _snapshot(agent: IceAgent) -> object:
+    """Everything the public surface shows of an agent."""
     return (
         agent.state,
         agent.controlling,
         agent.tie_breaker,
         agent.dropped,
+        agent.failure_reason,
+        agent.remote_ufrag,
         tuple(agent.remote_candidates),
         tuple(agent.local_candidates(advertised_only=False)),
         tuple(
@@ -391,35 +390,22 @@ def _snapshot(agent: IceAgent) -> object:
         tuple((p.local, p.remote, p.nominated, p.last_sent) for p in agent.valid_pairs),
         tuple((c, p.local, p.remote, p.last_sent) for c, p in agent.selected_pairs.items()),
         tuple(p.remote for p in agent.checklist.triggered),
-        len(agent._pending),
         agent.next_timer(),
     )
 
 
-def _slow(agent: IceAgent) -> IceAgent:
-    agent._fast_check = lambda *args: False  # type: ignore[method-assign]
-    return agent
-
-
-def _feed_twins(
-    twins: tuple[IceAgent, IceAgent],
-    data: bytes | None,
-    source: Any,
-    local: Any,
-    now: float,
-    why: object = None,
-) -> None:
-    """Give ``data`` (None: nothing) to both twins, then take their output and events: they
-    must return, send, emit and hold the same."""
-    results = []
-    for agent in twins:
-        handled = agent.receive_datagram(data, source, local, now) if data is not None else None
-        sent = agent.datagrams_to_send(now)
-        events = []
-        while (event := agent.next_event()) is not None:
-            events.append(event)
-        results.append((handled, sent, events, _snapshot(agent)))
-    assert results[0] == results[1], why
+def _feed(agent: IceAgent, data: bytes | None, source: Any, local: Any, now: float) -> object:
+    handled = agent.receive_datagram(data, source, local, now) if data is not None else None
+    sent = [(Message.decode(t.data), t.addr, t.local) for t in agent.datagrams_to_send(now)]
+    # answers compared by what they say (the checks of the two agents differ in SOFTWARE)
+    said = [
+        (m.msg_class, m.transaction_id, m.attributes if m.is_response else None, addr, local)
+        for m, addr, local in sent
+    ]
+    events = []
+    while (event := agent.next_event()) is not None:
+        events.append(event)
+    return handled, said, events, _snapshot(agent)
 
 
 # One datagram of a program: which check, its transaction id, where it comes from and
@@ -440,7 +426,11 @@ datagrams = st.tuples(
 )
 
 
-def _request(spec: tuple[Any, ...]) -> tuple[bytes, Address, Address | None, float]:
+
+
+def _request(spec: tuple[Any, ...], unique: int | None) -> tuple[bytes, Address, Any, float]:
+    """The datagram of ``spec``; with ``unique``, the same request made unlike any other by
+    a SOFTWARE attribute (ignored by ICE, never remembered)."""
     role, tie, use, cred, extra, tid, source, local, flip, step = spec
     user = {
         "good": f"{L_UFRAG}:{R_UFRAG}",
@@ -462,35 +452,20 @@ def _request(spec: tuple[Any, ...]) -> tuple[bytes, Address, Address | None, flo
         attrs.append(RawAttribute(0x7F00, b"xyz"))
     elif extra == "software":
         attrs.append(Software("x"))
+    if unique is not None:
+        attrs.append(Software(f"unique {unique}"))
     key = L_KEY if cred != "bad-key" else b"wrong-password-wrong-pw"
     data = _check(b"tid-" + tid.to_bytes(8, "big"), attrs, key)
-    if flip is not None:
-        at = flip[0] % len(data)
-        data = data[:at] + bytes((data[at] ^ flip[1],)) + data[at + 1 :]
+    if flip is not None:  # a corruption of what the datagram says, the same for both
+        kind = flip[0] % 3
+        if kind == 0:  # FINGERPRINT
+            data = data[:-1] + bytes((data[-1] ^ flip[1],))
+        elif kind == 1:  # MESSAGE-INTEGRITY, under a right FINGERPRINT
+            data = data[:-9] + bytes((data[-9] ^ flip[1],)) + data[-8:-4]
+            data += (zlib.crc32(data[:-4]) ^ 0x5354554E).to_bytes(4, "big")
+        else:  # not a STUN message any more
+            data = bytes((data[0] ^ 0xC0,)) + data[1:]
     return data, source, local, step
-
-
-@settings(deadline=None, max_examples=200)
-@given(
-    setup=st.sampled_from(["connected", "connected", "checking", "half", "new", "lite"]),
-    controlling=st.booleans(),
-    program=st.lists(datagrams, min_size=1, max_size=12),
-)
-def test_the_agent_fast_path_changes_nothing_but_speed(
-    setup: str, controlling: bool, program: list[tuple[Any, ...]]
-) -> None:
-    fast, slow = _agent(setup, controlling), _slow(_agent(setup, controlling))
-    assert _snapshot(fast) == _snapshot(slow)
-    now = T0
-    for spec in program:
-        data, source, local, step = _request(spec)
-        now += step
-        for agent in (fast, slow):
-            deadline = agent.next_timer()
-            if deadline is not None and deadline <= now:
-                agent.handle_timer(now)
-        for _ in range(2):  # the first teaches the shape, the second may take the fast path
-            _feed_twins((fast, slow), data, source, local, now, spec)
 
 
 ACTIONS = (
@@ -539,8 +514,37 @@ def _act(agent: IceAgent, action: str, now: float) -> float:
     return now
 
 
+class _Twins:
+    """Two agents of the same setup: ``seen`` gets the program's datagrams as they are,
+    ``fresh`` the same requests each made unique."""
+
+    def __init__(self, setup: str, controlling: bool) -> None:
+        self.seen = _agent(setup, controlling)
+        self.fresh = _agent(setup, controlling)
+        self.count = 0
+        assert _snapshot(self.seen) == _snapshot(self.fresh)
+
+    def request(self, spec: tuple[Any, ...], now: float, why: object) -> None:
+        self.count += 1
+        data, source, local, _ = _request(spec, None)
+        unique, _, _, _ = _request(spec, self.count)
+        seen = _feed(self.seen, data, source, local, now)
+        fresh = _feed(self.fresh, unique, source, local, now)
+        assert seen == fresh, why
+
+    def act(self, action: str, now: float) -> float:
+        times = {_act(agent, action, now) for agent in (self.seen, self.fresh)}
+        assert len(times) == 1
+        now = times.pop()
+        assert _feed(self.seen, None, None, None, now) == _feed(
+            self.fresh, None, None, None, now
+        ), action
+        return now
+
+
 @settings(deadline=None, max_examples=150)
 @given(
+    setup=st.sampled_from(["connected", "connected", "checking", "half", "new", "lite"]),
     controlling=st.booleans(),
     program=st.lists(
         st.one_of(datagrams, datagrams, datagrams, st.sampled_from(ACTIONS)),
@@ -548,185 +552,119 @@ def _act(agent: IceAgent, action: str, now: float) -> float:
         max_size=16,
     ),
 )
-def test_remembered_checks_follow_every_change_of_the_agent(
-    controlling: bool, program: list[Any]
+def test_an_answer_depends_on_the_datagram_not_on_the_checks_seen_before(
+    setup: str, controlling: bool, program: list[Any]
 ) -> None:
-    """The checks ``_fast_check`` remembers as needing nothing but an answer: twin agents,
-    one without the fast path, through checks (each sent three times, so that the third
-    may be answered from memory) and the calls that change what such a check may skip:
-    restart, credentials, candidates, close, consent lost."""
-    fast, slow = _agent("connected", controlling), _slow(_agent("connected", controlling))
+    twins = _Twins(setup, controlling)
     now = T0
     for step in program:
-        exchanges: list[tuple[bytes | None, Any, Any]]
         if isinstance(step, str):
-            times = {_act(agent, step, now) for agent in (fast, slow)}
-            assert len(times) == 1
-            now = times.pop()
-            exchanges = [(None, None, None)]
-        else:
-            data, source, local, dt = _request(step)
-            now += dt
-            exchanges = [(data, source, local)] * 3
-        for data, source, local in exchanges:
-            _feed_twins((fast, slow), data, source, local, now, step)
-            assert not fast._hot or fast.state is IceState.COMPLETED
+            now = twins.act(step, now)
+            continue
+        now += step[-1]
+        for agent in (twins.seen, twins.fresh):
+            deadline = agent.next_timer()
+            if deadline is not None and deadline <= now:
+                agent.handle_timer(now)
+        for _ in range(3):  # the first teaches the shape, the next ones may find it known
+            twins.request(step, now, step)
 
 
-@pytest.mark.parametrize("change", ["new-base", "role-conflict", "remote-other", "restart"])
-def test_a_change_between_remembered_checks_is_seen_as_the_general_path_sees_it(
-    change: str,
-) -> None:
-    """Checks from memory, a change, the same checks again: twin agents (one without the
-    fast path) stay the same. ``new-base``: a second base makes a check that names no local
-    address ambiguous (dropped); ``role-conflict``: a check saying ICE-CONTROLLED with a
-    lower tie-breaker makes the agent controlling, so the peer's ICE-CONTROLLING checks
-    are conflicts again."""
-    fast, slow = _agent("connected", False), _slow(_agent("connected", False))
-    attrs = [Username(f"{L_UFRAG}:{R_UFRAG}"), Priority(5), IceControlling(PEER_TIE)]
-    local = None if change == "new-base" else LOCAL
+GOOD = ("controlling", PEER_TIE, False, "good", "none", 0, PEER, LOCAL, None, 0.0)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["new-base", "role-conflict", "remote-other", "restart", "better-local", "close",
+     "consent-lost", "new-source"],
+)  # fmt: skip
+def test_a_change_between_repeated_checks_is_seen(change: str) -> None:
+    """Checks the agent has answered before, a change, the same checks again: the agent
+    behaves as one that never saw them. ``new-base``: a second base makes a check that
+    names no local address ambiguous (dropped); ``role-conflict``: a check saying
+    ICE-CONTROLLED with a lower tie-breaker makes the agent controlling, so the peer's
+    ICE-CONTROLLING checks are conflicts (487) from then on."""
+    twins = _Twins("connected", False)
+    spec = GOOD if change != "new-base" else (*GOOD[:7], None, *GOOD[8:])
     now = T0
-
-    def exchange(data: bytes) -> None:
-        _feed_twins((fast, slow), data, PEER, local, now)
-
-    for _ in range(3):
-        exchange(_check(os.urandom(12), attrs, L_KEY))
-    assert fast._hot
+    for i in range(3):
+        twins.request((*spec[:5], i, *spec[6:]), now, "before")
     now += 0.1
     if change == "role-conflict":
-        conflict = [Username(f"{L_UFRAG}:{R_UFRAG}"), Priority(5), IceControlled(1)]
-        exchange(_check(os.urandom(12), conflict, L_KEY))
-        assert fast.controlling
+        conflict = ("controlled", 1, *spec[2:])
+        twins.request(conflict, now, change)
+        assert twins.seen.controlling
+    elif change == "new-source":
+        twins.request((*spec[:6], OTHER, *spec[7:]), now, change)
     else:
-        for agent in (fast, slow):
-            _act(agent, change, now)
-    assert not fast._hot
-    for _ in range(3):
+        now = twins.act(change, now)
+    for i in range(3):
         now += 0.01
-        exchange(_check(os.urandom(12), attrs, L_KEY))
+        twins.request((*spec[:5], i + 3, *spec[6:]), now, "after")
 
 
-def test_a_remembered_check_is_answered_without_the_shape_table(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The third check of a connected peer is answered from what the second one left in
-    ``_hot``: neither ``signed_check_prefix`` nor ``binding_success`` runs for it, and the
-    answer is the general one."""
+def test_repeated_checks_of_a_connected_peer_are_answered_and_stamp_the_pair() -> None:
     agent = _agent("connected", False)
-    attrs = [Username(f"{L_UFRAG}:{R_UFRAG}"), Priority(5), IceControlling(PEER_TIE)]
-    checks = [_check(os.urandom(12), attrs, L_KEY) for _ in range(3)]
-    for data in checks[:2]:
-        assert agent.receive_datagram(data, PEER, LOCAL, T0)
-    assert len(agent._hot) == 1
-    agent.datagrams_to_send(T0)
-    expected = binding_success(checks[2][8:20], PEER, L_KEY)
-
-    def unused(*args: Any) -> Any:
-        raise AssertionError("the general fast path ran")
-
-    monkeypatch.setattr("anchor_ice.agent.signed_check_prefix", unused)
-    monkeypatch.setattr("anchor_ice.agent.binding_success", unused)
-    pair = agent.selected_pair
-    assert pair is not None
-    assert agent.receive_datagram(checks[2], PEER, LOCAL, T0 + 1.0)
-    assert [(t.data, t.addr, t.local) for t in agent.datagrams_to_send(T0 + 1.0)] == [
-        (expected, PEER, LOCAL)
-    ]
-    assert pair.last_sent == T0 + 1.0
-    # a corrupted one is not answered from memory (the general path then drops it)
-    monkeypatch.undo()
-    bad = checks[2][:-1] + bytes((checks[2][-1] ^ 1,))
-    dropped = agent.dropped
-    assert agent.receive_datagram(bad, PEER, LOCAL, T0 + 1.0)
-    assert agent.dropped == dropped + 1 and agent.datagrams_to_send(T0 + 1.0) == []
-    # anything that changes what it may skip forgets it
-    agent.add_remote_candidate(make_candidate(CandidateType.HOST, OTHER))
-    assert not agent._hot
-
-
-def test_the_fast_path_runs_for_the_checks_of_a_connected_peer() -> None:
-    agent = _agent("connected", False)
-    attrs = [Username(f"{L_UFRAG}:{R_UFRAG}"), Priority(5), IceControlling(PEER_TIE)]
-    first, second = (_check(os.urandom(12), attrs, L_KEY) for _ in range(2))
-    assert not agent._fast_check(first, PEER, LOCAL, T0)  # shape not known yet
-    assert agent.receive_datagram(first, PEER, LOCAL, T0)
-    assert agent._fast_check(second, PEER, LOCAL, T0)
-    answers = agent.datagrams_to_send(T0)
-    assert [(t.addr, t.local) for t in answers] == [(PEER, LOCAL), (PEER, LOCAL)]
-    response = Message.decode(answers[1].data)
-    assert response.transaction_id == second[8:20]
-    assert response.verify_fingerprint() and response.verify_integrity(L_KEY)
-    assert response.get(XorMappedAddress) == XorMappedAddress(*PEER)
-    # a corrupted copy is not taken by the fast path, and the general path drops it
-    bad = second[:-1] + bytes((second[-1] ^ 1,))
-    assert not agent._fast_check(bad, PEER, LOCAL, T0)
-    dropped = agent.dropped
-    assert agent.receive_datagram(bad, PEER, LOCAL, T0)
-    assert agent.dropped == dropped + 1 and agent.datagrams_to_send(T0) == []
+    now = T0
+    for i in range(5):
+        now += 0.01
+        data, source, local, _ = _request((*GOOD[:5], i, *GOOD[6:]), None)
+        assert agent.receive_datagram(data, source, local, now)
+        (answer,) = agent.datagrams_to_send(now)
+        msg = Message.decode(answer.data)
+        assert msg.msg_class is MessageClass.SUCCESS and msg.transaction_id == data[8:20]
+        assert msg.verify_fingerprint() and msg.verify_integrity(L_KEY)
+        assert msg.get(XorMappedAddress) == XorMappedAddress(*PEER)
+        assert (answer.addr, answer.local) == (PEER, LOCAL)
+        pair = agent.selected_pair
+        assert pair is not None and pair.last_sent == now
+    assert agent.state is IceState.COMPLETED and agent.next_event() is None
+    # a new source is learned once (RFC 8445 §7.3.1.3), then only answered
+    learned = []
+    for i in range(3):
+        data, _, _, _ = _request((*GOOD[:5], i, *GOOD[6:]), None)
+        agent.receive_datagram(data, OTHER, LOCAL, now)
+        assert len(agent.datagrams_to_send(now)) == 1
+        while (event := agent.next_event()) is not None:
+            learned.append(event)
+    assert [type(e) for e in learned] == [RemoteCandidateLearned]
+    # a wrong key after good checks of the same shape: 401, every time
+    for i in range(2):
+        spec = (*GOOD[:3], "bad-key", *GOOD[4:5], i, *GOOD[6:])
+        data, source, local, _ = _request(spec, None)
+        agent.receive_datagram(data, source, local, now)
+        (answer,) = agent.datagrams_to_send(now)
+        error = Message.decode(answer.data).get(ErrorCodeAttribute)
+        assert error is not None and error.code == 401
 
 
-# --------------------------------------------------------------------------- fuzz corpus
-
-
-class _Recorder(IceAgent):
-    """Logs everything the fuzz harness sees of the agent."""
-
-    log: list[object] = []
-
-    def receive_datagram(
-        self, data: bytes, addr: Address, local: Address | None, now: float
-    ) -> bool:
-        handled = super().receive_datagram(data, addr, local, now)
-        self.log.append(("rx", handled, fuzz.ice._snapshot(self), self.dropped))
-        return handled
-
-    def datagrams_to_send(self, now: float) -> list[Any]:
-        sent = super().datagrams_to_send(now)
-        self.log.append(("tx", sent))
-        return sent
-
-    def next_event(self) -> Any:
-        event = super().next_event()
-        self.log.append(("event", event))
-        return event
-
-
-def _replay(data: bytes) -> tuple[list[object], str]:
-    _Recorder.log = []
-    try:
-        fuzz.ice.ice_agent(data)
-        outcome = "ok"
-    except Exception as exc:  # a harness violation must be the same on both paths
-        outcome = f"{type(exc).__name__}: {exc}"
-    return _Recorder.log, outcome
-
-
-def test_the_ice_corpus_runs_the_same_with_and_without_the_fast_path(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("controlling", [True, False])
+@pytest.mark.parametrize("setup", ["checking", "connected"])
+def test_the_agent_sends_checks_as_a_message_would_encode_them(
+    setup: str, controlling: bool
 ) -> None:
-    files = sorted(p for p in CORPUS.iterdir() if p.is_file())
-    assert files
-    monkeypatch.setattr(fuzz.ice, "IceAgent", _Recorder)
-    taken = [0]
-    fast_check = IceAgent._fast_check
+    agent = _agent(setup, controlling)
+    sent = [tx.data for tx in agent.datagrams_to_send(T0)]
+    for _ in range(40):  # checks, retransmissions, then consent checks on a connected pair
+        now = agent.next_timer()
+        if now is None:
+            break
+        agent.handle_timer(now)
+        sent += [tx.data for tx in agent.datagrams_to_send(now)]
+    checks = [msg for msg in map(Message.decode, sent) if msg.is_request]
+    assert checks
+    key = short_term_key(R_PWD)
+    for data, msg in ((m.raw, m) for m in checks):
+        assert msg.verify_fingerprint() and msg.verify_integrity(key)
+        assert data == Message(
+            Method.BINDING, MessageClass.REQUEST, msg.transaction_id, msg.attributes
+        ).encode(key=key, fingerprint=True)
+        assert msg.get(Username) == Username(f"{R_UFRAG}:{L_UFRAG}")
+        role = msg.get(IceControlling) if controlling else msg.get(IceControlled)
+        assert role is not None and role.value == 0x7000_0000_0000_0000
 
-    def counting(self: IceAgent, *args: Any) -> bool:
-        done = fast_check(self, *args)
-        taken[0] += done
-        return done
 
-    for path in files:
-        data = path.read_bytes()
-        monkeypatch.setattr(_Recorder, "_fast_check", counting)
-        fast = _replay(data)
-        monkeypatch.setattr(_Recorder, "_fast_check", lambda self, *args: False)
-        slow = _replay(data)
-        assert fast == slow, path.name
-    assert taken[0] > 0  # the corpus did exercise the fast path
-
-
-# --------------------------------------------------------------------------- the benchmark
+# --------------------------------------------------------------------------- the benchmarks
 
 
 def test_the_checks_benchmark_drives_the_agent_and_its_answers_verify() -> None:
@@ -765,160 +703,19 @@ def test_the_checks_benchmark_drives_the_agent_and_its_answers_verify() -> None:
         assert answer.get(XorMappedAddress) == XorMappedAddress(*PEER)
 
 
-# --------------------------------------------------------------------------- the request side
-
-
-def _general_check(
-    tid: Any, username: Any, priority: Any, controlling: Any, tie: Any, key: Any, use: Any
-) -> bytes:
-    attrs: list[Any] = [
-        Username(username),
-        Priority(priority),
-        IceControlling(tie) if controlling else IceControlled(tie),
-    ]
-    if use:
-        attrs.append(UseCandidate())
-    return Message(Method.BINDING, MessageClass.REQUEST, tid, attrs).encode(
-        key=key, fingerprint=True
-    )
-
-
-ufrags = st.one_of(
-    st.text(min_size=1, max_size=40),
-    st.text(min_size=150, max_size=200),  # up to 800 bytes of UTF-8: past USERNAME's 512
-    st.sampled_from(["Ycb4:8hhY", "a:b", "", "\ud800:x"]),  # "\ud800": no UTF-8
-)
-
-
-@FAST
-@given(
-    tid=tids,
-    ufrag=ufrags,
-    priority=st.one_of(st.integers(0, 2**32 - 1), st.integers(-3, 2**32 + 3), st.booleans()),
-    controlling=st.sampled_from([True, False, 0, 1]),
-    tie=st.one_of(st.integers(0, 2**64 - 1), st.integers(-3, 2**64 + 3), st.booleans()),
-    key=st.one_of(keys, st.just(short_term_key("asd88fgpdd777uzjYhagZg")), odd_keys),
-    use=st.sampled_from([False, True, 0, 1]),
-)
-def test_binding_request_is_the_general_encoding(
-    tid: bytes, ufrag: str, priority: int, controlling: bool, tie: int, key: bytes, use: bool
-) -> None:
-    slow = _outcome(lambda: _general_check(tid, ufrag, priority, controlling, tie, key, use))
-    message_module._REQUESTS.clear()
-    for _ in range(2):  # cold, then from the table of request parts
-        fast = _outcome(
-            lambda: message_module.binding_request(
-                tid, ufrag, priority, controlling, tie, key, use
-            )
-        )
-        assert fast == slow
-    if slow[0] == "ok" and type(key) is bytes:
-        msg = Message.decode(slow[1])  # type: ignore[arg-type]
-        assert msg.verify_fingerprint() and msg.verify_integrity(key)
-
-
-def test_binding_request_tells_look_alike_values_apart() -> None:
-    # True == 1 and they hash alike, so (.., True, ..) finds the entry of (.., 1, ..) in the
-    # table; the exact types decide, and the general path answers for the others.
-    tid, key = bytes(12), b"k" * 16
-    for first, second in ((1, True), (0, False)):
-        message_module._REQUESTS.clear()
-        for priority in (first, second):
-            assert message_module.binding_request(
-                tid, "a:b", priority, True, 5, key
-            ) == _general_check(tid, "a:b", priority, True, 5, key, False)
-        for tie in (first, second):
-            assert message_module.binding_request(
-                tid, "a:b", 7, True, tie, key
-            ) == _general_check(tid, "a:b", 7, True, tie, key, False)
-
-
-@pytest.mark.parametrize("controlling", [True, False])
-@pytest.mark.parametrize("setup", ["checking", "connected"])
-def test_the_agent_sends_checks_as_a_message_would_encode_them(
-    setup: str, controlling: bool
-) -> None:
-    agent = _agent(setup, controlling)
-    sent = [tx.data for tx in agent.datagrams_to_send(T0)]
-    for _ in range(40):  # checks, retransmissions, then consent checks on a connected pair
-        now = agent.next_timer()
-        if now is None:
-            break
-        agent.handle_timer(now)
-        sent += [tx.data for tx in agent.datagrams_to_send(now)]
-    checks = [msg for msg in map(Message.decode, sent) if msg.is_request]
-    assert checks
-    key = short_term_key(R_PWD)
-    for data, msg in ((m.raw, m) for m in checks):
-        assert msg.verify_fingerprint() and msg.verify_integrity(key)
-        assert data == Message(
-            Method.BINDING, MessageClass.REQUEST, msg.transaction_id, msg.attributes
-        ).encode(key=key, fingerprint=True)
-        assert msg.get(Username) == Username(f"{R_UFRAG}:{L_UFRAG}")
-        role = msg.get(IceControlling) if controlling else msg.get(IceControlled)
-        assert role is not None and role.value == 0x7000_0000_0000_0000
-
-
 def test_the_codec_benchmark_reads_checks_as_decode_and_verify_do() -> None:
-    import zlib
-
     from benchmarks.codec import PASSWORD, TIE_BREAKER, CheckReader, _same_work
 
     _same_work(bytes(range(12)))
-    reader = CheckReader(PASSWORD)
+    reader = CheckReader(CheckKey(PASSWORD))
+    key = CheckKey(PASSWORD)
     for i in range(3):  # decoded, then twice from the table
         tid = bytes((i,)) * 12
-        data = message_module.binding_request(tid, "x:y", 9, True, TIE_BREAKER, PASSWORD)
+        data = key.request(tid, "x:y", 9, True, TIE_BREAKER)
         assert reader.read(data) == ("x:y", 9, TIE_BREAKER)
         bad = data[:-9] + bytes((data[-9] ^ 0x80,)) + data[-8:-4]
         bad += (zlib.crc32(bad[:-4]) ^ 0x5354554E).to_bytes(4, "big")
         with pytest.raises(AssertionError):
             reader.read(bad)
     with pytest.raises(AssertionError):
-        CheckReader(b"another key").read(data)
-
-
-# --------------------------------------------------------------------------- per-source caches
-
-
-def test_binding_success_stays_the_general_encoding_when_its_cache_empties(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(message_module, "_CACHE_SIZE", 3)
-    message_module._SUCCESS_PARTS.clear()
-    for i in range(20):
-        key = b"k%d" % (i % 4)
-        address = (f"10.0.{i % 5}.1", 1000 + i % 7)
-        tid = os.urandom(12)
-        general = Message(
-            Method.BINDING, MessageClass.SUCCESS, tid, [XorMappedAddress(*address)]
-        ).encode(key=key, fingerprint=True)
-        assert binding_success(tid, address, key) == general
-        assert len(message_module._SUCCESS_PARTS) <= 3
-    message_module._SUCCESS_PARTS.clear()
-
-
-def test_the_fast_path_follows_local_candidates_that_change_between_checks() -> None:
-    """The fast path remembers which local candidate a base maps to: a candidate replaced
-    by a higher-priority one, or a new base, must be seen as the general path sees it."""
-    fast, slow = _agent("connected", False), _slow(_agent("connected", False))
-    attrs = [Username(f"{L_UFRAG}:{R_UFRAG}"), Priority(5), IceControlling(PEER_TIE)]
-    now = T0
-
-    def exchange(source: Address, local: Address | None) -> None:
-        nonlocal now
-        now += 0.01
-        _feed_twins((fast, slow), _check(os.urandom(12), attrs, L_KEY), source, local, now)
-
-    for _ in range(3):
-        exchange(PEER, LOCAL)
-    better = make_candidate(CandidateType.HOST, LOCAL, local_preference=65535)
-    for agent in (fast, slow):
-        agent.add_local_candidate(better, LOCAL)
-    for source in (PEER, OTHER, PEER):
-        exchange(source, LOCAL)
-    second: Address = ("127.0.0.1", 40010)
-    for agent in (fast, slow):
-        agent.add_local_candidate(make_candidate(CandidateType.HOST, second), second)
-    for local in (None, second, LOCAL, None):
-        exchange(PEER, local)
+        CheckReader(CheckKey(b"another key")).read(data)
