@@ -17,8 +17,8 @@ the connection). To a peer: ``Transmit(payload, peer, local=relayed address)``: 
 sends it from that relay socket, with fragmentation allowed (the DF bit 0); a
 :class:`DontFragmentTransmit` (same fields) must leave with fragmentation forbidden (DF 1,
 ``IPV6_DONTFRAG``): it relays a Send indication that carried DONT-FRAGMENT (§11.2, §14, §15;
-see "DONT-FRAGMENT" below). Each one is counted in ``stats.to_peer_dont_fragment``, so an
-adapter can tell a batch without any at the cost of one comparison. ``next_timer()`` /
+see "DONT-FRAGMENT" below); each one is counted in ``stats.to_peer_dont_fragment``.
+``next_timer()`` /
 ``handle_timer(now)`` expire allocations (releasing their relayed addresses through
 ``RelayAllocator.release``), permissions and channels; ``next_event()`` reports what
 happened, for logs and metrics; :attr:`stats` counts.
@@ -31,16 +31,20 @@ Processing a message from a client, in this order:
    Dropped unless the 5-tuple has an allocation, the channel is bound and unexpired, a
    permission for the peer's IP is live, and the length fits (at most 3 bytes of padding
    after the data). Never refreshes the channel or the permission (§12.4).
-2. Anything else that cannot be STUN (first two bits set, shorter than a header) is dropped. A Send indication made only of
-   XOR-PEER-ADDRESS, DATA, DONT-FRAGMENT, comprehension-optional attributes and a final
-   FINGERPRINT takes a fast path; other messages are decoded with the codec.
+2. Anything else that cannot be STUN (first two bits set, shorter than a header, a length
+   that does not match, another magic cookie) is dropped, but a request gets 400 (step 4).
+   A Send indication goes to its own parser (step 5), which never runs the codec.
 3. Binding requests and indications are handed to the :class:`~anchor_stun.server.StunServer`
    core unchanged (``stream=True`` over TCP/TLS): the TURN ports answer STUN too.
 4. Decode (RFC 8489 §6.3): a request whose header is readable but whose body is malformed
    gets 400; other malformed input is dropped. A FINGERPRINT that does not verify: drop.
-   Responses are dropped. Indications: Send (5 below), others dropped.
-5. Send indication (§11.2): dropped without an allocation on the 5-tuple, without
-   XOR-PEER-ADDRESS and DATA, with unknown comprehension-required attributes, for a peer of
+   Responses and indications are dropped.
+5. Send indication (§11.2), parsed in one pass over its attributes without the codec: only
+   XOR-PEER-ADDRESS is decoded, the first XOR-PEER-ADDRESS and DATA count, attributes after
+   MESSAGE-INTEGRITY(-SHA256) or FINGERPRINT are ignored (RFC 8489 §14.5-§14.7), other known
+   attributes are skipped unread. Dropped: a body not made of whole attributes, a FINGERPRINT
+   that does not verify, no allocation on the 5-tuple, no
+   XOR-PEER-ADDRESS or DATA, unknown comprehension-required attributes, a peer of
    a family the allocation has no relay for, without a live permission for the peer's IP,
    or to a forbidden destination (port 0, the allocation's own relayed address, one of the
    server's own addresses).
@@ -162,13 +166,13 @@ from itertools import count
 from typing import Literal, Protocol
 
 from anchor_stun.attributes import (
+    KNOWN_TYPES,
     MAGIC_COOKIE,
     AdditionalAddressFamily,
     AddressErrorCode,
     Attribute,
     AttrType,
     ChannelNumber,
-    Data,
     DontFragment,
     ErrorCode,
     EvenPort,
@@ -266,6 +270,7 @@ _DONT_FRAGMENT = int(AttrType.DONT_FRAGMENT)
 _HEAP_COMPACT_MIN = 1024
 """Timer-heap size below which stale entries are left for handle_timer to skip."""
 _FINGERPRINT = int(AttrType.FINGERPRINT)
+_INTEGRITY = frozenset((int(AttrType.MESSAGE_INTEGRITY), int(AttrType.MESSAGE_INTEGRITY_SHA256)))
 _IPV4 = int(Family.IPV4)
 _IPV6 = int(Family.IPV6)
 _MD5 = int(PasswordAlgorithmId.MD5)
@@ -818,7 +823,8 @@ class TurnServer:
             else:
                 self.stats.dropped += 1
             return
-        if msg_type == _SEND_INDICATION and self._fast_send(data, addr, local, transport, now):
+        if msg_type == _SEND_INDICATION:
+            self._send_indication(data, addr, local, transport, now)
             return
         if decode_type(msg_type)[0] == _BINDING_METHOD:
             out = self.stun.handle(data, addr, local, now, stream=transport != "udp")
@@ -947,53 +953,65 @@ class TurnServer:
 
     # ================================================================== client → peer data
 
-    def _fast_send(
+    def _send_indication(
         self, data: bytes, addr: Address, local: Address, transport: str, now: float
-    ) -> bool:
-        """Send indication without the codec (RFC 8656 §11.2). False: take the general
-        path (an attribute this parser does not handle); True: handled (sent or dropped)."""
+    ) -> None:
+        """The one parser of Send indications (RFC 8656 §11.2): the attribute list is walked
+        without the codec and only XOR-PEER-ADDRESS is decoded. ``data`` has a valid header
+        (type, cookie, length). Dropped: a body not cut into whole attributes, a FINGERPRINT
+        that does not verify, an unknown comprehension-required attribute (DONT-FRAGMENT is
+        one without the ``dont_fragment`` capability), no XOR-PEER-ADDRESS or DATA, a peer
+        address that does not decode. The first XOR-PEER-ADDRESS and DATA count; attributes
+        after MESSAGE-INTEGRITY(-SHA256) are ignored (RFC 8489 §14.5, §14.6) and so is what
+        follows FINGERPRINT (§14.7); integrity is not checked (an indication cannot be
+        authenticated, §11.2), and other known attributes are not looked at."""
         size = len(data)
+        if size & 3:  # the length of a STUN message is a multiple of 4 (RFC 8489 §5)
+            self.stats.dropped += 1
+            return
         pos = HEADER_SIZE
         peer_at = data_at = -1
         peer_len = data_len = 0
         dont_fragment = False
-        while pos < size:
-            if pos + 4 > size:
-                return False
+        covered = True  # no MESSAGE-INTEGRITY(-SHA256) yet
+        while pos < size:  # pos and size are multiples of 4: a whole TLV header is there
             atype, alen = _TL.unpack_from(data, pos)
-            if atype == _FINGERPRINT:
-                if alen != 4 or pos + 8 != size:
-                    return False
-                crc = zlib.crc32(memoryview(data)[:pos]) ^ FINGERPRINT_XOR
-                if crc != _U32.unpack_from(data, pos + 4)[0]:
-                    self.stats.dropped += 1
-                    return True
-                break
             nxt = pos + 4 + alen + (-alen & 3)
             if nxt > size:
-                return False
-            if atype == _XOR_PEER:
-                if peer_at < 0:
-                    peer_at, peer_len = pos + 4, alen
-            elif atype == _DATA:
-                if data_at < 0:
-                    data_at, data_len = pos + 4, alen
-            elif atype == _DONT_FRAGMENT:
-                if not self.dont_fragment:  # unknown comprehension-required (§11.2): drop
+                self.stats.dropped += 1
+                return
+            if atype == _FINGERPRINT:
+                crc = zlib.crc32(memoryview(data)[:pos]) ^ FINGERPRINT_XOR
+                if alen != 4 or crc != _U32.unpack_from(data, pos + 4)[0]:
                     self.stats.dropped += 1
-                    return True
-                dont_fragment = True
-            elif atype < 0x8000:  # integrity, unknown required, ...: the codec decides
-                return False
+                    return
+                break
+            if covered:
+                if atype == _XOR_PEER:
+                    if peer_at < 0:
+                        peer_at, peer_len = pos + 4, alen
+                elif atype == _DATA:
+                    if data_at < 0:
+                        data_at, data_len = pos + 4, alen
+                elif atype == _DONT_FRAGMENT:
+                    if not self.dont_fragment:  # unknown comprehension-required (§11.2)
+                        self.stats.dropped += 1
+                        return
+                    dont_fragment = True
+                elif atype in _INTEGRITY:
+                    covered = False
+                elif atype < 0x8000 and atype not in KNOWN_TYPES:
+                    self.stats.dropped += 1  # unknown comprehension-required (RFC 8489 §6.3.2)
+                    return
             pos = nxt
         if peer_at < 0 or data_at < 0:
             self.stats.dropped += 1
-            return True
+            return
         try:
             peer = XorPeerAddress.decode_value(data[peer_at : peer_at + peer_len], data[8:20])
         except DecodeError:
             self.stats.dropped += 1
-            return True
+            return
         self._relay_to_peer(
             data[data_at : data_at + data_len],
             peer.address,
@@ -1003,7 +1021,6 @@ class TurnServer:
             now,
             dont_fragment,
         )
-        return True
 
     def _relay_to_peer(
         self,
@@ -1108,24 +1125,7 @@ class TurnServer:
             stats.dropped += 1
             return
         klass = msg.msg_class
-        if klass == MessageClass.INDICATION:
-            if msg.method == Method.SEND and not self._unknown(msg):
-                peer = msg.get(XorPeerAddress)
-                payload = msg.get(Data)
-                if peer is not None and payload is not None:
-                    self._relay_to_peer(
-                        payload.value,
-                        peer.address,
-                        addr,
-                        local,
-                        transport,
-                        now,
-                        msg.get(DontFragment) is not None,
-                    )
-                    return
-            stats.dropped += 1
-            return
-        if klass != MessageClass.REQUEST:
+        if klass != MessageClass.REQUEST:  # responses; indications other than Send (§11.2)
             stats.dropped += 1
             return
         stats.requests += 1

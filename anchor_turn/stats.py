@@ -8,9 +8,8 @@ counting costs the hot path nothing it can measure. Nobody but the core writes i
 (the runner, ``anchor serve``'s metrics and logs, tests) read it whenever they like, between
 two calls into the core. ``allocations``, ``permissions`` and ``channels`` are current
 values (incremented on creation, decremented on expiry or deletion); every other field only
-grows. ``to_peer_dont_fragment`` is also how an adapter learns that a batch of output holds
-a :class:`~anchor_turn.server.DontFragmentTransmit`. Binding requests on the TURN ports are
-counted by the STUN core (``server.stun.stats``), not here.
+grows. Binding requests on the TURN ports are counted by the STUN core
+(``server.stun.stats``), not here.
 """
 
 from __future__ import annotations
