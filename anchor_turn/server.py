@@ -217,6 +217,7 @@ from anchor_turn.stats import TurnServerStats
 __all__ = [
     "DEFAULT_CHANNEL_LIFETIME",
     "DEFAULT_LIFETIME",
+    "DEFAULT_NONCE_LIFETIME",
     "DEFAULT_PERMISSION_LIFETIME",
     "MAX_LIFETIME",
     "UNAUTHENTICATED_BURST",
