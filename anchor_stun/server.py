@@ -91,7 +91,6 @@ import ipaddress
 import struct
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
 
 from anchor_stun.attributes import (
     KNOWN_TYPES,
@@ -182,7 +181,6 @@ class ServerStats:
     Binding, indications with unknown comprehension-required attributes (§6.3.2-§6.3.4)."""
 
 
-@lru_cache(maxsize=_ADDR_CACHE_SIZE)
 def _reflexive(ip: str) -> tuple[str, int, bytes]:
     """(text, family, packed) of a source IP as reported to the client; an IPv4-mapped IPv6
     address is reported as IPv4. Raises LocalProtocolError when ``ip`` is not an IP."""

@@ -53,11 +53,19 @@ from anchor_turn.events import (
     TryAlternate,
     TurnEvent,
 )
-from anchor_turn.server import (
+from anchor_turn.nonce_auth import (
+    NonceAuthenticator,
+)
+from anchor_turn.peer_filter import (
     PeerFilter,
+    SelfAddresses,
+)
+from anchor_turn.server import (
     RelayAllocator,
     TurnServer,
     TurnServerEvent,
+)
+from anchor_turn.stats import (
     TurnServerStats,
 )
 from anchor_turn.uri import (
@@ -77,6 +85,7 @@ __all__ = [
     "CheckConfig",
     "CredentialBackend",
     "DataReceived",
+    "NonceAuthenticator",
     "PeerFilter",
     "PermissionCreated",
     "PermissionFailed",
@@ -84,6 +93,7 @@ __all__ = [
     "RefreshFailed",
     "RelayAllocator",
     "RestSecret",
+    "SelfAddresses",
     "SqliteUsers",
     "StaticUsers",
     "TryAlternate",

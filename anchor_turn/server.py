@@ -17,8 +17,8 @@ the connection). To a peer: ``Transmit(payload, peer, local=relayed address)``: 
 sends it from that relay socket, with fragmentation allowed (the DF bit 0); a
 :class:`DontFragmentTransmit` (same fields) must leave with fragmentation forbidden (DF 1,
 ``IPV6_DONTFRAG``): it relays a Send indication that carried DONT-FRAGMENT (§11.2, §14, §15;
-see "DONT-FRAGMENT" below). Each one is counted in ``stats.to_peer_dont_fragment``, so an
-adapter can tell a batch without any at the cost of one comparison. ``next_timer()`` /
+see "DONT-FRAGMENT" below); each one is counted in ``stats.to_peer_dont_fragment``.
+``next_timer()`` /
 ``handle_timer(now)`` expire allocations (releasing their relayed addresses through
 ``RelayAllocator.release``), permissions and channels; ``next_event()`` reports what
 happened, for logs and metrics; :attr:`stats` counts.
@@ -31,16 +31,20 @@ Processing a message from a client, in this order:
    Dropped unless the 5-tuple has an allocation, the channel is bound and unexpired, a
    permission for the peer's IP is live, and the length fits (at most 3 bytes of padding
    after the data). Never refreshes the channel or the permission (§12.4).
-2. Anything else that cannot be STUN (first two bits set, shorter than a header) is dropped. A Send indication made only of
-   XOR-PEER-ADDRESS, DATA, DONT-FRAGMENT, comprehension-optional attributes and a final
-   FINGERPRINT takes a fast path; other messages are decoded with the codec.
+2. Anything else that cannot be STUN (first two bits set, shorter than a header, a length
+   that does not match, another magic cookie) is dropped, but a request gets 400 (step 4).
+   A Send indication goes to its own parser (step 5), which never runs the codec.
 3. Binding requests and indications are handed to the :class:`~anchor_stun.server.StunServer`
    core unchanged (``stream=True`` over TCP/TLS): the TURN ports answer STUN too.
 4. Decode (RFC 8489 §6.3): a request whose header is readable but whose body is malformed
    gets 400; other malformed input is dropped. A FINGERPRINT that does not verify: drop.
-   Responses are dropped. Indications: Send (5 below), others dropped.
-5. Send indication (§11.2): dropped without an allocation on the 5-tuple, without
-   XOR-PEER-ADDRESS and DATA, with unknown comprehension-required attributes, for a peer of
+   Responses and indications are dropped.
+5. Send indication (§11.2), parsed in one pass over its attributes without the codec: only
+   XOR-PEER-ADDRESS is decoded, the first XOR-PEER-ADDRESS and DATA count, attributes after
+   MESSAGE-INTEGRITY(-SHA256) or FINGERPRINT are ignored (RFC 8489 §14.5-§14.7), other known
+   attributes are skipped unread. Dropped: a body not made of whole attributes, a FINGERPRINT
+   that does not verify, no allocation on the 5-tuple, no
+   XOR-PEER-ADDRESS or DATA, unknown comprehension-required attributes, a peer of
    a family the allocation has no relay for, without a live permission for the peer's IP,
    or to a forbidden destination (port 0, the allocation's own relayed address, one of the
    server's own addresses).
@@ -50,17 +54,11 @@ Processing a message from a client, in this order:
 6. A request whose method is not Allocate, Refresh, CreatePermission or ChannelBind: 400.
 7. Allocate retransmission (§7.2, RFC 8489 §6.3.1): a request byte-for-byte equal to the
    one that created the allocation on this 5-tuple gets the same success response again.
-8. Authentication, RFC 8489 §9.2.4, in this order:
-   a. no MESSAGE-INTEGRITY nor MESSAGE-INTEGRITY-SHA256: 401 with REALM, a fresh NONCE
-      (starting with the nonce cookie, §9.2.1) and PASSWORD-ALGORITHMS;
-   b. missing USERNAME/USERHASH, REALM or NONCE: 400;
-   c. a NONCE whose cookie announces password algorithms: without PASSWORD-ALGORITHM and
-      PASSWORD-ALGORITHMS the key is MD5; otherwise both must be present, the list must be
-      the one this server sends and contain the chosen algorithm, or 400;
-   d. unknown USERNAME, USERHASH with no owner, or another REALM: 401 (a new challenge);
-   e. MESSAGE-INTEGRITY-SHA256 (when present, else MESSAGE-INTEGRITY) does not verify: 401;
-   f. NONCE not one this server issued to this 5-tuple (transport, client IP and port,
-      listener), or past its lifetime: 438 with a fresh NONCE, REALM and PASSWORD-ALGORITHMS.
+8. Authentication, RFC 8489 §9.2.4, by :class:`~anchor_turn.nonce_auth.NonceAuthenticator`
+   (steps a-f in :mod:`anchor_turn.nonce_auth`): 401 with a challenge when the request is
+   unsigned, its credentials unknown or its integrity wrong; 400 when a credential attribute
+   is missing or the password algorithms were bid down; 438 with a fresh challenge when the
+   NONCE was not issued to this 5-tuple or has expired.
    Errors of steps a-f are unsigned; every later response, success or error, carries the
    integrity attribute the request used (MESSAGE-INTEGRITY-SHA256 truncated as the
    request's, or MESSAGE-INTEGRITY) computed with the same key (§9.2.4).
@@ -98,14 +96,10 @@ bytes for a TCP/TLS client, §12.5), otherwise as a Data indication.
 Decisions where the RFCs leave room
 -----------------------------------
 - Lifetime (§7.2, §8.2): ``max(default, min(requested, max))``; no LIFETIME gives the default.
-- Nonces are stateless: ``cookie | base64(expiry_ms | HMAC-SHA256(secret, cookie | expiry |
-  5-tuple)[:12])`` with a secret drawn from ``rng`` at start-up (so a restart makes every
-  nonce stale: 438, and the client retries with the new one). The 5-tuple is the transport,
-  the client IP and port and the listener address: a nonce is only valid on the 5-tuple it
-  was issued to, as coturn binds it to the session (RFC 8489 §9.2 asks nonces not to be
-  shared across clients). A request captured and replayed byte for byte from another source
-  port (or over another transport) therefore gets 438 and creates nothing; a forged,
-  foreign or expired nonce gets 438 too (after the integrity check, as §9.2.4 orders).
+- Nonces are stateless and bound to the 5-tuple (transport, client IP and port, listener),
+  keyed by a secret drawn from ``rng`` at start-up: a restart makes every nonce stale (438),
+  and a request replayed from another source port gets 438 and creates nothing
+  (:mod:`anchor_turn.nonce_auth`).
 - When the nonce cookie announces algorithms but the request names none, RFC 8489 §9.2.4
   says MD5; this server then refuses with 400 if MD5 is not among ``password_algorithms``.
 - USERHASH is always accepted; the cookie advertises it only with ``username_anonymity``
@@ -113,14 +107,13 @@ Decisions where the RFCs leave room
 - ChannelData from the client also needs a live permission for the peer's IP, as data from
   the peer does (§9): a channel never outlives its permission in effect. A client that keeps
   the channel bound refreshes the permission with each ChannelBind (§12.2).
-- Peer filter (§10.2, §11.2, §12.2 "MAY impose restrictions"; §21): by default loopback,
-  RFC 1918, carrier-grade NAT (100.64.0.0/10, where cloud metadata services live),
-  192.0.0.0/24, 198.18.0.0/15, 240.0.0.0/4, unique-local, site-local, 64:ff9b:1::/48,
-  link-local, multicast, unspecified and broadcast addresses, and their IPv4-mapped IPv6
-  forms, are refused (``allow_peers`` opens networks); so are the allocation's own relayed
-  addresses and the server's own addresses, "myself" (loops): every listener, and for a
-  wildcard listener every host address and external address the adapter declares
-  (:meth:`TurnServer.add_self_addresses`) and the whole loopback range on its port. A
+- Peer filter (§10.2, §11.2, §12.2 "MAY impose restrictions"; §21,
+  :mod:`anchor_turn.peer_filter`): by default :class:`~anchor_turn.peer_filter.PeerFilter`
+  refuses loopback, private, carrier-grade NAT, link-local, multicast, reserved and similar
+  ranges (``allow_peers`` opens networks); so are the allocation's own relayed addresses and
+  the server's own addresses, "myself" (:attr:`TurnServer.myself`: every listener, and for a
+  wildcard listener every host and external address the adapter declares with
+  :meth:`TurnServer.add_self_addresses`, and the whole loopback range on its port). A
   ChannelBind to port 0 is refused (403) and a Send to port 0 dropped: no datagram can go
   there; a CreatePermission ignores the port (§9). Relayed addresses of *other*
   allocations stay reachable: two clients of one server talking relay-to-relay is normal.
@@ -162,10 +155,6 @@ Decisions where the RFCs leave room
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import ipaddress
 import os
 import struct
 import zlib
@@ -177,31 +166,25 @@ from itertools import count
 from typing import Literal, Protocol
 
 from anchor_stun.attributes import (
+    KNOWN_TYPES,
     MAGIC_COOKIE,
     AdditionalAddressFamily,
     AddressErrorCode,
     Attribute,
     AttrType,
     ChannelNumber,
-    Data,
     DontFragment,
     ErrorCode,
     EvenPort,
     Family,
     Lifetime,
-    Nonce,
-    PasswordAlgorithm,
     PasswordAlgorithmId,
-    PasswordAlgorithms,
-    Realm,
     RequestedAddressFamily,
     RequestedTransport,
     ReservationToken,
     Software,
     TransportProtocol,
     UnknownAttributes,
-    Userhash,
-    Username,
     XorMappedAddress,
     XorPeerAddress,
     XorRelayedAddress,
@@ -211,7 +194,6 @@ from anchor_stun.attributes import (
 from anchor_stun.budget import ANSWER_BURST, ANSWER_RATE, AnswerBudget
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address, Transmit
-from anchor_stun.integrity import SecurityFeatures, make_nonce, nonce_features
 from anchor_stun.message import (
     FINGERPRINT_XOR,
     HEADER_SIZE,
@@ -224,10 +206,18 @@ from anchor_stun.message import (
 from anchor_stun.server import StunServer
 from anchor_turn.auth import CredentialBackend
 from anchor_turn.channeldata import CHANNEL_MAX, CHANNEL_MAX_RFC5766, CHANNEL_MIN
+from anchor_turn.nonce_auth import (
+    DEFAULT_NONCE_LIFETIME,
+    Authenticated,
+    NonceAuthenticator,
+)
+from anchor_turn.peer_filter import PeerFilter, SelfAddresses, canonical_address
+from anchor_turn.stats import TurnServerStats
 
 __all__ = [
     "DEFAULT_CHANNEL_LIFETIME",
     "DEFAULT_LIFETIME",
+    "DEFAULT_NONCE_LIFETIME",
     "DEFAULT_PERMISSION_LIFETIME",
     "MAX_LIFETIME",
     "UNAUTHENTICATED_BURST",
@@ -257,7 +247,6 @@ DEFAULT_LIFETIME = 600  # RFC 8656 §7.2 ("default lifetime", 10 minutes)
 MAX_LIFETIME = 3600  # RFC 8656 §7.2 (RECOMMENDED maximum, 1 hour)
 DEFAULT_PERMISSION_LIFETIME = 300  # RFC 8656 §9 (MUST be 300 s)
 DEFAULT_CHANNEL_LIFETIME = 600  # RFC 8656 §12 (10 minutes)
-DEFAULT_NONCE_LIFETIME = 600  # RFC 8489 §9.2 leaves it to the server
 RESERVATION_TOKEN_SIZE = 8  # RFC 8656 §18.9
 UNAUTHENTICATED_RATE = ANSWER_RATE
 """Unsigned answers per second per source prefix over UDP, after the burst (issue 9, 24)."""
@@ -272,8 +261,6 @@ _FP_TLV = struct.Struct("!HHI")
 _ADDR4_TLV = struct.Struct("!HHxBH4s")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
-_EXPIRY = struct.Struct("!Q")  # nonce expiry, milliseconds, 6 bytes on the wire
-_MAX_EXPIRY_MS = (1 << 48) - 1
 
 _SEND_INDICATION = encode_type(Method.SEND, MessageClass.INDICATION)
 _DATA_INDICATION = encode_type(Method.DATA, MessageClass.INDICATION)
@@ -284,6 +271,7 @@ _DONT_FRAGMENT = int(AttrType.DONT_FRAGMENT)
 _HEAP_COMPACT_MIN = 1024
 """Timer-heap size below which stale entries are left for handle_timer to skip."""
 _FINGERPRINT = int(AttrType.FINGERPRINT)
+_INTEGRITY = frozenset((int(AttrType.MESSAGE_INTEGRITY), int(AttrType.MESSAGE_INTEGRITY_SHA256)))
 _IPV4 = int(Family.IPV4)
 _IPV6 = int(Family.IPV6)
 _MD5 = int(PasswordAlgorithmId.MD5)
@@ -442,50 +430,6 @@ class AuthenticationFailedEvent(TurnServerEvent):
     """The error code answered (401)."""
 
 
-# --------------------------------------------------------------------------- stats
-
-
-@dataclass(slots=True)
-class TurnServerStats:
-    """Counters of :class:`TurnServer`; the first three are current values."""
-
-    allocations: int = 0
-    """Allocations alive now."""
-    permissions: int = 0
-    """Permissions alive now, over all allocations."""
-    channels: int = 0
-    """Channel bindings alive now, over all allocations."""
-    allocations_created: int = 0
-    """Allocate requests that succeeded."""
-    allocations_expired: int = 0
-    """Allocations that timed out."""
-    allocations_deleted: int = 0
-    """Allocations deleted by Refresh with lifetime 0 or a closed connection."""
-    requests: int = 0
-    """TURN requests received (Binding requests are counted by the STUN core)."""
-    errors_sent: int = 0
-    """Error responses sent to TURN requests (challenges included)."""
-    auth_failures: int = 0
-    """Requests whose credentials did not verify (401 after credentials were presented)."""
-    to_peer_packets: int = 0
-    """Datagrams relayed from clients to peers (Send indications and ChannelData)."""
-    to_peer_bytes: int = 0
-    """Application bytes relayed from clients to peers."""
-    to_peer_dont_fragment: int = 0
-    """Of ``to_peer_packets``: datagrams to send with fragmentation forbidden
-    (:class:`DontFragmentTransmit`, Send indications with DONT-FRAGMENT, RFC 8656 §11.2)."""
-    to_client_packets: int = 0
-    """Datagrams relayed from peers to clients (Data indications and ChannelData)."""
-    to_client_bytes: int = 0
-    """Application bytes relayed from peers to clients."""
-    dropped: int = 0
-    """Messages and datagrams dropped: malformed, no allocation, no channel, ... ."""
-    dropped_no_permission: int = 0
-    """Of ``dropped``: data without a live permission for the peer (RFC 8656 §9)."""
-    rate_limited: int = 0
-    """Requests left unanswered: their source IP was over its rate of unsigned answers."""
-
-
 # --------------------------------------------------------------------------- injected parts
 
 
@@ -511,116 +455,6 @@ class RelayAllocator(Protocol):
     def release(self, addr: Address) -> None:
         """Close the relayed address ``addr`` (its allocation or family ended)."""
         ...
-
-
-_DEFAULT_DENIED_V4 = (
-    "0.0.0.0/8",  # unspecified / "this network"
-    "10.0.0.0/8",  # RFC 1918
-    "100.64.0.0/10",  # shared address space, carrier-grade NAT (RFC 6598); cloud metadata
-    "169.254.0.0/16",  # link-local
-    "172.16.0.0/12",  # RFC 1918
-    "192.0.0.0/24",  # IETF protocol assignments (RFC 6890)
-    "192.168.0.0/16",  # RFC 1918
-    "198.18.0.0/15",  # benchmarking (RFC 2544)
-    "224.0.0.0/4",  # multicast
-    "240.0.0.0/4",  # reserved (RFC 1112), limited broadcast included
-)
-_DEFAULT_DENIED_V6 = (
-    "::/128",  # unspecified
-    "64:ff9b:1::/48",  # local-use IPv4/IPv6 translation (RFC 8215)
-    "fc00::/7",  # unique local (RFC 4193)
-    "fe80::/10",  # link-local
-    "fec0::/10",  # site-local, deprecated (RFC 3879)
-    "ff00::/8",  # multicast
-)
-_LOOPBACK = ("127.0.0.0/8", "::1/128")
-
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class PeerFilter:
-    """Which peer IPs a client may reach through the relay (RFC 8656 §10.2, §11.2, §12.2
-    "MAY impose restrictions", §21.1 on relaying to private addresses).
-
-    Refused by default: loopback (unless ``allow_loopback``), RFC 1918, carrier-grade NAT
-    (100.64.0.0/10), IETF protocol assignments (192.0.0.0/24), benchmarking (198.18.0.0/15),
-    reserved (240.0.0.0/4, with broadcast), unique-local, site-local (fec0::/10), local-use
-    NAT64 (64:ff9b:1::/48), link-local, multicast and unspecified addresses; an IPv6 address that carries
-    an IPv4 address (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo: ``_embedded_ipv4``)
-    is judged as that IPv4 address too. Networks in ``allow`` are
-    accepted even inside those ranges (a lab, a VPN); networks in ``deny`` are refused as
-    well. A string that is not an IP address is refused.
-    """
-
-    def __init__(
-        self,
-        *,
-        allow_loopback: bool = False,
-        allow: Iterable[str | _Network] = (),
-        deny: Iterable[str | _Network] = (),
-    ) -> None:
-        denied = [*_DEFAULT_DENIED_V4, *_DEFAULT_DENIED_V6]
-        if not allow_loopback:
-            denied.extend(_LOOPBACK)
-        try:
-            self._deny: tuple[_Network, ...] = tuple(
-                ipaddress.ip_network(n) for n in [*denied, *deny]
-            )
-            self._allow: tuple[_Network, ...] = tuple(ipaddress.ip_network(n) for n in allow)
-        except ValueError as exc:
-            raise LocalProtocolError(f"bad network in the peer filter: {exc}") from exc
-        self.allow_loopback = allow_loopback
-        """Whether loopback peers are accepted."""
-        self._cache: dict[str, bool] = {}
-
-    def __call__(self, ip: str) -> bool:
-        """True when relaying to ``ip`` is allowed."""
-        cache = self._cache
-        verdict = cache.get(ip)
-        if verdict is None:
-            verdict = self._judge(ip)
-            if len(cache) >= 65536:
-                cache.clear()
-            cache[ip] = verdict
-        return verdict
-
-    def _judge(self, ip: str) -> bool:
-        try:
-            addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if any(addr in net for net in self._allow):
-            return True
-        if any(addr in net for net in self._deny):
-            return False
-        embedded = _embedded_ipv4(addr) if isinstance(addr, ipaddress.IPv6Address) else None
-        if embedded is None:
-            return True
-        return any(embedded in net for net in self._allow) or not any(
-            embedded in net for net in self._deny
-        )
-
-
-_V4_EMBEDDING = (
-    ipaddress.ip_network("::ffff:0:0/96"),  # IPv4-mapped (RFC 4291 §2.5.5.2)
-    ipaddress.ip_network("::ffff:0:0:0/96"),  # IPv4-translated, SIIT (RFC 2765)
-    ipaddress.ip_network("64:ff9b::/96"),  # NAT64 well-known prefix (RFC 6052 §2.1)
-    ipaddress.ip_network("::/96"),  # IPv4-compatible, deprecated (RFC 4291 §2.5.5.1)
-)
-
-
-def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries in its low 32 bits (IPv4-mapped,
-    IPv4-translated, NAT64 well-known prefix, IPv4-compatible), in 6to4 (RFC 3056) or as a
-    Teredo client (RFC 4380); None otherwise. The relay host may reach it through a dual-stack
-    socket, a NAT64 gateway or a tunnel: the peer filter judges that IPv4 address too."""
-    if int(addr) > 1 and any(addr in net for net in _V4_EMBEDDING):  # not :: nor ::1
-        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-    if addr.sixtofour is not None:
-        return addr.sixtofour
-    if addr.teredo is not None:
-        return addr.teredo[1]
-    return None
 
 
 # --------------------------------------------------------------------------- state
@@ -736,16 +570,6 @@ class _Allocation:
         return tuple(r.addr for r in self.relays.values())
 
 
-@dataclass(frozen=True, slots=True)
-class _Auth:
-    """An authenticated request: who, with which key, and how to sign the response."""
-
-    username: str
-    key: bytes
-    sha256_length: int
-    """0 to sign with MESSAGE-INTEGRITY, else the MESSAGE-INTEGRITY-SHA256 length."""
-
-
 class _Reject(Exception):
     """Internal: stop processing a request with this error response (never escapes)."""
 
@@ -758,30 +582,6 @@ class _Reject(Exception):
 def _family_of(ip: str) -> int:
     """1 or 2 for an IP string; raises LocalProtocolError when it is not one."""
     return int(pack_ip(ip)[0])
-
-
-def _canonical(addr: Address) -> Address:
-    """(ip, port) with the IP in the text form the codec produces (RFC 5952 for IPv6)."""
-    family, packed = pack_ip(addr[0])
-    return (unpack_ip(family, packed), int(addr[1]))
-
-
-def _self_form(addr: Address) -> Address:
-    """The form addresses are compared in by the "myself" check: an IPv4-mapped IPv6
-    address becomes the IPv4 address it maps."""
-    ip = addr[0]
-    if ip.startswith("::ffff:"):
-        mapped = ipaddress.IPv6Address(ip).ipv4_mapped
-        if mapped is not None:
-            return (str(mapped), addr[1])
-    return addr
-
-
-def _is_loopback(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
 
 
 def _is_ipv4(ip: str) -> bool:
@@ -870,11 +670,8 @@ class TurnServer:
     ) -> None:
         if not 0 < default_lifetime <= max_lifetime <= 0xFFFFFFFF:
             raise LocalProtocolError("need 0 < default_lifetime <= max_lifetime")
-        if permission_lifetime <= 0 or channel_lifetime <= 0 or nonce_lifetime <= 0:
+        if permission_lifetime <= 0 or channel_lifetime <= 0:
             raise LocalProtocolError("lifetimes must be positive")
-        for alg in password_algorithms:
-            if alg not in (_MD5, _SHA256):
-                raise LocalProtocolError(f"unsupported password algorithm {alg:#x}")
         for fam in address_families:
             if fam not in (_IPV4, _IPV6):
                 raise LocalProtocolError(f"unknown address family {fam:#x}")
@@ -884,17 +681,15 @@ class TurnServer:
             unauthenticated_burst < 1
         ):
             raise LocalProtocolError("unauthenticated_rate must be > 0 (or None), burst >= 1")
-        Realm(realm).encode_value(bytes(12))  # raises on an over-long realm
-        backend_realm = getattr(auth, "realm", realm)
-        if isinstance(backend_realm, str) and backend_realm != realm:
-            raise LocalProtocolError(
-                f"the credential back-end serves realm {backend_realm!r}, not {realm!r}"
-            )
-
-        self.realm = realm
-        """The REALM of the long-term credentials (RFC 8489 §14.9)."""
-        self.auth = auth
-        """The credential back-end."""
+        self.authenticator = NonceAuthenticator(
+            realm=realm,
+            backend=auth,
+            rng=rng,
+            nonce_lifetime=nonce_lifetime,
+            password_algorithms=password_algorithms,
+            username_anonymity=username_anonymity,
+        )
+        """The long-term credential mechanism with its nonces (:mod:`anchor_turn.nonce_auth`)."""
         self.relay = relay
         """The relayed-address allocator."""
         self.stun = (
@@ -911,10 +706,6 @@ class TurnServer:
         """Permission lifetime, seconds (RFC 8656 §9)."""
         self.channel_lifetime = channel_lifetime
         """Channel binding lifetime, seconds (RFC 8656 §12)."""
-        self.nonce_lifetime = nonce_lifetime
-        """How long a NONCE stays valid, seconds (RFC 8489 §9.2)."""
-        self.password_algorithms = tuple(int(a) for a in password_algorithms)
-        """Algorithms offered in PASSWORD-ALGORITHMS, in preference order."""
         self.user_quota = user_quota
         """Allocations allowed per username, or None (RFC 8656 §7.2, 486)."""
         self.total_quota = total_quota
@@ -941,18 +732,6 @@ class TurnServer:
         self.stats = TurnServerStats()
         """Counters."""
 
-        self._rng = rng
-        self._secret = rng(32)
-        features = SecurityFeatures.NONE
-        if self.password_algorithms:
-            features |= SecurityFeatures.PASSWORD_ALGORITHMS
-        if username_anonymity:
-            features |= SecurityFeatures.USERNAME_ANONYMITY
-        self._features = features
-        self._nonce_prefix = make_nonce(features, "")
-        self._offered: PasswordAlgorithms | None = (
-            PasswordAlgorithms.of(*self.password_algorithms) if self.password_algorithms else None
-        )
         self._software_attrs: list[Attribute] = [Software(software)] if software else []
         self._tid_prefix = rng(4)
         self._tid_counter = 0
@@ -960,10 +739,10 @@ class TurnServer:
         self._by_tuple: dict[tuple[Address, Address, str], _Allocation] = {}
         self._relays: dict[Address, _Relay] = {}
         self._per_user: dict[str, int] = {}
-        self._listeners: set[Address] = set()
-        self._wildcard_ports: set[int] = set()
-        self.add_self_addresses(self.stun.local_addresses() if stun is not None else ())
-        self.add_self_addresses(self_addresses)
+        self.myself = SelfAddresses(self.stun.local_addresses() if stun is not None else ())
+        """The addresses the server answers on, refused as peers (RFC 8656 §21,
+        :class:`~anchor_turn.peer_filter.SelfAddresses`)."""
+        self.myself.add(self_addresses)
         self._heap: list[tuple[float, int, _Timed]] = []
         self._heap_compact_at = _HEAP_COMPACT_MIN
         self._seq = count()
@@ -978,6 +757,26 @@ class TurnServer:
         """The per-prefix budget of unsigned answers over UDP (:mod:`anchor_stun.budget`),
         shared with the STUN core, or None."""
         self.stun.budget = self.budget
+
+    @property
+    def realm(self) -> str:
+        """The REALM of the long-term credentials (RFC 8489 §14.9)."""
+        return self.authenticator.realm
+
+    @property
+    def auth(self) -> CredentialBackend:
+        """The credential back-end."""
+        return self.authenticator.backend
+
+    @property
+    def nonce_lifetime(self) -> float:
+        """How long a NONCE stays valid, seconds (RFC 8489 §9.2)."""
+        return self.authenticator.nonce_lifetime
+
+    @property
+    def password_algorithms(self) -> tuple[int, ...]:
+        """Algorithms offered in PASSWORD-ALGORITHMS, in preference order."""
+        return self.authenticator.password_algorithms
 
     # ================================================================== driver surface
 
@@ -1025,7 +824,8 @@ class TurnServer:
             else:
                 self.stats.dropped += 1
             return
-        if msg_type == _SEND_INDICATION and self._fast_send(data, addr, local, transport, now):
+        if msg_type == _SEND_INDICATION:
+            self._send_indication(data, addr, local, transport, now)
             return
         if decode_type(msg_type)[0] == _BINDING_METHOD:
             out = self.stun.handle(data, addr, local, now, stream=transport != "udp")
@@ -1150,61 +950,69 @@ class TurnServer:
         listener, and for a wildcard listener (0.0.0.0, ::) the host's addresses with its
         port and any external address; a wildcard here also makes the whole loopback range
         on that port "myself". Raises :class:`LocalProtocolError` for a malformed address."""
-        for addr in addresses:
-            ip, port = _canonical(addr)
-            if ip in ("0.0.0.0", "::"):
-                self._wildcard_ports.add(port)
-            self._listeners.add(_self_form((ip, port)))
+        self.myself.add(addresses)
 
     # ================================================================== client → peer data
 
-    def _fast_send(
+    def _send_indication(
         self, data: bytes, addr: Address, local: Address, transport: str, now: float
-    ) -> bool:
-        """Send indication without the codec (RFC 8656 §11.2). False: take the general
-        path (an attribute this parser does not handle); True: handled (sent or dropped)."""
+    ) -> None:
+        """The one parser of Send indications (RFC 8656 §11.2): the attribute list is walked
+        without the codec and only XOR-PEER-ADDRESS is decoded. ``data`` has a valid header
+        (type, cookie, length). Dropped: a body not cut into whole attributes, a FINGERPRINT
+        that does not verify, an unknown comprehension-required attribute (DONT-FRAGMENT is
+        one without the ``dont_fragment`` capability), no XOR-PEER-ADDRESS or DATA, a peer
+        address that does not decode. The first XOR-PEER-ADDRESS and DATA count; attributes
+        after MESSAGE-INTEGRITY(-SHA256) are ignored (RFC 8489 §14.5, §14.6) and so is what
+        follows FINGERPRINT (§14.7); integrity is not checked (an indication cannot be
+        authenticated, §11.2), and other known attributes are not looked at."""
         size = len(data)
+        if size & 3:  # the length of a STUN message is a multiple of 4 (RFC 8489 §5)
+            self.stats.dropped += 1
+            return
         pos = HEADER_SIZE
         peer_at = data_at = -1
         peer_len = data_len = 0
         dont_fragment = False
-        while pos < size:
-            if pos + 4 > size:
-                return False
+        covered = True  # no MESSAGE-INTEGRITY(-SHA256) yet
+        while pos < size:  # pos and size are multiples of 4: a whole TLV header is there
             atype, alen = _TL.unpack_from(data, pos)
-            if atype == _FINGERPRINT:
-                if alen != 4 or pos + 8 != size:
-                    return False
-                crc = zlib.crc32(memoryview(data)[:pos]) ^ FINGERPRINT_XOR
-                if crc != _U32.unpack_from(data, pos + 4)[0]:
-                    self.stats.dropped += 1
-                    return True
-                break
             nxt = pos + 4 + alen + (-alen & 3)
             if nxt > size:
-                return False
-            if atype == _XOR_PEER:
-                if peer_at < 0:
-                    peer_at, peer_len = pos + 4, alen
-            elif atype == _DATA:
-                if data_at < 0:
-                    data_at, data_len = pos + 4, alen
-            elif atype == _DONT_FRAGMENT:
-                if not self.dont_fragment:  # unknown comprehension-required (§11.2): drop
+                self.stats.dropped += 1
+                return
+            if atype == _FINGERPRINT:
+                crc = zlib.crc32(memoryview(data)[:pos]) ^ FINGERPRINT_XOR
+                if alen != 4 or crc != _U32.unpack_from(data, pos + 4)[0]:
                     self.stats.dropped += 1
-                    return True
-                dont_fragment = True
-            elif atype < 0x8000:  # integrity, unknown required, ...: the codec decides
-                return False
+                    return
+                break
+            if covered:
+                if atype == _XOR_PEER:
+                    if peer_at < 0:
+                        peer_at, peer_len = pos + 4, alen
+                elif atype == _DATA:
+                    if data_at < 0:
+                        data_at, data_len = pos + 4, alen
+                elif atype == _DONT_FRAGMENT:
+                    if not self.dont_fragment:  # unknown comprehension-required (§11.2)
+                        self.stats.dropped += 1
+                        return
+                    dont_fragment = True
+                elif atype in _INTEGRITY:
+                    covered = False
+                elif atype < 0x8000 and atype not in KNOWN_TYPES:
+                    self.stats.dropped += 1  # unknown comprehension-required (RFC 8489 §6.3.2)
+                    return
             pos = nxt
         if peer_at < 0 or data_at < 0:
             self.stats.dropped += 1
-            return True
+            return
         try:
             peer = XorPeerAddress.decode_value(data[peer_at : peer_at + peer_len], data[8:20])
         except DecodeError:
             self.stats.dropped += 1
-            return True
+            return
         self._relay_to_peer(
             data[data_at : data_at + data_len],
             peer.address,
@@ -1214,7 +1022,6 @@ class TurnServer:
             now,
             dont_fragment,
         )
-        return True
 
     def _relay_to_peer(
         self,
@@ -1255,13 +1062,7 @@ class TurnServer:
         """True for the allocation's own relayed addresses and the server's own addresses
         (:meth:`add_self_addresses`; any loopback IP on the port of a wildcard listener), in
         any textual form (an IPv4-mapped IPv6 address is the IPv4 address it maps)."""
-        if peer[0].startswith("::ffff:"):
-            peer = _self_form(peer)
-        if peer in self._listeners:
-            return True
-        if peer[1] in self._wildcard_ports and _is_loopback(peer[0]):
-            return True
-        return any(r.addr == peer for r in alloc.relays.values())
+        return self.myself.includes(peer, alloc.relayed())
 
     # ================================================================== peer → client data
 
@@ -1307,8 +1108,8 @@ class TurnServer:
     ) -> None:
         """Decode and process a STUN message (steps 4-10 of the module docstring)."""
         stats = self.stats
-        if local not in self._listeners:
-            self.add_self_addresses((local,))
+        if local not in self.myself:
+            self.myself.add((local,))
         try:
             msg = Message.decode(data)
         except DecodeError as exc:
@@ -1325,24 +1126,7 @@ class TurnServer:
             stats.dropped += 1
             return
         klass = msg.msg_class
-        if klass == MessageClass.INDICATION:
-            if msg.method == Method.SEND and not self._unknown(msg):
-                peer = msg.get(XorPeerAddress)
-                payload = msg.get(Data)
-                if peer is not None and payload is not None:
-                    self._relay_to_peer(
-                        payload.value,
-                        peer.address,
-                        addr,
-                        local,
-                        transport,
-                        now,
-                        msg.get(DontFragment) is not None,
-                    )
-                    return
-            stats.dropped += 1
-            return
-        if klass != MessageClass.REQUEST:
+        if klass != MessageClass.REQUEST:  # responses; indications other than Send (§11.2)
             stats.dropped += 1
             return
         stats.requests += 1
@@ -1419,110 +1203,19 @@ class TurnServer:
 
     def _authenticate(
         self, msg: Message, addr: Address, local: Address, now: float, transport: TransportName
-    ) -> _Auth | None:
-        """RFC 8489 §9.2.4; None when an error response has been queued."""
-        if msg.integrity is None and msg.integrity_sha256 is None:
-            self._challenge(msg, ErrorCode.UNAUTHENTICATED, addr, local, now, transport)
-            return None
-        username_attr = msg.get(Username)
-        userhash_attr = msg.get(Userhash)
-        realm = msg.get(Realm)
-        nonce = msg.get(Nonce)
-        if (username_attr is None and userhash_attr is None) or realm is None or nonce is None:
-            self._send_error(msg, ErrorCode.BAD_REQUEST, (), addr, local, None, now, transport)
-            return None
-        algorithm = _MD5
-        features = nonce_features(nonce.value)
-        if features is not None and SecurityFeatures.PASSWORD_ALGORITHMS in features:
-            chosen = msg.get(PasswordAlgorithm)
-            offered = msg.get(PasswordAlgorithms)
-            if chosen is None and offered is None:
-                if self.password_algorithms and _MD5 not in self.password_algorithms:
-                    self._send_error(
-                        msg, ErrorCode.BAD_REQUEST, (), addr, local, None, now, transport
-                    )
-                    return None
-            elif (
-                chosen is None
-                or offered is None
-                or offered != self._offered
-                or chosen.algorithm not in offered.ids
-            ):
-                self._send_error(msg, ErrorCode.BAD_REQUEST, (), addr, local, None, now, transport)
-                return None
-            else:
-                algorithm = chosen.algorithm
-        username: str | None
-        if username_attr is not None:
-            username = username_attr.value
-        else:
-            assert userhash_attr is not None
-            username = self.auth.lookup_userhash(userhash_attr.value, self.realm)
-        key = None
-        if username is not None and realm.value == self.realm:
-            key = self.auth.key(username, self.realm, algorithm, now)
-        if key is None or not _verify(msg, key):
+    ) -> Authenticated | None:
+        """Step 8 of the module docstring (:meth:`NonceAuthenticator.authenticate`); None
+        when the request has been refused (an unsigned error response queued, within the
+        source's budget)."""
+        verdict = self.authenticator.authenticate(msg, addr, local, transport, now)
+        if type(verdict) is Authenticated:
+            return verdict
+        assert not isinstance(verdict, Authenticated)
+        if verdict.bad_credentials:
             self.stats.auth_failures += 1
-            self._events.append(AuthenticationFailedEvent(addr, username, 401))
-            self._challenge(msg, ErrorCode.UNAUTHENTICATED, addr, local, now, transport)
-            return None
-        if not self._nonce_valid(nonce.value, addr, local, transport, now):
-            self._challenge(msg, ErrorCode.STALE_NONCE, addr, local, now, transport)
-            return None
-        assert username is not None
-        mac = msg.integrity_sha256
-        return _Auth(username, key, len(mac) if mac is not None else 0)
-
-    def _challenge(
-        self,
-        msg: Message,
-        code: ErrorCode,
-        addr: Address,
-        local: Address,
-        now: float,
-        transport: TransportName,
-    ) -> None:
-        """401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4)."""
-        nonce = self._make_nonce(addr, local, transport, now)
-        attrs: list[Attribute] = [Realm(self.realm), Nonce(nonce)]
-        if self._offered is not None:
-            attrs.append(self._offered)
-        self._send_error(msg, code, attrs, addr, local, None, now, transport)
-
-    def _make_nonce(
-        self, addr: Address, local: Address, transport: TransportName, now: float
-    ) -> str:
-        """A stateless nonce bound to the 5-tuple and an expiry (module docstring)."""
-        expiry_ms = min(max(0, int((now + self.nonce_lifetime) * 1000)), _MAX_EXPIRY_MS)
-        expiry = _EXPIRY.pack(expiry_ms)[2:]
-        mac = self._nonce_mac(expiry, addr, local, transport)
-        rest = base64.urlsafe_b64encode(expiry + mac).decode("ascii")
-        return make_nonce(self._features, rest)
-
-    def _nonce_mac(
-        self, expiry: bytes, addr: Address, local: Address, transport: TransportName
-    ) -> bytes:
-        text = "|".join(
-            (self._nonce_prefix, transport, addr[0], str(addr[1]), local[0], str(local[1]))
-        ).encode("utf-8")
-        return hmac.digest(self._secret, expiry + text, hashlib.sha256)[:12]
-
-    def _nonce_valid(
-        self, nonce: str, addr: Address, local: Address, transport: TransportName, now: float
-    ) -> bool:
-        prefix = self._nonce_prefix
-        if not nonce.startswith(prefix):
-            return False
-        try:
-            raw = base64.urlsafe_b64decode(nonce[len(prefix) :].encode("ascii"))
-        except (ValueError, UnicodeError):
-            return False
-        if len(raw) != 18:
-            return False
-        expiry, mac = raw[:6], raw[6:]
-        if not hmac.compare_digest(mac, self._nonce_mac(expiry, addr, local, transport)):
-            return False
-        return now * 1000 < int.from_bytes(expiry, "big")
+            self._events.append(AuthenticationFailedEvent(addr, verdict.username, 401))
+        self._send_error(msg, verdict.code, verdict.attributes, addr, local, None, now, transport)
+        return None
 
     # ------------------------------------------------------------------ responses
 
@@ -1538,7 +1231,7 @@ class TurnServer:
         self.stats.rate_limited += 1
         return False
 
-    def _encode(self, msg: Message, auth: _Auth | None) -> bytes:
+    def _encode(self, msg: Message, auth: Authenticated | None) -> bytes:
         """SOFTWARE, the integrity attribute the request used, FINGERPRINT."""
         msg.attributes.extend(self._software_attrs)
         if auth is None:
@@ -1556,7 +1249,7 @@ class TurnServer:
         attrs: Iterable[Attribute],
         addr: Address,
         local: Address,
-        auth: _Auth | None,
+        auth: Authenticated | None,
         now: float,
         transport: TransportName,
     ) -> None:
@@ -1583,7 +1276,7 @@ class TurnServer:
     def _allocate(
         self,
         msg: Message,
-        auth: _Auth,
+        auth: Authenticated,
         existing: _Allocation | None,
         addr: Address,
         local: Address,
@@ -1892,13 +1585,6 @@ class TurnServer:
         self.stats.allocations -= 1
 
 
-def _verify(msg: Message, key: bytes) -> bool:
-    """MESSAGE-INTEGRITY-SHA256 when present, else MESSAGE-INTEGRITY (RFC 8489 §9.2.4)."""
-    if msg.integrity_sha256 is not None:
-        return msg.verify_integrity_sha256(key)
-    return msg.verify_integrity(key)
-
-
 def _address_error(family: int, code: ErrorCode) -> AddressErrorCode:
     return AddressErrorCode(family, int(code), code.reason)
 
@@ -1911,7 +1597,7 @@ def _checked_relay(
     if result is None:
         return None
     try:
-        relayed = _canonical(result[0])
+        relayed = canonical_address(result[0])
     except (LocalProtocolError, TypeError, ValueError, IndexError):
         return None
     if relayed in in_use or not 0 < relayed[1] <= 0xFFFF:

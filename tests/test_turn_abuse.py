@@ -524,7 +524,7 @@ def _forbidden_everywhere(server: TurnServer, client: Client, ip: str, channel: 
         Method.SEND, MessageClass.INDICATION, client.tid(), [XorPeerAddress(ip, 6000), Data(b"x")]
     )
     assert client.send(send.encode(fingerprint=True)) == []
-    assert client.send(send.encode()) == []  # the codec path too
+    assert client.send(send.encode()) == []  # without FINGERPRINT too
     assert client.send(encode_channel_data(channel, b"x")) == []
 
 

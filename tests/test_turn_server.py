@@ -1071,22 +1071,46 @@ def test_send_indication_is_relayed_from_the_relayed_address() -> None:
     assert server.stats.to_peer_packets == 2 and server.stats.to_peer_bytes == 10
 
 
-def test_send_indication_through_the_general_path() -> None:
-    _server, client, relayed = with_permission()
-    msg = Message(
-        Method.SEND,
-        MessageClass.INDICATION,
-        b"g" * 12,
-        [Software("x"), XorPeerAddress(*PEER), Lifetime(3), Data(b"general")],
-    )
-    assert client.send(msg.encode(), T0) == [Transmit(b"general", PEER, relayed)]
-    unknown = Message(
-        Method.SEND,
-        MessageClass.INDICATION,
-        b"g" * 12,
-        [XorPeerAddress(*PEER), Data(b"x"), RawAttribute(0x7FF0, b"")],
-    )
-    assert client.send(unknown.encode(), T0) == []
+def test_send_indication_reads_only_what_it_relays() -> None:
+    # RFC 8656 §11.2 with RFC 8489 §6.3.2, §14.5-§14.7: known attributes it does not use are
+    # skipped, the first XOR-PEER-ADDRESS and DATA count, what follows MESSAGE-INTEGRITY or
+    # FINGERPRINT is ignored, an unknown comprehension-required attribute drops it.
+    server, client, relayed = with_permission()
+    other = ("198.51.100.21", 7000)
+
+    def send(*attrs: Attribute, key: bytes | None = None, fingerprint: bool = True) -> bytes:
+        msg = Message(Method.SEND, MessageClass.INDICATION, b"g" * 12, list(attrs))
+        return msg.encode(key=key, fingerprint=fingerprint)
+
+    known = send(Software("x"), XorPeerAddress(*PEER), Lifetime(3), Data(b"known"))
+    assert client.send(known, T0) == [Transmit(b"known", PEER, relayed)]
+    twice = send(XorPeerAddress(*PEER), Data(b"first"), XorPeerAddress(*other), Data(b"second"))
+    assert client.send(twice, T0) == [Transmit(b"first", PEER, relayed)]
+    unsigned = send(XorPeerAddress(*PEER), Data(b"x"), fingerprint=False)
+    assert client.send(unsigned, T0) == [Transmit(b"x", PEER, relayed)]
+    # DATA after MESSAGE-INTEGRITY is outside what the integrity covers: no DATA, dropped
+    signed = Message(Method.SEND, MessageClass.INDICATION, b"g" * 12, [XorPeerAddress(*PEER)])
+    after_mi = signed.encode(key=b"k" * 16)
+    after_mi = after_mi[:2] + (len(after_mi) - 20 + 8).to_bytes(2, "big") + after_mi[4:]
+    after_mi += _tlv(0x0013, b"late")
+    dropped = server.stats.dropped
+    assert client.send(after_mi, T0) == []
+    unknown = send(XorPeerAddress(*PEER), Data(b"x"), RawAttribute(0x7FF0, b""))
+    assert client.send(unknown, T0) == []
+    optional = send(XorPeerAddress(*PEER), Data(b"opt"), RawAttribute(0xBFF0, b"?"))
+    assert client.send(optional, T0) == [Transmit(b"opt", PEER, relayed)]
+    truncated = bytearray(send(XorPeerAddress(*PEER), Data(b"x"), fingerprint=False))
+    truncated[3] += 4  # the body claims 4 bytes more than there are: not STUN, dropped
+    assert client.send(bytes(truncated) + b"\x00\x13\x00\x08", T0) == []
+    bad_peer = send(RawAttribute(0x0012, b"\x00\x07\x00"), Data(b"x"))  # family 7
+    assert client.send(bad_peer, T0) == []
+    assert server.stats.dropped == dropped + 4
+    assert server.stats.to_peer_packets == 4
+
+
+def _tlv(atype: int, value: bytes) -> bytes:
+    """One attribute, padded to 4 bytes (RFC 8489 §14)."""
+    return atype.to_bytes(2, "big") + len(value).to_bytes(2, "big") + value + bytes(-len(value) % 4)
 
 
 def test_send_indication_dropped_without_permission_or_allocation() -> None:
@@ -1228,11 +1252,11 @@ def test_channel_data_does_not_refresh_channel_or_permission() -> None:
 # --------------------------------------------------------------------------- DONT-FRAGMENT
 
 
-def send_with(peer: Address, payload: bytes, *extra: Attribute, general: bool = False) -> bytes:
-    """A Send indication with ``extra`` attributes; ``general`` adds a known
-    comprehension-required attribute (LIFETIME) the fast parser leaves to the codec."""
+def send_with(peer: Address, payload: bytes, *extra: Attribute, lifetime: bool = False) -> bytes:
+    """A Send indication with ``extra`` attributes; ``lifetime`` adds a known
+    comprehension-required attribute (LIFETIME) that a Send indication does not use."""
     attrs: list[Attribute] = [XorPeerAddress(*peer), Data(payload), *extra]
-    if general:
+    if lifetime:
         attrs.append(Lifetime(3))
     return Message(Method.SEND, MessageClass.INDICATION, b"d" * 12, attrs).encode(fingerprint=True)
 
@@ -1243,15 +1267,15 @@ def kinds(out: list[Transmit]) -> list[tuple[type, bytes]]:
     return [(type(t), t.data) for t in out]
 
 
-@pytest.mark.parametrize("general", [False, True])
-def test_send_indication_with_dont_fragment_forbids_fragmentation(general: bool) -> None:
+@pytest.mark.parametrize("lifetime", [False, True])
+def test_send_indication_with_dont_fragment_forbids_fragmentation(lifetime: bool) -> None:
     # RFC 8656 §11.2, §14: DF on what relays a Send indication carrying DONT-FRAGMENT; DF 0
     # (a plain Transmit) for a Send indication without it and for ChannelData.
     server, client, relayed = with_permission()
-    out = client.send(send_with(PEER, b"df", DontFragment(), general=general), T0)
+    out = client.send(send_with(PEER, b"df", DontFragment(), lifetime=lifetime), T0)
     assert out == [DontFragmentTransmit(b"df", PEER, relayed)]
     assert kinds(out) == [(DontFragmentTransmit, b"df")]
-    out = client.send(send_with(PEER, b"plain", general=general), T0)
+    out = client.send(send_with(PEER, b"plain", lifetime=lifetime), T0)
     assert kinds(out) == [(Transmit, b"plain")]
     client.request(Method.CHANNEL_BIND, ChannelNumber(0x4000), XorPeerAddress(*PEER))
     server.datagrams_to_send(T0)
@@ -1269,7 +1293,7 @@ def test_allocate_with_dont_fragment_succeeds_with_the_capability() -> None:
 
 def test_without_the_capability_dont_fragment_is_an_unknown_attribute() -> None:
     # RFC 8656 §7.2 step 4: 420 listing DONT-FRAGMENT (signed, after authentication);
-    # §11.2: a Send indication carrying it is dropped, on both parsing paths.
+    # §11.2: a Send indication carrying it is dropped, with other attributes or without.
     server, _ = make_server(dont_fragment=False)
     client = Client(server)
     resp = client.allocate(DontFragment())
@@ -1282,8 +1306,8 @@ def test_without_the_capability_dont_fragment_is_an_unknown_attribute() -> None:
     assert code(client.request(Method.CREATE_PERMISSION, XorPeerAddress(*PEER))) is None
     server.datagrams_to_send(T0)
     dropped = server.stats.dropped
-    for general in (False, True):
-        assert client.send(send_with(PEER, b"df", DontFragment(), general=general), T0) == []
+    for lifetime in (False, True):
+        assert client.send(send_with(PEER, b"df", DontFragment(), lifetime=lifetime), T0) == []
     assert server.stats.dropped == dropped + 2
     out = client.send(send_with(PEER, b"plain"), T0)
     assert kinds(out) == [(Transmit, b"plain")] and out[0].local == relayed

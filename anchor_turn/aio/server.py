@@ -37,9 +37,9 @@ socket and the clock (``loop.time()``) and only moves bytes:
   ``(addr, local)`` gets the bytes; otherwise the UDP listener bound to ``local``. Then it
   hands out the core's events and re-arms its one timer at ``core.next_timer()``.
 
-Output of a batch without a :class:`~anchor_turn.server.DontFragmentTransmit` (the core's
-``stats.to_peer_dont_fragment`` unchanged) while no relay socket is in DF mode takes the loop
-that never looks at fragmentation: ChannelData relaying pays one comparison per batch.
+One output path: a relay socket's fragmentation mode is looked at only while some relay
+socket is in DF mode or for a :class:`~anchor_turn.server.DontFragmentTransmit`, so ChannelData
+relaying pays one test of an empty set and one type comparison per datagram.
 
 Reading. Every UDP socket (listeners and relays) is a plain non-blocking socket watched with
 ``loop.add_reader``: when it is readable the callback reads up to :data:`READ_BATCH`
@@ -96,17 +96,17 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
 import ifaddr
 
 from anchor_stun.aio.streams import GuardedStream, LoopErrorFilter, StreamGuard, StreamLimits
-from anchor_stun.attributes import Family, pack_ip, unpack_ip
+from anchor_stun.attributes import Family, pack_ip
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address, Transmit
 from anchor_stun.server import StunServer
 from anchor_turn.auth import StaticUsers
+from anchor_turn.peer_filter import canonical_address as _canonical
 from anchor_turn.server import DontFragmentTransmit, TransportName, TurnServer, TurnServerEvent
 
 __all__ = [
@@ -169,10 +169,9 @@ _IP_PMTUDISC_DO: int = getattr(socket, "IP_PMTUDISC_DO", 2)
 _IPV6_DONTFRAG: int | None = getattr(socket, "IPV6_DONTFRAG", 62 if _LINUX else None)
 
 
-@lru_cache(maxsize=4096)
-def _canonical_ip(ip: str) -> str:
-    family, packed = pack_ip(ip)
-    return unpack_ip(family, packed)
+ADDRESS_FORMS = 4096
+"""Socket addresses whose canonical form a runner keeps (IPv6 sources; all forgotten at
+once when full)."""
 
 
 def canonical_address(sockaddr: Any) -> Address:
@@ -181,7 +180,7 @@ def canonical_address(sockaddr: Any) -> Address:
     ip = str(sockaddr[0])
     if "%" in ip:
         ip = ip.split("%", 1)[0]
-    return (_canonical_ip(ip), int(sockaddr[1]))
+    return _canonical((ip, sockaddr[1]))
 
 
 def _family_of(ip: str) -> int:
@@ -302,7 +301,7 @@ class UdpRelayAllocator:
             if parsed.is_unspecified or parsed.is_multicast:
                 raise LocalProtocolError(f"relay IP {ip} must be a specific unicast address")
             family = _IPV4 if parsed.version == 4 else _IPV6
-            text = _canonical_ip(str(parsed))
+            text = canonical_address((str(parsed), 0))[0]
             if text not in self._ips.setdefault(family, []):
                 self._ips[family].append(text)
         if not self._ips:
@@ -556,7 +555,7 @@ class _StreamConnection(GuardedStream):
         self.write_limit = runner.stream_buffer
 
     def address(self, sockaddr: Any) -> Address:
-        return canonical_address(sockaddr)
+        return self.runner._address(sockaddr)
 
     def frames_received(self, frames: list[bytes], now: float) -> None:
         runner = self.runner
@@ -619,9 +618,6 @@ class TurnServerRunner:
         if not self.allocator.dont_fragment and core.dont_fragment:
             core.dont_fragment = False  # DONT-FRAGMENT becomes unknown: 420 (RFC 8656 §7.2)
             _log.info("relay sockets cannot forbid fragmentation: DONT-FRAGMENT gets 420")
-        self._stats = core.stats
-        self._dont_fragment_seen = core.stats.to_peer_dont_fragment
-        self._dont_fragment_sockets = self.allocator.dont_fragment_sockets
         udp_addresses: list[Address] = []
         for addr in [*core.stun.local_addresses(), *udp]:
             if addr not in udp_addresses:
@@ -655,6 +651,7 @@ class TurnServerRunner:
         self._timer: asyncio.TimerHandle | None = None
         self._self_addresses: list[Address] = []
         self._timer_at: float | None = None
+        self._address_forms: dict[Any, Address] = {}
         self._closed = False
         self._started = False
 
@@ -779,10 +776,23 @@ class TurnServerRunner:
 
     def _udp_ready(self, sock: socket.socket, local: Address) -> None:
         """A UDP listener is readable: feed a batch of client datagrams to the core."""
-        receive = self.core.receive_datagram
+        self._read(sock, local, self.core.receive_datagram)
+
+    def _relay_ready(self, sock: socket.socket, relay: Address) -> None:
+        """A relay socket is readable: feed a batch of peer datagrams to the core."""
+        self._read(sock, relay, self.core.receive_relay)
+
+    def _read(
+        self,
+        sock: socket.socket,
+        local: Address,
+        receive: Callable[[bytes, Address, Address, float], None],
+    ) -> None:
+        """Read up to :data:`READ_BATCH` datagrams from ``sock`` (a listener or a relay bound
+        to ``local``), hand each to ``receive`` and send the core's output once."""
         recv = sock.recvfrom
         now = self._loop.time()
-        v4 = sock.family == socket.AF_INET
+        address = None if sock.family == socket.AF_INET else self._address
         try:
             for _ in range(READ_BATCH):
                 try:
@@ -791,29 +801,22 @@ class TurnServerRunner:
                     break
                 except OSError:
                     continue  # an ICMP error reported on the socket: nothing to read
-                receive(data, src if v4 else canonical_address(src), local, now)
+                receive(data, src if address is None else address(src), local, now)
         except Exception:
             _log.exception("TURN core failed on a datagram received on %s", local)
         self._flush()
 
-    def _relay_ready(self, sock: socket.socket, relay: Address) -> None:
-        """A relay socket is readable: feed a batch of peer datagrams to the core."""
-        receive = self.core.receive_relay
-        recv = sock.recvfrom
-        now = self._loop.time()
-        v4 = sock.family == socket.AF_INET
-        try:
-            for _ in range(READ_BATCH):
-                try:
-                    data, src = recv(MAX_DATAGRAM)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    continue
-                receive(data, src if v4 else canonical_address(src), relay, now)
-        except Exception:
-            _log.exception("TURN core failed on a datagram received on relay %s", relay)
-        self._flush()
+    def _address(self, sockaddr: Any) -> Address:
+        """:func:`canonical_address` of ``sockaddr``, remembered for the next datagram from
+        it (at most :data:`ADDRESS_FORMS`; a form never changes, so nothing goes stale)."""
+        forms = self._address_forms
+        addr = forms.get(sockaddr)
+        if addr is None:
+            addr = canonical_address(sockaddr)
+            if len(forms) >= ADDRESS_FORMS:
+                forms.clear()
+            forms[sockaddr] = addr
+        return addr
 
     # ------------------------------------------------------------------ output
 
@@ -824,35 +827,7 @@ class TurnServerRunner:
         core = self.core
         out = core.datagrams_to_send(self._loop.time())
         if out:
-            if (
-                self._stats.to_peer_dont_fragment != self._dont_fragment_seen
-                or self._dont_fragment_sockets
-            ):
-                self._dont_fragment_seen = self._stats.to_peer_dont_fragment
-                self._send_fragmentation_aware(out)
-            else:  # no fragmentation to care about: the relay's fast path
-                relays = self.allocator.sockets
-                closing = self.allocator.closing
-                streams = self._streams
-                udp = self._udp
-                for data, addr, local in out:
-                    sock = relays.get(local) or closing.get(local) if local is not None else None
-                    if sock is None:
-                        if streams:
-                            connection = streams.get((addr, local))  # type: ignore[arg-type]
-                            if connection is not None:
-                                if not connection.send(data):
-                                    self.send_dropped += 1
-                                continue
-                        sock = udp.get(local) if local is not None else None
-                        if sock is None:
-                            continue
-                    try:
-                        sock.sendto(data, addr)
-                    except (BlockingIOError, InterruptedError):
-                        self.send_dropped += 1
-                    except OSError:
-                        self.send_errors += 1
+            self._send(out)
         event = core.next_event()
         while event is not None:
             if self.on_event is not None:
@@ -868,11 +843,12 @@ class TurnServerRunner:
             self._timer = None if deadline is None else self._loop.call_at(deadline, self._fire)
             self._timer_at = deadline
 
-    def _send_fragmentation_aware(self, out: list[Transmit]) -> None:
-        """The output loop of :meth:`_flush`, but each datagram from a relay socket first
-        switches the socket's mode if it must (RFC 8656 §14, §15): fragmentation forbidden for
-        a DontFragmentTransmit, allowed otherwise. A datagram whose socket cannot be made to
-        forbid it is not sent (counted in ``send_errors``)."""
+    def _send(self, out: list[Transmit]) -> None:
+        """Route each :class:`Transmit` by its ``local`` (module docstring): a relay socket,
+        else the TCP/TLS connection of (addr, local), else the UDP listener on ``local``.
+        From a relay socket, a datagram first gets the fragmentation mode it needs
+        (:meth:`_fragmentation`); that is looked at only while some relay socket forbids
+        fragmentation or for a :class:`~anchor_turn.server.DontFragmentTransmit`."""
         allocator = self.allocator
         relays = allocator.sockets
         closing = allocator.closing
@@ -883,13 +859,10 @@ class TurnServerRunner:
             data, addr, local = transmit
             sock = relays.get(local) or closing.get(local) if local is not None else None
             if sock is not None:
-                wanted = type(transmit) is DontFragmentTransmit
-                if wanted is not (sock in forbidding) and not allocator.set_dont_fragment(
-                    sock, wanted
-                ):
-                    if wanted:
-                        self.send_errors += 1
-                        continue
+                if (
+                    forbidding or type(transmit) is DontFragmentTransmit
+                ) and not self._fragmentation(sock, transmit):
+                    continue
             else:
                 if streams:
                     connection = streams.get((addr, local))  # type: ignore[arg-type]
@@ -906,6 +879,20 @@ class TurnServerRunner:
                 self.send_dropped += 1
             except OSError:
                 self.send_errors += 1
+
+    def _fragmentation(self, sock: socket.socket, transmit: Transmit) -> bool:
+        """Put the relay socket ``sock`` in the mode ``transmit`` needs (RFC 8656 §14, §15):
+        fragmentation forbidden for a DontFragmentTransmit, allowed otherwise. False when a
+        datagram that must not be fragmented cannot be sent so (counted in ``send_errors``);
+        one that may be fragmented is sent whatever the socket's mode."""
+        allocator = self.allocator
+        wanted = type(transmit) is DontFragmentTransmit
+        if wanted is (sock in allocator.dont_fragment_sockets):
+            return True
+        if allocator.set_dont_fragment(sock, wanted) or not wanted:
+            return True
+        self.send_errors += 1
+        return False
 
     def _fire(self) -> None:
         self._timer = None
