@@ -241,6 +241,8 @@ async def run(args: argparse.Namespace) -> int:
             text = (f"link formed with {event.peer} in {event.formed_ms:.0f} ms: "
                     f"{event.local_type} {format_address(event.local_address)} <-> "
                     f"{event.remote_type} {format_address(event.remote_address)}")  # fmt: skip
+            if event.relay_transport is not None:
+                text += f" (relay over {event.relay_transport})"
         elif isinstance(event, LinkDissolved):
             text = f"link with {event.peer} dissolved ({event.reason})"
         elif isinstance(event, LinkFailed):

@@ -155,6 +155,9 @@ class LinkFormed(LinkEvent):
     trust: str = "unverified"
     """How that identity was checked: a :class:`~anchor_link.trust.Trust` value
     (``pinned``, ``known``, ``new`` or ``unverified``)."""
+    relay_transport: str | None = None
+    """How the local relayed candidate's TURN server is reached: ``udp``, ``tcp`` or
+    ``tls`` (RFC 8656 §3.1); None when the local candidate is not relayed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,9 +356,11 @@ class LinkMachine:
         sealed: bool,
         peer_identity: str | None = None,
         trust: str = "unverified",
+        relay_transport: str | None = None,
     ) -> None:
         """ICE selected ``pair`` and ``channel`` runs on it: the link is open. Ignored
-        unless forming (a link that timed out meanwhile stays failed)."""
+        unless forming (a link that timed out meanwhile stays failed). ``relay_transport``:
+        see :attr:`LinkFormed.relay_transport`."""
         if self._state is not LinkState.FORMING:
             return
         self._channel = channel
@@ -373,6 +378,7 @@ class LinkMachine:
                 sealed=sealed,
                 peer_identity=peer_identity,
                 trust=trust,
+                relay_transport=relay_transport,
             )
         )
 

@@ -68,7 +68,12 @@ def _no_host(run: PipeRun) -> None:
 
 
 def _timing(request: pytest.FixtureRequest, label: str, run: PipeRun) -> None:
-    pairs = ", ".join(f"{f.local_type}<->{f.remote_type} in {f.ms} ms" for f in run.sender_formed)
+    pairs = ", ".join(
+        f"{f.local_type}<->{f.remote_type}"
+        + (f" (relay over {f.relay_transport})" if f.relay_transport else "")
+        + f" in {f.ms} ms"
+        for f in run.sender_formed
+    )
     report(request.config, f"natlab link {label}: {pairs}; run {run.elapsed:.2f} s")
 
 

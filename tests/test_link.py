@@ -392,6 +392,7 @@ def test_gateway_link_forms_on_send_is_relayed_dissolves_when_idle_and_reforms()
                     formed = await exchange_and_dissolve(a, b, core.allocation_count, round_)
                     assert formed.local_type is CandidateType.RELAY
                     assert formed.remote_type is CandidateType.RELAY
+                    assert formed.relay_transport == "udp"  # how the relay is reached
                 # Two links, two allocations each released with Refresh LIFETIME 0.
                 assert core.stats.allocations_created == 4
                 assert core.stats.allocations_deleted == 4
@@ -414,6 +415,7 @@ def test_standard_policy_links_on_a_host_pair_and_dissolves_the_same_way() -> No
                 formed = await exchange_and_dissolve(a, b, core.allocation_count, 1)
                 assert formed.local_type is CandidateType.HOST
                 assert formed.remote_type is CandidateType.HOST
+                assert formed.relay_transport is None
                 assert core.stats.allocations_deleted == 2  # gathered, unused, released
             finally:
                 await a.close()
@@ -614,7 +616,7 @@ def test_anchor_pipe_carries_stdin_through_anchor_serve_signal(tmp_path: Path) -
                     receiver.wait()
         assert sender.returncode == 0, sender.stderr
         assert receiver.returncode == 0, err
-        assert b"link formed with B" in sender.stderr and b"relay" in sender.stderr
+        assert b"link formed with B" in sender.stderr and b"(relay over udp)" in sender.stderr
         assert b"dissolved" in err
     assert (tmp_path / "out").read_bytes() == data
 

@@ -718,9 +718,14 @@ class LinkEndpoint:
                 manual_release=self._on_message is None,
             )  # fmt: skip
             link.max_message = max_message
+            relay_transport = next(  # only a relayed candidate has a relayed address
+                (r.turn.transport for r in conn.relays() if r.relayed == pair.local.address),
+                None,
+            )
             machine.formed(
                 pair, channel, now, sealed=sealer is not None,
                 peer_identity=link.peer_identity, trust=link.trust,
+                relay_transport=relay_transport,
             )  # fmt: skip
             if machine.state is LinkState.OPEN:
                 # datagrams straight into the machine, as they arrive

@@ -109,15 +109,16 @@
     now,
 
     // Two peer connections in this page, relay-only through `turn`, joined by trickling
-    // candidates to each other; a data channel carries `count` messages each way.
-    async relayPair(turn, count, ms) {
+    // candidates to each other; a data channel carries `count` messages each way. They are
+    // named `${prefix}a` and `${prefix}b` in anchor.pcs (several pairs can live at once).
+    async relayPair(turn, count, ms, prefix = '') {
       const config = {
         iceTransportPolicy: 'relay',
         iceServers: [{ urls: turn.urls, username: turn.username, credential: turn.credential }],
       };
       const began = now();
-      const a = watch('a', new RTCPeerConnection(config));
-      const b = watch('b', new RTCPeerConnection(config));
+      const a = watch(`${prefix}a`, new RTCPeerConnection(config));
+      const b = watch(`${prefix}b`, new RTCPeerConnection(config));
       a.addEventListener('icecandidate', (e) => { if (e.candidate) b.addIceCandidate(e.candidate); });
       b.addEventListener('icecandidate', (e) => { if (e.candidate) a.addIceCandidate(e.candidate); });
       const dcA = a.createDataChannel('anchor');
@@ -140,7 +141,8 @@
         received_a: receivedA, received_b: receivedB,
         pair_a: await selectedPair(a), pair_b: await selectedPair(b),
         ice_a: a.iceConnectionState, ice_b: b.iceConnectionState,
-        candidates_a: anchor.logs.a.candidates, candidates_b: anchor.logs.b.candidates,
+        candidates_a: anchor.logs[`${prefix}a`].candidates,
+        candidates_b: anchor.logs[`${prefix}b`].candidates,
       };
     },
 

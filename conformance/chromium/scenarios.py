@@ -8,6 +8,9 @@ returns what it observed; the assertions live in ``conformance/test_chromium.py`
   through ``anchor serve`` (with ``--metrics``, scraped while the connections are up) or
   coturn (``-v``, whose log is read instead); data channel messages both ways; getStats'
   selected pairs.
+- ``channels(pairs=10)``: ``pairs`` such relay-only pairs through a default ``anchor serve``,
+  all kept open, Chromium's TURN traffic passing through a :class:`~chromium.turn_tap.TurnTap`
+  that records every ChannelBind request (its channel number) and response.
 - ``ice(anchor_role="controlled"|"controlling", setup=...)``: Chromium against Anchor's
   :class:`~anchor_ice.agent.IceAgent` over :class:`~chromium.agent_udp.AgentEndpoint`.
   Controlled: Chromium offers, Anchor answers with its credentials, its host candidate and a
@@ -44,6 +47,7 @@ from anchor_ice.events import IceConnected, IceFailed, RemoteCandidateLearned
 from anchor_ice.sdp import IceDescription
 from chromium.agent_udp import AgentEndpoint, candidate_json
 from chromium.browser import Chromium
+from chromium.turn_tap import TurnTap
 
 __all__ = ["SCENARIOS", "answer_sdp", "fingerprint", "offer_sdp"]
 
@@ -210,6 +214,51 @@ async def relay(workdir: Path, server: str = "anchor", messages: int = 5) -> dic
         if coturn is not None:
             coturn.stop()
             result["coturn_counts"] = _coturn_counts(coturn.log())
+    return result
+
+
+# ----------------------------------------------------------------------------- channels
+
+
+async def channels(workdir: Path, pairs: int = 10, messages: int = 2) -> dict[str, Any]:
+    """``pairs`` relay-only pairs of peer connections, one after the other and all kept open,
+    through a default ``anchor serve`` reached via a :class:`~chromium.turn_tap.TurnTap`
+    that records every ChannelBind request and response on the wire (issue 18)."""
+    result: dict[str, Any] = {"pairs": pairs}
+    anchor = _AnchorServe(workdir)
+    tap: TurnTap | None = None
+    try:
+        await anchor.start()
+        result["serve_lines"] = anchor.lines
+        tap = TurnTap((LOOPBACK, anchor.port))
+        tap_addr = await tap.start(LOOPBACK)
+        turn = {
+            "urls": f"turn:{LOOPBACK}:{tap_addr[1]}?transport=udp",
+            "username": USER,
+            "credential": PASSWORD,
+        }
+
+        async def body(browser: Chromium) -> dict[str, Any]:
+            assert browser.cdp is not None
+            cdp = browser.cdp
+            runs = []
+            for i in range(pairs):
+                run = await cdp.evaluate(f"anchor.relayPair({_js(turn)}, {messages}, 15000, 'p{i}-')")
+                runs.append({
+                    key: run[key] for key in ("received_a", "received_b", "pair_a", "pair_b")
+                })  # fmt: skip
+            out: dict[str, Any] = {"runs": runs, "metrics": anchor.scrape()}
+            await cdp.evaluate("anchor.closeAll()")
+            return out
+
+        result.update(await _with_chromium(workdir, body))
+    finally:
+        if tap is not None:
+            _log("turn tap:", tap.messages, "ChannelBinds:", len(tap.channel_binds))
+            result["channel_binds"] = tap.channel_binds
+            result["tap_messages"] = tap.messages
+            tap.close()
+        result["serve_exit"] = await anchor.stop()
     return result
 
 
@@ -461,6 +510,7 @@ async def aiortc(
 
 SCENARIOS: dict[str, Callable[..., Coroutine[Any, Any, dict[str, Any]]]] = {
     "relay": relay,
+    "channels": channels,
     "ice": ice,
     "aiortc": aiortc,
 }

@@ -47,6 +47,7 @@ from peers import (
 from .topology import (
     ANCHOR_ALT_PORT,
     ANCHOR_PORT,
+    BLOCK_TABLE,
     COTURN_ALT_PORT,
     COTURN_PORT,
     HOSTS,
@@ -57,6 +58,7 @@ from .topology import (
     SERVER_ALT_IP,
     SERVER_IP,
     NatKind,
+    block_ruleset,
     loss_ruleset,
     nat_ruleset,
 )
@@ -288,13 +290,26 @@ class NatLab:
     def loss_drops(self, nat: str) -> int:
         """Packets the loss rules of router ``nat`` dropped since the last :meth:`set_loss`
         (both directions; 0 when no loss is set)."""
+        return self._counted(nat, LOSS_TABLE)
+
+    def set_block(self, nat: str, tcp_ports: tuple[int, ...] | None) -> None:
+        """Make router ``nat`` forward no UDP and, from its LAN, TCP only to ``tcp_ports``
+        (:func:`natlab.topology.block_ruleset`); None lifts the block."""
+        self._nft(nat, block_ruleset(tcp_ports))
+
+    def block_drops(self, nat: str) -> int:
+        """Packets the block of router ``nat`` dropped since :meth:`set_block` (0 without)."""
+        return self._counted(nat, BLOCK_TABLE)
+
+    def _counted(self, nat: str, table: str) -> int:
+        """The sum of the counters in nftables ``table`` of router ``nat`` (0 without it)."""
         if nat not in NATS:
             raise ValueError(f"{nat!r} is not a NAT router; routers are {sorted(NATS)}")
         result = subprocess.run(
-            self.argv(nat, ["nft", "list", "table", "ip", LOSS_TABLE]),
+            self.argv(nat, ["nft", "list", "table", "ip", table]),
             capture_output=True, text=True, timeout=10, check=False,
         )  # fmt: skip
-        if result.returncode != 0:  # no loss table
+        if result.returncode != 0:  # no such table
             return 0
         return sum(int(n) for n in re.findall(r"counter packets (\d+)", result.stdout))
 

@@ -35,6 +35,7 @@ __all__ = [
     "Formed",
     "LivePipe",
     "PipeRun",
+    "default_servers",
     "join_hosts",
     "pipe_pair",
     "serve_args",
@@ -53,6 +54,7 @@ DIRECT_TYPES = {"srflx", "prflx"}
 
 _FORMED = re.compile(
     r"link formed with (\S+) in (\d+) ms: (\w+) ([\d.]+):(\d+) <-> (\w+) ([\d.]+):(\d+)"
+    r"(?: \(relay over (\w+)\))?"
 )
 
 
@@ -75,6 +77,8 @@ class Formed:
     local: tuple[str, int]
     remote_type: str
     remote: tuple[str, int]
+    relay_transport: str | None = None
+    """How the local relayed candidate's TURN server is reached (udp, tcp, tls), if relayed."""
 
     @property
     def types(self) -> tuple[str, str]:
@@ -107,19 +111,35 @@ class PipeRun:
 def parse_formed(log: str) -> list[Formed]:
     """Every "link formed" line of an ``anchor pipe -v`` stderr."""
     return [
-        Formed(m[1], int(m[2]), m[3], (m[4], int(m[5])), m[6], (m[7], int(m[8])))
+        Formed(m[1], int(m[2]), m[3], (m[4], int(m[5])), m[6], (m[7], int(m[8])), m[9])
         for m in _FORMED.finditer(log)
     ]
 
 
-def pipe_argv(name: str, peer: str, extra: Sequence[str] = (), *, idle: float = 2.0) -> list[str]:
-    """``anchor pipe`` from ``name`` to ``peer`` through the lab's servers (``-v``)."""
+def default_servers() -> list[str]:
+    """``anchor pipe``'s server options in the lab: the rendezvous, STUN and TURN (UDP) of
+    ``anchor serve`` in ``pub``."""
     return [
-        *ANCHOR, "pipe",
         "--signal", f"ws://{SERVER_IP}:{SIGNAL_PORT}",
-        "--name", name, "--peer", peer,
         "--stun", f"{SERVER_IP}:{ANCHOR_PORT}",
         "--turn", f"{SERVER_IP}:{ANCHOR_PORT}", "--user", TURN_USER,
+    ]  # fmt: skip
+
+
+def pipe_argv(
+    name: str,
+    peer: str,
+    extra: Sequence[str] = (),
+    *,
+    idle: float = 2.0,
+    servers: Sequence[str] | None = None,
+) -> list[str]:
+    """``anchor pipe`` from ``name`` to ``peer`` (``-v``) through ``servers`` (its
+    ``--signal``/``--stun``/``--turn`` options; default :func:`default_servers`)."""
+    return [
+        *ANCHOR, "pipe",
+        *(default_servers() if servers is None else servers),
+        "--name", name, "--peer", peer,
         "--idle", f"{idle:g}", "-v", *extra,
     ]  # fmt: skip
 
@@ -134,17 +154,20 @@ def pipe_pair(
     idle: float = 2.0,
     timeout: float = 25.0,
     stagger: float = 0.5,
+    servers_a: Sequence[str] | None = None,
+    servers_b: Sequence[str] | None = None,
 ) -> PipeRun:
     """hostA (name ``A``) sends ``data`` to hostB (name ``B``) over a link; both stopped by PID
-    after ``timeout`` s at most."""
+    after ``timeout`` s at most. ``servers_a``/``servers_b``: each side's server options
+    (:func:`pipe_argv`)."""
     started = time.monotonic()
     receiver = lab.popen(
-        "hostB", pipe_argv("B", "A", [*extra, *extra_b], idle=idle),
+        "hostB", pipe_argv("B", "A", [*extra, *extra_b], idle=idle, servers=servers_b),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     time.sleep(stagger)  # let B subscribe first (the offer would otherwise race it)
     sender = lab.popen(
-        "hostA", pipe_argv("A", "B", [*extra, *extra_a], idle=idle),
+        "hostA", pipe_argv("A", "B", [*extra, *extra_a], idle=idle, servers=servers_a),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     both = (sender, receiver)

@@ -6,7 +6,8 @@
 kinds on natA and natB runs one ``anchor pipe`` pair (:func:`natlab.links.pipe_pair`:
 hostA sends 20 numbered messages to hostB under ``--policy``), then prints one markdown
 table row per combination: the selected pair as hostA saw it (local <-> remote candidate
-types), how long forming took (hostA's "link formed ... in N ms"), and whether every byte
+types), how hostA reached its TURN server when its own candidate is relayed (udp, tcp or tls;
+``-`` otherwise), how long forming took (hostA's "link formed ... in N ms"), and whether every byte
 arrived. The lab is always torn down.
 
 Not a test (16 links take over a minute, beyond the lab tests' time budget): the tests
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         lab.build()
         try:
             lab.start_anchor_serve(serve_args())
+            if not args.json:
+                print("| natA | natB | pair (hostA's view) | relay over | formed | delivered |\n"
+                      "|---|---|---|---|---|---|", flush=True)  # fmt: skip
             for kind_a in NatKind:
                 for kind_b in NatKind:
                     lab.set_nat("natA", kind_a)
@@ -54,11 +58,13 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({
                         "natA": str(kind_a), "natB": str(kind_b),
                         "pair": f"{formed.local_type} <-> {formed.remote_type}" if formed else None,
+                        "relay_transport": formed.relay_transport if formed else None,
                         "formed_ms": formed.ms if formed else None,
                         "delivered": run.received == data and run.sender_rc == 0,
                     })  # fmt: skip
                     print(json.dumps(rows[-1]) if args.json else
                           f"| {kind_a} | {kind_b} | {rows[-1]['pair'] or 'no link'} | "
+                          f"{rows[-1]['relay_transport'] or '-'} | "
                           f"{rows[-1]['formed_ms'] if formed else '-'} ms | "
                           f"{'yes' if rows[-1]['delivered'] else 'NO'} |", flush=True)  # fmt: skip
         finally:

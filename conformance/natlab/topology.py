@@ -61,6 +61,7 @@ __all__ = [
     "Link",
     "Nat",
     "NatKind",
+    "block_ruleset",
     "loss_ruleset",
     "nat_ruleset",
 ]
@@ -141,6 +142,8 @@ TABLE = "anchorlab"
 """nftables table (family ip) holding a NAT router's rules."""
 LOSS_TABLE = "anchorlab_loss"
 """nftables table (family ip) holding a NAT router's random-loss rules."""
+BLOCK_TABLE = "anchorlab_block"
+"""nftables table (family ip) holding a NAT router's firewall (:func:`block_ruleset`)."""
 MAPPING_TIMEOUT = "120s"
 """Lifetime of a recorded mapping without outbound traffic (RFC 4787 REQ-5: at least 2 min)."""
 
@@ -249,4 +252,25 @@ def loss_ruleset(outbound: int, inbound: int) -> str:
         if inbound:
             lines.append(f'    iifname "wan" numgen random mod 100 < {inbound} counter drop')
         lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def block_ruleset(tcp_ports: tuple[int, ...] | None) -> str:
+    """The ``nft -f`` script making a NAT router a restrictive firewall: it forwards no UDP
+    at all (either way) and, from the LAN, TCP only to ``tcp_ports`` (a corporate network
+    letting only 443 out, issue 18); None removes it. Dropped packets are counted."""
+    lines = [f"table ip {BLOCK_TABLE} {{}}", f"delete table ip {BLOCK_TABLE}"]
+    if tcp_ports is not None:
+        if not tcp_ports or not all(0 < port < 65536 for port in tcp_ports):
+            raise ValueError(f"tcp_ports must be ports, not {tcp_ports}")
+        ports = ", ".join(str(port) for port in sorted(set(tcp_ports)))
+        lines += [
+            f"table ip {BLOCK_TABLE} {{",
+            "  chain forward {",
+            "    type filter hook forward priority -20; policy accept;",
+            "    meta l4proto udp counter drop",
+            f'    iifname "lan" meta l4proto tcp tcp dport != {{ {ports} }} counter drop',
+            "  }",
+            "}",
+        ]
     return "\n".join(lines) + "\n"
