@@ -58,6 +58,7 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import os
 import signal
 import socket
 import ssl
@@ -66,7 +67,7 @@ import time
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anchor_link.aio.signal import RendezvousServer
 from anchor_link.identity import IdentityError, parse_public
@@ -91,6 +92,8 @@ from anchor_stun.budget import AnswerBudget
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address
 from anchor_stun.server import ServerStats, StunServer
+from anchor_turn import PeerFilter
+from anchor_turn.admission import AlternateServers
 from anchor_turn.aio.server import (
     DEFAULT_MAX_PORT,
     DEFAULT_MIN_PORT,
@@ -98,7 +101,12 @@ from anchor_turn.aio.server import (
     UdpRelayAllocator,
 )
 from anchor_turn.auth import ChainedBackend, CredentialBackend, RestSecret, SqliteUsers, StaticUsers
+from anchor_turn.external import ExternalAddresses
 from anchor_turn.server import DEFAULT_NONCE_LIFETIME, TurnServer, TurnServerEvent
+from anchor_turn.shaper import RelayShaper
+
+if TYPE_CHECKING:
+    from anchor_cli.serve_workers import WorkerRole
 
 __all__ = [
     "DEFAULT_REALM",
@@ -177,6 +185,29 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("allow-loopback-peers", "flag", "let clients relay to loopback peers (tests only)"),
     _Option("allow-peer", "list", "network peers may be in even when private (repeatable)",
             "CIDR"),
+    _Option("allowed-peer-ip", "list", "coturn's name: peers allowed even when private or "
+            "denied (repeatable)", "IP[-IP]|CIDR"),
+    _Option("denied-peer-ip", "list", "peers refused besides the private ranges "
+            "(repeatable; --allowed-peer-ip wins)", "IP[-IP]|CIDR"),
+    _Option("external-ip", "list", "public address of a 1:1 NAT: XOR-RELAYED-ADDRESS names "
+            "PUBLIC for relays on PRIVATE (a bare PUBLIC: every relay of its family; "
+            "repeatable)", "PUBLIC[/PRIVATE]"),
+    _Option("alternate-server", "list", "send new allocations there with 300 Try Alternate "
+            "while draining or above --alternate-above (repeatable)", "IP:PORT"),
+    _Option("alternate-above", "int", "allocations held from which new ones are redirected "
+            "to --alternate-server (0: always, as coturn; default: only while draining)", "N"),
+    _Option("alternate-domain", "str", "ALTERNATE-DOMAIN sent with 300 (TLS clients are "
+            "redirected only with it)", "NAME"),
+    _Option("drain", "float", "on SIGTERM, redirect new allocations to --alternate-server "
+            "and wait up to SECONDS for the allocations held to end (default 0)", "SECONDS"),
+    _Option("max-bps", "int", "bytes per second each allocation may relay, each direction "
+            "(beyond: dropped)", "BYTES"),
+    _Option("no-udp", "flag", "no UDP listeners (TURN over TCP/TLS only; relays stay UDP)"),
+    _Option("no-tcp", "flag", "no TCP listeners (overrides --tcp)"),
+    _Option("workers", "str", "worker processes sharing the listeners (SO_REUSEPORT), "
+            "'auto' for one per CPU (default 1)", "N|auto"),
+    _Option("redis", "str", "share quotas, users and the rendezvous with other servers in "
+            "Redis (coturn's key layout)", "redis://HOST:PORT/DB"),
     _Option("relay-ip", "list", "IP to bind relayed addresses on (repeatable; default: the "
             "listen IP, and the IPv6 listen IP or ::1 beside a loopback listen)", "IP"),
     _Option("min-port", "int", f"lowest relayed port (default {DEFAULT_MIN_PORT})", "PORT"),
@@ -268,6 +299,26 @@ class ServeConfig:
     """Allow loopback peers."""
     allow_peers: list[str] = field(default_factory=list)
     """Networks allowed even when private."""
+    deny_peers: list[str] = field(default_factory=list)
+    """Networks refused besides the private ranges (``--denied-peer-ip``)."""
+    external_ips: list[str] = field(default_factory=list)
+    """``PUBLIC[/PRIVATE]`` mappings of a 1:1 NAT (``--external-ip``)."""
+    alternates: list[Address] = field(default_factory=list)
+    """ALTERNATE-SERVER addresses (RFC 8489 §10)."""
+    alternate_above: int | None = None
+    """Allocations from which new ones are redirected (None: only while draining)."""
+    alternate_domain: str | None = None
+    """ALTERNATE-DOMAIN, or None."""
+    drain: float = 0.0
+    """Seconds to wait for allocations to end after SIGTERM."""
+    max_bps: int | None = None
+    """Bytes per second per allocation and direction, or None."""
+    udp: bool = True
+    """Serve UDP listeners (False with ``--no-udp``)."""
+    workers: int = 1
+    """Worker processes (``--workers``)."""
+    redis: str | None = None
+    """Redis URL (``--redis``), or None."""
     relay_ips: list[str] = field(default_factory=list)
     """Relay IPs (TURN)."""
     min_port: int = DEFAULT_MIN_PORT
@@ -485,6 +536,31 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         except ValueError:
             raise ServeError(f"--allow-peer: {net!r} is not a network") from None
         cfg.allow_peers.append(net)
+    for text in given["allowed_peer_ip"] or []:
+        cfg.allow_peers.extend(_networks("allowed-peer-ip", text))
+    for text in given["denied_peer_ip"] or []:
+        cfg.deny_peers.extend(_networks("denied-peer-ip", text))
+    cfg.external_ips = list(given["external_ip"] or [])
+    try:
+        ExternalAddresses(cfg.external_ips)
+    except LocalProtocolError as exc:
+        raise ServeError(f"--external-ip: {exc}") from None
+    cfg.alternates = [
+        _address("alternate-server", t, DEFAULT_PORT) for t in given["alternate_server"] or []
+    ]
+    cfg.alternate_above = _int("alternate-above", given["alternate_above"], 0, 1 << 31)
+    cfg.alternate_domain = given["alternate_domain"]
+    if (cfg.alternate_above is not None or cfg.alternate_domain) and not cfg.alternates:
+        raise ServeError("--alternate-above and --alternate-domain need --alternate-server")
+    cfg.drain = _float("drain", given["drain"]) or 0.0
+    cfg.max_bps = _int("max-bps", given["max_bps"], 1, 1 << 40)
+    cfg.udp = not given["no_udp"]
+    if given["no_tcp"]:
+        cfg.tcp = False
+    cfg.workers = _workers(given["workers"])
+    cfg.redis = given["redis"]
+    if cfg.redis is not None and not cfg.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise ServeError(f"--redis needs redis://HOST:PORT/DB, not {cfg.redis!r}")
     cfg.min_port = _int("min-port", given["min_port"], 1, 65535) or DEFAULT_MIN_PORT
     cfg.max_port = _int("max-port", given["max_port"], 1, 65535) or DEFAULT_MAX_PORT
     if cfg.min_port > cfg.max_port:
@@ -540,7 +616,39 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         cfg.relay_ips = default_relay_ips(listen)
         if not cfg.relay_ips:
             raise ServeError("cannot tell which IP to relay on: give --relay-ip")
+    if not cfg.turn:
+        for flag, used in (("--no-udp", not cfg.udp), ("--external-ip", cfg.external_ips),
+                           ("--alternate-server", cfg.alternates), ("--max-bps", cfg.max_bps),
+                           ("--denied-peer-ip", cfg.deny_peers)):  # fmt: skip
+            if used:
+                raise ServeError(f"{flag} is for the TURN server: give --user, --users-db "
+                                 "or --static-auth-secret")
+    if not cfg.udp and not cfg.tcp and cfg.tls_context is None:
+        raise ServeError("--no-udp leaves nothing to listen on: add --tcp or --tls-cert")
     return cfg
+
+
+def _networks(name: str, text: str) -> list[str]:
+    """coturn's peer ranges: an IP, ``IP-IP`` (inclusive) or a CIDR, as CIDRs."""
+    first, sep, last = text.partition("-")
+    try:
+        if not sep:
+            return [str(ipaddress.ip_network(text.strip(), strict=False))]
+        low, high = ipaddress.ip_address(first.strip()), ipaddress.ip_address(last.strip())
+        return [str(n) for n in ipaddress.summarize_address_range(low, high)]
+    except (ValueError, TypeError):
+        raise ServeError(f"--{name}: {text!r} is not an IP, IP-IP range or CIDR") from None
+
+
+def _workers(text: str | None) -> int:
+    if text is None:
+        return 1
+    if text == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)  # fmt: skip
+    value = _int("workers", text, 1, 256)
+    assert value is not None
+    return value
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -601,6 +709,12 @@ def _stats_collector(
                     "unsigned answers not sent: the source prefix was over its budget",
                     value=s.rate_limited,
                 )
+                if core.alternates is not None:
+                    yield CounterMetricFamily(
+                        "anchor_turn_redirected",
+                        "Allocate requests answered 300 Try Alternate (RFC 8489 §10)",
+                        value=core.alternates.redirected,
+                    )
             run = runner()
             if run is not None:
                 yield CounterMetricFamily(
@@ -612,6 +726,12 @@ def _stats_collector(
                     "relay sockets not opened for lack of file descriptors (508)",
                     value=run.allocator.resource_errors,
                 )
+                if run.shaper is not None:
+                    yield CounterMetricFamily(
+                        "anchor_turn_bandwidth_dropped",
+                        "relayed datagrams dropped for going over --max-bps",
+                        value=run.shaper.dropped,
+                    )
             held = list(guards())
             if held:
                 yield GaugeMetricFamily(
@@ -651,16 +771,17 @@ def _stats_collector(
 class MetricsExporter:
     """Prometheus metrics over HTTP on the running asyncio loop (no thread).
 
-    ``collector`` is any prometheus-client collector (an object with ``collect()``); GET
+    ``collectors`` are prometheus-client collectors (objects with ``collect()``); GET
     ``/metrics`` (or ``/``) answers the text exposition format, anything else 404.
     """
 
-    def __init__(self, collector: Any) -> None:
+    def __init__(self, *collectors: Any) -> None:
         from prometheus_client import CollectorRegistry
 
         self.registry = CollectorRegistry(auto_describe=False)
-        """The registry scraped (holding only ``collector``)."""
-        self.registry.register(collector)
+        """The registry scraped (holding only ``collectors``)."""
+        for collector in collectors:
+            self.registry.register(collector)
         self.address: Address | None = None
         """The bound address, after :meth:`start`."""
         self._server: asyncio.Server | None = None
@@ -786,7 +907,8 @@ def _print_event(event: TurnServerEvent) -> None:
     print(f"event {event}", file=sys.stderr, flush=True)
 
 
-async def _serve(cfg: ServeConfig, software: str) -> None:
+async def _serve(cfg: ServeConfig, software: str, role: WorkerRole | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or, in a worker, until the supervisor goes away)."""
     loop = asyncio.get_running_loop()
     errors = LoopErrorFilter()
     errors.install(loop)
@@ -806,6 +928,8 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
     exporter: MetricsExporter | None = None
     dbs: list[SqliteUsers] = []
     lines: list[str] = []
+    alternates: AlternateServers | None = None
+    shared: Any = None
     try:
         budget = AnswerBudget()  # every STUN core's, in STUN-only mode (TURN: the core's)
         try:
@@ -816,10 +940,19 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
             raise ServeError(str(exc)) from exc
         if cfg.turn:
             auth, dbs = _backend(cfg)
+            if cfg.redis is not None:
+                shared = _redis_store(cfg, user_quota=user_quota, total_quota=cfg.total_quota)
+                closers.append(shared.close)
+                auth = shared.credentials(auth, clock=time.time)
             try:
                 allocator = UdpRelayAllocator(
                     cfg.relay_ips, min_port=cfg.min_port, max_port=cfg.max_port
                 )
+                external = ExternalAddresses(cfg.external_ips) if cfg.external_ips else None
+                if cfg.alternates:
+                    alternates = AlternateServers(
+                        cfg.alternates, above=cfg.alternate_above, domain=cfg.alternate_domain
+                    )
                 core = TurnServer(
                     realm=cfg.realm,
                     auth=auth,
@@ -830,9 +963,16 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     user_quota=user_quota,
                     total_quota=total_quota,
                     address_families=tuple(Family(f) for f in allocator.families),
-                    allow_loopback_peers=cfg.allow_loopback_peers,
-                    allow_peers=cfg.allow_peers,
+                    peer_filter=PeerFilter(
+                        allow_loopback=cfg.allow_loopback_peers,
+                        allow=cfg.allow_peers,
+                        deny=cfg.deny_peers,
+                    ),
                     strict_channels=cfg.strict_channels,
+                    nonce_secret=role.nonce_secret if role is not None else None,
+                    external=external,
+                    alternates=alternates,
+                    shared_quota=shared.quota if shared is not None else None,
                 )
                 turn_runner = TurnServerRunner(
                     core,
@@ -842,6 +982,10 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     tls_context=cfg.tls_context,
                     on_event=_print_event if cfg.verbose else None,
                     limits=limits,
+                    external_ips=external.publics if external is not None else (),
+                    serve_udp=cfg.udp,
+                    reuse_port=role is not None,
+                    shaper=RelayShaper(cfg.max_bps) if cfg.max_bps else None,
                 )
             except LocalProtocolError as exc:
                 raise ServeError(str(exc)) from exc
@@ -853,6 +997,8 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                 raise ServeError(f"cannot listen: {exc}") from exc
             for kind, addr in turn_runner.listeners:
                 lines.append(f"listening {kind} {format_address(addr)}")
+            if shared is not None:
+                shared.start(loop)
         else:
             for index, primary in enumerate(cfg.listen):
                 core_stun = (
@@ -860,7 +1006,7 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     if index == 0
                     else StunServer(primary=primary, software=software, budget=budget)
                 )
-                runner = StunServerRunner(core_stun, limits=limits)
+                runner = StunServerRunner(core_stun, limits=limits, reuse_port=role is not None)
                 stun_runners.append(runner)
                 closers.append(runner.close)
                 waiters.append(runner.wait_closed)
@@ -876,19 +1022,18 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     ) from exc
                 for kind, addr in runner.listeners:
                     lines.append(f"listening {kind} {format_address(addr)}")
+        final_turn = turn_runner
+        collector = _stats_collector(
+            lambda: final_turn.core if final_turn is not None else None,
+            lambda: [r.core.stats for r in stun_runners] or [stun.stats],
+            lambda: final_turn,
+            errors,
+            lambda: [final_turn.guard] if final_turn is not None else [
+                r.guard for r in stun_runners
+            ],
+        )
         if cfg.metrics is not None:
-            final_turn = turn_runner
-            exporter = MetricsExporter(
-                _stats_collector(
-                    lambda: final_turn.core if final_turn is not None else None,
-                    lambda: [r.core.stats for r in stun_runners] or [stun.stats],
-                    lambda: final_turn,
-                    errors,
-                    lambda: [final_turn.guard] if final_turn is not None else [
-                        r.guard for r in stun_runners
-                    ],
-                )
-            )
+            exporter = MetricsExporter(collector)
             closers.append(exporter.close)
             waiters.append(exporter.wait_closed)
             try:
@@ -902,7 +1047,8 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                 turn_runner.protect([bound])
         if cfg.signal is not None:
             service = RendezvousServer(
-                cfg.signal[0], cfg.signal[1], ssl=cfg.tls_context, allowed=cfg.signal_allow
+                cfg.signal[0], cfg.signal[1], ssl=cfg.tls_context, allowed=cfg.signal_allow,
+                **_router(cfg, closers),
             )
             closers.append(service.close)
             waiters.append(service.wait_closed)
@@ -916,9 +1062,18 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
             lines.append(f"listening {scheme} {format_address(bound)}")
             if turn_runner is not None:
                 turn_runner.protect([bound])
+        if role is not None:
+            if turn_runner is not None:
+                turn_runner.protect(role.protect)
+            role.start(stop, collector)
+            closers.append(role.close)
         for line in lines:
             print(line, flush=True)
+        if role is not None:
+            role.ready()
         await stop.wait()
+        if cfg.drain > 0 and turn_runner is not None:
+            await _drain(turn_runner.core, alternates, cfg.drain)
     finally:
         for close in closers:
             close()
@@ -928,6 +1083,44 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
             db.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _drain(core: TurnServer, alternates: AlternateServers | None, seconds: float) -> None:
+    """``--drain``: redirect new allocations (RFC 8489 §10) and wait, up to ``seconds``, for
+    the ones held to end; a second SIGTERM does not cut it short (the supervisor's does)."""
+    if alternates is not None:
+        alternates.draining = True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while core.allocation_count() and loop.time() < deadline:
+        await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+
+
+def _redis_store(cfg: ServeConfig, *, user_quota: int, total_quota: int | None) -> Any:
+    """The Redis-backed shared state of ``--redis`` (quotas, users, REST secrets)."""
+    assert cfg.redis is not None
+    try:
+        from anchor_turn.aio.redis_store import RedisStore
+    except ImportError as exc:  # the `redis` package is the `server` extra
+        raise ServeError(f"--redis needs the redis package (pip install anchor-nat[server]): "
+                         f"{exc}") from exc
+    try:
+        return RedisStore(
+            cfg.redis, realm=cfg.realm, user_quota=user_quota, total_quota=total_quota
+        )
+    except LocalProtocolError as exc:
+        raise ServeError(f"--redis: {exc}") from exc
+
+
+def _router(cfg: ServeConfig, closers: list[Callable[[], None]]) -> dict[str, Any]:
+    """The rendezvous router of ``--redis`` (names held on other instances), or none."""
+    if cfg.redis is None:
+        return {}
+    from anchor_cli.redis_router import RedisRouter
+
+    router = RedisRouter(cfg.redis)
+    closers.append(router.close)
+    return {"router": router}
 
 
 def run_serve(
@@ -942,6 +1135,10 @@ def run_serve(
         if cfg.admin:
             _admin(cfg)
             return 0
+        if cfg.workers > 1:
+            from anchor_cli.serve_workers import run_supervisor
+
+            return run_supervisor(cfg, args, software)
         asyncio.run(_serve(cfg, software))
     except ServeError as exc:
         print(f"anchor serve: {exc}", file=sys.stderr)

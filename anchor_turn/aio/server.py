@@ -108,6 +108,7 @@ from anchor_stun.events import Address, Transmit
 from anchor_stun.server import StunServer
 from anchor_turn.auth import StaticUsers
 from anchor_turn.server import DontFragmentTransmit, TransportName, TurnServer, TurnServerEvent
+from anchor_turn.shaper import RelayShaper
 
 __all__ = [
     "DEFAULT_MAX_PORT",
@@ -593,6 +594,13 @@ class TurnServerRunner:
     with the addresses it was configured with. ``on_event`` receives every core event (for
     logs and metrics). After :meth:`start`, :attr:`listeners` lists ``(kind, address)`` of
     every listener. :meth:`close` releases everything; :meth:`open_sockets` then returns 0.
+
+    Deployment options (issue 21): ``serve_udp=False`` opens no UDP listener (coturn's
+    ``--no-udp``; relays stay UDP); ``reuse_port`` sets ``SO_REUSEPORT`` on every listener, so
+    that several processes serve one address and the kernel spreads clients among them (by
+    the hash of the 4-tuple: a client's datagrams always reach the same process while the
+    set of processes is unchanged); ``shaper`` (:class:`~anchor_turn.shaper.RelayShaper`)
+    bounds the bytes per second of each relayed address in each direction (``--max-bps``).
     """
 
     def __init__(
@@ -607,6 +615,9 @@ class TurnServerRunner:
         stream_buffer: int = DEFAULT_STREAM_BUFFER,
         limits: StreamLimits | None = None,
         external_ips: Sequence[str] = (),
+        serve_udp: bool = True,
+        reuse_port: bool = False,
+        shaper: RelayShaper | None = None,
     ) -> None:
         if not isinstance(core.relay, UdpRelayAllocator):
             raise LocalProtocolError("the core's relay allocator must be a UdpRelayAllocator")
@@ -623,9 +634,13 @@ class TurnServerRunner:
         self._dont_fragment_seen = core.stats.to_peer_dont_fragment
         self._dont_fragment_sockets = self.allocator.dont_fragment_sockets
         udp_addresses: list[Address] = []
-        for addr in [*core.stun.local_addresses(), *udp]:
+        for addr in [*core.stun.local_addresses(), *udp] if serve_udp else ():
             if addr not in udp_addresses:
                 udp_addresses.append(addr)
+        self.reuse_port = reuse_port
+        """Whether listeners are opened with SO_REUSEPORT (shared with other processes)."""
+        self.shaper = shaper
+        """The per-relay bandwidth bound (``--max-bps``), or None."""
         self._udp_addresses = udp_addresses
         self._tcp_addresses = list(tcp)
         self._tls_addresses = list(tls)
@@ -676,6 +691,8 @@ class TurnServerRunner:
                 if family == _IPV6 and ipaddress.ip_address(local[0]).is_unspecified:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
                 try:
+                    if self.reuse_port:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                     sock.bind(local)
                 except OSError:
                     sock.close()
@@ -723,6 +740,7 @@ class TurnServerRunner:
             local[0],
             local[1],
             reuse_address=True,
+            reuse_port=self.reuse_port or None,
             backlog=1024,
         )
         self._servers.append(server)
@@ -802,6 +820,7 @@ class TurnServerRunner:
         recv = sock.recvfrom
         now = self._loop.time()
         v4 = sock.family == socket.AF_INET
+        shaper = self.shaper
         try:
             for _ in range(READ_BATCH):
                 try:
@@ -810,6 +829,8 @@ class TurnServerRunner:
                     break
                 except OSError:
                     continue
+                if shaper is not None and not shaper.admit(relay, False, len(data), now):
+                    continue  # over --max-bps towards the client: dropped, as UDP may be
                 receive(data, src if v4 else canonical_address(src), relay, now)
         except Exception:
             _log.exception("TURN core failed on a datagram received on relay %s", relay)
@@ -823,6 +844,8 @@ class TurnServerRunner:
             return
         core = self.core
         out = core.datagrams_to_send(self._loop.time())
+        if out and self.shaper is not None:
+            out = self._shape(out)
         if out:
             if (
                 self._stats.to_peer_dont_fragment != self._dont_fragment_seen
@@ -867,6 +890,20 @@ class TurnServerRunner:
                 self._timer.cancel()
             self._timer = None if deadline is None else self._loop.call_at(deadline, self._fire)
             self._timer_at = deadline
+
+    def _shape(self, out: list[Transmit]) -> list[Transmit]:
+        """``out`` without the datagrams to peers that go over ``--max-bps``."""
+        shaper = self.shaper
+        assert shaper is not None
+        relays = self.allocator.sockets
+        now = self._loop.time()
+        return [
+            t
+            for t in out
+            if t.local is None
+            or t.local not in relays
+            or shaper.admit(t.local, True, len(t.data), now)
+        ]
 
     def _send_fragmentation_aware(self, out: list[Transmit]) -> None:
         """The output loop of :meth:`_flush`, but each datagram from a relay socket first
