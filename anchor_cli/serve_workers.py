@@ -278,6 +278,7 @@ class _Worker:
         self.index = index
         self.ports = ports
         self.process: asyncio.subprocess.Process | None = None
+        self.ready = False
         self.lines: list[str] = []
         self.restarts = 0
         self.delay = 0.1
@@ -325,6 +326,7 @@ class _Supervisor:
             env=self.env(),
         )  # fmt: skip
         worker.process = process
+        worker.ready = False
         assert process.stdin is not None and process.stdout is not None
         process.stdin.write(json.dumps(spec).encode() + b"\n")
         await process.stdin.drain()
@@ -339,6 +341,7 @@ class _Supervisor:
                 break
             lines.append(line)
         worker.lines = lines
+        worker.ready = True
         asyncio.get_running_loop().create_task(self._drain_stdout(process))
 
     @staticmethod
@@ -382,7 +385,9 @@ class _Supervisor:
 
     def alive(self) -> int:
         return sum(
-            1 for w in self.workers if w.process is not None and w.process.returncode is None
+            1
+            for w in self.workers
+            if w.ready and w.process is not None and w.process.returncode is None
         )
 
     async def stop_workers(self) -> None:
@@ -411,7 +416,7 @@ class _Supervisor:
         class _Collector:
             def collect(self) -> Iterator[Any]:
                 yield GaugeMetricFamily(
-                    "anchor_workers", "worker processes alive", value=supervisor.alive()
+                    "anchor_workers", "worker processes serving", value=supervisor.alive()
                 )
                 yield CounterMetricFamily(
                     "anchor_worker_restarts", "worker processes restarted after they exited",

@@ -21,7 +21,6 @@ from anchor_turn.external import ExternalAddresses
 from anchor_turn.server import AllocationCreatedEvent, PeerFilter
 from anchor_turn.shaper import RelayShaper
 from tests.test_turn_server import (
-    CLIENT,
     CLIENT2,
     RELAY_IP4,
     RELAY_IP6,
