@@ -87,7 +87,7 @@ from anchor_stun.aio.streams import (
     raise_nofile_limit,
     resource_budget,
 )
-from anchor_stun.attributes import Family
+from anchor_stun.attributes import Family, PasswordAlgorithmId
 from anchor_stun.budget import AnswerBudget
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address
@@ -354,7 +354,7 @@ class ServeConfig:
     @property
     def turn(self) -> bool:
         """True when a credential source is configured (TURN is served)."""
-        return bool(self.users or self.users_db or self.secret)
+        return bool(self.users or self.users_db or self.secret or self.redis)
 
     @property
     def admin(self) -> bool:
@@ -870,7 +870,7 @@ def _backend(cfg: ServeConfig) -> tuple[CredentialBackend, list[SqliteUsers]]:
         raise ServeError(str(exc)) from exc
     if len(backends) == 1:
         return backends[0], opened
-    return ChainedBackend(*backends), opened
+    return ChainedBackend(*backends), opened  # none at all with --redis alone: Redis's users
 
 
 def _open_db(path: str, *, reload_interval: float | None = None) -> SqliteUsers:
@@ -969,6 +969,13 @@ async def _serve(cfg: ServeConfig, software: str, role: WorkerRole | None = None
                         deny=cfg.deny_peers,
                     ),
                     strict_channels=cfg.strict_channels,
+                    # coturn's keys in Redis are MD5: offered first, clients take it
+                    # (RFC 8489 §9.2.5); SHA-256 stays available.
+                    password_algorithms=(
+                        (PasswordAlgorithmId.MD5, PasswordAlgorithmId.SHA256)
+                        if cfg.redis is not None
+                        else (PasswordAlgorithmId.SHA256, PasswordAlgorithmId.MD5)
+                    ),
                     nonce_secret=role.nonce_secret if role is not None else None,
                     external=external,
                     alternates=alternates,
@@ -1048,7 +1055,7 @@ async def _serve(cfg: ServeConfig, software: str, role: WorkerRole | None = None
         if cfg.signal is not None:
             service = RendezvousServer(
                 cfg.signal[0], cfg.signal[1], ssl=cfg.tls_context, allowed=cfg.signal_allow,
-                **_router(cfg, closers),
+                **_router(cfg, closers, waiters),
             )
             closers.append(service.close)
             waiters.append(service.wait_closed)
@@ -1112,14 +1119,20 @@ def _redis_store(cfg: ServeConfig, *, user_quota: int, total_quota: int | None) 
         raise ServeError(f"--redis: {exc}") from exc
 
 
-def _router(cfg: ServeConfig, closers: list[Callable[[], None]]) -> dict[str, Any]:
+def _router(
+    cfg: ServeConfig, closers: list[Callable[[], None]], waiters: list[Callable[[], Any]]
+) -> dict[str, Any]:
     """The rendezvous router of ``--redis`` (names held on other instances), or none."""
     if cfg.redis is None:
         return {}
-    from anchor_cli.redis_router import RedisRouter
-
+    try:
+        from anchor_cli.redis_router import RedisRouter
+    except ImportError as exc:
+        raise ServeError(f"--redis needs the redis package (pip install anchor-nat[server]): "
+                         f"{exc}") from exc
     router = RedisRouter(cfg.redis)
     closers.append(router.close)
+    waiters.append(router.wait_closed)
     return {"router": router}
 
 

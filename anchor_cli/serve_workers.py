@@ -458,7 +458,7 @@ async def _supervise(sup: _Supervisor) -> None:
         if cfg.signal is not None:
             service = RendezvousServer(
                 cfg.signal[0], cfg.signal[1], ssl=cfg.tls_context, allowed=cfg.signal_allow,
-                **_router(cfg, closers),
+                **_router(cfg, closers, waiters),
             )
             closers.append(service.close)
             waiters.append(service.wait_closed)
