@@ -14,7 +14,8 @@ that :func:`run_serve` can tell what the command line gave. :func:`run_serve` th
 3. with ``--add-user`` / ``--remove-user`` / ``--list-users``, manages the ``--users-db``
    SQLite file (keys only, like coturn's ``turnadmin``) and exits;
 4. otherwise serves until SIGINT or SIGTERM, then exits 0. TURN (RFC 8656) is on when a
-   credential source is given (``--user``, ``--users-db``, ``--static-auth-secret``): one
+   credential source is given (``--user``, ``--users-db``, ``--static-auth-secret``,
+   ``--redis``): one
    :class:`~anchor_turn.server.TurnServer` core served by
    :class:`~anchor_turn.aio.server.TurnServerRunner`, which answers STUN Binding on the same
    ports. Without credentials it is the STUN server of :mod:`anchor_stun.aio.net`.
@@ -35,6 +36,16 @@ UDP are budgeted per source prefix (:mod:`anchor_stun.budget`), in STUN-only mod
 lack of descriptors into a counter and one warning a minute. The wildcard listener's host
 addresses and the metrics and rendezvous ports are declared "myself" to the TURN core, so
 no client can relay to them.
+
+Deployments (issue 21). ``--external-ip``, ``--alternate-server``, ``--max-bps``,
+``--denied-peer-ip`` and ``--no-udp`` / ``--no-tcp`` configure the core and the runner
+(:mod:`anchor_turn.external`, :mod:`anchor_turn.admission`, :mod:`anchor_turn.shaper`).
+``--workers N`` hands the command to :mod:`anchor_cli.serve_workers` (a supervisor and N
+workers, each running :func:`_serve` with a :class:`~anchor_cli.serve_workers.WorkerRole`).
+``--redis URL`` adds :class:`~anchor_turn.aio.redis_store.RedisStore` (shared quotas,
+coturn-layout users) and, with ``--signal``, :class:`~anchor_cli.redis_router.RedisRouter`;
+both import the ``redis`` package only then. With ``--drain SECONDS`` a SIGTERM first
+redirects new allocations to the alternates and waits for the allocations held to end.
 
 ``--signal IP:PORT`` also serves the WebSocket rendezvous of ephemeral links
 (:class:`anchor_link.aio.signal.RendezvousServer`, used by ``anchor pipe``).
@@ -130,7 +141,8 @@ DEFAULT_REALM = "anchor"
 
 SERVE_DESCRIPTION = (
     "STUN server (RFC 8489; RFC 5780 with --alt-ip) and, when a credential source is given "
-    "(--user, --users-db or --static-auth-secret), TURN server (RFC 8656) on the same ports. "
+    "(--user, --users-db, --static-auth-secret or --redis), TURN server (RFC 8656) on the "
+    "same ports. "
     'Prints "listening <udp|tcp|tls> <ip:port>" per listener once ready and runs until '
     "SIGINT/SIGTERM (exit 0). Every option can also be set in --config FILE.toml under the "
     "same name (dashes or underscores); the command line wins. Users database (keys only, "
