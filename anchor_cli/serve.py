@@ -14,7 +14,8 @@ that :func:`run_serve` can tell what the command line gave. :func:`run_serve` th
 3. with ``--add-user`` / ``--remove-user`` / ``--list-users``, manages the ``--users-db``
    SQLite file (keys only, like coturn's ``turnadmin``) and exits;
 4. otherwise serves until SIGINT or SIGTERM, then exits 0. TURN (RFC 8656) is on when a
-   credential source is given (``--user``, ``--users-db``, ``--static-auth-secret``): one
+   credential source is given (``--user``, ``--users-db``, ``--static-auth-secret``,
+   ``--redis``): one
    :class:`~anchor_turn.server.TurnServer` core served by
    :class:`~anchor_turn.aio.server.TurnServerRunner`, which answers STUN Binding on the same
    ports. Without credentials it is the STUN server of :mod:`anchor_stun.aio.net`.
@@ -35,6 +36,16 @@ UDP are budgeted per source prefix (:mod:`anchor_stun.budget`), in STUN-only mod
 lack of descriptors into a counter and one warning a minute. The wildcard listener's host
 addresses and the metrics and rendezvous ports are declared "myself" to the TURN core, so
 no client can relay to them.
+
+Deployments (issue 21). ``--external-ip``, ``--alternate-server``, ``--max-bps``,
+``--denied-peer-ip`` and ``--no-udp`` / ``--no-tcp`` configure the core and the runner
+(:mod:`anchor_turn.external`, :mod:`anchor_turn.admission`, :mod:`anchor_turn.shaper`).
+``--workers N`` hands the command to :mod:`anchor_cli.serve_workers` (a supervisor and N
+workers, each running :func:`_serve` with a :class:`~anchor_cli.serve_workers.WorkerRole`).
+``--redis URL`` adds :class:`~anchor_turn.aio.redis_store.RedisStore` (shared quotas,
+coturn-layout users) and, with ``--signal``, :class:`~anchor_cli.redis_router.RedisRouter`;
+both import the ``redis`` package only then. With ``--drain SECONDS`` a SIGTERM first
+redirects new allocations to the alternates and waits for the allocations held to end.
 
 ``--signal IP:PORT`` also serves the WebSocket rendezvous of ephemeral links
 (:class:`anchor_link.aio.signal.RendezvousServer`, used by ``anchor pipe``).
@@ -58,6 +69,7 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import os
 import signal
 import socket
 import ssl
@@ -66,7 +78,7 @@ import time
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anchor_link.aio.signal import RendezvousServer
 from anchor_link.identity import IdentityError, parse_public
@@ -86,11 +98,13 @@ from anchor_stun.aio.streams import (
     raise_nofile_limit,
     resource_budget,
 )
-from anchor_stun.attributes import Family
+from anchor_stun.attributes import Family, PasswordAlgorithmId
 from anchor_stun.budget import AnswerBudget
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address
 from anchor_stun.server import ServerStats, StunServer
+from anchor_turn import PeerFilter
+from anchor_turn.admission import AlternateServers
 from anchor_turn.aio.server import (
     DEFAULT_MAX_PORT,
     DEFAULT_MIN_PORT,
@@ -98,7 +112,12 @@ from anchor_turn.aio.server import (
     UdpRelayAllocator,
 )
 from anchor_turn.auth import ChainedBackend, CredentialBackend, RestSecret, SqliteUsers, StaticUsers
+from anchor_turn.external import ExternalAddresses
 from anchor_turn.server import DEFAULT_NONCE_LIFETIME, TurnServer, TurnServerEvent
+from anchor_turn.shaper import RelayShaper
+
+if TYPE_CHECKING:
+    from anchor_cli.serve_workers import WorkerRole
 
 __all__ = [
     "DEFAULT_REALM",
@@ -122,7 +141,8 @@ DEFAULT_REALM = "anchor"
 
 SERVE_DESCRIPTION = (
     "STUN server (RFC 8489; RFC 5780 with --alt-ip) and, when a credential source is given "
-    "(--user, --users-db or --static-auth-secret), TURN server (RFC 8656) on the same ports. "
+    "(--user, --users-db, --static-auth-secret or --redis), TURN server (RFC 8656) on the "
+    "same ports. "
     'Prints "listening <udp|tcp|tls> <ip:port>" per listener once ready and runs until '
     "SIGINT/SIGTERM (exit 0). Every option can also be set in --config FILE.toml under the "
     "same name (dashes or underscores); the command line wins. Users database (keys only, "
@@ -177,6 +197,29 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("allow-loopback-peers", "flag", "let clients relay to loopback peers (tests only)"),
     _Option("allow-peer", "list", "network peers may be in even when private (repeatable)",
             "CIDR"),
+    _Option("allowed-peer-ip", "list", "coturn's name: peers allowed even when private or "
+            "denied (repeatable)", "IP[-IP]|CIDR"),
+    _Option("denied-peer-ip", "list", "peers refused besides the private ranges "
+            "(repeatable; --allowed-peer-ip wins)", "IP[-IP]|CIDR"),
+    _Option("external-ip", "list", "public address of a 1:1 NAT: XOR-RELAYED-ADDRESS names "
+            "PUBLIC for relays on PRIVATE (a bare PUBLIC: every relay of its family; "
+            "repeatable)", "PUBLIC[/PRIVATE]"),
+    _Option("alternate-server", "list", "send new allocations there with 300 Try Alternate "
+            "while draining or above --alternate-above (repeatable)", "IP:PORT"),
+    _Option("alternate-above", "int", "allocations held from which new ones are redirected "
+            "to --alternate-server (0: always, as coturn; default: only while draining)", "N"),
+    _Option("alternate-domain", "str", "ALTERNATE-DOMAIN sent with 300 (TLS clients are "
+            "redirected only with it)", "NAME"),
+    _Option("drain", "float", "on SIGTERM, redirect new allocations to --alternate-server "
+            "and wait up to SECONDS for the allocations held to end (default 0)", "SECONDS"),
+    _Option("max-bps", "int", "bytes per second each allocation may relay, each direction "
+            "(beyond: dropped)", "BYTES"),
+    _Option("no-udp", "flag", "no UDP listeners (TURN over TCP/TLS only; relays stay UDP)"),
+    _Option("no-tcp", "flag", "no TCP listeners (overrides --tcp)"),
+    _Option("workers", "str", "worker processes sharing the listeners (SO_REUSEPORT), "
+            "'auto' for one per CPU (default 1)", "N|auto"),
+    _Option("redis", "str", "share quotas, users and the rendezvous with other servers in "
+            "Redis (coturn's key layout)", "redis://HOST:PORT/DB"),
     _Option("relay-ip", "list", "IP to bind relayed addresses on (repeatable; default: the "
             "listen IP, and the IPv6 listen IP or ::1 beside a loopback listen)", "IP"),
     _Option("min-port", "int", f"lowest relayed port (default {DEFAULT_MIN_PORT})", "PORT"),
@@ -268,6 +311,26 @@ class ServeConfig:
     """Allow loopback peers."""
     allow_peers: list[str] = field(default_factory=list)
     """Networks allowed even when private."""
+    deny_peers: list[str] = field(default_factory=list)
+    """Networks refused besides the private ranges (``--denied-peer-ip``)."""
+    external_ips: list[str] = field(default_factory=list)
+    """``PUBLIC[/PRIVATE]`` mappings of a 1:1 NAT (``--external-ip``)."""
+    alternates: list[Address] = field(default_factory=list)
+    """ALTERNATE-SERVER addresses (RFC 8489 §10)."""
+    alternate_above: int | None = None
+    """Allocations from which new ones are redirected (None: only while draining)."""
+    alternate_domain: str | None = None
+    """ALTERNATE-DOMAIN, or None."""
+    drain: float = 0.0
+    """Seconds to wait for allocations to end after SIGTERM."""
+    max_bps: int | None = None
+    """Bytes per second per allocation and direction, or None."""
+    udp: bool = True
+    """Serve UDP listeners (False with ``--no-udp``)."""
+    workers: int = 1
+    """Worker processes (``--workers``)."""
+    redis: str | None = None
+    """Redis URL (``--redis``), or None."""
     relay_ips: list[str] = field(default_factory=list)
     """Relay IPs (TURN)."""
     min_port: int = DEFAULT_MIN_PORT
@@ -303,7 +366,7 @@ class ServeConfig:
     @property
     def turn(self) -> bool:
         """True when a credential source is configured (TURN is served)."""
-        return bool(self.users or self.users_db or self.secret)
+        return bool(self.users or self.users_db or self.secret or self.redis)
 
     @property
     def admin(self) -> bool:
@@ -485,6 +548,31 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         except ValueError:
             raise ServeError(f"--allow-peer: {net!r} is not a network") from None
         cfg.allow_peers.append(net)
+    for text in given["allowed_peer_ip"] or []:
+        cfg.allow_peers.extend(_networks("allowed-peer-ip", text))
+    for text in given["denied_peer_ip"] or []:
+        cfg.deny_peers.extend(_networks("denied-peer-ip", text))
+    cfg.external_ips = list(given["external_ip"] or [])
+    try:
+        ExternalAddresses(cfg.external_ips)
+    except LocalProtocolError as exc:
+        raise ServeError(f"--external-ip: {exc}") from None
+    cfg.alternates = [
+        _address("alternate-server", t, DEFAULT_PORT) for t in given["alternate_server"] or []
+    ]
+    cfg.alternate_above = _int("alternate-above", given["alternate_above"], 0, 1 << 31)
+    cfg.alternate_domain = given["alternate_domain"]
+    if (cfg.alternate_above is not None or cfg.alternate_domain) and not cfg.alternates:
+        raise ServeError("--alternate-above and --alternate-domain need --alternate-server")
+    cfg.drain = _float("drain", given["drain"]) or 0.0
+    cfg.max_bps = _int("max-bps", given["max_bps"], 1, 1 << 40)
+    cfg.udp = not given["no_udp"]
+    if given["no_tcp"]:
+        cfg.tcp = False
+    cfg.workers = _workers(given["workers"])
+    cfg.redis = given["redis"]
+    if cfg.redis is not None and not cfg.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise ServeError(f"--redis needs redis://HOST:PORT/DB, not {cfg.redis!r}")
     cfg.min_port = _int("min-port", given["min_port"], 1, 65535) or DEFAULT_MIN_PORT
     cfg.max_port = _int("max-port", given["max_port"], 1, 65535) or DEFAULT_MAX_PORT
     if cfg.min_port > cfg.max_port:
@@ -540,7 +628,39 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         cfg.relay_ips = default_relay_ips(listen)
         if not cfg.relay_ips:
             raise ServeError("cannot tell which IP to relay on: give --relay-ip")
+    if not cfg.turn:
+        for flag, used in (("--no-udp", not cfg.udp), ("--external-ip", cfg.external_ips),
+                           ("--alternate-server", cfg.alternates), ("--max-bps", cfg.max_bps),
+                           ("--denied-peer-ip", cfg.deny_peers)):  # fmt: skip
+            if used:
+                raise ServeError(f"{flag} is for the TURN server: give --user, --users-db "
+                                 "or --static-auth-secret")
+    if not cfg.udp and not cfg.tcp and cfg.tls_context is None:
+        raise ServeError("--no-udp leaves nothing to listen on: add --tcp or --tls-cert")
     return cfg
+
+
+def _networks(name: str, text: str) -> list[str]:
+    """coturn's peer ranges: an IP, ``IP-IP`` (inclusive) or a CIDR, as CIDRs."""
+    first, sep, last = text.partition("-")
+    try:
+        if not sep:
+            return [str(ipaddress.ip_network(text.strip(), strict=False))]
+        low, high = ipaddress.ip_address(first.strip()), ipaddress.ip_address(last.strip())
+        return [str(n) for n in ipaddress.summarize_address_range(low, high)]
+    except (ValueError, TypeError):
+        raise ServeError(f"--{name}: {text!r} is not an IP, IP-IP range or CIDR") from None
+
+
+def _workers(text: str | None) -> int:
+    if text is None:
+        return 1
+    if text == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)  # fmt: skip
+    value = _int("workers", text, 1, 256)
+    assert value is not None
+    return value
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -601,6 +721,12 @@ def _stats_collector(
                     "unsigned answers not sent: the source prefix was over its budget",
                     value=s.rate_limited,
                 )
+                if core.alternates is not None:
+                    yield CounterMetricFamily(
+                        "anchor_turn_redirected",
+                        "Allocate requests answered 300 Try Alternate (RFC 8489 §10)",
+                        value=core.alternates.redirected,
+                    )
             run = runner()
             if run is not None:
                 yield CounterMetricFamily(
@@ -612,6 +738,12 @@ def _stats_collector(
                     "relay sockets not opened for lack of file descriptors (508)",
                     value=run.allocator.resource_errors,
                 )
+                if run.shaper is not None:
+                    yield CounterMetricFamily(
+                        "anchor_turn_bandwidth_dropped",
+                        "relayed datagrams dropped for going over --max-bps",
+                        value=run.shaper.dropped,
+                    )
             held = list(guards())
             if held:
                 yield GaugeMetricFamily(
@@ -651,16 +783,17 @@ def _stats_collector(
 class MetricsExporter:
     """Prometheus metrics over HTTP on the running asyncio loop (no thread).
 
-    ``collector`` is any prometheus-client collector (an object with ``collect()``); GET
+    ``collectors`` are prometheus-client collectors (objects with ``collect()``); GET
     ``/metrics`` (or ``/``) answers the text exposition format, anything else 404.
     """
 
-    def __init__(self, collector: Any) -> None:
+    def __init__(self, *collectors: Any) -> None:
         from prometheus_client import CollectorRegistry
 
         self.registry = CollectorRegistry(auto_describe=False)
-        """The registry scraped (holding only ``collector``)."""
-        self.registry.register(collector)
+        """The registry scraped (holding only ``collectors``)."""
+        for collector in collectors:
+            self.registry.register(collector)
         self.address: Address | None = None
         """The bound address, after :meth:`start`."""
         self._server: asyncio.Server | None = None
@@ -749,7 +882,7 @@ def _backend(cfg: ServeConfig) -> tuple[CredentialBackend, list[SqliteUsers]]:
         raise ServeError(str(exc)) from exc
     if len(backends) == 1:
         return backends[0], opened
-    return ChainedBackend(*backends), opened
+    return ChainedBackend(*backends), opened  # none at all with --redis alone: Redis's users
 
 
 def _open_db(path: str, *, reload_interval: float | None = None) -> SqliteUsers:
@@ -786,7 +919,8 @@ def _print_event(event: TurnServerEvent) -> None:
     print(f"event {event}", file=sys.stderr, flush=True)
 
 
-async def _serve(cfg: ServeConfig, software: str) -> None:
+async def _serve(cfg: ServeConfig, software: str, role: WorkerRole | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or, in a worker, until the supervisor goes away)."""
     loop = asyncio.get_running_loop()
     errors = LoopErrorFilter()
     errors.install(loop)
@@ -806,6 +940,8 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
     exporter: MetricsExporter | None = None
     dbs: list[SqliteUsers] = []
     lines: list[str] = []
+    alternates: AlternateServers | None = None
+    shared: Any = None
     try:
         budget = AnswerBudget()  # every STUN core's, in STUN-only mode (TURN: the core's)
         try:
@@ -816,10 +952,19 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
             raise ServeError(str(exc)) from exc
         if cfg.turn:
             auth, dbs = _backend(cfg)
+            if cfg.redis is not None:
+                shared = _redis_store(cfg, user_quota=user_quota, total_quota=cfg.total_quota)
+                closers.append(shared.close)
+                auth = shared.credentials(auth, clock=time.time)
             try:
                 allocator = UdpRelayAllocator(
                     cfg.relay_ips, min_port=cfg.min_port, max_port=cfg.max_port
                 )
+                external = ExternalAddresses(cfg.external_ips) if cfg.external_ips else None
+                if cfg.alternates:
+                    alternates = AlternateServers(
+                        cfg.alternates, above=cfg.alternate_above, domain=cfg.alternate_domain
+                    )
                 core = TurnServer(
                     realm=cfg.realm,
                     auth=auth,
@@ -830,9 +975,23 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     user_quota=user_quota,
                     total_quota=total_quota,
                     address_families=tuple(Family(f) for f in allocator.families),
-                    allow_loopback_peers=cfg.allow_loopback_peers,
-                    allow_peers=cfg.allow_peers,
+                    peer_filter=PeerFilter(
+                        allow_loopback=cfg.allow_loopback_peers,
+                        allow=cfg.allow_peers,
+                        deny=cfg.deny_peers,
+                    ),
                     strict_channels=cfg.strict_channels,
+                    # coturn's keys in Redis are MD5: offered first, clients take it
+                    # (RFC 8489 §9.2.5); SHA-256 stays available.
+                    password_algorithms=(
+                        (PasswordAlgorithmId.MD5, PasswordAlgorithmId.SHA256)
+                        if cfg.redis is not None
+                        else (PasswordAlgorithmId.SHA256, PasswordAlgorithmId.MD5)
+                    ),
+                    nonce_secret=role.nonce_secret if role is not None else None,
+                    external=external,
+                    alternates=alternates,
+                    shared_quota=shared.quota if shared is not None else None,
                 )
                 turn_runner = TurnServerRunner(
                     core,
@@ -842,6 +1001,10 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     tls_context=cfg.tls_context,
                     on_event=_print_event if cfg.verbose else None,
                     limits=limits,
+                    external_ips=external.publics if external is not None else (),
+                    serve_udp=cfg.udp,
+                    reuse_port=role is not None,
+                    shaper=RelayShaper(cfg.max_bps) if cfg.max_bps else None,
                 )
             except LocalProtocolError as exc:
                 raise ServeError(str(exc)) from exc
@@ -853,6 +1016,8 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                 raise ServeError(f"cannot listen: {exc}") from exc
             for kind, addr in turn_runner.listeners:
                 lines.append(f"listening {kind} {format_address(addr)}")
+            if shared is not None:
+                shared.start(loop)
         else:
             for index, primary in enumerate(cfg.listen):
                 core_stun = (
@@ -860,7 +1025,7 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     if index == 0
                     else StunServer(primary=primary, software=software, budget=budget)
                 )
-                runner = StunServerRunner(core_stun, limits=limits)
+                runner = StunServerRunner(core_stun, limits=limits, reuse_port=role is not None)
                 stun_runners.append(runner)
                 closers.append(runner.close)
                 waiters.append(runner.wait_closed)
@@ -876,19 +1041,18 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                     ) from exc
                 for kind, addr in runner.listeners:
                     lines.append(f"listening {kind} {format_address(addr)}")
+        final_turn = turn_runner
+        collector = _stats_collector(
+            lambda: final_turn.core if final_turn is not None else None,
+            lambda: [r.core.stats for r in stun_runners] or [stun.stats],
+            lambda: final_turn,
+            errors,
+            lambda: [final_turn.guard] if final_turn is not None else [
+                r.guard for r in stun_runners
+            ],
+        )
         if cfg.metrics is not None:
-            final_turn = turn_runner
-            exporter = MetricsExporter(
-                _stats_collector(
-                    lambda: final_turn.core if final_turn is not None else None,
-                    lambda: [r.core.stats for r in stun_runners] or [stun.stats],
-                    lambda: final_turn,
-                    errors,
-                    lambda: [final_turn.guard] if final_turn is not None else [
-                        r.guard for r in stun_runners
-                    ],
-                )
-            )
+            exporter = MetricsExporter(collector)
             closers.append(exporter.close)
             waiters.append(exporter.wait_closed)
             try:
@@ -902,7 +1066,8 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
                 turn_runner.protect([bound])
         if cfg.signal is not None:
             service = RendezvousServer(
-                cfg.signal[0], cfg.signal[1], ssl=cfg.tls_context, allowed=cfg.signal_allow
+                cfg.signal[0], cfg.signal[1], ssl=cfg.tls_context, allowed=cfg.signal_allow,
+                **_router(cfg, closers, waiters),
             )
             closers.append(service.close)
             waiters.append(service.wait_closed)
@@ -916,9 +1081,18 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
             lines.append(f"listening {scheme} {format_address(bound)}")
             if turn_runner is not None:
                 turn_runner.protect([bound])
+        if role is not None:
+            if turn_runner is not None:
+                turn_runner.protect(role.protect)
+            role.start(stop, collector)
+            closers.append(role.close)
         for line in lines:
             print(line, flush=True)
+        if role is not None:
+            role.ready()
         await stop.wait()
+        if cfg.drain > 0 and turn_runner is not None:
+            await _drain(turn_runner.core, alternates, cfg.drain)
     finally:
         for close in closers:
             close()
@@ -928,6 +1102,50 @@ async def _serve(cfg: ServeConfig, software: str) -> None:
             db.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _drain(core: TurnServer, alternates: AlternateServers | None, seconds: float) -> None:
+    """``--drain``: redirect new allocations (RFC 8489 §10) and wait, up to ``seconds``, for
+    the ones held to end; a second SIGTERM does not cut it short (the supervisor's does)."""
+    if alternates is not None:
+        alternates.draining = True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while core.allocation_count() and loop.time() < deadline:
+        await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+
+
+def _redis_store(cfg: ServeConfig, *, user_quota: int, total_quota: int | None) -> Any:
+    """The Redis-backed shared state of ``--redis`` (quotas, users, REST secrets)."""
+    assert cfg.redis is not None
+    try:
+        from anchor_turn.aio.redis_store import RedisStore
+    except ImportError as exc:  # the `redis` package is the `server` extra
+        raise ServeError(f"--redis needs the redis package (pip install anchor-nat[server]): "
+                         f"{exc}") from exc
+    try:
+        return RedisStore(
+            cfg.redis, realm=cfg.realm, user_quota=user_quota, total_quota=total_quota
+        )
+    except LocalProtocolError as exc:
+        raise ServeError(f"--redis: {exc}") from exc
+
+
+def _router(
+    cfg: ServeConfig, closers: list[Callable[[], None]], waiters: list[Callable[[], Any]]
+) -> dict[str, Any]:
+    """The rendezvous router of ``--redis`` (names held on other instances), or none."""
+    if cfg.redis is None:
+        return {}
+    try:
+        from anchor_cli.redis_router import RedisRouter
+    except ImportError as exc:
+        raise ServeError(f"--redis needs the redis package (pip install anchor-nat[server]): "
+                         f"{exc}") from exc
+    router = RedisRouter(cfg.redis)
+    closers.append(router.close)
+    waiters.append(router.wait_closed)
+    return {"router": router}
 
 
 def run_serve(
@@ -942,6 +1160,10 @@ def run_serve(
         if cfg.admin:
             _admin(cfg)
             return 0
+        if cfg.workers > 1:
+            from anchor_cli.serve_workers import run_supervisor
+
+            return run_supervisor(cfg, args, software)
         asyncio.run(_serve(cfg, software))
     except ServeError as exc:
         print(f"anchor serve: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ from anchor_link.aio.endpoint import (
 from anchor_link.aio.signal import (
     InProcessSignalling,
     Mailbox,
+    RendezvousRouter,
     RendezvousServer,
     Signalling,
     SignallingClosed,
@@ -118,6 +119,7 @@ __all__ = [
     "ReliableIdle",
     "ReliableState",
     "ReliableStats",
+    "RendezvousRouter",
     "RendezvousServer",
     "ReplayDetected",
     "SealError",

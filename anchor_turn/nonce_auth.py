@@ -128,6 +128,7 @@ class NonceAuthenticator:
         nonce_lifetime: float = DEFAULT_NONCE_LIFETIME,
         password_algorithms: tuple[int, ...] = (_SHA256, _MD5),
         username_anonymity: bool = False,
+        secret: bytes | None = None,
     ) -> None:
         if nonce_lifetime <= 0:
             raise LocalProtocolError("lifetimes must be positive")
@@ -158,7 +159,11 @@ class NonceAuthenticator:
         self._offered: PasswordAlgorithms | None = (
             PasswordAlgorithms.of(*self.password_algorithms) if self.password_algorithms else None
         )
-        self._secret = rng(32)
+        if secret is not None and len(secret) < 16:
+            raise LocalProtocolError("nonce_secret must be at least 16 bytes")
+        self._secret = secret if secret is not None else rng(32)
+        """The key of the stateless nonces: drawn at start, or given (``--workers``: one for
+        every worker, so a nonce made by one is valid on all)."""
         self._bad_request = Refusal(ErrorCode.BAD_REQUEST, ())
 
     # ------------------------------------------------------------------ verdicts

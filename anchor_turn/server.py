@@ -204,8 +204,10 @@ from anchor_stun.message import (
     encode_type,
 )
 from anchor_stun.server import StunServer
+from anchor_turn.admission import AlternateServers, SharedQuota
 from anchor_turn.auth import CredentialBackend
 from anchor_turn.channeldata import CHANNEL_MAX, CHANNEL_MAX_RFC5766, CHANNEL_MIN
+from anchor_turn.external import ExternalAddresses
 from anchor_turn.nonce_auth import (
     DEFAULT_NONCE_LIFETIME,
     Authenticated,
@@ -633,6 +635,14 @@ class TurnServer:
       (RFC 8656 §7.2 step 4, §11.2).
     - ``self_addresses``: more (ip, port) addresses the server answers on, refused as peers
       besides its listeners (see :meth:`add_self_addresses`).
+    - ``nonce_secret``: the key of the stateless nonces (default 32 bytes from ``rng``);
+      servers given the same one accept each other's nonces (worker processes).
+    - ``external``: :class:`~anchor_turn.external.ExternalAddresses`, the public addresses
+      XOR-RELAYED-ADDRESS names for relays on private ones (coturn's ``--external-ip``).
+    - ``alternates``: :class:`~anchor_turn.admission.AlternateServers`, when to answer an
+      Allocate with 300 Try Alternate (RFC 8489 §10).
+    - ``shared_quota``: a :class:`~anchor_turn.admission.SharedQuota` asked after the
+      server's own quotas (486 or 508 from it), told when each allocation it admitted ends.
 
     Raises :class:`LocalProtocolError` on a bad configuration.
     """
@@ -667,6 +677,10 @@ class TurnServer:
         unauthenticated_burst: int = UNAUTHENTICATED_BURST,
         dont_fragment: bool = True,
         self_addresses: Iterable[Address] = (),
+        nonce_secret: bytes | None = None,
+        external: ExternalAddresses | None = None,
+        alternates: AlternateServers | None = None,
+        shared_quota: SharedQuota | None = None,
     ) -> None:
         if not 0 < default_lifetime <= max_lifetime <= 0xFFFFFFFF:
             raise LocalProtocolError("need 0 < default_lifetime <= max_lifetime")
@@ -685,6 +699,7 @@ class TurnServer:
             realm=realm,
             backend=auth,
             rng=rng,
+            secret=nonce_secret,
             nonce_lifetime=nonce_lifetime,
             password_algorithms=password_algorithms,
             username_anonymity=username_anonymity,
@@ -731,7 +746,14 @@ class TurnServer:
         """Decides which peer IPs may be reached (403 otherwise)."""
         self.stats = TurnServerStats()
         """Counters."""
+        self.external = external
+        """Public addresses advertised for relays on private ones, or None."""
+        self.alternates = alternates
+        """When and where to redirect Allocate requests (300), or None."""
+        self.shared_quota = shared_quota
+        """The quota shared with other servers, or None."""
 
+        self._rng = rng
         self._software_attrs: list[Attribute] = [Software(software)] if software else []
         self._tid_prefix = rng(4)
         self._tid_counter = 0
@@ -1309,11 +1331,44 @@ class TurnServer:
         reserve = even is not None and even.reserve
         if aaf is not None and (reserve or aaf.family != _IPV6):
             raise _Reject(ErrorCode.BAD_REQUEST)
+        if self.alternates is not None:
+            redirect = self.alternates.choose(addr, transport, len(self._by_tuple))
+            if redirect is not None:
+                raise _Reject(ErrorCode.TRY_ALTERNATE, *redirect)  # RFC 8489 §10
         username = auth.username
         if (self.total_quota is not None and len(self._by_tuple) >= self.total_quota) or (
             self.user_quota is not None and self._per_user.get(username, 0) >= self.user_quota
         ):
             raise _Reject(ErrorCode.ALLOCATION_QUOTA_REACHED)
+        shared = self.shared_quota
+        if shared is not None:
+            refused = shared.acquire(username, _quota_name(addr, local, transport), now)
+            if refused is not None:
+                raise _Reject(ErrorCode(refused))
+        try:
+            return self._bind_relays(
+                msg, username, addr, local, transport, family, even, reserve, token, aaf, now
+            )
+        except _Reject:
+            if shared is not None:
+                shared.release(username, _quota_name(addr, local, transport))
+            raise
+
+    def _bind_relays(
+        self,
+        msg: Message,
+        username: str,
+        addr: Address,
+        local: Address,
+        transport: TransportName,
+        family: int,
+        even: EvenPort | None,
+        reserve: bool,
+        token: ReservationToken | None,
+        aaf: AdditionalAddressFamily | None,
+        now: float,
+    ) -> list[Attribute]:
+        """RFC 8656 §7.2 steps 8-10, once the allocation is admitted."""
 
         families = (_IPV4, _IPV6) if aaf is not None else (family,)
         bound: list[tuple[int, Address]] = []
@@ -1361,7 +1416,11 @@ class TurnServer:
         self._events.append(
             AllocationCreatedEvent(addr, local, transport, username, alloc.relayed(), lifetime)
         )
-        attrs: list[Attribute] = [XorRelayedAddress(a[0], a[1]) for a in alloc.relayed()]
+        external = self.external
+        attrs: list[Attribute] = [
+            XorRelayedAddress(*(external.public(a) if external is not None else a))
+            for a in alloc.relayed()
+        ]
         attrs.append(Lifetime(lifetime))
         if new_token is not None:
             attrs.append(ReservationToken(new_token))
@@ -1583,6 +1642,16 @@ class TurnServer:
         else:
             self._per_user.pop(alloc.username, None)
         self.stats.allocations -= 1
+        if self.shared_quota is not None:
+            self.shared_quota.release(
+                alloc.username, _quota_name(alloc.client, alloc.local, alloc.transport)
+            )
+
+
+def _quota_name(addr: Address, local: Address, transport: str) -> str:
+    """The name of an allocation for a :class:`~anchor_turn.admission.SharedQuota`: its
+    5-tuple."""
+    return f"{transport}/{addr[0]}/{addr[1]}/{local[0]}/{local[1]}"
 
 
 def _address_error(family: int, code: ErrorCode) -> AddressErrorCode:

@@ -138,3 +138,19 @@ def anchor_serve(*args: str, expect: int = 1, timeout: float = 20) -> Iterator[l
                 proc.wait()
                 raise
             assert code == 0, f"anchor serve exited {code}"
+
+
+def scrape(port: int, host: str = LOOPBACK) -> dict[str, float]:
+    """GET http://HOST:PORT/metrics of `anchor serve --metrics` as {'name{labels}': value}."""
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    body = b"".join(chunks).split(b"\r\n\r\n", 1)[1].decode()
+    out: dict[str, float] = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out

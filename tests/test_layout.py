@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TOWER = ["anchor_stun", "anchor_turn", "anchor_ice", "anchor_link", "anchor_cli"]
 IO_MODULES = {"asyncio", "socket", "time", "random", "secrets", "threading"}
-THIRD_PARTY_OF_CLI_AND_SERVER = ("rich", "prometheus_client")
+THIRD_PARTY_OF_CLI_AND_SERVER = ("rich", "prometheus_client", "redis")
 
 
 def _modules(package: str) -> list[Path]:
@@ -110,8 +110,9 @@ def test_anchor_is_a_deprecated_alias_of_link_endpoint() -> None:
 
 
 def test_protocol_packages_import_without_cli_and_server_dependencies() -> None:
-    """rich (the CLI's tables) and prometheus-client (the server's metrics) are not needed to
-    use the protocol packages: importing them with both blocked works."""
+    """rich (the CLI's tables), prometheus-client (the server's metrics) and redis (the
+    fleet's shared state) are not needed to use the protocol packages: importing them with
+    all three blocked works."""
     blocked = "; ".join(f"sys.modules[{name!r}] = None" for name in THIRD_PARTY_OF_CLI_AND_SERVER)
     code = f"import sys; {blocked}; import anchor_stun, anchor_turn, anchor_ice, anchor_link"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

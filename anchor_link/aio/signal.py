@@ -55,7 +55,14 @@ Two implementations:
   ``max_per_source`` connections per source address; frames larger than :data:`MAX_BODY` close
   the connection (RFC 6455 §7.4.1 code 1009); more than ``rate`` frames a second (with a
   burst of twice that) are refused with an error; a frame that is not JSON or not a known
-  operation gets an error reply. Every other connection carries on. With a TLS context the
+  operation gets an error reply. Every other connection carries on.
+
+  **Several instances** (``router``, a :class:`RendezvousRouter`): a description for a name
+  nobody holds on this instance is handed to the router, which carries it to the instance
+  holding the name (``anchor serve --signal ... --redis URL`` uses Redis pub/sub,
+  ``anchor_cli.redis_router``), and frames routed from other instances are delivered to the
+  local holder. The instance tells the router each name it takes and gives up. A name is
+  bound to its key on each instance; across instances the router only carries frames. With a TLS context the
   server speaks ``wss://`` (``anchor serve --signal ... --tls-cert F --tls-key F``); clients
   verify it (``ca_file`` / ``anchor pipe --ca-file``).
 
@@ -75,7 +82,7 @@ import binascii
 import contextlib
 import json
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -101,6 +108,7 @@ __all__ = [
     "Envelope",
     "InProcessSignalling",
     "Mailbox",
+    "RendezvousRouter",
     "RendezvousServer",
     "Signalling",
     "SignallingClosed",
@@ -475,6 +483,28 @@ class _Refusal(Exception):
     """The server closes this connection (reason in the message)."""
 
 
+class RendezvousRouter(Protocol):
+    """Carries rendezvous frames between instances of :class:`RendezvousServer` (module
+    docstring, "Several instances")."""
+
+    async def start(self, deliver: Callable[[str, str], Awaitable[None]]) -> None:
+        """Begin; ``deliver(name, frame)`` hands a frame routed from another instance to the
+        local holder of ``name`` (a JSON ``message`` frame, as sent to clients)."""
+        ...
+
+    async def claim(self, name: str) -> None:
+        """``name`` is held on this instance now: route its frames here."""
+        ...
+
+    async def release(self, name: str) -> None:
+        """``name`` is no longer held on this instance."""
+        ...
+
+    async def route(self, name: str, frame: str) -> bool:
+        """Send ``frame`` to the instance holding ``name``; False when none does."""
+        ...
+
+
 class RendezvousServer:
     """The WebSocket rendezvous: forwards descriptions between named connections whose keys it
     verified (module docstring). ``await start()``, then :attr:`address`; ``close()`` and
@@ -482,7 +512,8 @@ class RendezvousServer:
 
     ``ssl``: a server TLS context (``wss://``); ``allowed``: the public identities that may
     connect (None: any); ``auth_timeout``, ``max_per_source``, ``rate``: the bounds of the
-    module docstring."""
+    module docstring; ``router``: a :class:`RendezvousRouter` to names held on other
+    instances."""
 
     def __init__(
         self,
@@ -494,8 +525,11 @@ class RendezvousServer:
         auth_timeout: float = AUTH_TIMEOUT,
         max_per_source: int = MAX_PER_SOURCE,
         rate: float = RATE,
+        router: RendezvousRouter | None = None,
     ) -> None:
         self.host = host
+        self.router = router
+        """Carries frames to and from other instances, or None."""
         self.port = port
         self._ssl = ssl
         self._allowed: set[bytes] | None = None
@@ -555,7 +589,17 @@ class RendezvousServer:
             self._handle, self.host, self.port, compression=None, max_size=MAX_BODY + 1024,
             ssl=self._ssl, open_timeout=self.auth_timeout,
         )  # fmt: skip
+        if self.router is not None:
+            await self.router.start(self._deliver_routed)
         return self.address
+
+    async def _deliver_routed(self, name: str, frame: str) -> None:
+        """A frame another instance routed here: to the local holder of ``name``."""
+        held = self._names.get(name)
+        if held is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await held[0].send(frame)
+                self.forwarded += 1
 
     def open_sockets(self) -> int:
         """Listening sockets and client connections still open."""
@@ -590,6 +634,8 @@ class RendezvousServer:
                 if held[0].transport is not None:
                     held[0].transport.abort()
             self._names[name] = (ws, key)
+            if self.router is not None:
+                await self.router.claim(name)
             await ws.send(json.dumps({"op": "welcome", "identity": format_public(key)}))
             await self._forward(ws, name)
         except _Refusal as exc:
@@ -607,6 +653,9 @@ class RendezvousServer:
             held = self._names.get(name) if name is not None else None
             if held is not None and held[0] is ws:
                 del self._names[name]  # type: ignore[arg-type]
+                if self.router is not None:
+                    with contextlib.suppress(Exception):
+                        await self.router.release(name)  # type: ignore[arg-type]
 
     async def _authenticate(self, ws: ServerConnection, crowded: str | None) -> tuple[str, bytes]:
         """hello / challenge / prove (module docstring): the name and the proven key. Every
@@ -665,10 +714,15 @@ class RendezvousServer:
                 await ws.send(json.dumps({"op": "error", "reason": "unknown or malformed op"}))
                 continue
             held = self._names.get(to)
+            out = {"op": "message", "from": name, "body": body}
             if held is None:
+                if self.router is not None and await self.router.route(
+                    to, json.dumps(out, separators=(",", ":"))
+                ):
+                    self.forwarded += 1
+                    continue
                 await ws.send(json.dumps({"op": UNREACHABLE, "to": to}))
                 continue
-            out = {"op": "message", "from": name, "body": body}
             with contextlib.suppress(ConnectionClosed):
                 await held[0].send(json.dumps(out, separators=(",", ":")))
                 self.forwarded += 1

@@ -596,10 +596,15 @@ class StunServerRunner:
     """Serves a :class:`StunServer` core: UDP on each of its local addresses, optionally TCP on
     the primary address and TLS on ``tls_address``. ``listeners`` lists what is open. TCP and
     TLS connections are bounded by a :class:`~anchor_stun.aio.streams.StreamGuard` built
-    from ``limits`` (:attr:`guard`)."""
+    from ``limits`` (:attr:`guard`). With ``reuse_port`` every listener is opened with
+    ``SO_REUSEPORT``: several processes serve one address (``anchor serve --workers``)."""
 
-    def __init__(self, core: StunServer, *, limits: StreamLimits | None = None) -> None:
+    def __init__(
+        self, core: StunServer, *, limits: StreamLimits | None = None, reuse_port: bool = False
+    ) -> None:
         self.core = core
+        self.reuse_port = reuse_port
+        """Whether listeners are shared with other processes (SO_REUSEPORT)."""
         self.listeners: list[tuple[str, Address]] = []
         self.guard = StreamGuard(limits)
         """The bounds of the TCP/TLS connections and their shed counters."""
@@ -622,6 +627,7 @@ class StunServerRunner:
                 udp, _ = await loop.create_datagram_endpoint(
                     lambda local=local: _ServerDatagram(self, local),  # type: ignore[misc]
                     local_addr=local,
+                    reuse_port=self.reuse_port or None,
                 )
                 sock = udp.get_extra_info("sockname")
                 bound = (str(sock[0]), int(sock[1]))
@@ -646,6 +652,7 @@ class StunServerRunner:
             local[0],
             local[1],
             reuse_address=True,
+            reuse_port=self.reuse_port or None,
             backlog=1024,
         )
         self._servers.append(server)

@@ -108,6 +108,7 @@ from anchor_stun.server import StunServer
 from anchor_turn.auth import StaticUsers
 from anchor_turn.peer_filter import canonical_address as _canonical
 from anchor_turn.server import DontFragmentTransmit, TransportName, TurnServer, TurnServerEvent
+from anchor_turn.shaper import RelayShaper
 
 __all__ = [
     "DEFAULT_MAX_PORT",
@@ -592,6 +593,13 @@ class TurnServerRunner:
     with the addresses it was configured with. ``on_event`` receives every core event (for
     logs and metrics). After :meth:`start`, :attr:`listeners` lists ``(kind, address)`` of
     every listener. :meth:`close` releases everything; :meth:`open_sockets` then returns 0.
+
+    Deployment options (issue 21): ``serve_udp=False`` opens no UDP listener (coturn's
+    ``--no-udp``; relays stay UDP); ``reuse_port`` sets ``SO_REUSEPORT`` on every listener, so
+    that several processes serve one address and the kernel spreads clients among them (by
+    the hash of the 4-tuple: a client's datagrams always reach the same process while the
+    set of processes is unchanged); ``shaper`` (:class:`~anchor_turn.shaper.RelayShaper`)
+    bounds the bytes per second of each relayed address in each direction (``--max-bps``).
     """
 
     def __init__(
@@ -606,6 +614,9 @@ class TurnServerRunner:
         stream_buffer: int = DEFAULT_STREAM_BUFFER,
         limits: StreamLimits | None = None,
         external_ips: Sequence[str] = (),
+        serve_udp: bool = True,
+        reuse_port: bool = False,
+        shaper: RelayShaper | None = None,
     ) -> None:
         if not isinstance(core.relay, UdpRelayAllocator):
             raise LocalProtocolError("the core's relay allocator must be a UdpRelayAllocator")
@@ -619,9 +630,13 @@ class TurnServerRunner:
             core.dont_fragment = False  # DONT-FRAGMENT becomes unknown: 420 (RFC 8656 §7.2)
             _log.info("relay sockets cannot forbid fragmentation: DONT-FRAGMENT gets 420")
         udp_addresses: list[Address] = []
-        for addr in [*core.stun.local_addresses(), *udp]:
+        for addr in [*core.stun.local_addresses(), *udp] if serve_udp else ():
             if addr not in udp_addresses:
                 udp_addresses.append(addr)
+        self.reuse_port = reuse_port
+        """Whether listeners are opened with SO_REUSEPORT (shared with other processes)."""
+        self.shaper = shaper
+        """The per-relay bandwidth bound (``--max-bps``), or None."""
         self._udp_addresses = udp_addresses
         self._tcp_addresses = list(tcp)
         self._tls_addresses = list(tls)
@@ -673,6 +688,8 @@ class TurnServerRunner:
                 if family == _IPV6 and ipaddress.ip_address(local[0]).is_unspecified:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
                 try:
+                    if self.reuse_port:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                     sock.bind(local)
                 except OSError:
                     sock.close()
@@ -720,6 +737,7 @@ class TurnServerRunner:
             local[0],
             local[1],
             reuse_address=True,
+            reuse_port=self.reuse_port or None,
             backlog=1024,
         )
         self._servers.append(server)
@@ -779,8 +797,19 @@ class TurnServerRunner:
         self._read(sock, local, self.core.receive_datagram)
 
     def _relay_ready(self, sock: socket.socket, relay: Address) -> None:
-        """A relay socket is readable: feed a batch of peer datagrams to the core."""
-        self._read(sock, relay, self.core.receive_relay)
+        """A relay socket is readable: feed a batch of peer datagrams to the core (those over
+        ``--max-bps`` towards the client are dropped, as UDP may be)."""
+        core_receive = self.core.receive_relay
+        shaper = self.shaper
+        if shaper is None:
+            self._read(sock, relay, core_receive)
+            return
+
+        def shaped(data: bytes, src: Address, local: Address, now: float) -> None:
+            if shaper.admit(local, False, len(data), now):
+                core_receive(data, src, local, now)
+
+        self._read(sock, relay, shaped)
 
     def _read(
         self,
@@ -826,6 +855,8 @@ class TurnServerRunner:
             return
         core = self.core
         out = core.datagrams_to_send(self._loop.time())
+        if out and self.shaper is not None:
+            out = self._shape(out)
         if out:
             self._send(out)
         event = core.next_event()
@@ -842,6 +873,20 @@ class TurnServerRunner:
                 self._timer.cancel()
             self._timer = None if deadline is None else self._loop.call_at(deadline, self._fire)
             self._timer_at = deadline
+
+    def _shape(self, out: list[Transmit]) -> list[Transmit]:
+        """``out`` without the datagrams to peers that go over ``--max-bps``."""
+        shaper = self.shaper
+        assert shaper is not None
+        relays = self.allocator.sockets
+        now = self._loop.time()
+        return [
+            t
+            for t in out
+            if t.local is None
+            or t.local not in relays
+            or shaper.admit(t.local, True, len(t.data), now)
+        ]
 
     def _send(self, out: list[Transmit]) -> None:
         """Route each :class:`Transmit` by its ``local`` (module docstring): a relay socket,
