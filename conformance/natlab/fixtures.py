@@ -25,8 +25,11 @@ from .lab import NatLab
 
 __all__ = ["BUDGET", "TOOLS", "natlab", "report", "require_lab"]
 
-BUDGET = 180.0
-"""Lab up + every lab test + lab down must stay under this many seconds (issue 7)."""
+BUDGET = 300.0
+"""Lab up + every lab test + lab down must stay under this many seconds: a guard on the
+suite's length (it must stay under 15 minutes on 2 cores), not a speed claim. 180 s until
+the lab gained the blocked-network, bottleneck and renomination modules (about 120 s more
+on a loaded machine)."""
 
 _spent: list[float] = []  # seconds of each lab module so far (up + tests + down)
 
