@@ -20,7 +20,9 @@ It exits 0 once stdin is at its end and a link has come and gone: the link disso
 ``--idle`` seconds after the last data either way, so a sender exits that long after its
 input ends, and a side with nothing to send (``< /dev/null``) exits when the peer's link to it
 has dissolved. Exit 1 (one line on stderr) when the link cannot be formed, 2 for a usage
-mistake. ``-v`` prints the link's events on stderr.
+mistake. ``-v`` prints the link's events on stderr (formed, moved to a better pair,
+dissolved, failed), and when the first message was sent and received, on the machine's
+monotonic clock (so that two pipes on one machine can measure its latency).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import contextlib
 import os
 import stat
 import sys
+import time
 from typing import IO, Any
 
 from anchor_cli.common import UsageError, add_turn_arguments, turn_servers
@@ -213,7 +216,7 @@ async def run(args: argparse.Namespace) -> int:
     """Run ``anchor pipe``; returns the exit status."""
     from anchor_link.aio.endpoint import LinkEndpoint
     from anchor_link.aio.signal import WebSocketSignalling
-    from anchor_link.state import LinkDissolved, LinkEvent, LinkFailed, LinkFormed
+    from anchor_link.state import LinkDissolved, LinkEvent, LinkFailed, LinkFormed, LinkMoved
 
     cfg = _config(args)
     identity = _identity(args)
@@ -221,8 +224,14 @@ async def run(args: argparse.Namespace) -> int:
     await out.open()
     failures: list[str] = []
 
+    first_received: set[str] = set()
+
     def on_message(peer: str, data: bytes) -> None:
         if peer == args.peer:
+            if args.verbose and peer not in first_received:
+                first_received.add(peer)
+                print(f"anchor pipe: first message from {peer} received at monotonic "
+                      f"{time.monotonic():.6f} s", file=sys.stderr, flush=True)  # fmt: skip
             out.write(data)
 
     def on_event(event: LinkEvent) -> None:
@@ -239,6 +248,12 @@ async def run(args: argparse.Namespace) -> int:
             return
         if isinstance(event, LinkFormed):
             text = (f"link formed with {event.peer} in {event.formed_ms:.0f} ms: "
+                    f"{event.local_type} {format_address(event.local_address)} <-> "
+                    f"{event.remote_type} {format_address(event.remote_address)}")  # fmt: skip
+            if event.relay_transport is not None:
+                text += f" (relay over {event.relay_transport})"
+        elif isinstance(event, LinkMoved):
+            text = (f"link with {event.peer} moved in {event.moved_ms:.0f} ms: "
                     f"{event.local_type} {format_address(event.local_address)} <-> "
                     f"{event.remote_type} {format_address(event.remote_address)}")  # fmt: skip
             if event.relay_transport is not None:
@@ -268,10 +283,15 @@ async def run(args: argparse.Namespace) -> int:
     async with anchor:
         stdin = sys.stdin.buffer
         reader = await _open_stdin(stdin)
+        first = True
         while True:
             data = await reader.read(args.chunk) if reader is not None else stdin.read(args.chunk)
             if not data:
                 break
+            if first and args.verbose:
+                print(f"anchor pipe: first message to {args.peer} sent at monotonic "
+                      f"{time.monotonic():.6f} s", file=sys.stderr, flush=True)  # fmt: skip
+            first = False
             await anchor.send(args.peer, data)
         # stdin ended: wait until a link has come and gone and none is left.
         while True:

@@ -86,6 +86,21 @@ its component (the highest-priority nominated pair when a peer nominates several
 component's other pairs are dropped (§8.1.2), and once every component has one the agent is
 CONNECTED, then COMPLETED when no check is left.
 
+Renomination (``renomination=True``, only between agents that both signalled it: Anchor's
+links do, in their descriptions). RFC 8445 §8.1.1 lets the controlling agent nominate one
+pair per component and §8.1.2 stops the checks once it did; a link that must carry data
+early would then have to choose between waiting for the best pair and settling for a worse
+one for good. With renomination (the idea of draft-thatcher-ice-renomination, as libwebrtc
+and pion use it) the controlling agent may nominate again: checks of pairs with a higher
+priority than the selected one go on (on both sides, triggered checks included), the
+nominator is asked again (its view carries ``selected`` and ``renomination``), and when it
+picks a valid pair better than the selected one, that pair's check is repeated with
+USE-CANDIDATE. Anchor only ever renominates to a pair of higher priority, so the controlled
+agent's rule above (the highest-priority nominated pair is selected) is the draft's
+"latest nomination wins" without its NOMINATION counter. Once no pending pair is better
+than the selected one, the component's checks stop as in §8.1.2. Data received on the
+previous pair is still delivered (it is a valid pair), so nothing in flight is lost.
+
 ICE-lite (``lite=True``, RFC 8445 §2.5, §7.3.2, §8.2): the agent only answers. A request with
 USE-CANDIDATE makes (local address, source) a valid, nominated pair.
 
@@ -337,6 +352,8 @@ class IceAgent:
     * ``keepalive_interval``: Tr of RFC 8445 §11, seconds.
     * ``checking_timeout``: seconds after the start of checks before failing when some
       component has no selected pair (RFC 8863 PAC timer); None never times out.
+    * ``renomination``: both agents agreed on renomination (module docstring); default
+      False, RFC 8445 regular nomination.
     """
 
     def __init__(
@@ -360,6 +377,7 @@ class IceAgent:
         consent_timeout: float = CONSENT_TIMEOUT,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         checking_timeout: float | None = CHECKING_TIMEOUT,
+        renomination: bool = False,
     ) -> None:
         if not 1 <= components <= 256:
             raise LocalProtocolError(f"components must be 1-256, got {components}")
@@ -410,6 +428,11 @@ class IceAgent:
         """Tr: idle time before a keepalive indication, seconds (RFC 8445 §11)."""
         self.checking_timeout = checking_timeout
         """Seconds from the start of checks to a selected pair per component, or None."""
+        self.renomination = renomination
+        """True when both agents agreed on renomination (module docstring, "Renomination"):
+        checks go on after a pair is selected while a better one may still succeed, and the
+        controlling agent nominates again when its nominator picks a better valid pair. Set
+        it before the first check; only between agents that both signalled it."""
         self.dropped = 0
         """Datagrams ignored: undecodable, failing FINGERPRINT or integrity, unknown local
         address, responses to checks no longer tracked, anything after close or failure."""
@@ -812,7 +835,9 @@ class IceAgent:
                 times.append(pair.last_sent + self.keepalive_interval)
         if self._nominates():
             for component in range(1, self.components + 1):
-                if component in self._selected or component in self._nominating:
+                if component in self._nominating or (
+                    component in self._selected and not self._improvable(component)
+                ):
                     continue
                 view = self._view(component)
                 if not view.valid_pairs:
@@ -1584,9 +1609,9 @@ class IceAgent:
                     self._checklist.add_valid(valid)
                 self._nominate(valid, now)
             return not use_candidate and learned == self._prflx_count
-        if component in self._selected:
+        if component in self._selected and not self._improvable(component):
             # §8.1.2: no more triggered checks for a component with a nominated pair, but a
-            # peer nominating aggressively may nominate another valid pair.
+            # peer nominating aggressively (or renominating) may nominate another valid pair.
             if use_candidate:
                 pair = self._checklist.find(component, base, source)
                 valid = self._valid_from(pair) if pair is not None else None
@@ -1638,7 +1663,40 @@ class IceAgent:
             remote_complete=self._remote_complete,
             controlling=self._controlling,
             local_complete=self._local_complete,
+            selected=self._selected.get(component),
+            renomination=self.renomination,
         )
+
+    def _improvable(self, component: int) -> bool:
+        """Renomination: the component has a selected pair and a pending pair of higher
+        priority may still succeed, so its checks go on (module docstring)."""
+        if not self.renomination:
+            return False
+        selected = self._selected.get(component)
+        if selected is None:
+            return False
+        return any(p.priority > selected.priority for p in self._checklist.pending(component))
+
+    def _renominate(self, component: int, now: float) -> None:
+        """Renomination, controlling side: nominate the nominator's choice when it is a
+        better valid pair than the selected one; stop the component's checks once nothing
+        better can come (§8.1.2, postponed)."""
+        selected = self._selected[component]
+        if component not in self._nominating:
+            view = self._view(component)
+            choice = self.nominator.choose(view, now)
+            if (
+                choice is not None
+                and choice is not selected
+                and not choice.nominated
+                and choice.priority > selected.priority
+                and any(choice is p for p in view.valid_pairs)
+            ):
+                self._send_nomination(component, choice)
+                return
+        if component not in self._nominating and not self._improvable(component):
+            for pair in self._checklist.stop_component(component):
+                self._cancel(pair, now)
 
     def _evaluate_nomination(self, now: float) -> None:
         """RFC 8445 §8.1.1: ask the nominator, then repeat the chosen pair's check with
@@ -1647,7 +1705,13 @@ class IceAgent:
         if not self._nominates():
             return
         for component in range(1, self.components + 1):
-            if component in self._selected or component in self._nominating:
+            if component in self._selected:
+                if self.renomination and any(
+                    p.component == component for p in self._checklist.pairs
+                ):
+                    self._renominate(component, now)
+                continue
+            if component in self._nominating:
                 continue
             view = self._view(component)
             if not view.valid_pairs:
@@ -1657,15 +1721,19 @@ class IceAgent:
                 continue
             if not any(choice is p for p in view.valid_pairs):
                 raise LocalProtocolError("the nominator returned a pair that is not in valid_pairs")
-            source = choice.source or choice
-            if source not in self._checklist.pairs:
-                # its checklist pair is gone (the limit of §6.1.2.5): check from the valid
-                # pair itself, same base and remote candidate
-                source = choice
-                self._checklist.insert(source)
-            source.use_candidate = True
-            self._checklist.enqueue_triggered(source)
-            self._nominating[component] = choice
+            self._send_nomination(component, choice)
+
+    def _send_nomination(self, component: int, choice: CandidatePair) -> None:
+        """Repeat the check of a valid pair with USE-CANDIDATE (RFC 8445 §8.1.1)."""
+        source = choice.source or choice
+        if source not in self._checklist.pairs:
+            # its checklist pair is gone (the limit of §6.1.2.5): check from the valid
+            # pair itself, same base and remote candidate
+            source = choice
+            self._checklist.insert(source)
+        source.use_candidate = True
+        self._checklist.enqueue_triggered(source)
+        self._nominating[component] = choice
 
     def _nominate(self, valid: CandidatePair, now: float) -> None:
         """Set the nominated flag; the highest-priority nominated pair of a component is its
@@ -1690,6 +1758,8 @@ class IceAgent:
                 valid.last_sent = now
         self._nominating.pop(component, None)
         self._events.append(PairNominated(valid.info(), selected))
+        if self._improvable(component):
+            return  # renomination: the better pairs' checks go on
         for pair in self._checklist.stop_component(component):
             self._cancel(pair, now)
 

@@ -112,6 +112,13 @@ class NominationView:
     local_complete: bool = False
     """True once local gathering is complete: no local candidate will be added any more but
     peer-reflexive ones learned from checks (``IceAgent.end_of_local_candidates``)."""
+    selected: CandidatePair | None = None
+    """The component's selected pair, when :meth:`Nominator.choose` is asked again under
+    renomination (``IceAgent.renomination``): a choice of higher priority is nominated
+    next, anything else is ignored."""
+    renomination: bool = False
+    """True when both agents agreed on renomination: a first choice need not be the last,
+    so a policy may settle early and improve later."""
 
     def settled(self, pair: CandidatePair) -> bool:
         """True when no pending pair has a higher priority than ``pair``: no better pair can
@@ -281,14 +288,25 @@ class GatewayNominator:
       candidate, e.g. only relayed candidates, or a STUN server that sees no NAT), with the
       settle rule among relay pairs then (pending pairs to a host candidate, which can never
       give an acceptable pair, are not waited for).
+    * Under renomination (``view.renomination``, both peers Anchor links), the best relay
+      pair is nominated ``provisional`` seconds after the component's first valid pair
+      when no gateway pair is valid by then, instead of after ``grace``: the link carries
+      data at once, and moves to the best gateway pair (same settle rule) as soon as one
+      validates (the agent renominates, :mod:`anchor_ice.agent`). A host pair is never
+      nominated, first or later.
     * Advertises everything but host candidates, like browsers' mDNS privacy mode.
     """
 
-    def __init__(self, grace: float = 2.0, settle: float = 1.0) -> None:
+    def __init__(
+        self, grace: float = 2.0, settle: float = 1.0, provisional: float = 0.05
+    ) -> None:
         self.grace = grace
         """Seconds after checks start before a relay pair may be nominated."""
         self.settle = settle
         """Seconds to wait for better gateway pairs after the first valid pair."""
+        self.provisional = provisional
+        """Under renomination: seconds after the first valid pair before the best relay pair
+        is nominated while no gateway pair is valid (a gateway pair can replace it later)."""
 
     def advertise(self, candidate: Candidate) -> bool:
         """srflx, prflx and relay candidates; never host candidates."""
@@ -305,6 +323,10 @@ class GatewayNominator:
             return None
         best = relay[0]
         if now >= view.started_at + self.grace:
+            return best
+        if view.renomination and view.first_valid_at is not None and (
+            now >= view.first_valid_at + self.provisional
+        ):
             return best
         if gateway_pair_possible(view):
             return None
@@ -327,6 +349,8 @@ class GatewayNominator:
         if any(is_gateway_pair(p, view) for p in view.valid_pairs):
             return settle_end
         grace_end = view.started_at + self.grace
+        if view.renomination and view.first_valid_at is not None and view.selected is None:
+            grace_end = min(grace_end, view.first_valid_at + self.provisional)
         if settle_end is not None and not gateway_pair_possible(view):
             return min(grace_end, settle_end)
         return grace_end

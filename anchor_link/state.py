@@ -81,6 +81,7 @@ __all__ = [
     "LinkFormed",
     "LinkMachine",
     "LinkMessage",
+    "LinkMoved",
     "LinkState",
     "LinkWritable",
     "PeerAuthenticationError",
@@ -158,6 +159,27 @@ class LinkFormed(LinkEvent):
     relay_transport: str | None = None
     """How the local relayed candidate's TURN server is reached: ``udp``, ``tcp`` or
     ``tls`` (RFC 8656 §3.1); None when the local candidate is not relayed."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkMoved(LinkEvent):
+    """The open link's data moved to a better pair (ICE renomination,
+    :mod:`anchor_ice.agent`): the channel goes on over it, every message still delivered once
+    and in order (frames carry their own sequence numbers; what was in flight on the
+    previous pair is still received)."""
+
+    local_type: CandidateType
+    """Type of the new pair's local candidate (never host under the gateway policy)."""
+    local_address: Address
+    """(ip, port) of the local candidate."""
+    remote_type: CandidateType
+    """Type of the new pair's remote candidate."""
+    remote_address: Address
+    """(ip, port) of the remote candidate."""
+    moved_ms: float
+    """Milliseconds from wanting the link (as :attr:`LinkFormed.formed_ms`) to the move."""
+    relay_transport: str | None = None
+    """As :attr:`LinkFormed.relay_transport`, for the new pair."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +400,24 @@ class LinkMachine:
                 sealed=sealed,
                 peer_identity=peer_identity,
                 trust=trust,
+                relay_transport=relay_transport,
+            )
+        )
+
+    def moved(self, pair: PairInfo, now: float, *, relay_transport: str | None = None) -> None:
+        """ICE selected another pair for the open link (renomination): reports
+        :class:`LinkMoved`. The channel does not care which pair its frames travel on.
+        Ignored unless open."""
+        if self._state is not LinkState.OPEN:
+            return
+        self._events.append(
+            LinkMoved(
+                self.peer,
+                local_type=pair.local.type,
+                local_address=pair.local.address,
+                remote_type=pair.remote.type,
+                remote_address=pair.remote.address,
+                moved_ms=(now - self.started_at) * 1000,
                 relay_transport=relay_transport,
             )
         )

@@ -366,3 +366,76 @@ def test_a_nominator_returning_a_foreign_pair_is_a_local_error() -> None:
     from anchor_stun.errors import LocalProtocolError
     with pytest.raises(LocalProtocolError):
         run(ea, eb, net, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- renomination
+
+
+def test_gateway_nominator_under_renomination_takes_a_relay_pair_at_once() -> None:
+    relay_pair = valid_pair(L_RELAY, R_RELAY)
+    gateway = GatewayNominator(provisional=0.25)
+    quick = NominationView(
+        component=1, valid_pairs=(relay_pair,), pending_pairs=(), local_candidates=LOCALS,
+        remote_candidates=REMOTES, started_at=0.0, first_valid_at=0.25, remote_complete=True,
+        controlling=True, renomination=True,
+    )  # fmt: skip
+    assert gateway.choose(quick, 0.49) is None
+    assert gateway.next_timer(quick) == 0.5
+    assert gateway.choose(quick, 0.5) is relay_pair
+    # without renomination the 2 s grace stands
+    assert gateway.choose(view([relay_pair], first_valid_at=0.25), 0.5) is None
+
+
+def _use_candidate_sources(net: Network) -> list[tuple[float, Address]]:
+    return [
+        (p.deliver_at, p.sent_to) for p in net.log
+        if p.source[0] in ("203.0.113.1", "192.0.2.1")
+        and decode(p.data).msg_class is MessageClass.REQUEST
+        and any(type(a).__name__ == "UseCandidate" for a in decode(p.data).attributes)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("renomination", [True, False])
+def test_renomination_relay_first_then_gateway_pair_once_the_direct_path_opens(
+    renomination: bool,
+) -> None:
+    """The direct path opens at t=1 s: under renomination the agents select a relay pair at
+    once and move to the gateway pair when its checks get through (both sides, never a host
+    pair); without it (RFC 8445 regular nomination) nothing is selected before the 2 s grace
+    and nothing moves."""
+    publics = ("203.0.113.1", "198.51.100.1")
+    clock = {"now": 0.0}
+    ea, eb, net = natted(
+        GatewayNominator(), GatewayNominator(),
+        drop=lambda p: clock["now"] < 1.0 and p.source[0] in publics and p.sent_to[0] in publics,
+    )  # fmt: skip
+    ea.agent.renomination = eb.agent.renomination = renomination
+    exchange(ea, eb)
+    ea.agent.start(0.0)
+    eb.agent.start(0.0)
+    now = run(ea, eb, net, 0.0, 0.5)
+    first = ea.agent.selected_pair
+    if not renomination:
+        assert first is None
+    else:
+        assert first is not None and CandidateType.RELAY in (first.local.type, first.remote.type)
+        assert eb.agent.selected_pair is not None
+    clock["now"] = 1.0
+    now = run(ea, eb, net, now, 10.0)
+    for endpoint in (ea, eb):
+        pair = endpoint.agent.selected_pair
+        assert pair is not None and endpoint.agent.state is IceState.COMPLETED
+        assert CandidateType.HOST not in (pair.local.type, pair.remote.type)
+        nominated = [e for e in endpoint.drain_events() if isinstance(e, PairNominated)]
+        assert all(CandidateType.HOST not in (e.pair.local.type, e.pair.remote.type)
+                   for e in nominated)  # fmt: skip
+        if renomination:
+            assert {pair.local.type, pair.remote.type} <= {CandidateType.SRFLX,
+                                                           CandidateType.PRFLX}
+            assert [e.selected for e in nominated] == [True, True]  # relay, then gateway
+        else:
+            assert len(nominated) == 1
+    a, b = ea.agent.selected_pair, eb.agent.selected_pair
+    assert a is not None and b is not None
+    assert (a.local.address, a.remote.address) == (b.remote.address, b.local.address)
+    assert len(_use_candidate_sources(net)) == (2 if renomination else 1)

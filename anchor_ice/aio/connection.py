@@ -334,6 +334,7 @@ class Connection:
         self._waiters: set[asyncio.Future[None]] = set()
         self._queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
         self._data_handler: Callable[[bytes, int], None] | None = None
+        self._pair_handler: Callable[[PairInfo], None] | None = None
         self._session: asyncio.Future[None] | None = None
         self._ended: asyncio.Future[None] | None = None
         self._gathered = False
@@ -425,6 +426,23 @@ class Connection:
     def remote_ta(self, value: float | None) -> None:
         self._agent.set_remote_ta(value)
         self._pump()
+
+    @property
+    def renomination(self) -> bool:
+        """True when both sides agreed on renomination (:mod:`anchor_ice.agent`,
+        "Renomination"): the selected pair may later move to a better one. Set it from the
+        signalling, before :meth:`connect`, only when the peer signalled it too."""
+        return self._agent.renomination
+
+    @renomination.setter
+    def renomination(self, value: bool) -> None:
+        self._agent.renomination = value
+
+    def set_pair_handler(self, handler: Callable[[PairInfo], None] | None) -> None:
+        """Call ``handler(pair)`` whenever a component's selected pair changes once
+        connected (renomination): data goes on the new pair from then on, and what still
+        arrives on the previous one is delivered too. None: no more calls."""
+        self._pair_handler = handler
 
     @property
     def local_candidates(self) -> list[Candidate]:
@@ -837,6 +855,9 @@ class Connection:
             self.nominated_pairs.append(event.pair)
             if event.selected:
                 self._bind_channel(event.pair)
+                if self._pair_handler is not None:
+                    call_user("the pair handler of an ICE connection", self._pair_handler,
+                              event.pair)  # fmt: skip
         elif isinstance(event, IceConnected | RestartCompleted):
             if self._session is not None and not self._session.done():
                 self._session.set_result(None)

@@ -21,7 +21,14 @@ one message to ``peer``, forming a link first if there is none:
    before it did.
 3. **ICE** with the offerer controlling and the policy's nominator
    (:class:`~anchor_ice.nominator.GatewayNominator` by default: a srflx/prflx pair, else a
-   relay pair, never a host pair).
+   relay pair, never a host pair). Both descriptions say ``"renomination": true``, so the
+   agents renominate (:mod:`anchor_ice.agent`, "Renomination"): a relay pair is taken as
+   soon as it is valid when no gateway pair is (the first message does not wait for the
+   gateway nominator's 2 s grace), and the link moves to a gateway pair when one validates
+   later (:class:`~anchor_link.state.LinkMoved`). The channel is path-agnostic (its frames
+   carry their own sequence numbers) and data from the previous pair is still received, so
+   the move loses, duplicates or reorders no message. Never a host pair under the gateway
+   policy, first or later.
 4. **Channel**: a :class:`~anchor_link.reliable.ReliableChannel` over the selected pair, with a
    :class:`~anchor_link.seal.Sealer` keyed by this link's handshake; both sides use the smaller of
    their ``max_message`` and ``mtu``.
@@ -61,7 +68,7 @@ Descriptions (JSON objects on the signalling; ``v`` is :data:`DESCRIPTION_VERSIO
 clear) and of the answer's (encrypted) is the side's ICE description, a JSON object::
 
     {"ufrag": ..., "pwd": ..., "candidates": ["candidate:...", ...], "seal": true,
-     "mtu": 1200, "max_message": 65536, "pacing": 5}
+     "mtu": 1200, "max_message": 65536, "pacing": 5, "renomination": true}
 
 The answerer sends its accept once the confirm proved the offerer's identity and that identity
 passed its trust checks; the offerer opens its channel only once the accept verified, so a
@@ -69,6 +76,9 @@ link opens on both sides or on neither. A ``reject`` with ``"auth": true`` says 
 refused the other's identity or handshake: the receiver fails with
 :class:`~anchor_link.state.PeerAuthenticationFailed` too (a rendezvous can always drop a link;
 it cannot make one open). An offer whose ephemeral key was seen before (a replay) is dropped.
+
+``renomination`` says the side's ICE agent renominates (step 3); a side that does not say
+so (an older peer) gets RFC 8445 regular nomination.
 
 ``pacing`` is the side's Ta proposal in milliseconds (``a=ice-pacing``, RFC 8839 §5.5):
 checks are paced at the higher of the two proposals, RFC 8445's 50 ms when a side sends
@@ -111,6 +121,7 @@ from anchor_ice.aio.connection import (
     make_nominator,
 )
 from anchor_ice.aio.gather import TurnServerConfig
+from anchor_ice.events import PairInfo
 from anchor_ice.nominator import Nominator
 from anchor_link.aio.signal import (
     MAX_BODY,
@@ -142,6 +153,7 @@ from anchor_link.state import (
     LinkFormed,
     LinkMachine,
     LinkMessage,
+    LinkMoved,
     LinkState,
     LinkWritable,
     PeerAuthenticationError,
@@ -164,6 +176,7 @@ __all__ = [
     "LinkFailed",
     "LinkFormationFailed",
     "LinkFormed",
+    "LinkMoved",
     "LinkState",
     "PeerAuthenticationError",
     "PeerAuthenticationFailed",
@@ -616,6 +629,7 @@ class LinkEndpoint:
             "mtu": self._mtu,
             "max_message": self._max_message,
             "pacing": conn.local_pacing,
+            "renomination": True,
         }
         return json.dumps(description, separators=(",", ":")).encode()
 
@@ -718,16 +732,15 @@ class LinkEndpoint:
                 manual_release=self._on_message is None,
             )  # fmt: skip
             link.max_message = max_message
-            relay_transport = next(  # only a relayed candidate has a relayed address
-                (r.turn.transport for r in conn.relays() if r.relayed == pair.local.address),
-                None,
-            )
             machine.formed(
                 pair, channel, now, sealed=sealer is not None,
                 peer_identity=link.peer_identity, trust=link.trust,
-                relay_transport=relay_transport,
+                relay_transport=_relay_transport(conn, pair),
             )  # fmt: skip
             if machine.state is LinkState.OPEN:
+                conn.set_pair_handler(lambda moved: self._moved(link, moved))
+                if conn.selected_pair != pair:  # renominated meanwhile
+                    self._moved(link, conn.selected_pair)
                 # datagrams straight into the machine, as they arrive
                 conn.set_data_handler(lambda data, _component: self._frame_in(link, data))
                 link.tasks["read"] = loop.create_task(
@@ -783,6 +796,8 @@ class LinkEndpoint:
         pacing = remote.get("pacing")
         if isinstance(pacing, int) and not isinstance(pacing, bool) and 1 <= pacing <= 60_000:
             conn.remote_ta = pacing / 1000  # otherwise none: RFC 8445's 50 ms stands for it
+        # Renomination only between two Anchor endpoints that both say so (module docstring).
+        conn.renomination = remote.get("renomination") is True
         conn.remote_username = ufrag
         conn.remote_password = pwd
         for text in candidates:
@@ -806,6 +821,15 @@ class LinkEndpoint:
             machine.fail(exc.reason, loop.time())
         except IceError as exc:
             machine.fail(str(exc), loop.time())
+        link.kick()
+
+    @staticmethod
+    def _moved(link: _Link, pair: PairInfo | None) -> None:
+        """ICE moved the link to a better pair (renomination): frames go on it from now on."""
+        if pair is None or link.conn is None:
+            return
+        loop = asyncio.get_running_loop()
+        link.machine.moved(pair, loop.time(), relay_transport=_relay_transport(link.conn, pair))
         link.kick()
 
     @staticmethod
@@ -854,6 +878,8 @@ class LinkEndpoint:
             self._record(event)
             if not link.opened.done():
                 link.opened.set_result(None)
+        elif isinstance(event, LinkMoved):
+            self._record(event)
         elif isinstance(event, LinkDissolved | LinkFailed):
             link.final_event = event
 
@@ -984,6 +1010,13 @@ class LinkEndpoint:
 
     def __repr__(self) -> str:
         return f"<LinkEndpoint {self.name!r} links={sorted(self._links)}>"
+
+
+def _relay_transport(conn: Connection, pair: PairInfo) -> str | None:
+    """How the TURN server of the pair's relayed local candidate is reached, else None."""
+    return next(  # only a relayed candidate has a relayed address
+        (r.turn.transport for r in conn.relays() if r.relayed == pair.local.address), None
+    )
 
 
 def _b64(data: bytes) -> str:

@@ -149,6 +149,10 @@ def remove_stale_labs() -> list[str]:
     return removed
 
 
+DIRECT_TABLE = "anchor_direct"
+"""nftables table of ``pub`` that cuts the direct path (:meth:`NatLab.set_direct_block`)."""
+
+
 class NatLab:
     """The NAT lab: five namespaces, two NAT routers, one host behind each, servers in ``pub``.
 
@@ -296,6 +300,25 @@ class NatLab:
         """Make router ``nat`` forward no UDP and, from its LAN, TCP only to ``tcp_ports``
         (:func:`natlab.topology.block_ruleset`); None lifts the block."""
         self._nft(nat, block_ruleset(tcp_ports))
+
+    def set_direct_block(self, on: bool) -> None:
+        """Make ``pub`` drop the UDP it forwards between natA's and natB's WAN addresses (the
+        direct path between the hosts, both ways; traffic to and from the servers passes),
+        or forward it again (``on`` False). An nftables table in ``pub`` (this kernel has no
+        netem to delay it instead)."""
+        a, b = NATS["natA"].wan_ip, NATS["natB"].wan_ip
+        lines = [f"table ip {DIRECT_TABLE} {{}}", f"delete table ip {DIRECT_TABLE}"]
+        if on:
+            lines += [
+                f"table ip {DIRECT_TABLE} {{",
+                "  chain forward {",
+                "    type filter hook forward priority -10; policy accept;",
+                f"    ip saddr {a} ip daddr {b} udp dport 1-65535 counter drop",
+                f"    ip saddr {b} ip daddr {a} udp dport 1-65535 counter drop",
+                "  }",
+                "}",
+            ]
+        _run(self.argv("pub", ["nft", "-f", "-"]), stdin="\n".join(lines) + "\n")
 
     def block_drops(self, nat: str) -> int:
         """Packets the block of router ``nat`` dropped since :meth:`set_block` (0 without)."""

@@ -37,6 +37,7 @@ __all__ = [
     "PipeRun",
     "default_servers",
     "join_hosts",
+    "parse_formed",
     "pipe_pair",
     "serve_args",
 ]
@@ -56,6 +57,12 @@ _FORMED = re.compile(
     r"link formed with (\S+) in (\d+) ms: (\w+) ([\d.]+):(\d+) <-> (\w+) ([\d.]+):(\d+)"
     r"(?: \(relay over (\w+)\))?"
 )
+_MOVED = re.compile(
+    r"link with (\S+) moved in (\d+) ms: (\w+) ([\d.]+):(\d+) <-> (\w+) ([\d.]+):(\d+)"
+    r"(?: \(relay over (\w+)\))?"
+)
+_FIRST_SENT = re.compile(r"first message to \S+ sent at monotonic ([\d.]+) s")
+_FIRST_RECEIVED = re.compile(r"first message from \S+ received at monotonic ([\d.]+) s")
 
 
 def serve_args() -> list[str]:
@@ -98,6 +105,28 @@ class PipeRun:
     timed_out: bool = False
     sender_formed: list[Formed] = field(default_factory=list)
     receiver_formed: list[Formed] = field(default_factory=list)
+    sender_moved: list[Formed] = field(default_factory=list)
+    """Every "link ... moved" line of the sender (renomination to a better pair)."""
+    receiver_moved: list[Formed] = field(default_factory=list)
+
+    @property
+    def first_message_ms(self) -> float | None:
+        """Milliseconds from the sender's first send to the receiver's first message (both
+        stamped on the machine's monotonic clock, which the namespaces share), or None."""
+        sent = _FIRST_SENT.search(self.sender_log)
+        received = _FIRST_RECEIVED.search(self.receiver_log)
+        if sent is None or received is None:
+            return None
+        return (float(received[1]) - float(sent[1])) * 1000
+
+    def final(self, sender: bool = True) -> Formed | None:
+        """The pair that side's link ended on: the last move, else the formed pair."""
+        pairs = (
+            [*self.sender_formed, *self.sender_moved]
+            if sender
+            else [*self.receiver_formed, *self.receiver_moved]
+        )
+        return pairs[-1] if pairs else None
 
     def describe(self) -> str:
         return (
@@ -108,11 +137,12 @@ class PipeRun:
         )
 
 
-def parse_formed(log: str) -> list[Formed]:
-    """Every "link formed" line of an ``anchor pipe -v`` stderr."""
+def parse_formed(log: str, *, moved: bool = False) -> list[Formed]:
+    """Every "link formed" line of an ``anchor pipe -v`` stderr (``moved``: every "link ...
+    moved" line, the pair a link moved to, with the milliseconds of the move)."""
     return [
         Formed(m[1], int(m[2]), m[3], (m[4], int(m[5])), m[6], (m[7], int(m[8])), m[9])
-        for m in _FORMED.finditer(log)
+        for m in (_MOVED if moved else _FORMED).finditer(log)
     ]
 
 
@@ -193,6 +223,7 @@ def pipe_pair(
     return PipeRun(
         sender.returncode, receiver.returncode, r_out, s_log, r_log,
         time.monotonic() - started, timed_out, parse_formed(s_log), parse_formed(r_log),
+        parse_formed(s_log, moved=True), parse_formed(r_log, moved=True),
     )  # fmt: skip
 
 
