@@ -919,6 +919,48 @@ def _print_event(event: TurnServerEvent) -> None:
     print(f"event {event}", file=sys.stderr, flush=True)
 
 
+async def start_side_services(
+    cfg: ServeConfig,
+    collectors: Sequence[Any],
+    closers: list[Any],
+    waiters: list[Any],
+    lines: list[str],
+    protect: Callable[[list[Address]], None] | None,
+) -> None:
+    """Start what serves beside the STUN/TURN listeners, for one process or for the
+    supervisor of ``--workers``: ``/metrics`` (``--metrics``, from ``collectors``) and the
+    rendezvous (``--signal``). Appends their closers, waiters and "listening" lines; their
+    addresses go to ``protect`` (the server never relays to itself)."""
+    if cfg.metrics is not None:
+        exporter = MetricsExporter(*collectors)
+        closers.append(exporter.close)
+        waiters.append(exporter.wait_closed)
+        try:
+            bound = await exporter.start(cfg.metrics)
+        except OSError as exc:
+            raise ServeError(f"cannot serve metrics on {format_address(cfg.metrics)}: {exc}") from exc
+        lines.append(f"metrics http {format_address(bound)}")
+        if protect is not None:
+            protect([bound])
+    if cfg.signal is not None:
+        service = RendezvousServer(
+            cfg.signal[0], cfg.signal[1], ssl=cfg.tls_context, allowed=cfg.signal_allow,
+            **_router(cfg, closers, waiters),
+        )
+        closers.append(service.close)
+        waiters.append(service.wait_closed)
+        try:
+            bound = await service.start()
+        except OSError as exc:
+            raise ServeError(
+                f"cannot serve the rendezvous on {format_address(cfg.signal)}: {exc}"
+            ) from exc
+        scheme = "wss" if cfg.tls_context is not None else "ws"
+        lines.append(f"listening {scheme} {format_address(bound)}")
+        if protect is not None:
+            protect([bound])
+
+
 async def _serve(cfg: ServeConfig, software: str, role: WorkerRole | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or, in a worker, until the supervisor goes away)."""
     loop = asyncio.get_running_loop()
@@ -937,7 +979,6 @@ async def _serve(cfg: ServeConfig, software: str, role: WorkerRole | None = None
     waiters: list[Callable[[], Any]] = []
     turn_runner: TurnServerRunner | None = None
     stun_runners: list[StunServerRunner] = []
-    exporter: MetricsExporter | None = None
     dbs: list[SqliteUsers] = []
     lines: list[str] = []
     alternates: AlternateServers | None = None
@@ -1051,36 +1092,10 @@ async def _serve(cfg: ServeConfig, software: str, role: WorkerRole | None = None
                 r.guard for r in stun_runners
             ],
         )
-        if cfg.metrics is not None:
-            exporter = MetricsExporter(collector)
-            closers.append(exporter.close)
-            waiters.append(exporter.wait_closed)
-            try:
-                bound = await exporter.start(cfg.metrics)
-            except OSError as exc:
-                raise ServeError(
-                    f"cannot serve metrics on {format_address(cfg.metrics)}: {exc}"
-                ) from exc
-            lines.append(f"metrics http {format_address(bound)}")
-            if turn_runner is not None:
-                turn_runner.protect([bound])
-        if cfg.signal is not None:
-            service = RendezvousServer(
-                cfg.signal[0], cfg.signal[1], ssl=cfg.tls_context, allowed=cfg.signal_allow,
-                **_router(cfg, closers, waiters),
-            )
-            closers.append(service.close)
-            waiters.append(service.wait_closed)
-            try:
-                bound = await service.start()
-            except OSError as exc:
-                raise ServeError(
-                    f"cannot serve the rendezvous on {format_address(cfg.signal)}: {exc}"
-                ) from exc
-            scheme = "wss" if cfg.tls_context is not None else "ws"
-            lines.append(f"listening {scheme} {format_address(bound)}")
-            if turn_runner is not None:
-                turn_runner.protect([bound])
+        protect = turn_runner.protect if turn_runner is not None else None
+        await start_side_services(
+            cfg, (collector,) if cfg.metrics is not None else (), closers, waiters, lines, protect
+        )
         if role is not None:
             if turn_runner is not None:
                 turn_runner.protect(role.protect)

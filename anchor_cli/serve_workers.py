@@ -52,14 +52,11 @@ from typing import Any
 
 from anchor_cli.serve import (
     OPTIONS,
-    MetricsExporter,
     ServeConfig,
     ServeError,
-    _router,
     build_config,
+    start_side_services,
 )
-from anchor_link.aio.signal import RendezvousServer
-from anchor_stun.aio.net import format_address
 from anchor_stun.events import Address
 
 __all__ = [
@@ -437,40 +434,16 @@ async def _supervise(sup: _Supervisor) -> None:
     lines: list[str] = []
     watchers: list[asyncio.Task[None]] = []
     try:
+        collectors: tuple[Any, ...] = ()
         if cfg.metrics is not None:
             from prometheus_client.multiprocess import MultiProcessCollector
 
             assert sup.metrics_dir is not None
-            exporter = MetricsExporter(
+            collectors = (
                 MultiProcessCollector(None, path=sup.metrics_dir),  # type: ignore[no-untyped-call]
                 sup.collector(),
             )
-            closers.append(exporter.close)
-            waiters.append(exporter.wait_closed)
-            try:
-                bound = await exporter.start(cfg.metrics)
-            except OSError as exc:
-                raise ServeError(
-                    f"cannot serve metrics on {format_address(cfg.metrics)}: {exc}"
-                ) from exc
-            lines.append(f"metrics http {format_address(bound)}")
-            sup.protect.append(bound)
-        if cfg.signal is not None:
-            service = RendezvousServer(
-                cfg.signal[0], cfg.signal[1], ssl=cfg.tls_context, allowed=cfg.signal_allow,
-                **_router(cfg, closers, waiters),
-            )
-            closers.append(service.close)
-            waiters.append(service.wait_closed)
-            try:
-                bound = await service.start()
-            except OSError as exc:
-                raise ServeError(
-                    f"cannot serve the rendezvous on {format_address(cfg.signal)}: {exc}"
-                ) from exc
-            scheme = "wss" if cfg.tls_context is not None else "ws"
-            lines.append(f"listening {scheme} {format_address(bound)}")
-            sup.protect.append(bound)
+        await start_side_services(cfg, collectors, closers, waiters, lines, sup.protect.extend)
         await asyncio.gather(*(sup.spawn(w) for w in sup.workers))
         for line in [*sup.workers[0].lines, *lines]:
             print(line, flush=True)
