@@ -55,12 +55,15 @@ __all__ = [
     "binding_request",
     "call_user",
     "client_tls_context",
+    "credential",
     "discover_nat",
     "format_address",
     "parse_address",
+    "positive_timeout",
     "resolve",
     "route_local_ip",
     "server_address",
+    "server_list",
     "settle_transaction",
 ]
 
@@ -114,7 +117,8 @@ def server_address(
             raise LocalProtocolError(f"{forms}: {exc}") from None
     if (
         isinstance(value, tuple | list)
-        and len(value) >= 2
+        and len(value) in (2, 4)  # (host, port) or an IPv6 sockaddr (host, port, flow, scope)
+        and all(isinstance(v, int) for v in value[2:])
         and isinstance(value[0], str)
         and value[0]
         and isinstance(value[1], int)
@@ -124,6 +128,48 @@ def server_address(
             raise LocalProtocolError(f"{forms}: port {value[1]} out of range 1-65535")
         return (value[0], value[1])
     raise LocalProtocolError(f"{forms}, not {value!r}")
+
+
+def server_list(
+    value: object, what: str = "servers", default_port: int | None = DEFAULT_PORT
+) -> list[tuple[str, int]]:
+    """Servers given as ``None``, one address (``(host, port)`` or ``"host[:port]"``) or an
+    iterable of addresses, each checked by :func:`server_address` (the error names
+    ``what[i]``). A string is one address, never an iterable of characters."""
+    if value is None:
+        return []
+    if isinstance(value, str) or (
+        isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int)
+    ):
+        return [server_address(value, what, default_port)]
+    if isinstance(value, bytes | bytearray | dict) or not hasattr(value, "__iter__"):
+        raise LocalProtocolError(
+            f"{what} must be (host, port), 'host:port' or a list of them, not {value!r}"
+        )
+    return [
+        server_address(item, f"{what}[{i}]", default_port)
+        for i, item in enumerate(value)
+    ]
+
+
+def credential(value: object, what: str) -> str:
+    """A user name or password checked where it enters: a non-empty string, else
+    :class:`LocalProtocolError` naming ``what`` (the value itself is never echoed)."""
+    if not isinstance(value, str):
+        raise LocalProtocolError(f"{what} must be a non-empty string, not {type(value).__name__}")
+    if not value:
+        raise LocalProtocolError(f"{what} must be a non-empty string, not ''")
+    return value
+
+
+def positive_timeout(value: object, what: str = "timeout") -> float | None:
+    """``None`` or a positive number of seconds, else :class:`LocalProtocolError` naming
+    ``what``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise LocalProtocolError(f"{what} must be a positive number of seconds, not {value!r}")
+    return float(value)
 
 
 async def resolve(host: str, port: int, *, family: int = 0) -> Address:
@@ -470,8 +516,7 @@ async def binding_request(
     TCP connection); no answer raises :class:`TransactionTimeout` after ``timeout`` seconds,
     or after the RFC's retransmissions (39.5 s over UDP, RFC 8489 §6.2.1) by default."""
     host, port = server_address(server)
-    if timeout is not None and not timeout > 0:
-        raise LocalProtocolError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    timeout = positive_timeout(timeout)
     addr = await resolve(host, port)
     try:
         conn = await StunTransport.connect(
@@ -523,6 +568,7 @@ async def discover_nat(
     default the discovery's own transaction timeouts bound it)."""
     loop = asyncio.get_running_loop()
     server = server_address(server)
+    timeout = positive_timeout(timeout)
     bind = local or (route_local_ip(server), 0)
     done: asyncio.Future[StunEvent] = loop.create_future()
     holder: dict[str, CorePump] = {}
