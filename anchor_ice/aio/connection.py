@@ -123,6 +123,7 @@ from anchor_ice.aio.gather import (
     GatherFailure,
     RelayEndpoint,
     TurnServerConfig,
+    check_port_range,
     host_addresses,
     turn_server_configs,
 )
@@ -308,7 +309,7 @@ class Connection:
         self._include_loopback = include_loopback
         self._interfaces = list(interfaces) if interfaces is not None else None
         self._families = tuple(f for f, on in ((4, use_ipv4), (6, use_ipv6)) if on)
-        self._port_range = port_range
+        self._port_range = check_port_range(port_range)
         self._gather_ta = DEFAULT_TA if ta is None else ta
         self._gather_timeout = gather_timeout
         self._release_timeout = release_timeout

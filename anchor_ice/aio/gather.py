@@ -145,6 +145,7 @@ __all__ = [
     "Gatherer",
     "RelayEndpoint",
     "TurnServerConfig",
+    "check_port_range",
     "host_addresses",
     "turn_server_configs",
 ]
@@ -291,6 +292,23 @@ def _family(ip: str) -> int:
         return ipaddress.ip_address(ip.split("%", 1)[0]).version
     except ValueError:
         return 0
+
+
+def check_port_range(value: object) -> tuple[int, int] | None:
+    """``None`` or ``(min, max)`` local ports, inclusive, with 1 <= min <= max <= 65535;
+    :class:`LocalProtocolError` naming ``port_range`` otherwise."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, tuple | list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and 1 <= value[0] <= value[1] <= 0xFFFF
+    ):
+        return (value[0], value[1])
+    raise LocalProtocolError(
+        f"port_range must be (min, max) with 1 <= min <= max <= 65535, not {value!r}"
+    )
 
 
 def _set_dont_fragment(sock: socket.socket, family: int) -> None:
@@ -595,10 +613,7 @@ class GatheredSocket:
         within ``port_range`` (inclusive; any port when None). Raises OSError when no port is
         free or the address cannot be bound. ``stun_rto`` is the initial retransmission
         timeout of the gathering Binding requests (RFC 8489 §6.2.1)."""
-        if port_range is not None:
-            low, high = port_range
-            if not 1 <= low <= high <= 0xFFFF:
-                raise LocalProtocolError(f"bad port range {low}-{high}")
+        port_range = check_port_range(port_range)
         sock = _bind_socket(ip, port_range, rng)
         loop = asyncio.get_running_loop()
         transport: asyncio.DatagramTransport
@@ -1144,8 +1159,7 @@ class Gatherer:
         self._turn_servers = turn_server_configs(turn_servers)
         if not 1 <= component <= 256:
             raise LocalProtocolError(f"component must be 1-256, not {component}")
-        if port_range is not None and not 1 <= port_range[0] <= port_range[1] <= 0xFFFF:
-            raise LocalProtocolError(f"bad port range {port_range!r}")
+        port_range = check_port_range(port_range)
         if not timeout > 0 or not release_timeout >= 0 or not ta >= 0:
             raise LocalProtocolError("timeout must be positive, release_timeout and ta >= 0")
         self.component = component

@@ -139,8 +139,11 @@ def server_list(
     if value is None:
         return []
     if isinstance(value, str) or (
-        isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int)
-    ):
+        isinstance(value, tuple)
+        and len(value) == 2
+        and not isinstance(value[1], tuple | list)
+        and not (isinstance(value[1], str) and not value[1].strip().isdigit())
+    ):  # one address: ("host", 3478), or a malformed one such as ("host", "3478")
         return [server_address(value, what, default_port)]
     if isinstance(value, bytes | bytearray | dict) or not hasattr(value, "__iter__"):
         raise LocalProtocolError(
