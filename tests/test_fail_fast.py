@@ -28,7 +28,7 @@ from anchor_link.aio.signal import InProcessSignalling
 from anchor_stun.aio.net import binding_request, discover_nat
 from anchor_stun.errors import DestinationUnreachable, LocalProtocolError
 from anchor_turn.aio.client import TurnConnection
-from tests.helpers import free_port
+from tests.helpers import free_port, run_anchor
 
 LOOPBACK = "127.0.0.1"
 
@@ -257,3 +257,25 @@ def test_an_icmp_error_does_not_cost_the_next_datagram() -> None:
             receiver.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["udp", "tcp"])
+def test_anchor_serve_on_a_busy_port_names_the_address_and_the_option(kind: str) -> None:
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
+    busy.bind((LOOPBACK, 0))
+    if kind == "tcp":
+        busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        for extra in ([], ["--user", "alice:secret"]):  # STUN only, and STUN + TURN
+            if kind == "tcp":
+                extra = [*extra, "--tcp"]
+            result = run_anchor("serve", "--listen", f"127.0.0.1:{port}", *extra, timeout=30)
+            assert result.returncode == 2
+            line = result.stderr.strip()
+            assert line == (
+                f"anchor serve: cannot listen on 127.0.0.1:{port} ({kind}):"
+                " Address already in use; choose another --listen"
+            ) or (kind == "tcp" and "(udp)" in line), line
+    finally:
+        busy.close()

@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_TLS_PORT",
     "BindingResult",
     "CorePump",
+    "ListenError",
     "StunServerRunner",
     "StunTransport",
     "TransportName",
@@ -76,6 +77,24 @@ def format_address(addr: Address) -> str:
     """``ip:port``, with the IPv6 address in brackets."""
     ip, port = addr[0], addr[1]
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+class ListenError(OSError):
+    """A listener could not be opened; the message names the address and the transport
+    (``cannot listen on 127.0.0.1:3478 (udp): Address already in use``); ``errno`` is the
+    cause's."""
+
+    def __init__(self, kind: str, address: Address, cause: OSError) -> None:
+        why = os.strerror(cause.errno) if cause.errno else str(cause)
+        self.message = f"cannot listen on {format_address(address)} ({kind}): {why}"
+        super().__init__(cause.errno, self.message)
+        self.kind = kind
+        """``udp``, ``tcp`` or ``tls``."""
+        self.address = address
+        """The address asked for."""
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def parse_address(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -673,11 +692,14 @@ class StunServerRunner:
         self.guard.start(loop)
         try:
             for local in self.core.local_addresses():
-                udp, _ = await loop.create_datagram_endpoint(
-                    lambda local=local: _ServerDatagram(self, local),  # type: ignore[misc]
-                    local_addr=local,
-                    reuse_port=self.reuse_port or None,
-                )
+                try:
+                    udp, _ = await loop.create_datagram_endpoint(
+                        lambda local=local: _ServerDatagram(self, local),  # type: ignore[misc]
+                        local_addr=local,
+                        reuse_port=self.reuse_port or None,
+                    )
+                except OSError as exc:
+                    raise ListenError("udp", local, exc) from exc
                 sock = udp.get_extra_info("sockname")
                 bound = (str(sock[0]), int(sock[1]))
                 self._udp[local] = udp
@@ -696,14 +718,17 @@ class StunServerRunner:
         self, name: str, local: Address, context: ssl.SSLContext | None
     ) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: _ServerStream(self, local, context),
-            local[0],
-            local[1],
-            reuse_address=True,
-            reuse_port=self.reuse_port or None,
-            backlog=1024,
-        )
+        try:
+            server = await loop.create_server(
+                lambda: _ServerStream(self, local, context),
+                local[0],
+                local[1],
+                reuse_address=True,
+                reuse_port=self.reuse_port or None,
+                backlog=1024,
+            )
+        except OSError as exc:
+            raise ListenError(name, local, exc) from exc
         self._servers.append(server)
         sock = server.sockets[0].getsockname()
         self.listeners.append((name, (str(sock[0]), int(sock[1]))))
