@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from anchor_ice.aio.connection import Connection
+from anchor_ice.aio.connection import Connection, IceFailedError
 from anchor_ice.aio.gather import (
     GatheredSocket,
     Gatherer,
@@ -279,3 +279,33 @@ def test_anchor_serve_on_a_busy_port_names_the_address_and_the_option(kind: str)
             ) or (kind == "tcp" and "(udp)" in line), line
     finally:
         busy.close()
+
+
+def test_ice_with_a_wrong_password_says_the_peer_rejected_our_credentials() -> None:
+    """Must-show 3 over real sockets: A signs its checks with a wrong password for B; B
+    answers each with an unauthenticated 401, and A's failure says so."""
+    fast = {"check_rto": 0.05, "check_rc": 3, "check_rm": 2}
+
+    async def main() -> None:
+        a = Connection(True, host_ips=[LOOPBACK], checking_timeout=3.0, agent_options=fast)
+        b = Connection(False, host_ips=[LOOPBACK], checking_timeout=3.0, agent_options=fast)
+        try:
+            await asyncio.gather(a.gather_candidates(), b.gather_candidates())
+            a.remote_username, a.remote_password = b.local_username, "w" * 22  # wrong
+            b.remote_username, b.remote_password = a.local_username, a.local_password
+            for src, dst in ((a, b), (b, a)):
+                for candidate in src.local_candidates:
+                    await dst.add_remote_candidate(candidate)
+                await dst.add_remote_candidate(None)
+            results = await asyncio.wait_for(
+                asyncio.gather(a.connect(), b.connect(), return_exceptions=True), 20
+            )
+            failure = results[0]
+            assert isinstance(failure, IceFailedError), results
+            assert "the peer rejected our credentials (401 to every check answered)" in (
+                failure.reason
+            ), failure.reason
+        finally:
+            await asyncio.gather(a.close(), b.close())
+
+    asyncio.run(main())
