@@ -23,10 +23,17 @@ from anchor_ice.aio.gather import (
     TurnServerConfig,
     turn_server_configs,
 )
+from anchor_ice.candidate import Candidate
 from anchor_link.aio.endpoint import LinkEndpoint
 from anchor_link.aio.signal import InProcessSignalling
 from anchor_stun.aio.net import binding_request, discover_nat
-from anchor_stun.errors import DestinationUnreachable, LocalProtocolError
+from anchor_stun.errors import (
+    AllocationError,
+    DestinationUnreachable,
+    LocalProtocolError,
+    StunErrorResponse,
+)
+from anchor_stun.message import Message, MessageClass, Method
 from anchor_turn.aio.client import TurnConnection
 from tests.helpers import free_port, run_anchor
 
@@ -309,3 +316,41 @@ def test_ice_with_a_wrong_password_says_the_peer_rejected_our_credentials() -> N
             await asyncio.gather(a.close(), b.close())
 
     asyncio.run(main())
+
+
+def test_turn_connect_timeout_bounds_the_allocate() -> None:
+    """timeout= on TurnConnection.connect: a server that never answers is given up after
+    it, with the server named (by default the RFC's 39.5 s of retransmissions)."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind((LOOPBACK, 0))
+    where = f"127.0.0.1:{silent.getsockname()[1]}"
+
+    async def main() -> None:
+        conn = await TurnConnection.connect(where, "alice", "secret", timeout=0.3)
+        try:
+            with pytest.raises(AllocationError, match=f"no answer from {where} within 0.3 s"):
+                await asyncio.wait_for(conn.allocate(), 10)
+        finally:
+            await conn.close(0)
+
+    try:
+        asyncio.run(main())
+    finally:
+        silent.close()
+
+
+def test_one_shape_per_concept() -> None:
+    # candidate lines with or without their prefixes
+    line = "1 1 udp 2130706431 127.0.0.1 5000 typ host"
+    forms = [line, "candidate:" + line, "a=candidate:" + line, " a=candidate:" + line + "\r\n"]
+    assert len({Candidate.from_sdp(text) for text in forms}) == 1
+    # decoded methods and classes are named in reprs
+    decoded = Message.decode(Message(Method.BINDING, MessageClass.REQUEST, b"t" * 12).encode())
+    assert decoded.method is Method.BINDING
+    assert "Method.BINDING" in repr(decoded) and "MessageClass.REQUEST" in repr(decoded)
+    # error text carries the code once
+    assert str(StunErrorResponse(401, "401 Unauthenticated")) == "401 Unauthenticated"
+    assert str(AllocationError(401, "401 Unauthenticated: wrong password")) == (
+        "401 Unauthenticated: wrong password"
+    )
+    assert str(AllocationError(438, "Stale Nonce")) == "438 Stale Nonce"

@@ -192,12 +192,7 @@ def make_nominator(policy: str) -> Nominator:
 def _as_candidate(candidate: Candidate | str) -> Candidate:
     if isinstance(candidate, Candidate):
         return candidate
-    text = candidate.strip()
-    if text.startswith("a="):
-        text = text[2:]
-    if not text.startswith("candidate:"):
-        text = "candidate:" + text
-    return Candidate.from_sdp(text)
+    return Candidate.from_sdp(candidate)
 
 
 class Connection:
