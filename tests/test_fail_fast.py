@@ -354,3 +354,14 @@ def test_one_shape_per_concept() -> None:
         "401 Unauthenticated: wrong password"
     )
     assert str(AllocationError(438, "Stale Nonce")) == "438 Stale Nonce"
+
+
+def test_a_server_of_a_family_not_gathered_on_is_a_failure_too() -> None:
+    async def main() -> None:
+        async with Gatherer([LOOPBACK], stun_servers=[("::1", 3478)], timeout=5) as gatherer:
+            await asyncio.wait_for(gatherer.gather_all(), 10)
+            [failure] = gatherer.failures
+        assert (failure.kind, failure.server) == ("stun", ("::1", 3478))
+        assert failure.reason == "no host address of its family (IPv6) to gather from"
+
+    asyncio.run(main())

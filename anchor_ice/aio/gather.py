@@ -1385,6 +1385,20 @@ class Gatherer:
             for t, turn in enumerate(self._turn_servers):
                 if _family(turn.address[0]) in (0, sock.family):
                     jobs.append(self._relay(h, t, n_stun, sock, turn))
+        # a server no host socket can reach (its address family is not gathered on) is a
+        # failure too: every configured server is accounted for
+        families = {sock.family for sock in self._sockets}
+        servers: list[tuple[Literal["stun", "turn"], Address]] = [
+            ("stun", a) for a in self._stun_servers
+        ]
+        servers += [("turn", turn.address) for turn in self._turn_servers]
+        for kind, address in servers:
+            family = _family(address[0])
+            if family and family not in families:
+                self._failures.append(GatherFailure(
+                    kind, self._sockets[0].local, address,
+                    f"no host address of its family (IPv{family}) to gather from",
+                ))
         try:
             results = await asyncio.gather(*jobs, return_exceptions=True)
             for result in results:
