@@ -85,6 +85,7 @@ from anchor_link.identity import IdentityError, parse_public
 from anchor_stun.aio.net import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
+    ListenError,
     StunServerRunner,
     format_address,
     parse_address,
@@ -153,6 +154,22 @@ SERVE_DESCRIPTION = (
 
 class ServeError(Exception):
     """A mistake in the options, the config file or the environment: one line, exit 2."""
+
+
+def _listen_failure(
+    exc: OSError, address: Address | None = None, alt: Address | None = None
+) -> str:
+    """One line naming the listener that could not be opened and the option that moves it."""
+    if isinstance(exc, ListenError):
+        if exc.kind == "tls":
+            option = "--tls-listen"
+        elif alt is not None and exc.address[1] == alt[1]:
+            option = "--alt-port (or --alt-ip)"
+        else:
+            option = "--listen"
+        return f"{exc}; choose another {option}"
+    where = f" on {format_address(address)}" if address is not None else ""
+    return f"cannot listen{where}: {exc.strerror or exc}; choose another --listen"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1054,7 +1071,7 @@ async def _serve(cfg: ServeConfig, software: str, role: WorkerRole | None = None
             try:
                 await turn_runner.start()
             except OSError as exc:
-                raise ServeError(f"cannot listen: {exc}") from exc
+                raise ServeError(_listen_failure(exc, alt=cfg.alt)) from exc
             for kind, addr in turn_runner.listeners:
                 lines.append(f"listening {kind} {format_address(addr)}")
             if shared is not None:
@@ -1077,9 +1094,7 @@ async def _serve(cfg: ServeConfig, software: str, role: WorkerRole | None = None
                         tls_address=cfg.tls_address,
                     )
                 except OSError as exc:
-                    raise ServeError(
-                        f"cannot listen on {format_address(primary)}: {exc}"
-                    ) from exc
+                    raise ServeError(_listen_failure(exc, primary, cfg.alt)) from exc
                 for kind, addr in runner.listeners:
                     lines.append(f"listening {kind} {format_address(addr)}")
         final_turn = turn_runner

@@ -324,6 +324,17 @@ def peer_reflexive_priority(candidate: Candidate) -> int:
     return (110 << 24) | (candidate.priority & 0x00FFFFFF)
 
 
+def _pair_key(pair: CandidatePair) -> tuple[int, Address, Address]:
+    return (pair.component, pair.local.address, pair.remote.address)
+
+
+def _policy_name(nominator: Nominator) -> str:
+    """``relay`` for RelayOnly, ``gateway`` for GatewayNominator...: the name users chose."""
+    name = type(nominator).__name__
+    return {"RelayOnly": "relay", "GatewayNominator": "gateway",
+            "StandardNominator": "standard"}.get(name, name)
+
+
 class IceAgent:
     """A full (or lite) ICE agent for one data stream (RFC 8445), sans-I/O.
 
@@ -474,6 +485,11 @@ class IceAgent:
         self._nominating: dict[int, CandidatePair] = {}
         self._first_valid_at: dict[int, float] = {}
         self._refused: set[tuple[int, Address, Address]] = set()
+        # What the checks saw, for failure reasons: pairs (component, local, remote) whose
+        # checks got an authenticated answer, and those that got an unauthenticated 401 (the
+        # peer could not verify our MESSAGE-INTEGRITY: wrong remote password, RFC 8445 §7.3.1)
+        self._answered: set[tuple[int, Address, Address]] = set()
+        self._rejected: set[tuple[int, Address, Address]] = set()
         self._consent = ConsentFreshness(consent_interval, consent_timeout, rng)
         """Consent freshness of the selected pairs (RFC 7675), which this agent drives."""
         self._restarting = False
@@ -735,6 +751,8 @@ class IceAgent:
         self._nominating.clear()
         self._first_valid_at.clear()
         self._refused.clear()
+        self._answered.clear()
+        self._rejected.clear()
         self._checklist.clear()
         self._remotes.clear()
         self._remote_complete = False
@@ -1162,6 +1180,10 @@ class IceAgent:
             return
         if msg.integrity is None or not msg.verify_integrity(record.key):
             self.dropped += 1  # RFC 8489 §9.1.4: an unauthenticated response is discarded
+            if record.kind is _Kind.CHECK and msg.msg_class is MessageClass.ERROR:
+                error = msg.error
+                if error is not None and error.code == ErrorCode.UNAUTHENTICATED:
+                    self._rejected.add(_pair_key(record.pair))  # remembered for the reason
             return
         if msg.fingerprint is not None and not msg.verify_fingerprint():
             self.dropped += 1
@@ -1185,6 +1207,7 @@ class IceAgent:
             self._on_consent_response(record, msg, symmetric, now)
             return
         pair = record.pair
+        self._answered.add(_pair_key(pair))
         if pair.transaction_id == msg.transaction_id:
             pair.transaction_id = None
         if msg.msg_class is MessageClass.ERROR:
@@ -1828,7 +1851,11 @@ class IceAgent:
                 # teach us a peer-reflexive candidate (§7.3.1.3), as browsers whose offer
                 # carries no candidate rely on. The checking timeout decides instead.
                 continue
-            self._fail(f"all candidate pairs failed for component {component}", now)
+            self._fail(
+                f"all candidate pairs failed for component {component}"
+                f" ({self._what_checks_saw(component)})",
+                now,
+            )
             return
 
     def _timeout_reason(self) -> str:
@@ -1837,12 +1864,50 @@ class IceAgent:
         for component in missing:
             valid = self._checklist.valid_for(component)
             if not valid:
-                parts.append(f"component {component}: no valid pair")
+                parts.append(f"component {component}: no valid pair:"
+                             f" {self._what_checks_saw(component)}")
             elif all(p.refused for p in valid):
                 parts.append(f"component {component}: every valid pair refused")
+            elif not any(self.nominator.accept(p, self._view(component)) for p in valid):
+                kinds = sorted({f"{p.local.type.value}-{p.remote.type.value}" for p in valid})
+                parts.append(
+                    f"component {component}: no candidate pair possible under the"
+                    f" {_policy_name(self.nominator)} policy (valid: {', '.join(kinds)});"
+                    " add a TURN server or use policy='standard'"
+                )
             else:
                 parts.append(f"component {component}: no pair nominated")
         return f"checking timeout after {self.checking_timeout} s ({'; '.join(parts)})"
+
+    def _what_checks_saw(self, component: int) -> str:
+        """Why a component has no valid pair, from what its checks got back."""
+        keys = {_pair_key(p) for p in self._checklist.pairs if p.component == component}
+        if not keys:
+            local = [c for c, _ in self._locals if c.component == component]
+            if not any(self.nominator.advertise(c) for c in local):
+                kinds = ", ".join(sorted({c.type.value for c in local})) or "none gathered"
+                return (
+                    f"no candidate pair possible under the {_policy_name(self.nominator)}"
+                    f" policy: it offers none of the local candidates ({kinds}); add a TURN"
+                    " server or use policy='standard'"
+                )
+            if not any(c.component == component for c in self._remotes):
+                return "no remote candidate to pair with"
+            return "no candidate pair (no local and remote candidates of one address family)"
+        answered = keys & self._answered
+        rejected = keys & self._rejected
+        if rejected and not answered:
+            return (
+                "the peer rejected our credentials (401 to every check answered):"
+                " check the remote ufrag and password"
+            )
+        if not answered:
+            return (
+                f"no response to any check ({len(keys)} pair{'s' if len(keys) > 1 else ''}"
+                " tried): the peer's candidates are not reachable from here (a TURN server"
+                " gives a relayed candidate)"
+            )
+        return f"{len(answered)} of {len(keys)} pairs answered, none valid"
 
     def _fail(self, reason: str, now: float) -> None:
         self._state = IceState.FAILED

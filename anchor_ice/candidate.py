@@ -166,13 +166,14 @@ class Candidate:
 
     @classmethod
     def from_sdp(cls, line: str) -> Candidate:
-        """Parse ``[a=]candidate:...`` (RFC 8839 §5.1); raises :class:`CandidateError`."""
+        """Parse a candidate attribute (RFC 8839 §5.1) with or without its prefix:
+        ``a=candidate:...``, ``candidate:...`` or the value alone (aioice's form); raises
+        :class:`CandidateError`."""
         text = line.strip()
         if text.startswith("a="):
             text = text[2:]
-        if not text.startswith("candidate:"):
-            raise CandidateError("not a candidate attribute", field="candidate")
-        fields = text[len("candidate:") :].split()
+        text = text.removeprefix("candidate:")
+        fields = text.split()
         if len(fields) < 8 or fields[6] != "typ":
             raise CandidateError(f"malformed candidate line: {line!r}", field="candidate")
         foundation, component, transport, priority, ip, port = fields[:6]

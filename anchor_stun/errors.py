@@ -24,6 +24,14 @@ __all__ = [
 ]
 
 
+def _with_code(code: int, reason: str) -> str:
+    """``"401 Unauthenticated"``: the code once, also when ``reason`` already starts with it."""
+    reason = reason.strip()
+    if reason == str(code) or reason.startswith(f"{code} "):
+        return reason
+    return f"{code} {reason}".strip()
+
+
 class AnchorError(Exception):
     """Root of every error Anchor raises on purpose."""
 
@@ -83,7 +91,7 @@ class StunErrorResponse(StunError):
     """The server answered with an error response; ``code`` and ``reason`` from ERROR-CODE."""
 
     def __init__(self, code: int, reason: str = "", response: object = None) -> None:
-        super().__init__(f"{code} {reason}".strip())
+        super().__init__(_with_code(code, reason))
         self.code = code
         self.reason = reason
         self.response = response
@@ -99,6 +107,6 @@ class AllocationError(TurnError):
     error code (403, 437, 441, 442, 486, 508, ...) or 0 when no usable response came."""
 
     def __init__(self, code: int, reason: str = "") -> None:
-        super().__init__(f"{code} {reason}".strip() if code else reason or "no response")
+        super().__init__(_with_code(code, reason) if code else reason or "no response")
         self.code = code
         self.reason = reason

@@ -138,9 +138,10 @@ def decode_type(msg_type: int) -> tuple[int, MessageClass]:
 
 _CLASSES = tuple(sorted(MessageClass))
 _KNOWN_TYPES: Mapping[int, tuple[int, MessageClass]] = MappingProxyType(
-    {encode_type(m, c): (int(m), c) for m in Method for c in MessageClass}
+    {encode_type(m, c): (m, c) for m in Method for c in MessageClass}
 )
-"""decode_type() of the types of the known methods, computed once (never written to)."""
+"""decode_type() of the types of the known methods (the method as a :class:`Method`, named in
+reprs), computed once (never written to)."""
 _KNOWN_CODES: Mapping[int, int] = MappingProxyType(
     {m << 2 | c: encode_type(m, c) for m in Method for c in MessageClass}
 )

@@ -108,8 +108,12 @@ def test_install_aioice_makes_import_aioice_resolve_to_the_layer(installed: None
     assert isinstance(conn.anchor, AnchorConnection)
     assert isinstance(conn.anchor.agent.nominator, GatewayNominator)
     # the application's relay policy still wins over the installed default
-    relay = Conn(ice_controlling=True, transport_policy=Policy.RELAY)
+    relay = Conn(ice_controlling=True, transport_policy=Policy.RELAY,
+                 turn_server="127.0.0.1:3478", turn_username="u", turn_password="p")
     assert isinstance(relay.anchor.agent.nominator, RelayOnly)
+    # without a TURN server the relay policy has nothing to offer: refused at once
+    with pytest.raises(LocalProtocolError, match=r"relay.*TURN server"):
+        Conn(ice_controlling=True, transport_policy=Policy.RELAY)
     # a second call replaces the defaults
     install_aioice(policy="standard")
     import aioice as again

@@ -22,6 +22,7 @@ from anchor_ice.events import (
     RestartCompleted,
     RoleChanged,
 )
+from anchor_ice.nominator import RelayOnly
 from anchor_stun.attributes import (
     ErrorCodeAttribute,
     IceControlled,
@@ -558,7 +559,11 @@ def test_all_pairs_failed_after_end_of_candidates() -> None:
         agent.handle_timer(now)
     assert now == 1.5  # sends at 0 and 0.5, final wait 2 x 0.5
     assert agent.state is IceState.FAILED
-    assert agent.next_event() == IceFailed("all candidate pairs failed for component 1")
+    assert agent.next_event() == IceFailed(
+        "all candidate pairs failed for component 1 (no response to any check (1 pair tried):"
+        " the peer's candidates are not reachable from here (a TURN server gives a relayed"
+        " candidate))"
+    )
 
 
 def test_checking_timeout_without_end_of_candidates() -> None:
@@ -578,7 +583,53 @@ def test_checking_timeout_without_end_of_candidates() -> None:
     assert now == 6.0
     event = agent.next_event()
     assert isinstance(event, IceFailed)
-    assert event.reason == "checking timeout after 5.0 s (component 1: no valid pair)"
+    assert event.reason == (
+        "checking timeout after 5.0 s (component 1: no valid pair: no response to any check"
+        " (1 pair tried): the peer's candidates are not reachable from here (a TURN server"
+        " gives a relayed candidate))"
+    )
+
+
+def _until_ended(a: Endpoint, b: Endpoint, net: Network, limit: float) -> float:
+    now = 0.0
+    while now < limit and IceState.FAILED not in (state(a.agent), state(b.agent)):
+        now = run(a, b, net, now, now + 0.5) + 0.5
+    return now
+
+
+def test_a_wrong_remote_password_is_named_in_the_failure() -> None:
+    """Issue 23 must-show 3 (core): every check of A gets B's unauthenticated 401; A's
+    failure says the peer rejected its credentials."""
+    ea, eb, net = loopback_pair(check_rto=0.1, check_rc=3, check_rm=2, checking_timeout=3.0)
+    ea.agent.set_remote_credentials(eb.agent.local_ufrag, "W" * 22)  # not B's password
+    eb.agent.set_remote_credentials(ea.agent.local_ufrag, ea.agent.local_pwd)
+    for x, y in ((ea, eb), (eb, ea)):
+        for candidate in x.agent.local_candidates():
+            y.agent.add_remote_candidate(candidate)
+        y.agent.add_remote_candidate(None)
+    ea.agent.start(0.0)
+    eb.agent.start(0.0)
+    _until_ended(ea, eb, net, 10.0)
+    assert ea.agent.state is IceState.FAILED
+    assert ea.agent.failure_reason is not None
+    assert "the peer rejected our credentials (401 to every check answered)" in (
+        ea.agent.failure_reason
+    )
+
+
+def test_no_pair_the_policy_allows_names_the_way_out() -> None:
+    """The relay policy with host candidates only: no pair can be formed, and the reason
+    says why and how to get one."""
+    ea, eb, net = loopback_pair(check_rto=0.1, checking_timeout=2.0, nominator_a=RelayOnly())
+    exchange(ea, eb)  # A advertises nothing (no relayed candidate); B its host candidate
+    ea.agent.start(0.0)
+    eb.agent.start(0.0)
+    _until_ended(ea, eb, net, 10.0)
+    assert ea.agent.failure_reason == (
+        "checking timeout after 2.0 s (component 1: no valid pair: no candidate pair possible"
+        " under the relay policy: it offers none of the local candidates (host); add a TURN"
+        " server or use policy='standard')"
+    )
 
 
 # --------------------------------------------------------------------------- authentication

@@ -110,7 +110,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from anchor_ice.agent import CHECKING_TIMEOUT, PROPOSED_TA, IceAgent, IceState
@@ -123,7 +123,9 @@ from anchor_ice.aio.gather import (
     GatherFailure,
     RelayEndpoint,
     TurnServerConfig,
+    check_port_range,
     host_addresses,
+    turn_server_configs,
 )
 from anchor_ice.candidate import Candidate
 from anchor_ice.events import (
@@ -135,7 +137,7 @@ from anchor_ice.events import (
     RestartCompleted,
 )
 from anchor_ice.nominator import GatewayNominator, Nominator, RelayOnly, StandardNominator
-from anchor_stun.aio.net import DEFAULT_PORT, CorePump, TransportName, call_user, parse_address
+from anchor_stun.aio.net import CorePump, TransportName, call_user, credential, server_list
 from anchor_stun.errors import AnchorError, LocalProtocolError
 from anchor_stun.events import Address, StunEvent, Transmit
 
@@ -187,35 +189,10 @@ def make_nominator(policy: str) -> Nominator:
     raise LocalProtocolError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
 
 
-def _servers(value: Any, default_port: int) -> list[Address]:
-    """``None``, one ``(host, port)`` or ``"host[:port]"``, or a list of them."""
-    if value is None:
-        return []
-    if isinstance(value, str) or (
-        isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int)
-    ):
-        value = [value]
-    out: list[Address] = []
-    for item in value:
-        if isinstance(item, str):
-            try:
-                out.append(parse_address(item, default_port))
-            except ValueError as exc:
-                raise LocalProtocolError(str(exc)) from None
-        else:
-            out.append((str(item[0]), int(item[1])))
-    return out
-
-
 def _as_candidate(candidate: Candidate | str) -> Candidate:
     if isinstance(candidate, Candidate):
         return candidate
-    text = candidate.strip()
-    if text.startswith("a="):
-        text = text[2:]
-    if not text.startswith("candidate:"):
-        text = "candidate:" + text
-    return Candidate.from_sdp(text)
+    return Candidate.from_sdp(candidate)
 
 
 class Connection:
@@ -257,7 +234,7 @@ class Connection:
         turn_server: Any = None,
         turn_username: str | None = None,
         turn_password: str | None = None,
-        turn_servers: Sequence[TurnServerConfig] = (),
+        turn_servers: Iterable[TurnServerConfig | tuple[Any, ...]] = (),
         turn_transport: str = "udp",
         turn_ssl: bool = False,
         turn_ssl_context: Any = None,
@@ -283,6 +260,27 @@ class Connection:
             raise LocalProtocolError("host_ips is an iterable of addresses, not one string")
         if not use_ipv4 and not use_ipv6:
             raise LocalProtocolError("use_ipv4 and use_ipv6 cannot both be False")
+        stun_servers = server_list(stun_server, "stun_server")
+        turns = turn_server_configs(turn_servers)
+        if turn_transport not in ("udp", "tcp"):
+            raise LocalProtocolError(
+                f"turn_transport must be 'udp' or 'tcp', not {turn_transport!r}"
+            )
+        if turn_ssl and turn_transport != "tcp":
+            raise LocalProtocolError("turn_ssl needs turn_transport='tcp' (TLS runs over TCP)")
+        transport: TransportName = "tls" if turn_ssl else "udp" if turn_transport == "udp" else "tcp"
+        for address in server_list(turn_server, "turn_server"):
+            if turn_username is None or turn_password is None:
+                raise LocalProtocolError("turn_server needs turn_username and turn_password")
+            credential(turn_username, "turn_username")
+            credential(turn_password, "turn_password")
+            turns.append(TurnServerConfig(address, turn_username, turn_password, transport,
+                                          ssl_context=turn_ssl_context))
+        if nominator is None and policy == "relay" and not turns:
+            raise LocalProtocolError(
+                "policy='relay' needs a TURN server (turn_server= or turn_servers=): without"
+                " one there is no relayed candidate to offer"
+            )
         self._nominator = nominator if nominator is not None else make_nominator(policy)
         self._agent = IceAgent(
             controlling=ice_controlling,
@@ -298,26 +296,15 @@ class Connection:
         )
         self.components = components
         """Number of components of the stream."""
-        self.stun_servers: list[Address] = _servers(stun_server, DEFAULT_PORT)
+        self.stun_servers: list[Address] = stun_servers
         """STUN servers to gather server-reflexive candidates from."""
-        turns = list(turn_servers)
-        if turn_transport not in ("udp", "tcp"):
-            raise LocalProtocolError(f"turn_transport must be udp or tcp, not {turn_transport!r}")
-        if turn_ssl and turn_transport != "tcp":
-            raise LocalProtocolError("turn_ssl needs turn_transport='tcp' (TLS runs over TCP)")
-        transport: TransportName = "tls" if turn_ssl else "udp" if turn_transport == "udp" else "tcp"
-        for address in _servers(turn_server, DEFAULT_PORT):
-            if turn_username is None or turn_password is None:
-                raise LocalProtocolError("turn_server needs turn_username and turn_password")
-            turns.append(TurnServerConfig(address, turn_username, turn_password, transport,
-                                          ssl_context=turn_ssl_context))
         self.turn_servers: list[TurnServerConfig] = turns
         """TURN servers to gather relayed candidates from."""
         self._host_ips = list(host_ips) if host_ips is not None else None
         self._include_loopback = include_loopback
         self._interfaces = list(interfaces) if interfaces is not None else None
         self._families = tuple(f for f, on in ((4, use_ipv4), (6, use_ipv6)) if on)
-        self._port_range = port_range
+        self._port_range = check_port_range(port_range)
         self._gather_ta = DEFAULT_TA if ta is None else ta
         self._gather_timeout = gather_timeout
         self._release_timeout = release_timeout

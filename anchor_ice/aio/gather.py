@@ -102,17 +102,23 @@ import ifaddr
 
 from anchor_ice.candidate import COMPONENT_RTP, Candidate, CandidateType, make_candidate
 from anchor_stun.aio.net import (
+    DEFAULT_PORT,
+    DEFAULT_TLS_PORT,
     CorePump,
     TransportName,
     call_user,
+    credential,
     format_address,
     resolve,
+    server_address,
+    server_list,
     settle_transaction,
 )
 from anchor_stun.attributes import Software, XorMappedAddress, pack_ip, unpack_ip
 from anchor_stun.errors import (
     AnchorError,
     DecodeError,
+    DestinationUnreachable,
     LocalProtocolError,
 )
 from anchor_stun.events import Address, StunEvent, Transmit
@@ -139,7 +145,9 @@ __all__ = [
     "Gatherer",
     "RelayEndpoint",
     "TurnServerConfig",
+    "check_port_range",
     "host_addresses",
+    "turn_server_configs",
 ]
 
 SOCKET_RCVBUF = 1 << 20
@@ -151,6 +159,15 @@ _IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 _IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 _IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 _IPV6_PMTUDISC_DO = getattr(socket, "IPV6_PMTUDISC_DO", 2)
+# ICMP errors on an unconnected socket (Linux, ip(7) / ipv6(7)): IP_RECVERR queues each one
+# with the destination of the datagram that caused it (read with MSG_ERRQUEUE).
+_IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+_UNREACHABLE = frozenset(
+    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN}
+)
+"""Errors an ICMP error turns into: the destination is unreachable (RFC 1122 §4.1.3.3)."""
 DEFAULT_SERVER_TIMEOUT = 5.0
 """Seconds each STUN / TURN server gets per socket (resolution included) before it is given up."""
 DEFAULT_RELEASE_TIMEOUT = 2.0
@@ -277,6 +294,23 @@ def _family(ip: str) -> int:
         return 0
 
 
+def check_port_range(value: object) -> tuple[int, int] | None:
+    """``None`` or ``(min, max)`` local ports, inclusive, with 1 <= min <= max <= 65535;
+    :class:`LocalProtocolError` naming ``port_range`` otherwise."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, tuple | list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and 1 <= value[0] <= value[1] <= 0xFFFF
+    ):
+        return (value[0], value[1])
+    raise LocalProtocolError(
+        f"port_range must be (min, max) with 1 <= min <= max <= 65535, not {value!r}"
+    )
+
+
 def _set_dont_fragment(sock: socket.socket, family: int) -> None:
     """Set DF on every datagram ``sock`` sends, so that none is ever fragmented on the way
     (RFC 8085 §3.2; RFC 8899 §3 needs it for path MTU probing). On Linux, path MTU discovery
@@ -315,6 +349,12 @@ def _bind_socket(
         with contextlib.suppress(OSError):  # the kernel caps it at net.core.rmem_max
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
         _set_dont_fragment(sock, family)
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
         if port_range is None:
             sock.bind(sockaddr)
             return sock
@@ -363,7 +403,12 @@ class _Protocol(asyncio.DatagramProtocol):
         self.owner._received(data, address)
 
     def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors: transactions retransmit and time out on their own
+        pass  # an ICMP error without its address: transactions time out on their own
+
+    def unreachable(self, addr: Address, exc: OSError) -> None:
+        """An ICMP error for a datagram sent to ``addr`` (from the socket's error queue)."""
+        if self.owner is not None:
+            self.owner._unreachable(addr, exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
@@ -395,15 +440,38 @@ class _DrainingTransport(asyncio.DatagramTransport):
 
     def _readable(self) -> None:
         recvfrom, received = self._sock.recvfrom, self._protocol.datagram_received
-        for _ in range(READ_BATCH):
+        for count in range(READ_BATCH):
             try:
                 data, addr = recvfrom(65536)
             except (BlockingIOError, InterruptedError):
+                if count == 0:  # woken with nothing to read: an ICMP error is queued
+                    self._drain_errors()
                 return
             except OSError as exc:  # an ICMP error reported on the socket
                 self._protocol.error_received(exc)
+                self._drain_errors()
                 return
             received(data, addr)
+
+    def _drain_errors(self) -> None:
+        """Read the socket's error queue (IP_RECVERR): each entry is one ICMP error with the
+        destination of the datagram that caused it; unreachable ones go to the protocol."""
+        if self._closing:
+            return
+        for _ in range(READ_BATCH):
+            try:
+                _, ancillary, _, addr = self._sock.recvmsg(1, 512, _MSG_ERRQUEUE)
+            except OSError:  # empty (EAGAIN), or no error queue on this platform
+                return
+            for _level, _kind, data in ancillary:
+                if len(data) < 4 or not isinstance(addr, tuple):
+                    continue
+                code = int.from_bytes(data[:4], sys.byteorder)  # sock_extended_err.ee_errno
+                if code in _UNREACHABLE:
+                    self._protocol.unreachable(
+                        (_canonical_ip(str(addr[0])), int(addr[1])),
+                        OSError(code, os.strerror(code)),
+                    )
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         if self._closing:
@@ -415,7 +483,14 @@ class _DrainingTransport(asyncio.DatagramTransport):
             except (BlockingIOError, InterruptedError):
                 self._loop.add_writer(self._fd, self._writable)
             except OSError as exc:
-                self._protocol.error_received(exc)
+                if exc.errno not in _UNREACHABLE:
+                    self._protocol.error_received(exc)
+                    return
+                # an earlier ICMP error (for any destination) failed this send: read it, and
+                # send again (the error is reported once)
+                self._drain_errors()
+                with contextlib.suppress(OSError):
+                    self._sock.sendto(data, addr)
                 return
         if len(self._pending) >= MAX_SEND_BUFFER:
             self.dropped += 1
@@ -517,6 +592,7 @@ class GatheredSocket:
         self._stun = StunClient(rto=stun_rto)
         self._stun_pump = CorePump(self._stun, self._send_transmit, self._stun_event)
         self._stun_waiters: dict[bytes, asyncio.Future[TransactionSucceeded]] = {}
+        self._stun_servers: dict[bytes, Address] = {}  # where each Binding went
         self._relays: list[RelayEndpoint] = []
         self._inbox = _Inbox(f"socket {format_address(self.local)}")
         self._closing = False
@@ -537,10 +613,7 @@ class GatheredSocket:
         within ``port_range`` (inclusive; any port when None). Raises OSError when no port is
         free or the address cannot be bound. ``stun_rto`` is the initial retransmission
         timeout of the gathering Binding requests (RFC 8489 §6.2.1)."""
-        if port_range is not None:
-            low, high = port_range
-            if not 1 <= low <= high <= 0xFFFF:
-                raise LocalProtocolError(f"bad port range {low}-{high}")
+        port_range = check_port_range(port_range)
         sock = _bind_socket(ip, port_range, rng)
         loop = asyncio.get_running_loop()
         transport: asyncio.DatagramTransport
@@ -608,6 +681,7 @@ class GatheredSocket:
         txid = self._stun.send_request(request.encode(fingerprint=True), server, self._now())
         waiter: asyncio.Future[TransactionSucceeded] = self._loop.create_future()
         self._stun_waiters[txid] = waiter
+        self._stun_servers[txid] = _canonical(server)
         self._stun_pump.pump()
         try:
             result = await waiter
@@ -615,6 +689,7 @@ class GatheredSocket:
             if not waiter.done():
                 self._stun.cancel(txid)
             self._stun_waiters.pop(txid, None)
+            self._stun_servers.pop(txid, None)
         mapped = result.response.get(XorMappedAddress)
         if mapped is None:
             raise DecodeError("Binding response without XOR-MAPPED-ADDRESS", field="response")
@@ -730,6 +805,23 @@ class GatheredSocket:
 
     def _stun_event(self, event: StunEvent) -> None:
         settle_transaction(self._stun_waiters, event)
+
+    def _unreachable(self, addr: Address, exc: OSError) -> None:
+        """The socket reported ``addr`` unreachable (an ICMP error): a gathering Binding or
+        an Allocate in progress with that server ends at once, naming it (RFC 8489 §6.2.1
+        leaves ICMP handling to the client; RFC 8445 §5.1.1.2 gathering then moves on)."""
+        if self._closed:
+            return
+        for txid, server in list(self._stun_servers.items()):
+            waiter = self._stun_waiters.get(txid)
+            if server == addr and waiter is not None and not waiter.done():
+                self._stun.cancel(txid)
+                waiter.set_exception(DestinationUnreachable(
+                    f"{format_address(addr)} unreachable ({exc.strerror})"
+                ))
+        for relay in self._relays:
+            if relay.shared and relay.turn.server == addr:
+                relay.turn.error_received(exc)
 
     def __repr__(self) -> str:
         return f"<GatheredSocket {format_address(self.local)}{' closed' if self._closed else ''}>"
@@ -935,8 +1027,14 @@ class TurnServerConfig:
     def __post_init__(self) -> None:
         if self.transport not in ("udp", "tcp", "tls"):
             raise LocalProtocolError(
-                f"TURN transport must be udp, tcp or tls, not {self.transport!r}"
+                f"TurnServerConfig transport must be 'udp', 'tcp' or 'tls', not {self.transport!r}"
             )
+        default_port = DEFAULT_TLS_PORT if self.transport == "tls" else DEFAULT_PORT
+        # "host:port" is read as such (never as a sequence of characters), checked here
+        address = server_address(self.address, "TurnServerConfig address", default_port)
+        object.__setattr__(self, "address", address)
+        credential(self.username, "TurnServerConfig username")
+        credential(self.password, "TurnServerConfig password")
 
     @classmethod
     def from_uri(
@@ -960,6 +1058,44 @@ class TurnServerConfig:
     def uri(self) -> str:
         """The server as an RFC 7065 URI."""
         return str(TurnUri(self.address[0], self.address[1], self.transport))
+
+
+def turn_server_configs(value: object, what: str = "turn_servers") -> list[TurnServerConfig]:
+    """TURN servers given as one or a list of :class:`TurnServerConfig` or
+    ``(host, port, username, password)`` / ``("host:port", username, password)`` tuples (UDP),
+    checked where they enter: :class:`LocalProtocolError` naming ``what[i]`` otherwise."""
+    if value is None:
+        return []
+    if isinstance(value, TurnServerConfig):
+        return [value]
+    if isinstance(value, str | bytes | bytearray | dict) or not hasattr(value, "__iter__"):
+        raise LocalProtocolError(
+            f"{what} must be a list of TurnServerConfig or (host, port, username, password),"
+            f" not {type(value).__name__}"
+        )
+    out: list[TurnServerConfig] = []
+    for i, item in enumerate(value):
+        name = f"{what}[{i}]"
+        if isinstance(item, TurnServerConfig):
+            out.append(item)
+        elif isinstance(item, tuple | list) and len(item) == 4:
+            out.append(_config(name, (item[0], item[1]), item[2], item[3]))
+        elif isinstance(item, tuple | list) and len(item) == 3:
+            out.append(_config(name, item[0], item[1], item[2]))
+        else:
+            raise LocalProtocolError(
+                f"{name} must be a TurnServerConfig, (host, port, username, password) or"
+                f" ('host:port', username, password), not {type(item).__name__}"
+                + (f" of {len(item)}" if isinstance(item, tuple | list) else "")
+            )
+    return out
+
+
+def _config(what: str, address: object, username: object, password: object) -> TurnServerConfig:
+    try:
+        return TurnServerConfig(address, username, password)  # type: ignore[arg-type]
+    except LocalProtocolError as exc:
+        raise LocalProtocolError(f"{what}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1004,8 +1140,8 @@ class Gatherer:
         self,
         host_ips: Iterable[str] | None = None,
         *,
-        stun_servers: Iterable[Address] = (),
-        turn_servers: Iterable[TurnServerConfig] = (),
+        stun_servers: Iterable[Address | str] = (),
+        turn_servers: Iterable[TurnServerConfig | tuple[Any, ...]] = (),
         component: int = COMPONENT_RTP,
         port_range: tuple[int, int] | None = None,
         timeout: float = DEFAULT_SERVER_TIMEOUT,
@@ -1019,12 +1155,11 @@ class Gatherer:
         if isinstance(host_ips, str):
             raise LocalProtocolError("host_ips is an iterable of addresses, not one string")
         self._host_ips = list(host_ips) if host_ips is not None else None
-        self._stun_servers = [(str(h), int(p)) for h, p in stun_servers]
-        self._turn_servers = list(turn_servers)
+        self._stun_servers = server_list(stun_servers, "stun_servers")
+        self._turn_servers = turn_server_configs(turn_servers)
         if not 1 <= component <= 256:
             raise LocalProtocolError(f"component must be 1-256, not {component}")
-        if port_range is not None and not 1 <= port_range[0] <= port_range[1] <= 0xFFFF:
-            raise LocalProtocolError(f"bad port range {port_range!r}")
+        port_range = check_port_range(port_range)
         if not timeout > 0 or not release_timeout >= 0 or not ta >= 0:
             raise LocalProtocolError("timeout must be positive, release_timeout and ta >= 0")
         self.component = component
@@ -1250,6 +1385,20 @@ class Gatherer:
             for t, turn in enumerate(self._turn_servers):
                 if _family(turn.address[0]) in (0, sock.family):
                     jobs.append(self._relay(h, t, n_stun, sock, turn))
+        # a server no host socket can reach (its address family is not gathered on) is a
+        # failure too: every configured server is accounted for
+        families = {sock.family for sock in self._sockets}
+        servers: list[tuple[Literal["stun", "turn"], Address]] = [
+            ("stun", a) for a in self._stun_servers
+        ]
+        servers += [("turn", turn.address) for turn in self._turn_servers]
+        for kind, address in servers:
+            family = _family(address[0])
+            if family and family not in families:
+                self._failures.append(GatherFailure(
+                    kind, self._sockets[0].local, address,
+                    f"no host address of its family (IPv{family}) to gather from",
+                ))
         try:
             results = await asyncio.gather(*jobs, return_exceptions=True)
             for result in results:

@@ -110,7 +110,7 @@ import contextlib
 import json
 import os
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from anchor_ice.aio.connection import (
@@ -120,7 +120,7 @@ from anchor_ice.aio.connection import (
     IceFailedError,
     make_nominator,
 )
-from anchor_ice.aio.gather import TurnServerConfig
+from anchor_ice.aio.gather import TurnServerConfig, turn_server_configs
 from anchor_ice.events import PairInfo
 from anchor_ice.nominator import Nominator
 from anchor_link.aio.signal import (
@@ -161,6 +161,7 @@ from anchor_link.state import (
 )
 from anchor_link.trust import PeerKeyMismatch, TrustPolicy
 from anchor_link.wirejson import loads_object
+from anchor_stun.aio.net import server_list
 from anchor_stun.errors import AnchorError, LocalProtocolError
 
 __all__ = [
@@ -194,6 +195,15 @@ DESCRIPTION_VERSION = 3
 frame format with a receive window in every ACK)."""
 REPLAY_MEMORY = 4096
 """Offers (by their ephemeral key) an endpoint remembers to refuse a replay of."""
+
+_WAY_OUT = {
+    "gateway": "; add a TURN server (turn=[...]) for a relayed candidate, a STUN server that"
+    " answers (stun=...) for a server-reflexive one, or use policy='standard' to allow"
+    " host pairs",
+    "relay": "; check the TURN servers above (address, credentials) or use"
+    " policy='standard'",
+}
+"""The way out of "no candidate to offer", per policy."""
 
 E = TypeVar("E", bound=LinkEvent)
 
@@ -311,7 +321,7 @@ class LinkEndpoint:
         signalling: Signalling,
         *,
         stun: Any = None,
-        turn: Sequence[TurnServerConfig] = (),
+        turn: Iterable[TurnServerConfig | tuple[Any, ...]] = (),
         policy: str = "gateway",
         nominator: Nominator | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
@@ -336,6 +346,15 @@ class LinkEndpoint:
             raise LocalProtocolError("idle_timeout, form_timeout and close_timeout must be > 0")
         if isinstance(host_ips, str):
             raise LocalProtocolError("host_ips is an iterable of addresses, not one string")
+        # Servers are checked here, not inside a link's task: one tuple or "host:port" form
+        # for every address, (host, port, username, password) accepted for a TURN server.
+        stun_servers = server_list(stun, "stun")
+        turn_servers = turn_server_configs(turn, "turn")
+        if nominator is None and policy == "relay" and not turn_servers:
+            raise LocalProtocolError(
+                "policy='relay' needs a TURN server (turn=[...]): without one there is no"
+                " relayed candidate to offer"
+            )
         # Validate the channel settings once, now, rather than at every link.
         ReliableChannel(mtu=mtu, max_message=max_message)
         self.name = name
@@ -356,8 +375,8 @@ class LinkEndpoint:
         """Which peer identities are accepted (:class:`~anchor_link.trust.TrustPolicy`)."""
         self._offers_seen: OrderedDict[bytes, None] = OrderedDict()
         self._signalling = signalling
-        self._stun = stun
-        self._turn = list(turn)
+        self._stun = stun_servers
+        self._turn = turn_servers
         self._nominator = nominator if nominator is not None else make_nominator(policy)
         self._host_ips = list(host_ips) if host_ips is not None else None
         self._include_loopback = include_loopback
@@ -683,6 +702,7 @@ class LinkEndpoint:
                 raise _FormError(
                     f"no candidate to offer under the {self.policy} policy"
                     + (f" ({failures})" if failures else "")
+                    + _WAY_OUT.get(self.policy, "")
                 )
             if remote_offer is None:
                 # offerer: -> e (our description); <- e, ee, s, es; -> s, se

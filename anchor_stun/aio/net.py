@@ -49,18 +49,22 @@ __all__ = [
     "DEFAULT_TLS_PORT",
     "BindingResult",
     "CorePump",
+    "ListenError",
     "StunServerRunner",
     "StunTransport",
     "TransportName",
     "binding_request",
     "call_user",
     "client_tls_context",
+    "credential",
     "discover_nat",
     "format_address",
     "parse_address",
+    "positive_timeout",
     "resolve",
     "route_local_ip",
     "server_address",
+    "server_list",
     "settle_transaction",
 ]
 
@@ -73,6 +77,24 @@ def format_address(addr: Address) -> str:
     """``ip:port``, with the IPv6 address in brackets."""
     ip, port = addr[0], addr[1]
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+class ListenError(OSError):
+    """A listener could not be opened; the message names the address and the transport
+    (``cannot listen on 127.0.0.1:3478 (udp): Address already in use``); ``errno`` is the
+    cause's."""
+
+    def __init__(self, kind: str, address: Address, cause: OSError) -> None:
+        why = os.strerror(cause.errno) if cause.errno else str(cause)
+        self.message = f"cannot listen on {format_address(address)} ({kind}): {why}"
+        super().__init__(cause.errno, self.message)
+        self.kind = kind
+        """``udp``, ``tcp`` or ``tls``."""
+        self.address = address
+        """The address asked for."""
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def parse_address(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -114,7 +136,8 @@ def server_address(
             raise LocalProtocolError(f"{forms}: {exc}") from None
     if (
         isinstance(value, tuple | list)
-        and len(value) >= 2
+        and len(value) in (2, 4)  # (host, port) or an IPv6 sockaddr (host, port, flow, scope)
+        and all(isinstance(v, int) for v in value[2:])
         and isinstance(value[0], str)
         and value[0]
         and isinstance(value[1], int)
@@ -124,6 +147,51 @@ def server_address(
             raise LocalProtocolError(f"{forms}: port {value[1]} out of range 1-65535")
         return (value[0], value[1])
     raise LocalProtocolError(f"{forms}, not {value!r}")
+
+
+def server_list(
+    value: object, what: str = "servers", default_port: int | None = DEFAULT_PORT
+) -> list[tuple[str, int]]:
+    """Servers given as ``None``, one address (``(host, port)`` or ``"host[:port]"``) or an
+    iterable of addresses, each checked by :func:`server_address` (the error names
+    ``what[i]``). A string is one address, never an iterable of characters."""
+    if value is None:
+        return []
+    if isinstance(value, str) or (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and not isinstance(value[1], tuple | list)
+        and not (isinstance(value[1], str) and not value[1].strip().isdigit())
+    ):  # one address: ("host", 3478), or a malformed one such as ("host", "3478")
+        return [server_address(value, what, default_port)]
+    if isinstance(value, bytes | bytearray | dict) or not hasattr(value, "__iter__"):
+        raise LocalProtocolError(
+            f"{what} must be (host, port), 'host:port' or a list of them, not {value!r}"
+        )
+    return [
+        server_address(item, f"{what}[{i}]", default_port)
+        for i, item in enumerate(value)
+    ]
+
+
+def credential(value: object, what: str) -> str:
+    """A user name or password checked where it enters: a non-empty string, else
+    :class:`LocalProtocolError` naming ``what`` (the value itself is never echoed)."""
+    if not isinstance(value, str):
+        raise LocalProtocolError(f"{what} must be a non-empty string, not {type(value).__name__}")
+    if not value:
+        raise LocalProtocolError(f"{what} must be a non-empty string, not ''")
+    return value
+
+
+def positive_timeout(value: object, what: str = "timeout") -> float | None:
+    """``None`` or a positive number of seconds, else :class:`LocalProtocolError` naming
+    ``what``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise LocalProtocolError(f"{what} must be a positive number of seconds, not {value!r}")
+    return float(value)
 
 
 async def resolve(host: str, port: int, *, family: int = 0) -> Address:
@@ -470,8 +538,7 @@ async def binding_request(
     TCP connection); no answer raises :class:`TransactionTimeout` after ``timeout`` seconds,
     or after the RFC's retransmissions (39.5 s over UDP, RFC 8489 §6.2.1) by default."""
     host, port = server_address(server)
-    if timeout is not None and not timeout > 0:
-        raise LocalProtocolError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    timeout = positive_timeout(timeout)
     addr = await resolve(host, port)
     try:
         conn = await StunTransport.connect(
@@ -523,6 +590,7 @@ async def discover_nat(
     default the discovery's own transaction timeouts bound it)."""
     loop = asyncio.get_running_loop()
     server = server_address(server)
+    timeout = positive_timeout(timeout)
     bind = local or (route_local_ip(server), 0)
     done: asyncio.Future[StunEvent] = loop.create_future()
     holder: dict[str, CorePump] = {}
@@ -624,11 +692,14 @@ class StunServerRunner:
         self.guard.start(loop)
         try:
             for local in self.core.local_addresses():
-                udp, _ = await loop.create_datagram_endpoint(
-                    lambda local=local: _ServerDatagram(self, local),  # type: ignore[misc]
-                    local_addr=local,
-                    reuse_port=self.reuse_port or None,
-                )
+                try:
+                    udp, _ = await loop.create_datagram_endpoint(
+                        lambda local=local: _ServerDatagram(self, local),  # type: ignore[misc]
+                        local_addr=local,
+                        reuse_port=self.reuse_port or None,
+                    )
+                except OSError as exc:
+                    raise ListenError("udp", local, exc) from exc
                 sock = udp.get_extra_info("sockname")
                 bound = (str(sock[0]), int(sock[1]))
                 self._udp[local] = udp
@@ -647,14 +718,17 @@ class StunServerRunner:
         self, name: str, local: Address, context: ssl.SSLContext | None
     ) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: _ServerStream(self, local, context),
-            local[0],
-            local[1],
-            reuse_address=True,
-            reuse_port=self.reuse_port or None,
-            backlog=1024,
-        )
+        try:
+            server = await loop.create_server(
+                lambda: _ServerStream(self, local, context),
+                local[0],
+                local[1],
+                reuse_address=True,
+                reuse_port=self.reuse_port or None,
+                backlog=1024,
+            )
+        except OSError as exc:
+            raise ListenError(name, local, exc) from exc
         self._servers.append(server)
         sock = server.sockets[0].getsockname()
         self.listeners.append((name, (str(sock[0]), int(sock[1]))))

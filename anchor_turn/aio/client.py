@@ -49,7 +49,18 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from anchor_stun.aio.net import CorePump, TransportName, call_user, format_address, resolve
+from anchor_stun.aio.net import (
+    DEFAULT_PORT,
+    DEFAULT_TLS_PORT,
+    CorePump,
+    TransportName,
+    call_user,
+    credential,
+    format_address,
+    positive_timeout,
+    resolve,
+    server_address,
+)
 from anchor_stun.attributes import ErrorCode, pack_ip, unpack_ip
 from anchor_stun.errors import (
     AllocationError,
@@ -147,6 +158,27 @@ class _Stream(asyncio.Protocol):
             self.owner._lost("connection closed by the server" if exc is None else str(exc))
 
 
+def _check_arguments(username: object, password: object, transport: object) -> None:
+    """Credentials present and a known transport, checked before anything is opened."""
+    credential(username, "username")
+    credential(password, "password")
+    if transport not in ("udp", "tcp", "tls"):
+        raise LocalProtocolError(f"transport must be 'udp', 'tcp' or 'tls', not {transport!r}")
+
+
+def _local_address(local: object) -> Address:
+    """``local`` as ``(ip, port)``, port 0 allowed (any port)."""
+    if (
+        isinstance(local, tuple | list)
+        and len(local) == 2
+        and isinstance(local[0], str)
+        and isinstance(local[1], int)
+        and 0 <= local[1] < 65536
+    ):
+        return (local[0], local[1])
+    raise LocalProtocolError(f"local must be (ip, port) with a port in 0-65535, not {local!r}")
+
+
 def _canonical_ip(ip: str) -> str:
     """The text form the core uses for a peer IP (so that events can be matched)."""
     family, packed = pack_ip(ip)
@@ -227,6 +259,7 @@ class TurnConnection:
         self._heard = False  # anything came from the server yet
         self._settled: asyncio.Future[None] | None = None  # close() waiting for the Allocate
         self._kicked = False
+        self._timeout: float | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -247,18 +280,34 @@ class TurnConnection:
         max_queue: int = DEFAULT_MAX_QUEUE,
         on_data: DataCallback | None = None,
         on_event: EventCallback | None = None,
+        timeout: float | None = None,
         **options: Any,
     ) -> TurnConnection:
-        """Open a UDP socket towards ``server`` (host, port), or a TCP / TLS connection to it.
+        """Open a UDP socket towards ``server`` (``(host, port)`` or ``"host[:port]"``), or a
+        TCP / TLS connection to it.
 
         A host name is resolved first. TLS verifies the server against ``server_hostname``
         (default: the host as given) with ``ssl_context`` (default: the system's trust store).
-        ``local`` binds the local end. ``options`` go to :class:`~anchor_turn.client.TurnClient`
-        (``lifetime``, ``family``, ``additional_family``, ``even_port``, ``reservation_token``,
-        ``dont_fragment``, ``software``, ``refresh_margin``, ``rto``, ``rc``, ``rm``, ``ti``,
-        ``rng``). Raises OSError when the server cannot be resolved or connected to."""
-        host, port = server
-        address = await resolve(host, port)
+        ``local`` binds the local end. ``timeout`` bounds opening (resolution and connection)
+        and each Allocate attempt (:meth:`allocate` then raises :class:`AllocationError` with
+        code 0 naming the server); None keeps ``connect_timeout`` and the RFC's
+        retransmissions (Ti = 39.5 s over UDP, RFC 8489 §6.2.1). ``options`` go to
+        :class:`~anchor_turn.client.TurnClient` (``lifetime``, ``family``,
+        ``additional_family``, ``even_port``, ``reservation_token``, ``dont_fragment``,
+        ``software``, ``refresh_margin``, ``rto``, ``rc``, ``rm``, ``ti``, ``rng``). Raises
+        :class:`LocalProtocolError` naming a malformed argument before anything is sent,
+        OSError when the server cannot be resolved or connected to."""
+        default_port = DEFAULT_TLS_PORT if transport == "tls" else DEFAULT_PORT
+        host, port = server_address(server, "server", default_port)
+        _check_arguments(username, password, transport)
+        timeout = positive_timeout(timeout)
+        if local is not None:
+            local = _local_address(local)
+        try:
+            async with asyncio.timeout(timeout):
+                address = await resolve(host, port)
+        except TimeoutError:
+            raise OSError(f"cannot resolve {host!r} within {timeout:g} s") from None
         self = cls(
             address,
             username,
@@ -267,7 +316,7 @@ class TurnConnection:
             ssl_context=ssl_context,
             server_hostname=server_hostname or host,
             local=local,
-            connect_timeout=connect_timeout,
+            connect_timeout=connect_timeout if timeout is None else timeout,
             release_timeout=release_timeout,
             max_redirects=max_redirects,
             max_queue=max_queue,
@@ -275,6 +324,7 @@ class TurnConnection:
             on_event=on_event,
             options=dict(options),
         )
+        self._timeout = timeout
         await self._open()
         return self
 
@@ -299,6 +349,8 @@ class TurnConnection:
         hands what the socket receives from :attr:`server` to :meth:`datagram_received`.
         ``local`` is that socket's address. Nothing is opened; :meth:`close` releases the
         allocation and leaves the socket alone. Other arguments as for :meth:`connect`."""
+        server = server_address(server, "server", None)
+        _check_arguments(username, password, "udp")
         self = cls(
             server,
             username,
@@ -471,17 +523,24 @@ class TurnConnection:
             self._allocating = fut
             self._pump.pump()
             try:
-                result = await fut
-            except asyncio.CancelledError:
-                self._abandoned = True  # a late success is released (module docstring)
-                if self._client.state is TurnState.ALLOCATED and self._releasing is None:
-                    # it succeeded, but the caller was cancelled before it heard so
-                    self._releasing = self._loop.create_future()
-                    self._client.release(self._now())
-                    self._kick()
-                raise
-            finally:
-                self._allocating = None
+                async with asyncio.timeout(self._timeout):
+                    try:
+                        result = await fut
+                    except asyncio.CancelledError:
+                        self._abandoned = True  # a late success is released (module docstring)
+                        if self._client.state is TurnState.ALLOCATED and self._releasing is None:
+                            # it succeeded, but the caller was cancelled before it heard so
+                            self._releasing = self._loop.create_future()
+                            self._client.release(self._now())
+                            self._kick()
+                        raise
+                    finally:
+                        self._allocating = None
+            except TimeoutError:
+                raise AllocationError(
+                    0,
+                    f"no answer from {format_address(self._server)} within {self._timeout:g} s",
+                ) from None
             if isinstance(result, AllocationCreated):
                 return result
             await self._redirect(result)
@@ -670,6 +729,12 @@ class TurnConnection:
         self._kicked = False
         if not self._closed and self._dead is None:
             self._pump.pump()
+
+    def error_received(self, exc: Exception) -> None:
+        """Feed an ICMP error a shared socket (:meth:`over`) reported for the server: a
+        refused destination during the Allocate fails it at once, naming the server (as the
+        connection's own socket does, see the module docstring)."""
+        self._icmp(exc)
 
     def _icmp(self, exc: Exception) -> None:
         """An ICMP error on the connected UDP socket (see the module docstring)."""

@@ -100,6 +100,7 @@ from typing import Any
 
 import ifaddr
 
+from anchor_stun.aio.net import ListenError
 from anchor_stun.aio.streams import GuardedStream, LoopErrorFilter, StreamGuard, StreamLimits
 from anchor_stun.attributes import Family, pack_ip
 from anchor_stun.errors import LocalProtocolError
@@ -691,9 +692,9 @@ class TurnServerRunner:
                     if self.reuse_port:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                     sock.bind(local)
-                except OSError:
+                except OSError as exc:
                     sock.close()
-                    raise
+                    raise ListenError("udp", local, exc) from exc
                 self._udp[local] = sock
                 loop.add_reader(sock.fileno(), self._udp_ready, sock, local)
                 self.listeners.append(("udp", canonical_address(sock.getsockname())))
@@ -732,14 +733,17 @@ class TurnServerRunner:
         if local[1] == 0:
             raise LocalProtocolError(f"listener port 0 in {local!r}: give a port")
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: _StreamConnection(self, local, name, context),
-            local[0],
-            local[1],
-            reuse_address=True,
-            reuse_port=self.reuse_port or None,
-            backlog=1024,
-        )
+        try:
+            server = await loop.create_server(
+                lambda: _StreamConnection(self, local, name, context),
+                local[0],
+                local[1],
+                reuse_address=True,
+                reuse_port=self.reuse_port or None,
+                backlog=1024,
+            )
+        except OSError as exc:
+            raise ListenError(name, local, exc) from exc
         self._servers.append(server)
         for sock in server.sockets:
             self.listeners.append((name, canonical_address(sock.getsockname())))

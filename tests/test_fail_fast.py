@@ -1,0 +1,367 @@
+"""Issue 23: inputs checked where they enter, closed ports named at once.
+
+Must-show 1: every public entry point given a malformed argument raises a typed error naming
+the argument, and a spy on real sockets (``socket.socket`` wrapped so that every connect and
+send is recorded) proves nothing was sent. Must-show 2 (gathering): a STUN or TURN server on a
+closed port is a gathering failure naming the address as unreachable, not a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from anchor_ice.aio.connection import Connection, IceFailedError
+from anchor_ice.aio.gather import (
+    GatheredSocket,
+    Gatherer,
+    TurnServerConfig,
+    turn_server_configs,
+)
+from anchor_ice.candidate import Candidate
+from anchor_link.aio.endpoint import LinkEndpoint
+from anchor_link.aio.signal import InProcessSignalling
+from anchor_stun.aio.net import binding_request, discover_nat
+from anchor_stun.errors import (
+    AllocationError,
+    DestinationUnreachable,
+    LocalProtocolError,
+    StunErrorResponse,
+)
+from anchor_stun.message import Message, MessageClass, Method
+from anchor_turn.aio.client import TurnConnection
+from tests.helpers import free_port, run_anchor
+
+LOOPBACK = "127.0.0.1"
+
+
+class _Spy:
+    """Records every connect and send of every socket made while installed (AF_UNIX ones
+    excepted: the event loop's self-pipe)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Spy]:
+    record = _Spy()
+    real = socket.socket
+
+    class SpySocket(real):  # type: ignore[valid-type,misc]
+        def _note(self, what: str, where: Any) -> None:
+            if self.family != socket.AF_UNIX:
+                record.calls.append((what, where))
+
+        def connect(self, address: Any) -> None:
+            self._note("connect", address)
+            super().connect(address)
+
+        def connect_ex(self, address: Any) -> int:
+            self._note("connect", address)
+            return int(super().connect_ex(address))
+
+        def sendto(self, data: Any, *args: Any) -> int:
+            self._note("sendto", args[-1])
+            return int(super().sendto(data, *args))
+
+        def send(self, data: Any, *args: Any) -> int:
+            self._note("send", None)
+            return int(super().send(data, *args))
+
+        def sendall(self, data: Any, *args: Any) -> None:
+            self._note("send", None)
+            super().sendall(data, *args)
+
+        def sendmsg(self, *args: Any) -> int:
+            self._note("sendmsg", args[3] if len(args) > 3 else None)
+            return int(super().sendmsg(*args))
+
+    monkeypatch.setattr(socket, "socket", SpySocket)
+    yield record
+
+
+def _endpoint(**kw: Any) -> LinkEndpoint:
+    return LinkEndpoint("a", InProcessSignalling(), host_ips=[LOOPBACK], **kw)
+
+
+def _send(data: bytes, addr: Any) -> None:
+    raise AssertionError("nothing may be sent")
+
+
+GOOD = (LOOPBACK, 3478)
+# (entry point, call with one malformed argument, what the error must name)
+CASES: list[tuple[str, Callable[[], Any], str]] = [
+    ("TurnServerConfig port", lambda: TurnServerConfig("127.0.0.1:0", "alice", "secret"),
+     "TurnServerConfig address"),
+    ("TurnServerConfig type", lambda: TurnServerConfig(42, "a", "b"),  # type: ignore[arg-type]
+     "TurnServerConfig address"),
+    ("TurnServerConfig user", lambda: TurnServerConfig(GOOD, "", "secret"),
+     "TurnServerConfig username"),
+    ("TurnServerConfig password",
+     lambda: TurnServerConfig(GOOD, "alice", None),  # type: ignore[arg-type]
+     "TurnServerConfig password"),
+    ("TurnServerConfig transport", lambda: TurnServerConfig(GOOD, "a", "b", "sctp"),  # type: ignore[arg-type]
+     "TurnServerConfig transport"),
+    ("TurnServerConfig.from_uri", lambda: TurnServerConfig.from_uri("turn:[::1", "a", "b"),
+     "TURN URI"),
+    ("turn_server_configs", lambda: turn_server_configs([(LOOPBACK, 3478)]), "turn_servers[0]"),
+    ("Gatherer stun_servers", lambda: Gatherer([LOOPBACK], stun_servers="127.0.0.1:70000"),
+     "stun_servers"),
+    ("Gatherer stun_servers item",
+     lambda: Gatherer([LOOPBACK], stun_servers=[GOOD, (LOOPBACK, "3478")]),  # type: ignore[list-item]
+     "stun_servers[1]"),
+    ("Gatherer turn_servers",
+     lambda: Gatherer([LOOPBACK], turn_servers=[(LOOPBACK, 3478, "u", "")]),
+     "turn_servers[0]: TurnServerConfig password"),
+    ("Gatherer port_range", lambda: Gatherer([LOOPBACK], port_range=(5000, 10)), "port_range"),
+    ("Gatherer component", lambda: Gatherer([LOOPBACK], component=0), "component"),
+    ("Gatherer host_ips", lambda: Gatherer(LOOPBACK), "host_ips"),
+    ("Connection stun_server", lambda: Connection(True, stun_server=(LOOPBACK, "3478")),
+     "stun_server"),
+    ("Connection turn_server", lambda: Connection(True, turn_server="127.0.0.1:99999",
+                                                  turn_username="u", turn_password="p"),
+     "turn_server"),
+    ("Connection turn_username", lambda: Connection(True, turn_server="127.0.0.1:3478"),
+     "turn_username"),
+    ("Connection turn_password", lambda: Connection(True, turn_server="127.0.0.1:3478",
+                                                    turn_username="u", turn_password=""),
+     "turn_password"),
+    ("Connection turn_servers",
+     lambda: Connection(True, turn_servers=[(LOOPBACK, 0, "u", "p")]), "turn_servers[0]"),
+    ("Connection turn_transport", lambda: Connection(True, turn_transport="sctp"),
+     "turn_transport"),
+    ("Connection policy", lambda: Connection(True, policy="bogus"), "policy"),
+    ("Connection relay without TURN", lambda: Connection(True, policy="relay"),
+     "policy='relay' needs a TURN server"),
+    ("Connection port_range", lambda: Connection(True, port_range=(0, 10)), "port_range"),
+    ("LinkEndpoint turn", lambda: _endpoint(turn=[(LOOPBACK, 0, "u", "p")]), "turn[0]"),
+    ("LinkEndpoint turn item", lambda: _endpoint(turn=["127.0.0.1:3478"]), "turn[0]"),
+    ("LinkEndpoint stun", lambda: _endpoint(stun="127.0.0.1:x"), "stun"),
+    ("LinkEndpoint relay without TURN", lambda: _endpoint(policy="relay"),
+     "policy='relay' needs a TURN server"),
+    ("LinkEndpoint policy", lambda: _endpoint(policy="bogus"), "policy"),
+    ("TurnConnection.connect server", lambda: TurnConnection.connect((LOOPBACK, 70000), "u", "p"),
+     "server"),
+    ("TurnConnection.connect username", lambda: TurnConnection.connect(GOOD, "", "p"),
+     "username"),
+    ("TurnConnection.connect password",
+     lambda: TurnConnection.connect(GOOD, "u", 5),  # type: ignore[arg-type]
+     "password"),
+    ("TurnConnection.connect transport",
+     lambda: TurnConnection.connect(GOOD, "u", "p", "sctp"),  # type: ignore[arg-type]
+     "transport"),
+    ("TurnConnection.connect timeout", lambda: TurnConnection.connect(GOOD, "u", "p", timeout=0),
+     "timeout"),
+    ("TurnConnection.connect local",
+     lambda: TurnConnection.connect(GOOD, "u", "p", local=("127.0.0.1", -1)), "local"),
+    ("TurnConnection.over server",
+     lambda: TurnConnection.over(_send, "127.0.0.1", "u", "p", local=(LOOPBACK, 1)),  # type: ignore[arg-type]
+     "server"),
+    ("TurnConnection.over username",
+     lambda: TurnConnection.over(_send, GOOD, "", "p", local=(LOOPBACK, 1)), "username"),
+    ("binding_request server", lambda: binding_request("127.0.0.1:99999"), "server"),
+    ("binding_request tuple", lambda: binding_request((LOOPBACK, 3478, "x")),  # type: ignore[arg-type]
+     "server"),
+    ("binding_request timeout", lambda: binding_request(GOOD, timeout=-1), "timeout"),
+    ("binding_request transport", lambda: binding_request(GOOD, "quic"),  # type: ignore[arg-type]
+     "transport"),
+    ("discover_nat server", lambda: discover_nat(("", 3478)), "server"),
+    ("discover_nat timeout", lambda: discover_nat(GOOD, timeout=0), "timeout"),
+    ("GatheredSocket.bind port_range",
+     lambda: GatheredSocket.bind(LOOPBACK, port_range=(10, 5)), "port_range"),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "names"), CASES, ids=[c[0] for c in CASES])
+def test_malformed_arguments_fail_at_the_boundary_and_send_nothing(
+    spy: _Spy, name: str, call: Callable[[], Any], names: str
+) -> None:
+    async def main() -> None:
+        with pytest.raises((LocalProtocolError, TypeError), match=re.escape(names)) as info:
+            result = call()
+            if isinstance(result, Awaitable):
+                await result
+        # the message also says which forms are accepted (or what is wrong with the value)
+        assert len(str(info.value)) > len(names) + 5, str(info.value)
+
+    asyncio.run(main())
+    assert spy.calls == [], f"{name}: {spy.calls}"
+
+
+def test_the_spy_sees_what_a_well_formed_call_sends(spy: _Spy) -> None:
+    """The control: the same spy records the datagram of a good call (to a closed port,
+    which is then named at once)."""
+    port = free_port("udp")
+
+    async def main() -> None:
+        with pytest.raises(DestinationUnreachable, match=f"127.0.0.1:{port}"):
+            await binding_request(f"127.0.0.1:{port}", timeout=30)
+
+    asyncio.run(main())
+    assert ("connect", (LOOPBACK, port)) in spy.calls
+
+
+def test_the_issues_examples_are_read_as_meant() -> None:
+    # "host:port" is an address, not a sequence of characters
+    assert TurnServerConfig("127.0.0.1:45678", "alice", "secret").address == (LOOPBACK, 45678)
+    assert TurnServerConfig("turn.example", "a", "b", "tls").address == ("turn.example", 5349)
+    # LinkEndpoint(turn=[(host, port, user, pw)]) works (checked at construction)
+    endpoint = _endpoint(turn=[(LOOPBACK, 45678, "alice", "secret")], stun="127.0.0.1:3478")
+    assert endpoint._turn == [TurnServerConfig((LOOPBACK, 45678), "alice", "secret")]
+    assert endpoint._stun == [(LOOPBACK, 3478)]
+    conn = Connection(True, stun_server=[GOOD, "127.0.0.1"],
+                      turn_servers=[("127.0.0.1:3479", "u", "p")])
+    assert conn.stun_servers == [GOOD, GOOD]
+    assert conn.turn_servers[0].address == (LOOPBACK, 3479)
+
+
+def test_closed_stun_and_turn_servers_are_named_unreachable_in_gathering() -> None:
+    """Must-show 2 for gathering: the ICMP error of a closed port ends the server's job at
+    once (the timeout here is 30 s; the reason says unreachable, not "no allocation")."""
+    stun_port, turn_port = free_port("udp"), free_port("udp")
+
+    async def main() -> None:
+        turn = TurnServerConfig(f"127.0.0.1:{turn_port}", "alice", "secret")
+        async with Gatherer(
+            [LOOPBACK], stun_servers=[(LOOPBACK, stun_port)], turn_servers=[turn], timeout=30
+        ) as gatherer:
+            await asyncio.wait_for(gatherer.gather_all(), 10)
+            reasons = {(f.kind, f.server): f.reason for f in gatherer.failures}
+        assert reasons == {
+            ("stun", (LOOPBACK, stun_port)): f"127.0.0.1:{stun_port} unreachable (Connection refused)",
+            ("turn", (LOOPBACK, turn_port)):
+                f"server 127.0.0.1:{turn_port} unreachable (Connection refused)",
+        }
+
+    asyncio.run(main())
+
+
+def test_an_icmp_error_does_not_cost_the_next_datagram() -> None:
+    """A refused destination leaves the gathered socket usable for others: the error is read
+    from the queue, and a send that it failed is sent again."""
+    closed = free_port("udp")
+
+    async def main() -> None:
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        receiver.bind((LOOPBACK, 0))
+        receiver.settimeout(5)
+        sock = await GatheredSocket.bind(LOOPBACK)
+        try:
+            for i in range(5):
+                sock.send(b"x", (LOOPBACK, closed))
+                await asyncio.sleep(0.01)
+                sock.send(b"%d" % i, receiver.getsockname())
+            got = [receiver.recv(10) for _ in range(5)]
+            assert got == [b"0", b"1", b"2", b"3", b"4"]
+        finally:
+            await sock.close()
+            receiver.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["udp", "tcp"])
+def test_anchor_serve_on_a_busy_port_names_the_address_and_the_option(kind: str) -> None:
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
+    busy.bind((LOOPBACK, 0))
+    if kind == "tcp":
+        busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        for extra in ([], ["--user", "alice:secret"]):  # STUN only, and STUN + TURN
+            if kind == "tcp":
+                extra = [*extra, "--tcp"]
+            result = run_anchor("serve", "--listen", f"127.0.0.1:{port}", *extra, timeout=30)
+            assert result.returncode == 2
+            line = result.stderr.strip()
+            assert line == (
+                f"anchor serve: cannot listen on 127.0.0.1:{port} ({kind}):"
+                " Address already in use; choose another --listen"
+            ) or (kind == "tcp" and "(udp)" in line), line
+    finally:
+        busy.close()
+
+
+def test_ice_with_a_wrong_password_says_the_peer_rejected_our_credentials() -> None:
+    """Must-show 3 over real sockets: A signs its checks with a wrong password for B; B
+    answers each with an unauthenticated 401, and A's failure says so."""
+    fast = {"check_rto": 0.05, "check_rc": 3, "check_rm": 2}
+
+    async def main() -> None:
+        a = Connection(True, host_ips=[LOOPBACK], checking_timeout=3.0, agent_options=fast)
+        b = Connection(False, host_ips=[LOOPBACK], checking_timeout=3.0, agent_options=fast)
+        try:
+            await asyncio.gather(a.gather_candidates(), b.gather_candidates())
+            a.remote_username, a.remote_password = b.local_username, "w" * 22  # wrong
+            b.remote_username, b.remote_password = a.local_username, a.local_password
+            for src, dst in ((a, b), (b, a)):
+                for candidate in src.local_candidates:
+                    await dst.add_remote_candidate(candidate)
+                await dst.add_remote_candidate(None)
+            results = await asyncio.wait_for(
+                asyncio.gather(a.connect(), b.connect(), return_exceptions=True), 20
+            )
+            failure = results[0]
+            assert isinstance(failure, IceFailedError), results
+            assert "the peer rejected our credentials (401 to every check answered)" in (
+                failure.reason
+            ), failure.reason
+        finally:
+            await asyncio.gather(a.close(), b.close())
+
+    asyncio.run(main())
+
+
+def test_turn_connect_timeout_bounds_the_allocate() -> None:
+    """timeout= on TurnConnection.connect: a server that never answers is given up after
+    it, with the server named (by default the RFC's 39.5 s of retransmissions)."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind((LOOPBACK, 0))
+    where = f"127.0.0.1:{silent.getsockname()[1]}"
+
+    async def main() -> None:
+        conn = await TurnConnection.connect(where, "alice", "secret", timeout=0.3)
+        try:
+            with pytest.raises(AllocationError, match=f"no answer from {where} within 0.3 s"):
+                await asyncio.wait_for(conn.allocate(), 10)
+        finally:
+            await conn.close(0)
+
+    try:
+        asyncio.run(main())
+    finally:
+        silent.close()
+
+
+def test_one_shape_per_concept() -> None:
+    # candidate lines with or without their prefixes
+    line = "1 1 udp 2130706431 127.0.0.1 5000 typ host"
+    forms = [line, "candidate:" + line, "a=candidate:" + line, " a=candidate:" + line + "\r\n"]
+    assert len({Candidate.from_sdp(text) for text in forms}) == 1
+    # decoded methods and classes are named in reprs
+    decoded = Message.decode(Message(Method.BINDING, MessageClass.REQUEST, b"t" * 12).encode())
+    assert decoded.method is Method.BINDING
+    assert "Method.BINDING" in repr(decoded) and "MessageClass.REQUEST" in repr(decoded)
+    # error text carries the code once
+    assert str(StunErrorResponse(401, "401 Unauthenticated")) == "401 Unauthenticated"
+    assert str(AllocationError(401, "401 Unauthenticated: wrong password")) == (
+        "401 Unauthenticated: wrong password"
+    )
+    assert str(AllocationError(438, "Stale Nonce")) == "438 Stale Nonce"
+
+
+def test_a_server_of_a_family_not_gathered_on_is_a_failure_too() -> None:
+    async def main() -> None:
+        async with Gatherer([LOOPBACK], stun_servers=[("::1", 3478)], timeout=5) as gatherer:
+            await asyncio.wait_for(gatherer.gather_all(), 10)
+            [failure] = gatherer.failures
+        assert (failure.kind, failure.server) == ("stun", ("::1", 3478))
+        assert failure.reason == "no host address of its family (IPv6) to gather from"
+
+    asyncio.run(main())
