@@ -362,7 +362,7 @@ class _ClientDatagram(asyncio.DatagramProtocol):
 class _ClientStream(asyncio.Protocol):
     def __init__(self, owner: StunTransport) -> None:
         self.owner = owner
-        self.framer = StreamFramer()
+        self.framer = StreamFramer(channel_data=owner.carries_channel_data)
 
     def data_received(self, data: bytes) -> None:
         corrupt = False
@@ -373,10 +373,14 @@ class _ClientStream(asyncio.Protocol):
         for frame in frames:
             self.owner._received(frame, self.owner.server)
         if corrupt:
-            self.owner._lost("server sent bytes that are not STUN")
+            self.owner._lost(
+                "the server sent bytes that are neither STUN nor ChannelData"
+                if self.owner.carries_channel_data
+                else "the server sent bytes that are not STUN"
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.owner._lost("connection closed by the server")
+        self.owner._lost("the server closed the connection")
 
 
 class StunTransport:
@@ -387,11 +391,20 @@ class StunTransport:
     Over UDP, ``request(data, addr)`` may target any address (RFC 5780 tests do), unless the
     socket was made with ``connected=True``: then only the server, and an ICMP error from it
     ends every transaction at once with :class:`DestinationUnreachable`.
+
+    It is also the socket layer of ``anchor check``'s probes (``channel_data``: a stream
+    carries ChannelData too, RFC 8656 §12.5), which override :meth:`_event` and
+    :meth:`unsolicited` to see every answer, and send bytes as they are with
+    :meth:`send_bytes`.
     """
 
-    def __init__(self, transport_name: TransportName, server: Address) -> None:
+    def __init__(
+        self, transport_name: TransportName, server: Address, *, channel_data: bool = False
+    ) -> None:
         self.transport_name = transport_name
         self.server = server
+        self.carries_channel_data = channel_data
+        """Whether a TCP/TLS stream may carry ChannelData as well as STUN."""
         self.client = StunClient(reliable=transport_name != "udp")
         self._waiters: dict[bytes, asyncio.Future[TransactionSucceeded]] = {}
         self._udp: asyncio.DatagramTransport | None = None
@@ -450,15 +463,25 @@ class StunTransport:
         self.local = (str(sock[0]), int(sock[1]))
         return self
 
-    def _send(self, transmit: Transmit) -> None:
+    def send_bytes(self, data: bytes, addr: Address | None = None) -> None:
+        """Send ``data`` as it is: to ``addr`` (the server by default) over UDP, on the
+        connection over TCP/TLS."""
         if self._udp is not None:
-            self._udp.sendto(transmit.data, None if self._connected else transmit.addr)
+            self._udp.sendto(data, None if self._connected else (addr or self.server))
         elif self._stream is not None and not self._stream.is_closing():
-            self._stream.write(transmit.data)
+            self._stream.write(data)
+
+    def _send(self, transmit: Transmit) -> None:
+        self.send_bytes(transmit.data, transmit.addr)
 
     def _received(self, data: bytes, addr: Address) -> None:
-        self.client.receive_datagram(data, addr, self._pump.now())
+        if not self.client.receive_datagram(data, addr, self._pump.now()):
+            self.unsolicited(data, addr)
         self._pump.pump()
+
+    def unsolicited(self, data: bytes, addr: Address) -> None:
+        """What arrived and ended no transaction (an indication, ChannelData, a late or
+        malformed answer): dropped here, a hook for subclasses."""
 
     def _event(self, event: StunEvent) -> None:
         settle_transaction(self._waiters, event)

@@ -56,7 +56,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from anchor_stun.aio.net import CorePump, TransportName, format_address, route_local_ip
+from anchor_stun.aio.net import StunTransport, TransportName, format_address
 from anchor_stun.attributes import (
     Attribute,
     AttrType,
@@ -79,9 +79,8 @@ from anchor_stun.attributes import (
     XorPeerAddress,
     XorRelayedAddress,
 )
-from anchor_stun.errors import AnchorError, DecodeError, StreamCorrupted
-from anchor_stun.events import Address, StunEvent, Transmit
-from anchor_stun.framing import StreamFramer
+from anchor_stun.errors import AnchorError, DecodeError
+from anchor_stun.events import Address, StunEvent
 from anchor_stun.integrity import (
     CredentialsRejected,
     LongTermCredentials,
@@ -90,7 +89,6 @@ from anchor_stun.integrity import (
 )
 from anchor_stun.message import Message, MessageClass, Method
 from anchor_stun.transaction import (
-    StunClient,
     TransactionFailed,
     TransactionSucceeded,
     TransactionTimedOut,
@@ -234,105 +232,51 @@ class Inbound:
     """Where it came from."""
 
 
-class _LinkDatagram(asyncio.DatagramProtocol):
-    def __init__(self, link: _Link) -> None:
-        self.link = link
+class _Link(StunTransport):
+    """One client transport address towards the server: a UDP socket or a TCP/TLS connection
+    (anchor_stun's :class:`~anchor_stun.aio.net.StunTransport`, with ChannelData on streams),
+    whose every answer reaches the probe: error responses as replies, malformed ones too."""
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.link._received(data, (str(addr[0]), int(addr[1])))
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP unreachable: the transaction times out on its own
-
-
-class _LinkStream(asyncio.Protocol):
-    def __init__(self, link: _Link) -> None:
-        self.link = link
-        self.framer = StreamFramer(channel_data=True)
-
-    def data_received(self, data: bytes) -> None:
-        corrupt = False
-        try:
-            frames = self.framer.feed(data)
-        except StreamCorrupted as exc:  # the frames before the junk still count
-            frames, corrupt = exc.frames, True
-        for frame in frames:
-            self.link._received(frame, self.link.config.server)
-        if corrupt:
-            self.link._lost("the server sent bytes that are neither STUN nor ChannelData")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.link._lost("the server closed the connection")
-
-
-class _Link:
-    """One client transport address towards the server: a UDP socket or a TCP/TLS connection."""
-
-    def __init__(self, config: CheckConfig) -> None:
-        self.config = config
-        self._loop = asyncio.get_running_loop()
-        self._client = StunClient(reliable=config.transport != "udp")
-        self._pump = CorePump(self._client, self._transmit, self._settle)
-        self._waiters: dict[bytes, tuple[asyncio.Future[Reply | None], float]] = {}
+    def __init__(
+        self, transport_name: TransportName, server: Address, *, channel_data: bool = True
+    ) -> None:
+        super().__init__(transport_name, server, channel_data=channel_data)
+        self.config = CheckConfig(server, transport_name)
+        """The check's configuration (set by :meth:`open`)."""
+        self._replies: dict[bytes, tuple[asyncio.Future[Reply | None], float]] = {}
         self._inbox: asyncio.Queue[Inbound] = asyncio.Queue()
-        self._udp: asyncio.DatagramTransport | None = None
-        self._stream: asyncio.Transport | None = None
         self.closed: str | None = None
         """Why the connection is gone (stream transports), else None."""
-        self.local: Address = ("", 0)
-        """The local transport address."""
 
     @property
     def stream(self) -> bool:
         """True over TCP and TLS."""
-        return self.config.transport != "udp"
+        return self.transport_name != "udp"
 
     @classmethod
     async def open(cls, config: CheckConfig) -> _Link:
         """Open the socket or connection; raises :class:`ProbeFailed` when it cannot."""
-        self = cls(config)
-        loop = self._loop
-        server = config.server
         try:
-            if config.transport == "udp":
-                udp, _ = await loop.create_datagram_endpoint(
-                    lambda: _LinkDatagram(self), local_addr=(route_local_ip(server), 0)
-                )
-                self._udp = udp
-                sock = udp.get_extra_info("sockname")
-            else:
-                context = None
-                if config.transport == "tls":
-                    context = config.ssl_context or ssl.create_default_context()
-                stream, _ = await asyncio.wait_for(
-                    loop.create_connection(
-                        lambda: _LinkStream(self),
-                        server[0],
-                        server[1],
-                        ssl=context,
-                        server_hostname=(config.server_hostname or server[0])
-                        if context
-                        else None,
-                    ),
-                    config.timeout,
-                )
-                self._stream = stream
-                sock = stream.get_extra_info("sockname")
+            link = await cls.connect(
+                config.server,
+                config.transport,
+                ssl_context=config.ssl_context,
+                server_hostname=config.server_hostname,
+                timeout=config.timeout,
+            )
         except TimeoutError:
             raise ProbeFailed(
                 f"cannot connect over {config.transport}: no answer within {config.timeout:g} s"
             ) from None
         except (OSError, ssl.SSLError) as exc:
             raise ProbeFailed(f"cannot connect over {config.transport}: {exc}") from None
-        self.local = (str(sock[0]), int(sock[1]))
-        return self
+        assert isinstance(link, _Link)
+        link.config = config
+        return link
 
     def send(self, data: bytes, to: Address | None = None) -> None:
         """Send bytes as they are (to ``to`` over UDP; the connection otherwise)."""
-        if self._udp is not None:
-            self._udp.sendto(data, to or self.config.server)
-        elif self._stream is not None and not self._stream.is_closing():
-            self._stream.write(data)
+        self.send_bytes(data, to)
 
     def channel_data(self, channel: int, payload: bytes) -> bytes:
         """A ChannelData message, padded to 4 bytes over TCP/TLS (RFC 8656 §12.5)."""
@@ -349,22 +293,19 @@ class _Link:
         limit = self.config.timeout if timeout is None else timeout
         if self.closed is not None:
             return None
-        loop = self._loop
+        loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply | None] = loop.create_future()
-        tid = self._client.send_request(data, to or self.config.server, loop.time())
-        self._waiters[tid] = (future, loop.time())
+        tid = self.client.send_request(data, to or self.server, loop.time())
+        self._replies[tid] = (future, loop.time())
         self._pump.pump()
         try:
             done, _ = await asyncio.wait({future}, timeout=limit)
             return future.result() if done else None
         finally:
-            self._waiters.pop(tid, None)
-            self._client.cancel(tid)
+            self._replies.pop(tid, None)
+            self.client.cancel(tid)
 
-    def _transmit(self, transmit: Transmit) -> None:
-        self.send(transmit.data, transmit.addr)
-
-    def _settle(self, event: StunEvent) -> None:
+    def _event(self, event: StunEvent) -> None:
         """A transaction ended: its response (success or error), or None when it ran out of
         retransmissions before ``transact`` gave up on it."""
         if isinstance(event, TransactionSucceeded | TransactionFailed):
@@ -373,7 +314,7 @@ class _Link:
             reply = None
         else:
             return
-        waiter = self._waiters.get(event.transaction_id)
+        waiter = self._replies.get(event.transaction_id)
         if waiter is not None and not waiter[0].done():
             waiter[0].set_result(reply)
 
@@ -388,8 +329,8 @@ class _Link:
         self, accept: Callable[[Inbound], bool], timeout: float
     ) -> Inbound | None:
         """The first inbound item ``accept`` takes within ``timeout`` (others are dropped)."""
-        deadline = self._loop.time() + timeout
-        while (remaining := deadline - self._loop.time()) > 0:
+        deadline = self._pump.now() + timeout
+        while (remaining := deadline - self._pump.now()) > 0:
             item = await self.receive(remaining)
             if item is None:
                 return None
@@ -397,7 +338,10 @@ class _Link:
                 return item
         return None
 
-    def _received(self, data: bytes, source: Address) -> None:
+    def unsolicited(self, data: bytes, source: Address) -> None:
+        """What ended no transaction: a late answer (to a retransmission, or to a request given
+        up on), an answer the transaction rejects as malformed (which the probe waiting for it
+        must see and report), an indication or ChannelData (the inbox)."""
         if not data:
             return
         first = data[0]
@@ -405,20 +349,14 @@ class _Link:
             try:
                 msg = Message.decode(data)
             except DecodeError as exc:
-                waiter = self._waiters.get(bytes(data[8:20]))
+                waiter = self._replies.get(bytes(data[8:20]))
                 if waiter is not None and not waiter[0].done():
                     waiter[0].set_exception(ProbeFailed(f"malformed response: {exc}"))
                 return
             if msg.is_response:
-                if self._client.receive_message(msg, source, self._loop.time()):
-                    self._pump.pump()  # hands the reply to its waiter (_settle)
-                    return
-                # Not a transaction's end: a late answer (to a retransmission, or to a request
-                # given up on), or one the transaction rejects as malformed, which the probe
-                # waiting for it must see and report.
-                waiter = self._waiters.get(msg.transaction_id)
+                waiter = self._replies.get(msg.transaction_id)
                 if waiter is not None and not waiter[0].done():
-                    waiter[0].set_result(Reply(msg, source, self._loop.time() - waiter[1]))
+                    waiter[0].set_result(Reply(msg, source, self._pump.now() - waiter[1]))
                 return
             self._inbox.put_nowait(Inbound(msg, None, b"", source))
         elif first < 0x80 and len(data) >= 4:
@@ -429,7 +367,7 @@ class _Link:
     def _lost(self, reason: str) -> None:
         if self.closed is None:
             self.closed = reason
-        for future, _ in self._waiters.values():
+        for future, _ in self._replies.values():
             if not future.done():
                 future.set_result(None)
         if self._stream is not None:
@@ -437,13 +375,7 @@ class _Link:
 
     def close(self) -> None:
         """Close the socket or connection."""
-        self._pump.close()
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        super().close()
         if self.closed is None:
             self.closed = "closed by the check"
 
