@@ -33,13 +33,11 @@ import sys
 import time
 from typing import Any
 
+from anchor_cli.common import UsageError, resolve_server, tls_context, user_password
 from anchor_stun.aio.net import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
-    client_tls_context,
     format_address,
-    parse_address,
-    resolve,
 )
 from anchor_stun.errors import AnchorError
 from anchor_turn.aio.check import CheckConfig, CheckError, run_check
@@ -72,10 +70,6 @@ _STYLES = {
     Outcome.SKIP: "dim",
     Outcome.FINDING: "yellow",
 }
-
-
-class CheckUsageError(AnchorError):
-    """A mistake on the command line: one line, exit status 2."""
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -129,44 +123,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def _credentials(args: argparse.Namespace) -> tuple[str | None, str | None]:
     if args.user is not None:
-        name, sep, password = args.user.partition(":")
-        if not sep or not name:
-            raise CheckUsageError("--user must be NAME:PASSWORD")
-        return name, password
+        return user_password(args.user)
     if args.static_auth_secret is not None:
         if not args.static_auth_secret:
-            raise CheckUsageError("--static-auth-secret must not be empty")
+            raise UsageError("--static-auth-secret must not be empty")
         return rest_credentials(args.static_auth_secret, time.time())
     return None, None
-
-
-def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
-    if args.transport != "tls":
-        return None
-    try:
-        return client_tls_context(args.ca_file, insecure=args.insecure)
-    except ValueError as exc:
-        raise CheckUsageError(str(exc)) from exc
-
-
-async def _resolve(text: str, default_port: int | None, what: str) -> tuple[str, tuple[str, int]]:
-    try:
-        host, port = parse_address(text, default_port)
-    except ValueError as exc:
-        raise CheckUsageError(f"{what}: {exc}") from exc
-    try:
-        return host, await resolve(host, port)
-    except OSError as exc:
-        raise CheckUsageError(f"cannot resolve {host}: {exc.strerror or exc}") from exc
 
 
 async def run(args: argparse.Namespace) -> tuple[CheckConfig, list[ProbeResult], float]:
     """Do what ``anchor check`` does; returns the configuration, the results and the time."""
     if not args.timeout > 0:
-        raise CheckUsageError("--timeout must be positive")
+        raise UsageError("--timeout must be positive")
     default = DEFAULT_TLS_PORT if args.transport == "tls" else DEFAULT_PORT
-    host, server = await _resolve(args.server, default, "server")
-    peer = (await _resolve(args.peer, None, "--peer"))[1] if args.peer else None
+    host, server = await resolve_server(args.server, default, "server")
+    peer = (await resolve_server(args.peer, None, "--peer"))[1] if args.peer else None
     username, password = _credentials(args)
     config = CheckConfig(
         server=server,
@@ -176,7 +147,7 @@ async def run(args: argparse.Namespace) -> tuple[CheckConfig, list[ProbeResult],
         peer=peer,
         only=args.only,
         slow=args.slow,
-        ssl_context=_tls_context(args),
+        ssl_context=tls_context(args),
         server_hostname=host,
         timeout=args.timeout,
     )
@@ -247,7 +218,7 @@ def main(args: argparse.Namespace) -> int:
     """Run ``anchor check`` with parsed arguments; returns the exit status."""
     try:
         config, results, seconds = asyncio.run(run(args))
-    except CheckUsageError as exc:
+    except UsageError as exc:
         print(f"anchor check: {exc}", file=sys.stderr)
         return 2
     except CheckError as exc:

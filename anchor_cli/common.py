@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import socket
+import ssl
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported when used: `anchor --help` stays quick
     from anchor_ice.aio.gather import TurnServerConfig
+    from anchor_stun.events import Address
 
 __all__ = [
     "SOFTWARE",
@@ -16,7 +18,10 @@ __all__ = [
     "UsageError",
     "add_turn_arguments",
     "free_loopback_port",
+    "resolve_server",
+    "tls_context",
     "turn_servers",
+    "user_password",
 ]
 
 TURN_URI_HELP = (
@@ -29,6 +34,45 @@ SOFTWARE = "anchor 0.1"
 
 class UsageError(Exception):
     """A mistake on the command line or in its inputs: reported as one line, exit 2."""
+
+
+def user_password(text: str, option: str = "--user") -> tuple[str, str]:
+    """``NAME:PASSWORD`` of ``option``; :class:`UsageError` otherwise."""
+    name, sep, password = text.partition(":")
+    if not sep or not name:
+        raise UsageError(f"{option} must be NAME:PASSWORD")
+    return name, password
+
+
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS client context of ``--transport tls`` with ``--ca-file`` / ``--insecure``, or
+    None for another transport; :class:`UsageError` when the CA file cannot be loaded."""
+    from anchor_stun.aio.net import client_tls_context
+
+    if args.transport != "tls":
+        return None
+    try:
+        return client_tls_context(args.ca_file, insecure=args.insecure)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+async def resolve_server(
+    text: str, default_port: int | None, what: str
+) -> tuple[str, Address]:
+    """``HOST[:PORT]`` given as ``what`` (``default_port`` when it has none), parsed and
+    resolved: the host as given (for TLS's server name) and the address; :class:`UsageError`
+    naming ``what`` for a malformed one, or the host that does not resolve."""
+    from anchor_stun.aio.net import parse_address, resolve
+
+    try:
+        host, port = parse_address(text, default_port)
+    except ValueError as exc:
+        raise UsageError(f"{what}: {exc}") from exc
+    try:
+        return host, await resolve(host, port)
+    except OSError as exc:
+        raise UsageError(f"cannot resolve {host}: {exc.strerror or exc}") from exc
 
 
 def _port_free(port: int) -> bool:

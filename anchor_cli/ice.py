@@ -50,6 +50,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import IO, Any, TypeVar
 
+from anchor_cli.common import UsageError
 from anchor_stun.aio.net import DEFAULT_PORT, format_address, parse_address
 from anchor_stun.errors import AnchorError, DecodeError
 
@@ -67,10 +68,6 @@ LINGER = 1.0
 """Seconds the controlled side keeps answering after the last datagram."""
 
 _T = TypeVar("_T")
-
-
-class IceUsageError(AnchorError):
-    """A mistake on the command line: one line on stderr, exit status 2."""
 
 
 class IceStepError(AnchorError):
@@ -179,12 +176,12 @@ async def read_description(lines: _Lines) -> str:
 
 
 def _turn_servers(args: argparse.Namespace) -> list[Any]:
-    from anchor_cli.common import UsageError, turn_servers
+    from anchor_cli.common import turn_servers
 
     try:
         return turn_servers(args.turn, args.user, ca_file=args.ca_file, insecure=args.insecure)
     except UsageError as exc:
-        raise IceUsageError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def _pair_json(pair: Any) -> dict[str, Any] | None:
@@ -206,14 +203,14 @@ async def run(
     from anchor_ice.sdp import parse
 
     if not args.timeout > 0:
-        raise IceUsageError("--timeout must be positive")
+        raise UsageError("--timeout must be positive")
     turn_servers = _turn_servers(args)
     stun_servers = []
     for text in args.stun:
         try:
             stun_servers.append(parse_address(text, DEFAULT_PORT))
         except ValueError as exc:
-            raise IceUsageError(str(exc)) from None
+            raise UsageError(str(exc)) from None
 
     def write(line: str) -> None:
         if emit is not None:
@@ -373,7 +370,7 @@ def main(args: argparse.Namespace) -> int:
     """Run ``anchor ice`` from parsed arguments; returns the exit status."""
     try:
         summary, ok = asyncio.run(run(args))
-    except IceUsageError as exc:
+    except UsageError as exc:
         print(f"anchor ice: {exc}", file=sys.stderr)
         return 2
     except (IceStepError, AnchorError, OSError) as exc:

@@ -20,16 +20,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from anchor_cli.common import SOFTWARE, UsageError, add_turn_arguments
+from anchor_cli.common import (
+    SOFTWARE,
+    UsageError,
+    add_turn_arguments,
+    resolve_server,
+    tls_context,
+)
 from anchor_stun.aio.net import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
     binding_request,
-    client_tls_context,
     discover_nat,
     format_address,
-    parse_address,
-    resolve,
 )
 from anchor_stun.errors import AnchorError, StunErrorResponse
 
@@ -43,20 +46,8 @@ __all__ = [
 
 async def _cmd_stun(args: argparse.Namespace) -> dict[str, Any]:
     default = DEFAULT_TLS_PORT if args.transport == "tls" else DEFAULT_PORT
-    try:
-        host, port = parse_address(args.server, default)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-    try:
-        server = await resolve(host, port)
-    except OSError as exc:
-        raise UsageError(f"cannot resolve {host}: {exc}") from exc
-    context: ssl.SSLContext | None = None
-    if args.transport == "tls":
-        try:
-            context = client_tls_context(args.ca_file, insecure=args.insecure)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
+    host, server = await resolve_server(args.server, default, "server")
+    context = tls_context(args)
     if args.nat and args.transport != "udp":
         raise UsageError("--nat needs --transport udp (RFC 5780 discovery runs over UDP)")
     result = await binding_request(

@@ -48,14 +48,10 @@ from anchor_link.identity import (
 from anchor_stun.aio.net import DEFAULT_PORT, format_address, parse_address
 from anchor_stun.errors import AnchorError
 
-__all__ = ["PipeUsageError", "add_parser", "main", "run"]
+__all__ = ["add_parser", "main", "run"]
 
 DEFAULT_CHUNK = 16384
 DEFAULT_PIPE_IDLE = 5.0
-
-
-class PipeUsageError(Exception):
-    """A mistake on the command line: one line on stderr, exit 2."""
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -97,30 +93,30 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
     if not args.signal.startswith(("ws://", "wss://")):
-        raise PipeUsageError(f"--signal must be a ws:// or wss:// URL, not {args.signal!r}")
+        raise UsageError(f"--signal must be a ws:// or wss:// URL, not {args.signal!r}")
     if args.name == args.peer:
-        raise PipeUsageError("--name and --peer must differ")
+        raise UsageError("--name and --peer must differ")
     if not 0 < args.idle <= 3600:
-        raise PipeUsageError("--idle must be in (0, 3600] seconds")
+        raise UsageError("--idle must be in (0, 3600] seconds")
     if not 1 <= args.chunk <= 65536:
-        raise PipeUsageError("--chunk must be in 1..65536")
+        raise UsageError("--chunk must be in 1..65536")
     try:
         stun = [parse_address(text, DEFAULT_PORT) for text in args.stun]
         turn = turn_servers(
             args.turn, args.user, ca_file=args.ca_file if args.turn else None,
             insecure=args.insecure,
         )  # fmt: skip
-    except (ValueError, UsageError) as exc:
-        raise PipeUsageError(str(exc)) from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     trusted: dict[str, str] = {}
     for text in args.trust:
         name, equals, public = text.partition("=")
         if not equals or not name:
-            raise PipeUsageError(f"bad --trust {text!r}: expected NAME=anchor1:...")
+            raise UsageError(f"bad --trust {text!r}: expected NAME=anchor1:...")
         try:
             parse_public(public)
         except IdentityError as exc:
-            raise PipeUsageError(f"bad --trust {text!r}: {exc}") from None
+            raise UsageError(f"bad --trust {text!r}: {exc}") from None
         trusted[name] = public
     return {"stun": stun, "turn": turn, "trusted": trusted}
 
@@ -309,7 +305,7 @@ def main(args: argparse.Namespace) -> int:
     """Entry point of ``anchor pipe`` (called by ``anchor_cli.main``)."""
     try:
         return asyncio.run(run(args))
-    except PipeUsageError as exc:
+    except UsageError as exc:
         print(f"anchor pipe: {exc}", file=sys.stderr)
         return 2
     except (AnchorError, OSError) as exc:

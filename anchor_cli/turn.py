@@ -29,13 +29,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from anchor_cli.common import UsageError, resolve_server, tls_context, user_password
 from anchor_stun.aio.net import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
-    client_tls_context,
     format_address,
-    parse_address,
-    resolve,
 )
 from anchor_stun.errors import AllocationError, AnchorError
 from anchor_stun.events import Address
@@ -48,10 +46,6 @@ SOFTWARE = "anchor 0.1"
 DEFAULT_TIMEOUT = 5.0
 """Seconds each step may take: connecting and allocating, permission, channel, each echo."""
 _ECHO_ATTEMPTS = 3
-
-
-class TurnUsageError(AnchorError):
-    """A mistake on the command line: reported as one line, exit status 2."""
 
 
 class TurnStepError(AnchorError):
@@ -104,29 +98,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return turn
 
 
-def _credentials(text: str) -> tuple[str, str]:
-    name, sep, password = text.partition(":")
-    if not sep or not name:
-        raise TurnUsageError("--user must be NAME:PASSWORD")
-    return name, password
-
-
-def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
-    if args.transport != "tls":
-        return None
-    try:
-        return client_tls_context(args.ca_file, insecure=args.insecure)
-    except ValueError as exc:
-        raise TurnUsageError(str(exc)) from exc
-
-
-async def _resolve(host: str, port: int) -> Address:
-    try:
-        return await resolve(host, port)
-    except OSError as exc:
-        raise TurnUsageError(f"cannot resolve {host}: {exc.strerror or exc}") from exc
-
-
 async def _step(what: str, timeout: float, awaitable: Any) -> Any:
     """Await one step, turning a timeout and a refusal into one clear line."""
     try:
@@ -173,17 +144,12 @@ async def _wait_for(conn: TurnConnection, peer: Address, payload: bytes) -> Data
 async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Echo]]:
     """Do what ``anchor turn`` does; returns the JSON object and the echo results."""
     default = DEFAULT_TLS_PORT if args.transport == "tls" else DEFAULT_PORT
-    try:
-        host, port = parse_address(args.server, default)
-        peer_text = parse_address(args.peer) if args.peer else None
-    except ValueError as exc:
-        raise TurnUsageError(str(exc)) from exc
     if not args.timeout > 0:
-        raise TurnUsageError("--timeout must be positive")
-    username, password = _credentials(args.user)
-    context = _tls_context(args)
-    server = await _resolve(host, port)
-    peer = await _resolve(*peer_text) if peer_text else None
+        raise UsageError("--timeout must be positive")
+    username, password = user_password(args.user)
+    context = tls_context(args)
+    host, server = await resolve_server(args.server, default, "server")
+    peer = (await resolve_server(args.peer, None, "--peer"))[1] if args.peer else None
     where = format_address(server)
     try:
         conn = await asyncio.wait_for(
@@ -243,7 +209,7 @@ def main(args: argparse.Namespace) -> int:
     """Run ``anchor turn`` with parsed arguments; returns the exit status."""
     try:
         out, echoes = asyncio.run(run(args))
-    except TurnUsageError as exc:
+    except UsageError as exc:
         print(f"anchor turn: {exc}", file=sys.stderr)
         return 2
     except TurnStepError as exc:
