@@ -41,6 +41,7 @@ import pytest
 from anchor_stun.attributes import Attribute
 from anchor_stun.message import HEADER_SIZE, Message, MessageClass, Method
 from tests.helpers import _family, free_port, free_port_block
+from tests.helpers import missing_peer as _missing
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ALT = "127.0.0.2"  # RFC 5780 alternate address; needs no set-up on Linux
@@ -66,17 +67,6 @@ PEER_MARKS = {
 
 
 # --------------------------------------------------------------------------- presence
-
-
-def in_ci() -> bool:
-    """True when running under CI (``CI`` set to anything but empty/0/false/no)."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _missing(message: str) -> None:
-    if in_ci():
-        pytest.fail(f"{message} (CI=true: a missing peer is a failure)", pytrace=False)
-    pytest.skip(message)
 
 
 def require_peer(name: str) -> str:

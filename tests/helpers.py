@@ -8,16 +8,41 @@ import ipaddress
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
+
+import pytest
 
 ANCHOR = [sys.executable, "-m", "anchor_cli"]
 LOOPBACK = "127.0.0.1"
+
+
+def in_ci() -> bool:
+    """True when running under CI (``CI`` set to anything but empty/0/false/no)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing_peer(message: str) -> NoReturn:
+    """A peer the test needs is missing: skip on a developer's machine, fail under CI."""
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: a missing peer is a failure)", pytrace=False)
+    pytest.skip(message)
+
+
+def require_program(name: str, package: str) -> str:
+    """Full path of the program ``name`` (from the Debian package ``package``), or
+    :func:`missing_peer`."""
+    path = shutil.which(name)
+    if path is None:
+        missing_peer(f"{name} not found on PATH; install the Debian package {package!r} "
+                     "(scripts/test does it when run as root)")  # fmt: skip
+    return path
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import shutil
 import socket
 import ssl
 import sys
@@ -33,7 +32,7 @@ from anchor_stun.errors import LocalProtocolError
 from anchor_stun.server import StunServer
 from anchor_turn.aio.server import loopback_runner
 from anchor_turn.server import TurnServer
-from tests.helpers import free_port, free_port_block
+from tests.helpers import free_port, free_port_block, require_program
 
 LOOPBACK = "127.0.0.1"
 
@@ -924,8 +923,8 @@ def test_close_during_allocation_releases_it() -> None:
     asyncio.run(main())
 
 
-@pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn (turnserver) not installed")
 def test_relay_candidate_from_coturn(tmp_path: Path) -> None:
+    require_program("turnserver", "coturn")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "conformance"))
     try:
         from peers import start_coturn  # type: ignore[import-not-found]

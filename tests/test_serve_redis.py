@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,22 +20,18 @@ import pytest
 from anchor_stun.errors import AllocationError
 from anchor_stun.integrity import turn_rest_password
 from anchor_turn import TurnConnection
-from tests.helpers import ANCHOR, LOOPBACK, anchor_serve, free_port
+from tests.helpers import ANCHOR, LOOPBACK, anchor_serve, free_port, require_program
 
-pytest.importorskip("redis")
-REDIS_SERVER = shutil.which("redis-server")
-pytestmark = [
-    pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed"),
-    pytest.mark.timeout(120),
-]
+pytestmark = [pytest.mark.timeout(120)]
 USER = ("alice", "wonderland")
 
 
 class RedisServer:
     """A redis-server of the test's own on 127.0.0.1:port, started and stopped by PID."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, workdir: Path) -> None:
         self.port = port
+        self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -44,10 +39,11 @@ class RedisServer:
         return f"redis://{LOOPBACK}:{self.port}/0"
 
     def start(self) -> None:
-        assert REDIS_SERVER is not None
+        server = require_program("redis-server", "redis-server")
+        # --dir: whatever it writes (it should write nothing) goes to the test's own folder
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", LOOPBACK, "--save", "",
-             "--appendonly", "no"],
+            [server, "--port", str(self.port), "--bind", LOOPBACK, "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         import redis
@@ -70,8 +66,8 @@ class RedisServer:
 
 
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(free_port("tcp"))
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(free_port("tcp"), tmp_path)
     server.start()
     try:
         yield server
@@ -150,8 +146,8 @@ def test_two_servers_share_the_user_quota_and_survive_redis_going_away(
         asyncio.run(main())
 
 
-@pytest.mark.skipif(shutil.which("turnadmin") is None, reason="coturn's turnadmin is missing")
 def test_users_and_secrets_added_with_turnadmin_work_unchanged(redis_server: RedisServer) -> None:
+    require_program("turnadmin", "coturn")
     connection = f"ip={LOOPBACK} port={redis_server.port} dbname=0"
     for args in (["-a", "-u", "bob", "-r", "anchor", "-p", "hunter2"],
                  ["-s", "logen", "-r", "anchor"]):  # fmt: skip
