@@ -82,7 +82,9 @@ class RedisRouter:
             except asyncio.CancelledError:
                 raise
             except (redis.RedisError, OSError) as exc:
-                _log.warning("rendezvous router: Redis unavailable (%s); retrying", exc)
+                _log.warning("rendezvous router: Redis unavailable (%s); retrying", exc,
+                             extra={"event": "redis-unavailable",
+                                    "fields": {"error": str(exc), "component": "rendezvous"}})  # fmt: skip
             self._pubsub = None
             await asyncio.sleep(RETRY)
 

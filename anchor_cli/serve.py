@@ -46,6 +46,8 @@ workers, each running :func:`_serve` with a :class:`~anchor_cli.serve_workers.Wo
 coturn-layout users) and, with ``--signal``, :class:`~anchor_cli.redis_router.RedisRouter`;
 both import the ``redis`` package only then. With ``--drain SECONDS`` a SIGTERM first
 redirects new allocations to the alternates and waits for the allocations held to end.
+What goes to stderr (warnings, mistakes, ``--verbose`` events, started/stopping/stopped) goes
+through :mod:`anchor_cli.serve_log`: plain text, or JSON lines with ``--log-format json``.
 
 ``--signal IP:PORT`` also serves the WebSocket rendezvous of ephemeral links
 (:class:`anchor_link.aio.signal.RendezvousServer`, used by ``anchor pipe``).
@@ -73,13 +75,13 @@ import os
 import signal
 import socket
 import ssl
-import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from anchor_cli.serve_log import LOG_FORMATS, configure_logging, log_event, report_error, turn_event
 from anchor_link.aio.signal import RendezvousServer
 from anchor_link.identity import IdentityError, parse_public
 from anchor_stun.aio.net import (
@@ -114,7 +116,7 @@ from anchor_turn.aio.server import (
 )
 from anchor_turn.auth import ChainedBackend, CredentialBackend, RestSecret, SqliteUsers, StaticUsers
 from anchor_turn.external import ExternalAddresses
-from anchor_turn.server import DEFAULT_NONCE_LIFETIME, TurnServer, TurnServerEvent
+from anchor_turn.server import DEFAULT_NONCE_LIFETIME, TurnServer
 from anchor_turn.shaper import RelayShaper
 
 if TYPE_CHECKING:
@@ -271,6 +273,8 @@ OPTIONS: tuple[_Option, ...] = (
             "on the rendezvous; repeatable", "PUBLIC"),
     _Option("verbose", "flag", "log TURN events (allocations, permissions, ...) on stderr",
             short="-v"),
+    _Option("log-format", "str", "stderr as plain text (default) or one JSON object per line "
+            "(time, level, event, message, fields)", "text|json"),
     _Option("add-user", "list", "add (or replace) a user in --users-db for --realm, then exit",
             "NAME:PASSWORD"),
     _Option("remove-user", "list", "remove a user of --realm from --users-db, then exit", "NAME"),
@@ -373,6 +377,8 @@ class ServeConfig:
     """Public identities allowed on the rendezvous (None: any)."""
     verbose: bool = False
     """Log TURN events on stderr."""
+    log_format: str = "text"
+    """``text`` or ``json`` (:mod:`anchor_cli.serve_log`)."""
     add_users: dict[str, str] = field(default_factory=dict)
     """Users to add to the database (administration mode)."""
     remove_users: list[str] = field(default_factory=list)
@@ -633,6 +639,10 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
                 raise ServeError(f"--signal-allow: {exc}") from None
         cfg.signal_allow = list(given["signal_allow"])
     cfg.verbose = bool(given["verbose"])
+    cfg.log_format = given["log_format"] or "text"
+    if cfg.log_format not in LOG_FORMATS:
+        raise ServeError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, "
+                         f"not {cfg.log_format!r}")
     cfg.strict_channels = bool(given["strict_channels"])  # --rfc5766-channels: no effect
     cfg.add_users = _credentials("add-user", given["add_user"] or [])
     cfg.remove_users = list(given["remove_user"] or [])
@@ -932,10 +942,6 @@ def _admin(cfg: ServeConfig) -> None:
                 print(f"{name}\t{realm}")
 
 
-def _print_event(event: TurnServerEvent) -> None:
-    print(f"event {event}", file=sys.stderr, flush=True)
-
-
 async def start_side_services(
     cfg: ServeConfig,
     collectors: Sequence[Any],
@@ -1057,7 +1063,7 @@ async def _serve(cfg: ServeConfig, software: str, role: WorkerRole | None = None
                     tcp=cfg.listen if cfg.tcp else (),
                     tls=[cfg.tls_address] if cfg.tls_address and cfg.tls_context else (),
                     tls_context=cfg.tls_context,
-                    on_event=_print_event if cfg.verbose else None,
+                    on_event=turn_event if cfg.verbose else None,
                     limits=limits,
                     external_ips=external.publics if external is not None else (),
                     serve_udp=cfg.udp,
@@ -1118,9 +1124,14 @@ async def _serve(cfg: ServeConfig, software: str, role: WorkerRole | None = None
             closers.append(role.close)
         for line in lines:
             print(line, flush=True)
+        log_event("started", "serving", listeners=[line.split(" ", 1)[1] for line in lines],
+                  turn=turn_runner is not None)  # fmt: skip
         if role is not None:
             role.ready()
         await stop.wait()
+        held = turn_runner.core.allocation_count() if turn_runner is not None else 0
+        log_event("stopping", f"stopping ({held} allocations held)", allocations=held,
+                  drain=cfg.drain)  # fmt: skip
         if cfg.drain > 0 and turn_runner is not None:
             await _drain(turn_runner.core, alternates, cfg.drain)
     finally:
@@ -1132,6 +1143,7 @@ async def _serve(cfg: ServeConfig, software: str, role: WorkerRole | None = None
             db.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    log_event("stopped", "stopped")
 
 
 async def _drain(core: TurnServer, alternates: AlternateServers | None, seconds: float) -> None:
@@ -1185,8 +1197,11 @@ def run_serve(
 ) -> int:
     """Run ``anchor serve`` with the parsed ``args``; returns the exit status (0 after
     SIGINT/SIGTERM or a users-database command, 2 after a mistake reported on stderr)."""
+    configure_logging(getattr(args, "log_format", None))
     try:
         cfg = build_config(args)
+        if getattr(args, "log_format", None) is None:  # from --config
+            configure_logging(cfg.log_format)
         if cfg.admin:
             _admin(cfg)
             return 0
@@ -1196,7 +1211,7 @@ def run_serve(
             return run_supervisor(cfg, args, software)
         asyncio.run(_serve(cfg, software))
     except ServeError as exc:
-        print(f"anchor serve: {exc}", file=sys.stderr)
+        report_error(f"anchor serve: {exc}")
         return 2
     except KeyboardInterrupt:
         return 0

@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -57,6 +58,7 @@ from anchor_cli.serve import (
     build_config,
     start_side_services,
 )
+from anchor_cli.serve_log import configure_logging, log_event, report_error
 from anchor_stun.events import Address
 
 __all__ = [
@@ -246,6 +248,7 @@ def worker_main() -> int:
     try:
         spec = json.loads(sys.stdin.buffer.readline() or b"{}")
         cfg = _worker_config(spec)
+        configure_logging(cfg.log_format, worker=int(spec["index"]))
         role = WorkerRole(
             int(spec["index"]),
             int(spec["count"]),
@@ -255,12 +258,12 @@ def worker_main() -> int:
         )
         asyncio.run(serve(cfg, str(spec.get("software", "anchor")), role))
     except ServeError as exc:
-        print(f"anchor serve: {exc}", file=sys.stderr)
+        report_error(f"anchor serve: {exc}")
         return 2
     except KeyboardInterrupt:
         return 0
     except (KeyError, ValueError, TypeError) as exc:
-        print(f"anchor serve worker: bad start-up line: {exc}", file=sys.stderr)
+        report_error(f"anchor serve worker: bad start-up line: {exc}")
         return 2
     return 0
 
@@ -360,8 +363,9 @@ class _Supervisor:
                 return
             self._dead(process.pid)
             worker.restarts += 1
-            print(f"anchor serve: worker {worker.index} (pid {process.pid}) exited with "
-                  f"{code}; restarting", file=sys.stderr, flush=True)  # fmt: skip
+            log_event("worker-restarting", f"anchor serve: worker {worker.index} (pid "
+                      f"{process.pid}) exited with {code}; restarting", logging.WARNING,
+                      worker=worker.index, pid=process.pid, status=code)  # fmt: skip
             worker.delay = 0.1 if loop.time() - started > 10 else min(
                 MAX_RESTART_DELAY, worker.delay * 2
             )
@@ -371,7 +375,8 @@ class _Supervisor:
             try:
                 await self.spawn(worker)
             except ServeError as exc:
-                print(f"anchor serve: {exc}", file=sys.stderr, flush=True)
+                log_event("worker-failed", f"anchor serve: {exc}", logging.ERROR,
+                          worker=worker.index)  # fmt: skip
 
     def _dead(self, pid: int) -> None:
         if self.metrics_dir is not None:
@@ -447,8 +452,11 @@ async def _supervise(sup: _Supervisor) -> None:
         await asyncio.gather(*(sup.spawn(w) for w in sup.workers))
         for line in [*sup.workers[0].lines, *lines]:
             print(line, flush=True)
+        log_event("started", f"supervising {len(sup.workers)} workers",
+                  workers=[w.process.pid for w in sup.workers if w.process is not None])  # fmt: skip
         watchers = [loop.create_task(sup.watch(w)) for w in sup.workers]
         await stop.wait()
+        log_event("stopping", "stopping the workers", workers=sup.alive())
     finally:
         await sup.stop_workers()
         for task in watchers:
@@ -459,6 +467,7 @@ async def _supervise(sup: _Supervisor) -> None:
             await wait()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    log_event("stopped", "stopped")
 
 
 def run_supervisor(cfg: ServeConfig, args: argparse.Namespace, software: str) -> int:

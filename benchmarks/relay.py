@@ -29,6 +29,12 @@ for both servers. Each run also reports the CPU share of the generator, of the e
 and of the server (all its threads): ``rate / server_cpu`` is what the server relays per
 CPU-second, a figure that does not depend on who set the pace.
 
+``--workers`` rows (issue 21, :func:`run_worker_samples`, :func:`worker_rows`): ``anchor serve
+--workers 2`` against ``--workers 1`` and coturn, each carrying :data:`FLOWS` allocations
+driven at once by as many generator processes; for ``--workers 2`` one allocation per worker
+(the relayed port's slice of the range tells which worker holds it). The server's CPU time
+is its process tree's (:func:`tree_cpu_seconds`: the supervisor and its workers).
+
 Everything stops by itself: runs are bounded in seconds, the generator and the echo peer
 exit when their stdin closes or after :data:`IDLE_EXIT` idle seconds, and the servers are
 stopped with SIGTERM (then SIGKILL) in a ``finally``.
@@ -39,6 +45,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import json
 import os
 import select
@@ -51,7 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +80,9 @@ IDLE_EXIT = 120.0
 """The generator and the echo peer exit when nothing comes for this long."""
 RELAY_PORTS = 16
 """Size of each server's relay port range."""
+FLOWS = 2
+"""Allocations loaded at once in the ``--workers`` rows, one per worker of ``--workers 2``
+(each by its own generator process)."""
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -266,6 +276,8 @@ class _Process:
     def __init__(self, name: str, argv: list[str], **options: Any) -> None:
         self.name = name
         self.popen = subprocess.Popen(argv, start_new_session=True, **options)
+        self.relay_base = 0
+        """First port of a server's relay range (set by :func:`start_anchor`)."""
 
     @property
     def pid(self) -> int:
@@ -315,8 +327,9 @@ def _wait_ready(process: _Process, port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"{process.name} did not answer STUN on 127.0.0.1:{port}")
 
 
-def start_anchor(workdir: Path) -> tuple[_Process, int]:
-    """``anchor serve`` on a free loopback port; returns it and the port."""
+def start_anchor(workdir: Path, workers: int = 1) -> tuple[_Process, int]:
+    """``anchor serve`` on a free loopback port (``--workers N`` beyond 1); returns it and
+    the port, once every worker is ready (the supervisor prints ``listening`` only then)."""
     port = _free_udp_port()
     relay = _free_udp_block(RELAY_PORTS)
     argv = [
@@ -326,14 +339,23 @@ def start_anchor(workdir: Path) -> tuple[_Process, int]:
         "--min-port", str(relay), "--max-port", str(relay + RELAY_PORTS - 1),
         "--realm", REALM, "--user", f"{USER}:{PASSWORD}",
         "--allow-loopback-peers",
+        *(["--workers", str(workers)] if workers > 1 else []),
     ]  # fmt: skip
-    log = open(workdir / "anchor-serve.log", "w")
+    log_path = workdir / f"anchor-serve-{port}.log"
+    log = open(log_path, "w")
     process = _Process(
         "anchor serve", argv, stdout=log, stderr=subprocess.STDOUT, env=_child_env(),
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
     log.close()
+    process.relay_base = relay
     _wait_ready(process, port)
+    # A client hashed to a worker not listening yet would move once it is (SO_REUSEPORT).
+    deadline = time.monotonic() + 30.0
+    while f"listening udp {LOOPBACK}:{port}" not in log_path.read_text():
+        if process.popen.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"anchor serve --workers {workers} did not get ready")
+        time.sleep(0.05)
     return process, port
 
 
@@ -400,6 +422,8 @@ class Allocation:
         self.sock.bind((LOOPBACK, 0))
         self.sock.connect(self.server)
         self.client = TurnClient(self.server, USER, PASSWORD)
+        self.relayed: tuple[str, int] = ("", 0)
+        """The relayed transport address (XOR-RELAYED-ADDRESS)."""
         self.client.allocate(time.monotonic())
         deadline = time.monotonic() + timeout
         bound = False
@@ -407,6 +431,7 @@ class Allocation:
             self._pump()
             while (event := self.client.next_event()) is not None:
                 if isinstance(event, AllocationCreated):
+                    self.relayed = event.relayed[0]
                     self.client.bind_channel(self.peer, time.monotonic(), CHANNEL)
                 elif isinstance(event, ChannelBound):
                     bound = True
@@ -470,10 +495,18 @@ class _Generator:
         )
 
     def run(self, fd: int, settings: dict[str, Any]) -> dict[str, Any]:
+        self.start(fd, settings)
+        return self.finish(settings)
+
+    def start(self, fd: int, settings: dict[str, Any]) -> None:
         popen = self.process.popen
-        assert popen.stdin is not None and popen.stdout is not None
+        assert popen.stdin is not None
         popen.stdin.write(json.dumps({"cmd": "run", "fd": fd, **settings}) + "\n")
         popen.stdin.flush()
+
+    def finish(self, settings: dict[str, Any]) -> dict[str, Any]:
+        popen = self.process.popen
+        assert popen.stdout is not None
         ready, _, _ = select.select([popen.stdout], [], [], settings["seconds"] + 30.0)
         line = popen.stdout.readline() if ready else ""
         if not line:
@@ -509,6 +542,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` of ``pid`` and of every process descended from it (the workers of
+    ``anchor serve --workers N``), read from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(current)
+        todo.extend(children.get(current, []))
+    return total
+
+
 def _threads(pid: int) -> list[int]:
     try:
         return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
@@ -522,21 +577,7 @@ def _testbed() -> Iterator[dict[str, Any]]:
     stack = contextlib.ExitStack()
     with stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="anchor-relay-")))
-        echo = _Process(
-            "echo peer",
-            [sys.executable, "-m", "benchmarks.relay", "echo"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=_child_env(),
-        )
-        stack.callback(echo.stop)
-        assert echo.popen.stdout is not None
-        ready, _, _ = select.select([echo.popen.stdout], [], [], 15.0)
-        line = echo.popen.stdout.readline() if ready else ""
-        if not line:
-            raise RuntimeError("the echo peer did not start")
-        peer_port = int(json.loads(line)["port"])
+        echo, peer_port = _start_echo(stack)
         servers: dict[str, _Process] = {}
         allocations: dict[str, Allocation] = {}
         for name, start in (("anchor", start_anchor), ("coturn", start_coturn)):
@@ -590,19 +631,155 @@ def run_samples(quick: bool, pin: bool = False, window: int = WINDOW) -> dict[st
     return {"pinned": pinned, "medians": medians, "runs": runs}
 
 
+def _start_echo(stack: contextlib.ExitStack) -> tuple[_Process, int]:
+    echo = _Process(
+        "echo peer",
+        [sys.executable, "-m", "benchmarks.relay", "echo"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_child_env(),
+    )
+    stack.callback(echo.stop)
+    assert echo.popen.stdout is not None
+    ready, _, _ = select.select([echo.popen.stdout], [], [], 15.0)
+    line = echo.popen.stdout.readline() if ready else ""
+    if not line:
+        raise RuntimeError("the echo peer did not start")
+    return echo, int(json.loads(line)["port"])
+
+
+def _spread_allocations(
+    stack: contextlib.ExitStack, server: _Process, port: int, peer_port: int, workers: int
+) -> list[Allocation]:
+    """:data:`FLOWS` allocations on the server at ``port``, one per worker when it has
+    several: anchor serve --workers cuts the relay port range in consecutive slices, so the
+    relayed port tells which worker holds an allocation; new client sockets (new 4-tuples,
+    hashed anew by SO_REUSEPORT) are tried until each of the first FLOWS slices has one."""
+    slice_size = RELAY_PORTS // workers
+    kept: dict[int, Allocation] = {}
+    for _ in range(64):
+        allocation = Allocation(port, peer_port)
+        key = len(kept) if workers == 1 else (allocation.relayed[1] - server.relay_base) // slice_size
+        if key in kept or key >= FLOWS:
+            allocation.close()
+            continue
+        stack.callback(allocation.close)
+        allocation.check_echo()
+        kept[key] = allocation
+        if len(kept) == FLOWS:
+            return list(kept.values())
+    raise RuntimeError(f"could not spread {FLOWS} allocations over {workers} workers")
+
+
+@contextlib.contextmanager
+def _workers_testbed() -> Iterator[dict[str, Any]]:
+    """Echo peer, anchor serve --workers 1 and 2, coturn, :data:`FLOWS` allocations each."""
+    stack = contextlib.ExitStack()
+    with stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="anchor-relay-")))
+        echo, peer_port = _start_echo(stack)
+        servers: dict[str, _Process] = {}
+        flows: dict[str, list[Allocation]] = {}
+        starts: dict[str, Callable[[Path], tuple[_Process, int]]] = {
+            "workers-1": start_anchor,
+            "workers-2": functools.partial(start_anchor, workers=2),
+            "coturn": start_coturn,
+        }
+        for name, start in starts.items():
+            process, port = start(workdir)
+            stack.callback(process.stop)
+            servers[name] = process
+            workers = 2 if name == "workers-2" else 1
+            flows[name] = _spread_allocations(stack, process, port, peer_port, workers)
+        yield {"echo": echo, "servers": servers, "flows": flows}
+
+
+def run_worker_samples(quick: bool, window: int = WINDOW) -> dict[str, Any]:
+    """Runs of anchor serve --workers 2, --workers 1 and coturn, each loaded by
+    :data:`FLOWS` generator processes at once (one allocation each, spread over the
+    workers), interleaved; per run the echoes per second summed over the flows and the CPU
+    share of the server's whole process tree (supervisor and workers)."""
+    repeats = 5 if quick else 15
+    settings = {
+        "frames": [base64.b64encode(f).decode() for f in channel_frames()],
+        "window": window,
+        "seconds": 0.25 if quick else 0.6,
+        "warmup": 500,
+    }
+    with _workers_testbed() as bed:
+        flows: dict[str, list[Allocation]] = bed["flows"]
+        fds = [a.sock.fileno() for group in flows.values() for a in group]
+        generators = [_Generator(fds) for _ in range(FLOWS)]
+        try:
+            names = list(flows)
+
+            def one(name: str) -> dict[str, float]:
+                pid = bed["servers"][name].pid
+                cpu, start = tree_cpu_seconds(pid), time.perf_counter()
+                for generator, allocation in zip(generators, flows[name], strict=True):
+                    generator.start(allocation.sock.fileno(), settings)
+                answers = [generator.finish(settings) for generator in generators]
+                elapsed = time.perf_counter() - start
+                return {
+                    "rate": sum(a["rate"] for a in answers),
+                    "lost": sum(a["lost"] for a in answers),
+                    "server_cpu": (tree_cpu_seconds(pid) - cpu) / elapsed,
+                }
+
+            for name in names:  # warm up
+                one(name)
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+            for i in range(repeats):
+                for name in rotation(names, i):
+                    runs[name].append(one(name))
+        finally:
+            for generator in generators:
+                generator.process.stop()
+    return {
+        "medians": {n: statistics.median(r["rate"] for r in runs[n]) for n in runs},
+        "per_cpu_second": {
+            n: statistics.median(r["rate"] / r["server_cpu"] for r in runs[n] if r["server_cpu"] > 0)
+            for n in runs
+        },
+        "runs": runs,
+    }
+
+
+def worker_rows(out: dict[str, Any], coturn: str) -> list[Result]:
+    """The rows of ``--workers 2``: against coturn and against ``--workers 1``, in echoes per
+    second and per server CPU-second (the load shares the cores, so the second is the
+    server's own figure)."""
+    rate, per_cpu = out["medians"], out["per_cpu_second"]
+    load = f"{FLOWS} flows, one per worker"
+    return [
+        result("relay", "pkt/s", rate["workers-2"], rate["coturn"],
+               f"{coturn}; anchor serve --workers 2, {load}"),
+        result("relay", "pkt/CPU-s", per_cpu["workers-2"], per_cpu["coturn"],
+               f"{coturn}, per server CPU-second; anchor serve --workers 2, {load}"),
+        result("relay", "pkt/s", rate["workers-2"], rate["workers-1"],
+               f"workers-1: anchor serve --workers 1 vs --workers 2, {load}"),
+        result("relay", "pkt/CPU-s", per_cpu["workers-2"], per_cpu["workers-1"],
+               f"workers-1: per server CPU-second, --workers 1 vs --workers 2, {load}"),
+    ]  # fmt: skip
+
+
 def measure(quick: bool) -> list[Result]:
-    """Echoes per second through ``anchor serve`` and through coturn, medians."""
+    """Echoes per second through ``anchor serve`` and through coturn, medians; then
+    ``--workers 2`` against coturn and ``--workers 1`` (:func:`worker_rows`)."""
     out = run_samples(quick)
     medians = out["medians"]
     where = "servers pinned to their own core" if out["pinned"] else "placement by the kernel"
+    coturn = coturn_version()
     return [
         result(
             "relay",
             "pkt/s",
             medians["anchor"],
             medians["coturn"],
-            f"{coturn_version()}, same load generator ({where})",
-        )
+            f"{coturn}, same load generator ({where})",
+        ),
+        *worker_rows(run_worker_samples(quick), coturn),
     ]
 
 

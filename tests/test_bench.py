@@ -310,6 +310,48 @@ def test_relay_allocation_through_anchor_serve_echoes(tmp_path: Any) -> None:
     assert server.popen.returncode is not None
 
 
+def test_relay_worker_rows_shape() -> None:
+    """``anchor bench relay``'s --workers rows: against coturn and --workers 1, per second and
+    per server CPU-second (the shape only; the figures are in benchmarks/README.md)."""
+    from benchmarks import relay
+
+    out = {
+        "medians": {"workers-1": 50_000.0, "workers-2": 55_000.0, "coturn": 80_000.0},
+        "per_cpu_second": {"workers-1": 110_000.0, "workers-2": 120_000.0, "coturn": 230_000.0},
+    }
+    rows = _check_rows(relay.worker_rows(out, "coturn 4.6.1"))
+    assert [(r["metric"], r["unit"]) for r in rows] == [
+        ("relay", "pkt/s"), ("relay", "pkt/CPU-s"), ("relay", "pkt/s"), ("relay", "pkt/CPU-s")
+    ]  # fmt: skip
+    assert [r["baseline"] for r in rows] == [80_000.0, 230_000.0, 50_000.0, 110_000.0]
+    assert all(r["anchor"] in (55_000.0, 120_000.0) for r in rows)
+    assert all("--workers 2" in r["baseline_name"] for r in rows)
+    assert [benchmarks.target_of(r) is not None for r in rows] == [True, True, False, False]
+
+
+def test_relay_workers_2_flows_land_on_both_workers(tmp_path: Any) -> None:
+    """The --workers rows' set-up for real: anchor serve --workers 2, one allocation per worker
+    (told apart by their relayed ports' slices), both echo, and the server's CPU time counts
+    the workers' (its process tree)."""
+    import contextlib
+
+    from benchmarks import relay
+
+    with contextlib.ExitStack() as stack:
+        _, peer_port = relay._start_echo(stack)
+        server, port = relay.start_anchor(tmp_path, workers=2)
+        stack.callback(server.stop)
+        flows = relay._spread_allocations(stack, server, port, peer_port, workers=2)
+        half = relay.RELAY_PORTS // 2
+        slices = sorted((a.relayed[1] - server.relay_base) // half for a in flows)
+        assert slices == [0, 1]
+        for allocation in flows:
+            allocation.check_echo()
+        # The workers (children of the supervisor) started Python each: their CPU counts.
+        assert relay.tree_cpu_seconds(server.pid) > relay.cpu_seconds(server.pid)
+    assert server.popen.returncode is not None
+
+
 def test_scale_child_counts_allocations_and_releases_them() -> None:
     from benchmarks import scale
 

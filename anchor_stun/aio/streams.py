@@ -196,7 +196,9 @@ class LoopErrorFilter:
                 "out of file descriptors or buffers (%s): shedding load; %d so far",
                 what,
                 self.resource_errors,
-            )
+                extra={"event": "resource-shortage",
+                       "fields": {"what": what, "count": self.resource_errors}},
+            )  # fmt: skip
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")

@@ -182,7 +182,11 @@ class RedisStore:
             self.failures += 1
             self._down_until = time.monotonic() + self.retry
             if self.failures == 1 or self.failures % 100 == 0:
-                _log.warning("Redis unavailable (%s): retrying in %.1f s", exc, self.retry)
+                _log.warning(
+                    "Redis unavailable (%s): retrying in %.1f s", exc, self.retry,
+                    extra={"event": "redis-unavailable",
+                           "fields": {"error": str(exc), "failures": self.failures}},
+                )  # fmt: skip
             raise RedisUnavailable(str(exc)) from exc
 
     def credentials(

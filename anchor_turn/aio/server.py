@@ -533,7 +533,9 @@ class UdpRelayAllocator:
                 if now - self._warned_at < 60.0:
                     return None
                 self._warned_at = now
-            _log.warning("cannot bind relay IP %s: %s", ip, exc)
+            _log.warning("cannot bind relay IP %s: %s", ip, exc,
+                         extra={"event": "relay-bind-failed",
+                                "fields": {"ip": ip, "error": str(exc)}})  # fmt: skip
         return None
 
 
@@ -629,7 +631,8 @@ class TurnServerRunner:
         """The relay allocator (owner of the relay sockets)."""
         if not self.allocator.dont_fragment and core.dont_fragment:
             core.dont_fragment = False  # DONT-FRAGMENT becomes unknown: 420 (RFC 8656 §7.2)
-            _log.info("relay sockets cannot forbid fragmentation: DONT-FRAGMENT gets 420")
+            _log.info("relay sockets cannot forbid fragmentation: DONT-FRAGMENT gets 420",
+                      extra={"event": "no-dont-fragment", "fields": {}})  # fmt: skip
         udp_addresses: list[Address] = []
         for addr in [*core.stun.local_addresses(), *udp] if serve_udp else ():
             if addr not in udp_addresses:

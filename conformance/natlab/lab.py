@@ -57,10 +57,15 @@ from .topology import (
     NATS,
     SERVER_ALT_IP,
     SERVER_IP,
+    SERVER_NAT,
+    SERVER_NAT_LINKS,
+    SERVER_NAT_ROLES,
+    Link,
     NatKind,
     block_ruleset,
     loss_ruleset,
     nat_ruleset,
+    one_to_one_ruleset,
 )
 
 __all__ = ["ANCHOR", "LabError", "NatLab"]
@@ -181,8 +186,9 @@ class NatLab:
 
     def ns(self, role: str) -> str:
         """The namespace name of a lab role (``pub``, ``natA``, ``hostB``...)."""
-        if role not in NAMESPACES:
-            raise ValueError(f"unknown lab namespace {role!r}; roles are {NAMESPACES}")
+        if role not in NAMESPACES and role not in SERVER_NAT_ROLES:
+            roles = (*NAMESPACES, *SERVER_NAT_ROLES)
+            raise ValueError(f"unknown lab namespace {role!r}; roles are {roles}")
         return self.prefix + role
 
     @staticmethod
@@ -359,28 +365,12 @@ class NatLab:
         try:
             remove_stale_labs()
             for role in NAMESPACES:
-                _run(["ip", "netns", "add", self.ns(role)])
-                self._created.append(self.ns(role))
-                ip = ["ip", "-n", self.ns(role)]
-                _run([*ip, "link", "set", "lo", "up"])
-                # IPv4 only: no link-local chatter, no DAD, nothing routable in v6 at all.
-                _run(self.argv(role, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-                                      "net.ipv6.conf.default.disable_ipv6=1"]))  # fmt: skip
+                self._add_namespace(role)
             pub = ["ip", "-n", self.ns("pub")]
             for server_ip in (SERVER_IP, SERVER_ALT_IP):
                 _run([*pub, "addr", "add", f"{server_ip}/32", "dev", "lo"])
             for link in LINKS:
-                # veth created directly inside the namespaces ("name" is required: docs/peers.md)
-                _run(["ip", "-n", self.ns(link.left), "link", "add", "name", link.left_if,
-                      "type", "veth", "peer", "name", link.right_if,
-                      "netns", self.ns(link.right)])  # fmt: skip
-                for role, ifname, cidr in (
-                    (link.left, link.left_if, link.left_cidr),
-                    (link.right, link.right_if, link.right_cidr),
-                ):
-                    ip = ["ip", "-n", self.ns(role)]
-                    _run([*ip, "addr", "add", cidr, "dev", ifname])
-                    _run([*ip, "link", "set", ifname, "up"])
+                self._link(link)
             # pub has no default route: lab traffic cannot leave the lab.
             for nat in NATS.values():
                 _run(["ip", "-n", self.ns(nat.name), "route", "add", "default",
@@ -394,6 +384,44 @@ class NatLab:
             self.teardown()
             raise
         self.timings["build"] = time.monotonic() - start
+
+    def _add_namespace(self, role: str) -> None:
+        _run(["ip", "netns", "add", self.ns(role)])
+        self._created.append(self.ns(role))
+        _run(["ip", "-n", self.ns(role), "link", "set", "lo", "up"])
+        # IPv4 only: no link-local chatter, no DAD, nothing routable in v6 at all.
+        _run(self.argv(role, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                              "net.ipv6.conf.default.disable_ipv6=1"]))  # fmt: skip
+
+    def _link(self, link: Link) -> None:
+        # veth created directly inside the namespaces ("name" is required: docs/peers.md)
+        _run(["ip", "-n", self.ns(link.left), "link", "add", "name", link.left_if,
+              "type", "veth", "peer", "name", link.right_if,
+              "netns", self.ns(link.right)])  # fmt: skip
+        for role, ifname, cidr in (
+            (link.left, link.left_if, link.left_cidr),
+            (link.right, link.right_if, link.right_cidr),
+        ):
+            ip = ["ip", "-n", self.ns(role)]
+            _run([*ip, "addr", "add", cidr, "dev", ifname])
+            _run([*ip, "link", "set", ifname, "up"])
+
+    def add_server_nat(self) -> tuple[str, str]:
+        """Add a server host ``srv`` behind a 1:1 NAT router ``natS`` hanging off ``pub``
+        (:data:`natlab.topology.SERVER_NAT`: a cloud instance with a private address and a
+        public one, issue 21); returns ``(public IP, private IP)``. ``pub`` has no route to
+        the private address: only the public one reaches ``srv``. Torn down with the lab."""
+        nat = SERVER_NAT
+        for role in SERVER_NAT_ROLES:
+            self._add_namespace(role)
+        for link in SERVER_NAT_LINKS:
+            self._link(link)
+        _run(["ip", "-n", self.ns(nat.name), "route", "add", "default", "via", nat.upstream_ip])
+        _run(["ip", "-n", self.ns(nat.host), "route", "add", "default", "via", nat.lan_ip])
+        _run(self.argv(nat.name, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]))
+        _run(self.argv(nat.name, ["nft", "-f", "-"]),
+             stdin=one_to_one_ruleset(nat.wan_ip, nat.host_ip))  # fmt: skip
+        return nat.wan_ip, nat.host_ip
 
     def start_anchor_serve(
         self, extra_args: Sequence[str] = (), deadline: float = 20

@@ -8,8 +8,12 @@ network namespace, and ``pub`` has no default route, so no packet can leave the 
     hostB 198.51.100.130/26 ─ lan 198.51.100.129 natB  wan 203.0.113.130/26 ─ linkB 203.0.113.129 ┘
                                               pub lo: 203.0.113.1 and 203.0.113.2 (the servers)
 
+On demand (:meth:`natlab.NatLab.add_server_nat`, issue 21) a server behind a 1:1 NAT::
+
+    pub linkS 203.0.113.193/26 ── wan 203.0.113.194/26 natS lan 198.51.100.193/26 ── srv 198.51.100.194/26
+
 203.0.113.0/24 (TEST-NET-3) plays the Internet, 198.51.100.0/24 (TEST-NET-2) the private LANs,
-one /26 per LAN (198.51.100.0/26 and .192/26 stay free). 192.0.2.0/24 (TEST-NET-1) is left
+one /26 per LAN (198.51.100.0/26 stays free; .192/26 is the server's on demand). 192.0.2.0/24 (TEST-NET-1) is left
 alone: this machine's own uplink uses it (docs/peers.md "The NAT lab").
 
 NAT kinds (RFC 4787 §4.1 mapping, §5 filtering), built with nftables in the NAT namespace:
@@ -58,12 +62,16 @@ __all__ = [
     "NATS",
     "SERVER_ALT_IP",
     "SERVER_IP",
+    "SERVER_NAT",
+    "SERVER_NAT_LINKS",
+    "SERVER_NAT_ROLES",
     "Link",
     "Nat",
     "NatKind",
     "block_ruleset",
     "loss_ruleset",
     "nat_ruleset",
+    "one_to_one_ruleset",
 ]
 
 SERVER_IP = "203.0.113.1"
@@ -137,6 +145,23 @@ LINKS = (
     Link("natB", "lan", "198.51.100.129/26", "hostB", "eth0", "198.51.100.130/26"),
 )
 """Every veth pair of the lab."""
+
+SERVER_NAT = Nat(
+    "natS", "203.0.113.194", "203.0.113.193", "198.51.100.193", "srv", "198.51.100.194"
+)
+"""A 1:1 NAT in front of a server (a cloud instance's public IP, issue 21): ``natS`` maps its
+WAN address to the private address of host ``srv``, every port, both ways
+(:func:`one_to_one_ruleset`). Built only on demand (:meth:`natlab.NatLab.add_server_nat`), on
+the spare 203.0.113.192/26 and 198.51.100.192/26."""
+
+SERVER_NAT_ROLES = (SERVER_NAT.name, SERVER_NAT.host)
+"""The on-demand roles of :data:`SERVER_NAT` (namespaces like those of :data:`NAMESPACES`)."""
+
+SERVER_NAT_LINKS = (
+    Link("pub", "linkS", "203.0.113.193/26", "natS", "wan", "203.0.113.194/26"),
+    Link("natS", "lan", "198.51.100.193/26", "srv", "eth0", "198.51.100.194/26"),
+)
+"""The veth pairs of :data:`SERVER_NAT`."""
 
 TABLE = "anchorlab"
 """nftables table (family ip) holding a NAT router's rules."""
@@ -273,4 +298,26 @@ def block_ruleset(tcp_ports: tuple[int, ...] | None) -> str:
             "  }",
             "}",
         ]
+    return "\n".join(lines) + "\n"
+
+
+def one_to_one_ruleset(public_ip: str, private_ip: str) -> str:
+    """The ``nft -f`` script of a 1:1 NAT (a cloud provider's public IP): every packet to
+    ``public_ip`` arriving on ``wan`` is DNATed to ``private_ip``, every packet from
+    ``private_ip`` leaving on ``wan`` is SNATed to ``public_ip``; ports are kept (one host,
+    so none ever clashes), which is what ``--external-ip`` of a TURN server relies on."""
+    lines = [
+        f"table ip {TABLE} {{}}",
+        f"delete table ip {TABLE}",
+        f"table ip {TABLE} {{",
+        "  chain dstnat {",
+        "    type nat hook prerouting priority dstnat; policy accept;",
+        f'    iifname "wan" ip daddr {public_ip} dnat to {private_ip}',
+        "  }",
+        "  chain srcnat {",
+        "    type nat hook postrouting priority srcnat; policy accept;",
+        f'    oifname "wan" ip saddr {private_ip} snat to {public_ip}',
+        "  }",
+        "}",
+    ]
     return "\n".join(lines) + "\n"
