@@ -8,6 +8,9 @@ one message to ``peer``, forming a link first if there is none:
 
 1. **Gather** (:class:`~anchor_ice.aio.connection.Connection`): host, server-reflexive and relayed
    candidates; under the default ``policy="gateway"`` host candidates are not advertised.
+   Gathering runs alongside steps 2 and 3 (trickle ICE, RFC 8838, below): the offer goes out as
+   soon as the host sockets are bound, with whatever candidates are known then (under the
+   gateway policy possibly none), and the checks start before gathering completes.
 2. **Signal and authenticate**: an offer goes to the peer through the signalling, an answer
    comes back, then a confirm and an accept. The first three are the messages of the link's
    Noise XX handshake (:mod:`anchor_link.handshake`), whose payloads are the two sides' ICE
@@ -57,18 +60,34 @@ and timer; it also tears the link down).
 
 Descriptions (JSON objects on the signalling; ``v`` is :data:`DESCRIPTION_VERSION`)::
 
-    {"type": "offer", "v": 2, "link": LINK_ID, "noise": BASE64}     -> e           (offerer)
-    {"type": "answer", "v": 2, "link": LINK_ID, "noise": BASE64}    <- e, ee, s, es
-    {"type": "confirm", "v": 2, "link": LINK_ID, "noise": BASE64}   -> s, se
-    {"type": "accept", "v": 2, "link": LINK_ID, "mac": BASE64}      key confirmation
+    {"type": "offer", "v": 4, "link": LINK_ID, "noise": BASE64}     -> e           (offerer)
+    {"type": "answer", "v": 4, "link": LINK_ID, "noise": BASE64}    <- e, ee, s, es
+    {"type": "confirm", "v": 4, "link": LINK_ID, "noise": BASE64}   -> s, se
+    {"type": "accept", "v": 4, "link": LINK_ID, "mac": BASE64}      key confirmation
+    {"type": "candidates", "v": 4, "link": LINK_ID, "seq": N, "box": BASE64}   trickled
     {"type": "reject", "link": LINK_ID, "reason": ..., "auth": true|false}   cannot go on
     {"type": "bye", "link": LINK_ID, "reason": ...}        the link broke on this side
 
 ``noise`` is a Noise handshake message (standard base64); the payload of the offer's (in
 clear) and of the answer's (encrypted) is the side's ICE description, a JSON object::
 
-    {"ufrag": ..., "pwd": ..., "candidates": ["candidate:...", ...], "seal": true,
-     "mtu": 1200, "max_message": 65536, "pacing": 5, "renomination": true}
+    {"ufrag": ..., "pwd": ..., "candidates": ["candidate:...", ...], "end": false,
+     "seal": true, "mtu": 1200, "max_message": 65536, "pacing": 5, "renomination": true}
+
+**Trickle** (RFC 8838). ``candidates`` are those gathered when the description was written;
+``end`` is true when gathering was complete by then (end-of-candidates, RFC 8838 §8.2; the
+receiver then calls ``add_remote_candidate(None)``). The confirm's payload (encrypted) is
+``{"candidates": [...], "end": bool}``: the offerer's candidates gathered since its offer.
+Every later candidate of either side goes, once that side's handshake is complete, in a
+``candidates`` message whose ``box`` is the same JSON object sealed with ChaCha20-Poly1305
+under a key derived from the handshake with a label of its own
+(:class:`~anchor_link.handshake.TrickleBox`; never a key of the channel's frames), ``seq`` its
+nonce. Candidates never travel unauthenticated after the offer (whose clear payload the
+handshake authenticates): a rendezvous cannot inject an address to steer the checks. A
+``candidates`` message that does not open (changed on the way, forged, or replayed: each
+``seq`` opens once) is dropped and counted in :attr:`LinkEndpoint.trickle_refused`; one that
+arrives before this side has the keys waits (up to :data:`MAX_TRICKLE_QUEUED`). A link fails
+with "no candidate to offer" only once gathering completed without any.
 
 The answerer sends its accept once the confirm proved the offerer's identity and that identity
 passed its trust checks; the offerer opens its channel only once the accept verified, so a
