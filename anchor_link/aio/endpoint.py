@@ -716,9 +716,10 @@ class LinkEndpoint:
         while True:
             if link.local_pending or (link.local_end and not link.end_signalled):
                 later = json.dumps(self._take_local(link), separators=(",", ":")).encode()
-                seq, sealed = box.seal(later)
-                message = self._message(link, "candidates", seq=seq, box=_b64(sealed))
-                with contextlib.suppress(SignallingError):
+                with contextlib.suppress(SignallingError, HandshakeFailed):
+                    # HandshakeFailed: out of sequence numbers (MAX_TRICKLE_MESSAGES)
+                    seq, sealed = box.seal(later)
+                    message = self._message(link, "candidates", seq=seq, box=_b64(sealed))
                     await mailbox.publish(link.peer, message)
             while link.remote_trickle:
                 received = link.remote_trickle.popleft()
@@ -731,6 +732,8 @@ class LinkEndpoint:
                     await self._add_candidates(conn, _description(payload))
                 except _FormError:
                     self.signalling_dropped += 1
+                except AnchorError:  # the connection is closing: the link ends anyway
+                    return
             link.trickle_wake.clear()
             if link.local_pending or link.remote_trickle:
                 continue
