@@ -26,6 +26,7 @@ from anchor_link.congestion import (
 from anchor_link.handshake import (
     HandshakeFailed,
     LinkHandshake,
+    TrickleBox,
 )
 from anchor_link.identity import (
     Identity,
@@ -130,6 +131,7 @@ __all__ = [
     "Signalling",
     "SignallingClosed",
     "SignallingError",
+    "TrickleBox",
     "Trust",
     "TrustPolicy",
     "WebSocketSignalling",

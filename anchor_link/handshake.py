@@ -9,7 +9,7 @@ ephemeral keys on both sides (forward secrecy) and both static keys, the endpoin
 
     offer    -> e                  payload: the offerer's ICE description, in clear
     answer   <- e, ee, s, es       payload: the answerer's ICE description, encrypted
-    confirm  -> s, se              payload: empty, encrypted
+    confirm  -> s, se              payload: the offerer's later candidates, encrypted
 
 The three messages travel on the signalling as the ``offer``, ``answer`` and ``confirm``
 descriptions of :mod:`anchor_link.aio.endpoint`.
@@ -52,6 +52,21 @@ RFC 8446 §4.4.4), and the initiator opens its channel only once that verifies
 (:meth:`LinkHandshake.check_accept`): a link then opens on both sides or on neither, and a
 rendezvous cannot forge the go-ahead.
 
+**Trickled candidates** (RFC 8838). A side's ICE description carries the candidates it had
+gathered when it wrote it; the offerer's later ones ride in the confirm's payload (encrypted,
+and authenticated like the rest), and every later candidate of either side, once the
+handshake is complete, travels in a ``candidates`` message sealed with ChaCha20-Poly1305
+(RFC 8439 §2.8) under a key of its own per direction::
+
+    key = HKDF(salt = h, ikm = k, info = "anchor-link/3 trickle", L = 32)
+
+(``k1`` for the initiator's candidates, ``k2`` for the responder's), so it never shares a key
+with the channel's frames; the nonce is the message's sequence number (4 zero bytes and 8
+bytes big-endian, as Noise's own nonces, §5.1). :class:`TrickleBox` numbers what it seals from
+0 and opens each number at most once: a candidate changed on the way fails to open, a replayed
+one is refused, and the rendezvous cannot inject an address (which could steer the checks, and
+the data, somewhere it chose).
+
 Randomness is injected: the ephemeral private key is ``rng(32)``. A handshake message that does
 not authenticate, or arrives out of turn, raises :class:`HandshakeFailed` and ends the
 handshake (Noise §5: a failed ``DECRYPT`` is not retried).
@@ -66,6 +81,7 @@ import warnings
 from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from noise.connection import Keypair, NoiseConnection
@@ -84,12 +100,15 @@ from .state import LinkError
 __all__ = [
     "LINK_PROLOGUE",
     "MAX_HANDSHAKE_MESSAGE",
+    "MAX_TRICKLE_MESSAGES",
     "PROTOCOL_NAME",
     "RENDEZVOUS_PROLOGUE",
     "RENDEZVOUS_PROTOCOL",
+    "TRICKLE_INFO",
     "HandshakeFailed",
     "LinkHandshake",
     "NoiseHandshake",
+    "TrickleBox",
     "link_prologue",
     "rendezvous_handshake",
 ]
@@ -107,6 +126,11 @@ RENDEZVOUS_PROLOGUE = b"anchor-rendezvous/1"
 """First bytes of the rendezvous handshake's prologue."""
 SEAL_INFO = b"anchor-link/3 seal"
 """HKDF ``info`` of the channel keys (module docstring)."""
+TRICKLE_INFO = b"anchor-link/3 trickle"
+"""HKDF ``info`` of the keys of trickled candidates (module docstring)."""
+MAX_TRICKLE_MESSAGES = 1024
+"""Sealed ``candidates`` messages one direction of a link may carry (sequence numbers
+0-1023); more are refused."""
 _U16 = struct.Struct("!H")
 _LIBRARY_ERRORS = (
     InvalidTag,  # a ciphertext that does not authenticate
@@ -272,6 +296,7 @@ class LinkHandshake(NoiseHandshake):
     ) -> None:
         super().__init__(PROTOCOL_NAME, identity, initiator=initiator, prologue=prologue, rng=rng)
         self._sealer_made = False
+        self._trickle_made = False
 
     def split_keys(self) -> tuple[bytes, bytes]:
         """Noise's ``Split()`` keys ``(k1, k2)``: k1 protects the initiator's direction,
@@ -315,6 +340,75 @@ class LinkHandshake(NoiseHandshake):
         )
         self._sealer_made = True
         return Sealer(send[0], send[1], recv[0], recv[1])
+
+
+    def trickle_box(self) -> TrickleBox:
+        """The :class:`TrickleBox` of this link's later candidates (module docstring). Made
+        once, only once complete: a second box on the same keys would reuse nonces."""
+        if self._trickle_made:
+            raise HandshakeFailed("the trickle keys were already handed out")
+        k1, k2 = self.split_keys()
+        assert self.handshake_hash is not None
+        initiator_key = _trickle_key(k1, self.handshake_hash)
+        responder_key = _trickle_key(k2, self.handshake_hash)
+        self._trickle_made = True
+        if self.initiator:
+            return TrickleBox(initiator_key, responder_key)
+        return TrickleBox(responder_key, initiator_key)
+
+
+class TrickleBox:
+    """Seals this side's trickled candidates and opens the peer's (module docstring,
+    "Trickled candidates"): ChaCha20-Poly1305 (RFC 8439 §2.8) under ``send_key`` and
+    ``recv_key``, the sequence number as nonce. Sans-I/O; made by
+    :meth:`LinkHandshake.trickle_box`."""
+
+    def __init__(self, send_key: bytes, recv_key: bytes) -> None:
+        self._send = ChaCha20Poly1305(bytes(send_key))
+        self._recv = ChaCha20Poly1305(bytes(recv_key))
+        self._next = 0
+        self._opened: set[int] = set()
+        self.refused = 0
+        """Messages that did not open: changed on the way, replayed, or out of range."""
+
+    def seal(self, payload: bytes) -> tuple[int, bytes]:
+        """``(seq, box)``: ``payload`` sealed under the next sequence number."""
+        seq = self._next
+        if seq >= MAX_TRICKLE_MESSAGES:
+            raise HandshakeFailed("no sequence number left for trickled candidates")
+        self._next += 1
+        return seq, self._send.encrypt(_trickle_nonce(seq), bytes(payload), None)
+
+    def open(self, seq: object, box: bytes) -> bytes:
+        """The payload of the peer's message ``seq``. Raises :class:`HandshakeFailed` when it
+        does not authenticate, when ``seq`` was opened before (a replay) or is out of range;
+        a refusal leaves the box usable (the genuine message may still come)."""
+        if (
+            not isinstance(seq, int)
+            or isinstance(seq, bool)
+            or not 0 <= seq < MAX_TRICKLE_MESSAGES
+        ):
+            self.refused += 1
+            raise HandshakeFailed("trickled candidates with an impossible sequence number")
+        if seq in self._opened:
+            self.refused += 1
+            raise HandshakeFailed(f"trickled candidates {seq} replayed")
+        try:
+            payload = self._recv.decrypt(_trickle_nonce(seq), bytes(box), None)
+        except InvalidTag:
+            self.refused += 1
+            raise HandshakeFailed("trickled candidates did not authenticate") from None
+        self._opened.add(seq)
+        return payload
+
+
+def _trickle_nonce(seq: int) -> bytes:
+    return bytes(4) + seq.to_bytes(8, "big")
+
+
+def _trickle_key(key: bytes, handshake_hash: bytes) -> bytes:
+    """The key of one direction's trickled candidates (module docstring)."""
+    return HKDF(algorithm=SHA256(), length=32, salt=handshake_hash, info=TRICKLE_INFO).derive(key)
 
 
 def _expand(key: bytes, handshake_hash: bytes) -> tuple[bytes, bytes, bytes]:

@@ -15,10 +15,18 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anchor_link.handshake import HandshakeFailed, LinkHandshake, link_prologue
+from anchor_link.handshake import (
+    MAX_TRICKLE_MESSAGES,
+    TRICKLE_INFO,
+    HandshakeFailed,
+    LinkHandshake,
+    link_prologue,
+)
 from anchor_link.identity import (
     Identity,
     IdentityError,
@@ -257,6 +265,97 @@ def test_the_sealer_is_handed_out_once() -> None:
     i.sealer()
     with pytest.raises(HandshakeFailed):
         i.sealer()
+
+
+# --------------------------------------------------------------------------- trickled candidates
+
+# RFC 8439 §2.8.2: the AEAD_CHACHA20_POLY1305 test vector.
+RFC8439_KEY = bytes(range(0x80, 0xA0))
+RFC8439_NONCE = bytes.fromhex("070000004041424344454647")
+RFC8439_AAD = bytes.fromhex("50515253c0c1c2c3c4c5c6c7")
+RFC8439_PLAINTEXT = (
+    b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the "
+    b"future, sunscreen would be it."
+)
+RFC8439_SEALED = bytes.fromhex(
+    "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d6"
+    "3dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b36"
+    "92ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc"
+    "3ff4def08e4b7a9de576d26586cec64b6116"
+    "1ae10b594f09e26a7e902ecbd0600691"
+)
+# RFC 5869 A.1: HKDF-SHA256.
+RFC5869_IKM = bytes([0x0B] * 22)
+RFC5869_SALT = bytes(range(13))
+RFC5869_INFO = bytes(range(0xF0, 0xFA))
+RFC5869_OKM = bytes.fromhex(
+    "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+)
+
+
+def test_the_trickle_constructions_match_their_rfc_vectors() -> None:
+    """The two library constructions the trickle box is made of, on their published vectors."""
+    aead = ChaCha20Poly1305(RFC8439_KEY)
+    assert aead.encrypt(RFC8439_NONCE, RFC8439_PLAINTEXT, RFC8439_AAD) == RFC8439_SEALED
+    okm = HKDF(algorithm=SHA256(), length=42, salt=RFC5869_SALT, info=RFC5869_INFO)
+    assert okm.derive(RFC5869_IKM) == RFC5869_OKM
+
+
+def test_trickled_candidates_are_sealed_under_their_own_hkdf_keys() -> None:
+    """Recomputed from the module docstring: key = HKDF(salt=h, ikm=k, info="anchor-link/3
+    trickle"), nonce = 4 zero bytes | seq big-endian, no associated data; distinct from the
+    channel keys of the same direction."""
+    i, r = _pair()
+    _run(i, r, (b"", b"", b""))
+    k1, k2 = i.split_keys()
+    h = i.handshake_hash
+    assert h is not None
+
+    def key(k: bytes, info: bytes, length: int = 32) -> bytes:
+        return HKDF(algorithm=SHA256(), length=length, salt=h, info=info).derive(k)
+
+    ib, rb = i.trickle_box(), r.trickle_box()
+    payload = b'{"candidates":["candidate:1 1 udp 1 192.0.2.1 9 typ srflx"],"end":false}'
+    seq, box = ib.seal(payload)
+    assert seq == 0
+    nonce = bytes(4) + (0).to_bytes(8, "big")
+    assert box == ChaCha20Poly1305(key(k1, TRICKLE_INFO)).encrypt(nonce, payload, None)
+    assert key(k1, TRICKLE_INFO) not in key(k1, b"anchor-link/3 seal", 96)  # own key
+    assert rb.open(seq, box) == payload
+    seq, box = rb.seal(b"back")
+    assert box == ChaCha20Poly1305(key(k2, TRICKLE_INFO)).encrypt(nonce, b"back", None)
+    assert ib.open(seq, box) == b"back"
+    with pytest.raises(HandshakeFailed):
+        i.trickle_box()  # handed out once
+
+
+def test_a_tampered_replayed_misdirected_or_out_of_range_trickle_is_refused() -> None:
+    i, r = _pair()
+    _run(i, r, (b"", b"", b""))
+    ib, rb = i.trickle_box(), r.trickle_box()
+    s0, b0 = ib.seal(b"first")
+    s1, b1 = ib.seal(b"second")
+    assert (s0, s1) == (0, 1)
+    for bit in range(len(b1) * 8):  # every flipped bit of the box
+        flipped = bytearray(b1)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(HandshakeFailed, match="did not authenticate"):
+            rb.open(s1, bytes(flipped))
+    with pytest.raises(HandshakeFailed, match="did not authenticate"):
+        rb.open(s0, b1)  # moved to another sequence number
+    with pytest.raises(HandshakeFailed, match="did not authenticate"):
+        ib.open(s0, b0)  # reflected back to its sender: the other direction's key
+    assert rb.open(s1, b1) == b"second"  # order does not matter (RFC 8838 §11)
+    assert rb.open(s0, b0) == b"first"
+    with pytest.raises(HandshakeFailed, match="replayed"):
+        rb.open(s0, b0)
+    for seq in (-1, MAX_TRICKLE_MESSAGES, "0", True, None):
+        with pytest.raises(HandshakeFailed, match="impossible"):
+            rb.open(seq, b0)
+    assert rb.refused == len(b1) * 8 + 1 + 1 + 5  # flips, moved, replayed, out of range
+    assert ib.refused == 1  # reflected
+    with pytest.raises(HandshakeFailed):
+        LinkHandshake(Identity.generate(), initiator=True, prologue=b"p").trickle_box()
 
 
 # --------------------------------------------------------------------------- identities

@@ -43,6 +43,12 @@ bytes, time and events through the sans-I/O :class:`~anchor_ice.agent.IceAgent`.
   both sides call :meth:`restart`, exchange the new credentials and candidates as at first,
   and call :meth:`connect` again; data keeps flowing on the previous pair until the new one
   is selected.
+* **Trickle (RFC 8838).** :meth:`Connection.start_gathering` returns once the host
+  candidates are known and gathers the rest in the background; the candidate handler
+  (:meth:`Connection.set_candidate_handler`) hears of each candidate to signal as it is found,
+  then of end-of-candidates (None). Checks may start (:meth:`connect`) before gathering
+  completes: the agent pairs each new local or remote candidate as it comes, and a peer's
+  early checks wait in the gatherer's backlog. :meth:`gather_candidates` waits for the end.
 
 Policies: ``policy="standard"`` (the default here, RFC 8445 regular nomination of the best
 valid pair), ``"gateway"`` (docs/design.md: never a host pair; host candidates are not
@@ -325,7 +331,10 @@ class Connection:
         self._session: asyncio.Future[None] | None = None
         self._ended: asyncio.Future[None] | None = None
         self._gathered = False
-        self._gathering: asyncio.Lock | None = None
+        self._gather_task: asyncio.Task[None] | None = None
+        self._hosts_known: asyncio.Event | None = None
+        self._candidate_handler: Callable[[Candidate | None], None] | None = None
+        self._signalled: set[str] = set()
         self._closed = False
         self._failure: str | None = None
         self.nominated_pairs: list[PairInfo] = []
@@ -481,45 +490,94 @@ class Connection:
     async def gather_candidates(self) -> None:
         """Gather host, server-reflexive and relayed candidates for every component
         (RFC 8445 §5.1.1); returns once every server answered or was given up. Raises
+        OSError when no host address could be bound. Calling it again does nothing (it waits
+        for the gathering :meth:`start_gathering` began, if any)."""
+        await self.start_gathering()
+        assert self._gather_task is not None
+        await asyncio.shield(self._gather_task)
+
+    async def start_gathering(self) -> None:
+        """Start gathering in the background (trickle ICE, RFC 8838 §4): returns once the
+        host sockets are bound and their candidates known, while the server-reflexive and
+        relayed ones are still being gathered. Signal :attr:`local_candidates` now and each
+        later one as the candidate handler (:meth:`set_candidate_handler`) hears of it;
+        :meth:`connect` may run meanwhile (pairs are formed as candidates come). Raises
         OSError when no host address could be bound. Calling it again does nothing."""
         self._check_open()
-        if self._gathering is None:
-            self._gathering = asyncio.Lock()
-        async with self._gathering:
-            if self._gathered:
-                return
-            if self._host_ips is not None:
-                ips = self._host_ips
-            else:
-                ips = host_addresses(
-                    interfaces=self._interfaces,
-                    families=self._families,
-                    include_loopback=self._include_loopback,
-                )
-            self._gatherers = [
-                Gatherer(
-                    ips,
-                    stun_servers=self.stun_servers,
-                    turn_servers=self.turn_servers,
-                    component=component,
-                    port_range=self._port_range,
-                    timeout=self._gather_timeout,
-                    release_timeout=self._release_timeout,
-                    ta=self._gather_ta,
-                    software=SOFTWARE,
-                    rng=self._rng,
-                )
-                for component in range(1, self.components + 1)
-            ]
-            try:
-                await asyncio.gather(*(self._gather_one(g) for g in self._gatherers))
-            except BaseException:
-                await asyncio.gather(*(g.close() for g in self._gatherers))
-                raise
-            self._gathered = True
-            if not self._closed:
-                self._agent.end_of_local_candidates()
-                self._pump()
+        if self._gather_task is None:
+            self._hosts_known = asyncio.Event()
+            task = asyncio.get_running_loop().create_task(self._gather())
+            self._gather_task = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        assert self._hosts_known is not None
+        hosts = asyncio.ensure_future(self._hosts_known.wait())
+        try:
+            await asyncio.wait({hosts, self._gather_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hosts.cancel()
+        if self._gather_task.done() and not self._hosts_known.is_set():
+            self._gather_task.result()  # raises why the host sockets could not be bound
+            self._check_open()
+
+    @property
+    def gathering_complete(self) -> bool:
+        """True once local gathering is complete (RFC 8838 end-of-candidates): every server
+        answered or was given up."""
+        return self._gathered
+
+    def set_candidate_handler(self, handler: Callable[[Candidate | None], None] | None) -> None:
+        """Call ``handler(candidate)`` for every local candidate to signal (as
+        :attr:`local_candidates`: the policy's advertised ones) as soon as gathering finds
+        it (each once; the host candidates too when the handler is set before
+        :meth:`start_gathering`), then ``handler(None)`` once gathering is complete
+        (end-of-candidates, RFC 8838 §8.2). Candidates found before the handler was set are
+        in :attr:`local_candidates` and are not repeated. None: no more calls."""
+        self._candidate_handler = handler
+
+    async def _gather(self) -> None:
+        """The gathering task of :meth:`start_gathering`."""
+        if self._host_ips is not None:
+            ips = self._host_ips
+        else:
+            ips = host_addresses(
+                interfaces=self._interfaces,
+                families=self._families,
+                include_loopback=self._include_loopback,
+            )
+        self._gatherers = [
+            Gatherer(
+                ips,
+                stun_servers=self.stun_servers,
+                turn_servers=self.turn_servers,
+                component=component,
+                port_range=self._port_range,
+                timeout=self._gather_timeout,
+                release_timeout=self._release_timeout,
+                ta=self._gather_ta,
+                software=SOFTWARE,
+                rng=self._rng,
+            )
+            for component in range(1, self.components + 1)
+        ]
+        try:
+            await asyncio.gather(*(g.start() for g in self._gatherers))  # the host sockets
+            for gatherer in self._gatherers:
+                for candidate in gatherer.candidates:
+                    self._take(gatherer, candidate)
+            self._announce()
+            assert self._hosts_known is not None
+            self._hosts_known.set()
+            await asyncio.gather(*(self._gather_one(g) for g in self._gatherers))
+        except BaseException:
+            await asyncio.gather(*(g.close() for g in self._gatherers))
+            raise
+        self._gathered = True
+        if not self._closed:
+            self._agent.end_of_local_candidates()
+            self._pump()
+            if self._candidate_handler is not None:
+                call_user("candidate handler", self._candidate_handler, None)
 
     async def _gather_one(self, gatherer: Gatherer) -> None:
         async for item in gatherer.gather():
@@ -527,16 +585,31 @@ class Connection:
                 return
             if not isinstance(item, Candidate):
                 continue
-            base = gatherer.base_of(item)
-            self._agent.add_local_candidate(item, base)
-            if base not in self._endpoints:
-                endpoint = gatherer.endpoint(base)
-                self._endpoints[base] = endpoint
-                endpoint.set_handler(self._handler(base))
-                if isinstance(endpoint, RelayEndpoint):
-                    for remote in self._agent.remote_candidates:
-                        self._permit(endpoint, remote.ip)
+            self._take(gatherer, item)
             self._pump()
+            self._announce()
+
+    def _take(self, gatherer: Gatherer, item: Candidate) -> None:
+        """A gathered candidate into the agent, its socket or relay to this connection."""
+        base = gatherer.base_of(item)
+        self._agent.add_local_candidate(item, base)
+        if base not in self._endpoints:
+            endpoint = gatherer.endpoint(base)
+            self._endpoints[base] = endpoint
+            endpoint.set_handler(self._handler(base))
+            if isinstance(endpoint, RelayEndpoint):
+                for remote in self._agent.remote_candidates:
+                    self._permit(endpoint, remote.ip)
+
+    def _announce(self) -> None:
+        """Advertised local candidates not signalled yet to the candidate handler."""
+        for candidate in self._agent.local_candidates():
+            text = candidate.to_sdp()
+            if text in self._signalled:
+                continue
+            self._signalled.add(text)
+            if self._candidate_handler is not None:
+                call_user("candidate handler", self._candidate_handler, candidate)
 
     # ------------------------------------------------------------------ signalling
 

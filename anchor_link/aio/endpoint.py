@@ -8,6 +8,9 @@ one message to ``peer``, forming a link first if there is none:
 
 1. **Gather** (:class:`~anchor_ice.aio.connection.Connection`): host, server-reflexive and relayed
    candidates; under the default ``policy="gateway"`` host candidates are not advertised.
+   Gathering runs alongside steps 2 and 3 (trickle ICE, RFC 8838, below): the offer goes out as
+   soon as the host sockets are bound, with whatever candidates are known then (under the
+   gateway policy possibly none), and the checks start before gathering completes.
 2. **Signal and authenticate**: an offer goes to the peer through the signalling, an answer
    comes back, then a confirm and an accept. The first three are the messages of the link's
    Noise XX handshake (:mod:`anchor_link.handshake`), whose payloads are the two sides' ICE
@@ -57,18 +60,34 @@ and timer; it also tears the link down).
 
 Descriptions (JSON objects on the signalling; ``v`` is :data:`DESCRIPTION_VERSION`)::
 
-    {"type": "offer", "v": 2, "link": LINK_ID, "noise": BASE64}     -> e           (offerer)
-    {"type": "answer", "v": 2, "link": LINK_ID, "noise": BASE64}    <- e, ee, s, es
-    {"type": "confirm", "v": 2, "link": LINK_ID, "noise": BASE64}   -> s, se
-    {"type": "accept", "v": 2, "link": LINK_ID, "mac": BASE64}      key confirmation
+    {"type": "offer", "v": 4, "link": LINK_ID, "noise": BASE64}     -> e           (offerer)
+    {"type": "answer", "v": 4, "link": LINK_ID, "noise": BASE64}    <- e, ee, s, es
+    {"type": "confirm", "v": 4, "link": LINK_ID, "noise": BASE64}   -> s, se
+    {"type": "accept", "v": 4, "link": LINK_ID, "mac": BASE64}      key confirmation
+    {"type": "candidates", "v": 4, "link": LINK_ID, "seq": N, "box": BASE64}   trickled
     {"type": "reject", "link": LINK_ID, "reason": ..., "auth": true|false}   cannot go on
     {"type": "bye", "link": LINK_ID, "reason": ...}        the link broke on this side
 
 ``noise`` is a Noise handshake message (standard base64); the payload of the offer's (in
 clear) and of the answer's (encrypted) is the side's ICE description, a JSON object::
 
-    {"ufrag": ..., "pwd": ..., "candidates": ["candidate:...", ...], "seal": true,
-     "mtu": 1200, "max_message": 65536, "pacing": 5, "renomination": true}
+    {"ufrag": ..., "pwd": ..., "candidates": ["candidate:...", ...], "end": false,
+     "seal": true, "mtu": 1200, "max_message": 65536, "pacing": 5, "renomination": true}
+
+**Trickle** (RFC 8838). ``candidates`` are those gathered when the description was written;
+``end`` is true when gathering was complete by then (end-of-candidates, RFC 8838 §8.2; the
+receiver then calls ``add_remote_candidate(None)``). The confirm's payload (encrypted) is
+``{"candidates": [...], "end": bool}``: the offerer's candidates gathered since its offer.
+Every later candidate of either side goes, once that side's handshake is complete, in a
+``candidates`` message whose ``box`` is the same JSON object sealed with ChaCha20-Poly1305
+under a key derived from the handshake with a label of its own
+(:class:`~anchor_link.handshake.TrickleBox`; never a key of the channel's frames), ``seq`` its
+nonce. Candidates never travel unauthenticated after the offer (whose clear payload the
+handshake authenticates): a rendezvous cannot inject an address to steer the checks. A
+``candidates`` message that does not open (changed on the way, forged, or replayed: each
+``seq`` opens once) is dropped and counted in :attr:`LinkEndpoint.trickle_refused`; one that
+arrives before this side has the keys waits (up to :data:`MAX_TRICKLE_QUEUED`). A link fails
+with "no candidate to offer" only once gathering completed without any.
 
 The answerer sends its accept once the confirm proved the offerer's identity and that identity
 passed its trust checks; the offerer opens its channel only once the accept verified, so a
@@ -121,6 +140,7 @@ from anchor_ice.aio.connection import (
     make_nominator,
 )
 from anchor_ice.aio.gather import TurnServerConfig, turn_server_configs
+from anchor_ice.candidate import Candidate
 from anchor_ice.events import PairInfo
 from anchor_ice.nominator import Nominator
 from anchor_link.aio.signal import (
@@ -131,7 +151,7 @@ from anchor_link.aio.signal import (
     SignallingClosed,
     SignallingError,
 )
-from anchor_link.handshake import HandshakeFailed, LinkHandshake, link_prologue
+from anchor_link.handshake import HandshakeFailed, LinkHandshake, TrickleBox, link_prologue
 from anchor_link.identity import Identity, format_public, load_identity
 from anchor_link.reliable import (
     DEFAULT_MAX_MESSAGE,
@@ -190,11 +210,13 @@ BYE_TIMEOUT = 2.0
 HISTORY_LIMIT = 1024
 """Life-cycle events :attr:`LinkEndpoint.history` keeps: the latest ones (about two per link),
 so that a long-running endpoint's memory does not grow with the links it formed."""
-DESCRIPTION_VERSION = 3
+DESCRIPTION_VERSION = 4
 """``v`` of the descriptions this module sends (2: the Noise handshake; 3: the channel's
-frame format with a receive window in every ACK)."""
+frame format with a receive window in every ACK; 4: trickled candidates, RFC 8838)."""
 REPLAY_MEMORY = 4096
 """Offers (by their ephemeral key) an endpoint remembers to refuse a replay of."""
+MAX_TRICKLE_QUEUED = 64
+"""``candidates`` messages a link keeps until it can open them; more are dropped."""
 
 _WAY_OUT = {
     "gateway": "; add a TURN server (turn=[...]) for a relayed candidate, a STUN server that"
@@ -250,6 +272,14 @@ class _Link:
         self.peer_gone = False
         self.final_event: LinkEvent | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        # trickle (RFC 8838): local candidates not signalled yet, the peer's sealed ones
+        self.local_pending: list[str] = []
+        self.local_count = 0
+        self.local_end = False
+        self.end_signalled = False
+        self.remote_trickle: deque[dict[str, Any]] = deque()
+        self.box: TrickleBox | None = None
+        self.trickle_wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -409,6 +439,9 @@ class LinkEndpoint:
         """Descriptions received that could not be used (malformed)."""
         self.replays_refused = 0
         """Offers dropped because their handshake message was seen before (a replay)."""
+        self.trickle_refused = 0
+        """Trickled ``candidates`` messages that did not open: changed on the way, replayed
+        or forged (module docstring, "Trickle")."""
 
     # ------------------------------------------------------------------ life cycle
 
@@ -638,12 +671,13 @@ class LinkEndpoint:
             **self._connection_options,
         )
 
-    def _payload(self, conn: Connection) -> bytes:
-        """This side's ICE description: the payload of its handshake message."""
+    def _payload(self, link: _Link, conn: Connection) -> bytes:
+        """This side's ICE description: the payload of its handshake message, with the
+        candidates gathered so far (the rest trickle, module docstring)."""
         description = {
             "ufrag": conn.local_username,
             "pwd": conn.local_password,
-            "candidates": [c.to_sdp() for c in conn.local_candidates],
+            **self._take_local(link),
             "seal": self.seal,
             "mtu": self._mtu,
             "max_message": self._max_message,
@@ -651,6 +685,101 @@ class LinkEndpoint:
             "renomination": True,
         }
         return json.dumps(description, separators=(",", ":")).encode()
+
+    @staticmethod
+    def _take_local(link: _Link) -> dict[str, Any]:
+        """The local candidates not signalled yet, and end-of-candidates once gathering is
+        complete (RFC 8838 §8.2): ``{"candidates": [...], "end": bool}``."""
+        candidates, link.local_pending = link.local_pending, []
+        end = link.local_end and not link.end_signalled
+        link.end_signalled = link.end_signalled or end
+        return {"candidates": candidates, "end": end}
+
+    @staticmethod
+    def _local_candidate(link: _Link, candidate: Candidate | None) -> None:
+        """The connection's candidate handler: a candidate to signal, None at the end."""
+        if candidate is None:
+            link.local_end = True
+        else:
+            link.local_pending.append(candidate.to_sdp())
+            link.local_count += 1
+        link.trickle_wake.set()
+
+    async def _gathering(self, link: _Link, conn: Connection) -> None:
+        """Gathering to its end, concurrently with the handshake and the checks; a link
+        with no candidate to offer at all fails (and tells the peer)."""
+        loop = asyncio.get_running_loop()
+        try:
+            await conn.gather_candidates()
+        except (AnchorError, OSError) as exc:
+            reason = f"gathering failed: {type(exc).__name__}: {exc}"
+        else:
+            if link.local_count:
+                return
+            failures = "; ".join(
+                f"{f.kind} {f.server or f.base}: {f.reason}" for f in conn.gather_failures
+            )
+            reason = (
+                f"no candidate to offer under the {self.policy} policy"
+                + (f" ({failures})" if failures else "")
+                + _WAY_OUT.get(self.policy, "")
+            )
+        if link.machine.state is LinkState.FORMING:
+            link.machine.fail(reason, loop.time())
+            link.kick()
+            await self._reject(link, reason, auth=False)
+
+    async def _trickle(self, link: _Link, conn: Connection) -> None:
+        """After the handshake: this side's later candidates out, sealed, as they are found;
+        the peer's sealed ones in (module docstring, "Trickle")."""
+        mailbox, box = self._mailbox, link.box
+        assert mailbox is not None and box is not None
+        while True:
+            if link.local_pending or (link.local_end and not link.end_signalled):
+                later = json.dumps(self._take_local(link), separators=(",", ":")).encode()
+                with contextlib.suppress(SignallingError, HandshakeFailed):
+                    # HandshakeFailed: out of sequence numbers (MAX_TRICKLE_MESSAGES)
+                    seq, sealed = box.seal(later)
+                    message = self._message(link, "candidates", seq=seq, box=_b64(sealed))
+                    await mailbox.publish(link.peer, message)
+            while link.remote_trickle:
+                received = link.remote_trickle.popleft()
+                try:
+                    payload = box.open(received.get("seq"), _field(received, "box"))
+                except HandshakeFailed:
+                    self.trickle_refused += 1  # changed on the way, replayed or forged
+                    continue
+                try:
+                    await self._add_candidates(conn, _description(payload))
+                except _FormError:
+                    self.signalling_dropped += 1
+                except AnchorError:  # the connection is closing: the link ends anyway
+                    return
+            link.trickle_wake.clear()
+            if link.local_pending or link.remote_trickle:
+                continue
+            await link.trickle_wake.wait()
+
+    @staticmethod
+    async def _add_candidates(conn: Connection, body: Mapping[str, Any]) -> None:
+        """The peer's candidates (and its end-of-candidates) into the connection."""
+        candidates = body.get("candidates")
+        if not isinstance(candidates, list):
+            raise _FormError("malformed candidates from the peer")
+        for text in candidates:
+            if not isinstance(text, str):
+                continue
+            with contextlib.suppress(AnchorError, ValueError):
+                await conn.add_remote_candidate(text)
+        if body.get("end") is True:
+            await conn.add_remote_candidate(None)  # end-of-candidates (RFC 8838 §13)
+
+    def _start_trickle(self, link: _Link, conn: Connection, handshake: LinkHandshake) -> None:
+        """The handshake is complete: later candidates go sealed from now on."""
+        link.box = handshake.trickle_box()
+        link.tasks["trickle"] = asyncio.get_running_loop().create_task(
+            self._trickle(link, conn), name=f"anchor {self.name}->{link.peer}: trickle"
+        )
 
     def _message(self, link: _Link, kind: str, **fields: Any) -> dict[str, Any]:
         return {"type": kind, "v": DESCRIPTION_VERSION, "link": link.id, **fields}
@@ -694,19 +823,16 @@ class LinkEndpoint:
                 except HandshakeFailed as exc:
                     raise _FormError(f"unusable offer: {exc}") from None
             conn = link.conn = self._connection(controlling=offer is None)
-            await conn.gather_candidates()
-            if not conn.local_candidates:
-                failures = "; ".join(
-                    f"{f.kind} {f.server or f.base}: {f.reason}" for f in conn.gather_failures
-                )
-                raise _FormError(
-                    f"no candidate to offer under the {self.policy} policy"
-                    + (f" ({failures})" if failures else "")
-                    + _WAY_OUT.get(self.policy, "")
-                )
+            # Trickle (RFC 8838): gathering goes on while the handshake runs and the checks
+            # start; the description carries the candidates known when it is written.
+            conn.set_candidate_handler(lambda candidate: self._local_candidate(link, candidate))
+            await conn.start_gathering()
+            link.tasks["gather"] = loop.create_task(
+                self._gathering(link, conn), name=f"anchor {self.name}->{link.peer}: gather"
+            )
             if remote_offer is None:
-                # offerer: -> e (our description); <- e, ee, s, es; -> s, se
-                noise = handshake.write_message(self._payload(conn))
+                # offerer: -> e (our description); <- e, ee, s, es; -> s, se (later candidates)
+                noise = handshake.write_message(self._payload(link, conn))
                 await mailbox.publish(link.peer, self._message(link, "offer", noise=_b64(noise)))
                 answer = await link.answer
                 try:
@@ -714,20 +840,24 @@ class LinkEndpoint:
                 except HandshakeFailed as exc:
                     raise _AuthError(f"the answer did not authenticate ({exc})") from None
                 self._verify_peer(link, handshake)
-                confirm = handshake.write_message(b"")
                 mtu, max_message = await self._apply(conn, remote)
+                later = json.dumps(self._take_local(link), separators=(",", ":")).encode()
+                confirm = handshake.write_message(later)
                 await mailbox.publish(link.peer, self._message(link, "confirm", noise=_b64(confirm)))
+                self._start_trickle(link, conn, handshake)
             else:
                 # answerer: <- e, ee, s, es (our description); -> s, se; <- accept
                 mtu, max_message = await self._apply(conn, remote_offer)
-                noise = handshake.write_message(self._payload(conn))
+                noise = handshake.write_message(self._payload(link, conn))
                 await mailbox.publish(link.peer, self._message(link, "answer", noise=_b64(noise)))
                 confirm_body = await link.answer
                 try:
-                    handshake.read_message(_noise(confirm_body))
+                    later = handshake.read_message(_noise(confirm_body))
                 except HandshakeFailed as exc:
                     raise _AuthError(f"the confirm did not authenticate ({exc})") from None
                 self._verify_peer(link, handshake)
+                await self._add_candidates(conn, _description(later))
+                self._start_trickle(link, conn, handshake)
                 accept = self._message(link, "accept", mac=_b64(handshake.accept_message()))
                 await mailbox.publish(link.peer, accept)
             await conn.connect()
@@ -820,12 +950,7 @@ class LinkEndpoint:
         conn.renomination = remote.get("renomination") is True
         conn.remote_username = ufrag
         conn.remote_password = pwd
-        for text in candidates:
-            if not isinstance(text, str):
-                continue
-            with contextlib.suppress(AnchorError, ValueError):
-                await conn.add_remote_candidate(text)
-        await conn.add_remote_candidate(None)
+        await self._add_candidates(conn, remote)  # the rest trickle
         return mtu, max_message
 
     async def _read(self, link: _Link, conn: Connection) -> None:
@@ -993,6 +1118,14 @@ class LinkEndpoint:
                 link.peer_gone = True
                 link.machine.abort(f"{DissolveReason.PEER}: {reason}", loop.time())
                 link.kick()
+        elif kind == "candidates":
+            if link is None or body.get("link") != link.id:
+                return
+            if len(link.remote_trickle) >= MAX_TRICKLE_QUEUED:
+                self.signalling_dropped += 1
+                return
+            link.remote_trickle.append(body)  # opened by the trickle task, once it has keys
+            link.trickle_wake.set()
         elif kind in ("answer", "confirm", "accept"):
             if link is None or body.get("link") != link.id:
                 return
