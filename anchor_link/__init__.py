@@ -19,6 +19,7 @@ from anchor_link.aio.signal import (
     WebSocketSignalling,
 )
 from anchor_link.congestion import (
+    Cubic,
     NewReno,
     Pacer,
 )
@@ -82,6 +83,7 @@ from anchor_link.trust import (
 __all__ = [
     "AuthenticationFailed",
     "CloseReason",
+    "Cubic",
     "DissolveReason",
     "FrameSealer",
     "HandshakeFailed",

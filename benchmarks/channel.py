@@ -10,7 +10,7 @@ after a warm-up. Three senders take turns:
 ``anchor``
     Two :class:`~anchor_link.reliable.ReliableChannel` endpoints with their defaults (MTU
     1200, send window 128 frames, RACK-TLP loss recovery over SACK, RFC 6298 RTO with
-    ``rto_min`` 0.2 s behind it, NewReno congestion control and pacing), pumped by a minimal adapter: every datagram of a batch goes
+    ``rto_min`` 0.2 s behind it, CUBIC congestion control and pacing), pumped by a minimal adapter: every datagram of a batch goes
     to ``receive_datagram``, then events are read (the message bytes counted once per batch),
     ``datagrams_to_send`` is sent and one ``loop.call_at`` timer follows ``next_timer()``. The
     sender refills its window whenever :class:`~anchor_link.reliable.SendWindowOpen` says there
@@ -19,7 +19,7 @@ after a warm-up. Three senders take turns:
     The same, with the sender's adapter dropping each outgoing frame with probability 0.05
     (``random.Random`` seeded per sample, so every sample drops the same frames); the core is
     not told. The receiver's ACKs are not dropped. Since the channel has congestion control
-    (RFC 8085 §3.1), random loss is a congestion signal to it: it backs off as NewReno does,
+    (RFC 8085 §3.1), random loss is a congestion signal to it: it backs off as CUBIC does,
     so this row measures that, not only the cost of recovery.
 ``raw``
     Raw asyncio UDP: the sender ``send``\\ s :data:`MESSAGE`-byte datagrams and the receiver
