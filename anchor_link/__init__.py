@@ -23,6 +23,10 @@ from anchor_link.congestion import (
     NewReno,
     Pacer,
 )
+from anchor_link.delivery import (
+    MessagesUndelivered,
+    UndeliveredMessages,
+)
 from anchor_link.handshake import (
     HandshakeFailed,
     LinkHandshake,
@@ -107,6 +111,7 @@ __all__ = [
     "Mailbox",
     "MessageReceived",
     "MessageTooLarge",
+    "MessagesUndelivered",
     "NewReno",
     "Pacer",
     "PeerAuthenticationError",
@@ -130,6 +135,7 @@ __all__ = [
     "SignallingError",
     "Trust",
     "TrustPolicy",
+    "UndeliveredMessages",
     "WebSocketSignalling",
     "default_identity_path",
     "format_public",

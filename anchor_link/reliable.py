@@ -483,6 +483,10 @@ class ReliableStats:
     """Messages accepted by ``send()``."""
     messages_received: int = 0
     """Messages delivered as :class:`MessageReceived`."""
+    messages_acked: int = 0
+    """Messages sent whose every frame the peer acknowledged cumulatively: delivered to the
+    peer's application (its channel delivers a message once its last frame is in order),
+    in the order they were sent."""
     bytes_sent: int = 0
     """Message bytes accepted by ``send()``."""
     bytes_received: int = 0
@@ -741,6 +745,12 @@ class ReliableChannel:
             persistent_congestion=cc.persistent_congestion,
             peer_window=max(0, self._snd_limit - self._snd_sent),
         )
+
+    @property
+    def messages_acked(self) -> int:
+        """Messages sent whose every frame the peer acknowledged cumulatively (delivered to
+        it, in order): :attr:`ReliableStats.messages_acked` without a snapshot."""
+        return self._stats.messages_acked
 
     @property
     def congestion(self) -> CongestionController:
@@ -1568,8 +1578,11 @@ class ReliableChannel:
         recovery_start = self._cc.recovery_start
         if advanced:
             pop = out.pop
+            delivered = 0  # messages whose LAST frame the cumulative point passed
             for seq in range(una, cum):
                 done = pop(seq)
+                if done.type & _LAST:
+                    delivered += 1
                 if done.sacked:
                     continue
                 newly = True
@@ -1587,6 +1600,7 @@ class ReliableChannel:
             if retransmit:
                 retransmit.difference_update(range(una, cum))
             self._snd_una = cum
+            self._stats.messages_acked += delivered
         for start, end in ranges:
             for seq in range(start, end):
                 sacked = out[seq]
