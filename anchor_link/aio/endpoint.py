@@ -686,6 +686,15 @@ class LinkEndpoint:
         link = self._links.get(peer)
         return link.machine.state if link is not None else None
 
+    def pending(self, peer: str | None = None) -> int:
+        """Messages accepted by :meth:`send` (to ``peer``, or to anyone) and not acknowledged
+        yet: in flight on a link, or carried from a broken one to the next (module
+        docstring, "Across links")."""
+        if peer is not None:
+            outbox = self._outboxes.get(peer)
+            return outbox.pending if outbox is not None else 0
+        return sum(outbox.pending for outbox in self._outboxes.values())
+
     def active_peers(self) -> list[str]:
         """Peers with a link (forming, open or closing)."""
         return list(self._links)
