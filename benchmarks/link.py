@@ -6,7 +6,9 @@ this process on the in-process signalling hub, ``policy="standard"`` on 127.0.0.
 host/host pair), the link formed by a first message; then the sender calls ``await a.send("b", message)``
 :data:`MESSAGES` times as fast as the link lets it (``send`` waits while the channel's
 window is full) and the clock stops when the receiver's ``on_message`` has seen them all.
-Every message is :data:`SIZE` bytes, one frame of the default MTU even when sealed. Both
+Every message is :data:`SIZE` bytes, one frame of the default MTU even when sealed. The two
+endpoints stand for two hosts: each has its own ICE transaction pacer (RFC 8445 §14.2's
+limit is per host; :mod:`anchor_ice.aio.pacing`). Both
 kinds run, ``seal=True`` (the default) and ``seal=False``, :data:`RUNS` times each in
 alternation (quick: 3), each run with new endpoints; medians of messages per second, MB per
 second and CPU microseconds of this process per message (both ends together).
@@ -30,6 +32,7 @@ import time
 
 from anchor_cli.common import free_loopback_port
 from anchor_ice.aio.gather import TurnServerConfig
+from anchor_ice.aio.pacing import TransactionPacer
 from anchor_link.aio.endpoint import LinkEndpoint
 from anchor_link.aio.signal import InProcessSignalling
 from anchor_turn.aio.server import TurnServerRunner, loopback_runner
@@ -63,8 +66,13 @@ async def one_run(seal: bool, messages: int = MESSAGES, relay: bool = False) -> 
         if seen[0] >= messages + 1:
             done.set()
 
-    a = LinkEndpoint("a", hub, **options)  # type: ignore[arg-type]
-    b = LinkEndpoint("b", hub, on_message=on_message, **options)  # type: ignore[arg-type]
+    # Two hosts modelled in one process: each its own ICE transaction pacer (RFC 8445 §14.2
+    # limits a host's agents together, anchor_ice.aio.pacing).
+    a = LinkEndpoint("a", hub, connection_options={"pacer": TransactionPacer()}, **options)  # type: ignore[arg-type]
+    b = LinkEndpoint(
+        "b", hub, on_message=on_message, connection_options={"pacer": TransactionPacer()},
+        **options,  # type: ignore[arg-type]
+    )  # fmt: skip
     payload = bytes(SIZE)
     try:
         await a.start()
