@@ -129,6 +129,8 @@ TARGETS: dict[tuple[str, str], Target] = {
     ("relay", "coturn"): Target(0.4),
     ("channel", "raw"): Target(0.5),
     ("channel", "tcp-friendly"): Target(0.5),
+    ("channel", "bottleneck"): Target(0.9),
+    ("channel", "drops"): Target(5.0, higher_is_better=False, on="anchor"),
     ("scale", "per-item"): Target(FLAT, higher_is_better=False),
     ("scale", "rss"): Target(300.0, higher_is_better=False, on="anchor"),
     ("link", "aiortc"): Target(5.0),
@@ -140,7 +142,9 @@ checks >= 3x aioice and >= 0.6x the raw echo; connect median <= 5 ms (Anchor's o
 relay >= 0.4x coturn; channel >= 0.5x raw UDP clean and, at 5 % loss, >= 0.5x the
 TCP-friendly rate at that loss and its own RTT (RFC 5348 §3.1; issue 8 said >= 0.7x of its
 clean figure, which no congestion-controlled channel meets: random loss is a congestion
-signal to it since issue 17, RFC 8085 §3.1, and bounds its rate far below its clean figure); scale: per-item cost flat (:data:`FLAT`) and < 300 MB of RSS at 10,000
+signal to it since issue 17, RFC 8085 §3.1, and bounds its rate far below its clean figure);
+as root, through a 20 Mbit/s tbf bottleneck (issue 17): goodput >= 0.9x a kernel TCP flow's
+on the same bottleneck, and at most 5 % of the packets dropped there; scale: per-item cost flat (:data:`FLAT`) and < 300 MB of RSS at 10,000
 allocations. Issue 22 (aiortc on Anchor, no figure set there): the data channel opens within
 3x aioice's time (Anchor paces checks at RFC 8445's 50 ms, since aiortc signals no Ta,
 where aioice uses a fixed 20 ms) and carries at least as many messages per second. Issue 17:

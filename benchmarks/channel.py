@@ -420,8 +420,11 @@ def rows(loop_name: str, runs: dict[str, list[dict[str, float]]]) -> list[Result
 
 
 def measure(quick: bool) -> list[Result]:
-    """Goodput in MB/s: clean vs raw UDP, and at 5 % loss vs clean."""
-    return rows(*run_samples(quick))
+    """Goodput in MB/s: clean vs raw UDP, and at 5 % loss vs the TCP-friendly rate; as
+    root, the bottleneck rows too (:mod:`benchmarks.bottleneck`)."""
+    from . import bottleneck
+
+    return [*rows(*run_samples(quick)), *bottleneck.measure(quick)]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -242,6 +242,8 @@ def test_every_metric_is_implemented_and_every_row_kind_has_a_target() -> None:
     rows.append(row("aiortc", "open: aiortc 1.16.0 on aioice 0.13.0; data channel open", "ms"))
     rows.append(row("aiortc", "rate: aiortc 1.16.0 on aioice 0.13.0; 500 messages", "msg/s"))
     rows.append(row("link", "aiortc 1.16.0 RTCDataChannel (DTLS + SCTP on aioice)", "msg/s"))
+    rows.append(row("channel", "bottleneck: kernel TCP (cubic) alone on the same", "Mbit/s"))
+    rows.append(row("channel", "drops: kernel TCP's share of packets dropped", "% dropped"))
     for item in _check_rows(rows):
         assert benchmarks.target_of(item) is not None, item
     assert [r["unit"] for r in scale.rows(stats)] == ["µs/alloc", "µs/alloc", "KB/alloc", "MB"]
