@@ -41,7 +41,7 @@ class TransactionPacer:
     """Sends new STUN transactions at least ``interval`` seconds apart, in the order they
     were submitted (module docstring)."""
 
-    __slots__ = ("_next", "_queue", "_timer", "interval", "submitted")
+    __slots__ = ("_next", "_queue", "_timer", "interval", "last_sent", "submitted")
 
     def __init__(self, interval: float = MIN_INTERVAL) -> None:
         if interval < 0:
@@ -53,6 +53,9 @@ class TransactionPacer:
         self._timer: asyncio.TimerHandle | None = None
         self.submitted = 0
         """Transactions submitted so far."""
+        self.last_sent: float | None = None
+        """The loop time the pacer let the latest transaction go at (its decision; the
+        datagram leaves during the same callback)."""
 
     @property
     def waiting(self) -> int:
@@ -72,6 +75,7 @@ class TransactionPacer:
         now = loop.time()
         if not self._queue and now >= self._next:
             self._next = now + self.interval
+            self.last_sent = now
             send()
             return
         self._queue.append(send)
@@ -84,6 +88,7 @@ class TransactionPacer:
         now = loop.time()
         if now >= self._next and self._queue:
             self._next = now + self.interval
+            self.last_sent = now
             self._queue.popleft()()
         if self._queue:
             self._timer = loop.call_at(self._next, self._release)
