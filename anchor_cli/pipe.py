@@ -19,8 +19,12 @@ unverified, with the identity it proved.
 It exits 0 once stdin is at its end and a link has come and gone: the link dissolves
 ``--idle`` seconds after the last data either way, so a sender exits that long after its
 input ends, and a side with nothing to send (``< /dev/null``) exits when the peer's link to it
-has dissolved. Exit 1 (one line on stderr) when the link cannot be formed, 2 for a usage
-mistake. ``-v`` prints the link's events on stderr (formed, moved to a better pair,
+has dissolved. Data accepted on a link that breaks goes again on the next link to the peer,
+formed at once (exactly once, in order: :mod:`anchor_link.delivery`); when none can be formed
+within ``--delivery-timeout`` seconds, stderr says which bytes of stdin were not delivered
+("N bytes of input undelivered to B (bytes X-Y of stdin, ...)") and the exit status is 1.
+Exit 1 (one line on stderr) when the link cannot be formed, 2 for a usage mistake. ``-v``
+prints the link's events on stderr (formed, moved to a better pair,
 dissolved, failed), and when the first message was sent and received, on the machine's
 monotonic clock (so that two pipes on one machine can measure its latency).
 """
@@ -52,6 +56,7 @@ __all__ = ["add_parser", "main", "run"]
 
 DEFAULT_CHUNK = 16384
 DEFAULT_PIPE_IDLE = 5.0
+DEFAULT_PIPE_DELIVERY = 60.0
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -77,6 +82,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                       help="gather host candidates on this address only; repeatable")
     pipe.add_argument("--idle", type=float, default=DEFAULT_PIPE_IDLE, metavar="SECONDS",
                       help=f"idle timeout of the link (default {DEFAULT_PIPE_IDLE:g})")
+    pipe.add_argument("--delivery-timeout", type=float, default=DEFAULT_PIPE_DELIVERY,
+                      metavar="SECONDS",
+                      help="how long data accepted on a link that broke waits for a new link "
+                      f"to the peer before it is given up (default {DEFAULT_PIPE_DELIVERY:g})")
     pipe.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, metavar="BYTES",
                       help=f"largest message read from stdin (default {DEFAULT_CHUNK})")
     pipe.add_argument("--identity", metavar="FILE",
@@ -98,6 +107,8 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--name and --peer must differ")
     if not 0 < args.idle <= 3600:
         raise UsageError("--idle must be in (0, 3600] seconds")
+    if not 0 < args.delivery_timeout <= 3600:
+        raise UsageError("--delivery-timeout must be in (0, 3600] seconds")
     if not 1 <= args.chunk <= 65536:
         raise UsageError("--chunk must be in 1..65536")
     try:
@@ -212,6 +223,7 @@ async def run(args: argparse.Namespace) -> int:
     """Run ``anchor pipe``; returns the exit status."""
     from anchor_link.aio.endpoint import LinkEndpoint
     from anchor_link.aio.signal import WebSocketSignalling
+    from anchor_link.delivery import MessagesUndelivered
     from anchor_link.state import LinkDissolved, LinkEvent, LinkFailed, LinkFormed, LinkMoved
 
     cfg = _config(args)
@@ -219,6 +231,8 @@ async def run(args: argparse.Namespace) -> int:
     out = _Output(sys.stdout.buffer)
     await out.open()
     failures: list[str] = []
+    undelivered: list[str] = []
+    accepted = [0]  # bytes of stdin the endpoint accepted so far
 
     first_received: set[str] = set()
 
@@ -233,6 +247,15 @@ async def run(args: argparse.Namespace) -> int:
     def on_event(event: LinkEvent) -> None:
         if isinstance(event, LinkFailed):
             failures.append(event.reason)
+        if isinstance(event, MessagesUndelivered):
+            # The undelivered messages are the latest ones accepted: a suffix of the input.
+            size = sum(len(m) for m in event.messages)
+            undelivered.append(
+                f"{size} bytes of input undelivered to {event.peer} (bytes "
+                f"{accepted[0] - size}-{accepted[0]} of stdin, {len(event.messages)} "
+                f"messages): {event.reason}"
+            )
+            print(f"anchor pipe: {undelivered[-1]}", file=sys.stderr, flush=True)
         if isinstance(event, LinkFormed) and event.trust == "unverified":
             print(f"anchor pipe: {event.peer} is unverified: it proved {event.peer_identity} "
                   f"(pin it with --trust {event.peer}={event.peer_identity})",
@@ -272,6 +295,7 @@ async def run(args: argparse.Namespace) -> int:
         turn=cfg["turn"],
         policy=args.policy,
         idle_timeout=args.idle,
+        delivery_timeout=args.delivery_timeout,
         host_ips=args.host_ip or None,
         on_message=on_message,
         on_event=on_event,
@@ -289,13 +313,17 @@ async def run(args: argparse.Namespace) -> int:
                       f"{time.monotonic():.6f} s", file=sys.stderr, flush=True)  # fmt: skip
             first = False
             await anchor.send(args.peer, data)
-        # stdin ended: wait until a link has come and gone and none is left.
+            accepted[0] += len(data)
+        # stdin ended: wait until a link has come and gone, none is left, and nothing
+        # accepted is still waiting for a link (anchor_link.delivery).
         while True:
             ended = [e for e in anchor.history if isinstance(e, LinkDissolved | LinkFailed)]
-            if ended and not anchor.active_peers():
+            if ended and not anchor.active_peers() and not anchor.pending():
                 break
             await anchor.wait_for(LinkEvent, after=anchor.events_recorded)
     await out.flush()
+    if undelivered:
+        raise AnchorError(undelivered[-1])
     if failures and not any(isinstance(e, LinkDissolved) for e in anchor.history):
         raise AnchorError(f"link to {args.peer!r} failed: {failures[-1]}")
     return 0

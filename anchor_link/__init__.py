@@ -20,8 +20,13 @@ from anchor_link.aio.signal import (
     WebSocketSignalling,
 )
 from anchor_link.congestion import (
+    Cubic,
     NewReno,
     Pacer,
+)
+from anchor_link.delivery import (
+    MessagesUndelivered,
+    UndeliveredMessages,
 )
 from anchor_link.handshake import (
     HandshakeFailed,
@@ -85,6 +90,7 @@ from anchor_link.trust import (
 __all__ = [
     "AuthenticationFailed",
     "CloseReason",
+    "Cubic",
     "DissolveReason",
     "FrameSealer",
     "HandshakeFailed",
@@ -109,6 +115,7 @@ __all__ = [
     "Mailbox",
     "MessageReceived",
     "MessageTooLarge",
+    "MessagesUndelivered",
     "NewReno",
     "Pacer",
     "PeerAuthenticationError",
@@ -134,6 +141,7 @@ __all__ = [
     "TrickleBox",
     "Trust",
     "TrustPolicy",
+    "UndeliveredMessages",
     "WebSocketSignalling",
     "default_identity_path",
     "format_public",

@@ -24,10 +24,13 @@ Buffered frames go out at ``datagrams_to_send`` calls, retransmissions first, as
 allow:
 
 - Congestion control (:mod:`anchor_link.congestion`, RFC 9002 §7; RFC 8085 §3.1 requires it of
-  bulk UDP): NewReno's window in bytes, ten frames at first, doubled every round trip in slow
-  start, halved once per round trip in which RACK finds frames lost, one frame more per round
-  trip in congestion avoidance, and back to two frames on persistent congestion (lost frames
-  spanning 3 x (SRTT + 4 RTTVAR) with nothing delivered in between) or an RTO expiry. A frame
+  bulk UDP): a window in bytes, ten frames at first, doubled every round trip in slow start,
+  reduced once per round trip in which RACK finds frames lost, and back to two frames on
+  persistent congestion (lost frames spanning 3 x (SRTT + 4 RTTVAR) with nothing delivered in
+  between) or an RTO expiry. By default CUBIC (RFC 9438, Linux TCP's controller): a loss
+  reduces the window to 0.7 of itself, and congestion avoidance follows CUBIC's cubic function
+  of the time since that loss, never below Reno's growth; ``congestion_control="newreno"``:
+  halved, then one frame more per round trip (RFC 9002 §7.3). A frame
   leaves only when the bytes in flight (DATA and FIN frames sent, neither acknowledged nor
   found lost) stay within the window. Tail-loss probes are not held (RFC 9002 §7.5): they
   resend a frame still counted in flight.
@@ -192,7 +195,13 @@ from typing import Protocol
 
 import crc32c as _crc32c
 
-from anchor_link.congestion import NewReno, Pacer, initial_window
+from anchor_link.congestion import (
+    CONGESTION_CONTROLLERS,
+    DEFAULT_CONGESTION_CONTROL,
+    CongestionController,
+    Pacer,
+    initial_window,
+)
 from anchor_stun.errors import AnchorError, LocalProtocolError
 from anchor_stun.events import StunEvent
 
@@ -474,6 +483,10 @@ class ReliableStats:
     """Messages accepted by ``send()``."""
     messages_received: int = 0
     """Messages delivered as :class:`MessageReceived`."""
+    messages_acked: int = 0
+    """Messages sent whose every frame the peer acknowledged cumulatively: delivered to the
+    peer's application (its channel delivers a message once its last frame is in order),
+    in the order they were sent."""
     bytes_sent: int = 0
     """Message bytes accepted by ``send()``."""
     bytes_received: int = 0
@@ -567,7 +580,9 @@ class ReliableChannel:
     - ``seal``: a :class:`FrameSealer` (e.g. :class:`anchor_link.seal.Sealer`), or None for
       plaintext frames;
     - ``rng``: random bytes, used for the first byte of sealed frames;
-    - ``now``: when the channel opened; starts the idle clock (None: at the first activity).
+    - ``now``: when the channel opened; starts the idle clock (None: at the first activity);
+    - ``congestion_control``: ``"cubic"`` (default, RFC 9438) or ``"newreno"`` (RFC 9002 §7),
+      :data:`~anchor_link.congestion.CONGESTION_CONTROLLERS`.
 
     Bad arguments raise :class:`~anchor_stun.errors.LocalProtocolError`.
     """
@@ -589,6 +604,7 @@ class ReliableChannel:
         now: float | None = None,
         peer_receive_window: int | None = None,
         manual_release: bool = False,
+        congestion_control: str = DEFAULT_CONGESTION_CONTROL,
     ) -> None:
         overhead = seal.overhead if seal is not None else 0
         if not _MIN_MTU <= mtu <= _MAX_MTU:
@@ -627,6 +643,12 @@ class ReliableChannel:
             raise LocalProtocolError("idle_timeout must be positive")
         if max_retransmissions < 0:
             raise LocalProtocolError("max_retransmissions must not be negative")
+        controller = CONGESTION_CONTROLLERS.get(congestion_control)
+        if controller is None:
+            raise LocalProtocolError(
+                f"congestion_control must be one of {', '.join(CONGESTION_CONTROLLERS)}, "
+                f"not {congestion_control!r}"
+            )
 
         self._mtu = mtu
         self._payload = payload
@@ -670,8 +692,8 @@ class ReliableChannel:
         self._probes = 0  # probes since the last acknowledgement of anything new
         self._pto_deadline: float | None = None
         self._blocked = False
-        # Congestion control (anchor_link.congestion): NewReno and its pacer.
-        self._cc = NewReno(mtu)
+        # Congestion control (anchor_link.congestion): CUBIC or NewReno, and the pacer.
+        self._cc: CongestionController = controller(mtu)
         self._pacer = Pacer(initial_window(mtu))
         self._pace_deadline: float | None = None  # the pacer holds a frame until then
         self._first_sample_at: float | None = None  # persistent congestion counts after it
@@ -733,7 +755,13 @@ class ReliableChannel:
         )
 
     @property
-    def congestion(self) -> NewReno:
+    def messages_acked(self) -> int:
+        """Messages sent whose every frame the peer acknowledged cumulatively (delivered to
+        it, in order): :attr:`ReliableStats.messages_acked` without a snapshot."""
+        return self._stats.messages_acked
+
+    @property
+    def congestion(self) -> CongestionController:
         """The congestion controller (RFC 9002 §7), for inspection: change nothing in it."""
         return self._cc
 
@@ -1558,8 +1586,11 @@ class ReliableChannel:
         recovery_start = self._cc.recovery_start
         if advanced:
             pop = out.pop
+            delivered = 0  # messages whose LAST frame the cumulative point passed
             for seq in range(una, cum):
                 done = pop(seq)
+                if done.type & _LAST:
+                    delivered += 1
                 if done.sacked:
                     continue
                 newly = True
@@ -1577,6 +1608,7 @@ class ReliableChannel:
             if retransmit:
                 retransmit.difference_update(range(una, cum))
             self._snd_una = cum
+            self._stats.messages_acked += delivered
         for start, end in ranges:
             for seq in range(start, end):
                 sacked = out[seq]
@@ -1602,7 +1634,7 @@ class ReliableChannel:
             self._arm_persist(now)
             return True
         if acked:
-            self._cc.on_acked(acked, growth)
+            self._cc.on_acked(acked, growth, now, self._srtt)
         if first_once is not None and first_once.tx_order < rack_tx:
             self._reordering_seen = True  # delivered after a later frame
         self._backoffs = 0

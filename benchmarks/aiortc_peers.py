@@ -9,6 +9,9 @@ NAME:PASSWORD] [--messages N] [--runs R]`` prints one JSON object per run:
                 "advertised": [candidate types signalled]} for the offerer, the answerer],
      "open_ms": ..., "messages": N, "in_order": true, "messages_per_s": ...}
 
+``--size N`` sends N-byte binary messages instead of short strings (the ``link`` row of
+``anchor bench``, :mod:`benchmarks.link`).
+
 (``anchor``, ``selected_pair`` and ``peers`` describe Anchor's connection under each peer:
 false, null and empty records on aioice).
 
@@ -73,8 +76,21 @@ def _anchor_record(peer: Any) -> dict[str, Any]:
     }
 
 
+def _messages(count: int, size: int | None) -> list[str] | list[bytes]:
+    """The messages of a run: ``"message i"`` strings, or ``size``-byte binary messages
+    (the index in their first 4 bytes) for the ``link`` row."""
+    if size is None:
+        return [f"message {i}" for i in range(count)]
+    return [i.to_bytes(4, "big") + bytes(size - 4) for i in range(count)]
+
+
 async def _run(
-    ice: str, messages: int, turn: str | None, user: str | None, timeout: float
+    ice: str,
+    messages: int,
+    turn: str | None,
+    user: str | None,
+    timeout: float,
+    size: int | None = None,
 ) -> dict[str, Any]:
     from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
@@ -84,7 +100,8 @@ async def _run(
         servers.append(RTCIceServer(f"turn:{turn}", username=name, credential=password))
     offerer = RTCPeerConnection(RTCConfiguration(iceServers=servers))
     answerer = RTCPeerConnection(RTCConfiguration(iceServers=servers))
-    received: list[str] = []
+    received: list[Any] = []
+    payloads = _messages(messages, size)
     opened = asyncio.Event()
     done = asyncio.Event()
     try:
@@ -93,7 +110,7 @@ async def _run(
         @answerer.on("datachannel")
         def on_datachannel(remote: Any) -> None:
             @remote.on("message")
-            def on_message(message: str) -> None:
+            def on_message(message: str | bytes) -> None:
                 received.append(message)
                 if len(received) == messages:
                     done.set()
@@ -110,8 +127,8 @@ async def _run(
         await asyncio.wait_for(opened.wait(), timeout)
         open_s = time.perf_counter() - start
         start = time.perf_counter()
-        for i in range(messages):
-            channel.send(f"message {i}")
+        for payload in payloads:
+            channel.send(payload)
         await asyncio.wait_for(done.wait(), timeout)
         transfer_s = time.perf_counter() - start
         sctp = offerer.sctp
@@ -126,7 +143,7 @@ async def _run(
             "peers": [offer_side, answer_side],
             "open_ms": round(open_s * 1000, 3),
             "messages": len(received),
-            "in_order": received == [f"message {i}" for i in range(messages)],
+            "in_order": received == payloads,
             "messages_per_s": round(messages / transfer_s, 1),
         }
     finally:
@@ -134,7 +151,9 @@ async def _run(
         await answerer.close()
 
 
-def sample(ice: str, messages: int, timeout: float = 60.0) -> dict[str, Any]:
+def sample(
+    ice: str, messages: int, timeout: float = 60.0, size: int | None = None
+) -> dict[str, Any]:
     """One run of the two peers on ``ice`` in a process of its own (its JSON object)."""
     import os
     import subprocess
@@ -145,7 +164,7 @@ def sample(ice: str, messages: int, timeout: float = 60.0) -> dict[str, Any]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.aiortc_peers", "--ice", ice,
-         "--messages", str(messages)],
+         "--messages", str(messages), *(["--size", str(size)] if size else [])],
         cwd=root, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     if done.returncode != 0:
@@ -194,12 +213,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--turn", help="IP:PORT of a TURN server on loopback")
     parser.add_argument("--user", help="NAME:PASSWORD for --turn")
     parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--size", type=int, help="binary messages of this many bytes")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
     _install(args.ice, args.policy)
     for _ in range(args.runs):
-        result = asyncio.run(_run(args.ice, args.messages, args.turn, args.user, args.timeout))
+        result = asyncio.run(
+            _run(args.ice, args.messages, args.turn, args.user, args.timeout, args.size)
+        )
         print(json.dumps(result), flush=True)
     return 0
 

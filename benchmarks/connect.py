@@ -28,8 +28,10 @@ and sends its nomination as soon as a check succeeds. So two Anchor rows, both w
   (the Ta = 1 ms row this replaces was below it).
 
 Each sample checks the Ta the agents used (``agent.effective_ta``). The 5 ms floor is for
-all agents of a process taken together; here the two agents stand for two hosts and are
-paced each on its own (the controlled side's first check leaves at the same moment as the
+all agents of a process taken together (one pacer per process by default,
+:mod:`anchor_ice.aio.pacing`); here the two agents stand for two hosts, so each gets a
+:class:`~anchor_ice.aio.pacing.TransactionPacer` of its own (``pacer=``), and they are paced
+each on its own (the controlled side's first check leaves at the same moment as the
 controlling side's). The loop wakes timers with 1 ms granularity (epoll), so the nominating
 check leaves up to about 1 ms after its Ta.
 
@@ -52,6 +54,7 @@ from typing import Any
 
 from anchor_ice.agent import TA, TA_MIN
 from anchor_ice.aio.connection import Connection
+from anchor_ice.aio.pacing import TransactionPacer
 from anchor_ice.candidate import CandidateType
 
 from . import Result, result, rotation
@@ -91,8 +94,9 @@ async def _exchange(a: Any, b: Any, ta: bool = False) -> None:
 async def anchor_sample(signal_ta: bool = False) -> float:
     """Seconds for one Anchor pair with default settings to connect; ``signal_ta``: the
     signalling carries the Ta proposals (see the module docstring)."""
-    a = Connection(True, host_ips=[LOOPBACK], policy="standard")
-    b = Connection(False, host_ips=[LOOPBACK], policy="standard")
+    # Two hosts modelled in one process: a pacer each (RFC 8445 §14.2 is per host).
+    a = Connection(True, host_ips=[LOOPBACK], policy="standard", pacer=TransactionPacer())
+    b = Connection(False, host_ips=[LOOPBACK], policy="standard", pacer=TransactionPacer())
     try:
         await asyncio.gather(a.gather_candidates(), b.gather_candidates())
         start = time.perf_counter()

@@ -27,7 +27,9 @@ at every size), and the RSS at 10,000 allocations with the 300 MB target.
 endpoints on one in-process signalling hub (:class:`~anchor_link.aio.signal.InProcessSignalling`),
 policy ``standard`` on 127.0.0.1 host candidates (no TURN server: the link machinery itself
 — gathering, signalling, ICE, the sealed channel, the dissolve — without allocations), idle
-timeout :data:`LINK_IDLE` s. ``a`` sends one 100-byte message to each peer, all at once;
+timeout :data:`LINK_IDLE` s; each endpoint stands for a host and has its own ICE
+transaction pacer (RFC 8445 §14.2: ``a``'s N links share one, checks 5 ms apart at most).
+``a`` sends one 100-byte message to each peer, all at once;
 once every link is formed and every message delivered the RSS is read (all N links open,
 both ends in this process); then every link dissolves on its own after the idle timeout
 (FIN handshake, sockets closed: ``open_sockets()`` must be 0 on every endpoint). Reported
@@ -174,6 +176,7 @@ def link_child(count: int) -> dict[str, float]:
     """In this (fresh) process: ``count`` ephemeral links formed and dissolved."""
     import asyncio
 
+    from anchor_ice.aio.pacing import TransactionPacer
     from anchor_link.aio.endpoint import LinkDissolved, LinkEndpoint, LinkFailed, LinkFormed
     from anchor_link.aio.signal import InProcessSignalling
 
@@ -189,8 +192,17 @@ def link_child(count: int) -> dict[str, float]:
             "host_ips": ["127.0.0.1"],
             "idle_timeout": LINK_IDLE,
         }
-        a = LinkEndpoint("a", hub, **options)
-        peers = [LinkEndpoint(f"b{i}", hub, on_message=on_message, **options) for i in range(count)]
+
+        # N + 1 hosts modelled in one process: each endpoint its own ICE transaction pacer
+        # (RFC 8445 §14.2 limits a host's agents together: a's N links share one).
+        def host() -> dict[str, Any]:
+            return {"connection_options": {"pacer": TransactionPacer()}}
+
+        a = LinkEndpoint("a", hub, **options, **host())
+        peers = [
+            LinkEndpoint(f"b{i}", hub, on_message=on_message, **options, **host())
+            for i in range(count)
+        ]
         try:
             await a.start()
             for peer in peers:

@@ -9,8 +9,10 @@ import hmac
 import json
 import math
 import os
+import statistics
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -72,7 +74,7 @@ def test_unknown_metric_is_a_usage_error() -> None:
 
 def test_registry_names_every_metric_of_the_contract() -> None:
     assert list(benchmarks.REGISTRY) == [
-        "codec", "checks", "connect", "relay", "channel", "scale", "aiortc"
+        "codec", "checks", "connect", "relay", "channel", "scale", "link", "aiortc"
     ]
     assert benchmarks.names_of(["all"]) == list(benchmarks.REGISTRY)
 
@@ -227,12 +229,15 @@ def test_every_metric_is_implemented_and_every_row_kind_has_a_target() -> None:
         for n in scale.SIZES
     }
     links = {n: {"cpu_ms": 3.0, "kb_per_link": 100.0} for n in scale.LINK_SIZES}
-    runs = {n: [{"goodput": 1e6}] for n in ("raw", "anchor", "anchor_loss")}
+    runs = {n: [{"goodput": 1e6, "srtt": 0.001}] for n in ("raw", "anchor", "anchor_loss")}
     rows = [*scale.rows(stats), *scale.link_rows(links), *channel.rows("asyncio", runs)]
     rows.append(row("connect", "aioice 0.13.0 Connection; anchor at Ta 50 ms", "ms"))
     rows.append(row("relay", "coturn 4.6.1, same load generator"))
     rows.append(row("aiortc", "open: aiortc 1.16.0 on aioice 0.13.0; data channel open", "ms"))
     rows.append(row("aiortc", "rate: aiortc 1.16.0 on aioice 0.13.0; 500 messages", "msg/s"))
+    rows.append(row("link", "aiortc 1.16.0 RTCDataChannel (DTLS + SCTP on aioice)", "msg/s"))
+    rows.append(row("channel", "bottleneck: kernel TCP (cubic) alone on the same", "Mbit/s"))
+    rows.append(row("channel", "drops: kernel TCP's share of packets dropped", "% dropped"))
     for item in _check_rows(rows):
         assert benchmarks.target_of(item) is not None, item
     assert [r["unit"] for r in scale.rows(stats)] == ["µs/alloc", "µs/alloc", "KB/alloc", "MB"]
@@ -378,3 +383,23 @@ def test_the_link_benchmark_delivers_every_message_sealed_and_plain() -> None:
         out = asyncio.run(link.one_run(seal, messages=50, relay=relay))
         assert set(out) == {"msg_per_s", "mb_per_s", "cpu_us_per_msg"}
         assert all(value > 0 for value in out.values())
+
+
+def test_the_loss_row_compares_with_the_tcp_friendly_rate() -> None:
+    """Issue 17: the 5 % loss row's baseline is RFC 5348 §3.1's rate (b = 1, no timeout
+    term) at the lossy runs' own SRTT, s / (R sqrt(2p/3)), not the clean figure."""
+    from benchmarks import channel
+
+    assert channel.tcp_friendly_rate(0.001, 0.05, 1190) == pytest.approx(
+        1190 / (0.001 * (2 * 0.05 / 3) ** 0.5)
+    )
+    runs = {
+        "raw": [{"goodput": 4e6, "srtt": 0.0}],
+        "anchor": [{"goodput": 2e6, "srtt": 0.0005}],
+        "anchor_loss": [{"goodput": 3e6, "srtt": 0.002}, {"goodput": 3e6, "srtt": 0.001}],
+    }
+    clean, lossy = channel.rows("asyncio", runs)
+    assert clean["ratio"] == 0.5
+    friendly = statistics.median(channel.tcp_friendly_rate(r) for r in (0.002, 0.001)) / 1e6
+    assert lossy["baseline"] == pytest.approx(friendly)
+    assert benchmarks.target_of(lossy) == benchmarks.Target(0.5)

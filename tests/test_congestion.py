@@ -1,5 +1,6 @@
-"""Congestion control of the reliable channel (anchor_link.congestion, RFC 9002 §7): the NewReno
-controller and the pacer on their own, then the channel driving them, with a fake clock.
+"""Congestion control of the reliable channel (anchor_link.congestion, RFC 9002 §7, RFC 9438):
+the NewReno and CUBIC controllers and the pacer on their own, then the channel driving them,
+with a fake clock.
 
 Clock values are binary fractions (1/64 s round trips), so every deadline is exact.
 """
@@ -14,7 +15,11 @@ from collections.abc import Callable
 import pytest
 
 from anchor_link.congestion import (
+    CUBIC_ALPHA,
+    CUBIC_BETA,
+    CUBIC_C,
     PACING_GRANULARITY,
+    Cubic,
     NewReno,
     Pacer,
     initial_window,
@@ -117,6 +122,164 @@ def test_persistent_congestion_duration() -> None:
     assert NewReno.persistent_congestion_duration(0.01, 0.0) == pytest.approx(0.033)
 
 
+# --------------------------------------------------------------------------- CUBIC alone
+
+
+def _k(w_max: float, cwnd_epoch: float) -> float:
+    """RFC 9438 §4.2 eq. 2 in seconds, windows in bytes of MDS-byte segments."""
+    return ((w_max - cwnd_epoch) / MDS / 0.4) ** (1 / 3)
+
+
+def _w_cubic(t: float, k: float, w_max: float) -> float:
+    """RFC 9438 §4.2 eq. 1 in bytes."""
+    return 0.4 * (t - k) ** 3 * MDS + w_max
+
+
+def test_cubic_constants_of_rfc_9438() -> None:
+    assert (CUBIC_C, CUBIC_BETA) == (0.4, 0.7)
+    assert CUBIC_ALPHA == pytest.approx(3 * 0.3 / 1.7)  # §4.3: 0.529...
+
+
+def test_cubic_slow_start_then_first_congestion_event() -> None:
+    """Slow start as NewReno's; the first loss: W_max = cwnd, cwnd = ssthresh = 0.7 cwnd,
+    an epoch at ``now`` with K = cbrt((W_max - cwnd_epoch) / C) (RFC 9438 §4.2, §4.6)."""
+    cc = Cubic(MDS)
+    assert (cc.congestion_window, cc.ssthresh, cc.w_max, cc.t_epoch) == (12000, None, None, None)
+    cc.on_sent(12000, blocked=True)
+    cc.on_acked(12000, 12000, now=RTT, srtt=RTT)
+    assert cc.congestion_window == 24000 and cc.in_slow_start
+    cc.bytes_in_flight = 0
+    assert cc.on_lost(0.5, now=1.0)
+    assert (cc.congestion_window, cc.ssthresh) == (16800, 16800)  # 0.7 x 24,000
+    assert (cc.w_max, cc.cwnd_prior, cc.cwnd_epoch, cc.w_est) == (24000, 24000, 16800, 16800)
+    assert cc.t_epoch == 1.0 and cc.k == pytest.approx(15 ** (1 / 3))  # (24000-16800)/1200/0.4
+    assert cc.congestion_events == 1 and not cc.in_slow_start
+    # Losses of the same round trip (sent at or before the recovery start): nothing more.
+    assert not cc.on_lost(1.0, now=1.01)
+    assert cc.congestion_window == 16800 and cc.congestion_events == 1
+
+
+def test_cubic_reno_friendly_concave_and_convex_regions() -> None:
+    """The window at each step of congestion avoidance (RFC 9438 §4.3-§4.5), computed here
+    from the RFC's formulas: Reno-friendly while W_cubic(t) < W_est, then towards
+    W_cubic(t + RTT) by (target - cwnd) / cwnd per segment acknowledged."""
+    cc = Cubic(MDS)
+    cc.on_sent(12000, blocked=True)
+    cc.on_acked(12000, 12000, now=RTT, srtt=RTT)  # 24,000
+    assert cc.on_lost(0.5, now=1.0)  # 16,800, K = cbrt(15)
+    k, w_max = 15 ** (1 / 3), 24000.0
+    cc.bytes_in_flight = 0
+
+    # Reno-friendly region (§4.3): one window acknowledged 1/64 s into the epoch.
+    cc.on_sent(16800, blocked=True)
+    cc.on_acked(16800, 16800, now=1.0 + RTT, srtt=RTT)
+    w_est = 16800 + CUBIC_ALPHA * MDS * 16800 / 16800
+    assert _w_cubic(RTT, k, w_max) < w_est
+    assert cc.w_est == pytest.approx(w_est)
+    assert cc.congestion_window == int(w_est) == 17435  # 16,800 + 0.529 x 1,200
+
+    # Concave region (§4.4): 2 s into the epoch W_cubic(t) = 23,951 is above W_est, and the
+    # window moves towards W_cubic(t + RTT) by (target - cwnd) / cwnd per segment.
+    cwnd = w_est
+    cc.on_sent(1200, blocked=True)
+    cc.on_acked(1200, 1200, now=3.0, srtt=RTT)
+    w_est += CUBIC_ALPHA * MDS * 1200 / cwnd
+    assert _w_cubic(2.0, k, w_max) > w_est
+    target = _w_cubic(2.0 + RTT, k, w_max)
+    assert cwnd < target < w_max
+    cwnd += (target - cwnd) * 1200 / cwnd
+    assert cc.congestion_window == int(cwnd) == 17884  # + (23,956 - 17,435) x 1200 / 17,435
+
+    # Convex region (§4.5): past K the target is above W_max, clamped at 1.5 cwnd.
+    cc.on_sent(1200, blocked=True)
+    cc.on_acked(1200, 1200, now=1.0 + 6.0, srtt=RTT)
+    target = _w_cubic(6.0 + RTT, k, w_max)
+    assert target > 1.5 * cwnd  # 0.4 x 3.53^3 x 1200 + 24000 = 45,165
+    cwnd += (1.5 * cwnd - cwnd) * 1200 / cwnd
+    assert cc.congestion_window == int(cwnd) == 18484  # half a segment more
+
+    # A target below the window does not shrink it (§4.2: clamped at cwnd).
+    cc2 = Cubic(MDS)
+    cc2.on_sent(12000, blocked=True)
+    cc2.on_acked(12000, 12000, now=RTT, srtt=RTT)
+    cc2.on_lost(0.5, now=1.0)
+    cc2.bytes_in_flight = 0
+    cc2.w_est = 0.0  # (forced out of the Reno-friendly region for this check)
+    cc2.on_sent(1200, blocked=True)
+    cc2.on_acked(1200, 1200, now=1.0, srtt=0.0)  # W_cubic(0) = cwnd_epoch: target = cwnd
+    assert cc2.congestion_window == 16800
+
+
+def test_cubic_alpha_becomes_one_past_cwnd_prior() -> None:
+    """RFC 9438 §4.3: once W_est reaches cwnd_prior, alpha_cubic is 1 (Reno's growth)."""
+    cc = Cubic(MDS)
+    cc.on_sent(12000, blocked=True)
+    cc.on_acked(12000, 12000, now=RTT, srtt=RTT)
+    cc.on_lost(0.5, now=1.0)  # cwnd_prior 24,000, W_est 16,800
+    cc.bytes_in_flight = 0
+    cc.w_est = 24000.0  # as if grown that far
+    cc.on_sent(1200, blocked=True)
+    cc.on_acked(1200, 1200, now=1.0 + RTT, srtt=RTT)
+    assert cc.w_est == pytest.approx(24000 + 1.0 * MDS * 1200 / 16800)
+    assert cc.congestion_window == int(cc.w_est)
+
+
+def test_cubic_fast_convergence() -> None:
+    """RFC 9438 §4.7: a congestion event below the previous W_max releases bandwidth:
+    W_max = cwnd x (1 + beta) / 2; at or above it, W_max = cwnd."""
+    cc = Cubic(MDS)
+    cc.on_sent(12000, blocked=True)
+    cc.on_acked(12000, 12000, now=RTT, srtt=RTT)
+    cc.on_lost(0.5, now=1.0)  # W_max 24,000, cwnd 16,800
+    assert cc.on_lost(1.5, now=2.0)  # 16,800 < 24,000
+    assert cc.w_max == pytest.approx(16800 * 1.7 / 2)  # 14,280
+    assert cc.congestion_window == cc.ssthresh == int(16800 * 0.7) == 11760
+    assert cc.k == pytest.approx(_k(14280, 11760))
+    cc.bytes_in_flight = 0
+    cc.on_sent(11760, blocked=True)  # grow it past W_max: far into the convex region
+    cc.on_acked(11760, 11760, now=12.0, srtt=RTT)  # 1.5 x 11,760 (the clamp)
+    assert cc.congestion_window == 17640
+    cc.bytes_in_flight = 0
+    assert cc.on_lost(2.5, now=13.0)  # 17,640 >= W_max 14,280: W_max = cwnd
+    assert cc.w_max == 17640 and cc.congestion_window == int(17640 * 0.7) == 12348
+
+
+def test_cubic_persistent_congestion_and_slow_start_to_a_new_epoch() -> None:
+    """RFC 9438 §4.8 (and RFC 9002 §7.6.2): the minimum window, ssthresh = 0.7 cwnd, slow
+    start; reaching ssthresh starts an epoch there, K from the W_max of the collapse."""
+    cc = Cubic(MDS)
+    cc.on_sent(12000, blocked=True)
+    cc.on_acked(12000, 12000, now=RTT, srtt=RTT)  # 24,000
+    cc.bytes_in_flight = 0
+    cc.on_persistent_congestion(now=1.0)
+    assert (cc.congestion_window, cc.ssthresh, cc.w_max, cc.t_epoch) == (2400, 16800, 24000, None)
+    assert cc.persistent_congestion == 1 and cc.in_slow_start
+    cc.on_sent(2400, blocked=True)
+    cc.on_acked(2400, 2400, now=1.1, srtt=RTT)
+    cc.on_sent(4800, blocked=True)
+    cc.on_acked(4800, 4800, now=1.2, srtt=RTT)
+    cc.on_sent(9600, blocked=True)
+    cc.on_acked(9600, 9600, now=1.3, srtt=RTT)  # 19,200 would pass 16,800: CA from there
+    assert cc.t_epoch == 1.3 and cc.cwnd_epoch == 16800
+    assert cc.k == pytest.approx(_k(24000, 16800))
+    # The 2,400 bytes past ssthresh grow it as congestion avoidance does at t = 0.
+    w_est = 16800 + CUBIC_ALPHA * MDS * 2400 / 16800
+    assert cc.congestion_window == int(w_est)
+    # A loss found with persistent congestion in the same call: the event's ssthresh stands.
+    cc2 = Cubic(MDS)
+    cc2.on_lost(0.5, now=1.0)  # 12,000 -> 8,400
+    cc2.on_persistent_congestion(now=1.0)
+    assert (cc2.congestion_window, cc2.ssthresh, cc2.w_max) == (2400, 8400, 12000)
+
+
+def test_cubic_does_not_grow_a_window_it_does_not_use() -> None:
+    cc = Cubic(MDS)
+    cc.on_lost(0.5, now=1.0)
+    cc.on_sent(1200, blocked=False)
+    cc.on_acked(1200, 1200, now=2.0, srtt=RTT)
+    assert cc.congestion_window == 8400
+
+
 # --------------------------------------------------------------------------- the pacer alone
 
 
@@ -194,8 +357,8 @@ def fill(ch: ReliableChannel, now: float) -> None:
         ch.send(bytes(1190), now)
 
 
-def bulk_path() -> Path:
-    a = ReliableChannel(send_window=1024, now=0.0)
+def bulk_path(congestion_control: str = "cubic") -> Path:
+    a = ReliableChannel(send_window=1024, now=0.0, congestion_control=congestion_control)
     b = ReliableChannel(receive_window=4096, now=0.0)
     path = Path(a, b)
 
@@ -229,11 +392,16 @@ def test_channel_slow_start_doubles_the_window_every_round_trip() -> None:
     assert path.a.stats.retransmissions == 0 and path.a.stats.congestion_events == 0
 
 
-def test_channel_reacts_once_per_round_trip_then_avoids_congestion() -> None:
-    """Three frames of one round trip lost: RACK finds them, the window halves once
-    (RFC 9002 §7.3.2), the losses are repaired, and the window then grows by about one
-    datagram per round trip (§7.3.3), never past the bytes in flight at any send."""
-    path = bulk_path()
+@pytest.mark.parametrize(("controller", "beta"), [("newreno", 0.5), ("cubic", CUBIC_BETA)])
+def test_channel_reacts_once_per_round_trip_then_avoids_congestion(
+    controller: str, beta: float
+) -> None:
+    """Three frames of one round trip lost: RACK finds them, the window is reduced once
+    (halved by NewReno, RFC 9002 §7.3.2; to 0.7 by CUBIC, RFC 9438 §4.6), the losses are
+    repaired, and the window then grows by about one datagram per round trip at most (§7.3.3;
+    CUBIC's Reno-friendly region, RFC 9438 §4.3), never past the bytes in flight at any
+    send."""
+    path = bulk_path(controller)
     path.flush()
     path.run_until(4 * RTT)
     cwnd_before = path.a.stats.congestion_window
@@ -253,7 +421,8 @@ def test_channel_reacts_once_per_round_trip_then_avoids_congestion() -> None:
     s = path.a.stats
     assert len(dropped) == 3 and s.fast_retransmits == 3 and s.timeouts == 0
     assert s.congestion_events == 1
-    assert s.ssthresh is not None and cwnd_before < s.ssthresh * 2 <= 2 * cwnd_before + 2400
+    assert s.ssthresh is not None
+    assert cwnd_before * beta < s.ssthresh <= (2 * cwnd_before + 2400) * beta
     after_loss = s.congestion_window
     path.drop = lambda frame: False
     path.run_until(16 * RTT)

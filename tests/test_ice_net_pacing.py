@@ -14,6 +14,7 @@ import pytest
 
 from anchor_ice.agent import TA, TA_MIN
 from anchor_ice.aio.connection import Connection
+from anchor_ice.aio.pacing import TransactionPacer
 from anchor_ice.candidate import CandidateType
 from anchor_ice.checklist import CandidatePair
 from anchor_ice.nominator import GatewayNominator, NominationView, gateway_pair_possible
@@ -59,8 +60,10 @@ def record_requests(conn: Connection, log: list[tuple[float, Message]]) -> None:
 @pytest.mark.parametrize("signal_ta", [True, False])
 def test_ta_proposals_set_the_pacing_of_both_agents(signal_ta: bool) -> None:
     async def main() -> None:
-        a = Connection(True, host_ips=[LOOPBACK])
-        b = Connection(False, host_ips=[LOOPBACK])
+        # Two hosts modelled in one process: each its own aggregate pacer (RFC 8445 §14.2 is
+        # per host), so that only the agents' own Ta paces what is measured here.
+        a = Connection(True, host_ips=[LOOPBACK], pacer=TransactionPacer())
+        b = Connection(False, host_ips=[LOOPBACK], pacer=TransactionPacer())
         log: list[tuple[float, Message]] = []
         record_requests(a, log)
         try:

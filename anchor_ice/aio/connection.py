@@ -116,6 +116,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -133,6 +134,7 @@ from anchor_ice.aio.gather import (
     host_addresses,
     turn_server_configs,
 )
+from anchor_ice.aio.pacing import TransactionPacer, shared_pacer
 from anchor_ice.candidate import Candidate
 from anchor_ice.events import (
     ConsentLost,
@@ -161,6 +163,9 @@ __all__ = [
 
 SOFTWARE = "anchor 0.1"
 MAX_QUEUED = 4096
+_STUN_HEADER = 20
+_MAGIC_COOKIE = b"\x21\x12\xa4\x42"
+_REQUESTS_REMEMBERED = 1024  # transaction ids whose first transmission was paced
 """Received application datagrams kept for :meth:`Connection.recv`; more are dropped."""
 
 Policy = Literal["gateway", "standard", "relay"]
@@ -229,6 +234,11 @@ class Connection:
       :meth:`close` waits for the allocations' release answers.
     * ``local_username`` / ``local_password``: credentials (drawn at random otherwise).
     * ``agent_options``: more keyword arguments for :class:`~anchor_ice.agent.IceAgent`.
+    * ``pacer``: the :class:`~anchor_ice.aio.pacing.TransactionPacer` that spaces the new
+      STUN requests of this connection and every other sharing it 5 ms apart (RFC 8445
+      §14.2); default: the one of the event loop, shared by all its connections
+      (:func:`~anchor_ice.aio.pacing.shared_pacer`); :data:`~anchor_ice.aio.pacing.UNPACED`
+      opts out (labs).
     """
 
     def __init__(
@@ -261,6 +271,7 @@ class Connection:
         local_password: str | None = None,
         rng: Callable[[int], bytes] = os.urandom,
         agent_options: Mapping[str, Any] | None = None,
+        pacer: TransactionPacer | None = None,
     ) -> None:
         if isinstance(host_ips, str):
             raise LocalProtocolError("host_ips is an iterable of addresses, not one string")
@@ -324,6 +335,8 @@ class Connection:
         self._channels: set[tuple[Address, Address]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._pump_: CorePump | None = None
+        self._pacer = pacer  # None: the loop's shared pacer, found at the first request
+        self._requests_sent: OrderedDict[bytes, None] = OrderedDict()  # transaction ids
         self._waiters: set[asyncio.Future[None]] = set()
         self._queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
         self._data_handler: Callable[[bytes, int], None] | None = None
@@ -863,6 +876,33 @@ class Connection:
         return handler
 
     def _send_transmit(self, transmit: Transmit) -> None:
+        """Send the agent's datagram; the first transmission of a new STUN request waits for
+        its slot of the pacer (RFC 8445 §14.2, :mod:`anchor_ice.aio.pacing`)."""
+        data = transmit.data
+        if (
+            len(data) >= _STUN_HEADER
+            and data[0] < 4
+            and data[0] & 0x01 == 0
+            and data[1] & 0x10 == 0  # class bits C1 C0 = 00: a request (RFC 8489 §5)
+            and data[4:8] == _MAGIC_COOKIE
+        ):
+            tid = data[8:20]
+            if tid not in self._requests_sent:
+                self._requests_sent[tid] = None
+                if len(self._requests_sent) > _REQUESTS_REMEMBERED:
+                    self._requests_sent.popitem(last=False)
+                pacer = self._pacer
+                if pacer is None:
+                    pacer = self._pacer = shared_pacer()
+                pacer.submit(lambda: self._send_paced(transmit))
+                return
+        self._send_now(transmit)
+
+    def _send_paced(self, transmit: Transmit) -> None:
+        if not self._closed:
+            self._send_now(transmit)
+
+    def _send_now(self, transmit: Transmit) -> None:
         local = transmit.local
         endpoint = self._endpoints.get(local) if local is not None else None
         if endpoint is None:

@@ -71,7 +71,7 @@ Descriptions (JSON objects on the signalling; ``v`` is :data:`DESCRIPTION_VERSIO
 ``noise`` is a Noise handshake message (standard base64); the payload of the offer's (in
 clear) and of the answer's (encrypted) is the side's ICE description, a JSON object::
 
-    {"ufrag": ..., "pwd": ..., "candidates": ["candidate:...", ...], "end": false,
+    {"session": HEX, "ufrag": ..., "pwd": ..., "candidates": ["candidate:...", ...], "end": false,
      "seal": true, "mtu": 1200, "max_message": 65536, "pacing": 5, "renomination": true}
 
 **Trickle** (RFC 8838). ``candidates`` are those gathered when the description was written;
@@ -114,6 +114,19 @@ the mapping: RFC 7675 gives up after 30 s without a consent response) tells the 
 too instead of sending into the void until its consent runs out as well. The next send from
 either side forms a new link.
 
+Across links (:mod:`anchor_link.delivery`): every message carries a 4-byte sequence number of
+this endpoint's outbox for the peer, whose session goes in the description (``"session"``).
+A message accepted by ``send`` stays in the outbox until the channel reports it acknowledged.
+When a link breaks with messages still unacknowledged, the endpoint forms a new link to the
+peer at once (retrying every few seconds) and queues them on it first, in order, numbers
+unchanged; the peer drops those it had delivered already (their ACK was lost with the link),
+so every message arrives exactly once, in order. If no link can be formed within
+``delivery_timeout`` (60 s by default) of the break, they are given up:
+:class:`~anchor_link.delivery.MessagesUndelivered` (to ``on_event``, :attr:`LinkEndpoint.history`,
+``wait_for``) names exactly those messages, and its ``error`` is the typed
+:class:`~anchor_link.delivery.UndeliveredMessages`. Closing the endpoint gives up whatever
+its close handshakes could not deliver the same way.
+
 Crossing offers (both sides send first at the same moment): the offer of the endpoint whose
 name sorts first wins; the other abandons its own and answers. A send waiting on the
 abandoned link carries on on the new one.
@@ -151,6 +164,13 @@ from anchor_link.aio.signal import (
     SignallingClosed,
     SignallingError,
 )
+from anchor_link.delivery import (
+    MESSAGE_HEADER,
+    Inbox,
+    MessagesUndelivered,
+    Outbox,
+    UndeliveredMessages,
+)
 from anchor_link.handshake import HandshakeFailed, LinkHandshake, TrickleBox, link_prologue
 from anchor_link.identity import Identity, format_public, load_identity
 from anchor_link.reliable import (
@@ -185,6 +205,7 @@ from anchor_stun.aio.net import server_list
 from anchor_stun.errors import AnchorError, LocalProtocolError
 
 __all__ = [
+    "DEFAULT_DELIVERY_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
     "DESCRIPTION_VERSION",
     "HISTORY_LIMIT",
@@ -199,8 +220,10 @@ __all__ = [
     "LinkFormed",
     "LinkMoved",
     "LinkState",
+    "MessagesUndelivered",
     "PeerAuthenticationError",
     "PeerAuthenticationFailed",
+    "UndeliveredMessages",
 ]
 
 DEFAULT_IDLE_TIMEOUT = 30.0
@@ -210,9 +233,19 @@ BYE_TIMEOUT = 2.0
 HISTORY_LIMIT = 1024
 """Life-cycle events :attr:`LinkEndpoint.history` keeps: the latest ones (about two per link),
 so that a long-running endpoint's memory does not grow with the links it formed."""
-DESCRIPTION_VERSION = 4
+DESCRIPTION_VERSION = 5
 """``v`` of the descriptions this module sends (2: the Noise handshake; 3: the channel's
-frame format with a receive window in every ACK; 4: trickled candidates, RFC 8838)."""
+frame format with a receive window in every ACK; 4: trickled candidates, RFC 8838; 5: every
+message carries its sequence number, and the description its outbox session,
+:mod:`anchor_link.delivery`)."""
+DEFAULT_DELIVERY_TIMEOUT = 60.0
+"""Seconds messages carried from a broken link wait for a new link to their peer before the
+endpoint gives them up (:class:`MessagesUndelivered`)."""
+INBOX_LIMIT = 4096
+"""Peers whose delivered sequence numbers an endpoint remembers (the least recently used
+are forgotten first; :mod:`anchor_link.delivery`)."""
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+"""Seconds between attempts to form a link for carried messages (the last one repeats)."""
 REPLAY_MEMORY = 4096
 """Offers (by their ephemeral key) an endpoint remembers to refuse a replay of."""
 MAX_TRICKLE_QUEUED = 64
@@ -270,6 +303,8 @@ class _Link:
         self.trust = "unverified"
         self.superseded = False
         self.peer_gone = False
+        self.peer_session: str | None = None  # the peer's outbox session (description)
+        self.acked = 0  # the channel's messages_acked already taken from the outbox
         self.final_event: LinkEvent | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
         # trickle (RFC 8838): local candidates not signalled yet, the peer's sealed ones
@@ -342,7 +377,10 @@ class LinkEndpoint:
       :class:`LinkFailed`;
     - ``connection_options``: more keyword arguments for every
       :class:`~anchor_ice.aio.connection.Connection` (``gather_timeout``, ``port_range``...);
-    - ``rng``: random bytes (link ids, handshake ephemeral keys, ICE credentials).
+    - ``delivery_timeout``: seconds messages carried from a broken link wait for a new link
+      to their peer before :class:`MessagesUndelivered` gives them up (default 60);
+    - ``rng``: random bytes (link ids, handshake ephemeral keys, ICE credentials, outbox
+      sessions).
     """
 
     def __init__(
@@ -368,12 +406,15 @@ class LinkEndpoint:
         on_message: Callable[[str, bytes], None] | None = None,
         on_event: Callable[[LinkEvent], None] | None = None,
         connection_options: Mapping[str, Any] | None = None,
+        delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if policy not in POLICIES:
             raise LocalProtocolError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
-        if idle_timeout <= 0 or form_timeout <= 0 or close_timeout <= 0:
-            raise LocalProtocolError("idle_timeout, form_timeout and close_timeout must be > 0")
+        if min(idle_timeout, form_timeout, close_timeout, delivery_timeout) <= 0:
+            raise LocalProtocolError(
+                "idle_timeout, form_timeout, close_timeout and delivery_timeout must be > 0"
+            )
         if isinstance(host_ips, str):
             raise LocalProtocolError("host_ips is an iterable of addresses, not one string")
         # Servers are checked here, not inside a link's task: one tuple or "host:port" form
@@ -386,7 +427,7 @@ class LinkEndpoint:
                 " relayed candidate to offer"
             )
         # Validate the channel settings once, now, rather than at every link.
-        ReliableChannel(mtu=mtu, max_message=max_message)
+        ReliableChannel(mtu=mtu, max_message=max_message + MESSAGE_HEADER)
         self.name = name
         """This endpoint's name on the signalling."""
         self.policy = policy
@@ -422,6 +463,12 @@ class LinkEndpoint:
         self._listener: asyncio.Task[None] | None = None
         self._starting: asyncio.Lock | None = None
         self._links: dict[str, _Link] = {}
+        self._delivery_timeout = delivery_timeout
+        # Per peer: messages numbered across links, and what each peer delivered here.
+        self._outboxes: dict[str, Outbox] = {}
+        self._inboxes: OrderedDict[str, Inbox] = OrderedDict()
+        self._redeliveries: dict[str, asyncio.Task[None]] = {}
+        self._undelivered_deadline: dict[str, float] = {}
         # Messages not read yet, with their link (its channel's window holds them); None: closed.
         self._messages: deque[tuple[str, bytes, _Link] | None] = deque()
         self._message_ready: asyncio.Event | None = None
@@ -488,6 +535,13 @@ class LinkEndpoint:
                     link.machine.abort("endpoint closed", loop.time())
                     link.kick()
                     await link.done.wait()
+        redeliveries = [t for t in self._redeliveries.values() if not t.done()]
+        for redelivery in redeliveries:
+            redelivery.cancel()
+        if redeliveries:
+            await asyncio.gather(*redeliveries, return_exceptions=True)
+        for peer in list(self._outboxes):
+            self._give_up(peer, "the endpoint was closed")
         if self._mailbox is not None:
             with contextlib.suppress(SignallingError):
                 await self._mailbox.close()
@@ -505,10 +559,12 @@ class LinkEndpoint:
 
     async def send(self, peer: str, data: bytes) -> None:
         """Deliver one message (up to ``max_message`` bytes) to ``peer``, forming a link
-        first when there is none. Returns once the message is queued on the link's channel
-        (it is delivered reliably while the link lives; a link that cannot deliver dissolves
-        with "peer unreachable"). Raises :class:`LinkFormationFailed` when the link cannot
-        be formed, :class:`LinkClosed` once this endpoint is closed."""
+        first when there is none. Returns once the message is queued on the link's channel,
+        behind any carried from a broken link: it is then delivered exactly once, on this link
+        or the next ones, or named by :class:`MessagesUndelivered` after ``delivery_timeout``
+        without a link (module docstring, "Across links"). Raises
+        :class:`LinkFormationFailed` when the link cannot be formed (the message was not
+        accepted), :class:`LinkClosed` once this endpoint is closed."""
         if peer == self.name:
             raise LocalProtocolError("cannot link to ourselves")
         data = bytes(data)
@@ -531,21 +587,128 @@ class LinkEndpoint:
                     raise LinkClosed("this endpoint is closed") from None
                 raise
             machine = link.machine
-            if machine.state is LinkState.OPEN:
+            outbox = self._outbox(peer)
+            if machine.state is LinkState.OPEN and outbox.link is link:
                 if len(data) > link.max_message:
                     raise MessageTooLarge(
                         f"message of {len(data)} bytes exceeds the link's {link.max_message}"
                     )
-                if machine.can_send(len(data)):
-                    machine.send(data, loop.time())
+                size = len(data) + MESSAGE_HEADER
+                # Messages carried from a broken link go first (anchor_link.delivery).
+                if self._pump(link) and machine.can_send(size):
+                    machine.send(outbox.accept(data), loop.time())
                     link.kick()
                     return
                 link.writable.clear()
-                if machine.can_send(len(data)):
+                if self._pump(link) and machine.can_send(size):
                     continue
                 await link.writable.wait()
                 continue
             await link.done.wait()  # closing: let it dissolve, then form a new link
+
+    def _outbox(self, peer: str) -> Outbox:
+        outbox = self._outboxes.get(peer)
+        if outbox is None:
+            outbox = self._outboxes[peer] = Outbox(self._rng(8).hex())
+        return outbox
+
+    def _pump(self, link: _Link) -> bool:
+        """Queue carried messages on ``link`` while its channel takes them; True when none
+        is left waiting (a new message may follow)."""
+        outbox = self._outboxes.get(link.peer)
+        if outbox is None or outbox.link is not link:
+            return False
+        machine = link.machine
+        now = asyncio.get_running_loop().time()
+        queued = False
+        while outbox.unsent:
+            framed = outbox.next_unsent()
+            if not machine.can_send(len(framed)):
+                break
+            machine.send(framed, now)
+            outbox.mark_queued()
+            queued = True
+        if queued:
+            link.kick()
+        return not outbox.unsent
+
+    def _take_acks(self, link: _Link) -> None:
+        """Messages the link's channel reports acknowledged leave its peer's outbox."""
+        channel = link.machine.channel
+        outbox = self._outboxes.get(link.peer)
+        if channel is None or outbox is None or outbox.link is not link:
+            return
+        acked = channel.messages_acked
+        if acked > link.acked:
+            outbox.acknowledged(acked - link.acked)
+            link.acked = acked
+            self._undelivered_deadline.pop(link.peer, None)  # progress: a new deadline later
+
+    def _carry(self, link: _Link) -> None:
+        """``link`` is gone: its unacknowledged messages wait for the next link to the peer,
+        formed now (module docstring, "Across links"); or, once the endpoint is closed, are
+        given up."""
+        peer = link.peer
+        outbox = self._outboxes.get(peer)
+        if outbox is None:
+            return
+        outbox.detach(link)
+        if not outbox.pending:
+            if peer not in self._links:
+                del self._outboxes[peer]  # nothing to carry: the next link starts a session
+            return
+        if self._closed:
+            self._give_up(peer, "the endpoint was closed")
+            return
+        loop = asyncio.get_running_loop()
+        self._undelivered_deadline.setdefault(peer, loop.time() + self._delivery_timeout)
+        task = self._redeliveries.get(peer)
+        if task is None or task.done():
+            self._redeliveries[peer] = loop.create_task(
+                self._redeliver(peer), name=f"anchor {self.name}->{peer}: redeliver"
+            )
+
+    async def _redeliver(self, peer: str) -> None:
+        """Form a link to ``peer`` for the messages carried from a broken one, retrying until
+        the deadline; then give them up."""
+        loop = asyncio.get_running_loop()
+        reason = "no link could be formed"
+        for attempt in range(1 << 30):
+            outbox = self._outboxes.get(peer)
+            deadline = self._undelivered_deadline.get(peer)
+            if outbox is None or not outbox.pending or outbox.link is not None:
+                return  # delivered, or a link took them
+            if deadline is None:
+                return
+            if self._closed:
+                self._give_up(peer, "the endpoint was closed")
+                return
+            left = deadline - loop.time()
+            if left <= 0:
+                self._give_up(peer, reason)
+                return
+            link = self._links.get(peer)
+            if link is None:
+                link = self._new_link(peer, None)
+            try:
+                await asyncio.wait_for(asyncio.shield(link.opened), left)
+                return  # open: the link took the carried messages (_form)
+            except _Superseded:
+                continue
+            except LinkFormationFailed as exc:
+                reason = exc.reason
+            except TimeoutError:
+                continue  # the deadline passed: given up above
+            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+
+    def _give_up(self, peer: str, reason: str) -> None:
+        outbox = self._outboxes.pop(peer, None)
+        self._undelivered_deadline.pop(peer, None)
+        if outbox is None or not outbox.pending:
+            return
+        messages, numbers = outbox.fail()
+        self._record(MessagesUndelivered(peer, reason, messages, numbers))
 
     # ------------------------------------------------------------------ receiving
 
@@ -588,6 +751,15 @@ class LinkEndpoint:
         """The state of the link to ``peer``, or None when there is none."""
         link = self._links.get(peer)
         return link.machine.state if link is not None else None
+
+    def pending(self, peer: str | None = None) -> int:
+        """Messages accepted by :meth:`send` (to ``peer``, or to anyone) and not acknowledged
+        yet: in flight on a link, or carried from a broken one to the next (module
+        docstring, "Across links")."""
+        if peer is not None:
+            outbox = self._outboxes.get(peer)
+            return outbox.pending if outbox is not None else 0
+        return sum(outbox.pending for outbox in self._outboxes.values())
 
     def active_peers(self) -> list[str]:
         """Peers with a link (forming, open or closing)."""
@@ -675,6 +847,7 @@ class LinkEndpoint:
         """This side's ICE description: the payload of its handshake message, with the
         candidates gathered so far (the rest trickle, module docstring)."""
         description = {
+            "session": self._outbox(link.peer).session,
             "ufrag": conn.local_username,
             "pwd": conn.local_password,
             **self._take_local(link),
@@ -840,14 +1013,14 @@ class LinkEndpoint:
                 except HandshakeFailed as exc:
                     raise _AuthError(f"the answer did not authenticate ({exc})") from None
                 self._verify_peer(link, handshake)
-                mtu, max_message = await self._apply(conn, remote)
+                mtu, max_message = await self._apply(conn, remote, link)
                 later = json.dumps(self._take_local(link), separators=(",", ":")).encode()
                 confirm = handshake.write_message(later)
                 await mailbox.publish(link.peer, self._message(link, "confirm", noise=_b64(confirm)))
                 self._start_trickle(link, conn, handshake)
             else:
                 # answerer: <- e, ee, s, es (our description); -> s, se; <- accept
-                mtu, max_message = await self._apply(conn, remote_offer)
+                mtu, max_message = await self._apply(conn, remote_offer, link)
                 noise = handshake.write_message(self._payload(link, conn))
                 await mailbox.publish(link.peer, self._message(link, "answer", noise=_b64(noise)))
                 confirm_body = await link.answer
@@ -877,7 +1050,7 @@ class LinkEndpoint:
             # read: a reader that falls behind makes the peer wait (flow control), and what
             # waits for it is bounded by the window. on_message reads each at once.
             channel = ReliableChannel(
-                mtu=mtu, max_message=max_message, idle_timeout=self.idle_timeout,
+                mtu=mtu, max_message=max_message + MESSAGE_HEADER, idle_timeout=self.idle_timeout,
                 seal=sealer, rng=self._rng, now=now,
                 manual_release=self._on_message is None,
             )  # fmt: skip
@@ -891,6 +1064,10 @@ class LinkEndpoint:
                 conn.set_pair_handler(lambda moved: self._moved(link, moved))
                 if conn.selected_pair != pair:  # renominated meanwhile
                     self._moved(link, conn.selected_pair)
+                assert link.peer_session is not None
+                self._inbox(link.peer).begin(link.peer_session)
+                self._outbox(link.peer).attach(link)
+                self._pump(link)  # messages carried from a broken link go first
                 # datagrams straight into the machine, as they arrive
                 conn.set_data_handler(lambda data, _component: self._frame_in(link, data))
                 link.tasks["read"] = loop.create_task(
@@ -922,9 +1099,15 @@ class LinkEndpoint:
         with contextlib.suppress(SignallingError):
             await self._mailbox.publish(link.peer, reject)
 
-    async def _apply(self, conn: Connection, remote: Mapping[str, Any]) -> tuple[int, int]:
+    async def _apply(
+        self, conn: Connection, remote: Mapping[str, Any], link: _Link
+    ) -> tuple[int, int]:
         """Give the peer's ICE description to the connection; returns the link's mtu and
-        max_message."""
+        max_message (of the application's messages; the channel's are a header longer)."""
+        session = remote.get("session")
+        if not isinstance(session, str) or not 1 <= len(session) <= 64:
+            raise _FormError("malformed description from the peer (session)")
+        link.peer_session = session
         ufrag, pwd, candidates = remote.get("ufrag"), remote.get("pwd"), remote.get("candidates")
         if not isinstance(ufrag, str) or not isinstance(pwd, str) or not isinstance(
             candidates, list
@@ -935,7 +1118,7 @@ class LinkEndpoint:
             raise _FormError("malformed description from the peer (mtu, max_message)")
         mtu, max_message = min(mtu, self._mtu), min(max_message, self._max_message)
         try:
-            ReliableChannel(mtu=mtu, max_message=max_message)
+            ReliableChannel(mtu=mtu, max_message=max_message + MESSAGE_HEADER)
         except LocalProtocolError as exc:
             raise _FormError(f"the peer's channel settings do not fit: {exc}") from None
         sealed = remote.get("seal")
@@ -1001,6 +1184,7 @@ class LinkEndpoint:
                         machine.fail(str(exc), now)
                 while (event := machine.next_event()) is not None:
                     self._dispatch(link, event)
+                self._take_acks(link)
                 if machine.final:
                     break
                 link.arm(machine.next_timer())
@@ -1009,14 +1193,32 @@ class LinkEndpoint:
         finally:
             await self._release(link)
 
+    def _inbox(self, peer: str) -> Inbox:
+        inbox = self._inboxes.get(peer)
+        if inbox is None:
+            inbox = self._inboxes[peer] = Inbox()
+            if len(self._inboxes) > INBOX_LIMIT:
+                self._inboxes.popitem(last=False)
+        else:
+            self._inboxes.move_to_end(peer)
+        return inbox
+
     def _dispatch(self, link: _Link, event: LinkEvent) -> None:
         if isinstance(event, LinkMessage):
+            data = self._inbox(link.peer).accept(event.data)
+            if data is None:  # delivered before, on a link that broke before its ACK
+                if self._on_message is None and link.machine.release(
+                    1, asyncio.get_running_loop().time()
+                ):
+                    link.kick()
+                return
             if self._on_message is not None:
-                self._on_message(event.peer, event.data)
+                self._on_message(event.peer, data)
             else:
-                self._messages.append((event.peer, event.data, link))
+                self._messages.append((event.peer, data, link))
                 self._notify_message()
         elif isinstance(event, LinkWritable):
+            self._pump(link)
             link.writable.set()
         elif isinstance(event, LinkFormed):
             self.links_formed += 1
@@ -1043,6 +1245,8 @@ class LinkEndpoint:
             await link.conn.close()
         if self._links.get(link.peer) is link:
             del self._links[link.peer]
+        self._take_acks(link)
+        self._carry(link)
         event = link.final_event
         if not link.opened.done():
             if link.superseded:
