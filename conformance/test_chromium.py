@@ -47,9 +47,10 @@ import pytest
 from chromium.browser import CHROMIUM, chromium_binary
 from chromium.netns import NamespaceRun, netns_inode, run_scenario, unshare_binary
 from natlab.fixtures import report
-from peers import in_ci, require_peer
+from peers import require_peer
 
 from anchor_ice.sdp import PWD_MIN
+from tests.helpers import missing_peer as _missing
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -68,12 +69,6 @@ GOOG_NETWORK_INFO = 0xC057  # Chromium's, comprehension-optional (RFC 8489 §14)
 DTLS_HANDSHAKE = 22  # RFC 6347 §4.1 ContentType handshake
 DTLS_CLIENT_HELLO = 1  # RFC 6347 §4.2.2 HandshakeType client_hello
 FINGERPRINT_LINE = re.compile(r"^a=fingerprint:sha-256 ((?:[0-9A-F]{2}:){31}[0-9A-F]{2})\r?$", re.M)
-
-
-def _missing(message: str) -> None:
-    if in_ci():
-        pytest.fail(f"{message} (CI=true: a missing peer is a failure)", pytrace=False)
-    pytest.skip(message)
 
 
 def require_chromium() -> None:

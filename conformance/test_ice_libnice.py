@@ -30,11 +30,10 @@ import time
 from pathlib import Path
 
 import pytest
-from peers import in_ci
 
 from anchor_ice.aio.connection import Connection
 from anchor_ice.sdp import IceDescription, parse
-from tests.helpers import ANCHOR
+from tests.helpers import ANCHOR, in_ci
 from tests.test_ice_net import wire
 
 SYSTEM_PYTHON = "/usr/bin/python3"

@@ -19,7 +19,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from peers import in_ci
+
+from tests.helpers import in_ci
 
 from .lab import NatLab
 
