@@ -27,10 +27,11 @@ allow:
   bulk UDP): a window in bytes, ten frames at first, doubled every round trip in slow start,
   reduced once per round trip in which RACK finds frames lost, and back to two frames on
   persistent congestion (lost frames spanning 3 x (SRTT + 4 RTTVAR) with nothing delivered in
-  between) or an RTO expiry. By default CUBIC (RFC 9438, Linux TCP's controller): a loss
-  reduces the window to 0.7 of itself, and congestion avoidance follows CUBIC's cubic function
-  of the time since that loss, never below Reno's growth; ``congestion_control="newreno"``:
-  halved, then one frame more per round trip (RFC 9002 §7.3). A frame
+  between) or an RTO expiry. By default NewReno (RFC 9002 §7.3): a loss halves the window,
+  then one frame more per round trip; ``congestion_control="cubic"`` (RFC 9438, Linux TCP's
+  controller): a loss reduces the window to 0.7 of itself, and congestion avoidance follows
+  CUBIC's cubic function of the time since that loss, never below Reno's growth (which of the
+  two, and why: :mod:`anchor_link.congestion`). A frame
   leaves only when the bytes in flight (DATA and FIN frames sent, neither acknowledged nor
   found lost) stay within the window. Tail-loss probes are not held (RFC 9002 §7.5): they
   resend a frame still counted in flight.
@@ -581,7 +582,7 @@ class ReliableChannel:
       plaintext frames;
     - ``rng``: random bytes, used for the first byte of sealed frames;
     - ``now``: when the channel opened; starts the idle clock (None: at the first activity);
-    - ``congestion_control``: ``"cubic"`` (default, RFC 9438) or ``"newreno"`` (RFC 9002 §7),
+    - ``congestion_control``: ``"newreno"`` (default, RFC 9002 §7) or ``"cubic"`` (RFC 9438),
       :data:`~anchor_link.congestion.CONGESTION_CONTROLLERS`.
 
     Bad arguments raise :class:`~anchor_stun.errors.LocalProtocolError`.
