@@ -50,7 +50,19 @@ from anchor_stun.check import TABLE_SIZE, CheckKey, CheckReader
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address
 from anchor_stun.integrity import short_term_key
-from anchor_stun.message import Message, MessageClass, Method, signed_check_prefix
+from anchor_stun.message import (
+    HEADS,
+    HmacKey,
+    Message,
+    MessageClass,
+    Method,
+    encode_attributes,
+    encode_type,
+    fingerprint_matches,
+    integrity_matches,
+    seal,
+    signed_check_prefix,
+)
 
 FAST = settings(deadline=None, max_examples=200)
 
@@ -125,6 +137,29 @@ def test_the_answer_stays_the_general_encoding_past_the_table_size() -> None:
             Method.BINDING, MessageClass.SUCCESS, tid, [XorMappedAddress(*address)]
         ).encode(key=key.key, fingerprint=True)
         assert key.success(tid, address) == general
+
+
+def test_a_key_signs_every_shape_as_its_bytes_do_past_its_table_size() -> None:
+    """seal with an HmacKey (its signed headers remembered by message type and length)
+    gives the bytes of the same key as bytes, for more shapes than the key remembers, in
+    an order that comes back to shapes it forgot; and those messages verify."""
+    raw_key = os.urandom(20)
+    key = HmacKey(raw_key)
+    shapes = [
+        (encode_type(method, klass), length)
+        for length in range(0, 4 * (HEADS + 8), 4)
+        for method, klass in ((Method.BINDING, MessageClass.REQUEST), (0x003, 0b10))
+    ]
+    for msg_type, length in shapes + shapes[::-1] + shapes[:5]:
+        tid = os.urandom(12)
+        value = os.urandom(length - 4) if length else b""
+        body = encode_attributes([RawAttribute(0x8022, value)], tid) if length else b""
+        signed = seal(msg_type, tid, body, key, None, 32, True)
+        assert signed == seal(msg_type, tid, body, raw_key, None, 32, True)
+        assert integrity_matches(signed, len(signed) - 32, key)
+        assert integrity_matches(signed, len(signed) - 32, raw_key)
+        assert fingerprint_matches(signed, len(signed) - 8)
+        assert not integrity_matches(signed, len(signed) - 32, HmacKey(raw_key + b"!"))
 
 
 def _general_check(
