@@ -274,12 +274,7 @@ def seal(
     if len(transaction_id) != 12:
         raise LocalProtocolError("transaction id must be 12 bytes")
     length = len(body)
-    if (
-        fingerprint
-        and key_sha256 is None
-        and isinstance(key, HmacKey)
-        and length <= 0xFFFF - 32
-    ):
+    if fingerprint and key_sha256 is None and isinstance(key, HmacKey) and length <= 0xFFFF - 32:
         # the shape of every check and answer, signed with an HmacKey: its signed header
         # has been read once per message type and length (HmacKey._head)
         heads = key._heads
@@ -398,6 +393,7 @@ def encode_attributes(
         # a value or type that does not fit its field: the caller's mistake (STYLE §7)
         raise LocalProtocolError(f"cannot encode {type(attr).__name__}: {exc}") from exc
     return b"".join(parts)
+
 
 def is_stun(data: bytes) -> bool:
     """Cheap test used to demultiplex STUN from other traffic (RFC 7983, RFC 8489 §5)."""
@@ -532,8 +528,10 @@ class Message:
 
     def verify_fingerprint(self) -> bool:
         """True when FINGERPRINT is present, last, and matches (RFC 8489 §14.7)."""
-        return self._fp_at >= 0 and self.fingerprint is not None and (
-            fingerprint_matches(self.raw, self._fp_at)
+        return (
+            self._fp_at >= 0
+            and self.fingerprint is not None
+            and (fingerprint_matches(self.raw, self._fp_at))
         )
 
     # ------------------------------------------------------------------ codec

@@ -20,6 +20,7 @@ by everything it depends on. These tests hold that through the public surface:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import types
 import zlib
@@ -45,6 +46,7 @@ from anchor_stun.attributes import (
     UseCandidate,
     Username,
     XorMappedAddress,
+    pack_ip,
 )
 from anchor_stun.check import TABLE_SIZE, CheckKey, CheckReader
 from anchor_stun.errors import DecodeError, LocalProtocolError
@@ -83,7 +85,7 @@ def _check(tid: bytes, attrs: list[Any], key: bytes, fingerprint: bool = True) -
 # --------------------------------------------------------------------------- no module state
 
 
-@pytest.mark.parametrize("module", [message_module, check_module])
+@pytest.mark.parametrize("module", [attributes_module, message_module, check_module])
 def test_the_codec_modules_keep_no_mutable_state(module: types.ModuleType) -> None:
     """No module-level cache: every global is a constant (immutable mapping or set, tuple,
     bytes, number, string), a class, a function or an imported module."""
@@ -98,6 +100,28 @@ def test_the_codec_modules_keep_no_mutable_state(module: types.ModuleType) -> No
         ):
             continue  # dunder, or another module's name imported here
         assert not isinstance(value, (dict, list, set, bytearray)), name
+        assert not hasattr(value, "cache_info"), name  # functools.lru_cache / cache
+
+
+@FAST
+@given(
+    text=st.one_of(
+        st.ip_addresses().map(str),
+        st.lists(st.integers(0, 300).map(str), min_size=3, max_size=5).map(".".join),
+        st.lists(st.text("0123456789٣", max_size=4), min_size=4, max_size=4).map(".".join),
+        st.sampled_from(["01.2.3.4", "1.2.3.4 ", "1.2.3.4\n", "::ffff:1.2.3.4", "", "1..2.3"]),
+        st.text(max_size=20),
+    )
+)
+def test_pack_ip_reads_addresses_as_ipaddress_does(text: str) -> None:
+    """pack_ip (a direct read of dotted quads, nothing remembered) says what ipaddress says."""
+    try:
+        parsed = ipaddress.ip_address(text)
+    except ValueError:
+        with pytest.raises(LocalProtocolError):
+            pack_ip(text)
+        return
+    assert pack_ip(text) == (1 if parsed.version == 4 else 2, parsed.packed)
 
 
 # --------------------------------------------------------------------------- CheckKey
@@ -207,9 +231,7 @@ def test_a_check_is_the_general_encoding(
     general = _outcome(lambda: _general_check(tid, ufrag, priority, controlling, tie, key, use))
     check_key = CheckKey(key)
     for _ in range(2):  # first built, then from the key's table of requests
-        built = _outcome(
-            lambda: check_key.request(tid, ufrag, priority, controlling, tie, use)
-        )
+        built = _outcome(lambda: check_key.request(tid, ufrag, priority, controlling, tie, use))
         assert built == general
     if general[0] == "ok":
         msg = Message.decode(general[1])  # type: ignore[arg-type]
@@ -244,8 +266,6 @@ check_attrs = st.lists(
     ),
     max_size=5,
 )
-
-
 
 
 @FAST
@@ -459,8 +479,6 @@ datagrams = st.tuples(
     st.one_of(*[st.none()] * 4, st.tuples(st.integers(0, 200), st.integers(1, 255))),
     st.sampled_from([0.0, 0.0, 0.01, 0.6]),  # time before it
 )
-
-
 
 
 def _request(spec: tuple[Any, ...], unique: int | None) -> tuple[bytes, Address, Any, float]:
