@@ -230,6 +230,9 @@ class IceState(Enum):
 _ENDED = (IceState.CLOSED, IceState.FAILED)
 _NEW_OR_ENDED = (IceState.CLOSED, IceState.FAILED, IceState.NEW)
 _COMPLETED = IceState.COMPLETED
+_transmit = tuple.__new__
+"""``_transmit(Transmit, (data, addr, local))`` is ``Transmit(data, addr, local)`` without
+the call of its generated ``__new__`` (what ``Transmit._make`` does): one per answer."""
 
 
 class IceRole(Enum):
@@ -1370,7 +1373,7 @@ class IceAgent:
         self._queue_answer(data, addr, local)
 
     def _queue_answer(self, data: bytes, addr: Address, local: Address) -> None:
-        self._outbox.append(Transmit(data, addr, local))
+        self._outbox.append(_transmit(Transmit, (data, addr, local)))
         # an answer is a packet on the pair (RFC 8445 §11)
         for pair in self._selected.values() if not self._previous else self._active_pairs():
             remote = pair.remote

@@ -14,11 +14,13 @@ MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256 and FINGERPRINT are not attributes a
 
 from __future__ import annotations
 
-import functools
 import ipaddress
+import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from types import MappingProxyType
 from typing import ClassVar, Self
 
 from anchor_stun.errors import DecodeError, LocalProtocolError
@@ -182,9 +184,19 @@ def _fixed(cls: type[Attribute], value: bytes, size: int) -> None:
 # --------------------------------------------------------------------------- addresses
 
 
-@functools.lru_cache(maxsize=4096)
+_IPV4_TEXT = re.compile(r"(?:0|[1-9][0-9]{0,2})(?:\.(?:0|[1-9][0-9]{0,2})){3}", re.ASCII)
+"""The dotted-quad text :mod:`ipaddress` accepts for IPv4 (no leading zeros), but for the
+range of each part."""
+
+
 def pack_ip(ip: str) -> tuple[Family, bytes]:
-    """(family, packed bytes) of an IPv4 or IPv6 address string; LocalProtocolError if bad."""
+    """(family, packed bytes) of an IPv4 or IPv6 address string, as :mod:`ipaddress` reads
+    it; LocalProtocolError if it is not one."""
+    if type(ip) is str and _IPV4_TEXT.fullmatch(ip) is not None:
+        try:
+            return Family.IPV4, bytes(map(int, ip.split(".")))
+        except ValueError:
+            pass  # a part above 255: ipaddress says why
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError as exc:
@@ -207,29 +219,24 @@ def _xor(data: bytes, key: bytes) -> bytes:
     return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(len(data), "big")
 
 
-@functools.lru_cache(maxsize=4096)
-def _xor_value_v4(ip: str, port: int) -> bytes | None:
-    """The XOR-address value of an IPv4 (ip, port), which does not depend on the transaction
-    id (RFC 8489 §14.2): a responder answers the same few peers again and again. None when
-    ``ip`` is not IPv4; raises as the general path does for a bad address or port."""
+def xor_mapped_tlv_v4(ip: str, port: int) -> bytes | None:
+    """The whole XOR-MAPPED-ADDRESS TLV (type, length 8, value; RFC 8489 §14.2) of an IPv4
+    (ip, port): what every success response to a check from that address carries, whatever
+    its transaction id (an IPv4 XOR address does not depend on it). None when ``ip`` is not
+    IPv4; raises :class:`LocalProtocolError` for a bad address or port, as
+    :meth:`XorMappedAddress.encode_value` does. Nothing is remembered here: a caller that
+    answers the same peers again and again keeps the result (see
+    :class:`anchor_stun.check.CheckKey`)."""
     family, packed = pack_ip(ip)
     if family != Family.IPV4:
         return None
     if not 0 <= port <= 0xFFFF:
         raise LocalProtocolError(f"port out of range: {port}")
-    return _ADDR_HEAD.pack(family, port ^ (MAGIC_COOKIE >> 16)) + _xor(packed, MAGIC_COOKIE_BYTES)
-
-
-@functools.lru_cache(maxsize=4096)
-def xor_mapped_tlv_v4(ip: str, port: int) -> bytes | None:
-    """The whole XOR-MAPPED-ADDRESS TLV (type, length 8, value; RFC 8489 §14.2) of an IPv4
-    (ip, port): what every success response to a check from that address carries, whatever
-    its transaction id. None when ``ip`` is not IPv4; raises :class:`LocalProtocolError`
-    for a bad address or port, as :meth:`XorMappedAddress.encode_value` does."""
-    value = _xor_value_v4(ip, port)
-    if value is None:
-        return None
-    return _XOR_MAPPED_TL + value
+    return (
+        _XOR_MAPPED_TL
+        + _ADDR_HEAD.pack(family, port ^ (MAGIC_COOKIE >> 16))
+        + _xor(packed, MAGIC_COOKIE_BYTES)
+    )
 
 
 class _Address(Attribute):
@@ -247,10 +254,6 @@ class _Address(Attribute):
 
     def encode_value(self, transaction_id: bytes) -> bytes:
         ip, port = self.ip, self.port
-        if self.XOR and type(port) is int and type(ip) is str and ":" not in ip:
-            value = _xor_value_v4(ip, port)
-            if value is not None:
-                return value
         family, packed = pack_ip(ip)
         if not 0 <= port <= 0xFFFF:
             raise LocalProtocolError(f"port out of range: {port}")
@@ -739,26 +742,28 @@ class ErrorCode(IntEnum):
         return _REASONS[self]
 
 
-_REASONS = {
-    ErrorCode.TRY_ALTERNATE: "Try Alternate",
-    ErrorCode.BAD_REQUEST: "Bad Request",
-    ErrorCode.UNAUTHENTICATED: "Unauthenticated",
-    ErrorCode.FORBIDDEN: "Forbidden",
-    ErrorCode.MOBILITY_FORBIDDEN: "Mobility Forbidden",
-    ErrorCode.UNKNOWN_ATTRIBUTE: "Unknown Attribute",
-    ErrorCode.ALLOCATION_MISMATCH: "Allocation Mismatch",
-    ErrorCode.STALE_NONCE: "Stale Nonce",
-    ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED: "Address Family not Supported",
-    ErrorCode.WRONG_CREDENTIALS: "Wrong Credentials",
-    ErrorCode.UNSUPPORTED_TRANSPORT_PROTOCOL: "Unsupported Transport Protocol",
-    ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH: "Peer Address Family Mismatch",
-    ErrorCode.CONNECTION_ALREADY_EXISTS: "Connection Already Exists",
-    ErrorCode.CONNECTION_TIMEOUT_OR_FAILURE: "Connection Timeout or Failure",
-    ErrorCode.ALLOCATION_QUOTA_REACHED: "Allocation Quota Reached",
-    ErrorCode.ROLE_CONFLICT: "Role Conflict",
-    ErrorCode.SERVER_ERROR: "Server Error",
-    ErrorCode.INSUFFICIENT_CAPACITY: "Insufficient Capacity",
-}
+_REASONS: Mapping[ErrorCode, str] = MappingProxyType(
+    {
+        ErrorCode.TRY_ALTERNATE: "Try Alternate",
+        ErrorCode.BAD_REQUEST: "Bad Request",
+        ErrorCode.UNAUTHENTICATED: "Unauthenticated",
+        ErrorCode.FORBIDDEN: "Forbidden",
+        ErrorCode.MOBILITY_FORBIDDEN: "Mobility Forbidden",
+        ErrorCode.UNKNOWN_ATTRIBUTE: "Unknown Attribute",
+        ErrorCode.ALLOCATION_MISMATCH: "Allocation Mismatch",
+        ErrorCode.STALE_NONCE: "Stale Nonce",
+        ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED: "Address Family not Supported",
+        ErrorCode.WRONG_CREDENTIALS: "Wrong Credentials",
+        ErrorCode.UNSUPPORTED_TRANSPORT_PROTOCOL: "Unsupported Transport Protocol",
+        ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH: "Peer Address Family Mismatch",
+        ErrorCode.CONNECTION_ALREADY_EXISTS: "Connection Already Exists",
+        ErrorCode.CONNECTION_TIMEOUT_OR_FAILURE: "Connection Timeout or Failure",
+        ErrorCode.ALLOCATION_QUOTA_REACHED: "Allocation Quota Reached",
+        ErrorCode.ROLE_CONFLICT: "Role Conflict",
+        ErrorCode.SERVER_ERROR: "Server Error",
+        ErrorCode.INSUFFICIENT_CAPACITY: "Insufficient Capacity",
+    }
+)
 
 
 def _encode_code(code: int, reason: str, head: bytes = b"\x00\x00") -> bytes:
@@ -933,47 +938,49 @@ class RawAttribute(Attribute):
         return is_comprehension_required(self.type)
 
 
-ATTRIBUTE_CLASSES: dict[int, type[Attribute]] = {
-    cls.TYPE: cls
-    for cls in (
-        MappedAddress,
-        XorMappedAddress,
-        AlternateServer,
-        XorPeerAddress,
-        XorRelayedAddress,
-        ResponseOrigin,
-        OtherAddress,
-        Username,
-        Realm,
-        Nonce,
-        Software,
-        AlternateDomain,
-        Userhash,
-        Data,
-        ReservationToken,
-        Padding,
-        UseCandidate,
-        DontFragment,
-        Priority,
-        IceControlled,
-        IceControlling,
-        Lifetime,
-        ConnectionId,
-        ChannelNumber,
-        ResponsePort,
-        ChangeRequest,
-        RequestedTransport,
-        RequestedAddressFamily,
-        AdditionalAddressFamily,
-        EvenPort,
-        Icmp,
-        ErrorCodeAttribute,
-        AddressErrorCode,
-        UnknownAttributes,
-        PasswordAlgorithm,
-        PasswordAlgorithms,
-    )
-}
+ATTRIBUTE_CLASSES: Mapping[int, type[Attribute]] = MappingProxyType(
+    {
+        cls.TYPE: cls
+        for cls in (
+            MappedAddress,
+            XorMappedAddress,
+            AlternateServer,
+            XorPeerAddress,
+            XorRelayedAddress,
+            ResponseOrigin,
+            OtherAddress,
+            Username,
+            Realm,
+            Nonce,
+            Software,
+            AlternateDomain,
+            Userhash,
+            Data,
+            ReservationToken,
+            Padding,
+            UseCandidate,
+            DontFragment,
+            Priority,
+            IceControlled,
+            IceControlling,
+            Lifetime,
+            ConnectionId,
+            ChannelNumber,
+            ResponsePort,
+            ChangeRequest,
+            RequestedTransport,
+            RequestedAddressFamily,
+            AdditionalAddressFamily,
+            EvenPort,
+            Icmp,
+            ErrorCodeAttribute,
+            AddressErrorCode,
+            UnknownAttributes,
+            PasswordAlgorithm,
+            PasswordAlgorithms,
+        )
+    }
+)
 """Decoder for each known attribute type (integrity and fingerprint are handled by Message)."""
 
 KNOWN_TYPES: frozenset[int] = frozenset(ATTRIBUTE_CLASSES) | {

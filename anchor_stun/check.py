@@ -125,7 +125,10 @@ class CheckKey(HmacKey):
         .encode(key=self, fingerprint=True)``, raising what that raises."""
         ip, port = address[0], address[1]
         exact = type(port) is int and type(ip) is str
-        body = self._answers.get((ip, port)) if exact else None
+        # (an address the table holds is a (str, int) tuple: only such keys are stored)
+        body = (
+            self._answers.get(address if type(address) is tuple else (ip, port)) if exact else None
+        )
         if body is None:
             if len(transaction_id) != 12:  # (seal checks it too; this comes first)
                 raise LocalProtocolError("transaction id must be 12 bytes")

@@ -49,12 +49,12 @@ address attributes are only added to success responses. FINGERPRINT is added to 
 response when ``fingerprint=True``, and to the responses of requests that carried one
 otherwise (RFC 8489 §7).
 
-Fast path. :meth:`StunServer.handle` first tries the common case, a Binding request whose
-only attributes are SOFTWARE, comprehension-optional types the codec does not know and a
-final FINGERPRINT, and builds the response with precompiled structs and precomputed
-attribute bytes (the per-local RESPONSE-ORIGIN/OTHER-ADDRESS/SOFTWARE tail, a bounded cache
-of IPv4 (XOR-)MAPPED-ADDRESS values). Everything else takes the general path through
-:meth:`Message.decode` / :meth:`Message.encode`; both produce the same bytes.
+Speed. There is one path: every message is read by :meth:`Message.decode` and the rules
+above applied to what it says. A success response is then written from bytes the server
+keeps: per local address the attributes after the reflexive ones (RESPONSE-ORIGIN,
+OTHER-ADDRESS and SOFTWARE, for each address RFC 5780 §6.1 may answer from), and a bounded
+table of the IPv4 (XOR-)MAPPED-ADDRESS bytes of each source (they do not depend on the
+transaction id, RFC 8489 §14.2). Error responses go through :meth:`Message.encode`.
 
 Decisions where the RFCs leave a choice
 ---------------------------------------
@@ -81,19 +81,17 @@ Extension point
 Short-term or long-term authentication (RFC 8489 §9) belongs between steps 4 and 6 of
 :meth:`StunServer._process`: an ``authenticate`` callable taking the decoded request and
 the source address, returning an error response (401, 438 ...) or the key with which to
-sign the success response. When one is installed the fast path must be turned off
-(``_fast = False``), since it does not decode USERNAME or MESSAGE-INTEGRITY.
+sign the success response (which :meth:`StunServer._success` would then pass to
+:func:`~anchor_stun.message.seal`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
-import zlib
 from dataclasses import dataclass
 
 from anchor_stun.attributes import (
-    KNOWN_TYPES,
     MAGIC_COOKIE,
     MAGIC_COOKIE_BYTES,
     Attribute,
@@ -101,14 +99,12 @@ from anchor_stun.attributes import (
     ChangeRequest,
     ErrorCode,
     Family,
-    MappedAddress,
     OtherAddress,
     Padding,
     ResponseOrigin,
     ResponsePort,
     Software,
     UnknownAttributes,
-    XorMappedAddress,
     pack_ip,
     unpack_ip,
 )
@@ -116,13 +112,13 @@ from anchor_stun.budget import AnswerBudget
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address, Transmit
 from anchor_stun.message import (
-    FINGERPRINT_XOR,
     HEADER_SIZE,
     Message,
     MessageClass,
     Method,
     decode_type,
     encode_type,
+    seal,
 )
 
 __all__ = ["DEFAULT_MTU", "ServerStats", "StunServer"]
@@ -133,19 +129,14 @@ DEFAULT_MTU = 1500
 _MAX_PADDED_MESSAGE = 0xFFFF - 40 - 8  # RFC 5780 §7.6: the IP datagram stays under 64K
 _ADDR_CACHE_SIZE = 4096  # IPv4 sources whose (XOR-)MAPPED-ADDRESS bytes are kept
 
-_BINDING_REQUEST = encode_type(Method.BINDING, MessageClass.REQUEST)
 _BINDING_SUCCESS = encode_type(Method.BINDING, MessageClass.SUCCESS)
-_HEAD3 = struct.Struct("!HHI")  # type, length, cookie
-_HEADER = struct.Struct("!HHI12s")
 _TL = struct.Struct("!HH")
-_FP_TLV = struct.Struct("!HHI")
 _ADDR4_TLV = struct.Struct("!HHxBH4s")
 _ADDR6_TLV = struct.Struct("!HHxBH16s")
 _COOKIE_PORT = MAGIC_COOKIE >> 16
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
-_FINGERPRINT = int(AttrType.FINGERPRINT)
-_SOFTWARE = int(AttrType.SOFTWARE)
+_PADDING = int(AttrType.PADDING)
 _XMA = int(AttrType.XOR_MAPPED_ADDRESS)
 _MA = int(AttrType.MAPPED_ADDRESS)
 _CHANGE_REQUEST = int(AttrType.CHANGE_REQUEST)
@@ -264,8 +255,7 @@ class StunServer:
         self._software_tlv = software_tlv
         self._padding_length = (mtu + 3) & ~3
         self._queue: list[Transmit] = []
-        self._fast = True
-        self._v4_cache: dict[Address, bytes] = {}
+        self._v4_cache: dict[Address, tuple[bytes, bytes]] = {}
         # RFC 5780 mode: for each owned address Da:Dp, the address a response leaves from
         # for each (change_ip, change_port), OTHER-ADDRESS (Ca:Cp) and the precomputed
         # RESPONSE-ORIGIN + OTHER-ADDRESS + SOFTWARE bytes of an unchanged response.
@@ -293,24 +283,18 @@ class StunServer:
                 for j in (0, 1):
                     da, ca, dp, cp = ips[i], ips[1 - i], ports[j], ports[1 - j]
                     here = (da, dp)
-                    tail = b"".join(
-                        (
-                            _tlv(ResponseOrigin(da, dp)),
-                            _tlv(OtherAddress(ca, cp)),
-                            software_tlv,
-                        )
-                    )
-                    self._locals[here] = _Local(
-                        here,
-                        OtherAddress(ca, cp),
-                        {
-                            (False, False): here,
-                            (True, False): (ca, dp),
-                            (False, True): (da, cp),
-                            (True, True): (ca, cp),
-                        },
-                        tail,
-                    )
+                    change = {
+                        (False, False): here,
+                        (True, False): (ca, dp),
+                        (False, True): (da, cp),
+                        (True, True): (ca, cp),
+                    }
+                    other_tlv = _tlv(OtherAddress(ca, cp))
+                    tails = {
+                        source: b"".join((_tlv(ResponseOrigin(*source)), other_tlv, software_tlv))
+                        for source in change.values()
+                    }
+                    self._locals[here] = _Local(here, OtherAddress(ca, cp), change, tails)
 
     # ------------------------------------------------------------------ driver surface
 
@@ -365,106 +349,9 @@ class StunServer:
         return None
 
     def _handle(self, data: bytes, addr: Address, local: Address, stream: bool) -> Transmit | None:
-        """:meth:`handle` before the budget."""
+        """:meth:`handle` before the budget: decode, then :meth:`_process`."""
         stats = self.stats
         stats.received += 1
-        size = len(data)
-        if stream:
-            return self._handle_general(data, addr, local, True)
-        if self._fast and size >= HEADER_SIZE:
-            msg_type, length, cookie = _HEAD3.unpack_from(data)
-            if msg_type == _BINDING_REQUEST and cookie == MAGIC_COOKIE and length + 20 == size:
-                fp = False
-                pos = HEADER_SIZE
-                while pos < size:
-                    if pos + 4 > size:
-                        break
-                    atype, alen = _TL.unpack_from(data, pos)
-                    if atype == _FINGERPRINT:
-                        if alen != 4 or pos + 8 != size:
-                            break
-                        fp = True
-                        pos = size
-                        continue
-                    nxt = pos + 4 + alen + (-alen & 3)
-                    if nxt > size:
-                        break
-                    if atype == _SOFTWARE:
-                        try:
-                            data[pos + 4 : pos + 4 + alen].decode("utf-8")
-                        except UnicodeDecodeError:
-                            break
-                    elif atype < 0x8000 or atype in KNOWN_TYPES:
-                        break
-                    pos = nxt
-                else:
-                    return self._fast_success(data, addr, local, fp)
-        return self._handle_general(data, addr, local, False)
-
-    def _fast_success(
-        self, data: bytes, addr: Address, local: Address, fp: bool
-    ) -> Transmit | None:
-        """A Binding success response built without decoding (see "Fast path")."""
-        size = len(data)
-        if fp:
-            view = memoryview(data)
-            crc = zlib.crc32(view[: size - 8]) ^ FINGERPRINT_XOR
-            if crc != int.from_bytes(view[size - 4 :], "big"):
-                self.stats.dropped_fingerprint += 1
-                return None
-        tid = data[8:20]
-        locals_ = self._locals
-        if locals_:
-            here = locals_.get(local)
-            if here is None:  # not one of the four: served plainly, by the general path
-                return self._handle_general(data, addr, local, False)
-            tail = here.tail
-            mapped = True
-        else:
-            tail = self._software_tlv
-            mapped = False
-        addr_tlvs = self._v4_cache.get(addr)
-        if addr_tlvs is None:
-            addr_tlvs = self._address_tlvs(addr, tid, mapped)
-        fingerprint = fp or self.fingerprint
-        body_length = len(addr_tlvs) + len(tail) + (8 if fingerprint else 0)
-        head = _HEADER.pack(_BINDING_SUCCESS, body_length, MAGIC_COOKIE, tid)
-        self.stats.answered += 1
-        if fingerprint:
-            crc = zlib.crc32(tail, zlib.crc32(addr_tlvs, zlib.crc32(head))) ^ FINGERPRINT_XOR
-            out = b"".join((head, addr_tlvs, tail, _FP_TLV.pack(_FINGERPRINT, 4, crc)))
-        else:
-            out = b"".join((head, addr_tlvs, tail))
-        return Transmit(out, addr, local)
-
-    def _address_tlvs(self, addr: Address, tid: bytes, mapped: bool) -> bytes:
-        """XOR-MAPPED-ADDRESS (and MAPPED-ADDRESS) TLVs for ``addr``; IPv4 ones are cached
-        since they do not depend on the transaction id (RFC 8489 §14.2)."""
-        port = addr[1]
-        _, family, packed = _reflexive(addr[0])
-        if family == _IPV4:
-            tlvs = _ADDR4_TLV.pack(
-                _XMA, 8, _IPV4, port ^ _COOKIE_PORT, _xor_bytes(packed, MAGIC_COOKIE_BYTES)
-            )
-            if mapped:
-                tlvs += _ADDR4_TLV.pack(_MA, 8, _IPV4, port, packed)
-            cache = self._v4_cache
-            if len(cache) >= _ADDR_CACHE_SIZE:
-                cache.clear()
-            cache[addr] = tlvs
-            return tlvs
-        tlvs = _ADDR6_TLV.pack(
-            _XMA, 20, _IPV6, port ^ _COOKIE_PORT, _xor_bytes(packed, MAGIC_COOKIE_BYTES + tid)
-        )
-        if mapped:
-            tlvs += _ADDR6_TLV.pack(_MA, 20, _IPV6, port, packed)
-        return tlvs
-
-    def _handle_general(
-        self, data: bytes, addr: Address, local: Address, stream: bool
-    ) -> Transmit | None:
-        """Decode with the codec and apply every rule of the module docstring."""
-        stats = self.stats
         here = None if stream else self._locals.get(local)
         try:
             msg = Message.decode(data)
@@ -481,6 +368,31 @@ class StunServer:
             request = Message(method, klass, bytes(tid))
             return self._error(request, ErrorCode.BAD_REQUEST, addr, local, self.fingerprint)
         return self._process(msg, addr, local, here, stream)
+
+    def _address_tlvs(self, addr: Address, tid: bytes) -> tuple[bytes, bytes]:
+        """The XOR-MAPPED-ADDRESS and MAPPED-ADDRESS TLVs of ``addr`` (an IPv4-mapped IPv6
+        source as IPv4); IPv4 ones are remembered, since they do not depend on the
+        transaction id (RFC 8489 §14.2)."""
+        port = addr[1]
+        _, family, packed = _reflexive(addr[0])
+        if family == _IPV4:
+            tlvs = (
+                _ADDR4_TLV.pack(
+                    _XMA, 8, _IPV4, port ^ _COOKIE_PORT, _xor_bytes(packed, MAGIC_COOKIE_BYTES)
+                ),
+                _ADDR4_TLV.pack(_MA, 8, _IPV4, port, packed),
+            )
+            cache = self._v4_cache
+            if len(cache) >= _ADDR_CACHE_SIZE:
+                cache.clear()
+            cache[addr] = tlvs
+            return tlvs
+        return (
+            _ADDR6_TLV.pack(
+                _XMA, 20, _IPV6, port ^ _COOKIE_PORT, _xor_bytes(packed, MAGIC_COOKIE_BYTES + tid)
+            ),
+            _ADDR6_TLV.pack(_MA, 20, _IPV6, port, packed),
+        )
 
     def _process(
         self, msg: Message, addr: Address, local: Address, here: _Local | None, stream: bool
@@ -531,29 +443,47 @@ class StunServer:
 
         # RFC 8489 §6.3.1.1 and RFC 5780 §6.1: the success response.
         source = local
-        reflexive_ip = _reflexive(addr[0])[0]
-        attrs: list[Attribute] = [XorMappedAddress(reflexive_ip, addr[1])]
-        if here is not None:
-            if change is not None:
-                source = here.change[(change.change_ip, change.change_port)]
-            attrs.append(MappedAddress(reflexive_ip, addr[1]))
-            attrs.append(ResponseOrigin(source[0], source[1]))
-            attrs.append(here.other_address)
-        attrs.extend(self._software_attrs)
-        response = Message(Method.BINDING, MessageClass.SUCCESS, msg.transaction_id, attrs)
+        if here is not None and change is not None:
+            source = here.change[(change.change_ip, change.change_port)]
+        destination = addr if response_port is None else (addr[0], response_port.value)
+        stats.answered += 1
+        return Transmit(
+            self._success(msg.transaction_id, addr, source, here, padding, fingerprint),
+            destination,
+            source,
+        )
+
+    def _success(
+        self,
+        tid: bytes,
+        addr: Address,
+        source: Address,
+        here: _Local | None,
+        padding: Padding | None,
+        fingerprint: bool,
+    ) -> bytes:
+        """The Binding success response to ``addr`` sent from ``source`` (RFC 8489 §6.3.1.1,
+        RFC 5780 §6.1): XOR-MAPPED-ADDRESS, then with ``here`` MAPPED-ADDRESS, RESPONSE-ORIGIN
+        and OTHER-ADDRESS, SOFTWARE, PADDING when the request had some, FINGERPRINT as
+        asked."""
+        tlvs = self._v4_cache.get(addr)
+        if tlvs is None:
+            tlvs = self._address_tlvs(addr, tid)
+        if here is None:
+            body = tlvs[0] + self._software_tlv
+        else:
+            body = b"".join((tlvs[0], tlvs[1], here.tails[source]))
         if padding is not None:
             # RFC 5780 §7.6: the MTU rounded up to 4, but no longer than the request's
             # PADDING (no amplification) nor past a 64K IP datagram.
-            unpadded = len(response.encode()) + 4 + (8 if fingerprint else 0)
+            unpadded = HEADER_SIZE + len(body) + 4 + (8 if fingerprint else 0)
             length = min(
                 self._padding_length,
                 (len(padding.value) + 3) & ~3,
                 max(0, _MAX_PADDED_MESSAGE - unpadded) & ~3,
             )
-            response.add(Padding(bytes(length)))
-        destination = addr if response_port is None else (addr[0], response_port.value)
-        stats.answered += 1
-        return Transmit(response.encode(fingerprint=fingerprint), destination, source)
+            body += _TL.pack(_PADDING, length) + bytes(length)
+        return seal(_BINDING_SUCCESS, tid, body, fingerprint=fingerprint)
 
     def _error(
         self,
@@ -578,7 +508,10 @@ class _Local:
     address: Address
     other_address: OtherAddress
     change: dict[tuple[bool, bool], Address]
-    tail: bytes
+    """The address an answer leaves from, by CHANGE-REQUEST's (change IP, change port)."""
+    tails: dict[Address, bytes]
+    """RESPONSE-ORIGIN, OTHER-ADDRESS and SOFTWARE of an answer, by the address it leaves
+    from."""
 
 
 def _tlv(attribute: Attribute) -> bytes:

@@ -20,6 +20,7 @@ by everything it depends on. These tests hold that through the public surface:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import types
 import zlib
@@ -45,12 +46,25 @@ from anchor_stun.attributes import (
     UseCandidate,
     Username,
     XorMappedAddress,
+    pack_ip,
 )
 from anchor_stun.check import TABLE_SIZE, CheckKey, CheckReader
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address
 from anchor_stun.integrity import short_term_key
-from anchor_stun.message import Message, MessageClass, Method, signed_check_prefix
+from anchor_stun.message import (
+    HEADS,
+    HmacKey,
+    Message,
+    MessageClass,
+    Method,
+    encode_attributes,
+    encode_type,
+    fingerprint_matches,
+    integrity_matches,
+    seal,
+    signed_check_prefix,
+)
 
 FAST = settings(deadline=None, max_examples=200)
 
@@ -71,7 +85,7 @@ def _check(tid: bytes, attrs: list[Any], key: bytes, fingerprint: bool = True) -
 # --------------------------------------------------------------------------- no module state
 
 
-@pytest.mark.parametrize("module", [message_module, check_module])
+@pytest.mark.parametrize("module", [attributes_module, message_module, check_module])
 def test_the_codec_modules_keep_no_mutable_state(module: types.ModuleType) -> None:
     """No module-level cache: every global is a constant (immutable mapping or set, tuple,
     bytes, number, string), a class, a function or an imported module."""
@@ -86,6 +100,28 @@ def test_the_codec_modules_keep_no_mutable_state(module: types.ModuleType) -> No
         ):
             continue  # dunder, or another module's name imported here
         assert not isinstance(value, (dict, list, set, bytearray)), name
+        assert not hasattr(value, "cache_info"), name  # functools.lru_cache / cache
+
+
+@FAST
+@given(
+    text=st.one_of(
+        st.ip_addresses().map(str),
+        st.lists(st.integers(0, 300).map(str), min_size=3, max_size=5).map(".".join),
+        st.lists(st.text("0123456789٣", max_size=4), min_size=4, max_size=4).map(".".join),
+        st.sampled_from(["01.2.3.4", "1.2.3.4 ", "1.2.3.4\n", "::ffff:1.2.3.4", "", "1..2.3"]),
+        st.text(max_size=20),
+    )
+)
+def test_pack_ip_reads_addresses_as_ipaddress_does(text: str) -> None:
+    """pack_ip (a direct read of dotted quads, nothing remembered) says what ipaddress says."""
+    try:
+        parsed = ipaddress.ip_address(text)
+    except ValueError:
+        with pytest.raises(LocalProtocolError):
+            pack_ip(text)
+        return
+    assert pack_ip(text) == (1 if parsed.version == 4 else 2, parsed.packed)
 
 
 # --------------------------------------------------------------------------- CheckKey
@@ -125,6 +161,29 @@ def test_the_answer_stays_the_general_encoding_past_the_table_size() -> None:
             Method.BINDING, MessageClass.SUCCESS, tid, [XorMappedAddress(*address)]
         ).encode(key=key.key, fingerprint=True)
         assert key.success(tid, address) == general
+
+
+def test_a_key_signs_every_shape_as_its_bytes_do_past_its_table_size() -> None:
+    """seal with an HmacKey (its signed headers remembered by message type and length)
+    gives the bytes of the same key as bytes, for more shapes than the key remembers, in
+    an order that comes back to shapes it forgot; and those messages verify."""
+    raw_key = os.urandom(20)
+    key = HmacKey(raw_key)
+    shapes = [
+        (encode_type(method, klass), length)
+        for length in range(0, 4 * (HEADS + 8), 4)
+        for method, klass in ((Method.BINDING, MessageClass.REQUEST), (0x003, 0b10))
+    ]
+    for msg_type, length in shapes + shapes[::-1] + shapes[:5]:
+        tid = os.urandom(12)
+        value = os.urandom(length - 4) if length else b""
+        body = encode_attributes([RawAttribute(0x8022, value)], tid) if length else b""
+        signed = seal(msg_type, tid, body, key, None, 32, True)
+        assert signed == seal(msg_type, tid, body, raw_key, None, 32, True)
+        assert integrity_matches(signed, len(signed) - 32, key)
+        assert integrity_matches(signed, len(signed) - 32, raw_key)
+        assert fingerprint_matches(signed, len(signed) - 8)
+        assert not integrity_matches(signed, len(signed) - 32, HmacKey(raw_key + b"!"))
 
 
 def _general_check(
@@ -172,9 +231,7 @@ def test_a_check_is_the_general_encoding(
     general = _outcome(lambda: _general_check(tid, ufrag, priority, controlling, tie, key, use))
     check_key = CheckKey(key)
     for _ in range(2):  # first built, then from the key's table of requests
-        built = _outcome(
-            lambda: check_key.request(tid, ufrag, priority, controlling, tie, use)
-        )
+        built = _outcome(lambda: check_key.request(tid, ufrag, priority, controlling, tie, use))
         assert built == general
     if general[0] == "ok":
         msg = Message.decode(general[1])  # type: ignore[arg-type]
@@ -209,8 +266,6 @@ check_attrs = st.lists(
     ),
     max_size=5,
 )
-
-
 
 
 @FAST
@@ -424,8 +479,6 @@ datagrams = st.tuples(
     st.one_of(*[st.none()] * 4, st.tuples(st.integers(0, 200), st.integers(1, 255))),
     st.sampled_from([0.0, 0.0, 0.01, 0.6]),  # time before it
 )
-
-
 
 
 def _request(spec: tuple[Any, ...], unique: int | None) -> tuple[bytes, Address, Any, float]:

@@ -33,7 +33,7 @@ from anchor_stun.budget import AnswerBudget
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address, Transmit
 from anchor_stun.message import Message, MessageClass, Method
-from anchor_stun.server import ServerStats, StunServer
+from anchor_stun.server import DEFAULT_MTU, ServerStats, StunServer
 
 NOW = 100.0
 TID = bytes(range(1, 13))
@@ -576,39 +576,74 @@ _optional_unknown = st.integers(0x8000, 0xFFFF).filter(
 @given(
     software=st.one_of(st.none(), st.text(max_size=20)),
     extras=st.lists(st.tuples(_optional_unknown, st.binary(max_size=9)), max_size=3),
-    client_software=st.one_of(st.none(), st.binary(max_size=12)),
+    client_software=st.one_of(st.none(), st.text(max_size=6).map(str.encode)),
     fingerprint=st.booleans(),
     client_fp=st.booleans(),
     five780=st.booleans(),
-    v6=st.booleans(),
-    local_index=st.integers(0, 3),
+    client=st.sampled_from([CLIENT4, CLIENT6, ("::ffff:203.0.113.9", 4000)]),
+    local_index=st.integers(0, 4),
+    change=st.one_of(st.none(), st.tuples(st.booleans(), st.booleans())),
+    padding=st.one_of(st.none(), st.integers(0, 2000)),
+    repeat=st.integers(1, 2),
 )
-def test_fast_path_matches_general_path(
+def test_a_success_is_the_message_encoding_of_its_attributes(
     software: str | None,
     extras: list[tuple[int, bytes]],
     client_software: bytes | None,
     fingerprint: bool,
     client_fp: bool,
     five780: bool,
-    v6: bool,
+    client: Address,
     local_index: int,
+    change: tuple[bool, bool] | None,
+    padding: int | None,
+    repeat: int,
 ) -> None:
-    """handle()'s fast path builds byte for byte what the codec path builds."""
-    kw: dict[str, object] = dict(software=software, fingerprint=fingerprint)
-    fast = rfc5780(**kw) if five780 else plain(**kw)
-    slow = rfc5780(**kw) if five780 else plain(**kw)
-    slow._fast = False
+    """Issue 19: the one path writes a success from the bytes it keeps (per local address,
+    per IPv4 source); what it writes is what Message.encode writes for the attributes
+    RFC 8489 §6.3.1.1 and RFC 5780 §6.1 list, in that order (the first time and from the
+    table of sources alike; on a listed address or another listener)."""
+    server = (
+        rfc5780(software=software, fingerprint=fingerprint)
+        if five780
+        else plain(software=software, fingerprint=fingerprint)
+    )
+    owned = server.local_addresses()
+    local = owned[local_index] if local_index < len(owned) else ("198.51.100.1", 5349)
+    here = five780 and local in owned
     attrs: list[Attribute] = [RawAttribute(t, v) for t, v in extras]
     if client_software is not None:
         attrs.insert(0, RawAttribute(AttrType.SOFTWARE, client_software))
+    if change is not None and here:
+        attrs.append(ChangeRequest(*change))
+    if padding is not None:
+        attrs.append(Padding(bytes(padding)))
     data = request(*attrs).encode(fingerprint=client_fp)
-    client = CLIENT6 if v6 else CLIENT4
-    local = fast.local_addresses()[local_index % len(fast.local_addresses())]
-    for _ in range(2):  # the second time from the IPv4 cache
-        a = fast.handle(data, client, local, NOW)
-        b = slow.handle(data, client, local, NOW)
-        assert a == b
-    assert fast.stats == slow.stats
+    for _ in range(repeat):
+        got = server.handle(data, client, local, NOW)
+    assert got is not None
+    ip = client[0].removeprefix("::ffff:")
+    source = local
+    if here and change is not None:
+        ips, ports = (A1, A2), (P1, P2)
+        i, j = ips.index(local[0]), ports.index(local[1])
+        source = (ips[1 - i] if change[0] else local[0], ports[1 - j] if change[1] else local[1])
+    want: list[Attribute] = [XorMappedAddress(ip, client[1])]
+    if here:
+        other = (A2 if local[0] == A1 else A1, P2 if local[1] == P1 else P1)
+        want += [MappedAddress(ip, client[1]), ResponseOrigin(*source), OtherAddress(*other)]
+    if software is not None:
+        want.append(Software(software))
+    answer = Message(Method.BINDING, MessageClass.SUCCESS, TID, want)
+    fp = client_fp or fingerprint
+    if padding is not None:
+        unpadded = len(answer.encode()) + 4 + (8 if fp else 0)
+        length = min(
+            (DEFAULT_MTU + 3) & ~3, (padding + 3) & ~3, max(0, 0xFFFF - 48 - unpadded) & ~3
+        )
+        answer.add(Padding(bytes(length)))
+    assert got == Transmit(answer.encode(fingerprint=fp), client, source)
+    assert server.stats.answered == repeat
 
 
 def test_budget_bounds_response_port_answers_per_prefix() -> None:

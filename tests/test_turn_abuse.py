@@ -78,7 +78,7 @@ caches keyed by source address fill up (about 2 MB) and the answer budget holds 
 (about 300 B) for each prefix whose credit has not grown back yet (20 s of sources)."""
 FLOOD_GROWTH_MAX = 512 * 1024
 """Bytes a second flood, of 10,000 more sources, may add: after the first 10,000 the
-source-keyed caches (StunServer's, ``pack_ip``'s, 4096 entries each) are full, so what is
+source-keyed caches (StunServer's, 4096 entries) are full, so what is
 left is the churn of their contents."""
 
 
