@@ -34,7 +34,7 @@ import pytest
 from anchor_ice.aio.connection import Connection
 from anchor_ice.sdp import IceDescription, parse
 from tests.helpers import ANCHOR, in_ci
-from tests.test_ice_net import wire
+from tests.loopback.test_ice_net import wire
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 PEER_SCRIPT = str(Path(__file__).with_name("libnice_peer.py"))

@@ -33,7 +33,7 @@ from anchor_ice.candidate import CandidateType
 from anchor_ice.nominator import GatewayNominator, StandardNominator
 from anchor_stun.aio.net import format_address
 from tests.helpers import ANCHOR, anchor_serve
-from tests.test_ice_net import connect, wire
+from tests.loopback.test_ice_net import connect, wire
 
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")

@@ -7,7 +7,7 @@ every direct pair is a host pair, which the gateway policy never takes), several
 and 64 KiB among them) arrive intact, and after the idle timeout the link dissolves. Then:
 
 - this process holds exactly the socket file descriptors and asyncio tasks it held before the
-  first send (``/proc/self/fd``, ``asyncio.all_tasks()``: ``tests.test_link.exchange_and_dissolve``);
+  first send (``/proc/self/fd``, ``asyncio.all_tasks()``: ``tests.loopback.test_link.exchange_and_dissolve``);
 - the server holds no allocation of the link. For ``anchor serve`` that is its own count, the
   ``anchor_turn_allocations`` gauge of ``--metrics`` (and ``allocations_deleted`` went up by
   two: released by Refresh LIFETIME 0, not expired). coturn exposes no count here (its CLI is
@@ -39,7 +39,7 @@ from anchor_link.aio.endpoint import LinkEndpoint
 from anchor_link.aio.signal import InProcessSignalling
 from anchor_link.state import LinkFailed
 from tests.helpers import anchor_serve
-from tests.test_link import IDLE, exchange_and_dissolve, run
+from tests.loopback.test_link import IDLE, exchange_and_dissolve, run
 
 LOOPBACK = "127.0.0.1"
 

@@ -64,9 +64,7 @@ from anchor_link.state import (
 )
 from anchor_turn.aio.server import loopback_runner
 from anchor_turn.server import TurnServer
-from tests.helpers import free_port
-
-from .helpers import ANCHOR, anchor_json, anchor_serve
+from tests.helpers import ANCHOR, anchor_json, anchor_serve, free_port
 
 LOOPBACK = "127.0.0.1"
 IDLE = 0.5

@@ -20,7 +20,7 @@ from anchor_turn.admission import AlternateServers, SharedQuota
 from anchor_turn.external import ExternalAddresses
 from anchor_turn.server import AllocationCreatedEvent, PeerFilter
 from anchor_turn.shaper import RelayShaper
-from tests.test_turn_server import (
+from tests.unit.test_turn_server import (
     CLIENT2,
     RELAY_IP4,
     RELAY_IP6,

@@ -21,8 +21,7 @@ from anchor_ice.nominator import GatewayNominator, NominationView, gateway_pair_
 from anchor_stun.attributes import UseCandidate
 from anchor_stun.events import Transmit
 from anchor_stun.message import Message, MessageClass
-
-from .test_ice_net import LOOPBACK, exchange, turn_server
+from tests.loopback.test_ice_net import LOOPBACK, exchange, turn_server
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from anchor_ice.nominator import (
 )
 from anchor_stun.events import Address
 from anchor_stun.message import MessageClass
-from tests.test_ice_harness import (
+from tests.unit.test_ice_harness import (
     Endpoint,
     Nat,
     Network,

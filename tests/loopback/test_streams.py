@@ -1,7 +1,7 @@
 """anchor_stun.aio.streams: the sizing of the bounds from the descriptor limit, and the loop
 exception handler that turns accept() failures for lack of descriptors into a counter and
 one warning (issue 24). The bounds themselves are exercised against `anchor serve` in
-tests/test_serve_hostile.py."""
+tests/loopback/test_serve_hostile.py."""
 
 from __future__ import annotations
 

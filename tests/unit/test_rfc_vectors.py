@@ -50,7 +50,7 @@ def userhash(username: str, realm: str) -> bytes:
 
 # --------------------------------------------------------------------------- vectors
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def load_hex(name: str) -> bytes:

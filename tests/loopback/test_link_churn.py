@@ -9,7 +9,7 @@ What this proves:
   allocations per link, one per side) and a short idle timeout. Links are formed
   ``CHURN_PARALLEL`` at a time (one endpoint "hub" linking to that many peers) to keep the
   test quick. Afterwards this process has exactly the socket file descriptors and the
-  asyncio tasks it had before the first link (the exact sets, as tests/test_link.py counts
+  asyncio tasks it had before the first link (the exact sets, as tests/loopback/test_link.py counts
   them), the server has no allocation left, and every allocation created was deleted by the
   client's Refresh LIFETIME 0 (none expired).
 - ICE checks with a wrong password (or a wrong ufrag) get 401 and change nothing: agent
@@ -52,9 +52,9 @@ from anchor_stun.attributes import (
 )
 from anchor_stun.integrity import short_term_key
 from anchor_stun.message import Message, MessageClass, Method
-from tests.test_ice_agent import A_HOST, B_HOST, connect
-from tests.test_ice_harness import decode, host, loopback_pair, run
-from tests.test_link import LOOPBACK, other_tasks, socket_fds, turn_server
+from tests.loopback.test_link import LOOPBACK, other_tasks, socket_fds, turn_server
+from tests.unit.test_ice_agent import A_HOST, B_HOST, connect
+from tests.unit.test_ice_harness import decode, host, loopback_pair, run
 
 CHURN_LINKS = int(os.environ.get("ANCHOR_CHURN_LINKS", "50"))
 CHURN_PARALLEL = 10

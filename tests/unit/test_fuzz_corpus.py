@@ -14,7 +14,7 @@ import pytest
 
 from fuzz.harnesses import HARNESSES
 
-CORPUS = Path(__file__).resolve().parent.parent / "fuzz" / "corpus"
+CORPUS = Path(__file__).resolve().parents[2] / "fuzz" / "corpus"
 
 
 def _files(name: str) -> list[Path]:

@@ -36,8 +36,7 @@ from anchor_link.aio.endpoint import LinkEndpoint
 from anchor_link.state import LinkFormed, LinkState
 from anchor_turn.aio.server import loopback_runner
 from tests.helpers import free_port
-
-from .test_link_auth import TappedHub
+from tests.loopback.test_link_auth import TappedHub
 
 LOOPBACK = "127.0.0.1"
 FORGED = "candidate:666 1 udp 2130706431 127.0.0.1 9 typ host"

@@ -192,7 +192,7 @@ def test_formatter_fields_exception_and_event_names() -> None:
 
 
 def _documented_unit() -> str:
-    text = (Path(__file__).parent.parent / "docs" / "serve.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "serve.md").read_text()
     match = re.search(r"## Running under systemd.*?```ini\n(.*?)```", text, re.S)
     assert match is not None, "docs/serve.md has no systemd unit"
     return match.group(1)

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from anchor_link.identity import load_identity, parse_public
-
-from .helpers import ANCHOR, run_anchor
-from .test_link import pipe_server
+from tests.helpers import ANCHOR, run_anchor
+from tests.loopback.test_link import pipe_server
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,7 +1,7 @@
 """Flow control of the reliable channel (anchor_link.reliable): the receiver advertises in
 every ACK how many frames it can still take; a receiver whose application does not read
 makes the sender wait, without drops or retransmissions, and the persist timer finds a lost
-window update. Fake clock, in-memory path (tests.test_congestion.Path)."""
+window update. Fake clock, in-memory path (tests.unit.test_congestion.Path)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from anchor_link.reliable import ReliableChannel
 from anchor_stun.errors import LocalProtocolError
-from tests.test_congestion import RTT, Path
+from tests.unit.test_congestion import RTT, Path
 
 WINDOW = 32
 

@@ -37,7 +37,7 @@ from anchor_link.identity import (
 )
 from anchor_link.trust import PeerKeyMismatch, Trust, TrustPolicy
 
-VECTORS = json.loads((Path(__file__).parent / "data" / "noise_xx_vectors.json").read_text())[
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "data" / "noise_xx_vectors.json").read_text())[
     "vectors"
 ]
 HANDSHAKE_MESSAGES = 3

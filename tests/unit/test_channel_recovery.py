@@ -20,7 +20,7 @@ from anchor_link.reliable import (
     ReliableEvent,
     SendWindowOpen,
 )
-from tests.test_channel import Harness, Network, deliver
+from tests.unit.test_channel import Harness, Network, deliver
 
 RTT = 1 / 64
 HALF = RTT / 2

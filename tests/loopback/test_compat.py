@@ -149,7 +149,7 @@ def test_install_refuses_unknown_options_and_policies(installed: None) -> None:
 
 def test_turn_transport_and_ssl_reach_anchors_turn_configuration() -> None:
     """aioice's ``turn_transport``/``turn_ssl`` select TURN over TCP and TLS (the relay
-    itself is tested over real TCP and TLS servers in tests/test_ice_net.py)."""
+    itself is tested over real TCP and TLS servers in tests/loopback/test_ice_net.py)."""
     for kwargs, transport in (({}, "udp"), ({"turn_transport": "tcp"}, "tcp"),
                               ({"turn_transport": "tcp", "turn_ssl": True}, "tls")):  # fmt: skip
         conn = Connection(True, turn_server=(LOOPBACK, 3478), turn_username="u",

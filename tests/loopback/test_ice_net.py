@@ -42,9 +42,7 @@ from anchor_ice.candidate import CandidateType
 from anchor_ice.nominator import GatewayNominator
 from anchor_turn.aio.server import TurnServerRunner, loopback_runner
 from anchor_turn.server import TurnServer
-from tests.helpers import free_port
-
-from .helpers import ANCHOR
+from tests.helpers import ANCHOR, free_port
 
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")

@@ -33,8 +33,7 @@ from anchor_link.seal import (
     Sealer,
     _mask,
 )
-
-from .test_channel import Harness, Network, events, flip_bit, mixed_messages
+from tests.unit.test_channel import Harness, Network, events, flip_bit, mixed_messages
 
 CTX = b"anchor-link/2 test prologue"
 SECRET = b"TOP-SECRET-PAYLOAD:"

@@ -925,7 +925,7 @@ def test_close_during_allocation_releases_it() -> None:
 
 def test_relay_candidate_from_coturn(tmp_path: Path) -> None:
     require_program("turnserver", "coturn")
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "conformance"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "conformance"))
     try:
         from peers import start_coturn  # type: ignore[import-not-found]
     finally:

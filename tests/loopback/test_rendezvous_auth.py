@@ -26,8 +26,7 @@ from anchor_link.aio.signal import (
     WebSocketSignalling,
 )
 from anchor_link.identity import Identity
-
-from .helpers import ANCHOR, anchor_serve, free_port
+from tests.helpers import ANCHOR, anchor_serve, free_port
 
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOWER = ["anchor_stun", "anchor_turn", "anchor_ice", "anchor_link", "anchor_cli"]
 IO_MODULES = {"asyncio", "socket", "time", "random", "secrets", "threading"}
 THIRD_PARTY_OF_CLI_AND_SERVER = ("rich", "prometheus_client", "redis")

@@ -37,7 +37,7 @@ from anchor_stun.attributes import (
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.integrity import short_term_key
 from anchor_stun.message import Message, MessageClass, Method
-from tests.test_ice_harness import (
+from tests.unit.test_ice_harness import (
     Endpoint,
     Nat,
     Network,
@@ -805,7 +805,7 @@ def test_gateway_peer_defers_an_early_nomination_until_its_check_succeeded() -> 
     mapped_b = nat_b.outbound(B_HOST, ("192.0.2.100", 3478))
     ea = net.add(a, A_HOST, nat=nat_a)
     eb = net.add(b, B_HOST, nat=nat_b)
-    from tests.test_ice_harness import srflx
+    from tests.unit.test_ice_harness import srflx
 
     a.add_local_candidate(host(*A_HOST), A_HOST)
     a.add_local_candidate(srflx(*mapped_a, A_HOST), A_HOST)

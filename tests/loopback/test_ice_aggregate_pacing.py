@@ -27,8 +27,7 @@ from anchor_ice.aio.connection import Connection
 from anchor_ice.aio.pacing import MIN_INTERVAL, UNPACED, TransactionPacer, shared_pacer
 from anchor_stun.events import Transmit
 from anchor_stun.message import Message, MessageClass
-
-from .test_ice_net import LOOPBACK, exchange
+from tests.loopback.test_ice_net import LOOPBACK, exchange
 
 T = TypeVar("T")
 pytestmark = pytest.mark.timeout(60)

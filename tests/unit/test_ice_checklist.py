@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from anchor_ice.candidate import Candidate, CandidateType, make_candidate
 from anchor_ice.checklist import CandidatePair, Checklist, PairState, can_pair
-from tests.test_ice_harness import host, relay, srflx
+from tests.unit.test_ice_harness import host, relay, srflx
 
 HOST_PRIO = 2130706431  # RFC 8445 §5.1.2.1: (126 << 24) + (65535 << 8) + 255
 SRFLX_PRIO = 1694498815  # (100 << 24) + (65535 << 8) + 255

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 PACKAGES = ("anchor_stun", "anchor_turn", "anchor_ice", "anchor_link", "anchor_cli")
 TIMEOUT = 60.0

@@ -18,7 +18,7 @@ from anchor_stun.attributes import UseCandidate
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address
 from anchor_stun.message import MessageClass
-from tests.test_ice_harness import (
+from tests.unit.test_ice_harness import (
     Endpoint,
     Network,
     Packet,
@@ -29,7 +29,7 @@ from tests.test_ice_harness import (
     run,
     seeded,
 )
-from tests.test_ice_nominator import (
+from tests.unit.test_ice_nominator import (
     L_HOST,
     L_RELAY,
     L_SRFLX,
