@@ -36,7 +36,7 @@ from typing import Any
 
 from . import Result, result
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parent.parent
 RATE = "20mbit"
 QUEUE = 60_000
 SIZE = 10_000_000

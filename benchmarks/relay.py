@@ -84,7 +84,7 @@ FLOWS = 2
 """Allocations loaded at once in the ``--workers`` rows, one per worker of ``--workers 2``
 (each by its own generator process)."""
 
-_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 # ============================================================ child processes (stdlib only)

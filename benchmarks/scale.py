@@ -67,7 +67,7 @@ PLOT_SIZES = (100, 300, 1_000, 3_000, 10_000, 30_000)
 USER, PASSWORD, REALM = "bench", "bench-secret", "anchor.bench"
 LISTENER = ("127.0.0.1", 3478)
 RELAY_IP = "127.0.0.1"
-_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def rss_bytes() -> int:

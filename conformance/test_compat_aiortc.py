@@ -27,7 +27,7 @@ import pytest
 from anchor_turn.aio.server import loopback_runner
 from tests.helpers import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 
 pytestmark = [pytest.mark.peer("aiortc"), pytest.mark.timeout(120)]

@@ -62,7 +62,7 @@ OUTER_NETNS_ENV = "ANCHOR_OUTER_NETNS"
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
-CONFORMANCE = Path(__file__).resolve().parents[2]
+CONFORMANCE = Path(__file__).resolve().parent.parent
 REPO = CONFORMANCE.parent
 
 
