@@ -213,7 +213,7 @@ class NoiseHandshake:
         self._noise.set_keypair_from_private_bytes(Keypair.EPHEMERAL, ephemeral)
         with warnings.catch_warnings():
             # The library warns that a preset ephemeral key is for tests: here it is the
-            # injected randomness (STYLE.md §3), as fresh as the library's own.
+            # injected randomness (docs/design.md, "Sans-I/O cores"), as fresh as the library's own.
             warnings.simplefilter("ignore")
             try:
                 self._noise.start_handshake()
