@@ -1014,7 +1014,7 @@ class TurnServerConfig:
     """(host, port); the host may be a name, resolved when gathering."""
     username: str
     """Long-term credential user name (RFC 8489 §9.2)."""
-    password: str
+    password: str = field(repr=False)
     """Long-term credential password."""
     transport: TransportName = "udp"
     """Client-server transport (RFC 8656 §3.1): "udp" (the allocation shares the host

@@ -62,3 +62,12 @@ def test_turn_server_config_from_uri() -> None:
     assert (tls.address, tls.transport) == (("turn.example.org", 5349), "tls")
     udp = TurnServerConfig.from_uri("198.51.100.7:3478", "alice", "secret")
     assert udp.transport == "udp" and udp.uri == "turn:198.51.100.7:3478"
+
+
+def test_a_turn_server_config_does_not_print_its_password() -> None:
+    """Configurations end up in logs and tracebacks: their repr leaves the password out."""
+    from anchor_ice import TurnServerConfig
+
+    config = TurnServerConfig.from_uri("turns:127.0.0.1:5349", "alice", "s3cret-pw")
+    assert "s3cret-pw" not in repr(config) and "s3cret-pw" not in str(config)
+    assert config.password == "s3cret-pw"
