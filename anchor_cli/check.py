@@ -28,8 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import ssl
-import sys
 import time
 from typing import Any
 
@@ -39,8 +37,7 @@ from anchor_stun.aio.net import (
     DEFAULT_TLS_PORT,
     format_address,
 )
-from anchor_stun.errors import AnchorError
-from anchor_turn.aio.check import CheckConfig, CheckError, run_check
+from anchor_turn.aio.check import CheckConfig, run_check
 from anchor_turn.check import (
     Outcome,
     ProbeResult,
@@ -216,17 +213,9 @@ def _print_report(config: CheckConfig, results: list[ProbeResult], seconds: floa
 
 def main(args: argparse.Namespace) -> int:
     """Run ``anchor check`` with parsed arguments; returns the exit status."""
-    try:
-        config, results, seconds = asyncio.run(run(args))
-    except UsageError as exc:
-        print(f"anchor check: {exc}", file=sys.stderr)
-        return 2
-    except CheckError as exc:
-        print(f"anchor check: {exc}", file=sys.stderr)
-        return 1
-    except (AnchorError, OSError, ssl.SSLError) as exc:
-        print(f"anchor check: {exc}", file=sys.stderr)
-        return 1
+    # UsageError (exit 2) and AnchorError (CheckError included), OSError, ssl.SSLError (exit
+    # 1) go to the anchor command's one handler (anchor_cli.main.main).
+    config, results, seconds = asyncio.run(run(args))
     if args.json:
         print(json.dumps([r.to_json() for r in results]))
     else:

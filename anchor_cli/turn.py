@@ -207,17 +207,9 @@ def _print_text(out: dict[str, Any], echoes: list[_Echo]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``anchor turn`` with parsed arguments; returns the exit status."""
-    try:
-        out, echoes = asyncio.run(run(args))
-    except UsageError as exc:
-        print(f"anchor turn: {exc}", file=sys.stderr)
-        return 2
-    except TurnStepError as exc:
-        print(f"anchor turn: {exc}", file=sys.stderr)
-        return 1
-    except (AnchorError, OSError, ssl.SSLError) as exc:
-        print(f"anchor turn: {exc}", file=sys.stderr)
-        return 1
+    # UsageError (exit 2) and AnchorError (TurnStepError included), OSError, ssl.SSLError
+    # (exit 1) go to the anchor command's one handler (anchor_cli.main.main).
+    out, echoes = asyncio.run(run(args))
     if args.json:
         print(json.dumps(out))
     else:
