@@ -95,12 +95,7 @@ async def _send_round_trip(
         data = msg.get(Data)
         return data is not None and data.value == payload
 
-    item = None
-    for _ in range(3):
-        alloc.link.send(indication)
-        item = await alloc.link.receive_matching(is_echo, ctx.config.timeout / 3)
-        if item is not None:
-            break
+    item = await alloc.link.send_until(indication, is_echo, ctx.config.timeout)
     wrong = await _relay_source(ctx, payload, alloc)
     if wrong:
         return wrong
@@ -135,12 +130,7 @@ async def _probe_channel_data(ctx: CheckContext) -> Verdict:
         data = item.message.get(Data) if item.message is not None else None
         return data is not None and data.value == payload
 
-    item = None
-    for _ in range(3):
-        alloc.link.send(frame)
-        item = await alloc.link.receive_matching(is_echo, ctx.config.timeout / 3)
-        if item is not None:
-            break
+    item = await alloc.link.send_until(frame, is_echo, ctx.config.timeout)
     wrong = await _relay_source(ctx, payload, alloc)
     if wrong:
         return Verdict.failed(wrong)
@@ -221,12 +211,7 @@ async def _probe_permission_expiry(ctx: CheckContext) -> Verdict:
         attr = item.message.get(Data) if item.message is not None else None
         return attr is not None and attr.value == payload
 
-    item = None
-    for _ in range(3):
-        alloc.link.send(indication)
-        item = await alloc.link.receive_matching(is_echo, ctx.config.timeout / 3)
-        if item is not None:
-            break
+    item = await alloc.link.send_until(indication, is_echo, ctx.config.timeout)
     if item is None:
         raise ProbeSkipped("data does not flow even with a fresh permission; see turn.send-data")
     lifetime = ctx.config.permission_lifetime

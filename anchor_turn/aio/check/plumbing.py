@@ -309,6 +309,19 @@ class _Link(StunTransport):
         except TimeoutError:
             return None
 
+    async def send_until(
+        self, data: bytes, accept: Callable[[Inbound], bool], timeout: float, tries: int = 3
+    ) -> Inbound | None:
+        """Send ``data`` up to ``tries`` times, each followed by ``timeout / tries`` seconds
+        of waiting for an inbound item ``accept`` takes (UDP may lose either way); the item,
+        or None."""
+        for _ in range(tries):
+            self.send(data)
+            item = await self.receive_matching(accept, timeout / tries)
+            if item is not None:
+                return item
+        return None
+
     async def receive_matching(
         self, accept: Callable[[Inbound], bool], timeout: float
     ) -> Inbound | None:
