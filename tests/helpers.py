@@ -128,10 +128,16 @@ def anchor_json(*args: str, timeout: float = 60) -> Any:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+class ServeLines(list[str]):
+    """The "listening" lines of a running `anchor serve`, with its process (``process``)."""
+
+    process: subprocess.Popen[str]
+
+
 @contextlib.contextmanager
-def anchor_serve(*args: str, expect: int = 1, timeout: float = 20) -> Iterator[list[str]]:
+def anchor_serve(*args: str, expect: int = 1, timeout: float = 20) -> Iterator[ServeLines]:
     """Start `anchor serve ARGS...`, wait for ``expect`` "listening" lines, yield them, and
-    stop the server by PID with SIGTERM (asserting a clean exit 0)."""
+    stop the server by PID with SIGTERM (asserting a clean exit 0) unless it has exited."""
     proc = subprocess.Popen(
         [*ANCHOR, "serve", *args],
         stdout=subprocess.PIPE,
@@ -139,7 +145,8 @@ def anchor_serve(*args: str, expect: int = 1, timeout: float = 20) -> Iterator[l
         text=True,
         start_new_session=True,
     )
-    lines: list[str] = []
+    lines = ServeLines()
+    lines.process = proc
     deadline = time.monotonic() + timeout
     try:
         assert proc.stdout is not None

@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import socket
+import subprocess
+from typing import Any
 
 import pytest
 
@@ -96,3 +100,63 @@ def test_no_udp_and_no_tcp_choose_the_listeners() -> None:
                  ["--denied-peer-ip", "1.2.3", "--user", "a:b"]):  # fmt: skip
         result = run_anchor("serve", "--listen", f"127.0.0.1:{port}", *args)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+
+
+def _next_event(server: subprocess.Popen[str], name: str) -> dict[str, Any]:
+    """The next JSON log line of ``server``'s stderr whose event is ``name``."""
+    assert server.stderr is not None
+    while line := server.stderr.readline():
+        record = json.loads(line)
+        if record.get("event") == name:
+            return dict(record["fields"])
+    raise AssertionError(f"anchor serve exited before logging {name!r}")
+
+
+def test_drain_redirects_new_allocations_and_waits_for_the_held_ones() -> None:
+    """``--drain``: after SIGTERM the server answers new Allocates with 300 Try Alternate
+    (RFC 8489 §10), keeps relaying for the allocations it holds, and exits 0 as soon as the
+    last of them ends, long before its drain deadline."""
+    first, second = free_port(), free_port()
+    common = ("--user", ":".join(USER), "--allow-loopback-peers")
+    with anchor_serve("--listen", f"127.0.0.1:{first}", *common), anchor_serve(
+        "--listen", f"127.0.0.1:{second}", *common, "--drain", "120",
+        "--log-format", "json", "--alternate-server", f"127.0.0.1:{first}",
+    ) as draining:  # fmt: skip
+        server = draining.process
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            transport, peer = await loop.create_datagram_endpoint(
+                _Echo, local_addr=("127.0.0.1", 0)
+            )
+            peer_addr = transport.get_extra_info("sockname")[:2]
+            held = await TurnConnection.connect(("127.0.0.1", second), *USER)
+            try:
+                await _hold_through_the_drain(held, peer, peer_addr)
+            finally:
+                await held.close()
+                transport.close()
+
+        async def _hold_through_the_drain(
+            held: TurnConnection, peer: _Echo, peer_addr: tuple[str, int]
+        ) -> None:
+            await held.allocate()
+            assert held.redirects == []  # not draining yet: no redirect
+            await held.create_permission(peer_addr[0])
+            server.send_signal(signal.SIGTERM)
+            stopping = await asyncio.to_thread(_next_event, server, "stopping")
+            assert stopping["allocations"] == 1 and stopping["drain"] == 120
+            async with await TurnConnection.connect(("127.0.0.1", second), *USER) as late:
+                await late.allocate()
+                assert late.redirects == [("127.0.0.1", second)]
+                assert late.server == ("127.0.0.1", first)
+            assert server.poll() is None  # still draining: one allocation held
+            held.send(b"still relayed", peer_addr)
+            for _ in range(100):
+                if peer.received:
+                    break
+                await asyncio.sleep(0.05)
+            assert peer.received == 1
+
+        asyncio.run(main())
+        assert server.wait(timeout=30) == 0  # the drain ended with the last allocation
