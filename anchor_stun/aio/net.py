@@ -48,7 +48,9 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_TLS_PORT",
     "BindingResult",
+    "ClientSocket",
     "CorePump",
+    "DatagramCallback",
     "ListenError",
     "StunServerRunner",
     "StunTransport",
@@ -346,41 +348,177 @@ class CorePump:
 # ---------------------------------------------------------------------------- client
 
 
+DatagramCallback = Callable[[bytes, Address], None]
+"""``on_datagram(data, addr)``: one datagram, or one framed message of a stream."""
+
+
 class _ClientDatagram(asyncio.DatagramProtocol):
-    def __init__(self, owner: StunTransport) -> None:
+    def __init__(self, owner: ClientSocket) -> None:
         self.owner = owner
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.owner._received(data, (str(addr[0]), int(addr[1])))
+        if self.owner.active:
+            self.owner.on_datagram(data, (str(addr[0]), int(addr[1])))
 
     def error_received(self, exc: Exception) -> None:
         # Reported on a connected socket only (Linux): an ICMP error for the server.
-        if isinstance(exc, OSError):
-            self.owner._unreachable(exc)
+        if self.owner.active and isinstance(exc, OSError):
+            self.owner.on_error(exc)
 
 
 class _ClientStream(asyncio.Protocol):
-    def __init__(self, owner: StunTransport) -> None:
+    def __init__(self, owner: ClientSocket, channel_data: bool) -> None:
         self.owner = owner
-        self.framer = StreamFramer(channel_data=owner.carries_channel_data)
+        self.framer = StreamFramer(channel_data=channel_data)
+        self.transport: asyncio.Transport | None = None
+        self.reported = False
+        """Whether ``on_lost`` was called (once per stream)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        owner = self.owner
+        if not owner.active:
+            return
         corrupt = False
         try:
             frames = self.framer.feed(data)
         except StreamCorrupted as exc:  # the frames before the junk still count
             frames, corrupt = exc.frames, True
         for frame in frames:
-            self.owner._received(frame, self.owner.server)
-        if corrupt:
-            self.owner._lost(
+            owner.on_datagram(frame, owner.server)
+        if corrupt and owner.active and not self.reported:
+            self.reported = True
+            owner.on_lost(
                 "the server sent bytes that are neither STUN nor ChannelData"
-                if self.owner.carries_channel_data
+                if self.framer.channel_data
                 else "the server sent bytes that are not STUN"
             )
+            if self.transport is not None:
+                self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.owner._lost("the server closed the connection")
+        owner = self.owner
+        if not owner.gone.done():
+            owner.gone.set_result(None)
+        if owner.active and not self.reported:
+            self.reported = True
+            owner.on_lost("the server closed the connection" if exc is None else str(exc))
+
+
+class ClientSocket:
+    """A client's socket towards one STUN or TURN server: a UDP socket, or a TCP / TLS
+    connection whose bytes are framed into STUN messages (RFC 8489 §6.2.2), and ChannelData
+    too with ``channel_data`` (RFC 8656 §12.5). Shared by :class:`StunTransport` and
+    :class:`~anchor_turn.aio.client.TurnConnection`.
+
+    What arrives goes to ``on_datagram(data, addr)``; an ICMP error on a UDP socket connected
+    to the server (Linux reports them there only) to ``on_error(exc)``; the end of a stream
+    (closed by the server, or bytes that frame as neither, which also closes it) to
+    ``on_lost(reason)``. After :meth:`close` no callback is called."""
+
+    def __init__(
+        self,
+        transport_name: TransportName,
+        server: Address,
+        on_datagram: DatagramCallback,
+        on_lost: Callable[[str], None],
+        on_error: Callable[[OSError], None],
+    ) -> None:
+        self.transport_name = transport_name
+        self.server = server
+        self.on_datagram = on_datagram
+        self.on_lost = on_lost
+        self.on_error = on_error
+        self.active = True
+        """False once closed: nothing more reaches the callbacks."""
+        self.connected = False
+        """Whether the UDP socket is connected to the server (then it sends only there)."""
+        self.local: Address = ("", 0)
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done once a stream is closed (a TLS one after its close_notify exchange)."""
+        self._udp: asyncio.DatagramTransport | None = None
+        self._stream: asyncio.Transport | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        transport_name: TransportName,
+        server: Address,
+        on_datagram: DatagramCallback,
+        on_lost: Callable[[str], None],
+        on_error: Callable[[OSError], None],
+        *,
+        channel_data: bool = False,
+        local: Address | None = None,
+        connected: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        timeout: float = 10.0,
+    ) -> ClientSocket:
+        """Open a UDP socket towards ``server`` (connected to it with ``connected``, so that
+        ICMP errors are seen), or a TCP / TLS connection to it within ``timeout`` seconds; TLS
+        verifies the server as ``server_hostname`` (default: its IP) with ``ssl_context``
+        (default: the system's trust store)."""
+        loop = asyncio.get_running_loop()
+        self = cls(transport_name, server, on_datagram, on_lost, on_error)
+        if transport_name == "udp":
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _ClientDatagram(self),
+                local_addr=local,
+                remote_addr=server if connected else None,
+            )
+            self._udp, self.connected = udp, connected
+            sock = udp.get_extra_info("sockname")
+        else:
+            context: ssl.SSLContext | None = None
+            if transport_name == "tls":
+                context = ssl_context or ssl.create_default_context()
+            stream, _ = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _ClientStream(self, channel_data),
+                    server[0],
+                    server[1],
+                    ssl=context,
+                    server_hostname=(server_hostname or server[0]) if context else None,
+                    local_addr=local,
+                ),
+                timeout,
+            )
+            self._stream = stream
+            sock = stream.get_extra_info("sockname")
+        self.local = (str(sock[0]), int(sock[1]))
+        return self
+
+    @property
+    def closing(self) -> bool:
+        """Whether nothing can be sent any more (closed, or the stream is closing)."""
+        if self._udp is not None:
+            return self._udp.is_closing()
+        return self._stream is None or self._stream.is_closing()
+
+    def send(self, data: bytes, addr: Address | None = None) -> None:
+        """Send ``data`` as it is: to ``addr`` (the server by default) over UDP, on the
+        connection over TCP/TLS; nothing once :attr:`closing`."""
+        if self._udp is not None:
+            if not self._udp.is_closing():
+                self._udp.sendto(data, None if self.connected else (addr or self.server))
+        elif self._stream is not None and not self._stream.is_closing():
+            self._stream.write(data)
+
+    def close(self) -> None:
+        """Close the socket or connection; no callback is called after this."""
+        self.active = False
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+            if not self.gone.done():
+                self.gone.set_result(None)
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
 
 class StunTransport:
@@ -407,10 +545,8 @@ class StunTransport:
         """Whether a TCP/TLS stream may carry ChannelData as well as STUN."""
         self.client = StunClient(reliable=transport_name != "udp")
         self._waiters: dict[bytes, asyncio.Future[TransactionSucceeded]] = {}
-        self._udp: asyncio.DatagramTransport | None = None
-        self._stream: asyncio.Transport | None = None
+        self._socket: ClientSocket | None = None
         self._pump = CorePump(self.client, self._send, self._event)
-        self._connected = False
         self.local: Address = ("", 0)
 
     @classmethod
@@ -427,49 +563,25 @@ class StunTransport:
     ) -> StunTransport:
         """Open a UDP socket towards ``server`` (connected to it with ``connected``, so that
         ICMP errors are seen), or a TCP / TLS connection to it."""
-        loop = asyncio.get_running_loop()
         server = server_address(server)
         if transport not in ("udp", "tcp", "tls"):
             raise LocalProtocolError(f"transport must be 'udp', 'tcp' or 'tls', not {transport!r}")
         self = cls(transport, server)
-        if transport == "udp":
-            if local is None:
-                local = (route_local_ip(server), 0)
-            udp, _ = await loop.create_datagram_endpoint(
-                lambda: _ClientDatagram(self),
-                local_addr=local,
-                remote_addr=server if connected else None,
-            )
-            self._connected = connected
-            self._udp = udp
-            sock = udp.get_extra_info("sockname")
-        else:
-            context: ssl.SSLContext | None = None
-            if transport == "tls":
-                context = ssl_context or ssl.create_default_context()
-            stream, _ = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: _ClientStream(self),
-                    server[0],
-                    server[1],
-                    ssl=context,
-                    server_hostname=(server_hostname or server[0]) if context else None,
-                    local_addr=local,
-                ),
-                timeout,
-            )
-            self._stream = stream
-            sock = stream.get_extra_info("sockname")
-        self.local = (str(sock[0]), int(sock[1]))
+        if transport == "udp" and local is None:
+            local = (route_local_ip(server), 0)
+        self._socket = await ClientSocket.open(
+            transport, server, self._received, self._lost, self._unreachable,
+            channel_data=self.carries_channel_data, local=local, connected=connected,
+            ssl_context=ssl_context, server_hostname=server_hostname, timeout=timeout,
+        )  # fmt: skip
+        self.local = self._socket.local
         return self
 
     def send_bytes(self, data: bytes, addr: Address | None = None) -> None:
         """Send ``data`` as it is: to ``addr`` (the server by default) over UDP, on the
         connection over TCP/TLS."""
-        if self._udp is not None:
-            self._udp.sendto(data, None if self._connected else (addr or self.server))
-        elif self._stream is not None and not self._stream.is_closing():
-            self._stream.write(data)
+        if self._socket is not None:
+            self._socket.send(data, addr)
 
     def _send(self, transmit: Transmit) -> None:
         self.send_bytes(transmit.data, transmit.addr)
@@ -501,11 +613,12 @@ class StunTransport:
 
     async def request(self, data: bytes, addr: Address | None = None) -> TransactionSucceeded:
         """Run one client transaction; returns the success event (response, rtt)."""
-        if self._udp is None and self._stream is None:
+        sock = self._socket
+        if sock is None:
             raise LocalProtocolError("transport is closed")
-        if self._connected and addr is not None and tuple(addr) != self.server:
+        if sock.connected and addr is not None and tuple(addr) != self.server:
             raise LocalProtocolError("a connected transport sends to its server only")
-        if self._stream is not None and self._stream.is_closing():
+        if sock.closing:
             raise TransactionTimeout("connection closed")
         txid = self.client.send_request(data, addr or self.server, self._pump.now())
         waiter: asyncio.Future[TransactionSucceeded] = asyncio.get_running_loop().create_future()
@@ -521,12 +634,9 @@ class StunTransport:
     def close(self) -> None:
         """Close the socket or connection and stop the timer."""
         self._pump.close()
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
 
 @dataclass(frozen=True, slots=True)

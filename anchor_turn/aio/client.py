@@ -1,9 +1,9 @@
 """asyncio adapter for the TURN client core: one allocation over UDP, TCP or TLS (RFC 8656).
 
-:class:`TurnConnection` owns a socket (UDP) or a connection (TCP, TLS) to one TURN server and a
+:class:`TurnConnection` owns a socket (UDP) or a connection (TCP, TLS) to one TURN server (an
+:class:`~anchor_stun.aio.net.ClientSocket`, as anchor_stun's clients) and a
 :class:`~anchor_turn.client.TurnClient`, and does nothing protocol-specific itself: it feeds the
-core what arrives (over TCP/TLS cut into frames by
-:class:`~anchor_stun.framing.StreamFramer` with ChannelData, RFC 8656 §12.5), sends what the core
+core what arrives (over TCP/TLS cut into STUN and ChannelData frames, RFC 8656 §12.5), sends what the core
 wants sent, arms one timer at the core's ``next_timer()`` (which is how allocation, permission and
 channel refreshes happen on their own), and turns the core's events into awaited results::
 
@@ -52,6 +52,7 @@ from typing import Any
 from anchor_stun.aio.net import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
+    ClientSocket,
     CorePump,
     TransportName,
     call_user,
@@ -65,11 +66,9 @@ from anchor_stun.attributes import ErrorCode, pack_ip, unpack_ip
 from anchor_stun.errors import (
     AllocationError,
     LocalProtocolError,
-    StreamCorrupted,
     TurnError,
 )
 from anchor_stun.events import Address, StunEvent, Transmit
-from anchor_stun.framing import StreamFramer
 from anchor_turn.channeldata import is_channel_data
 from anchor_turn.client import TurnClient, TurnState
 from anchor_turn.events import (
@@ -105,57 +104,6 @@ STREAM_CLOSE_TIMEOUT = 1.0
 """Seconds :meth:`TurnConnection.close` waits for a TCP/TLS connection to be closed."""
 DEFAULT_MAX_QUEUE = 1024
 """Datagrams from peers kept for :meth:`TurnConnection.recv`; more are dropped and counted."""
-
-
-class _Datagram(asyncio.DatagramProtocol):
-    def __init__(self, owner: TurnConnection) -> None:
-        self.owner = owner
-        self.active = True
-        """False once the owner moved on (closed, or redirected to another server)."""
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self.active:
-            self.owner._received(data, (str(addr[0]), int(addr[1])))
-
-    def error_received(self, exc: Exception) -> None:
-        if self.active:
-            self.owner._icmp(exc)
-
-
-class _Stream(asyncio.Protocol):
-    def __init__(self, owner: TurnConnection) -> None:
-        self.owner = owner
-        self.framer = StreamFramer(channel_data=True)
-        self.transport: asyncio.Transport | None = None
-        self.active = True
-        """False once the owner moved on (closed, or redirected to another server)."""
-        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        """Done once the connection is closed (a TLS one after its close_notify exchange)."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        if not self.active:
-            return
-        corrupt = False
-        try:
-            frames = self.framer.feed(data)
-        except StreamCorrupted as exc:  # the frames before the junk still count
-            frames, corrupt = exc.frames, True
-        for frame in frames:
-            self.owner._received(frame, self.owner.server)
-        if corrupt:
-            self.owner._lost("the server sent bytes that are neither STUN nor ChannelData")
-            if self.transport is not None:
-                self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.gone.done():
-            self.gone.set_result(None)
-        if self.active:
-            self.owner._lost("connection closed by the server" if exc is None else str(exc))
 
 
 def _check_arguments(username: object, password: object, transport: object) -> None:
@@ -240,9 +188,7 @@ class TurnConnection:
         self._server: Address = server
         self._client = TurnClient(server, username, password, transport=transport, **options)
         self._pump = CorePump(self._client, self._send, self._event)
-        self._udp: asyncio.DatagramTransport | None = None
-        self._stream: asyncio.Transport | None = None
-        self._protocol: _Datagram | _Stream | None = None
+        self._socket: ClientSocket | None = None
         self._local: Address = ("", 0)
         self._redirects: list[Address] = []
         self._closed = False
@@ -373,46 +319,22 @@ class TurnConnection:
 
     async def _open(self) -> None:
         """Open the socket or connection to ``self._server``."""
-        loop = self._loop
         server = self._server
         if self._shared is not None:
             return  # the caller's socket: nothing to open
-        if self._transport_name == "udp":
-            udp, datagram = await loop.create_datagram_endpoint(
-                lambda: _Datagram(self), remote_addr=server, local_addr=self._local_request
-            )
-            self._udp, self._protocol = udp, datagram
-            sock = udp.get_extra_info("sockname")
-        else:
-            context: ssl.SSLContext | None = None
-            if self._transport_name == "tls":
-                context = self._ssl_context or ssl.create_default_context()
-            stream, protocol = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: _Stream(self),
-                    server[0],
-                    server[1],
-                    ssl=context,
-                    server_hostname=self._server_hostname if context is not None else None,
-                    local_addr=self._local_request,
-                ),
-                self._connect_timeout,
-            )
-            self._stream, self._protocol = stream, protocol
-            sock = stream.get_extra_info("sockname")
-        self._local = (str(sock[0]), int(sock[1]))
+        self._socket = await ClientSocket.open(
+            self._transport_name, server, self._received, self._lost, self._icmp,
+            channel_data=True, local=self._local_request, connected=True,
+            ssl_context=self._ssl_context, server_hostname=self._server_hostname,
+            timeout=self._connect_timeout,
+        )  # fmt: skip
+        self._local = self._socket.local
 
     def _close_link(self) -> None:
         self._pump.close()
-        if self._protocol is not None:
-            self._protocol.active = False
-            self._protocol = None
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
     async def _redirect(self, alternate: TryAlternate) -> None:
         """RFC 8656 §7.4 / RFC 8489 §10: allocate again at the alternate server, new client."""
@@ -642,11 +564,11 @@ class TurnConnection:
         finally:
             self._closed = True
             self._terminate("connection closed")
-            stream = self._protocol if isinstance(self._protocol, _Stream) else None
+            sock = self._socket
             self._close_link()
-        if stream is not None:  # the socket is closed once this is done (TLS: close_notify)
+        if sock is not None:  # the socket is closed once this is done (TLS: close_notify)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(stream.gone), STREAM_CLOSE_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(sock.gone), STREAM_CLOSE_TIMEOUT)
 
     async def __aenter__(self) -> TurnConnection:
         return self
@@ -698,11 +620,8 @@ class TurnConnection:
         if self._shared is not None:
             if not self._closed:
                 self._shared(transmit.data, transmit.addr)
-        elif self._udp is not None:
-            if not self._udp.is_closing():
-                self._udp.sendto(transmit.data)  # connected to the server: no address
-        elif self._stream is not None and not self._stream.is_closing():
-            self._stream.write(transmit.data)
+        elif self._socket is not None:
+            self._socket.send(transmit.data)  # UDP: connected to the server
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         """Feed what a shared socket (:meth:`over`) received from the server."""

@@ -367,8 +367,8 @@ class _Link(StunTransport):
         for future, _ in self._replies.values():
             if not future.done():
                 future.set_result(None)
-        if self._stream is not None:
-            self._stream.close()
+        if self._socket is not None:
+            self._socket.close()
 
     def close(self) -> None:
         """Close the socket or connection."""
