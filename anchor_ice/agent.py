@@ -48,7 +48,9 @@ of pairs) unless ``check_rto`` fixes it, ``check_rc`` sends and a final wait of
 Responses (§7.2.5): a 487 switches the role the request claimed, changes the tie-breaker and
 re-queues the pair (§7.2.5.1); a response whose source is not the request's destination, or
 that arrived on another local address, fails the pair (§7.2.5.2.1); other errors and
-timeouts fail it. A success builds the valid pair from XOR-MAPPED-ADDRESS (§7.2.5.3.2),
+timeouts fail it, and so does an ICMP error the adapter reports for the check's destination
+(:meth:`IceAgent.destination_unreachable`, §7.2.5.2.2: a hard one at once, without the rest
+of the retransmissions). A success builds the valid pair from XOR-MAPPED-ADDRESS (§7.2.5.3.2),
 learning a local peer-reflexive candidate when the address is new (§7.2.5.3.1), sets both
 pairs Succeeded and unfreezes the pairs of the same foundation (§7.2.5.3.3).
 
@@ -165,7 +167,7 @@ from anchor_stun.attributes import (
 )
 from anchor_stun.check import CheckAttributes, CheckKey, CheckReader
 from anchor_stun.errors import DecodeError, LocalProtocolError
-from anchor_stun.events import Address, Transmit
+from anchor_stun.events import Address, Transmit, format_address
 from anchor_stun.integrity import short_term_key
 from anchor_stun.message import (
     Message,
@@ -493,6 +495,12 @@ class IceAgent:
         # peer could not verify our MESSAGE-INTEGRITY: wrong remote password, RFC 8445 §7.3.1)
         self._answered: set[tuple[int, Address, Address]] = set()
         self._rejected: set[tuple[int, Address, Address]] = set()
+        # ... and those whose check the network reported unreachable (an ICMP error, see
+        # destination_unreachable): the address and why, for the reason
+        self._unreachable: dict[tuple[int, Address, Address], tuple[Address, str]] = {}
+        self.unreachable_checks = 0
+        """Checks ended at once because their destination was reported unreachable with a
+        hard error (:meth:`destination_unreachable`) instead of being retransmitted."""
         self._consent = ConsentFreshness(consent_interval, consent_timeout, rng)
         """Consent freshness of the selected pairs (RFC 7675), which this agent drives."""
         self._restarting = False
@@ -756,6 +764,7 @@ class IceAgent:
         self._refused.clear()
         self._answered.clear()
         self._rejected.clear()
+        self._unreachable.clear()
         self._checklist.clear()
         self._remotes.clear()
         self._remote_complete = False
@@ -825,6 +834,60 @@ class IceAgent:
         )
         self._after_change(now)
         return True
+
+    def destination_unreachable(
+        self,
+        addr: Address,
+        local: Address | None,
+        now: float,
+        *,
+        reason: str = "unreachable",
+        hard: bool = True,
+    ) -> int:
+        """The socket of the base ``local`` (None only when the agent has a single base)
+        reported an ICMP error for a datagram it sent to ``addr`` (RFC 8445 §7.2.5.2.2; the
+        adapter reads it from the socket, RFC 1122 §4.1.3.3). A *hard* error (port or
+        protocol unreachable, communication administratively prohibited: ``ECONNREFUSED``)
+        ends every connectivity check in flight from that base to ``addr`` at once: the
+        pair's transaction failed (RFC 8445 §7.2.5.2), so it is not retransmitted to the end
+        of its Rc sends, and the checklist moves on. A *soft* one (host or network
+        unreachable, which may pass, RFC 1122 §4.2.3.9) changes no state, as §7.2.5.2.2
+        says. Either way the address and ``reason`` (the error's text) are remembered for the
+        failure reason, should ICE fail (``... unreachable: 192.0.2.1:5000 (Connection
+        refused)``). Consent checks are left to their own expiry (RFC 7675). Returns how many
+        checks ended; an address no check went to changes nothing. Never raises."""
+        self._now = now
+        if self._state in _ENDED:
+            return 0
+        try:
+            addr = (str(addr[0]), int(addr[1]))
+            if local is None:
+                bases = {b for _, b in self._locals}
+                if len(bases) != 1:
+                    return 0
+                base = next(iter(bases))
+            else:
+                base = (str(local[0]), int(local[1]))
+        except (TypeError, ValueError, IndexError):
+            return 0
+        ended = 0
+        for txid, record in list(self._records.items()):
+            if (
+                record.kind is not _Kind.CHECK
+                or record.transaction is None
+                or record.dest != addr
+                or record.base != base
+            ):
+                continue
+            self._unreachable[_pair_key(record.pair)] = (addr, reason)
+            if hard:
+                del self._records[txid]
+                self._check_failed(record, now, refused=False)
+                ended += 1
+        self.unreachable_checks += ended
+        if ended:
+            self._after_change(now)
+        return ended
 
     def datagrams_to_send(self, now: float) -> list[Transmit]:
         """Everything due: answers, checks (at most one new check per Ta), retransmissions,
@@ -1905,10 +1968,20 @@ class IceAgent:
                 " check the remote ufrag and password"
             )
         if not answered:
+            unreachable = sorted(
+                {f"{format_address(a)} ({why})" for k, (a, why) in self._unreachable.items()
+                 if k in keys}
+            )
+            if unreachable and len(keys & self._unreachable.keys()) == len(keys):
+                return (
+                    f"the peer's candidates are unreachable: {', '.join(unreachable)}"
+                    " (a TURN server gives a relayed candidate)"
+                )
+            seen = f"; unreachable: {', '.join(unreachable)}" if unreachable else ""
             return (
                 f"no response to any check ({len(keys)} pair{'s' if len(keys) > 1 else ''}"
-                " tried): the peer's candidates are not reachable from here (a TURN server"
-                " gives a relayed candidate)"
+                f" tried{seen}): the peer's candidates are not reachable from here (a TURN"
+                " server gives a relayed candidate)"
             )
         return f"{len(answered)} of {len(keys)} pairs answered, none valid"
 

@@ -19,6 +19,11 @@ bytes, time and events through the sans-I/O :class:`~anchor_ice.agent.IceAgent`.
   candidates get through the relay before our own first check to that IP. Once a pair on a
   relayed base is selected, a channel is bound to its remote candidate (RFC 8656 §12), and
   its data goes as ChannelData from then on.
+* **ICMP errors.** A host socket that reports a check's destination unreachable (the
+  gatherer reads the error queue, :meth:`GatheredSocket.set_unreachable_handler`) tells the
+  agent (:meth:`~anchor_ice.agent.IceAgent.destination_unreachable`): a closed port
+  (``ECONNREFUSED``) fails the checks that went there at once, and the failure reason names
+  the address (RFC 8445 §7.2.5.2.2).
 * **Data.** Datagrams that are not STUN wait for :meth:`Connection.recvfrom`, or go at once
   to a handler (:meth:`Connection.set_data_handler`), as the ephemeral link does.
 * **Receiving (RFC 7983 demultiplexing).** TURN traffic never reaches this class (the
@@ -115,6 +120,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -130,6 +136,7 @@ from anchor_ice.aio.gather import (
     GatherFailure,
     RelayEndpoint,
     TurnServerConfig,
+    UnreachableHandler,
     check_port_range,
     host_addresses,
     turn_server_configs,
@@ -610,6 +617,8 @@ class Connection:
             endpoint = gatherer.endpoint(base)
             self._endpoints[base] = endpoint
             endpoint.set_handler(self._handler(base))
+            if isinstance(endpoint, GatheredSocket):
+                endpoint.set_unreachable_handler(self._unreachable_handler(base))
             if isinstance(endpoint, RelayEndpoint):
                 for remote in self._agent.remote_candidates:
                     self._permit(endpoint, remote.ip)
@@ -872,6 +881,21 @@ class Connection:
     def _handler(self, local: Address) -> Callable[[bytes, Address], None]:
         def handler(data: bytes, addr: Address) -> None:
             self._received(data, addr, local)
+
+        return handler
+
+    def _unreachable_handler(self, local: Address) -> UnreachableHandler:
+        def handler(addr: Address, error: OSError) -> None:
+            if self._closed:
+                return
+            reason = error.strerror or os.strerror(error.errno or 0)
+            # RFC 8445 §7.2.5.2.2: a hard ICMP error (port unreachable, prohibited) fails
+            # the checks to addr now; a soft one (no route) is only remembered
+            hard = error.errno == errno.ECONNREFUSED
+            if self._agent.destination_unreachable(
+                addr, local, self._loop_time(), reason=reason, hard=hard
+            ):
+                self._pump()
 
         return handler
 

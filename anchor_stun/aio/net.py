@@ -32,7 +32,7 @@ from anchor_stun.errors import (
     StunErrorResponse,
     TransactionTimeout,
 )
-from anchor_stun.events import Address, StunEvent, Transmit
+from anchor_stun.events import Address, StunEvent, Transmit, format_address
 from anchor_stun.framing import StreamFramer
 from anchor_stun.message import Message, MessageClass, Method
 from anchor_stun.nat import NatDiscovery, NatDiscoveryCompleted, NatDiscoveryFailed
@@ -71,12 +71,6 @@ __all__ = [
 TransportName = Literal["udp", "tcp", "tls"]
 DEFAULT_PORT = 3478  # RFC 8489 §6.2.4 (UDP/TCP)
 DEFAULT_TLS_PORT = 5349  # RFC 8489 §6.2.4 (TLS)
-
-
-def format_address(addr: Address) -> str:
-    """``ip:port``, with the IPv6 address in brackets."""
-    ip, port = addr[0], addr[1]
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class ListenError(OSError):

@@ -318,6 +318,37 @@ def test_ice_with_a_wrong_password_says_the_peer_rejected_our_credentials() -> N
     asyncio.run(main())
 
 
+def test_an_ice_check_to_a_closed_port_fails_at_once_naming_it(spy: _Spy) -> None:
+    """Item 2 for ICE (RFC 8445 §7.2.5.2.2): the only remote candidate is a closed UDP port;
+    the socket's ICMP error ends the check after its first send (the RFC's schedule would
+    send it 7 times over 39.5 s), and the failure names the address."""
+    closed = free_port("udp")
+    target = (LOOPBACK, closed)
+
+    async def main() -> Connection:
+        conn = Connection(True, host_ips=[LOOPBACK])
+        try:
+            await conn.gather_candidates()
+            conn.remote_username, conn.remote_password = "peer", "p" * 22
+            await conn.add_remote_candidate(f"candidate:1 1 udp 2130706431 127.0.0.1 {closed} typ host")
+            await conn.add_remote_candidate(None)
+            with pytest.raises(IceFailedError) as info:
+                await asyncio.wait_for(conn.connect(), 30)
+        finally:
+            await conn.close()
+        assert info.value.reason == (
+            "all candidate pairs failed for component 1 (the peer's candidates are"
+            f" unreachable: 127.0.0.1:{closed} (Connection refused) (a TURN server gives a"
+            " relayed candidate))"
+        )
+        return conn
+
+    conn = asyncio.run(main())
+    assert conn.agent.unreachable_checks == 1
+    sends = [call for call in spy.calls if call == ("sendto", target)]
+    assert 1 <= len(sends) < conn.agent.check_rc, sends
+
+
 def test_turn_connect_timeout_bounds_the_allocate() -> None:
     """timeout= on TurnConnection.connect: a server that never answers is given up after
     it, with the server named (by default the RFC's 39.5 s of retransmissions)."""
