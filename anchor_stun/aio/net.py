@@ -60,6 +60,7 @@ __all__ = [
     "discover_nat",
     "format_address",
     "parse_address",
+    "port_number",
     "positive_timeout",
     "resolve",
     "route_local_ip",
@@ -176,6 +177,18 @@ def credential(value: object, what: str) -> str:
     if not value:
         raise LocalProtocolError(f"{what} must be a non-empty string, not ''")
     return value
+
+
+def port_number(value: object, what: str = "port", *, zero: bool = False) -> int:
+    """A port number checked where it enters: an ``int`` in 1-65535 (or 0, "any free port",
+    with ``zero``), else :class:`LocalProtocolError` naming ``what``."""
+    low = 0 if zero else 1
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= 0xFFFF:
+        return value
+    any_port = " (0: any free port)" if zero else ""
+    raise LocalProtocolError(
+        f"{what} must be a port number {low}-65535{any_port}, not {value!r}"
+    )
 
 
 def positive_timeout(value: object, what: str = "timeout") -> float | None:

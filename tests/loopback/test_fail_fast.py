@@ -1,8 +1,8 @@
 """Issue 23: inputs checked where they enter, closed ports named at once.
 
 Must-show 1: every public entry point given a malformed argument raises a typed error naming
-the argument, and a spy on real sockets (``socket.socket`` wrapped so that every connect and
-send is recorded) proves nothing was sent. Must-show 2 (gathering): a STUN or TURN server on a
+the argument, and a spy on real sockets (``socket.socket`` wrapped so that every bind, listen,
+connect and send is recorded) proves nothing was bound or sent. Must-show 2 (gathering): a STUN or TURN server on a
 closed port is a gathering failure naming the address as unreachable, not a timeout.
 """
 
@@ -25,7 +25,12 @@ from anchor_ice.aio.gather import (
 )
 from anchor_ice.candidate import Candidate
 from anchor_link.aio.endpoint import LinkEndpoint
-from anchor_link.aio.signal import InProcessSignalling
+from anchor_link.aio.signal import (
+    InProcessSignalling,
+    RendezvousServer,
+    WebSocketSignalling,
+    serve_rendezvous,
+)
 from anchor_stun.aio.net import binding_request, discover_nat
 from anchor_stun.errors import (
     AllocationError,
@@ -34,15 +39,19 @@ from anchor_stun.errors import (
     StunErrorResponse,
 )
 from anchor_stun.message import Message, MessageClass, Method
+from anchor_stun.server import StunServer
 from anchor_turn.aio.client import TurnConnection
+from anchor_turn.aio.server import TurnServerRunner, UdpRelayAllocator, loopback_runner
+from anchor_turn.auth import StaticUsers
+from anchor_turn.server import TurnServer
 from tests.helpers import free_port, run_anchor
 
 LOOPBACK = "127.0.0.1"
 
 
 class _Spy:
-    """Records every connect and send of every socket made while installed (AF_UNIX ones
-    excepted: the event loop's self-pipe)."""
+    """Records every bind, listen, connect and send of every socket made while installed
+    (AF_UNIX ones excepted: the event loop's self-pipe)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
@@ -82,6 +91,14 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Spy]:
             self._note("sendmsg", args[3] if len(args) > 3 else None)
             return int(super().sendmsg(*args))
 
+        def bind(self, address: Any) -> None:
+            self._note("bind", address)
+            super().bind(address)
+
+        def listen(self, *args: Any) -> None:
+            self._note("listen", None)
+            super().listen(*args)
+
     monkeypatch.setattr(socket, "socket", SpySocket)
     yield record
 
@@ -92,6 +109,19 @@ def _endpoint(**kw: Any) -> LinkEndpoint:
 
 def _send(data: bytes, addr: Any) -> None:
     raise AssertionError("nothing may be sent")
+
+
+def _turn_core() -> TurnServer:
+    """A well-formed TURN core (building it binds nothing: the runner does)."""
+    return TurnServer(
+        realm="r", auth=StaticUsers({"u": "p"}, realm="r"), relay=UdpRelayAllocator([LOOPBACK]),
+        stun=StunServer(primary=GOOD), allow_loopback_peers=True,
+    )
+
+
+class _NotARouter:
+    async def start(self, deliver: Any) -> None:
+        pass
 
 
 GOOD = (LOOPBACK, 3478)
@@ -175,6 +205,75 @@ CASES: list[tuple[str, Callable[[], Any], str]] = [
     ("discover_nat timeout", lambda: discover_nat(GOOD, timeout=0), "timeout"),
     ("GatheredSocket.bind port_range",
      lambda: GatheredSocket.bind(LOOPBACK, port_range=(10, 5)), "port_range"),
+    # the rendezvous and its clients
+    ("RendezvousServer host", lambda: serve_rendezvous("", 0), "host"),
+    ("RendezvousServer host tuple", lambda: serve_rendezvous(GOOD, 0), "host"),  # type: ignore[arg-type]
+    ("RendezvousServer port", lambda: serve_rendezvous(LOOPBACK, 70000), "port"),
+    ("RendezvousServer port text", lambda: serve_rendezvous(LOOPBACK, "8765"), "port"),  # type: ignore[arg-type]
+    ("RendezvousServer allowed", lambda: RendezvousServer(LOOPBACK, 0, allowed="anchor1:x"),
+     "allowed"),
+    ("RendezvousServer allowed item",
+     lambda: RendezvousServer(LOOPBACK, 0, allowed=["anchor1:nope"]), "allowed[0]"),
+    ("RendezvousServer ssl", lambda: RendezvousServer(LOOPBACK, 0, ssl="cert.pem"), "ssl"),  # type: ignore[arg-type]
+    ("RendezvousServer auth_timeout", lambda: RendezvousServer(LOOPBACK, 0, auth_timeout=0),
+     "auth_timeout"),
+    ("RendezvousServer max_per_source",
+     lambda: RendezvousServer(LOOPBACK, 0, max_per_source=0), "max_per_source"),
+    ("RendezvousServer rate", lambda: RendezvousServer(LOOPBACK, 0, rate=-1), "rate"),
+    ("RendezvousServer router",
+     lambda: RendezvousServer(LOOPBACK, 0, router=_NotARouter()), "router"),  # type: ignore[arg-type]
+    ("WebSocketSignalling url", lambda: WebSocketSignalling("127.0.0.1:8765"), "url"),
+    ("WebSocketSignalling url scheme", lambda: WebSocketSignalling("http://127.0.0.1:8765"),
+     "url"),
+    ("WebSocketSignalling url port", lambda: WebSocketSignalling("ws://127.0.0.1:99999"), "url"),
+    ("WebSocketSignalling url type", lambda: WebSocketSignalling(GOOD), "url"),  # type: ignore[arg-type]
+    ("WebSocketSignalling name", lambda: WebSocketSignalling("ws://127.0.0.1:8765", ""), "name"),
+    ("WebSocketSignalling identity",
+     lambda: WebSocketSignalling("ws://127.0.0.1:8765", identity="key"),  # type: ignore[arg-type]
+     "identity"),
+    ("WebSocketSignalling ca_file",
+     lambda: WebSocketSignalling("wss://127.0.0.1:8765", ca_file=5),  # type: ignore[arg-type]
+     "ca_file"),
+    ("WebSocketSignalling open_timeout",
+     lambda: WebSocketSignalling("ws://127.0.0.1:8765", open_timeout=0), "open_timeout"),
+    ("WebSocketSignalling reconnect_timeout",
+     lambda: WebSocketSignalling("ws://127.0.0.1:8765", reconnect_timeout=-1),
+     "reconnect_timeout"),
+    # the TURN server runners
+    ("TurnServerRunner core", lambda: TurnServerRunner(object()), "core"),  # type: ignore[arg-type]
+    ("TurnServerRunner udp", lambda: TurnServerRunner(_turn_core(), udp="127.0.0.1:0"), "udp"),
+    ("TurnServerRunner udp text", lambda: TurnServerRunner(_turn_core(), udp="127.0.0.1"),
+     "udp"),
+    ("TurnServerRunner tcp item",
+     lambda: TurnServerRunner(_turn_core(), tcp=[GOOD, (LOOPBACK, 0)]), "tcp[1]"),
+    ("TurnServerRunner tls without context",
+     lambda: TurnServerRunner(_turn_core(), tls=[(LOOPBACK, 5349)]), "tls_context"),
+    ("TurnServerRunner tls_context",
+     lambda: TurnServerRunner(_turn_core(), tls=[(LOOPBACK, 5349)], tls_context="x"),  # type: ignore[arg-type]
+     "tls_context"),
+    ("TurnServerRunner external_ips",
+     lambda: TurnServerRunner(_turn_core(), external_ips="203.0.113.1"), "external_ips"),
+    ("TurnServerRunner external_ips item",
+     lambda: TurnServerRunner(_turn_core(), external_ips=["203.0.113.1", "x"]),
+     "external_ips[1]"),
+    ("TurnServerRunner stream_buffer",
+     lambda: TurnServerRunner(_turn_core(), stream_buffer=0), "stream_buffer"),
+    ("TurnServerRunner core port 0",
+     lambda: TurnServerRunner(TurnServer(
+         realm="r", auth=StaticUsers({"u": "p"}, realm="r"),
+         relay=UdpRelayAllocator([LOOPBACK]), stun=StunServer(primary=(LOOPBACK, 0)))),
+     "port 0"),
+    ("loopback_runner port", lambda: loopback_runner("3478", {"u": "p"}, "r"), "port"),  # type: ignore[arg-type]
+    ("loopback_runner port 0", lambda: loopback_runner(0, {"u": "p"}, "r"), "port"),
+    ("loopback_runner users", lambda: loopback_runner(3478, ["u:p"], "r"), "users"),  # type: ignore[arg-type]
+    ("loopback_runner password", lambda: loopback_runner(3478, {"u": ""}, "r"),
+     "users['u']: the password"),
+    ("loopback_runner realm", lambda: loopback_runner(3478, {"u": "p"}, ""), "realm"),
+    ("loopback_runner ip", lambda: loopback_runner(3478, {"u": "p"}, "r", "localhost:1"), "ip"),
+    ("loopback_runner tcp_port",
+     lambda: loopback_runner(3478, {"u": "p"}, "r", tcp_port=70000), "tcp_port"),
+    ("loopback_runner tls_port", lambda: loopback_runner(3478, {"u": "p"}, "r", tls_port=5349),
+     "tls_port needs a tls_context"),
 ]
 
 
@@ -205,6 +304,18 @@ def test_the_spy_sees_what_a_well_formed_call_sends(spy: _Spy) -> None:
 
     asyncio.run(main())
     assert ("connect", (LOOPBACK, port)) in spy.calls
+
+
+def test_the_spy_sees_what_a_well_formed_server_binds(spy: _Spy) -> None:
+    """The control for the servers' rows: a good rendezvous binds and listens."""
+
+    async def main() -> None:
+        server = await serve_rendezvous(LOOPBACK, 0)
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert [what for what, _ in spy.calls if what in ("bind", "listen")] == ["bind", "listen"]
 
 
 def test_the_issues_examples_are_read_as_meant() -> None:
