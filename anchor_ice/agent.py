@@ -340,6 +340,16 @@ def _policy_name(nominator: Nominator) -> str:
             "StandardNominator": "standard"}.get(name, name)
 
 
+_WAY_OUT = {
+    "gateway": "add a TURN server for a relayed candidate, a STUN server that answers for a"
+    " server-reflexive one, or use policy='standard' to allow host pairs",
+    "relay": "add a TURN server that answers (check its address and credentials), or use"
+    " policy='standard'",
+    "standard": "give a host address to gather on",
+}
+"""The way out of "no candidate to offer", per policy (by :func:`_policy_name`)."""
+
+
 class IceAgent:
     """A full (or lite) ICE agent for one data stream (RFC 8445), sans-I/O.
 
@@ -618,6 +628,28 @@ class IceAgent:
             for c, _ in self._locals
             if c.type is not CandidateType.PRFLX and self.nominator.advertise(c)
         ]
+
+    def nothing_to_offer(self, component: int = 1) -> str | None:
+        """Why the nominator leaves this agent no local candidate to offer on ``component``
+        (none gathered, or the policy advertises none of them: a gateway policy with host
+        candidates only, a relay policy without a relayed one), with the way out; None when
+        there is one to offer. Once local gathering is complete
+        (:meth:`end_of_local_candidates`) a full agent fails with this reason as soon as
+        checks start: no check can leave and the peer has nothing to check (RFC 8445
+        §7.2.5.4, a checklist that can never succeed)."""
+        local = [
+            c for c, _ in self._locals
+            if c.component == component and c.type is not CandidateType.PRFLX
+        ]
+        if any(self.nominator.advertise(c) for c in local):
+            return None
+        policy = _policy_name(self.nominator)
+        kinds = ", ".join(sorted({c.type.value for c in local})) or "none gathered"
+        way_out = _WAY_OUT.get(policy, "add a TURN server or use policy='standard'")
+        return (
+            f"no candidate to offer under the {policy} policy: it offers none of the local"
+            f" candidates ({kinds}); {way_out}"
+        )
 
     # ================================================================== signalling input
 
@@ -1900,8 +1932,19 @@ class IceAgent:
 
     def _check_failure(self, now: float) -> None:
         """RFC 8445 §7.2.5.4: a component whose pairs all failed, with no valid pair, once
-        the peer has no more candidates to send."""
-        if not self._running or not self._remote_complete or not self._awaiting_selection():
+        the peer has no more candidates to send; or one with nothing to offer once local
+        gathering is complete (:meth:`nothing_to_offer`)."""
+        if not self._started or self.lite or not self._awaiting_selection():
+            return
+        if self._local_complete:
+            for component in range(1, self.components + 1):
+                if component in self._selected:
+                    continue
+                nothing = self.nothing_to_offer(component)
+                if nothing is not None:
+                    self._fail(f"component {component}: {nothing}", now)
+                    return
+        if not self._running or not self._remote_complete:
             return
         for component in range(1, self.components + 1):
             if component in self._selected or component in self._nominating:
@@ -1949,14 +1992,9 @@ class IceAgent:
         """Why a component has no valid pair, from what its checks got back."""
         keys = {_pair_key(p) for p in self._checklist.pairs if p.component == component}
         if not keys:
-            local = [c for c, _ in self._locals if c.component == component]
-            if not any(self.nominator.advertise(c) for c in local):
-                kinds = ", ".join(sorted({c.type.value for c in local})) or "none gathered"
-                return (
-                    f"no candidate pair possible under the {_policy_name(self.nominator)}"
-                    f" policy: it offers none of the local candidates ({kinds}); add a TURN"
-                    " server or use policy='standard'"
-                )
+            nothing = self.nothing_to_offer(component)
+            if nothing is not None:
+                return nothing
             if not any(c.component == component for c in self._remotes):
                 return "no remote candidate to pair with"
             return "no candidate pair (no local and remote candidates of one address family)"

@@ -337,6 +337,7 @@ class Connection:
         self._remote_username: str | None = None
         self._remote_password: str | None = None
         self._gatherers: list[Gatherer] = []
+        self._policy_failures: list[GatherFailure] = []
         self._endpoints: dict[Address, GatheredSocket | RelayEndpoint] = {}
         self._permitted: set[tuple[Address, str]] = set()
         self._channels: set[tuple[Address, Address]] = set()
@@ -494,8 +495,11 @@ class Connection:
 
     @property
     def gather_failures(self) -> list[GatherFailure]:
-        """What gathering gave up on (a server that did not answer or refused)."""
-        return [f for g in self._gatherers for f in g.failures]
+        """What gathering gave up on (a server that did not answer or refused, a host
+        address that could not be bound), and, once gathering is complete, a policy that
+        can offer none of the candidates (kind ``"policy"``: "no candidate to offer under
+        the gateway policy ...", with the way out; :meth:`connect` then fails with it)."""
+        return [*(f for g in self._gatherers for f in g.failures), *self._policy_failures]
 
     def open_sockets(self) -> int:
         """Host sockets still open (0 after :meth:`close`)."""
@@ -594,6 +598,12 @@ class Connection:
             raise
         self._gathered = True
         if not self._closed:
+            for component in range(1, self.components + 1):
+                nothing = self._agent.nothing_to_offer(component)
+                if nothing is not None:
+                    if self.components > 1:
+                        nothing = f"component {component}: {nothing}"
+                    self._policy_failures.append(GatherFailure("policy", None, None, nothing))
             self._agent.end_of_local_candidates()
             self._pump()
             if self._candidate_handler is not None:
@@ -987,9 +997,12 @@ class Connection:
                 self._session.set_result(None)
             self._wake()
         elif isinstance(event, IceFailed):
-            self._failure = event.reason
+            reason = event.reason
+            if self._policy_failures:  # nothing to offer: say what gathering gave up on first
+                reason = "; ".join([*(str(f) for g in self._gatherers for f in g.failures), reason])
+            self._failure = reason
             if self._session is not None and not self._session.done():
-                self._session.set_exception(IceFailedError(event.reason))
+                self._session.set_exception(IceFailedError(reason))
                 self._session.exception()  # mark it retrieved: connect() may not be waiting
             self._wake()
             self._end()

@@ -1120,16 +1120,27 @@ def _config(what: str, address: object, username: object, password: object) -> T
 
 @dataclass(frozen=True, slots=True)
 class GatherFailure:
-    """Something gathering had to give up on (the rest carried on)."""
+    """Something gathering had to give up on (the rest carried on), or, as ``"policy"``, a
+    policy that can offer none of what was gathered (recorded by the ICE connection).
+    ``str()`` gives it in one line: ``stun 192.0.2.1:3478: timeout after 5.0 s``."""
 
-    kind: Literal["host", "stun", "turn"]
-    """What failed: binding a host socket, a STUN Binding or a TURN Allocate."""
-    base: Address
-    """The host socket's address (for ``"host"``: the IP that could not be bound, port 0)."""
+    kind: Literal["host", "stun", "turn", "policy"]
+    """What failed: binding a host socket, a STUN Binding, a TURN Allocate, or the policy
+    (no candidate to offer, RFC 8445 §5.1.3, with the way out in ``reason``)."""
+    base: Address | None
+    """The host socket's address (for ``"host"``: the IP that could not be bound, port 0;
+    None for ``"policy"``)."""
     server: Address | None
-    """The STUN / TURN server as configured (None for ``"host"``)."""
+    """The STUN / TURN server as configured (None for ``"host"`` and ``"policy"``)."""
     reason: str
     """Why, in one line (``timeout after 5.0 s``, ``401 Unauthorized``...)."""
+
+    def __str__(self) -> str:
+        if self.server is not None:
+            return f"{self.kind} {format_address(self.server)}: {self.reason}"
+        if self.base is not None:
+            return f"{self.kind} {self.base[0]}: {self.reason}"
+        return self.reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from anchor_link.aio.signal import (
     WebSocketSignalling,
     serve_rendezvous,
 )
+from anchor_link.state import LinkFormationFailed
 from anchor_stun.aio.net import binding_request, discover_nat
 from anchor_stun.errors import (
     AllocationError,
@@ -458,6 +459,65 @@ def test_an_ice_check_to_a_closed_port_fails_at_once_naming_it(spy: _Spy) -> Non
     assert conn.agent.unreachable_checks == 1
     sends = [call for call in spy.calls if call == ("sendto", target)]
     assert 1 <= len(sends) < conn.agent.check_rc, sends
+
+
+GATEWAY_WAY_OUT = (
+    "no candidate to offer under the gateway policy: it offers none of the local candidates"
+    " (host); add a TURN server for a relayed candidate, a STUN server that answers for a"
+    " server-reflexive one, or use policy='standard' to allow host pairs"
+)
+
+
+def test_a_policy_with_nothing_to_offer_is_a_gather_failure_with_the_way_out() -> None:
+    """Item 4: the gateway policy with host candidates only (no STUN, no TURN) can offer
+    nothing; gathering records it with the way out, and connect() fails with it at once."""
+
+    async def main() -> None:
+        conn = Connection(True, host_ips=[LOOPBACK], policy="gateway")
+        try:
+            await conn.gather_candidates()
+            assert conn.local_candidates == []
+            [failure] = conn.gather_failures
+            assert (failure.kind, failure.base, failure.server) == ("policy", None, None)
+            assert str(failure) == failure.reason == GATEWAY_WAY_OUT
+            conn.remote_username, conn.remote_password = "peer", "p" * 22
+            await conn.add_remote_candidate("candidate:1 1 udp 2130706431 127.0.0.1 9 typ host")
+            with pytest.raises(IceFailedError) as info:
+                await asyncio.wait_for(conn.connect(), 30)
+            assert info.value.reason == f"component 1: {GATEWAY_WAY_OUT}"
+            assert conn.agent.pairs == []  # nothing was checked
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def test_a_link_with_nothing_to_offer_names_what_failed_and_the_way_out() -> None:
+    """The same through a LinkEndpoint, whose only STUN server is a closed port: the link
+    fails naming the STUN server unreachable, then the policy's way out."""
+    closed = free_port("udp")
+    stun = f"stun 127.0.0.1:{closed}: 127.0.0.1:{closed} unreachable (Connection refused)"
+
+    async def main() -> None:
+        hub = InProcessSignalling()
+        options: dict[str, Any] = {
+            "host_ips": [LOOPBACK], "stun": f"127.0.0.1:{closed}", "policy": "gateway",
+        }
+        a = LinkEndpoint("a", hub, **options)
+        b = LinkEndpoint("b", hub, **options)
+        try:
+            await b.start()
+            with pytest.raises(LinkFormationFailed) as info:
+                await asyncio.wait_for(a.send("b", b"x"), 30)
+            # the ICE connection or the link's gathering says it first: either way
+            assert info.value.reason in (
+                f"ICE failed: {stun}; component 1: {GATEWAY_WAY_OUT}",
+                f"{stun}; {GATEWAY_WAY_OUT}",
+            ), info.value.reason
+        finally:
+            await asyncio.gather(a.close(), b.close())
+
+    asyncio.run(main())
 
 
 def test_turn_connect_timeout_bounds_the_allocate() -> None:

@@ -22,7 +22,7 @@ from anchor_ice.events import (
     RestartCompleted,
     RoleChanged,
 )
-from anchor_ice.nominator import RelayOnly
+from anchor_ice.nominator import GatewayNominator, RelayOnly
 from anchor_stun.attributes import (
     ErrorCodeAttribute,
     IceControlled,
@@ -45,6 +45,7 @@ from tests.unit.test_ice_harness import (
     exchange,
     host,
     loopback_pair,
+    relay,
     run,
     seeded,
     transfer,
@@ -684,10 +685,42 @@ def test_no_pair_the_policy_allows_names_the_way_out() -> None:
     eb.agent.start(0.0)
     _until_ended(ea, eb, net, 10.0)
     assert ea.agent.failure_reason == (
-        "checking timeout after 2.0 s (component 1: no valid pair: no candidate pair possible"
+        "checking timeout after 2.0 s (component 1: no valid pair: no candidate to offer"
         " under the relay policy: it offers none of the local candidates (host); add a TURN"
-        " server or use policy='standard')"
+        " server that answers (check its address and credentials), or use policy='standard')"
     )
+
+
+@pytest.mark.parametrize(("nominator", "way_out"), [
+    (GatewayNominator(), "add a TURN server for a relayed candidate, a STUN server that"
+     " answers for a server-reflexive one, or use policy='standard' to allow host pairs"),
+    (RelayOnly(), "add a TURN server that answers (check its address and credentials), or"
+     " use policy='standard'"),
+])
+def test_nothing_to_offer_once_gathering_is_complete_fails_at_the_start(
+    nominator: GatewayNominator | RelayOnly, way_out: str
+) -> None:
+    """Issue 23 item 4: a policy that can offer none of the gathered candidates (host only)
+    can never connect; once local gathering is complete the agent says so when checks
+    start, with the way out, rather than at the checking timeout."""
+    agent = IceAgent(controlling=True, rng=seeded(1), nominator=nominator)
+    agent.add_local_candidate(host(*A_HOST), A_HOST)
+    assert agent.local_candidates() == []
+    policy = "gateway" if isinstance(nominator, GatewayNominator) else "relay"
+    expected = (
+        f"no candidate to offer under the {policy} policy: it offers none of the local"
+        f" candidates (host); {way_out}"
+    )
+    assert agent.nothing_to_offer() == expected
+    agent.end_of_local_candidates()
+    agent.set_remote_credentials("RFRG", "R" * 22)
+    agent.start(0.0)
+    assert agent.state is IceState.FAILED
+    assert agent.next_event() == IceFailed(f"component 1: {expected}")
+    # with a candidate the policy offers there is nothing to say
+    agent = IceAgent(controlling=True, rng=seeded(1), nominator=nominator)
+    agent.add_local_candidate(relay("198.51.100.1", 4000, ("203.0.113.1", 5000)), ("198.51.100.1", 4000))
+    assert agent.nothing_to_offer() is None
 
 
 # --------------------------------------------------------------------------- authentication
