@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from anchor_cli import turn as turn_cli
+from anchor_cli.main import build_parser
 from anchor_ice.aio.connection import Connection, IceFailedError
 from anchor_ice.aio.gather import (
     GatheredSocket,
@@ -33,18 +35,32 @@ from anchor_link.aio.signal import (
 )
 from anchor_link.state import LinkFormationFailed
 from anchor_stun.aio.net import binding_request, discover_nat
+from anchor_stun.attributes import (
+    AddressErrorCode,
+    AttrType,
+    ErrorCode,
+    ErrorCodeAttribute,
+    PasswordAlgorithms,
+    RequestedAddressFamily,
+    RequestedTransport,
+    UnknownAttributes,
+    enum_member,
+)
 from anchor_stun.errors import (
     AllocationError,
     DestinationUnreachable,
     LocalProtocolError,
     StunErrorResponse,
+    error_text,
 )
 from anchor_stun.message import Message, MessageClass, Method
 from anchor_stun.server import StunServer
 from anchor_turn.aio.client import TurnConnection
 from anchor_turn.aio.server import TurnServerRunner, UdpRelayAllocator, loopback_runner
 from anchor_turn.auth import StaticUsers
-from anchor_turn.server import TurnServer
+from anchor_turn.client import TurnClient
+from anchor_turn.events import AllocationCreated
+from anchor_turn.server import AllocationCreatedEvent, TurnServer
 from tests.helpers import free_port, run_anchor
 
 LOOPBACK = "127.0.0.1"
@@ -550,12 +566,71 @@ def test_one_shape_per_concept() -> None:
     decoded = Message.decode(Message(Method.BINDING, MessageClass.REQUEST, b"t" * 12).encode())
     assert decoded.method is Method.BINDING
     assert "Method.BINDING" in repr(decoded) and "MessageClass.REQUEST" in repr(decoded)
+    # ... and so are the known codes, families, types and algorithms of decoded attributes,
+    # still equal to their ints; values Anchor does not know stay ints
+    attributes = [
+        ErrorCodeAttribute(401, "Unauthenticated"), AddressErrorCode(2, 440, "no IPv6"),
+        RequestedAddressFamily(2), RequestedTransport(17), UnknownAttributes((0x1A, 0x7777)),
+        PasswordAlgorithms(((2, b""),)),
+    ]
+    decoded = Message.decode(
+        Message(Method.ALLOCATE, MessageClass.ERROR, b"t" * 12, attributes).encode()  # type: ignore[arg-type]
+    )
+    text = repr(decoded)
+    for name in ("Method.ALLOCATE", "MessageClass.ERROR", "ErrorCode.UNAUTHENTICATED",
+                 "ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED", "Family.IPV6",
+                 "TransportProtocol.UDP", "AttrType.DONT_FRAGMENT", "PasswordAlgorithmId.SHA256"):
+        assert name in text, (name, text)
+    assert decoded.attributes == attributes and decoded.get(UnknownAttributes) == (
+        UnknownAttributes((AttrType.DONT_FRAGMENT, 0x7777))
+    )
+    unknown = Message.decode(Message(0x0FF, MessageClass.REQUEST, b"t" * 12).encode())
+    assert type(unknown.method) is int and unknown.method == 0x0FF
+    assert enum_member(ErrorCode, 499) == 499 and type(enum_member(ErrorCode, 499)) is int
     # error text carries the code once
     assert str(StunErrorResponse(401, "401 Unauthenticated")) == "401 Unauthenticated"
     assert str(AllocationError(401, "401 Unauthenticated: wrong password")) == (
         "401 Unauthenticated: wrong password"
     )
     assert str(AllocationError(438, "Stale Nonce")) == "438 Stale Nonce"
+    assert str(StunErrorResponse(420, "")) == "420"
+    assert error_text(ErrorCode.UNAUTHENTICATED, "401 Unauthenticated: wrong password") == (
+        "401 Unauthenticated: wrong password"
+    )
+    assert error_text(4010, "401") == "4010 401"  # only the code itself counts
+    # relayed addresses: `relayed` is one address and `relayed_addresses` all of them, on the
+    # client core, its event, the server's event and TurnConnection (tests/loopback/
+    # test_turn_net_client.py checks TurnConnection against the event)
+    v4, v6 = (LOOPBACK, 50000), ("::1", 50002)
+    created = AllocationCreated((v4, v6), None, 600)
+    assert (created.relayed, created.relayed_addresses) == (v4, (v4, v6))
+    served = AllocationCreatedEvent(GOOD, GOOD, "udp", "u", (v4,), 600)
+    assert (served.relayed, served.relayed_addresses) == (v4, (v4,))
+    client = TurnClient(GOOD, "u", "p")
+    assert (client.relayed, client.relayed_addresses) == (None, ())
+
+
+def test_anchor_turn_with_a_wrong_password_names_the_code_once() -> None:
+    """Error text without duplicated codes, at the command line too: the core's reason
+    ("401 Unauthenticated: wrong username or password") already carries the code."""
+    port = free_port("udp")
+
+    async def main() -> None:
+        runner = loopback_runner(port, {"alice": "secret"}, "anchor")
+        await runner.start()
+        try:
+            args = build_parser().parse_args(
+                ["turn", f"127.0.0.1:{port}", "--user", "alice:wrong", "--timeout", "10"]
+            )
+            with pytest.raises(turn_cli.TurnStepError) as info:
+                await turn_cli.run(args)
+        finally:
+            runner.close()
+            await runner.wait_closed()
+        message = str(info.value)
+        assert "server answered 401 " in message and message.count("401") == 1, message
+
+    asyncio.run(main())
 
 
 def test_a_server_of_a_family_not_gathered_on_is_a_failure_too() -> None:
