@@ -247,8 +247,7 @@ async def run(
         except TimeoutError:
             raise IceStepError(f"gathering did not finish within {args.timeout:g} s") from None
         for failure in conn.gather_failures:
-            where = format_address(failure.server) if failure.server else failure.base[0]
-            print(f"anchor ice: warning: {failure.kind} {where}: {failure.reason}", file=sys.stderr)
+            print(f"anchor ice: warning: {failure}", file=sys.stderr)
         from anchor_ice.sdp import IceDescription
 
         local = IceDescription(

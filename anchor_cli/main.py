@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"anchor {args.command}: {exc}", file=sys.stderr)
         return 2
     except StunErrorResponse as exc:
-        print(f"anchor {args.command}: server answered {exc.code} {exc.reason}", file=sys.stderr)
+        print(f"anchor {args.command}: server answered {exc}", file=sys.stderr)
         return 1
     except (AnchorError, OSError, ssl.SSLError) as exc:
         print(f"anchor {args.command}: {exc}", file=sys.stderr)

@@ -111,9 +111,7 @@ async def _step(what: str, timeout: float, awaitable: Any) -> Any:
 def _describe(exc: AllocationError) -> str:
     if not exc.code:
         return exc.reason or "no usable answer"
-    if exc.reason.startswith(str(exc.code)):  # the core's reasons may carry the code already
-        return f"server answered {exc.reason}"
-    return f"server answered {exc.code} {exc.reason}".rstrip()
+    return f"server answered {exc}"  # the code once (error_text)
 
 
 async def _echo(conn: TurnConnection, peer: Address, path: str, timeout: float) -> _Echo:
@@ -172,7 +170,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[_Echo]]:
     try:
         created = await _step(f"Allocate at {where}", args.timeout, conn.allocate())
         out: dict[str, Any] = {
-            "relayed": format_address(created.relayed[0]),
+            "relayed": format_address(created.relayed),
             "mapped": format_address(created.mapped) if created.mapped else None,
             "lifetime": created.lifetime,
             "echo": False,

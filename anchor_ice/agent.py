@@ -48,7 +48,9 @@ of pairs) unless ``check_rto`` fixes it, ``check_rc`` sends and a final wait of
 Responses (§7.2.5): a 487 switches the role the request claimed, changes the tie-breaker and
 re-queues the pair (§7.2.5.1); a response whose source is not the request's destination, or
 that arrived on another local address, fails the pair (§7.2.5.2.1); other errors and
-timeouts fail it. A success builds the valid pair from XOR-MAPPED-ADDRESS (§7.2.5.3.2),
+timeouts fail it, and so does an ICMP error the adapter reports for the check's destination
+(:meth:`IceAgent.destination_unreachable`, §7.2.5.2.2: a hard one at once, without the rest
+of the retransmissions). A success builds the valid pair from XOR-MAPPED-ADDRESS (§7.2.5.3.2),
 learning a local peer-reflexive candidate when the address is new (§7.2.5.3.1), sets both
 pairs Succeeded and unfreezes the pairs of the same foundation (§7.2.5.3.3).
 
@@ -165,7 +167,7 @@ from anchor_stun.attributes import (
 )
 from anchor_stun.check import CheckAttributes, CheckKey, CheckReader
 from anchor_stun.errors import DecodeError, LocalProtocolError
-from anchor_stun.events import Address, Transmit
+from anchor_stun.events import Address, Transmit, format_address
 from anchor_stun.integrity import short_term_key
 from anchor_stun.message import (
     Message,
@@ -338,6 +340,16 @@ def _policy_name(nominator: Nominator) -> str:
             "StandardNominator": "standard"}.get(name, name)
 
 
+_WAY_OUT = {
+    "gateway": "add a TURN server for a relayed candidate, a STUN server that answers for a"
+    " server-reflexive one, or use policy='standard' to allow host pairs",
+    "relay": "add a TURN server that answers (check its address and credentials), or use"
+    " policy='standard'",
+    "standard": "give a host address to gather on",
+}
+"""The way out of "no candidate to offer", per policy (by :func:`_policy_name`)."""
+
+
 class IceAgent:
     """A full (or lite) ICE agent for one data stream (RFC 8445), sans-I/O.
 
@@ -493,6 +505,12 @@ class IceAgent:
         # peer could not verify our MESSAGE-INTEGRITY: wrong remote password, RFC 8445 §7.3.1)
         self._answered: set[tuple[int, Address, Address]] = set()
         self._rejected: set[tuple[int, Address, Address]] = set()
+        # ... and those whose check the network reported unreachable (an ICMP error, see
+        # destination_unreachable): the address and why, for the reason
+        self._unreachable: dict[tuple[int, Address, Address], tuple[Address, str]] = {}
+        self.unreachable_checks = 0
+        """Checks ended at once because their destination was reported unreachable with a
+        hard error (:meth:`destination_unreachable`) instead of being retransmitted."""
         self._consent = ConsentFreshness(consent_interval, consent_timeout, rng)
         """Consent freshness of the selected pairs (RFC 7675), which this agent drives."""
         self._restarting = False
@@ -610,6 +628,28 @@ class IceAgent:
             for c, _ in self._locals
             if c.type is not CandidateType.PRFLX and self.nominator.advertise(c)
         ]
+
+    def nothing_to_offer(self, component: int = 1) -> str | None:
+        """Why the nominator leaves this agent no local candidate to offer on ``component``
+        (none gathered, or the policy advertises none of them: a gateway policy with host
+        candidates only, a relay policy without a relayed one), with the way out; None when
+        there is one to offer. Once local gathering is complete
+        (:meth:`end_of_local_candidates`) a full agent fails with this reason as soon as
+        checks start: no check can leave and the peer has nothing to check (RFC 8445
+        §7.2.5.4, a checklist that can never succeed)."""
+        local = [
+            c for c, _ in self._locals
+            if c.component == component and c.type is not CandidateType.PRFLX
+        ]
+        if any(self.nominator.advertise(c) for c in local):
+            return None
+        policy = _policy_name(self.nominator)
+        kinds = ", ".join(sorted({c.type.value for c in local})) or "none gathered"
+        way_out = _WAY_OUT.get(policy, "add a TURN server or use policy='standard'")
+        return (
+            f"no candidate to offer under the {policy} policy: it offers none of the local"
+            f" candidates ({kinds}); {way_out}"
+        )
 
     # ================================================================== signalling input
 
@@ -756,6 +796,7 @@ class IceAgent:
         self._refused.clear()
         self._answered.clear()
         self._rejected.clear()
+        self._unreachable.clear()
         self._checklist.clear()
         self._remotes.clear()
         self._remote_complete = False
@@ -825,6 +866,60 @@ class IceAgent:
         )
         self._after_change(now)
         return True
+
+    def destination_unreachable(
+        self,
+        addr: Address,
+        local: Address | None,
+        now: float,
+        *,
+        reason: str = "unreachable",
+        hard: bool = True,
+    ) -> int:
+        """The socket of the base ``local`` (None only when the agent has a single base)
+        reported an ICMP error for a datagram it sent to ``addr`` (RFC 8445 §7.2.5.2.2; the
+        adapter reads it from the socket, RFC 1122 §4.1.3.3). A *hard* error (port or
+        protocol unreachable, communication administratively prohibited: ``ECONNREFUSED``)
+        ends every connectivity check in flight from that base to ``addr`` at once: the
+        pair's transaction failed (RFC 8445 §7.2.5.2), so it is not retransmitted to the end
+        of its Rc sends, and the checklist moves on. A *soft* one (host or network
+        unreachable, which may pass, RFC 1122 §4.2.3.9) changes no state, as §7.2.5.2.2
+        says. Either way the address and ``reason`` (the error's text) are remembered for the
+        failure reason, should ICE fail (``... unreachable: 192.0.2.1:5000 (Connection
+        refused)``). Consent checks are left to their own expiry (RFC 7675). Returns how many
+        checks ended; an address no check went to changes nothing. Never raises."""
+        self._now = now
+        if self._state in _ENDED:
+            return 0
+        try:
+            addr = (str(addr[0]), int(addr[1]))
+            if local is None:
+                bases = {b for _, b in self._locals}
+                if len(bases) != 1:
+                    return 0
+                base = next(iter(bases))
+            else:
+                base = (str(local[0]), int(local[1]))
+        except (TypeError, ValueError, IndexError):
+            return 0
+        ended = 0
+        for txid, record in list(self._records.items()):
+            if (
+                record.kind is not _Kind.CHECK
+                or record.transaction is None
+                or record.dest != addr
+                or record.base != base
+            ):
+                continue
+            self._unreachable[_pair_key(record.pair)] = (addr, reason)
+            if hard:
+                del self._records[txid]
+                self._check_failed(record, now, refused=False)
+                ended += 1
+        self.unreachable_checks += ended
+        if ended:
+            self._after_change(now)
+        return ended
 
     def datagrams_to_send(self, now: float) -> list[Transmit]:
         """Everything due: answers, checks (at most one new check per Ta), retransmissions,
@@ -1837,8 +1932,19 @@ class IceAgent:
 
     def _check_failure(self, now: float) -> None:
         """RFC 8445 §7.2.5.4: a component whose pairs all failed, with no valid pair, once
-        the peer has no more candidates to send."""
-        if not self._running or not self._remote_complete or not self._awaiting_selection():
+        the peer has no more candidates to send; or one with nothing to offer once local
+        gathering is complete (:meth:`nothing_to_offer`)."""
+        if not self._started or self.lite or not self._awaiting_selection():
+            return
+        if self._local_complete:
+            for component in range(1, self.components + 1):
+                if component in self._selected:
+                    continue
+                nothing = self.nothing_to_offer(component)
+                if nothing is not None:
+                    self._fail(f"component {component}: {nothing}", now)
+                    return
+        if not self._running or not self._remote_complete:
             return
         for component in range(1, self.components + 1):
             if component in self._selected or component in self._nominating:
@@ -1886,14 +1992,9 @@ class IceAgent:
         """Why a component has no valid pair, from what its checks got back."""
         keys = {_pair_key(p) for p in self._checklist.pairs if p.component == component}
         if not keys:
-            local = [c for c, _ in self._locals if c.component == component]
-            if not any(self.nominator.advertise(c) for c in local):
-                kinds = ", ".join(sorted({c.type.value for c in local})) or "none gathered"
-                return (
-                    f"no candidate pair possible under the {_policy_name(self.nominator)}"
-                    f" policy: it offers none of the local candidates ({kinds}); add a TURN"
-                    " server or use policy='standard'"
-                )
+            nothing = self.nothing_to_offer(component)
+            if nothing is not None:
+                return nothing
             if not any(c.component == component for c in self._remotes):
                 return "no remote candidate to pair with"
             return "no candidate pair (no local and remote candidates of one address family)"
@@ -1905,10 +2006,20 @@ class IceAgent:
                 " check the remote ufrag and password"
             )
         if not answered:
+            unreachable = sorted(
+                {f"{format_address(a)} ({why})" for k, (a, why) in self._unreachable.items()
+                 if k in keys}
+            )
+            if unreachable and len(keys & self._unreachable.keys()) == len(keys):
+                return (
+                    f"the peer's candidates are unreachable: {', '.join(unreachable)}"
+                    " (a TURN server gives a relayed candidate)"
+                )
+            seen = f"; unreachable: {', '.join(unreachable)}" if unreachable else ""
             return (
                 f"no response to any check ({len(keys)} pair{'s' if len(keys) > 1 else ''}"
-                " tried): the peer's candidates are not reachable from here (a TURN server"
-                " gives a relayed candidate)"
+                f" tried{seen}): the peer's candidates are not reachable from here (a TURN"
+                " server gives a relayed candidate)"
             )
         return f"{len(answered)} of {len(keys)} pairs answered, none valid"
 

@@ -73,6 +73,7 @@ __all__ = [
     "XorMappedAddress",
     "XorPeerAddress",
     "XorRelayedAddress",
+    "enum_member",
     "is_comprehension_required",
     "pack_ip",
     "unpack_ip",
@@ -143,6 +144,14 @@ class AttrType(IntEnum):
 def is_comprehension_required(attr_type: int) -> bool:
     """True for types 0x0000-0x7FFF, which an agent must understand (RFC 8489 §14)."""
     return attr_type < 0x8000
+
+
+def enum_member(enum: type[IntEnum], value: int) -> int:
+    """``value`` as the member of ``enum`` it is (named in reprs:
+    ``<ErrorCode.UNAUTHENTICATED: 401>``; still equal to the int), else the plain int: decoded
+    fields keep values Anchor does not know."""
+    member = enum._value2member_map_.get(value)
+    return member if isinstance(member, int) else value
 
 
 class Family(IntEnum):
@@ -639,7 +648,7 @@ class RequestedTransport(Attribute):
     @classmethod
     def decode_value(cls, value: bytes, transaction_id: bytes) -> Self:
         _fixed(cls, value, 4)
-        return cls(value[0])
+        return cls(enum_member(TransportProtocol, value[0]))
 
 
 class _FamilyAttr(Attribute):
@@ -654,7 +663,7 @@ class _FamilyAttr(Attribute):
     @classmethod
     def decode_value(cls, value: bytes, transaction_id: bytes) -> Self:
         _fixed(cls, value, 4)
-        return cls(value[0])  # type: ignore[call-arg]
+        return cls(enum_member(Family, value[0]))  # type: ignore[call-arg]
 
 
 @dataclass(frozen=True, slots=True)
@@ -803,7 +812,7 @@ class ErrorCodeAttribute(Attribute):
     @classmethod
     def decode_value(cls, value: bytes, transaction_id: bytes) -> Self:
         code, reason = _decode_code(cls, value)
-        return cls(code, reason)
+        return cls(enum_member(ErrorCode, code), reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -823,7 +832,7 @@ class AddressErrorCode(Attribute):
     @classmethod
     def decode_value(cls, value: bytes, transaction_id: bytes) -> Self:
         code, reason = _decode_code(cls, value)
-        return cls(value[0], code, reason)
+        return cls(enum_member(Family, value[0]), enum_member(ErrorCode, code), reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -840,7 +849,8 @@ class UnknownAttributes(Attribute):
     def decode_value(cls, value: bytes, transaction_id: bytes) -> Self:
         if len(value) % 2:
             raise _bad(cls, "odd length")
-        return cls(tuple(struct.unpack(f"!{len(value) // 2}H", value)))
+        types = struct.unpack(f"!{len(value) // 2}H", value)
+        return cls(tuple(enum_member(AttrType, t) for t in types))
 
 
 # --------------------------------------------------------------------------- password algorithms
@@ -868,7 +878,7 @@ def _decode_algorithms(cls: type[Attribute], value: bytes) -> list[tuple[int, by
         end = pos + 4 + length
         if end > len(value):
             raise _bad(cls, "algorithm parameters overrun")
-        out.append((algorithm, bytes(value[pos + 4 : end])))
+        out.append((enum_member(PasswordAlgorithmId, algorithm), bytes(value[pos + 4 : end])))
         pos = end + (-length % 4)
     if pos != len(value):
         raise _bad(cls, "bad padding")

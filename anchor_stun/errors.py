@@ -21,11 +21,14 @@ __all__ = [
     "StunIntegrityError",
     "TransactionTimeout",
     "TurnError",
+    "error_text",
 ]
 
 
-def _with_code(code: int, reason: str) -> str:
-    """``"401 Unauthenticated"``: the code once, also when ``reason`` already starts with it."""
+def error_text(code: int, reason: str) -> str:
+    """An error response in one line: ``"401 Unauthenticated"`` (RFC 8489 §14.8: the code and
+    its reason phrase), the code once, also when ``reason`` already starts with it (the
+    cores' reasons may carry it: "401 Unauthenticated: wrong username or password")."""
     reason = reason.strip()
     if reason == str(code) or reason.startswith(f"{code} "):
         return reason
@@ -91,7 +94,7 @@ class StunErrorResponse(StunError):
     """The server answered with an error response; ``code`` and ``reason`` from ERROR-CODE."""
 
     def __init__(self, code: int, reason: str = "", response: object = None) -> None:
-        super().__init__(_with_code(code, reason))
+        super().__init__(error_text(code, reason))
         self.code = code
         self.reason = reason
         self.response = response
@@ -107,6 +110,6 @@ class AllocationError(TurnError):
     error code (403, 437, 441, 442, 486, 508, ...) or 0 when no usable response came."""
 
     def __init__(self, code: int, reason: str = "") -> None:
-        super().__init__(_with_code(code, reason) if code else reason or "no response")
+        super().__init__(error_text(code, reason) if code else reason or "no response")
         self.code = code
         self.reason = reason

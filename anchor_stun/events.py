@@ -9,10 +9,17 @@ __all__ = [
     "Address",
     "StunEvent",
     "Transmit",
+    "format_address",
 ]
 
 Address = tuple[str, int]
 """An (ip, port) transport address, as asyncio and socket use it."""
+
+
+def format_address(addr: Address) -> str:
+    """``ip:port``, with the IPv6 address in brackets (RFC 3986 §3.2.2)."""
+    ip, port = addr[0], addr[1]
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class Transmit(NamedTuple):

@@ -63,7 +63,7 @@ from anchor_stun.attributes import (
     Software,
     XorMappedAddress,
 )
-from anchor_stun.errors import LocalProtocolError
+from anchor_stun.errors import LocalProtocolError, error_text
 from anchor_stun.events import Address, StunEvent, Transmit
 from anchor_stun.message import Message, MessageClass, Method
 from anchor_stun.transaction import (
@@ -308,7 +308,7 @@ class NatDiscovery:
         """Fail for a timeout or error response of a test that must be answered."""
         name = _TEST_NAMES[self._state]
         if isinstance(event, TransactionFailed):
-            self._fail(f"{name}: error response {event.code} {event.reason}".rstrip())
+            self._fail(f"{name}: error response {error_text(event.code, event.reason)}")
         else:
             self._fail(f"{name}: no response from the server")
 

@@ -105,6 +105,7 @@ from anchor_stun.attributes import (
     XorMappedAddress,
     XorPeerAddress,
     XorRelayedAddress,
+    enum_member,
     pack_ip,
     unpack_ip,
 )
@@ -269,14 +270,6 @@ class _Outcome:
     reason: str
 
 
-def _typed(code: int) -> int:
-    """``code`` as an :class:`ErrorCode` member when Anchor knows it."""
-    try:
-        return ErrorCode(code)
-    except ValueError:
-        return code
-
-
 def _chunks(items: list[str], size: int) -> Iterator[tuple[str, ...]]:
     for start in range(0, len(items), size):
         yield tuple(items[start : start + size])
@@ -392,7 +385,7 @@ class TurnClient:
         self._requests: dict[bytes, _Request] = {}
         self._dropped = 0
         self._desired_lifetime = lifetime
-        self._relayed: list[Address] = []
+        self._relayed: tuple[Address, ...] = ()
         self._relay_families: frozenset[Family] = frozenset()
         self._mapped: Address | None = None
         self._lifetime: int | None = None
@@ -423,9 +416,16 @@ class TurnClient:
         return self._transport
 
     @property
-    def relayed(self) -> list[Address]:
-        """The relayed transport addresses: one, or two for a dual allocation (RFC 8656 §7.3)."""
-        return list(self._relayed)
+    def relayed(self) -> Address | None:
+        """The (first) relayed transport address, None before the allocation exists
+        (RFC 8656 §7.3); all of them are :attr:`relayed_addresses`."""
+        return self._relayed[0] if self._relayed else None
+
+    @property
+    def relayed_addresses(self) -> tuple[Address, ...]:
+        """Every relayed transport address: one, or two for a dual allocation (RFC 8656
+        §7.1 ADDITIONAL-ADDRESS-FAMILY, §7.3); empty before the allocation exists."""
+        return self._relayed
 
     @property
     def mapped(self) -> Address | None:
@@ -1021,7 +1021,7 @@ class TurnClient:
             return
         mapped = response.get(XorMappedAddress)
         token = response.get(ReservationToken)
-        self._relayed = list(relayed)
+        self._relayed = relayed
         self._relay_families = frozenset(pack_ip(ip)[0] for ip, _ in relayed)
         self._mapped = mapped.address if mapped is not None else None
         self._reserved_token = token.value if token is not None else None
@@ -1029,14 +1029,14 @@ class TurnClient:
         self._expires_at = req.sent_at + granted.value
         self._refresh_at = req.sent_at + self._refresh_after(granted.value)
         errors = tuple(
-            (a.family, _typed(a.code), a.reason) for a in response.get_all(AddressErrorCode)
+            (a.family, enum_member(ErrorCode, a.code), a.reason) for a in response.get_all(AddressErrorCode)
         )
         self._set_state(TurnState.ALLOCATED)
         self._events.append(AllocationCreated(relayed, self._mapped, granted.value, errors))
 
     def _finish(self, req: _Request, outcome: _Outcome, now: float) -> None:
         """A request ended without success: error response, timeout or integrity failure."""
-        code, reason = _typed(outcome.code), outcome.reason
+        code, reason = enum_member(ErrorCode, outcome.code), outcome.reason
         kind = req.kind
         if kind is _Kind.ALLOCATE:
             self._set_state(TurnState.FAILED)

@@ -47,9 +47,9 @@ class TurnEvent(StunEvent):
 class AllocationCreated(TurnEvent):
     """An Allocate request succeeded: the relay exists (RFC 8656 §7.3)."""
 
-    relayed: tuple[Address, ...]
-    """The relayed transport addresses (XOR-RELAYED-ADDRESS): one, or two for a dual
-    allocation (RFC 8656 §7.3, §18.5)."""
+    relayed_addresses: tuple[Address, ...]
+    """Every relayed transport address (XOR-RELAYED-ADDRESS), in the response's order: one,
+    or two for a dual allocation (RFC 8656 §7.1 ADDITIONAL-ADDRESS-FAMILY, §7.3, §18.5)."""
     mapped: Address | None
     """The client's server-reflexive address (XOR-MAPPED-ADDRESS), None if the server left it out."""
     lifetime: int
@@ -57,6 +57,13 @@ class AllocationCreated(TurnEvent):
     address_errors: tuple[tuple[int, int, str], ...] = ()
     """(family, code, reason) of each ADDRESS-ERROR-CODE: a family of a dual allocation the
     server could not provide (RFC 8656 §7.3, §18.14)."""
+
+    @property
+    def relayed(self) -> Address:
+        """The (first) relayed transport address, as
+        :attr:`~anchor_turn.aio.client.TurnConnection.relayed` gives it; all of them are
+        :attr:`relayed_addresses`."""
+        return self.relayed_addresses[0]
 
 
 @dataclass(frozen=True, slots=True)

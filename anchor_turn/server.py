@@ -320,10 +320,17 @@ class AllocationCreatedEvent(TurnServerEvent):
     """The client-facing transport."""
     username: str
     """The authenticated username that owns the allocation."""
-    relayed: tuple[Address, ...]
-    """The relayed transport address(es): one, or two for a dual allocation."""
+    relayed_addresses: tuple[Address, ...]
+    """Every relayed transport address: one, or two for a dual allocation (RFC 8656 §7.1
+    ADDITIONAL-ADDRESS-FAMILY, §7.2)."""
     lifetime: int
     """The granted lifetime, seconds."""
+
+    @property
+    def relayed(self) -> Address:
+        """The (first) relayed transport address; all of them are :attr:`relayed_addresses`
+        (the client's :class:`~anchor_turn.events.AllocationCreated` has the same two)."""
+        return self.relayed_addresses[0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -431,7 +431,7 @@ class Allocation:
             self._pump()
             while (event := self.client.next_event()) is not None:
                 if isinstance(event, AllocationCreated):
-                    self.relayed = event.relayed[0]
+                    self.relayed = event.relayed
                     self.client.bind_channel(self.peer, time.monotonic(), CHANNEL)
                 elif isinstance(event, ChannelBound):
                     bound = True

@@ -206,7 +206,7 @@ def test_allocate_permission_send_channel_refresh_release(
             wire = Wire(conn, monkeypatch)
             async with conn:
                 created = await conn.allocate()
-                relayed = created.relayed[0]
+                relayed = created.relayed
                 assert relayed[0] == "127.0.0.1"
                 assert coturn.min_port <= relayed[1] <= coturn.max_port
                 assert created.mapped == conn.local  # loopback: no NAT in between
@@ -401,7 +401,7 @@ def test_try_alternate_300_is_followed(coturn: Coturn, tmp_path: Path, transport
                 created = await conn.allocate()
                 assert conn.redirects == [server_of(redirector, transport)]
                 assert conn.server == server_of(coturn, transport)
-                assert coturn.min_port <= created.relayed[0][1] <= coturn.max_port
+                assert coturn.min_port <= created.relayed[1] <= coturn.max_port
 
         run(main())
         assert "error 300" in redirector.log()

@@ -68,7 +68,7 @@ async def main() -> None:
             print(f"stun over {transport}: mapped {format_address(result.mapped)}")
         async with await TurnConnection.connect((LOOPBACK, port), user, password, "tcp") as turn:
             created = await turn.allocate()
-            print(f"turn over tcp as {user}: relayed {format_address(created.relayed[0])}")
+            print(f"turn over tcp as {user}: relayed {format_address(created.relayed)}")
     finally:
         if server.returncode is None:
             server.send_signal(signal.SIGTERM)  # what systemd's stop does

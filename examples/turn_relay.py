@@ -60,7 +60,7 @@ async def main() -> None:
     try:
         async with await TurnConnection.connect((LOOPBACK, port), USER, PASSWORD) as turn:
             created = await turn.allocate()
-            relayed = created.relayed[0]  # one relayed address (two for a dual allocation)
+            relayed = created.relayed  # the first (relayed_addresses: two for a dual allocation)
             print(f"allocated {format_address(relayed)} for {created.lifetime} s")
             await turn.create_permission(peer[0])
             turn.send(b"hello through a Send indication", peer)

@@ -19,6 +19,11 @@ bytes, time and events through the sans-I/O :class:`~anchor_ice.agent.IceAgent`.
   candidates get through the relay before our own first check to that IP. Once a pair on a
   relayed base is selected, a channel is bound to its remote candidate (RFC 8656 §12), and
   its data goes as ChannelData from then on.
+* **ICMP errors.** A host socket that reports a check's destination unreachable (the
+  gatherer reads the error queue, :meth:`GatheredSocket.set_unreachable_handler`) tells the
+  agent (:meth:`~anchor_ice.agent.IceAgent.destination_unreachable`): a closed port
+  (``ECONNREFUSED``) fails the checks that went there at once, and the failure reason names
+  the address (RFC 8445 §7.2.5.2.2).
 * **Data.** Datagrams that are not STUN wait for :meth:`Connection.recvfrom`, or go at once
   to a handler (:meth:`Connection.set_data_handler`), as the ephemeral link does.
 * **Receiving (RFC 7983 demultiplexing).** TURN traffic never reaches this class (the
@@ -115,6 +120,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -130,6 +136,7 @@ from anchor_ice.aio.gather import (
     GatherFailure,
     RelayEndpoint,
     TurnServerConfig,
+    UnreachableHandler,
     check_port_range,
     host_addresses,
     turn_server_configs,
@@ -330,6 +337,7 @@ class Connection:
         self._remote_username: str | None = None
         self._remote_password: str | None = None
         self._gatherers: list[Gatherer] = []
+        self._policy_failures: list[GatherFailure] = []
         self._endpoints: dict[Address, GatheredSocket | RelayEndpoint] = {}
         self._permitted: set[tuple[Address, str]] = set()
         self._channels: set[tuple[Address, Address]] = set()
@@ -487,8 +495,11 @@ class Connection:
 
     @property
     def gather_failures(self) -> list[GatherFailure]:
-        """What gathering gave up on (a server that did not answer or refused)."""
-        return [f for g in self._gatherers for f in g.failures]
+        """What gathering gave up on (a server that did not answer or refused, a host
+        address that could not be bound), and, once gathering is complete, a policy that
+        can offer none of the candidates (kind ``"policy"``: "no candidate to offer under
+        the gateway policy ...", with the way out; :meth:`connect` then fails with it)."""
+        return [*(f for g in self._gatherers for f in g.failures), *self._policy_failures]
 
     def open_sockets(self) -> int:
         """Host sockets still open (0 after :meth:`close`)."""
@@ -587,6 +598,12 @@ class Connection:
             raise
         self._gathered = True
         if not self._closed:
+            for component in range(1, self.components + 1):
+                nothing = self._agent.nothing_to_offer(component)
+                if nothing is not None:
+                    if self.components > 1:
+                        nothing = f"component {component}: {nothing}"
+                    self._policy_failures.append(GatherFailure("policy", None, None, nothing))
             self._agent.end_of_local_candidates()
             self._pump()
             if self._candidate_handler is not None:
@@ -610,6 +627,8 @@ class Connection:
             endpoint = gatherer.endpoint(base)
             self._endpoints[base] = endpoint
             endpoint.set_handler(self._handler(base))
+            if isinstance(endpoint, GatheredSocket):
+                endpoint.set_unreachable_handler(self._unreachable_handler(base))
             if isinstance(endpoint, RelayEndpoint):
                 for remote in self._agent.remote_candidates:
                     self._permit(endpoint, remote.ip)
@@ -875,6 +894,21 @@ class Connection:
 
         return handler
 
+    def _unreachable_handler(self, local: Address) -> UnreachableHandler:
+        def handler(addr: Address, error: OSError) -> None:
+            if self._closed:
+                return
+            reason = error.strerror or os.strerror(error.errno or 0)
+            # RFC 8445 §7.2.5.2.2: a hard ICMP error (port unreachable, prohibited) fails
+            # the checks to addr now; a soft one (no route) is only remembered
+            hard = error.errno == errno.ECONNREFUSED
+            if self._agent.destination_unreachable(
+                addr, local, self._loop_time(), reason=reason, hard=hard
+            ):
+                self._pump()
+
+        return handler
+
     def _send_transmit(self, transmit: Transmit) -> None:
         """Send the agent's datagram; the first transmission of a new STUN request waits for
         its slot of the pacer (RFC 8445 §14.2, :mod:`anchor_ice.aio.pacing`)."""
@@ -963,9 +997,12 @@ class Connection:
                 self._session.set_result(None)
             self._wake()
         elif isinstance(event, IceFailed):
-            self._failure = event.reason
+            reason = event.reason
+            if self._policy_failures:  # nothing to offer: say what gathering gave up on first
+                reason = "; ".join([*(str(f) for g in self._gatherers for f in g.failures), reason])
+            self._failure = reason
             if self._session is not None and not self._session.done():
-                self._session.set_exception(IceFailedError(event.reason))
+                self._session.set_exception(IceFailedError(reason))
                 self._session.exception()  # mark it retrieved: connect() may not be waiting
             self._wake()
             self._end()

@@ -47,7 +47,10 @@ Handlers are replaceable at any time. Until one is set, datagrams wait in a boun
 arrive while gathering (trickle ICE) are not lost. The ICE connection therefore takes a
 socket over by setting handlers (``sock.set_handler`` for host and server-reflexive
 candidates, ``relay.set_handler`` for relayed ones) and sends with ``sock.send(data, addr)``
-or ``relay.send(data, peer)``; :meth:`Gatherer.endpoint` finds the object by the candidate's
+or ``relay.send(data, peer)``; ICMP errors the socket reports (IP_RECVERR) end the
+gathering transactions with that server, then go to ``sock.set_unreachable_handler``'s
+handler with the destination, so the ICE agent fails the checks that went there at once
+(RFC 8445 §7.2.5.2.2). :meth:`Gatherer.endpoint` finds the object by the candidate's
 base (``gatherer.endpoint(gatherer.base_of(candidate))``). Ownership: the :class:`Gatherer`
 closes every socket and releases every allocation in :meth:`Gatherer.close`, unless
 :meth:`Gatherer.detach` handed them over, after which the caller closes each
@@ -145,6 +148,7 @@ __all__ = [
     "Gatherer",
     "RelayEndpoint",
     "TurnServerConfig",
+    "UnreachableHandler",
     "check_port_range",
     "host_addresses",
     "turn_server_configs",
@@ -185,6 +189,8 @@ MAX_REDIRECTS = 2  # RFC 8656 §7.4 / RFC 8489 §10: 300 Try Alternate followed 
 
 DatagramHandler = Callable[[bytes, Address], None]
 """``handler(data, addr)``: a datagram that arrived from ``addr`` (a peer's transport address)."""
+UnreachableHandler = Callable[[Address, OSError], None]
+"""``handler(addr, error)``: the socket reported ``addr`` unreachable (an ICMP error)."""
 
 _TRANSPORT_RANK = {"udp": 0, "tcp": 1, "tls": 2}  # relays' local preference, best first
 
@@ -595,6 +601,7 @@ class GatheredSocket:
         self._stun_servers: dict[bytes, Address] = {}  # where each Binding went
         self._relays: list[RelayEndpoint] = []
         self._inbox = _Inbox(f"socket {format_address(self.local)}")
+        self._on_unreachable: UnreachableHandler | None = None
         self._closing = False
         self._closed = False
         self._closed_event = asyncio.Event()
@@ -658,6 +665,15 @@ class GatheredSocket:
         transaction or a TURN allocation of this socket; datagrams that arrived before are
         delivered first, in order. None: keep them in the backlog again."""
         self._inbox.set(handler)
+
+    def set_unreachable_handler(self, handler: UnreachableHandler | None) -> None:
+        """Hear, with ``handler(addr, error)``, of every ICMP error the socket reports for a
+        datagram it sent to ``addr`` (Linux: IP_RECVERR's error queue; ``error.errno`` is
+        ``ECONNREFUSED`` for a closed port, ``EHOSTUNREACH``, ``ENETUNREACH`` or
+        ``EHOSTDOWN`` otherwise), after the gathering transactions with that server ended
+        (RFC 8445 §7.2.5.2.2: the ICE agent fails the checks that went there). Platforms
+        without an error queue report nothing. None: no more calls."""
+        self._on_unreachable = handler
 
     def send(self, data: bytes, addr: Address) -> None:
         """Send ``data`` to ``addr`` from this socket (the host candidate's base).
@@ -822,6 +838,10 @@ class GatheredSocket:
         for relay in self._relays:
             if relay.shared and relay.turn.server == addr:
                 relay.turn.error_received(exc)
+        handler = self._on_unreachable
+        if handler is not None:
+            call_user(f"the unreachable handler of socket {format_address(self.local)}",
+                      handler, addr, exc)
 
     def __repr__(self) -> str:
         return f"<GatheredSocket {format_address(self.local)}{' closed' if self._closed else ''}>"
@@ -1100,16 +1120,27 @@ def _config(what: str, address: object, username: object, password: object) -> T
 
 @dataclass(frozen=True, slots=True)
 class GatherFailure:
-    """Something gathering had to give up on (the rest carried on)."""
+    """Something gathering had to give up on (the rest carried on), or, as ``"policy"``, a
+    policy that can offer none of what was gathered (recorded by the ICE connection).
+    ``str()`` gives it in one line: ``stun 192.0.2.1:3478: timeout after 5.0 s``."""
 
-    kind: Literal["host", "stun", "turn"]
-    """What failed: binding a host socket, a STUN Binding or a TURN Allocate."""
-    base: Address
-    """The host socket's address (for ``"host"``: the IP that could not be bound, port 0)."""
+    kind: Literal["host", "stun", "turn", "policy"]
+    """What failed: binding a host socket, a STUN Binding, a TURN Allocate, or the policy
+    (no candidate to offer, RFC 8445 §5.1.3, with the way out in ``reason``)."""
+    base: Address | None
+    """The host socket's address (for ``"host"``: the IP that could not be bound, port 0;
+    None for ``"policy"``)."""
     server: Address | None
-    """The STUN / TURN server as configured (None for ``"host"``)."""
+    """The STUN / TURN server as configured (None for ``"host"`` and ``"policy"``)."""
     reason: str
     """Why, in one line (``timeout after 5.0 s``, ``401 Unauthorized``...)."""
+
+    def __str__(self) -> str:
+        if self.server is not None:
+            return f"{self.kind} {format_address(self.server)}: {self.reason}"
+        if self.base is not None:
+            return f"{self.kind} {self.base[0]}: {self.reason}"
+        return self.reason
 
 
 @dataclass(frozen=True, slots=True)

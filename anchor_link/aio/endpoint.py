@@ -251,15 +251,6 @@ REPLAY_MEMORY = 4096
 MAX_TRICKLE_QUEUED = 64
 """``candidates`` messages a link keeps until it can open them; more are dropped."""
 
-_WAY_OUT = {
-    "gateway": "; add a TURN server (turn=[...]) for a relayed candidate, a STUN server that"
-    " answers (stun=...) for a server-reflexive one, or use policy='standard' to allow"
-    " host pairs",
-    "relay": "; check the TURN servers above (address, credentials) or use"
-    " policy='standard'",
-}
-"""The way out of "no candidate to offer", per policy."""
-
 E = TypeVar("E", bound=LinkEvent)
 
 
@@ -889,14 +880,12 @@ class LinkEndpoint:
         else:
             if link.local_count:
                 return
-            failures = "; ".join(
-                f"{f.kind} {f.server or f.base}: {f.reason}" for f in conn.gather_failures
-            )
-            reason = (
-                f"no candidate to offer under the {self.policy} policy"
-                + (f" ({failures})" if failures else "")
-                + _WAY_OUT.get(self.policy, "")
-            )
+            # what gathering gave up on, then the policy's "no candidate to offer" and its
+            # way out (Connection.gather_failures ends with it)
+            failures = [str(f) for f in conn.gather_failures]
+            if not any(f.kind == "policy" for f in conn.gather_failures):
+                failures.append(f"no candidate to offer under the {self.policy} policy")
+            reason = "; ".join(failures)
         if link.machine.state is LinkState.FORMING:
             link.machine.fail(reason, loop.time())
             link.kick()

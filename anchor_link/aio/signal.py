@@ -81,7 +81,9 @@ import base64
 import binascii
 import contextlib
 import json
+import os
 import ssl
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -91,9 +93,16 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from anchor_link.handshake import HandshakeFailed, NoiseHandshake, rendezvous_handshake
-from anchor_link.identity import Identity, IdentityError, format_public, parse_public
+from anchor_link.identity import (
+    PUBLIC_KEY_SIZE,
+    Identity,
+    IdentityError,
+    format_public,
+    parse_public,
+)
 from anchor_link.wirejson import loads_object
-from anchor_stun.errors import AnchorError
+from anchor_stun.aio.net import port_number, positive_timeout
+from anchor_stun.errors import AnchorError, LocalProtocolError
 from anchor_stun.events import Address
 
 __all__ = [
@@ -116,6 +125,8 @@ __all__ = [
     "WebSocketSignalling",
     "serve_rendezvous",
 ]
+
+_SSL_CONTEXT = ssl.SSLContext  # RendezvousServer's argument ``ssl`` hides the module
 
 UNREACHABLE = "unreachable"
 """``body["type"]`` of the envelope that says a description could not be delivered."""
@@ -193,6 +204,21 @@ class Signalling(Protocol):
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME or not name.isprintable():
         raise SignallingError(f"a name is 1 to {MAX_NAME} printable characters: {name!r}")
+
+
+def _check_url(url: object) -> None:
+    """A rendezvous URL checked where it enters: ``ws://host[:port][/path]`` or ``wss://...``
+    (RFC 6455 §3), else :class:`LocalProtocolError` naming ``url``."""
+    forms = "url must be 'ws://host:port' or 'wss://host:port'"
+    if not isinstance(url, str):
+        raise LocalProtocolError(f"{forms}, not {type(url).__name__}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise LocalProtocolError(f"{forms}, not {url!r} ({exc})") from None
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or parts.fragment:
+        raise LocalProtocolError(f"{forms}, not {url!r}")
 
 
 def _encode_body(body: Mapping[str, Any]) -> str:
@@ -290,7 +316,9 @@ class WebSocketSignalling:
     configure both). ``identity`` is proven to the server (module docstring; the endpoint
     passes its own to :meth:`open`; without either a new one is made). For ``wss://``,
     ``ca_file`` names the CA bundle to verify the server with (default: the system's). A lost
-    connection is re-established for up to ``reconnect_timeout`` seconds."""
+    connection is re-established for up to ``reconnect_timeout`` seconds. The arguments are
+    checked here, before any connection (:class:`~anchor_stun.errors.LocalProtocolError`
+    naming the argument and its accepted forms)."""
 
     def __init__(
         self,
@@ -302,6 +330,31 @@ class WebSocketSignalling:
         open_timeout: float = 10.0,
         reconnect_timeout: float = RECONNECT_TIMEOUT,
     ) -> None:
+        _check_url(url)
+        if name is not None:
+            try:
+                _check_name(name)
+            except SignallingError as exc:
+                raise LocalProtocolError(f"name: {exc}") from None
+        if identity is not None and not isinstance(identity, Identity):
+            raise LocalProtocolError(
+                f"identity must be an Identity (Identity.generate(), load_identity(path)),"
+                f" not {type(identity).__name__}"
+            )
+        if ca_file is not None and not isinstance(ca_file, str | os.PathLike):
+            raise LocalProtocolError(
+                f"ca_file must be the path of a CA bundle, not {type(ca_file).__name__}"
+            )
+        positive_timeout(open_timeout, "open_timeout")
+        if (
+            isinstance(reconnect_timeout, bool)
+            or not isinstance(reconnect_timeout, int | float)
+            or not reconnect_timeout >= 0
+        ):
+            raise LocalProtocolError(
+                "reconnect_timeout must be a number of seconds >= 0 (0: never reconnect),"
+                f" not {reconnect_timeout!r}"
+            )
         self.url = url
         """The rendezvous URL (``ws://`` or ``wss://``)."""
         self.name = name
@@ -513,7 +566,8 @@ class RendezvousServer:
     ``ssl``: a server TLS context (``wss://``); ``allowed``: the public identities that may
     connect (None: any); ``auth_timeout``, ``max_per_source``, ``rate``: the bounds of the
     module docstring; ``router``: a :class:`RendezvousRouter` to names held on other
-    instances."""
+    instances. ``port`` 0 takes any free port. The arguments are checked here, before any
+    socket (:class:`~anchor_stun.errors.LocalProtocolError` naming the argument)."""
 
     def __init__(
         self,
@@ -527,6 +581,33 @@ class RendezvousServer:
         rate: float = RATE,
         router: RendezvousRouter | None = None,
     ) -> None:
+        if not isinstance(host, str) or not host:
+            raise LocalProtocolError(
+                f"host must be an IP address or host name to listen on ('0.0.0.0', '::',"
+                f" '127.0.0.1'), not {host!r}"
+            )
+        port = port_number(port, "port", zero=True)
+        if ssl is not None and not isinstance(ssl, _SSL_CONTEXT):
+            raise LocalProtocolError(
+                f"ssl must be a server ssl.SSLContext, not {type(ssl).__name__}"
+            )
+        positive_timeout(auth_timeout, "auth_timeout")
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
+            raise LocalProtocolError(
+                f"rate must be a positive number of frames a second, not {rate!r}"
+            )
+        if isinstance(max_per_source, bool) or not isinstance(max_per_source, int) or (
+            max_per_source < 1
+        ):
+            raise LocalProtocolError(
+                f"max_per_source must be a positive number of connections, not {max_per_source!r}"
+            )
+        methods = ("start", "claim", "release", "route")
+        if router is not None and not all(callable(getattr(router, m, None)) for m in methods):
+            raise LocalProtocolError(
+                "router must implement RendezvousRouter (start, claim, release, route),"
+                f" not {type(router).__name__}"
+            )
         self.host = host
         self.router = router
         """Carries frames to and from other instances, or None."""
@@ -534,13 +615,23 @@ class RendezvousServer:
         self._ssl = ssl
         self._allowed: set[bytes] | None = None
         if allowed is not None:
-            try:
-                self._allowed = {
-                    bytes(k) if isinstance(k, bytes | bytearray) else parse_public(k)
-                    for k in allowed
-                }
-            except IdentityError as exc:
-                raise SignallingError(f"allow-list: {exc}") from None
+            if isinstance(allowed, str | bytes | bytearray):
+                raise LocalProtocolError(
+                    "allowed must be a list of public identities ('anchor1:...'), not one"
+                )
+            self._allowed = set()
+            for i, key in enumerate(allowed):
+                try:
+                    if isinstance(key, bytes | bytearray):
+                        if len(key) != PUBLIC_KEY_SIZE:
+                            raise IdentityError(f"a raw key is {PUBLIC_KEY_SIZE} bytes")
+                        self._allowed.add(bytes(key))
+                    else:
+                        self._allowed.add(parse_public(key))
+                except IdentityError as exc:
+                    raise LocalProtocolError(
+                        f"allowed[{i}] must be a public identity ('anchor1:...'): {exc}"
+                    ) from None
         self.auth_timeout = auth_timeout
         """Seconds a connection has to prove its key."""
         self.max_per_source = max_per_source

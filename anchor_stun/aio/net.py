@@ -32,7 +32,7 @@ from anchor_stun.errors import (
     StunErrorResponse,
     TransactionTimeout,
 )
-from anchor_stun.events import Address, StunEvent, Transmit
+from anchor_stun.events import Address, StunEvent, Transmit, format_address
 from anchor_stun.framing import StreamFramer
 from anchor_stun.message import Message, MessageClass, Method
 from anchor_stun.nat import NatDiscovery, NatDiscoveryCompleted, NatDiscoveryFailed
@@ -62,6 +62,7 @@ __all__ = [
     "discover_nat",
     "format_address",
     "parse_address",
+    "port_number",
     "positive_timeout",
     "resolve",
     "route_local_ip",
@@ -73,12 +74,6 @@ __all__ = [
 TransportName = Literal["udp", "tcp", "tls"]
 DEFAULT_PORT = 3478  # RFC 8489 §6.2.4 (UDP/TCP)
 DEFAULT_TLS_PORT = 5349  # RFC 8489 §6.2.4 (TLS)
-
-
-def format_address(addr: Address) -> str:
-    """``ip:port``, with the IPv6 address in brackets."""
-    ip, port = addr[0], addr[1]
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class ListenError(OSError):
@@ -184,6 +179,18 @@ def credential(value: object, what: str) -> str:
     if not value:
         raise LocalProtocolError(f"{what} must be a non-empty string, not ''")
     return value
+
+
+def port_number(value: object, what: str = "port", *, zero: bool = False) -> int:
+    """A port number checked where it enters: an ``int`` in 1-65535 (or 0, "any free port",
+    with ``zero``), else :class:`LocalProtocolError` naming ``what``."""
+    low = 0 if zero else 1
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= 0xFFFF:
+        return value
+    any_port = " (0: any free port)" if zero else ""
+    raise LocalProtocolError(
+        f"{what} must be a port number {low}-65535{any_port}, not {value!r}"
+    )
 
 
 def positive_timeout(value: object, what: str = "timeout") -> float | None:

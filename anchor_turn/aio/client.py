@@ -9,6 +9,7 @@ channel refreshes happen on their own), and turns the core's events into awaited
 
     async with await TurnConnection.connect(("198.51.100.7", 3478), "alice", "secret") as turn:
         created = await turn.allocate()           # AllocationCreated: relayed, mapped, lifetime
+                                                  # (relayed_addresses: all of them)
         await turn.create_permission("203.0.113.5")
         turn.send(b"hello", ("203.0.113.5", 4000))  # a Send indication (RFC 8656 §11.1)
         number = await turn.bind_channel(("203.0.113.5", 4000))
@@ -401,9 +402,15 @@ class TurnConnection:
 
     @property
     def relayed(self) -> Address | None:
-        """The (first) relayed transport address, None before the allocation exists."""
-        relayed = self._client.relayed
-        return relayed[0] if relayed else None
+        """The (first) relayed transport address, None before the allocation exists
+        (RFC 8656 §7.3); all of them are :attr:`relayed_addresses`."""
+        return self._client.relayed
+
+    @property
+    def relayed_addresses(self) -> tuple[Address, ...]:
+        """Every relayed transport address: one, or two for a dual allocation (RFC 8656
+        §7.1 ADDITIONAL-ADDRESS-FAMILY, §7.3); empty before the allocation exists."""
+        return self._client.relayed_addresses
 
     @property
     def mapped(self) -> Address | None:

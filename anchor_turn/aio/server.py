@@ -100,7 +100,7 @@ from typing import Any
 
 import ifaddr
 
-from anchor_stun.aio.net import ListenError
+from anchor_stun.aio.net import ListenError, credential, port_number, server_list
 from anchor_stun.aio.streams import GuardedStream, LoopErrorFilter, StreamGuard, StreamLimits
 from anchor_stun.attributes import Family, pack_ip
 from anchor_stun.errors import LocalProtocolError
@@ -590,7 +590,8 @@ class TurnServerRunner:
 
     ``udp``: extra UDP listener addresses besides ``core.stun.local_addresses()`` (which are
     always served); ``tcp`` / ``tls``: addresses of TCP and TLS listeners (``tls_context``
-    is required with ``tls``). ``limits`` bounds the TCP/TLS connections
+    is required with ``tls``); each ``(host, port)`` or ``"host:port"``, one or a list,
+    checked here (:class:`LocalProtocolError` naming the argument, before any socket). ``limits`` bounds the TCP/TLS connections
     (:class:`~anchor_stun.aio.streams.StreamLimits`); ``external_ips`` are public addresses of the host, refused
     as peers like its own. Listener ports must be concrete (not 0): the core answers
     with the addresses it was configured with. ``on_event`` receives every core event (for
@@ -609,9 +610,9 @@ class TurnServerRunner:
         self,
         core: TurnServer,
         *,
-        udp: Sequence[Address] = (),
-        tcp: Sequence[Address] = (),
-        tls: Sequence[Address] = (),
+        udp: Iterable[Address | str] | Address | str = (),
+        tcp: Iterable[Address | str] | Address | str = (),
+        tls: Iterable[Address | str] | Address | str = (),
         tls_context: ssl.SSLContext | None = None,
         on_event: Callable[[TurnServerEvent], None] | None = None,
         stream_buffer: int = DEFAULT_STREAM_BUFFER,
@@ -621,10 +622,51 @@ class TurnServerRunner:
         reuse_port: bool = False,
         shaper: RelayShaper | None = None,
     ) -> None:
+        if not isinstance(core, TurnServer):
+            raise LocalProtocolError(f"core must be a TurnServer, not {type(core).__name__}")
         if not isinstance(core.relay, UdpRelayAllocator):
             raise LocalProtocolError("the core's relay allocator must be a UdpRelayAllocator")
-        if tls and tls_context is None:
-            raise LocalProtocolError("TLS listeners need a tls_context")
+        # listeners: (host, port) or "host:port", one or a list, with concrete ports (the
+        # core answers with the addresses it was configured with)
+        udp_listeners = server_list(udp, "udp", default_port=None)
+        tcp_listeners = server_list(tcp, "tcp", default_port=None)
+        tls_listeners = server_list(tls, "tls", default_port=None)
+        for local in core.stun.local_addresses() if serve_udp else ():
+            if local[1] == 0:
+                raise LocalProtocolError(
+                    f"the core's STUN server listens on port 0 ({local[0]}): give it a port"
+                )
+        if tls_context is not None and not isinstance(tls_context, ssl.SSLContext):
+            raise LocalProtocolError(
+                f"tls_context must be an ssl.SSLContext, not {type(tls_context).__name__}"
+            )
+        if tls_listeners and tls_context is None:
+            raise LocalProtocolError(
+                "TLS listeners (tls=) need a tls_context (a server ssl.SSLContext holding the"
+                " certificate)"
+            )
+        if on_event is not None and not callable(on_event):
+            raise LocalProtocolError(f"on_event must be callable, not {on_event!r}")
+        if (
+            isinstance(stream_buffer, bool)
+            or not isinstance(stream_buffer, int)
+            or stream_buffer < 1
+        ):
+            raise LocalProtocolError(
+                f"stream_buffer must be a positive number of bytes, not {stream_buffer!r}"
+            )
+        if isinstance(external_ips, str):
+            raise LocalProtocolError(
+                f"external_ips must be a list of IP addresses, not one string {external_ips!r}"
+            )
+        publics: list[str] = []
+        for i, ip in enumerate(external_ips):
+            try:
+                publics.append(str(ipaddress.ip_address(ip)))
+            except ValueError:
+                raise LocalProtocolError(
+                    f"external_ips[{i}] must be an IP address, not {ip!r}"
+                ) from None
         self.core = core
         """The TURN core served."""
         self.allocator: UdpRelayAllocator = core.relay
@@ -634,7 +676,7 @@ class TurnServerRunner:
             _log.info("relay sockets cannot forbid fragmentation: DONT-FRAGMENT gets 420",
                       extra={"event": "no-dont-fragment", "fields": {}})  # fmt: skip
         udp_addresses: list[Address] = []
-        for addr in [*core.stun.local_addresses(), *udp] if serve_udp else ():
+        for addr in [*core.stun.local_addresses(), *udp_listeners] if serve_udp else ():
             if addr not in udp_addresses:
                 udp_addresses.append(addr)
         self.reuse_port = reuse_port
@@ -642,8 +684,8 @@ class TurnServerRunner:
         self.shaper = shaper
         """The per-relay bandwidth bound (``--max-bps``), or None."""
         self._udp_addresses = udp_addresses
-        self._tcp_addresses = list(tcp)
-        self._tls_addresses = list(tls)
+        self._tcp_addresses = tcp_listeners
+        self._tls_addresses = tls_listeners
         self._tls_context = tls_context
         self.on_event = on_event
         """Called with every event of the core, or None."""
@@ -655,7 +697,7 @@ class TurnServerRunner:
         """The guard's :class:`~anchor_stun.aio.streams.StreamLimits`."""
         self.shed = self.guard.shed
         """Connections and requests shed, by reason (the guard's counters)."""
-        self.external_ips = [str(ipaddress.ip_address(ip)) for ip in external_ips]
+        self.external_ips = publics
         """Public addresses the host is also reached at (a 1:1 NAT): "myself" too."""
         self.listeners: list[tuple[str, Address]] = []
         """(``"udp"``|``"tcp"``|``"tls"``, bound address) of every listener, after start."""
@@ -685,8 +727,6 @@ class TurnServerRunner:
         self.guard.start(loop)
         try:
             for local in self._udp_addresses:
-                if local[1] == 0:
-                    raise LocalProtocolError(f"listener port 0 in {local!r}: give a port")
                 family = _family_of(local[0])
                 sock = _udp_socket(family, LISTENER_RCVBUF)
                 if family == _IPV6 and ipaddress.ip_address(local[0]).is_unspecified:
@@ -733,8 +773,6 @@ class TurnServerRunner:
     async def _listen_stream(
         self, name: TransportName, local: Address, context: ssl.SSLContext | None
     ) -> None:
-        if local[1] == 0:
-            raise LocalProtocolError(f"listener port 0 in {local!r}: give a port")
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
@@ -971,7 +1009,29 @@ def loopback_runner(
     ``realm``, relayed addresses on ``ip``, and loopback peers allowed, since its peers are on
     the same machine. ``tcp_port`` / ``tls_port`` (with ``tls_context``) add TCP and TLS
     listeners on ``ip``. Not started: ``await runner.start()``; ``runner.core`` is the TURN
-    core."""
+    core. Every argument is checked here (:class:`LocalProtocolError` naming it)."""
+    port = port_number(port, "port")
+    tcp_port = None if tcp_port is None else port_number(tcp_port, "tcp_port")
+    tls_port = None if tls_port is None else port_number(tls_port, "tls_port")
+    if not isinstance(users, Mapping) or not users:
+        raise LocalProtocolError(
+            f"users must be a non-empty mapping of name -> password, not {type(users).__name__}"
+        )
+    for name, password in users.items():
+        credential(name, "users: a name")
+        credential(password, f"users[{name!r}]: the password")
+    if not isinstance(realm, str) or not realm:
+        raise LocalProtocolError(f"realm must be a non-empty string, not {realm!r}")
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise LocalProtocolError(
+            f"ip must be an IP address such as '127.0.0.1', not {ip!r}"
+        ) from None
+    if tls_port is not None and tls_context is None:
+        raise LocalProtocolError(
+            "tls_port needs a tls_context (a server ssl.SSLContext holding the certificate)"
+        )
     return TurnServerRunner(
         TurnServer(
             realm=realm,

@@ -1,8 +1,8 @@
 """Issue 23: inputs checked where they enter, closed ports named at once.
 
 Must-show 1: every public entry point given a malformed argument raises a typed error naming
-the argument, and a spy on real sockets (``socket.socket`` wrapped so that every connect and
-send is recorded) proves nothing was sent. Must-show 2 (gathering): a STUN or TURN server on a
+the argument, and a spy on real sockets (``socket.socket`` wrapped so that every bind, listen,
+connect and send is recorded) proves nothing was bound or sent. Must-show 2 (gathering): a STUN or TURN server on a
 closed port is a gathering failure naming the address as unreachable, not a timeout.
 """
 
@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from anchor_cli import turn as turn_cli
+from anchor_cli.main import build_parser
 from anchor_ice.aio.connection import Connection, IceFailedError
 from anchor_ice.aio.gather import (
     GatheredSocket,
@@ -25,24 +27,48 @@ from anchor_ice.aio.gather import (
 )
 from anchor_ice.candidate import Candidate
 from anchor_link.aio.endpoint import LinkEndpoint
-from anchor_link.aio.signal import InProcessSignalling
+from anchor_link.aio.signal import (
+    InProcessSignalling,
+    RendezvousServer,
+    WebSocketSignalling,
+    serve_rendezvous,
+)
+from anchor_link.state import LinkFormationFailed
 from anchor_stun.aio.net import binding_request, discover_nat
+from anchor_stun.attributes import (
+    AddressErrorCode,
+    AttrType,
+    ErrorCode,
+    ErrorCodeAttribute,
+    PasswordAlgorithms,
+    RequestedAddressFamily,
+    RequestedTransport,
+    UnknownAttributes,
+    enum_member,
+)
 from anchor_stun.errors import (
     AllocationError,
     DestinationUnreachable,
     LocalProtocolError,
     StunErrorResponse,
+    error_text,
 )
 from anchor_stun.message import Message, MessageClass, Method
+from anchor_stun.server import StunServer
 from anchor_turn.aio.client import TurnConnection
+from anchor_turn.aio.server import TurnServerRunner, UdpRelayAllocator, loopback_runner
+from anchor_turn.auth import StaticUsers
+from anchor_turn.client import TurnClient
+from anchor_turn.events import AllocationCreated
+from anchor_turn.server import AllocationCreatedEvent, TurnServer
 from tests.helpers import free_port, run_anchor
 
 LOOPBACK = "127.0.0.1"
 
 
 class _Spy:
-    """Records every connect and send of every socket made while installed (AF_UNIX ones
-    excepted: the event loop's self-pipe)."""
+    """Records every bind, listen, connect and send of every socket made while installed
+    (AF_UNIX ones excepted: the event loop's self-pipe)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
@@ -82,6 +108,14 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Spy]:
             self._note("sendmsg", args[3] if len(args) > 3 else None)
             return int(super().sendmsg(*args))
 
+        def bind(self, address: Any) -> None:
+            self._note("bind", address)
+            super().bind(address)
+
+        def listen(self, *args: Any) -> None:
+            self._note("listen", None)
+            super().listen(*args)
+
     monkeypatch.setattr(socket, "socket", SpySocket)
     yield record
 
@@ -92,6 +126,19 @@ def _endpoint(**kw: Any) -> LinkEndpoint:
 
 def _send(data: bytes, addr: Any) -> None:
     raise AssertionError("nothing may be sent")
+
+
+def _turn_core() -> TurnServer:
+    """A well-formed TURN core (building it binds nothing: the runner does)."""
+    return TurnServer(
+        realm="r", auth=StaticUsers({"u": "p"}, realm="r"), relay=UdpRelayAllocator([LOOPBACK]),
+        stun=StunServer(primary=GOOD), allow_loopback_peers=True,
+    )
+
+
+class _NotARouter:
+    async def start(self, deliver: Any) -> None:
+        pass
 
 
 GOOD = (LOOPBACK, 3478)
@@ -175,6 +222,75 @@ CASES: list[tuple[str, Callable[[], Any], str]] = [
     ("discover_nat timeout", lambda: discover_nat(GOOD, timeout=0), "timeout"),
     ("GatheredSocket.bind port_range",
      lambda: GatheredSocket.bind(LOOPBACK, port_range=(10, 5)), "port_range"),
+    # the rendezvous and its clients
+    ("RendezvousServer host", lambda: serve_rendezvous("", 0), "host"),
+    ("RendezvousServer host tuple", lambda: serve_rendezvous(GOOD, 0), "host"),  # type: ignore[arg-type]
+    ("RendezvousServer port", lambda: serve_rendezvous(LOOPBACK, 70000), "port"),
+    ("RendezvousServer port text", lambda: serve_rendezvous(LOOPBACK, "8765"), "port"),  # type: ignore[arg-type]
+    ("RendezvousServer allowed", lambda: RendezvousServer(LOOPBACK, 0, allowed="anchor1:x"),
+     "allowed"),
+    ("RendezvousServer allowed item",
+     lambda: RendezvousServer(LOOPBACK, 0, allowed=["anchor1:nope"]), "allowed[0]"),
+    ("RendezvousServer ssl", lambda: RendezvousServer(LOOPBACK, 0, ssl="cert.pem"), "ssl"),  # type: ignore[arg-type]
+    ("RendezvousServer auth_timeout", lambda: RendezvousServer(LOOPBACK, 0, auth_timeout=0),
+     "auth_timeout"),
+    ("RendezvousServer max_per_source",
+     lambda: RendezvousServer(LOOPBACK, 0, max_per_source=0), "max_per_source"),
+    ("RendezvousServer rate", lambda: RendezvousServer(LOOPBACK, 0, rate=-1), "rate"),
+    ("RendezvousServer router",
+     lambda: RendezvousServer(LOOPBACK, 0, router=_NotARouter()), "router"),  # type: ignore[arg-type]
+    ("WebSocketSignalling url", lambda: WebSocketSignalling("127.0.0.1:8765"), "url"),
+    ("WebSocketSignalling url scheme", lambda: WebSocketSignalling("http://127.0.0.1:8765"),
+     "url"),
+    ("WebSocketSignalling url port", lambda: WebSocketSignalling("ws://127.0.0.1:99999"), "url"),
+    ("WebSocketSignalling url type", lambda: WebSocketSignalling(GOOD), "url"),  # type: ignore[arg-type]
+    ("WebSocketSignalling name", lambda: WebSocketSignalling("ws://127.0.0.1:8765", ""), "name"),
+    ("WebSocketSignalling identity",
+     lambda: WebSocketSignalling("ws://127.0.0.1:8765", identity="key"),  # type: ignore[arg-type]
+     "identity"),
+    ("WebSocketSignalling ca_file",
+     lambda: WebSocketSignalling("wss://127.0.0.1:8765", ca_file=5),  # type: ignore[arg-type]
+     "ca_file"),
+    ("WebSocketSignalling open_timeout",
+     lambda: WebSocketSignalling("ws://127.0.0.1:8765", open_timeout=0), "open_timeout"),
+    ("WebSocketSignalling reconnect_timeout",
+     lambda: WebSocketSignalling("ws://127.0.0.1:8765", reconnect_timeout=-1),
+     "reconnect_timeout"),
+    # the TURN server runners
+    ("TurnServerRunner core", lambda: TurnServerRunner(object()), "core"),  # type: ignore[arg-type]
+    ("TurnServerRunner udp", lambda: TurnServerRunner(_turn_core(), udp="127.0.0.1:0"), "udp"),
+    ("TurnServerRunner udp text", lambda: TurnServerRunner(_turn_core(), udp="127.0.0.1"),
+     "udp"),
+    ("TurnServerRunner tcp item",
+     lambda: TurnServerRunner(_turn_core(), tcp=[GOOD, (LOOPBACK, 0)]), "tcp[1]"),
+    ("TurnServerRunner tls without context",
+     lambda: TurnServerRunner(_turn_core(), tls=[(LOOPBACK, 5349)]), "tls_context"),
+    ("TurnServerRunner tls_context",
+     lambda: TurnServerRunner(_turn_core(), tls=[(LOOPBACK, 5349)], tls_context="x"),  # type: ignore[arg-type]
+     "tls_context"),
+    ("TurnServerRunner external_ips",
+     lambda: TurnServerRunner(_turn_core(), external_ips="203.0.113.1"), "external_ips"),
+    ("TurnServerRunner external_ips item",
+     lambda: TurnServerRunner(_turn_core(), external_ips=["203.0.113.1", "x"]),
+     "external_ips[1]"),
+    ("TurnServerRunner stream_buffer",
+     lambda: TurnServerRunner(_turn_core(), stream_buffer=0), "stream_buffer"),
+    ("TurnServerRunner core port 0",
+     lambda: TurnServerRunner(TurnServer(
+         realm="r", auth=StaticUsers({"u": "p"}, realm="r"),
+         relay=UdpRelayAllocator([LOOPBACK]), stun=StunServer(primary=(LOOPBACK, 0)))),
+     "port 0"),
+    ("loopback_runner port", lambda: loopback_runner("3478", {"u": "p"}, "r"), "port"),  # type: ignore[arg-type]
+    ("loopback_runner port 0", lambda: loopback_runner(0, {"u": "p"}, "r"), "port"),
+    ("loopback_runner users", lambda: loopback_runner(3478, ["u:p"], "r"), "users"),  # type: ignore[arg-type]
+    ("loopback_runner password", lambda: loopback_runner(3478, {"u": ""}, "r"),
+     "users['u']: the password"),
+    ("loopback_runner realm", lambda: loopback_runner(3478, {"u": "p"}, ""), "realm"),
+    ("loopback_runner ip", lambda: loopback_runner(3478, {"u": "p"}, "r", "localhost:1"), "ip"),
+    ("loopback_runner tcp_port",
+     lambda: loopback_runner(3478, {"u": "p"}, "r", tcp_port=70000), "tcp_port"),
+    ("loopback_runner tls_port", lambda: loopback_runner(3478, {"u": "p"}, "r", tls_port=5349),
+     "tls_port needs a tls_context"),
 ]
 
 
@@ -205,6 +321,18 @@ def test_the_spy_sees_what_a_well_formed_call_sends(spy: _Spy) -> None:
 
     asyncio.run(main())
     assert ("connect", (LOOPBACK, port)) in spy.calls
+
+
+def test_the_spy_sees_what_a_well_formed_server_binds(spy: _Spy) -> None:
+    """The control for the servers' rows: a good rendezvous binds and listens."""
+
+    async def main() -> None:
+        server = await serve_rendezvous(LOOPBACK, 0)
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert [what for what, _ in spy.calls if what in ("bind", "listen")] == ["bind", "listen"]
 
 
 def test_the_issues_examples_are_read_as_meant() -> None:
@@ -318,6 +446,96 @@ def test_ice_with_a_wrong_password_says_the_peer_rejected_our_credentials() -> N
     asyncio.run(main())
 
 
+def test_an_ice_check_to_a_closed_port_fails_at_once_naming_it(spy: _Spy) -> None:
+    """Item 2 for ICE (RFC 8445 §7.2.5.2.2): the only remote candidate is a closed UDP port;
+    the socket's ICMP error ends the check after its first send (the RFC's schedule would
+    send it 7 times over 39.5 s), and the failure names the address."""
+    closed = free_port("udp")
+    target = (LOOPBACK, closed)
+
+    async def main() -> Connection:
+        conn = Connection(True, host_ips=[LOOPBACK])
+        try:
+            await conn.gather_candidates()
+            conn.remote_username, conn.remote_password = "peer", "p" * 22
+            await conn.add_remote_candidate(f"candidate:1 1 udp 2130706431 127.0.0.1 {closed} typ host")
+            await conn.add_remote_candidate(None)
+            with pytest.raises(IceFailedError) as info:
+                await asyncio.wait_for(conn.connect(), 30)
+        finally:
+            await conn.close()
+        assert info.value.reason == (
+            "all candidate pairs failed for component 1 (the peer's candidates are"
+            f" unreachable: 127.0.0.1:{closed} (Connection refused) (a TURN server gives a"
+            " relayed candidate))"
+        )
+        return conn
+
+    conn = asyncio.run(main())
+    assert conn.agent.unreachable_checks == 1
+    sends = [call for call in spy.calls if call == ("sendto", target)]
+    assert 1 <= len(sends) < conn.agent.check_rc, sends
+
+
+GATEWAY_WAY_OUT = (
+    "no candidate to offer under the gateway policy: it offers none of the local candidates"
+    " (host); add a TURN server for a relayed candidate, a STUN server that answers for a"
+    " server-reflexive one, or use policy='standard' to allow host pairs"
+)
+
+
+def test_a_policy_with_nothing_to_offer_is_a_gather_failure_with_the_way_out() -> None:
+    """Item 4: the gateway policy with host candidates only (no STUN, no TURN) can offer
+    nothing; gathering records it with the way out, and connect() fails with it at once."""
+
+    async def main() -> None:
+        conn = Connection(True, host_ips=[LOOPBACK], policy="gateway")
+        try:
+            await conn.gather_candidates()
+            assert conn.local_candidates == []
+            [failure] = conn.gather_failures
+            assert (failure.kind, failure.base, failure.server) == ("policy", None, None)
+            assert str(failure) == failure.reason == GATEWAY_WAY_OUT
+            conn.remote_username, conn.remote_password = "peer", "p" * 22
+            await conn.add_remote_candidate("candidate:1 1 udp 2130706431 127.0.0.1 9 typ host")
+            with pytest.raises(IceFailedError) as info:
+                await asyncio.wait_for(conn.connect(), 30)
+            assert info.value.reason == f"component 1: {GATEWAY_WAY_OUT}"
+            assert conn.agent.pairs == []  # nothing was checked
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def test_a_link_with_nothing_to_offer_names_what_failed_and_the_way_out() -> None:
+    """The same through a LinkEndpoint, whose only STUN server is a closed port: the link
+    fails naming the STUN server unreachable, then the policy's way out."""
+    closed = free_port("udp")
+    stun = f"stun 127.0.0.1:{closed}: 127.0.0.1:{closed} unreachable (Connection refused)"
+
+    async def main() -> None:
+        hub = InProcessSignalling()
+        options: dict[str, Any] = {
+            "host_ips": [LOOPBACK], "stun": f"127.0.0.1:{closed}", "policy": "gateway",
+        }
+        a = LinkEndpoint("a", hub, **options)
+        b = LinkEndpoint("b", hub, **options)
+        try:
+            await b.start()
+            with pytest.raises(LinkFormationFailed) as info:
+                await asyncio.wait_for(a.send("b", b"x"), 30)
+            # the ICE connection or the link's gathering says it first: either way
+            assert info.value.reason in (
+                f"ICE failed: {stun}; component 1: {GATEWAY_WAY_OUT}",
+                f"{stun}; {GATEWAY_WAY_OUT}",
+            ), info.value.reason
+        finally:
+            await asyncio.gather(a.close(), b.close())
+
+    asyncio.run(main())
+
+
 def test_turn_connect_timeout_bounds_the_allocate() -> None:
     """timeout= on TurnConnection.connect: a server that never answers is given up after
     it, with the server named (by default the RFC's 39.5 s of retransmissions)."""
@@ -348,12 +566,71 @@ def test_one_shape_per_concept() -> None:
     decoded = Message.decode(Message(Method.BINDING, MessageClass.REQUEST, b"t" * 12).encode())
     assert decoded.method is Method.BINDING
     assert "Method.BINDING" in repr(decoded) and "MessageClass.REQUEST" in repr(decoded)
+    # ... and so are the known codes, families, types and algorithms of decoded attributes,
+    # still equal to their ints; values Anchor does not know stay ints
+    attributes = [
+        ErrorCodeAttribute(401, "Unauthenticated"), AddressErrorCode(2, 440, "no IPv6"),
+        RequestedAddressFamily(2), RequestedTransport(17), UnknownAttributes((0x1A, 0x7777)),
+        PasswordAlgorithms(((2, b""),)),
+    ]
+    decoded = Message.decode(
+        Message(Method.ALLOCATE, MessageClass.ERROR, b"t" * 12, attributes).encode()  # type: ignore[arg-type]
+    )
+    text = repr(decoded)
+    for name in ("Method.ALLOCATE", "MessageClass.ERROR", "ErrorCode.UNAUTHENTICATED",
+                 "ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED", "Family.IPV6",
+                 "TransportProtocol.UDP", "AttrType.DONT_FRAGMENT", "PasswordAlgorithmId.SHA256"):
+        assert name in text, (name, text)
+    assert decoded.attributes == attributes and decoded.get(UnknownAttributes) == (
+        UnknownAttributes((AttrType.DONT_FRAGMENT, 0x7777))
+    )
+    unknown = Message.decode(Message(0x0FF, MessageClass.REQUEST, b"t" * 12).encode())
+    assert type(unknown.method) is int and unknown.method == 0x0FF
+    assert enum_member(ErrorCode, 499) == 499 and type(enum_member(ErrorCode, 499)) is int
     # error text carries the code once
     assert str(StunErrorResponse(401, "401 Unauthenticated")) == "401 Unauthenticated"
     assert str(AllocationError(401, "401 Unauthenticated: wrong password")) == (
         "401 Unauthenticated: wrong password"
     )
     assert str(AllocationError(438, "Stale Nonce")) == "438 Stale Nonce"
+    assert str(StunErrorResponse(420, "")) == "420"
+    assert error_text(ErrorCode.UNAUTHENTICATED, "401 Unauthenticated: wrong password") == (
+        "401 Unauthenticated: wrong password"
+    )
+    assert error_text(4010, "401") == "4010 401"  # only the code itself counts
+    # relayed addresses: `relayed` is one address and `relayed_addresses` all of them, on the
+    # client core, its event, the server's event and TurnConnection (tests/loopback/
+    # test_turn_net_client.py checks TurnConnection against the event)
+    v4, v6 = (LOOPBACK, 50000), ("::1", 50002)
+    created = AllocationCreated((v4, v6), None, 600)
+    assert (created.relayed, created.relayed_addresses) == (v4, (v4, v6))
+    served = AllocationCreatedEvent(GOOD, GOOD, "udp", "u", (v4,), 600)
+    assert (served.relayed, served.relayed_addresses) == (v4, (v4,))
+    client = TurnClient(GOOD, "u", "p")
+    assert (client.relayed, client.relayed_addresses) == (None, ())
+
+
+def test_anchor_turn_with_a_wrong_password_names_the_code_once() -> None:
+    """Error text without duplicated codes, at the command line too: the core's reason
+    ("401 Unauthenticated: wrong username or password") already carries the code."""
+    port = free_port("udp")
+
+    async def main() -> None:
+        runner = loopback_runner(port, {"alice": "secret"}, "anchor")
+        await runner.start()
+        try:
+            args = build_parser().parse_args(
+                ["turn", f"127.0.0.1:{port}", "--user", "alice:wrong", "--timeout", "10"]
+            )
+            with pytest.raises(turn_cli.TurnStepError) as info:
+                await turn_cli.run(args)
+        finally:
+            runner.close()
+            await runner.wait_closed()
+        message = str(info.value)
+        assert "server answered 401 " in message and message.count("401") == 1, message
+
+    asyncio.run(main())
 
 
 def test_a_server_of_a_family_not_gathered_on_is_a_failure_too() -> None:

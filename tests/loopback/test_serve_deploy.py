@@ -48,7 +48,7 @@ def test_external_ip_max_bps_and_denied_peers_through_anchor_serve() -> None:
             async with await TurnConnection.connect(("127.0.0.1", port), *USER) as conn:
                 created = await conn.allocate()
                 # XOR-RELAYED-ADDRESS names the public side of the 1:1 NAT (coturn's -X).
-                assert created.relayed[0][0] == "203.0.113.50"
+                assert created.relayed[0] == "203.0.113.50"
                 with pytest.raises(AllocationError) as refused:
                     await conn.create_permission("127.0.0.9")
                 assert refused.value.code == 403

@@ -122,7 +122,7 @@ def test_turn_server_events_are_json_lines(tmp_path: Path, echo: tuple[str, int]
     created = next(r for r in records if r["event"] == "allocation-created")
     assert created["level"] == "info" and created["logger"] == "anchor_cli.serve"
     assert created["fields"]["username"] == "alice"
-    assert created["fields"]["relayed"] == [out["relayed"]]
+    assert created["fields"]["relayed_addresses"] == [out["relayed"]]
     assert created["fields"]["client"] == out["mapped"]
     bound = next(r for r in records if r["event"] == "channel-bound")
     assert bound["fields"]["peer"] == f"{echo[0]}:{echo[1]}"
@@ -183,11 +183,11 @@ def test_formatter_fields_exception_and_event_names() -> None:
     assert plain["event"] == "log" and plain["level"] == "info"
     event = AllocationCreatedEvent(
         client=("192.0.2.9", 5000), local=("192.0.2.1", 3478), transport="udp",
-        username="u", relayed=(("192.0.2.1", 50000),), lifetime=600,
+        username="u", relayed_addresses=(("192.0.2.1", 50000),), lifetime=600,
     )  # fmt: skip
     assert event_fields(event) == {
         "client": "192.0.2.9:5000", "local": "192.0.2.1:3478", "transport": "udp",
-        "username": "u", "relayed": ["192.0.2.1:50000"], "lifetime": 600,
+        "username": "u", "relayed_addresses": ["192.0.2.1:50000"], "lifetime": 600,
     }  # fmt: skip
 
 

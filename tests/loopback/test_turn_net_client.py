@@ -166,8 +166,10 @@ def test_allocate_send_channel_refresh_release(
         async with turn_server(tls_files) as server, echo_peer() as (peer, echo):
             async with await connect(server, transport, tls_files) as conn:
                 created = await conn.allocate()
-                relayed = created.relayed[0]
+                relayed = created.relayed
                 assert conn.relayed == relayed and created.mapped == conn.local
+                # one shape (issue 23 item 6): the first address, and all of them
+                assert conn.relayed_addresses == created.relayed_addresses == (relayed,)
                 assert server.core.allocation_count() == 1
                 assert server.core.relayed_addresses() == [relayed]
 
@@ -200,7 +202,7 @@ def test_ipv6_allocation_and_dual_allocation_on_loopback(tls_files: tuple[Path, 
                     ("::1", server.v6_port), USER, PASSWORD, family=Family.IPV6
                 ) as conn:
                     created = await conn.allocate()
-                    assert created.relayed[0][0] == "::1" and created.mapped == conn.local
+                    assert created.relayed[0] == "::1" and created.mapped == conn.local
                     await conn.create_permission("::1")
                     conn.send(b"six", peer6)
                     assert (await echo_of(conn, b"six")).peer == peer6
@@ -209,7 +211,9 @@ def test_ipv6_allocation_and_dual_allocation_on_loopback(tls_files: tuple[Path, 
                     server, "udp", tls_files, additional_family=Family.IPV6
                 ) as conn:
                     created = await conn.allocate()
-                    assert sorted(ip for ip, _ in created.relayed) == ["127.0.0.1", "::1"]
+                    assert sorted(ip for ip, _ in created.relayed_addresses) == ["127.0.0.1", "::1"]
+                    assert conn.relayed_addresses == created.relayed_addresses
+                    assert conn.relayed == created.relayed == created.relayed_addresses[0]
                     await conn.create_permission("127.0.0.1", "::1")
                     await conn.bind_channel(peer6)
                     conn.send(b"four", peer4)

@@ -236,8 +236,8 @@ async def serving(
 async def round_trip(client: Client, peer: EchoPeer) -> None:
     """Permission, Send -> Data indication, ChannelBind, ChannelData -> ChannelData."""
     created = await client.allocate()
-    assert created.relayed and created.mapped is not None
-    relayed = created.relayed[0]
+    assert created.relayed_addresses and created.mapped is not None
+    relayed = created.relayed
     client.turn.create_permission([peer.address[0]], client.now())
     client.pump()
     await client.expect(PermissionCreated)
@@ -418,7 +418,7 @@ def test_ipv6_relay_on_loopback_and_dual_allocation() -> None:
             dual = Client(server, additional_family=Family.IPV6)
             try:
                 created = await v6.allocate()
-                assert [a[0] for a in created.relayed] == ["::1"]
+                assert [a[0] for a in created.relayed_addresses] == ["::1"]
                 v6.turn.create_permission(["::1"], v6.now())
                 v6.pump()
                 await v6.expect(PermissionCreated)
@@ -428,10 +428,10 @@ def test_ipv6_relay_on_loopback_and_dual_allocation() -> None:
                 await v6.expect(ChannelBound)
                 got = await v6.echo(b"channel over IPv6", peer6.address)
                 assert got.channel is not None
-                assert peer6.received[-1][1] == created.relayed[0]
+                assert peer6.received[-1][1] == created.relayed
 
                 both = await dual.allocate()
-                assert sorted(a[0] for a in both.relayed) == ["127.0.0.1", "::1"]
+                assert sorted(a[0] for a in both.relayed_addresses) == ["127.0.0.1", "::1"]
                 dual.turn.create_permission(["127.0.0.1", "::1"], dual.now())
                 dual.pump()
                 await dual.expect(PermissionCreated)
@@ -453,7 +453,7 @@ def test_even_port_reservation_token() -> None:
             first = Client(server, even_port=True)
             try:
                 created = await first.allocate()
-                port = created.relayed[0][1]
+                port = created.relayed[1]
                 assert port % 2 == 0
                 token = first.turn.reserved_token
                 assert token is not None and len(token) == 8
@@ -461,7 +461,7 @@ def test_even_port_reservation_token() -> None:
                 second = Client(server, reservation_token=token)
                 try:
                     reserved = await second.allocate()
-                    assert reserved.relayed == (("127.0.0.1", port + 1),)
+                    assert reserved.relayed_addresses == (("127.0.0.1", port + 1),)
                     assert runner.allocator.open_sockets() == 2
                 finally:
                     second.close()
@@ -518,7 +518,7 @@ def test_relay_port_range_is_respected_and_exhaustion_is_508() -> None:
         await runner.start()
         one, two = Client(("127.0.0.1", port)), Client(("127.0.0.1", port))
         try:
-            assert (await one.allocate()).relayed == (("127.0.0.1", base),)
+            assert (await one.allocate()).relayed_addresses == (("127.0.0.1", base),)
             two.turn.allocate(two.now())
             two.pump()
             assert (await two.expect(AllocationFailed)).code == 508
@@ -620,7 +620,7 @@ def test_send_indication_with_dont_fragment_sets_df_on_the_relay_socket() -> Non
             try:
                 assert dont_fragment_supported(Family.IPV4)
                 assert runner.allocator.dont_fragment and runner.core.dont_fragment
-                relayed = (await client.allocate()).relayed[0]
+                relayed = (await client.allocate()).relayed
                 sock = runner.allocator.sockets[relayed]
                 assert fragmentation_mode(sock) == IP_PMTUDISC_DONT  # not Linux's WANT
                 recorder = record_relay(runner, relayed)
@@ -693,7 +693,7 @@ def test_df_bit_on_the_wire_needs_cap_net_raw() -> None:
             peer = EchoPeer()
             client = Client(server, dont_fragment=True)
             try:
-                relayed = (await client.allocate()).relayed[0]
+                relayed = (await client.allocate()).relayed
                 await permitted(client, peer.address[0])
                 _df_bits(raw, relayed, peer.address)  # nothing of ours yet: drain
                 await client.echo(b"wire: send indication", peer.address)
@@ -726,7 +726,7 @@ def test_ipv6_relay_forbids_fragmentation_for_dont_fragment_over_tcp() -> None:
             client = Client(server, "tcp", family=Family.IPV6, dont_fragment=True)
             big = os.urandom(65496)
             try:
-                relayed = (await client.allocate()).relayed[0]
+                relayed = (await client.allocate()).relayed
                 assert relayed[0] == "::1"
                 recorder = record_relay(runner, relayed)
                 await permitted(client, "::1")
@@ -775,7 +775,7 @@ def test_without_the_socket_options_dont_fragment_gets_420_and_the_client_retrie
         peer = EchoPeer()
         client = Client(("127.0.0.1", port), dont_fragment=True)
         try:
-            relayed = (await client.allocate()).relayed[0]
+            relayed = (await client.allocate()).relayed
             assert core.stats.errors_sent == 2  # the 401 challenge, then the 420
             if sys.platform.startswith("linux"):
                 sock = allocator.sockets[relayed]

@@ -22,7 +22,7 @@ from anchor_ice.events import (
     RestartCompleted,
     RoleChanged,
 )
-from anchor_ice.nominator import RelayOnly
+from anchor_ice.nominator import GatewayNominator, RelayOnly
 from anchor_stun.attributes import (
     ErrorCodeAttribute,
     IceControlled,
@@ -45,6 +45,7 @@ from tests.unit.test_ice_harness import (
     exchange,
     host,
     loopback_pair,
+    relay,
     run,
     seeded,
     transfer,
@@ -566,6 +567,64 @@ def test_all_pairs_failed_after_end_of_candidates() -> None:
     )
 
 
+def _closed_port_agent() -> IceAgent:
+    agent = IceAgent(controlling=True, rng=seeded(1), check_rto=0.5, check_rc=7, check_rm=16)
+    agent.add_local_candidate(host(*A_HOST), A_HOST)
+    agent.add_remote_candidate(host("10.9.9.9", 9))
+    agent.add_remote_candidate(None)
+    agent.set_remote_credentials("RFRG", "R" * 22)
+    agent.start(0.0)
+    [check] = agent.datagrams_to_send(0.0)
+    assert check.addr == ("10.9.9.9", 9) and check.local == A_HOST
+    return agent
+
+
+def test_a_hard_icmp_error_fails_the_check_at_once_and_names_the_address() -> None:
+    """RFC 8445 §7.2.5.2.2 (issue 23 item 2): the socket reports the check's destination
+    refused; the pair fails without its six retransmissions, and so does ICE (every pair
+    failed, end-of-candidates known), naming the address."""
+    agent = _closed_port_agent()
+    # an error for another destination, or from another base, ends nothing
+    assert agent.destination_unreachable(("10.9.9.8", 9), A_HOST, 0.001) == 0
+    assert agent.destination_unreachable(("10.9.9.9", 9), ("10.0.0.1", 5001), 0.001) == 0
+    assert agent.state is IceState.CHECKING
+    ended = agent.destination_unreachable(
+        ("10.9.9.9", 9), A_HOST, 0.001, reason="Connection refused"
+    )
+    assert ended == 1 and agent.unreachable_checks == 1
+    assert [p.state for p in agent.pairs] == [PairState.FAILED]
+    assert agent.state is IceState.FAILED
+    assert agent.next_event() == IceFailed(
+        "all candidate pairs failed for component 1 (the peer's candidates are unreachable:"
+        " 10.9.9.9:9 (Connection refused) (a TURN server gives a relayed candidate))"
+    )
+    assert agent.datagrams_to_send(0.5) == [] and agent.next_timer() is None
+    # once ended, more errors change nothing
+    assert agent.destination_unreachable(("10.9.9.9", 9), A_HOST, 0.6) == 0
+
+
+def test_a_soft_icmp_error_changes_no_state_but_is_named_in_the_reason() -> None:
+    """RFC 8445 §7.2.5.2.2: a soft error (no route to host, which may pass) leaves the check
+    to its retransmissions; when it times out the reason says what the network said."""
+    agent = _closed_port_agent()
+    assert agent.destination_unreachable(
+        ("10.9.9.9", 9), A_HOST, 0.001, reason="No route to host", hard=False
+    ) == 0
+    assert agent.pairs[0].state is PairState.IN_PROGRESS
+    sends, now = 1, 0.0
+    while agent.state is IceState.CHECKING:
+        timer = agent.next_timer()
+        assert timer is not None
+        now = timer
+        agent.handle_timer(now)
+        sends += len(agent.datagrams_to_send(now))
+    assert sends == 7  # Rc
+    assert agent.failure_reason == (
+        "all candidate pairs failed for component 1 (the peer's candidates are unreachable:"
+        " 10.9.9.9:9 (No route to host) (a TURN server gives a relayed candidate))"
+    )
+
+
 def test_checking_timeout_without_end_of_candidates() -> None:
     agent = IceAgent(controlling=True, rng=seeded(1), check_rto=0.5, check_rc=2, check_rm=2,
                      checking_timeout=5.0)
@@ -626,10 +685,42 @@ def test_no_pair_the_policy_allows_names_the_way_out() -> None:
     eb.agent.start(0.0)
     _until_ended(ea, eb, net, 10.0)
     assert ea.agent.failure_reason == (
-        "checking timeout after 2.0 s (component 1: no valid pair: no candidate pair possible"
+        "checking timeout after 2.0 s (component 1: no valid pair: no candidate to offer"
         " under the relay policy: it offers none of the local candidates (host); add a TURN"
-        " server or use policy='standard')"
+        " server that answers (check its address and credentials), or use policy='standard')"
     )
+
+
+@pytest.mark.parametrize(("nominator", "way_out"), [
+    (GatewayNominator(), "add a TURN server for a relayed candidate, a STUN server that"
+     " answers for a server-reflexive one, or use policy='standard' to allow host pairs"),
+    (RelayOnly(), "add a TURN server that answers (check its address and credentials), or"
+     " use policy='standard'"),
+])
+def test_nothing_to_offer_once_gathering_is_complete_fails_at_the_start(
+    nominator: GatewayNominator | RelayOnly, way_out: str
+) -> None:
+    """Issue 23 item 4: a policy that can offer none of the gathered candidates (host only)
+    can never connect; once local gathering is complete the agent says so when checks
+    start, with the way out, rather than at the checking timeout."""
+    agent = IceAgent(controlling=True, rng=seeded(1), nominator=nominator)
+    agent.add_local_candidate(host(*A_HOST), A_HOST)
+    assert agent.local_candidates() == []
+    policy = "gateway" if isinstance(nominator, GatewayNominator) else "relay"
+    expected = (
+        f"no candidate to offer under the {policy} policy: it offers none of the local"
+        f" candidates (host); {way_out}"
+    )
+    assert agent.nothing_to_offer() == expected
+    agent.end_of_local_candidates()
+    agent.set_remote_credentials("RFRG", "R" * 22)
+    agent.start(0.0)
+    assert agent.state is IceState.FAILED
+    assert agent.next_event() == IceFailed(f"component 1: {expected}")
+    # with a candidate the policy offers there is nothing to say
+    agent = IceAgent(controlling=True, rng=seeded(1), nominator=nominator)
+    agent.add_local_candidate(relay("198.51.100.1", 4000, ("203.0.113.1", 5000)), ("198.51.100.1", 4000))
+    assert agent.nothing_to_offer() is None
 
 
 # --------------------------------------------------------------------------- authentication

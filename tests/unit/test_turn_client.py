@@ -281,7 +281,7 @@ def test_allocate_401_dance() -> None:
     client.receive_datagram(success, SERVER, 0.5)
     assert events(client) == [AllocationCreated((RELAYED4,), MAPPED, 600, ())]
     assert client.state is TurnState.ALLOCATED
-    assert client.relayed == [RELAYED4]
+    assert client.relayed == RELAYED4 and client.relayed_addresses == (RELAYED4,)
     assert client.mapped == MAPPED
     assert client.lifetime == 600
     assert client.expires_at == 600.25  # counted from the send of the signed Allocate
@@ -352,7 +352,7 @@ def test_typed_allocate_failures(code: int) -> None:
     assert event.reason == ErrorCode(code).reason
     assert client.state is TurnState.FAILED
     assert client.next_timer() is None
-    assert client.relayed == []
+    assert client.relayed is None and client.relayed_addresses == ()
 
 
 def test_unknown_error_code_is_reported_as_is() -> None:
@@ -502,7 +502,7 @@ def test_dual_allocation_with_address_error_code() -> None:
 
 def test_dual_allocation_with_both_families() -> None:
     client, server = allocated(additional_family=Family.IPV6)
-    assert client.relayed == [RELAYED4, RELAYED6]
+    assert client.relayed_addresses == (RELAYED4, RELAYED6) and client.relayed == RELAYED4
     client.create_permission(["2001:DB8::77", PEER[0]], 1.0)
     pump(client, server, 1.0)
     assert events(client) == [PermissionCreated(("2001:db8::77", PEER[0]))]
@@ -513,7 +513,7 @@ def test_ipv6_allocation_sends_requested_address_family() -> None:
     _, signed = server.requests(Method.ALLOCATE)[1]
     assert signed.get(RequestedAddressFamily) == RequestedAddressFamily(Family.IPV6)
     assert signed.get(AdditionalAddressFamily) is None
-    assert client.relayed == [RELAYED6]
+    assert client.relayed_addresses == (RELAYED6,)
     with pytest.raises(LocalProtocolError):
         client.send(b"x", PEER, 1.0)  # IPv4 peer, IPv6 relay
 

@@ -42,7 +42,7 @@ def test_external_ip_pair_maps_the_private_relay_in_xor_relayed_address() -> Non
     # Everything else keeps the bound (private) address: the relay socket, the events.
     assert relay.in_use == {(RELAY_IP4, 50000)}
     created = [e for e in events(server) if isinstance(e, AllocationCreatedEvent)]
-    assert created[0].relayed == ((RELAY_IP4, 50000),)
+    assert created[0].relayed_addresses == ((RELAY_IP4, 50000),)
 
 
 def test_bare_external_ip_maps_every_relay_of_its_family_only() -> None:

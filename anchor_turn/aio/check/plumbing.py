@@ -65,7 +65,7 @@ from anchor_stun.attributes import (
     TransportProtocol,
     XorRelayedAddress,
 )
-from anchor_stun.errors import AnchorError, DecodeError
+from anchor_stun.errors import AnchorError, DecodeError, error_text
 from anchor_stun.events import Address, StunEvent
 from anchor_stun.integrity import (
     CredentialsRejected,
@@ -402,7 +402,7 @@ def _describe(msg: Message) -> str:
     error = msg.error
     if error is None:
         return "an error without ERROR-CODE"
-    return f"{error.code} {error.reason.strip()}".strip()
+    return error_text(error.code, error.reason)
 
 
 def _name(method: int) -> str:
