@@ -370,7 +370,7 @@ class WebSocketSignalling:
             try:
                 self._ssl = ssl.create_default_context(cafile=ca_file)
             except (OSError, ssl.SSLError) as exc:
-                raise SignallingError(f"cannot use --ca-file {ca_file}: {exc}") from None
+                raise SignallingError(f"ca_file {ca_file}: not a usable CA bundle ({exc})") from None
 
     async def open(self, name: str, identity: Identity | None = None) -> Mailbox:
         """Connect to the rendezvous, prove the identity and claim ``name``. Raises
