@@ -748,6 +748,15 @@ def _stats_collector(
                     "unsigned answers not sent: the source prefix was over its budget",
                     value=s.rate_limited,
                 )
+                refused = CounterMetricFamily(
+                    "anchor_turn_refused", "TURN requests refused by a bound, by reason: "
+                    "quota (486), peer (403, and Sends to the server itself), stale_nonce "
+                    "(438: expired, or issued to another 5-tuple)", labels=["reason"],
+                )
+                refused.add_metric(["quota"], s.quota_refused)
+                refused.add_metric(["peer"], s.peers_refused)
+                refused.add_metric(["stale_nonce"], s.stale_nonces)
+                yield refused
                 if core.alternates is not None:
                     yield CounterMetricFamily(
                         "anchor_turn_redirected",
