@@ -82,7 +82,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from anchor_cli.serve_log import LOG_FORMATS, configure_logging, log_event, report_error, turn_event
-from anchor_link.aio.signal import RendezvousServer
+from anchor_link.aio.signal import (
+    AUTH_TIMEOUT,
+    FRAME_DROP_REASONS,
+    RENDEZVOUS_SHED_REASONS,
+    RendezvousServer,
+)
 from anchor_link.identity import IdentityError, parse_public
 from anchor_stun.aio.net import (
     DEFAULT_PORT,
@@ -98,6 +103,7 @@ from anchor_stun.aio.streams import (
     LoopErrorFilter,
     StreamGuard,
     StreamLimits,
+    nofile_limit,
     raise_nofile_limit,
     resource_budget,
 )
@@ -133,6 +139,7 @@ __all__ = [
     "add_serve_arguments",
     "build_config",
     "run_serve",
+    "signal_budget",
 ]
 
 DEFAULT_USER_QUOTA = 100
@@ -271,6 +278,10 @@ OPTIONS: tuple[_Option, ...] = (
             "pipe --signal ws://IP:PORT) on IP:PORT; wss:// with --tls-cert/--tls-key", "IP:PORT"),
     _Option("signal-allow", "list", "only these public identities (anchor1:...) may hold a name "
             "on the rendezvous; repeatable", "PUBLIC"),
+    _Option("signal-auth-timeout", "float", "seconds from accept for a rendezvous connection "
+            f"to prove its key (default {AUTH_TIMEOUT:g})", "SECONDS"),
+    _Option("signal-max-connections", "int", "rendezvous connections at once (default a "
+            "quarter of the TCP/TLS connection budget, taken from it)", "N"),
     _Option("verbose", "flag", "log TURN events (allocations, permissions, ...) on stderr",
             short="-v"),
     _Option("log-format", "str", "stderr as plain text (default) or one JSON object per line "
@@ -375,6 +386,10 @@ class ServeConfig:
     """WebSocket rendezvous address, or None."""
     signal_allow: list[str] | None = None
     """Public identities allowed on the rendezvous (None: any)."""
+    signal_auth_timeout: float = AUTH_TIMEOUT
+    """Seconds from accept for a rendezvous connection to prove its key."""
+    signal_max_connections: int | None = None
+    """Rendezvous connections at once (None: :func:`signal_budget`)."""
     verbose: bool = False
     """Log TURN events on stderr."""
     log_format: str = "text"
@@ -638,6 +653,15 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
             except IdentityError as exc:
                 raise ServeError(f"--signal-allow: {exc}") from None
         cfg.signal_allow = list(given["signal_allow"])
+    for dest in ("signal_auth_timeout", "signal_max_connections"):
+        if given[dest] is not None and not given["signal"]:
+            raise ServeError(f"--{dest.replace('_', '-')} needs --signal")
+    cfg.signal_auth_timeout = (
+        _float("signal-auth-timeout", given["signal_auth_timeout"]) or AUTH_TIMEOUT
+    )
+    cfg.signal_max_connections = _int(
+        "signal-max-connections", given["signal_max_connections"], 1, 1 << 24
+    )
     cfg.verbose = bool(given["verbose"])
     cfg.log_format = given["log_format"] or "text"
     if cfg.log_format not in LOG_FORMATS:
@@ -951,6 +975,51 @@ def _admin(cfg: ServeConfig) -> None:
                 print(f"{name}\t{realm}")
 
 
+def signal_budget(connections: int) -> int:
+    """Rendezvous connections (``--signal-max-connections`` when not given) of a server
+    whose TCP/TLS connection budget is ``connections`` (:func:`~anchor_stun.aio.streams.
+    resource_budget`): a quarter of it, which the TCP/TLS listeners then do without, so that
+    the descriptors still add up to the limit."""
+    return max(8, connections // 4)
+
+
+def _rendezvous_collector(service: RendezvousServer) -> Any:
+    """A prometheus-client collector of the rendezvous's bounds (read at scrape time)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class _Collector:
+        def collect(self) -> Iterator[Any]:
+            yield GaugeMetricFamily(
+                "anchor_rendezvous_connections",
+                "rendezvous connections held (WebSocket handshakes included)",
+                value=service.connections(),
+            )
+            yield GaugeMetricFamily(
+                "anchor_rendezvous_names", "names held on the rendezvous",
+                value=len(service.names()),
+            )
+            yield CounterMetricFamily(
+                "anchor_rendezvous_forwarded", "descriptions forwarded to their holder",
+                value=service.forwarded,
+            )
+            shed = CounterMetricFamily(
+                "anchor_rendezvous_shed", "rendezvous connections closed by the server, by "
+                "reason", labels=["reason"],
+            )
+            for reason in RENDEZVOUS_SHED_REASONS:
+                shed.add_metric([reason], service.shed[reason])
+            yield shed
+            dropped = CounterMetricFamily(
+                "anchor_rendezvous_frames_dropped", "rendezvous frames not forwarded, by "
+                "reason", labels=["reason"],
+            )
+            for reason in FRAME_DROP_REASONS:
+                dropped.add_metric([reason], service.dropped[reason])
+            yield dropped
+
+    return _Collector()
+
+
 async def start_side_services(
     cfg: ServeConfig,
     collectors: Sequence[Any],
@@ -960,9 +1029,20 @@ async def start_side_services(
     protect: Callable[[list[Address]], None] | None,
 ) -> None:
     """Start what serves beside the STUN/TURN listeners, for one process or for the
-    supervisor of ``--workers``: ``/metrics`` (``--metrics``, from ``collectors``) and the
-    rendezvous (``--signal``). Appends their closers, waiters and "listening" lines; their
-    addresses go to ``protect`` (the server never relays to itself)."""
+    supervisor of ``--workers``: ``/metrics`` (``--metrics``, from ``collectors``, and the
+    rendezvous's) and the rendezvous (``--signal``, bounded by :func:`signal_budget`).
+    Appends their closers, waiters and "listening" lines; their addresses go to ``protect``
+    (the server never relays to itself)."""
+    service: RendezvousServer | None = None
+    if cfg.signal is not None:
+        service = RendezvousServer(
+            cfg.signal[0], cfg.signal[1], ssl=cfg.tls_context, allowed=cfg.signal_allow,
+            auth_timeout=cfg.signal_auth_timeout,
+            max_connections=cfg.signal_max_connections
+            or signal_budget(resource_budget(nofile_limit())[0]),
+            **_router(cfg, closers, waiters),
+        )
+        collectors = [*collectors, _rendezvous_collector(service)]
     if cfg.metrics is not None:
         exporter = MetricsExporter(*collectors)
         closers.append(exporter.close)
@@ -974,11 +1054,7 @@ async def start_side_services(
         lines.append(f"metrics http {format_address(bound)}")
         if protect is not None:
             protect([bound])
-    if cfg.signal is not None:
-        service = RendezvousServer(
-            cfg.signal[0], cfg.signal[1], ssl=cfg.tls_context, allowed=cfg.signal_allow,
-            **_router(cfg, closers, waiters),
-        )
+    if cfg.signal is not None and service is not None:
         closers.append(service.close)
         waiters.append(service.wait_closed)
         try:
@@ -1003,7 +1079,9 @@ async def _serve(cfg: ServeConfig, software: str, role: WorkerRole | None = None
     user_quota = cfg.user_quota or min(DEFAULT_USER_QUOTA, max(1, total_quota // 4))
     limits = cfg.limits
     if limits.max_connections is None:
-        limits = dataclasses.replace(limits, max_connections=connections)
+        if cfg.signal is not None and role is None:  # the rendezvous's share (signal_budget)
+            connections -= cfg.signal_max_connections or signal_budget(connections)
+        limits = dataclasses.replace(limits, max_connections=max(8, connections))
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
