@@ -35,7 +35,11 @@ UDP are budgeted per source prefix (:mod:`anchor_stun.budget`), in STUN-only mod
 :class:`~anchor_turn.aio.server.LoopErrorFilter` turns asyncio's ``accept()`` failures for
 lack of descriptors into a counter and one warning a minute. The wildcard listener's host
 addresses and the metrics and rendezvous ports are declared "myself" to the TURN core, so
-no client can relay to them.
+no client can relay to them. The rendezvous has bounds of its own
+(:class:`~anchor_link.aio.signal.RendezvousServer`): ``--signal-max-connections`` (by default
+:func:`signal_budget`, taken from the TCP/TLS share) and ``--signal-auth-timeout``. After a
+wave of closed connections the memory they held is handed back
+(:func:`~anchor_stun.aio.streams.release_memory`).
 
 Deployments (issue 21). ``--external-ip``, ``--alternate-server``, ``--max-bps``,
 ``--denied-peer-ip`` and ``--no-udp`` / ``--no-tcp`` configure the core and the runner
@@ -57,9 +61,11 @@ through :mod:`anchor_cli.serve_log`: plain text, or JSON lines with ``--log-form
 deleted, requests, error responses, authentication failures, relayed packets and bytes per
 direction, drops, answers refused by the budget (``anchor_turn_rate_limited``,
 ``anchor_stun_rate_limited``), TCP/TLS connections held and shed by reason
-(``anchor_stream_connections``, ``anchor_stream_shed{reason=...}``), descriptor shortages
-(``anchor_resource_errors``, ``anchor_turn_relay_resource_errors``), and the STUN Binding
-counters. The values are read from the cores'
+(``anchor_stream_connections``, ``anchor_stream_shed{reason=...}``), TURN requests refused
+by a bound (``anchor_turn_refused{reason=quota|peer|stale_nonce}``), descriptor shortages
+(``anchor_resource_errors``, ``anchor_turn_relay_resource_errors``), the STUN Binding
+counters and, with ``--signal``, the rendezvous's connections, names, forwarded descriptions,
+connections shed and frames dropped by reason (``anchor_rendezvous_*``, docs/serve.md). The values are read from the cores'
 counters when scraped, so metrics cost nothing on the packet path. The small HTTP server
 runs on the same asyncio loop (no thread).
 """
@@ -255,7 +261,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("total-quota", "int", "allocations allowed in all (486 beyond; default what the "
             "file-descriptor limit can hold)", "N"),
     _Option("max-connections", "int", "TCP/TLS connections at once (default three eighths of "
-            "the file-descriptor limit)", "N"),
+            "the file-descriptor limit, less --signal-max-connections with --signal)", "N"),
     _Option("max-connections-per-source", "int", "TCP/TLS connections at once from one IP "
             f"(default {_LIMITS.max_per_source})", "N"),
     _Option("first-request-timeout", "float", "seconds a TCP/TLS connection has to send its "
