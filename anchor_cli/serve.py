@@ -35,7 +35,11 @@ UDP are budgeted per source prefix (:mod:`anchor_stun.budget`), in STUN-only mod
 :class:`~anchor_turn.aio.server.LoopErrorFilter` turns asyncio's ``accept()`` failures for
 lack of descriptors into a counter and one warning a minute. The wildcard listener's host
 addresses and the metrics and rendezvous ports are declared "myself" to the TURN core, so
-no client can relay to them.
+no client can relay to them. The rendezvous has bounds of its own
+(:class:`~anchor_link.aio.signal.RendezvousServer`): ``--signal-max-connections`` (by default
+:func:`signal_budget`, taken from the TCP/TLS share) and ``--signal-auth-timeout``. After a
+wave of closed connections the memory they held is handed back
+(:func:`~anchor_stun.aio.streams.release_memory`).
 
 Deployments (issue 21). ``--external-ip``, ``--alternate-server``, ``--max-bps``,
 ``--denied-peer-ip`` and ``--no-udp`` / ``--no-tcp`` configure the core and the runner
@@ -57,9 +61,11 @@ through :mod:`anchor_cli.serve_log`: plain text, or JSON lines with ``--log-form
 deleted, requests, error responses, authentication failures, relayed packets and bytes per
 direction, drops, answers refused by the budget (``anchor_turn_rate_limited``,
 ``anchor_stun_rate_limited``), TCP/TLS connections held and shed by reason
-(``anchor_stream_connections``, ``anchor_stream_shed{reason=...}``), descriptor shortages
-(``anchor_resource_errors``, ``anchor_turn_relay_resource_errors``), and the STUN Binding
-counters. The values are read from the cores'
+(``anchor_stream_connections``, ``anchor_stream_shed{reason=...}``), TURN requests refused
+by a bound (``anchor_turn_refused{reason=quota|peer|stale_nonce}``), descriptor shortages
+(``anchor_resource_errors``, ``anchor_turn_relay_resource_errors``), the STUN Binding
+counters and, with ``--signal``, the rendezvous's connections, names, forwarded descriptions,
+connections shed and frames dropped by reason (``anchor_rendezvous_*``, docs/serve.md). The values are read from the cores'
 counters when scraped, so metrics cost nothing on the packet path. The small HTTP server
 runs on the same asyncio loop (no thread).
 """
@@ -82,7 +88,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from anchor_cli.serve_log import LOG_FORMATS, configure_logging, log_event, report_error, turn_event
-from anchor_link.aio.signal import RendezvousServer
+from anchor_link.aio.signal import (
+    AUTH_TIMEOUT,
+    FRAME_DROP_REASONS,
+    RENDEZVOUS_SHED_REASONS,
+    RendezvousServer,
+)
 from anchor_link.identity import IdentityError, parse_public
 from anchor_stun.aio.net import (
     DEFAULT_PORT,
@@ -98,6 +109,7 @@ from anchor_stun.aio.streams import (
     LoopErrorFilter,
     StreamGuard,
     StreamLimits,
+    nofile_limit,
     raise_nofile_limit,
     resource_budget,
 )
@@ -133,6 +145,7 @@ __all__ = [
     "add_serve_arguments",
     "build_config",
     "run_serve",
+    "signal_budget",
 ]
 
 DEFAULT_USER_QUOTA = 100
@@ -248,7 +261,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("total-quota", "int", "allocations allowed in all (486 beyond; default what the "
             "file-descriptor limit can hold)", "N"),
     _Option("max-connections", "int", "TCP/TLS connections at once (default three eighths of "
-            "the file-descriptor limit)", "N"),
+            "the file-descriptor limit, less --signal-max-connections with --signal)", "N"),
     _Option("max-connections-per-source", "int", "TCP/TLS connections at once from one IP "
             f"(default {_LIMITS.max_per_source})", "N"),
     _Option("first-request-timeout", "float", "seconds a TCP/TLS connection has to send its "
@@ -271,6 +284,10 @@ OPTIONS: tuple[_Option, ...] = (
             "pipe --signal ws://IP:PORT) on IP:PORT; wss:// with --tls-cert/--tls-key", "IP:PORT"),
     _Option("signal-allow", "list", "only these public identities (anchor1:...) may hold a name "
             "on the rendezvous; repeatable", "PUBLIC"),
+    _Option("signal-auth-timeout", "float", "seconds from accept for a rendezvous connection "
+            f"to prove its key (default {AUTH_TIMEOUT:g})", "SECONDS"),
+    _Option("signal-max-connections", "int", "rendezvous connections at once (default a "
+            "quarter of the TCP/TLS connection budget, taken from it)", "N"),
     _Option("verbose", "flag", "log TURN events (allocations, permissions, ...) on stderr",
             short="-v"),
     _Option("log-format", "str", "stderr as plain text (default) or one JSON object per line "
@@ -375,6 +392,10 @@ class ServeConfig:
     """WebSocket rendezvous address, or None."""
     signal_allow: list[str] | None = None
     """Public identities allowed on the rendezvous (None: any)."""
+    signal_auth_timeout: float = AUTH_TIMEOUT
+    """Seconds from accept for a rendezvous connection to prove its key."""
+    signal_max_connections: int | None = None
+    """Rendezvous connections at once (None: :func:`signal_budget`)."""
     verbose: bool = False
     """Log TURN events on stderr."""
     log_format: str = "text"
@@ -638,6 +659,15 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
             except IdentityError as exc:
                 raise ServeError(f"--signal-allow: {exc}") from None
         cfg.signal_allow = list(given["signal_allow"])
+    for dest in ("signal_auth_timeout", "signal_max_connections"):
+        if given[dest] is not None and not given["signal"]:
+            raise ServeError(f"--{dest.replace('_', '-')} needs --signal")
+    cfg.signal_auth_timeout = (
+        _float("signal-auth-timeout", given["signal_auth_timeout"]) or AUTH_TIMEOUT
+    )
+    cfg.signal_max_connections = _int(
+        "signal-max-connections", given["signal_max_connections"], 1, 1 << 24
+    )
     cfg.verbose = bool(given["verbose"])
     cfg.log_format = given["log_format"] or "text"
     if cfg.log_format not in LOG_FORMATS:
@@ -748,6 +778,15 @@ def _stats_collector(
                     "unsigned answers not sent: the source prefix was over its budget",
                     value=s.rate_limited,
                 )
+                refused = CounterMetricFamily(
+                    "anchor_turn_refused", "TURN requests refused by a bound, by reason: "
+                    "quota (486), peer (403, and Sends to the server itself), stale_nonce "
+                    "(438: expired, or issued to another 5-tuple)", labels=["reason"],
+                )
+                refused.add_metric(["quota"], s.quota_refused)
+                refused.add_metric(["peer"], s.peers_refused)
+                refused.add_metric(["stale_nonce"], s.stale_nonces)
+                yield refused
                 if core.alternates is not None:
                     yield CounterMetricFamily(
                         "anchor_turn_redirected",
@@ -942,6 +981,51 @@ def _admin(cfg: ServeConfig) -> None:
                 print(f"{name}\t{realm}")
 
 
+def signal_budget(connections: int) -> int:
+    """Rendezvous connections (``--signal-max-connections`` when not given) of a server
+    whose TCP/TLS connection budget is ``connections`` (:func:`~anchor_stun.aio.streams.
+    resource_budget`): a quarter of it, which the TCP/TLS listeners then do without, so that
+    the descriptors still add up to the limit."""
+    return max(8, connections // 4)
+
+
+def _rendezvous_collector(service: RendezvousServer) -> Any:
+    """A prometheus-client collector of the rendezvous's bounds (read at scrape time)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class _Collector:
+        def collect(self) -> Iterator[Any]:
+            yield GaugeMetricFamily(
+                "anchor_rendezvous_connections",
+                "rendezvous connections held (WebSocket handshakes included)",
+                value=service.connections(),
+            )
+            yield GaugeMetricFamily(
+                "anchor_rendezvous_names", "names held on the rendezvous",
+                value=len(service.names()),
+            )
+            yield CounterMetricFamily(
+                "anchor_rendezvous_forwarded", "descriptions forwarded to their holder",
+                value=service.forwarded,
+            )
+            shed = CounterMetricFamily(
+                "anchor_rendezvous_shed", "rendezvous connections closed by the server, by "
+                "reason", labels=["reason"],
+            )
+            for reason in RENDEZVOUS_SHED_REASONS:
+                shed.add_metric([reason], service.shed[reason])
+            yield shed
+            dropped = CounterMetricFamily(
+                "anchor_rendezvous_frames_dropped", "rendezvous frames not forwarded, by "
+                "reason", labels=["reason"],
+            )
+            for reason in FRAME_DROP_REASONS:
+                dropped.add_metric([reason], service.dropped[reason])
+            yield dropped
+
+    return _Collector()
+
+
 async def start_side_services(
     cfg: ServeConfig,
     collectors: Sequence[Any],
@@ -951,9 +1035,20 @@ async def start_side_services(
     protect: Callable[[list[Address]], None] | None,
 ) -> None:
     """Start what serves beside the STUN/TURN listeners, for one process or for the
-    supervisor of ``--workers``: ``/metrics`` (``--metrics``, from ``collectors``) and the
-    rendezvous (``--signal``). Appends their closers, waiters and "listening" lines; their
-    addresses go to ``protect`` (the server never relays to itself)."""
+    supervisor of ``--workers``: ``/metrics`` (``--metrics``, from ``collectors``, and the
+    rendezvous's) and the rendezvous (``--signal``, bounded by :func:`signal_budget`).
+    Appends their closers, waiters and "listening" lines; their addresses go to ``protect``
+    (the server never relays to itself)."""
+    service: RendezvousServer | None = None
+    if cfg.signal is not None:
+        service = RendezvousServer(
+            cfg.signal[0], cfg.signal[1], ssl=cfg.tls_context, allowed=cfg.signal_allow,
+            auth_timeout=cfg.signal_auth_timeout,
+            max_connections=cfg.signal_max_connections
+            or signal_budget(resource_budget(nofile_limit())[0]),
+            **_router(cfg, closers, waiters),
+        )
+        collectors = [*collectors, _rendezvous_collector(service)]
     if cfg.metrics is not None:
         exporter = MetricsExporter(*collectors)
         closers.append(exporter.close)
@@ -965,11 +1060,7 @@ async def start_side_services(
         lines.append(f"metrics http {format_address(bound)}")
         if protect is not None:
             protect([bound])
-    if cfg.signal is not None:
-        service = RendezvousServer(
-            cfg.signal[0], cfg.signal[1], ssl=cfg.tls_context, allowed=cfg.signal_allow,
-            **_router(cfg, closers, waiters),
-        )
+    if cfg.signal is not None and service is not None:
         closers.append(service.close)
         waiters.append(service.wait_closed)
         try:
@@ -994,7 +1085,9 @@ async def _serve(cfg: ServeConfig, software: str, role: WorkerRole | None = None
     user_quota = cfg.user_quota or min(DEFAULT_USER_QUOTA, max(1, total_quota // 4))
     limits = cfg.limits
     if limits.max_connections is None:
-        limits = dataclasses.replace(limits, max_connections=connections)
+        if cfg.signal is not None and role is None:  # the rendezvous's share (signal_budget)
+            connections -= cfg.signal_max_connections or signal_budget(connections)
+        limits = dataclasses.replace(limits, max_connections=max(8, connections))
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

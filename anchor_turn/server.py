@@ -1076,7 +1076,11 @@ class TurnServer:
             stats.dropped += 1
             return
         relay = alloc.relays.get(permission.family)
-        if relay is None or relay.expires <= now or peer[1] == 0 or self._is_self(peer, alloc):
+        if relay is None or relay.expires <= now:
+            stats.dropped += 1
+            return
+        if peer[1] == 0 or self._is_self(peer, alloc):
+            stats.peers_refused += 1
             stats.dropped += 1
             return
         if dont_fragment and relay.dont_fragment:
@@ -1243,6 +1247,8 @@ class TurnServer:
         if verdict.bad_credentials:
             self.stats.auth_failures += 1
             self._events.append(AuthenticationFailedEvent(addr, verdict.username, 401))
+        elif verdict.code == ErrorCode.STALE_NONCE:
+            self.stats.stale_nonces += 1
         self._send_error(msg, verdict.code, verdict.attributes, addr, local, None, now, transport)
         return None
 
@@ -1346,11 +1352,14 @@ class TurnServer:
         if (self.total_quota is not None and len(self._by_tuple) >= self.total_quota) or (
             self.user_quota is not None and self._per_user.get(username, 0) >= self.user_quota
         ):
+            self.stats.quota_refused += 1
             raise _Reject(ErrorCode.ALLOCATION_QUOTA_REACHED)
         shared = self.shared_quota
         if shared is not None:
             refused = shared.acquire(username, _quota_name(addr, local, transport), now)
             if refused is not None:
+                if refused == ErrorCode.ALLOCATION_QUOTA_REACHED:
+                    self.stats.quota_refused += 1
                 raise _Reject(ErrorCode(refused))
         try:
             return self._bind_relays(
@@ -1500,6 +1509,7 @@ class TurnServer:
             raise _Reject(ErrorCode.BAD_REQUEST)
         families = [self._check_peer(p, alloc) for p in peers]
         if any(self._forbidden(p, alloc) for p in peers):
+            self.stats.peers_refused += 1
             raise _Reject(ErrorCode.FORBIDDEN)
         new = {p.ip for p in peers if p.ip not in alloc.permissions}
         if len(alloc.permissions) + len(new) > self.max_permissions:
@@ -1541,6 +1551,7 @@ class TurnServer:
             raise _Reject(ErrorCode.BAD_REQUEST)
         family = self._check_peer(peer, alloc)
         if self._forbidden_channel(peer, alloc):
+            self.stats.peers_refused += 1
             raise _Reject(ErrorCode.FORBIDDEN)
         if channel is None and len(alloc.channels) >= self.max_channels:
             raise _Reject(ErrorCode.INSUFFICIENT_CAPACITY)

@@ -59,3 +59,12 @@ class TurnServerStats:
     """Of ``dropped``: data without a live permission for the peer (RFC 8656 §9)."""
     rate_limited: int = 0
     """Requests left unanswered: their source IP was over its rate of unsigned answers."""
+    quota_refused: int = 0
+    """Allocate requests refused for the per-user or total quota (486, RFC 8656 §7.2)."""
+    peers_refused: int = 0
+    """CreatePermission and ChannelBind requests refused for a forbidden peer (403, RFC 8656
+    §10.2, §12.2: the peer filter, port 0, the server's own addresses) and Send indications
+    dropped for port 0 or the server's own addresses (the relay loop)."""
+    stale_nonces: int = 0
+    """Requests refused with 438 Stale Nonce (RFC 8489 §9.2.4): a nonce expired, or issued to
+    another 5-tuple (a replayed request)."""

@@ -50,12 +50,25 @@ Two implementations:
   for the new connection.
 
   **Bounds** (:class:`RendezvousServer` arguments): an optional allow-list of identities that
-  may connect; a connection that has not proven its key within ``auth_timeout`` seconds (and a
-  TCP connection that never finishes its WebSocket handshake) is closed; at most
-  ``max_per_source`` connections per source address; frames larger than :data:`MAX_BODY` close
-  the connection (RFC 6455 §7.4.1 code 1009); more than ``rate`` frames a second (with a
-  burst of twice that) are refused with an error; a frame that is not JSON or not a known
-  operation gets an error reply. Every other connection carries on.
+  may connect; a connection that has not proven its key within ``auth_timeout`` seconds of
+  accept (its WebSocket handshake included) is closed; at most ``max_per_source``
+  connections per source address and ``max_connections`` in all, admitted at accept time:
+  at either bound the oldest connection that holds no name is evicted to make room, else
+  the new one is refused (a source whose connections all hold names gets one more, refused
+  with a reason after its hello, so its client reads why); frames larger than
+  :data:`MAX_BODY` close the connection (RFC 6455 §7.4.1 code 1009); more than ``rate``
+  frames a second (with a burst of twice that) are refused with an error; a frame that is
+  not JSON (read by :func:`~anchor_link.wirejson.loads_object`, bounded before parsing), not
+  a known operation, or addressed to an invalid name gets a short error reply that echoes
+  nothing of it. Nothing waits for a slow reader: once :data:`QUEUE_LIMIT` bytes wait to be
+  written to a connection (a holder that does not read), the frames for it are dropped and
+  their senders told, and a connection's unhandled frames stop its reading after
+  :data:`RECEIVE_QUEUE` (the kernel's buffers hold the rest), so what a connection costs is
+  bounded whatever its peers send. After a wave of closes the memory they held is handed
+  back (:func:`~anchor_stun.aio.streams.release_memory`). Every connection shed is counted
+  in :attr:`RendezvousServer.shed`, every frame not forwarded in
+  :attr:`RendezvousServer.dropped` (``anchor serve``'s ``/metrics``). Every other
+  connection carries on.
 
   **Several instances** (``router``, a :class:`RendezvousRouter`): a description for a name
   nobody holds on this instance is handed to the router, which carries it to the instance
@@ -102,17 +115,25 @@ from anchor_link.identity import (
 )
 from anchor_link.wirejson import loads_object
 from anchor_stun.aio.net import port_number, positive_timeout
+from anchor_stun.aio.streams import release_memory
 from anchor_stun.errors import AnchorError, LocalProtocolError
 from anchor_stun.events import Address
 
 __all__ = [
     "AUTH_TIMEOUT",
+    "FRAME_DROP_REASONS",
     "MAX_BODY",
+    "MAX_CONNECTIONS",
     "MAX_NAME",
     "MAX_PER_SOURCE",
     "PING_INTERVAL",
+    "QUEUE_LIMIT",
     "RATE",
+    "RECEIVE_QUEUE",
     "RECONNECT_TIMEOUT",
+    "RENDEZVOUS_SHED_REASONS",
+    "TRIM_AFTER",
+    "TRIM_DELAY",
     "UNREACHABLE",
     "Envelope",
     "InProcessSignalling",
@@ -145,6 +166,35 @@ MAX_PER_SOURCE = 32
 """Connections the rendezvous accepts from one source address at a time."""
 RATE = 50.0
 """Frames a second one connection may send (with a burst of twice as many)."""
+MAX_CONNECTIONS = 1024
+"""Connections the rendezvous holds at a time in all (WebSocket handshakes included)."""
+QUEUE_LIMIT = 4 * MAX_BODY
+"""Bytes waiting to be written to one connection beyond which frames for it are dropped: a
+holder that does not read costs the server this much, and its senders are never held up."""
+RECEIVE_QUEUE = 4
+"""Frames received from one connection and not handled yet beyond which the server stops
+reading it (websockets' ``max_queue``): the kernel's buffers hold the rest."""
+RENDEZVOUS_SHED_REASONS = (
+    "per_source",
+    "total",
+    "evicted",
+    "auth_timeout",
+    "hello_refused",
+    "frame_size",
+)
+"""Why the rendezvous closed a connection: a source over its share, the server at its total
+(refused, or an older connection holding no name evicted to make room), no proof within the
+deadline, a hello refused (malformed, a bad name or proof, a name held by another key, not
+allowed), a frame over :data:`MAX_BODY` (RFC 6455 §7.4.1 code 1009)."""
+FRAME_DROP_REASONS = ("rate", "malformed", "holder_busy")
+"""Why the rendezvous did not forward a frame: over the connection's rate, not a well-formed
+``send``, or its holder does not read (:data:`QUEUE_LIMIT` bytes already wait for it)."""
+TRIM_AFTER = 32
+"""Connections closed after which freed memory is handed back (after :data:`TRIM_DELAY`)."""
+TRIM_DELAY = 1.0
+"""Seconds from the close that reached :data:`TRIM_AFTER` to the hand-back (the wave of
+closes it belongs to is over by then)."""
+_MESSAGE_TOO_BIG = 1009  # RFC 6455 §7.4.1
 
 
 class SignallingError(AnchorError):
@@ -201,9 +251,15 @@ class Signalling(Protocol):
         ...
 
 
+def _valid_name(name: object) -> bool:
+    return isinstance(name, str) and 1 <= len(name) <= MAX_NAME and name.isprintable()
+
+
 def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME or not name.isprintable():
-        raise SignallingError(f"a name is 1 to {MAX_NAME} printable characters: {name!r}")
+    if not _valid_name(name):
+        shown = repr(name)
+        shown = shown if len(shown) <= MAX_NAME + 2 else shown[:MAX_NAME] + "..."
+        raise SignallingError(f"a name is 1 to {MAX_NAME} printable characters: {shown}")
 
 
 def _check_url(url: object) -> None:
@@ -533,7 +589,12 @@ class _WebSocketMailbox:
 
 
 class _Refusal(Exception):
-    """The server closes this connection (reason in the message)."""
+    """The server closes this connection (reason in the message; ``reason`` is the counter,
+    one of :data:`RENDEZVOUS_SHED_REASONS`)."""
+
+    def __init__(self, message: str, reason: str = "hello_refused") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RendezvousRouter(Protocol):
@@ -564,10 +625,10 @@ class RendezvousServer:
     ``await wait_closed()``.
 
     ``ssl``: a server TLS context (``wss://``); ``allowed``: the public identities that may
-    connect (None: any); ``auth_timeout``, ``max_per_source``, ``rate``: the bounds of the
-    module docstring; ``router``: a :class:`RendezvousRouter` to names held on other
-    instances. ``port`` 0 takes any free port. The arguments are checked here, before any
-    socket (:class:`~anchor_stun.errors.LocalProtocolError` naming the argument)."""
+    connect (None: any); ``auth_timeout``, ``max_per_source``, ``max_connections``, ``rate``:
+    the bounds of the module docstring; ``router``: a :class:`RendezvousRouter` to names held
+    on other instances. ``port`` 0 takes any free port. The arguments are checked here, before
+    any socket (:class:`~anchor_stun.errors.LocalProtocolError` naming the argument)."""
 
     def __init__(
         self,
@@ -578,6 +639,7 @@ class RendezvousServer:
         allowed: Iterable[str | bytes] | None = None,
         auth_timeout: float = AUTH_TIMEOUT,
         max_per_source: int = MAX_PER_SOURCE,
+        max_connections: int = MAX_CONNECTIONS,
         rate: float = RATE,
         router: RendezvousRouter | None = None,
     ) -> None:
@@ -601,6 +663,13 @@ class RendezvousServer:
         ):
             raise LocalProtocolError(
                 f"max_per_source must be a positive number of connections, not {max_per_source!r}"
+            )
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or (
+            max_connections < 1
+        ):
+            raise LocalProtocolError(
+                f"max_connections must be a positive number of connections,"
+                f" not {max_connections!r}"
             )
         methods = ("start", "claim", "release", "route")
         if router is not None and not all(callable(getattr(router, m, None)) for m in methods):
@@ -633,22 +702,43 @@ class RendezvousServer:
                         f"allowed[{i}] must be a public identity ('anchor1:...'): {exc}"
                     ) from None
         self.auth_timeout = auth_timeout
-        """Seconds a connection has to prove its key."""
+        """Seconds from accept for a connection to prove its key."""
         self.max_per_source = max_per_source
         """Connections at a time from one source address."""
+        self.max_connections = max_connections
+        """Connections at a time in all (WebSocket handshakes included)."""
         self.rate = rate
         """Frames a second per connection (burst: twice as many)."""
         self._server: Server | None = None
         self._names: dict[str, tuple[ServerConnection, bytes]] = {}
-        self._sources: dict[str, int] = {}
+        self._held: dict[ServerConnection, _Held] = {}
+        """Every admitted connection, oldest first."""
+        self._sources: dict[str, dict[ServerConnection, None]] = {}
+        self._closed_since_trim = 0
+        self._trim: asyncio.TimerHandle | None = None
         self.forwarded = 0
         """Descriptions forwarded so far."""
         self.resumed = 0
         """Names taken over by their holder's key on a new connection."""
-        self.refused = 0
+        self.shed: dict[str, int] = dict.fromkeys(RENDEZVOUS_SHED_REASONS, 0)
+        """Connections closed by the server, by reason (:data:`RENDEZVOUS_SHED_REASONS`)."""
+        self.dropped: dict[str, int] = dict.fromkeys(FRAME_DROP_REASONS, 0)
+        """Frames not forwarded, by reason (:data:`FRAME_DROP_REASONS`)."""
+
+    @property
+    def refused(self) -> int:
         """Connections closed before holding a name (bad proof, name held, limits, timeout)."""
-        self.frames_refused = 0
-        """Frames answered with an error (malformed, unknown, over the rate)."""
+        return sum(n for reason, n in self.shed.items() if reason != "frame_size")
+
+    @property
+    def frames_refused(self) -> int:
+        """Frames answered with an error (malformed, unknown, over the rate, a holder that
+        does not read)."""
+        return sum(self.dropped.values())
+
+    def connections(self) -> int:
+        """Connections held now (WebSocket handshakes and unproven ones included)."""
+        return len(self._held)
 
     @property
     def address(self) -> Address:
@@ -676,21 +766,128 @@ class RendezvousServer:
 
     async def start(self) -> Address:
         """Listen; raises OSError when the address cannot be bound."""
+        # No open_timeout: the deadline of each connection (_expire) runs from accept and
+        # covers the WebSocket handshake; TLS handshakes (before accept reaches us) get
+        # their own.
+        tls: dict[str, Any] = {}
+        if self._ssl is not None:
+            tls = {"ssl": self._ssl, "ssl_handshake_timeout": self.auth_timeout}
         self._server = await serve(
             self._handle, self.host, self.port, compression=None, max_size=MAX_BODY + 1024,
-            ssl=self._ssl, open_timeout=self.auth_timeout,
+            max_queue=RECEIVE_QUEUE, write_limit=QUEUE_LIMIT + 2 * MAX_BODY,
+            open_timeout=None, create_connection=self._connection_type(), **tls,
         )  # fmt: skip
         if self.router is not None:
             await self.router.start(self._deliver_routed)
         return self.address
 
+    def _connection_type(self) -> type[ServerConnection]:
+        """The websockets connection class, told of accepts and closes (admission)."""
+        rendezvous = self
+
+        class _Admitted(ServerConnection):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                super().connection_made(transport)
+                rendezvous._admit(self)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                super().connection_lost(exc)
+                rendezvous._release(self)
+
+        return _Admitted
+
+    # ------------------------------------------------------------------ admission
+
+    def _admit(self, ws: ServerConnection) -> None:
+        """At accept time (module docstring, "Bounds"): a source at its share, or the server
+        at its total, makes room by closing its oldest connection that holds no name, else
+        the new one is refused; a source whose connections all hold names gets one more,
+        refused with a reason after its hello (its client reads why)."""
+        transport = ws.transport
+        peer = transport.get_extra_info("peername")
+        source = str(peer[0]) if peer else "?"
+        held = self._held
+        loop = asyncio.get_running_loop()
+        entry = _Held(source, loop.time())
+        mine = self._sources.get(source)
+        if mine is not None and len(mine) >= self.max_per_source:
+            victim = next((c for c in mine if not held[c].proven), None)
+            if victim is None:
+                entry.crowded = True
+            else:
+                self._shed(victim, "per_source")
+        if len(held) >= self.max_connections:
+            victim = next((c for c, e in held.items() if not e.proven), None)
+            if victim is None:
+                self.shed["total"] += 1
+                transport.abort()
+                return
+            self._shed(victim, "evicted")
+        held[ws] = entry
+        self._sources.setdefault(source, {})[ws] = None
+        entry.deadline = loop.call_at(entry.opened + self.auth_timeout, self._expire, ws)
+
+    def _expire(self, ws: ServerConnection) -> None:
+        """The deadline: a connection that has not proven its key since accept is closed."""
+        entry = self._held.get(ws)
+        if entry is not None and not entry.proven and not entry.refused:
+            self._shed(ws, "auth_timeout")
+
+    def _shed(self, ws: ServerConnection, reason: str) -> None:
+        """Count and abort a connection (nothing is owed to it), forgetting it at once."""
+        self.shed[reason] += 1
+        self._release(ws)
+        ws.transport.abort()
+
+    def _release(self, ws: ServerConnection) -> None:
+        """Forget a connection (closed, shed); after many closes, hand freed memory back."""
+        entry = self._held.pop(ws, None)
+        if entry is None:
+            return
+        if entry.deadline is not None:
+            entry.deadline.cancel()
+        mine = self._sources.get(entry.source)
+        if mine is not None:
+            mine.pop(ws, None)
+            if not mine:
+                del self._sources[entry.source]
+        self._closed_since_trim += 1
+        if self._closed_since_trim >= TRIM_AFTER and self._trim is None:
+            self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY, self._release_memory)
+
+    def _release_memory(self) -> None:
+        """After a wave of closes (module docstring, "Bounds"): glibc keeps the freed frame
+        buffers of the connections in the heap; hand them back."""
+        self._trim = None
+        self._closed_since_trim = 0
+        release_memory()
+
+    async def _queue(self, ws: ServerConnection, text: str) -> bool:
+        """Send ``text`` to ``ws`` unless :data:`QUEUE_LIMIT` bytes already wait to be
+        written to it (a peer that does not read): never waits for it to read."""
+        transport = ws.transport
+        if (
+            transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() + len(text) > QUEUE_LIMIT
+        ):
+            return False
+        try:
+            await ws.send(text)
+        except ConnectionClosed:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ connections
+
     async def _deliver_routed(self, name: str, frame: str) -> None:
         """A frame another instance routed here: to the local holder of ``name``."""
         held = self._names.get(name)
         if held is not None:
-            with contextlib.suppress(ConnectionClosed):
-                await held[0].send(frame)
+            if await self._queue(held[0], frame):
                 self.forwarded += 1
+            else:
+                self.dropped["holder_busy"] += 1
 
     def open_sockets(self) -> int:
         """Listening sockets and client connections still open."""
@@ -701,6 +898,9 @@ class RendezvousServer:
 
     def close(self) -> None:
         """Stop listening and close every client connection."""
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
         if self._server is not None:
             self._server.close()
 
@@ -710,13 +910,12 @@ class RendezvousServer:
             await self._server.wait_closed()
 
     async def _handle(self, ws: ServerConnection) -> None:
-        source = str(ws.remote_address[0]) if ws.remote_address else "?"
-        self._sources[source] = self._sources.get(source, 0) + 1
+        entry = self._held.get(ws)
+        if entry is None:  # shed between its handshake and now
+            return
         name: str | None = None
         try:
-            crowded = self._sources[source] > self.max_per_source
-            async with asyncio.timeout(self.auth_timeout):
-                name, key = await self._authenticate(ws, source if crowded else None)
+            name, key = await self._authenticate(ws, entry.source if entry.crowded else None)
             held = self._names.get(name)
             if held is not None:
                 if held[1] != key:
@@ -724,23 +923,26 @@ class RendezvousServer:
                 self.resumed += 1  # its holder, back on a new connection
                 if held[0].transport is not None:
                     held[0].transport.abort()
+            entry.proven = True
+            if entry.deadline is not None:
+                entry.deadline.cancel()
+                entry.deadline = None
             self._names[name] = (ws, key)
             if self.router is not None:
                 await self.router.claim(name)
             await ws.send(json.dumps({"op": "welcome", "identity": format_public(key)}))
             await self._forward(ws, name)
         except _Refusal as exc:
-            self.refused += 1
-            with contextlib.suppress(ConnectionClosed):
-                await ws.send(json.dumps({"op": "error", "reason": str(exc)}))
-        except TimeoutError:
-            self.refused += 1  # did not prove its key in time: closed
-        except (ConnectionClosed, ValueError):
-            pass
+            self.shed[exc.reason] += 1
+            entry.refused = True
+            if entry.deadline is not None:
+                entry.deadline.cancel()
+            await self._queue(ws, json.dumps({"op": "error", "reason": str(exc)}))
+            ws.transport.close()  # the error first, then the end (no closing handshake to wait for)
+        except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == _MESSAGE_TOO_BIG:
+                self.shed["frame_size"] += 1
         finally:
-            self._sources[source] -= 1
-            if not self._sources[source]:
-                del self._sources[source]
             held = self._names.get(name) if name is not None else None
             if held is not None and held[0] is ws:
                 del self._names[name]  # type: ignore[arg-type]
@@ -751,23 +953,21 @@ class RendezvousServer:
     async def _authenticate(self, ws: ServerConnection, crowded: str | None) -> tuple[str, bytes]:
         """hello / challenge / prove (module docstring): the name and the proven key. Every
         refusal answers the hello (``crowded``: the source address with too many
-        connections), so the client reads why."""
-        hello = _json(await ws.recv())
+        connections), so the client reads why; no refusal echoes what the client sent."""
+        hello = await self._receive(ws, "expected hello")
         if crowded is not None:
-            raise _Refusal(f"too many connections from {crowded}")
+            raise _Refusal(f"too many connections from {crowded}", "per_source")
         name = hello.get("name")
         if hello.get("op") != "hello" or not isinstance(name, str):
             raise _Refusal("expected hello")
-        try:
-            _check_name(name)
-        except SignallingError as exc:
-            raise _Refusal(str(exc)) from None
+        if not _valid_name(name):
+            raise _Refusal(f"a name is 1 to {MAX_NAME} printable characters")
         handshake: NoiseHandshake = rendezvous_handshake(None, client=False, name=name)
         try:
             handshake.read_message(_unb64(hello.get("noise")))
             challenge = {"op": "challenge", "noise": _b64(handshake.write_message())}
             await ws.send(json.dumps(challenge))
-            prove = _json(await ws.recv())
+            prove = await self._receive(ws, "expected prove")
             if prove.get("op") != "prove":
                 raise _Refusal("expected prove")
             handshake.read_message(_unb64(prove.get("noise")))
@@ -780,8 +980,17 @@ class RendezvousServer:
             raise _Refusal(f"{format_public(key)} is not allowed here")
         return name, key
 
+    @staticmethod
+    async def _receive(ws: ServerConnection, expected: str) -> dict[str, Any]:
+        """The next frame as a JSON object; a :class:`_Refusal` when it is not one."""
+        try:
+            return _json(await ws.recv())
+        except ValueError as exc:
+            raise _Refusal(f"{expected}: {exc}") from None
+
     async def _forward(self, ws: ServerConnection, name: str) -> None:
-        """Forward the connection's ``send`` frames until it closes; refuse bad frames."""
+        """Forward the connection's ``send`` frames until it closes; refuse bad frames, and
+        drop frames for a holder that does not read (module docstring, "Bounds")."""
         loop = asyncio.get_running_loop()
         tokens, last = 2 * self.rate, loop.time()
         async for raw in ws:
@@ -789,20 +998,22 @@ class RendezvousServer:
             tokens = min(2 * self.rate, tokens + (now - last) * self.rate)
             last = now
             if tokens < 1:
-                self.frames_refused += 1
-                await ws.send(json.dumps({"op": "error", "reason": "rate limit: frame dropped"}))
+                await self._refuse_frame(ws, "rate", "rate limit: frame dropped")
                 continue
             tokens -= 1
             try:
                 msg = _json(raw)
             except ValueError:
-                self.frames_refused += 1
-                await ws.send(json.dumps({"op": "error", "reason": "not a JSON object"}))
+                await self._refuse_frame(ws, "malformed", "not a JSON object")
                 continue
             to, body = msg.get("to"), msg.get("body")
-            if msg.get("op") != "send" or not isinstance(to, str) or not isinstance(body, dict):
-                self.frames_refused += 1
-                await ws.send(json.dumps({"op": "error", "reason": "unknown or malformed op"}))
+            if (
+                msg.get("op") != "send"
+                or not isinstance(to, str)
+                or not _valid_name(to)
+                or not isinstance(body, dict)
+            ):
+                await self._refuse_frame(ws, "malformed", "unknown or malformed op")
                 continue
             held = self._names.get(to)
             out = {"op": "message", "from": name, "body": body}
@@ -812,11 +1023,32 @@ class RendezvousServer:
                 ):
                     self.forwarded += 1
                     continue
-                await ws.send(json.dumps({"op": UNREACHABLE, "to": to}))
+                await self._queue(ws, json.dumps({"op": UNREACHABLE, "to": to}))
                 continue
-            with contextlib.suppress(ConnectionClosed):
-                await held[0].send(json.dumps(out, separators=(",", ":")))
+            if await self._queue(held[0], json.dumps(out, separators=(",", ":"))):
                 self.forwarded += 1
+            else:
+                await self._refuse_frame(ws, "holder_busy", f"{to} is not reading: frame dropped")
+
+    async def _refuse_frame(self, ws: ServerConnection, reason: str, text: str) -> None:
+        """Count a frame not forwarded and tell its sender (unless it does not read either)."""
+        self.dropped[reason] += 1
+        await self._queue(ws, json.dumps({"op": "error", "reason": text}))
+
+
+@dataclass(slots=True)
+class _Held:
+    """What the rendezvous knows of one admitted connection."""
+
+    source: str
+    opened: float
+    proven: bool = False
+    """Whether it holds a name (proven connections are never evicted)."""
+    crowded: bool = False
+    """Admitted beyond its source's share: refused with a reason after its hello."""
+    refused: bool = False
+    """Refused (and counted): closing."""
+    deadline: asyncio.TimerHandle | None = None
 
 
 def _json(raw: str | bytes) -> dict[str, Any]:

@@ -29,8 +29,13 @@ they do with the frames.
   requests are rate-limited per connection (a token bucket); over the rate the request is
   dropped and reading pauses until a token is back, so a client pipelining Bindings cannot
   starve the loop (ChannelData and indications, the relayed data, are not limited).
-* **Memory.** After many connections close, freed memory is handed back
-  (:func:`release_memory`): asyncio keeps a 256 KiB buffer per TLS session.
+* **Memory.** After many connections close, what they held is released and handed back
+  to the system (:func:`release_memory`): the reference cycles left by closed connections
+  (an exception and its traceback, a protocol and its transport) are collected at once
+  rather than at the collector's next full pass, which an idle server may not reach for a
+  long time; then glibc returns the freed heap pages (asyncio keeps a 256 KiB buffer per
+  TLS session, and a frame buffer of up to 64 KiB per connection, which stay in glibc's
+  heap once freed).
 * **Descriptors.** :func:`raise_nofile_limit` and :func:`resource_budget` size the bounds
   from the process's descriptor limit; :class:`LoopErrorFilter` turns asyncio's own
   ``accept()`` failures for lack of descriptors into a counter and one warning a minute.
@@ -45,6 +50,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import gc
 import logging
 import resource
 import ssl
@@ -150,9 +156,14 @@ def resource_budget(nofile: int) -> tuple[int, int]:
 
 
 def release_memory() -> None:
-    """Hand freed heap memory back to the system (glibc ``malloc_trim``): after many TLS
-    sessions close, their buffers (asyncio keeps 256 KiB per session) otherwise stay in
-    the process's resident size. Does nothing where there is no ``malloc_trim``."""
+    """Release what closed connections left and hand it back to the system (module
+    docstring, "Memory"): a full garbage collection (closed connections leave reference
+    cycles, which an idle server would otherwise keep until the collector's next full pass),
+    then glibc's ``malloc_trim(0)`` (the freed buffers, 256 KiB per TLS session and up to a
+    frame per connection, otherwise stay in the process's resident size). Called after a
+    wave of closes, never per connection; the trim is skipped where there is no
+    ``malloc_trim``."""
+    gc.collect()
     if not _LINUX:
         return
     try:

@@ -236,6 +236,8 @@ CASES: list[tuple[str, Callable[[], Any], str]] = [
      "auth_timeout"),
     ("RendezvousServer max_per_source",
      lambda: RendezvousServer(LOOPBACK, 0, max_per_source=0), "max_per_source"),
+    ("RendezvousServer max_connections",
+     lambda: RendezvousServer(LOOPBACK, 0, max_connections=0), "max_connections"),
     ("RendezvousServer rate", lambda: RendezvousServer(LOOPBACK, 0, rate=-1), "rate"),
     ("RendezvousServer router",
      lambda: RendezvousServer(LOOPBACK, 0, router=_NotARouter()), "router"),  # type: ignore[arg-type]

@@ -206,6 +206,55 @@ def test_too_many_connections_from_one_address_are_refused() -> None:
     run(main())
 
 
+def test_at_its_total_the_rendezvous_evicts_a_connection_holding_no_name() -> None:
+    async def main() -> None:
+        async with rendezvous(max_connections=3) as server:
+            host, port = server.address
+            idle = [await asyncio.open_connection(host, port) for _ in range(3)]
+            for _ in range(100):
+                if server.connections() == 3:
+                    break
+                await asyncio.sleep(0.02)
+            signalling = WebSocketSignalling(server.url)
+            boxes = [await signalling.open(f"n{i}") for i in range(3)]  # each evicts one
+            assert server.shed["evicted"] == 3 and sorted(server.names()) == ["n0", "n1", "n2"]
+            with pytest.raises(SignallingError):  # every slot holds a name: refused
+                await signalling.open("n3")
+            assert server.shed["total"] == 1
+            for box in boxes:
+                await box.close()
+            for _, writer in idle:
+                writer.close()
+
+    run(main())
+
+
+def test_frames_for_a_holder_that_does_not_read_are_dropped_not_queued() -> None:
+    async def main() -> None:
+        async with rendezvous(rate=1000.0) as server:
+            signalling = WebSocketSignalling(server.url)
+            sender, holder = await signalling.open("sender"), await signalling.open("holder")
+            holder_ws, sender_ws = holder._ws, sender._ws  # type: ignore[attr-defined]
+            holder_ws.transport.pause_reading()  # the holder reads nothing from now on
+            body = {"pad": "x" * 60000}
+            for _ in range(200):  # 12 MB: far more than the socket buffers and QUEUE_LIMIT
+                await sender.publish("holder", body)
+            for _ in range(200):  # every frame handled, none waits for the holder
+                if server.forwarded + server.dropped["holder_busy"] == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert server.forwarded + server.dropped["holder_busy"] == 200
+            assert server.dropped["holder_busy"] > 0
+            reply = json.loads(await asyncio.wait_for(sender_ws.recv(), 5))  # the sender is told
+            assert reply == {"op": "error", "reason": "holder is not reading: frame dropped"}
+            for ws in (holder_ws, sender_ws):  # (a close would wait behind what they left unread)
+                ws.transport.abort()
+            await sender.close()
+            await holder.close()
+
+    run(main())
+
+
 def test_wss_with_a_self_signed_certificate_and_ca_file(tls_files: tuple[Path, Path]) -> None:
     cert, key = tls_files
     port, signal_port = free_port("both"), free_port("both")
