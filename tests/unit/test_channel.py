@@ -714,3 +714,62 @@ def test_random_loss_patterns_still_deliver_in_order(
         h.a.send(m, 0.0)
     h.run(lambda: len(h.received("b")) == len(messages))
     assert h.received("b") == messages
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=12),
+    seed=st.integers(0, 2**32 - 1),
+    cuts=st.lists(st.integers(1, 20), min_size=1, max_size=30),
+    manual=st.booleans(),
+)
+def test_a_batch_is_the_same_datagrams_one_by_one(
+    sizes: list[int], seed: int, cuts: list[int], manual: bool
+) -> None:
+    """``receive_datagrams`` leaves a channel exactly as ``receive_datagram`` of each datagram
+    would: same events, counters, state and ACK, whatever the batch boundaries, for a stream
+    with losses, duplicates, reordering, corruption, junk and ACKs in it."""
+    rng = random.Random(seed)
+    sender = ReliableChannel(now=0.0)
+    now = 0.0
+    stream: list[bytes] = []
+    for size in sizes:
+        sender.send(rng.randbytes(size), now)
+        stream += sender.datagrams_to_send(now)
+    sender.close(now)
+    stream += sender.datagrams_to_send(now)
+    peer = ReliableChannel(now=0.0)  # something to take ACK frames from
+    peer.send(b"ack me", now)
+    (data_frame,) = peer.datagrams_to_send(now)
+    sender.receive_datagram(data_frame, now)
+    stream += sender.datagrams_to_send(now)  # an ACK frame
+    mixed: list[bytes] = []
+    for frame in stream:
+        roll = rng.random()
+        if roll < 0.1:
+            continue  # lost
+        if roll < 0.2:
+            mixed.append(frame)  # duplicated
+        elif roll < 0.25:
+            frame = flip_bit(frame, rng.randrange(8, 8 * len(frame)))
+        elif roll < 0.3:
+            mixed.append(rng.randbytes(rng.randrange(0, 40)))  # junk
+        mixed.append(frame)
+    if rng.random() < 0.3:
+        rng.shuffle(mixed)  # heavy reordering
+    one = ReliableChannel(now=0.0, manual_release=manual)
+    many = ReliableChannel(now=0.0, manual_release=manual)
+    for data in mixed:
+        one.receive_datagram(data, 1.0)
+    i = 0
+    for cut in cuts * (len(mixed) // max(1, sum(cuts)) + 1):
+        if i >= len(mixed):
+            break
+        many.receive_datagrams(mixed[i : i + cut], 1.0)
+        i += cut
+    assert events(one) == events(many)
+    assert one.stats == many.stats
+    assert one.state is many.state
+    assert one.receive_window == many.receive_window
+    assert one.next_timer() == many.next_timer()
+    assert one.datagrams_to_send(1.0) == many.datagrams_to_send(1.0)
