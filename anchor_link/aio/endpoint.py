@@ -176,9 +176,9 @@ from anchor_link.identity import Identity, format_public, load_identity
 from anchor_link.reliable import (
     DEFAULT_MAX_MESSAGE,
     DEFAULT_MTU,
+    FIRST_BYTE_MIN,
     MessageTooLarge,
     ReliableChannel,
-    is_reliable_frame,
 )
 from anchor_link.state import (
     DEFAULT_CLOSE_TIMEOUT,
@@ -1068,8 +1068,10 @@ class LinkEndpoint:
                 self._inbox(link.peer).begin(link.peer_session)
                 self._outbox(link.peer).attach(link)
                 self._pump(link)  # messages carried from a broken link go first
-                # datagrams straight into the machine, as they arrive
-                conn.set_data_handler(lambda data, _component: self._frame_in(link, data))
+                # datagrams straight into the machine, those that arrived together at once
+                conn.set_data_batch_handler(
+                    lambda datagrams, _component: self._frames_in(link, datagrams)
+                )
                 link.tasks["read"] = loop.create_task(
                     self._read(link, conn), name=f"anchor {self.name}->{link.peer}: read"
                 )
@@ -1144,7 +1146,7 @@ class LinkEndpoint:
         machine = link.machine
         try:
             while True:
-                self._frame_in(link, await conn.recv())
+                self._frames_in(link, [await conn.recv()])
         except IceFailedError as exc:
             machine.fail(exc.reason, loop.time())
         except IceError as exc:
@@ -1161,10 +1163,12 @@ class LinkEndpoint:
         link.kick()
 
     @staticmethod
-    def _frame_in(link: _Link, data: bytes) -> None:
-        """A datagram of the selected pair into the machine, when it is a channel frame."""
-        if is_reliable_frame(data):
-            link.machine.receive_datagram(data, asyncio.get_running_loop().time())
+    def _frames_in(link: _Link, datagrams: list[bytes]) -> None:
+        """Datagrams of the selected pair that arrived together into the machine, those that
+        are channel frames (:func:`~anchor_link.reliable.is_reliable_frame`), in one call."""
+        frames = [data for data in datagrams if data and data[0] >= FIRST_BYTE_MIN]
+        if frames:
+            link.machine.receive_datagrams(frames, asyncio.get_running_loop().time())
             link.kick()
 
     async def _drive(self, link: _Link) -> None:
@@ -1178,8 +1182,7 @@ class LinkEndpoint:
                 frames = machine.datagrams_to_send(now)
                 if frames and link.conn is not None:
                     try:
-                        for frame in frames:
-                            await link.conn.send(frame)
+                        link.conn.send_datagrams(frames)
                     except IceError as exc:
                         machine.fail(str(exc), now)
                 while (event := machine.next_event()) is not None:
