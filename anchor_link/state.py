@@ -564,11 +564,12 @@ class LinkMachine:
     def _channel_events(self, now: float) -> None:
         channel = self._channel
         assert channel is not None
+        events, peer = self._events, self.peer
         while (event := channel.next_event()) is not None:
-            if self.final:
+            if self._state in _FINAL:
                 continue
-            if isinstance(event, MessageReceived):
-                self._events.append(LinkMessage(self.peer, event.data))
+            if type(event) is MessageReceived:
+                events.append(LinkMessage(peer, event.data))
             elif isinstance(event, SendWindowOpen):
                 self._events.append(LinkWritable(self.peer))
             elif isinstance(event, ReliableIdle):

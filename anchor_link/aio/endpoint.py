@@ -570,7 +570,8 @@ class LinkEndpoint:
         data = bytes(data)
         if len(data) > self._max_message:
             raise MessageTooLarge(f"message of {len(data)} bytes exceeds {self._max_message}")
-        await self.start()
+        if self._mailbox is None:
+            await self.start()
         loop = asyncio.get_running_loop()
         while True:
             if self._closed:
@@ -578,8 +579,12 @@ class LinkEndpoint:
             link = self._links.get(peer)
             if link is None:
                 link = self._new_link(peer, None)
+            opened = link.opened
             try:
-                await asyncio.shield(link.opened)
+                if opened.done():
+                    opened.result()  # raises as awaiting it would
+                else:
+                    await asyncio.shield(opened)
             except _Superseded:
                 continue
             except LinkFormationFailed:
@@ -595,7 +600,7 @@ class LinkEndpoint:
                     )
                 size = len(data) + MESSAGE_HEADER
                 # Messages carried from a broken link go first (anchor_link.delivery).
-                if self._pump(link) and machine.can_send(size):
+                if (not outbox.unsent or self._pump(link)) and machine.can_send(size):
                     machine.send(outbox.accept(data), loop.time())
                     link.kick()
                     return
@@ -1185,8 +1190,14 @@ class LinkEndpoint:
                         link.conn.send_datagrams(frames)
                     except IceError as exc:
                         machine.fail(str(exc), now)
+                inbox: Inbox | None = None
                 while (event := machine.next_event()) is not None:
-                    self._dispatch(link, event)
+                    if type(event) is LinkMessage:
+                        if inbox is None:
+                            inbox = self._inbox(link.peer)
+                        self._deliver_message(link, inbox, event)
+                    else:
+                        self._dispatch(link, event)
                 self._take_acks(link)
                 if machine.final:
                     break
@@ -1206,21 +1217,24 @@ class LinkEndpoint:
             self._inboxes.move_to_end(peer)
         return inbox
 
+    def _deliver_message(self, link: _Link, inbox: Inbox, event: LinkMessage) -> None:
+        """A message of the link to the application, unless ``inbox`` (the peer's) had it."""
+        data = inbox.accept(event.data)
+        if data is None:  # delivered before, on a link that broke before its ACK
+            if self._on_message is None and link.machine.release(
+                1, asyncio.get_running_loop().time()
+            ):
+                link.kick()
+            return
+        if self._on_message is not None:
+            self._on_message(event.peer, data)
+        else:
+            self._messages.append((event.peer, data, link))
+            self._notify_message()
+
     def _dispatch(self, link: _Link, event: LinkEvent) -> None:
-        if isinstance(event, LinkMessage):
-            data = self._inbox(link.peer).accept(event.data)
-            if data is None:  # delivered before, on a link that broke before its ACK
-                if self._on_message is None and link.machine.release(
-                    1, asyncio.get_running_loop().time()
-                ):
-                    link.kick()
-                return
-            if self._on_message is not None:
-                self._on_message(event.peer, data)
-            else:
-                self._messages.append((event.peer, data, link))
-                self._notify_message()
-        elif isinstance(event, LinkWritable):
+        """The machine's events other than messages (:meth:`_deliver_message`)."""
+        if isinstance(event, LinkWritable):
             self._pump(link)
             link.writable.set()
         elif isinstance(event, LinkFormed):
