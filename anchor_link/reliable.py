@@ -177,8 +177,9 @@ is 24 bytes longer (1166 bytes of message per 1200-byte frame).
 
 Versions: both ends of a link run Anchor, so the format changes cleanly rather than being
 negotiated: plaintext frames name theirs in the first byte (a peer of another version has its
-frames dropped as invalid, nothing misread), and sealed frames through the HKDF salt of
-:mod:`anchor_link.seal` (a peer of another version fails authentication).
+frames dropped as invalid, nothing misread), and sealed frames through the version in the
+link handshake's prologue and HKDF labels (:mod:`anchor_link.handshake`: a peer of another
+version fails the handshake, and could not open a frame anyway).
 
 What is left out on purpose: path MTU discovery (``mtu`` is configured: 1200 bytes fit every
 path that carries IPv6's 1280 with room for a TURN ChannelData header, and the ICE sockets set
