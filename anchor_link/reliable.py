@@ -170,7 +170,7 @@ lets QUIC use it for long-header packets: the channel must not share its 5-tuple
 which no ICE pair of Anchor does.)
 
 Sealed frames (optional, :mod:`anchor_link.seal`): the first byte is drawn from ``rng`` in
-192-255 for every frame, the plaintext frame ``first | body | crc32c`` is built with it, and
+192-255 for every frame (``rng`` is asked for 256 bytes at a time), the plaintext frame ``first | body | crc32c`` is built with it, and
 the sealer sends ``first | masked counter (8) | AEAD(body | crc32c)``: the crc stays inside
 the ciphertext, where it gives an observer nothing to recognise the protocol by. A sealed frame
 is 24 bytes longer (1166 bytes of message per 1200-byte frame).
@@ -293,22 +293,23 @@ _SEQ_MASK = _SEQ_SPACE - 1
 _SEQ_HALF = 1 << 31
 
 _HEAD = struct.Struct("!BBI")  # demux, type, sequence number / cumulative point
+_BODY_HEAD = struct.Struct("!BI")  # the same without the demux byte: where a body starts
 _WINDOW_COUNT = struct.Struct("!IB")  # an ACK's receive window and SACK range count
 _U32 = struct.Struct("!I")
 _RANGE = struct.Struct("!II")
 _CRC_SIZE = 4
 _SEQ_END = _HEAD.size  # where a DATA frame's fragment starts
-_unpack_head = _HEAD.unpack_from
+_unpack_body_head = _BODY_HEAD.unpack_from
 _unpack_u32 = _U32.unpack_from
 _crc32c_of = _crc32c.crc32c
+_FIRST_BYTE_CRC = tuple(_crc32c.crc32c(bytes((first,))) for first in range(256))
+"""crc32c of each one-byte prefix: a frame's crc continues from its first byte's."""
+_RANDOM_BLOCK = 256  # bytes drawn from rng at a time for the first bytes of sealed frames
 _DATA_OVERHEAD = _HEAD.size + _CRC_SIZE  # 10
 _ACK_RANGES = _HEAD.size + 4 + 1  # where an ACK frame's ranges start: 11
 _ACK_FIXED = _ACK_RANGES + _CRC_SIZE  # 15
 _MAX_WINDOW = _SEQ_HALF // 4
-
-
-def _crc(data: bytes) -> int:
-    return int(_crc32c.crc32c(data))
+_PLAIN_PREFIX = bytes((PLAIN_FIRST_BYTE,))
 
 
 def _unwrap(expected: int, value: int) -> int:
@@ -666,6 +667,8 @@ class ReliableChannel:
         self._max_retransmissions = max_retransmissions
         self._sealer = seal
         self._rng = rng
+        self._random = b""  # drawn from rng, for the first bytes of sealed frames
+        self._random_at = 0
         self._ack_max_ranges = max(0, min(ACK_MAX_RANGES, (mtu - _ACK_FIXED - overhead) // 8))
         self._frame_overhead = _DATA_OVERHEAD + overhead  # wire bytes of a frame: payload + this
         self._manual_release = manual_release
@@ -878,33 +881,41 @@ class ReliableChannel:
         manual = self._manual_release
         frames = messages = message_bytes = 0
         for data in datagrams:
+            # ``body`` holds the frame from its type byte on, at ``start``: the plaintext
+            # frame itself (start 1), or what the sealer opened (start 0, without the first
+            # byte, which the crc covers all the same).
             if sealer is None:
-                frame = data if type(data) is bytes else bytes(data)
-                size = len(frame)
-                if size < _DATA_OVERHEAD or frame[0] != PLAIN_FIRST_BYTE:
+                body = data if type(data) is bytes else bytes(data)
+                size = len(body)
+                if size < _DATA_OVERHEAD or body[0] != PLAIN_FIRST_BYTE:
                     stats.dropped_invalid += 1
                     continue
+                if _crc32c_of(body[:-_CRC_SIZE]) != _unpack_u32(body, size - _CRC_SIZE)[0]:
+                    stats.dropped_crc += 1
+                    continue
+                start = 1
             else:
                 if len(data) < 1 or data[0] < FIRST_BYTE_MIN:
                     stats.dropped_invalid += 1
                     continue
                 try:
-                    rest = sealer.open(bytes(data))
+                    body = sealer.open(bytes(data))
                 except ReplayDetected:
                     stats.dropped_replay += 1
                     continue
                 except SealError:
                     stats.dropped_auth += 1
                     continue
-                frame = bytes(data[:1]) + rest
-                size = len(frame)
+                size = len(body) + 1
                 if size < _DATA_OVERHEAD:
                     stats.dropped_invalid += 1
                     continue
-            if _crc32c_of(frame[:-_CRC_SIZE]) != _unpack_u32(frame, size - _CRC_SIZE)[0]:
-                stats.dropped_crc += 1
-                continue
-            _, kind, seq = _unpack_head(frame)
+                crc = _crc32c_of(body[:-_CRC_SIZE], _FIRST_BYTE_CRC[data[0]])
+                if crc != _unpack_u32(body, size - 1 - _CRC_SIZE)[0]:
+                    stats.dropped_crc += 1
+                    continue
+                start = 0
+            kind, seq = _unpack_body_head(body, start)
             if (
                 kind == _FIRST_LAST_DATA
                 and seq == rcv_next & _SEQ_MASK
@@ -922,8 +933,9 @@ class ReliableChannel:
                 if manual:
                     self._unread += 1
                     self._unread_frames.append(1)
-                events.append(MessageReceived(frame[_SEQ_END:-_CRC_SIZE]))
+                events.append(MessageReceived(body[start + _BODY_HEAD.size : -_CRC_SIZE]))
                 continue
+            frame = body if start else bytes(data[:1]) + body
             if frames:
                 self._rcv_next = rcv_next
                 self._ack_owed = True
@@ -1116,7 +1128,7 @@ class ReliableChannel:
                 head += frame.payload
                 wire = frame.wire = head + _U32.pack(_crc32c.crc32c(head))
             return wire
-        return self._encode(_HEAD.pack(0, frame.type, frame.seq & _SEQ_MASK)[1:] + frame.payload)
+        return self._encode(_BODY_HEAD.pack(frame.type, frame.seq & _SEQ_MASK), frame.payload)
 
     def _first_transmissions(
         self, out: list[bytes], now: float, limit: int, room: int, budget: float
@@ -1174,17 +1186,29 @@ class ReliableChannel:
             self._snd_sent = seq
         return sent, blocked
 
-    def _encode(self, body: bytes) -> bytes:
-        """A frame from its body (everything between the first byte and the crc)."""
-        if self._sealer is None:
+    def _encode(self, body: bytes, payload: bytes = b"") -> bytes:
+        """A frame from its body (everything between the first byte and the crc), given as
+        ``body`` then ``payload`` (copied once, into the frame)."""
+        sealer = self._sealer
+        if sealer is None:
             first = PLAIN_FIRST_BYTE
         else:
-            first = FIRST_BYTE_MIN | (self._rng(1)[0] & 0x3F)
-        head = bytes((first,)) + body
-        crc = _U32.pack(_crc(head))
-        if self._sealer is None:
-            return head + crc
-        return self._sealer.seal(first, body + crc)
+            first = self._random_first_byte()
+        crc = _U32.pack(_crc32c_of(payload, _crc32c_of(body, _FIRST_BYTE_CRC[first])))
+        if sealer is None:
+            return b"".join((_PLAIN_PREFIX, body, payload, crc))
+        return sealer.seal(first, b"".join((body, payload, crc)))
+
+    def _random_first_byte(self) -> int:
+        """A first byte for a sealed frame, random in 192-255 (module docstring, "Sealed
+        frames"): ``rng`` is asked for :data:`_RANDOM_BLOCK` bytes at a time, used one per
+        frame (one call to the random source per block, not per frame)."""
+        at = self._random_at
+        if at >= len(self._random):
+            self._random = self._rng(_RANDOM_BLOCK)
+            at = 0
+        self._random_at = at + 1
+        return FIRST_BYTE_MIN | (self._random[at] & 0x3F)
 
     def _held(self) -> int:
         """Frames of the receive window held: messages not read, a message half received."""

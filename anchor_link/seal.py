@@ -63,8 +63,9 @@ _SAMPLE_SIZE = 16  # one AES block of the AEAD output (RFC 9001 §5.4.3)
 SEAL_OVERHEAD = _COUNTER_SIZE + _TAG_SIZE
 """Bytes a sealed frame adds to the plaintext frame (which keeps its crc inside)."""
 _MAX_COUNTER = (1 << 64) - 1
-_NONCE_PREFIX = b"\x00\x00\x00\x00"
+_NONCE = struct.Struct("!4xQ")  # RFC 8439 §2.8's 96-bit nonce: 4 zero bytes, the counter
 _U64 = struct.Struct("!Q")
+_ONE_BYTE = tuple(bytes((value,)) for value in range(256))
 
 
 class ReplayWindow:
@@ -72,8 +73,9 @@ class ReplayWindow:
 
     def __init__(self, size: int = REPLAY_WINDOW) -> None:
         self._size = size
+        self._mask = (1 << size) - 1
         self._highest = -1
-        self._bitmap = 0  # bit i set: counter highest - i was seen
+        self._bitmap = 0  # bit i set: counter highest - i was seen (bits >= size: stale)
 
     @property
     def highest(self) -> int:
@@ -90,8 +92,10 @@ class ReplayWindow:
     def mark(self, counter: int) -> None:
         """Record ``counter`` as seen (call only after the frame authenticated)."""
         if counter > self._highest:
-            shift = counter - self._highest
-            self._bitmap = ((self._bitmap << shift) | 1) & ((1 << self._size) - 1)
+            bitmap = (self._bitmap << (counter - self._highest)) | 1
+            if bitmap.bit_length() > 2 * self._size:
+                bitmap &= self._mask  # bits past the window are never read: trimmed now and then
+            self._bitmap = bitmap
             self._highest = counter
         else:
             self._bitmap |= 1 << (self._highest - counter)
@@ -130,8 +134,8 @@ class Sealer:
         if counter > _MAX_COUNTER:
             raise SealError("packet counter exhausted: rekey (a new channel)")
         self._counter += 1
-        first = bytes((first_byte,))
-        sealed = self._send.encrypt(_NONCE_PREFIX + _U64.pack(counter), rest, first)
+        first = _ONE_BYTE[first_byte]
+        sealed = self._send.encrypt(_NONCE.pack(counter), rest, first)
         mask = _mask(self._send_hp, sealed[:_SAMPLE_SIZE])
         return b"".join((first, _U64.pack(counter ^ mask), sealed))
 
@@ -146,7 +150,7 @@ class Sealer:
         if not self._replay.fresh(counter):
             raise ReplayDetected(f"packet counter {counter} replayed or too old")
         try:
-            rest = self._recv.decrypt(_NONCE_PREFIX + _U64.pack(counter), sealed, bytes(data[:1]))
+            rest = self._recv.decrypt(_NONCE.pack(counter), sealed, _ONE_BYTE[data[0]])
         except InvalidTag:
             raise AuthenticationFailed("sealed frame did not authenticate") from None
         self._replay.mark(counter)

@@ -722,15 +722,26 @@ def test_random_loss_patterns_still_deliver_in_order(
     seed=st.integers(0, 2**32 - 1),
     cuts=st.lists(st.integers(1, 20), min_size=1, max_size=30),
     manual=st.booleans(),
+    sealed=st.booleans(),
 )
 def test_a_batch_is_the_same_datagrams_one_by_one(
-    sizes: list[int], seed: int, cuts: list[int], manual: bool
+    sizes: list[int], seed: int, cuts: list[int], manual: bool, sealed: bool
 ) -> None:
     """``receive_datagrams`` leaves a channel exactly as ``receive_datagram`` of each datagram
     would: same events, counters, state and ACK, whatever the batch boundaries, for a stream
-    with losses, duplicates, reordering, corruption, junk and ACKs in it."""
+    with losses, duplicates, reordering, corruption, junk and ACKs in it, plaintext or
+    sealed."""
+    from anchor_link.seal import Sealer
+
+    keys = [bytes([i]) * 32 for i in range(4)]
+
+    def seal(sender: bool) -> Sealer | None:
+        if not sealed:
+            return None
+        return Sealer(*keys) if sender else Sealer(keys[2], keys[3], keys[0], keys[1])
+
     rng = random.Random(seed)
-    sender = ReliableChannel(now=0.0)
+    sender = ReliableChannel(now=0.0, seal=seal(True), rng=rng.randbytes)
     now = 0.0
     stream: list[bytes] = []
     for size in sizes:
@@ -738,7 +749,7 @@ def test_a_batch_is_the_same_datagrams_one_by_one(
         stream += sender.datagrams_to_send(now)
     sender.close(now)
     stream += sender.datagrams_to_send(now)
-    peer = ReliableChannel(now=0.0)  # something to take ACK frames from
+    peer = ReliableChannel(now=0.0, seal=seal(False))  # something to take ACK frames from
     peer.send(b"ack me", now)
     (data_frame,) = peer.datagrams_to_send(now)
     sender.receive_datagram(data_frame, now)
@@ -757,8 +768,12 @@ def test_a_batch_is_the_same_datagrams_one_by_one(
         mixed.append(frame)
     if rng.random() < 0.3:
         rng.shuffle(mixed)  # heavy reordering
-    one = ReliableChannel(now=0.0, manual_release=manual)
-    many = ReliableChannel(now=0.0, manual_release=manual)
+    one, many = (
+        ReliableChannel(
+            now=0.0, manual_release=manual, seal=seal(False), rng=random.Random(1).randbytes
+        )
+        for _ in range(2)
+    )
     for data in mixed:
         one.receive_datagram(data, 1.0)
     i = 0
