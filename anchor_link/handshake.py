@@ -23,8 +23,8 @@ at the same time take longer than one signalling hop. The answerer learns who th
 only from that third message, and opens no channel before it arrives.
 
 **What is bound.** The prologue (§6) is ``"anchor-link/4"`` (4: the channel's frame
-format with flow control, its packet counter masked with AES; 3 masked it with ChaCha20,
-:mod:`anchor_link.seal`), the link id and both names
+format with flow control, its crc little-endian and its packet counter masked with AES; 3
+had a big-endian crc and masked with ChaCha20, :mod:`anchor_link.seal`), the link id and both names
 (offerer's first), each with a 2-byte length, so a description moved to another link or between
 other names fails. Each side's ICE description (ufrag, password, candidates, channel settings)
 *is* its handshake payload, so it is covered by the handshake hash: an answer's payload is

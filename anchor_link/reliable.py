@@ -139,11 +139,12 @@ States (every change is in :data:`_TRANSITIONS`)::
 
 Frame layout
 ------------
-Every frame is one UDP payload. Integers are big-endian. Plaintext frames::
+Every frame is one UDP payload. Integers are big-endian, but the crc. Plaintext frames::
 
     offset  size  field
-    0       1     demux byte: 0b11xxxxxx (192-255); 0xC1 in plaintext frames (the format
-                  version: 0xC0 was the format before ACKs carried a receive window)
+    0       1     demux byte: 0b11xxxxxx (192-255); 0xC2 in plaintext frames (the format
+                  version: 0xC1 had its crc big-endian, 0xC0 was the format before ACKs
+                  carried a receive window)
     1       1     type (low nibble) and flags (high nibble)
                     0x01 DATA   flags 0x10 FIRST fragment of a message, 0x20 LAST fragment
                     0x02 ACK    flag 0x10 ACK_REQUEST: answer with an ACK (window probe)
@@ -159,7 +160,9 @@ Every frame is one UDP payload. Integers are big-endian. Plaintext frames::
     10      1     number of SACK ranges k (at most 64 are sent; up to 255 are read)
     11      8k    k ranges [start, end) of frames received above the cumulative point,
                   highest first: start (4), end (4, exclusive)
-    last    4     crc32c (Castagnoli, RFC 3720 §12.1) of every byte before it
+    last    4     crc32c (Castagnoli, RFC 3720 §12.1) of every byte before it, least
+                  significant byte first: the crc32c of the whole frame is then the
+                  constant 0x48674BC7 (a CRC's residue), checked without cutting the frame
 
 Overhead: 10 bytes per DATA frame, so 1190 bytes of message per 1200-byte frame.
 
@@ -249,10 +252,10 @@ FIRST_BYTE_MIN = 192
 """Lowest first byte of a channel frame (RFC 7983 §7: 192-255 is unassigned)."""
 FIRST_BYTE_MAX = 255
 """Highest first byte of a channel frame."""
-PLAIN_FIRST_BYTE = 0xC1
+PLAIN_FIRST_BYTE = 0xC2
 """First byte of every plaintext frame (sealed frames draw theirs at random in 192-255). It
-names the frame format: 0xC1 since ACK frames carry a receive window (0xC0 before); a
-plaintext frame with another first byte is dropped."""
+names the frame format: 0xC2 since the crc is little-endian (0xC1 before, 0xC0 before ACK
+frames carried a receive window); a plaintext frame with another first byte is dropped."""
 
 RTO_INITIAL = 1.0  # RFC 6298 §2.1
 RTO_MIN = 0.2  # RFC 6298 §2.4 says 1 s; Linux TCP_RTO_MIN (module docstring, "RTO")
@@ -295,12 +298,13 @@ _SEQ_HALF = 1 << 31
 _HEAD = struct.Struct("!BBI")  # demux, type, sequence number / cumulative point
 _BODY_HEAD = struct.Struct("!BI")  # the same without the demux byte: where a body starts
 _WINDOW_COUNT = struct.Struct("!IB")  # an ACK's receive window and SACK range count
-_U32 = struct.Struct("!I")
+_CRC = struct.Struct("<I")  # the crc32c is appended least significant byte first
+_CRC_RESIDUE = 0x48674BC7
+"""crc32c of any bytes followed by their own crc32c, little-endian (module docstring)."""
 _RANGE = struct.Struct("!II")
 _CRC_SIZE = 4
 _SEQ_END = _HEAD.size  # where a DATA frame's fragment starts
 _unpack_body_head = _BODY_HEAD.unpack_from
-_unpack_u32 = _U32.unpack_from
 _crc32c_of = _crc32c.crc32c
 _FIRST_BYTE_CRC = tuple(_crc32c.crc32c(bytes((first,))) for first in range(256))
 """crc32c of each one-byte prefix: a frame's crc continues from its first byte's."""
@@ -893,7 +897,7 @@ class ReliableChannel:
                 if size < _DATA_OVERHEAD or body[0] != PLAIN_FIRST_BYTE:
                     stats.dropped_invalid += 1
                     continue
-                if _crc32c_of(body[:-_CRC_SIZE]) != _unpack_u32(body, size - _CRC_SIZE)[0]:
+                if _crc32c_of(body) != _CRC_RESIDUE:
                     stats.dropped_crc += 1
                     continue
                 start = 1
@@ -913,8 +917,7 @@ class ReliableChannel:
                 if size < _DATA_OVERHEAD:
                     stats.dropped_invalid += 1
                     continue
-                crc = _crc32c_of(body[:-_CRC_SIZE], _FIRST_BYTE_CRC[data[0]])
-                if crc != _unpack_u32(body, size - 1 - _CRC_SIZE)[0]:
+                if _crc32c_of(body, _FIRST_BYTE_CRC[data[0]]) != _CRC_RESIDUE:
                     stats.dropped_crc += 1
                     continue
                 start = 0
@@ -1129,7 +1132,7 @@ class ReliableChannel:
             if wire is None:
                 head = _HEAD.pack(PLAIN_FIRST_BYTE, frame.type, frame.seq & _SEQ_MASK)
                 head += frame.payload
-                wire = frame.wire = head + _U32.pack(_crc32c.crc32c(head))
+                wire = frame.wire = head + _CRC.pack(_crc32c.crc32c(head))
             return wire
         return self._encode(_BODY_HEAD.pack(frame.type, frame.seq & _SEQ_MASK), frame.payload)
 
@@ -1150,7 +1153,7 @@ class ReliableChannel:
         # lasts, so the last one may overdraw it by up to a frame.
         cap = min(room, budget + self._mtu) if budget > 0 else 0
         if self._sealer is None:
-            pack_head, pack_crc, crc = _HEAD.pack, _U32.pack, _crc32c.crc32c
+            pack_head, pack_crc, crc = _HEAD.pack, _CRC.pack, _crc32c.crc32c
             end = limit
             for seq in range(self._snd_sent, limit):
                 frame = frames[seq]
@@ -1197,7 +1200,7 @@ class ReliableChannel:
             first = PLAIN_FIRST_BYTE
         else:
             first = self._random_first_byte()
-        crc = _U32.pack(_crc32c_of(payload, _crc32c_of(body, _FIRST_BYTE_CRC[first])))
+        crc = _CRC.pack(_crc32c_of(payload, _crc32c_of(body, _FIRST_BYTE_CRC[first])))
         if sealer is None:
             return b"".join((_PLAIN_PREFIX, body, payload, crc))
         return sealer.seal(first, b"".join((body, payload, crc)))

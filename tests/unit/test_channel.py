@@ -171,7 +171,7 @@ def deliver(frames: list[bytes], to: ReliableChannel, now: float) -> None:
 
 def make_frame(body: bytes, first: int = PLAIN_FIRST_BYTE) -> bytes:
     head = bytes((first,)) + body
-    return head + struct.pack("!I", crc32c.crc32c(head))
+    return head + struct.pack("<I", crc32c.crc32c(head))
 
 
 def mixed_messages(rng: random.Random, count: int) -> list[bytes]:
@@ -189,7 +189,8 @@ def test_frame_layout_and_demux_range() -> None:
     a.send(b"hello", 0.0)
     [frame] = a.datagrams_to_send(0.0)
     assert frame == make_frame(bytes([0x31, 0, 0, 0, 0]) + b"hello")  # DATA FIRST|LAST seq 0
-    assert frame[0] == 0xC1 and is_reliable_frame(frame)
+    assert frame[0] == 0xC2 and is_reliable_frame(frame)
+    assert crc32c.crc32c(frame) == 0x48674BC7  # the residue of a crc appended little-endian
     # RFC 7983 first bytes of the protocols sharing the 5-tuple are not ours.
     for first in [*range(0, 4), *range(20, 64), *range(64, 80), *range(128, 192)]:
         assert not is_reliable_frame(bytes([first]) + frame[1:])
@@ -633,7 +634,7 @@ def test_junk_is_counted_not_raised() -> None:
     b = ReliableChannel()
     b.receive_datagram(b"", 0.0)
     b.receive_datagram(b"\x00\x01\x00\x00", 0.0)  # STUN-looking
-    b.receive_datagram(b"\xc1\x01", 0.0)  # too short
+    b.receive_datagram(b"\xc2\x01", 0.0)  # too short
     b.receive_datagram(make_frame(bytes([0x07, 0, 0, 0, 0])), 0.0)  # unknown type
     win = bytes(4)
     b.receive_datagram(make_frame(bytes([0x02, 0, 0, 0, 5]) + win + b"\0"), 0.0)  # unsent frames
