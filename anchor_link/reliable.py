@@ -551,18 +551,18 @@ class ReliableStats:
 
 @dataclass(slots=True)
 class _OutFrame:
-    """A DATA or FIN frame the sender holds until it is acknowledged."""
+    """A DATA or FIN frame sent and held until it is acknowledged (made at its first
+    transmission; before it, a frame is only its type and payload in the queue)."""
 
-    seq: int
     type: int  # the type byte, flags included
     payload: bytes
-    sent_at: float = 0.0
-    tx_order: int = -1  # transmission number of the latest transmission
-    transmissions: int = 0
+    sent_at: float  # when its latest transmission left
+    tx_order: int  # transmission number of the latest transmission
+    transmissions: int
+    counted: int  # its bytes in the congestion controller's bytes_in_flight (0: none)
+    wire: bytes | None  # a plaintext frame's bytes (the same at every transmission)
     sacked: bool = False
-    wire: bytes | None = None  # the plaintext frame, built at its first transmission
     known_lost: bool = False  # its previous copy was known lost when it was queued again
-    counted: int = 0  # its bytes in the congestion controller's bytes_in_flight (0: none)
 
 
 # --------------------------------------------------------------------------- the channel
@@ -685,7 +685,8 @@ class ReliableChannel:
         self._stats = ReliableStats(rto=rto_initial)
 
         # Sender (sequence numbers are unbounded ints here, 32 bits on the wire).
-        self._out: dict[int, _OutFrame] = {}
+        self._out: dict[int, _OutFrame] = {}  # frames sent, snd_una..snd_sent
+        self._unsent: deque[tuple[int, bytes]] = deque()  # (type, payload), snd_sent..snd_next
         self._snd_una = 0  # oldest unacknowledged
         self._snd_sent = 0  # next never-transmitted
         self._snd_next = 0  # next to assign
@@ -837,11 +838,8 @@ class ReliableChannel:
             self._blocked = True
             raise ReliableChannelFull(f"message needs {count} frames, the send window has {free}")
         if count == 1:  # the common case: no slicing (bytes are immutable: no copy either)
-            seq = self._snd_next
-            self._out[seq] = _OutFrame(
-                seq, _FIRST_LAST_DATA, data if type(data) is bytes else bytes(data)
-            )
-            self._snd_next = seq + 1
+            self._unsent.append((_FIRST_LAST_DATA, data if type(data) is bytes else bytes(data)))
+            self._snd_next += 1
         else:
             view = memoryview(data)
             for i in range(count):
@@ -1013,7 +1011,7 @@ class ReliableChannel:
                         frame.counted = size
                         counted += size
                     paced += size
-                    out.append(self._transmit(frame, now))
+                    out.append(self._retransmit_frame(seq, frame, now))
                     retransmit.discard(seq)
                     self._stats.retransmissions += 1
             limit = min(self._snd_next, self._snd_limit)
@@ -1110,7 +1108,7 @@ class ReliableChannel:
 
     def _queue(self, type_: int, payload: bytes) -> int:
         seq = self._snd_next
-        self._out[seq] = _OutFrame(seq, type_, payload)
+        self._unsent.append((type_, payload))
         self._snd_next += 1
         return seq
 
@@ -1118,7 +1116,8 @@ class ReliableChannel:
         # The FIN may take the window one past send_window; receive_window leaves room.
         self._fin_seq = self._queue(_FIN, b"")
 
-    def _transmit(self, frame: _OutFrame, now: float) -> bytes:
+    def _retransmit_frame(self, seq: int, frame: _OutFrame, now: float) -> bytes:
+        """The wire bytes of frame ``seq`` sent again, its transmission recorded."""
         frame.transmissions += 1
         frame.sent_at = now
         frame.tx_order = self._tx_counter
@@ -1126,70 +1125,54 @@ class ReliableChannel:
         self._last_tx = now
         if self._rto_deadline is None:
             self._rto_deadline = now + self._rto  # RFC 6298 §5.1
-        if self._sealer is None:
-            # A plaintext frame is the same bytes at every transmission: build it once.
-            wire = frame.wire
-            if wire is None:
-                head = _HEAD.pack(PLAIN_FIRST_BYTE, frame.type, frame.seq & _SEQ_MASK)
-                head += frame.payload
-                wire = frame.wire = head + _CRC.pack(_crc32c.crc32c(head))
-            return wire
-        return self._encode(_BODY_HEAD.pack(frame.type, frame.seq & _SEQ_MASK), frame.payload)
+        if frame.wire is not None:
+            return frame.wire  # a plaintext frame is the same bytes at every transmission
+        return self._encode(_BODY_HEAD.pack(frame.type, seq & _SEQ_MASK), frame.payload)
 
     def _first_transmissions(
         self, out: list[bytes], now: float, limit: int, room: int, budget: float
     ) -> tuple[int, bool]:
-        """First transmissions of the frames below ``limit`` (the peer's receive window) while
-        ``room`` bytes of congestion window are left and the pacer's ``budget`` lasts (the
-        last frame may overdraw it by up to one frame). What ``_transmit`` does for each, in
-        one loop. Returns the bytes sent and whether the congestion window stopped it."""
+        """First transmissions of the queued frames below ``limit`` (the peer's receive
+        window) while ``room`` bytes of congestion window are left and the pacer's ``budget``
+        lasts (the last frame may overdraw it by up to one frame): each is built, recorded
+        (an :class:`_OutFrame`, made here with everything its transmission sets) and appended
+        to ``out``. Returns the bytes sent and whether the congestion window stopped it."""
         frames = self._out
+        unsent = self._unsent
+        sealer = self._sealer
         tx = self._tx_counter
         ovh = self._frame_overhead
+        pack_head, pack_crc, crc = _HEAD.pack, _CRC.pack, _crc32c_of
         sent = 0
         blocked = False
-        seq = self._snd_sent
         # One test per frame for both limits: the pacer lets frames start while its budget
         # lasts, so the last one may overdraw it by up to a frame.
         cap = min(room, budget + self._mtu) if budget > 0 else 0
-        if self._sealer is None:
-            pack_head, pack_crc, crc = _HEAD.pack, _CRC.pack, _crc32c.crc32c
-            end = limit
-            for seq in range(self._snd_sent, limit):
-                frame = frames[seq]
-                payload = frame.payload
-                size = len(payload) + ovh
-                if sent + size > cap:
-                    blocked = sent + size > room
-                    end = seq
-                    break
-                sent += size
-                frame.counted = size
-                frame.transmissions = 1
-                frame.sent_at = now
-                frame.tx_order = tx
-                tx += 1
-                head = pack_head(PLAIN_FIRST_BYTE, frame.type, seq & _SEQ_MASK) + payload
-                wire = frame.wire = head + pack_crc(crc(head))
-                out.append(wire)
-            self._tx_counter = tx
-            if end != self._snd_sent:
-                self._snd_sent = end
-                self._last_tx = now
-                if self._rto_deadline is None:
-                    self._rto_deadline = now + self._rto  # RFC 6298 §5.1
-            return sent, blocked
+        seq = start = self._snd_sent
         while seq < limit:
-            frame = frames[seq]
-            size = len(frame.payload) + ovh
+            type_, payload = unsent.popleft()
+            size = len(payload) + ovh
             if sent + size > cap:
+                unsent.appendleft((type_, payload))
                 blocked = sent + size > room
                 break
             sent += size
-            frame.counted = size
-            out.append(self._transmit(frame, now))
+            if sealer is None:
+                head = pack_head(PLAIN_FIRST_BYTE, type_, seq & _SEQ_MASK) + payload
+                wire = head + pack_crc(crc(head))
+                frames[seq] = _OutFrame(type_, payload, now, tx, 1, size, wire)
+            else:
+                wire = self._encode(_BODY_HEAD.pack(type_, seq & _SEQ_MASK), payload)
+                frames[seq] = _OutFrame(type_, payload, now, tx, 1, size, None)
+            out.append(wire)
+            tx += 1
             seq += 1
+        if seq != start:
             self._snd_sent = seq
+            self._tx_counter = tx
+            self._last_tx = now
+            if self._rto_deadline is None:
+                self._rto_deadline = now + self._rto  # RFC 6298 §5.1
         return sent, blocked
 
     def _encode(self, body: bytes, payload: bytes = b"") -> bytes:
@@ -1452,6 +1435,7 @@ class ReliableChannel:
     def _give_up(self) -> None:
         self._transition(_Input.GIVE_UP)
         self._out.clear()
+        self._unsent.clear()
         self._retransmit.clear()
         self._rcv_buf.clear()
         self._rto_deadline = self._pto_deadline = self._loss_deadline = None
