@@ -54,9 +54,10 @@ _SOL_UDP = getattr(socket, "SOL_UDP", 17)
 _UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 _UDP_GRO = getattr(socket, "UDP_GRO", 104)
 _MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0x20)
+_MSG_CTRUNC = getattr(socket, "MSG_CTRUNC", 0x08)
 _SEGMENT_SIZE = struct.Struct("=H")  # the UDP_SEGMENT control message: a u16
 _GRO_SIZE = struct.Struct("=i")  # the UDP_GRO control message: an int
-_ANCILLARY = socket.CMSG_SPACE(_GRO_SIZE.size)
+_ANCILLARY = 4 * socket.CMSG_SPACE(_GRO_SIZE.size)  # UDP_GRO's, and room for others
 
 MAX_SEGMENTS = 64
 """Datagrams in one segmented send at most (the kernel's UDP_MAX_SEGMENTS before 6.9)."""
@@ -108,7 +109,7 @@ class UdpBatchIO:
         self.coalescing = coalesce and _enable_coalescing(sock)
         """Whether the kernel may hand over several datagrams in one read (``UDP_GRO``)."""
         self.truncated = 0
-        """Reads dropped because they did not fit :data:`READ_SIZE` (none should)."""
+        """Reads dropped because they or their control messages did not fit (none should)."""
 
     def send(
         self, datagrams: Sequence[bytes], addr: Any = None, start: int = 0
@@ -181,8 +182,8 @@ class UdpBatchIO:
                 return None
             except OSError as exc:
                 return exc
-            if flags & _MSG_TRUNC:
-                self.truncated += 1
+            if flags & (_MSG_TRUNC | _MSG_CTRUNC):
+                self.truncated += 1  # cut short, or its segment size may be missing: lost
                 continue
             segment = 0
             for level, kind, value in ancillary:
