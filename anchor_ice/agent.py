@@ -1009,7 +1009,19 @@ class IceAgent:
     def send_on(self, component: int, data: bytes, now: float) -> Transmit | None:
         """A Transmit carrying ``data`` on the selected pair of ``component`` (the previous
         one during a restart), or None when there is none, the agent is closed or failed, or
-        consent was lost (RFC 7675 §5.1: sending stops)."""
+        consent was lost (RFC 7675 §5.1: sending stops): :meth:`data_route` for one
+        datagram."""
+        route = self.data_route(component, now)
+        if route is None:
+            return None
+        return Transmit(bytes(data), route[0], route[1])
+
+    def data_route(self, component: int, now: float) -> tuple[Address, Address] | None:
+        """Where application data on ``component`` goes now: the remote address and the
+        local base of its selected pair (the previous one during a restart), or None when
+        there is none, the agent is closed or failed, or consent was lost (RFC 7675 §5.1:
+        sending stops). The call counts as data sent on the pair (its keepalive clock, RFC
+        8445 §11): one call covers the datagrams that go out together."""
         self._now = now
         if self._state in (IceState.CLOSED, IceState.FAILED):
             return None
@@ -1021,7 +1033,7 @@ class IceAgent:
         if self._consent.is_lost(component):
             return None
         pair.last_sent = now
-        return Transmit(bytes(data), pair.remote.address, pair.base)
+        return pair.remote.address, pair.base
 
     # ================================================================== pairs
 

@@ -22,8 +22,9 @@ waiting: the offerer sends it the moment it has read the answer, and the ICE che
 at the same time take longer than one signalling hop. The answerer learns who the offerer is
 only from that third message, and opens no channel before it arrives.
 
-**What is bound.** The prologue (§6) is ``"anchor-link/3"`` (3: the channel's frame
-format with flow control), the link id and both names
+**What is bound.** The prologue (§6) is ``"anchor-link/4"`` (4: the channel's frame
+format with flow control, its crc little-endian and its packet counter masked with AES; 3
+had a big-endian crc and masked with ChaCha20, :mod:`anchor_link.seal`), the link id and both names
 (offerer's first), each with a 2-byte length, so a description moved to another link or between
 other names fails. Each side's ICE description (ufrag, password, candidates, channel settings)
 *is* its handshake payload, so it is covered by the handshake hash: an answer's payload is
@@ -40,7 +41,7 @@ the handshake hash ``h``, into the payload key and the counter-masking key of
 :class:`~anchor_link.seal.Sealer` (as QUIC expands a traffic secret into its key and its header
 protection key, RFC 9001 §5.1) and a key-confirmation key::
 
-    key, hp, finished = HKDF(salt = h, ikm = k, info = "anchor-link/3 seal", L = 96)
+    key, hp, finished = HKDF(salt = h, ikm = k, info = "anchor-link/4 seal", L = 96)
 
 so they depend on the two ephemeral Diffie-Hellman results and nothing the rendezvous chose.
 ``k1`` and ``k2`` themselves encrypt nothing.
@@ -58,7 +59,7 @@ and authenticated like the rest), and every later candidate of either side, once
 handshake is complete, travels in a ``candidates`` message sealed with ChaCha20-Poly1305
 (RFC 8439 §2.8) under a key of its own per direction::
 
-    key = HKDF(salt = h, ikm = k, info = "anchor-link/3 trickle", L = 32)
+    key = HKDF(salt = h, ikm = k, info = "anchor-link/4 trickle", L = 32)
 
 (``k1`` for the initiator's candidates, ``k2`` for the responder's), so it never shares a key
 with the channel's frames; the nonce is the message's sequence number (4 zero bytes and 8
@@ -115,7 +116,7 @@ __all__ = [
 
 PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
 """The Noise protocol of every link (Noise §8)."""
-LINK_PROLOGUE = b"anchor-link/3"
+LINK_PROLOGUE = b"anchor-link/4"
 """First bytes of the prologue: the protocol and its version."""
 MAX_HANDSHAKE_MESSAGE = 65535
 """Largest Noise message (Noise §3)."""
@@ -124,9 +125,9 @@ RENDEZVOUS_PROTOCOL = b"Noise_XN_25519_ChaChaPoly_SHA256"
 static key is transmitted and proven; the server has none)."""
 RENDEZVOUS_PROLOGUE = b"anchor-rendezvous/1"
 """First bytes of the rendezvous handshake's prologue."""
-SEAL_INFO = b"anchor-link/3 seal"
+SEAL_INFO = b"anchor-link/4 seal"
 """HKDF ``info`` of the channel keys (module docstring)."""
-TRICKLE_INFO = b"anchor-link/3 trickle"
+TRICKLE_INFO = b"anchor-link/4 trickle"
 """HKDF ``info`` of the keys of trickled candidates (module docstring)."""
 MAX_TRICKLE_MESSAGES = 1024
 """Sealed ``candidates`` messages one direction of a link may carry (sequence numbers

@@ -50,6 +50,7 @@ States (every change is in :data:`_TRANSITIONS`)::
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
@@ -495,10 +496,17 @@ class LinkMachine:
         return self._channel.release(messages, now)
 
     def receive_datagram(self, data: bytes, now: float) -> None:
-        """Feed one channel frame from the selected pair (never raises)."""
+        """Feed one channel frame from the selected pair (never raises):
+        :meth:`receive_datagrams` with one."""
+        self.receive_datagrams((data,), now)
+
+    def receive_datagrams(self, datagrams: Iterable[bytes], now: float) -> None:
+        """Feed the channel frames that arrived together from the selected pair, in order, in
+        one call (never raises;
+        :meth:`~anchor_link.reliable.ReliableChannel.receive_datagrams`)."""
         if self._channel is None or self.final:
             return
-        self._channel.receive_datagram(data, now)
+        self._channel.receive_datagrams(datagrams, now)
         self._channel_events(now)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
@@ -556,11 +564,12 @@ class LinkMachine:
     def _channel_events(self, now: float) -> None:
         channel = self._channel
         assert channel is not None
+        events, peer = self._events, self.peer
         while (event := channel.next_event()) is not None:
-            if self.final:
+            if self._state in _FINAL:
                 continue
-            if isinstance(event, MessageReceived):
-                self._events.append(LinkMessage(self.peer, event.data))
+            if type(event) is MessageReceived:
+                events.append(LinkMessage(peer, event.data))
             elif isinstance(event, SendWindowOpen):
                 self._events.append(LinkWritable(self.peer))
             elif isinstance(event, ReliableIdle):

@@ -1,8 +1,8 @@
 """``channel``: goodput of the reliable channel, clean and at 5 % loss, vs raw UDP.
 
 Two endpoints in this process, one event loop (asyncio's, or uvloop's when installed), each
-on its own UDP socket on 127.0.0.1 (``loop.create_datagram_endpoint``, receive buffers of
-:data:`RCVBUF` bytes on both sides of every pair). One sample is a fresh pair of sockets:
+on its own connected UDP socket on 127.0.0.1, read from the loop's readiness callback
+(``loop.add_reader``), with buffers of :data:`RCVBUF` bytes on both sides of every pair. One sample is a fresh pair of sockets:
 the sender writes messages of :data:`MESSAGE` bytes as fast as it is allowed to, and the
 receiver counts the message bytes delivered to it, whole and in order, over a bounded time
 after a warm-up. Three senders take turns:
@@ -10,25 +10,33 @@ after a warm-up. Three senders take turns:
 ``anchor``
     Two :class:`~anchor_link.reliable.ReliableChannel` endpoints with their defaults (MTU
     1200, send window 128 frames, RACK-TLP loss recovery over SACK, RFC 6298 RTO with
-    ``rto_min`` 0.2 s behind it, CUBIC congestion control and pacing), pumped by a minimal adapter: every datagram of a batch goes
-    to ``receive_datagram``, then events are read (the message bytes counted once per batch),
-    ``datagrams_to_send`` is sent and one ``loop.call_at`` timer follows ``next_timer()``. The
-    sender refills its window whenever :class:`~anchor_link.reliable.SendWindowOpen` says there
-    is room. Each message is :data:`MESSAGE` = 1,190 bytes, one full frame of the default MTU.
+    ``rto_min`` 0.2 s behind it, NewReno congestion control and pacing), pumped by a minimal
+    adapter: the datagrams of a batch go to ``receive_datagrams`` in one call, then events are
+    read (the message bytes counted once per batch), ``datagrams_to_send`` is sent and one
+    ``loop.call_at`` timer follows ``next_timer()``. The sender refills its window whenever
+    :class:`~anchor_link.reliable.SendWindowOpen` says there is room. Each message is
+    :data:`MESSAGE` = 1,190 bytes, one full frame of the default MTU. The sockets do their
+    I/O as a link's ICE sockets do, through the product's
+    :class:`~anchor_stun.aio.udp.UdpBatchIO`: on Linux a run of equal-size frames leaves as
+    one segmented send (``UDP_SEGMENT``, generic segmentation offload, as QUIC stacks do) and
+    the receiver's reads may bring several at once (``UDP_GRO``); the datagrams on the wire
+    are the same.
 ``anchor at 5 % loss``
     The same, with the sender's adapter dropping each outgoing frame with probability 0.05
     (``random.Random`` seeded per sample, so every sample drops the same frames); the core is
     not told. The receiver's ACKs are not dropped. Since the channel has congestion control
-    (RFC 8085 §3.1), random loss is a congestion signal to it: it backs off as CUBIC does,
+    (RFC 8085 §3.1), random loss is a congestion signal to it: it backs off as NewReno does,
     so this row measures that, not only the cost of recovery.
 ``raw``
-    Raw asyncio UDP: the sender ``send``\\ s :data:`MESSAGE`-byte datagrams and the receiver
-    counts them, once per batch read; both use the same socket code as the channel
-    (``_Socket``: readiness-callback reads, one send loop per batch). Flow control costs
+    Raw asyncio UDP, as a plain application would do it: the sender ``send``\\ s
+    :data:`MESSAGE`-byte datagrams, one call each, and the receiver counts them, once per batch
+    read (``_Socket``: readiness-callback reads, one ``recv`` per datagram, one send loop per
+    batch; no segmentation offload). Flow control costs
     nothing here: the sender keeps at most :data:`RAW_WINDOW` datagrams unaccounted for (sent
     and not yet seen by the receiver, whose counter it reads in memory), the same number of
     frames as the channel's window.
-    This is the ceiling: the loop's and the kernel's cost of moving the same bytes.
+    This is what moving the same bytes costs the loop and the kernel one datagram per call,
+    the way an application without offloads pays it.
 
 Rows: Anchor clean vs raw (target >= 0.5x) and Anchor at 5 % loss vs the TCP-friendly rate
 at that loss and the lossy runs' own smoothed RTT (RFC 5348 §3.1: s / (R sqrt(2p/3)); target
@@ -61,6 +69,7 @@ from anchor_link.reliable import (
     ReliableClosed,
     SendWindowOpen,
 )
+from anchor_stun.aio.udp import UdpBatchIO
 
 from . import Result, result, rotation
 
@@ -139,10 +148,38 @@ class _Socket:
         self.sock.close()
 
 
+class _BatchedSocket(_Socket):
+    """The channel's socket: the same, with the product's batched UDP I/O
+    (:class:`~anchor_stun.aio.udp.UdpBatchIO`, what a link's ICE sockets use): runs of
+    equal-size frames leave as one segmented send (``UDP_SEGMENT``) and coalesced reads
+    (``UDP_GRO``) are cut apart again, where the OS offers them; one datagram per call
+    elsewhere."""
+
+    def __init__(self, sock: socket.socket, on_batch: Callable[[list[bytes]], None]) -> None:
+        self.io = UdpBatchIO(sock)
+        super().__init__(sock, on_batch)
+
+    def _readable(self) -> None:
+        batch: list[tuple[bytes, Any]] = []
+        self.io.receive(batch, READ_BATCH)
+        if batch:
+            self.on_batch([data for data, _ in batch])
+
+    def send_all(self, datagrams: list[bytes]) -> None:
+        sent = 0
+        while sent < len(datagrams):
+            sent, _ = self.io.send(datagrams, None, sent)
+            if sent < len(datagrams):
+                self.send_dropped += 1  # full (EAGAIN) or refused: that one is lost
+                sent += 1
+
+
 async def _socket_pair(
-    on_a: Callable[[list[bytes]], None], on_b: Callable[[list[bytes]], None]
+    on_a: Callable[[list[bytes]], None],
+    on_b: Callable[[list[bytes]], None],
+    kind: type[_Socket] = _Socket,
 ) -> tuple[_Socket, _Socket]:
-    """Two connected UDP endpoints on 127.0.0.1 with big receive buffers."""
+    """Two connected UDP endpoints on 127.0.0.1 with big receive buffers, of ``kind``."""
     socks = []
     for _ in range(2):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -153,7 +190,7 @@ async def _socket_pair(
         socks.append(sock)
     socks[0].connect(socks[1].getsockname())
     socks[1].connect(socks[0].getsockname())
-    return _Socket(socks[0], on_a), _Socket(socks[1], on_b)
+    return kind(socks[0], on_a), kind(socks[1], on_b)
 
 
 class _Counter:
@@ -204,16 +241,15 @@ class _ChannelEndpoint:
 
     def received(self, batch: list[bytes]) -> None:
         now = _now()
-        receive = self.channel.receive_datagram
-        for data in batch:
-            receive(data, now)
+        self.channel.receive_datagrams(batch, now)
         self.flush(now)
 
     def flush(self, now: float) -> None:
         channel = self.channel
         received = 0  # message bytes, handed to on_message once per flush
         writable = False
-        for event in iter(channel.next_event, None):
+        next_event = channel.next_event
+        while (event := next_event()) is not None:
             if type(event) is MessageReceived:
                 received += len(event.data)
             elif isinstance(event, SendWindowOpen):
@@ -286,7 +322,7 @@ async def anchor_sample(
         channel.can_send(MESSAGE)  # says no: arms SendWindowOpen
 
     sender.on_writable = fill
-    ta, tb = await _socket_pair(sender.received, receiver.received)
+    ta, tb = await _socket_pair(sender.received, receiver.received, _BatchedSocket)
     sender.transport, receiver.transport = ta, tb
     try:
         fill()

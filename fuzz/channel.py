@@ -26,6 +26,7 @@ import crc32c
 
 from anchor_link.reliable import (
     FIRST_BYTE_MIN,
+    PLAIN_FIRST_BYTE,
     CloseReason,
     MessageReceived,
     ReliableChannel,
@@ -135,9 +136,9 @@ def _injection(r: Reader, cfg: _Config, sealed: bool) -> None:
             history.append(wire)
             rx.receive_datagram(wire, now)
         elif op == 1:  # a frame with a valid crc (and seal): it reaches the parser
-            first = max(FIRST_BYTE_MIN, r.byte()) if sealed else 0xC0
+            first = max(FIRST_BYTE_MIN, r.byte()) if sealed else PLAIN_FIRST_BYTE
             frame = bytes((first,)) + r.chunk()
-            frame += crc32c.crc32c(frame).to_bytes(4, "big")
+            frame += crc32c.crc32c(frame).to_bytes(4, "little")
             wire = peer.seal(first, frame[1:]) if peer is not None else frame
             history.append(wire)
             rx.receive_datagram(wire, now)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import crc32c
 
+from anchor_link.reliable import PLAIN_FIRST_BYTE
 from anchor_stun.attributes import (
     AttrType,
     ChangeRequest,
@@ -345,9 +346,9 @@ def channel_seeds() -> list[bytes]:
     ack = (
         b"\x02" + (1).to_bytes(4, "big") + b"\x01" + (2).to_bytes(4, "big") + (3).to_bytes(4, "big")
     )
-    plain = bytes((0xC0,))
+    plain = bytes((PLAIN_FIRST_BYTE,))
     raw_frame = plain + data1
-    raw_frame += crc32c.crc32c(raw_frame).to_bytes(4, "big")
+    raw_frame += crc32c.crc32c(raw_frame).to_bytes(4, "little")
     out = []
     for mode in (0, 2, 4, 6):  # injection: plain / sealed, default / small
         prog = bytearray((mode,))

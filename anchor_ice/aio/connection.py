@@ -25,7 +25,10 @@ bytes, time and events through the sans-I/O :class:`~anchor_ice.agent.IceAgent`.
   (``ECONNREFUSED``) fails the checks that went there at once, and the failure reason names
   the address (RFC 8445 §7.2.5.2.2).
 * **Data.** Datagrams that are not STUN wait for :meth:`Connection.recvfrom`, or go at once
-  to a handler (:meth:`Connection.set_data_handler`), as the ephemeral link does.
+  to a handler (:meth:`Connection.set_data_handler`; :meth:`Connection.set_data_batch_handler`
+  takes those that arrived together in one call, as the ephemeral link does).
+  :meth:`Connection.send_datagrams` sends several at once, as one segmented send where the
+  OS offers it.
 * **Receiving (RFC 7983 demultiplexing).** TURN traffic never reaches this class (the
   gatherer's sockets route it to the allocations; relayed data comes back out with the
   peer's address and the relayed address as ``local``). Of what is left, a datagram whose
@@ -123,7 +126,7 @@ import contextlib
 import errno
 import os
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from anchor_ice.agent import CHECKING_TIMEOUT, PROPOSED_TA, IceAgent, IceState
@@ -347,7 +350,7 @@ class Connection:
         self._requests_sent: OrderedDict[bytes, None] = OrderedDict()  # transaction ids
         self._waiters: set[asyncio.Future[None]] = set()
         self._queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
-        self._data_handler: Callable[[bytes, int], None] | None = None
+        self._data_handler: Callable[[list[bytes], int], None] | None = None
         self._pair_handler: Callable[[PairInfo], None] | None = None
         self._session: asyncio.Future[None] | None = None
         self._ended: asyncio.Future[None] | None = None
@@ -626,7 +629,7 @@ class Connection:
         if base not in self._endpoints:
             endpoint = gatherer.endpoint(base)
             self._endpoints[base] = endpoint
-            endpoint.set_handler(self._handler(base))
+            endpoint.set_batch_handler(self._handler(base))
             if isinstance(endpoint, GatheredSocket):
                 endpoint.set_unreachable_handler(self._unreachable_handler(base))
             if isinstance(endpoint, RelayEndpoint):
@@ -768,12 +771,32 @@ class Connection:
     async def sendto(self, data: bytes, component: int) -> None:
         """Send a datagram on ``component``'s selected pair. Raises
         :class:`IceNotConnectedError` when there is none (or consent was lost)."""
+        self.send_datagrams((data,), component)
+
+    def send_datagrams(self, datagrams: Sequence[bytes], component: int = 1) -> None:
+        """Send datagrams on ``component``'s selected pair, in order, at once: the pair is
+        looked up once (:meth:`~anchor_ice.agent.IceAgent.data_route`), and from a host
+        socket a run of equal-size datagrams leaves with one system call where the OS
+        offers segmentation (:mod:`anchor_stun.aio.udp`). Raises
+        :class:`IceNotConnectedError` when there is no pair (or consent was lost); a datagram
+        the socket refuses is counted in :attr:`send_errors`. :meth:`sendto` is this with
+        one datagram (a coroutine, as aioice's is)."""
         if self._closed:
             raise IceNotConnectedError("the connection is closed")
-        transmit = self._agent.send_on(component, data, self._loop_time())
-        if transmit is None:
+        route = self._agent.data_route(component, self._loop_time())
+        if route is None:
             raise IceNotConnectedError(f"no selected pair on component {component}")
-        self._send_transmit(transmit)
+        addr, local = route
+        endpoint = self._endpoints.get(local)
+        if endpoint is None:
+            if len(self._endpoints) != 1:
+                self.send_errors += len(datagrams)
+                return
+            endpoint = next(iter(self._endpoints.values()))
+        try:
+            endpoint.send_many(datagrams, addr)
+        except (LocalProtocolError, OSError):
+            self.send_errors += len(datagrams)
 
     def set_data_handler(self, handler: Callable[[bytes, int], None] | None) -> None:
         """Take the application's datagrams with ``handler(data, component)``, called as each
@@ -781,6 +804,21 @@ class Connection:
         already waiting are handed over first, in order. :meth:`recvfrom` then only reports
         the end (closed or failed). None: back to :meth:`recvfrom`. An exception from the
         handler goes to the loop's exception handler; the datagram is lost."""
+        if handler is None:
+            self.set_data_batch_handler(None)
+            return
+
+        def each(datagrams: list[bytes], component: int) -> None:
+            for data in datagrams:
+                call_user("the data handler of an ICE connection", handler, data, component)
+
+        self.set_data_batch_handler(each)
+
+    def set_data_batch_handler(self, handler: Callable[[list[bytes], int], None] | None) -> None:
+        """:meth:`set_data_handler` with ``handler(datagrams, component)``: the datagrams of
+        one component that arrived together (one wake-up of a socket), in order, in one call.
+        An exception from the handler goes to the loop's exception handler; those datagrams
+        are lost."""
         self._data_handler = handler
         if handler is None:
             return
@@ -790,13 +828,15 @@ class Connection:
             if item is None:
                 ended = True
             elif self._data_handler is handler:
-                self._deliver(handler, *item)
+                self._deliver(handler, [item[0]], item[1])
         if ended:
             self._queue.put_nowait(None)
 
     @staticmethod
-    def _deliver(handler: Callable[[bytes, int], None], data: bytes, component: int) -> None:
-        call_user("the data handler of an ICE connection", handler, data, component)
+    def _deliver(
+        handler: Callable[[list[bytes], int], None], datagrams: list[bytes], component: int
+    ) -> None:
+        call_user("the data handler of an ICE connection", handler, datagrams, component)
 
     async def recv(self) -> bytes:
         """The next datagram received on any component."""
@@ -888,9 +928,9 @@ class Connection:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _handler(self, local: Address) -> Callable[[bytes, Address], None]:
-        def handler(data: bytes, addr: Address) -> None:
-            self._received(data, addr, local)
+    def _handler(self, local: Address) -> Callable[[list[tuple[bytes, Address]]], None]:
+        def handler(batch: list[tuple[bytes, Address]]) -> None:
+            self._received(batch, local)
 
         return handler
 
@@ -950,26 +990,51 @@ class Connection:
         except (LocalProtocolError, OSError):
             self.send_errors += 1
 
-    def _received(self, data: bytes, addr: Address, local: Address) -> None:
+    def _received(self, batch: list[tuple[bytes, Address]], local: Address) -> None:
+        """The datagrams that arrived together on the socket (or relay) ``local``: STUN to
+        the agent one by one, data to the application, in runs of one component."""
         if self._closed:
             return
-        if data and data[0] < 4:  # RFC 7983 §7: 0-3 is STUN
-            if self._agent.receive_datagram(data, addr, local, self._loop_time()):
-                self._pump()
-            else:
+        run: list[bytes] = []  # data of run_component, not delivered yet
+        run_component = 0
+        source: Address | None = None  # the address the last data came from, and its component
+        component: int | None = None
+        for data, addr in batch:
+            if data and data[0] < 4:  # RFC 7983 §7: 0-3 is STUN
+                if run:
+                    self._data(run, run_component)
+                    run = []
+                if self._agent.receive_datagram(data, addr, local, self._loop_time()):
+                    self._pump()
+                else:
+                    self.dropped += 1
+                if self._closed:
+                    return
+                source = None  # the pairs may have changed
+                continue
+            if addr != source:
+                source, component = addr, self._component_of(local, addr)
+            if component is None:
                 self.dropped += 1
-            return
-        component = self._component_of(local, addr)
-        if component is None:
-            self.dropped += 1
-            return
+                continue
+            if component != run_component and run:
+                self._data(run, run_component)
+                run = []
+            run_component = component
+            run.append(data)
+        if run:
+            self._data(run, run_component)
+
+    def _data(self, datagrams: list[bytes], component: int) -> None:
         handler = self._data_handler
         if handler is not None:
-            self._deliver(handler, data, component)
-        elif self._queue.qsize() >= MAX_QUEUED:
-            self.dropped += 1
-        else:
-            self._queue.put_nowait((data, component))
+            self._deliver(handler, datagrams, component)
+            return
+        for data in datagrams:
+            if self._queue.qsize() >= MAX_QUEUED:
+                self.dropped += 1
+            else:
+                self._queue.put_nowait((data, component))
 
     def _component_of(self, local: Address, addr: Address) -> int | None:
         """The component whose selected pair is the 5-tuple (local, addr), else whose valid

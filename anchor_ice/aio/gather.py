@@ -117,6 +117,7 @@ from anchor_stun.aio.net import (
     server_list,
     settle_transaction,
 )
+from anchor_stun.aio.udp import UdpBatchIO
 from anchor_stun.attributes import Software, XorMappedAddress, pack_ip, unpack_ip
 from anchor_stun.errors import (
     AnchorError,
@@ -141,6 +142,7 @@ __all__ = [
     "DEFAULT_SERVER_TIMEOUT",
     "DEFAULT_TA",
     "MAX_BACKLOG",
+    "DatagramBatchHandler",
     "DatagramHandler",
     "EndOfCandidates",
     "GatherFailure",
@@ -189,6 +191,9 @@ MAX_REDIRECTS = 2  # RFC 8656 §7.4 / RFC 8489 §10: 300 Try Alternate followed 
 
 DatagramHandler = Callable[[bytes, Address], None]
 """``handler(data, addr)``: a datagram that arrived from ``addr`` (a peer's transport address)."""
+DatagramBatchHandler = Callable[[list[tuple[bytes, Address]]], None]
+"""``handler(batch)``: datagrams that arrived together (one wake-up of the socket), in order,
+each ``(data, addr)``."""
 UnreachableHandler = Callable[[Address, OSError], None]
 """``handler(addr, error)``: the socket reported ``addr`` unreachable (an ICMP error)."""
 
@@ -397,16 +402,24 @@ class _Protocol(asyncio.DatagramProtocol):
     def attach(self, owner: GatheredSocket) -> None:
         self.owner = owner
         early, self.early = self.early, []
-        for data, addr in early:
-            owner._received(data, addr)
+        if early:
+            owner._received(early)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        address = (str(addr[0]), int(addr[1]))
-        if self.owner is None:
-            if len(self.early) < MAX_BACKLOG:
-                self.early.append((data, address))
+        self.datagrams_received([(data, addr)])
+
+    def datagrams_received(self, batch: list[tuple[bytes, Any]]) -> None:
+        """The datagrams of one wake-up of the socket, each ``(data, addr)`` as the socket
+        gave it (:meth:`datagram_received` is this with one)."""
+        if not batch:
             return
-        self.owner._received(data, address)
+        if len(batch[0][1]) != 2:  # an IPv6 socket's (ip, port, flowinfo, scope_id)
+            batch = [(data, (str(addr[0]), int(addr[1]))) for data, addr in batch]
+        if self.owner is None:
+            room = MAX_BACKLOG - len(self.early)
+            self.early.extend(batch[: max(0, room)])
+            return
+        self.owner._received(batch)
 
     def error_received(self, exc: Exception) -> None:
         pass  # an ICMP error without its address: transactions time out on their own
@@ -423,19 +436,23 @@ class _Protocol(asyncio.DatagramProtocol):
 
 class _DrainingTransport(asyncio.DatagramTransport):
     """A UDP socket read straight from the loop's readiness callback: up to
-    :data:`READ_BATCH` datagrams per wake-up, where asyncio's datagram transport reads one
+    :data:`READ_BATCH` reads per wake-up, where asyncio's datagram transport reads one
     and returns to the loop. Datagrams that arrive together are then handled together: a
     link's channel acknowledges a burst once, not every frame (about 3x the messages per
-    second of a link on loopback). Sends are direct; while the kernel will not take more
-    (``EAGAIN``) they wait, in order, for the socket to be writable, at most
-    :data:`MAX_SEND_BUFFER` of them (more are dropped and counted in :attr:`dropped`, as
-    UDP may drop). Needs ``loop.add_reader`` (selector loops, uvloop);
+    second of a link on loopback). Reads and sends go through
+    :class:`~anchor_stun.aio.udp.UdpBatchIO`: where the OS offers it, a read may bring
+    several datagrams of one flow at once (``UDP_GRO``), and :meth:`sendto_many` sends a run
+    of equal-size datagrams with one segmented send (``UDP_SEGMENT``). Sends are direct;
+    while the kernel will not take more (``EAGAIN``) they wait, in order, for the socket to be
+    writable, at most :data:`MAX_SEND_BUFFER` of them (more are dropped and counted in
+    :attr:`dropped`, as UDP may drop). Needs ``loop.add_reader`` (selector loops, uvloop);
     :meth:`GatheredSocket.bind` uses asyncio's own transport where the loop has none."""
 
     def __init__(self, sock: socket.socket, protocol: _Protocol) -> None:
         super().__init__()
         self._loop = asyncio.get_running_loop()
         self._sock = sock
+        self._io = UdpBatchIO(sock)
         self._fd = sock.fileno()
         self._protocol = protocol
         self._pending: deque[tuple[bytes, Any]] = deque()
@@ -445,19 +462,15 @@ class _DrainingTransport(asyncio.DatagramTransport):
         self._loop.add_reader(self._fd, self._readable)
 
     def _readable(self) -> None:
-        recvfrom, received = self._sock.recvfrom, self._protocol.datagram_received
-        for count in range(READ_BATCH):
-            try:
-                data, addr = recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                if count == 0:  # woken with nothing to read: an ICMP error is queued
-                    self._drain_errors()
-                return
-            except OSError as exc:  # an ICMP error reported on the socket
-                self._protocol.error_received(exc)
-                self._drain_errors()
-                return
-            received(data, addr)
+        batch: list[tuple[bytes, Any]] = []
+        error = self._io.receive(batch, READ_BATCH)
+        if batch:
+            self._protocol.datagrams_received(batch)
+        if error is not None:  # an ICMP error reported on the socket
+            self._protocol.error_received(error)
+            self._drain_errors()
+        elif not batch:  # woken with nothing to read: an ICMP error is queued
+            self._drain_errors()
 
     def _drain_errors(self) -> None:
         """Read the socket's error queue (IP_RECVERR): each entry is one ICMP error with the
@@ -480,28 +493,38 @@ class _DrainingTransport(asyncio.DatagramTransport):
                     )
 
     def sendto(self, data: Any, addr: Any = None) -> None:
+        self.sendto_many((data,), addr)
+
+    def sendto_many(self, datagrams: Sequence[bytes], addr: Any) -> None:
+        """Send ``datagrams`` to ``addr``, in order (:meth:`sendto` is this with one)."""
         if self._closing:
             return
+        sent = 0
+        count = len(datagrams)
         if not self._pending:
-            try:
-                self._sock.sendto(data, addr)
-                return
-            except (BlockingIOError, InterruptedError):
-                self._loop.add_writer(self._fd, self._writable)
-            except OSError as exc:
-                if exc.errno not in _UNREACHABLE:
-                    self._protocol.error_received(exc)
+            send = self._io.send
+            while sent < count:
+                sent, error = send(datagrams, addr, sent)
+                if sent == count:
                     return
-                # an earlier ICMP error (for any destination) failed this send: read it, and
-                # send again (the error is reported once)
-                self._drain_errors()
-                with contextlib.suppress(OSError):
-                    self._sock.sendto(data, addr)
-                return
-        if len(self._pending) >= MAX_SEND_BUFFER:
-            self.dropped += 1
-        else:
-            self._pending.append((bytes(data), addr))
+                if error is None:  # the kernel's buffer is full: wait until writable
+                    self._loop.add_writer(self._fd, self._writable)
+                    break
+                if error.errno not in _UNREACHABLE:
+                    self._protocol.error_received(error)
+                else:
+                    # an earlier ICMP error (for any destination) failed this send: read it,
+                    # and send again (the error is reported once)
+                    self._drain_errors()
+                    with contextlib.suppress(OSError):
+                        self._sock.sendto(datagrams[sent], addr)
+                sent += 1
+        pending = self._pending
+        for data in datagrams[sent:]:
+            if len(pending) >= MAX_SEND_BUFFER:
+                self.dropped += 1
+            else:
+                pending.append((bytes(data), addr))
 
     def _writable(self) -> None:
         while self._pending:
@@ -539,31 +562,46 @@ class _DrainingTransport(asyncio.DatagramTransport):
         self.close()
 
 
+def _one_by_one(handler: DatagramHandler, what: str) -> DatagramBatchHandler:
+    """A batch handler that hands each datagram of a batch to ``handler(data, addr)`` (an
+    exception of one goes to the loop's handler and the next datagram is delivered)."""
+
+    def each(batch: list[tuple[bytes, Address]]) -> None:
+        for data, addr in batch:
+            call_user(what, handler, data, addr)
+
+    return each
+
+
 class _Inbox:
-    """A replaceable handler with a bounded backlog for the time before it is set."""
+    """A replaceable batch handler with a bounded backlog for the time before it is set."""
 
     def __init__(self, what: str) -> None:
-        self._what = what
-        self.handler: DatagramHandler | None = None
+        self.what = f"the datagram handler of {what}"
+        self.handler: DatagramBatchHandler | None = None
         self.backlog: deque[tuple[bytes, Address]] = deque()
         self.dropped = 0
 
-    def set(self, handler: DatagramHandler | None) -> None:
+    def set(self, handler: DatagramBatchHandler | None) -> None:
         self.handler = handler
         while handler is not None and self.backlog and self.handler is handler:
-            self._call(handler, *self.backlog.popleft())
+            call_user(self.what, handler, [self.backlog.popleft()])
+
+    def set_each(self, handler: DatagramHandler | None) -> None:
+        """:meth:`set` with a handler of one datagram at a time."""
+        self.set(None if handler is None else _one_by_one(handler, self.what))
 
     def deliver(self, data: bytes, addr: Address) -> None:
+        self.deliver_many([(data, addr)])
+
+    def deliver_many(self, batch: list[tuple[bytes, Address]]) -> None:
         handler = self.handler
         if handler is not None:
-            self._call(handler, data, addr)
-        elif len(self.backlog) < MAX_BACKLOG:
-            self.backlog.append((data, addr))
-        else:
-            self.dropped += 1
-
-    def _call(self, handler: DatagramHandler, data: bytes, addr: Address) -> None:
-        call_user(f"the datagram handler of {self._what}", handler, data, addr)
+            call_user(self.what, handler, batch)
+            return
+        room = MAX_BACKLOG - len(self.backlog)
+        self.backlog.extend(batch[: max(0, room)])
+        self.dropped += max(0, len(batch) - max(0, room))
 
 
 class GatheredSocket:
@@ -664,6 +702,11 @@ class GatheredSocket:
         """Receive, with ``handler(data, addr)``, every datagram not meant for a gathering
         transaction or a TURN allocation of this socket; datagrams that arrived before are
         delivered first, in order. None: keep them in the backlog again."""
+        self._inbox.set_each(handler)
+
+    def set_batch_handler(self, handler: DatagramBatchHandler | None) -> None:
+        """:meth:`set_handler`, with ``handler(batch)`` taking the datagrams that arrived
+        together at once (one call per wake-up of the socket rather than per datagram)."""
         self._inbox.set(handler)
 
     def set_unreachable_handler(self, handler: UnreachableHandler | None) -> None:
@@ -678,9 +721,15 @@ class GatheredSocket:
     def send(self, data: bytes, addr: Address) -> None:
         """Send ``data`` to ``addr`` from this socket (the host candidate's base).
         Raises LocalProtocolError once closed."""
+        self.send_many((data,), addr)
+
+    def send_many(self, datagrams: Sequence[bytes], addr: Address) -> None:
+        """Send ``datagrams`` to ``addr`` from this socket, in order and at once: a run of
+        equal-size ones leaves with one system call where the OS offers segmentation
+        (:mod:`anchor_stun.aio.udp`). Raises LocalProtocolError once closed."""
         if self._closing:
             raise LocalProtocolError("the socket is closed")
-        self._sendto(data, addr)
+        self._sendto_many(datagrams, addr)
 
     # ------------------------------------------------------------------ gathering
 
@@ -794,30 +843,49 @@ class GatheredSocket:
         return self._loop.time()
 
     def _sendto(self, data: bytes, addr: Address) -> None:
-        if self._transport.is_closing():
+        self._sendto_many((data,), addr)
+
+    def _sendto_many(self, datagrams: Sequence[bytes], addr: Address) -> None:
+        transport = self._transport
+        if transport.is_closing():
             return
+        target: tuple[Any, ...] = addr
         if self.family == 6:
             ip = addr[0].split("%", 1)[0]
             scope = self._scope_id if ip.lower().startswith("fe80") else 0
-            self._transport.sendto(data, (ip, addr[1], 0, scope))
-        else:
-            self._transport.sendto(data, addr)
+            target = (ip, addr[1], 0, scope)
+        if isinstance(transport, _DrainingTransport):
+            transport.sendto_many(datagrams, target)
+        else:  # asyncio's own transport (no add_reader): one at a time
+            for data in datagrams:
+                transport.sendto(data, target)
 
     def _send_transmit(self, transmit: Transmit) -> None:
         self._sendto(transmit.data, transmit.addr)
 
-    def _received(self, data: bytes, addr: Address) -> None:
+    def _received(self, batch: list[tuple[bytes, Address]]) -> None:
+        """Route the datagrams of one wake-up (module docstring): those for a gathering
+        transaction or a TURN allocation of this socket one by one, the rest to the
+        handler in one batch."""
         if self._closed:
             return
-        if self._stun_waiters and is_stun(data) and bytes(data[8:20]) in self._stun:
-            self._stun.receive_datagram(data, addr, self._now())
-            self._stun_pump.pump()
+        if not self._stun_waiters and not self._relays:
+            self._inbox.deliver_many(batch)
             return
-        for relay in self._relays:
-            if relay.shared and relay.turn.server == addr:
-                relay.turn.datagram_received(data, addr)
-                return
-        self._inbox.deliver(data, addr)
+        rest: list[tuple[bytes, Address]] = []
+        for data, addr in batch:
+            if self._stun_waiters and is_stun(data) and bytes(data[8:20]) in self._stun:
+                self._stun.receive_datagram(data, addr, self._now())
+                self._stun_pump.pump()
+                continue
+            for relay in self._relays:
+                if relay.shared and relay.turn.server == addr:
+                    relay.turn.datagram_received(data, addr)
+                    break
+            else:
+                rest.append((data, addr))
+        if rest:
+            self._inbox.deliver_many(rest)
 
     def _stun_event(self, event: StunEvent) -> None:
         settle_transaction(self._stun_waiters, event)
@@ -944,7 +1012,17 @@ class RelayEndpoint:
     def set_handler(self, handler: DatagramHandler | None) -> None:
         """Receive, with ``handler(data, peer)``, every datagram a peer sent through the
         relay (RFC 8656 §11.4, §12.6); earlier ones are delivered first, in order."""
+        self._inbox.set_each(handler)
+
+    def set_batch_handler(self, handler: DatagramBatchHandler | None) -> None:
+        """:meth:`set_handler` with ``handler(batch)`` (here one datagram per batch: the
+        TURN client hands them over one by one)."""
         self._inbox.set(handler)
+
+    def send_many(self, datagrams: Sequence[bytes], peer: Address) -> None:
+        """:meth:`send` of each datagram, in order (each is wrapped on its own)."""
+        for data in datagrams:
+            self.send(data, peer)
 
     def send(self, data: bytes, peer: Address) -> None:
         """Send ``data`` to ``peer`` through the relay: ChannelData when a channel is bound,

@@ -176,9 +176,9 @@ from anchor_link.identity import Identity, format_public, load_identity
 from anchor_link.reliable import (
     DEFAULT_MAX_MESSAGE,
     DEFAULT_MTU,
+    FIRST_BYTE_MIN,
     MessageTooLarge,
     ReliableChannel,
-    is_reliable_frame,
 )
 from anchor_link.state import (
     DEFAULT_CLOSE_TIMEOUT,
@@ -561,7 +561,8 @@ class LinkEndpoint:
         data = bytes(data)
         if len(data) > self._max_message:
             raise MessageTooLarge(f"message of {len(data)} bytes exceeds {self._max_message}")
-        await self.start()
+        if self._mailbox is None:
+            await self.start()
         loop = asyncio.get_running_loop()
         while True:
             if self._closed:
@@ -569,8 +570,12 @@ class LinkEndpoint:
             link = self._links.get(peer)
             if link is None:
                 link = self._new_link(peer, None)
+            opened = link.opened
             try:
-                await asyncio.shield(link.opened)
+                if opened.done():
+                    opened.result()  # raises as awaiting it would
+                else:
+                    await asyncio.shield(opened)
             except _Superseded:
                 continue
             except LinkFormationFailed:
@@ -586,7 +591,7 @@ class LinkEndpoint:
                     )
                 size = len(data) + MESSAGE_HEADER
                 # Messages carried from a broken link go first (anchor_link.delivery).
-                if self._pump(link) and machine.can_send(size):
+                if (not outbox.unsent or self._pump(link)) and machine.can_send(size):
                     machine.send(outbox.accept(data), loop.time())
                     link.kick()
                     return
@@ -1057,8 +1062,10 @@ class LinkEndpoint:
                 self._inbox(link.peer).begin(link.peer_session)
                 self._outbox(link.peer).attach(link)
                 self._pump(link)  # messages carried from a broken link go first
-                # datagrams straight into the machine, as they arrive
-                conn.set_data_handler(lambda data, _component: self._frame_in(link, data))
+                # datagrams straight into the machine, those that arrived together at once
+                conn.set_data_batch_handler(
+                    lambda datagrams, _component: self._frames_in(link, datagrams)
+                )
                 link.tasks["read"] = loop.create_task(
                     self._read(link, conn), name=f"anchor {self.name}->{link.peer}: read"
                 )
@@ -1133,7 +1140,7 @@ class LinkEndpoint:
         machine = link.machine
         try:
             while True:
-                self._frame_in(link, await conn.recv())
+                self._frames_in(link, [await conn.recv()])
         except IceFailedError as exc:
             machine.fail(exc.reason, loop.time())
         except IceError as exc:
@@ -1150,10 +1157,12 @@ class LinkEndpoint:
         link.kick()
 
     @staticmethod
-    def _frame_in(link: _Link, data: bytes) -> None:
-        """A datagram of the selected pair into the machine, when it is a channel frame."""
-        if is_reliable_frame(data):
-            link.machine.receive_datagram(data, asyncio.get_running_loop().time())
+    def _frames_in(link: _Link, datagrams: list[bytes]) -> None:
+        """Datagrams of the selected pair that arrived together into the machine, those that
+        are channel frames (:func:`~anchor_link.reliable.is_reliable_frame`), in one call."""
+        frames = [data for data in datagrams if data and data[0] >= FIRST_BYTE_MIN]
+        if frames:
+            link.machine.receive_datagrams(frames, asyncio.get_running_loop().time())
             link.kick()
 
     async def _drive(self, link: _Link) -> None:
@@ -1167,12 +1176,17 @@ class LinkEndpoint:
                 frames = machine.datagrams_to_send(now)
                 if frames and link.conn is not None:
                     try:
-                        for frame in frames:
-                            await link.conn.send(frame)
+                        link.conn.send_datagrams(frames)
                     except IceError as exc:
                         machine.fail(str(exc), now)
+                inbox: Inbox | None = None
                 while (event := machine.next_event()) is not None:
-                    self._dispatch(link, event)
+                    if type(event) is LinkMessage:
+                        if inbox is None:
+                            inbox = self._inbox(link.peer)
+                        self._deliver_message(link, inbox, event)
+                    else:
+                        self._dispatch(link, event)
                 self._take_acks(link)
                 if machine.final:
                     break
@@ -1192,21 +1206,24 @@ class LinkEndpoint:
             self._inboxes.move_to_end(peer)
         return inbox
 
+    def _deliver_message(self, link: _Link, inbox: Inbox, event: LinkMessage) -> None:
+        """A message of the link to the application, unless ``inbox`` (the peer's) had it."""
+        data = inbox.accept(event.data)
+        if data is None:  # delivered before, on a link that broke before its ACK
+            if self._on_message is None and link.machine.release(
+                1, asyncio.get_running_loop().time()
+            ):
+                link.kick()
+            return
+        if self._on_message is not None:
+            self._on_message(event.peer, data)
+        else:
+            self._messages.append((event.peer, data, link))
+            self._notify_message()
+
     def _dispatch(self, link: _Link, event: LinkEvent) -> None:
-        if isinstance(event, LinkMessage):
-            data = self._inbox(link.peer).accept(event.data)
-            if data is None:  # delivered before, on a link that broke before its ACK
-                if self._on_message is None and link.machine.release(
-                    1, asyncio.get_running_loop().time()
-                ):
-                    link.kick()
-                return
-            if self._on_message is not None:
-                self._on_message(event.peer, data)
-            else:
-                self._messages.append((event.peer, data, link))
-                self._notify_message()
-        elif isinstance(event, LinkWritable):
+        """The machine's events other than messages (:meth:`_deliver_message`)."""
+        if isinstance(event, LinkWritable):
             self._pump(link)
             link.writable.set()
         elif isinstance(event, LinkFormed):

@@ -465,6 +465,39 @@ def test_a_data_handler_takes_datagrams_as_they_arrive_then_recv_reports_the_end
     run(main())
 
 
+def test_send_datagrams_and_a_batch_handler_move_runs_of_datagrams_in_order() -> None:
+    """``send_datagrams`` sends a list at once (runs of equal size as one segmented send on
+    Linux); the peer's ``set_data_batch_handler`` gets every datagram, in order, in lists of
+    those that arrived together, with the component; ``sendto`` is the same with one."""
+
+    async def main() -> None:
+        a = Connection(True, host_ips=[LOOPBACK])
+        b = Connection(False, host_ips=[LOOPBACK])
+        calls: list[tuple[list[bytes], int]] = []
+        try:
+            await connect(a, b)
+            b.set_data_batch_handler(lambda datagrams, component: calls.append((datagrams, component)))
+            datagrams = [bytes([200, i]) * 600 for i in range(40)] + [b"\xc8 short", b"\xc8"]
+            a.send_datagrams(datagrams)
+            await a.sendto(b"\xc8 last", 1)
+            expected = [*datagrams, b"\xc8 last"]
+            for _ in range(200):
+                if sum(len(batch) for batch, _ in calls) >= len(expected):
+                    break
+                await asyncio.sleep(0.01)
+            assert [data for batch, _ in calls for data in batch] == expected
+            assert {component for _, component in calls} == {1}
+            assert len(calls) < len(expected)  # several at a time
+            await b.close()
+            with pytest.raises(IceNotConnectedError):
+                b.send_datagrams([b"\xc8 closed"])
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())
+
+
 def test_recv_after_close_raises() -> None:
     async def main() -> None:
         conn = Connection(False, host_ips=[LOOPBACK])

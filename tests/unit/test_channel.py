@@ -171,7 +171,7 @@ def deliver(frames: list[bytes], to: ReliableChannel, now: float) -> None:
 
 def make_frame(body: bytes, first: int = PLAIN_FIRST_BYTE) -> bytes:
     head = bytes((first,)) + body
-    return head + struct.pack("!I", crc32c.crc32c(head))
+    return head + struct.pack("<I", crc32c.crc32c(head))
 
 
 def mixed_messages(rng: random.Random, count: int) -> list[bytes]:
@@ -189,7 +189,8 @@ def test_frame_layout_and_demux_range() -> None:
     a.send(b"hello", 0.0)
     [frame] = a.datagrams_to_send(0.0)
     assert frame == make_frame(bytes([0x31, 0, 0, 0, 0]) + b"hello")  # DATA FIRST|LAST seq 0
-    assert frame[0] == 0xC1 and is_reliable_frame(frame)
+    assert frame[0] == 0xC2 and is_reliable_frame(frame)
+    assert crc32c.crc32c(frame) == 0x48674BC7  # the residue of a crc appended little-endian
     # RFC 7983 first bytes of the protocols sharing the 5-tuple are not ours.
     for first in [*range(0, 4), *range(20, 64), *range(64, 80), *range(128, 192)]:
         assert not is_reliable_frame(bytes([first]) + frame[1:])
@@ -633,7 +634,7 @@ def test_junk_is_counted_not_raised() -> None:
     b = ReliableChannel()
     b.receive_datagram(b"", 0.0)
     b.receive_datagram(b"\x00\x01\x00\x00", 0.0)  # STUN-looking
-    b.receive_datagram(b"\xc1\x01", 0.0)  # too short
+    b.receive_datagram(b"\xc2\x01", 0.0)  # too short
     b.receive_datagram(make_frame(bytes([0x07, 0, 0, 0, 0])), 0.0)  # unknown type
     win = bytes(4)
     b.receive_datagram(make_frame(bytes([0x02, 0, 0, 0, 5]) + win + b"\0"), 0.0)  # unsent frames
@@ -714,3 +715,77 @@ def test_random_loss_patterns_still_deliver_in_order(
         h.a.send(m, 0.0)
     h.run(lambda: len(h.received("b")) == len(messages))
     assert h.received("b") == messages
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=12),
+    seed=st.integers(0, 2**32 - 1),
+    cuts=st.lists(st.integers(1, 20), min_size=1, max_size=30),
+    manual=st.booleans(),
+    sealed=st.booleans(),
+)
+def test_a_batch_is_the_same_datagrams_one_by_one(
+    sizes: list[int], seed: int, cuts: list[int], manual: bool, sealed: bool
+) -> None:
+    """``receive_datagrams`` leaves a channel exactly as ``receive_datagram`` of each datagram
+    would: same events, counters, state and ACK, whatever the batch boundaries, for a stream
+    with losses, duplicates, reordering, corruption, junk and ACKs in it, plaintext or
+    sealed."""
+    from anchor_link.seal import Sealer
+
+    keys = [bytes([i]) * 32 for i in range(4)]
+
+    def seal(sender: bool) -> Sealer | None:
+        if not sealed:
+            return None
+        return Sealer(*keys) if sender else Sealer(keys[2], keys[3], keys[0], keys[1])
+
+    rng = random.Random(seed)
+    sender = ReliableChannel(now=0.0, seal=seal(True), rng=rng.randbytes)
+    now = 0.0
+    stream: list[bytes] = []
+    for size in sizes:
+        sender.send(rng.randbytes(size), now)
+        stream += sender.datagrams_to_send(now)
+    sender.close(now)
+    stream += sender.datagrams_to_send(now)
+    peer = ReliableChannel(now=0.0, seal=seal(False))  # something to take ACK frames from
+    peer.send(b"ack me", now)
+    (data_frame,) = peer.datagrams_to_send(now)
+    sender.receive_datagram(data_frame, now)
+    stream += sender.datagrams_to_send(now)  # an ACK frame
+    mixed: list[bytes] = []
+    for frame in stream:
+        roll = rng.random()
+        if roll < 0.1:
+            continue  # lost
+        if roll < 0.2:
+            mixed.append(frame)  # duplicated
+        elif roll < 0.25:
+            frame = flip_bit(frame, rng.randrange(8, 8 * len(frame)))
+        elif roll < 0.3:
+            mixed.append(rng.randbytes(rng.randrange(0, 40)))  # junk
+        mixed.append(frame)
+    if rng.random() < 0.3:
+        rng.shuffle(mixed)  # heavy reordering
+    one, many = (
+        ReliableChannel(
+            now=0.0, manual_release=manual, seal=seal(False), rng=random.Random(1).randbytes
+        )
+        for _ in range(2)
+    )
+    for data in mixed:
+        one.receive_datagram(data, 1.0)
+    i = 0
+    for cut in cuts * (len(mixed) // max(1, sum(cuts)) + 1):
+        if i >= len(mixed):
+            break
+        many.receive_datagrams(mixed[i : i + cut], 1.0)
+        i += cut
+    assert events(one) == events(many)
+    assert one.stats == many.stats
+    assert one.state is many.state
+    assert one.receive_window == many.receive_window
+    assert one.next_timer() == many.next_timer()
+    assert one.datagrams_to_send(1.0) == many.datagrams_to_send(1.0)

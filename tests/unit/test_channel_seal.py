@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,6 +32,7 @@ from anchor_link.seal import (
     ReplayWindow,
     Sealer,
     _mask,
+    _mask_context,
 )
 from tests.unit.test_channel import Harness, Network, events, flip_bit, mixed_messages
 
@@ -268,13 +269,44 @@ def test_sealed_random_loss_patterns_still_deliver_in_order(
     assert h.received("b") == messages
 
 
-def test_the_counter_mask_is_the_chacha20_keystream_from_block_1_under_the_sample() -> None:
-    """The module docstring's mask: ChaCha20 (RFC 8439 §2.4) under ``hp``, block counter 1,
-    the first 12 bytes of the AEAD output as nonce; computed here with a plain ChaCha20
-    cipher, whose 16-byte nonce is the little-endian block counter then the nonce."""
-    for i in range(20):
-        hp = bytes((i * 7 + j) & 0xFF for j in range(32))
-        sealed = bytes((i * 13 + j * 5) & 0xFF for j in range(16 + i))
-        nonce = (1).to_bytes(4, "little") + sealed[:12]
-        stream = Cipher(algorithms.ChaCha20(hp, nonce), mode=None).encryptor().update(bytes(8))
-        assert _mask(ChaCha20Poly1305(hp), sealed) == int.from_bytes(stream, "big")
+def test_the_counter_mask_is_aes_ecb_of_the_sample_rfc_9001_vectors() -> None:
+    """The module docstring's mask is QUIC's AES header protection (RFC 9001 §5.4.3): the
+    first bytes of AES-ECB(hp, sample). RFC 9001 Appendix A.2 and A.3 give the masks of two
+    samples under AES-128 keys (5 bytes each); FIPS-197 Appendix C.3 an AES-256 block (the
+    sealer's ``hp`` keys are 32 bytes)."""
+    vectors = [
+        (  # RFC 9001 A.2, client Initial
+            "9f50449e04a0e810283a1e9933adedd2",
+            "d1b1c98dd7689fb8ec11d242b123dc9b",
+            "437b9aec36",
+        ),
+        (  # RFC 9001 A.3, server Initial
+            "c206b8d9b9f0f37644430b490eeaa314",
+            "2cd0991cd25b0aac406a5816b6394100",
+            "2ec0d8356a",
+        ),
+        (  # FIPS-197 C.3, AES-256
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            "00112233445566778899aabbccddeeff",
+            "8ea2b7ca516745bf",
+        ),
+    ]
+    for key, sample, expected in vectors:
+        mask = _mask(_mask_context(bytes.fromhex(key)), bytes.fromhex(sample))
+        assert mask.to_bytes(8, "big").hex().startswith(expected)
+
+
+def test_a_sealed_frame_carries_its_counter_masked_with_the_sample() -> None:
+    """Recomputed from the wire: the counter XOR AES-ECB(hp, the 16 bytes after it), and the
+    AEAD output opens under the nonce of that counter with the first byte as AAD."""
+    send_key, send_hp = bytes(range(32)), bytes(range(32, 64))
+    sealer = Sealer(send_key, send_hp, bytes(32), bytes(32))
+    for counter in range(3):
+        wire = sealer.seal(0xC7, b"body of frame %d" % counter)
+        sample = wire[9:25]
+        aes = Cipher(algorithms.AES(send_hp), modes.ECB()).encryptor()
+        mask = int.from_bytes(aes.update(sample)[:8], "big")
+        assert int.from_bytes(wire[1:9], "big") ^ mask == counter
+        nonce = bytes(4) + counter.to_bytes(8, "big")
+        plain = ChaCha20Poly1305(send_key).decrypt(nonce, wire[9:], wire[:1])
+        assert plain == b"body of frame %d" % counter

@@ -154,5 +154,5 @@ def test_the_right_edge_never_shrinks_and_a_late_ack_does_not_close_it() -> None
 def _ack(cum: int, window: int) -> bytes:
     import crc32c
 
-    head = bytes([0xC1, 0x02]) + struct.pack("!IIB", cum, window, 0)
-    return head + struct.pack("!I", crc32c.crc32c(head))
+    head = bytes([0xC2, 0x02]) + struct.pack("!IIB", cum, window, 0)
+    return head + struct.pack("<I", crc32c.crc32c(head))

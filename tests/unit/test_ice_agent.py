@@ -458,6 +458,9 @@ def test_two_components_connect_when_both_are_selected() -> None:
     transmit = a.send_on(2, b"rtcp", now)
     assert transmit is not None and transmit.addr == ("10.0.0.2", 6001)
     assert ea2.host == transmit.local and eb2.host == transmit.addr
+    assert a.data_route(2, now) == (transmit.addr, transmit.local)  # what send_on uses
+    assert a.data_route(1, now) == (B_HOST, A_HOST)
+    assert a.data_route(3, now) is None  # no such component
 
 
 # --------------------------------------------------------------------------- consent, keepalive

@@ -302,7 +302,7 @@ def test_the_trickle_constructions_match_their_rfc_vectors() -> None:
 
 
 def test_trickled_candidates_are_sealed_under_their_own_hkdf_keys() -> None:
-    """Recomputed from the module docstring: key = HKDF(salt=h, ikm=k, info="anchor-link/3
+    """Recomputed from the module docstring: key = HKDF(salt=h, ikm=k, info="anchor-link/4
     trickle"), nonce = 4 zero bytes | seq big-endian, no associated data; distinct from the
     channel keys of the same direction."""
     i, r = _pair()
@@ -320,7 +320,7 @@ def test_trickled_candidates_are_sealed_under_their_own_hkdf_keys() -> None:
     assert seq == 0
     nonce = bytes(4) + (0).to_bytes(8, "big")
     assert box == ChaCha20Poly1305(key(k1, TRICKLE_INFO)).encrypt(nonce, payload, None)
-    assert key(k1, TRICKLE_INFO) not in key(k1, b"anchor-link/3 seal", 96)  # own key
+    assert key(k1, TRICKLE_INFO) not in key(k1, b"anchor-link/4 seal", 96)  # own key
     assert rb.open(seq, box) == payload
     seq, box = rb.seal(b"back")
     assert box == ChaCha20Poly1305(key(k2, TRICKLE_INFO)).encrypt(nonce, b"back", None)
