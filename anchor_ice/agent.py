@@ -133,7 +133,7 @@ from __future__ import annotations
 import os
 import string
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -424,8 +424,11 @@ class IceAgent:
         self._last_check_at: float | None = None
         self._next_check_at = 0.0
         self._now = 0.0
-        self._selected: dict[int, CandidatePair] = {}
-        self._previous: dict[int, CandidatePair] = {}
+        self._selected: Mapping[int, CandidatePair] = {}
+        """The selected pair of each component; replaced, never changed in place (as
+        ``_locals``), so that what is derived from it can tell it is still current."""
+        self._previous: Mapping[int, CandidatePair] = {}
+        """During a restart, the selected pairs of the previous session (replaced likewise)."""
         self._nominating: dict[int, CandidatePair] = {}
         self._first_valid_at: dict[int, float] = {}
         self._refused: set[tuple[int, Address, Address]] = set()
@@ -676,14 +679,16 @@ class IceAgent:
             if record.kind is _Kind.CHECK:
                 del self._records[txid]
         lost = self._consent.lost()
+        previous = dict(self._previous)
         if self._state is not IceState.FAILED:
             for component, pair in self._selected.items():
                 if component not in lost:
-                    self._previous[component] = pair
+                    previous[component] = pair
         for component in lost:
-            self._previous.pop(component, None)
-        self._consent.keep(self._previous)
-        self._selected.clear()
+            previous.pop(component, None)
+        self._previous = previous
+        self._consent.keep(previous)
+        self._selected = {}
         self._nominating.clear()
         self._first_valid_at.clear()
         self._refused.clear()
@@ -1373,8 +1378,9 @@ class IceAgent:
         current = self._selected.get(component)
         selected = current is None or valid.priority > current.priority
         if selected:
-            self._selected[component] = valid
-            self._previous.pop(component, None)
+            self._selected = {**self._selected, component: valid}
+            if component in self._previous:
+                self._previous = {c: p for c, p in self._previous.items() if c != component}
             if not self.lite:  # a lite agent sends no request, hence no consent check
                 self._consent.start(
                     component,
@@ -1395,13 +1401,13 @@ class IceAgent:
 
     def _after_change(self, now: float) -> None:
         state = self._state
-        if state in _NEW_OR_ENDED:
-            return
         if state is _COMPLETED and not self._restarting:
             # every component has its selected pair and no check is left: there is nothing
             # to nominate, no state to move to and nothing to fail (the three steps below
-            # return at once); only the time of the nomination evaluation moves
-            self._nomination_eval_at = now
+            # return at once; the time of the nomination evaluation they would record is
+            # read only while a component may still nominate, which restart() resets)
+            return
+        if state in _NEW_OR_ENDED:
             return
         self._evaluate_nomination(now)
         self._update_state(now)
@@ -1418,7 +1424,7 @@ class IceAgent:
             return
         if self._restarting:
             self._restarting = False
-            self._previous.clear()
+            self._previous = {}
             self._previous_local = None
             self._previous_remote = None
             self._events.append(RestartCompleted(self._selected_infos()))

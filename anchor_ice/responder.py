@@ -54,12 +54,15 @@ the credentials come (:meth:`Responder.replay`).
 What the responder remembers, each memory keyed by everything its result depends on, so that
 nothing is cleared by hand: the attributes of the check shapes it has read, by their bytes
 (:class:`~anchor_stun.check.CheckReader`); the base of each ``local`` address, by the identity
-of the agent's (immutable) tuple of local candidates; and the *routes*: requests (attributes,
-source, ``local``) that needed nothing but their answer, valid while the credentials, local
-candidates and role they were found under are the same objects (recorded only where step 7
-changed nothing, which stays true until a restart, since remote candidates and selected
-pairs only grow until then). A repeated check with a valid route is verified and answered,
-and nothing else.
+of the agent's (immutable) tuple of local candidates; and the *routes*: requests (their bytes
+before MESSAGE-INTEGRITY, source and ``local``) that needed nothing but their answer, valid
+while the credentials, local candidates, role and selected pairs they were found under are
+the same objects (the agent replaces these, never changes them in place; a route is recorded
+only where step 7 changed nothing, which stays true until a restart, since remote
+candidates only grow until then). A route also holds the parts of the answer that do not
+change from one repeat to the next: its base, the XOR-MAPPED-ADDRESS of an IPv4 source, the
+selected pairs it stamps. A repeated check with a valid route is verified and answered, and
+nothing else.
 
 The responder works on the agent that owns it (``agent``): it reads the agent's credentials,
 role, candidates, checklist and selected pairs, and calls its role switch, nomination,
@@ -68,6 +71,7 @@ cancellation and nominator view, as pion's selectors call their agent.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -75,15 +79,18 @@ from typing import TYPE_CHECKING
 from anchor_ice.candidate import Candidate, CandidateType
 from anchor_ice.checklist import CandidatePair, PairState
 from anchor_ice.events import RemoteCandidateLearned
-from anchor_stun.attributes import ErrorCode, UnknownAttributes
+from anchor_stun.attributes import ErrorCode, UnknownAttributes, xor_mapped_tlv_v4
 from anchor_stun.check import CheckAttributes, CheckKey, CheckReader
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address, Transmit
 from anchor_stun.message import (
+    HEADER_SIZE,
     Message,
     MessageClass,
     Method,
+    encode_type,
     fingerprint_matches,
+    fingerprint_value_matches,
     integrity_matches,
 )
 
@@ -97,6 +104,7 @@ MAX_PENDING = 64
 TABLE_SIZE = 256
 """Entries of the responder's tables of bases and routes (emptied when full)."""
 
+_SUCCESS = encode_type(Method.BINDING, MessageClass.SUCCESS)
 _transmit = tuple.__new__
 """``_transmit(Transmit, (data, addr, local))`` is ``Transmit(data, addr, local)`` without
 the call of its generated ``__new__`` (what ``Transmit._make`` does): one per answer."""
@@ -113,16 +121,31 @@ class _Decision(Enum):
 @dataclass(frozen=True, slots=True)
 class _Route:
     """What the §7.3 steps of :meth:`Responder._on_request` found for a request that then
-    needed nothing but its answer, and everything that finding depends on: the same request
-    (its attributes, source and ``local``) under the same credentials, local candidates and
-    role finds the same again (the remote candidates and selected pairs it relied on only
-    grow until a restart, which draws new credentials)."""
+    needed nothing but its answer, everything that finding depends on, and the parts of the
+    answer that do not change from one repeat to the next. The same request (its attributes
+    before MESSAGE-INTEGRITY, source and ``local``) under the same credentials, local
+    candidates, role and selected pairs finds the same again (the remote candidates it
+    relied on only grow until a restart, which draws new credentials)."""
 
     credentials: _Credentials
     remote: _Credentials
     locals: tuple[tuple[Candidate, Address], ...]
     controlling: bool
+    selected: Mapping[int, CandidatePair]
+    previous: Mapping[int, CandidatePair]
+    """The agent's selected pairs (and a restart's previous ones) when the route was found:
+    the answer stamps those of them it travels on (``stamp``)."""
+    head: bytes
+    """The request's first 8 bytes (type, length, magic cookie)."""
+    addr: Address
+    """The source, as the answer is addressed (``(str, int)``)."""
     base: Address
+    """The base the answer leaves from."""
+    body: bytes | None
+    """The answer's attributes before MESSAGE-INTEGRITY: XOR-MAPPED-ADDRESS of an IPv4
+    source, which does not depend on the transaction id (RFC 8489 §14.2); None for IPv6."""
+    stamp: tuple[CandidatePair, ...]
+    """The selected pairs the answer travels on (:meth:`Responder._pairs_on`)."""
 
 
 @dataclass(slots=True)
@@ -147,9 +170,10 @@ class Responder:
         self._agent = agent
         self._reader = CheckReader()
         """The attributes of the checks received, by their bytes (RFC 8445 §7.3)."""
-        self._routes: dict[tuple[CheckAttributes, Address, object], _Route] = {}
-        """Requests (attributes, source, ``local``) that needed nothing but their answer,
-        with what that depended on (see :class:`_Route`); a stale entry is never used."""
+        self._routes: dict[tuple[bytes, object, object], _Route] = {}
+        """Requests (attribute bytes before MESSAGE-INTEGRITY, source and ``local`` as given
+        to :meth:`receive`) that needed nothing but their answer, with what that depended on
+        (see :class:`_Route`); a stale entry is never used."""
         self._bases: tuple[
             tuple[tuple[Candidate, Address], ...],
             dict[object, tuple[Candidate, Address] | None],
@@ -165,15 +189,54 @@ class Responder:
         """Handle ``data`` when it is a Binding request of a check shape read before (the
         peer's checks repeat their attributes: :meth:`~anchor_stun.check.CheckReader.known`):
         True, answered or dropped (RFC 8445 §7.3). False for anything else, which the agent
-        decodes; a decoded request comes back through :meth:`receive_message`."""
+        decodes; a decoded request comes back through :meth:`receive_message`.
+
+        A request whose route is current (see :class:`_Route`) is verified and answered: that
+        is all the steps of :meth:`_on_request` would do for it. Its header was compared to
+        the route's, so FINGERPRINT is checked by
+        :func:`~anchor_stun.message.fingerprint_value_matches` (what
+        :func:`~anchor_stun.message.fingerprint_matches` does once it has checked the header),
+        MESSAGE-INTEGRITY by :meth:`~anchor_stun.message.HmacKey.mac_matches` (where
+        :func:`~anchor_stun.message.integrity_matches` sends every key of its kind), and the
+        answer is sealed by :meth:`~anchor_stun.message.HmacKey.seal_fingerprinted` (where
+        :func:`~anchor_stun.message.seal` sends it). Anything else takes those steps."""
+        size = len(data)
+        try:
+            route = self._routes.get((data[HEADER_SIZE : size - 28], addr, local))
+            # the same attributes and the same header: the route's request (then the last
+            # 8 bytes are a FINGERPRINT, or fingerprint_value_matches says no)
+            if route is not None and not data.startswith(route.head):
+                route = None
+        except (TypeError, AttributeError):  # unhashable source or local, data not bytes
+            route = None
+        if route is not None:
+            agent = self._agent
+            credentials = route.credentials
+            if (
+                credentials is agent._local
+                and route.remote is agent._remote
+                and route.locals is agent._locals
+                and route.controlling is agent._controlling
+                and route.selected is agent._selected
+                and route.previous is agent._previous
+            ):
+                # (a FINGERPRINT or MESSAGE-INTEGRITY that fails: the steps drop it, or 401)
+                key = credentials.key
+                if fingerprint_value_matches(data, size - 8) and key.mac_matches(
+                    data, size - 32, route.head
+                ):
+                    body = route.body
+                    if body is None:
+                        self._answer(data[8:20], route.addr, route.base, key, now)
+                    else:
+                        answer = key.seal_fingerprinted(_SUCCESS, data[8:20], body)
+                        self._queue_answer(answer, route.addr, route.base, now, route.stamp)
+                    return True
         request = self._reader.known(data)
         if request is None:
             return False
         # a known shape ends in MESSAGE-INTEGRITY then FINGERPRINT
-        size = len(data)
-        self._on_request(
-            data, request, size - 32, size - 8, (str(addr[0]), int(addr[1])), local, now
-        )
+        self._on_request(data, request, size - 32, size - 8, addr, local, now)
         return True
 
     def receive_message(
@@ -183,13 +246,7 @@ class Responder:
         and its shape remembered (:meth:`~anchor_stun.check.CheckReader.remember`)."""
         request = self._reader.remember(msg)
         self._on_request(
-            msg.raw,
-            request,
-            msg.integrity_at,
-            msg.fingerprint_at,
-            (str(addr[0]), int(addr[1])),
-            local,
-            now,
+            msg.raw, request, msg.integrity_at, msg.fingerprint_at, addr, local, now
         )
 
     def replay(self, remote_ufrag: str, now: float) -> None:
@@ -231,7 +288,8 @@ class Responder:
         )
         if extra is not None:
             response.add(extra)
-        self._queue_answer(response.encode(key=key, fingerprint=True), addr, local, now)
+        data = response.encode(key=key, fingerprint=True)
+        self._queue_answer(data, addr, local, now, self._pairs_on(addr, local))
 
     def _answer(
         self, transaction_id: bytes, addr: Address, local: Address, key: CheckKey, now: float
@@ -243,16 +301,31 @@ class Responder:
         except LocalProtocolError:
             self._agent.dropped += 1
             return
-        self._queue_answer(data, addr, local, now)
+        self._queue_answer(data, addr, local, now, self._pairs_on(addr, local))
 
-    def _queue_answer(self, data: bytes, addr: Address, local: Address, now: float) -> None:
+    def _queue_answer(
+        self,
+        data: bytes,
+        addr: Address,
+        local: Address,
+        now: float,
+        pairs: tuple[CandidatePair, ...],
+    ) -> None:
+        """Queue the answer ``data`` to ``addr`` from ``local``; it is a packet on ``pairs``
+        (:meth:`_pairs_on`): their ``last_sent`` is ``now`` (RFC 8445 §11, keepalives)."""
+        self._agent._outbox.append(_transmit(Transmit, (data, addr, local)))
+        for pair in pairs:
+            pair.last_sent = now
+
+    def _pairs_on(self, addr: Address, local: Address) -> tuple[CandidatePair, ...]:
+        """The selected pairs (a restart's previous ones included) between ``local`` and
+        ``addr``: those an answer to ``addr`` from ``local`` travels on."""
         agent = self._agent
-        agent._outbox.append(_transmit(Transmit, (data, addr, local)))
-        # an answer is a packet on the pair (RFC 8445 §11)
-        for pair in agent._selected.values() if not agent._previous else agent._active_pairs():
-            remote = pair.remote
-            if remote.port == addr[1] and remote.ip == addr[0] and pair.base == local:
-                pair.last_sent = now
+        return tuple(
+            pair
+            for pair in (agent._selected.values() if not agent._previous else agent._active_pairs())
+            if pair.remote.address == addr and pair.base == local
+        )
 
     # ================================================================== §7.3
 
@@ -262,33 +335,18 @@ class Responder:
         request: CheckAttributes,
         integrity_at: int,
         fingerprint_at: int,
-        addr: Address,
+        source: Address,
         local: Address | None,
         now: float,
     ) -> None:
         """RFC 8445 §7.3 (and RFC 8489 §6.3.1, §9.1.3 for the checks on the request), for the
         request ``data`` whose attributes say ``request`` and whose MESSAGE-INTEGRITY and
-        FINGERPRINT are at the given offsets (-1: absent)."""
+        FINGERPRINT are at the given offsets (-1: absent), from ``source`` on ``local``."""
         agent = self._agent
         if fingerprint_at >= 0 and not fingerprint_matches(data, fingerprint_at):
             agent.dropped += 1  # RFC 8489 §7.3: not a STUN message after all
             return
-        try:
-            route = self._routes.get((request, addr, local))
-        except TypeError:  # an unhashable ``local``
-            route = None
-        if (
-            route is not None
-            and route.credentials is agent._local
-            and route.remote is agent._remote
-            and route.locals is agent._locals
-            and route.controlling is agent._controlling
-        ):
-            # the steps below would find what they found last time: only the answer is left
-            key = route.credentials.key
-            if integrity_matches(data, integrity_at, key):
-                self._answer(data[8:20], addr, route.base, key, now)
-                return
+        addr = (str(source[0]), int(source[1]))
         entry = self._local_for_base(local)
         if entry is None:
             agent.dropped += 1  # not one of our bases (RFC 8445 §7.3)
@@ -368,14 +426,20 @@ class Responder:
             and request.head  # a shape the reader remembers: the same object next time
             and (request.controlling if agent._controlling else request.controlled) is None
         ):  # (a request carrying both roles may conflict with the role it switched to)
+            try:
+                body = xor_mapped_tlv_v4(addr[0], addr[1])
+            except LocalProtocolError:  # (answered, so the address encodes: not reached)
+                return
+            route = _Route(
+                credentials, remote, agent._locals, agent._controlling, agent._selected,
+                agent._previous, request.head, addr, base, body, self._pairs_on(addr, base),
+            )  # fmt: skip
             routes = self._routes
             if len(routes) >= TABLE_SIZE:
                 routes.clear()
             try:
-                routes[(request, addr, local)] = _Route(
-                    credentials, remote, agent._locals, agent._controlling, base
-                )
-            except TypeError:  # an unhashable ``local``
+                routes[(data[HEADER_SIZE : len(data) - 28], source, local)] = route
+            except TypeError:  # an unhashable source or ``local``
                 pass
 
     def _role_conflict(self, controlling: int | None, controlled: int | None) -> bool:

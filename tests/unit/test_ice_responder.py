@@ -10,6 +10,8 @@ answered), and then only for that setup.
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
 from anchor_ice.agent import IceAgent, IceRole
@@ -29,6 +31,7 @@ from anchor_stun.attributes import (
     Username,
     XorMappedAddress,
 )
+from anchor_stun.errors import DecodeError
 from anchor_stun.events import Address
 from anchor_stun.integrity import short_term_key
 from anchor_stun.message import Message, MessageClass, Method
@@ -487,3 +490,64 @@ def test_a_repeated_check_finds_the_role_it_was_answered_under() -> None:
     again = _check(IceControlling(TIE - 1), tid=b"D" * 12).raw
     assert responder.receive(again, PEER, LOCAL, 0.04)
     assert [_error(m) for m, _, _ in _answers(agent, 0.04)][-1] == 487
+
+
+def _routed() -> tuple[IceAgent, Responder]:
+    """A controlled agent with a selected pair whose responder has a route for the peer's
+    plain checks (ICE-CONTROLLING with a smaller tie-breaker than ours)."""
+    agent = _agent()
+    responder = Responder(agent)
+    _validated(agent)
+    nominate = _check(IceControlling(TIE - 1), UseCandidate(), tid=b"N" * 12)
+    responder.receive_message(nominate, PEER, LOCAL, 0.01)
+    responder.receive_message(_check(IceControlling(TIE - 1), tid=b"A" * 12), PEER, LOCAL, 0.02)
+    _answers(agent, 0.02)
+    _events(agent)
+    return agent, responder
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["none", "fingerprint-value", "fingerprint-type", "integrity", "header-type",
+     "header-length", "cookie"],
+)  # fmt: skip
+def test_a_repeated_check_that_differs_after_its_attributes_takes_the_steps(
+    change: str,
+) -> None:
+    """A datagram whose attributes before MESSAGE-INTEGRITY are those of a route, but
+    whose header, MESSAGE-INTEGRITY or FINGERPRINT differ, is treated as the steps treat
+    it: what a responder that never saw the check does, as ``receive`` (bytes) then
+    ``receive_message`` (decoded) would be called by the agent."""
+    data = bytearray(_check(IceControlling(TIE - 1), tid=b"Q" * 12).raw)
+    if change == "fingerprint-value":
+        data[-1] ^= 1
+    elif change == "fingerprint-type":  # the same value under another (optional) type
+        data[-8:-6] = b"\x80\x50"
+    elif change == "integrity":
+        data[-20] ^= 1
+        data[-4:] = (zlib.crc32(bytes(data[:-8])) ^ 0x5354554E).to_bytes(4, "big")
+    elif change == "header-type":  # a Binding indication with the same attributes
+        data[0:2] = b"\x00\x11"
+    elif change == "header-length":
+        data[3] ^= 4
+    elif change == "cookie":
+        data[4] ^= 1
+    if change.startswith("header") or change == "cookie":  # FINGERPRINT needs no key
+        data[-4:] = (zlib.crc32(bytes(data[:-8])) ^ 0x5354554E).to_bytes(4, "big")
+    routed_agent, routed = _routed()
+    fresh_agent = _routed()[0]
+    outcomes = []
+    for agent, responder in ((routed_agent, routed), (fresh_agent, Responder(fresh_agent))):
+        handled = responder.receive(bytes(data), PEER, LOCAL, 0.03)
+        if not handled:
+            try:
+                msg: Message | None = Message.decode(bytes(data))
+            except DecodeError:
+                msg = None
+            if msg is not None and msg.is_request:
+                responder.receive_message(msg, PEER, LOCAL, 0.03)
+        answers = [(m.msg_class, _error(m), m.transaction_id) for m, _, _ in _answers(agent, 0.03)]
+        outcomes.append((answers, agent.dropped, _events(agent)))
+    assert outcomes[0] == outcomes[1]
+    if change == "none":
+        assert outcomes[0][0] == [(MessageClass.SUCCESS, None, b"Q" * 12)]
