@@ -96,6 +96,9 @@ _MI256 = int(AttrType.MESSAGE_INTEGRITY_SHA256)
 _FP = int(AttrType.FINGERPRINT)
 _MI_TL = _TL.pack(_MI, 20)
 _FP_TLV = struct.Struct("!HHI")
+_TL_VALUE = struct.Struct("!II")
+_FP_TL_INT = _FP << 16 | 4
+"""FINGERPRINT's type and length (RFC 8489 §14.7) read as one 32-bit number."""
 
 A = TypeVar("A", bound=Attribute)
 
@@ -409,13 +412,12 @@ def fingerprint_value_matches(raw: bytes, at: int) -> bool:
     :func:`fingerprint_matches` for a message that ends with that attribute and whose header
     length already covers it (``raw[2:4]`` is ``at - 12``), which the caller has made sure
     of: a connectivity check whose header it compared (:func:`signed_check_prefix`)."""
-    kind: int
-    length: int
+    tl: int
     sent: int
-    kind, length, sent = _FP_TLV.unpack_from(raw, at)
+    tl, sent = _TL_VALUE.unpack_from(raw, at)
     # (a slice of a short message costs less than a memoryview)
     crc = _crc32(raw[:at] if at < 2048 else memoryview(raw)[:at])
-    return kind == _FP and length == 4 and sent == crc ^ FINGERPRINT_XOR
+    return tl == _FP_TL_INT and sent == crc ^ FINGERPRINT_XOR
 
 
 def signed_check_prefix(data: bytes) -> bytes | None:
