@@ -133,7 +133,7 @@ from __future__ import annotations
 import os
 import string
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -772,7 +772,7 @@ class IceAgent:
         """Everything due: answers, checks (at most one new check per Ta), retransmissions,
         consent checks, keepalives. Each Transmit names the local base it leaves from."""
         self._now = now
-        if self._state not in (IceState.CLOSED, IceState.FAILED):
+        if self._state not in _ENDED:
             self._pace(now)
             self._after_change(now)
         out, self._outbox = self._outbox, []
@@ -780,7 +780,7 @@ class IceAgent:
 
     def next_timer(self) -> float | None:
         """The absolute time at which :meth:`handle_timer` wants to run, or None."""
-        if self._state in (IceState.CLOSED, IceState.FAILED):
+        if self._state in _ENDED:
             return None
         times: list[float] = []
         for record in self._records.values():
@@ -817,7 +817,7 @@ class IceAgent:
         paced check, nomination decisions, consent and keepalives, the checking timeout.
         An early call does nothing that was not due."""
         self._now = now
-        if self._state in (IceState.CLOSED, IceState.FAILED):
+        if self._state in _ENDED:
             return
         for txid, record in list(self._records.items()):
             transaction = record.transaction
@@ -858,7 +858,7 @@ class IceAgent:
         one during a restart), or None when there is none, the agent is closed or failed, or
         consent was lost (RFC 7675 §5.1: sending stops)."""
         self._now = now
-        if self._state in (IceState.CLOSED, IceState.FAILED):
+        if self._state in _ENDED:
             return None
         if not self._consent_timers(now, send_checks=False):
             return None
@@ -938,7 +938,11 @@ class IceAgent:
                 return valid
         return None
 
-    def _active_pairs(self) -> list[CandidatePair]:
+    def _active_pairs(self) -> Collection[CandidatePair]:
+        """The pairs data goes on: :attr:`selected_pairs` (the selected ones, which never
+        change in place, unless a restart keeps previous ones)."""
+        if not self._previous:
+            return self._selected.values()
         return list(self.selected_pairs.values())
 
     # ================================================================== sending checks

@@ -323,7 +323,7 @@ class Responder:
         agent = self._agent
         return tuple(
             pair
-            for pair in (agent._selected.values() if not agent._previous else agent._active_pairs())
+            for pair in agent._active_pairs()
             if pair.remote.address == addr and pair.base == local
         )
 
