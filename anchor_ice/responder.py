@@ -207,8 +207,8 @@ class Responder:
             # 8 bytes are a FINGERPRINT, or fingerprint_value_matches says no)
             if route is not None and not data.startswith(route.head):
                 route = None
-        except (TypeError, AttributeError):  # unhashable source or local, data not bytes
-            route = None
+        except (TypeError, ValueError, AttributeError):  # unhashable source, local or data
+            route = None  # (a bytearray, a writable memoryview), or data not bytes
         if route is not None:
             agent = self._agent
             credentials = route.credentials

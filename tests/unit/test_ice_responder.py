@@ -551,3 +551,26 @@ def test_a_repeated_check_that_differs_after_its_attributes_takes_the_steps(
     assert outcomes[0] == outcomes[1]
     if change == "none":
         assert outcomes[0][0] == [(MessageClass.SUCCESS, None, b"Q" * 12)]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [bytes, bytearray, memoryview, lambda d: memoryview(bytearray(d))],
+    ids=["bytes", "bytearray", "memoryview", "writable-memoryview"],
+)
+def test_a_repeated_check_in_any_buffer_is_answered(make: object) -> None:
+    """Whatever buffer the datagram comes in (the agent's receive_datagram takes any), a
+    check the agent's responder has a route for is answered, by the route or through the
+    steps; nothing raises."""
+    agent = _agent()
+    _validated(agent)
+    nominate = _check(IceControlling(TIE - 1), UseCandidate(), tid=b"N" * 12)
+    agent.receive_datagram(nominate.raw, PEER, LOCAL, 0.01)
+    agent.receive_datagram(_check(IceControlling(TIE - 1), tid=b"A" * 12).raw, PEER, LOCAL, 0.02)
+    assert agent.selected_pair is not None and len(_answers(agent, 0.02)) == 2
+    data = _check(IceControlling(TIE - 1), tid=b"M" * 12).raw
+    buffer = make(data)  # type: ignore[operator]
+    assert agent.receive_datagram(buffer, PEER, LOCAL, 0.03)
+    assert [(m.msg_class, m.transaction_id) for m, _, _ in _answers(agent, 0.03)] == [
+        (MessageClass.SUCCESS, b"M" * 12)
+    ]
