@@ -54,24 +54,20 @@ of the retransmissions). A success builds the valid pair from XOR-MAPPED-ADDRESS
 learning a local peer-reflexive candidate when the address is new (§7.2.5.3.1), sets both
 pairs Succeeded and unfreezes the pairs of the same foundation (§7.2.5.3.3).
 
-Requests (§7.3): FINGERPRINT, when present, must verify (else the datagram is dropped);
-USERNAME and MESSAGE-INTEGRITY are required (400 without, 401 when the ufrag is not ours or
-the integrity does not verify with our password), unknown comprehension-required attributes
-get 420, a missing PRIORITY 400. A full agent then repairs role conflicts (§7.3.1.1,
-487 when it keeps its role), answers with XOR-MAPPED-ADDRESS + MESSAGE-INTEGRITY +
+Requests (§7.3): the agent answers its peer's checks through its
+:class:`~anchor_ice.responder.Responder`, the one path every Binding request takes (see
+:mod:`anchor_ice.responder`). FINGERPRINT, when present, must verify (else the datagram is
+dropped); USERNAME and MESSAGE-INTEGRITY are required (400 without, 401 when the ufrag is not
+ours or the integrity does not verify with our password), unknown comprehension-required
+attributes get 420, a missing PRIORITY 400. A full agent then repairs role conflicts
+(§7.3.1.1, 487 when it keeps its role), answers with XOR-MAPPED-ADDRESS + MESSAGE-INTEGRITY +
 FINGERPRINT, learns a remote peer-reflexive candidate from an unknown source (§7.3.1.3),
 queues a triggered check (§7.3.1.4) and, controlled, records the peer's nomination
 (§7.3.1.5) — regular or aggressive. Before the remote credentials are known, requests are
 answered and remembered, and their triggered checks are queued once the credentials come.
-Every request takes this one path (:meth:`IceAgent._on_request`). The peer's checks repeat,
-so what it looks up is remembered, each memory keyed by everything its result depends on
-(nothing is cleared by hand): the attributes of a check shape already read, by its bytes
-(:class:`~anchor_stun.check.CheckReader`); the key's HMAC states and encoded answers
-(:class:`~anchor_stun.check.CheckKey`); the base of each ``local`` address, by the identity of
-the (immutable) local candidate tuple; and the requests that needed nothing but their answer,
-valid while the credentials, local candidates and role they were found under are the same
-objects (``_routes``; recorded only where :meth:`IceAgent._request_ice` changed nothing, which
-stays true until a restart, since remote candidates and selected pairs only grow until then).
+The peer's checks repeat, so what the responder looks up is remembered, each memory keyed by
+everything its result depends on (nothing is cleared by hand; see its module docstring), and
+the key's HMAC states and encoded answers by :class:`~anchor_stun.check.CheckKey`.
 
 Nomination (§8.1). The controlling agent asks its :class:`~anchor_ice.nominator.Nominator`
 which valid pair to nominate and when, and repeats that pair's check with USE-CANDIDATE.
@@ -139,7 +135,7 @@ from __future__ import annotations
 import os
 import string
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -155,17 +151,16 @@ from anchor_ice.events import (
     LocalCandidateLearned,
     PairInfo,
     PairNominated,
-    RemoteCandidateLearned,
     RestartCompleted,
     RoleChanged,
 )
 from anchor_ice.nominator import NominationView, Nominator, StandardNominator
+from anchor_ice.responder import Responder
 from anchor_stun.attributes import (
     ErrorCode,
-    UnknownAttributes,
     XorMappedAddress,
 )
-from anchor_stun.check import CheckAttributes, CheckKey, CheckReader
+from anchor_stun.check import CheckKey
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address, Transmit, format_address
 from anchor_stun.integrity import short_term_key
@@ -173,8 +168,6 @@ from anchor_stun.message import (
     Message,
     MessageClass,
     Method,
-    fingerprint_matches,
-    integrity_matches,
     is_stun,
 )
 from anchor_stun.transaction import (
@@ -211,8 +204,6 @@ CONSENT_RM = 2  # final wait of a consent transaction, in RTOs
 ICE_CHARS = string.ascii_letters + string.digits + "+/"  # RFC 8839 §5.4 ice-char
 UFRAG_LENGTH = 8  # RFC 8839 §5.4: at least 4 characters
 PWD_LENGTH = 24  # RFC 8839 §5.4: at least 22 characters
-_MAX_PENDING_REQUESTS = 64
-_MAX_BASES = 256
 _MAX_RTTS = 16
 
 
@@ -232,9 +223,6 @@ class IceState(Enum):
 _ENDED = (IceState.CLOSED, IceState.FAILED)
 _NEW_OR_ENDED = (IceState.CLOSED, IceState.FAILED, IceState.NEW)
 _COMPLETED = IceState.COMPLETED
-_transmit = tuple.__new__
-"""``_transmit(Transmit, (data, addr, local))`` is ``Transmit(data, addr, local)`` without
-the call of its generated ``__new__`` (what ``Transmit._make`` does): one per answer."""
 
 
 class IceRole(Enum):
@@ -247,14 +235,6 @@ class IceRole(Enum):
 class _Kind(Enum):
     CHECK = "check"
     CONSENT = "consent"
-
-
-class _Decision(Enum):
-    """What to do with a nomination from the peer (RFC 8445 §7.3.1.5)."""
-
-    ACCEPT = "accept"
-    REFUSE = "refuse"
-    DEFER = "defer"
 
 
 @dataclass(eq=False, slots=True)
@@ -275,33 +255,6 @@ class _Check:
     sent_at: float
     expires: float  # end of the transaction's lifetime: a cancelled check is forgotten then
     clean: bool = True  # no retransmission before cancellation: a late answer times well
-
-
-@dataclass(frozen=True, slots=True)
-class _Route:
-    """What the §7.3 steps of :meth:`IceAgent._on_request` found for a request that then
-    needed nothing but its answer, and everything that finding depends on: the same request
-    (its attributes, source and ``local``) under the same credentials, local candidates and
-    role finds the same again (the remote candidates and selected pairs it relied on only
-    grow until a restart, which draws new credentials)."""
-
-    credentials: _Credentials
-    remote: _Credentials
-    locals: tuple[tuple[Candidate, Address], ...]
-    controlling: bool
-    base: Address
-
-
-@dataclass(slots=True)
-class _PendingRequest:
-    """A request answered before the remote credentials were known (RFC 8445 §7.3)."""
-
-    local: Candidate
-    base: Address
-    source: Address
-    priority: int
-    use_candidate: bool
-    remote_ufrag: str
 
 
 @dataclass(slots=True)
@@ -469,34 +422,25 @@ class IceAgent:
         self._checklist = Checklist(controlling=controlling, max_pairs=max_pairs)
         self._locals: tuple[tuple[Candidate, Address], ...] = ()
         """Local candidates and their bases; replaced, never changed in place, so that what
-        is derived from it can tell it is still current (see :meth:`_local_for_base`)."""
+        is derived from it can tell it is still current (the bases and routes of
+        :class:`~anchor_ice.responder.Responder`)."""
         self._remotes: list[Candidate] = []
         self._remote_complete = False
         self._local_complete = False
-        self._prflx_count = 0
         self._records: dict[bytes, _Check] = {}
         self._outbox: list[Transmit] = []
         self._events: deque[IceEvent] = deque()
-        self._pending: list[_PendingRequest] = []
-        self._reader = CheckReader()
-        """The attributes of the checks received, by their bytes (RFC 8445 §7.3)."""
-        self._routes: dict[tuple[CheckAttributes, Address, object], _Route] = {}
-        """Requests (attributes, source, ``local``) that needed nothing but their answer,
-        with what that depended on (see :class:`_Route`); a stale entry is never used."""
-        self._bases: tuple[
-            tuple[tuple[Candidate, Address], ...],
-            dict[object, tuple[Candidate, Address] | None],
-        ] = ((), {})
-        """What :meth:`_local_for_base` gave for each ``local``, and the ``_locals`` it was
-        computed from: a new ``_locals`` means a new table."""
         self._started = False
         self._started_at = 0.0
         self._running = False
         self._last_check_at: float | None = None
         self._next_check_at = 0.0
         self._now = 0.0
-        self._selected: dict[int, CandidatePair] = {}
-        self._previous: dict[int, CandidatePair] = {}
+        self._selected: Mapping[int, CandidatePair] = {}
+        """The selected pair of each component; replaced, never changed in place (as
+        ``_locals``), so that what is derived from it can tell it is still current."""
+        self._previous: Mapping[int, CandidatePair] = {}
+        """During a restart, the selected pairs of the previous session (replaced likewise)."""
         self._nominating: dict[int, CandidatePair] = {}
         self._first_valid_at: dict[int, float] = {}
         self._refused: set[tuple[int, Address, Address]] = set()
@@ -513,6 +457,8 @@ class IceAgent:
         hard error (:meth:`destination_unreachable`) instead of being retransmitted."""
         self._consent = ConsentFreshness(consent_interval, consent_timeout, rng)
         """Consent freshness of the selected pairs (RFC 7675), which this agent drives."""
+        self._responder = Responder(self)
+        """The answers to the peer's checks (RFC 8445 §7.3), which this agent drives."""
         self._restarting = False
         self._quiet_completion = False
         self._nomination_eval_at = float("-inf")
@@ -692,17 +638,7 @@ class IceAgent:
                 "first (RFC 8445 §9)"
             )
         self._remote = _Credentials(ufrag, pwd, CheckKey(short_term_key(pwd)))
-        pending, self._pending = self._pending, []
-        for request in pending:
-            if request.remote_ufrag == ufrag:
-                self._request_ice(
-                    request.local,
-                    request.base,
-                    request.source,
-                    request.priority,
-                    request.use_candidate,
-                    self._now,
-                )
+        self._responder.replay(ufrag, self._now)
         self._update_running()
 
     def set_remote_ta(self, ta: float | None) -> None:
@@ -783,14 +719,16 @@ class IceAgent:
             if record.kind is _Kind.CHECK:
                 del self._records[txid]
         lost = self._consent.lost()
+        previous = dict(self._previous)
         if self._state is not IceState.FAILED:
             for component, pair in self._selected.items():
                 if component not in lost:
-                    self._previous[component] = pair
+                    previous[component] = pair
         for component in lost:
-            self._previous.pop(component, None)
-        self._consent.keep(self._previous)
-        self._selected.clear()
+            previous.pop(component, None)
+        self._previous = previous
+        self._consent.keep(previous)
+        self._selected = {}
         self._nominating.clear()
         self._first_valid_at.clear()
         self._refused.clear()
@@ -800,7 +738,7 @@ class IceAgent:
         self._checklist.clear()
         self._remotes.clear()
         self._remote_complete = False
-        self._pending.clear()
+        self._responder.forget_pending()
         self._locals = tuple((c, b) for c, b in self._locals if c.type is not CandidateType.PRFLX)
         self._restarting = self._started
         self._running = False
@@ -820,7 +758,7 @@ class IceAgent:
         self._state = IceState.CLOSED
         self._records.clear()
         self._outbox.clear()
-        self._pending.clear()
+        self._responder.forget_pending()
         self._consent.clear()
 
     # ================================================================== driver surface
@@ -834,13 +772,12 @@ class IceAgent:
         undecodable bytes, STUN of another method) so that the adapter can pass it on.
         Never raises on bad input."""
         self._now = now
+        if self._state in _ENDED:
+            return self._ignore(data)
         # A check whose attributes were read before (the peer's checks repeat them) is not
-        # decoded again; its MESSAGE-INTEGRITY and FINGERPRINT are then its last two.
-        request = self._reader.known(data)
-        if request is not None:
-            size = len(data)
-            integrity_at, fingerprint_at = size - 32, size - 8
-        else:
+        # decoded again (Responder.receive).
+        responder = self._responder
+        if not responder.receive(data, addr, local, now):
             if not is_stun(data):
                 return False
             try:
@@ -849,21 +786,12 @@ class IceAgent:
                 return False
             if msg.method != Method.BINDING:
                 return False
-            if msg.msg_class is not MessageClass.REQUEST:
-                if self._state in _ENDED:
-                    self.dropped += 1
-                elif msg.msg_class is not MessageClass.INDICATION:  # a keepalive: nothing
-                    self._on_response(msg, (str(addr[0]), int(addr[1])), local, now)
-                    self._after_change(now)
-                return True
-            request = self._reader.remember(msg)
-            data, integrity_at, fingerprint_at = msg.raw, msg.integrity_at, msg.fingerprint_at
-        if self._state in _ENDED:
-            self.dropped += 1
-            return True
-        self._on_request(
-            data, request, integrity_at, fingerprint_at, (str(addr[0]), int(addr[1])), local, now
-        )
+            if msg.msg_class is MessageClass.REQUEST:
+                responder.receive_message(msg, addr, local, now)
+            elif msg.msg_class is MessageClass.INDICATION:
+                return True  # a keepalive (RFC 8445 §11): nothing to do
+            else:
+                self._on_response(msg, (str(addr[0]), int(addr[1])), local, now)
         self._after_change(now)
         return True
 
@@ -921,11 +849,25 @@ class IceAgent:
             self._after_change(now)
         return ended
 
+    def _ignore(self, data: bytes) -> bool:
+        """What :meth:`receive_datagram` does once the agent is closed or failed: a STUN
+        Binding message is dropped and counted (True), anything else is not ICE's (False)."""
+        if not is_stun(data):
+            return False
+        try:
+            msg = Message.decode(data)
+        except DecodeError:
+            return False
+        if msg.method != Method.BINDING:
+            return False
+        self.dropped += 1
+        return True
+
     def datagrams_to_send(self, now: float) -> list[Transmit]:
         """Everything due: answers, checks (at most one new check per Ta), retransmissions,
         consent checks, keepalives. Each Transmit names the local base it leaves from."""
         self._now = now
-        if self._state not in (IceState.CLOSED, IceState.FAILED):
+        if self._state not in _ENDED:
             self._pace(now)
             self._after_change(now)
         out, self._outbox = self._outbox, []
@@ -933,7 +875,7 @@ class IceAgent:
 
     def next_timer(self) -> float | None:
         """The absolute time at which :meth:`handle_timer` wants to run, or None."""
-        if self._state in (IceState.CLOSED, IceState.FAILED):
+        if self._state in _ENDED:
             return None
         times: list[float] = []
         for record in self._records.values():
@@ -970,7 +912,7 @@ class IceAgent:
         paced check, nomination decisions, consent and keepalives, the checking timeout.
         An early call does nothing that was not due."""
         self._now = now
-        if self._state in (IceState.CLOSED, IceState.FAILED):
+        if self._state in _ENDED:
             return
         for txid, record in list(self._records.items()):
             transaction = record.transaction
@@ -1023,7 +965,7 @@ class IceAgent:
         sending stops). The call counts as data sent on the pair (its keepalive clock, RFC
         8445 §11): one call covers the datagrams that go out together."""
         self._now = now
-        if self._state in (IceState.CLOSED, IceState.FAILED):
+        if self._state in _ENDED:
             return None
         if not self._consent_timers(now, send_checks=False):
             return None
@@ -1079,43 +1021,6 @@ class IceAgent:
             self._checklist.initial_states()
         self._running = running
 
-    def _local_for_base(self, local: Address | None) -> tuple[Candidate, Address] | None:
-        """The host or relayed candidate whose address is ``local`` (RFC 8445 §7.3.1.4),
-        looked up once per ``local`` and ``_locals`` (every check needs it)."""
-        bases = self._bases
-        if bases[0] is not self._locals:
-            bases = self._bases = (self._locals, {})
-        table = bases[1]
-        try:
-            return table[local]
-        except KeyError:
-            found = table[local] = self._find_base(local)
-            if len(table) > _MAX_BASES:
-                del table[local]
-            return found
-        except TypeError:  # an unhashable ``local``
-            return self._find_base(local)
-
-    def _find_base(self, local: Address | None) -> tuple[Candidate, Address] | None:
-        if local is None:
-            bases = {b for _, b in self._locals}
-            if len(bases) != 1:
-                return None
-            local = next(iter(bases))
-        local = (str(local[0]), int(local[1]))
-        fallback = None
-        for candidate, base in self._locals:
-            if base != local:
-                continue
-            if candidate.address == local and candidate.type in (
-                CandidateType.HOST,
-                CandidateType.RELAY,
-            ):
-                return candidate, base
-            if fallback is None and candidate.type is not CandidateType.PRFLX:
-                fallback = (candidate, base)
-        return fallback
-
     _LOOKUP_ORDER = {
         CandidateType.HOST: 0,
         CandidateType.SRFLX: 1,
@@ -1133,12 +1038,6 @@ class IceAgent:
             return None
         return min(found, key=lambda c: self._LOOKUP_ORDER[c.type])
 
-    def _remote_by_address(self, component: int, address: Address) -> Candidate | None:
-        for candidate in self._remotes:
-            if candidate.component == component and candidate.address == address:
-                return candidate
-        return None
-
     def _valid_from(self, pair: CandidatePair) -> CandidatePair | None:
         """The best valid pair produced by the checklist pair ``pair``."""
         for valid in self._checklist.valid:
@@ -1146,7 +1045,11 @@ class IceAgent:
                 return valid
         return None
 
-    def _active_pairs(self) -> list[CandidatePair]:
+    def _active_pairs(self) -> Collection[CandidatePair]:
+        """The pairs data goes on: :attr:`selected_pairs` (the selected ones, which never
+        change in place, unless a restart keeps previous ones)."""
+        if not self._previous:
+            return self._selected.values()
         return list(self.selected_pairs.values())
 
     # ================================================================== sending checks
@@ -1447,177 +1350,6 @@ class IceAgent:
         record.pair.last_success = now
         self._consent.renew(record.pair, now)
 
-    # ================================================================== requests
-
-    def _respond_error(
-        self,
-        transaction_id: bytes,
-        addr: Address,
-        local: Address,
-        code: int,
-        key: CheckKey | None,
-        extra: UnknownAttributes | None = None,
-    ) -> None:
-        """Queue an error answer to a request: ERROR-CODE, with MESSAGE-INTEGRITY when the
-        request authenticated, FINGERPRINT always (RFC 8445 §7.3, RFC 8489 §6.3.1.1)."""
-        response = Message(Method.BINDING, MessageClass.REQUEST, transaction_id).error_response(
-            code
-        )
-        if extra is not None:
-            response.add(extra)
-        self._queue_answer(response.encode(key=key, fingerprint=True), addr, local)
-
-    def _answer(
-        self, transaction_id: bytes, addr: Address, local: Address, key: CheckKey
-    ) -> None:
-        """Queue a Binding success: XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT
-        (RFC 8445 §7.3.1.2)."""
-        try:
-            data = key.success(transaction_id, addr)
-        except LocalProtocolError:
-            self.dropped += 1
-            return
-        self._queue_answer(data, addr, local)
-
-    def _queue_answer(self, data: bytes, addr: Address, local: Address) -> None:
-        self._outbox.append(_transmit(Transmit, (data, addr, local)))
-        # an answer is a packet on the pair (RFC 8445 §11)
-        for pair in self._selected.values() if not self._previous else self._active_pairs():
-            remote = pair.remote
-            if remote.port == addr[1] and remote.ip == addr[0] and pair.base == local:
-                pair.last_sent = self._now
-
-    def _on_request(
-        self,
-        data: bytes,
-        request: CheckAttributes,
-        integrity_at: int,
-        fingerprint_at: int,
-        addr: Address,
-        local: Address | None,
-        now: float,
-    ) -> None:
-        """RFC 8445 §7.3 (and RFC 8489 §6.3.1, §9.1.3 for the checks on the request), for the
-        request ``data`` whose attributes say ``request`` and whose MESSAGE-INTEGRITY and
-        FINGERPRINT are at the given offsets (-1: absent)."""
-        if fingerprint_at >= 0 and not fingerprint_matches(data, fingerprint_at):
-            self.dropped += 1  # RFC 8489 §7.3: not a STUN message after all
-            return
-        try:
-            route = self._routes.get((request, addr, local))
-        except TypeError:  # an unhashable ``local``
-            route = None
-        if (
-            route is not None
-            and route.credentials is self._local
-            and route.remote is self._remote
-            and route.locals is self._locals
-            and route.controlling is self._controlling
-        ):
-            # the steps below would find what they found last time: only the answer is left
-            key = route.credentials.key
-            if integrity_matches(data, integrity_at, key):
-                self._answer(data[8:20], addr, route.base, key)
-                return
-        entry = self._local_for_base(local)
-        if entry is None:
-            self.dropped += 1  # not one of our bases (RFC 8445 §7.3)
-            return
-        local_candidate, base = entry
-        transaction_id = data[8:20]
-        if request.username is None or integrity_at < 0:
-            self._respond_error(transaction_id, addr, base, ErrorCode.BAD_REQUEST, None)
-            return
-        ufrag = request.ufrag
-        credentials = self._local
-        if ufrag != credentials.ufrag:
-            previous = self._previous_local
-            if ufrag is None or previous is None or ufrag != previous.ufrag:
-                self._respond_error(transaction_id, addr, base, ErrorCode.UNAUTHENTICATED, None)
-                return
-            credentials = previous
-        key = credentials.key
-        if not integrity_matches(data, integrity_at, key):
-            self._respond_error(transaction_id, addr, base, ErrorCode.UNAUTHENTICATED, None)
-            return
-        if request.unknown:
-            self._respond_error(
-                transaction_id,
-                addr,
-                base,
-                ErrorCode.UNKNOWN_ATTRIBUTE,
-                key,
-                UnknownAttributes(request.unknown),
-            )
-            return
-        priority = request.priority
-        if priority is None:
-            self._respond_error(transaction_id, addr, base, ErrorCode.BAD_REQUEST, key)
-            return
-        current = credentials is self._local
-        if (
-            current
-            and not self.lite
-            and (request.controlling if self._controlling else request.controlled) is not None
-            and self._role_conflict(request.controlling, request.controlled)
-        ):
-            self._respond_error(transaction_id, addr, base, ErrorCode.ROLE_CONFLICT, key)
-            return
-        remote_ufrag = request.remote_ufrag
-        use_candidate = request.use_candidate and not self._controlling
-        if current and use_candidate:
-            decision = self._nomination_decision(local_candidate, base, addr, priority)
-            if decision is _Decision.REFUSE:
-                # RFC 8445 §7.3.1.5: a nomination the controlled agent does not accept
-                self._respond_error(transaction_id, addr, base, ErrorCode.BAD_REQUEST, key)
-                return
-            if decision is _Decision.DEFER:
-                use_candidate = False  # judged when the peer retransmits; check it meanwhile
-                if self._remote is not None and remote_ufrag == self._remote.ufrag:
-                    self._request_ice(local_candidate, base, addr, priority, False, now)
-                return
-        self._answer(transaction_id, addr, base, key)
-        if not current:
-            return  # the previous session during a restart: answered, nothing else
-        if self._remote is None:
-            if len(self._pending) < _MAX_PENDING_REQUESTS:
-                self._pending.append(
-                    _PendingRequest(
-                        local_candidate, base, addr, priority, use_candidate, remote_ufrag
-                    )
-                )
-            return
-        if remote_ufrag != self._remote.ufrag:
-            return  # another session's request (forking, a stale restart): answered only
-        if (
-            self._request_ice(local_candidate, base, addr, priority, use_candidate, now)
-            and request.head  # a shape the reader remembers: the same object next time
-            and (request.controlling if self._controlling else request.controlled) is None
-        ):  # (a request carrying both roles may conflict with the role it switched to)
-            routes = self._routes
-            if len(routes) >= _MAX_BASES:
-                routes.clear()
-            try:
-                routes[(request, addr, local)] = _Route(
-                    credentials, self._remote, self._locals, self._controlling, base
-                )
-            except TypeError:  # an unhashable ``local``
-                pass
-
-    def _role_conflict(self, controlling: int | None, controlled: int | None) -> bool:
-        """RFC 8445 §7.3.1.1, given the tie-breakers of the request's ICE-CONTROLLING and
-        ICE-CONTROLLED. True when the agent keeps its role and answers 487."""
-        if self._controlling and controlling is not None:
-            if self._tie_breaker >= controlling:
-                return True
-            self._set_role(False)
-        elif not self._controlling and controlled is not None:
-            if self._tie_breaker >= controlled:
-                self._set_role(True)
-            else:
-                return True
-        return False
-
     def set_role(self, controlling: bool) -> None:
         """Choose the role before checks start (RFC 8445 §6.1.1: signalling decides it, e.g.
         the offerer of an RFC 8839 offer/answer is controlling unless the answerer is lite),
@@ -1650,127 +1382,6 @@ class IceAgent:
             for pair in self._checklist.pairs:
                 pair.use_candidate = False
             self._nominating.clear()
-
-    def _remote_for_request(
-        self, component: int, source: Address, priority: int
-    ) -> Candidate:
-        """The remote candidate at ``source``, learning a peer-reflexive one (§7.3.1.3)."""
-        remote = self._remote_by_address(component, source)
-        if remote is None:
-            self._prflx_count += 1
-            remote = Candidate(
-                foundation=f"prflx{self._prflx_count}",
-                component=component,
-                transport="udp",
-                priority=priority,
-                ip=source[0],
-                port=source[1],
-                type=CandidateType.PRFLX,
-            )
-            self._remotes.append(remote)
-            self._events.append(RemoteCandidateLearned(remote))
-        return remote
-
-    def _nomination_decision(
-        self, local: Candidate, base: Address, source: Address, priority: int
-    ) -> _Decision:
-        """Controlled side, before answering a USE-CANDIDATE request (RFC 8445 §7.3.1.5).
-
-        The nominator judges the valid pair the nomination is about. When that pair is not
-        known yet (our own check on it has not succeeded), the nominator judges the pair as it
-        stands (local base, source): if it accepts, the request is accepted now and the valid
-        pair nominated once the triggered check succeeds; if it refuses, the answer is
-        deferred: no response, the triggered check goes out, and the controlling agent's
-        retransmission of the same request finds the valid pair known.
-        """
-        component = local.component
-        remote = self._remote_by_address(component, source) or Candidate(
-            "prflx", component, "udp", priority, source[0], source[1], CandidateType.PRFLX
-        )
-        if self.lite:
-            probe = CandidatePair(local, remote, base)
-            probe.compute_priority(False)
-            ok = self.nominator.accept(probe, self._view(component))
-            return _Decision.ACCEPT if ok else _Decision.REFUSE
-        pair = self._checklist.find(component, base, source)
-        valid = None
-        if pair is not None and pair.state is PairState.SUCCEEDED:
-            valid = self._valid_from(pair)
-        if valid is None:
-            selected = self._selected.get(component)
-            if selected is not None and selected.base == base and (
-                selected.remote.address == source
-            ):
-                return _Decision.ACCEPT
-            probe = CandidatePair(local, remote, base)
-            probe.compute_priority(False)
-            if self.nominator.accept(probe, self._view(component)):
-                return _Decision.ACCEPT
-            return _Decision.DEFER
-        if valid.refused:
-            return _Decision.REFUSE
-        if valid.nominated or self.nominator.accept(valid, self._view(component)):
-            return _Decision.ACCEPT
-        valid.refused = True
-        self._refused.add((component, valid.local.address, valid.remote.address))
-        return _Decision.REFUSE
-
-    def _request_ice(
-        self,
-        local: Candidate,
-        base: Address,
-        source: Address,
-        priority: int,
-        use_candidate: bool,
-        now: float,
-    ) -> bool:
-        """RFC 8445 §7.3.1.3-§7.3.1.5 (full) and §7.3.2 (lite) after a successful answer.
-        True when it changed nothing: the source was a known remote candidate and there was
-        nothing to learn, check or nominate (what a repeat of the request will find too, as
-        long as the credentials, the local candidates and the role stay; see ``_routes``)."""
-        component = local.component
-        learned = self._prflx_count
-        remote = self._remote_for_request(component, source, priority)
-        if self.lite:
-            if use_candidate:
-                valid = self._checklist.find_valid(component, local.address, source, base)
-                if valid is None:
-                    valid = CandidatePair(local, remote, base)
-                    valid.compute_priority(False)
-                    valid.state = PairState.SUCCEEDED
-                    valid.last_success = now
-                    self._checklist.add_valid(valid)
-                self._nominate(valid, now)
-            return not use_candidate and learned == self._prflx_count
-        if component in self._selected and not self._improvable(component):
-            # §8.1.2: no more triggered checks for a component with a nominated pair, but a
-            # peer nominating aggressively (or renominating) may nominate another valid pair.
-            if use_candidate:
-                pair = self._checklist.find(component, base, source)
-                valid = self._valid_from(pair) if pair is not None else None
-                if valid is not None and not valid.refused:
-                    self._nominate(valid, now)
-            return not use_candidate and learned == self._prflx_count
-        pair = self._checklist.find(component, base, source)
-        if pair is None:
-            pair = self._checklist.add(local, remote, base)
-            if pair is None:
-                return False  # the limit of §6.1.2.5
-            self._checklist.enqueue_triggered(pair)
-        elif pair.state is PairState.SUCCEEDED:
-            pass
-        else:
-            if pair.state is PairState.IN_PROGRESS:
-                self._cancel(pair, now)
-            self._checklist.enqueue_triggered(pair)
-        if use_candidate:
-            valid = self._valid_from(pair) if pair.state is PairState.SUCCEEDED else None
-            if valid is not None:
-                if not valid.refused:
-                    self._nominate(valid, now)
-            else:
-                pair.nominate_on_success = True
-        return False
 
     # ================================================================== nomination
 
@@ -1878,8 +1489,9 @@ class IceAgent:
         current = self._selected.get(component)
         selected = current is None or valid.priority > current.priority
         if selected:
-            self._selected[component] = valid
-            self._previous.pop(component, None)
+            self._selected = {**self._selected, component: valid}
+            if component in self._previous:
+                self._previous = {c: p for c, p in self._previous.items() if c != component}
             if not self.lite:  # a lite agent sends no request, hence no consent check
                 self._consent.start(
                     component,
@@ -1900,13 +1512,13 @@ class IceAgent:
 
     def _after_change(self, now: float) -> None:
         state = self._state
-        if state in _NEW_OR_ENDED:
-            return
         if state is _COMPLETED and not self._restarting:
             # every component has its selected pair and no check is left: there is nothing
             # to nominate, no state to move to and nothing to fail (the three steps below
-            # return at once); only the time of the nomination evaluation moves
-            self._nomination_eval_at = now
+            # return at once; the time of the nomination evaluation they would record is
+            # read only while a component may still nominate, which restart() resets)
+            return
+        if state in _NEW_OR_ENDED:
             return
         self._evaluate_nomination(now)
         self._update_state(now)
@@ -1923,7 +1535,7 @@ class IceAgent:
             return
         if self._restarting:
             self._restarting = False
-            self._previous.clear()
+            self._previous = {}
             self._previous_local = None
             self._previous_remote = None
             self._events.append(RestartCompleted(self._selected_infos()))

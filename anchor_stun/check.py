@@ -20,10 +20,13 @@ remember, for the agent that owns them, what does not change from one check to t
   by :meth:`Message.decode` and then remembered (:meth:`CheckReader.remember`).
 
 Nothing here encodes or verifies on its own: the bytes are those of
-:func:`~anchor_stun.message.encode_attributes` and :func:`~anchor_stun.message.seal`, and
-verification is :func:`~anchor_stun.message.integrity_matches` and
-:func:`~anchor_stun.message.fingerprint_matches`, as for every message. Tables are bounded
-(:data:`TABLE_SIZE`, emptied when full).
+:func:`~anchor_stun.message.encode_attributes` and
+:meth:`~anchor_stun.message.HmacKey.seal_fingerprinted` (what
+:func:`~anchor_stun.message.seal` does for a key of this kind), and verification is
+:func:`~anchor_stun.message.fingerprint_matches` and
+:meth:`~anchor_stun.message.HmacKey.mac_matches` (what
+:func:`~anchor_stun.message.integrity_matches` does for it), as for every message. Tables are
+bounded (:data:`TABLE_SIZE`, emptied when full).
 """
 
 from __future__ import annotations
@@ -51,8 +54,6 @@ from anchor_stun.message import (
     encode_attributes,
     encode_type,
     fingerprint_matches,
-    integrity_matches,
-    seal,
     signed_check_prefix,
 )
 
@@ -117,7 +118,7 @@ class CheckKey(HmacKey):
                 if len(self._requests) >= TABLE_SIZE:
                     self._requests.clear()
                 self._requests[values] = body
-        return seal(_REQUEST, transaction_id, body, self, None, 32, True)
+        return self.seal_fingerprinted(_REQUEST, transaction_id, body)
 
     def success(self, transaction_id: bytes, address: tuple[str, int]) -> bytes:
         """The answer to a check from ``address`` (RFC 8445 §7.3.1.2): the bytes of
@@ -140,7 +141,7 @@ class CheckKey(HmacKey):
                 if len(self._answers) >= TABLE_SIZE:
                     self._answers.clear()
                 self._answers[(ip, port)] = body
-        return seal(_SUCCESS, transaction_id, body, self, None, 32, True)
+        return self.seal_fingerprinted(_SUCCESS, transaction_id, body)
 
     def verify(self, data: bytes, integrity_at: int, fingerprint_at: int) -> bool:
         """True when the message ``data`` has MESSAGE-INTEGRITY at ``integrity_at`` that
@@ -148,7 +149,7 @@ class CheckKey(HmacKey):
         FINGERPRINT there that verifies (§14.7)."""
         if fingerprint_at >= 0 and not fingerprint_matches(data, fingerprint_at):
             return False
-        return integrity_at >= HEADER_SIZE and integrity_matches(data, integrity_at, self)
+        return integrity_at >= HEADER_SIZE and self.mac_matches(data, integrity_at)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

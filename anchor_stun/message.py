@@ -23,13 +23,19 @@ was decoded with other padding (the RFC 5769 samples pad with spaces), so that a
 message re-encodes byte for byte.
 
 Speed (this is the hot path of connectivity checks; ``anchor bench codec`` measures it).
-The module keeps no state: nothing is cached between calls here. MESSAGE-INTEGRITY is
-computed and checked in one place (:func:`seal`, :func:`integrity_matches`,
-:func:`fingerprint_matches`), for :meth:`Message.encode`, the verify methods and the
-connectivity checks of :mod:`anchor_stun.check` alike. A caller that signs many messages
-with one key passes an :class:`HmacKey`, which holds the key's precomputed HMAC states
-(RFC 2104 §2); what else is worth remembering between messages is remembered by the object
-that uses it (see :class:`anchor_stun.check.CheckKey`).
+The module keeps no state: nothing is cached between calls here. MESSAGE-INTEGRITY and
+FINGERPRINT are computed and checked in one place each, for :meth:`Message.encode`, the
+verify methods and the connectivity checks of :mod:`anchor_stun.check` alike: :func:`seal`
+writes them (with an :class:`HmacKey`, the shape MESSAGE-INTEGRITY + FINGERPRINT of every
+check and answer is :meth:`HmacKey.seal_fingerprinted`), :func:`integrity_matches` checks
+MESSAGE-INTEGRITY (with an :class:`HmacKey`: :meth:`HmacKey.mac_matches`) and
+:func:`fingerprint_matches` FINGERPRINT (once the header is known to cover it:
+:func:`fingerprint_value_matches`). A caller that has already made sure of what the general
+function checks first (a known key type, a header it compared) may call the inner one. A
+caller that signs many messages with one key passes an :class:`HmacKey`, which holds the
+key's precomputed HMAC states (RFC 2104 §2) and the states after the signed headers of the
+shapes it signs and checks; what else is worth remembering between messages is remembered
+by the object that uses it (see :class:`anchor_stun.check.CheckKey`).
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ __all__ = [
     "encode_attributes",
     "encode_type",
     "fingerprint_matches",
+    "fingerprint_value_matches",
     "integrity_matches",
     "is_stun",
     "seal",
@@ -89,6 +96,9 @@ _MI256 = int(AttrType.MESSAGE_INTEGRITY_SHA256)
 _FP = int(AttrType.FINGERPRINT)
 _MI_TL = _TL.pack(_MI, 20)
 _FP_TLV = struct.Struct("!HHI")
+_TL_VALUE = struct.Struct("!II")
+_FP_TL_INT = _FP << 16 | 4
+"""FINGERPRINT's type and length (RFC 8489 §14.7) read as one 32-bit number."""
 
 A = TypeVar("A", bound=Attribute)
 
@@ -182,13 +192,15 @@ class HmacKey:
     (:meth:`Message.encode`, :meth:`Message.verify_integrity`, ...): the result is the one
     the same key as ``bytes`` gives, for about half the cost per message.
 
-    It also remembers, for :func:`seal`, the HMAC-SHA1 inner state having read the first 8
-    bytes of a message it signs (type, length up to MESSAGE-INTEGRITY, magic cookie), by the
-    message type and body length those bytes are made of: a key signs the same few shapes
-    again and again (connectivity checks and their answers). At most :data:`HEADS` shapes
-    (emptied when full); a new key is a new object."""
+    It also remembers the HMAC-SHA1 inner state having read the signed first 8 bytes of a
+    message (type, length up to MESSAGE-INTEGRITY, magic cookie): a key signs and checks the
+    same few shapes again and again (connectivity checks and their answers). For
+    :func:`seal`, by the message type and body length those bytes are made of
+    (:meth:`_head`); for :func:`integrity_matches`, by the first 8 bytes of the message as
+    it arrived, with the offset of its MESSAGE-INTEGRITY (:meth:`_signed_head`). At most
+    :data:`HEADS` shapes each (emptied when full); a new key is a new object."""
 
-    __slots__ = ("_heads", "_sha1", "_sha256", "key")
+    __slots__ = ("_heads", "_sha1", "_sha256", "_signed", "key")
 
     def __init__(self, key: bytes) -> None:
         self.key = bytes(key)
@@ -196,6 +208,7 @@ class HmacKey:
         self._sha1 = _hmac_states(self.key, hashlib.sha1)
         self._sha256: tuple[Any, Any] | None = None
         self._heads: dict[int, tuple[Any, bytes]] = {}
+        self._signed: dict[bytes, tuple[Any, int]] = {}
 
     def sha1(self, data: bytes) -> bytes:
         """``hmac.digest(key, data, "sha1")``."""
@@ -217,6 +230,43 @@ class HmacKey:
         o.update(h.digest())
         return o.digest()  # type: ignore[no-any-return]
 
+    def seal_fingerprinted(self, msg_type: int, transaction_id: bytes, body: bytes) -> bytes:
+        """``seal(msg_type, transaction_id, body, self, fingerprint=True)``: the message with
+        its attributes ``body``, MESSAGE-INTEGRITY (RFC 8489 §14.5) and FINGERPRINT (§14.7),
+        the shape of every connectivity check and answer. :func:`seal` comes here for that
+        shape; its signed header is read once per message type and length (:meth:`_head`)."""
+        length = len(body)
+        if len(transaction_id) != 12:
+            raise LocalProtocolError("transaction id must be 12 bytes")
+        if length > 0xFFFF - 32:
+            raise LocalProtocolError("message longer than 65535 bytes after the header")
+        head = self._heads.get(msg_type << 16 | length)
+        if head is None:
+            head = self._head(msg_type, length)
+        h = head[0].copy()
+        h.update(transaction_id + body)
+        o = self._sha1[1].copy()  # HmacKey.sha1 from there on, inline (every check)
+        o.update(h.digest())
+        data = b"".join((head[1], transaction_id, body, _MI_TL, o.digest()))
+        return data + _FP_TLV.pack(_FP, 4, _crc32(data) ^ FINGERPRINT_XOR)
+
+    def mac_matches(self, raw: bytes, at: int, head: bytes | None = None) -> bool:
+        """``integrity_matches(raw, at, self)`` for an offset ``at`` past the header: the
+        MESSAGE-INTEGRITY at ``at`` matches (RFC 8489 §14.5). :func:`integrity_matches` comes
+        here for an :class:`HmacKey`; the signed header of a shape is read once
+        (:meth:`_signed_head`). ``head``: ``raw[:8]``, when the caller has those bytes
+        already (a bytes object kept from one message to the next hashes once)."""
+        if head is None:
+            head = raw[:8]
+        found = self._signed.get(head)
+        if found is None or found[1] != at:
+            found = self._signed_head(head, at)
+        h = found[0].copy()
+        h.update(raw[8:at])
+        o = self._sha1[1].copy()  # HmacKey.sha1 from there on, inline (every check)
+        o.update(h.digest())
+        return _compare_digest(o.digest(), raw[at + 4 : at + 24])
+
     def _head(self, msg_type: int, length: int) -> tuple[Any, bytes]:
         """For a message of type ``msg_type`` whose attributes before MESSAGE-INTEGRITY are
         ``length`` bytes, followed by MESSAGE-INTEGRITY and FINGERPRINT: the HMAC-SHA1 inner
@@ -234,6 +284,20 @@ class HmacKey:
             heads[msg_type << 16 | length] = head
         return head
 
+    def _signed_head(self, head: bytes, at: int) -> tuple[Any, int]:
+        """For a message whose first 8 bytes are ``head`` and whose MESSAGE-INTEGRITY is at
+        offset ``at``: the HMAC-SHA1 inner state having read its signed first 8 bytes (the
+        length ending at MESSAGE-INTEGRITY, RFC 8489 §14.5), and ``at``. Remembered by
+        ``head``, with ``at``: the state is the one of ``head`` only for that offset."""
+        state = self._sha1[0].copy()
+        state.update(head[:2] + (at + 4).to_bytes(2, "big") + head[4:8])
+        found = (state, at)
+        signed = self._signed
+        if len(signed) >= HEADS:
+            signed.clear()
+        signed[head] = found
+        return found
+
     def __repr__(self) -> str:
         return "HmacKey(...)"
 
@@ -244,6 +308,12 @@ HEADS = 64
 
 Key = bytes | HmacKey
 """A MESSAGE-INTEGRITY key: its bytes, or an :class:`HmacKey`."""
+
+
+def _hmac_sha1(key: Key, data: bytes) -> bytes:
+    if isinstance(key, HmacKey):
+        return key.sha1(data)
+    return hmac.digest(key, data, "sha1")
 
 
 def _hmac_sha256(key: Key, data: bytes) -> bytes:
@@ -272,23 +342,12 @@ def seal(
     encoded ``body`` (a multiple of 4 bytes), followed as asked by MESSAGE-INTEGRITY
     (RFC 8489 §14.5), MESSAGE-INTEGRITY-SHA256 (§14.6) and FINGERPRINT (§14.7), each computed
     over the message so far with the header length ending at that attribute."""
+    if fingerprint and key_sha256 is None and isinstance(key, HmacKey):
+        # the shape of every check and answer, signed with an HmacKey
+        return key.seal_fingerprinted(msg_type, transaction_id, body)
     if len(transaction_id) != 12:
         raise LocalProtocolError("transaction id must be 12 bytes")
     length = len(body)
-    if fingerprint and key_sha256 is None and isinstance(key, HmacKey) and length <= 0xFFFF - 32:
-        # the shape of every check and answer, signed with an HmacKey: its signed header
-        # has been read once per message type and length (HmacKey._head)
-        heads = key._heads
-        head = heads.get(msg_type << 16 | length)
-        if head is None:
-            head = key._head(msg_type, length)
-        h = head[0].copy()
-        h.update(transaction_id)
-        h.update(body)
-        o = key._sha1[1].copy()
-        o.update(h.digest())
-        data = b"".join((head[1], transaction_id, body, _MI_TL, o.digest()))
-        return data + _FP_TLV.pack(_FP, 4, _crc32(data) ^ FINGERPRINT_XOR)
     if key_sha256 is not None or length > 0xFFFF - 32:
         if key_sha256 is not None and not (16 <= sha256_length <= 32 and sha256_length % 4 == 0):
             raise LocalProtocolError("MESSAGE-INTEGRITY-SHA256 length must be 16..32, x4")
@@ -324,15 +383,10 @@ def integrity_matches(raw: bytes, at: int, key: Key) -> bool:
     """True when the MESSAGE-INTEGRITY attribute at offset ``at`` of the message ``raw``
     matches its HMAC-SHA1 with ``key`` (RFC 8489 §14.5): over the header, its length ending
     at that attribute, and everything before it."""
+    if isinstance(key, HmacKey) and at >= HEADER_SIZE:
+        return key.mac_matches(raw, at)
     signed = raw[:2] + (at + 4).to_bytes(2, "big") + raw[4:at]  # length ending at MI
-    if not isinstance(key, HmacKey):
-        return _compare_digest(hmac.digest(key, signed, "sha1"), raw[at + 4 : at + 24])
-    inner, outer = key._sha1  # HmacKey.sha1, inline (every check)
-    h = inner.copy()
-    h.update(signed)
-    o = outer.copy()
-    o.update(h.digest())
-    return _compare_digest(o.digest(), raw[at + 4 : at + 24])
+    return _compare_digest(_hmac_sha1(key, signed), raw[at + 4 : at + 24])
 
 
 def fingerprint_matches(raw: bytes, at: int) -> bool:
@@ -341,14 +395,29 @@ def fingerprint_matches(raw: bytes, at: int) -> bool:
     if at + 8 != len(raw) or at < HEADER_SIZE:
         return False
     if (raw[2] << 8 | raw[3]) == at - 12:
-        # FINGERPRINT is last, so the header already holds the length the CRC covers.
-        # (A slice of a short message costs less than a memoryview.)
-        crc = _crc32(raw[:at] if at < 2048 else memoryview(raw)[:at])
-    else:
-        head = _crc32(_LEN.pack(at - 12), _crc32(raw[:2]))
-        crc = _crc32(memoryview(raw)[4:at], head)
-    sent: int = _U32.unpack_from(raw, at + 4)[0]
-    return sent == crc ^ FINGERPRINT_XOR
+        # FINGERPRINT is last, so the header already holds the length the CRC covers
+        return fingerprint_value_matches(raw, at)
+    kind: int
+    length: int
+    sent: int
+    kind, length, sent = _FP_TLV.unpack_from(raw, at)
+    head = _crc32(_LEN.pack(at - 12), _crc32(raw[:2]))
+    crc = _crc32(memoryview(raw)[4:at], head)
+    return kind == _FP and length == 4 and sent == crc ^ FINGERPRINT_XOR
+
+
+def fingerprint_value_matches(raw: bytes, at: int) -> bool:
+    """True when the attribute at offset ``at`` of ``raw`` is a FINGERPRINT whose value is
+    the CRC-32 of ``raw[:at]`` XOR 0x5354554E (RFC 8489 §14.7). That is the check of
+    :func:`fingerprint_matches` for a message that ends with that attribute and whose header
+    length already covers it (``raw[2:4]`` is ``at - 12``), which the caller has made sure
+    of: a connectivity check whose header it compared (:func:`signed_check_prefix`)."""
+    tl: int
+    sent: int
+    tl, sent = _TL_VALUE.unpack_from(raw, at)
+    # (a slice of a short message costs less than a memoryview)
+    crc = _crc32(raw[:at] if at < 2048 else memoryview(raw)[:at])
+    return tl == _FP_TL_INT and sent == crc ^ FINGERPRINT_XOR
 
 
 def signed_check_prefix(data: bytes) -> bytes | None:

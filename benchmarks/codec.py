@@ -10,10 +10,11 @@ bytes and accept each other's.
 
 Anchor's side is what the ICE agent runs for that job, with the objects it owns:
 :meth:`anchor_stun.check.CheckKey.request` is how ``IceAgent._request`` builds a check, and
-:class:`CheckReader` is the sequence ``IceAgent.receive_datagram`` runs on one
+:class:`CheckReader` is the sequence the agent's responder
+(``anchor_ice.responder.Responder.receive``) runs on one it has no route for
 (:meth:`anchor_stun.check.CheckReader.known`, else ``Message.decode`` and
 :meth:`~anchor_stun.check.CheckReader.remember`; then FINGERPRINT and MESSAGE-INTEGRITY at
-their offsets).
+their offsets). (A repeat that has a route skips the reading: the ``checks`` row.)
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ Values = tuple[str, int, int]
 
 
 class CheckReader:
-    """Parse and verify a check the way ``IceAgent.receive_datagram`` does: the attributes
+    """Parse and verify a check the way the agent's responder does (one without a route,
+    ``anchor_ice.responder``): the attributes
     of a check already read come from the agent's :class:`anchor_stun.check.CheckReader`
     (at most 256 shapes), anything else is decoded and remembered; then FINGERPRINT and
     MESSAGE-INTEGRITY are verified with the agent's :class:`~anchor_stun.check.CheckKey`."""

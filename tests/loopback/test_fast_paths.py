@@ -61,6 +61,7 @@ from anchor_stun.message import (
     encode_attributes,
     encode_type,
     fingerprint_matches,
+    fingerprint_value_matches,
     integrity_matches,
     seal,
     signed_check_prefix,
@@ -184,6 +185,60 @@ def test_a_key_signs_every_shape_as_its_bytes_do_past_its_table_size() -> None:
         assert integrity_matches(signed, len(signed) - 32, raw_key)
         assert fingerprint_matches(signed, len(signed) - 8)
         assert not integrity_matches(signed, len(signed) - 32, HmacKey(raw_key + b"!"))
+
+
+messages = st.lists(
+    st.tuples(
+        st.sampled_from([0x0001, 0x0101, 0x0111, 0x0011]),  # message type
+        st.integers(0, 6).map(lambda n: 4 * n),  # attribute bytes before MESSAGE-INTEGRITY
+        st.sampled_from([0, 0, 0, 8, -4]),  # header length off by
+        st.sampled_from([b"\x21\x12\xa4\x42"] * 3 + [b"\x00\x00\x00\x00"]),  # cookie
+        st.sampled_from([None, None, 0, 3, 20]),  # a byte flipped in MI (or the body)
+        st.sampled_from([None, None, 0, 4]),  # a byte flipped in the FINGERPRINT TLV
+        st.sampled_from([0, 0, 0, -4, 4]),  # MESSAGE-INTEGRITY offset told off by
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@FAST
+@given(messages=messages, raw_key=st.binary(min_size=1, max_size=70))
+def test_an_hmac_key_checks_the_trailer_as_its_bytes_do(
+    messages: list[tuple[int, int, int, bytes, int | None, int | None, int]], raw_key: bytes
+) -> None:
+    """integrity_matches with an HmacKey (HmacKey.mac_matches: signed headers remembered by
+    the first 8 bytes as they arrived, with the offset) says what the key as bytes says,
+    whatever the header, cookie, offset or corruption, one message after another with the
+    same key; so does mac_matches given those 8 bytes. fingerprint_value_matches says what
+    fingerprint_matches says of a message whose header covers its FINGERPRINT."""
+    key = HmacKey(raw_key)
+    for msg_type, length, off, cookie, mi_flip, fp_flip, at_off in messages:
+        tid = os.urandom(12)
+        body = encode_attributes([RawAttribute(0x8022, os.urandom(length - 4))], tid) if (
+            length
+        ) else b""
+        data = bytearray(seal(msg_type, tid, body, raw_key, None, 32, True))
+        data[2:4] = (len(data) - 20 + off).to_bytes(2, "big")
+        data[4:8] = cookie
+        if mi_flip is not None:
+            data[len(data) - 28 + mi_flip - 4] ^= 0x40
+        if fp_flip is not None:
+            data[len(data) - 8 + fp_flip] ^= 0x01
+        raw = bytes(data)
+        at = len(raw) - 32 + at_off
+        general = integrity_matches(raw, at, raw_key)
+        assert integrity_matches(raw, at, key) == general
+        assert key.mac_matches(raw, at, raw[:8]) == general
+        fp_at = len(raw) - 8
+        if off == 0:
+            expected = raw[fp_at : fp_at + 4] == b"\x80\x28\x00\x04" and int.from_bytes(
+                raw[-4:], "big"
+            ) == zlib.crc32(raw[:fp_at]) ^ 0x5354554E  # RFC 8489 §14.7
+            assert fingerprint_value_matches(raw, fp_at) == expected
+            assert fingerprint_matches(raw, fp_at) == expected
+        if off == 0 and cookie[0] == 0x21 and mi_flip is None and at_off == 0:
+            assert general  # (the test's messages do get verified)
 
 
 def _general_check(
