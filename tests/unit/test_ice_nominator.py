@@ -17,6 +17,7 @@ from anchor_ice.nominator import (
     RelayOnly,
     StandardNominator,
     effective_type,
+    is_gateway_pair,
     is_host_pair,
 )
 from anchor_stun.events import Address
@@ -439,3 +440,85 @@ def test_renomination_relay_first_then_gateway_pair_once_the_direct_path_opens(
     assert a is not None and b is not None
     assert (a.local.address, a.remote.address) == (b.remote.address, b.local.address)
     assert len(_use_candidate_sources(net)) == (2 if renomination else 1)
+
+
+GATEWAY_DELAY = 0.15  # one way, on the path between the NATs; the relay path has none
+
+
+def _on_gateway_path(source: Address, destination: Address) -> bool:
+    publics = ("203.0.113.1", "198.51.100.1")
+    return source[0] in publics and destination[0] in publics
+
+
+class _RecordingGateway(GatewayNominator):
+    """GatewayNominator that notes what it was asked under renomination: (now, end of the
+    settle time, a gateway pair was valid, the better pair chosen or None)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renominations: list[tuple[float, float, bool, CandidatePair | None]] = []
+
+    def choose(self, view: NominationView, now: float) -> CandidatePair | None:
+        choice = super().choose(view, now)
+        if view.selected is not None and view.first_valid_at is not None:
+            gateway = any(is_gateway_pair(p, view) for p in view.valid_pairs)
+            better = choice if choice and choice.priority > view.selected.priority else None
+            self.renominations.append((now, view.first_valid_at + self.settle, gateway, better))
+        return choice
+
+
+@pytest.mark.parametrize("higher_pending", [False, True])
+def test_renomination_gateway_pair_valid_soon_after_the_relay_pair(higher_pending: bool) -> None:
+    """Under renomination the relay pair is selected at once (``provisional``) and the gateway
+    pair (its path has 150 ms of latency each way) validates a quarter of a second later,
+    well within the settle time of the first valid pair. The controlling agent moves to it:
+    at once when nothing better is pending; when a better pair is still pending (a srflx
+    candidate of the peer that nothing reaches, retransmitted for minutes) the nominator
+    turns the move down as too early, and the agent asks it again at the end of the settle
+    time, on its timer alone (no event comes then). Both sides end on the gateway pair, and
+    COMPLETED once nothing is pending."""
+
+    def latency(source: Address, destination: Address) -> float:
+        return GATEWAY_DELAY if _on_gateway_path(source, destination) else 0.0
+
+    nominator = _RecordingGateway()
+    ea, eb, net = natted(nominator, GatewayNominator(), latency=latency)
+    ea.agent.renomination = eb.agent.renomination = True
+    exchange(ea, eb, end=False)
+    if higher_pending:
+        ea.agent.add_remote_candidate(Candidate(
+            "unreach", 1, "udp", R_SRFLX.priority + 10, "198.51.100.9", 7009,
+            CandidateType.SRFLX, *B_HOST,
+        ))  # fmt: skip
+    for endpoint in (ea, eb):
+        endpoint.agent.add_remote_candidate(None)
+    ea.agent.start(0.0)
+    eb.agent.start(0.0)
+    now = run(ea, eb, net, 0.0, 2 * GATEWAY_DELAY - 0.01)
+    for endpoint in (ea, eb):
+        first = endpoint.agent.selected_pair
+        assert first is not None and CandidateType.RELAY in (first.local.type, first.remote.type)
+    now = run(ea, eb, net, now, 200.0)  # the unreachable pair fails after ~142 s (§14.3 RTO)
+    # the gateway pair was valid before the settle time ended, after the relay pair was selected
+    early = [r for r in nominator.renominations if r[2] and r[0] < r[1]]
+    assert early
+    assert early[0][0] <= early[0][1] - nominator.settle / 2  # well within the settle time
+    reflexive = {CandidateType.SRFLX, CandidateType.PRFLX}
+    moves = [r for r in nominator.renominations
+             if r[3] is not None and {r[3].local.type, r[3].remote.type} <= reflexive]  # fmt: skip
+    assert len(moves) == 1
+    if higher_pending:
+        assert all(r[3] is None for r in early)  # too early to move
+        assert moves[0][0] == moves[0][1]  # asked again at the end of the settle time
+    else:
+        assert moves[0] is early[0]  # moved as soon as the gateway pair was valid
+    for endpoint in (ea, eb):
+        pair = endpoint.agent.selected_pair
+        assert pair is not None and endpoint.agent.state is IceState.COMPLETED
+        assert {pair.local.type, pair.remote.type} <= reflexive
+        nominated = [e for e in endpoint.drain_events() if isinstance(e, PairNominated)]
+        assert all(e.selected for e in nominated)  # each one better than the last
+        assert CandidateType.RELAY in (nominated[0].pair.local.type, nominated[0].pair.remote.type)
+    a, b = ea.agent.selected_pair, eb.agent.selected_pair
+    assert a is not None and b is not None
+    assert (a.local.address, a.remote.address) == (b.remote.address, b.local.address)
