@@ -14,7 +14,10 @@ The agent calls the nominator with a :class:`NominationView` of one component:
 * :meth:`Nominator.choose` whenever something changed (a check succeeded or failed, a timer
   fired), for every component that has no nominated pair and no nomination under way, on the
   controlling side only. Return a pair from ``view.valid_pairs`` to nominate it now, or None
-  to wait.
+  to wait. Under renomination (``view.selected`` set) it is asked again while some pending
+  pair outranks the selected one; once none does, treat the answer as final (the
+  component's checks stop, §8.1.2, and it may not be asked again): return a better valid
+  pair then. The shipped policies do, since their settle rule waits only for pending pairs.
 * :meth:`Nominator.next_timer` after that, to learn when to call :meth:`choose` again even if
   nothing happens (a settle time, a grace period). None means "only on events".
 * :meth:`Nominator.accept` on the controlled side, when the peer nominates a valid pair
