@@ -123,7 +123,7 @@ most this many times the cost at the smallest size."""
 
 TARGETS: dict[tuple[str, str], Target] = {
     ("codec", "aioice"): Target(3.0),
-    ("checks", "aioice"): Target(3.0),
+    ("checks", "aioice"): Target(3.5),
     ("checks", "echo"): Target(0.6),
     ("connect", "aioice"): Target(5.0, higher_is_better=False, on="anchor"),
     ("relay", "coturn"): Target(0.4),
@@ -138,8 +138,9 @@ TARGETS: dict[tuple[str, str], Target] = {
     ("aiortc", "rate"): Target(1.0),
 }
 """Targets by (metric, first word of the baseline name), issue 8: codec >= 3x aioice;
-checks >= 3x aioice and >= 0.6x the raw echo; connect median <= 5 ms (Anchor's own figure);
-relay >= 0.4x coturn; channel >= 0.5x raw UDP clean and, at 5 % loss, >= 0.5x the
+checks >= 3x aioice (raised to 3.5x, the floor of the layout issue, issue 19) and >= 0.6x
+the raw echo; connect median <= 5 ms (Anchor's own figure); relay >= 0.4x coturn (issue 19's
+floor, 0.8x, is for the one-process row only, and stated in benchmarks/README.md); channel >= 0.5x raw UDP clean and, at 5 % loss, >= 0.5x the
 TCP-friendly rate at that loss and its own RTT (RFC 5348 §3.1; issue 8 said >= 0.7x of its
 clean figure, which no congestion-controlled channel meets: random loss is a congestion
 signal to it since issue 17, RFC 8085 §3.1, and bounds its rate far below its clean figure);
