@@ -282,6 +282,18 @@ def peer_reflexive_priority(candidate: Candidate) -> int:
     return (110 << 24) | (candidate.priority & 0x00FFFFFF)
 
 
+def _binding(data: bytes) -> Message | None:
+    """``data`` decoded when it is a STUN Binding message (ICE's), else None: not STUN, not
+    well formed (RFC 8489 §6.3), or another method."""
+    if not is_stun(data):
+        return None
+    try:
+        msg = Message.decode(data)
+    except DecodeError:
+        return None
+    return msg if msg.method == Method.BINDING else None
+
+
 def _pair_key(pair: CandidatePair) -> tuple[int, Address, Address]:
     return (pair.component, pair.local.address, pair.remote.address)
 
@@ -778,13 +790,8 @@ class IceAgent:
         # decoded again (Responder.receive).
         responder = self._responder
         if not responder.receive(data, addr, local, now):
-            if not is_stun(data):
-                return False
-            try:
-                msg = Message.decode(data)
-            except DecodeError:
-                return False
-            if msg.method != Method.BINDING:
+            msg = _binding(data)
+            if msg is None:
                 return False
             if msg.msg_class is MessageClass.REQUEST:
                 responder.receive_message(msg, addr, local, now)
@@ -852,13 +859,7 @@ class IceAgent:
     def _ignore(self, data: bytes) -> bool:
         """What :meth:`receive_datagram` does once the agent is closed or failed: a STUN
         Binding message is dropped and counted (True), anything else is not ICE's (False)."""
-        if not is_stun(data):
-            return False
-        try:
-            msg = Message.decode(data)
-        except DecodeError:
-            return False
-        if msg.method != Method.BINDING:
+        if _binding(data) is None:
             return False
         self.dropped += 1
         return True
