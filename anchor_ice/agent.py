@@ -19,7 +19,8 @@ allocation) and the peer address (XOR-PEER-ADDRESS for relayed data, RFC 8445 §
 Life cycle (``state``)::
 
     NEW --start--> CHECKING --every component selected--> CONNECTED --no check left--> COMPLETED
-     |                |  ^                                    |                            |
+     |                |  ^                                    |  ^                         |
+     |                |  |                                    |  +- a better pair to check +  (renomination)
      |                |  +------------- restart --------------+----------------------------+
      |                +--all pairs failed / checking timeout / consent lost--> FAILED
      +--------------------------------- close ---------------------------------> CLOSED
@@ -96,7 +97,12 @@ picks a valid pair better than the selected one, that pair's check is repeated w
 USE-CANDIDATE. Anchor only ever renominates to a pair of higher priority, so the controlled
 agent's rule above (the highest-priority nominated pair is selected) is the draft's
 "latest nomination wins" without its NOMINATION counter. Once no pending pair is better
-than the selected one, the component's checks stop as in §8.1.2. Data received on the
+than the selected one, the component's checks stop as in §8.1.2. A candidate that comes
+after that (trickle ICE, RFC 8838: a peer's srflx candidate signalled late, a local one
+gathered late), or a peer's check on a pair this side does not hold, is paired as before any
+selection, and its pairs that outrank the selected one are checked (a COMPLETED agent is
+CONNECTED again meanwhile, and COMPLETED once more when they are done): the link can still
+move to a better pair when the peer's own checks never reach us. Data received on the
 previous pair is still delivered (it is a valid pair), so nothing in flight is lost.
 
 ICE-lite (``lite=True``, RFC 8445 §2.5, §7.3.2, §8.2): the agent only answers. A request with
@@ -135,7 +141,7 @@ from __future__ import annotations
 import os
 import string
 from collections import deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -622,6 +628,7 @@ class IceAgent:
                 f"component {candidate.component} outside 1-{self.components}"
             )
         base = (str(base[0]), int(base[1]))
+        checking = set(self._checking_locals())
         for i, (existing, existing_base) in enumerate(self._locals):
             if (
                 existing.component == candidate.component
@@ -633,7 +640,7 @@ class IceAgent:
                     self._form_pairs()
                 return
         self._locals += ((candidate, base),)
-        self._form_pairs()
+        self._form_pairs([x for x in self._checking_locals() if x not in checking])
 
     def set_remote_credentials(self, ufrag: str, pwd: str) -> None:
         """The peer's ufrag and password (RFC 8445 §5.3). Changing them while checks run
@@ -696,7 +703,7 @@ class IceAgent:
                     self._form_pairs()
                 return
         self._remotes.append(candidate)
-        self._form_pairs()
+        self._form_pairs(fresh_remote=candidate)
 
     # ================================================================== control
 
@@ -1000,16 +1007,47 @@ class IceAgent:
                 out.append((candidate, base))
         return out
 
-    def _form_pairs(self) -> None:
+    def _form_pairs(
+        self,
+        fresh_locals: Sequence[tuple[Candidate, Address]] = (),
+        fresh_remote: Candidate | None = None,
+    ) -> None:
+        """Pair the candidates (RFC 8445 §6.1.2). A component with a selected pair gets no
+        new pair (§8.1.2), except under renomination (module docstring, "Renomination"):
+        there a new candidate (``fresh_locals``, the checking locals a local candidate
+        added, or ``fresh_remote``) is paired like any other, and its pairs that outrank the
+        selected pair are checked (:meth:`_checked_when_formed`)."""
         if self.lite:
             return
+        checking = self._checking_locals()
         remotes = [r for r in self._remotes if r.component not in self._selected]
-        added = self._checklist.form(self._checking_locals(), remotes)
+        added = self._checklist.form(checking, remotes)
+        if self.renomination and self._selected:
+            if fresh_remote is not None and fresh_remote.component in self._selected:
+                added += self._checklist.form(checking, [fresh_remote])
+            if fresh_locals:
+                added += self._checklist.form(
+                    fresh_locals, [r for r in self._remotes if r.component in self._selected]
+                )
         for pair in added:
-            if pair.component in self._selected:
+            if not self._checked_when_formed(pair):
                 self._checklist.remove(pair)
             elif self._running:
                 pair.state = self._checklist.state_for_new_pair(pair)
+
+    def _checked_when_formed(self, pair: CandidatePair) -> bool:
+        """Whether a pair just formed (or learned from a peer's check) is checked: always
+        before its component has a selected pair; after, only under renomination and when
+        it outranks the selected pair (§8.1.2 otherwise; module docstring, "Renomination").
+        A COMPLETED agent is CONNECTED again while such a pair is checked."""
+        selected = self._selected.get(pair.component)
+        if selected is None:
+            return True
+        if not (self.renomination and pair.priority > selected.priority):
+            return False
+        if self._state is IceState.COMPLETED and not self._restarting:
+            self._state = IceState.CONNECTED
+        return True
 
     def _update_running(self) -> None:
         running = (

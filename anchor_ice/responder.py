@@ -44,7 +44,9 @@ The steps, in order (RFC 8445 §7.3, RFC 8489 §6.3 and §9.1.3 for the checks o
    agent accepted nominates the valid pair, at once when known, else when the triggered
    check succeeds (§7.3.1.5). Once a component has its selected pair no triggered check is
    queued any more (§8.1.2), but a nomination of another valid pair is still taken
-   (aggressive nomination, renomination). An ICE-lite agent (§7.3.2) only learns the remote
+   (aggressive nomination, renomination); under renomination the triggered checks of pairs
+   that outrank the selected one go on, new pairs included, the agent's rule for any pair
+   it forms (``IceAgent._checked_when_formed``). An ICE-lite agent (§7.3.2) only learns the remote
    candidate and, with USE-CANDIDATE, makes (base, source) a valid nominated pair.
 
 Before the remote credentials are known (checks can arrive before the answer to an offer),
@@ -442,6 +444,26 @@ class Responder:
             except TypeError:  # an unhashable source or ``local``
                 pass
 
+    def _renominating(
+        self, pair: CandidatePair | None, local: Candidate, remote: Candidate, base: Address
+    ) -> bool:
+        """Renomination, a request for a component with a selected pair: True when the
+        request's pair (``pair``, or a new one added to the checklist) outranks the selected
+        pair (the agent's rule for every new pair), so that its triggered check runs."""
+        agent = self._agent
+        if not agent.renomination:
+            return False
+        new = pair is None
+        if pair is None:
+            pair = agent._checklist.add(local, remote, base)
+            if pair is None:
+                return False
+        if agent._checked_when_formed(pair):
+            return True
+        if new:
+            agent._checklist.remove(pair)
+        return False
+
     def _role_conflict(self, controlling: int | None, controlled: int | None) -> bool:
         """RFC 8445 §7.3.1.1, given the tie-breakers of the request's ICE-CONTROLLING and
         ICE-CONTROLLED. True when the agent keeps its role and answers 487."""
@@ -597,16 +619,20 @@ class Responder:
                     checklist.add_valid(valid)
                 agent._nominate(valid, now)
             return not use_candidate and learned == self._prflx_count
-        if component in agent._selected and not agent._improvable(component):
+        pair = checklist.find(component, base, source)
+        if (
+            component in agent._selected
+            and not agent._improvable(component)
+            and not self._renominating(pair, local, remote, base)
+        ):
             # §8.1.2: no more triggered checks for a component with a nominated pair, but a
-            # peer nominating aggressively (or renominating) may nominate another valid pair.
+            # peer nominating aggressively (or renominating) may nominate another valid pair;
+            # under renomination a new pair that outranks the selected one is checked.
             if use_candidate:
-                pair = checklist.find(component, base, source)
                 valid = agent._valid_from(pair) if pair is not None else None
                 if valid is not None and not valid.refused:
                     agent._nominate(valid, now)
             return not use_candidate and learned == self._prflx_count
-        pair = checklist.find(component, base, source)
         if pair is None:
             pair = checklist.add(local, remote, base)
             if pair is None:

@@ -26,6 +26,7 @@ from tests.unit.test_ice_harness import (
     Endpoint,
     Nat,
     Network,
+    Packet,
     decode,
     exchange,
     host,
@@ -522,3 +523,79 @@ def test_renomination_gateway_pair_valid_soon_after_the_relay_pair(higher_pendin
     a, b = ea.agent.selected_pair, eb.agent.selected_pair
     assert a is not None and b is not None
     assert (a.local.address, a.remote.address) == (b.remote.address, b.local.address)
+
+
+def _is_request(packet: Packet) -> bool:
+    return decode(packet.data).msg_class is MessageClass.REQUEST
+
+
+@pytest.mark.parametrize("peer_completed", [False, True])
+@pytest.mark.parametrize("renomination", [True, False])
+def test_srflx_trickled_after_the_relay_pair_was_selected(
+    renomination: bool, peer_completed: bool
+) -> None:
+    """Trickle ICE (RFC 8838) under renomination: the peer's srflx candidate reaches the
+    controlling agent only after a relay pair was selected on both sides (and the
+    controlling agent is COMPLETED), and the peer's own checks towards us are dropped until
+    we check its new candidate, so no triggered check of ours (RFC 8445 §7.3.1.4) can find
+    the gateway pair for us. The controlling agent pairs and checks the new candidate and
+    renominates to the gateway pair; both sides end on it, also when the peer's own checks
+    of that path had all failed and it was COMPLETED too (``peer_completed``: our check then
+    triggers its check again). Without renomination (RFC 8445 §8.1.2, regular nomination)
+    the completed component forms no pair for it and sends no check: the relay pair stays."""
+    checked: list[Packet] = []
+
+    def drop(packet: Packet) -> bool:
+        if not _is_request(packet):
+            return False
+        if packet.source[0] == "198.51.100.1":
+            return not checked  # the peer's checks from its srflx, until we checked it
+        if packet.sent_to == r_srflx.address and packet.destination is eb:
+            checked.append(packet)
+        return False
+
+    ea, eb, net = natted(GatewayNominator(), GatewayNominator(), drop=drop)
+    ea.agent.renomination = eb.agent.renomination = renomination
+    r_srflx = next(c for c in eb.agent.local_candidates() if c.type is CandidateType.SRFLX)
+    ea.agent.set_remote_credentials(eb.agent.local_ufrag, eb.agent.local_pwd)
+    eb.agent.set_remote_credentials(ea.agent.local_ufrag, ea.agent.local_pwd)
+    for candidate in ea.agent.local_candidates():
+        eb.agent.add_remote_candidate(candidate)
+    eb.agent.add_remote_candidate(None)
+    for candidate in eb.agent.local_candidates():
+        if candidate is not r_srflx:
+            ea.agent.add_remote_candidate(candidate)
+    ea.agent.start(0.0)
+    eb.agent.start(0.0)
+    now = run(ea, eb, net, 0.0, 3.0)
+    for endpoint in (ea, eb):
+        first = endpoint.agent.selected_pair
+        assert first is not None and CandidateType.RELAY in (first.local.type, first.remote.type)
+    assert ea.agent.state is IceState.COMPLETED
+    assert not checked
+    if peer_completed:
+        now = run(ea, eb, net, now, 300.0)  # the peer's checks of its srflx time out
+        assert eb.agent.state is IceState.COMPLETED
+    now = max(now, 300.0 if peer_completed else 3.0)
+    ea.agent.add_remote_candidate(r_srflx)  # trickled late
+    ea.agent.add_remote_candidate(None)
+    now = run(ea, eb, net, now, now + 200.0)
+    reflexive = {CandidateType.SRFLX, CandidateType.PRFLX}
+    for endpoint in (ea, eb):
+        pair = endpoint.agent.selected_pair
+        assert pair is not None and endpoint.agent.state is IceState.COMPLETED
+        nominated = [e for e in endpoint.drain_events() if isinstance(e, PairNominated)]
+        if renomination:
+            assert {pair.local.type, pair.remote.type} <= reflexive
+            assert [e.selected for e in nominated] == [True, True]  # relay, then gateway
+        else:
+            assert CandidateType.RELAY in (pair.local.type, pair.remote.type)
+            assert len(nominated) == 1
+    if renomination:
+        assert checked
+        a, b = ea.agent.selected_pair, eb.agent.selected_pair
+        assert a is not None and b is not None
+        assert a.remote.address == r_srflx.address
+        assert (a.local.address, a.remote.address) == (b.remote.address, b.local.address)
+    else:
+        assert not checked  # RFC 8445 §8.1.2: no check after completion
