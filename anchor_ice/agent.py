@@ -1039,7 +1039,8 @@ class IceAgent:
         """Whether a pair just formed (or learned from a peer's check) is checked: always
         before its component has a selected pair; after, only under renomination and when
         it outranks the selected pair (§8.1.2 otherwise; module docstring, "Renomination").
-        A COMPLETED agent is CONNECTED again while such a pair is checked."""
+        A COMPLETED agent is CONNECTED again while such a pair is checked, and completes
+        again without a second :class:`~anchor_ice.events.IceCompleted`."""
         selected = self._selected.get(pair.component)
         if selected is None:
             return True
@@ -1047,6 +1048,7 @@ class IceAgent:
             return False
         if self._state is IceState.COMPLETED and not self._restarting:
             self._state = IceState.CONNECTED
+            self._quiet_completion = True  # IceCompleted was said once: not again
         return True
 
     def _update_running(self) -> None:

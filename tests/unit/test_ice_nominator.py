@@ -9,7 +9,7 @@ import pytest
 from anchor_ice.agent import IceAgent, IceState
 from anchor_ice.candidate import Candidate, CandidateType
 from anchor_ice.checklist import CandidatePair, PairState
-from anchor_ice.events import PairNominated
+from anchor_ice.events import IceCompleted, PairNominated
 from anchor_ice.nominator import (
     GatewayNominator,
     NominationView,
@@ -584,7 +584,9 @@ def test_srflx_trickled_after_the_relay_pair_was_selected(
     for endpoint in (ea, eb):
         pair = endpoint.agent.selected_pair
         assert pair is not None and endpoint.agent.state is IceState.COMPLETED
-        nominated = [e for e in endpoint.drain_events() if isinstance(e, PairNominated)]
+        events = endpoint.drain_events()
+        nominated = [e for e in events if isinstance(e, PairNominated)]
+        assert sum(isinstance(e, IceCompleted) for e in events) == 1  # said once
         if renomination:
             assert {pair.local.type, pair.remote.type} <= reflexive
             assert [e.selected for e in nominated] == [True, True]  # relay, then gateway
