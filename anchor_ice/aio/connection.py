@@ -245,8 +245,8 @@ class Connection:
     * ``local_username`` / ``local_password``: credentials (drawn at random otherwise).
     * ``agent_options``: more keyword arguments for :class:`~anchor_ice.agent.IceAgent`.
     * ``pacer``: the :class:`~anchor_ice.aio.pacing.TransactionPacer` that spaces the new
-      STUN requests of this connection and every other sharing it 5 ms apart (RFC 8445
-      §14.2); default: the one of the event loop, shared by all its connections
+      STUN requests (gathering's and the checks') of this connection and every other sharing
+      it 5 ms apart (RFC 8445 §14.2); default: the one of the event loop, shared by all its connections
       (:func:`~anchor_ice.aio.pacing.shared_pacer`); :data:`~anchor_ice.aio.pacing.UNPACED`
       opts out (labs).
     """
@@ -584,6 +584,7 @@ class Connection:
                 ta=self._gather_ta,
                 software=SOFTWARE,
                 rng=self._rng,
+                pacer=self._process_pacer(),
             )
             for component in range(1, self.components + 1)
         ]
@@ -965,12 +966,17 @@ class Connection:
                 self._requests_sent[tid] = None
                 if len(self._requests_sent) > _REQUESTS_REMEMBERED:
                     self._requests_sent.popitem(last=False)
-                pacer = self._pacer
-                if pacer is None:
-                    pacer = self._pacer = shared_pacer()
-                pacer.submit(lambda: self._send_paced(transmit))
+                self._process_pacer().submit(lambda: self._send_paced(transmit))
                 return
         self._send_now(transmit)
+
+    def _process_pacer(self) -> TransactionPacer:
+        """The pacer of this connection's new STUN transactions, gathering's and the
+        agent's: ``pacer=`` or the loop's shared one (RFC 8445 §14.2)."""
+        pacer = self._pacer
+        if pacer is None:
+            pacer = self._pacer = shared_pacer()
+        return pacer
 
     def _send_paced(self, transmit: Transmit) -> None:
         if not self._closed:

@@ -71,7 +71,10 @@ Time limits: gathering never hangs (the STUN and TURN servers may not answer at 
 docs/peers.md). Each server gets ``timeout`` seconds per socket, name resolution
 included; then the transaction is abandoned and a :class:`GatherFailure` recorded. A TURN
 allocation abandoned this way is released if its success response still arrives. New
-transactions over UDP are paced ``ta`` seconds apart (RFC 8445 §14.2, default Ta = 50 ms);
+transactions over UDP are paced ``ta`` seconds apart (RFC 8445 §14.2, default Ta = 50 ms),
+and each also waits for a slot of the process's pacer when one is given (``pacer``: a
+:class:`~anchor_ice.aio.connection.Connection` gives its own, the loop's shared one by
+default, so that gathering and checks of every agent of a process leave 5 ms apart);
 TCP/TLS allocations start at once (TCP's own congestion control paces them), so the
 allocations over every configured transport start together.
 
@@ -103,6 +106,7 @@ from typing import Any, Literal
 
 import ifaddr
 
+from anchor_ice.aio.pacing import TransactionPacer
 from anchor_ice.candidate import COMPONENT_RTP, Candidate, CandidateType, make_candidate
 from anchor_stun.aio.net import (
     DEFAULT_PORT,
@@ -1260,6 +1264,7 @@ class Gatherer:
         software: str | None = None,
         turn_options: Mapping[str, Any] | None = None,
         rng: Callable[[int], bytes] = os.urandom,
+        pacer: TransactionPacer | None = None,
     ) -> None:
         if isinstance(host_ips, str):
             raise LocalProtocolError("host_ips is an iterable of addresses, not one string")
@@ -1281,6 +1286,11 @@ class Gatherer:
         """Seconds :meth:`close` waits for the answers to the Refresh(0) requests."""
         self.ta = ta
         """Seconds between the starts of two gathering transactions (RFC 8445 §14.2)."""
+        self.pacer = pacer
+        """The process's pacer of new STUN transactions (:mod:`anchor_ice.aio.pacing`),
+        which each server's gathering transaction over UDP also waits for after this
+        gatherer's own Ta (RFC 8445 §14.2: all transactions of all agents of a process;
+        :class:`~anchor_ice.aio.connection.Connection` passes its own), or None: Ta only."""
         self._stun_rto = stun_rto
         self._software = software
         self._turn_options = dict(turn_options or {})
@@ -1476,13 +1486,23 @@ class Gatherer:
         self._failures.append(GatherFailure(kind, sock.local, server, reason))
 
     async def _pace(self) -> None:
-        """Start new transactions at most every Ta (RFC 8445 §14.2)."""
+        """Start new transactions at most every Ta, and in a slot of the process's pacer
+        when there is one (RFC 8445 §14.2)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         start = max(now, self._next_start)
         self._next_start = start + self.ta
         if start > now:
             await asyncio.sleep(start - now)
+        if self.pacer is not None:
+            slot: asyncio.Future[None] = loop.create_future()
+
+            def release() -> None:
+                if not slot.done():  # (cancelled: gathering was closed meanwhile)
+                    slot.set_result(None)
+
+            self.pacer.submit(release)
+            await slot
 
     async def _run(self) -> None:
         jobs: list[Coroutine[Any, Any, None]] = []

@@ -20,8 +20,13 @@ host its own) or :data:`UNPACED` to opt out (labs that must not couple their age
 The pacer is a queue of sends with one timer: :meth:`TransactionPacer.submit` sends at once
 when the previous send left at least 5 ms ago and nothing waits, else queues it; the timer
 releases one send at a time, each 5 ms after the previous one actually left (so a timer that
-fires late delays those behind it instead of letting two leave closer than 5 ms). Gathering (STUN and TURN servers) is paced by the gatherer's own
-Ta and does not go through it.
+fires late delays those behind it instead of letting two leave closer than 5 ms).
+
+Gathering goes through it too (RFC 8445 §14.1 counts its transactions): a connection's
+:class:`~anchor_ice.aio.gather.Gatherer` starts the transaction with each STUN server, and
+each TURN server over UDP, in a slot of the connection's pacer, after the gatherer's own Ta.
+(The later requests of an allocation, its authenticated retry, permissions and refreshes,
+are the TURN client's and are not held.)
 """
 
 from __future__ import annotations

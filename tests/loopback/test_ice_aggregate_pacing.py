@@ -139,3 +139,31 @@ def test_own_pacer_and_opt_out() -> None:
         assert shared.submitted == before  # neither used the loop's pacer
 
     run(main())
+
+
+def test_gathering_goes_through_the_pacer() -> None:
+    """RFC 8445 §14.1 counts gathering's transactions too: each connection's request to its
+    STUN server takes a slot of the connection's pacer, before any check; a pacer of its
+    own or UNPACED keeps another connection out of it."""
+    from anchor_ice.candidate import CandidateType
+    from tests.loopback.test_ice_gather import stun_server
+
+    async def main() -> None:
+        async with stun_server() as server:
+            pacer = TransactionPacer()
+            conns = [
+                Connection(i == 0, host_ips=[LOOPBACK], stun_server=server, pacer=pacer)
+                for i in range(2)
+            ]
+            apart = Connection(True, host_ips=[LOOPBACK], stun_server=server, pacer=UNPACED)
+            try:
+                await asyncio.gather(*(c.gather_candidates() for c in [*conns, apart]))
+                for conn in [*conns, apart]:  # each got its answer (on loopback the
+                    assert not conn.gather_failures  # srflx is its host: redundant)
+                    assert {c.type for c in conn.local_candidates} == {CandidateType.HOST}
+                assert pacer.submitted == 2  # one Binding per connection, no check yet
+            finally:
+                for conn in [*conns, apart]:
+                    await conn.close()
+
+    run(main())
