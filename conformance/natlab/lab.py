@@ -404,10 +404,7 @@ class NatLab:
         ):
             ip = ["ip", "-n", self.ns(role)]
             _run([*ip, "addr", "add", cidr, "dev", ifname])
-            # A wire carries datagrams: a segmented send (UDP_SEGMENT, which Anchor's links
-            # use) is cut into its datagrams here, as a NIC would, instead of crossing the
-            # veth as one packet that the routers' per-packet rules (loss, tbf) count once.
-            _run([*ip, "link", "set", ifname, "gso_max_segs", "1", "up"])
+            _run([*ip, "link", "set", ifname, "up"])
 
     def add_server_nat(self) -> tuple[str, str]:
         """Add a server host ``srv`` behind a 1:1 NAT router ``natS`` hanging off ``pub``

@@ -237,7 +237,7 @@ def join_hosts(lab: NatLab) -> None:
     for role in ("hostA", "hostB"):
         ip = ["ip", "-n", lab.ns(role)]
         _run([*ip, "addr", "add", f"{SHARED_IPS[role]}/26", "dev", "shared"])
-        _run([*ip, "link", "set", "shared", "gso_max_segs", "1", "up"])  # as NatLab._link
+        _run([*ip, "link", "set", "shared", "up"])
     for nat in NATS.values():
         _run(["ip", "-n", lab.ns(nat.name), "route", "add", SHARED_SEGMENT, "via", nat.host_ip])
 
