@@ -53,6 +53,8 @@ FR, RC, PR, SY = (NatKind.FULL_CONE, NatKind.RESTRICTED_CONE,
                   NatKind.PORT_RESTRICTED_CONE, NatKind.SYMMETRIC)  # fmt: skip
 WAN = {NATS["natA"].wan_ip, NATS["natB"].wan_ip}
 DIRECT = DIRECT_TYPES
+MESSAGES = 10_000
+"""Messages of the 5 % loss test (see there)."""
 LIVE_IDLE = 30.0
 """Idle timeout of the live pipes: idleness never ends their link within the test."""
 FIRST_MESSAGE_BUDGET_MS = 300
@@ -228,15 +230,20 @@ def test_loss_on_forward_path_every_message_once_in_order(
     _set(natlab, PR, PR)
     natlab.set_loss("natA", outbound=5)
     try:
-        # 400 numbered messages of 1000 bytes, one per read (--chunk): ~400 datagrams out
-        data = b"".join((b"message %05d " % i).ljust(999, b".") + b"\n" for i in range(400))
+        # 10,000 numbered messages of 1000 bytes, one per read (--chunk): ~10,000 datagrams
+        # out. The lab's veths carry a segmented send (UDP_SEGMENT: a run of frames) as one
+        # packet, which the loss rule drops whole (a burst loss, harsher than the wire's):
+        # 10,000 messages make enough packets that the rule certainly drops some.
+        data = b"".join(
+            (b"message %05d " % i).ljust(999, b".") + b"\n" for i in range(MESSAGES)
+        )
         run = pipe_pair(natlab, data, extra_a=["--chunk", "1000"], timeout=40)
         drops = natlab.loss_drops("natA")
     finally:
         natlab.set_loss("natA", 0, 0)
     _check_delivery(run, data)
     assert drops > 0, "the loss rule dropped nothing: the test proved nothing"
-    _timing(request, f"5 % loss natA LAN->WAN, 400 messages, {drops} packets dropped", run,
+    _timing(request, f"5 % loss natA LAN->WAN, {MESSAGES} messages, {drops} packets dropped", run,
             budget=False)  # fmt: skip
 
 
