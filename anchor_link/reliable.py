@@ -965,8 +965,7 @@ class ReliableChannel:
         if frames:
             self._rcv_next = rcv_next
             self._ack_owed = True
-            self._last_activity = now  # what _activity does
-            self._idle_reported = False
+            self._activity(now)
             stats.frames_received += frames
             stats.messages_received += messages
             stats.bytes_received += message_bytes
