@@ -196,9 +196,10 @@ import dataclasses
 import os
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from itertools import repeat
 from typing import Any, Protocol
 
 import crc32c as _crc32c
@@ -738,14 +739,16 @@ class ReliableChannel:
         self._partial_size = 0
         self._skip_message = False
         self._peer_fin = False
-        # Nothing buffered, no message half reassembled, no FIN, not closed: the fast path of
-        # receive_datagram applies (recomputed after every frame it does not take, and at
-        # every change of state).
+        # Nothing buffered, no message half reassembled, no FIN, not closed: receive_datagrams
+        # may take a whole in-order message without its handler (recomputed after every frame
+        # a handler takes, and at every change of state).
         self._rcv_simple = True
 
         # Idle.
         self._last_activity: float | None = now
-        self._idle_reported = False
+        # The _last_activity that ReliableIdle was reported for: activity moves _last_activity
+        # on (to a later time, since the report came idle_timeout after it), which re-arms idle.
+        self._idle_reported_for: float | None = None
 
     # ----------------------------------------------------------------- properties
 
@@ -854,8 +857,7 @@ class ReliableChannel:
         stats = self._stats
         stats.messages_sent += 1
         stats.bytes_sent += size
-        self._last_activity = now  # what _activity does
-        self._idle_reported = False
+        self._last_activity = now
 
     def close(self, now: float) -> None:
         """Start the close handshake: a FIN goes out after every message already sent.
@@ -877,15 +879,19 @@ class ReliableChannel:
         ACK (module docstring, "Receiving")."""
         sealer = self._sealer
         stats = self._stats
-        events = self._events
-        max_message = self._max_message
-        # The common case, a whole message in order with nothing buffered, is handled in this
-        # loop with the receive state in locals (written back before anything else runs and
-        # at the end): what _on_data, _on_sequenced and _reassemble would do with it.
+        # A whole message in one frame, next in sequence, with nothing buffered (``simple``:
+        # no hole, no half-reassembled message, no FIN, not closed) and room in the window is
+        # the path of nearly every frame: it is taken here with the sequence point in a local
+        # and the messages collected in ``whole`` for _messages (both handed over before
+        # anything else runs, and at the end). Every other frame goes to its handler: _on_data
+        # and _on_sequenced buffer it in sequence order and _deliver hands what is in order to
+        # _reassemble.
         rcv_next = self._rcv_next
         simple = self._rcv_simple
         manual = self._manual_release
-        frames = messages = message_bytes = 0
+        max_message = self._max_message
+        whole: list[bytes] = []
+        frames = 0
         for data in datagrams:
             # ``body`` holds the frame from its type byte on, at ``start``: the plaintext
             # frame itself (start 1), or what the sealer opened (start 0, without the first
@@ -925,31 +931,26 @@ class ReliableChannel:
                 kind == _FIRST_LAST_DATA
                 and seq == rcv_next & _SEQ_MASK
                 and simple
-                and (not manual or self._unread < self._receive_window)
+                and (not manual or self._unread + len(whole) < self._receive_window)
             ):
                 rcv_next += 1
                 frames += 1
-                size -= _DATA_OVERHEAD
-                if size > max_message:
+                if size - _DATA_OVERHEAD > max_message:
                     stats.dropped_invalid += 1
                     continue
-                messages += 1
-                message_bytes += size
-                if manual:
-                    self._unread += 1
-                    self._unread_frames.append(1)
-                events.append(MessageReceived(body[start + _BODY_HEAD.size : -_CRC_SIZE]))
+                whole.append(body[start + _BODY_HEAD.size : -_CRC_SIZE])
                 continue
-            frame = body if start else bytes(data[:1]) + body
             if frames:
                 self._rcv_next = rcv_next
                 self._ack_owed = True
-                self._activity(now)
-            if kind == _FIRST_LAST_DATA:  # what _on_data does, without the dispatch
-                accepted = self._on_sequenced(seq, kind, frame[_SEQ_END:-_CRC_SIZE], now)
-            else:
-                handler = self._HANDLERS.get(kind & 0x0F)
-                accepted = handler is not None and handler(self, frame, now)
+                self._last_activity = now
+                if whole:
+                    self._messages(whole, 1)
+                    whole = []
+            handler = self._HANDLERS.get(kind & 0x0F)
+            accepted = handler is not None and handler(
+                self, body if start else bytes(data[:1]) + body, now
+            )
             rcv_next = self._rcv_next
             simple = self._rcv_simple = (
                 not self._rcv_buf
@@ -965,10 +966,10 @@ class ReliableChannel:
         if frames:
             self._rcv_next = rcv_next
             self._ack_owed = True
-            self._activity(now)
+            self._last_activity = now
             stats.frames_received += frames
-            stats.messages_received += messages
-            stats.bytes_received += message_bytes
+            if whole:
+                self._messages(whole, 1)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """The frames to send now on the selected pair, in order: an ACK if one is owed,
@@ -1073,7 +1074,7 @@ class ReliableChannel:
                 return  # gave up
         idle = self._idle_deadline()
         if idle is not None and now >= idle:
-            self._idle_reported = True
+            self._idle_reported_for = self._last_activity
             self._events.append(ReliableIdle(self._last_active()))
 
     def next_event(self) -> ReliableEvent | None:
@@ -1096,7 +1097,7 @@ class ReliableChannel:
         for _ in range(messages):
             self._unread -= held.popleft()
         if messages:
-            self._activity(now)
+            self._last_activity = now
         if not self._ack_owed:
             self._maybe_window_update()
         return self._ack_owed
@@ -1484,64 +1485,34 @@ class ReliableChannel:
             self._ack_owed = self._ack_repeat = True
             return True
         self._ack_owed = True
-        if seq == self._rcv_next and not self._rcv_buf:
-            if type_ != _FIN:
-                # In order with nothing buffered (the common case): what _deliver would do.
-                self._activity(now)
-                self._rcv_next = seq + 1
-                self._reassemble(type_, payload)
-                return True
-        else:
-            self._ack_repeat = True  # out of order, or filling a hole: the peer recovers
-        self._rcv_buf[seq] = (type_, payload)
         if type_ != _FIN:
-            self._activity(now)
-        self._deliver()
+            self._last_activity = now
+        if seq != self._rcv_next:
+            self._ack_repeat = True  # out of order: the peer recovers from a loss
+            self._rcv_buf[seq] = (type_, payload)
+            return True
+        if self._rcv_buf:
+            self._ack_repeat = True  # filling a hole
+        self._deliver(type_, payload)
         return True
 
-    def _deliver(self) -> None:
-        """Deliver what is now in order: messages, then possibly the peer's FIN."""
+    def _deliver(self, type_: int, payload: bytes) -> None:
+        """Deliver the frame that is next in sequence, then every buffered one it puts in
+        order: their fragments go to _reassemble, and a FIN ends the peer's side."""
         buffered = self._rcv_buf
-        nxt = self._rcv_next
-        while nxt in buffered:
-            type_, payload = buffered.pop(nxt)
-            nxt += 1
-            self._rcv_next = nxt
+        while True:
+            self._rcv_next += 1
             if type_ == _FIN:
                 self._on_peer_fin()
                 return
-            if (
-                type_ == _FIRST_LAST_DATA
-                and self._partial is None
-                and not self._skip_message
-                and len(payload) <= self._max_message
-            ):
-                # A whole message in one frame: what _reassemble does with it.
-                stats = self._stats
-                stats.messages_received += 1
-                stats.bytes_received += len(payload)
-                if self._manual_release:
-                    self._unread += 1
-                    self._unread_frames.append(1)
-                self._events.append(MessageReceived(payload))
-            else:
-                self._reassemble(type_, payload)
+            self._reassemble(type_, payload)
+            if not buffered or self._rcv_next not in buffered:
+                return
+            type_, payload = buffered.pop(self._rcv_next)
 
     def _reassemble(self, type_: int, payload: bytes) -> None:
-        if type_ & _FIRST_LAST == _FIRST_LAST and self._partial is None and not self._skip_message:
-            # A whole message in one frame (the common case): what the general path below
-            # does with it, without the fragment list.
-            size = len(payload)
-            if size > self._max_message:
-                self._stats.dropped_invalid += 1
-                return
-            self._stats.messages_received += 1
-            self._stats.bytes_received += size
-            if self._manual_release:
-                self._unread += 1
-                self._unread_frames.append(1)
-            self._events.append(MessageReceived(payload))
-            return
+        """Put the fragments of a message together, in order; a message above ``max_message``
+        or one missing its FIRST or LAST fragment is dropped and counted."""
         if type_ & _FIRST:
             if self._partial is not None or self._skip_message:
                 self._stats.dropped_invalid += 1  # a message without its LAST fragment
@@ -1560,15 +1531,22 @@ class ReliableChannel:
             self._skip_message = not type_ & _LAST
             return
         if type_ & _LAST:
-            frames = len(self._partial)
-            message = b"".join(self._partial)
+            fragments = self._partial
             self._partial, self._partial_size = None, 0
-            self._stats.messages_received += 1
-            self._stats.bytes_received += len(message)
-            if self._manual_release:
-                self._unread += frames
-                self._unread_frames.append(frames)
-            self._events.append(MessageReceived(message))
+            self._messages((b"".join(fragments),), len(fragments))
+
+    def _messages(self, messages: Sequence[bytes], frames: int) -> None:
+        """Whole messages, in order, of ``frames`` frames each: count them, hold their frames
+        in the receive window until the application releases them (``manual_release``), and
+        report them. The one place a message is delivered."""
+        stats = self._stats
+        count = len(messages)
+        stats.messages_received += count
+        stats.bytes_received += sum(map(len, messages))
+        if self._manual_release:
+            self._unread += count * frames
+            self._unread_frames.extend(repeat(frames, count))
+        self._events.extend(map(MessageReceived, messages))
 
     def _on_peer_fin(self) -> None:
         self._peer_fin = True
@@ -1747,10 +1725,6 @@ class ReliableChannel:
         if self._state is _CLOSED:
             self._rcv_simple = False
 
-    def _activity(self, now: float) -> None:
-        self._last_activity = now
-        self._idle_reported = False
-
     def _last_active(self) -> float:
         assert self._last_activity is not None
         return max(self._last_activity, self._last_tx)
@@ -1758,7 +1732,7 @@ class ReliableChannel:
     def _idle_deadline(self) -> float | None:
         if (
             self._last_activity is None
-            or self._idle_reported
+            or self._idle_reported_for == self._last_activity
             or self._snd_una < self._snd_next
             or self._unread
         ):
