@@ -1008,20 +1008,16 @@ def _rendezvous_collector(service: RendezvousServer) -> Any:
                 "anchor_rendezvous_forwarded", "descriptions forwarded to their holder",
                 value=service.forwarded,
             )
-            shed = CounterMetricFamily(
-                "anchor_rendezvous_shed", "rendezvous connections closed by the server, by "
-                "reason", labels=["reason"],
-            )
-            for reason in RENDEZVOUS_SHED_REASONS:
-                shed.add_metric([reason], service.shed[reason])
-            yield shed
-            dropped = CounterMetricFamily(
-                "anchor_rendezvous_frames_dropped", "rendezvous frames not forwarded, by "
-                "reason", labels=["reason"],
-            )
-            for reason in FRAME_DROP_REASONS:
-                dropped.add_metric([reason], service.dropped[reason])
-            yield dropped
+            for name, text, reasons, counts in (
+                ("shed", "rendezvous connections closed by the server, by reason",
+                 RENDEZVOUS_SHED_REASONS, service.shed),
+                ("frames_dropped", "rendezvous frames not forwarded, by reason",
+                 FRAME_DROP_REASONS, service.dropped),
+            ):
+                family = CounterMetricFamily(f"anchor_rendezvous_{name}", text, labels=["reason"])
+                for reason in reasons:
+                    family.add_metric([reason], counts[reason])
+                yield family
 
     return _Collector()
 

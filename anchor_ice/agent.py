@@ -1016,7 +1016,7 @@ class IceAgent:
         new pair (§8.1.2), except under renomination (module docstring, "Renomination"):
         there a new candidate (``fresh_locals``, the checking locals a local candidate
         added, or ``fresh_remote``) is paired like any other, and its pairs that outrank the
-        selected pair are checked (:meth:`_checked_when_formed`)."""
+        selected pair are checked (:meth:`_admit_new_pair`)."""
         if self.lite:
             return
         checking = self._checking_locals()
@@ -1030,17 +1030,18 @@ class IceAgent:
                     fresh_locals, [r for r in self._remotes if r.component in self._selected]
                 )
         for pair in added:
-            if not self._checked_when_formed(pair):
+            if not self._admit_new_pair(pair):
                 self._checklist.remove(pair)
             elif self._running:
                 pair.state = self._checklist.state_for_new_pair(pair)
 
-    def _checked_when_formed(self, pair: CandidatePair) -> bool:
-        """Whether a pair just formed (or learned from a peer's check) is checked: always
-        before its component has a selected pair; after, only under renomination and when
-        it outranks the selected pair (§8.1.2 otherwise; module docstring, "Renomination").
-        A COMPLETED agent is CONNECTED again while such a pair is checked, and completes
-        again without a second :class:`~anchor_ice.events.IceCompleted`."""
+    def _admit_new_pair(self, pair: CandidatePair) -> bool:
+        """Admit a pair just formed (or learned from a peer's check) to checking, and say
+        whether it was admitted: always before its component has a selected pair; after,
+        only under renomination and when it outranks the selected pair (§8.1.2 otherwise;
+        module docstring, "Renomination"). Admitting one there makes a COMPLETED agent
+        CONNECTED again while it is checked; it completes again without a second
+        :class:`~anchor_ice.events.IceCompleted`. The caller removes a pair not admitted."""
         selected = self._selected.get(pair.component)
         if selected is None:
             return True

@@ -46,7 +46,7 @@ The steps, in order (RFC 8445 §7.3, RFC 8489 §6.3 and §9.1.3 for the checks o
    queued any more (§8.1.2), but a nomination of another valid pair is still taken
    (aggressive nomination, renomination); under renomination the triggered checks of pairs
    that outrank the selected one go on, new pairs included, the agent's rule for any pair
-   it forms (``IceAgent._checked_when_formed``). An ICE-lite agent (§7.3.2) only learns the remote
+   it forms (``IceAgent._admit_new_pair``). An ICE-lite agent (§7.3.2) only learns the remote
    candidate and, with USE-CANDIDATE, makes (base, source) a valid nominated pair.
 
 Before the remote credentials are known (checks can arrive before the answer to an offer),
@@ -458,7 +458,7 @@ class Responder:
             pair = agent._checklist.add(local, remote, base)
             if pair is None:
                 return False
-        if agent._checked_when_formed(pair):
+        if agent._admit_new_pair(pair):
             return True
         if new:
             agent._checklist.remove(pair)
