@@ -550,6 +550,33 @@ def test_tls_sessions_are_bounded_and_their_memory_released(tls_files: tuple[Pat
             assert metrics["anchor_stream_connections"] == 0
 
 
+def test_stalled_tls_handshakes_are_closed_at_the_deadline(tls_files: tuple[Path, Path]) -> None:
+    """Finding 3: stalled TLS handshakes (the issue saw them last 55-66 s, asyncio's own
+    timeout): 200 connections to the TLS listener from 2 addresses, half of them saying
+    nothing, half sending the start of a ClientHello that never ends. They hold slots like
+    any connection and are closed at the first-request deadline (the TLS handshake's is
+    never later), counted; the legitimate clients are served meanwhile."""
+    # A TLS record header (handshake, TLS 1.0 record version, 512 bytes) and a ClientHello
+    # header announcing 508 bytes: then nothing.
+    partial = bytes.fromhex("1603010200") + bytes.fromhex("010001fc") + b"\x03\x03" + bytes(16)
+    with serve(tls=tls_files) as server, withstand(server, "stalled TLS handshakes") as attack:
+        assert server.tls_port is not None
+        for i in range(200):
+            sock = attack.hold(
+                socket.create_connection(
+                    ("127.0.0.1", server.tls_port),
+                    timeout=5,
+                    source_address=(f"127.0.16.{i % 2 + 1}", 0),
+                )
+            )
+            if i % 4 >= 2:
+                sock.sendall(partial)
+        attack.check_during()
+        metrics = settle(server, lambda m: m["anchor_stream_connections"] == 0)
+        closed = shed(metrics, "first_request_timeout") + shed(metrics, "tls_handshake")
+        assert closed == 200, metrics
+
+
 def test_partial_frames_are_bounded_in_time() -> None:
     """Finding 4: 100 connections each holding a 65,004-byte partial ChannelData frame
     are closed at the partial-frame deadline (shorter here than the first-request one)."""
