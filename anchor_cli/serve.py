@@ -28,12 +28,15 @@ Hostile clients (issue 24). At start the process raises its soft ``RLIMIT_NOFILE
 hard limit and sizes its defaults from what it got (:func:`~anchor_turn.aio.server.
 resource_budget`): the total allocation quota (``--total-quota``), the per-user quota
 (``--user-quota``, :data:`DEFAULT_USER_QUOTA` or a quarter of the total) and the TCP/TLS
-connection bound (``--max-connections``), so that no client can make the server run out of
-descriptors. The other bounds of TCP/TLS connections (per source, deadlines, request rate)
-are :class:`~anchor_turn.aio.server.StreamLimits`, with a flag each. Unsigned answers over
+connection bound (``--max-connections``), so that what clients hold never takes every
+descriptor (a flood of connects can still make ``accept()`` fail for a moment: asyncio
+accepts up to a listen backlog of them before the bounds see one). The other bounds of
+TCP/TLS connections (per source, deadlines, request rate) are
+:class:`~anchor_turn.aio.server.StreamLimits`, with a flag each. Unsigned answers over
 UDP are budgeted per source prefix (:mod:`anchor_stun.budget`), in STUN-only mode too. A
 :class:`~anchor_turn.aio.server.LoopErrorFilter` turns asyncio's ``accept()`` failures for
-lack of descriptors into a counter and one warning a minute. The wildcard listener's host
+lack of descriptors into a counter and one warning a minute (and silences their retries
+that come after a shutdown closed the listeners). The wildcard listener's host
 addresses and the metrics and rendezvous ports are declared "myself" to the TURN core, so
 no client can relay to them. The rendezvous has bounds of its own
 (:class:`~anchor_link.aio.signal.RendezvousServer`): ``--signal-max-connections`` (by default

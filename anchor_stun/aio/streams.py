@@ -178,7 +178,14 @@ class LoopErrorFilter:
     buffers (``accept()`` failing with EMFILE, ENFILE, ENOBUFS, ENOMEM; asyncio retries by
     itself a second later) is counted in :attr:`resource_errors` and logged as one warning
     per ``interval`` seconds, without a traceback; other errors go to the loop's default
-    handler, at most ``burst`` per ``interval`` (the rest counted in :attr:`suppressed`)."""
+    handler, at most ``burst`` per ``interval`` (the rest counted in :attr:`suppressed`).
+
+    asyncio schedules one retry per failed ``accept()``, and a listen queue full of
+    connections fails it once per connection (up to the listener's backlog) in one go: when
+    the server closes its listeners with retries pending (a shutdown during a shortage),
+    each of them fails on the closed socket (``ValueError: Invalid file descriptor: -1``).
+    Those are counted in :attr:`stale_retries` and not logged: the listener they would have
+    restarted is gone on purpose."""
 
     RESOURCE_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
@@ -189,6 +196,8 @@ class LoopErrorFilter:
         """Errors for lack of descriptors or memory."""
         self.suppressed = 0
         """Other errors not logged because too many came at once."""
+        self.stale_retries = 0
+        """Retries of a failed ``accept()`` that ran after their listener was closed."""
         self._warned_at: float | None = None
         self._window_start = 0.0
         self._window_count = 0
@@ -216,6 +225,9 @@ class LoopErrorFilter:
         if isinstance(exc, OSError) and exc.errno in self.RESOURCE_ERRNOS:
             self.resource_error(str(context.get("message", exc)))
             return
+        if isinstance(exc, ValueError | OSError) and _is_accept_retry(context.get("handle")):
+            self.stale_retries += 1
+            return
         now = time.monotonic()
         if now - self._window_start >= self.interval:
             self._window_start, self._window_count = now, 0
@@ -224,6 +236,14 @@ class LoopErrorFilter:
             self.suppressed += 1
             return
         loop.default_exception_handler(context)
+
+
+def _is_accept_retry(handle: object) -> bool:
+    """Whether ``handle`` is asyncio's retry of a failed ``accept()`` (its selector loop's
+    ``_start_serving``, scheduled a second after the failure; asyncio's handles have no
+    public accessor for their callback)."""
+    callback = getattr(handle, "_callback", None)
+    return getattr(callback, "__name__", None) == "_start_serving"
 
 
 class StreamGuard:

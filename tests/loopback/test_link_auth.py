@@ -23,7 +23,7 @@ import pytest
 from anchor_link.aio.endpoint import LinkEndpoint
 from anchor_link.aio.signal import Envelope, InProcessSignalling
 from anchor_link.handshake import LinkHandshake, link_prologue
-from anchor_link.identity import Identity
+from anchor_link.identity import Identity, IdentityError
 from anchor_link.state import (
     LinkFailed,
     LinkFormed,
@@ -296,3 +296,29 @@ def test_known_peers_file_pins_on_first_use_and_refuses_a_changed_key(tmp_path: 
         assert known.read_text().count("\n") == 1
 
     run(main())
+
+
+def test_an_endpoint_takes_its_identity_as_a_key_file_path(tmp_path: Path) -> None:
+    """What build item 1 asks of the Python API: ``identity=`` takes an identity object or
+    the path of a key file (``anchor keygen``), as text or a Path; the key in the file is
+    the one the peer sees proven. A file others may read is refused."""
+    saved = Identity.generate()
+    path = tmp_path / "a.key"
+    saved.save(path)
+
+    async def main() -> None:
+        hub = InProcessSignalling()
+        a = endpoint("a", hub, identity=str(path))
+        b = endpoint("b", hub, trusted_peers={"a": saved.public_text}, collect=True)
+        assert a.identity == saved and endpoint("c", hub, identity=path).identity == saved
+        async with a, b:
+            await a.send("b", b"from the key file")
+            formed = await b.wait_for(LinkFormed, "a")
+            assert formed.peer_identity == saved.public_text and formed.trust == "pinned"
+            await asyncio.sleep(0.2)
+            assert received(b) == [b"from the key file"]
+
+    run(main())
+    path.chmod(0o644)
+    with pytest.raises(IdentityError, match="readable by others"):
+        endpoint("a", InProcessSignalling(), identity=path)

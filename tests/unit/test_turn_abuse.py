@@ -413,6 +413,29 @@ def test_amplification_is_at_most_3x_across_256_sources_of_one_prefix(kind: str)
     assert limited == 20 * 256 - answers
 
 
+def test_ipv6_sources_share_the_budget_of_their_64() -> None:
+    """IPv6 sources are budgeted per /64 (issue 24: "IPv4 /24, IPv6 /64"), the addresses a
+    single host or LAN gets: 256 addresses spread over one /64 (the interface identifiers
+    an attacker picks at will) get what one source would; a neighbouring /64 has a budget
+    of its own."""
+    server, _ = make_server(unauthenticated_rate=20.0)
+    request = Message(Method.ALLOCATE, MessageClass.REQUEST, b"6" * 12).encode()  # a 401
+
+    def answered(prefix: str, hosts: range, now: float) -> int:
+        count = 0
+        for host in hosts:
+            source = (f"{prefix}:{host * 0x0101:x}:{host:x}:7:{host + 1:x}", 40000 + host)
+            server.receive_datagram(request, source, LISTEN, now)
+            count += len(server.datagrams_to_send(now))
+        return count
+
+    first = answered("2001:db8:1:2", range(256), T0)
+    assert first == UNAUTHENTICATED_BURST  # the /64's burst, not 256 of them
+    assert answered("2001:db8:1:2", range(256), T0) == 0  # spent, whichever address asks
+    assert answered("2001:db8:1:3", range(256), T0) == UNAUTHENTICATED_BURST  # its own
+    assert answered("2001:db8:1:2", range(1), T0 + 1.0) == 1  # the rate refills it
+
+
 def test_a_slow_prober_gets_at_most_3x_plus_the_allowance() -> None:
     """The strict form of the bound, per prefix: in ``t`` seconds a prefix is sent at most
     3 x what it sent + the 4 KiB allowance + t x 6.8 B/s (the credit growing back), at any
