@@ -75,9 +75,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "check",
         help="conformance report for a STUN/TURN server",
         description="Runs a battery of probes against a STUN/TURN server (RFC 8489, RFC 5780, "
-        "RFC 8656) and reports a verdict per requirement; exit status 0 only when every MUST "
-        'passed. --json prints a list of {"id", "requirement", "rfc", "level", "result", '
-        '"detail"}.',
+        "RFC 8656) and reports a verdict per requirement. Exit status 0 when every MUST "
+        "passed and every area asked for was tested; 1 when a MUST failed or the server "
+        "cannot be reached; 3 when an area could not be tested (TURN without --user or "
+        '--static-auth-secret; --only stun asks for STUN alone). --json prints a list of '
+        '{"id", "requirement", "rfc", "level", "result", "detail"}.',
     )
     check.add_argument("server", metavar="HOST:PORT")
     auth = check.add_mutually_exclusive_group()

@@ -29,7 +29,10 @@ makes ``import aioice`` resolve here.
 Differences from aioice worth knowing: ``turn_ssl=True`` needs ``turn_transport="tcp"``
 (TLS runs over TCP; aioice would ignore it over UDP); remote mDNS (``*.local``) candidates are
 ignored rather than resolved; when the machine has no usable address but loopback, host
-candidates are gathered on loopback (aioice gathers none, and aiortc then never connects).
+candidates are gathered on loopback (aioice gathers none, and aiortc then never connects);
+a policy that can offer no candidate makes :meth:`Connection.gather_candidates` raise
+:class:`~anchor_ice.aio.connection.IceFailedError` with the way out (aiortc would not start
+ICE at all without a local candidate, and so never report a failure).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from typing import Any, ClassVar
 
 from anchor_ice.agent import IceState
 from anchor_ice.aio.connection import Connection as AnchorConnection
-from anchor_ice.aio.connection import IceNotConnectedError
+from anchor_ice.aio.connection import IceFailedError, IceNotConnectedError
 from anchor_ice.aio.gather import host_addresses
 from anchor_ice.candidate import Candidate as AnchorCandidate
 from anchor_ice.candidate import CandidateError, CandidateType
@@ -380,8 +383,17 @@ class Connection:
     # ------------------------------------------------------------------ aioice's methods
 
     async def gather_candidates(self) -> None:
-        """Gather local candidates (RFC 8445 §5.1.1); call it before :meth:`connect`."""
+        """Gather local candidates (RFC 8445 §5.1.1); call it before :meth:`connect`.
+
+        When the policy can offer no candidate (the gateway policy with no STUN server that
+        answers and no TURN server, say), this raises :class:`IceFailedError` naming what
+        gathering gave up on and the way out, where Anchor's own connection waits for
+        :meth:`connect` to fail: aiortc starts ICE only once it has local candidates, and
+        would otherwise wait for ever without a word."""
         await self._anchor.gather_candidates()
+        failures = self._anchor.gather_failures
+        if any(failure.kind == "policy" for failure in failures):
+            raise IceFailedError("; ".join(str(failure) for failure in failures))
 
     def get_default_candidate(self, component: int) -> Candidate | None:
         """The lowest-priority local candidate of ``component``, as aioice picks it (the

@@ -18,6 +18,7 @@ import base64
 import contextlib
 import hmac
 import json
+import re
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -31,7 +32,7 @@ from anchor_stun.attributes import (
     UnknownAttributes,
     XorMappedAddress,
 )
-from anchor_stun.errors import DecodeError
+from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.message import Message, MessageClass
 from anchor_stun.server import StunServer
 from anchor_turn.aio.check import (
@@ -453,6 +454,42 @@ def test_unreachable_server_is_a_check_error() -> None:
             asyncio.run(run_check(CheckConfig(silent, timeout=0.3)))
 
 
+def test_a_closed_port_ends_the_check_at_once_naming_it() -> None:
+    """Issue 23 item 2: the ICMP port unreachable of the server's host ends the check's first
+    transaction at once (the timeout here is 30 s, the RFC's retransmissions 39.5 s), and the
+    error says unreachable, not "no answer"; the command line says so in one line."""
+    closed = free_port("udp")
+    with pytest.raises(CheckError, match=f"127.0.0.1:{closed} unreachable"):
+        asyncio.run(asyncio.wait_for(run_check(CheckConfig(("127.0.0.1", closed), timeout=30)), 10))
+    result = run_anchor("check", f"127.0.0.1:{closed}", "--timeout", "30", timeout=10)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"anchor check: 127.0.0.1:{closed} unreachable (Connection refused) over udp"
+    ]
+
+
+def test_check_config_reads_ip_port_text_and_refuses_what_it_cannot_use() -> None:
+    """"ip:port" is an address, never a sequence of characters (the issue 23 bug: host "1",
+    port "2"); the rest is refused where it enters, naming the field."""
+    assert CheckConfig("127.0.0.1:45678").server == ("127.0.0.1", 45678)  # type: ignore[arg-type]
+    assert CheckConfig(("::1", 3478), peer="[::1]:7").peer == ("::1", 7)  # type: ignore[arg-type]
+    for options, names in (
+        ({"server": ("127.0.0.1", 0)}, "CheckConfig server"),
+        ({"server": "localhost:3478"}, "CheckConfig server must be an IP address"),
+        ({"peer": ("127.0.0.1", "7")}, "CheckConfig peer"),
+        ({"transport": "quic"}, "CheckConfig transport"),
+        ({"username": "alice"}, "CheckConfig username and password"),
+        ({"username": "", "password": "p"}, "CheckConfig username"),
+        ({"only": "ice"}, "CheckConfig only"),
+        ({"timeout": 0}, "CheckConfig timeout"),
+    ):
+        options.setdefault("server", ("127.0.0.1", 3478))
+        with pytest.raises(LocalProtocolError, match=re.escape(names)):
+            CheckConfig(**options)
+    with pytest.raises(TypeError, match="CheckConfig"):
+        asyncio.run(run_check("127.0.0.1:3478"))  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -524,3 +561,6 @@ def test_cli_without_credentials_says_turn_was_not_tested_within_80_columns() ->
     words = set(" ".join(lines).split())
     for probe in PROBES:
         assert set(probe.info.requirement.split()) <= words, probe.info.id
+    # and --help says what the distinct status means
+    usage = " ".join(run_anchor("check", "--help").stdout.split())
+    assert "3 when an area could not be tested" in usage, usage

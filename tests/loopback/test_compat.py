@@ -275,6 +275,30 @@ def test_loopback_is_gathered_when_the_machine_has_no_other_address(
     run(main())
 
 
+def test_a_policy_with_nothing_to_offer_fails_gathering_with_the_way_out() -> None:
+    """aiortc starts ICE only when gathering gave it candidates: under the gateway policy
+    with host candidates only (no STUN, no TURN) it would wait for ever without a word. The
+    layer's gathering fails instead, saying why and what to change (issue 23 item 4); the
+    standard policy on the same addresses gathers as before."""
+
+    async def main() -> None:
+        conn = Connection(True, policy="gateway", host_ips=[LOOPBACK])
+        try:
+            with pytest.raises(ConnectionError) as info:
+                await conn.gather_candidates()
+        finally:
+            await conn.close()
+        message = str(info.value)
+        assert "no candidate to offer under the gateway policy" in message, message
+        assert "add a TURN server" in message and "policy='standard'" in message, message
+        standard = Connection(True, policy="standard", host_ips=[LOOPBACK])
+        await standard.gather_candidates()
+        assert [c.type for c in standard.local_candidates] == ["host"]
+        await standard.close()
+
+    run(main())
+
+
 # --------------------------------------------------------------------------- candidates
 
 

@@ -146,6 +146,32 @@ def test_two_servers_share_the_user_quota_and_survive_redis_going_away(
         asyncio.run(main())
 
 
+def test_two_servers_share_the_total_quota(redis_server: RedisServer) -> None:
+    """--total-quota is the fleet's with --redis: one allocation held on the first server,
+    by alice, makes the second answer bob 486; released, bob allocates on the second."""
+    first, second = free_port(), free_port()
+    common = ("--user", ":".join(USER), "--user", "bob:builder", "--redis", redis_server.url,
+              "--total-quota", "1", "--user-quota", "1")  # fmt: skip
+    with anchor_serve("--listen", f"{LOOPBACK}:{first}", *common), anchor_serve(
+        "--listen", f"{LOOPBACK}:{second}", *common
+    ):
+
+        async def main() -> None:
+            held = await TurnConnection.connect((LOOPBACK, first), *USER)
+            await held.allocate()
+            other = await TurnConnection.connect((LOOPBACK, second), "bob", "builder")
+            with pytest.raises(AllocationError) as refused:
+                await other.allocate()
+            assert refused.value.code == 486  # the fleet holds its one allocation
+            await other.close()
+            await held.release()
+            await held.close()
+            async with await TurnConnection.connect((LOOPBACK, second), "bob", "builder") as bob:
+                await bob.allocate()
+
+        asyncio.run(main())
+
+
 def test_users_and_secrets_added_with_turnadmin_work_unchanged(redis_server: RedisServer) -> None:
     require_program("turnadmin", "coturn")
     connection = f"ip={LOOPBACK} port={redis_server.port} dbname=0"

@@ -13,6 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from anchor_cli.serve import ServeError
+from anchor_cli.serve_workers import split_ports
 from anchor_stun.attributes import RequestedTransport
 from anchor_stun.integrity import LongTermCredentials
 from anchor_stun.message import Message, MessageClass, Method
@@ -130,3 +134,14 @@ def test_workers_share_the_port_the_nonces_and_come_back() -> None:
         workers = _children(supervisor)
     assert all(not Path(f"/proc/{pid}").exists() for pid in [supervisor, *workers])
     assert not Path(metrics_dir).exists()
+
+
+def test_the_relay_port_range_is_cut_in_one_slice_per_worker() -> None:
+    """No two workers can pick the same relayed port: consecutive slices of --min-port ..
+    --max-port, the last one taking the rest; too few ports for the workers is a mistake."""
+    assert split_ports(40000, 40999, 2) == [(40000, 40499), (40500, 40999)]
+    assert split_ports(49152, 65535, 3) == [(49152, 54612), (54613, 60073), (60074, 65535)]
+    slices = split_ports(1024, 1030, 3)
+    assert slices == [(1024, 1025), (1026, 1027), (1028, 1030)]
+    with pytest.raises(ServeError, match="too small for 4 workers"):
+        split_ports(40000, 40006, 4)

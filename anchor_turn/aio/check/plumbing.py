@@ -56,7 +56,14 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from anchor_stun.aio.net import StunTransport, TransportName, format_address
+from anchor_stun.aio.net import (
+    StunTransport,
+    TransportName,
+    credential,
+    format_address,
+    positive_timeout,
+    server_address,
+)
 from anchor_stun.attributes import (
     Attribute,
     Lifetime,
@@ -65,7 +72,13 @@ from anchor_stun.attributes import (
     TransportProtocol,
     XorRelayedAddress,
 )
-from anchor_stun.errors import AnchorError, DecodeError, error_text
+from anchor_stun.errors import (
+    AnchorError,
+    DecodeError,
+    LocalProtocolError,
+    StunError,
+    error_text,
+)
 from anchor_stun.events import Address, StunEvent
 from anchor_stun.integrity import (
     CredentialsRejected,
@@ -186,6 +199,47 @@ class CheckConfig:
     permission_lifetime: float = PERMISSION_LIFETIME
     """The permission lifetime the ``--slow`` probe waits past (RFC 8656 §9: 300 s)."""
 
+    def __post_init__(self) -> None:
+        """Every field checked where it enters: :class:`LocalProtocolError` naming the field
+        and the accepted forms, before anything is sent. ``server`` and ``peer`` may be
+        ``(ip, port)`` or ``"ip:port"`` text (resolve a host name first)."""
+        set_field = object.__setattr__
+        set_field(self, "server", _ip_address(self.server, "CheckConfig server"))
+        if self.peer is not None:
+            set_field(self, "peer", _ip_address(self.peer, "CheckConfig peer"))
+        if self.transport not in ("udp", "tcp", "tls"):
+            raise LocalProtocolError(
+                f"CheckConfig transport must be 'udp', 'tcp' or 'tls', not {self.transport!r}"
+            )
+        if (self.username is None) != (self.password is None):
+            raise LocalProtocolError(
+                "CheckConfig username and password go together (both, or neither to skip "
+                "the probes that need credentials)"
+            )
+        if self.username is not None:
+            credential(self.username, "CheckConfig username")
+            credential(self.password, "CheckConfig password")
+        if self.only not in (None, "stun", "turn"):
+            raise LocalProtocolError(
+                f"CheckConfig only must be None, 'stun' or 'turn', not {self.only!r}"
+            )
+        for name in ("timeout", "quiet", "probe_timeout", "permission_lifetime"):
+            positive_timeout(getattr(self, name), f"CheckConfig {name}")
+
+
+def _ip_address(value: object, what: str) -> Address:
+    """``(ip, port)`` or ``"ip:port"`` as ``(ip, port)``; a host name is refused (the probes
+    compare addresses: resolve it first, as ``anchor check`` does)."""
+    host, port = server_address(value, what, default_port=None)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise LocalProtocolError(
+            f"{what} must be an IP address and port, (ip, port) or 'ip:port' (resolve a "
+            f"host name first), not {value!r}"
+        ) from None
+    return (host, port)
+
 
 # ----------------------------------------------------------------------------- link
 
@@ -238,8 +292,9 @@ class _Link(StunTransport):
         return self.transport_name != "udp"
 
     @classmethod
-    async def open(cls, config: CheckConfig) -> _Link:
-        """Open the socket or connection; raises :class:`ProbeFailed` when it cannot."""
+    async def open(cls, config: CheckConfig, *, connected: bool = False) -> _Link:
+        """Open the socket or connection; raises :class:`ProbeFailed` when it cannot. A
+        ``connected`` UDP socket sends to the server only and sees its ICMP errors."""
         try:
             link = await cls.connect(
                 config.server,
@@ -247,6 +302,7 @@ class _Link(StunTransport):
                 ssl_context=config.ssl_context,
                 server_hostname=config.server_hostname,
                 timeout=config.timeout,
+                connected=connected,
             )
         except TimeoutError:
             raise ProbeFailed(
@@ -360,6 +416,12 @@ class _Link(StunTransport):
             channel, length = _CHANNEL_HEAD.unpack_from(data)
             if 4 + length <= len(data):
                 self._inbox.put_nowait(Inbound(None, channel, data[4 : 4 + length], source))
+
+    def _fail(self, error: StunError) -> None:
+        """The server unreachable (the ICMP error of a connected UDP socket): like a lost
+        connection, every transaction ends without a reply and :attr:`closed` says why."""
+        super()._fail(error)
+        self._lost(str(error))
 
     def _lost(self, reason: str) -> None:
         if self.closed is None:
@@ -569,9 +631,10 @@ class CheckContext:
         """True when the server is on this host's loopback."""
         return ipaddress.ip_address(self.config.server[0]).is_loopback
 
-    async def link(self) -> _Link:
-        """A fresh link to the server (closed after the probe)."""
-        link = await _Link.open(self.config)
+    async def link(self, *, connected: bool = False) -> _Link:
+        """A fresh link to the server (closed after the probe); ``connected``: a UDP socket
+        that sees the server's ICMP errors but can send to no other address."""
+        link = await _Link.open(self.config, connected=connected)
         self._links.append(link)
         return link
 
@@ -676,13 +739,15 @@ class CheckContext:
 
     async def preflight(self) -> None:
         """Make sure the server answers at all (a Binding, else an Allocate) and measure a
-        round trip; raises :class:`CheckError` when it cannot be reached."""
+        round trip; raises :class:`CheckError` when it cannot be reached: at once when the
+        server's host says the port is closed (ICMP, RFC 8489 §6.2.1's transaction ends)."""
         config = self.config
         where = f"{format_address(config.server)} over {config.transport}"
         try:
-            link = await self.link()
+            link = await self.link(connected=config.transport == "udp")
         except ProbeFailed as exc:
             raise CheckError(f"{where}: {exc.detail}") from None
+        unreachable: str | None = None
         try:
             for msg in (
                 _request(Method.BINDING),
@@ -693,9 +758,13 @@ class CheckContext:
                     self.rtt = reply.rtt
                     return
                 if link.closed:
+                    if not link.stream:
+                        unreachable = link.closed
                     break
         finally:
             await self.cleanup()
+        if unreachable is not None:
+            raise CheckError(f"{unreachable} over {config.transport}")
         raise CheckError(f"no answer from {where} within {config.timeout:g} s")
 
 
@@ -786,6 +855,8 @@ async def run_check(
     """Run the probes ``config`` selects (or those in ``ids``) one after the other.
 
     Raises :class:`CheckError` when the server does not answer at all."""
+    if not isinstance(config, CheckConfig):
+        raise TypeError(f"run_check() takes a CheckConfig, not {type(config).__name__}")
     probes = select_probes(config.only, ids)
     ctx = CheckContext(config)
     results: list[ProbeResult] = []
