@@ -51,6 +51,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import redis
 
@@ -141,6 +142,13 @@ class RedisStore:
         timeout: float = TIMEOUT,
         retry: float = RETRY,
     ) -> None:
+        path = urlsplit(url).path if url.startswith(("redis://", "rediss://")) else ""
+        if path.strip("/") and not path.strip("/").isdigit():
+            # (redis-py would silently use database 0)
+            raise LocalProtocolError(
+                f"bad Redis URL {url!r}: the database after the port must be a number "
+                "(redis://HOST:PORT/DB)"
+            )
         try:
             self.redis: redis.Redis = redis.Redis.from_url(
                 url, socket_timeout=timeout, socket_connect_timeout=timeout,
@@ -198,7 +206,11 @@ class RedisStore:
         return users if fallback is None else ChainedBackend(fallback, users)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Renew the leases of the allocations held every third of :attr:`lease`."""
+        """Say at once when Redis cannot be reached (one PING: :meth:`call` logs the failure;
+        the server starts all the same and recovers when Redis comes), then renew the leases
+        of the allocations held every third of :attr:`lease`."""
+        with contextlib.suppress(RedisUnavailable):
+            self.call(lambda r: r.ping())
         self._task = loop.create_task(self._renew_forever())
 
     async def _renew_forever(self) -> None:

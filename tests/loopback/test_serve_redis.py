@@ -233,3 +233,25 @@ def test_pipes_on_two_rendezvous_instances_link_through_redis(
         assert sender.returncode == 0, sender.stderr
         assert receiver.returncode == 0, err
         assert out == data
+
+
+def test_a_redis_that_cannot_be_reached_is_said_at_start_and_a_bad_url_is_refused() -> None:
+    """An operator learns at start, not at the first Allocate, that Redis is not there (the
+    server serves all the same and reconnects by itself); a database that is not a number
+    is refused instead of silently becoming database 0."""
+    closed = free_port("tcp")  # nothing listens there
+    listen = f"{LOOPBACK}:{free_port()}"
+    common = ("--listen", listen, "--user", ":".join(USER))
+    with anchor_serve(*common, "--redis", f"redis://{LOOPBACK}:{closed}/0") as lines:
+        proc = lines.process
+        os.kill(proc.pid, 15)
+        assert proc.wait(10) == 0
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    assert "Redis unavailable" in err, err
+    bad = subprocess.run(
+        [*ANCHOR, "serve", *common, "--redis", f"redis://{LOOPBACK}:{closed}/x"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert bad.returncode == 2, bad
+    assert "database after the port must be a number" in bad.stderr, bad.stderr
