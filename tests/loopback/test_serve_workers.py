@@ -9,6 +9,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,9 +51,11 @@ def _settle(metrics: int, predicate: Callable[[dict[str, float]], bool]) -> dict
         time.sleep(0.2)
 
 
-async def _allocate_and_relay(port: int, count: int) -> None:
-    """``count`` clients, each on its own UDP port, allocate and relay one datagram each to
-    a loopback echo peer and get it back."""
+async def _allocate_and_relay(
+    port: int, count: int, transport_name: str = "udp", ca: Path | None = None
+) -> None:
+    """``count`` clients, each on its own UDP port (or TCP / TLS connection), allocate and
+    relay one datagram each to a loopback echo peer and get it back."""
     loop = asyncio.get_running_loop()
 
     class Echo(asyncio.DatagramProtocol):
@@ -64,7 +67,14 @@ async def _allocate_and_relay(port: int, count: int) -> None:
 
     transport, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
     peer = transport.get_extra_info("sockname")[:2]
-    conns = [await TurnConnection.connect(("127.0.0.1", port), *USER) for _ in range(count)]
+    context = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
+    conns = [
+        await TurnConnection.connect(
+            ("127.0.0.1", port), *USER, transport_name,  # type: ignore[arg-type]
+            ssl_context=context,
+        )
+        for _ in range(count)
+    ]
     try:
         await asyncio.gather(*(c.allocate() for c in conns))
         await asyncio.gather(*(c.create_permission(peer[0]) for c in conns))
@@ -134,6 +144,43 @@ def test_workers_share_the_port_the_nonces_and_come_back() -> None:
         workers = _children(supervisor)
     assert all(not Path(f"/proc/{pid}").exists() for pid in [supervisor, *workers])
     assert not Path(metrics_dir).exists()
+
+
+def test_workers_share_tcp_and_tls_listeners_and_one_killed_worker_is_replaced(
+    tls_files: tuple[Path, Path],
+) -> None:
+    """SO_REUSEPORT on the stream listeners too: TCP and TLS clients spread over both
+    workers and relay; one worker killed (its clients' connections die with it) is replaced,
+    the other keeps serving, and new allocations over every transport succeed."""
+    cert, key = tls_files
+    port, tls_port, metrics = free_port("both"), free_port("both"), free_port("tcp")
+    with anchor_serve(
+        "--listen", f"127.0.0.1:{port}", "--tcp", "--tls-cert", str(cert), "--tls-key",
+        str(key), "--tls-listen", f"127.0.0.1:{tls_port}", "--user", ":".join(USER),
+        "--allow-loopback-peers", "--workers", "2", "--metrics", f"127.0.0.1:{metrics}",
+        "--min-port", "41000", "--max-port", "41999", expect=3,
+    ):  # fmt: skip
+        supervisor = _supervisor(port)
+        workers = _children(supervisor)
+        assert len(workers) == 2
+
+        async def every_transport() -> None:
+            await _allocate_and_relay(port, CLIENTS // 2, "tcp")
+            await _allocate_and_relay(tls_port, CLIENTS // 2, "tls", cert)
+            await _allocate_and_relay(port, CLIENTS // 2, "udp")
+
+        asyncio.run(every_transport())
+        total = CLIENTS // 2 * 3
+        values = _settle(metrics, lambda m: m["anchor_turn_allocations_created_total"] == total)
+        per_worker = [values[f'anchor_worker_allocations_created_total{{worker="{i}"}}']
+                      for i in (0, 1)]  # fmt: skip
+        assert sum(per_worker) == total and min(per_worker) > 0, per_worker
+
+        os.kill(workers[0], signal.SIGKILL)
+        _settle(metrics, lambda m: m["anchor_worker_restarts_total"] == 1 and m["anchor_workers"] == 2)
+        survivors = _children(supervisor)
+        assert workers[1] in survivors and workers[0] not in survivors
+        asyncio.run(every_transport())  # the new worker and the old one serve everyone
 
 
 def test_the_relay_port_range_is_cut_in_one_slice_per_worker() -> None:
