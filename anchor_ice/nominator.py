@@ -291,12 +291,14 @@ class GatewayNominator:
       candidate, e.g. only relayed candidates, or a STUN server that sees no NAT), with the
       settle rule among relay pairs then (pending pairs to a host candidate, which can never
       give an acceptable pair, are not waited for).
-    * Under renomination (``view.renomination``, both peers Anchor links), the best relay
-      pair is nominated ``provisional`` seconds after the component's first valid pair
-      when no gateway pair is valid by then, instead of after ``grace``: the link carries
-      data at once, and moves to the best gateway pair (same settle rule) as soon as one
-      validates (the agent renominates, :mod:`anchor_ice.agent`). A host pair is never
-      nominated, first or later.
+    * Under renomination (``view.renomination``, both peers Anchor links), nothing waits
+      more than ``provisional`` seconds after the component's first valid pair: the best
+      valid gateway pair is nominated then, even while better pairs are still pending
+      (instead of after ``settle``), or, when no gateway pair is valid by then, the best
+      relay pair (instead of after ``grace``). The link carries data at once, and moves to
+      the best gateway pair (same settle rule) when a better one validates (the agent
+      renominates, :mod:`anchor_ice.agent`). A host pair is never nominated, first or
+      later.
     * Advertises everything but host candidates, like browsers' mDNS privacy mode.
     """
 
@@ -320,6 +322,8 @@ class GatewayNominator:
         once settled when no gateway pair can come."""
         gateway = [p for p in view.valid_pairs if is_gateway_pair(p, view)]
         if gateway:
+            if self._provisional_due(view, now):
+                return gateway[0]  # the best valid one; a better one may replace it later
             return _settled_best(gateway, view, now, self.settle)
         relay = [p for p in view.valid_pairs if is_relay_pair(p, view)]
         if not relay:
@@ -341,19 +345,35 @@ class GatewayNominator:
             return best
         return None
 
+    def _provisional_due(self, view: NominationView, now: float) -> bool:
+        """Under renomination, nothing selected yet: ``provisional`` seconds have passed
+        since the first valid pair (class docstring)."""
+        return (
+            view.renomination
+            and view.selected is None
+            and view.first_valid_at is not None
+            and now >= view.first_valid_at + self.provisional
+        )
+
     def accept(self, pair: CandidatePair, view: NominationView) -> bool:
         """Anything but a host pair."""
         return not is_host_pair(pair, view)
 
     def next_timer(self, view: NominationView) -> float | None:
         """The end of the grace period, or of the settle time (of a gateway pair, or of a
-        relay pair when no gateway pair can come)."""
+        relay pair when no gateway pair can come); under renomination, before a selection,
+        the end of the ``provisional`` time if that comes first."""
         settle_end = None if view.first_valid_at is None else view.first_valid_at + self.settle
+        provisional_end = None
+        if view.renomination and view.first_valid_at is not None and view.selected is None:
+            provisional_end = view.first_valid_at + self.provisional
         if any(is_gateway_pair(p, view) for p in view.valid_pairs):
+            if provisional_end is not None and settle_end is not None:
+                return min(settle_end, provisional_end)
             return settle_end
         grace_end = view.started_at + self.grace
-        if view.renomination and view.first_valid_at is not None and view.selected is None:
-            grace_end = min(grace_end, view.first_valid_at + self.provisional)
+        if provisional_end is not None:
+            grace_end = min(grace_end, provisional_end)
         if settle_end is not None and not gateway_pair_possible(view):
             return min(grace_end, settle_end)
         return grace_end

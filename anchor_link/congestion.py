@@ -465,5 +465,5 @@ CONGESTION_CONTROLLERS: dict[str, Callable[[int], CongestionController]] = {
 }
 """The controllers a channel can use, by name (each made with the channel's ``mtu``)."""
 DEFAULT_CONGESTION_CONTROL = "newreno"
-"""CUBIC, Linux TCP's controller: a link sharing a bottleneck with TCP flows answers loss as
-they do (RFC 9438 §1)."""
+"""NewReno (RFC 9002 §7): beside a kernel TCP CUBIC flow it took the fairer share of a shared
+bottleneck (module docstring); ``congestion_control="cubic"`` selects CUBIC (RFC 9438)."""

@@ -226,11 +226,16 @@ def test_link_through_turn_over_a_stream_only(
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-def test_anchor_ice_through_turns_with_ca_file(stream_served: dict[str, object]) -> None:
-    """``anchor ice --turn turns:IP:PORT --ca-file CERT --user N:P``: both processes relay
-    over TLS only, connect relay to relay and echo."""
+@pytest.mark.parametrize("trust", ["ca-file", "insecure"])
+def test_anchor_ice_through_turns_with_ca_file(
+    stream_served: dict[str, object], trust: str
+) -> None:
+    """``anchor ice --turn turns:IP:PORT --ca-file CERT --user N:P`` (or ``--insecure``
+    instead of ``--ca-file``: the certificate is not verified): both processes relay over
+    TLS only, connect relay to relay and echo."""
+    verify = ["--ca-file", str(stream_served["cert"])] if trust == "ca-file" else ["--insecure"]
     common = ["ice", "--policy", "relay", "--host-ip", LOOPBACK,
-              "--turn", str(stream_served["tls"]), "--ca-file", str(stream_served["cert"]),
+              "--turn", str(stream_served["tls"]), *verify,
               "--user", "alice:secret", "--json", "--timeout", "25"]  # fmt: skip
     (code_a, out_a, err_a), (code_b, out_b, err_b), block_a, block_b = wire(
         [*ANCHOR, *common, "--controlling"], [*ANCHOR, *common, "--controlled"], timeout=40

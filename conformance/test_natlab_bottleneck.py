@@ -19,13 +19,14 @@ share of the bytes the two delivered is 35-65 %, and at most 10 % of the packets
 at the bottleneck. (In a router, not in hostA's own egress: there the kernel's TCP would see
 its own qdisc push back before any loss, which no Internet bottleneck does.)
 
-The TCP flow uses CUBIC (``TCP_CONGESTION``), Linux's default and the loss-based controller
-the channel's own CUBIC (RFC 9438) answers loss like; the test is skipped where the kernel
+The TCP flow uses CUBIC (``TCP_CONGESTION``), Linux's default loss-based controller (the
+channel's default is NewReno, RFC 9002 §7; CUBIC on request); the test is skipped where the kernel
 has no CUBIC. Not the machine's default, which may be another: where it is BBR (v1), BBR
 keeps about two bandwidth-delay products in flight whatever it loses (5 % of its bytes
 retransmitted here), so any loss-based flow beside it, kernel CUBIC included, gets what the
-rest of a shallow queue leaves, about a quarter here. Measured against CUBIC: the link 51-63 %
-(7 runs) with 0.3-0.4 % dropped (with NewReno as the channel's controller about 45 %).
+rest of a shallow queue leaves, about a quarter here. Measured against CUBIC: the link's
+default NewReno about 45-55 % (CUBIC as the channel's controller: 51-63 %, 7 runs), with
+0.3-0.4 % dropped.
 """
 
 from __future__ import annotations

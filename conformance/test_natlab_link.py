@@ -175,6 +175,29 @@ def test_full_cone_to_symmetric_punches_through(
     _timing(request, "symmetric <-> full-cone", run)
 
 
+OTHER_COMBINATIONS = [
+    (FR, RC), (FR, PR), (FR, SY), (RC, FR), (RC, RC), (RC, SY), (PR, FR), (PR, RC), (SY, RC),
+]  # fmt: skip
+"""The combinations of the 4 x 4 NAT kinds no other test here runs (issue 18, must-show 3:
+every combination within the first-message budget). Each has a gateway pair: both cones, or
+a symmetric NAT against a cone that filters by address only."""
+
+
+@pytest.mark.parametrize(("kind_a", "kind_b"), OTHER_COMBINATIONS, ids=str)
+def test_every_other_combination_forms_fast_and_ends_on_a_gateway_pair(
+    natlab: NatLab, kind_a: NatKind, kind_b: NatKind, request: pytest.FixtureRequest
+) -> None:
+    _set(natlab, kind_a, kind_b)
+    data = _payload()
+    run = pipe_pair(natlab, data)
+    _check_delivery(run, data)
+    _no_host(run)
+    for formed in _final(run):
+        assert set(formed.types) <= DIRECT, f"not on a gateway pair\n{run.describe()}"
+        assert {formed.local[0], formed.remote[0]} == WAN, run.describe()
+    _timing(request, f"{kind_a} <-> {kind_b}", run)
+
+
 def test_direct_path_late_relay_first_then_moves_to_gateway_pair(
     natlab: NatLab, request: pytest.FixtureRequest
 ) -> None:

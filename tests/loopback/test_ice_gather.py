@@ -763,6 +763,64 @@ def test_relays_over_udp_tcp_and_tls(tls_files: tuple[Path, Path]) -> None:
     asyncio.run(main())
 
 
+def test_allocations_over_every_transport_start_together_and_none_waits() -> None:
+    """Issue 18 item 1: allocations over every configured transport start together and none
+    waits for another. Two "TURN servers" that read and never answer, one over TCP and one
+    over UDP, come first in the list, a real server over UDP last: the real server's relayed
+    candidate arrives, and both silent servers receive their Allocate, while the gathering's
+    30 s timeout is far from over (gathering one server after another would hold each
+    behind the 30 s of the one before it)."""
+
+    async def main() -> None:
+        tcp_received = asyncio.Event()
+        udp_received = asyncio.Event()
+
+        async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while await reader.read(4096):
+                tcp_received.set()
+            writer.close()
+
+        class Deaf(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                udp_received.set()
+
+        loop = asyncio.get_running_loop()
+        silent_tcp = await asyncio.start_server(hang, LOOPBACK, 0)
+        silent_udp, _ = await loop.create_datagram_endpoint(Deaf, local_addr=(LOOPBACK, 0))
+        try:
+            async with turn_server() as (core, udp_address):
+                configs = [
+                    TurnServerConfig(silent_tcp.sockets[0].getsockname()[:2], "alice", "x", "tcp"),
+                    TurnServerConfig(silent_udp.get_extra_info("sockname")[:2], "alice", "x"),
+                    TurnServerConfig(udp_address, "alice", "secret"),
+                ]
+                gatherer = Gatherer([LOOPBACK], turn_servers=configs, timeout=30.0)
+                try:
+                    relay = None
+                    async with asyncio.timeout(10):
+                        async for item in gatherer.gather():
+                            assert not isinstance(item, EndOfCandidates), item
+                            if item.type is CandidateType.RELAY:
+                                relay = item
+                                break
+                        await tcp_received.wait()
+                        await udp_received.wait()
+                    assert relay is not None
+                    endpoint = gatherer.endpoint(relay.address)
+                    assert isinstance(endpoint, RelayEndpoint) and endpoint.transport == "udp"
+                    assert endpoint.server == udp_address
+                    assert core.allocation_count() == 1
+                finally:
+                    await gatherer.close()
+                assert core.allocation_count() == 0
+        finally:
+            silent_tcp.close()
+            await silent_tcp.wait_closed()
+            silent_udp.close()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("transport", ["tcp", "tls"])
 def test_relay_over_a_stream_carries_data_both_ways(
     tls_files: tuple[Path, Path], transport: str

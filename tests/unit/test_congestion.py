@@ -454,6 +454,68 @@ def test_channel_persistent_congestion_collapses_the_window() -> None:
     assert s.congestion_window > 2400 and s.persistent_congestion == 1
 
 
+def _advance(path: Path, t: float) -> None:
+    """Handle every arrival and timer due by ``t``, then set the clock to ``t``."""
+    while True:
+        times = [x for x in (path.a.next_timer(), path.b.next_timer()) if x is not None]
+        if path.wire:
+            times.append(path.wire[0][0])
+        if not times or min(times) > t:
+            break
+        path.step()
+    path.now = max(path.now, t)
+
+
+@pytest.mark.parametrize(("blackout_rtts", "persistent"), [(8, True), (2, False)])
+def test_channel_detects_persistent_congestion_from_the_span_of_a_loss_run(
+    blackout_rtts: int, persistent: bool
+) -> None:
+    """RFC 9002 §7.6: a sender that sends a 100-byte message every quarter round trip (so
+    neither the tail-loss probe nor the RTO fires, and the window never fills) into a path that drops everything for
+    ``blackout_rtts`` round trips. The first frame through after the blackout is SACKed; RACK
+    then declares the frames sent during it lost at once. When they span at least the
+    persistent congestion duration (3 x (SRTT + max(4 RTTVAR, 1 ms)), about 50-70 ms here)
+    with nothing delivered in between, the window collapses to the minimum (two datagrams)
+    on top of the congestion event; a short blackout is one congestion event only."""
+    a = ReliableChannel(now=0.0)  # NewReno, the default
+    b = ReliableChannel(now=0.0)
+    path = Path(a, b)
+    t = 0.0
+    for _ in range(40):  # warm up: RTT samples, every frame delivered and acknowledged
+        a.send(bytes(100), t)
+        path.flush()
+        t += RTT / 4
+        _advance(path, t)
+    _advance(path, t + 4 * RTT)
+    s = a.stats
+    assert s.srtt == RTT and s.bytes_in_flight == 0 and s.congestion_events == 0
+    window = s.congestion_window
+    path.drop = lambda frame: frame[1] & 0x0F == 0x01  # the blackout: every DATA frame lost
+    t = path.now
+    end = t + blackout_rtts * RTT
+    while t < end:
+        a.send(bytes(100), t)
+        path.flush()
+        t += RTT / 4
+        _advance(path, t)
+    path.drop = lambda frame: False
+    a.send(bytes(100), t)  # the first frame through: its SACK lets RACK find the rest
+    path.flush()
+    _advance(path, t + RTT)
+    s = a.stats
+    assert s.timeouts == 0 and s.probes == 0  # found by RACK alone
+    assert s.congestion_events == 1
+    assert s.ssthresh == window // 2  # NewReno's reduction (RFC 9002 §7.3.2)
+    if persistent:
+        assert s.persistent_congestion == 1
+        assert s.congestion_window == minimum_window(MDS)  # RFC 9002 §7.6.2
+    else:
+        assert s.persistent_congestion == 0
+        assert s.congestion_window == window // 2
+    _advance(path, t + 20 * RTT)
+    assert path.received == 40 + 4 * blackout_rtts + 1  # every message repaired
+
+
 def test_pacing_deadline_is_the_next_timer() -> None:
     """Once the window is larger than the pacer's burst, frames wait for the pacer, and
     ``next_timer()`` says when the next may leave."""

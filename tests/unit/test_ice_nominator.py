@@ -4,6 +4,8 @@ nominator picks, the host-pair rule with peer-reflexive candidates, and whole-ag
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from anchor_ice.agent import IceAgent, IceState
@@ -386,6 +388,33 @@ def test_gateway_nominator_under_renomination_takes_a_relay_pair_at_once() -> No
     assert gateway.choose(quick, 0.5) is relay_pair
     # without renomination the 2 s grace stands
     assert gateway.choose(view([relay_pair], first_valid_at=0.25), 0.5) is None
+
+
+def test_gateway_nominator_under_renomination_takes_a_valid_gateway_pair_at_once() -> None:
+    """Issue 18 item 3: a gateway pair valid while a better one is still pending (the NAT
+    lab's full cone hostA against a symmetric hostB waited the settle time so: first
+    message after about 1 s) is nominated ``provisional`` seconds after the first valid
+    pair, not after the 1 s settle time; once a pair is selected the settle rule decides
+    again (renomination moves to a better one). Without renomination the settle time
+    stands."""
+    gateway_pair = valid_pair(L_SRFLX, R_SRFLX)
+    better = CandidatePair(L_SRFLX, R_PRFLX, A_HOST)
+    better.compute_priority(True)
+    assert better.priority > gateway_pair.priority
+    nominator = GatewayNominator(provisional=0.25)
+    quick = dataclasses.replace(
+        view([gateway_pair], pending=(better,), first_valid_at=0.25), renomination=True
+    )
+    assert nominator.choose(quick, 0.49) is None
+    assert nominator.next_timer(quick) == 0.5
+    assert nominator.choose(quick, 0.5) is gateway_pair
+    chosen = dataclasses.replace(quick, selected=gateway_pair)
+    assert nominator.choose(chosen, 0.5) is None  # selected: the settle rule again
+    assert nominator.next_timer(chosen) == 1.25
+    slow = view([gateway_pair], pending=(better,), first_valid_at=0.25)
+    assert nominator.choose(slow, 0.5) is None  # without renomination: settle
+    assert nominator.next_timer(slow) == 1.25
+    assert nominator.choose(slow, 1.25) is gateway_pair
 
 
 def _use_candidate_sources(net: Network) -> list[tuple[float, Address]]:
