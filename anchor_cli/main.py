@@ -89,11 +89,23 @@ def _print_stun(out: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- main
 
 
+def _version() -> str:
+    """The installed distribution's version (``anchor-nat``), or "unknown" in a checkout
+    that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("anchor-nat")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``anchor`` command."""
     parser = argparse.ArgumentParser(
         prog="anchor", description="Anchor: pure-Python ICE / STUN / TURN toolkit."
     )
+    parser.add_argument("--version", action="version", version=f"anchor {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(

@@ -87,3 +87,11 @@ def test_turn_uri_mistakes_are_one_line_usage_errors(tmp_path: Path) -> None:
             lines = result.stderr.strip().splitlines()
             assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
             assert words.lower() in lines[0].lower(), (extra, lines)
+
+
+def test_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    result = run_anchor("--version")
+    assert result.returncode == 0, result
+    assert result.stdout.strip() == f"anchor {version('anchor-nat')}"
