@@ -119,6 +119,7 @@ from anchor_stun.nat import (
     NatDiscovery,
     NatDiscoveryCompleted,
     NatDiscoveryFailed,
+    NatFailure,
 )
 from anchor_stun.server import (
     ServerStats,
@@ -183,6 +184,7 @@ __all__ = [
     "NatDiscovery",
     "NatDiscoveryCompleted",
     "NatDiscoveryFailed",
+    "NatFailure",
     "Nonce",
     "OtherAddress",
     "Padding",

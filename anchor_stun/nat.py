@@ -42,7 +42,17 @@ learn) rather than a result with "unknown" behaviours, so that
 :attr:`NatDiscoveryCompleted.mapping` and ``filtering`` always hold one of the three RFC 4787
 terms. So do: no answer to TEST_I, MAP_II or MAP_III; any error response; a response without
 a mapped address; an OTHER-ADDRESS whose IP is the primary one (the mapping and filtering
-tests need two IPs).
+tests need two IPs). The event's :attr:`~NatDiscoveryFailed.cause` says which kind of
+failure it was (:class:`NatFailure`), its ``address`` where the failed test went, and its
+``reason`` names that address.
+
+ICMP errors. The adapter's socket cannot be connected (the tests go to the primary and the
+alternate addresses), so the adapter reads ICMP errors with the destination they are about
+(:mod:`anchor_stun.aio.icmp`) and feeds them to :meth:`NatDiscovery.destination_unreachable`:
+when the test in flight went there, discovery ends at once with
+``cause=NatFailure.UNREACHABLE`` instead of after its retransmissions (RFC 8489 §6.2.1 leaves
+ICMP to the client; RFC 1122 §4.1.3.3). That holds for the filtering tests too: their
+silence is a result, but a destination reported unreachable did not stay silent, it is gone.
 
 Transaction ids come from the injected ``rng(12)``.
 """
@@ -53,7 +63,7 @@ import ipaddress
 import os
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, StrEnum, auto
 
 from anchor_stun.attributes import (
@@ -64,7 +74,7 @@ from anchor_stun.attributes import (
     XorMappedAddress,
 )
 from anchor_stun.errors import LocalProtocolError, error_text
-from anchor_stun.events import Address, StunEvent, Transmit
+from anchor_stun.events import Address, StunEvent, Transmit, format_address
 from anchor_stun.message import Message, MessageClass, Method
 from anchor_stun.transaction import (
     RC,
@@ -84,6 +94,7 @@ __all__ = [
     "NatDiscovery",
     "NatDiscoveryCompleted",
     "NatDiscoveryFailed",
+    "NatFailure",
 ]
 
 FILTER_RC = 3  # sends of a filtering test; silence is a result there (RFC 5780 §4.4)
@@ -96,6 +107,22 @@ class Behavior(StrEnum):
     ENDPOINT_INDEPENDENT = "endpoint-independent"
     ADDRESS_DEPENDENT = "address-dependent"
     ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
+
+
+class NatFailure(StrEnum):
+    """Why NAT discovery failed (:attr:`NatDiscoveryFailed.cause`)."""
+
+    NO_RESPONSE = "no-response"
+    """A test that must be answered was not (RFC 8489 §6.2.1: its retransmissions ran out)."""
+    UNREACHABLE = "unreachable"
+    """The socket reported the test's destination unreachable (an ICMP error)."""
+    ERROR_RESPONSE = "error-response"
+    """The server answered a test with an error response (RFC 8489 §6.3.4)."""
+    BAD_RESPONSE = "bad-response"
+    """A success response without a mapped address (RFC 8489 §14.2)."""
+    UNSUPPORTED = "unsupported"
+    """The server cannot run RFC 5780's tests: no OTHER-ADDRESS, an OTHER-ADDRESS with its
+    own IP, or CHANGE-REQUEST ignored (RFC 5780 §4.1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +144,14 @@ class NatDiscoveryFailed(StunEvent):
     """Discovery could not finish (RFC 5780 §4): no answer, an error, or no RFC 5780 support."""
 
     reason: str
-    """One human-readable line saying which test failed and why."""
+    """One human-readable line saying which test failed, why, and the address concerned."""
     mapped: Address | None = None
     """The server-reflexive address, when test I succeeded before the failure."""
+    cause: str = field(kw_only=True)
+    """The kind of failure: one of the :class:`NatFailure` values."""
+    address: Address = field(kw_only=True)
+    """Where the test that failed was sent: the primary address, or for the mapping tests
+    the alternate IP with the primary or alternate port (RFC 5780 §4.3)."""
 
 
 class _State(Enum):
@@ -217,6 +249,7 @@ class NatDiscovery:
         self._events: deque[StunEvent] = deque()
         self._state = _State.TEST_I
         self._tid = b""
+        self._dest: Address = server  # where the test in flight went
         self._expected_source: Address | None = None
         self._map_ii: Address | None = None
         # One handler per state: what a transaction's outcome means there.
@@ -263,6 +296,35 @@ class NatDiscovery:
         self._pump(now)
         return consumed
 
+    def destination_unreachable(
+        self, addr: Address, now: float, *, reason: str = ""
+    ) -> bool:
+        """The socket reported an ICMP error for a datagram it sent to ``addr`` (the adapter
+        reads it from the socket's error queue, RFC 1122 §4.1.3.3; RFC 8489 §6.2.1 leaves
+        ICMP handling to the client). When the test in flight went to ``addr``, it ends now,
+        without its retransmissions, and so does discovery: :class:`NatDiscoveryFailed` with
+        ``cause`` :attr:`NatFailure.UNREACHABLE` and a reason naming the address and, in
+        parentheses, ``reason`` (the error's text: ``test I (binding to the primary address):
+        192.0.2.1:3478 unreachable (Connection refused)``). Returns whether it did; an error
+        about any other address (an earlier test's), or one after the end, changes nothing.
+        Never raises."""
+        if self._state is _State.DONE:
+            return False
+        try:
+            target = (str(addr[0]), int(addr[1]))
+        except (TypeError, ValueError, IndexError):
+            return False
+        if not _same(target, self._dest):
+            return False
+        self._client.cancel(self._tid)
+        why = f" ({reason})" if reason else ""
+        self._fail(
+            NatFailure.UNREACHABLE,
+            f"{_TEST_NAMES[self._state]}: {format_address(self._dest)} unreachable{why}",
+        )
+        self._pump(now)
+        return True
+
     def next_event(self) -> StunEvent | None:
         """:class:`NatDiscoveryCompleted` or :class:`NatDiscoveryFailed`, once; else None."""
         return self._events.popleft() if self._events else None
@@ -289,6 +351,7 @@ class NatDiscovery:
             rm=self._filter_rm if filtering else self._rm,
         )
         self._tid = self._client.start_transaction(transaction)
+        self._dest = addr
 
     def _pump(self, now: float) -> None:
         while (event := self._client.next_event()) is not None:
@@ -296,8 +359,10 @@ class NatDiscovery:
                 continue
             self._handlers[self._state](event, now)
 
-    def _fail(self, reason: str) -> None:
-        self._finish(NatDiscoveryFailed(reason, self.mapped))
+    def _fail(self, cause: NatFailure, reason: str) -> None:
+        self._finish(
+            NatDiscoveryFailed(reason, self.mapped, cause=cause.value, address=self._dest)
+        )
 
     def _finish(self, event: StunEvent) -> None:
         self._state = _State.DONE
@@ -308,9 +373,15 @@ class NatDiscovery:
         """Fail for a timeout or error response of a test that must be answered."""
         name = _TEST_NAMES[self._state]
         if isinstance(event, TransactionFailed):
-            self._fail(f"{name}: error response {error_text(event.code, event.reason)}")
+            self._fail(
+                NatFailure.ERROR_RESPONSE,
+                f"{name}: error response {error_text(event.code, event.reason)} "
+                f"from {format_address(event.addr)}",
+            )
         else:
-            self._fail(f"{name}: no response from the server")
+            self._fail(
+                NatFailure.NO_RESPONSE, f"{name}: no response from {format_address(self._dest)}"
+            )
 
     def _success_mapped(self, event: StunEvent) -> Address | None:
         """The mapped address of a success response; fails discovery and returns None else."""
@@ -319,7 +390,11 @@ class NatDiscovery:
             return None
         mapped = _mapped_address(event.response)
         if mapped is None:
-            self._fail(f"{_TEST_NAMES[self._state]}: response without XOR-MAPPED-ADDRESS")
+            self._fail(
+                NatFailure.BAD_RESPONSE,
+                f"{_TEST_NAMES[self._state]}: response without XOR-MAPPED-ADDRESS from "
+                f"{format_address(self._dest)}",
+            )
         return mapped
 
     def _start_filter(self, state: _State, change: ChangeRequest, now: float) -> None:
@@ -340,9 +415,10 @@ class NatDiscovery:
             if not _same(event.addr, self._expected_source):
                 host, port = event.addr
                 self._fail(
-                    f"{_TEST_NAMES[self._state]}: the answer came from {host}:{port}, not "
-                    f"{self._expected_source[0]}:{self._expected_source[1]}: "
-                    "the server ignores CHANGE-REQUEST"
+                    NatFailure.UNSUPPORTED,
+                    f"{_TEST_NAMES[self._state]}: the answer came from "
+                    f"{format_address((host, port))}, not "
+                    f"{format_address(self._expected_source)}: the server ignores CHANGE-REQUEST",
                 )
                 return True
             self.filtering = answered
@@ -380,14 +456,17 @@ class NatDiscovery:
         other = event.response.get(OtherAddress)
         if other is None:
             self._fail(
-                "the server does not support RFC 5780: its Binding response has no OTHER-ADDRESS"
+                NatFailure.UNSUPPORTED,
+                f"the server {format_address(self.server)} does not support RFC 5780: its "
+                "Binding response has no OTHER-ADDRESS",
             )
             return
         self.other_address = other.address
         if _normalize(other.ip) == _normalize(self.server[0]):
             self._fail(
-                f"OTHER-ADDRESS {other.ip}:{other.port} has the server's own IP: "
-                "RFC 5780 discovery needs a server with two IP addresses"
+                NatFailure.UNSUPPORTED,
+                f"OTHER-ADDRESS {format_address(other.address)} has the server's own IP: "
+                "RFC 5780 discovery needs a server with two IP addresses",
             )
             return
         self._start_filter(_State.FILTER_II, ChangeRequest(change_ip=True, change_port=True), now)

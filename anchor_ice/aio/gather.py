@@ -47,9 +47,10 @@ Handlers are replaceable at any time. Until one is set, datagrams wait in a boun
 arrive while gathering (trickle ICE) are not lost. The ICE connection therefore takes a
 socket over by setting handlers (``sock.set_handler`` for host and server-reflexive
 candidates, ``relay.set_handler`` for relayed ones) and sends with ``sock.send(data, addr)``
-or ``relay.send(data, peer)``; ICMP errors the socket reports (IP_RECVERR) end the
-gathering transactions with that server, then go to ``sock.set_unreachable_handler``'s
-handler with the destination, so the ICE agent fails the checks that went there at once
+or ``relay.send(data, peer)``. ICMP errors the socket reports (IP_RECVERR's error queue,
+read by :mod:`anchor_stun.aio.icmp`, which NAT discovery uses too) end the gathering
+transactions with that server, then go to ``sock.set_unreachable_handler``'s handler with
+the destination, so the ICE agent fails the checks that went there at once
 (RFC 8445 §7.2.5.2.2). :meth:`Gatherer.endpoint` finds the object by the candidate's
 base (``gatherer.endpoint(gatherer.base_of(candidate))``). Ownership: the :class:`Gatherer`
 closes every socket and releases every allocation in :meth:`Gatherer.close`, unless
@@ -108,6 +109,7 @@ import ifaddr
 
 from anchor_ice.aio.pacing import TransactionPacer
 from anchor_ice.candidate import COMPONENT_RTP, Candidate, CandidateType, make_candidate
+from anchor_stun.aio.icmp import UNREACHABLE_ERRNOS, enable_icmp_errors, read_icmp_errors
 from anchor_stun.aio.net import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
@@ -169,15 +171,6 @@ _IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 _IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 _IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 _IPV6_PMTUDISC_DO = getattr(socket, "IPV6_PMTUDISC_DO", 2)
-# ICMP errors on an unconnected socket (Linux, ip(7) / ipv6(7)): IP_RECVERR queues each one
-# with the destination of the datagram that caused it (read with MSG_ERRQUEUE).
-_IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
-_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
-_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
-_UNREACHABLE = frozenset(
-    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN}
-)
-"""Errors an ICMP error turns into: the destination is unreachable (RFC 1122 §4.1.3.3)."""
 DEFAULT_SERVER_TIMEOUT = 5.0
 """Seconds each STUN / TURN server gets per socket (resolution included) before it is given up."""
 DEFAULT_RELEASE_TIMEOUT = 2.0
@@ -364,12 +357,7 @@ def _bind_socket(
         with contextlib.suppress(OSError):  # the kernel caps it at net.core.rmem_max
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
         _set_dont_fragment(sock, family)
-        if sys.platform.startswith("linux"):
-            with contextlib.suppress(OSError):
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
-                else:
-                    sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+        enable_icmp_errors(sock)  # unreachable destinations, named (anchor_stun.aio.icmp)
         if port_range is None:
             sock.bind(sockaddr)
             return sock
@@ -477,24 +465,12 @@ class _DrainingTransport(asyncio.DatagramTransport):
             self._drain_errors()
 
     def _drain_errors(self) -> None:
-        """Read the socket's error queue (IP_RECVERR): each entry is one ICMP error with the
-        destination of the datagram that caused it; unreachable ones go to the protocol."""
+        """Read the socket's error queue (:func:`~anchor_stun.aio.icmp.read_icmp_errors`):
+        each unreachable destination goes to the protocol, with its error."""
         if self._closing:
             return
-        for _ in range(READ_BATCH):
-            try:
-                _, ancillary, _, addr = self._sock.recvmsg(1, 512, _MSG_ERRQUEUE)
-            except OSError:  # empty (EAGAIN), or no error queue on this platform
-                return
-            for _level, _kind, data in ancillary:
-                if len(data) < 4 or not isinstance(addr, tuple):
-                    continue
-                code = int.from_bytes(data[:4], sys.byteorder)  # sock_extended_err.ee_errno
-                if code in _UNREACHABLE:
-                    self._protocol.unreachable(
-                        (_canonical_ip(str(addr[0])), int(addr[1])),
-                        OSError(code, os.strerror(code)),
-                    )
+        for addr, exc in read_icmp_errors(self._sock, READ_BATCH):
+            self._protocol.unreachable(addr, exc)
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         self.sendto_many((data,), addr)
@@ -514,7 +490,7 @@ class _DrainingTransport(asyncio.DatagramTransport):
                 if error is None:  # the kernel's buffer is full: wait until writable
                     self._loop.add_writer(self._fd, self._writable)
                     break
-                if error.errno not in _UNREACHABLE:
+                if error.errno not in UNREACHABLE_ERRNOS:
                     self._protocol.error_received(error)
                 else:
                     # an earlier ICMP error (for any destination) failed this send: read it,

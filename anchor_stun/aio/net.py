@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from anchor_stun.aio.icmp import enable_icmp_errors, read_icmp_errors
 from anchor_stun.aio.streams import GuardedStream, StreamGuard, StreamLimits
 from anchor_stun.attributes import Software, XorMappedAddress
 from anchor_stun.errors import (
@@ -35,7 +36,7 @@ from anchor_stun.errors import (
 from anchor_stun.events import Address, StunEvent, Transmit, format_address
 from anchor_stun.framing import StreamFramer
 from anchor_stun.message import Message, MessageClass, Method
-from anchor_stun.nat import NatDiscovery, NatDiscoveryCompleted, NatDiscoveryFailed
+from anchor_stun.nat import NatDiscovery, NatDiscoveryCompleted, NatDiscoveryFailed, NatFailure
 from anchor_stun.server import StunServer
 from anchor_stun.transaction import (
     StunClient,
@@ -710,47 +711,102 @@ async def binding_request(
 
 
 class _NatDatagram(asyncio.DatagramProtocol):
-    def __init__(self, deliver: Callable[[bytes, Address], None]) -> None:
-        self.deliver = deliver
+    """The socket of :func:`discover_nat`: its datagrams and the unreachable destinations
+    of its ICMP errors go to the core, once :attr:`pump` is set."""
+
+    def __init__(self, core: NatDiscovery, sock: socket.socket) -> None:
+        self.core = core
+        self.sock = sock
+        self.pump: CorePump | None = None
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.deliver(data, (str(addr[0]), int(addr[1])))
+        pump = self.pump
+        if pump is not None:
+            self.core.receive_datagram(data, (str(addr[0]), int(addr[1])), pump.now())
+            pump.pump()
+
+    def error_received(self, exc: Exception) -> None:
+        # An ICMP error (IP_RECVERR) reported on a receive or a send: the error queue names
+        # the destination(s). Read it in every case: the socket stays readable until it is.
+        errors = read_icmp_errors(self.sock)
+        pump = self.pump
+        if pump is None:
+            return
+        now = pump.now()
+        for addr, error in errors:
+            self.core.destination_unreachable(addr, now, reason=error.strerror or str(error))
+        pump.pump()
+
+
+async def _icmp_reporting_socket(bind: tuple[str, int]) -> socket.socket:
+    """A non-blocking UDP socket bound to ``bind`` that reports the ICMP errors of its
+    datagrams with their destinations (:func:`~anchor_stun.aio.icmp.enable_icmp_errors`)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(bind[0], bind[1], type=socket.SOCK_DGRAM)
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        enable_icmp_errors(sock)
+        sock.bind(sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def discover_nat(
-    server: Address,
+    server: Address | str,
     *,
     local: Address | None = None,
     rng: Callable[[int], bytes] = os.urandom,
     software: str | None = None,
     timeout: float | None = None,
 ) -> NatDiscoveryCompleted:
-    """RFC 5780 NAT behaviour discovery over one UDP socket; raises StunError on failure,
-    :class:`TransactionTimeout` when it has not finished within ``timeout`` seconds (by
-    default the discovery's own transaction timeouts bound it)."""
+    """RFC 5780 NAT behaviour discovery (§4.3, §4.4) over one UDP socket, driving a
+    :class:`~anchor_stun.nat.NatDiscovery`; returns its :class:`NatDiscoveryCompleted`.
+
+    ``server`` is ``(host, port)`` or ``"host[:port]"`` (port 3478 by default); a host name
+    is resolved. ``local`` is the address to bind (the route's local IP, any port, by
+    default). The socket sends to the primary and the alternate addresses, so it is not
+    connected; it reads its ICMP errors with their destinations instead
+    (:mod:`anchor_stun.aio.icmp`, Linux), so that a test whose destination is reported
+    unreachable (a closed port, say) ends discovery at once with
+    :class:`DestinationUnreachable` naming that address. Other failures raise
+    :class:`TransactionTimeout` (a test unanswered after the RFC's retransmissions, 39.5 s
+    for test I, RFC 8489 §6.2.1; the message names where it went) or :class:`StunError`
+    (an error response, a server without RFC 5780 support), all with the reason of the
+    core's :class:`~anchor_stun.nat.NatDiscoveryFailed`. ``timeout`` (seconds) bounds the
+    whole discovery: :class:`TransactionTimeout` naming the server when it has not finished
+    by then; by default the tests' own retransmission budgets bound it."""
     loop = asyncio.get_running_loop()
-    server = server_address(server)
+    host, port = server_address(server)
     timeout = positive_timeout(timeout)
-    bind = local or (route_local_ip(server), 0)
+    server = await resolve(host, port)
+    sock = await _icmp_reporting_socket(local or (route_local_ip(server), 0))
+    name = sock.getsockname()
+    try:
+        core = NatDiscovery(
+            server, loop.time(), rng=rng, local=(str(name[0]), int(name[1])), software=software
+        )
+    except BaseException:
+        sock.close()
+        raise
     done: asyncio.Future[StunEvent] = loop.create_future()
-    holder: dict[str, CorePump] = {}
-
-    def deliver(data: bytes, addr: Address) -> None:
-        pump = holder["pump"]
-        core.receive_datagram(data, addr, pump.now())
-        pump.pump()
-
-    udp, _ = await loop.create_datagram_endpoint(lambda: _NatDatagram(deliver), local_addr=bind)
-    sock = udp.get_extra_info("sockname")
-    local_addr = (str(sock[0]), int(sock[1]))
-    core = NatDiscovery(server, loop.time(), rng=rng, local=local_addr, software=software)
 
     def on_event(event: StunEvent) -> None:
         if not done.done():
             done.set_result(event)
 
+    try:
+        udp, protocol = await loop.create_datagram_endpoint(
+            lambda: _NatDatagram(core, sock), sock=sock
+        )
+    except BaseException:
+        sock.close()
+        raise
     pump = CorePump(core, lambda t: udp.sendto(t.data, t.addr), on_event)
-    holder["pump"] = pump
+    protocol.pump = pump
     try:
         pump.pump()
         try:
@@ -763,7 +819,12 @@ async def discover_nat(
         pump.close()
         udp.close()
     if isinstance(event, NatDiscoveryFailed):
-        raise StunError(f"NAT discovery failed: {event.reason}")
+        message = f"NAT discovery failed: {event.reason}"
+        if event.cause == NatFailure.UNREACHABLE:
+            raise DestinationUnreachable(message)
+        if event.cause == NatFailure.NO_RESPONSE:
+            raise TransactionTimeout(message)
+        raise StunError(message)
     assert isinstance(event, NatDiscoveryCompleted)
     return event
 

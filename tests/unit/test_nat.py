@@ -27,6 +27,7 @@ from anchor_stun.nat import (
     NatDiscovery,
     NatDiscoveryCompleted,
     NatDiscoveryFailed,
+    NatFailure,
 )
 
 PRIMARY_IP, ALT_IP = "198.51.100.1", "198.51.100.2"
@@ -66,6 +67,9 @@ class Server:
     """OTHER-ADDRESS IP to advertise instead of the real alternate one."""
     reachable: Callable[[Address], bool] = lambda addr: True
     """Which of its addresses receive anything."""
+    refused: Callable[[Address], bool] = lambda addr: False
+    """Which of its addresses are closed ports: the client's socket reports them unreachable
+    (an ICMP port unreachable, ``ECONNREFUSED``) instead of anything arriving."""
     requests: list[tuple[Address, ChangeRequest | None, Message]] = field(default_factory=list)
 
     def handle(self, data: bytes, src: Address, dst: Address) -> tuple[bytes, Address] | None:
@@ -162,6 +166,9 @@ class Lab:
     def _deliver(self, discovery: NatDiscovery, data: bytes, dst: Address, now: float) -> None:
         if self.lose_first > 0:
             self.lose_first -= 1
+            return
+        if self.server.refused(dst):
+            discovery.destination_unreachable(dst, now, reason="Connection refused")
             return
         src = self.nat.outbound(LOCAL, dst) if self.nat is not None else LOCAL
         answer = self.server.handle(data, src, dst)
@@ -362,6 +369,8 @@ def test_server_without_other_address() -> None:
     event, end = discover(lab)
     assert isinstance(event, NatDiscoveryFailed)
     assert "OTHER-ADDRESS" in event.reason and "RFC 5780" in event.reason
+    assert f"{PRIMARY_IP}:{PRIMARY_PORT}" in event.reason
+    assert (event.cause, event.address) == (NatFailure.UNSUPPORTED, SERVER)
     assert event.mapped == (PUBLIC_IP, 40000)
     assert end == 0.0
     assert len(lab.destinations()) == 1
@@ -371,7 +380,9 @@ def test_server_unreachable() -> None:
     lab = Lab(Nat(EIM, EIF), Server(reachable=lambda addr: False))
     event, end = discover(lab)
     assert event == NatDiscoveryFailed(
-        "test I (binding to the primary address): no response from the server"
+        "test I (binding to the primary address): no response from 198.51.100.1:3478",
+        cause=NatFailure.NO_RESPONSE,
+        address=SERVER,
     )
     assert end == 39.5
 
@@ -380,7 +391,10 @@ def test_alternate_address_unreachable() -> None:
     lab = Lab(Nat(EIM, APDF), Server(reachable=lambda addr: addr[0] == PRIMARY_IP))
     event, end = discover(lab)
     assert isinstance(event, NatDiscoveryFailed)
-    assert event.reason.startswith("mapping test II")
+    assert event.reason == (
+        "mapping test II (alternate IP, primary port): no response from 198.51.100.2:3478"
+    )
+    assert (event.cause, event.address) == (NatFailure.NO_RESPONSE, (ALT_IP, PRIMARY_PORT))
     assert event.mapped == (PUBLIC_IP, 40000)
     assert end == 7.0 + 39.5
 
@@ -390,6 +404,7 @@ def test_server_ignoring_change_request() -> None:
     event, _ = discover(lab)
     assert isinstance(event, NatDiscoveryFailed)
     assert "ignores CHANGE-REQUEST" in event.reason
+    assert event.cause == NatFailure.UNSUPPORTED
     assert f"{PRIMARY_IP}:{PRIMARY_PORT}" in event.reason
 
 
@@ -397,8 +412,11 @@ def test_server_rejecting_change_request() -> None:
     lab = Lab(Nat(EIM, EIF), Server(reject_change=True))
     event, _ = discover(lab)
     assert event == NatDiscoveryFailed(
-        "filtering test II (change IP and port): error response 420 Unknown Attribute",
+        "filtering test II (change IP and port): error response 420 Unknown Attribute"
+        " from 198.51.100.1:3478",
         (PUBLIC_IP, 40000),
+        cause=NatFailure.ERROR_RESPONSE,
+        address=SERVER,
     )
 
 
@@ -407,6 +425,7 @@ def test_other_address_with_the_same_ip() -> None:
     event, _ = discover(lab)
     assert isinstance(event, NatDiscoveryFailed)
     assert "two IP addresses" in event.reason
+    assert event.cause == NatFailure.UNSUPPORTED
 
 
 def test_response_without_mapped_address() -> None:
@@ -416,7 +435,8 @@ def test_response_without_mapped_address() -> None:
     assert discovery.receive_datagram(response.encode(), SERVER, 0.1)
     event = discovery.next_event()
     assert isinstance(event, NatDiscoveryFailed)
-    assert "XOR-MAPPED-ADDRESS" in event.reason
+    assert "XOR-MAPPED-ADDRESS" in event.reason and f"{PRIMARY_IP}:{PRIMARY_PORT}" in event.reason
+    assert event.cause == NatFailure.BAD_RESPONSE
 
 
 def test_garbage_and_strays_are_dropped() -> None:
@@ -443,3 +463,82 @@ def test_late_answers_after_the_end_are_dropped() -> None:
     assert answer is not None
     assert not discovery.receive_datagram(answer[0], SERVER, 1.0)
     assert discovery.next_event() is None
+
+
+# --------------------------------------------------------------------------- ICMP errors
+
+
+def test_a_refused_primary_ends_test_i_at_once_naming_it() -> None:
+    """The socket reports the primary address unreachable after test I's first send: no
+    retransmission, no 39.5 s wait; the failure names the address and the error."""
+    discovery = NatDiscovery(SERVER, 0.0, rng=counter_rng())
+    assert len(discovery.datagrams_to_send(0.0)) == 1
+    assert discovery.destination_unreachable(SERVER, 0.01, reason="Connection refused")
+    assert discovery.next_event() == NatDiscoveryFailed(
+        "test I (binding to the primary address): 198.51.100.1:3478 unreachable"
+        " (Connection refused)",
+        cause=NatFailure.UNREACHABLE,
+        address=SERVER,
+    )
+    assert discovery.done and discovery.next_timer() is None
+    discovery.handle_timer(0.5)
+    assert discovery.datagrams_to_send(0.5) == []
+    assert discovery.next_event() is None
+
+
+def test_a_refused_alternate_address_ends_the_mapping_test_at_once() -> None:
+    """Mapping test II goes to (alternate IP, primary port), where nobody listens: the
+    failure names that address, at the time of its send (0.0), not 39.5 s later."""
+    lab = Lab(Nat(EIM, EIF), Server(refused=lambda addr: addr == (ALT_IP, PRIMARY_PORT)))
+    event, end = discover(lab, local=LOCAL)
+    assert event == NatDiscoveryFailed(
+        "mapping test II (alternate IP, primary port): 198.51.100.2:3478 unreachable"
+        " (Connection refused)",
+        (PUBLIC_IP, 40000),
+        cause=NatFailure.UNREACHABLE,
+        address=(ALT_IP, PRIMARY_PORT),
+    )
+    assert end == 0.0
+
+
+def test_a_refused_primary_during_a_filtering_test_is_a_failure_not_silence() -> None:
+    """Silence is a filtering result; a destination reported unreachable is not silent."""
+    answered = iter([False])  # test I gets through, then the primary port is closed
+    lab = Lab(Nat(EIM, APDF), Server(refused=lambda addr: next(answered, True)))
+    event, end = discover(lab)
+    assert isinstance(event, NatDiscoveryFailed)
+    assert event.reason == (
+        "filtering test II (change IP and port): 198.51.100.1:3478 unreachable"
+        " (Connection refused)"
+    )
+    assert (event.cause, event.address, event.mapped) == (
+        NatFailure.UNREACHABLE, SERVER, (PUBLIC_IP, 40000)
+    )
+    assert end == 0.0
+
+
+def test_unreachable_reports_about_other_addresses_change_nothing() -> None:
+    discovery = NatDiscovery(SERVER, 0.0, rng=counter_rng())
+    discovery.datagrams_to_send(0.0)
+    assert not discovery.destination_unreachable(OTHER, 0.1)
+    assert not discovery.destination_unreachable((PRIMARY_IP, ALT_PORT), 0.1)
+    for junk in (None, (), ("x",), (PRIMARY_IP, "port"), 42):
+        assert not discovery.destination_unreachable(junk, 0.1)  # type: ignore[arg-type]
+    assert discovery.next_event() is None and not discovery.done
+    assert discovery.next_timer() == 0.5
+    # the same address in another text form is the same destination
+    assert discovery.destination_unreachable(("::ffff:198.51.100.1", PRIMARY_PORT), 0.2)
+    event = discovery.next_event()
+    assert isinstance(event, NatDiscoveryFailed) and event.cause == NatFailure.UNREACHABLE
+    assert event.reason.endswith(": 198.51.100.1:3478 unreachable")
+    # after the end: nothing more
+    assert not discovery.destination_unreachable(SERVER, 0.3)
+    assert discovery.next_event() is None
+
+
+def test_an_unreachable_report_after_completion_is_ignored() -> None:
+    discovery = NatDiscovery(SERVER, 0.0, rng=counter_rng(), local=LOCAL)
+    event, _ = Lab(None).run(discovery)
+    assert isinstance(event, NatDiscoveryCompleted)
+    assert not discovery.destination_unreachable(SERVER, 1.0)
+    assert discovery.next_event() is None and discovery.result == event
