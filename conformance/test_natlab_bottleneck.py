@@ -11,13 +11,18 @@ offered to the bottleneck dropped there (its qdisc counters): congestion control
 link without overrunning its queue. (Before congestion control: 16.8-17.5 Mbit/s and 40 %
 dropped.)
 
-Then the bottleneck in a router, shared with one kernel TCP bulk flow: natA's WAN egress is
-the same token bucket, both NATs full cone, and the link (default policy: a server-reflexive
-pair through both NATs) and a TCP flow from hostA to a sink in ``pub`` (Python sockets) cross
-it for 13 s, the link carrying as much as it can: over the 10 s in the middle, the link's
-share of the bytes the two delivered is 35-65 %, and at most 10 % of the packets are dropped
-at the bottleneck. (In a router, not in hostA's own egress: there the kernel's TCP would see
-its own qdisc push back before any loss, which no Internet bottleneck does.)
+Then the same bottleneck shared with one kernel TCP bulk flow, in two places. ``host``: the
+token bucket on hostA's own egress as above, the link on the host pair and a TCP flow from
+hostA to a sink in hostB. ``router``: the token bucket on natA's WAN egress, both NATs full
+cone, the link (default policy: a server-reflexive pair through both NATs) and a TCP flow
+from hostA to a sink in ``pub``. Both cross it for 13 s (Python sockets for TCP), the link
+carrying as much as it can: over the 10 s in the middle, the link's share of the bytes the
+two delivered is 35-65 %, and at most 10 % of the packets are dropped at the bottleneck.
+At the host's own egress the kernel's TCP holds little of the queue (TCP small queues: it
+waits for its datagrams to leave the host, not for a loss), so a link must bound what it
+keeps queued in the host as well: the gathered sockets' SO_SNDBUF
+(:data:`anchor_ice.aio.gather.SOCKET_SNDBUF`; with the default of about 208 KiB the link
+took 87 % there).
 
 The TCP flow uses CUBIC (``TCP_CONGESTION``), Linux's default loss-based controller (the
 channel's default is NewReno, RFC 9002 §7; CUBIC on request); the test is skipped where the kernel
@@ -158,28 +163,44 @@ def _bytes_at(progress: list[tuple[float, int]], when: float) -> int:
     return before[-1] if before else 0
 
 
+@pytest.mark.parametrize("where", ["router", "host"])
 def test_the_bottleneck_shared_with_a_kernel_tcp_flow(
-    natlab: NatLab, request: pytest.FixtureRequest
+    natlab: NatLab, request: pytest.FixtureRequest, where: str
 ) -> None:
-    natlab.set_nat("natA", NatKind.FULL_CONE)
-    natlab.set_nat("natB", NatKind.FULL_CONE)
+    if where == "router":  # natA's WAN egress; the link through both NATs, TCP to pub
+        natlab.set_nat("natA", NatKind.FULL_CONE)
+        natlab.set_nat("natB", NatKind.FULL_CONE)
+        role, dev, sink_role, sink_ip = "natA", "wan", "pub", SERVER_IP
+        extra_a: list[str] = []
+        extra_b: list[str] = []
+    else:  # hostA's own egress on the shared segment: must-show 1's bottleneck
+        if "shared" not in natlab.kinds:
+            join_hosts(natlab)
+            natlab.kinds["shared"] = NatKind.PORT_RESTRICTED_CONE  # marker only
+        role, dev, sink_role, sink_ip = "hostA", "shared", "hostB", SHARED_IPS["hostB"]
+        extra_a = ["--policy", "standard", "--host-ip", SHARED_IPS["hostA"]]
+        extra_b = ["--policy", "standard", "--host-ip", SHARED_IPS["hostB"]]
     subprocess.run(
-        natlab.argv("natA", ["tc", "qdisc", "replace", "dev", "wan", "root", "tbf",
-                             "rate", RATE, "burst", "32kbit", "limit", str(QUEUE)]),
+        natlab.argv(role, ["tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+                           "rate", RATE, "burst", "32kbit", "limit", str(QUEUE)]),
         check=True, timeout=10,
     )  # fmt: skip
-    b = LivePipe(natlab, "hostB", "B", "A", idle=IDLE)
+    b = LivePipe(natlab, "hostB", "B", "A", idle=IDLE, extra=extra_b)
     a: LivePipe | None = None
     procs: list[subprocess.Popen[str]] = []
     stop = threading.Event()
     try:
         time.sleep(0.5)  # B subscribes first
-        a = LivePipe(natlab, "hostA", "A", "B", idle=IDLE)
+        a = LivePipe(natlab, "hostA", "A", "B", idle=IDLE, extra=extra_a)
         a.write(b"x")
         b.wait_size(1, timeout=20)
         a.wait_line("link formed", timeout=10)  # its stderr may trail what reached B
         (formed,) = a.formed()
-        assert formed.local[0] == NATS["natA"].wan_ip, a.log()  # through natA's WAN
+        if where == "router":
+            assert formed.local[0] == NATS["natA"].wan_ip, a.log()  # through natA's WAN
+        else:
+            assert formed.types == ("host", "host"), a.log()
+            assert formed.local[0] == SHARED_IPS["hostA"], formed
         pipe = a
 
         def feed() -> None:  # the link always has data to send
@@ -192,7 +213,7 @@ def test_the_bottleneck_shared_with_a_kernel_tcp_flow(
 
         threading.Thread(target=feed, daemon=True).start()
         sink = natlab.popen(
-            "pub", [sys.executable, "-c", _SINK, SERVER_IP, str(TCP_PORT)],
+            sink_role, [sys.executable, "-c", _SINK, sink_ip, str(TCP_PORT)],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         procs.append(sink)
@@ -203,7 +224,7 @@ def test_the_bottleneck_shared_with_a_kernel_tcp_flow(
         alone = (len(b.output) - alone0) * 8 / (time.monotonic() - alone_t0) / 1e6
         source = natlab.popen(
             "hostA",
-            [sys.executable, "-c", _SOURCE, SERVER_IP, str(TCP_PORT), str(TCP_SECONDS),
+            [sys.executable, "-c", _SOURCE, sink_ip, str(TCP_PORT), str(TCP_SECONDS),
              TCP_CONGESTION],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -215,9 +236,9 @@ def test_the_bottleneck_shared_with_a_kernel_tcp_flow(
         started = float(first[1])
         t1, t2 = started + WINDOW[0], started + WINDOW[1]
         time.sleep(max(0.0, t1 - time.monotonic()))
-        link1, (sent1, dropped1) = len(b.output), _qdisc_counters(natlab, "natA", "wan")
+        link1, (sent1, dropped1) = len(b.output), _qdisc_counters(natlab, role, dev)
         time.sleep(max(0.0, t2 - time.monotonic()))
-        link2, (sent2, dropped2) = len(b.output), _qdisc_counters(natlab, "natA", "wan")
+        link2, (sent2, dropped2) = len(b.output), _qdisc_counters(natlab, role, dev)
         source.wait(timeout=TCP_SECONDS + 10)
         out, _ = sink.communicate(timeout=10)
         progress = [(float(t), int(n)) for t, n in (line.split() for line in out.splitlines())]
@@ -228,7 +249,8 @@ def test_the_bottleneck_shared_with_a_kernel_tcp_flow(
         drop_rate = dropped / (sent + dropped)
         report(
             request.config,
-            f"natlab bottleneck {RATE} (link alone {alone:.1f} Mbit/s) shared with kernel TCP "
+            f"natlab bottleneck {RATE} in {where} (link alone {alone:.1f} Mbit/s) shared with "
+            f"kernel TCP "
             f"({TCP_CONGESTION}) "
             f"for {t2 - t1:.0f} s: link "
             f"{link * 8 / (t2 - t1) / 1e6:.1f} Mbit/s, TCP {tcp * 8 / (t2 - t1) / 1e6:.1f} "
@@ -247,6 +269,6 @@ def test_the_bottleneck_shared_with_a_kernel_tcp_flow(
             if p is not None:
                 p.stop()
         subprocess.run(
-            natlab.argv("natA", ["tc", "qdisc", "del", "dev", "wan", "root"]),
+            natlab.argv(role, ["tc", "qdisc", "del", "dev", dev, "root"]),
             check=False, timeout=10,
         )  # fmt: skip
