@@ -8,6 +8,15 @@ stdin to ``B`` (one message per read, up to ``--chunk`` bytes; the first one for
 and writes to stdout, unchanged, every message that comes from ``B``. The other side runs the
 same command with the names swapped.
 
+A slow stdout makes the peer wait (issue 17, flow control): each message is taken off the link
+(``LinkEndpoint.recv``) only once stdout has taken the one before, and until then the channel's
+receive window holds what has arrived (:mod:`anchor_link.reliable`, "Receiving"): the peer's
+sender stops at that window, nothing is dropped or retransmitted for lack of buffer, and
+memory stays bounded (about the window and the stdout transport's 64 KiB high-water mark)
+whatever stdin brings. A reader that never reads holds both sides until it does. What is
+still waiting for stdout once the link has dissolved (at most a receive window's worth) is
+written before exit, waiting at most 30 s for the reader (``_Output.FLUSH_TIMEOUT``).
+
 Identities (:mod:`anchor_link.identity`): ``--identity FILE`` (``anchor keygen``) is the key this
 side proves on every link; without it the user's default identity is used, created on first use
 (said on stderr). ``--trust PEER=anchor1:...`` pins the peer's public identity and
@@ -18,15 +27,16 @@ unverified, with the identity it proved.
 
 It exits 0 once stdin is at its end and a link has come and gone: the link dissolves
 ``--idle`` seconds after the last data either way, so a sender exits that long after its
-input ends, and a side with nothing to send (``< /dev/null``) exits when the peer's link to it
+input ends (or, into a slow reader, after the last of it could be sent), and a side with nothing to send (``< /dev/null``) exits when the peer's link to it
 has dissolved. Data accepted on a link that breaks goes again on the next link to the peer,
 formed at once (exactly once, in order: :mod:`anchor_link.delivery`); when none can be formed
 within ``--delivery-timeout`` seconds, stderr says which bytes of stdin were not delivered
 ("N bytes of input undelivered to B (bytes X-Y of stdin, ...)") and the exit status is 1.
 Exit 1 (one line on stderr) when the link cannot be formed, 2 for a usage mistake. ``-v``
 prints the link's events on stderr (formed, moved to a better pair,
-dissolved, failed), and when the first message was sent and received, on the machine's
-monotonic clock (so that two pipes on one machine can measure its latency).
+dissolved with the frames it retransmitted and those it dropped beyond its receive window,
+failed), and when the first message was sent and received, on the machine's monotonic clock
+(so that two pipes on one machine can measure its latency).
 """
 
 from __future__ import annotations
@@ -179,9 +189,11 @@ class _Paced(asyncio.Protocol):
 
 class _Output:
     """stdout, written without ever blocking the event loop: through a pipe transport when
-    it is a pipe, socket or terminal (a slow reader then costs memory, not the link: a
-    blocking write would stop the loop, and with it ACKs and consent); directly when it is a
-    regular file (which never blocks, and which epoll refuses)."""
+    it is a pipe, socket or terminal (a blocking write would stop the loop, and with it ACKs
+    and consent); directly when it is a regular file (which never blocks, and which epoll
+    refuses). :meth:`drain` waits until the transport's buffer is below its high-water mark,
+    so a writer that drains after each write keeps at most that much here: a slow reader
+    holds the writer back instead of costing memory."""
 
     FLUSH_TIMEOUT = 30.0
     """Seconds :meth:`flush` waits for a reader that does not read."""
@@ -203,11 +215,18 @@ class _Output:
             )
 
     def write(self, data: bytes) -> None:
+        """Write ``data`` at once: into the transport's buffer, or to the file. (Once the
+        reader has gone, what is written is dropped.)"""
         if self._transport is None:
             self._stream.write(data)
             self._stream.flush()
         elif not self._transport.is_closing():
             self._transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait until the transport's buffer is below its high-water mark (the reader has
+        read enough), or the reader has gone."""
+        await self._protocol.drained.wait()
 
     async def flush(self) -> None:
         """Wait (bounded) until everything written has left the process."""
@@ -235,14 +254,6 @@ async def run(args: argparse.Namespace) -> int:
     accepted = [0]  # bytes of stdin the endpoint accepted so far
 
     first_received: set[str] = set()
-
-    def on_message(peer: str, data: bytes) -> None:
-        if peer == args.peer:
-            if args.verbose and peer not in first_received:
-                first_received.add(peer)
-                print(f"anchor pipe: first message from {peer} received at monotonic "
-                      f"{time.monotonic():.6f} s", file=sys.stderr, flush=True)  # fmt: skip
-            out.write(data)
 
     def on_event(event: LinkEvent) -> None:
         if isinstance(event, LinkFailed):
@@ -278,7 +289,9 @@ async def run(args: argparse.Namespace) -> int:
             if event.relay_transport is not None:
                 text += f" (relay over {event.relay_transport})"
         elif isinstance(event, LinkDissolved):
-            text = f"link with {event.peer} dissolved ({event.reason})"
+            text = (f"link with {event.peer} dissolved ({event.reason}): "
+                    f"{event.retransmissions} frames retransmitted, {event.dropped_window} "
+                    f"dropped beyond the receive window")  # fmt: skip
         elif isinstance(event, LinkFailed):
             text = f"link with {event.peer} failed: {event.reason}"
         else:
@@ -297,10 +310,29 @@ async def run(args: argparse.Namespace) -> int:
         idle_timeout=args.idle,
         delivery_timeout=args.delivery_timeout,
         host_ips=args.host_ip or None,
-        on_message=on_message,
         on_event=on_event,
     )
-    async with anchor:
+
+    async def copy_out(paced: bool) -> None:
+        """What the peer sends, to stdout, one message at a time until the endpoint is closed
+        and every message was read. A message read with recv() holds its frames of the
+        channel's receive window until then: ``paced``, each message waits until stdout has
+        taken the one before (drain), so a slow reader holds the window closed and the peer's
+        sender waits (flow control) instead of this process buffering what it cannot write."""
+        async for peer, data in anchor:
+            if peer != args.peer:
+                continue  # (read all the same: it releases that link's window)
+            if args.verbose and peer not in first_received:
+                first_received.add(peer)
+                print(f"anchor pipe: first message from {peer} received at monotonic "
+                      f"{time.monotonic():.6f} s", file=sys.stderr, flush=True)  # fmt: skip
+            out.write(data)
+            if paced:
+                await out.drain()
+
+    async def copy_in() -> None:
+        """stdin to the peer; then wait until a link has come and gone, none is left, and
+        nothing accepted is still waiting for a link (anchor_link.delivery)."""
         stdin = sys.stdin.buffer
         reader = await _open_stdin(stdin)
         first = True
@@ -314,13 +346,30 @@ async def run(args: argparse.Namespace) -> int:
             first = False
             await anchor.send(args.peer, data)
             accepted[0] += len(data)
-        # stdin ended: wait until a link has come and gone, none is left, and nothing
-        # accepted is still waiting for a link (anchor_link.delivery).
         while True:
             ended = [e for e in anchor.history if isinstance(e, LinkDissolved | LinkFailed)]
             if ended and not anchor.active_peers() and not anchor.pending():
                 break
             await anchor.wait_for(LinkEvent, after=anchor.events_recorded)
+
+    loop = asyncio.get_running_loop()
+    async with anchor:
+        writing = loop.create_task(copy_out(paced=True), name="anchor pipe: stdout")
+        reading = loop.create_task(copy_in(), name="anchor pipe: stdin")
+        try:
+            await asyncio.wait((writing, reading), return_when=asyncio.FIRST_COMPLETED)
+            if writing.done():  # before the endpoint is closed, only by an error (stdout's)
+                writing.result()
+            await reading
+        finally:
+            # Cancelled in recv() or in drain(), the writer loses nothing: a message is
+            # taken and written with no wait in between.
+            reading.cancel()
+            writing.cancel()
+            await asyncio.gather(reading, writing, return_exceptions=True)
+    # The endpoint is closed: what is left (at most the receive windows' worth), without
+    # waiting for the reader; then flush, bounded.
+    await copy_out(paced=False)
     await out.flush()
     if undelivered:
         raise AnchorError(undelivered[-1])

@@ -233,6 +233,12 @@ class LinkDissolved(LinkEvent):
     closing_seconds: float
     """Seconds from the start of the close (idle, close(), the peer's FIN) to dissolved: the
     close handshake and the draining (0 when the link was dropped at once)."""
+    retransmissions: int = 0
+    """DATA and FIN frames this side sent again, tail-loss probes included
+    (:attr:`~anchor_link.reliable.ReliableStats.retransmissions`)."""
+    dropped_window: int = 0
+    """DATA frames this side dropped because they were beyond its receive window (a sender
+    that follows the window updates never causes one: flow control)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -615,6 +621,8 @@ class LinkMachine:
                 bytes_received=stats.bytes_received,
                 open_seconds=max(0.0, now - self.formed_at),
                 closing_seconds=0.0 if self._closing_at is None else now - self._closing_at,
+                retransmissions=stats.retransmissions,
+                dropped_window=stats.dropped_window,
             )
         )
 

@@ -21,7 +21,8 @@ What this proves:
 - Crossing first sends form one link; a peer missing from the signalling fails the send fast.
 - ``anchor demo --json`` (a subprocess) reports a non-host pair, lost 0, dissolved true,
   allocations_left 0, sockets_left 0; ``anchor pipe`` carries 200 kB through
-  ``anchor serve --signal``.
+  ``anchor serve --signal``; into a stdout nobody reads for a while it holds the sender back
+  (flow control) over one healthy link, in bounded memory, dropping nothing beyond its window.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import re
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -692,32 +694,112 @@ def test_websocket_mailbox_comes_back_after_its_connection_dies_and_keeps_its_na
     run(main())
 
 
-def test_anchor_pipe_keeps_its_link_healthy_while_nobody_reads_its_stdout() -> None:
-    """The receiver's stdout is a pipe nobody reads until the sender is done: 1 MB cannot
-    fit in it, so a blocking write would stop the receiver's event loop (no ACKs, the
-    sender's link would end "peer unreachable"). The sender's link ends idle, cleanly; then
-    everything is read, whole."""
+PIPE_DISSOLVED = re.compile(
+    rb"link with \w+ dissolved \(([^)]*)\): (\d+) frames retransmitted, (\d+) dropped beyond "
+    rb"the receive window"
+)
+"""``anchor pipe -v``'s line when a link dissolves: reason, frames retransmitted, frames
+dropped beyond the receive window."""
+
+
+def _rss_bytes(pid: int) -> int:
+    """A process's resident set size (``VmRSS`` in ``/proc/PID/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def test_anchor_pipe_keeps_its_link_healthy_while_nobody_reads_its_stdout(tmp_path: Path) -> None:
+    """The receiver's stdout is a pipe nobody reads for a while (12 idle timeouts): 1 MB
+    cannot fit in it, nor in the receiver's window, so the sender waits for the reader (flow
+    control). Meanwhile the receiver's event loop keeps answering (a blocking write would
+    stop it: no ACKs, the sender's link would end "peer unreachable"), and neither side's
+    idle timeout dissolves a link whose sender is only held back. Then everything is read,
+    whole, over the one link, which ends idle, cleanly."""
     data = os.urandom(1_000_000)
+    (tmp_path / "in").write_bytes(data)
     with pipe_server() as common:
         receiver = subprocess.Popen(
             [*ANCHOR, "pipe", "--name", "B", "--peer", "A", "-v", *common],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
+        sender: subprocess.Popen[bytes] | None = None
         try:
             time.sleep(1.0)  # let B subscribe before A's offer
-            sender = subprocess.run(
-                [*ANCHOR, "pipe", "--name", "A", "--peer", "B", "-v", *common],
-                input=data, capture_output=True, timeout=60, check=False,
-            )  # fmt: skip
-            out, err = receiver.communicate(timeout=30)
+            with open(tmp_path / "in", "rb") as stdin:
+                sender = subprocess.Popen(
+                    [*ANCHOR, "pipe", "--name", "A", "--peer", "B", "-v", *common],
+                    stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                )  # fmt: skip
+            time.sleep(12 * 0.5)  # nobody reads B's stdout
+            assert sender.poll() is None and receiver.poll() is None  # A waits for the reader
+            out, err = receiver.communicate(timeout=60)
+            _, sender_err = sender.communicate(timeout=30)
         finally:
-            if receiver.poll() is None:
-                receiver.kill()
-                receiver.wait()
-    assert sender.returncode == 0, sender.stderr
-    assert b"dissolved (idle)" in sender.stderr, sender.stderr
+            for process in (receiver, sender):
+                if process is not None and process.poll() is None:
+                    process.kill()
+                    process.wait()
+    assert sender.returncode == 0, sender_err
     assert receiver.returncode == 0, err
     assert out == data
+    # One link all along, which ended idle (not "peer unreachable", not a new link formed).
+    assert sender_err.count(b"link formed with B") == 1, sender_err
+    assert [m[1] for m in PIPE_DISSOLVED.finditer(sender_err)] == [b"idle"], sender_err
+
+
+def test_anchor_pipe_into_a_slow_stdout_holds_the_sender_back_in_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    """Issue 17 build item 2, must-show 3: 64 MiB piped into a receiver whose stdout nobody
+    reads for 8 s. The receiver takes a message off the link only once stdout has taken the
+    one before, and the channel's receive window holds the rest: the sender waits (it is
+    still running when the reading starts), the receiver's memory stays far below the data
+    (it grows by less than a quarter of it, where taking everything in would cost all of
+    it), and no frame is dropped beyond the receive window (so none is retransmitted for
+    lack of buffer). Then everything is read, identical, and both sides exit 0."""
+    size = 64 << 20
+    data = os.urandom(size)
+    (tmp_path / "in").write_bytes(data)
+    with pipe_server() as common:
+        args = [*common, "--policy", "standard", "-v"]  # a host pair: no relay to load the CPU
+        receiver = subprocess.Popen(
+            [*ANCHOR, "pipe", "--name", "B", "--peer", "A", *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        sender: subprocess.Popen[bytes] | None = None
+        try:
+            time.sleep(1.0)  # let B subscribe before A's offer
+            assert receiver.poll() is None
+            at_start = _rss_bytes(receiver.pid)
+            with open(tmp_path / "in", "rb") as stdin:
+                sender = subprocess.Popen(
+                    [*ANCHOR, "pipe", "--name", "A", "--peer", "B", *args],
+                    stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                )  # fmt: skip
+            peak = at_start
+            hold_until = time.monotonic() + 8.0  # nobody reads B's stdout meanwhile
+            while time.monotonic() < hold_until:
+                peak = max(peak, _rss_bytes(receiver.pid))
+                time.sleep(0.05)
+            growth = peak - at_start
+            assert growth < size // 4, f"receiver RSS grew by {growth / 2**20:.1f} MiB, held"
+            assert sender.poll() is None, "the sender finished although nobody read"
+            assert receiver.poll() is None
+            out, err = receiver.communicate(timeout=300)
+            _, sender_err = sender.communicate(timeout=60)
+        finally:
+            for process in (receiver, sender):
+                if process is not None and process.poll() is None:
+                    process.kill()
+                    process.wait()
+    assert sender.returncode == 0, sender_err
+    assert receiver.returncode == 0, err
+    assert len(out) == size and out == data
+    received = [(m[1], int(m[2]), int(m[3])) for m in PIPE_DISSOLVED.finditer(err)]
+    assert len(received) == 1, err
+    assert received[0][2] == 0, f"receiver dropped frames beyond its window: {err!r}"
 
 
 def test_rendezvous_binds_a_name_to_its_key_and_only_that_key_takes_it_back() -> None:
