@@ -25,18 +25,18 @@ its pinned or known key fails the link: nothing is sent to it, the error on stde
 authentication, exit 1. Without either, the link still forms and stderr says the peer is
 unverified, with the identity it proved.
 
-It exits 0 once stdin is at its end and a link has come and gone: the link dissolves
-``--idle`` seconds after the last data either way, so a sender exits that long after its
-input ends (or, into a slow reader, after the last of it could be sent), and a side with nothing to send (``< /dev/null``) exits when the peer's link to it
-has dissolved. Data accepted on a link that breaks goes again on the next link to the peer,
-formed at once (exactly once, in order: :mod:`anchor_link.delivery`); when none can be formed
-within ``--delivery-timeout`` seconds, stderr says which bytes of stdin were not delivered
-("N bytes of input undelivered to B (bytes X-Y of stdin, ...)") and the exit status is 1.
-Exit 1 (one line on stderr) when the link cannot be formed, 2 for a usage mistake. ``-v``
-prints the link's events on stderr (formed, moved to a better pair,
-dissolved with the frames it retransmitted and those it dropped beyond its receive window,
-failed), and when the first message was sent and received, on the machine's monotonic clock
-(so that two pipes on one machine can measure its latency).
+It exits 0 once stdin is at its end and a link has come and gone: the link dissolves ``--idle``
+seconds after the last data either way, so a sender exits that long after its input ends (into a
+slow reader: after the last of it could be sent), and a side with nothing to send
+(``< /dev/null``) exits when the peer's link to it has dissolved. Data accepted on a link that
+breaks goes again on the next link to the peer, formed at once (exactly once, in order:
+:mod:`anchor_link.delivery`); when none can be formed within ``--delivery-timeout`` seconds,
+stderr says which bytes of stdin were not delivered ("N bytes of input undelivered to B (bytes
+X-Y of stdin, ...)") and the exit status is 1. Exit 1 (one line on stderr) when the link cannot
+be formed, 2 for a usage mistake. ``-v`` prints the link's events on stderr (formed, moved to a
+better pair, dissolved with the frames it retransmitted and those it dropped beyond its receive
+window, failed), and when the first message was sent and received, on the machine's monotonic
+clock (so that two pipes on one machine can measure its latency).
 """
 
 from __future__ import annotations
