@@ -15,7 +15,8 @@ sender stops at that window, nothing is dropped or retransmitted for lack of buf
 memory stays bounded (about the window and the stdout transport's 64 KiB high-water mark)
 whatever stdin brings. A reader that never reads holds both sides until it does. What is
 still waiting for stdout once the link has dissolved (at most a receive window's worth) is
-written before exit, waiting at most 30 s for the reader (``_Output.FLUSH_TIMEOUT``).
+written before exit, waiting at most ``--flush-timeout`` seconds (30) for the reader; when the
+reader takes nothing in that time, the pipe exits 1 saying how many bytes it could not write.
 
 Identities (:mod:`anchor_link.identity`): ``--identity FILE`` (``anchor keygen``) is the key this
 side proves on every link; without it the user's default identity is used, created on first use
@@ -92,6 +93,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                       help="gather host candidates on this address only; repeatable")
     pipe.add_argument("--idle", type=float, default=DEFAULT_PIPE_IDLE, metavar="SECONDS",
                       help=f"idle timeout of the link (default {DEFAULT_PIPE_IDLE:g})")
+    pipe.add_argument("--flush-timeout", type=float, default=_Output.FLUSH_TIMEOUT,
+                      metavar="SECONDS",
+                      help="how long, once the link is gone, to wait for a stdout that takes "
+                      "nothing before giving up on what is left, with exit 1 "
+                      f"(default {_Output.FLUSH_TIMEOUT:g})")
     pipe.add_argument("--delivery-timeout", type=float, default=DEFAULT_PIPE_DELIVERY,
                       metavar="SECONDS",
                       help="how long data accepted on a link that broke waits for a new link "
@@ -121,6 +127,8 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--delivery-timeout must be in (0, 3600] seconds")
     if not 1 <= args.chunk <= 65536:
         raise UsageError("--chunk must be in 1..65536")
+    if not 0 < args.flush_timeout <= 3600:
+        raise UsageError("--flush-timeout must be in (0, 3600] seconds")
     try:
         stun = [parse_address(text, DEFAULT_PORT) for text in args.stun]
         turn = turn_servers(
@@ -196,10 +204,12 @@ class _Output:
     holds the writer back instead of costing memory."""
 
     FLUSH_TIMEOUT = 30.0
-    """Seconds :meth:`flush` waits for a reader that does not read."""
+    """Seconds :meth:`flush` waits for a reader that does not read, by default."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], flush_timeout: float = FLUSH_TIMEOUT) -> None:
         self._stream = stream
+        self.flush_timeout = flush_timeout
+        """Seconds :meth:`flush` waits (``--flush-timeout``)."""
         self._transport: asyncio.WriteTransport | None = None
         self._protocol = _Paced()
 
@@ -228,14 +238,16 @@ class _Output:
         read enough), or the reader has gone."""
         await self._protocol.drained.wait()
 
-    async def flush(self) -> None:
-        """Wait (bounded) until everything written has left the process."""
+    async def flush(self) -> int:
+        """Wait (at most :attr:`flush_timeout`) until everything written has left the
+        process; returns the bytes still held then (0: all written, or the reader is gone)."""
         transport = self._transport
         if transport is None or transport.is_closing():
-            return
+            return 0
         transport.set_write_buffer_limits(high=0)  # "drained" now means empty
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._protocol.drained.wait(), self.FLUSH_TIMEOUT)
+            await asyncio.wait_for(self._protocol.drained.wait(), self.flush_timeout)
+        return 0 if transport.is_closing() else transport.get_write_buffer_size()
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -247,7 +259,7 @@ async def run(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     identity = _identity(args)
-    out = _Output(sys.stdout.buffer)
+    out = _Output(sys.stdout.buffer, args.flush_timeout)
     await out.open()
     failures: list[str] = []
     undelivered: list[str] = []
@@ -370,7 +382,12 @@ async def run(args: argparse.Namespace) -> int:
     # The endpoint is closed: what is left (at most the receive windows' worth), without
     # waiting for the reader; then flush, bounded.
     await copy_out(paced=False)
-    await out.flush()
+    held = await out.flush()
+    if held:
+        raise AnchorError(
+            f"stdout took nothing for {out.flush_timeout:g} s: the last {held} bytes "
+            "received were not written"
+        )
     if undelivered:
         raise AnchorError(undelivered[-1])
     if failures and not any(isinstance(e, LinkDissolved) for e in anchor.history):

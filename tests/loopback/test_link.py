@@ -827,3 +827,37 @@ def test_rendezvous_binds_a_name_to_its_key_and_only_that_key_takes_it_back() ->
             await gone.close()
 
     run(main())
+
+
+def test_anchor_pipe_says_so_when_stdout_never_takes_the_rest(tmp_path: Path) -> None:
+    """What is still waiting for stdout once the link is gone is written before exit, but a
+    reader that takes nothing for --flush-timeout seconds does not make the pipe lose it
+    quietly: exit 1, with the bytes it could not write named on stderr. (200 KB: more than
+    the OS pipe and the transport's buffer take, less than the receive window holds.)"""
+    data = os.urandom(200_000)
+    (tmp_path / "in").write_bytes(data)
+    read_end, write_end = os.pipe()  # the test never reads it until the receiver has exited
+    with pipe_server() as common:
+        args = [*common, "--policy", "standard", "--idle", "0.5"]
+        receiver = subprocess.Popen(
+            [*ANCHOR, "pipe", "--name", "B", "--peer", "A", *args, "--flush-timeout", "1"],
+            stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        os.close(write_end)
+        try:
+            time.sleep(1.0)  # let B subscribe before A's offer
+            with open(tmp_path / "in", "rb") as stdin:
+                sender = subprocess.run(
+                    [*ANCHOR, "pipe", "--name", "A", "--peer", "B", *args],
+                    stdin=stdin, capture_output=True, timeout=60,
+                )  # fmt: skip
+            _, err = receiver.communicate(timeout=60)
+        finally:
+            if receiver.poll() is None:
+                receiver.kill()
+                receiver.wait()
+            os.close(read_end)
+    assert sender.returncode == 0, sender.stderr
+    assert receiver.returncode == 1, err
+    assert re.search(rb"stdout took nothing for 1 s: the last \d+ bytes received were not "
+                     rb"written", err), err  # fmt: skip
