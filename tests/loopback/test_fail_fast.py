@@ -2,7 +2,8 @@
 
 Must-show 1: every public entry point given a malformed argument raises a typed error naming
 the argument, and a spy on real sockets (``socket.socket`` wrapped so that every bind, listen,
-connect and send is recorded) proves nothing was bound or sent. Must-show 2 (gathering): a STUN or TURN server on a
+connect and send is recorded, and ``socket.getaddrinfo``, whose name lookups send DNS queries)
+proves nothing was resolved, bound or sent. Must-show 2 (gathering): a STUN or TURN server on a
 closed port is a gathering failure naming the address as unreachable, not a timeout; the same
 for RFC 5780 NAT discovery (``discover_nat``, ``anchor stun --nat``), whose socket is not
 connected, at the primary or at the alternate address.
@@ -20,6 +21,7 @@ import pytest
 
 from anchor_cli import turn as turn_cli
 from anchor_cli.main import build_parser
+from anchor_ice.agent import IceAgent
 from anchor_ice.aio.connection import Connection, IceFailedError
 from anchor_ice.aio.gather import (
     GatheredSocket,
@@ -35,7 +37,9 @@ from anchor_link.aio.signal import (
     WebSocketSignalling,
     serve_rendezvous,
 )
+from anchor_link.reliable import ReliableChannel
 from anchor_link.state import LinkFormationFailed
+from anchor_link.trust import KnownPeers, TrustPolicy
 from anchor_stun.aio.net import binding_request, discover_nat
 from anchor_stun.attributes import (
     AddressErrorCode,
@@ -63,7 +67,7 @@ from anchor_stun.message import Message, MessageClass, Method
 from anchor_stun.server import StunServer
 from anchor_turn.aio.client import TurnConnection
 from anchor_turn.aio.server import TurnServerRunner, UdpRelayAllocator, loopback_runner
-from anchor_turn.auth import StaticUsers
+from anchor_turn.auth import ChainedBackend, RestSecret, SqliteUsers, StaticUsers
 from anchor_turn.client import TurnClient
 from anchor_turn.events import AllocationCreated
 from anchor_turn.server import AllocationCreatedEvent, TurnServer
@@ -122,7 +126,14 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Spy]:
             self._note("listen", None)
             super().listen(*args)
 
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        record.calls.append(("getaddrinfo", host))  # a name lookup may send a DNS query
+        return real_getaddrinfo(host, *args, **kwargs)
+
     monkeypatch.setattr(socket, "socket", SpySocket)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     yield record
 
 
@@ -299,6 +310,154 @@ CASES: list[tuple[str, Callable[[], Any], str]] = [
      lambda: loopback_runner(3478, {"u": "p"}, "r", tcp_port=70000), "tcp_port"),
     ("loopback_runner tls_port", lambda: loopback_runner(3478, {"u": "p"}, "r", tls_port=5349),
      "tls_port needs a tls_context"),
+    # the cores take "ip:port" text as the adapters do (an IP literal: a core resolves nothing)
+    ("StunServer primary name", lambda: StunServer(primary="localhost:3478"), "primary"),
+    ("StunServer primary text", lambda: StunServer(primary="127.0.0.1:x"), "primary"),
+    ("StunServer primary type", lambda: StunServer(primary=3478), "primary"),  # type: ignore[arg-type]
+    ("StunServer other", lambda: StunServer(primary=GOOD, other=("stun.example", 3479)),
+     "other"),
+    ("StunServer mtu", lambda: StunServer(primary=GOOD, mtu="1500"), "mtu"),  # type: ignore[arg-type]
+    ("StunServer software", lambda: StunServer(primary=GOOD, software=5), "software"),  # type: ignore[arg-type]
+    ("StunServer budget", lambda: StunServer(primary=GOOD, budget=5), "budget"),  # type: ignore[arg-type]
+    ("TurnClient server name", lambda: TurnClient(("turn.example", 3478), "u", "p"), "server"),
+    ("TurnClient server text", lambda: TurnClient("127.0.0.1:99999", "u", "p"), "server"),
+    ("TurnClient server IPv6 text", lambda: TurnClient("::1:3478:x", "u", "p"), "server"),
+    ("TurnClient username None", lambda: TurnClient(GOOD, None, "p"), "username"),  # type: ignore[arg-type]
+    ("TurnClient username empty", lambda: TurnClient(GOOD, "", "p"), "username"),
+    ("TurnClient username control", lambda: TurnClient(GOOD, "u\x00", "p"), "username"),
+    ("TurnClient password None", lambda: TurnClient(GOOD, "u", None), "password"),  # type: ignore[arg-type]
+    ("TurnClient rto", lambda: TurnClient(GOOD, "u", "p", rto="1"), "rto"),  # type: ignore[arg-type]
+    ("TurnClient rc", lambda: TurnClient(GOOD, "u", "p", rc=0), "rc"),
+    ("TurnClient refresh_margin",
+     lambda: TurnClient(GOOD, "u", "p", refresh_margin=None), "refresh_margin"),  # type: ignore[arg-type]
+    ("TurnClient reservation_token",
+     lambda: TurnClient(GOOD, "u", "p", reservation_token="12345678"), "reservation_token"),  # type: ignore[arg-type]
+    ("TurnClient software", lambda: TurnClient(GOOD, "u", "p", software=5), "software"),  # type: ignore[arg-type]
+    # credential back-ends
+    ("StaticUsers users", lambda: StaticUsers("u:p", realm="r"), "users"),  # type: ignore[arg-type]
+    ("StaticUsers name", lambda: StaticUsers({"": "p"}, realm="r"), "users: a name"),
+    ("StaticUsers password", lambda: StaticUsers({"u": None}, realm="r"),  # type: ignore[dict-item]
+     "users['u']: the password"),
+    ("StaticUsers realm", lambda: StaticUsers({"u": "p"}, realm=""), "realm"),
+    ("SqliteUsers path", lambda: SqliteUsers(5), "path"),  # type: ignore[arg-type]
+    ("SqliteUsers reload_interval", lambda: SqliteUsers(":memory:", reload_interval=0),
+     "reload_interval"),
+    ("RestSecret secret", lambda: RestSecret("", clock=float), "secret"),
+    ("RestSecret clock", lambda: RestSecret("s", clock=5), "clock"),  # type: ignore[arg-type]
+    ("ChainedBackend", lambda: ChainedBackend(StaticUsers({}, realm="r"), "x"),  # type: ignore[arg-type]
+     "backends[1]"),
+    # TurnConnection: options are checked before the name is resolved
+    ("TurnConnection.connect option",
+     lambda: TurnConnection.connect("turn.example:3478", "u", "p", rto=0), "rto"),
+    ("TurnConnection.connect unknown option",
+     lambda: TurnConnection.connect(GOOD, "u", "p", bogus=1), "bogus"),
+    ("TurnConnection.connect ssl_context",
+     lambda: TurnConnection.connect(GOOD, "u", "p", "tls", ssl_context="x"),  # type: ignore[arg-type]
+     "ssl_context"),
+    ("TurnConnection.connect max_queue",
+     lambda: TurnConnection.connect(GOOD, "u", "p", max_queue=0), "max_queue"),
+    ("TurnConnection.connect on_data",
+     lambda: TurnConnection.connect(GOOD, "u", "p", on_data=5), "on_data"),  # type: ignore[arg-type]
+    ("TurnConnection.over send",
+     lambda: TurnConnection.over("x", GOOD, "u", "p", local=(LOOPBACK, 1)), "send"),  # type: ignore[arg-type]
+    ("TurnConnection.over local",
+     lambda: TurnConnection.over(_send, GOOD, "u", "p", local="x"), "local"),  # type: ignore[arg-type]
+    # the ICE connection, its gatherer and its agent
+    ("Connection checking_timeout", lambda: Connection(True, checking_timeout=-1),
+     "checking_timeout"),
+    ("Connection stun_server colons", lambda: Connection(True, stun_server="::::"),
+     "stun_server"),
+    ("Connection stun_server host",
+     lambda: Connection(True, stun_server=("stun example", 3478)), "stun_server"),
+    ("Connection host_ips item", lambda: Connection(True, host_ips=["not-an-ip"]),
+     "host_ips[0]"),
+    ("Connection host_ips", lambda: Connection(True, host_ips=LOOPBACK), "host_ips"),
+    ("Connection interfaces", lambda: Connection(True, interfaces="eth0"), "interfaces"),
+    ("Connection gather_timeout", lambda: Connection(True, gather_timeout=0), "gather_timeout"),
+    ("Connection release_timeout", lambda: Connection(True, release_timeout=-1),
+     "release_timeout"),
+    ("Connection ta", lambda: Connection(True, ta="5ms"), "ta"),  # type: ignore[arg-type]
+    ("Connection components", lambda: Connection(True, components=0), "components"),
+    ("Connection local_username", lambda: Connection(True, local_username="a"),
+     "local_username"),
+    ("Connection local_password", lambda: Connection(True, local_password=5),  # type: ignore[arg-type]
+     "local_password"),
+    ("Connection agent_options", lambda: Connection(True, agent_options={"bogus": 1}),
+     "agent_options"),
+    ("Connection agent_options value", lambda: Connection(True, agent_options={"check_rc": 0}),
+     "check_rc"),
+    ("Connection nominator", lambda: Connection(True, nominator="gateway"), "nominator"),  # type: ignore[arg-type]
+    ("Connection rng", lambda: Connection(True, rng=5), "rng"),  # type: ignore[arg-type]
+    ("Connection pacer", lambda: Connection(True, pacer=5), "pacer"),  # type: ignore[arg-type]
+    ("Connection turn_ssl_context",
+     lambda: Connection(True, turn_server=GOOD, turn_username="u", turn_password="p",
+                        turn_transport="tcp", turn_ssl=True, turn_ssl_context="x"),
+     "turn_ssl_context"),
+    ("Gatherer host_ips item", lambda: Gatherer(["localhost"]), "host_ips[0]"),
+    ("Gatherer timeout", lambda: Gatherer([LOOPBACK], timeout="5"), "timeout"),  # type: ignore[arg-type]
+    ("Gatherer stun_rto", lambda: Gatherer([LOOPBACK], stun_rto=0), "stun_rto"),
+    ("Gatherer turn_options", lambda: Gatherer([LOOPBACK], turn_options={"rto": 0}),
+     "turn_options: rto"),
+    ("Gatherer turn_options unknown", lambda: Gatherer([LOOPBACK], turn_options={"x": 1}),
+     "turn_options"),
+    ("Gatherer software", lambda: Gatherer([LOOPBACK], software=5), "software"),  # type: ignore[arg-type]
+    ("TurnServerConfig username control",
+     lambda: TurnServerConfig(GOOD, "a\x07", "b"), "TurnServerConfig username"),
+    ("TurnServerConfig host", lambda: TurnServerConfig(("turn example", 3478), "a", "b"),
+     "TurnServerConfig address"),
+    ("TurnServerConfig ssl_context",
+     lambda: TurnServerConfig(GOOD, "a", "b", "tls", ssl_context="x"),  # type: ignore[arg-type]
+     "TurnServerConfig ssl_context"),
+    ("TurnServerConfig server_name",
+     lambda: TurnServerConfig(GOOD, "a", "b", "tls", server_name=""),
+     "TurnServerConfig server_name"),
+    ("IceAgent checking_timeout",
+     lambda: IceAgent(controlling=True, checking_timeout=-1), "checking_timeout"),
+    ("IceAgent local_ufrag", lambda: IceAgent(controlling=True, local_ufrag=5),  # type: ignore[arg-type]
+     "local_ufrag"),
+    ("IceAgent tie_breaker", lambda: IceAgent(controlling=True, tie_breaker=-1), "tie_breaker"),
+    ("IceAgent check_rc", lambda: IceAgent(controlling=True, check_rc="7"), "check_rc"),  # type: ignore[arg-type]
+    ("IceAgent max_pairs", lambda: IceAgent(controlling=True, max_pairs=0), "max_pairs"),
+    # the link endpoint, its channel and its trust
+    ("LinkEndpoint signalling URL", lambda: LinkEndpoint("a", "ws://127.0.0.1:8765"),  # type: ignore[arg-type]
+     "signalling"),
+    ("LinkEndpoint signalling None", lambda: LinkEndpoint("a", None), "signalling"),  # type: ignore[arg-type]
+    ("LinkEndpoint name empty", lambda: LinkEndpoint("", InProcessSignalling()), "name"),
+    ("LinkEndpoint name type", lambda: LinkEndpoint(5, InProcessSignalling()), "name"),  # type: ignore[arg-type]
+    ("LinkEndpoint idle_timeout", lambda: _endpoint(idle_timeout="30"), "idle_timeout"),  # type: ignore[arg-type]
+    ("LinkEndpoint form_timeout", lambda: _endpoint(form_timeout=0), "form_timeout"),
+    ("LinkEndpoint delivery_timeout", lambda: _endpoint(delivery_timeout=-1),
+     "delivery_timeout"),
+    ("LinkEndpoint host_ips item",
+     lambda: LinkEndpoint("a", InProcessSignalling(), host_ips=["localhost"]), "host_ips[0]"),
+    ("LinkEndpoint nominator", lambda: _endpoint(nominator="relay"), "nominator"),  # type: ignore[arg-type]
+    ("LinkEndpoint identity", lambda: _endpoint(identity=5), "identity"),  # type: ignore[arg-type]
+    ("LinkEndpoint trusted_peers", lambda: _endpoint(trusted_peers=["b"]), "trusted_peers"),  # type: ignore[arg-type]
+    ("LinkEndpoint trusted_peers key", lambda: _endpoint(trusted_peers={"b": "anchor1:x"}),
+     "trusted_peers['b']"),
+    ("LinkEndpoint known_peers", lambda: _endpoint(known_peers=5), "known_peers"),  # type: ignore[arg-type]
+    ("LinkEndpoint mtu", lambda: _endpoint(mtu="1200"), "mtu"),  # type: ignore[arg-type]
+    ("LinkEndpoint max_message", lambda: _endpoint(max_message=-1), "max_message"),
+    ("LinkEndpoint on_message", lambda: _endpoint(on_message=5), "on_message"),  # type: ignore[arg-type]
+    ("LinkEndpoint on_event", lambda: _endpoint(on_event="print"), "on_event"),  # type: ignore[arg-type]
+    ("LinkEndpoint rng", lambda: _endpoint(rng=5), "rng"),  # type: ignore[arg-type]
+    ("LinkEndpoint connection_options",
+     lambda: _endpoint(connection_options=[("gather_timeout", 5)]), "connection_options"),  # type: ignore[arg-type]
+    ("LinkEndpoint connection_options unknown",
+     lambda: _endpoint(connection_options={"gather_timout": 5}), "connection_options"),
+    ("LinkEndpoint connection_options set by the endpoint",
+     lambda: _endpoint(connection_options={"host_ips": [LOOPBACK]}), "connection_options"),
+    ("LinkEndpoint connection_options value",
+     lambda: _endpoint(connection_options={"gather_timeout": 0}),
+     "connection_options: gather_timeout"),
+    ("ReliableChannel mtu", lambda: ReliableChannel(mtu="1200"), "mtu"),  # type: ignore[arg-type]
+    ("ReliableChannel seal", lambda: ReliableChannel(seal="x"), "seal"),  # type: ignore[arg-type]
+    ("ReliableChannel idle_timeout", lambda: ReliableChannel(idle_timeout=0), "idle_timeout"),
+    ("ReliableChannel rng", lambda: ReliableChannel(rng=5), "rng"),  # type: ignore[arg-type]
+    ("ReliableChannel now", lambda: ReliableChannel(now="0"), "now"),  # type: ignore[arg-type]
+    ("TrustPolicy trusted_peers", lambda: TrustPolicy(["b"]), "trusted_peers"),  # type: ignore[arg-type]
+    ("TrustPolicy known_peers", lambda: TrustPolicy(known_peers=5), "known_peers"),  # type: ignore[arg-type]
+    ("KnownPeers path", lambda: KnownPeers(5), "path"),  # type: ignore[arg-type]
 ]
 
 
