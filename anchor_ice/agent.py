@@ -145,7 +145,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from anchor_ice.candidate import Candidate, CandidateType, compute_foundation
+from anchor_ice.candidate import Candidate, CandidateType, check_candidate, compute_foundation
 from anchor_ice.checklist import MAX_PAIRS, CandidatePair, Checklist, PairState
 from anchor_ice.consent import ConsentFreshness
 from anchor_ice.events import (
@@ -708,6 +708,7 @@ class IceAgent:
         if candidate is None:
             self._remote_complete = True
             return
+        check_candidate(candidate)
         if not 1 <= candidate.component <= self.components:
             return
         for existing in self._remotes:

@@ -72,7 +72,9 @@ def parse_address(
     (none: the port is required). The host must be an IP literal or a host name
     (:func:`is_host`; bracketed or with several colons, an IPv6 literal); the port 1-65535
     (0 too with ``zero``: "any free port", for a listener). Raises ValueError with a clear
-    message."""
+    message (TypeError for a ``text`` that is no string)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a string 'host:port', not {type(text).__name__}")
     host, port_text, has_port = text, "", False
     if text.startswith("["):
         end = text.find("]")
@@ -119,8 +121,11 @@ def server_address(
     the accepted forms for anything else (a bad type, a host of no host's form, a port out of
     range). ``ip_only``: the host must be an IP literal (a core's address: cores resolve
     nothing). ``zero``: port 0 ("any free port") is accepted too (a listener's address)."""
-    host_word = "ip" if ip_only else "host"
-    forms = f"{what} must be ({host_word}, port) or '{host_word}:port'"
+    forms = (
+        f"{what} must be an IP address and port, (ip, port) or 'ip:port'"
+        if ip_only
+        else f"{what} must be (host, port) or 'host:port'"
+    )
     if isinstance(value, str):
         try:
             address = parse_address(value, default_port, zero=zero)
@@ -147,7 +152,7 @@ def server_address(
         raise LocalProtocolError(f"{forms}, not {value!r}")
     if ip_only and not is_ip(address[0]):
         raise LocalProtocolError(
-            f"{forms}: {address[0]!r} is not an IP address (a host name must be resolved first)"
+            f"{forms}: {address[0]!r} is not an IP address (resolve a host name first)"
         )
     return address
 

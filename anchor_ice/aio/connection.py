@@ -153,7 +153,7 @@ from anchor_ice.aio.gather import (
     turn_server_configs,
 )
 from anchor_ice.aio.pacing import TransactionPacer, shared_pacer
-from anchor_ice.candidate import Candidate
+from anchor_ice.candidate import Candidate, check_candidate
 from anchor_ice.events import (
     ConsentLost,
     IceConnected,
@@ -247,10 +247,12 @@ def _agent_options(options: object) -> dict[str, Any]:
     return dict(options)
 
 
-def _as_candidate(candidate: Candidate | str) -> Candidate:
-    if isinstance(candidate, Candidate):
-        return candidate
-    return Candidate.from_sdp(candidate)
+def _as_candidate(candidate: object) -> Candidate:
+    """A candidate given as a :class:`Candidate` (checked) or as its SDP text (parsed:
+    :class:`~anchor_ice.candidate.CandidateError` for a malformed line)."""
+    if isinstance(candidate, str):
+        return Candidate.from_sdp(candidate)
+    return check_candidate(candidate)
 
 
 class Connection:
@@ -724,15 +726,16 @@ class Connection:
 
     async def add_remote_candidate(self, candidate: Candidate | str | None) -> None:
         """Add a candidate the peer signalled (a :class:`Candidate` or its ``candidate:``
-        SDP text); None means end-of-candidates (RFC 8838). Non-UDP and mDNS (``.local``)
-        candidates are ignored."""
+        SDP text); None means end-of-candidates (RFC 8838). Non-UDP candidates and those
+        whose address is a name (mDNS ``.local``, another FQDN: Anchor resolves no candidate
+        name, and such a candidate never pairs, RFC 8445 §6.1.2.2) are ignored."""
         self._check_open()
         if candidate is None:
             self._agent.add_remote_candidate(None)
             self._pump()
             return
         cand = _as_candidate(candidate)
-        if cand.transport.lower() != "udp" or cand.is_mdns:
+        if cand.transport.lower() != "udp" or cand.family == 0:
             return
         self._agent.add_remote_candidate(cand)
         for endpoint in self._endpoints.values():
