@@ -731,6 +731,18 @@ def test_the_issues_examples_are_read_as_meant() -> None:
     assert conn.turn_servers[0].address == (LOOPBACK, 3479)
 
 
+@pytest.mark.parametrize("command", [
+    ["ice", "--controlling"],
+    ["pipe", "--signal", "ws://127.0.0.1:9", "--name", "a", "--peer", "b"],
+])
+def test_a_host_name_as_host_ip_is_refused_naming_the_option(command: list[str]) -> None:
+    """--host-ip takes IP addresses (a name would be looked up when gathering): the command
+    line says which option is wrong before anything starts."""
+    result = run_anchor(*command, "--host-ip", "localhost", timeout=30)
+    assert result.returncode == 2
+    assert "argument --host-ip: 'localhost' is not an IP address" in result.stderr
+
+
 def test_the_cores_read_addresses_as_the_adapters_do() -> None:
     """One parser for all (anchor_stun.address, sans-I/O, re-exported by the adapters): the
     cores take "ip:port" text as the adapters do, an IP literal only (a core resolves
