@@ -18,6 +18,7 @@ __all__ = [
     "UsageError",
     "add_turn_arguments",
     "free_loopback_port",
+    "ip_argument",
     "resolve_server",
     "tls_context",
     "turn_servers",
@@ -34,6 +35,16 @@ SOFTWARE = "anchor 0.1"
 
 class UsageError(Exception):
     """A mistake on the command line or in its inputs: reported as one line, exit 2."""
+
+
+def ip_argument(text: str) -> str:
+    """An argparse ``type=`` for options that take an IP address (``--host-ip``): a host name
+    is refused on the command line, naming the option, rather than looked up later."""
+    from anchor_stun.address import is_ip
+
+    if not is_ip(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address")
+    return text
 
 
 def user_password(text: str, option: str = "--user") -> tuple[str, str]:

@@ -50,7 +50,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import IO, Any, TypeVar
 
-from anchor_cli.common import UsageError
+from anchor_cli.common import UsageError, ip_argument
 from anchor_stun.aio.net import DEFAULT_PORT, format_address, parse_address
 from anchor_stun.errors import AnchorError, DecodeError
 
@@ -97,6 +97,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--host-ip",
         action="append",
         default=[],
+        type=ip_argument,
         metavar="IP",
         help="gather host candidates on this address (loopback allowed); repeatable",
     )

@@ -51,7 +51,7 @@ import sys
 import time
 from typing import IO, Any
 
-from anchor_cli.common import UsageError, add_turn_arguments, turn_servers
+from anchor_cli.common import UsageError, add_turn_arguments, ip_argument, turn_servers
 from anchor_link.identity import (
     Identity,
     IdentityError,
@@ -89,7 +89,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                        "(default: the system's)")
     pipe.add_argument("--policy", choices=("gateway", "standard", "relay"), default="gateway",
                       help="nomination policy (default gateway: never a host pair)")
-    pipe.add_argument("--host-ip", action="append", default=[], metavar="IP",
+    pipe.add_argument("--host-ip", action="append", default=[], metavar="IP", type=ip_argument,
                       help="gather host candidates on this address only; repeatable")
     pipe.add_argument("--idle", type=float, default=DEFAULT_PIPE_IDLE, metavar="SECONDS",
                       help=f"idle timeout of the link (default {DEFAULT_PIPE_IDLE:g})")

@@ -145,7 +145,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from anchor_ice.candidate import Candidate, CandidateType, compute_foundation
+from anchor_ice.candidate import Candidate, CandidateType, check_candidate, compute_foundation
 from anchor_ice.checklist import MAX_PAIRS, CandidatePair, Checklist, PairState
 from anchor_ice.consent import ConsentFreshness
 from anchor_ice.events import (
@@ -162,6 +162,7 @@ from anchor_ice.events import (
 )
 from anchor_ice.nominator import NominationView, Nominator, StandardNominator
 from anchor_ice.responder import Responder
+from anchor_stun.address import count, positive_timeout, seconds
 from anchor_stun.attributes import (
     ErrorCode,
     XorMappedAddress,
@@ -195,6 +196,7 @@ __all__ = [
     "IceAgent",
     "IceRole",
     "IceState",
+    "check_ice_string",
 ]
 
 TA = 0.05  # RFC 8445 §14.2: default Ta, and the value of a peer that proposes none, seconds
@@ -275,8 +277,15 @@ def _ice_string(rng: Callable[[int], bytes], length: int) -> str:
     return "".join(ICE_CHARS[b % 64] for b in rng(length))
 
 
-def _check_ice_string(value: str, minimum: int, what: str) -> None:
-    if not minimum <= len(value) <= 256 or any(c not in ICE_CHARS for c in value):
+def check_ice_string(value: object, minimum: int, what: str) -> None:
+    """An ICE user fragment or password (``minimum`` 4 or 22) checked where it enters:
+    ``minimum``-256 ice-chars (RFC 8839 §5.4), else :class:`LocalProtocolError` naming
+    ``what``."""
+    if (
+        not isinstance(value, str)
+        or not minimum <= len(value) <= 256
+        or any(c not in ICE_CHARS for c in value)
+    ):
         raise LocalProtocolError(
             f"{what} must be {minimum}-256 ice-chars (RFC 8839 §5.4), got {value!r}"
         )
@@ -376,31 +385,46 @@ class IceAgent:
         checking_timeout: float | None = CHECKING_TIMEOUT,
         renomination: bool = False,
     ) -> None:
-        if not 1 <= components <= 256:
-            raise LocalProtocolError(f"components must be 1-256, got {components}")
-        if not ta > 0:
-            raise LocalProtocolError(f"ta must be positive, got {ta}")
-        if check_rto is not None and not check_rto > 0:
-            raise LocalProtocolError(f"check_rto must be positive, got {check_rto}")
-        if check_rc < 1 or check_rm < 1:
-            raise LocalProtocolError("check_rc and check_rm must be at least 1")
-        if not (consent_interval > 0 and consent_timeout > 0 and keepalive_interval > 0):
-            raise LocalProtocolError("consent and keepalive intervals must be positive")
+        count(components, "components", 1, 256)
+        seconds(ta, "ta")
+        positive_timeout(check_rto, "check_rto")
+        count(check_rc, "check_rc")
+        count(check_rm, "check_rm")
+        count(max_pairs, "max_pairs")
+        seconds(consent_interval, "consent_interval")
+        seconds(consent_timeout, "consent_timeout")
+        seconds(keepalive_interval, "keepalive_interval")
+        positive_timeout(checking_timeout, "checking_timeout")
         if lite and controlling:
             raise LocalProtocolError("an ICE-lite agent is controlled (RFC 8445 §6.1.1)")
+        if not callable(rng):
+            raise LocalProtocolError(f"rng must be a function rng(n) -> n random bytes, not {rng!r}")
+        if nominator is not None and not isinstance(nominator, Nominator):
+            raise LocalProtocolError(
+                "nominator must be a Nominator (GatewayNominator(), StandardNominator(),"
+                f" RelayOnly()...), not {type(nominator).__name__}"
+            )
+        if local_ufrag is not None:
+            check_ice_string(local_ufrag, 4, "local_ufrag")
+        if local_pwd is not None:
+            check_ice_string(local_pwd, 22, "local_pwd")
+        if tie_breaker is not None and (
+            isinstance(tie_breaker, bool)
+            or not isinstance(tie_breaker, int)
+            or not 0 <= tie_breaker < 2**64
+        ):
+            raise LocalProtocolError(
+                f"tie_breaker must be a 64-bit unsigned integer, not {tie_breaker!r}"
+            )
         self._rng = rng
         ufrag = local_ufrag if local_ufrag is not None else _ice_string(rng, UFRAG_LENGTH)
         pwd = local_pwd if local_pwd is not None else _ice_string(rng, PWD_LENGTH)
-        _check_ice_string(ufrag, 4, "ufrag")
-        _check_ice_string(pwd, 22, "pwd")
         self._local = _Credentials(ufrag, pwd, CheckKey(short_term_key(pwd)))
         self._previous_local: _Credentials | None = None
         self._remote: _Credentials | None = None
         self._previous_remote: _Credentials | None = None
         if tie_breaker is None:
             tie_breaker = int.from_bytes(rng(8), "big")
-        if not 0 <= tie_breaker < 2**64:
-            raise LocalProtocolError("tie_breaker must be a 64-bit unsigned integer")
         self._tie_breaker = tie_breaker
         self._controlling = controlling
         self.components = components
@@ -684,6 +708,7 @@ class IceAgent:
         if candidate is None:
             self._remote_complete = True
             return
+        check_candidate(candidate)
         if not 1 <= candidate.component <= self.components:
             return
         for existing in self._remotes:

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from anchor_stun.address import count
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address
 
@@ -29,6 +30,7 @@ __all__ = [
     "CandidateError",
     "CandidateType",
     "candidate_priority",
+    "check_candidate",
     "compute_foundation",
     "make_candidate",
     "pair_priority",
@@ -57,6 +59,43 @@ COMPONENT_RTP = 1  # RFC 8445 §4: the first component
 _ADDRESS = re.compile(r"[A-Za-z0-9.:%-]+")  # IPv4, IPv6 (with a zone), FQDN (RFC 8866 §9)
 
 
+_MAX_PRIORITY = 0xFFFFFFFF  # RFC 8445 §5.1.2: a 32-bit priority
+
+
+def check_candidate(candidate: object, what: str = "candidate") -> Candidate:
+    """A :class:`Candidate` given to an API (not parsed from the network) checked where it
+    enters: its fields of the types and ranges RFC 8445 §5.1 and RFC 8839 §5.1 give, else
+    :class:`LocalProtocolError` naming ``what`` and the field."""
+    if not isinstance(candidate, Candidate):
+        raise LocalProtocolError(
+            f"{what} must be a Candidate or its 'candidate:' SDP line, not"
+            f" {type(candidate).__name__}"
+        )
+    c = candidate
+    if not isinstance(c.foundation, str) or not 1 <= len(c.foundation) <= 32:
+        raise LocalProtocolError(f"{what}: foundation must be 1-32 characters, not {c.foundation!r}")
+    count(c.component, f"{what}: component", 1, 256)
+    count(c.priority, f"{what}: priority", 1, _MAX_PRIORITY)
+    count(c.port, f"{what}: port", 0, 0xFFFF)
+    if not isinstance(c.transport, str) or not c.transport:
+        raise LocalProtocolError(f"{what}: transport must be 'udp' or 'tcp', not {c.transport!r}")
+    if c.type not in TYPE_PREFERENCE:
+        raise LocalProtocolError(
+            f"{what}: type must be a CandidateType ({', '.join(CandidateType)}), not {c.type!r}"
+        )
+    # A name (mDNS, FQDN) is kept, never resolved: such a candidate does not pair (its
+    # family is 0, RFC 8445 §6.1.2.2).
+    if not isinstance(c.ip, str) or not c.ip:
+        raise LocalProtocolError(f"{what}: ip must be an IP address (text), not {c.ip!r}")
+    if c.related_ip is not None and not isinstance(c.related_ip, str):
+        raise LocalProtocolError(
+            f"{what}: related_ip must be an IP address (text) or None, not {c.related_ip!r}"
+        )
+    if c.related_port is not None:
+        count(c.related_port, f"{what}: related_port", 0, 0xFFFF)
+    return c
+
+
 class CandidateError(DecodeError):
     """A ``candidate:`` line that does not follow RFC 8839 §5.1."""
 
@@ -67,18 +106,28 @@ def candidate_priority(
     local_preference: int = DEFAULT_LOCAL_PREFERENCE,
     type_preference: int | None = None,
 ) -> int:
-    """``2^24 * type pref + 2^8 * local pref + (256 - component)`` (RFC 8445 §5.1.2.1)."""
+    """``2^24 * type pref + 2^8 * local pref + (256 - component)`` (RFC 8445 §5.1.2.1);
+    :class:`LocalProtocolError` naming an argument out of its range."""
     if type_preference is None:
-        type_preference = TYPE_PREFERENCE[CandidateType(type_)]
-    if not (0 <= type_preference <= 126 and 0 <= local_preference <= 65535
-            and 1 <= component <= 256):
-        raise LocalProtocolError("priority inputs out of range (RFC 8445 §5.1.2.1)")
+        try:
+            type_preference = TYPE_PREFERENCE[CandidateType(type_)]
+        except ValueError:
+            raise LocalProtocolError(
+                f"type_ must be a CandidateType ({', '.join(CandidateType)}), not {type_!r}"
+            ) from None
+    count(type_preference, "type_preference (RFC 8445 §5.1.2.1)", 0, 126)
+    count(local_preference, "local_preference (RFC 8445 §5.1.2.1)", 0, 65535)
+    count(component, "component (RFC 8445 §4)", 1, 256)
     return (type_preference << 24) + (local_preference << 8) + (256 - component)
 
 
 def pair_priority(controlling: int, controlled: int) -> int:
     """``2^32 * min(G, D) + 2 * max(G, D) + (G > D)`` where G is the controlling agent's
-    candidate priority and D the controlled agent's (RFC 8445 §6.1.2.3)."""
+    candidate priority and D the controlled agent's (RFC 8445 §6.1.2.3); both 32-bit
+    unsigned integers (:class:`LocalProtocolError` naming the other)."""
+    if not (0 <= controlling <= _MAX_PRIORITY and 0 <= controlled <= _MAX_PRIORITY):
+        count(controlling, "controlling (a candidate priority)", 0, _MAX_PRIORITY)
+        count(controlled, "controlled (a candidate priority)", 0, _MAX_PRIORITY)
     return (min(controlling, controlled) << 32) + 2 * max(controlling, controlled) + (
         1 if controlling > controlled else 0
     )

@@ -56,7 +56,7 @@ from enum import Enum
 
 from anchor_ice.candidate import Candidate, CandidateType, pair_priority
 from anchor_ice.events import PairInfo
-from anchor_stun.errors import LocalProtocolError
+from anchor_stun.address import count
 from anchor_stun.events import Address
 
 __all__ = [
@@ -200,8 +200,7 @@ class Checklist:
     §6.1.2, §6.1.4.1, §7.2.5.3.2)."""
 
     def __init__(self, *, controlling: bool, max_pairs: int = MAX_PAIRS) -> None:
-        if max_pairs < 1:
-            raise LocalProtocolError(f"max_pairs must be at least 1, got {max_pairs}")
+        count(max_pairs, "max_pairs")
         self.controlling = controlling
         """Role the priorities are computed for."""
         self.max_pairs = max_pairs

@@ -73,6 +73,7 @@ from typing import Protocol, runtime_checkable
 
 from anchor_ice.candidate import Candidate, CandidateType
 from anchor_ice.checklist import CandidatePair
+from anchor_stun.address import seconds
 
 __all__ = [
     "GatewayNominator",
@@ -255,7 +256,7 @@ class StandardNominator:
     """
 
     def __init__(self, settle: float = 1.0) -> None:
-        self.settle = settle
+        self.settle = seconds(settle, "settle", zero=True)
         """Seconds to wait for better pairs after the first valid pair."""
 
     def advertise(self, candidate: Candidate) -> bool:
@@ -305,11 +306,11 @@ class GatewayNominator:
     def __init__(
         self, grace: float = 2.0, settle: float = 1.0, provisional: float = 0.05
     ) -> None:
-        self.grace = grace
+        self.grace = seconds(grace, "grace", zero=True)
         """Seconds after checks start before a relay pair may be nominated."""
-        self.settle = settle
+        self.settle = seconds(settle, "settle", zero=True)
         """Seconds to wait for better gateway pairs after the first valid pair."""
-        self.provisional = provisional
+        self.provisional = seconds(provisional, "provisional", zero=True)
         """Under renomination: seconds after the first valid pair before the best relay pair
         is nominated while no gateway pair is valid (a gateway pair can replace it later)."""
 
@@ -386,7 +387,7 @@ class RelayOnly:
     """
 
     def __init__(self, settle: float = 1.0) -> None:
-        self.settle = settle
+        self.settle = seconds(settle, "settle", zero=True)
         """Seconds to wait for better relay pairs after the first valid pair."""
 
     def advertise(self, candidate: Candidate) -> bool:

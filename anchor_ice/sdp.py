@@ -327,6 +327,10 @@ def parse(text: str, *, media_index: int = 0) -> IceDescription:
     Raises :class:`SdpError` for bad or missing credentials and malformed lines, and
     :class:`~anchor_ice.candidate.CandidateError` for a malformed candidate line.
     """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be SDP text (str), not {type(text).__name__}")
+    if isinstance(media_index, bool) or not isinstance(media_index, int) or media_index < 0:
+        raise TypeError(f"media_index must be an int >= 0, not {media_index!r}")
     session = _Level()
     sections: list[_Level] = []
     for raw in text.splitlines():

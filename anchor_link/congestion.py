@@ -61,6 +61,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from anchor_stun.address import count
+
 __all__ = [
     "CONGESTION_CONTROLLERS",
     "CUBIC_ALPHA",
@@ -114,7 +116,7 @@ class NewReno:
     )
 
     def __init__(self, max_datagram_size: int) -> None:
-        self.max_datagram_size = max_datagram_size
+        self.max_datagram_size = count(max_datagram_size, "max_datagram_size")
         """Bytes of the largest datagram (RFC 9002 §7.2 max_datagram_size)."""
         self.congestion_window = initial_window(max_datagram_size)
         """Bytes that may be in flight (RFC 9002 §7)."""
@@ -198,6 +200,7 @@ class Pacer:
     __slots__ = ("_burst", "_last", "_rate", "_tokens")
 
     def __init__(self, burst: int) -> None:
+        count(burst, "burst")
         self._burst = float(burst)
         self._tokens = float(burst)
         self._last = 0.0
@@ -300,7 +303,7 @@ class Cubic:
     )
 
     def __init__(self, max_datagram_size: int) -> None:
-        self.max_datagram_size = max_datagram_size
+        self.max_datagram_size = count(max_datagram_size, "max_datagram_size")
         """Bytes of the largest datagram (one segment of RFC 9438's windows)."""
         self.congestion_window = initial_window(max_datagram_size)
         """Bytes that may be in flight (RFC 9438 cwnd)."""

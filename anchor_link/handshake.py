@@ -94,8 +94,10 @@ from noise.exceptions import (
     NoiseValueError,
 )
 
+from anchor_stun.errors import LocalProtocolError
+
 from .identity import Identity
-from .seal import Sealer
+from .seal import Sealer, check_key
 from .state import LinkError
 
 __all__ = [
@@ -198,6 +200,15 @@ class NoiseHandshake:
         prologue: bytes,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
+        if identity is not None and not isinstance(identity, Identity):
+            raise LocalProtocolError(
+                "identity must be an Identity (Identity.generate(), load_identity(path)), not"
+                f" {type(identity).__name__}"
+            )
+        if not isinstance(prologue, bytes | bytearray):
+            raise LocalProtocolError(f"prologue must be bytes, not {type(prologue).__name__}")
+        if not callable(rng):
+            raise LocalProtocolError(f"rng must be a function rng(n) -> n random bytes, not {rng!r}")
         self.initiator = initiator
         """True on the side that sends the first message."""
         self._noise = NoiseConnection.from_name(protocol_name)
@@ -295,6 +306,11 @@ class LinkHandshake(NoiseHandshake):
         prologue: bytes,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
+        if not isinstance(identity, Identity):
+            raise LocalProtocolError(
+                "identity must be an Identity (Identity.generate(), load_identity(path)), not"
+                f" {type(identity).__name__}"
+            )
         super().__init__(PROTOCOL_NAME, identity, initiator=initiator, prologue=prologue, rng=rng)
         self._sealer_made = False
         self._trickle_made = False
@@ -365,8 +381,8 @@ class TrickleBox:
     :meth:`LinkHandshake.trickle_box`."""
 
     def __init__(self, send_key: bytes, recv_key: bytes) -> None:
-        self._send = ChaCha20Poly1305(bytes(send_key))
-        self._recv = ChaCha20Poly1305(bytes(recv_key))
+        self._send = ChaCha20Poly1305(check_key(send_key, "send_key"))
+        self._recv = ChaCha20Poly1305(check_key(recv_key, "recv_key"))
         self._next = 0
         self._opened: set[int] = set()
         self.refused = 0

@@ -39,6 +39,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from anchor_stun.errors import LocalProtocolError
+
 from .state import LinkError
 
 __all__ = [
@@ -67,9 +69,13 @@ class IdentityError(LinkError):
 
 
 def format_public(public: bytes) -> str:
-    """The public identity text of a 32-byte X25519 public key (module docstring)."""
-    if len(public) != PUBLIC_KEY_SIZE:
-        raise IdentityError(f"a public key is {PUBLIC_KEY_SIZE} bytes")
+    """The public identity text of a 32-byte X25519 public key (module docstring);
+    :class:`~anchor_stun.errors.LocalProtocolError` for anything else."""
+    if not isinstance(public, bytes | bytearray) or len(public) != PUBLIC_KEY_SIZE:
+        shown = f"{len(public)} bytes" if isinstance(public, bytes | bytearray) else repr(public)
+        raise LocalProtocolError(
+            f"public must be a {PUBLIC_KEY_SIZE}-byte X25519 public key, not {shown}"
+        )
     return PUBLIC_PREFIX + base64.b32encode(public).decode("ascii").rstrip("=").lower()
 
 
@@ -102,6 +108,15 @@ class Identity:
     """The private key; it never leaves this process except into the identity file."""
     public: bytes
     """The 32-byte public key."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.private, X25519PrivateKey):
+            raise LocalProtocolError(
+                "private must be an X25519PrivateKey (or use Identity.generate(),"
+                f" load_identity(path)), not {type(self.private).__name__}"
+            )
+        if self.public != self.private.public_key().public_bytes_raw():
+            raise LocalProtocolError("public must be the public key of private (32 bytes)")
 
     @classmethod
     def generate(cls, rng: Callable[[int], bytes] = os.urandom) -> Identity:
@@ -144,10 +159,19 @@ class Identity:
         return self.public_text
 
 
+def _check_path(path: object) -> str:
+    """An identity file's path checked where it enters (:class:`LocalProtocolError`)."""
+    if isinstance(path, str | os.PathLike):
+        name = os.fspath(path)
+        if isinstance(name, str) and name:
+            return name
+    raise LocalProtocolError(f"path must be the path of an identity file, not {path!r}")
+
+
 def load_identity(path: str | os.PathLike[str]) -> Identity:
     """The identity in the file at ``path`` (module docstring). Raises :class:`IdentityError`
     when it is missing, malformed, or readable by other users."""
-    name = os.fspath(path)
+    name = _check_path(path)
     try:
         with open(path, encoding="ascii") as f:
             mode = os.fstat(f.fileno()).st_mode
@@ -188,6 +212,9 @@ def load_or_create_identity(
 ) -> tuple[Identity, bool]:
     """The identity at ``path``, made (with its directory, mode 0700) when there is none;
     returns it and whether it was just created."""
+    _check_path(path)
+    if not callable(rng):
+        raise LocalProtocolError(f"rng must be a function rng(n) -> n random bytes, not {rng!r}")
     if os.path.exists(path):
         return load_identity(path), False
     parent = os.path.dirname(os.fspath(path))

@@ -211,6 +211,7 @@ from anchor_link.congestion import (
     Pacer,
     initial_window,
 )
+from anchor_stun.address import count, seconds
 from anchor_stun.errors import AnchorError, LocalProtocolError
 from anchor_stun.events import StunEvent
 
@@ -621,9 +622,31 @@ class ReliableChannel:
         manual_release: bool = False,
         congestion_control: str = DEFAULT_CONGESTION_CONTROL,
     ) -> None:
+        if seal is not None and not all(
+            hasattr(seal, name) for name in ("overhead", "seal", "open")
+        ):
+            raise LocalProtocolError(
+                f"seal must be a FrameSealer (a Sealer) or None, not {type(seal).__name__}"
+            )
+        count(mtu, "mtu", _MIN_MTU, _MAX_MTU)
+        count(max_message, "max_message", 0)
+        count(send_window, "send_window", 1, _SEQ_HALF // 4)
+        for window, what in (
+            (receive_window, "receive_window"), (peer_receive_window, "peer_receive_window")
+        ):
+            if window is not None:
+                count(window, what, 1, _MAX_WINDOW)
+        for value, what in (
+            (rto_initial, "rto_initial"), (rto_min, "rto_min"), (rto_max, "rto_max"),
+            (idle_timeout, "idle_timeout"),
+        ):
+            seconds(value, what)
+        count(max_retransmissions, "max_retransmissions", 0)
+        if not callable(rng):
+            raise LocalProtocolError(f"rng must be a function rng(n) -> n random bytes, not {rng!r}")
+        if now is not None and (isinstance(now, bool) or not isinstance(now, int | float)):
+            raise LocalProtocolError(f"now must be a time in seconds or None, not {now!r}")
         overhead = seal.overhead if seal is not None else 0
-        if not _MIN_MTU <= mtu <= _MAX_MTU:
-            raise LocalProtocolError(f"mtu must be in {_MIN_MTU}..{_MAX_MTU}, not {mtu}")
         payload = mtu - _DATA_OVERHEAD - overhead
         if payload < 1:
             raise LocalProtocolError(f"mtu {mtu} leaves no room for data")

@@ -46,12 +46,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from anchor_link.reliable import AuthenticationFailed, ReplayDetected, SealError
+from anchor_stun.errors import LocalProtocolError
 
 __all__ = [
     "REPLAY_WINDOW",
     "SEAL_OVERHEAD",
     "ReplayWindow",
     "Sealer",
+    "check_key",
 ]
 
 REPLAY_WINDOW = 1024
@@ -101,6 +103,15 @@ class ReplayWindow:
             self._bitmap |= 1 << (self._highest - counter)
 
 
+def check_key(key: object, what: str) -> bytes:
+    """A 32-byte key checked where it enters: :class:`LocalProtocolError` naming ``what``
+    otherwise (saying its length or type, never its bytes)."""
+    if isinstance(key, bytes | bytearray) and len(key) == 32:
+        return bytes(key)
+    shown = f"{len(key)} bytes" if isinstance(key, bytes | bytearray) else type(key).__name__
+    raise LocalProtocolError(f"{what} must be a 32-byte key, not {shown}")
+
+
 class Sealer:
     """Seals and opens the frames of one :class:`~anchor_link.reliable.ReliableChannel`
     (a :class:`~anchor_link.reliable.FrameSealer`). Stateful: it holds the send counter and the
@@ -112,9 +123,11 @@ class Sealer:
     def __init__(self, send_key: bytes, send_hp: bytes, recv_key: bytes, recv_hp: bytes) -> None:
         """The sealer of one side from its four 32-byte keys (module docstring), as
         :meth:`anchor_link.handshake.LinkHandshake.sealer` makes it."""
-        for key in (send_key, send_hp, recv_key, recv_hp):
-            if len(key) != 32:
-                raise SealError("sealing keys are 32 bytes")
+        for key, what in (
+            (send_key, "send_key"), (send_hp, "send_hp"), (recv_key, "recv_key"),
+            (recv_hp, "recv_hp"),
+        ):
+            check_key(key, what)
         self._send = ChaCha20Poly1305(send_key)
         self._send_hp = _mask_context(send_hp)
         self._recv = ChaCha20Poly1305(recv_key)

@@ -66,7 +66,8 @@ from anchor_link.reliable import (
     ReliableState,
     SendWindowOpen,
 )
-from anchor_stun.errors import AnchorError
+from anchor_stun.address import seconds
+from anchor_stun.errors import AnchorError, LocalProtocolError
 from anchor_stun.events import Address, StunEvent
 
 __all__ = [
@@ -337,8 +338,12 @@ class LinkMachine:
         form_timeout: float = DEFAULT_FORM_TIMEOUT,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     ) -> None:
-        if form_timeout <= 0 or close_timeout <= 0:
-            raise LinkError("form_timeout and close_timeout must be positive")
+        if not isinstance(peer, str) or not peer:
+            raise LocalProtocolError(f"peer must be the peer's name (a non-empty string), not {peer!r}")
+        if isinstance(now, bool) or not isinstance(now, int | float):
+            raise LocalProtocolError(f"now must be a time in seconds, not {now!r}")
+        seconds(form_timeout, "form_timeout")
+        seconds(close_timeout, "close_timeout")
         self.peer = peer
         """The peer's name."""
         self.offerer = offerer

@@ -27,6 +27,8 @@ import os
 from collections.abc import Mapping
 from enum import StrEnum
 
+from anchor_stun.errors import LocalProtocolError
+
 from .identity import IdentityError, format_public, parse_public
 from .state import LinkError
 
@@ -60,6 +62,8 @@ class KnownPeers:
     """The known-peers file at ``path`` (module docstring). It need not exist yet."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+            raise LocalProtocolError(f"path must be the path of a known-peers file, not {path!r}")
         self.path = os.fspath(path)
         """The file."""
 
@@ -105,11 +109,35 @@ class TrustPolicy:
         trusted_peers: Mapping[str, str | bytes] | None = None,
         known_peers: str | os.PathLike[str] | None = None,
     ) -> None:
+        if trusted_peers is not None and not isinstance(trusted_peers, Mapping):
+            raise LocalProtocolError(
+                "trusted_peers must be a mapping of peer name -> public identity"
+                f" ({{'bob': 'anchor1:...'}}), not {type(trusted_peers).__name__}"
+            )
+        if known_peers is not None and (
+            not isinstance(known_peers, str | os.PathLike) or not os.fspath(known_peers)
+        ):
+            raise LocalProtocolError(
+                f"known_peers must be the path of a known-peers file, not {known_peers!r}"
+            )
         self._pinned: dict[str, bytes] = {}
         for name, key in (trusted_peers or {}).items():
-            raw = bytes(key) if isinstance(key, bytes | bytearray) else parse_public(key)
+            if not isinstance(name, str) or not name:
+                raise LocalProtocolError(
+                    f"trusted_peers: a peer name must be a non-empty string, not {name!r}"
+                )
+            try:
+                raw = bytes(key) if isinstance(key, bytes | bytearray) else parse_public(key)
+            except IdentityError as exc:
+                raise LocalProtocolError(
+                    f"trusted_peers[{name!r}] must be a public identity ('anchor1:...') or 32"
+                    f" bytes: {exc}"
+                ) from None
             if len(raw) != 32:
-                raise IdentityError(f"the pinned key of {name!r} is not 32 bytes")
+                raise LocalProtocolError(
+                    f"trusted_peers[{name!r}] must be a public identity ('anchor1:...') or 32"
+                    f" bytes, not {len(raw)} bytes"
+                )
             self._pinned[name] = raw
         self.known_peers = KnownPeers(known_peers) if known_peers is not None else None
         """The known-peers file, or None."""

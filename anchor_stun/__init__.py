@@ -5,9 +5,12 @@ The names below are the public API; everything in ``__all__`` is re-exported her
 
 from __future__ import annotations
 
-from anchor_stun.aio.net import (
+from anchor_stun.address import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
+    parse_address,
+)
+from anchor_stun.aio.net import (
     BindingResult,
     StunServerRunner,
     StunTransport,
@@ -15,7 +18,6 @@ from anchor_stun.aio.net import (
     client_tls_context,
     discover_nat,
     format_address,
-    parse_address,
 )
 from anchor_stun.attributes import (
     ATTRIBUTE_CLASSES,

@@ -206,18 +206,26 @@ def pack_ip(ip: str) -> tuple[Family, bytes]:
             return Family.IPV4, bytes(map(int, ip.split(".")))
         except ValueError:
             pass  # a part above 255: ipaddress says why
+    if not isinstance(ip, str):
+        raise LocalProtocolError(f"ip must be an IPv4 or IPv6 address (text), not {ip!r}")
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError as exc:
-        raise LocalProtocolError(f"not an IP address: {ip!r}") from exc
+        raise LocalProtocolError(f"ip must be an IPv4 or IPv6 address, not {ip!r}") from exc
     return (Family.IPV4 if addr.version == 4 else Family.IPV6), addr.packed
 
 
 def unpack_ip(family: int, packed: bytes) -> str:
-    """Text form of a packed address of the given family."""
-    if family == Family.IPV4:
+    """Text form of a packed address of the given family (4 bytes for IPv4, 16 for IPv6);
+    LocalProtocolError for bytes of another length."""
+    if family == Family.IPV4 and len(packed) == 4:
         return f"{packed[0]}.{packed[1]}.{packed[2]}.{packed[3]}"
-    return ipaddress.IPv6Address(packed).compressed
+    if family == Family.IPV6 and len(packed) == 16:
+        return ipaddress.IPv6Address(packed).compressed
+    raise LocalProtocolError(
+        f"packed must be 4 bytes (family IPv4) or 16 bytes (IPv6), not {len(packed)} bytes of"
+        f" family {family!r}"
+    )
 
 
 def _xor_key(family: int, transaction_id: bytes) -> bytes:
@@ -373,6 +381,8 @@ class _Text(Attribute):
     value: str
 
     def encode_value(self, transaction_id: bytes) -> bytes:
+        if not isinstance(self.value, str):
+            raise TypeError(f"{type(self).__name__} value must be text, not {type(self.value).__name__}")
         data = self.value.encode("utf-8")
         if len(data) > self.MAX_BYTES:
             raise LocalProtocolError(f"{type(self).__name__} longer than {self.MAX_BYTES} bytes")
@@ -433,9 +443,12 @@ class _Bytes(Attribute):
     value: bytes
 
     def encode_value(self, transaction_id: bytes) -> bytes:
-        if self.SIZE is not None and len(self.value) != self.SIZE:
+        value = self.value
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise TypeError(f"{type(self).__name__} value must be bytes, not {type(value).__name__}")
+        if self.SIZE is not None and len(value) != self.SIZE:
             raise LocalProtocolError(f"{type(self).__name__} must be {self.SIZE} bytes")
-        return bytes(self.value)
+        return bytes(value)
 
     @classmethod
     def decode_value(cls, value: bytes, transaction_id: bytes) -> Self:
@@ -922,7 +935,13 @@ class PasswordAlgorithms(Attribute):
         return tuple(a for a, _ in self.algorithms)
 
     def encode_value(self, transaction_id: bytes) -> bytes:
-        return b"".join(_encode_algorithm(a, p) for a, p in self.algorithms)
+        try:
+            return b"".join(_encode_algorithm(a, p) for a, p in self.algorithms)
+        except (TypeError, ValueError):
+            raise TypeError(
+                "PasswordAlgorithms algorithms must be ((algorithm, params bytes), ...), not"
+                f" {self.algorithms!r}"
+            ) from None
 
     @classmethod
     def decode_value(cls, value: bytes, transaction_id: bytes) -> Self:
@@ -940,6 +959,8 @@ class RawAttribute(Attribute):
     value: bytes
 
     def encode_value(self, transaction_id: bytes) -> bytes:
+        if not isinstance(self.value, bytes | bytearray | memoryview):
+            raise TypeError(f"RawAttribute value must be bytes, not {type(self.value).__name__}")
         return bytes(self.value)
 
     @property

@@ -42,6 +42,9 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 
+from anchor_stun.address import count
+from anchor_stun.errors import LocalProtocolError
+
 __all__ = [
     "AMPLIFICATION_FACTOR",
     "ANSWER_ALLOWANCE",
@@ -70,6 +73,7 @@ class AnswerBudget:
     byte credit; ``v4_prefix`` and ``v6_prefix``: the prefix lengths sources are grouped
     by; ``memory``: seconds a record is kept after its last request; ``max_prefixes``: the
     most records kept. :attr:`refused` and :attr:`refused_bytes` count what was not sent.
+    A bad argument raises :class:`~anchor_stun.errors.LocalProtocolError` naming it.
     """
 
     __slots__ = (
@@ -100,10 +104,20 @@ class AnswerBudget:
         memory: float = _MEMORY,
         max_prefixes: int = _MAX_PREFIXES,
     ) -> None:
-        if not rate > 0 or burst < 1 or factor < 0 or allowance < 0 or not memory > 0:
-            raise ValueError("need rate, memory > 0, burst >= 1, factor, allowance >= 0")
-        if not 0 <= v4_prefix <= 32 or not 0 <= v6_prefix <= 128:
-            raise ValueError("prefix lengths out of range")
+        for value, what, low, strict in (
+            (rate, "rate", 0, True), (memory, "memory", 0, True), (burst, "burst", 1, False),
+            (factor, "factor", 0, False), (allowance, "allowance", 0, False),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (value > low if strict else value >= low)
+            ):
+                bound = f"> {low}" if strict else f">= {low}"
+                raise LocalProtocolError(f"{what} must be a number {bound}, not {value!r}")
+        count(v4_prefix, "v4_prefix", 0, 32)
+        count(v6_prefix, "v6_prefix", 0, 128)
+        count(max_prefixes, "max_prefixes")
         self.rate = rate
         self.burst = float(burst)
         self.factor = factor

@@ -17,9 +17,15 @@ Address = tuple[str, int]
 
 
 def format_address(addr: Address) -> str:
-    """``ip:port``, with the IPv6 address in brackets (RFC 3986 §3.2.2)."""
-    ip, port = addr[0], addr[1]
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    """``ip:port``, with the IPv6 address in brackets (RFC 3986 §3.2.2); TypeError naming
+    ``addr`` for anything but an ``(ip, port)`` pair."""
+    try:
+        if isinstance(addr, str):
+            raise TypeError
+        ip, port = addr[0], addr[1]
+        return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    except (IndexError, KeyError, TypeError):
+        raise TypeError(f"addr must be an (ip, port) pair, not {addr!r}") from None
 
 
 class Transmit(NamedTuple):

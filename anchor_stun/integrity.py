@@ -30,6 +30,7 @@ from enum import IntFlag
 
 from precis_i18n import get_profile
 
+from anchor_stun.address import credential
 from anchor_stun.attributes import (
     Attribute,
     Nonce,
@@ -52,6 +53,7 @@ __all__ = [
     "long_term_key",
     "make_nonce",
     "nonce_features",
+    "opaque_credential",
     "opaque_string",
     "short_term_key",
     "turn_rest_password",
@@ -70,17 +72,36 @@ def opaque_string(value: str) -> str:
     """Prepare a username, realm or password with the PRECIS OpaqueString profile (RFC 8265).
 
     Raises :class:`LocalProtocolError` for a string the profile disallows (for instance one
-    with control characters or an empty one).
+    with control characters or an empty one), or for a value that is no string.
     """
+    if not isinstance(value, str):
+        raise LocalProtocolError(
+            f"value must be text (a username, realm or password), not {type(value).__name__}"
+        )
     try:
         return str(_OPAQUE.enforce(value))
     except UnicodeError as exc:
         raise LocalProtocolError(f"not a valid OpaqueString: {exc}") from exc
 
 
+def opaque_credential(value: object, what: str) -> str:
+    """A user name, realm or password checked where it enters: a non-empty string
+    (:func:`~anchor_stun.address.credential`) that the OpaqueString profile accepts (RFC 8265
+    §4.2, RFC 8489 §9.2.2), else :class:`LocalProtocolError` naming ``what``. Returns it
+    prepared."""
+    text = credential(value, what)
+    try:
+        return opaque_string(text)
+    except LocalProtocolError as exc:
+        raise LocalProtocolError(
+            f"{what} must be text the OpaqueString profile accepts (RFC 8265 §4.2: no"
+            f" control characters): {exc}"
+        ) from None
+
+
 def short_term_key(password: str) -> bytes:
     """Short-term credential key: ``OpaqueString(password)`` as UTF-8 (RFC 8489 §9.1.1)."""
-    return opaque_string(password).encode("utf-8")
+    return opaque_credential(password, "password").encode("utf-8")
 
 
 def long_term_key(
@@ -92,17 +113,24 @@ def long_term_key(
     """Long-term credential key (RFC 8489 §9.2.2):
     ``H(username ":" OpaqueString(realm) ":" OpaqueString(password))`` with H = MD5 or SHA-256.
     """
-    text = f"{username}:{opaque_string(realm)}:{opaque_string(password)}".encode()
+    if not isinstance(username, str):
+        raise LocalProtocolError(f"username must be text, not {type(username).__name__}")
+    prepared = f"{username}:{opaque_credential(realm, 'realm')}:"
+    text = (prepared + opaque_credential(password, "password")).encode()
     if algorithm == PasswordAlgorithmId.MD5:
         return hashlib.md5(text).digest()
     if algorithm == PasswordAlgorithmId.SHA256:
         return hashlib.sha256(text).digest()
-    raise LocalProtocolError(f"unsupported password algorithm {algorithm:#x}")
+    raise LocalProtocolError(
+        f"algorithm must be PasswordAlgorithmId.MD5 or SHA256, not {algorithm!r}"
+        " (unsupported password algorithm, RFC 8489 §18.5)"
+    )
 
 
 def userhash(username: str, realm: str) -> bytes:
     """USERHASH value: ``SHA-256(OpaqueString(username) ":" OpaqueString(realm))`` (RFC 8489 §14.4)."""
-    return hashlib.sha256(f"{opaque_string(username)}:{opaque_string(realm)}".encode()).digest()
+    text = f"{opaque_credential(username, 'username')}:{opaque_credential(realm, 'realm')}"
+    return hashlib.sha256(text.encode()).digest()
 
 
 class SecurityFeatures(IntFlag):
@@ -157,6 +185,20 @@ class LongTermCredentials:
     use_userhash: bool = False
     key: bytes | None = None
     _signed_once: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        opaque_credential(self.username, "username")
+        opaque_credential(self.password, "password")
+        if (
+            not isinstance(self.algorithms, tuple | list)
+            or not self.algorithms
+            or any(a not in SUPPORTED_ALGORITHMS for a in self.algorithms)
+        ):
+            raise LocalProtocolError(
+                "algorithms must be a non-empty tuple of PasswordAlgorithmId.SHA256 / MD5,"
+                f" not {self.algorithms!r}"
+            )
+        self.algorithms = tuple(self.algorithms)
 
     @property
     def ready(self) -> bool:
@@ -264,5 +306,8 @@ def verify_request_integrity(request: Message, key: bytes) -> bool:
 def turn_rest_password(secret: str, username: str) -> str:
     """Password of the TURN REST API scheme coturn implements:
     ``base64(HMAC-SHA1(secret, username))`` where username is ``expiry[:user]``."""
+    credential(secret, "secret")
+    if not isinstance(username, str):
+        raise LocalProtocolError(f"username must be text, not {type(username).__name__}")
     mac = hmac.digest(secret.encode(), username.encode(), "sha1")
     return base64.b64encode(mac).decode("ascii")

@@ -203,6 +203,10 @@ class HmacKey:
     __slots__ = ("_heads", "_sha1", "_sha256", "_signed", "key")
 
     def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes | bytearray | memoryview):
+            raise LocalProtocolError(
+                f"key must be bytes (short_term_key(), long_term_key()), not {type(key).__name__}"
+            )
         self.key = bytes(key)
         """The key's bytes."""
         self._sha1 = _hmac_states(self.key, hashlib.sha1)

@@ -66,6 +66,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum, auto
 
+from anchor_stun.address import DEFAULT_PORT, count, seconds, server_address
 from anchor_stun.attributes import (
     ChangeRequest,
     MappedAddress,
@@ -205,14 +206,15 @@ class NatDiscovery:
     Test I is queued at ``now``. Drive it like any core: send :meth:`datagrams_to_send`, feed
     every datagram the socket receives to :meth:`receive_datagram`, call :meth:`handle_timer`
     at :meth:`next_timer`, and read one :class:`NatDiscoveryCompleted` or
-    :class:`NatDiscoveryFailed` from :meth:`next_event`. ``local`` is the socket's own address,
-    used to detect the no-NAT case. ``rto``/``rc``/``rm`` set the budget of test I and the
-    mapping tests; ``filter_rc``/``filter_rm`` the shorter one of the filtering tests.
+    :class:`NatDiscoveryFailed` from :meth:`next_event`. ``server`` is ``(ip, port)`` or
+    ``"ip:port"`` (an IP literal: a core resolves nothing). ``local`` is the socket's own
+    address, used to detect the no-NAT case. ``rto``/``rc``/``rm`` set the budget of test I
+    and the mapping tests; ``filter_rc``/``filter_rm`` the shorter one of the filtering tests.
     """
 
     def __init__(
         self,
-        server: Address,
+        server: Address | str,
         now: float,
         *,
         rng: Callable[[int], bytes] = os.urandom,
@@ -224,6 +226,23 @@ class NatDiscovery:
         filter_rm: int = FILTER_RM,
         software: str | None = None,
     ) -> None:
+        server = server_address(server, "server", DEFAULT_PORT, ip_only=True)
+        if local is not None:
+            local = server_address(local, "local", None, ip_only=True, zero=True)
+        seconds(rto, "rto")
+        for value, what in ((rc, "rc"), (rm, "rm"), (filter_rc, "filter_rc"), (filter_rm, "filter_rm")):
+            count(value, what)
+        if isinstance(now, bool) or not isinstance(now, int | float):
+            raise LocalProtocolError(f"now must be a time in seconds, not {now!r}")
+        if not callable(rng):
+            raise LocalProtocolError(f"rng must be a function rng(n) -> n random bytes, not {rng!r}")
+        if software is not None:
+            if not isinstance(software, str):
+                raise LocalProtocolError(f"software must be a string or None, not {software!r}")
+            try:
+                Software(software).encode_value(b"")
+            except (UnicodeError, LocalProtocolError) as exc:
+                raise LocalProtocolError(f"software is not a valid SOFTWARE value: {exc}") from None
         self.server = server
         """The server's primary address (RFC 5780 §4.1)."""
         self.local = local

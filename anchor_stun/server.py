@@ -91,6 +91,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from anchor_stun.address import DEFAULT_PORT, server_address
 from anchor_stun.attributes import (
     MAGIC_COOKIE,
     MAGIC_COOKIE_BYTES,
@@ -186,25 +187,21 @@ def _xor_bytes(data: bytes, key: bytes) -> bytes:
     return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(len(data), "big")
 
 
-def _check_address(what: str, address: Address) -> tuple[str, int]:
-    try:
-        ip, port = address
-    except (TypeError, ValueError) as exc:
-        raise LocalProtocolError(f"{what} must be an (ip, port) tuple: {address!r}") from exc
-    if not isinstance(ip, str):
-        raise LocalProtocolError(f"{what} IP must be a string: {ip!r}")
-    family, _ = pack_ip(ip)
-    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-        raise LocalProtocolError(f"{what} port out of range: {port!r}")
-    return ip, int(family)
+def _check_address(what: str, address: object) -> tuple[Address, int]:
+    """A listener's address: ``(ip, port)`` or ``"ip:port"`` (port 0: any free port), an IP
+    literal (a core resolves nothing); its family."""
+    checked = server_address(address, what, DEFAULT_PORT, ip_only=True, zero=True)
+    family, _ = pack_ip(checked[0])
+    return checked, int(family)
 
 
 class StunServer:
     """Sans-I/O STUN Binding server (RFC 8489 §6.3) with NAT behavior discovery
     (RFC 5780 §6) when an alternate address is configured.
 
-    ``primary`` is the (ip, port) of the main listener. ``other`` = (alt_ip, alt_port)
-    enables RFC 5780: the server then owns the four addresses of :meth:`local_addresses`,
+    ``primary`` is the (ip, port) of the main listener (or the text ``"ip:port"``,
+    ``"[v6]:port"``; an IP literal, port 0 for any free port). ``other`` = (alt_ip, alt_port)
+    (the same forms) enables RFC 5780: the server then owns the four addresses of :meth:`local_addresses`,
     which must be specific addresses of one family with two different IPs and two different
     ports (RFC 5780 §6). ``software`` is sent in SOFTWARE (RFC 8489 §14.14), ``None`` for
     none. ``fingerprint`` adds FINGERPRINT to every response (RFC 8489 §14.7); responses to
@@ -217,23 +214,35 @@ class StunServer:
     def __init__(
         self,
         *,
-        primary: Address,
-        other: Address | None = None,
+        primary: Address | str,
+        other: Address | str | None = None,
         software: str | None = "anchor",
         fingerprint: bool = True,
         mtu: int = DEFAULT_MTU,
         budget: AnswerBudget | None = None,
     ) -> None:
-        ip, family = _check_address("primary", primary)
-        port = primary[1]
-        if not 0 <= mtu <= 0xFFFF:
-            raise LocalProtocolError(f"mtu out of range: {mtu}")
+        (ip, port), family = _check_address("primary", primary)
+        if isinstance(mtu, bool) or not isinstance(mtu, int) or not 0 <= mtu <= 0xFFFF:
+            raise LocalProtocolError(f"mtu must be a number of bytes 0-65535, not {mtu!r}")
+        if software is not None and not isinstance(software, str):
+            raise LocalProtocolError(
+                f"software must be a string (the SOFTWARE attribute) or None, not {software!r}"
+            )
+        if budget is not None and not isinstance(budget, AnswerBudget):
+            raise LocalProtocolError(
+                f"budget must be an AnswerBudget or None, not {type(budget).__name__}"
+            )
         software_attrs: list[Attribute] = []
         software_tlv = b""
         if software is not None:
             sw = Software(software)
             software_attrs = [sw]
-            software_tlv = _tlv(sw)
+            try:
+                software_tlv = _tlv(sw)
+            except UnicodeError as exc:
+                raise LocalProtocolError(f"software is not valid text: {exc}") from None
+            except LocalProtocolError as exc:
+                raise LocalProtocolError(f"software: {exc}") from None
 
         self.primary: Address = (ip, port)
         """The (ip, port) of the main listener."""
@@ -263,8 +272,7 @@ class StunServer:
         self._addresses: list[Address] = [self.primary]
 
         if other is not None:
-            alt_ip, alt_family = _check_address("other", other)
-            alt_port = other[1]
+            (alt_ip, alt_port), alt_family = _check_address("other", other)
             if alt_family != family:
                 raise LocalProtocolError("primary and other must be of the same family")
             if ipaddress.ip_address(ip) == ipaddress.ip_address(alt_ip):

@@ -43,6 +43,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum, auto
 
+from anchor_stun.address import count, seconds, server_address
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address, StunEvent, Transmit
 from anchor_stun.message import HEADER_SIZE, Message, MessageClass, decode_type, is_stun
@@ -134,6 +135,15 @@ def _request_method(data: bytes) -> int:
     return method
 
 
+def _check_timers(rto: object, rc: object, rm: object, ti: object) -> None:
+    """The retransmission parameters of RFC 8489 §6.2.1/§6.2.2 checked where they enter
+    (:class:`LocalProtocolError` naming the one that is wrong)."""
+    seconds(rto, "rto")
+    count(rc, "rc")
+    count(rm, "rm")
+    seconds(ti, "ti")
+
+
 class ClientTransaction:
     """One STUN request and its retransmission schedule (RFC 8489 §6.2).
 
@@ -155,16 +165,22 @@ class ClientTransaction:
         rm: int = RM,
         ti: float = TI_RELIABLE,
     ) -> None:
-        data = bytes(data)
-        self._method = _request_method(data)
-        if not rto > 0:
-            raise LocalProtocolError(f"rto must be positive, got {rto}")
-        if rc < 1:
-            raise LocalProtocolError(f"rc must be at least 1, got {rc}")
-        if rm < 1:
-            raise LocalProtocolError(f"rm must be at least 1, got {rm}")
-        if not ti > 0:
-            raise LocalProtocolError(f"ti must be positive, got {ti}")
+        try:
+            data = bytes(data)
+            self._method = _request_method(data)
+        except (TypeError, LocalProtocolError) as exc:
+            raise LocalProtocolError(f"data must be an encoded STUN request: {exc}") from None
+        try:  # the checks of a hot path; a failure is explained below
+            good = (
+                rto > 0 and rc >= 1 and rm >= 1 and ti > 0
+                and type(addr) is tuple and len(addr) >= 2
+                and type(addr[0]) is str and type(addr[1]) is int
+            )
+        except TypeError:
+            good = False
+        if not good:  # raises, naming the argument, unless it is only of another shape
+            _check_timers(rto, rc, rm, ti)
+            server_address(addr, "addr", None)
         self.transaction_id: bytes = data[8:20]
         """The 12-byte transaction id, read from the request (RFC 8489 §5)."""
         self.data = data
@@ -299,6 +315,7 @@ class StunClient:
         rm: int = RM,
         ti: float = TI_RELIABLE,
     ) -> None:
+        _check_timers(rto, rc, rm, ti)
         self.reliable = reliable
         """True over TCP/TLS (RFC 8489 §6.2.2)."""
         self.rto = rto

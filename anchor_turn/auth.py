@@ -32,8 +32,9 @@ Back-ends:
 
 Every back-end returns ``None`` for anything it does not know or cannot accept (unknown user,
 other realm, unsupported algorithm, malformed or expired REST username); it never raises on
-values that came from the network. Configuration errors (a name or password that the
-OpaqueString profile refuses) raise :class:`~anchor_stun.errors.LocalProtocolError` at once.
+values that came from the network. Configuration errors (an argument of the wrong type, an
+empty name or password, or one the OpaqueString profile refuses) raise
+:class:`~anchor_stun.errors.LocalProtocolError` at once, naming the argument.
 """
 
 from __future__ import annotations
@@ -45,9 +46,16 @@ from os import PathLike
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
+from anchor_stun.address import credential, positive_timeout
 from anchor_stun.attributes import PasswordAlgorithmId
 from anchor_stun.errors import LocalProtocolError
-from anchor_stun.integrity import long_term_key, opaque_string, turn_rest_password, userhash
+from anchor_stun.integrity import (
+    long_term_key,
+    opaque_credential,
+    opaque_string,
+    turn_rest_password,
+    userhash,
+)
 
 __all__ = [
     "ALGORITHMS",
@@ -97,6 +105,15 @@ class StaticUsers:
     """
 
     def __init__(self, users: Mapping[str, str], *, realm: str) -> None:
+        if not isinstance(users, Mapping):
+            raise LocalProtocolError(
+                "users must be a mapping of name -> password ({'alice': 'secret'}),"
+                f" not {type(users).__name__}"
+            )
+        opaque_credential(realm, "realm")
+        for name, password in users.items():
+            opaque_credential(name, "users: a name")
+            opaque_credential(password, f"users[{name!r}]: the password")
         self.realm = realm
         """The realm the keys were derived for (RFC 8489 §14.9)."""
         self._keys: dict[tuple[str, int], bytes] = {}
@@ -147,6 +164,11 @@ class SqliteUsers:
     """
 
     def __init__(self, path: str | PathLike[str], *, reload_interval: float | None = None) -> None:
+        if not isinstance(path, str | PathLike) or not str(path):
+            raise LocalProtocolError(
+                f"path must be the path of an SQLite file (str or os.PathLike), not {path!r}"
+            )
+        positive_timeout(reload_interval, "reload_interval")
         self.path = path
         """The database file."""
         self.reload_interval = reload_interval
@@ -286,10 +308,12 @@ class RestSecret:
     """
 
     def __init__(self, secret: str, *, clock: Callable[[], float], separator: str = ":") -> None:
-        if not secret:
-            raise LocalProtocolError("the REST API secret must not be empty")
-        if not separator:
-            raise LocalProtocolError("the REST API username separator must not be empty")
+        credential(secret, "secret (the REST API shared secret)")
+        credential(separator, "separator (between the expiry and the user name)")
+        if not callable(clock):
+            raise LocalProtocolError(
+                f"clock must be a function returning UNIX time (time.time), not {clock!r}"
+            )
         self._secret = secret
         self.clock = clock
         """Wall-clock UNIX time, injected by the adapter."""
@@ -319,6 +343,12 @@ class ChainedBackend:
     """Several back-ends asked in order; the first that knows the user answers."""
 
     def __init__(self, *backends: CredentialBackend) -> None:
+        for i, backend in enumerate(backends):
+            if not isinstance(backend, CredentialBackend):
+                raise LocalProtocolError(
+                    f"backends[{i}] must be a CredentialBackend (StaticUsers, SqliteUsers,"
+                    f" RestSecret...), not {type(backend).__name__}"
+                )
         self.backends: tuple[CredentialBackend, ...] = tuple(backends)
         """The back-ends, in the order they are asked."""
 

@@ -41,14 +41,22 @@ def valid_channel(number: int) -> bool:
 
 def encode_channel_data(channel: int, data: bytes, *, pad: bool = False) -> bytes:
     """A ChannelData message; ``pad`` to 4 bytes for stream transports (RFC 8656 §12.5)."""
-    if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
-        raise LocalProtocolError(f"channel number out of range: {channel:#x}")
-    size = len(data)
-    if size > 0xFFFF:
-        raise LocalProtocolError("ChannelData longer than 65535 bytes")
-    if pad and size & 3:
-        return b"".join((_HEAD.pack(channel, size), data, _PAD[size & 3]))
-    return _HEAD.pack(channel, size) + data
+    try:
+        if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
+            raise LocalProtocolError(
+                f"channel must be a channel number {CHANNEL_MIN:#x}-{CHANNEL_MAX:#x},"
+                f" not {hex(channel) if isinstance(channel, int) else repr(channel)}"
+            )
+        size = len(data)
+        if size > 0xFFFF:
+            raise LocalProtocolError("ChannelData longer than 65535 bytes")
+        if pad and size & 3:
+            return b"".join((_HEAD.pack(channel, size), data, _PAD[size & 3]))
+        return _HEAD.pack(channel, size) + data
+    except (TypeError, struct.error):  # only on a bad argument: no cost on the fast path
+        if isinstance(channel, bool) or not isinstance(channel, int):
+            raise TypeError(f"channel must be an int channel number, not {channel!r}") from None
+        raise TypeError(f"data must be bytes, not {type(data).__name__}") from None
 
 
 def decode_channel_data(data: bytes) -> tuple[int, bytes]:

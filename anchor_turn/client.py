@@ -75,13 +75,21 @@ address, is dropped and counted in :attr:`TurnClient.dropped`; ``receive_datagra
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Literal
+from typing import Any, Literal
 
+from anchor_stun.address import (
+    DEFAULT_PORT,
+    DEFAULT_TLS_PORT,
+    count,
+    seconds,
+    server_address,
+)
 from anchor_stun.attributes import (
     AdditionalAddressFamily,
     AddressErrorCode,
@@ -111,7 +119,7 @@ from anchor_stun.attributes import (
 )
 from anchor_stun.errors import DecodeError, LocalProtocolError
 from anchor_stun.events import Address, Transmit
-from anchor_stun.integrity import CredentialsRejected, LongTermCredentials, opaque_string
+from anchor_stun.integrity import CredentialsRejected, LongTermCredentials, opaque_credential
 from anchor_stun.message import Message, MessageClass, Method, is_stun
 from anchor_stun.transaction import (
     RC,
@@ -156,6 +164,7 @@ __all__ = [
     "REFRESH_MARGIN",
     "TurnClient",
     "TurnState",
+    "check_client_options",
 ]
 
 DEFAULT_LIFETIME = 600  # RFC 8656 §6: allocation lifetime when none is asked for, seconds
@@ -168,6 +177,7 @@ MAX_PEERS_PER_REQUEST = 32
 addresses keep a signed request under 1 KB, well clear of IP fragmentation)."""
 
 _MAX_U32 = 0xFFFFFFFF
+_CHECK_SERVER: Address = ("192.0.2.1", 3478)  # RFC 5737 TEST-NET-1: never contacted
 _RESERVED_TOKEN_SIZE = 8  # RFC 8656 §18.9
 
 
@@ -278,7 +288,10 @@ def _chunks(items: list[str], size: int) -> Iterator[tuple[str, ...]]:
 class TurnClient:
     """One TURN allocation, sans-I/O (RFC 8656 §6-§12); see the module docstring.
 
-    ``server`` is the TURN server's transport address (an IP address, not a name).
+    ``server`` is the TURN server's transport address: ``(ip, port)`` or the text
+    ``"ip:port"`` / ``"[v6]:port"`` (without a port: 3478, 5349 over TLS, RFC 8656 §3.1); an IP
+    address, not a name (a core resolves nothing). ``username`` and ``password`` are the
+    long-term credentials (RFC 8489 §9.2), non-empty text the OpaqueString profile accepts.
     ``transport`` is the client-server transport: ``"udp"``, or ``"tcp"``/``"tls"`` (reliable
     transactions, padded ChannelData; the adapter frames the stream). The relay side is always
     UDP (REQUESTED-TRANSPORT 17). Allocate options (RFC 8656 §7.1): ``lifetime`` (LIFETIME hint,
@@ -296,7 +309,7 @@ class TurnClient:
 
     def __init__(
         self,
-        server: Address,
+        server: Address | str,
         username: str,
         password: str,
         *,
@@ -317,14 +330,8 @@ class TurnClient:
     ) -> None:
         if transport not in ("udp", "tcp", "tls"):
             raise LocalProtocolError(f"transport must be udp, tcp or tls, not {transport!r}")
-        try:
-            host, port = server
-        except (TypeError, ValueError) as exc:
-            raise LocalProtocolError(f"server must be an (ip, port) pair, not {server!r}") from exc
-        if not isinstance(port, int) or not 0 < port <= 0xFFFF:
-            raise LocalProtocolError(f"bad server port: {port!r}")
-        if not isinstance(host, str):
-            raise LocalProtocolError(f"server IP must be a string, not {host!r}")
+        default_port = DEFAULT_TLS_PORT if transport == "tls" else DEFAULT_PORT
+        host, port = server_address(server, "server", default_port, ip_only=True)
         server_family, packed = pack_ip(host)
         if family not in (Family.IPV4, Family.IPV6):
             raise LocalProtocolError(f"family must be Family.IPV4 or Family.IPV6, not {family!r}")
@@ -342,6 +349,10 @@ class TurnClient:
                     "EVEN-PORT with the R bit excludes ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §7.2)"
                 )
         if reservation_token is not None:
+            if not isinstance(reservation_token, bytes):
+                raise LocalProtocolError(
+                    f"reservation_token must be 8 bytes, not {type(reservation_token).__name__}"
+                )
             if len(reservation_token) != _RESERVED_TOKEN_SIZE:
                 raise LocalProtocolError("RESERVATION-TOKEN must be 8 bytes (RFC 8656 §18.9)")
             if even_port is not None or family != Family.IPV4 or additional_family is not None:
@@ -351,19 +362,22 @@ class TurnClient:
                 )
         if lifetime is not None and not (isinstance(lifetime, int) and 0 < lifetime <= _MAX_U32):
             raise LocalProtocolError(f"lifetime must be 1..2**32-1 seconds, not {lifetime!r}")
-        if not refresh_margin >= 0:
-            raise LocalProtocolError(f"refresh_margin must be >= 0, not {refresh_margin!r}")
-        if not rto > 0 or rc < 1 or rm < 1 or not ti > 0:
-            raise LocalProtocolError("rto and ti must be positive, rc and rm at least 1")
-        opaque_string(username)
-        opaque_string(password)
+        seconds(refresh_margin, "refresh_margin", zero=True)
+        seconds(rto, "rto")
+        seconds(ti, "ti")
+        count(rc, "rc")
+        count(rm, "rm")
+        for value, what in ((username, "username"), (password, "password")):
+            opaque_credential(value, what)
         if software is not None:
+            if not isinstance(software, str):
+                raise LocalProtocolError(f"software must be a string or None, not {software!r}")
             try:
                 Software(software).encode_value(b"")  # too long -> LocalProtocolError now
             except UnicodeError as exc:
                 raise LocalProtocolError(f"SOFTWARE is not valid text: {exc}") from exc
 
-        self._server: Address = server
+        self._server: Address = (host, port)
         self._server_key: Address = (unpack_ip(server_family, packed), port)
         self._transport = transport
         self._reliable = transport != "udp"
@@ -1102,3 +1116,38 @@ class TurnClient:
 
 
 _INTEGRITY_REASON = "no response passed the integrity check (RFC 8489 §9.2.5)"
+
+
+def check_client_options(options: object, what: str = "options") -> dict[str, Any]:
+    """Allocation options meant for a later :class:`TurnClient` (``lifetime``, ``family``,
+    ``rto``...: its keyword arguments after ``transport``), checked now, where they enter
+    an adapter, rather than when the allocation starts: a mapping of those names, each value
+    as :class:`TurnClient` accepts it, else :class:`LocalProtocolError` naming ``what`` and
+    the option. A client is a plain object (no socket, no clock, no randomness drawn): the
+    check builds one, towards a documentation address it never contacts."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise LocalProtocolError(
+            f"{what} must be a mapping of TurnClient options ({{'lifetime': 600}}), not"
+            f" {type(options).__name__}"
+        )
+    unknown = sorted(set(options) - _CLIENT_OPTIONS)
+    if unknown:
+        raise LocalProtocolError(
+            f"{what}: unknown option {unknown[0]!r} (TurnClient takes"
+            f" {', '.join(sorted(_CLIENT_OPTIONS))})"
+        )
+    try:
+        TurnClient(_CHECK_SERVER, "user", "password", **options)
+    except LocalProtocolError as exc:
+        raise LocalProtocolError(f"{what}: {exc}") from None
+    return dict(options)
+
+
+_CLIENT_OPTIONS = frozenset(
+    name
+    for name, parameter in inspect.signature(TurnClient).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "transport"
+)
+"""The keyword arguments of :class:`TurnClient` that :func:`check_client_options` takes."""

@@ -47,6 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from anchor_stun.address import seconds
 from anchor_stun.attributes import (
     Attribute,
     ErrorCode,
@@ -60,7 +61,12 @@ from anchor_stun.attributes import (
 )
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address
-from anchor_stun.integrity import SecurityFeatures, make_nonce, nonce_features
+from anchor_stun.integrity import (
+    SecurityFeatures,
+    make_nonce,
+    nonce_features,
+    opaque_credential,
+)
 from anchor_stun.message import Message
 from anchor_turn.auth import CredentialBackend
 
@@ -130,12 +136,28 @@ class NonceAuthenticator:
         username_anonymity: bool = False,
         secret: bytes | None = None,
     ) -> None:
-        if nonce_lifetime <= 0:
-            raise LocalProtocolError("lifetimes must be positive")
-        for alg in password_algorithms:
-            if alg not in (_MD5, _SHA256):
-                raise LocalProtocolError(f"unsupported password algorithm {alg:#x}")
-        Realm(realm).encode_value(bytes(12))  # raises on an over-long realm
+        opaque_credential(realm, "realm")
+        if not isinstance(backend, CredentialBackend):
+            raise LocalProtocolError(
+                "backend must be a CredentialBackend (StaticUsers, SqliteUsers, RestSecret...),"
+                f" not {type(backend).__name__}"
+            )
+        if not callable(rng):
+            raise LocalProtocolError(f"rng must be a function rng(n) -> n random bytes, not {rng!r}")
+        seconds(nonce_lifetime, "nonce_lifetime")
+        if not isinstance(password_algorithms, tuple | list) or any(
+            alg not in (_MD5, _SHA256) for alg in password_algorithms
+        ):
+            raise LocalProtocolError(
+                "password_algorithms must be a tuple of PasswordAlgorithmId.SHA256 / MD5"
+                f" (RFC 8489 §18.5), not {password_algorithms!r}"
+            )
+        if secret is not None and not isinstance(secret, bytes):
+            raise LocalProtocolError(f"secret must be bytes or None, not {type(secret).__name__}")
+        try:
+            Realm(realm).encode_value(bytes(12))  # raises on an over-long realm
+        except LocalProtocolError as exc:
+            raise LocalProtocolError(f"realm: {exc}") from None
         backend_realm = getattr(backend, "realm", realm)
         if isinstance(backend_realm, str) and backend_realm != realm:
             raise LocalProtocolError(

@@ -31,11 +31,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from anchor_stun.address import server_address
 from anchor_stun.attributes import pack_ip, unpack_ip
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address
 
-__all__ = ["PeerFilter", "SelfAddresses", "canonical_address"]
+__all__ = ["PeerFilter", "SelfAddresses", "canonical_address", "networks"]
 
 _DEFAULT_DENIED_V4 = (
     "0.0.0.0/8",  # unspecified / "this network"
@@ -61,6 +62,28 @@ _LOOPBACK = ("127.0.0.0/8", "::1/128")
 _VERDICTS_MAX = 65536
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(values: object, what: str) -> tuple[_Network, ...]:
+    """IP networks (``"10.0.0.0/8"``, ``"2001:db8::/32"``, an address for a single host, or
+    :mod:`ipaddress` networks) checked where they enter: :class:`LocalProtocolError` naming
+    ``what`` (or ``what[i]``) and the accepted forms otherwise."""
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise LocalProtocolError(
+            f"{what} must be a list of networks (['10.0.0.0/8', '::1']), not {values!r}"
+        )
+    out: list[_Network] = []
+    for i, value in enumerate(values):
+        try:
+            if not isinstance(value, str | ipaddress.IPv4Network | ipaddress.IPv6Network):
+                raise ValueError("not text")
+            out.append(ipaddress.ip_network(value))
+        except ValueError as exc:
+            raise LocalProtocolError(
+                f"{what}[{i}] must be a network such as '10.0.0.0/8' or an IP address, not"
+                f" {value!r} ({exc})"
+            ) from None
+    return tuple(out)
 
 
 def canonical_address(addr: Address) -> Address:
@@ -95,13 +118,8 @@ class PeerFilter:
         denied = [*_DEFAULT_DENIED_V4, *_DEFAULT_DENIED_V6]
         if not allow_loopback:
             denied.extend(_LOOPBACK)
-        try:
-            self._deny: tuple[_Network, ...] = tuple(
-                ipaddress.ip_network(n) for n in [*denied, *deny]
-            )
-            self._allow: tuple[_Network, ...] = tuple(ipaddress.ip_network(n) for n in allow)
-        except ValueError as exc:
-            raise LocalProtocolError(f"bad network in the peer filter: {exc}") from exc
+        self._deny: tuple[_Network, ...] = networks(denied, "denied") + networks(deny, "deny")
+        self._allow: tuple[_Network, ...] = networks(allow, "allow")
         self.allow_loopback = allow_loopback
         """Whether loopback peers are accepted."""
         self._verdicts: dict[str, bool] = {}
@@ -149,10 +167,16 @@ class SelfAddresses:
         self._wildcard_ports: set[int] = set()
         self.add(addresses)
 
-    def add(self, addresses: Iterable[Address]) -> None:
-        """Declare more addresses; raises :class:`LocalProtocolError` for a malformed one."""
-        for addr in addresses:
-            ip, port = canonical_address(addr)
+    def add(self, addresses: Iterable[Address], what: str = "addresses") -> None:
+        """Declare more addresses, each ``(ip, port)`` or ``"ip:port"``; raises
+        :class:`LocalProtocolError` naming ``what[i]`` for a malformed one."""
+        if isinstance(addresses, str | bytes) or not isinstance(addresses, Iterable):
+            raise LocalProtocolError(
+                f"{what} must be a list of (ip, port) addresses, not {addresses!r}"
+            )
+        for i, addr in enumerate(addresses):
+            checked = server_address(addr, f"{what}[{i}]", None, ip_only=True, zero=True)
+            ip, port = canonical_address(checked)
             if ip in ("0.0.0.0", "::"):
                 self._wildcard_ports.add(port)
             self._addresses.add(_self_form((ip, port)))

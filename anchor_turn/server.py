@@ -165,6 +165,8 @@ from heapq import heapify, heappop, heappush
 from itertools import count
 from typing import Literal, Protocol
 
+from anchor_stun.address import count as _whole
+from anchor_stun.address import seconds
 from anchor_stun.attributes import (
     KNOWN_TYPES,
     MAGIC_COOKIE,
@@ -213,7 +215,7 @@ from anchor_turn.nonce_auth import (
     Authenticated,
     NonceAuthenticator,
 )
-from anchor_turn.peer_filter import PeerFilter, SelfAddresses, canonical_address
+from anchor_turn.peer_filter import PeerFilter, SelfAddresses, canonical_address, networks
 from anchor_turn.stats import TurnServerStats
 
 __all__ = [
@@ -689,19 +691,46 @@ class TurnServer:
         alternates: AlternateServers | None = None,
         shared_quota: SharedQuota | None = None,
     ) -> None:
-        if not 0 < default_lifetime <= max_lifetime <= 0xFFFFFFFF:
-            raise LocalProtocolError("need 0 < default_lifetime <= max_lifetime")
-        if permission_lifetime <= 0 or channel_lifetime <= 0:
-            raise LocalProtocolError("lifetimes must be positive")
-        for fam in address_families:
-            if fam not in (_IPV4, _IPV6):
-                raise LocalProtocolError(f"unknown address family {fam:#x}")
-        if max_permissions < 1 or max_channels < 1:
-            raise LocalProtocolError("max_permissions and max_channels must be >= 1")
-        if (unauthenticated_rate is not None and not unauthenticated_rate > 0) or (
-            unauthenticated_burst < 1
+        self._check_parts(auth, relay, stun, rng, software, peer_filter, external, alternates,
+                          shared_quota)
+        _whole(default_lifetime, "default_lifetime", 1, 0xFFFFFFFF)
+        _whole(max_lifetime, "max_lifetime", 1, 0xFFFFFFFF)
+        if default_lifetime > max_lifetime:
+            raise LocalProtocolError(
+                f"default_lifetime ({default_lifetime}) must be <= max_lifetime ({max_lifetime})"
+            )
+        seconds(permission_lifetime, "permission_lifetime")
+        seconds(channel_lifetime, "channel_lifetime")
+        if not isinstance(address_families, tuple | list) or any(
+            fam not in (_IPV4, _IPV6) for fam in address_families
         ):
-            raise LocalProtocolError("unauthenticated_rate must be > 0 (or None), burst >= 1")
+            raise LocalProtocolError(
+                "address_families must be a tuple of Family.IPV4 / Family.IPV6 (RFC 8656"
+                f" §7.2), not {address_families!r}"
+            )
+        for quota, what in ((user_quota, "user_quota"), (total_quota, "total_quota")):
+            if quota is not None:
+                _whole(quota, what, 0)
+        _whole(max_permissions, "max_permissions", 1)
+        _whole(max_channels, "max_channels", 1)
+        _whole(max_events, "max_events", 0)
+        if unauthenticated_rate is not None and (
+            isinstance(unauthenticated_rate, bool)
+            or not isinstance(unauthenticated_rate, int | float)
+            or not unauthenticated_rate > 0
+        ):
+            raise LocalProtocolError(
+                "unauthenticated_rate must be a number of answers per second > 0, or None (no"
+                f" limit), not {unauthenticated_rate!r}"
+            )
+        _whole(unauthenticated_burst, "unauthenticated_burst", 1)
+        networks(allow_peers, "allow_peers")
+        if nonce_secret is not None and (
+            not isinstance(nonce_secret, bytes) or len(nonce_secret) < 16
+        ):
+            raise LocalProtocolError(
+                f"nonce_secret must be at least 16 bytes (or None), not {nonce_secret!r}"
+            )
         self.authenticator = NonceAuthenticator(
             realm=realm,
             backend=auth,
@@ -771,7 +800,7 @@ class TurnServer:
         self.myself = SelfAddresses(self.stun.local_addresses() if stun is not None else ())
         """The addresses the server answers on, refused as peers (RFC 8656 §21,
         :class:`~anchor_turn.peer_filter.SelfAddresses`)."""
-        self.myself.add(self_addresses)
+        self.myself.add(self_addresses, "self_addresses")
         self._heap: list[tuple[float, int, _Timed]] = []
         self._heap_compact_at = _HEAP_COMPACT_MIN
         self._seq = count()
@@ -786,6 +815,49 @@ class TurnServer:
         """The per-prefix budget of unsigned answers over UDP (:mod:`anchor_stun.budget`),
         shared with the STUN core, or None."""
         self.stun.budget = self.budget
+
+    @staticmethod
+    def _check_parts(
+        auth: object,
+        relay: object,
+        stun: object,
+        rng: object,
+        software: object,
+        peer_filter: object,
+        external: object,
+        alternates: object,
+        shared_quota: object,
+    ) -> None:
+        """The injected parts checked where they enter (LocalProtocolError naming each)."""
+        if not isinstance(auth, CredentialBackend):
+            raise LocalProtocolError(
+                "auth must be a CredentialBackend (StaticUsers, SqliteUsers, RestSecret...),"
+                f" not {type(auth).__name__}"
+            )
+        if not all(callable(getattr(relay, name, None)) for name in ("allocate", "release")):
+            raise LocalProtocolError(
+                f"relay must be a RelayAllocator (UdpRelayAllocator), not {type(relay).__name__}"
+            )
+        if stun is not None and not isinstance(stun, StunServer):
+            raise LocalProtocolError(
+                f"stun must be a StunServer (StunServer(primary=...)) or None, not {stun!r}"
+            )
+        if not callable(rng):
+            raise LocalProtocolError(f"rng must be a function rng(n) -> n random bytes, not {rng!r}")
+        if software is not None and not isinstance(software, str):
+            raise LocalProtocolError(f"software must be a string or None, not {software!r}")
+        if peer_filter is not None and not callable(peer_filter):
+            raise LocalProtocolError(
+                f"peer_filter must be a function ip -> bool (a PeerFilter) or None, not {peer_filter!r}"
+            )
+        for part, what, kind in (
+            (external, "external", ExternalAddresses), (alternates, "alternates", AlternateServers),
+            (shared_quota, "shared_quota", SharedQuota),
+        ):
+            if part is not None and not isinstance(part, kind):
+                raise LocalProtocolError(
+                    f"{what} must be a {kind.__name__} or None, not {type(part).__name__}"
+                )
 
     @property
     def realm(self) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from anchor_stun.address import is_host, is_ip
 from anchor_stun.errors import LocalProtocolError
 
 __all__ = ["DEFAULT_TURNS_PORT", "DEFAULT_TURN_PORT", "TurnUri", "parse_turn_uri"]
@@ -69,8 +70,12 @@ def _host_port(text: str, default_port: int, uri: str) -> tuple[str, int]:
         host, port_text = text.split(":")
     elif ":" in text:  # an IPv6 literal without brackets: RFC 3986 wants them
         raise LocalProtocolError(f"bad TURN URI {uri!r}: put an IPv6 address in brackets")
-    if not host or any(c in host for c in "/@?#[] "):
-        raise LocalProtocolError(f"bad TURN URI {uri!r}: no usable host")
+    bracketed = text.startswith("[")
+    if not host or not is_host(host) or bracketed != (":" in host and is_ip(host)):
+        raise LocalProtocolError(
+            f"bad TURN URI {uri!r}: no usable host (an IP address, [an IPv6 address] or a"
+            " host name)"
+        )
     if not port_text:
         return host, default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
@@ -83,6 +88,10 @@ def parse_turn_uri(uri: str) -> TurnUri:
     Raises :class:`~anchor_stun.errors.LocalProtocolError` with a one-line reason when the
     text is not one, or asks for a transport Anchor does not speak (DTLS, anything but
     udp/tcp)."""
+    if not isinstance(uri, str):
+        raise LocalProtocolError(
+            f"uri must be text ('turn:HOST:PORT', 'turns:HOST', 'HOST:PORT'), not {uri!r}"
+        )
     text = uri.strip()
     lowered = text.lower()
     if lowered.startswith(("turn:", "turns:")):

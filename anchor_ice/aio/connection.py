@@ -124,12 +124,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import inspect
 import os
+import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from anchor_ice.agent import CHECKING_TIMEOUT, PROPOSED_TA, IceAgent, IceState
+from anchor_ice.agent import (
+    CHECKING_TIMEOUT,
+    PROPOSED_TA,
+    IceAgent,
+    IceState,
+    check_ice_string,
+)
 from anchor_ice.aio.gather import (
     DEFAULT_RELEASE_TIMEOUT,
     DEFAULT_SERVER_TIMEOUT,
@@ -145,7 +153,7 @@ from anchor_ice.aio.gather import (
     turn_server_configs,
 )
 from anchor_ice.aio.pacing import TransactionPacer, shared_pacer
-from anchor_ice.candidate import Candidate
+from anchor_ice.candidate import Candidate, check_candidate
 from anchor_ice.events import (
     ConsentLost,
     IceConnected,
@@ -155,6 +163,7 @@ from anchor_ice.events import (
     RestartCompleted,
 )
 from anchor_ice.nominator import GatewayNominator, Nominator, RelayOnly, StandardNominator
+from anchor_stun.address import ip_address_list, seconds
 from anchor_stun.aio.net import CorePump, TransportName, call_user, credential, server_list
 from anchor_stun.errors import AnchorError, LocalProtocolError
 from anchor_stun.events import Address, StunEvent, Transmit
@@ -210,10 +219,40 @@ def make_nominator(policy: str) -> Nominator:
     raise LocalProtocolError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
 
 
-def _as_candidate(candidate: Candidate | str) -> Candidate:
-    if isinstance(candidate, Candidate):
-        return candidate
-    return Candidate.from_sdp(candidate)
+_AGENT_SET = frozenset(
+    {"controlling", "rng", "local_ufrag", "local_pwd", "components", "ta", "nominator",
+     "aggressive", "checking_timeout"}
+)
+"""The :class:`IceAgent` arguments a :class:`Connection` sets from its own."""
+
+
+def _agent_options(options: object) -> dict[str, Any]:
+    """``agent_options`` checked where they enter: a mapping of :class:`IceAgent` keyword
+    arguments the connection does not set itself (their values are checked by the agent,
+    built next)."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise LocalProtocolError(
+            "agent_options must be a mapping of IceAgent options ({'check_rc': 3}), not"
+            f" {type(options).__name__}"
+        )
+    accepted = set(inspect.signature(IceAgent).parameters) - _AGENT_SET
+    for name in options:
+        if name not in accepted:
+            raise LocalProtocolError(
+                f"agent_options: {name!r} is not an IceAgent option this connection leaves"
+                f" open (those are: {', '.join(sorted(accepted))})"
+            )
+    return dict(options)
+
+
+def _as_candidate(candidate: object) -> Candidate:
+    """A candidate given as a :class:`Candidate` (checked) or as its SDP text (parsed:
+    :class:`~anchor_ice.candidate.CandidateError` for a malformed line)."""
+    if isinstance(candidate, str):
+        return Candidate.from_sdp(candidate)
+    return check_candidate(candidate)
 
 
 class Connection:
@@ -283,8 +322,30 @@ class Connection:
         agent_options: Mapping[str, Any] | None = None,
         pacer: TransactionPacer | None = None,
     ) -> None:
-        if isinstance(host_ips, str):
-            raise LocalProtocolError("host_ips is an iterable of addresses, not one string")
+        host_ip_list = ip_address_list(host_ips, "host_ips")
+        if interfaces is not None and (
+            isinstance(interfaces, str | bytes)
+            or not isinstance(interfaces, Iterable)
+            or not all(isinstance(name, str) for name in interfaces)
+        ):
+            raise LocalProtocolError(
+                f"interfaces must be a list of interface names or patterns (['eth*']), not"
+                f" {interfaces!r}"
+            )
+        if ta is not None:
+            seconds(ta, "ta")
+        seconds(gather_timeout, "gather_timeout")
+        seconds(release_timeout, "release_timeout", zero=True)
+        for value, what, minimum in (
+            (local_username, "local_username", 4), (local_password, "local_password", 22)
+        ):
+            if value is not None:
+                check_ice_string(value, minimum, what)
+        agent_settings = _agent_options(agent_options)
+        if pacer is not None and not isinstance(pacer, TransactionPacer):
+            raise LocalProtocolError(
+                f"pacer must be a TransactionPacer or None, not {type(pacer).__name__}"
+            )
         if not use_ipv4 and not use_ipv6:
             raise LocalProtocolError("use_ipv4 and use_ipv6 cannot both be False")
         stun_servers = server_list(stun_server, "stun_server")
@@ -292,6 +353,11 @@ class Connection:
         if turn_transport not in ("udp", "tcp"):
             raise LocalProtocolError(
                 f"turn_transport must be 'udp' or 'tcp', not {turn_transport!r}"
+            )
+        if turn_ssl_context is not None and not isinstance(turn_ssl_context, ssl.SSLContext):
+            raise LocalProtocolError(
+                "turn_ssl_context must be an ssl.SSLContext or None, not"
+                f" {type(turn_ssl_context).__name__}"
             )
         if turn_ssl and turn_transport != "tcp":
             raise LocalProtocolError("turn_ssl needs turn_transport='tcp' (TLS runs over TCP)")
@@ -319,7 +385,7 @@ class Connection:
             nominator=self._nominator,
             aggressive=aggressive,
             checking_timeout=checking_timeout,
-            **dict(agent_options or {}),
+            **agent_settings,
         )
         self.components = components
         """Number of components of the stream."""
@@ -327,7 +393,7 @@ class Connection:
         """STUN servers to gather server-reflexive candidates from."""
         self.turn_servers: list[TurnServerConfig] = turns
         """TURN servers to gather relayed candidates from."""
-        self._host_ips = list(host_ips) if host_ips is not None else None
+        self._host_ips = host_ip_list
         self._include_loopback = include_loopback
         self._interfaces = list(interfaces) if interfaces is not None else None
         self._families = tuple(f for f, on in ((4, use_ipv4), (6, use_ipv6)) if on)
@@ -660,15 +726,16 @@ class Connection:
 
     async def add_remote_candidate(self, candidate: Candidate | str | None) -> None:
         """Add a candidate the peer signalled (a :class:`Candidate` or its ``candidate:``
-        SDP text); None means end-of-candidates (RFC 8838). Non-UDP and mDNS (``.local``)
-        candidates are ignored."""
+        SDP text); None means end-of-candidates (RFC 8838). Non-UDP candidates and those
+        whose address is a name (mDNS ``.local``, another FQDN: Anchor resolves no candidate
+        name, and such a candidate never pairs, RFC 8445 §6.1.2.2) are ignored."""
         self._check_open()
         if candidate is None:
             self._agent.add_remote_candidate(None)
             self._pump()
             return
         cand = _as_candidate(candidate)
-        if cand.transport.lower() != "udp" or cand.is_mdns:
+        if cand.transport.lower() != "udp" or cand.family == 0:
             return
         self._agent.add_remote_candidate(cand)
         for endpoint in self._endpoints.values():

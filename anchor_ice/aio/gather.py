@@ -109,6 +109,7 @@ import ifaddr
 
 from anchor_ice.aio.pacing import TransactionPacer
 from anchor_ice.candidate import COMPONENT_RTP, Candidate, CandidateType, make_candidate
+from anchor_stun.address import count, ip_address_list, seconds
 from anchor_stun.aio.icmp import UNREACHABLE_ERRNOS, enable_icmp_errors, read_icmp_errors
 from anchor_stun.aio.net import (
     DEFAULT_PORT,
@@ -116,7 +117,6 @@ from anchor_stun.aio.net import (
     CorePump,
     TransportName,
     call_user,
-    credential,
     format_address,
     resolve,
     server_address,
@@ -132,6 +132,7 @@ from anchor_stun.errors import (
     LocalProtocolError,
 )
 from anchor_stun.events import Address, StunEvent, Transmit
+from anchor_stun.integrity import opaque_credential
 from anchor_stun.message import Message, MessageClass, Method, is_stun
 from anchor_stun.transaction import (
     RTO_INITIAL,
@@ -139,7 +140,7 @@ from anchor_stun.transaction import (
     TransactionSucceeded,
 )
 from anchor_turn.aio.client import TurnConnection
-from anchor_turn.client import TurnClient, TurnState
+from anchor_turn.client import TurnClient, TurnState, check_client_options
 from anchor_turn.events import TurnEvent
 from anchor_turn.uri import TurnUri, parse_turn_uri
 
@@ -1123,8 +1124,20 @@ class TurnServerConfig:
         # "host:port" is read as such (never as a sequence of characters), checked here
         address = server_address(self.address, "TurnServerConfig address", default_port)
         object.__setattr__(self, "address", address)
-        credential(self.username, "TurnServerConfig username")
-        credential(self.password, "TurnServerConfig password")
+        opaque_credential(self.username, "TurnServerConfig username")
+        opaque_credential(self.password, "TurnServerConfig password")
+        if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
+            raise LocalProtocolError(
+                "TurnServerConfig ssl_context must be an ssl.SSLContext or None, not"
+                f" {type(self.ssl_context).__name__}"
+            )
+        if self.server_name is not None and (
+            not isinstance(self.server_name, str) or not self.server_name
+        ):
+            raise LocalProtocolError(
+                "TurnServerConfig server_name must be a host name (the certificate's) or None,"
+                f" not {self.server_name!r}"
+            )
 
     @classmethod
     def from_uri(
@@ -1231,7 +1244,8 @@ class Gatherer:
     of TURN servers (UDP, TCP or TLS). ``component``: the component id (RFC 8445 §4). ``port_range``:
     (min, max) local ports, inclusive. ``timeout``: seconds per server and socket.
     ``ta``: pacing of new transactions (RFC 8445 §14.2). ``turn_options`` go to every
-    :class:`~anchor_turn.client.TurnClient` (``lifetime``, ``rto``...). ``rng``: random bytes
+    :class:`~anchor_turn.client.TurnClient` (``lifetime``, ``rto``...; and
+    ``max_redirects``, the ALTERNATE-SERVER redirections followed), checked here. ``rng``: random bytes
     (transaction ids, the first port tried).
 
     Use it as an async context manager, or call :meth:`close`.
@@ -1254,16 +1268,28 @@ class Gatherer:
         rng: Callable[[int], bytes] = os.urandom,
         pacer: TransactionPacer | None = None,
     ) -> None:
-        if isinstance(host_ips, str):
-            raise LocalProtocolError("host_ips is an iterable of addresses, not one string")
-        self._host_ips = list(host_ips) if host_ips is not None else None
+        self._host_ips = ip_address_list(host_ips, "host_ips")
         self._stun_servers = server_list(stun_servers, "stun_servers")
         self._turn_servers = turn_server_configs(turn_servers)
-        if not 1 <= component <= 256:
-            raise LocalProtocolError(f"component must be 1-256, not {component}")
+        count(component, "component", 1, 256)
         port_range = check_port_range(port_range)
-        if not timeout > 0 or not release_timeout >= 0 or not ta >= 0:
-            raise LocalProtocolError("timeout must be positive, release_timeout and ta >= 0")
+        seconds(timeout, "timeout")
+        seconds(release_timeout, "release_timeout", zero=True)
+        seconds(ta, "ta", zero=True)
+        seconds(stun_rto, "stun_rto")
+        if software is not None and not isinstance(software, str):
+            raise LocalProtocolError(f"software must be a string or None, not {software!r}")
+        client_options: object = turn_options
+        if isinstance(turn_options, Mapping) and "max_redirects" in turn_options:
+            count(turn_options["max_redirects"], "turn_options: max_redirects", 0)
+            client_options = {k: v for k, v in turn_options.items() if k != "max_redirects"}
+        check_client_options(client_options, "turn_options")
+        if not callable(rng):
+            raise LocalProtocolError(f"rng must be a function rng(n) -> n random bytes, not {rng!r}")
+        if pacer is not None and not isinstance(pacer, TransactionPacer):
+            raise LocalProtocolError(
+                f"pacer must be a TransactionPacer or None, not {type(pacer).__name__}"
+            )
         self.component = component
         """The component id of every candidate (RFC 8445 §4)."""
         self.port_range = port_range

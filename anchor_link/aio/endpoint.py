@@ -139,6 +139,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import inspect
 import json
 import os
 from collections import OrderedDict, deque
@@ -155,7 +156,7 @@ from anchor_ice.aio.connection import (
 from anchor_ice.aio.gather import TurnServerConfig, turn_server_configs
 from anchor_ice.candidate import Candidate
 from anchor_ice.events import PairInfo
-from anchor_ice.nominator import Nominator
+from anchor_ice.nominator import Nominator, StandardNominator
 from anchor_link.aio.signal import (
     MAX_BODY,
     UNREACHABLE,
@@ -163,6 +164,8 @@ from anchor_link.aio.signal import (
     Signalling,
     SignallingClosed,
     SignallingError,
+    check_name,
+    check_signalling,
 )
 from anchor_link.delivery import (
     MESSAGE_HEADER,
@@ -201,8 +204,10 @@ from anchor_link.state import (
 )
 from anchor_link.trust import PeerKeyMismatch, TrustPolicy
 from anchor_link.wirejson import loads_object
+from anchor_stun.address import count, ip_address_list, seconds
 from anchor_stun.aio.net import server_list
 from anchor_stun.errors import AnchorError, LocalProtocolError
+from anchor_stun.events import Address
 
 __all__ = [
     "DEFAULT_DELIVERY_TIMEOUT",
@@ -337,6 +342,48 @@ class _Link:
         self._timer_at = None
 
 
+_CONNECTION_SET = frozenset(
+    {"ice_controlling", "stun_server", "turn_servers", "nominator", "host_ips",
+     "include_loopback", "rng"}
+)
+"""The :class:`Connection` arguments an endpoint sets from its own."""
+
+
+def _zero_rng(n: int) -> bytes:
+    return bytes(n)
+
+
+def _connection_options(
+    options: object, stun: list[Address], turn: list[TurnServerConfig]
+) -> dict[str, Any]:
+    """``connection_options`` checked where they enter: a mapping of the
+    :class:`Connection` arguments the endpoint leaves open, with values a connection accepts
+    (a connection is built and dropped to check them: a plain object until it gathers; its
+    random credentials come from a stand-in, so the endpoint's ``rng`` is not drawn from)."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise LocalProtocolError(
+            "connection_options must be a mapping of Connection options"
+            f" ({{'gather_timeout': 5}}), not {type(options).__name__}"
+        )
+    accepted = set(inspect.signature(Connection).parameters) - _CONNECTION_SET
+    for key in options:
+        if key not in accepted:
+            raise LocalProtocolError(
+                f"connection_options: {key!r} is not a Connection option the endpoint leaves"
+                f" open (those are: {', '.join(sorted(accepted))})"
+            )
+    try:
+        Connection(
+            True, stun_server=stun, turn_servers=turn, nominator=StandardNominator(),
+            rng=_zero_rng, **options,
+        )
+    except LocalProtocolError as exc:
+        raise LocalProtocolError(f"connection_options: {exc}") from None
+    return dict(options)
+
+
 class LinkEndpoint:
     """An ephemeral-link endpoint named ``name`` on ``signalling`` (module docstring).
 
@@ -400,16 +447,25 @@ class LinkEndpoint:
         delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
+        # Every argument is checked here, not inside a link's task (where a mistake would
+        # surface late, as a failed link): LocalProtocolError naming it, nothing sent.
+        check_name(name, "name")
+        check_signalling(signalling, "signalling")
         if policy not in POLICIES:
             raise LocalProtocolError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
-        if min(idle_timeout, form_timeout, close_timeout, delivery_timeout) <= 0:
+        if nominator is not None and not isinstance(nominator, Nominator):
             raise LocalProtocolError(
-                "idle_timeout, form_timeout, close_timeout and delivery_timeout must be > 0"
+                "nominator must be a Nominator (GatewayNominator(), StandardNominator(),"
+                f" RelayOnly()...), not {type(nominator).__name__}"
             )
-        if isinstance(host_ips, str):
-            raise LocalProtocolError("host_ips is an iterable of addresses, not one string")
-        # Servers are checked here, not inside a link's task: one tuple or "host:port" form
-        # for every address, (host, port, username, password) accepted for a TURN server.
+        for value, what in (
+            (idle_timeout, "idle_timeout"), (form_timeout, "form_timeout"),
+            (close_timeout, "close_timeout"), (delivery_timeout, "delivery_timeout"),
+        ):
+            seconds(value, what)
+        host_ip_list = ip_address_list(host_ips, "host_ips")
+        # One tuple or "host:port" form for every address, (host, port, username, password)
+        # accepted for a TURN server.
         stun_servers = server_list(stun, "stun")
         turn_servers = turn_server_configs(turn, "turn")
         if nominator is None and policy == "relay" and not turn_servers:
@@ -417,8 +473,20 @@ class LinkEndpoint:
                 "policy='relay' needs a TURN server (turn=[...]): without one there is no"
                 " relayed candidate to offer"
             )
-        # Validate the channel settings once, now, rather than at every link.
+        if identity is not None and not isinstance(identity, Identity | str | os.PathLike):
+            raise LocalProtocolError(
+                "identity must be an Identity, the path of an identity file (anchor keygen) or"
+                f" None, not {type(identity).__name__}"
+            )
+        count(max_message, "max_message", 0)
+        # The channel settings, once, now, rather than at every link.
         ReliableChannel(mtu=mtu, max_message=max_message + MESSAGE_HEADER)
+        for callback, what in ((on_message, "on_message"), (on_event, "on_event")):
+            if callback is not None and not callable(callback):
+                raise LocalProtocolError(f"{what} must be a function or None, not {callback!r}")
+        if not callable(rng):
+            raise LocalProtocolError(f"rng must be a function rng(n) -> n random bytes, not {rng!r}")
+        options = _connection_options(connection_options, stun_servers, turn_servers)
         self.name = name
         """This endpoint's name on the signalling."""
         self.policy = policy
@@ -440,7 +508,7 @@ class LinkEndpoint:
         self._stun = stun_servers
         self._turn = turn_servers
         self._nominator = nominator if nominator is not None else make_nominator(policy)
-        self._host_ips = list(host_ips) if host_ips is not None else None
+        self._host_ips = host_ip_list
         self._include_loopback = include_loopback
         self._form_timeout = form_timeout
         self._close_timeout = close_timeout
@@ -448,7 +516,7 @@ class LinkEndpoint:
         self._max_message = max_message
         self._on_message = on_message
         self._on_event = on_event
-        self._connection_options = dict(connection_options or {})
+        self._connection_options = options
         self._rng = rng
         self._mailbox: Mailbox | None = None
         self._listener: asyncio.Task[None] | None = None

@@ -144,6 +144,8 @@ __all__ = [
     "SignallingClosed",
     "SignallingError",
     "WebSocketSignalling",
+    "check_name",
+    "check_signalling",
     "serve_rendezvous",
 ]
 
@@ -255,11 +257,38 @@ def _valid_name(name: object) -> bool:
     return isinstance(name, str) and 1 <= len(name) <= MAX_NAME and name.isprintable()
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: object) -> None:
     if not _valid_name(name):
         shown = repr(name)
         shown = shown if len(shown) <= MAX_NAME + 2 else shown[:MAX_NAME] + "..."
         raise SignallingError(f"a name is 1 to {MAX_NAME} printable characters: {shown}")
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """An endpoint's name on the signalling checked where it enters: 1 to :data:`MAX_NAME`
+    printable characters, else :class:`LocalProtocolError` naming ``what``."""
+    try:
+        _check_name(name)
+    except SignallingError as exc:
+        raise LocalProtocolError(f"{what}: {exc}") from None
+    return str(name)
+
+
+def check_signalling(signalling: object, what: str = "signalling") -> None:
+    """A :class:`Signalling` checked where it enters: an object with an ``open(name,
+    identity)`` coroutine method, else :class:`LocalProtocolError` naming ``what`` and the
+    forms (a URL text says to wrap it in :class:`WebSocketSignalling`)."""
+    if callable(getattr(signalling, "open", None)):
+        return
+    hint = (
+        f" (for a rendezvous URL: WebSocketSignalling({signalling!r}))"
+        if isinstance(signalling, str) and signalling.startswith(("ws://", "wss://"))
+        else ""
+    )
+    raise LocalProtocolError(
+        f"{what} must be a Signalling (InProcessSignalling(), WebSocketSignalling(url)), not"
+        f" {type(signalling).__name__}{hint}"
+    )
 
 
 def _check_url(url: object) -> None:
@@ -388,10 +417,7 @@ class WebSocketSignalling:
     ) -> None:
         _check_url(url)
         if name is not None:
-            try:
-                _check_name(name)
-            except SignallingError as exc:
-                raise LocalProtocolError(f"name: {exc}") from None
+            check_name(name)
         if identity is not None and not isinstance(identity, Identity):
             raise LocalProtocolError(
                 f"identity must be an Identity (Identity.generate(), load_identity(path)),"

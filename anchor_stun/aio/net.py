@@ -8,6 +8,10 @@ Client side: :class:`StunTransport` (one socket or connection, many concurrent t
 and the helpers :func:`binding_request` and :func:`discover_nat`. Server side:
 :class:`StunServerRunner` serves a :class:`~anchor_stun.server.StunServer` core on UDP (all
 RFC 5780 addresses), TCP and TLS.
+
+The checks of arguments (:func:`server_address`, :func:`server_list`, :func:`credential`...)
+live in the sans-I/O :mod:`anchor_stun.address`, shared with the cores, and are re-exported
+here.
 """
 
 from __future__ import annotations
@@ -21,6 +25,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from anchor_stun.address import (
+    DEFAULT_PORT,
+    DEFAULT_TLS_PORT,
+    credential,
+    parse_address,
+    port_number,
+    positive_timeout,
+    seconds,
+    server_address,
+    server_list,
+)
 from anchor_stun.aio.icmp import enable_icmp_errors, read_icmp_errors
 from anchor_stun.aio.streams import GuardedStream, StreamGuard, StreamLimits
 from anchor_stun.attributes import Software, XorMappedAddress
@@ -73,8 +88,6 @@ __all__ = [
 ]
 
 TransportName = Literal["udp", "tcp", "tls"]
-DEFAULT_PORT = 3478  # RFC 8489 §6.2.4 (UDP/TCP)
-DEFAULT_TLS_PORT = 5349  # RFC 8489 §6.2.4 (TLS)
 
 
 class ListenError(OSError):
@@ -95,113 +108,40 @@ class ListenError(OSError):
         return self.message
 
 
-def parse_address(text: str, default_port: int | None = None) -> tuple[str, int]:
-    """Split ``host[:port]`` / ``[v6]:port`` / ``v6``; raises ValueError with a clear message."""
-    host, port_text = text, ""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"bad address {text!r}: missing ']'")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"bad address {text!r}")
-            port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    if not host:
-        raise ValueError(f"bad address {text!r}: no host")
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"bad port in {text!r}")
-        return host, int(port_text)
-    if default_port is None:
-        raise ValueError(f"address {text!r} needs a port")
-    return host, default_port
+def _check_transport(transport: object, what: str = "transport") -> TransportName:
+    if transport not in ("udp", "tcp", "tls"):
+        raise LocalProtocolError(f"{what} must be 'udp', 'tcp' or 'tls', not {transport!r}")
+    return transport
 
 
-def server_address(
-    value: object, what: str = "server", default_port: int | None = DEFAULT_PORT
-) -> tuple[str, int]:
-    """A server's address given as ``(host, port)`` or as text (``host[:port]``,
-    ``[v6]:port``), checked where it enters: :class:`LocalProtocolError` naming ``what`` and
-    the accepted forms for anything else (a bad type, an empty host, a port out of range)."""
-    forms = f"{what} must be (host, port) or 'host:port'"
-    if isinstance(value, str):
-        try:
-            return parse_address(value, default_port)
-        except ValueError as exc:
-            raise LocalProtocolError(f"{forms}: {exc}") from None
-    if (
-        isinstance(value, tuple | list)
-        and len(value) in (2, 4)  # (host, port) or an IPv6 sockaddr (host, port, flow, scope)
-        and all(isinstance(v, int) for v in value[2:])
-        and isinstance(value[0], str)
-        and value[0]
-        and isinstance(value[1], int)
-        and not isinstance(value[1], bool)
-    ):
-        if not 0 < value[1] < 65536:
-            raise LocalProtocolError(f"{forms}: port {value[1]} out of range 1-65535")
-        return (value[0], value[1])
-    raise LocalProtocolError(f"{forms}, not {value!r}")
-
-
-def server_list(
-    value: object, what: str = "servers", default_port: int | None = DEFAULT_PORT
-) -> list[tuple[str, int]]:
-    """Servers given as ``None``, one address (``(host, port)`` or ``"host[:port]"``) or an
-    iterable of addresses, each checked by :func:`server_address` (the error names
-    ``what[i]``). A string is one address, never an iterable of characters."""
-    if value is None:
-        return []
-    if isinstance(value, str) or (
-        isinstance(value, tuple)
-        and len(value) == 2
-        and not isinstance(value[1], tuple | list)
-        and not (isinstance(value[1], str) and not value[1].strip().isdigit())
-    ):  # one address: ("host", 3478), or a malformed one such as ("host", "3478")
-        return [server_address(value, what, default_port)]
-    if isinstance(value, bytes | bytearray | dict) or not hasattr(value, "__iter__"):
+def _check_tls(ssl_context: object, server_hostname: object) -> None:
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
         raise LocalProtocolError(
-            f"{what} must be (host, port), 'host:port' or a list of them, not {value!r}"
+            "ssl_context must be an ssl.SSLContext (client_tls_context()) or None, not"
+            f" {type(ssl_context).__name__}"
         )
-    return [
-        server_address(item, f"{what}[{i}]", default_port)
-        for i, item in enumerate(value)
-    ]
+    if server_hostname is not None and (
+        not isinstance(server_hostname, str) or not server_hostname
+    ):
+        raise LocalProtocolError(
+            f"server_hostname must be a host name or None, not {server_hostname!r}"
+        )
 
 
-def credential(value: object, what: str) -> str:
-    """A user name or password checked where it enters: a non-empty string, else
-    :class:`LocalProtocolError` naming ``what`` (the value itself is never echoed)."""
-    if not isinstance(value, str):
-        raise LocalProtocolError(f"{what} must be a non-empty string, not {type(value).__name__}")
-    if not value:
-        raise LocalProtocolError(f"{what} must be a non-empty string, not ''")
-    return value
+def _check_software(software: object) -> None:
+    if software is None:
+        return
+    if not isinstance(software, str):
+        raise LocalProtocolError(f"software must be a string or None, not {software!r}")
+    try:
+        Software(software).encode_value(b"")
+    except (UnicodeError, LocalProtocolError) as exc:
+        raise LocalProtocolError(f"software is not a valid SOFTWARE value: {exc}") from None
 
 
-def port_number(value: object, what: str = "port", *, zero: bool = False) -> int:
-    """A port number checked where it enters: an ``int`` in 1-65535 (or 0, "any free port",
-    with ``zero``), else :class:`LocalProtocolError` naming ``what``."""
-    low = 0 if zero else 1
-    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= 0xFFFF:
-        return value
-    any_port = " (0: any free port)" if zero else ""
-    raise LocalProtocolError(
-        f"{what} must be a port number {low}-65535{any_port}, not {value!r}"
-    )
-
-
-def positive_timeout(value: object, what: str = "timeout") -> float | None:
-    """``None`` or a positive number of seconds, else :class:`LocalProtocolError` naming
-    ``what``."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise LocalProtocolError(f"{what} must be a positive number of seconds, not {value!r}")
-    return float(value)
+def _check_rng(rng: object) -> None:
+    if not callable(rng):
+        raise LocalProtocolError(f"rng must be a function rng(n) -> n random bytes, not {rng!r}")
 
 
 async def resolve(host: str, port: int, *, family: int = 0) -> Address:
@@ -216,7 +156,10 @@ async def resolve(host: str, port: int, *, family: int = 0) -> Address:
 
 def client_tls_context(ca_file: str | None = None, *, insecure: bool = False) -> ssl.SSLContext:
     """A TLS client context for STUN/TURN over TLS: the system's CAs, or ``ca_file``;
-    ``insecure`` turns verification off. ValueError (one line) when ``ca_file`` can't load."""
+    ``insecure`` turns verification off. ValueError (one line) when ``ca_file`` can't load,
+    :class:`LocalProtocolError` when it is no path."""
+    if ca_file is not None and (not isinstance(ca_file, str | os.PathLike) or not ca_file):
+        raise LocalProtocolError(f"ca_file must be the path of a CA bundle or None, not {ca_file!r}")
     try:
         context = ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
@@ -547,8 +490,8 @@ class StunTransport:
     def __init__(
         self, transport_name: TransportName, server: Address, *, channel_data: bool = False
     ) -> None:
-        self.transport_name = transport_name
-        self.server = server
+        self.transport_name = _check_transport(transport_name, "transport_name")
+        self.server = server_address(server)
         self.carries_channel_data = channel_data
         """Whether a TCP/TLS stream may carry ChannelData as well as STUN."""
         self.client = StunClient(reliable=transport_name != "udp")
@@ -570,10 +513,14 @@ class StunTransport:
         connected: bool = False,
     ) -> StunTransport:
         """Open a UDP socket towards ``server`` (connected to it with ``connected``, so that
-        ICMP errors are seen), or a TCP / TLS connection to it."""
+        ICMP errors are seen), or a TCP / TLS connection to it. ``local``: ``(ip, port)`` or
+        ``"ip:port"`` (port 0: any). Every argument is checked before anything is opened."""
         server = server_address(server)
-        if transport not in ("udp", "tcp", "tls"):
-            raise LocalProtocolError(f"transport must be 'udp', 'tcp' or 'tls', not {transport!r}")
+        _check_transport(transport)
+        if local is not None:
+            local = server_address(local, "local", None, ip_only=True, zero=True)
+        _check_tls(ssl_context, server_hostname)
+        seconds(timeout, "timeout")
         self = cls(transport, server)
         if transport == "udp" and local is None:
             local = (route_local_ip(server), 0)
@@ -679,7 +626,11 @@ async def binding_request(
     TCP connection); no answer raises :class:`TransactionTimeout` after ``timeout`` seconds,
     or after the RFC's retransmissions (39.5 s over UDP, RFC 8489 §6.2.1) by default."""
     host, port = server_address(server)
+    _check_transport(transport)
+    _check_tls(ssl_context, server_hostname)
+    _check_software(software)
     timeout = positive_timeout(timeout)
+    _check_rng(rng)
     addr = await resolve(host, port)
     try:
         conn = await StunTransport.connect(
@@ -767,8 +718,8 @@ async def discover_nat(
     :class:`~anchor_stun.nat.NatDiscovery`; returns its :class:`NatDiscoveryCompleted`.
 
     ``server`` is ``(host, port)`` or ``"host[:port]"`` (port 3478 by default); a host name
-    is resolved. ``local`` is the address to bind (the route's local IP, any port, by
-    default). The socket sends to the primary and the alternate addresses, so it is not
+    is resolved. ``local`` is the address to bind, ``(ip, port)`` or ``"ip:port"`` (the
+    route's local IP, any port, by default). The socket sends to the primary and the alternate addresses, so it is not
     connected; it reads its ICMP errors with their destinations instead
     (:mod:`anchor_stun.aio.icmp`, Linux), so that a test whose destination is reported
     unreachable (a closed port, say) ends discovery at once with
@@ -782,6 +733,10 @@ async def discover_nat(
     loop = asyncio.get_running_loop()
     host, port = server_address(server)
     timeout = positive_timeout(timeout)
+    if local is not None:
+        local = server_address(local, "local", None, ip_only=True, zero=True)
+    _check_software(software)
+    _check_rng(rng)
     server = await resolve(host, port)
     sock = await _icmp_reporting_socket(local or (route_local_ip(server), 0))
     name = sock.getsockname()
@@ -871,6 +826,14 @@ class StunServerRunner:
     def __init__(
         self, core: StunServer, *, limits: StreamLimits | None = None, reuse_port: bool = False
     ) -> None:
+        if not isinstance(core, StunServer):
+            raise LocalProtocolError(
+                f"core must be a StunServer (StunServer(primary=...)), not {type(core).__name__}"
+            )
+        if limits is not None and not isinstance(limits, StreamLimits):
+            raise LocalProtocolError(
+                f"limits must be a StreamLimits or None, not {type(limits).__name__}"
+            )
         self.core = core
         self.reuse_port = reuse_port
         """Whether listeners are shared with other processes (SO_REUSEPORT)."""
@@ -888,7 +851,17 @@ class StunServerRunner:
         tls_context: ssl.SSLContext | None = None,
         tls_address: Address | None = None,
     ) -> None:
-        """Open every listener; on failure close what was opened and re-raise OSError."""
+        """Open every listener; on failure close what was opened and re-raise OSError.
+        ``tls_context``: a server TLS context to listen for TLS too, on ``tls_address``
+        (``(ip, port)`` or ``"ip:port"``; default: the primary address)."""
+        if tls_context is not None and not isinstance(tls_context, ssl.SSLContext):
+            raise LocalProtocolError(
+                f"tls_context must be an ssl.SSLContext or None, not {type(tls_context).__name__}"
+            )
+        if tls_address is not None:
+            tls_address = server_address(
+                tls_address, "tls_address", DEFAULT_TLS_PORT, ip_only=True, zero=True
+            )
         loop = asyncio.get_running_loop()
         self.guard.start(loop)
         try:

@@ -47,9 +47,10 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+from anchor_stun.address import count, seconds
 from anchor_stun.aio.net import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
@@ -71,7 +72,7 @@ from anchor_stun.errors import (
 )
 from anchor_stun.events import Address, StunEvent, Transmit
 from anchor_turn.channeldata import is_channel_data
-from anchor_turn.client import TurnClient, TurnState
+from anchor_turn.client import TurnClient, TurnState, check_client_options
 from anchor_turn.events import (
     AllocationCreated,
     AllocationExpired,
@@ -115,17 +116,45 @@ def _check_arguments(username: object, password: object, transport: object) -> N
         raise LocalProtocolError(f"transport must be 'udp', 'tcp' or 'tls', not {transport!r}")
 
 
-def _local_address(local: object) -> Address:
-    """``local`` as ``(ip, port)``, port 0 allowed (any port)."""
-    if (
-        isinstance(local, tuple | list)
-        and len(local) == 2
-        and isinstance(local[0], str)
-        and isinstance(local[1], int)
-        and 0 <= local[1] < 65536
+def _check_settings(
+    *,
+    ssl_context: object = None,
+    server_hostname: object = None,
+    connect_timeout: object = DEFAULT_CONNECT_TIMEOUT,
+    release_timeout: object,
+    max_redirects: object,
+    max_queue: object,
+    on_data: object,
+    on_event: object,
+    options: Mapping[str, Any],
+) -> None:
+    """The settings shared by :meth:`TurnConnection.connect` and :meth:`TurnConnection.over`,
+    checked before anything is resolved or opened (:class:`LocalProtocolError` naming each);
+    ``options`` as the :class:`~anchor_turn.client.TurnClient` will take them."""
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise LocalProtocolError(
+            f"ssl_context must be an ssl.SSLContext or None, not {type(ssl_context).__name__}"
+        )
+    if server_hostname is not None and (
+        not isinstance(server_hostname, str) or not server_hostname
     ):
-        return (local[0], local[1])
-    raise LocalProtocolError(f"local must be (ip, port) with a port in 0-65535, not {local!r}")
+        raise LocalProtocolError(
+            f"server_hostname must be a host name or None, not {server_hostname!r}"
+        )
+    seconds(connect_timeout, "connect_timeout")
+    seconds(release_timeout, "release_timeout", zero=True)
+    count(max_redirects, "max_redirects", 0)
+    count(max_queue, "max_queue")
+    for callback, what in ((on_data, "on_data"), (on_event, "on_event")):
+        if callback is not None and not callable(callback):
+            raise LocalProtocolError(f"{what} must be a function or None, not {callback!r}")
+    check_client_options(options, "options")
+
+
+def _local_address(local: object) -> Address:
+    """``local`` as ``(ip, port)`` or ``"ip:port"``, an IP literal, port 0 allowed (any
+    port)."""
+    return server_address(local, "local", None, ip_only=True, zero=True)
 
 
 def _canonical_ip(ip: str) -> str:
@@ -250,6 +279,12 @@ class TurnConnection:
         timeout = positive_timeout(timeout)
         if local is not None:
             local = _local_address(local)
+        _check_settings(
+            ssl_context=ssl_context, server_hostname=server_hostname,
+            connect_timeout=connect_timeout, release_timeout=release_timeout,
+            max_redirects=max_redirects, max_queue=max_queue, on_data=on_data,
+            on_event=on_event, options=options,
+        )
         try:
             async with asyncio.timeout(timeout):
                 address = await resolve(host, port)
@@ -298,6 +333,13 @@ class TurnConnection:
         allocation and leaves the socket alone. Other arguments as for :meth:`connect`."""
         server = server_address(server, "server", None)
         _check_arguments(username, password, "udp")
+        if not callable(send):
+            raise LocalProtocolError(f"send must be a function send(data, addr), not {send!r}")
+        local = _local_address(local)
+        _check_settings(
+            release_timeout=release_timeout, max_redirects=max_redirects, max_queue=max_queue,
+            on_data=on_data, on_event=on_event, options=options,
+        )
         self = cls(
             server,
             username,

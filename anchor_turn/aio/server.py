@@ -100,6 +100,7 @@ from typing import Any
 
 import ifaddr
 
+from anchor_stun.address import count, ip_address_list, seconds
 from anchor_stun.aio.net import ListenError, credential, port_number, server_list
 from anchor_stun.aio.streams import GuardedStream, LoopErrorFilter, StreamGuard, StreamLimits
 from anchor_stun.attributes import Family, pack_ip
@@ -292,16 +293,21 @@ class UdpRelayAllocator:
         rcvbuf: int = RELAY_RCVBUF,
         dont_fragment: bool = True,
     ) -> None:
-        if not 1 <= min_port <= max_port <= 65535:
-            raise LocalProtocolError(f"bad relay port range {min_port}-{max_port}")
+        port_number(min_port, "min_port")
+        port_number(max_port, "max_port")
+        if min_port > max_port:
+            raise LocalProtocolError(f"min_port {min_port} must be <= max_port {max_port}")
+        if not callable(rng):
+            raise LocalProtocolError(f"rng must be a function rng(n) -> n random bytes, not {rng!r}")
+        seconds(reservation_lifetime, "reservation_lifetime")
+        count(rcvbuf, "rcvbuf", 0)
         self._ips: dict[int, list[str]] = {}
-        for ip in ips:
-            try:
-                parsed = ipaddress.ip_address(ip)
-            except ValueError as exc:
-                raise LocalProtocolError(f"relay IP {ip!r} is not an IP address") from exc
+        for i, ip in enumerate(ip_address_list(ips, "ips") or ()):
+            parsed = ipaddress.ip_address(ip)
             if parsed.is_unspecified or parsed.is_multicast:
-                raise LocalProtocolError(f"relay IP {ip} must be a specific unicast address")
+                raise LocalProtocolError(
+                    f"ips[{i}]: relay IP {ip} must be a specific unicast address"
+                )
             family = _IPV4 if parsed.version == 4 else _IPV6
             text = canonical_address((str(parsed), 0))[0]
             if text not in self._ips.setdefault(family, []):

@@ -2,7 +2,8 @@
 
 Must-show 1: every public entry point given a malformed argument raises a typed error naming
 the argument, and a spy on real sockets (``socket.socket`` wrapped so that every bind, listen,
-connect and send is recorded) proves nothing was bound or sent. Must-show 2 (gathering): a STUN or TURN server on a
+connect and send is recorded, and ``socket.getaddrinfo``, whose name lookups send DNS queries)
+proves nothing was resolved, bound or sent. Must-show 2 (gathering): a STUN or TURN server on a
 closed port is a gathering failure naming the address as unreachable, not a timeout; the same
 for RFC 5780 NAT discovery (``discover_nat``, ``anchor stun --nat``), whose socket is not
 connected, at the primary or at the alternate address.
@@ -18,8 +19,10 @@ from typing import Any
 
 import pytest
 
+import anchor_stun
 from anchor_cli import turn as turn_cli
 from anchor_cli.main import build_parser
+from anchor_ice.agent import IceAgent
 from anchor_ice.aio.connection import Connection, IceFailedError
 from anchor_ice.aio.gather import (
     GatheredSocket,
@@ -27,7 +30,9 @@ from anchor_ice.aio.gather import (
     TurnServerConfig,
     turn_server_configs,
 )
-from anchor_ice.candidate import Candidate
+from anchor_ice.candidate import Candidate, CandidateType, candidate_priority, pair_priority
+from anchor_ice.nominator import GatewayNominator, RelayOnly, StandardNominator
+from anchor_ice.sdp import parse
 from anchor_link.aio.endpoint import LinkEndpoint
 from anchor_link.aio.signal import (
     InProcessSignalling,
@@ -35,12 +40,33 @@ from anchor_link.aio.signal import (
     WebSocketSignalling,
     serve_rendezvous,
 )
-from anchor_link.state import LinkFormationFailed
-from anchor_stun.aio.net import binding_request, discover_nat
+from anchor_link.congestion import Cubic, NewReno, Pacer
+from anchor_link.handshake import LinkHandshake, TrickleBox
+from anchor_link.identity import (
+    Identity,
+    format_public,
+    load_identity,
+    load_or_create_identity,
+)
+from anchor_link.reliable import ReliableChannel
+from anchor_link.seal import Sealer
+from anchor_link.state import LinkFormationFailed, LinkMachine
+from anchor_link.trust import KnownPeers, TrustPolicy
+from anchor_stun import address
+from anchor_stun.address import parse_address
+from anchor_stun.aio import net
+from anchor_stun.aio.net import (
+    StunServerRunner,
+    StunTransport,
+    binding_request,
+    client_tls_context,
+    discover_nat,
+)
 from anchor_stun.attributes import (
     AddressErrorCode,
     AttrType,
     ChangeRequest,
+    Data,
     ErrorCode,
     ErrorCodeAttribute,
     OtherAddress,
@@ -48,9 +74,14 @@ from anchor_stun.attributes import (
     RequestedAddressFamily,
     RequestedTransport,
     UnknownAttributes,
+    Username,
     XorMappedAddress,
     enum_member,
+    pack_ip,
+    unpack_ip,
 )
+from anchor_stun.budget import AnswerBudget
+from anchor_stun.check import CheckKey
 from anchor_stun.errors import (
     AllocationError,
     DestinationUnreachable,
@@ -59,14 +90,30 @@ from anchor_stun.errors import (
     TransactionTimeout,
     error_text,
 )
-from anchor_stun.message import Message, MessageClass, Method
+from anchor_stun.events import format_address
+from anchor_stun.integrity import (
+    LongTermCredentials,
+    long_term_key,
+    opaque_string,
+    short_term_key,
+    turn_rest_password,
+    userhash,
+)
+from anchor_stun.message import HmacKey, Message, MessageClass, Method
+from anchor_stun.nat import NatDiscovery
 from anchor_stun.server import StunServer
+from anchor_stun.transaction import ClientTransaction, StunClient
+from anchor_turn.aio.check import CheckConfig, run_check
 from anchor_turn.aio.client import TurnConnection
 from anchor_turn.aio.server import TurnServerRunner, UdpRelayAllocator, loopback_runner
-from anchor_turn.auth import StaticUsers
+from anchor_turn.auth import ChainedBackend, RestSecret, SqliteUsers, StaticUsers
+from anchor_turn.channeldata import encode_channel_data
 from anchor_turn.client import TurnClient
 from anchor_turn.events import AllocationCreated
+from anchor_turn.nonce_auth import NonceAuthenticator
+from anchor_turn.peer_filter import PeerFilter, SelfAddresses
 from anchor_turn.server import AllocationCreatedEvent, TurnServer
+from anchor_turn.uri import parse_turn_uri
 from tests.helpers import ANCHOR, free_port, free_port_block, run_anchor
 
 LOOPBACK = "127.0.0.1"
@@ -122,7 +169,14 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Spy]:
             self._note("listen", None)
             super().listen(*args)
 
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        record.calls.append(("getaddrinfo", host))  # a name lookup may send a DNS query
+        return real_getaddrinfo(host, *args, **kwargs)
+
     monkeypatch.setattr(socket, "socket", SpySocket)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     yield record
 
 
@@ -140,6 +194,33 @@ def _turn_core() -> TurnServer:
         realm="r", auth=StaticUsers({"u": "p"}, realm="r"), relay=UdpRelayAllocator([LOOPBACK]),
         stun=StunServer(primary=GOOD), allow_loopback_peers=True,
     )
+
+
+def _request() -> bytes:
+    return Message(Method.BINDING, MessageClass.REQUEST, b"t" * 12).encode()
+
+
+def _encoded(attribute: Any) -> bytes:
+    return Message(Method.BINDING, MessageClass.INDICATION, b"t" * 12, [attribute]).encode()
+
+
+def _users() -> StaticUsers:
+    return StaticUsers({"u": "p"}, realm="r")
+
+
+def _turn_server(**kw: Any) -> TurnServer:
+    options: dict[str, Any] = {
+        "realm": "r", "auth": _users(), "relay": UdpRelayAllocator([LOOPBACK]), **kw,
+    }
+    return TurnServer(**options)
+
+
+def _candidate(**kw: Any) -> Candidate:
+    fields: dict[str, Any] = {
+        "foundation": "1", "component": 1, "transport": "udp", "priority": 2130706431,
+        "ip": LOOPBACK, "port": 5000, "type": CandidateType.HOST, **kw,
+    }
+    return Candidate(**fields)
 
 
 class _NotARouter:
@@ -299,6 +380,299 @@ CASES: list[tuple[str, Callable[[], Any], str]] = [
      lambda: loopback_runner(3478, {"u": "p"}, "r", tcp_port=70000), "tcp_port"),
     ("loopback_runner tls_port", lambda: loopback_runner(3478, {"u": "p"}, "r", tls_port=5349),
      "tls_port needs a tls_context"),
+    # the cores take "ip:port" text as the adapters do (an IP literal: a core resolves nothing)
+    ("StunServer primary name", lambda: StunServer(primary="localhost:3478"), "primary"),
+    ("StunServer primary text", lambda: StunServer(primary="127.0.0.1:x"), "primary"),
+    ("StunServer primary type", lambda: StunServer(primary=3478), "primary"),  # type: ignore[arg-type]
+    ("StunServer other", lambda: StunServer(primary=GOOD, other=("stun.example", 3479)),
+     "other"),
+    ("StunServer mtu", lambda: StunServer(primary=GOOD, mtu="1500"), "mtu"),  # type: ignore[arg-type]
+    ("StunServer software", lambda: StunServer(primary=GOOD, software=5), "software"),  # type: ignore[arg-type]
+    ("StunServer budget", lambda: StunServer(primary=GOOD, budget=5), "budget"),  # type: ignore[arg-type]
+    ("TurnClient server name", lambda: TurnClient(("turn.example", 3478), "u", "p"), "server"),
+    ("TurnClient server text", lambda: TurnClient("127.0.0.1:99999", "u", "p"), "server"),
+    ("TurnClient server IPv6 text", lambda: TurnClient("::1:3478:x", "u", "p"), "server"),
+    ("TurnClient username None", lambda: TurnClient(GOOD, None, "p"), "username"),  # type: ignore[arg-type]
+    ("TurnClient username empty", lambda: TurnClient(GOOD, "", "p"), "username"),
+    ("TurnClient username control", lambda: TurnClient(GOOD, "u\x00", "p"), "username"),
+    ("TurnClient password None", lambda: TurnClient(GOOD, "u", None), "password"),  # type: ignore[arg-type]
+    ("TurnClient rto", lambda: TurnClient(GOOD, "u", "p", rto="1"), "rto"),  # type: ignore[arg-type]
+    ("TurnClient rc", lambda: TurnClient(GOOD, "u", "p", rc=0), "rc"),
+    ("TurnClient refresh_margin",
+     lambda: TurnClient(GOOD, "u", "p", refresh_margin=None), "refresh_margin"),  # type: ignore[arg-type]
+    ("TurnClient reservation_token",
+     lambda: TurnClient(GOOD, "u", "p", reservation_token="12345678"), "reservation_token"),  # type: ignore[arg-type]
+    ("TurnClient software", lambda: TurnClient(GOOD, "u", "p", software=5), "software"),  # type: ignore[arg-type]
+    # credential back-ends
+    ("StaticUsers users", lambda: StaticUsers("u:p", realm="r"), "users"),  # type: ignore[arg-type]
+    ("StaticUsers name", lambda: StaticUsers({"": "p"}, realm="r"), "users: a name"),
+    ("StaticUsers password", lambda: StaticUsers({"u": None}, realm="r"),  # type: ignore[dict-item]
+     "users['u']: the password"),
+    ("StaticUsers realm", lambda: StaticUsers({"u": "p"}, realm=""), "realm"),
+    ("SqliteUsers path", lambda: SqliteUsers(5), "path"),  # type: ignore[arg-type]
+    ("SqliteUsers reload_interval", lambda: SqliteUsers(":memory:", reload_interval=0),
+     "reload_interval"),
+    ("RestSecret secret", lambda: RestSecret("", clock=float), "secret"),
+    ("RestSecret clock", lambda: RestSecret("s", clock=5), "clock"),  # type: ignore[arg-type]
+    ("ChainedBackend", lambda: ChainedBackend(StaticUsers({}, realm="r"), "x"),  # type: ignore[arg-type]
+     "backends[1]"),
+    # TurnConnection: options are checked before the name is resolved
+    ("TurnConnection.connect option",
+     lambda: TurnConnection.connect("turn.example:3478", "u", "p", rto=0), "rto"),
+    ("TurnConnection.connect unknown option",
+     lambda: TurnConnection.connect(GOOD, "u", "p", bogus=1), "bogus"),
+    ("TurnConnection.connect ssl_context",
+     lambda: TurnConnection.connect(GOOD, "u", "p", "tls", ssl_context="x"),  # type: ignore[arg-type]
+     "ssl_context"),
+    ("TurnConnection.connect max_queue",
+     lambda: TurnConnection.connect(GOOD, "u", "p", max_queue=0), "max_queue"),
+    ("TurnConnection.connect on_data",
+     lambda: TurnConnection.connect(GOOD, "u", "p", on_data=5), "on_data"),  # type: ignore[arg-type]
+    ("TurnConnection.over send",
+     lambda: TurnConnection.over("x", GOOD, "u", "p", local=(LOOPBACK, 1)), "send"),  # type: ignore[arg-type]
+    ("TurnConnection.over local",
+     lambda: TurnConnection.over(_send, GOOD, "u", "p", local="x"), "local"),  # type: ignore[arg-type]
+    # the ICE connection, its gatherer and its agent
+    ("Connection checking_timeout", lambda: Connection(True, checking_timeout=-1),
+     "checking_timeout"),
+    ("Connection stun_server colons", lambda: Connection(True, stun_server="::::"),
+     "stun_server"),
+    ("Connection stun_server host",
+     lambda: Connection(True, stun_server=("stun example", 3478)), "stun_server"),
+    ("Connection host_ips item", lambda: Connection(True, host_ips=["not-an-ip"]),
+     "host_ips[0]"),
+    ("Connection host_ips", lambda: Connection(True, host_ips=LOOPBACK), "host_ips"),
+    ("Connection interfaces", lambda: Connection(True, interfaces="eth0"), "interfaces"),
+    ("Connection gather_timeout", lambda: Connection(True, gather_timeout=0), "gather_timeout"),
+    ("Connection release_timeout", lambda: Connection(True, release_timeout=-1),
+     "release_timeout"),
+    ("Connection ta", lambda: Connection(True, ta="5ms"), "ta"),  # type: ignore[arg-type]
+    ("Connection components", lambda: Connection(True, components=0), "components"),
+    ("Connection local_username", lambda: Connection(True, local_username="a"),
+     "local_username"),
+    ("Connection local_password", lambda: Connection(True, local_password=5),  # type: ignore[arg-type]
+     "local_password"),
+    ("Connection agent_options", lambda: Connection(True, agent_options={"bogus": 1}),
+     "agent_options"),
+    ("Connection agent_options value", lambda: Connection(True, agent_options={"check_rc": 0}),
+     "check_rc"),
+    ("Connection nominator", lambda: Connection(True, nominator="gateway"), "nominator"),  # type: ignore[arg-type]
+    ("Connection rng", lambda: Connection(True, rng=5), "rng"),  # type: ignore[arg-type]
+    ("Connection pacer", lambda: Connection(True, pacer=5), "pacer"),  # type: ignore[arg-type]
+    ("Connection turn_ssl_context",
+     lambda: Connection(True, turn_server=GOOD, turn_username="u", turn_password="p",
+                        turn_transport="tcp", turn_ssl=True, turn_ssl_context="x"),
+     "turn_ssl_context"),
+    ("Gatherer host_ips item", lambda: Gatherer(["localhost"]), "host_ips[0]"),
+    ("Gatherer timeout", lambda: Gatherer([LOOPBACK], timeout="5"), "timeout"),  # type: ignore[arg-type]
+    ("Gatherer stun_rto", lambda: Gatherer([LOOPBACK], stun_rto=0), "stun_rto"),
+    ("Gatherer turn_options", lambda: Gatherer([LOOPBACK], turn_options={"rto": 0}),
+     "turn_options: rto"),
+    ("Gatherer turn_options unknown", lambda: Gatherer([LOOPBACK], turn_options={"x": 1}),
+     "turn_options"),
+    ("Gatherer software", lambda: Gatherer([LOOPBACK], software=5), "software"),  # type: ignore[arg-type]
+    ("TurnServerConfig username control",
+     lambda: TurnServerConfig(GOOD, "a\x07", "b"), "TurnServerConfig username"),
+    ("TurnServerConfig host", lambda: TurnServerConfig(("turn example", 3478), "a", "b"),
+     "TurnServerConfig address"),
+    ("TurnServerConfig ssl_context",
+     lambda: TurnServerConfig(GOOD, "a", "b", "tls", ssl_context="x"),  # type: ignore[arg-type]
+     "TurnServerConfig ssl_context"),
+    ("TurnServerConfig server_name",
+     lambda: TurnServerConfig(GOOD, "a", "b", "tls", server_name=""),
+     "TurnServerConfig server_name"),
+    ("IceAgent checking_timeout",
+     lambda: IceAgent(controlling=True, checking_timeout=-1), "checking_timeout"),
+    ("IceAgent local_ufrag", lambda: IceAgent(controlling=True, local_ufrag=5),  # type: ignore[arg-type]
+     "local_ufrag"),
+    ("IceAgent tie_breaker", lambda: IceAgent(controlling=True, tie_breaker=-1), "tie_breaker"),
+    ("IceAgent check_rc", lambda: IceAgent(controlling=True, check_rc="7"), "check_rc"),  # type: ignore[arg-type]
+    ("IceAgent max_pairs", lambda: IceAgent(controlling=True, max_pairs=0), "max_pairs"),
+    # the link endpoint, its channel and its trust
+    ("LinkEndpoint signalling URL", lambda: LinkEndpoint("a", "ws://127.0.0.1:8765"),  # type: ignore[arg-type]
+     "signalling"),
+    ("LinkEndpoint signalling None", lambda: LinkEndpoint("a", None), "signalling"),  # type: ignore[arg-type]
+    ("LinkEndpoint name empty", lambda: LinkEndpoint("", InProcessSignalling()), "name"),
+    ("LinkEndpoint name type", lambda: LinkEndpoint(5, InProcessSignalling()), "name"),  # type: ignore[arg-type]
+    ("LinkEndpoint idle_timeout", lambda: _endpoint(idle_timeout="30"), "idle_timeout"),  # type: ignore[arg-type]
+    ("LinkEndpoint form_timeout", lambda: _endpoint(form_timeout=0), "form_timeout"),
+    ("LinkEndpoint delivery_timeout", lambda: _endpoint(delivery_timeout=-1),
+     "delivery_timeout"),
+    ("LinkEndpoint host_ips item",
+     lambda: LinkEndpoint("a", InProcessSignalling(), host_ips=["localhost"]), "host_ips[0]"),
+    ("LinkEndpoint nominator", lambda: _endpoint(nominator="relay"), "nominator"),  # type: ignore[arg-type]
+    ("LinkEndpoint identity", lambda: _endpoint(identity=5), "identity"),  # type: ignore[arg-type]
+    ("LinkEndpoint trusted_peers", lambda: _endpoint(trusted_peers=["b"]), "trusted_peers"),  # type: ignore[arg-type]
+    ("LinkEndpoint trusted_peers key", lambda: _endpoint(trusted_peers={"b": "anchor1:x"}),
+     "trusted_peers['b']"),
+    ("LinkEndpoint known_peers", lambda: _endpoint(known_peers=5), "known_peers"),  # type: ignore[arg-type]
+    ("LinkEndpoint mtu", lambda: _endpoint(mtu="1200"), "mtu"),  # type: ignore[arg-type]
+    ("LinkEndpoint max_message", lambda: _endpoint(max_message=-1), "max_message"),
+    ("LinkEndpoint on_message", lambda: _endpoint(on_message=5), "on_message"),  # type: ignore[arg-type]
+    ("LinkEndpoint on_event", lambda: _endpoint(on_event="print"), "on_event"),  # type: ignore[arg-type]
+    ("LinkEndpoint rng", lambda: _endpoint(rng=5), "rng"),  # type: ignore[arg-type]
+    ("LinkEndpoint connection_options",
+     lambda: _endpoint(connection_options=[("gather_timeout", 5)]), "connection_options"),  # type: ignore[arg-type]
+    ("LinkEndpoint connection_options unknown",
+     lambda: _endpoint(connection_options={"gather_timout": 5}), "connection_options"),
+    ("LinkEndpoint connection_options set by the endpoint",
+     lambda: _endpoint(connection_options={"host_ips": [LOOPBACK]}), "connection_options"),
+    ("LinkEndpoint connection_options value",
+     lambda: _endpoint(connection_options={"gather_timeout": 0}),
+     "connection_options: gather_timeout"),
+    ("ReliableChannel mtu", lambda: ReliableChannel(mtu="1200"), "mtu"),  # type: ignore[arg-type]
+    ("ReliableChannel seal", lambda: ReliableChannel(seal="x"), "seal"),  # type: ignore[arg-type]
+    ("ReliableChannel idle_timeout", lambda: ReliableChannel(idle_timeout=0), "idle_timeout"),
+    ("ReliableChannel rng", lambda: ReliableChannel(rng=5), "rng"),  # type: ignore[arg-type]
+    ("ReliableChannel now", lambda: ReliableChannel(now="0"), "now"),  # type: ignore[arg-type]
+    ("TrustPolicy trusted_peers", lambda: TrustPolicy(["b"]), "trusted_peers"),  # type: ignore[arg-type]
+    ("TrustPolicy known_peers", lambda: TrustPolicy(known_peers=5), "known_peers"),  # type: ignore[arg-type]
+    ("KnownPeers path", lambda: KnownPeers(5), "path"),  # type: ignore[arg-type]
+    # the sweep of the package roots' other names: anchor_stun
+    ("binding_request ssl_context",
+     lambda: binding_request(GOOD, "tls", ssl_context="x"), "ssl_context"),  # type: ignore[arg-type]
+    ("binding_request server_hostname",
+     lambda: binding_request(GOOD, "tls", server_hostname=""), "server_hostname"),
+    ("binding_request software", lambda: binding_request(GOOD, software=5), "software"),  # type: ignore[arg-type]
+    ("binding_request rng", lambda: binding_request(GOOD, rng=5), "rng"),  # type: ignore[arg-type]
+    ("discover_nat local", lambda: discover_nat(GOOD, local="x"), "local"),  # type: ignore[arg-type]
+    ("discover_nat software", lambda: discover_nat(GOOD, software=5), "software"),  # type: ignore[arg-type]
+    ("discover_nat host", lambda: discover_nat(("stun example", 3478)), "server"),
+    ("StunTransport.connect transport",
+     lambda: StunTransport.connect(GOOD, "sctp"), "transport"),  # type: ignore[arg-type]
+    ("StunTransport.connect local",
+     lambda: StunTransport.connect(GOOD, local=("localhost", 0)), "local"),
+    ("StunTransport.connect ssl_context",
+     lambda: StunTransport.connect(GOOD, "tls", ssl_context="x"), "ssl_context"),  # type: ignore[arg-type]
+    ("StunTransport.connect timeout", lambda: StunTransport.connect(GOOD, timeout=0), "timeout"),
+    ("StunServerRunner core", lambda: StunServerRunner(object()), "core"),  # type: ignore[arg-type]
+    ("StunServerRunner limits",
+     lambda: StunServerRunner(StunServer(primary=GOOD), limits=5), "limits"),  # type: ignore[arg-type]
+    ("StunServerRunner.start tls_context",
+     lambda: StunServerRunner(StunServer(primary=(LOOPBACK, 0))).start(tls_context="x"),  # type: ignore[arg-type]
+     "tls_context"),
+    ("client_tls_context ca_file", lambda: client_tls_context(5), "ca_file"),  # type: ignore[arg-type]
+    ("NatDiscovery server name", lambda: NatDiscovery(("stun.example", 3478), 0.0), "server"),
+    ("NatDiscovery local", lambda: NatDiscovery(GOOD, 0.0, local="x"), "local"),  # type: ignore[arg-type]
+    ("NatDiscovery rc", lambda: NatDiscovery(GOOD, 0.0, rc=0), "rc"),
+    ("NatDiscovery now", lambda: NatDiscovery(GOOD, "0"), "now"),  # type: ignore[arg-type]
+    ("StunClient rto", lambda: StunClient(rto=-1), "rto"),
+    ("StunClient rm", lambda: StunClient(rm="16"), "rm"),  # type: ignore[arg-type]
+    ("StunClient.send_request data", lambda: StunClient().send_request("x", GOOD, 0.0),  # type: ignore[arg-type]
+     "data"),
+    ("StunClient.send_request addr",
+     lambda: StunClient().send_request(_request(), "127.0.0.1", 0.0), "addr"),  # type: ignore[arg-type]
+    ("ClientTransaction rto", lambda: ClientTransaction(_request(), GOOD, 0.0, rto="1"), "rto"),  # type: ignore[arg-type]
+    ("AnswerBudget rate", lambda: AnswerBudget(rate=-1), "rate"),
+    ("AnswerBudget burst", lambda: AnswerBudget(burst="5"), "burst"),  # type: ignore[arg-type]
+    ("AnswerBudget v4_prefix", lambda: AnswerBudget(v4_prefix=40), "v4_prefix"),
+    ("HmacKey key", lambda: HmacKey("secret"), "key"),  # type: ignore[arg-type]
+    ("CheckKey key", lambda: CheckKey(None), "key"),  # type: ignore[arg-type]
+    ("LongTermCredentials username", lambda: LongTermCredentials(None, "p"), "username"),  # type: ignore[arg-type]
+    ("LongTermCredentials password", lambda: LongTermCredentials("u", ""), "password"),
+    ("LongTermCredentials algorithms", lambda: LongTermCredentials("u", "p", algorithms=(7,)),
+     "algorithms"),
+    ("long_term_key realm", lambda: long_term_key("u", None, "p"), "realm"),  # type: ignore[arg-type]
+    ("long_term_key algorithm", lambda: long_term_key("u", "r", "p", 7), "algorithm"),
+    ("opaque_string", lambda: opaque_string(None), "value"),  # type: ignore[arg-type]
+    ("short_term_key", lambda: short_term_key(None), "password"),  # type: ignore[arg-type]
+    ("userhash", lambda: userhash(None, "r"), "username"),  # type: ignore[arg-type]
+    ("turn_rest_password", lambda: turn_rest_password(None, "u"), "secret"),  # type: ignore[arg-type]
+    ("pack_ip text", lambda: pack_ip("localhost"), "ip"),
+    ("pack_ip type", lambda: pack_ip(5), "ip"),  # type: ignore[arg-type]
+    ("unpack_ip", lambda: unpack_ip(1, b"12"), "packed"),
+    ("format_address", lambda: format_address("127.0.0.1:3478"), "addr"),  # type: ignore[arg-type]
+    ("parse_address", lambda: parse_address(3478), "text"),  # type: ignore[arg-type]
+    ("Data value", lambda: _encoded(Data("x")), "Data value"),  # type: ignore[arg-type]
+    ("Username value", lambda: _encoded(Username(5)), "Username value"),  # type: ignore[arg-type]
+    # anchor_turn
+    ("run_check config", lambda: run_check("127.0.0.1:3478"), "config"),  # type: ignore[arg-type]
+    ("run_check ids", lambda: run_check(CheckConfig(GOOD), ids="turn.release"), "ids"),
+    ("CheckConfig server name", lambda: CheckConfig(("turn.example", 3478)),
+     "CheckConfig server"),
+    ("CheckConfig ssl_context", lambda: CheckConfig(GOOD, "tls", ssl_context="x"),  # type: ignore[arg-type]
+     "CheckConfig ssl_context"),
+    ("NonceAuthenticator realm", lambda: NonceAuthenticator(realm="", backend=_users(), rng=bytes),
+     "realm"),
+    ("NonceAuthenticator backend",
+     lambda: NonceAuthenticator(realm="r", backend=object(), rng=bytes), "backend"),  # type: ignore[arg-type]
+    ("NonceAuthenticator nonce_lifetime",
+     lambda: NonceAuthenticator(realm="r", backend=_users(), rng=bytes, nonce_lifetime=0),
+     "nonce_lifetime"),
+    ("NonceAuthenticator password_algorithms",
+     lambda: NonceAuthenticator(realm="r", backend=_users(), rng=bytes, password_algorithms=(9,)),
+     "password_algorithms"),
+    ("NonceAuthenticator secret",
+     lambda: NonceAuthenticator(realm="r", backend=_users(), rng=bytes, secret="s" * 32),  # type: ignore[arg-type]
+     "secret"),
+    ("PeerFilter allow text", lambda: PeerFilter(allow="10.0.0.0/8"), "allow"),
+    ("PeerFilter deny item", lambda: PeerFilter(deny=["10.0.0.0/8", "ten"]), "deny[1]"),
+    ("SelfAddresses item", lambda: SelfAddresses([GOOD, ("x y", 1)]), "addresses[1]"),
+    ("TurnServer auth", lambda: _turn_server(auth=object()), "auth"),
+    ("TurnServer relay", lambda: _turn_server(relay=object()), "relay"),
+    ("TurnServer stun", lambda: _turn_server(stun="127.0.0.1:3478"), "stun"),
+    ("TurnServer default_lifetime", lambda: _turn_server(default_lifetime=-5),
+     "default_lifetime"),
+    ("TurnServer lifetimes", lambda: _turn_server(default_lifetime=7200), "max_lifetime"),
+    ("TurnServer permission_lifetime", lambda: _turn_server(permission_lifetime="300"),
+     "permission_lifetime"),
+    ("TurnServer allow_peers", lambda: _turn_server(allow_peers="10.0.0.0/8"), "allow_peers"),
+    ("TurnServer self_addresses", lambda: _turn_server(self_addresses=[("x y", 1)]),
+     "self_addresses[0]"),
+    ("TurnServer address_families", lambda: _turn_server(address_families=(3,)),
+     "address_families"),
+    ("TurnServer user_quota", lambda: _turn_server(user_quota=-1), "user_quota"),
+    ("TurnServer unauthenticated_rate", lambda: _turn_server(unauthenticated_rate=0),
+     "unauthenticated_rate"),
+    ("TurnServer nonce_secret", lambda: _turn_server(nonce_secret=b"short"), "nonce_secret"),
+    ("TurnServer peer_filter", lambda: _turn_server(peer_filter="10.0.0.0/8"), "peer_filter"),
+    ("TurnServer external", lambda: _turn_server(external=["203.0.113.1"]), "external"),
+    ("UdpRelayAllocator ips text", lambda: UdpRelayAllocator(LOOPBACK), "ips"),
+    ("UdpRelayAllocator ips name", lambda: UdpRelayAllocator(["localhost"]), "ips[0]"),
+    ("UdpRelayAllocator min_port", lambda: UdpRelayAllocator([LOOPBACK], min_port=70000),
+     "min_port"),
+    ("UdpRelayAllocator port range",
+     lambda: UdpRelayAllocator([LOOPBACK], min_port=60000, max_port=50000), "min_port"),
+    ("UdpRelayAllocator reservation_lifetime",
+     lambda: UdpRelayAllocator([LOOPBACK], reservation_lifetime=0), "reservation_lifetime"),
+    ("encode_channel_data channel", lambda: encode_channel_data(5, b"x"), "channel"),
+    ("encode_channel_data data", lambda: encode_channel_data(0x4000, "x"), "data"),  # type: ignore[arg-type]
+    ("parse_turn_uri type", lambda: parse_turn_uri(3478), "uri"),  # type: ignore[arg-type]
+    ("parse_turn_uri host", lambda: parse_turn_uri("turn:a b:3478"), "TURN URI"),
+    # anchor_ice
+    ("Connection.add_remote_candidate type",
+     lambda: Connection(True).add_remote_candidate(5), "candidate"),  # type: ignore[arg-type]
+    ("Connection.add_remote_candidate port",
+     lambda: Connection(True).add_remote_candidate(_candidate(port=70000)), "candidate: port"),
+    ("IceAgent.add_remote_candidate component",
+     lambda: IceAgent(controlling=True).add_remote_candidate(_candidate(component=0)),
+     "candidate: component"),
+    ("GatewayNominator grace", lambda: GatewayNominator(grace=-1), "grace"),
+    ("StandardNominator settle", lambda: StandardNominator(settle="1"), "settle"),  # type: ignore[arg-type]
+    ("RelayOnly settle", lambda: RelayOnly(settle=-1), "settle"),
+    ("candidate_priority type_", lambda: candidate_priority("bogus"), "type_"),
+    ("candidate_priority component", lambda: candidate_priority("host", 0), "component"),
+    ("candidate_priority local_preference",
+     lambda: candidate_priority("host", 1, 70000), "local_preference"),
+    ("pair_priority", lambda: pair_priority(-1, 5), "controlling"),
+    ("parse text", lambda: parse(b"v=0"), "text"),  # type: ignore[arg-type]
+    # anchor_link
+    ("Cubic max_datagram_size", lambda: Cubic(0), "max_datagram_size"),
+    ("NewReno max_datagram_size", lambda: NewReno("1200"), "max_datagram_size"),  # type: ignore[arg-type]
+    ("Pacer burst", lambda: Pacer(0), "burst"),
+    ("LinkHandshake identity", lambda: LinkHandshake("key", initiator=True, prologue=b""),  # type: ignore[arg-type]
+     "identity"),
+    ("LinkHandshake prologue",
+     lambda: LinkHandshake(Identity.generate(), initiator=True, prologue="x"), "prologue"),  # type: ignore[arg-type]
+    ("LinkMachine peer", lambda: LinkMachine("", offerer=True, now=0.0), "peer"),
+    ("LinkMachine form_timeout",
+     lambda: LinkMachine("b", offerer=True, now=0.0, form_timeout=0), "form_timeout"),
+    ("Sealer", lambda: Sealer(b"short", bytes(32), bytes(32), bytes(32)), "send_key"),
+    ("TrickleBox", lambda: TrickleBox(bytes(32), b"short"), "recv_key"),
+    ("format_public", lambda: format_public(b"x"), "public"),
+    ("load_identity", lambda: load_identity(5), "path"),  # type: ignore[arg-type]
+    ("load_or_create_identity", lambda: load_or_create_identity(None), "path"),  # type: ignore[arg-type]
+    ("Identity", lambda: Identity("x", b"1"), "private"),  # type: ignore[arg-type]
 ]
 
 
@@ -355,6 +729,51 @@ def test_the_issues_examples_are_read_as_meant() -> None:
                       turn_servers=[("127.0.0.1:3479", "u", "p")])
     assert conn.stun_servers == [GOOD, GOOD]
     assert conn.turn_servers[0].address == (LOOPBACK, 3479)
+
+
+@pytest.mark.parametrize("command", [
+    ["ice", "--controlling"],
+    ["pipe", "--signal", "ws://127.0.0.1:9", "--name", "a", "--peer", "b"],
+])
+def test_a_host_name_as_host_ip_is_refused_naming_the_option(command: list[str]) -> None:
+    """--host-ip takes IP addresses (a name would be looked up when gathering): the command
+    line says which option is wrong before anything starts."""
+    result = run_anchor(*command, "--host-ip", "localhost", timeout=30)
+    assert result.returncode == 2
+    assert "argument --host-ip: 'localhost' is not an IP address" in result.stderr
+
+
+def test_the_cores_read_addresses_as_the_adapters_do() -> None:
+    """One parser for all (anchor_stun.address, sans-I/O, re-exported by the adapters): the
+    cores take "ip:port" text as the adapters do, an IP literal only (a core resolves
+    nothing), and valid input reads as before."""
+    assert net.server_address is address.server_address
+    assert net.parse_address is address.parse_address is anchor_stun.parse_address
+    # StunServer: a listener's address, port 0 meaning any free port
+    assert StunServer(primary="127.0.0.1:3478").primary == GOOD
+    assert StunServer(primary="127.0.0.1").primary == GOOD  # RFC 8489 §6.2.4's port
+    assert StunServer(primary="[::1]:0").primary == ("::1", 0)
+    rfc5780 = StunServer(primary="127.0.0.1:3478", other="127.0.0.2:3479")
+    assert rfc5780.other == ("127.0.0.2", 3479)
+    assert StunServer(primary=GOOD).primary == GOOD  # the tuple form, unchanged
+    # TurnClient: 3478, or 5349 over TLS (RFC 8656 §3.1), when the text has no port
+    assert TurnClient("127.0.0.1:3478", "u", "p").server == GOOD
+    assert TurnClient("[::1]", "u", "p", transport="tls").server == ("::1", 5349)
+    assert TurnClient(GOOD, "u", "p").server == GOOD
+    # NatDiscovery, the third core that takes a server
+    assert NatDiscovery("127.0.0.1:3478", 0.0).server == GOOD
+    # the forms a host may take, the same for every entry point
+    for text, parsed in (
+        ("stun.example.org:3478", ("stun.example.org", 3478)),
+        ("[2001:db8::1]:3478", ("2001:db8::1", 3478)),
+        ("2001:db8::1", ("2001:db8::1", 3478)),
+        ("fe80::1%eth0", ("fe80::1%eth0", 3478)),
+        ("_stun._udp.example:1", ("_stun._udp.example", 1)),
+    ):
+        assert address.server_address(text) == parsed
+    for bad in ("::::", "a b:1", "[stun.example]:1", "1.2.3.999", "host:", ":1", "-a.example"):
+        with pytest.raises(LocalProtocolError, match="server must be"):
+            address.server_address(bad)
 
 
 def test_closed_stun_and_turn_servers_are_named_unreachable_in_gathering() -> None:

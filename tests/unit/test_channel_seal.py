@@ -23,7 +23,6 @@ from anchor_link.reliable import (
     ReliableClosed,
     ReliableState,
     ReplayDetected,
-    SealError,
     is_reliable_frame,
 )
 from anchor_link.seal import (
@@ -34,6 +33,7 @@ from anchor_link.seal import (
     _mask,
     _mask_context,
 )
+from anchor_stun.errors import LocalProtocolError
 from tests.unit.test_channel import Harness, Network, events, flip_bit, mixed_messages
 
 CTX = b"anchor-link/2 test prologue"
@@ -91,7 +91,7 @@ def test_sealers_come_from_the_handshake_and_the_rng_is_the_only_input() -> None
     assert again_a.seal(0xD0, b"same") == frame  # same randomness, same keys
     assert other_a.seal(0xD0, b"same") != frame
     assert seal_b.open(frame) == b"same"
-    with pytest.raises(SealError):
+    with pytest.raises(LocalProtocolError, match="send_key must be a 32-byte key, not 5 bytes"):
         Sealer(b"short", bytes(32), bytes(32), bytes(32))
 
 

@@ -225,20 +225,24 @@ class CheckConfig:
             )
         for name in ("timeout", "quiet", "probe_timeout", "permission_lifetime"):
             positive_timeout(getattr(self, name), f"CheckConfig {name}")
+        if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
+            raise LocalProtocolError(
+                "CheckConfig ssl_context must be an ssl.SSLContext or None, not"
+                f" {type(self.ssl_context).__name__}"
+            )
+        if self.server_hostname is not None and (
+            not isinstance(self.server_hostname, str) or not self.server_hostname
+        ):
+            raise LocalProtocolError(
+                "CheckConfig server_hostname must be a host name or None, not"
+                f" {self.server_hostname!r}"
+            )
 
 
 def _ip_address(value: object, what: str) -> Address:
     """``(ip, port)`` or ``"ip:port"`` as ``(ip, port)``; a host name is refused (the probes
     compare addresses: resolve it first, as ``anchor check`` does)."""
-    host, port = server_address(value, what, default_port=None)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise LocalProtocolError(
-            f"{what} must be an IP address and port, (ip, port) or 'ip:port' (resolve a "
-            f"host name first), not {value!r}"
-        ) from None
-    return (host, port)
+    return server_address(value, what, default_port=None, ip_only=True)
 
 
 # ----------------------------------------------------------------------------- link
@@ -856,7 +860,13 @@ async def run_check(
 
     Raises :class:`CheckError` when the server does not answer at all."""
     if not isinstance(config, CheckConfig):
-        raise TypeError(f"run_check() takes a CheckConfig, not {type(config).__name__}")
+        raise TypeError(
+            f"config must be a CheckConfig (CheckConfig(server=...)), not {type(config).__name__}"
+        )
+    if ids is not None and (isinstance(ids, str) or not all(isinstance(i, str) for i in ids)):
+        raise TypeError(f"ids must be a collection of probe ids (['turn.release']), not {ids!r}")
+    if on_result is not None and not callable(on_result):
+        raise TypeError(f"on_result must be a function or None, not {on_result!r}")
     probes = select_probes(config.only, ids)
     ctx = CheckContext(config)
     results: list[ProbeResult] = []
