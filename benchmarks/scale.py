@@ -14,7 +14,13 @@ success; RFC 8656 §7, RFC 8489 §9.2). Timed per size:
 * **allocate**: the server's own time (``receive_datagram`` + ``datagrams_to_send``) for the
   N allocations, excluding the clients' work; the client objects are dropped once allocated;
 * **memory**: the process RSS (``VmRSS`` of ``/proc/self/status``) after the N allocations,
-  and its growth over the same process before them, per allocation;
+  and its growth over the same process before them, per allocation; and, in a run of its
+  own (``--child turn-heap N``, whose times are not used), the growth of the Python heap as
+  ``tracemalloc`` counts it, per allocation. The per-item comparison uses the heap: the RSS
+  growth of 1,000 allocations is held down by the memory the allocator already had free
+  when the count started (about 0.6 MB of pools that imports left free), which 10,000
+  allocations outgrow, so RSS per item read 1.0 KB at 1,000 and 1.65 KB at 10,000 for the
+  same state;
 * **expire**: ``handle_timer`` at the end of the lifetime, which releases all N allocations
   (and their relayed addresses), the server's time; ``allocation_count()`` must then be 0.
 
@@ -105,8 +111,11 @@ def _client_ip(i: int) -> str:
     return f"127.{1 + (i >> 16) % 254}.{(i >> 8) & 255}.{i & 255}"
 
 
-def turn_child(count: int) -> dict[str, float]:
-    """In this (fresh) process: ``count`` allocations on one TurnServer core."""
+def turn_child(count: int, traced: bool = False) -> dict[str, float]:
+    """In this (fresh) process: ``count`` allocations on one TurnServer core; ``traced``:
+    with ``tracemalloc`` on (its heap figures are filled, its times are slower)."""
+    import tracemalloc
+
     from anchor_turn.auth import StaticUsers
     from anchor_turn.client import TurnClient
     from anchor_turn.events import AllocationCreated
@@ -124,7 +133,10 @@ def turn_child(count: int) -> dict[str, float]:
     )
     now = 1000.0
     clock = time.perf_counter
+    if traced:
+        tracemalloc.start()
     gc.collect()
+    heap_before = tracemalloc.get_traced_memory()[0] if traced else 0
     rss_before = rss_bytes()
     served = 0.0
     receive, output = server.receive_datagram, server.datagrams_to_send
@@ -155,6 +167,7 @@ def turn_child(count: int) -> dict[str, float]:
         raise AssertionError(f"{server.allocation_count()} allocations, not {count}")
     gc.collect()
     rss_after = rss_bytes()
+    heap_after = tracemalloc.get_traced_memory()[0] if traced else 0
     deadline = server.next_timer()
     start = clock()
     server.handle_timer(now + 24 * 3600.0)
@@ -166,6 +179,8 @@ def turn_child(count: int) -> dict[str, float]:
         "count": count,
         "rss_before": rss_before,
         "rss_after": rss_after,
+        "heap_before": heap_before,
+        "heap_after": heap_after,
         "allocate_s": served,
         "expire_s": expired,
         "first_deadline": deadline or 0.0,
@@ -254,7 +269,8 @@ def _child_env() -> dict[str, str]:
 
 
 def run_child(count: int, timeout: float = 300.0, kind: str = "turn") -> dict[str, float]:
-    """One size in a fresh process (``python -m benchmarks.scale --child turn|link N``)."""
+    """One size in a fresh process (``python -m benchmarks.scale --child KIND N``, KIND
+    ``turn``, ``turn-heap`` or ``link``)."""
     try:
         out = subprocess.run(
             [sys.executable, "-m", "benchmarks.scale", "--child", kind, str(count)],
@@ -284,8 +300,12 @@ def run_sizes(
     return runs
 
 
-def summarize(runs: dict[int, list[dict[str, float]]]) -> dict[int, dict[str, float]]:
-    """Medians per size: µs per allocation, µs per expiry, KB per allocation, RSS in MB."""
+def summarize(
+    runs: dict[int, list[dict[str, float]]],
+    heap: dict[int, list[dict[str, float]]] | None = None,
+) -> dict[int, dict[str, float]]:
+    """Medians per size: µs per allocation, µs per expiry, KB of RSS per allocation, RSS in
+    MB; and KB of Python heap per allocation of the traced runs ``heap`` where given."""
     out: dict[int, dict[str, float]] = {}
     for n, items in runs.items():
         out[n] = {
@@ -296,6 +316,10 @@ def summarize(runs: dict[int, list[dict[str, float]]]) -> dict[int, dict[str, fl
             ),
             "rss_mb": statistics.median(r["rss_after"] / 1e6 for r in items),
         }
+        if heap is not None and heap.get(n):
+            out[n]["heap_kb_per_alloc"] = statistics.median(
+                (r["heap_after"] - r["heap_before"]) / n / 1024 for r in heap[n]
+            )
     return out
 
 
@@ -356,15 +380,16 @@ def rows(stats: dict[int, dict[str, float]]) -> list[Result]:
         )
         for n in (middle, large)
     ]
-    # The RSS growth of 100 allocations (a few hundred KB) is within the allocator's
-    # granularity, so the memory per item is compared with 1,000 allocations.
+    # The memory per item: the Python heap (tracemalloc, module docstring), compared with
+    # 1,000 allocations (what 100 add is within the allocator's granularity).
     out.append(
         result(
             "scale",
             "KB/alloc",
-            stats[large]["kb_per_alloc"],
-            stats[middle]["kb_per_alloc"],
-            f"per-item at {middle:,} allocations: RSS growth, at {large:,}",
+            stats[large]["heap_kb_per_alloc"],
+            stats[middle]["heap_kb_per_alloc"],
+            f"per-item at {middle:,} allocations: Python heap growth (tracemalloc), at "
+            f"{large:,}",
         )
     )
     out.append(
@@ -382,7 +407,7 @@ def rows(stats: dict[int, dict[str, float]]) -> list[Result]:
 def measure(quick: bool) -> list[Result]:
     """Per-item cost at each size vs the smallest, and the RSS at the largest."""
     repeats = 1 if quick else 3
-    out = rows(summarize(run_sizes(SIZES, repeats)))
+    out = rows(summarize(run_sizes(SIZES, repeats), run_sizes(SIZES[1:], repeats, "turn-heap")))
     if not link_available():
         print(
             "anchor bench: scale: 100 / 1,000 ephemeral links formed and dissolved: not "
@@ -472,7 +497,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.child:
         kind, count = args.child[0], int(args.child[1])
-        print(json.dumps((link_child if kind == "link" else turn_child)(count)))
+        if kind == "link":
+            print(json.dumps(link_child(count)))
+        else:
+            print(json.dumps(turn_child(count, traced=kind == "turn-heap")))
         return
     repeats = args.repeats or (1 if args.quick else 3)
     if args.links:

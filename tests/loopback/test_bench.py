@@ -225,7 +225,8 @@ def test_every_metric_is_implemented_and_every_row_kind_has_a_target() -> None:
     from benchmarks import channel, scale
 
     stats = {
-        n: {"alloc_us": 1.0, "expire_us": 1.0, "kb_per_alloc": 2.0, "rss_mb": 30.0}
+        n: {"alloc_us": 1.0, "expire_us": 1.0, "kb_per_alloc": 2.0, "rss_mb": 30.0,
+            "heap_kb_per_alloc": 1.5}
         for n in scale.SIZES
     }
     links = {n: {"cpu_ms": 3.0, "kb_per_link": 100.0} for n in scale.LINK_SIZES}
@@ -368,6 +369,11 @@ def test_scale_child_counts_allocations_and_releases_them() -> None:
     assert out["count"] == 100
     assert out["rss_after"] >= out["rss_before"] > 0
     assert out["allocate_s"] > 0 and out["expire_s"] > 0
+    assert out["heap_after"] == out["heap_before"] == 0  # not traced
+    traced = scale.run_child(100, kind="turn-heap")
+    assert traced["count"] == 100
+    # the server's state for 100 allocations is on the heap (a few hundred bytes each)
+    assert traced["heap_after"] - traced["heap_before"] > 100 * 200
 
 
 def test_scale_link_child_forms_and_dissolves_links() -> None:
