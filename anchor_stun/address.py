@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
 
+from anchor_stun.attributes import Software
 from anchor_stun.errors import LocalProtocolError
 
 __all__ = [
@@ -28,12 +30,14 @@ __all__ = [
     "ip_address_list",
     "is_host",
     "is_ip",
+    "option_mapping",
     "parse_address",
     "port_number",
     "positive_timeout",
     "seconds",
     "server_address",
     "server_list",
+    "software_value",
 ]
 
 DEFAULT_PORT = 3478  # RFC 8489 §6.2.4 (UDP/TCP)
@@ -261,3 +265,40 @@ def count(value: object, what: str, low: int = 1, high: int | None = None) -> in
         return value
     bounds = f">= {low}" if high is None else f"{low}-{high}"
     raise LocalProtocolError(f"{what} must be an integer {bounds}, not {value!r}")
+
+
+def option_mapping(
+    value: object, what: str, accepted: Collection[str], example: str
+) -> dict[str, Any]:
+    """Keyword options passed on to another constructor (``agent_options=``,
+    ``connection_options=``), checked where they enter: None (none) or a mapping whose keys
+    are all in ``accepted``, else :class:`LocalProtocolError` naming ``what`` with ``example``
+    (say ``"{'check_rc': 3}"``) or the names accepted. The values are the receiver's to
+    check."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise LocalProtocolError(
+            f"{what} must be a mapping of options ({example}), not {type(value).__name__}"
+        )
+    for key in value:
+        if key not in accepted:
+            raise LocalProtocolError(
+                f"{what}: {key!r} is not an option left open here (those are: "
+                f"{', '.join(sorted(accepted))})"
+            )
+    return dict(value)
+
+
+def software_value(value: object, what: str = "software") -> str | None:
+    """None or a SOFTWARE value (RFC 8489 §14.14: UTF-8, at most 763 bytes) checked where it
+    enters, else :class:`LocalProtocolError` naming ``what``."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise LocalProtocolError(f"{what} must be a string or None, not {value!r}")
+    try:
+        Software(value).encode_value(b"")
+    except (UnicodeError, LocalProtocolError) as exc:
+        raise LocalProtocolError(f"{what} is not a valid SOFTWARE value: {exc}") from None
+    return value

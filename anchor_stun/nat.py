@@ -66,7 +66,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum, auto
 
-from anchor_stun.address import DEFAULT_PORT, count, seconds, server_address
+from anchor_stun.address import DEFAULT_PORT, count, seconds, server_address, software_value
 from anchor_stun.attributes import (
     ChangeRequest,
     MappedAddress,
@@ -236,13 +236,7 @@ class NatDiscovery:
             raise LocalProtocolError(f"now must be a time in seconds, not {now!r}")
         if not callable(rng):
             raise LocalProtocolError(f"rng must be a function rng(n) -> n random bytes, not {rng!r}")
-        if software is not None:
-            if not isinstance(software, str):
-                raise LocalProtocolError(f"software must be a string or None, not {software!r}")
-            try:
-                Software(software).encode_value(b"")
-            except (UnicodeError, LocalProtocolError) as exc:
-                raise LocalProtocolError(f"software is not a valid SOFTWARE value: {exc}") from None
+        software_value(software)
         self.server = server
         """The server's primary address (RFC 5780 §4.1)."""
         self.local = local

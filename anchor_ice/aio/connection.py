@@ -163,7 +163,7 @@ from anchor_ice.events import (
     RestartCompleted,
 )
 from anchor_ice.nominator import GatewayNominator, Nominator, RelayOnly, StandardNominator
-from anchor_stun.address import ip_address_list, seconds
+from anchor_stun.address import ip_address_list, option_mapping, seconds
 from anchor_stun.aio.net import CorePump, TransportName, call_user, credential, server_list
 from anchor_stun.errors import AnchorError, LocalProtocolError
 from anchor_stun.events import Address, StunEvent, Transmit
@@ -230,21 +230,8 @@ def _agent_options(options: object) -> dict[str, Any]:
     """``agent_options`` checked where they enter: a mapping of :class:`IceAgent` keyword
     arguments the connection does not set itself (their values are checked by the agent,
     built next)."""
-    if options is None:
-        return {}
-    if not isinstance(options, Mapping):
-        raise LocalProtocolError(
-            "agent_options must be a mapping of IceAgent options ({'check_rc': 3}), not"
-            f" {type(options).__name__}"
-        )
     accepted = set(inspect.signature(IceAgent).parameters) - _AGENT_SET
-    for name in options:
-        if name not in accepted:
-            raise LocalProtocolError(
-                f"agent_options: {name!r} is not an IceAgent option this connection leaves"
-                f" open (those are: {', '.join(sorted(accepted))})"
-            )
-    return dict(options)
+    return option_mapping(options, "agent_options", accepted, "{'check_rc': 3}")
 
 
 def _as_candidate(candidate: object) -> Candidate:

@@ -204,7 +204,7 @@ from anchor_link.state import (
 )
 from anchor_link.trust import PeerKeyMismatch, TrustPolicy
 from anchor_link.wirejson import loads_object
-from anchor_stun.address import count, ip_address_list, seconds
+from anchor_stun.address import count, ip_address_list, option_mapping, seconds
 from anchor_stun.aio.net import server_list
 from anchor_stun.errors import AnchorError, LocalProtocolError
 from anchor_stun.events import Address
@@ -360,28 +360,18 @@ def _connection_options(
     :class:`Connection` arguments the endpoint leaves open, with values a connection accepts
     (a connection is built and dropped to check them: a plain object until it gathers; its
     random credentials come from a stand-in, so the endpoint's ``rng`` is not drawn from)."""
-    if options is None:
-        return {}
-    if not isinstance(options, Mapping):
-        raise LocalProtocolError(
-            "connection_options must be a mapping of Connection options"
-            f" ({{'gather_timeout': 5}}), not {type(options).__name__}"
-        )
     accepted = set(inspect.signature(Connection).parameters) - _CONNECTION_SET
-    for key in options:
-        if key not in accepted:
-            raise LocalProtocolError(
-                f"connection_options: {key!r} is not a Connection option the endpoint leaves"
-                f" open (those are: {', '.join(sorted(accepted))})"
-            )
+    checked = option_mapping(options, "connection_options", accepted, "{'gather_timeout': 5}")
+    if not checked:
+        return checked
     try:
         Connection(
             True, stun_server=stun, turn_servers=turn, nominator=StandardNominator(),
-            rng=_zero_rng, **options,
+            rng=_zero_rng, **checked,
         )
     except LocalProtocolError as exc:
         raise LocalProtocolError(f"connection_options: {exc}") from None
-    return dict(options)
+    return checked
 
 
 class LinkEndpoint:

@@ -35,6 +35,7 @@ from anchor_stun.address import (
     seconds,
     server_address,
     server_list,
+    software_value,
 )
 from anchor_stun.aio.icmp import enable_icmp_errors, read_icmp_errors
 from anchor_stun.aio.streams import GuardedStream, StreamGuard, StreamLimits
@@ -126,17 +127,6 @@ def _check_tls(ssl_context: object, server_hostname: object) -> None:
         raise LocalProtocolError(
             f"server_hostname must be a host name or None, not {server_hostname!r}"
         )
-
-
-def _check_software(software: object) -> None:
-    if software is None:
-        return
-    if not isinstance(software, str):
-        raise LocalProtocolError(f"software must be a string or None, not {software!r}")
-    try:
-        Software(software).encode_value(b"")
-    except (UnicodeError, LocalProtocolError) as exc:
-        raise LocalProtocolError(f"software is not a valid SOFTWARE value: {exc}") from None
 
 
 def _check_rng(rng: object) -> None:
@@ -628,7 +618,7 @@ async def binding_request(
     host, port = server_address(server)
     _check_transport(transport)
     _check_tls(ssl_context, server_hostname)
-    _check_software(software)
+    software_value(software)
     timeout = positive_timeout(timeout)
     _check_rng(rng)
     addr = await resolve(host, port)
@@ -735,7 +725,7 @@ async def discover_nat(
     timeout = positive_timeout(timeout)
     if local is not None:
         local = server_address(local, "local", None, ip_only=True, zero=True)
-    _check_software(software)
+    software_value(software)
     _check_rng(rng)
     server = await resolve(host, port)
     sock = await _icmp_reporting_socket(local or (route_local_ip(server), 0))
