@@ -24,6 +24,7 @@ from anchor_turn.auth import (
     RestSecret,
     SqliteUsers,
     StaticUsers,
+    candidate_keys,
 )
 from anchor_turn.channeldata import (
     decode_channel_data,
@@ -107,6 +108,7 @@ __all__ = [
     "TurnState",
     "TurnUri",
     "UdpRelayAllocator",
+    "candidate_keys",
     "check_passed",
     "decode_channel_data",
     "encode_channel_data",

@@ -40,8 +40,8 @@ empty name or password, or one the OpaqueString profile refuses) raise
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
-from functools import lru_cache, partial
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import lru_cache
 from os import PathLike
 from types import TracebackType
 from typing import Protocol, runtime_checkable
@@ -65,6 +65,7 @@ __all__ = [
     "RestSecret",
     "SqliteUsers",
     "StaticUsers",
+    "candidate_keys",
 ]
 
 ALGORITHMS = (PasswordAlgorithmId.MD5, PasswordAlgorithmId.SHA256)
@@ -78,7 +79,9 @@ class CredentialBackend(Protocol):
     """Where the TURN server gets long-term keys (RFC 8489 §9.2.2) and USERHASH owners.
 
     ``now`` is the core's monotonic clock (seconds); back-ends that need wall-clock time get
-    it injected by the adapter instead.
+    it injected by the adapter instead. A back-end for which a user may have several keys
+    (several REST API secrets) also offers ``candidate_keys(username, realm, algorithm,
+    now)``, the tuple of them, which the server tries in turn (:func:`candidate_keys`).
     """
 
     def key(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
@@ -90,6 +93,20 @@ class CredentialBackend(Protocol):
         """The username whose USERHASH (RFC 8489 §14.4) in ``realm`` is ``userhash``,
         or None."""
         ...
+
+
+def candidate_keys(
+    backend: CredentialBackend, username: str, realm: str, algorithm: int, now: float
+) -> tuple[bytes, ...]:
+    """Every key a request of ``username`` may be signed with, for the server to try in
+    turn: those of the back-end's ``candidate_keys`` method where it has one (a back-end
+    with several REST API secrets, as coturn accepts any of the secrets it stores), else its
+    one :meth:`~CredentialBackend.key`; empty for an unknown or refused user."""
+    several = getattr(backend, "candidate_keys", None)
+    if several is not None:
+        return tuple(several(username, realm, algorithm, now))
+    key = backend.key(username, realm, algorithm, now)
+    return () if key is None else (key,)
 
 
 def _keys_for(name: str, realm: str, password: str) -> dict[int, bytes]:
@@ -300,39 +317,64 @@ class RestSecret:
 
     A username is ``expiry`` or ``expiry:user`` (``separator`` between them), with ``expiry``
     in UNIX seconds; its password is ``base64(HMAC-SHA1(secret, username))``
-    (:func:`~anchor_stun.integrity.turn_rest_password`). A username whose expiry is earlier
+    (:func:`~anchor_stun.integrity.turn_rest_password`). ``secret`` may be several secrets
+    (a sequence, as coturn keeps a set of them in its database, for rotation): a password
+    made with any of them is accepted (:meth:`candidate_keys`), and :meth:`password` and
+    :meth:`key` use the first. A username whose expiry is earlier
     than ``clock()`` is refused. ``clock`` returns wall-clock UNIX time and is injected by the
     adapter (``time.time``): a protocol core never reads the clock itself. USERHASH cannot be
     served (a hash cannot be turned back into a timestamped name): :meth:`lookup_userhash`
     always returns None. Derived keys are cached (module docstring, :data:`KEY_CACHE_SIZE`).
     """
 
-    def __init__(self, secret: str, *, clock: Callable[[], float], separator: str = ":") -> None:
-        credential(secret, "secret (the REST API shared secret)")
+    def __init__(
+        self,
+        secret: str | Sequence[str],
+        *,
+        clock: Callable[[], float],
+        separator: str = ":",
+    ) -> None:
+        secrets = (secret,) if isinstance(secret, str) else tuple(secret)
+        if not secrets:
+            raise LocalProtocolError("secret: at least one REST API shared secret is needed")
+        for i, one in enumerate(secrets):
+            credential(one, "secret (the REST API shared secret)" if isinstance(secret, str)
+                       else f"secret[{i}] (a REST API shared secret)")  # fmt: skip
         credential(separator, "separator (between the expiry and the user name)")
         if not callable(clock):
             raise LocalProtocolError(
                 f"clock must be a function returning UNIX time (time.time), not {clock!r}"
             )
-        self._secret = secret
+        self._secret = secrets[0]
         self.clock = clock
         """Wall-clock UNIX time, injected by the adapter."""
         self.separator = separator
         """What separates the expiry from the user name in a username."""
-        self._derive = lru_cache(maxsize=KEY_CACHE_SIZE)(partial(_rest_key, secret))
+        self._secrets = secrets
+        self._derive = lru_cache(maxsize=KEY_CACHE_SIZE)(_rest_key)
 
     def password(self, username: str) -> str:
         """The password that goes with ``username`` (what a credentials service hands out)."""
         return turn_rest_password(self._secret, username)
 
     def key(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
-        """The key of a REST username still within its expiry, else None."""
+        """The key of a REST username still within its expiry under the first secret, else
+        None."""
+        keys = self.candidate_keys(username, realm, algorithm, now)
+        return keys[0] if keys else None
+
+    def candidate_keys(
+        self, username: str, realm: str, algorithm: int, now: float
+    ) -> tuple[bytes, ...]:
+        """The keys of a REST username still within its expiry, one per secret (empty for
+        an expired or malformed username, or an algorithm or realm that cannot be used)."""
         head = username.split(self.separator, 1)[0]
         if not head.isascii() or not head.isdigit():
-            return None
+            return ()
         if int(head) < self.clock():
-            return None
-        return self._derive(username, realm, algorithm)
+            return ()
+        keys = (self._derive(secret, username, realm, algorithm) for secret in self._secrets)
+        return tuple(key for key in keys if key is not None)
 
     def lookup_userhash(self, userhash: bytes, realm: str) -> str | None:
         """Always None: REST usernames cannot be found from their hash."""
@@ -364,6 +406,16 @@ class ChainedBackend:
             if key is not None:
                 return key
         return None
+
+    def candidate_keys(
+        self, username: str, realm: str, algorithm: int, now: float
+    ) -> tuple[bytes, ...]:
+        """The keys (:func:`candidate_keys`) of the first back-end that knows the user."""
+        for backend in self.backends:
+            keys = candidate_keys(backend, username, realm, algorithm, now)
+            if keys:
+                return keys
+        return ()
 
     def lookup_userhash(self, userhash: bytes, realm: str) -> str | None:
         """The first user a back-end finds for ``userhash``, or None."""

@@ -68,7 +68,7 @@ from anchor_stun.integrity import (
     opaque_credential,
 )
 from anchor_stun.message import Message
-from anchor_turn.auth import CredentialBackend
+from anchor_turn.auth import CredentialBackend, candidate_keys
 
 __all__ = [
     "DEFAULT_NONCE_LIFETIME",
@@ -228,8 +228,11 @@ class NonceAuthenticator:
             username = self.backend.lookup_userhash(userhash_attr.value, self.realm)
         key = None
         if username is not None and realm.value == self.realm:
-            key = self.backend.key(username, self.realm, algorithm, now)
-        if username is None or key is None or not _verify(msg, key):
+            for candidate in candidate_keys(self.backend, username, self.realm, algorithm, now):
+                if _verify(msg, candidate):
+                    key = candidate
+                    break
+        if username is None or key is None:
             refusal = self.challenge(ErrorCode.UNAUTHENTICATED, addr, local, transport, now)
             return Refusal(refusal.code, refusal.attributes, True, username)
         if not self.nonce_valid(nonce.value, addr, local, transport, now):

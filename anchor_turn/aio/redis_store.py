@@ -23,9 +23,10 @@ layout, so users managed with ``turnadmin -a -N "ip=... port=... dbname=..."`` w
 unchanged: ``turn/realm/<realm>/user/<name>/key`` holds the hex key (32 digits: MD5,
 RFC 8489 §9.2.2, which is what turnadmin writes; 64: SHA-256), or
 ``turn/realm/<realm>/user/<name>/password`` the password in clear (coturn allows both).
-The REST API secrets are the set ``turn/realm/<realm>/secret`` (``turnadmin -s``); a REST
-username is checked against its first member in sorted order (the core verifies one key per
-request: rotate by replacing the secret). Answers are cached for :data:`USER_TTL` seconds of
+The REST API secrets are the set ``turn/realm/<realm>/secret`` (``turnadmin -s``, once per
+secret); a REST username's password may be made with any of them, as coturn accepts (the
+core tries the key of each, :func:`~anchor_turn.auth.candidate_keys`): rotate by adding the
+new secret, then removing the old one once no username made with it is still valid. Answers are cached for :data:`USER_TTL` seconds of
 the core's clock (at most :data:`USER_CACHE` names), so a request costs no Redis round trip
 most of the time. coturn's keys are MD5: with ``--redis`` the server offers MD5 first in
 PASSWORD-ALGORITHMS, which clients take (RFC 8489 §9.2.5: the first one they support).
@@ -318,7 +319,9 @@ class RedisUsers:
         """The realm served."""
         self._clock = clock
         self._cache: OrderedDict[str, tuple[float, dict[int, bytes] | None]] = OrderedDict()
-        self._secret: tuple[float, str, RestSecret | None] = (float("-inf"), "", None)
+        self._secret: tuple[float, tuple[str, ...], RestSecret | None] = (
+            float("-inf"), (), None,
+        )  # fmt: skip
 
     def _fetch(self, username: str) -> dict[int, bytes] | None:
         store = self.store
@@ -369,25 +372,34 @@ class RedisUsers:
             members = store.call(lambda r: r.smembers(store.key("secret")))
         except RedisUnavailable:
             return rest
-        texts = sorted(_text(m) for m in members)
-        if not texts or not texts[0]:
-            rest, secret = None, ""
-        elif texts[0] != secret:
-            secret = texts[0]
+        texts = tuple(sorted(text for text in map(_text, members) if text))
+        if not texts:
+            rest, secret = None, ()
+        elif texts != secret:
+            secret = texts
             rest = RestSecret(secret, clock=self._clock)
         self._secret = (now + USER_TTL, secret, rest)
         return rest
 
     def key(self, username: str, realm: str, algorithm: int, now: float) -> bytes | None:
         """The key of ``username`` (RFC 8489 §9.2.2) from Redis: a stored key or password,
-        else a REST API username checked against the stored secret."""
+        else a REST API username's under the first stored secret."""
+        keys = self.candidate_keys(username, realm, algorithm, now)
+        return keys[0] if keys else None
+
+    def candidate_keys(
+        self, username: str, realm: str, algorithm: int, now: float
+    ) -> tuple[bytes, ...]:
+        """The keys a request of ``username`` may be signed with: its stored key or
+        password's, else, for a REST API username, one per stored secret."""
         if realm != self.realm:
-            return None
+            return ()
         keys = self._keys(username, now)
         if keys is not None:
-            return keys.get(int(algorithm))
+            key = keys.get(int(algorithm))
+            return () if key is None else (key,)
         rest = self._rest_secret(now)
-        return rest.key(username, realm, algorithm, now) if rest is not None else None
+        return rest.candidate_keys(username, realm, algorithm, now) if rest is not None else ()
 
     def lookup_userhash(self, userhash: bytes, realm: str) -> str | None:
         """None: Redis keys are by name (USERHASH needs another back-end)."""

@@ -176,7 +176,8 @@ def test_users_and_secrets_added_with_turnadmin_work_unchanged(redis_server: Red
     require_program("turnadmin", "coturn")
     connection = f"ip={LOOPBACK} port={redis_server.port} dbname=0"
     for args in (["-a", "-u", "bob", "-r", "anchor", "-p", "hunter2"],
-                 ["-s", "logen", "-r", "anchor"]):  # fmt: skip
+                 ["-s", "logen", "-r", "anchor"],
+                 ["-s", "rotated", "-r", "anchor"]):  # fmt: skip  (two secrets: either works)
         result = subprocess.run(["turnadmin", *args, "-N", connection], capture_output=True,
                                 timeout=30, check=False)  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -187,13 +188,16 @@ def test_users_and_secrets_added_with_turnadmin_work_unchanged(redis_server: Red
 
         async def main() -> None:
             for user, password in (("bob", "hunter2"),
-                                   (rest_user, turn_rest_password("logen", rest_user))):  # fmt: skip
+                                   (rest_user, turn_rest_password("logen", rest_user)),
+                                   (rest_user, turn_rest_password("rotated", rest_user))):  # fmt: skip
                 async with await TurnConnection.connect((LOOPBACK, port), user, password) as conn:
                     await conn.allocate()
-            with pytest.raises(AllocationError) as wrong:
-                async with await TurnConnection.connect((LOOPBACK, port), "bob", "nope") as conn:
-                    await conn.allocate()
-            assert wrong.value.code == 401
+            for user, password in (("bob", "nope"),
+                                   (rest_user, turn_rest_password("unknown", rest_user))):  # fmt: skip
+                with pytest.raises(AllocationError) as wrong:
+                    async with await TurnConnection.connect((LOOPBACK, port), user, password) as c:
+                        await c.allocate()
+                assert wrong.value.code == 401
 
         asyncio.run(main())
 

@@ -48,7 +48,7 @@ from anchor_stun.events import Address, Transmit
 from anchor_stun.integrity import LongTermCredentials, turn_rest_password
 from anchor_stun.message import Message, MessageClass, Method
 from anchor_stun.server import StunServer
-from anchor_turn.auth import RestSecret, StaticUsers
+from anchor_turn.auth import ChainedBackend, RestSecret, StaticUsers
 from anchor_turn.channeldata import encode_channel_data
 from anchor_turn.server import (
     UNAUTHENTICATED_BURST,
@@ -1120,3 +1120,28 @@ def test_rate_limiter_table_is_capped_under_a_burst_of_sources() -> None:
     assert len(limiter) == 65_536
     limiter.charge("192.0.2.77", 20, 136, T0 + 30)  # 30 s later every record is as new
     assert len(limiter) == 1
+
+
+def test_rest_credentials_made_with_any_of_several_secrets_are_accepted() -> None:
+    """coturn keeps a set of REST API secrets (``turnadmin -s``, once each, for rotation)
+    and accepts a password made with any of them: so does a RestSecret given several, alone
+    or behind another back-end in a chain; a password made with none of them gets 401."""
+    wall = [1_700_000_000.0]
+    for auth in (
+        RestSecret(["old-secret", "new-secret"], clock=lambda: wall[0]),
+        ChainedBackend(
+            StaticUsers({"bob": "pw"}, realm=REALM),
+            RestSecret(["old-secret", "new-secret"], clock=lambda: wall[0]),
+        ),
+    ):
+        server, _ = make_server(auth=auth)
+        for i, secret in enumerate(("old-secret", "new-secret")):
+            user = f"1700000600:user{i}"
+            client = Client(server, addr=("203.0.113.70", 1000 + i), user=user,
+                            password=turn_rest_password(secret, user))  # fmt: skip
+            assert code(client.allocate()) is None, secret
+        user = "1700000600:mallory"
+        other = Client(server, addr=("203.0.113.71", 1), user=user,
+                       password=turn_rest_password("another-secret", user))  # fmt: skip
+        assert code(other.allocate()) == 401
+        assert server.allocation_count() == 2

@@ -19,6 +19,7 @@ from anchor_turn.auth import (
     RestSecret,
     SqliteUsers,
     StaticUsers,
+    candidate_keys,
 )
 
 REALM = "example.org"
@@ -265,3 +266,23 @@ def test_chained_backend_asks_in_order() -> None:
     assert ChainedBackend.of([first]).key("alice", REALM, SHA256, NOW) == long_term_key(
         "alice", REALM, "one", SHA256
     )
+
+
+def test_rest_secret_with_several_secrets_offers_a_key_per_secret() -> None:
+    rest = RestSecret(["first", "second"], clock=lambda: 1_700_000_000.0)
+    username = "1700000100:alice"
+    keys = candidate_keys(rest, username, REALM, MD5, NOW)
+    assert keys == tuple(
+        long_term_key(username, REALM, turn_rest_password(secret, username), MD5)
+        for secret in ("first", "second")
+    )
+    assert rest.key(username, REALM, MD5, NOW) == keys[0]  # key() and password(): the first
+    assert rest.password(username) == turn_rest_password("first", username)
+    assert candidate_keys(rest, "1699999999:alice", REALM, MD5, NOW) == ()  # expired
+    static = StaticUsers({"bob": "pw"}, realm=REALM)  # a back-end with key() only
+    assert candidate_keys(static, "bob", REALM, MD5, NOW) == (long_term_key("bob", REALM, "pw"),)
+    assert candidate_keys(static, "carol", REALM, MD5, NOW) == ()
+    with pytest.raises(LocalProtocolError, match=r"secret\[1\]"):
+        RestSecret(["ok", ""], clock=lambda: 0.0)
+    with pytest.raises(LocalProtocolError, match="at least one"):
+        RestSecret([], clock=lambda: 0.0)
