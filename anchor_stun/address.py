@@ -19,12 +19,13 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from anchor_stun.attributes import Software
+from anchor_stun.attributes import Software, pack_ip, unpack_ip
 from anchor_stun.errors import LocalProtocolError
 
 __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_TLS_PORT",
+    "canonical_ip",
     "count",
     "credential",
     "ip_address_list",
@@ -302,3 +303,11 @@ def software_value(value: object, what: str = "software") -> str | None:
     except (UnicodeError, LocalProtocolError) as exc:
         raise LocalProtocolError(f"{what} is not a valid SOFTWARE value: {exc}") from None
     return value
+
+
+def canonical_ip(ip: str) -> str:
+    """The text form the cores use for an IP literal (``"::ffff:1.2.3.4"``-style spellings and
+    letter case made one, a zone suffix ``%eth0`` dropped), so that addresses from sockets and
+    from messages compare equal; :class:`LocalProtocolError` for anything not an IP."""
+    family, packed = pack_ip(ip.split("%", 1)[0])
+    return unpack_ip(family, packed)

@@ -109,7 +109,7 @@ import ifaddr
 
 from anchor_ice.aio.pacing import TransactionPacer
 from anchor_ice.candidate import COMPONENT_RTP, Candidate, CandidateType, make_candidate
-from anchor_stun.address import count, ip_address_list, seconds
+from anchor_stun.address import canonical_ip, count, ip_address_list, seconds
 from anchor_stun.aio.icmp import UNREACHABLE_ERRNOS, enable_icmp_errors, read_icmp_errors
 from anchor_stun.aio.net import (
     DEFAULT_PORT,
@@ -124,7 +124,7 @@ from anchor_stun.aio.net import (
     settle_transaction,
 )
 from anchor_stun.aio.udp import UdpBatchIO
-from anchor_stun.attributes import Software, XorMappedAddress, pack_ip, unpack_ip
+from anchor_stun.attributes import Software, XorMappedAddress
 from anchor_stun.errors import (
     AnchorError,
     DecodeError,
@@ -296,14 +296,8 @@ def host_addresses(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _canonical_ip(ip: str) -> str:
-    """The text form the cores use for an IP (so that addresses compare equal)."""
-    family, packed = pack_ip(ip.split("%", 1)[0])
-    return unpack_ip(family, packed)
-
-
 def _canonical(addr: Address) -> Address:
-    return (_canonical_ip(addr[0]), int(addr[1]))
+    return (canonical_ip(addr[0]), int(addr[1]))
 
 
 def _family(ip: str) -> int:
@@ -620,7 +614,7 @@ class GatheredSocket:
         self._transport = transport
         self._protocol = protocol
         sockname = transport.get_extra_info("sockname")
-        self.local: Address = (_canonical_ip(str(sockname[0])), int(sockname[1]))
+        self.local: Address = (canonical_ip(str(sockname[0])), int(sockname[1]))
         """The socket's address: the host candidate's transport address and base."""
         self.family: int = _family(self.local[0])
         """4 or 6."""
@@ -1024,7 +1018,7 @@ class RelayEndpoint:
         :data:`MAX_QUEUED_PER_PEER`) and are dropped if it fails. Raises LocalProtocolError
         when the allocation does not exist (any more)."""
         self._check_usable()
-        ip = _canonical_ip(peer[0])
+        ip = canonical_ip(peer[0])
         if ip in self.turn.client.permissions and ip not in self._queued:
             self.turn.send(data, peer)
             return
@@ -1043,7 +1037,7 @@ class RelayEndpoint:
         """Install permissions for these peer IPs now and wait for them (RFC 8656 §9).
         Raises :class:`~anchor_stun.errors.AllocationError`."""
         self._check_usable()
-        await self.turn.create_permission(*(_canonical_ip(ip) for ip in ips))
+        await self.turn.create_permission(*(canonical_ip(ip) for ip in ips))
 
     async def bind_channel(self, peer: Address) -> int:
         """Bind a channel to ``peer`` (RFC 8656 §12): later datagrams to it go as

@@ -30,7 +30,7 @@ import os
 import socket
 import sys
 
-from anchor_stun.attributes import pack_ip, unpack_ip
+from anchor_stun.address import canonical_ip
 from anchor_stun.errors import LocalProtocolError
 from anchor_stun.events import Address
 
@@ -79,8 +79,7 @@ def _canonical(addr: object) -> Address | None:
     if not isinstance(addr, tuple) or len(addr) < 2:
         return None
     try:
-        family, packed = pack_ip(str(addr[0]).split("%", 1)[0])
-        return (unpack_ip(family, packed), int(addr[1]))
+        return (canonical_ip(str(addr[0])), int(addr[1]))
     except (LocalProtocolError, ValueError, TypeError):
         return None
 
