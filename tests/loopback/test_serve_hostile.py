@@ -52,7 +52,7 @@ from anchor_stun.attributes import (
 from anchor_stun.integrity import LongTermCredentials
 from anchor_stun.message import Message, MessageClass, Method
 from anchor_turn.aio.server import host_addresses
-from tests.helpers import ANCHOR, free_port
+from tests.helpers import ANCHOR, free_port, free_port_block
 
 FD_LIMIT = 1024
 USERS = ("alice:secret", "bob:hunter2")
@@ -132,7 +132,10 @@ def serve(
     turn: bool = True,
     signal: bool = False,
 ) -> Iterator[Server]:
-    port = free_port("both")
+    # The listening port is taken below the ephemeral range and checked free on ``listen``
+    # itself: a wildcard listener (0.0.0.0) conflicts with a socket on any address, and a
+    # port from bind(0) may meanwhile be some connection's local port elsewhere in the suite.
+    port = free_port_block(1, "both", hosts=(listen,))
     metrics_port = free_port("tcp")
     args = [
         *ANCHOR, "serve", "--listen", f"{listen}:{port}", "--tcp",
